@@ -1,0 +1,345 @@
+//! The gRPC Ledger service: wire ⇄ domain, and the one place that maps
+//! domain errors to `tonic::Status`.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::{Stream, StreamExt};
+use tonic::{Request, Response, Status, Streaming};
+
+use super::convert::envelope_from_pb;
+use super::pb;
+use crate::ledger::ReadError;
+use crate::service::{AppendError, Receipt, Service};
+
+/// The tonic service over a [`Service`].
+#[derive(Clone)]
+pub struct LedgerApi {
+    svc: Arc<Service>,
+    plaintext: bool,
+}
+
+impl LedgerApi {
+    /// Wraps a service. `dangerous_plaintext` marks a server without mTLS, so
+    /// entries record `dangerous-plaintext` as the transport identity.
+    pub fn new(svc: Arc<Service>, dangerous_plaintext: bool) -> Self {
+        LedgerApi {
+            svc,
+            plaintext: dangerous_plaintext,
+        }
+    }
+
+    fn identity<T>(&self, req: &Request<T>) -> Result<String, Status> {
+        if self.plaintext {
+            return Ok("dangerous-plaintext".into());
+        }
+        let certs = req
+            .peer_certs()
+            .ok_or_else(|| Status::unauthenticated("no client certificate on this connection"))?;
+        let leaf = certs
+            .first()
+            .ok_or_else(|| Status::unauthenticated("no client certificate on this connection"))?;
+        crate::tls::identity_of(leaf)
+            .ok_or_else(|| Status::unauthenticated("client certificate subject could not be read"))
+    }
+}
+
+/// Maps every append error to a status; each variant is decided here.
+pub(crate) fn append_status(e: &AppendError) -> Status {
+    let msg = e.to_string();
+    match e {
+        AppendError::PayloadType { .. }
+        | AppendError::SignatureCount(_)
+        | AppendError::InvalidEvent(_)
+        | AppendError::FutureTime { .. }
+        | AppendError::TooOld { .. }
+        | AppendError::GenesisAppend
+        | AppendError::IdentityTooLong(_)
+        | AppendError::Encode(_) => Status::invalid_argument(msg),
+        AppendError::TooLarge { .. } => Status::resource_exhausted(msg),
+        AppendError::Auth(_) => Status::unauthenticated(msg),
+        AppendError::Rejected(_) => Status::failed_precondition(msg),
+        AppendError::Duplicate { .. } => Status::already_exists(msg),
+        AppendError::Commit(_) | AppendError::Read(_) => Status::internal(msg),
+        AppendError::Stopped => Status::unavailable(msg),
+    }
+}
+
+fn read_status(e: &ReadError) -> Status {
+    match e {
+        ReadError::OutOfRange { .. } => Status::out_of_range(e.to_string()),
+        ReadError::Store(_) | ReadError::MissingNode { .. } => Status::internal(e.to_string()),
+    }
+}
+
+fn checkpoint_pb(cp: &crate::ledger::Checkpoint) -> pb::Checkpoint {
+    pb::Checkpoint {
+        note: cp.note.clone(),
+        tree_size: cp.size,
+        root_hash: cp.root.to_vec(),
+    }
+}
+
+fn receipt_pb(r: Receipt) -> pb::Receipt {
+    pb::Receipt {
+        index: r.index,
+        leaf_hash: r.leaf.to_vec(),
+        entry: r.entry.as_ref().clone(),
+        inclusion_proof: Some(pb::InclusionProof {
+            leaf_index: r.index,
+            tree_size: r.checkpoint.size,
+            hashes: r.proof.iter().map(|h| h.to_vec()).collect(),
+        }),
+        checkpoint: Some(checkpoint_pb(&r.checkpoint)),
+        duplicate: r.duplicate,
+    }
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl pb::ledger_server::Ledger for LedgerApi {
+    #[tracing::instrument(skip_all)]
+    async fn append(
+        &self,
+        req: Request<pb::AppendRequest>,
+    ) -> Result<Response<pb::Receipt>, Status> {
+        let identity = self.identity(&req)?;
+        let env = req
+            .into_inner()
+            .envelope
+            .ok_or_else(|| Status::invalid_argument("envelope: must be set"))?;
+        match self.svc.append(envelope_from_pb(env), identity).await {
+            Ok(r) => Ok(Response::new(receipt_pb(r))),
+            Err(e) => {
+                tracing::info!(cause = %e, "append refused");
+                Err(append_status(&e))
+            }
+        }
+    }
+
+    type AppendStreamStream = BoxStream<pb::AppendStreamResponse>;
+
+    #[tracing::instrument(skip_all)]
+    async fn append_stream(
+        &self,
+        req: Request<Streaming<pb::AppendRequest>>,
+    ) -> Result<Response<Self::AppendStreamStream>, Status> {
+        let identity = self.identity(&req)?;
+        let svc = self.svc.clone();
+        let input = req.into_inner();
+        // Up to 256 appends of one stream are in flight at once; responses keep
+        // request order.
+        let out = input
+            .enumerate()
+            .map(move |(seq, item)| {
+                let svc = svc.clone();
+                let identity = identity.clone();
+                async move {
+                    let seq = seq as u64;
+                    let result = match item {
+                        Err(status) => return Err(status),
+                        Ok(pb::AppendRequest { envelope: None }) => {
+                            pb::append_stream_response::Result::Error(pb::AppendError {
+                                code: tonic::Code::InvalidArgument as i32,
+                                message: "envelope: must be set".into(),
+                            })
+                        }
+                        Ok(pb::AppendRequest {
+                            envelope: Some(env),
+                        }) => match svc.append(envelope_from_pb(env), identity).await {
+                            Ok(r) => pb::append_stream_response::Result::Receipt(receipt_pb(r)),
+                            Err(e) => {
+                                let s = append_status(&e);
+                                pb::append_stream_response::Result::Error(pb::AppendError {
+                                    code: s.code() as i32,
+                                    message: s.message().to_owned(),
+                                })
+                            }
+                        },
+                    };
+                    Ok(pb::AppendStreamResponse {
+                        sequence: seq,
+                        result: Some(result),
+                    })
+                }
+            })
+            .buffered(256);
+        Ok(Response::new(Box::pin(out)))
+    }
+
+    async fn get_entry(
+        &self,
+        req: Request<pb::GetEntryRequest>,
+    ) -> Result<Response<pb::EntryResponse>, Status> {
+        let index = req.into_inner().index;
+        match self
+            .svc
+            .reader()
+            .entry(index)
+            .map_err(|e| read_status(&e))?
+        {
+            Some((entry, leaf)) => Ok(Response::new(pb::EntryResponse {
+                index,
+                entry,
+                leaf_hash: leaf.to_vec(),
+            })),
+            None => Err(Status::not_found(format!(
+                "index: no entry {index}; the log has {} entries",
+                self.svc.latest_checkpoint().size
+            ))),
+        }
+    }
+
+    async fn get_checkpoint(
+        &self,
+        _req: Request<pb::GetCheckpointRequest>,
+    ) -> Result<Response<pb::Checkpoint>, Status> {
+        Ok(Response::new(checkpoint_pb(&self.svc.latest_checkpoint())))
+    }
+
+    async fn get_inclusion_proof(
+        &self,
+        req: Request<pb::InclusionProofRequest>,
+    ) -> Result<Response<pb::InclusionProof>, Status> {
+        let r = req.into_inner();
+        let latest = self.svc.latest_checkpoint().size;
+        let size = if r.tree_size == 0 {
+            latest
+        } else {
+            r.tree_size
+        };
+        if size > latest {
+            return Err(Status::out_of_range(format!(
+                "tree_size: {size} is beyond the latest checkpoint ({latest})"
+            )));
+        }
+        if r.index >= size {
+            return Err(Status::out_of_range(format!(
+                "index: {} is not below tree_size {size}",
+                r.index
+            )));
+        }
+        let hashes = self
+            .svc
+            .reader()
+            .inclusion_proof(r.index, size)
+            .map_err(|e| read_status(&e))?;
+        Ok(Response::new(pb::InclusionProof {
+            leaf_index: r.index,
+            tree_size: size,
+            hashes: hashes.iter().map(|h| h.to_vec()).collect(),
+        }))
+    }
+
+    async fn get_consistency_proof(
+        &self,
+        req: Request<pb::ConsistencyProofRequest>,
+    ) -> Result<Response<pb::ConsistencyProof>, Status> {
+        let r = req.into_inner();
+        let latest = self.svc.latest_checkpoint().size;
+        let new = if r.new_size == 0 { latest } else { r.new_size };
+        if new > latest {
+            return Err(Status::out_of_range(format!(
+                "new_size: {new} is beyond the latest checkpoint ({latest})"
+            )));
+        }
+        if r.old_size == 0 || r.old_size > new {
+            return Err(Status::out_of_range(format!(
+                "old_size: must be in 1..={new}, got {}",
+                r.old_size
+            )));
+        }
+        let hashes = self
+            .svc
+            .reader()
+            .consistency_proof(r.old_size, new)
+            .map_err(|e| read_status(&e))?;
+        Ok(Response::new(pb::ConsistencyProof {
+            old_size: r.old_size,
+            new_size: new,
+            hashes: hashes.iter().map(|h| h.to_vec()).collect(),
+        }))
+    }
+
+    type TailStream = BoxStream<pb::EntryResponse>;
+
+    async fn tail(
+        &self,
+        req: Request<pb::TailRequest>,
+    ) -> Result<Response<Self::TailStream>, Status> {
+        let pb::TailRequest { from_index, follow } = req.into_inner();
+        let reader = self.svc.reader().clone();
+        let mut size_rx = self.svc.size_watch();
+        let (tx, rx) = tokio::sync::mpsc::channel(256);
+        tokio::spawn(async move {
+            let mut next = from_index;
+            loop {
+                let size = *size_rx.borrow_and_update();
+                while next < size {
+                    let item = match reader.entry(next) {
+                        Ok(Some((entry, leaf))) => Ok(pb::EntryResponse {
+                            index: next,
+                            entry,
+                            leaf_hash: leaf.to_vec(),
+                        }),
+                        Ok(None) => Err(Status::internal(format!("entry {next} is missing"))),
+                        Err(e) => Err(read_status(&e)),
+                    };
+                    let failed = item.is_err();
+                    if tx.send(item).await.is_err() || failed {
+                        return;
+                    }
+                    next += 1;
+                }
+                if !follow || size_rx.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
+    async fn get_principal(
+        &self,
+        req: Request<pb::GetPrincipalRequest>,
+    ) -> Result<Response<pb::PrincipalState>, Status> {
+        let id = req.into_inner().id;
+        let found = self.svc.with_state(|s| s.principal(&id).cloned());
+        let p = found.ok_or_else(|| Status::not_found(format!("id: no principal {id:?}")))?;
+        Ok(Response::new(pb::PrincipalState {
+            id: p.id.to_string(),
+            kind: super::convert::principal_to_pb(&crate::event::PrincipalSpec {
+                id: p.id.clone(),
+                kind: p.kind,
+                display_name: String::new(),
+                roles: Default::default(),
+                keys: Vec::new(),
+            })
+            .kind,
+            display_name: p.display_name.clone(),
+            roles: p.roles.iter().cloned().collect(),
+            keys: p
+                .keys
+                .iter()
+                .map(|k| pb::KeyState {
+                    public_key: k.key.to_bytes().to_vec(),
+                    keyid: crate::crypto::KeyId::of(&k.key).to_string(),
+                    added_at_index: k.added_at,
+                    revoked_at_index: k.revoked_at.unwrap_or(0),
+                    revoked: k.revoked_at.is_some(),
+                })
+                .collect(),
+            registered_at_index: p.registered_at,
+        }))
+    }
+
+    async fn ping(
+        &self,
+        _req: Request<pb::PingRequest>,
+    ) -> Result<Response<pb::PingResponse>, Status> {
+        Ok(Response::new(pb::PingResponse {}))
+    }
+}

@@ -1,0 +1,900 @@
+//! Subcommand implementations.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Subcommand};
+use ed25519_dalek::SigningKey;
+
+use super::client::{Conn, status_err};
+use super::{CliError, CliResult, ConnArgs, DataArgs, SignArgs};
+use crate::api::convert::{envelope_to_pb, sign_event};
+use crate::api::pb;
+use crate::crypto::{self, NoteVerifier};
+use crate::datadir::{DataDir, InitOptions};
+use crate::event::{Body, Event, PrincipalId, PrincipalKind, PrincipalSpec};
+use crate::ledger::{Checkpoint, Entry, Hash, SledStore, merkle};
+use crate::server::{Server, Transport};
+use crate::service::{self, Config as ServiceConfig};
+use crate::state::State;
+
+#[derive(Args, Debug)]
+pub struct InitArgs {
+    #[command(flatten)]
+    data: DataArgs,
+    /// Log origin: the first line of every checkpoint.
+    #[arg(long, default_value = "docket.local/log")]
+    origin: String,
+    /// Address the server listens on.
+    #[arg(long, default_value = "127.0.0.1:7443")]
+    listen: String,
+    /// Principal id of the first administrator.
+    #[arg(long, default_value = "admin")]
+    admin: String,
+    /// Extra DNS names or IP addresses for the server certificate.
+    #[arg(long = "host")]
+    hosts: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    data: DataArgs,
+    /// Listen address; overrides the data dir config.
+    #[arg(long, env = "DOCKET_LISTEN")]
+    listen: Option<String>,
+    /// Largest accepted event payload in bytes.
+    #[arg(long, default_value_t = 1 << 20)]
+    max_payload_bytes: usize,
+    /// Largest allowed clock skew of claimed times into the future, seconds.
+    #[arg(long, default_value_t = 300)]
+    max_clock_skew_secs: u64,
+    /// Oldest accepted claimed time, seconds in the past.
+    #[arg(long, default_value_t = 7 * 24 * 3600)]
+    max_event_age_secs: u64,
+    /// Serve without TLS or client certificates. Never in production.
+    #[arg(long)]
+    dangerous_plaintext: bool,
+    /// Write the bound address to this file once listening (for scripts and tests).
+    #[arg(long)]
+    ready_file: Option<PathBuf>,
+}
+
+pub(crate) fn init(a: InitArgs) -> CliResult {
+    let dd = DataDir::new(&a.data.data);
+    let mut opts = InitOptions {
+        origin: a.origin,
+        listen: a.listen,
+        admin: a.admin,
+        ..InitOptions::default()
+    };
+    opts.hosts.extend(a.hosts);
+    dd.init(&opts).map_err(CliError::usage)?;
+    print_init_summary(&dd);
+    Ok(())
+}
+
+fn print_init_summary(dd: &DataDir) {
+    let tls = dd.tls();
+    println!("Created Docket data directory {}", dd.root.display());
+    println!(
+        "  log signing key     {}  (never leaves the server)",
+        dd.log_key().display()
+    );
+    println!(
+        "  log verifier key    {}  (give this to auditors)",
+        dd.log_vkey().display()
+    );
+    println!(
+        "  admin key           {}  (+ {})",
+        dd.admin_key().display(),
+        dd.admin_pub().display()
+    );
+    println!("  development CA      {}", tls.ca_cert.display());
+    println!("  server certificate  {}", tls.server_cert.display());
+    println!(
+        "  client certificate  {}  (key {})",
+        tls.client_cert.display(),
+        tls.client_key.display()
+    );
+    println!("  database            {}", dd.db().display());
+}
+
+pub(crate) async fn serve(a: ServeArgs) -> CliResult {
+    let dd = DataDir::new(&a.data.data);
+    if !dd.is_initialised() {
+        dd.init(&InitOptions::default()).map_err(CliError::usage)?;
+        print_init_summary(&dd);
+    }
+    let cfg = dd.config().map_err(CliError::usage)?;
+    let svc = dd
+        .open_service(ServiceConfig {
+            max_payload_bytes: a.max_payload_bytes,
+            max_clock_skew: Duration::from_secs(a.max_clock_skew_secs),
+            max_event_age: Duration::from_secs(a.max_event_age_secs),
+            ..ServiceConfig::default()
+        })
+        .map_err(CliError::failed)?;
+    let tls = dd.tls();
+    let transport = if a.dangerous_plaintext {
+        Transport::DangerousPlaintext
+    } else {
+        Transport::MutualTls {
+            client_ca: tls.ca_cert.clone(),
+            cert: tls.server_cert.clone(),
+            key: tls.server_key.clone(),
+        }
+    };
+    let listen = a.listen.unwrap_or(cfg.listen);
+    let server = Server::bind(&listen, svc.clone(), transport)
+        .await
+        .map_err(CliError::usage)?;
+    let addr = server.local_addr().map_err(CliError::failed)?;
+    let cp = svc.latest_checkpoint();
+    println!(
+        "docket serving log {:?} ({} entries) on {} {}",
+        cfg.origin,
+        cp.size,
+        addr,
+        if a.dangerous_plaintext {
+            "WITHOUT TLS (dangerous)"
+        } else {
+            "over mTLS (TLS 1.3, client certificates required)"
+        }
+    );
+    println!(
+        "try:  docket --help;  docket checkpoint --data {}",
+        dd.root.display()
+    );
+    if let Some(f) = &a.ready_file {
+        std::fs::write(f, addr.to_string())
+            .map_err(|e| CliError::failed(format!("{}: {e}", f.display())))?;
+    }
+    let shutdown = async {
+        let ctrl_c = tokio::signal::ctrl_c();
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing a SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+        tracing::info!("shutdown signal received; draining");
+    };
+    server.run(shutdown).await.map_err(CliError::failed)?;
+    Ok(())
+}
+
+#[derive(Args, Debug)]
+pub struct KeygenArgs {
+    /// Private key file to create (PKCS#8 PEM, mode 0600); the public key goes to FILE.pub.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+pub(crate) fn keygen(a: KeygenArgs) -> CliResult {
+    let key = crypto::generate_signing_key();
+    crypto::write_signing_key(&a.out, &key).map_err(CliError::usage)?;
+    let pubp = pub_path(&a.out);
+    crypto::write_public_key(&pubp, &key.verifying_key()).map_err(CliError::usage)?;
+    println!(
+        "wrote {} and {} (keyid {})",
+        a.out.display(),
+        pubp.display(),
+        crypto::KeyId::of(&key.verifying_key())
+    );
+    Ok(())
+}
+
+fn pub_path(p: &std::path::Path) -> PathBuf {
+    let mut s = p.as_os_str().to_owned();
+    s.push(".pub");
+    PathBuf::from(s)
+}
+
+#[derive(Subcommand, Debug)]
+pub enum PrincipalCmd {
+    /// Register a principal (signed by an admin).
+    Add {
+        #[command(flatten)]
+        conn: ConnArgs,
+        #[command(flatten)]
+        sign: SignArgs,
+        #[arg(long)]
+        id: String,
+        /// human, service, ci or cluster.
+        #[arg(long, default_value = "human")]
+        kind: String,
+        #[arg(long, default_value = "")]
+        name: String,
+        #[arg(long = "role")]
+        roles: Vec<String>,
+        /// Public key files (SPKI PEM or 64 hex digits).
+        #[arg(long = "key-file", required = true)]
+        keys: Vec<PathBuf>,
+        #[arg(long)]
+        event_id: Option<String>,
+    },
+    /// Add a new key to a principal, optionally revoking an old one.
+    RotateKey {
+        #[command(flatten)]
+        conn: ConnArgs,
+        #[command(flatten)]
+        sign: SignArgs,
+        #[arg(long)]
+        id: String,
+        #[arg(long)]
+        new_key: PathBuf,
+        #[arg(long)]
+        old_key: Option<PathBuf>,
+        #[arg(long)]
+        event_id: Option<String>,
+    },
+    /// Revoke a key: nothing appended afterwards may be signed by it.
+    RevokeKey {
+        #[command(flatten)]
+        conn: ConnArgs,
+        #[command(flatten)]
+        sign: SignArgs,
+        #[arg(long)]
+        id: String,
+        #[arg(long)]
+        key_file: PathBuf,
+        #[arg(long, default_value = "")]
+        reason: String,
+        #[arg(long)]
+        event_id: Option<String>,
+    },
+    /// Show a principal's roles and key history.
+    Show {
+        #[command(flatten)]
+        conn: ConnArgs,
+        #[arg(long)]
+        id: String,
+    },
+}
+
+fn now_nanos() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(1)
+}
+
+fn fresh_event_id(prefix: &str) -> String {
+    let mut r = [0u8; 8];
+    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut r);
+    format!("{prefix}-{}-{}", now_nanos(), hex::encode(r))
+}
+
+fn signer_of(conn: &ConnArgs, s: &SignArgs) -> Result<(PrincipalId, SigningKey), CliError> {
+    let dd = DataDir::new(&conn.data.data);
+    let key_path = s.key.clone().unwrap_or_else(|| dd.admin_key());
+    let key = crypto::read_signing_key(&key_path).map_err(CliError::usage)?;
+    let id = match &s.signer {
+        Some(id) => id.clone(),
+        None => dd
+            .config()
+            .map(|c| c.admin)
+            .unwrap_or_else(|_| "admin".into()),
+    };
+    let id = PrincipalId::parse(&id).map_err(CliError::usage)?;
+    Ok((id, key))
+}
+
+fn read_pub(p: &PathBuf) -> Result<ed25519_dalek::VerifyingKey, CliError> {
+    crypto::read_public_key(p).map_err(CliError::usage)
+}
+
+async fn submit(conn: &ConnArgs, key: &SigningKey, ev: Event) -> CliResult {
+    let env = sign_event(&ev, key);
+    let c = Conn::resolve(conn)?;
+    let mut client = c.ledger().await?;
+    let r = client
+        .append(pb::AppendRequest {
+            envelope: Some(envelope_to_pb(&env)),
+        })
+        .await
+        .map_err(|s| status_err("append", s))?
+        .into_inner();
+    print_receipt(&conn.data.data, &r)
+}
+
+fn log_verifier(data: &std::path::Path) -> Result<NoteVerifier, CliError> {
+    let p = DataDir::new(data).log_vkey();
+    let text = std::fs::read_to_string(&p).map_err(|e| {
+        CliError::usage(format!(
+            "{}: {e} (pass --data pointing at the log's data dir)",
+            p.display()
+        ))
+    })?;
+    NoteVerifier::from_vkey(text.trim())
+        .map_err(|e| CliError::usage(format!("{}: {e}", p.display())))
+}
+
+fn hashes(v: &[Vec<u8>]) -> Result<Vec<Hash>, CliError> {
+    v.iter()
+        .map(|h| {
+            h.as_slice()
+                .try_into()
+                .map_err(|_| CliError::failed("server sent a proof hash that is not 32 bytes"))
+        })
+        .collect()
+}
+
+fn print_receipt(data: &std::path::Path, r: &pb::Receipt) -> CliResult {
+    let verifier = log_verifier(data)?;
+    let proof = r.inclusion_proof.clone().unwrap_or_default();
+    let cp = r.checkpoint.clone().unwrap_or_default();
+    let leaf: Hash = r
+        .leaf_hash
+        .as_slice()
+        .try_into()
+        .map_err(|_| CliError::failed("receipt leaf hash is not 32 bytes"))?;
+    crate::verify::verify_receipt(
+        &r.entry,
+        r.index,
+        &leaf,
+        &hashes(&proof.hashes)?,
+        &cp.note,
+        &verifier,
+    )
+    .map_err(|e| CliError::failed(format!("the server's receipt does not verify: {e}")))?;
+    let out = serde_json::json!({
+        "index": r.index,
+        "duplicate": r.duplicate,
+        "leaf_hash": hex::encode(&r.leaf_hash),
+        "entry": hex::encode(&r.entry),
+        "inclusion_proof": {
+            "tree_size": proof.tree_size,
+            "hashes": proof.hashes.iter().map(hex::encode).collect::<Vec<_>>(),
+        },
+        "checkpoint": cp.note,
+        "verified_offline": true,
+    });
+    println!("{}", serde_json::to_string_pretty(&out).expect("json"));
+    Ok(())
+}
+
+pub(crate) async fn principal(c: PrincipalCmd) -> CliResult {
+    match c {
+        PrincipalCmd::Add {
+            conn,
+            sign,
+            id,
+            kind,
+            name,
+            roles,
+            keys,
+            event_id,
+        } => {
+            let (signer, key) = signer_of(&conn, &sign)?;
+            let kind = PrincipalKind::from_name(&kind).ok_or_else(|| {
+                CliError::usage(format!(
+                    "--kind {kind:?}: expected human, service, ci or cluster"
+                ))
+            })?;
+            let spec = PrincipalSpec {
+                id: PrincipalId::parse(&id).map_err(CliError::usage)?,
+                kind,
+                display_name: name,
+                roles: roles.into_iter().collect(),
+                keys: keys.iter().map(read_pub).collect::<Result<_, _>>()?,
+            };
+            let ev = Event {
+                event_id: event_id.unwrap_or_else(|| fresh_event_id("principal-add")),
+                claimed_time_nanos: now_nanos(),
+                signer,
+                body: Body::PrincipalRegistered(spec),
+            };
+            submit(&conn, &key, ev).await
+        }
+        PrincipalCmd::RotateKey {
+            conn,
+            sign,
+            id,
+            new_key,
+            old_key,
+            event_id,
+        } => {
+            let (signer, key) = signer_of(&conn, &sign)?;
+            let ev = Event {
+                event_id: event_id.unwrap_or_else(|| fresh_event_id("rotate-key")),
+                claimed_time_nanos: now_nanos(),
+                signer,
+                body: Body::KeyRotated {
+                    principal: PrincipalId::parse(&id).map_err(CliError::usage)?,
+                    new_key: read_pub(&new_key)?,
+                    old_key: old_key.as_ref().map(read_pub).transpose()?,
+                },
+            };
+            submit(&conn, &key, ev).await
+        }
+        PrincipalCmd::RevokeKey {
+            conn,
+            sign,
+            id,
+            key_file,
+            reason,
+            event_id,
+        } => {
+            let (signer, key) = signer_of(&conn, &sign)?;
+            let ev = Event {
+                event_id: event_id.unwrap_or_else(|| fresh_event_id("revoke-key")),
+                claimed_time_nanos: now_nanos(),
+                signer,
+                body: Body::KeyRevoked {
+                    principal: PrincipalId::parse(&id).map_err(CliError::usage)?,
+                    key: read_pub(&key_file)?,
+                    reason,
+                },
+            };
+            submit(&conn, &key, ev).await
+        }
+        PrincipalCmd::Show { conn, id } => {
+            let mut client = Conn::resolve(&conn)?.ledger().await?;
+            let p = client
+                .get_principal(pb::GetPrincipalRequest { id })
+                .await
+                .map_err(|s| status_err("get principal", s))?
+                .into_inner();
+            let out = serde_json::json!({
+                "id": p.id,
+                "kind": pb::PrincipalKind::try_from(p.kind).map(|k| k.as_str_name()).unwrap_or("?"),
+                "display_name": p.display_name,
+                "roles": p.roles,
+                "registered_at_index": p.registered_at_index,
+                "keys": p.keys.iter().map(|k| serde_json::json!({
+                    "keyid": k.keyid,
+                    "public_key": hex::encode(&k.public_key),
+                    "added_at_index": k.added_at_index,
+                    "revoked_at_index": k.revoked.then_some(k.revoked_at_index),
+                })).collect::<Vec<_>>(),
+            });
+            println!("{}", serde_json::to_string_pretty(&out).expect("json"));
+            Ok(())
+        }
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct AppendArgs {
+    #[command(flatten)]
+    conn: ConnArgs,
+    #[command(flatten)]
+    sign: SignArgs,
+    /// Event as JSON (a file, or - for standard input):
+    /// {"event_id": "...", "annotation": {"subject": "...", "kind": "...", "text": "...", "attributes": {...}}}
+    #[arg(long, conflicts_with_all = ["subject"])]
+    json: Option<String>,
+    /// Annotation subject (with --kind/--text), when not using --json.
+    #[arg(long)]
+    subject: Option<String>,
+    #[arg(long, default_value = "note")]
+    kind: String,
+    #[arg(long, default_value = "")]
+    text: String,
+    /// key=value attributes.
+    #[arg(long = "attr")]
+    attrs: Vec<String>,
+    #[arg(long)]
+    event_id: Option<String>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JsonEvent {
+    event_id: Option<String>,
+    claimed_time_unix_nanos: Option<i64>,
+    annotation: JsonAnnotation,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JsonAnnotation {
+    subject: String,
+    #[serde(default)]
+    kind: String,
+    #[serde(default)]
+    text: String,
+    #[serde(default)]
+    attributes: BTreeMap<String, String>,
+}
+
+pub(crate) async fn append(a: AppendArgs) -> CliResult {
+    let (signer, key) = signer_of(&a.conn, &a.sign)?;
+    let ev = if let Some(src) = &a.json {
+        let text = if src == "-" {
+            std::io::read_to_string(std::io::stdin())
+                .map_err(|e| CliError::usage(format!("stdin: {e}")))?
+        } else {
+            std::fs::read_to_string(src).map_err(|e| CliError::usage(format!("{src}: {e}")))?
+        };
+        let j: JsonEvent = serde_json::from_str(&text)
+            .map_err(|e| CliError::usage(format!("--json {src}: {e}")))?;
+        Event {
+            event_id: j
+                .event_id
+                .or(a.event_id)
+                .unwrap_or_else(|| fresh_event_id("note")),
+            claimed_time_nanos: j.claimed_time_unix_nanos.unwrap_or_else(now_nanos),
+            signer,
+            body: Body::Annotation {
+                subject: j.annotation.subject,
+                kind: j.annotation.kind,
+                text: j.annotation.text,
+                attributes: j.annotation.attributes,
+            },
+        }
+    } else {
+        let subject = a.subject.ok_or_else(|| {
+            CliError::usage("give --json FILE or --subject (with --kind, --text, --attr k=v)")
+        })?;
+        let mut attributes = BTreeMap::new();
+        for kv in a.attrs {
+            let (k, v) = kv
+                .split_once('=')
+                .ok_or_else(|| CliError::usage(format!("--attr {kv:?}: expected key=value")))?;
+            attributes.insert(k.to_owned(), v.to_owned());
+        }
+        Event {
+            event_id: a.event_id.unwrap_or_else(|| fresh_event_id("note")),
+            claimed_time_nanos: now_nanos(),
+            signer,
+            body: Body::Annotation {
+                subject,
+                kind: a.kind,
+                text: a.text,
+                attributes,
+            },
+        }
+    };
+    submit(&a.conn, &key, ev).await
+}
+
+#[derive(Args, Debug)]
+pub struct GetArgs {
+    #[command(flatten)]
+    conn: ConnArgs,
+    index: u64,
+}
+
+fn entry_json(index: u64, bytes: &[u8], leaf: &[u8]) -> serde_json::Value {
+    let decoded = Entry::decode(bytes);
+    let mut v = serde_json::json!({
+        "index": index,
+        "leaf_hash": hex::encode(leaf),
+        "entry": hex::encode(bytes),
+    });
+    if let Ok(e) = decoded {
+        v["integrated_time_unix_nanos"] = e.integrated_time_nanos.into();
+        v["transport_identity"] = e.transport_identity.clone().into();
+        if let Ok(ev) = crate::api::convert::decode_event(&e.envelope.payload) {
+            v["event_id"] = ev.event_id.into();
+            v["signer"] = ev.signer.to_string().into();
+            v["body"] = ev.body.kind_name().into();
+            v["claimed_time_unix_nanos"] = ev.claimed_time_nanos.into();
+        }
+    }
+    v
+}
+
+pub(crate) async fn get(a: GetArgs) -> CliResult {
+    let mut client = Conn::resolve(&a.conn)?.ledger().await?;
+    let r = client
+        .get_entry(pb::GetEntryRequest { index: a.index })
+        .await
+        .map_err(|s| status_err("get", s))?
+        .into_inner();
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&entry_json(r.index, &r.entry, &r.leaf_hash)).expect("json")
+    );
+    Ok(())
+}
+
+#[derive(Args, Debug)]
+pub struct CheckpointArgs {
+    #[command(flatten)]
+    conn: ConnArgs,
+    /// Save the signed note to this file (for `docket verify --since`).
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+pub(crate) async fn checkpoint(a: CheckpointArgs) -> CliResult {
+    let mut client = Conn::resolve(&a.conn)?.ledger().await?;
+    let cp = client
+        .get_checkpoint(pb::GetCheckpointRequest {})
+        .await
+        .map_err(|s| status_err("checkpoint", s))?
+        .into_inner();
+    let v = log_verifier(&a.conn.data.data)?;
+    Checkpoint::verify(&cp.note, &v, v.name())
+        .map_err(|e| CliError::failed(format!("the server's checkpoint does not verify: {e}")))?;
+    print!("{}", cp.note);
+    if let Some(out) = a.out {
+        std::fs::write(&out, &cp.note)
+            .map_err(|e| CliError::failed(format!("{}: {e}", out.display())))?;
+    }
+    Ok(())
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ProofCmd {
+    /// Inclusion proof of an entry in a tree size (default: latest), verified.
+    Inclusion {
+        #[command(flatten)]
+        conn: ConnArgs,
+        index: u64,
+        #[arg(long, default_value_t = 0)]
+        tree_size: u64,
+    },
+    /// Consistency proof between two tree sizes (default new: latest), verified.
+    Consistency {
+        #[command(flatten)]
+        conn: ConnArgs,
+        old_size: u64,
+        #[arg(long, default_value_t = 0)]
+        new_size: u64,
+    },
+}
+
+pub(crate) async fn proof(c: ProofCmd) -> CliResult {
+    match c {
+        ProofCmd::Inclusion {
+            conn,
+            index,
+            tree_size,
+        } => {
+            let mut client = Conn::resolve(&conn)?.ledger().await?;
+            let p = client
+                .get_inclusion_proof(pb::InclusionProofRequest { index, tree_size })
+                .await
+                .map_err(|s| status_err("inclusion proof", s))?
+                .into_inner();
+            let e = client
+                .get_entry(pb::GetEntryRequest { index })
+                .await
+                .map_err(|s| status_err("get", s))?
+                .into_inner();
+            let cp = client
+                .get_checkpoint(pb::GetCheckpointRequest {})
+                .await
+                .map_err(|s| status_err("checkpoint", s))?
+                .into_inner();
+            let v = log_verifier(&conn.data.data)?;
+            let cp = Checkpoint::verify(&cp.note, &v, v.name()).map_err(CliError::failed)?;
+            let root = if p.tree_size == cp.size {
+                cp.root
+            } else {
+                // Prove the older tree is a prefix of the signed one first.
+                return Err(CliError::usage(
+                    "verifying against a non-latest tree size needs that checkpoint; use --tree-size 0",
+                ));
+            };
+            merkle::verify_inclusion(
+                &merkle::leaf_hash(&e.entry),
+                index,
+                p.tree_size,
+                &hashes(&p.hashes)?,
+                &root,
+            )
+            .map_err(|e| CliError::failed(format!("inclusion proof does not verify: {e}")))?;
+            println!(
+                "{}",
+                serde_json::json!({"index": index, "tree_size": p.tree_size, "root": hex::encode(root),
+                    "hashes": p.hashes.iter().map(hex::encode).collect::<Vec<_>>(), "verified": true})
+            );
+            Ok(())
+        }
+        ProofCmd::Consistency {
+            conn,
+            old_size,
+            new_size,
+        } => {
+            let mut client = Conn::resolve(&conn)?.ledger().await?;
+            let p = client
+                .get_consistency_proof(pb::ConsistencyProofRequest { old_size, new_size })
+                .await
+                .map_err(|s| status_err("consistency proof", s))?
+                .into_inner();
+            println!(
+                "{}",
+                serde_json::json!({"old_size": p.old_size, "new_size": p.new_size,
+                    "hashes": p.hashes.iter().map(hex::encode).collect::<Vec<_>>()})
+            );
+            Ok(())
+        }
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct TailArgs {
+    #[command(flatten)]
+    conn: ConnArgs,
+    /// First index to send.
+    #[arg(long, default_value_t = 0)]
+    from: u64,
+    /// Keep streaming new entries as they become durable.
+    #[arg(long)]
+    follow: bool,
+}
+
+pub(crate) async fn tail(a: TailArgs) -> CliResult {
+    let mut client = Conn::resolve(&a.conn)?.ledger().await?;
+    let mut s = client
+        .tail(pb::TailRequest {
+            from_index: a.from,
+            follow: a.follow,
+        })
+        .await
+        .map_err(|s| status_err("tail", s))?
+        .into_inner();
+    while let Some(e) = s.message().await.map_err(|s| status_err("tail", s))? {
+        println!("{}", entry_json(e.index, &e.entry, &e.leaf_hash));
+    }
+    Ok(())
+}
+
+#[derive(Args, Debug)]
+pub struct VerifyArgs {
+    #[command(flatten)]
+    conn: ConnArgs,
+    /// Check a saved checkpoint is consistent with the server's latest one.
+    #[arg(long, requires = "server")]
+    since: Option<PathBuf>,
+    /// Trusted log verifier key file (name+id+key); defaults to <data>/log.vkey.
+    #[arg(long)]
+    log_key: Option<PathBuf>,
+}
+
+pub(crate) async fn verify(a: VerifyArgs) -> CliResult {
+    let verifier = match &a.log_key {
+        Some(p) => {
+            let t = std::fs::read_to_string(p)
+                .map_err(|e| CliError::usage(format!("{}: {e}", p.display())))?;
+            NoteVerifier::from_vkey(t.trim())
+                .map_err(|e| CliError::usage(format!("{}: {e}", p.display())))?
+        }
+        None => log_verifier(&a.conn.data.data)?,
+    };
+    if let Some(since) = &a.since {
+        let old_note = std::fs::read_to_string(since)
+            .map_err(|e| CliError::usage(format!("{}: {e}", since.display())))?;
+        let old = Checkpoint::verify(&old_note, &verifier, verifier.name())
+            .map_err(|e| CliError::failed(format!("{}: {e}", since.display())))?;
+        let mut client = Conn::resolve(&a.conn)?.ledger().await?;
+        let cur = client
+            .get_checkpoint(pb::GetCheckpointRequest {})
+            .await
+            .map_err(|s| status_err("checkpoint", s))?
+            .into_inner();
+        let new = Checkpoint::verify(&cur.note, &verifier, verifier.name())
+            .map_err(|e| CliError::failed(format!("server checkpoint: {e}")))?;
+        if new.size < old.size {
+            return Err(CliError::failed(format!(
+                "INCONSISTENT: the server's tree ({}) is smaller than the saved checkpoint ({}): history was truncated",
+                new.size, old.size
+            )));
+        }
+        let proof = if old.size == 0 || old.size == new.size {
+            Vec::new()
+        } else {
+            let p = client
+                .get_consistency_proof(pb::ConsistencyProofRequest {
+                    old_size: old.size,
+                    new_size: new.size,
+                })
+                .await
+                .map_err(|s| status_err("consistency proof", s))?
+                .into_inner();
+            hashes(&p.hashes)?
+        };
+        merkle::verify_consistency(old.size, new.size, &proof, &old.root, &new.root).map_err(|e| {
+            CliError::failed(format!(
+                "INCONSISTENT: saved checkpoint (size {}) is not a prefix of the server's (size {}): {e}; history was rewritten",
+                old.size, new.size
+            ))
+        })?;
+        println!(
+            "consistent: saved tree size {} is a prefix of the server's tree size {}",
+            old.size, new.size
+        );
+        return Ok(());
+    }
+    let dd = DataDir::new(&a.conn.data.data);
+    let store = SledStore::open(&dd.db())
+        .map_err(|e| CliError::usage(format!("{}: {e}", dd.db().display())))?;
+    let started = std::time::Instant::now();
+    match crate::verify::verify_store(&store, Some(&verifier)) {
+        Ok(r) => {
+            let secs = started.elapsed().as_secs_f64();
+            println!(
+                "OK: {} entries, {} checkpoints, root {} ({:.0} entries/s)",
+                r.entries,
+                r.checkpoints,
+                hex::encode(r.root),
+                r.entries as f64 / secs.max(1e-9)
+            );
+            Ok(())
+        }
+        Err(f) => Err(CliError::failed(format!("FAILED at {f}"))),
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct RebuildArgs {
+    #[command(flatten)]
+    data: DataArgs,
+    /// Replace the live state with the rebuilt one when they differ.
+    #[arg(long)]
+    replace: bool,
+}
+
+pub(crate) fn rebuild(a: RebuildArgs) -> CliResult {
+    let dd = DataDir::new(&a.data.data);
+    let store = std::sync::Arc::new(SledStore::open(&dd.db()).map_err(CliError::usage)?);
+    let outcome = rebuild_compare(&store).map_err(CliError::failed)?;
+    match outcome {
+        RebuildOutcome::Equal { entries, bytes } => {
+            println!(
+                "rebuilt state from {entries} entries: identical to the live state ({bytes} bytes)"
+            );
+            Ok(())
+        }
+        RebuildOutcome::Differs { first_key, rebuilt } => {
+            if a.replace {
+                store.replace_state(rebuilt).map_err(CliError::failed)?;
+                println!(
+                    "live state differed (first at key {first_key:?}); replaced with the rebuilt state"
+                );
+                Ok(())
+            } else {
+                Err(CliError::failed(format!(
+                    "live state DIFFERS from the rebuilt state, first at key {first_key:?}"
+                )))
+            }
+        }
+    }
+}
+
+/// The result of replaying the log into fresh state.
+#[derive(Debug)]
+pub enum RebuildOutcome {
+    Equal {
+        entries: u64,
+        bytes: usize,
+    },
+    Differs {
+        first_key: String,
+        rebuilt: Vec<(Vec<u8>, Vec<u8>)>,
+    },
+}
+
+/// Replays the whole log into fresh state and compares it byte for byte with
+/// the persisted state.
+pub fn rebuild_compare(store: &std::sync::Arc<SledStore>) -> Result<RebuildOutcome, String> {
+    use crate::ledger::{LedgerReader, Store};
+    let reader = LedgerReader::new(store.clone());
+    let size = reader.size().map_err(|e| e.to_string())?;
+    let mut state = State::new();
+    service::fold_entries(&reader, &mut state, size).map_err(|e| e.to_string())?;
+    let mut rebuilt: Vec<(Vec<u8>, Vec<u8>)> = state.take_changes();
+    rebuilt.sort();
+    let live = store.state_pairs().map_err(|e| e.to_string())?;
+    if live == rebuilt {
+        let bytes = live.iter().map(|(k, v)| k.len() + v.len()).sum();
+        return Ok(RebuildOutcome::Equal {
+            entries: size,
+            bytes,
+        });
+    }
+    let first_key = live
+        .iter()
+        .zip(rebuilt.iter())
+        .find(|(a, b)| a != b)
+        .map(|(a, _)| String::from_utf8_lossy(&a.0).into_owned())
+        .unwrap_or_else(|| "<one side has extra keys>".into());
+    Ok(RebuildOutcome::Differs { first_key, rebuilt })
+}

@@ -1,0 +1,160 @@
+//! The `docket` subcommands. Exit codes: 0 success, 1 the operation failed
+//! (verification found a problem, the server refused), 64 bad usage or config.
+
+pub mod bench;
+pub mod client;
+pub mod commands;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Docket: signed change events in a verifiable log.
+#[derive(Parser, Debug)]
+#[command(name = "docket", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Where the data directory is.
+#[derive(Args, Debug, Clone)]
+pub struct DataArgs {
+    /// Data directory (created by `init`/first `serve`).
+    #[arg(long, env = "DOCKET_DATA", default_value = "docket-data")]
+    pub data: PathBuf,
+}
+
+/// How to reach and authenticate to a server. Defaults come from the data dir.
+#[derive(Args, Debug, Clone)]
+pub struct ConnArgs {
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// Server URL; defaults to https://<listen address in the data dir config>.
+    #[arg(long, env = "DOCKET_SERVER")]
+    pub server: Option<String>,
+    /// CA certificate that signed the server's certificate (PEM).
+    #[arg(long, env = "DOCKET_CA")]
+    pub ca: Option<PathBuf>,
+    /// Client certificate (PEM).
+    #[arg(long, env = "DOCKET_CERT")]
+    pub cert: Option<PathBuf>,
+    /// Client certificate's private key (PEM).
+    #[arg(long, env = "DOCKET_CERT_KEY")]
+    pub cert_key: Option<PathBuf>,
+    /// Talk to a server started with --dangerous-plaintext (no TLS).
+    #[arg(long)]
+    pub dangerous_plaintext: bool,
+}
+
+/// Which key signs events, as which principal.
+#[derive(Args, Debug, Clone)]
+pub struct SignArgs {
+    /// Ed25519 private key (PKCS#8 PEM); defaults to the data dir's admin key.
+    #[arg(long, env = "DOCKET_KEY")]
+    pub key: Option<PathBuf>,
+    /// Principal id of the signer; defaults to the data dir's admin.
+    #[arg(long, env = "DOCKET_SIGNER")]
+    pub signer: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the server; creates the data directory first when it is absent.
+    Serve(commands::ServeArgs),
+    /// Create a data directory: keys, development PKI, genesis entry.
+    Init(commands::InitArgs),
+    /// Write a new Ed25519 key pair (FILE and FILE.pub).
+    Keygen(commands::KeygenArgs),
+    /// Register principals and manage their keys.
+    #[command(subcommand)]
+    Principal(commands::PrincipalCmd),
+    /// Sign and append an event; prints the verified receipt.
+    Append(commands::AppendArgs),
+    /// Print one entry.
+    Get(commands::GetArgs),
+    /// Print (and optionally save) the latest signed checkpoint.
+    Checkpoint(commands::CheckpointArgs),
+    /// Fetch and verify inclusion or consistency proofs.
+    #[command(subcommand)]
+    Proof(commands::ProofCmd),
+    /// Stream entries from an index, optionally following new ones.
+    Tail(commands::TailArgs),
+    /// Verify a data directory offline, or a saved checkpoint against a server.
+    Verify(commands::VerifyArgs),
+    /// Replay the log into fresh state and compare it with the live state.
+    Rebuild(commands::RebuildArgs),
+    /// Loopback load generator: appends and pings over mTLS, and PostgreSQL.
+    Bench(bench::BenchArgs),
+}
+
+/// Parses arguments and runs the subcommand.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("DOCKET_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: starting the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let res = rt.block_on(async move {
+        match cli.command {
+            Command::Serve(a) => commands::serve(a).await,
+            Command::Init(a) => commands::init(a),
+            Command::Keygen(a) => commands::keygen(a),
+            Command::Principal(c) => commands::principal(c).await,
+            Command::Append(a) => commands::append(a).await,
+            Command::Get(a) => commands::get(a).await,
+            Command::Checkpoint(a) => commands::checkpoint(a).await,
+            Command::Proof(c) => commands::proof(c).await,
+            Command::Tail(a) => commands::tail(a).await,
+            Command::Verify(a) => commands::verify(a).await,
+            Command::Rebuild(a) => commands::rebuild(a),
+            Command::Bench(a) => bench::run(a).await,
+        }
+    });
+    match res {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", e.message);
+            ExitCode::from(e.code)
+        }
+    }
+}
+
+/// A CLI failure: message and exit code.
+#[derive(Debug)]
+pub struct CliError {
+    pub message: String,
+    pub code: u8,
+}
+
+impl CliError {
+    pub(crate) fn failed(m: impl std::fmt::Display) -> Self {
+        CliError {
+            message: m.to_string(),
+            code: 1,
+        }
+    }
+    pub(crate) fn usage(m: impl std::fmt::Display) -> Self {
+        CliError {
+            message: m.to_string(),
+            code: 64,
+        }
+    }
+}
+
+type CliResult = Result<(), CliError>;

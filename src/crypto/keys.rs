@@ -1,0 +1,184 @@
+//! Ed25519 key files (PKCS#8 / SPKI PEM, readable by OpenSSL) and key ids.
+
+use std::fmt;
+use std::path::Path;
+
+use ed25519_dalek::pkcs8::{DecodePrivateKey, DecodePublicKey, EncodePrivateKey, EncodePublicKey};
+use ed25519_dalek::{SigningKey, VerifyingKey};
+
+/// A key id: the first 8 bytes of BLAKE3(public key), shown as 16 hex digits.
+/// Used as the DSSE `keyid` hint; never trusted for authorization.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct KeyId([u8; 8]);
+
+impl KeyId {
+    /// The key id of an Ed25519 public key.
+    pub fn of(key: &VerifyingKey) -> Self {
+        let h = blake3::hash(key.as_bytes());
+        let mut id = [0u8; 8];
+        id.copy_from_slice(&h.as_bytes()[..8]);
+        KeyId(id)
+    }
+}
+
+impl fmt::Display for KeyId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&hex::encode(self.0))
+    }
+}
+
+impl fmt::Debug for KeyId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "KeyId({self})")
+    }
+}
+
+/// Why a key could not be read or used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum KeyError {
+    #[error("reading {path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path}: not an Ed25519 PKCS#8 private key in PEM: {reason}")]
+    BadPrivateKey { path: String, reason: String },
+    #[error("{path}: not an Ed25519 public key (SPKI PEM or 64 hex digits): {reason}")]
+    BadPublicKey { path: String, reason: String },
+    #[error("public key is {0} bytes; Ed25519 public keys are 32 bytes")]
+    BadLength(usize),
+    #[error("public key is not a valid Ed25519 point")]
+    NotAPoint,
+    #[error("public key has small order and would accept forged signatures")]
+    Weak,
+}
+
+/// A fresh signing key from the operating system's RNG.
+pub fn generate_signing_key() -> SigningKey {
+    SigningKey::generate(&mut rand::rngs::OsRng)
+}
+
+/// Parses a raw 32-byte Ed25519 public key, refusing invalid and weak points.
+pub fn parse_public_key(bytes: &[u8]) -> Result<VerifyingKey, KeyError> {
+    let arr: [u8; 32] = bytes
+        .try_into()
+        .map_err(|_| KeyError::BadLength(bytes.len()))?;
+    let key = VerifyingKey::from_bytes(&arr).map_err(|_| KeyError::NotAPoint)?;
+    if key.is_weak() {
+        return Err(KeyError::Weak);
+    }
+    Ok(key)
+}
+
+/// Writes a private key as PKCS#8 PEM with mode 0600.
+pub fn write_signing_key(path: &Path, key: &SigningKey) -> Result<(), KeyError> {
+    let pem = key
+        .to_pkcs8_pem(Default::default())
+        .map_err(|e| KeyError::BadPrivateKey {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+    write_private(path, pem.as_bytes())
+}
+
+/// Writes a public key as SPKI PEM.
+pub fn write_public_key(path: &Path, key: &VerifyingKey) -> Result<(), KeyError> {
+    let pem = key
+        .to_public_key_pem(Default::default())
+        .map_err(|e| KeyError::BadPublicKey {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+    std::fs::write(path, pem).map_err(|source| KeyError::Io {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+/// Reads a PKCS#8 PEM Ed25519 private key.
+pub fn read_signing_key(path: &Path) -> Result<SigningKey, KeyError> {
+    let text = std::fs::read_to_string(path).map_err(|source| KeyError::Io {
+        path: path.display().to_string(),
+        source,
+    })?;
+    SigningKey::from_pkcs8_pem(&text).map_err(|e| KeyError::BadPrivateKey {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    })
+}
+
+/// Reads an Ed25519 public key: SPKI PEM, or the raw key as 64 hex digits.
+pub fn read_public_key(path: &Path) -> Result<VerifyingKey, KeyError> {
+    let text = std::fs::read_to_string(path).map_err(|source| KeyError::Io {
+        path: path.display().to_string(),
+        source,
+    })?;
+    let bad = |reason: String| KeyError::BadPublicKey {
+        path: path.display().to_string(),
+        reason,
+    };
+    let trimmed = text.trim();
+    let key = if trimmed.starts_with("-----BEGIN") {
+        VerifyingKey::from_public_key_pem(trimmed).map_err(|e| bad(e.to_string()))?
+    } else {
+        let raw = hex::decode(trimmed).map_err(|e| bad(e.to_string()))?;
+        return parse_public_key(&raw);
+    };
+    if key.is_weak() {
+        return Err(KeyError::Weak);
+    }
+    Ok(key)
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> Result<(), KeyError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let io = |source| KeyError::Io {
+        path: path.display().to_string(),
+        source,
+    };
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io)?;
+    f.write_all(bytes).map_err(io)?;
+    f.sync_all().map_err(io)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_files_round_trip_and_refuse_garbage() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = SigningKey::from_bytes(&[3u8; 32]);
+        let sk = dir.path().join("k.pem");
+        let pk = dir.path().join("k.pub");
+        write_signing_key(&sk, &key).unwrap();
+        write_public_key(&pk, &key.verifying_key()).unwrap();
+        assert_eq!(read_signing_key(&sk).unwrap().to_bytes(), key.to_bytes());
+        assert_eq!(read_public_key(&pk).unwrap(), key.verifying_key());
+        // An existing key file is never overwritten.
+        assert!(matches!(
+            write_signing_key(&sk, &key),
+            Err(KeyError::Io { .. })
+        ));
+        std::fs::write(&pk, "not a key").unwrap();
+        assert!(matches!(
+            read_public_key(&pk),
+            Err(KeyError::BadPublicKey { .. })
+        ));
+        // The identity point is a weak key.
+        let mut identity = [0u8; 32];
+        identity[0] = 1;
+        assert!(matches!(parse_public_key(&identity), Err(KeyError::Weak)));
+        assert!(matches!(
+            parse_public_key(&[1, 2]),
+            Err(KeyError::BadLength(2))
+        ));
+    }
+}

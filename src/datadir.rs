@@ -1,0 +1,217 @@
+//! The data directory: what `docket init` creates and `docket serve` opens.
+//!
+//! ```text
+//! <data>/config.json     origin, listen address, admin principal id
+//! <data>/log.key         the log's Ed25519 signing key (PKCS#8 PEM, 0600)
+//! <data>/log.vkey        its C2SP note verifier key (give this to auditors)
+//! <data>/admin.key       the first administrator's signing key (0600)
+//! <data>/admin.pub       its public key (SPKI PEM)
+//! <data>/tls/            development CA, server and client certificates
+//! <data>/db/             the sled database (log and state trees)
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use ed25519_dalek::SigningKey;
+use serde::{Deserialize, Serialize};
+
+use crate::api::convert::sign_event;
+use crate::crypto::{self, KeyError, NoteSigner};
+use crate::event::{Body, Event, Genesis, PrincipalId, PrincipalKind, PrincipalSpec};
+use crate::ledger::{SledStore, StoreError};
+use crate::service::{AppendError, Config as ServiceConfig, OpenError, Service};
+use crate::tls::{PkiPaths, TlsError};
+
+/// Settings fixed at `init`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct DataConfig {
+    pub origin: String,
+    pub listen: String,
+    pub admin: String,
+}
+
+/// Options of `docket init`.
+#[derive(Clone, Debug)]
+pub struct InitOptions {
+    pub origin: String,
+    pub listen: String,
+    pub admin: String,
+    pub hosts: Vec<String>,
+}
+
+impl Default for InitOptions {
+    fn default() -> Self {
+        InitOptions {
+            origin: "docket.local/log".into(),
+            listen: "127.0.0.1:7443".into(),
+            admin: "admin".into(),
+            hosts: vec!["localhost".into(), "127.0.0.1".into(), "::1".into()],
+        }
+    }
+}
+
+/// Why a data directory could not be created or opened.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DataDirError {
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path}: {reason}")]
+    Config { path: String, reason: String },
+    #[error("{0} already holds a Docket log; refusing to initialise it again")]
+    AlreadyInitialised(String),
+    #[error("{0} is not a Docket data directory (no config.json); run `docket init`")]
+    NotInitialised(String),
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("creating genesis: {0}")]
+    Genesis(#[from] AppendError),
+    #[error("opening the log: {0}")]
+    Open(#[from] OpenError),
+    #[error("admin id: {0}")]
+    AdminId(String),
+}
+
+/// Paths inside a data directory.
+#[derive(Clone, Debug)]
+pub struct DataDir {
+    pub root: PathBuf,
+}
+
+impl DataDir {
+    /// A data directory at `root` (which may not exist yet).
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        DataDir { root: root.into() }
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.root.join("config.json")
+    }
+    pub fn log_key(&self) -> PathBuf {
+        self.root.join("log.key")
+    }
+    pub fn log_vkey(&self) -> PathBuf {
+        self.root.join("log.vkey")
+    }
+    pub fn admin_key(&self) -> PathBuf {
+        self.root.join("admin.key")
+    }
+    pub fn admin_pub(&self) -> PathBuf {
+        self.root.join("admin.pub")
+    }
+    pub fn tls(&self) -> PkiPaths {
+        PkiPaths::in_dir(&self.root.join("tls"))
+    }
+    pub fn db(&self) -> PathBuf {
+        self.root.join("db")
+    }
+
+    /// True when `init` has completed here.
+    pub fn is_initialised(&self) -> bool {
+        self.config_path().exists()
+    }
+
+    /// Reads `config.json`.
+    pub fn config(&self) -> Result<DataConfig, DataDirError> {
+        let p = self.config_path();
+        let text = std::fs::read_to_string(&p).map_err(|source| {
+            if source.kind() == std::io::ErrorKind::NotFound {
+                DataDirError::NotInitialised(self.root.display().to_string())
+            } else {
+                DataDirError::Io {
+                    path: p.display().to_string(),
+                    source,
+                }
+            }
+        })?;
+        serde_json::from_str(&text).map_err(|e| DataDirError::Config {
+            path: p.display().to_string(),
+            reason: e.to_string(),
+        })
+    }
+
+    /// Creates keys, the development PKI and the genesis entry. The config
+    /// file is written last, so an interrupted init is never taken for a
+    /// finished one.
+    pub fn init(&self, opts: &InitOptions) -> Result<DataConfig, DataDirError> {
+        if self.is_initialised() || self.db().exists() {
+            return Err(DataDirError::AlreadyInitialised(
+                self.root.display().to_string(),
+            ));
+        }
+        let io = |path: &Path| {
+            let path = path.display().to_string();
+            move |source| DataDirError::Io { path, source }
+        };
+        std::fs::create_dir_all(&self.root).map_err(io(&self.root))?;
+        let admin_id =
+            PrincipalId::parse(&opts.admin).map_err(|e| DataDirError::AdminId(e.to_string()))?;
+        let log_key = crypto::generate_signing_key();
+        let admin_key = crypto::generate_signing_key();
+        crypto::write_signing_key(&self.log_key(), &log_key)?;
+        crypto::write_signing_key(&self.admin_key(), &admin_key)?;
+        crypto::write_public_key(&self.admin_pub(), &admin_key.verifying_key())?;
+        let signer = NoteSigner::new(&opts.origin, log_key.clone());
+        std::fs::write(self.log_vkey(), format!("{}\n", signer.verifier().vkey()))
+            .map_err(io(&self.log_vkey()))?;
+        crate::tls::generate_dev_pki(
+            &self.root.join("tls"),
+            &opts.hosts,
+            &format!("docket-{}", opts.admin),
+        )?;
+
+        let genesis = Event {
+            event_id: format!("genesis:{}", opts.origin),
+            claimed_time_nanos: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as i64)
+                .unwrap_or(1),
+            signer: admin_id.clone(),
+            body: Body::Genesis(Genesis {
+                origin: opts.origin.clone(),
+                log_key: log_key.verifying_key(),
+                administrators: vec![PrincipalSpec {
+                    id: admin_id,
+                    kind: PrincipalKind::Human,
+                    display_name: "Initial administrator".into(),
+                    roles: Default::default(),
+                    keys: vec![admin_key.verifying_key()],
+                }],
+            }),
+        };
+        let store = Arc::new(SledStore::open(&self.db())?);
+        Service::create_log(&store, signer, sign_event(&genesis, &admin_key))?;
+        drop(store);
+        let cfg = DataConfig {
+            origin: opts.origin.clone(),
+            listen: opts.listen.clone(),
+            admin: opts.admin.clone(),
+        };
+        let text = serde_json::to_string_pretty(&cfg).expect("config serialises");
+        std::fs::write(self.config_path(), text + "\n").map_err(io(&self.config_path()))?;
+        Ok(cfg)
+    }
+
+    /// The log signing key and its note signer.
+    pub fn note_signer(&self, cfg: &DataConfig) -> Result<NoteSigner, DataDirError> {
+        let key: SigningKey = crypto::read_signing_key(&self.log_key())?;
+        Ok(NoteSigner::new(&cfg.origin, key))
+    }
+
+    /// Opens the log and starts its writer.
+    pub fn open_service(&self, config: ServiceConfig) -> Result<Arc<Service>, DataDirError> {
+        let cfg = self.config()?;
+        let signer = self.note_signer(&cfg)?;
+        let store = Arc::new(SledStore::open(&self.db())?);
+        Ok(Arc::new(Service::open(store, signer, config)?))
+    }
+}

@@ -1,0 +1,131 @@
+//! Checkpoints: C2SP `tlog-checkpoint` bodies inside signed notes.
+//!
+//! ```text
+//! <origin>\n
+//! <tree size, ASCII decimal, no leading zeros>\n
+//! <base64 (standard, padded) of the 32-byte root hash>\n
+//! [extension lines]\n
+//! \n
+//! — <key name> <base64(keyid[4] || sig[64])>\n
+//! ```
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+
+use crate::crypto::{NoteError, NoteSigner, NoteVerifier};
+
+use super::merkle::Hash;
+
+/// A verified (or freshly signed) checkpoint.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Checkpoint {
+    pub origin: String,
+    pub size: u64,
+    pub root: Hash,
+    /// The signed note, verbatim.
+    pub note: String,
+}
+
+/// Why a checkpoint was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CheckpointError {
+    #[error("checkpoint signature: {0}")]
+    Note(#[from] NoteError),
+    #[error("checkpoint body is malformed: {0}")]
+    Malformed(&'static str),
+    #[error("checkpoint origin is {got:?}, expected {expected:?}")]
+    WrongOrigin { expected: String, got: String },
+}
+
+impl Checkpoint {
+    /// Signs a checkpoint for (origin, size, root).
+    pub fn sign(signer: &NoteSigner, origin: &str, size: u64, root: &Hash) -> Checkpoint {
+        let body = format!("{origin}\n{size}\n{}\n", B64.encode(root));
+        Checkpoint {
+            origin: origin.to_owned(),
+            size,
+            root: *root,
+            note: signer.sign(&body),
+        }
+    }
+
+    /// Verifies the note's signature with `verifier` and parses its body. The
+    /// origin must equal the verifier's key name's log origin given here.
+    pub fn verify(
+        note: &str,
+        verifier: &NoteVerifier,
+        origin: &str,
+    ) -> Result<Checkpoint, CheckpointError> {
+        let body = verifier.verify(note)?;
+        let cp = Checkpoint::parse_body(body, note)?;
+        if cp.origin != origin {
+            return Err(CheckpointError::WrongOrigin {
+                expected: origin.to_owned(),
+                got: cp.origin,
+            });
+        }
+        Ok(cp)
+    }
+
+    fn parse_body(body: &str, note: &str) -> Result<Checkpoint, CheckpointError> {
+        let mut lines = body.split('\n');
+        let origin = lines
+            .next()
+            .filter(|o| !o.is_empty())
+            .ok_or(CheckpointError::Malformed("missing origin"))?;
+        let size_s = lines
+            .next()
+            .ok_or(CheckpointError::Malformed("missing tree size"))?;
+        if size_s.is_empty()
+            || (size_s.len() > 1 && size_s.starts_with('0'))
+            || !size_s.bytes().all(|b| b.is_ascii_digit())
+        {
+            return Err(CheckpointError::Malformed(
+                "tree size is not canonical decimal",
+            ));
+        }
+        let size: u64 = size_s
+            .parse()
+            .map_err(|_| CheckpointError::Malformed("tree size overflows"))?;
+        let root_s = lines
+            .next()
+            .ok_or(CheckpointError::Malformed("missing root hash"))?;
+        let root: Hash = B64
+            .decode(root_s)
+            .ok()
+            .and_then(|r| r.try_into().ok())
+            .ok_or(CheckpointError::Malformed(
+                "root hash is not 32 bytes of base64",
+            ))?;
+        Ok(Checkpoint {
+            origin: origin.to_owned(),
+            size,
+            root,
+            note: note.to_owned(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ed25519_dalek::SigningKey;
+
+    #[test]
+    fn sign_then_verify_and_refuse_tampering() {
+        let s = NoteSigner::new("docket.test/log", SigningKey::from_bytes(&[4; 32]));
+        let cp = Checkpoint::sign(&s, "docket.test/log", 12, &[7; 32]);
+        let back = Checkpoint::verify(&cp.note, &s.verifier(), "docket.test/log").unwrap();
+        assert_eq!(back, cp);
+        let forged = cp.note.replacen("\n12\n", "\n13\n", 1);
+        assert!(matches!(
+            Checkpoint::verify(&forged, &s.verifier(), "docket.test/log"),
+            Err(CheckpointError::Note(NoteError::InvalidSignature(_)))
+        ));
+        assert!(matches!(
+            Checkpoint::verify(&cp.note, &s.verifier(), "other"),
+            Err(CheckpointError::WrongOrigin { .. })
+        ));
+    }
+}

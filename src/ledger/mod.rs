@@ -1,0 +1,311 @@
+//! The append-only log: entries, Merkle tree, checkpoints and proofs over a
+//! [`Store`]. Knows nothing of gRPC, events' meaning or policy. A committed
+//! entry is never rewritten.
+
+mod checkpoint;
+mod entry;
+pub mod merkle;
+mod store;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+pub use checkpoint::{Checkpoint, CheckpointError};
+pub use entry::{
+    DecodeError, EncodeError, Entry, Envelope, EnvelopeSignature, FORMAT_VERSION, MAX_SIGNATURES,
+};
+pub use merkle::{CompactRange, Hash, ProofError};
+pub use store::{SledStore, Store, StoreError, WriteBatch};
+
+use crate::crypto::NoteSigner;
+use merkle::NodeSource;
+
+/// Read access to a log; cheap to clone and safe to share between tasks.
+pub struct LedgerReader<S: Store> {
+    store: Arc<S>,
+}
+
+impl<S: Store> Clone for LedgerReader<S> {
+    fn clone(&self) -> Self {
+        LedgerReader {
+            store: self.store.clone(),
+        }
+    }
+}
+
+/// Why a read failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReadError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("index {index} is beyond the tree size {size}")]
+    OutOfRange { index: u64, size: u64 },
+    #[error("the log holds no node ({level}, {index}); the store is damaged")]
+    MissingNode { level: u32, index: u64 },
+}
+
+struct Nodes<'a, S>(&'a S);
+
+impl<S: Store> NodeSource for Nodes<'_, S> {
+    type Error = ReadError;
+    fn perfect(&self, level: u32, index: u64) -> Result<Hash, ReadError> {
+        self.0
+            .node(level, index)?
+            .ok_or(ReadError::MissingNode { level, index })
+    }
+}
+
+impl<S: Store> LedgerReader<S> {
+    /// Reads through `store`.
+    pub fn new(store: Arc<S>) -> Self {
+        LedgerReader { store }
+    }
+
+    /// The underlying store.
+    pub fn store(&self) -> &Arc<S> {
+        &self.store
+    }
+
+    /// Number of durable entries.
+    pub fn size(&self) -> Result<u64, ReadError> {
+        Ok(self.store.size()?)
+    }
+
+    /// Entry bytes and leaf hash at `index`, if present.
+    pub fn entry(&self, index: u64) -> Result<Option<(Vec<u8>, Hash)>, ReadError> {
+        let Some(bytes) = self.store.entry(index)? else {
+            return Ok(None);
+        };
+        let leaf = Nodes(&*self.store).perfect(0, index)?;
+        Ok(Some((bytes, leaf)))
+    }
+
+    /// Inclusion proof of `index` in the tree of `size` leaves.
+    pub fn inclusion_proof(&self, index: u64, size: u64) -> Result<Vec<Hash>, ReadError> {
+        if index >= size {
+            return Err(ReadError::OutOfRange { index, size });
+        }
+        merkle::inclusion_proof(&Nodes(&*self.store), index, size)
+    }
+
+    /// Consistency proof from `old` to `new` leaves (`0 < old <= new`).
+    pub fn consistency_proof(&self, old: u64, new: u64) -> Result<Vec<Hash>, ReadError> {
+        if old == 0 || old > new {
+            return Err(ReadError::OutOfRange {
+                index: old,
+                size: new,
+            });
+        }
+        merkle::consistency_proof(&Nodes(&*self.store), old, new)
+    }
+
+    /// Root of the tree of `size` leaves.
+    pub fn root(&self, size: u64) -> Result<Hash, ReadError> {
+        merkle::root(&Nodes(&*self.store), size)
+    }
+
+    /// The signed checkpoint note for `size`, if one was signed.
+    pub fn checkpoint_note(&self, size: u64) -> Result<Option<String>, ReadError> {
+        Ok(self.store.checkpoint(size)?)
+    }
+
+    /// The latest signed checkpoint note and its size.
+    pub fn latest_checkpoint_note(&self) -> Result<Option<(u64, String)>, ReadError> {
+        Ok(self.store.latest_checkpoint()?)
+    }
+
+    /// Index and envelope digest recorded for an event id.
+    pub fn event(&self, event_id: &str) -> Result<Option<(u64, Hash)>, ReadError> {
+        Ok(self.store.event(event_id)?)
+    }
+}
+
+/// An entry staged in a batch.
+#[derive(Clone, Debug)]
+pub struct Staged {
+    pub index: u64,
+    pub entry: Arc<Vec<u8>>,
+    pub leaf: Hash,
+}
+
+/// Entries staged but not yet committed.
+pub struct PendingBatch {
+    log: Vec<(Vec<u8>, Vec<u8>)>,
+    events: HashMap<String, (u64, Hash)>,
+    saved: (CompactRange, Hash, i64),
+}
+
+impl PendingBatch {
+    /// Number of staged entries.
+    pub fn len(&self) -> usize {
+        self.events.len()
+    }
+
+    /// True when nothing is staged.
+    pub fn is_empty(&self) -> bool {
+        self.events.is_empty()
+    }
+}
+
+/// The single writer of a log. Stages entries in memory, then commits a batch
+/// atomically with one flush and one signed checkpoint (group commit).
+pub struct Appender<S: Store> {
+    store: Arc<S>,
+    signer: NoteSigner,
+    origin: String,
+    range: CompactRange,
+    last_leaf: Hash,
+    last_time: i64,
+}
+
+/// Why an append could not be committed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CommitError {
+    #[error(transparent)]
+    Read(#[from] ReadError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("stored entry {index} does not decode: {source}")]
+    Corrupt { index: u64, source: DecodeError },
+}
+
+impl<S: Store> Appender<S> {
+    /// Opens the writer at the end of the stored log.
+    pub fn open(store: Arc<S>, signer: NoteSigner, origin: &str) -> Result<Self, CommitError> {
+        let size = store.size()?;
+        let range = CompactRange::from_source(&Nodes(&*store), size)?;
+        let (last_leaf, last_time) = match size.checked_sub(1) {
+            None => ([0u8; 32], i64::MIN),
+            Some(i) => {
+                let leaf = Nodes(&*store).perfect(0, i)?;
+                let bytes = store
+                    .entry(i)?
+                    .ok_or(ReadError::MissingNode { level: 0, index: i })?;
+                let e = Entry::decode(&bytes)
+                    .map_err(|source| CommitError::Corrupt { index: i, source })?;
+                (leaf, e.integrated_time_nanos)
+            }
+        };
+        Ok(Appender {
+            store,
+            signer,
+            origin: origin.to_owned(),
+            range,
+            last_leaf,
+            last_time,
+        })
+    }
+
+    /// Number of committed plus staged entries: the index the next staged entry gets.
+    pub fn next_index(&self) -> u64 {
+        self.range.size()
+    }
+
+    /// Starts a batch.
+    pub fn begin(&self) -> PendingBatch {
+        PendingBatch {
+            log: Vec::new(),
+            events: HashMap::new(),
+            saved: (self.range.clone(), self.last_leaf, self.last_time),
+        }
+    }
+
+    /// The (index, envelope digest) of an event id, staged or committed.
+    pub fn lookup_event(
+        &self,
+        batch: &PendingBatch,
+        event_id: &str,
+    ) -> Result<Option<(u64, Hash)>, StoreError> {
+        if let Some(v) = batch.events.get(event_id) {
+            return Ok(Some(*v));
+        }
+        self.store.event(event_id)
+    }
+
+    /// Stages one entry. Its integrated time is `now_nanos`, raised if needed so
+    /// integrated times never decrease along the log.
+    pub fn stage(
+        &mut self,
+        batch: &mut PendingBatch,
+        transport_identity: &str,
+        envelope: Envelope,
+        event_id: &str,
+        now_nanos: i64,
+    ) -> Result<Staged, EncodeError> {
+        let index = self.range.size();
+        let digest = envelope.digest();
+        let entry = Entry {
+            index,
+            integrated_time_nanos: now_nanos.max(self.last_time),
+            prev_leaf_hash: self.last_leaf,
+            transport_identity: transport_identity.to_owned(),
+            envelope,
+        };
+        let bytes = entry.encode()?;
+        let leaf = merkle::leaf_hash(&bytes);
+        for (level, idx, h) in self.range.push(leaf) {
+            batch.log.push((store::node_key(level, idx), h.to_vec()));
+        }
+        let mut ev = index.to_be_bytes().to_vec();
+        ev.extend_from_slice(&digest);
+        batch.log.push((store::event_key(event_id), ev));
+        batch.log.push((store::entry_key(index), bytes.clone()));
+        batch.events.insert(event_id.to_owned(), (index, digest));
+        self.last_leaf = leaf;
+        self.last_time = entry.integrated_time_nanos;
+        Ok(Staged {
+            index,
+            entry: Arc::new(bytes),
+            leaf,
+        })
+    }
+
+    /// Signs a checkpoint over everything staged, writes the batch and the
+    /// state changes, and flushes. Only after this returns is anything durable.
+    /// On error the appender is rolled back to the last committed entry.
+    pub fn commit(
+        &mut self,
+        batch: PendingBatch,
+        state: Vec<(Vec<u8>, Vec<u8>)>,
+    ) -> Result<Option<Checkpoint>, CommitError> {
+        if batch.is_empty() && state.is_empty() {
+            return Ok(None);
+        }
+        let PendingBatch { mut log, saved, .. } = batch;
+        let cp = Checkpoint::sign(
+            &self.signer,
+            &self.origin,
+            self.range.size(),
+            &self.range.root(),
+        );
+        log.push((store::checkpoint_key(cp.size), cp.note.clone().into_bytes()));
+        let res = self
+            .store
+            .write(WriteBatch { log, state })
+            .and_then(|()| self.store.flush());
+        match res {
+            Ok(()) => Ok(Some(cp)),
+            Err(e) => {
+                (self.range, self.last_leaf, self.last_time) = saved;
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Discards a staged batch.
+    pub fn rollback(&mut self, batch: PendingBatch) {
+        (self.range, self.last_leaf, self.last_time) = batch.saved;
+    }
+
+    /// Signs a checkpoint for the current (committed) size without writing it.
+    pub fn sign_current(&self) -> Checkpoint {
+        Checkpoint::sign(
+            &self.signer,
+            &self.origin,
+            self.range.size(),
+            &self.range.root(),
+        )
+    }
+}

@@ -1,0 +1,264 @@
+//! Durable storage behind a small trait. sled is the embedded default.
+//!
+//! sled layout: tree `log`, keys by one-byte prefix, integers big-endian:
+//! - `e` u64 index → entry bytes
+//! - `n` u8 level, u64 index → 32-byte perfect-subtree hash (level 0 = leaf hash)
+//! - `x` event id bytes → u64 index, [32] BLAKE3 of the envelope bytes
+//! - `c` u64 tree size → signed checkpoint note
+//!
+//! and tree `state`: the identity projection (see `state`).
+
+use super::merkle::Hash;
+
+/// One group of writes: staged entries, nodes, event ids and a checkpoint
+/// (applied atomically), then the state changes folded from them.
+#[derive(Default, Debug)]
+pub struct WriteBatch {
+    pub log: Vec<(Vec<u8>, Vec<u8>)>,
+    pub state: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+/// A storage error.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    #[error("storage: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("storage holds a corrupt {what} at {key}")]
+    Corrupt { what: &'static str, key: String },
+}
+
+/// What the ledger needs from storage.
+pub trait Store: Send + Sync + 'static {
+    /// Entry bytes at `index`.
+    fn entry(&self, index: u64) -> Result<Option<Vec<u8>>, StoreError>;
+    /// A perfect subtree hash.
+    fn node(&self, level: u32, index: u64) -> Result<Option<Hash>, StoreError>;
+    /// The index and envelope digest stored for an event id.
+    fn event(&self, event_id: &str) -> Result<Option<(u64, Hash)>, StoreError>;
+    /// The checkpoint note signed for `size`, if one was.
+    fn checkpoint(&self, size: u64) -> Result<Option<String>, StoreError>;
+    /// The checkpoint with the largest size.
+    fn latest_checkpoint(&self) -> Result<Option<(u64, String)>, StoreError>;
+    /// Every stored checkpoint size, ascending.
+    fn checkpoint_sizes(&self) -> Result<Vec<u64>, StoreError>;
+    /// Number of entries.
+    fn size(&self) -> Result<u64, StoreError>;
+    /// Applies `batch` atomically (not yet durable).
+    fn write(&self, batch: WriteBatch) -> Result<(), StoreError>;
+    /// Makes every earlier write durable.
+
+    fn flush(&self) -> Result<(), StoreError>;
+    /// All state pairs in key order.
+    fn state_pairs(&self) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError>;
+}
+
+/// Key of entry `index`.
+pub(crate) fn entry_key(index: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(9);
+    k.push(b'e');
+    k.extend_from_slice(&index.to_be_bytes());
+    k
+}
+
+/// Key of a perfect node.
+pub(crate) fn node_key(level: u32, index: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(10);
+    k.push(b'n');
+    // Levels are < 64: a tree has fewer than 2^64 leaves.
+    k.push(level as u8);
+    k.extend_from_slice(&index.to_be_bytes());
+    k
+}
+
+/// Key of an event id.
+pub(crate) fn event_key(event_id: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + event_id.len());
+    k.push(b'x');
+    k.extend_from_slice(event_id.as_bytes());
+    k
+}
+
+/// Key of the checkpoint for `size`.
+pub(crate) fn checkpoint_key(size: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(9);
+    k.push(b'c');
+    k.extend_from_slice(&size.to_be_bytes());
+    k
+}
+
+/// The sled backend.
+#[derive(Clone)]
+pub struct SledStore {
+    db: sled::Db,
+    log: sled::Tree,
+    state: sled::Tree,
+}
+
+impl SledStore {
+    /// Opens (or creates) the store in `dir`.
+    pub fn open(dir: &std::path::Path) -> Result<Self, StoreError> {
+        let db = sled::Config::new()
+            .path(dir)
+            .cache_capacity(256 << 20)
+            .open()?;
+        Self::from_db(db)
+    }
+
+    /// A store that lives only in memory (tests).
+    pub fn temporary() -> Result<Self, StoreError> {
+        Self::from_db(sled::Config::new().temporary(true).open()?)
+    }
+
+    fn from_db(db: sled::Db) -> Result<Self, StoreError> {
+        let log = db.open_tree("log")?;
+        let state = db.open_tree("state")?;
+        Ok(SledStore { db, log, state })
+    }
+
+    /// Replaces the state tree's contents with `pairs` (used by `rebuild --replace`).
+    pub fn replace_state(&self, pairs: Vec<(Vec<u8>, Vec<u8>)>) -> Result<(), StoreError> {
+        self.state.clear()?;
+        let mut b = sled::Batch::default();
+        for (k, v) in pairs {
+            b.insert(k, v);
+        }
+        self.state.apply_batch(b)?;
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// Overwrites one stored entry's bytes. Only for tamper tests and tools
+    /// that simulate an insider; the ledger itself never rewrites an entry.
+    pub fn dangerous_overwrite_entry(&self, index: u64, bytes: &[u8]) -> Result<(), StoreError> {
+        self.log.insert(entry_key(index), bytes)?;
+        self.db.flush()?;
+        Ok(())
+    }
+}
+
+fn hash_of(v: &[u8], what: &'static str, key: &[u8]) -> Result<Hash, StoreError> {
+    v.try_into().map_err(|_| StoreError::Corrupt {
+        what,
+        key: hex::encode(key),
+    })
+}
+
+impl Store for SledStore {
+    fn entry(&self, index: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.log.get(entry_key(index))?.map(|v| v.to_vec()))
+    }
+
+    fn node(&self, level: u32, index: u64) -> Result<Option<Hash>, StoreError> {
+        let k = node_key(level, index);
+        match self.log.get(&k)? {
+            Some(v) => Ok(Some(hash_of(&v, "node", &k)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn event(&self, event_id: &str) -> Result<Option<(u64, Hash)>, StoreError> {
+        let k = event_key(event_id);
+        let Some(v) = self.log.get(&k)? else {
+            return Ok(None);
+        };
+        if v.len() != 40 {
+            return Err(StoreError::Corrupt {
+                what: "event index",
+                key: hex::encode(&k),
+            });
+        }
+        let mut idx = [0u8; 8];
+        idx.copy_from_slice(&v[..8]);
+        Ok(Some((
+            u64::from_be_bytes(idx),
+            hash_of(&v[8..], "event digest", &k)?,
+        )))
+    }
+
+    fn checkpoint(&self, size: u64) -> Result<Option<String>, StoreError> {
+        let k = checkpoint_key(size);
+        match self.log.get(&k)? {
+            Some(v) => Ok(Some(String::from_utf8(v.to_vec()).map_err(|_| {
+                StoreError::Corrupt {
+                    what: "checkpoint",
+                    key: hex::encode(&k),
+                }
+            })?)),
+            None => Ok(None),
+        }
+    }
+
+    fn latest_checkpoint(&self) -> Result<Option<(u64, String)>, StoreError> {
+        let Some((k, _)) = self.log.scan_prefix([b'c']).next_back().transpose()? else {
+            return Ok(None);
+        };
+        let size = key_u64(&k, "checkpoint")?;
+        Ok(self.checkpoint(size)?.map(|n| (size, n)))
+    }
+
+    fn checkpoint_sizes(&self) -> Result<Vec<u64>, StoreError> {
+        self.log
+            .scan_prefix([b'c'])
+            .keys()
+            .map(|k| key_u64(&k?, "checkpoint"))
+            .collect()
+    }
+
+    fn size(&self) -> Result<u64, StoreError> {
+        match self
+            .log
+            .scan_prefix([b'e'])
+            .keys()
+            .next_back()
+            .transpose()?
+        {
+            Some(k) => Ok(key_u64(&k, "entry")? + 1),
+            None => Ok(0),
+        }
+    }
+
+    fn write(&self, batch: WriteBatch) -> Result<(), StoreError> {
+        // Log first, then state. Each apply_batch is atomic; if a crash falls
+        // between them, the state's `m/next` is behind the log and start-up
+        // folds the missing entries in (see docs/ledger-format.md).
+        let WriteBatch { log, state } = batch;
+        let mut b = sled::Batch::default();
+        for (k, v) in log {
+            b.insert(k, v);
+        }
+        self.log.apply_batch(b)?;
+        if !state.is_empty() {
+            let mut b = sled::Batch::default();
+            for (k, v) in state {
+                b.insert(k, v);
+            }
+            self.state.apply_batch(b)?;
+        }
+        Ok(())
+    }
+    fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush()?;
+        Ok(())
+    }
+
+    fn state_pairs(&self) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+        self.state
+            .iter()
+            .map(|r| {
+                r.map(|(k, v)| (k.to_vec(), v.to_vec()))
+                    .map_err(StoreError::from)
+            })
+            .collect()
+    }
+}
+
+fn key_u64(k: &[u8], what: &'static str) -> Result<u64, StoreError> {
+    k.get(1..9)
+        .and_then(|s| s.try_into().ok())
+        .map(u64::from_be_bytes)
+        .ok_or_else(|| StoreError::Corrupt {
+            what,
+            key: hex::encode(k),
+        })
+}

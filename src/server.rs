@@ -1,0 +1,127 @@
+//! Running the gRPC server: Ledger, health and reflection (v1 and v1alpha),
+//! over mTLS unless the dangerous plaintext option is set.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+
+use crate::api::{LedgerApi, pb};
+use crate::service::Service;
+use crate::tls::TlsError;
+
+/// Transport settings of a server.
+#[derive(Clone, Debug)]
+pub enum Transport {
+    /// TLS 1.3 with client certificates verified against `client_ca`.
+    MutualTls {
+        client_ca: PathBuf,
+        cert: PathBuf,
+        key: PathBuf,
+    },
+    /// No TLS and no client identity. Only for local experiments.
+    DangerousPlaintext,
+}
+
+/// Why the server could not run.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServeError {
+    #[error("listening on {addr}: {source}")]
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error("reflection service: {0}")]
+    Reflection(String),
+    #[error("transport: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// A bound, not yet running server.
+pub struct Server {
+    listener: TcpListener,
+    svc: Arc<Service>,
+    transport: Transport,
+}
+
+impl Server {
+    /// Binds `addr` (port 0 picks a free port).
+    pub async fn bind(
+        addr: &str,
+        svc: Arc<Service>,
+        transport: Transport,
+    ) -> Result<Self, ServeError> {
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| ServeError::Bind {
+                addr: addr.to_owned(),
+                source,
+            })?;
+        Ok(Server {
+            listener,
+            svc,
+            transport,
+        })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until `shutdown` resolves, then drains in-flight calls.
+    pub async fn run(
+        self,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ServeError> {
+        let plaintext = matches!(self.transport, Transport::DangerousPlaintext);
+        let api = LedgerApi::new(self.svc.clone(), plaintext);
+        let (health_reporter, health) = tonic_health::server::health_reporter();
+        health_reporter
+            .set_serving::<pb::ledger_server::LedgerServer<LedgerApi>>()
+            .await;
+        let reflection_v1 = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .map_err(|e| ServeError::Reflection(e.to_string()))?;
+        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1alpha()
+            .map_err(|e| ServeError::Reflection(e.to_string()))?;
+        let ledger = pb::ledger_server::LedgerServer::new(api).max_decoding_message_size(8 << 20);
+        let router = tonic::transport::Server::builder()
+            .add_service(health)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(ledger);
+        match self.transport {
+            Transport::MutualTls {
+                client_ca,
+                cert,
+                key,
+            } => {
+                let cfg = crate::tls::server_config(&client_ca, &cert, &key)?;
+                let incoming = crate::tls::incoming(self.listener, cfg);
+                router
+                    .serve_with_incoming_shutdown(incoming, shutdown)
+                    .await?;
+            }
+            Transport::DangerousPlaintext => {
+                tracing::warn!(
+                    "serving WITHOUT TLS (dangerous plaintext): no transport identity, no confidentiality"
+                );
+                let incoming = tokio_stream::wrappers::TcpListenerStream::new(self.listener);
+                router
+                    .serve_with_incoming_shutdown(incoming, shutdown)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+}

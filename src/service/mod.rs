@@ -1,0 +1,426 @@
+//! The running log: admission checks, the single writer thread with group
+//! commit, and the read paths. Neither gRPC nor the wire format is known here.
+
+mod writer;
+
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::api::convert::{InvalidEvent, decode_event};
+use crate::crypto::{self, NoteSigner};
+use crate::event::{Body, Event};
+use crate::ledger::{
+    Appender, Checkpoint, CommitError, EncodeError, Entry, Envelope, Hash, LedgerReader,
+    MAX_SIGNATURES, ReadError, SledStore, Staged, Store, StoreError,
+};
+use crate::state::{ApplyError, AuthError, State, StateCodecError};
+
+/// Limits applied to every append.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Largest accepted DSSE payload.
+    pub max_payload_bytes: usize,
+    /// How far in the future a claimed time may be.
+    pub max_clock_skew: Duration,
+    /// How far in the past a claimed time may be.
+    pub max_event_age: Duration,
+    /// Most entries one group commit may take.
+    pub max_batch: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            max_payload_bytes: 1 << 20,
+            max_clock_skew: Duration::from_secs(300),
+            max_event_age: Duration::from_secs(7 * 24 * 3600),
+            max_batch: 4096,
+        }
+    }
+}
+
+/// Why an append was refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AppendError {
+    #[error("envelope.payload_type is {got:?}; expected {expected:?}")]
+    PayloadType { got: String, expected: &'static str },
+    #[error("envelope.payload is {size} bytes; the limit is {max}")]
+    TooLarge { size: usize, max: usize },
+    #[error("envelope.signatures: {0}")]
+    SignatureCount(String),
+    #[error("envelope.payload: invalid event: {0}")]
+    InvalidEvent(#[from] InvalidEvent),
+    #[error(
+        "claimed_time_unix_nanos is {ahead_secs} s in the future; the allowed clock skew is {max_secs} s"
+    )]
+    FutureTime { ahead_secs: i64, max_secs: u64 },
+    #[error("claimed_time_unix_nanos is {behind_secs} s in the past; the limit is {max_secs} s")]
+    TooOld { behind_secs: i64, max_secs: u64 },
+    #[error("genesis events are created by `docket init`, not appended")]
+    GenesisAppend,
+    #[error("signature: {0}")]
+    Auth(#[from] AuthError),
+    #[error("event refused by state rules: {0}")]
+    Rejected(#[from] ApplyError),
+    #[error("event_id {event_id:?} already names entry {index} with different envelope bytes")]
+    Duplicate { event_id: String, index: u64 },
+    #[error("transport identity is {0} bytes; at most 65535")]
+    IdentityTooLong(usize),
+    #[error("entry encoding: {0}")]
+    Encode(#[from] EncodeError),
+    #[error("storage failure; nothing was appended: {0}")]
+    Commit(#[from] CommitError),
+    #[error("reading the log: {0}")]
+    Read(#[from] ReadError),
+    #[error("the writer has stopped; the server is shutting down")]
+    Stopped,
+}
+
+/// A complete offline proof that an entry is in the log.
+#[derive(Clone, Debug)]
+pub struct Receipt {
+    pub index: u64,
+    pub leaf: Hash,
+    pub entry: Arc<Vec<u8>>,
+    pub proof: Vec<Hash>,
+    pub checkpoint: Arc<Checkpoint>,
+    /// The envelope was already in the log; this is its original entry.
+    pub duplicate: bool,
+}
+
+/// Why the service could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum OpenError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Commit(#[from] CommitError),
+    #[error(transparent)]
+    Read(#[from] ReadError),
+    #[error("state tree: {0}")]
+    State(#[from] StateCodecError),
+    #[error("entry {index}: {reason}")]
+    Replay { index: u64, reason: String },
+    #[error("the log is empty; run `docket init` first")]
+    Empty,
+    #[error("state has folded {state} entries but the log holds only {log}")]
+    StateAhead { state: u64, log: u64 },
+    #[error("the log key on disk does not match the key named by genesis")]
+    WrongLogKey,
+}
+
+pub(crate) struct WriteRequest {
+    envelope: Envelope,
+    event: Event,
+    key: ed25519_dalek::VerifyingKey,
+    identity: String,
+    reply: oneshot::Sender<Result<Committed, AppendError>>,
+}
+
+pub(crate) struct Committed {
+    staged: Staged,
+    checkpoint: Arc<Checkpoint>,
+    duplicate: bool,
+}
+
+/// The log service.
+pub struct Service {
+    config: Config,
+    reader: LedgerReader<SledStore>,
+    state: Arc<RwLock<State>>,
+    tx: mpsc::Sender<WriteRequest>,
+    size: watch::Receiver<u64>,
+    latest: Arc<RwLock<Arc<Checkpoint>>>,
+    origin: String,
+    verifier: crypto::NoteVerifier,
+}
+
+fn now_nanos() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+/// Folds entries `[state.next_index(), size)` into `state`: start-up catch-up
+/// after a crash between the log write and the state write, and `rebuild`.
+pub fn fold_entries<S: Store>(
+    reader: &LedgerReader<S>,
+    state: &mut State,
+    size: u64,
+) -> Result<(), OpenError> {
+    for index in state.next_index()..size {
+        let (bytes, _) = reader.entry(index)?.ok_or(OpenError::Replay {
+            index,
+            reason: "missing".into(),
+        })?;
+        let replay = |reason: String| OpenError::Replay { index, reason };
+        let entry = Entry::decode(&bytes).map_err(|e| replay(e.to_string()))?;
+        let event = decode_event(&entry.envelope.payload).map_err(|e| replay(e.to_string()))?;
+        let key = state
+            .authenticate(&entry.envelope, &event)
+            .map_err(|e| replay(e.to_string()))?;
+        state
+            .apply(index, &event, &key)
+            .map_err(|e| replay(e.to_string()))?;
+    }
+    Ok(())
+}
+
+impl Service {
+    /// Creates a new log in `store` whose entry 0 is `genesis` (already signed).
+    pub fn create_log(
+        store: &Arc<SledStore>,
+        signer: NoteSigner,
+        genesis: Envelope,
+    ) -> Result<(), AppendError> {
+        let event = decode_event(&genesis.payload)?;
+        let Body::Genesis(g) = &event.body else {
+            return Err(ApplyError::FirstNotGenesis(event.body.kind_name()).into());
+        };
+        let origin = g.origin.clone();
+        let mut state = State::new();
+        let key = state.authenticate(&genesis, &event)?;
+        let mut appender = Appender::open(store.clone(), signer, &origin)?;
+        if appender.next_index() != 0 {
+            return Err(ApplyError::GenesisNotFirst.into());
+        }
+        state.apply(0, &event, &key)?;
+        let mut batch = appender.begin();
+        appender.stage(
+            &mut batch,
+            "docket-init",
+            genesis,
+            &event.event_id,
+            now_nanos(),
+        )?;
+        appender.commit(batch, state.take_changes())?;
+        Ok(())
+    }
+
+    /// Opens an existing log and starts its writer thread.
+    pub fn open(
+        store: Arc<SledStore>,
+        signer: NoteSigner,
+        config: Config,
+    ) -> Result<Service, OpenError> {
+        let reader = LedgerReader::new(store.clone());
+        let size = reader.size()?;
+        if size == 0 {
+            return Err(OpenError::Empty);
+        }
+        let mut state = State::load(store.state_pairs()?)?;
+        if state.next_index() > size {
+            return Err(OpenError::StateAhead {
+                state: state.next_index(),
+                log: size,
+            });
+        }
+        if state.next_index() < size {
+            tracing::info!(
+                from = state.next_index(),
+                to = size,
+                "folding entries missing from state"
+            );
+            fold_entries(&reader, &mut state, size)?;
+            store.write(crate::ledger::WriteBatch {
+                log: Vec::new(),
+                state: state.take_changes(),
+            })?;
+            store.flush()?;
+        }
+        let genesis = state.genesis().cloned().ok_or(OpenError::Empty)?;
+        if genesis.log_key != signer.verifier().key().clone() {
+            return Err(OpenError::WrongLogKey);
+        }
+        let verifier = signer.verifier();
+        let appender = Appender::open(store.clone(), signer, &genesis.origin)?;
+        let latest = match reader.latest_checkpoint_note()? {
+            Some((s, note)) if s == size => Checkpoint::verify(&note, &verifier, &genesis.origin)
+                .map_err(|e| OpenError::Replay {
+                index: size,
+                reason: format!("latest checkpoint: {e}"),
+            })?,
+            _ => appender.sign_current(),
+        };
+        let latest = Arc::new(RwLock::new(Arc::new(latest)));
+        let state = Arc::new(RwLock::new(state));
+        let (tx, rx) = mpsc::channel(config.max_batch * 2);
+        let (size_tx, size_rx) = watch::channel(size);
+        let w = writer::Writer {
+            appender,
+            store: store.clone(),
+            state: state.clone(),
+            latest: latest.clone(),
+            size: size_tx,
+            max_batch: config.max_batch,
+        };
+        std::thread::Builder::new()
+            .name("docket-writer".into())
+            .spawn(move || w.run(rx))
+            .map_err(|e| OpenError::Replay {
+                index: size,
+                reason: format!("spawning writer: {e}"),
+            })?;
+        Ok(Service {
+            config,
+            reader,
+            state,
+            tx,
+            size: size_rx,
+            latest,
+            origin: genesis.origin,
+            verifier,
+        })
+    }
+
+    /// The log's origin line.
+    pub fn origin(&self) -> &str {
+        &self.origin
+    }
+
+    /// The checkpoint verifier of this log.
+    pub fn verifier(&self) -> &crypto::NoteVerifier {
+        &self.verifier
+    }
+
+    /// Read access to the log.
+    pub fn reader(&self) -> &LedgerReader<SledStore> {
+        &self.reader
+    }
+
+    /// A watch of the durable log size.
+    pub fn size_watch(&self) -> watch::Receiver<u64> {
+        self.size.clone()
+    }
+
+    /// The latest signed checkpoint.
+    pub fn latest_checkpoint(&self) -> Arc<Checkpoint> {
+        // The lock is only held for pointer copies; poisoning needs a panic there.
+        self.latest
+            .read()
+            .expect("checkpoint lock poisoned")
+            .clone()
+    }
+
+    /// Runs `f` over the current state.
+    pub fn with_state<R>(&self, f: impl FnOnce(&State) -> R) -> R {
+        f(&self.state.read().expect("state lock poisoned"))
+    }
+
+    /// Checks and appends one envelope; returns once it is durable.
+    pub async fn append(
+        &self,
+        envelope: Envelope,
+        identity: String,
+    ) -> Result<Receipt, AppendError> {
+        if envelope.payload_type != crypto::PAYLOAD_TYPE {
+            return Err(AppendError::PayloadType {
+                got: envelope.payload_type,
+                expected: crypto::PAYLOAD_TYPE,
+            });
+        }
+        if envelope.payload.len() > self.config.max_payload_bytes {
+            return Err(AppendError::TooLarge {
+                size: envelope.payload.len(),
+                max: self.config.max_payload_bytes,
+            });
+        }
+        let n = envelope.signatures.len();
+        if n == 0 || n > MAX_SIGNATURES {
+            return Err(AppendError::SignatureCount(format!(
+                "{n} given; 1..={MAX_SIGNATURES} required"
+            )));
+        }
+        if let Some(s) = envelope
+            .signatures
+            .iter()
+            .find(|s| s.keyid.len() > 256 || s.sig.len() > 1024)
+        {
+            return Err(AppendError::SignatureCount(format!(
+                "keyid of {} bytes or signature of {} bytes is too long",
+                s.keyid.len(),
+                s.sig.len()
+            )));
+        }
+        if identity.len() > u16::MAX as usize {
+            return Err(AppendError::IdentityTooLong(identity.len()));
+        }
+        let event = decode_event(&envelope.payload)?;
+        if matches!(event.body, Body::Genesis(_)) {
+            return Err(AppendError::GenesisAppend);
+        }
+        let now = now_nanos();
+        let skew = self.config.max_clock_skew.as_nanos() as i64;
+        let age = self.config.max_event_age.as_nanos() as i64;
+        if event.claimed_time_nanos > now.saturating_add(skew) {
+            return Err(AppendError::FutureTime {
+                ahead_secs: (event.claimed_time_nanos - now) / 1_000_000_000,
+                max_secs: self.config.max_clock_skew.as_secs(),
+            });
+        }
+        if event.claimed_time_nanos < now.saturating_sub(age) {
+            return Err(AppendError::TooOld {
+                behind_secs: (now - event.claimed_time_nanos) / 1_000_000_000,
+                max_secs: self.config.max_event_age.as_secs(),
+            });
+        }
+        // A retry of an envelope already in the log gets its receipt without
+        // another signature check; the writer repeats this check atomically.
+        if let Some((index, digest)) = self.reader.event(&event.event_id)? {
+            if digest == envelope.digest() {
+                return self.receipt_for(index, true);
+            }
+            return Err(AppendError::Duplicate {
+                event_id: event.event_id,
+                index,
+            });
+        }
+        let key = self.with_state(|s| s.authenticate(&envelope, &event))?;
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(WriteRequest {
+                envelope,
+                event,
+                key,
+                identity,
+                reply,
+            })
+            .await
+            .map_err(|_| AppendError::Stopped)?;
+        let committed = rx.await.map_err(|_| AppendError::Stopped)??;
+        let proof = self
+            .reader
+            .inclusion_proof(committed.staged.index, committed.checkpoint.size)?;
+        Ok(Receipt {
+            index: committed.staged.index,
+            leaf: committed.staged.leaf,
+            entry: committed.staged.entry,
+            proof,
+            checkpoint: committed.checkpoint,
+            duplicate: committed.duplicate,
+        })
+    }
+
+    /// The receipt of a durable entry, proven against the latest checkpoint.
+    pub fn receipt_for(&self, index: u64, duplicate: bool) -> Result<Receipt, AppendError> {
+        let checkpoint = self.latest_checkpoint();
+        let (entry, leaf) = self.reader.entry(index)?.ok_or(ReadError::OutOfRange {
+            index,
+            size: checkpoint.size,
+        })?;
+        let proof = self.reader.inclusion_proof(index, checkpoint.size)?;
+        Ok(Receipt {
+            index,
+            leaf,
+            entry: Arc::new(entry),
+            proof,
+            checkpoint,
+            duplicate,
+        })
+    }
+}

@@ -1,0 +1,227 @@
+//! rustls server configuration (TLS 1.3 only, client certificates required),
+//! the TLS accept loop, transport identities, and the rcgen development PKI.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose,
+};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
+
+/// Why TLS material could not be made or loaded.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TlsError {
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path}: {reason}")]
+    Pem { path: String, reason: String },
+    #[error("certificate generation: {0}")]
+    Rcgen(#[from] rcgen::Error),
+    #[error("TLS configuration: {0}")]
+    Rustls(#[from] rustls::Error),
+    #[error("client verifier: {0}")]
+    Verifier(String),
+}
+
+/// Paths of the development PKI inside a data directory.
+#[derive(Clone, Debug)]
+pub struct PkiPaths {
+    pub ca_cert: PathBuf,
+    pub ca_key: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+}
+
+impl PkiPaths {
+    /// The standard layout under `dir` (normally `<data>/tls`).
+    pub fn in_dir(dir: &Path) -> Self {
+        PkiPaths {
+            ca_cert: dir.join("ca.pem"),
+            ca_key: dir.join("ca.key"),
+            server_cert: dir.join("server.pem"),
+            server_key: dir.join("server.key"),
+            client_cert: dir.join("client.pem"),
+            client_key: dir.join("client.key"),
+        }
+    }
+}
+
+fn write(path: &Path, data: &str, private: bool) -> Result<(), TlsError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let io = |source| TlsError::Io {
+        path: path.display().to_string(),
+        source,
+    };
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(if private { 0o600 } else { 0o644 })
+        .open(path)
+        .map_err(io)?;
+    f.write_all(data.as_bytes()).map_err(io)?;
+    f.sync_all().map_err(io)
+}
+
+/// Creates a development CA, a server certificate for `hosts` (DNS names or IP
+/// addresses) and a client certificate with common name `client_cn`.
+pub fn generate_dev_pki(
+    dir: &Path,
+    hosts: &[String],
+    client_cn: &str,
+) -> Result<PkiPaths, TlsError> {
+    std::fs::create_dir_all(dir).map_err(|source| TlsError::Io {
+        path: dir.display().to_string(),
+        source,
+    })?;
+    let paths = PkiPaths::in_dir(dir);
+    let ca_key = KeyPair::generate()?;
+    let mut ca = CertificateParams::new(Vec::<String>::new())?;
+    ca.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    ca.distinguished_name
+        .push(DnType::CommonName, "Docket development CA");
+    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let ca_cert = ca.self_signed(&ca_key)?;
+    let issuer = Issuer::new(ca, ca_key);
+
+    let server_key = KeyPair::generate()?;
+    let mut server = CertificateParams::new(hosts.to_vec())?;
+    server
+        .distinguished_name
+        .push(DnType::CommonName, "docket-server");
+    server.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    let server_cert = server.signed_by(&server_key, &issuer)?;
+
+    let client_key = KeyPair::generate()?;
+    let mut client = CertificateParams::new(Vec::<String>::new())?;
+    client
+        .distinguished_name
+        .push(DnType::CommonName, client_cn);
+    client.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    let client_cert = client.signed_by(&client_key, &issuer)?;
+
+    write(&paths.ca_cert, &ca_cert.pem(), false)?;
+    write(&paths.ca_key, &issuer.key().serialize_pem(), true)?;
+    write(&paths.server_cert, &server_cert.pem(), false)?;
+    write(&paths.server_key, &server_key.serialize_pem(), true)?;
+    write(&paths.client_cert, &client_cert.pem(), false)?;
+    write(&paths.client_key, &client_key.serialize_pem(), true)?;
+    Ok(paths)
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(path).map_err(|source| TlsError::Io {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+fn certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let pem = read(path)?;
+    let certs: Vec<_> = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<_, _>>()
+        .map_err(|e| TlsError::Pem {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+    if certs.is_empty() {
+        return Err(TlsError::Pem {
+            path: path.display().to_string(),
+            reason: "no certificate found".into(),
+        });
+    }
+    Ok(certs)
+}
+
+/// A rustls server config: TLS 1.3 only, ALPN h2, client certificates
+/// required and verified against `client_ca`.
+pub fn server_config(
+    client_ca: &Path,
+    cert: &Path,
+    key: &Path,
+) -> Result<rustls::ServerConfig, TlsError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for c in certs(client_ca)? {
+        roots.add(c)?;
+    }
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .build()
+        .map_err(|e| TlsError::Verifier(e.to_string()))?;
+    let key_pem = read(key)?;
+    let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| TlsError::Pem {
+        path: key.display().to_string(),
+        reason: e.to_string(),
+    })?;
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(certs(cert)?, key)?;
+    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(cfg)
+}
+
+/// Accepts TCP connections and completes TLS handshakes concurrently, so a
+/// slow or failing client never holds up others. Failed handshakes (no client
+/// certificate, a certificate from another CA) are logged and dropped.
+pub fn incoming(
+    listener: TcpListener,
+    config: rustls::ServerConfig,
+) -> tokio_stream::wrappers::ReceiverStream<Result<TlsStream<tokio::net::TcpStream>, std::io::Error>>
+{
+    let acceptor = TlsAcceptor::from(Arc::new(config));
+    let (tx, rx) = tokio::sync::mpsc::channel(128);
+    tokio::spawn(async move {
+        loop {
+            let (tcp, peer) = match listener.accept().await {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(cause = %e, "accept failed");
+                    continue;
+                }
+            };
+            let _ = tcp.set_nodelay(true);
+            let acceptor = acceptor.clone();
+            let conn_tx = tx.clone();
+            tokio::spawn(async move {
+                match tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(tcp))
+                    .await
+                {
+                    Ok(Ok(tls)) => {
+                        let _ = conn_tx.send(Ok(tls)).await;
+                    }
+                    Ok(Err(e)) => log_refused(peer, &e.to_string()),
+                    Err(_) => log_refused(peer, "handshake timed out"),
+                }
+            });
+            if tx.is_closed() {
+                break;
+            }
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx)
+}
+
+fn log_refused(peer: SocketAddr, why: &str) {
+    tracing::warn!(%peer, cause = why, "TLS handshake refused");
+}
+
+/// The transport identity of a client certificate: its subject, e.g. `CN=ci-runner`.
+pub fn identity_of(cert: &[u8]) -> Option<String> {
+    let (_, c) = x509_parser::parse_x509_certificate(cert).ok()?;
+    Some(c.subject().to_string())
+}
