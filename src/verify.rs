@@ -118,13 +118,13 @@ pub fn verify_store<S: Store>(
         if index == 0 {
             let g = state.genesis().expect("genesis applied at index 0");
             let declared = NoteVerifier::new(&g.origin, g.log_key);
-            if let Some(t) = trusted {
-                if t.key() != declared.key() || t.name() != declared.name() {
-                    return Err(at(
-                        0,
-                        "genesis names a log key or origin other than the trusted one",
-                    ));
-                }
+            if let Some(t) = trusted
+                && (t.key() != declared.key() || t.name() != declared.name())
+            {
+                return Err(at(
+                    0,
+                    "genesis names a log key or origin other than the trusted one",
+                ));
             }
             verifier = Some(declared);
         }

@@ -282,7 +282,7 @@ fn signer_of(conn: &ConnArgs, s: &SignArgs) -> Result<(PrincipalId, SigningKey),
     Ok((id, key))
 }
 
-fn read_pub(p: &PathBuf) -> Result<ed25519_dalek::VerifyingKey, CliError> {
+fn read_pub(p: &std::path::Path) -> Result<ed25519_dalek::VerifyingKey, CliError> {
     crypto::read_public_key(p).map_err(CliError::usage)
 }
 
@@ -379,7 +379,7 @@ pub(crate) async fn principal(c: PrincipalCmd) -> CliResult {
                 kind,
                 display_name: name,
                 roles: roles.into_iter().collect(),
-                keys: keys.iter().map(read_pub).collect::<Result<_, _>>()?,
+                keys: keys.iter().map(|p| read_pub(p)).collect::<Result<_, _>>()?,
             };
             let ev = Event {
                 event_id: event_id.unwrap_or_else(|| fresh_event_id("principal-add")),
@@ -405,7 +405,7 @@ pub(crate) async fn principal(c: PrincipalCmd) -> CliResult {
                 body: Body::KeyRotated {
                     principal: PrincipalId::parse(&id).map_err(CliError::usage)?,
                     new_key: read_pub(&new_key)?,
-                    old_key: old_key.as_ref().map(read_pub).transpose()?,
+                    old_key: old_key.as_deref().map(read_pub).transpose()?,
                 },
             };
             submit(&conn, &key, ev).await

@@ -15,7 +15,7 @@ pub use entry::{
     DecodeError, EncodeError, Entry, Envelope, EnvelopeSignature, FORMAT_VERSION, MAX_SIGNATURES,
 };
 pub use merkle::{CompactRange, Hash, ProofError};
-pub use store::{SledStore, Store, StoreError, WriteBatch};
+pub use store::{KeyValue, SledStore, Store, StoreError, WriteBatch};
 
 use crate::crypto::NoteSigner;
 use merkle::NodeSource;

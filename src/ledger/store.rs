@@ -28,6 +28,9 @@ pub enum StoreError {
     Corrupt { what: &'static str, key: String },
 }
 
+/// A key and its value.
+pub type KeyValue = (Vec<u8>, Vec<u8>);
+
 /// What the ledger needs from storage.
 pub trait Store: Send + Sync + 'static {
     /// Entry bytes at `index`.
@@ -47,10 +50,9 @@ pub trait Store: Send + Sync + 'static {
     /// Applies `batch` atomically (not yet durable).
     fn write(&self, batch: WriteBatch) -> Result<(), StoreError>;
     /// Makes every earlier write durable.
-
     fn flush(&self) -> Result<(), StoreError>;
     /// All state pairs in key order.
-    fn state_pairs(&self) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError>;
+    fn state_pairs(&self) -> Result<Vec<KeyValue>, StoreError>;
 }
 
 /// Key of entry `index`.

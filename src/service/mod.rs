@@ -137,6 +137,21 @@ pub struct Service {
     latest: Arc<RwLock<Arc<Checkpoint>>>,
     origin: String,
     verifier: crypto::NoteVerifier,
+    /// Joined on drop, so that once a `Service` is gone its store is closed.
+    writer: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        // Closing the channel ends the writer loop after its current batch.
+        let (closed, _) = mpsc::channel(1);
+        drop(std::mem::replace(&mut self.tx, closed));
+        if let Some(h) = self.writer.take()
+            && h.join().is_err()
+        {
+            tracing::error!("the writer thread panicked");
+        }
+    }
 }
 
 fn now_nanos() -> i64 {
@@ -234,7 +249,7 @@ impl Service {
             store.flush()?;
         }
         let genesis = state.genesis().cloned().ok_or(OpenError::Empty)?;
-        if genesis.log_key != signer.verifier().key().clone() {
+        if genesis.log_key != *signer.verifier().key() {
             return Err(OpenError::WrongLogKey);
         }
         let verifier = signer.verifier();
@@ -259,7 +274,7 @@ impl Service {
             size: size_tx,
             max_batch: config.max_batch,
         };
-        std::thread::Builder::new()
+        let writer = std::thread::Builder::new()
             .name("docket-writer".into())
             .spawn(move || w.run(rx))
             .map_err(|e| OpenError::Replay {
@@ -275,6 +290,7 @@ impl Service {
             latest,
             origin: genesis.origin,
             verifier,
+            writer: Some(writer),
         })
     }
 

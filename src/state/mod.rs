@@ -273,13 +273,13 @@ impl State {
                 if self.key_owner.contains_key(new_key.as_bytes()) {
                     return Err(ApplyError::KeyInUse(KeyId::of(new_key).to_string()));
                 }
-                if let Some(old) = old_key {
-                    if !p.active_keys().any(|k| k == old) {
-                        return Err(ApplyError::KeyNotActive {
-                            principal: principal.to_string(),
-                            keyid: KeyId::of(old).to_string(),
-                        });
-                    }
+                if let Some(old) = old_key
+                    && !p.active_keys().any(|k| k == old)
+                {
+                    return Err(ApplyError::KeyNotActive {
+                        principal: principal.to_string(),
+                        keyid: KeyId::of(old).to_string(),
+                    });
                 }
                 let p = self
                     .principals
@@ -388,10 +388,10 @@ impl State {
             let rec = &self.principals[&id];
             out.push((principal_key(&id), encode_principal(rec)));
         }
-        if std::mem::take(&mut self.genesis_dirty) {
-            if let Some(g) = &self.genesis {
-                out.push((b"m/genesis".to_vec(), codec::encode_genesis(g)));
-            }
+        if std::mem::take(&mut self.genesis_dirty)
+            && let Some(g) = &self.genesis
+        {
+            out.push((b"m/genesis".to_vec(), codec::encode_genesis(g)));
         }
         out.push((b"m/next".to_vec(), self.next.to_be_bytes().to_vec()));
         out

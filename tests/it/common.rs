@@ -1,0 +1,177 @@
+//! A real server on 127.0.0.1:0 over mTLS, built as `server().run().await`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use docket::api::convert::{envelope_to_pb, sign_event};
+use docket::api::pb;
+use docket::api::pb::ledger_client::LedgerClient;
+use docket::cli::client::Conn;
+use docket::crypto::NoteVerifier;
+use docket::datadir::{DataDir, InitOptions};
+use docket::event::{Body, Event, PrincipalId};
+use docket::server::{Server, Transport};
+use docket::service::{Config, Service};
+use ed25519_dalek::SigningKey;
+use tonic::transport::Channel;
+
+pub struct TestServer {
+    pub dir: tempfile::TempDir,
+    pub data: DataDir,
+    pub addr: std::net::SocketAddr,
+    pub svc: Arc<Service>,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    handle: Option<tokio::task::JoinHandle<()>>,
+}
+
+pub struct Builder {
+    config: Config,
+}
+
+pub fn server() -> Builder {
+    Builder {
+        config: Config::default(),
+    }
+}
+
+impl Builder {
+    pub fn with_max_payload(mut self, n: usize) -> Self {
+        self.config.max_payload_bytes = n;
+        self
+    }
+
+    pub async fn run(self) -> TestServer {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let dir = tempfile::tempdir().unwrap();
+        let data = DataDir::new(dir.path().join("data"));
+        data.init(&InitOptions {
+            listen: "127.0.0.1:0".into(),
+            origin: "docket.test/log".into(),
+            ..InitOptions::default()
+        })
+        .unwrap();
+        let svc = data.open_service(self.config).unwrap();
+        let tls = data.tls();
+        let server = Server::bind(
+            "127.0.0.1:0",
+            svc.clone(),
+            Transport::MutualTls {
+                client_ca: tls.ca_cert.clone(),
+                cert: tls.server_cert.clone(),
+                key: tls.server_key.clone(),
+            },
+        )
+        .await
+        .unwrap();
+        let addr = server.local_addr().unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let handle = tokio::spawn(async move {
+            server
+                .run(async {
+                    let _ = rx.await;
+                })
+                .await
+                .unwrap();
+        });
+        TestServer {
+            dir,
+            data,
+            addr,
+            svc,
+            shutdown: Some(tx),
+            handle: Some(handle),
+        }
+    }
+}
+
+impl TestServer {
+    pub fn conn(&self) -> Conn {
+        let tls = self.data.tls();
+        Conn {
+            url: format!("https://127.0.0.1:{}", self.addr.port()),
+            ca: tls.ca_cert,
+            cert: tls.client_cert,
+            key: tls.client_key,
+            plaintext: false,
+        }
+    }
+
+    pub async fn client(&self) -> LedgerClient<Channel> {
+        self.conn().ledger().await.unwrap()
+    }
+
+    pub fn admin_key(&self) -> SigningKey {
+        docket::crypto::read_signing_key(&self.data.admin_key()).unwrap()
+    }
+
+    /// The log's verifier key, read from the file an auditor would be given.
+    pub fn verifier(&self) -> NoteVerifier {
+        NoteVerifier::from_vkey(
+            std::fs::read_to_string(self.data.log_vkey())
+                .unwrap()
+                .trim(),
+        )
+        .unwrap()
+    }
+
+    pub async fn size(&self) -> u64 {
+        let mut c = self.client().await;
+        c.get_checkpoint(pb::GetCheckpointRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .tree_size
+    }
+
+    pub async fn stop(mut self) -> (tempfile::TempDir, DataDir) {
+        let _ = self.shutdown.take().unwrap().send(());
+        self.handle.take().unwrap().await.unwrap();
+        (self.dir, self.data)
+    }
+
+    #[allow(dead_code)]
+    pub fn path(&self) -> PathBuf {
+        self.dir.path().to_owned()
+    }
+}
+
+pub fn now_nanos() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as i64
+}
+
+pub fn note(event_id: &str, signer: &str) -> Event {
+    Event {
+        event_id: event_id.into(),
+        claimed_time_nanos: now_nanos(),
+        signer: PrincipalId::parse(signer).unwrap(),
+        body: Body::Annotation {
+            subject: "repo/app".into(),
+            kind: "note".into(),
+            text: format!("event {event_id}"),
+            attributes: Default::default(),
+        },
+    }
+}
+
+pub fn signed(ev: &Event, key: &SigningKey) -> pb::AppendRequest {
+    pb::AppendRequest {
+        envelope: Some(envelope_to_pb(&sign_event(ev, key))),
+    }
+}
+
+/// Recursive MTH over leaf hashes, straight from RFC 9162, independent of the server.
+pub fn mth(leaves: &[[u8; 32]]) -> [u8; 32] {
+    use docket::ledger::merkle::{empty_root, node_hash};
+    match leaves.len() {
+        0 => empty_root(),
+        1 => leaves[0],
+        n => {
+            let k = 1usize << (usize::BITS - 1 - (n - 1).leading_zeros());
+            node_hash(&mth(&leaves[..k]), &mth(&leaves[k..]))
+        }
+    }
+}

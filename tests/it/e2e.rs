@@ -1,0 +1,553 @@
+//! Append, receipts, proofs, tail, identity events and refusals over mTLS.
+
+use docket::api::convert::{envelope_to_pb, sign_event};
+use docket::api::pb;
+use docket::cli::client::Conn;
+use docket::event::{Body, Event, PrincipalId, PrincipalKind, PrincipalSpec};
+use docket::ledger::merkle;
+use ed25519_dalek::SigningKey;
+use futures::StreamExt;
+use tonic::Code;
+
+use crate::common::{mth, note, now_nanos, server, signed};
+
+fn hashes(v: &[Vec<u8>]) -> Vec<[u8; 32]> {
+    v.iter().map(|h| h.as_slice().try_into().unwrap()).collect()
+}
+
+#[tokio::test]
+async fn append_receipt_verifies_offline() {
+    let s = server().run().await;
+    let mut c = s.client().await;
+    let admin = s.admin_key();
+    let r = c
+        .append(signed(&note("e-1", "admin"), &admin))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.index, 1, "entry 0 is genesis");
+    assert!(!r.duplicate);
+    let proof = r.inclusion_proof.unwrap();
+    let cp = r.checkpoint.unwrap();
+    // Checked with nothing but the receipt and the log's verifier key file.
+    let checked = docket::verify::verify_receipt(
+        &r.entry,
+        r.index,
+        &r.leaf_hash.clone().try_into().unwrap(),
+        &hashes(&proof.hashes),
+        &cp.note,
+        &s.verifier(),
+    )
+    .unwrap();
+    assert_eq!(checked.size, 2);
+    assert!(cp.note.starts_with("docket.test/log\n2\n"));
+    // The entry records who sent it over mTLS.
+    let entry = docket::ledger::Entry::decode(&r.entry).unwrap();
+    assert_eq!(entry.transport_identity, "CN=docket-admin");
+    // A tampered receipt does not verify.
+    let mut bad_entry = r.entry.clone();
+    let last = bad_entry.len() - 1;
+    bad_entry[last] ^= 1;
+    assert!(
+        docket::verify::verify_receipt(
+            &bad_entry,
+            r.index,
+            &r.leaf_hash.clone().try_into().unwrap(),
+            &hashes(&proof.hashes),
+            &cp.note,
+            &s.verifier()
+        )
+        .is_err()
+    );
+}
+
+#[tokio::test]
+async fn inclusion_and_consistency_proofs_for_many_sizes() {
+    let s = server().run().await;
+    let mut c = s.client().await;
+    let admin = s.admin_key();
+    let reqs: Vec<_> = (0..40)
+        .map(|i| signed(&note(&format!("p-{i}"), "admin"), &admin))
+        .collect();
+    let mut out = c
+        .append_stream(futures::stream::iter(reqs))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut seqs = Vec::new();
+    while let Some(r) = out.message().await.unwrap() {
+        assert!(
+            matches!(
+                r.result,
+                Some(pb::append_stream_response::Result::Receipt(_))
+            ),
+            "{r:?}"
+        );
+        seqs.push(r.sequence);
+    }
+    assert_eq!(
+        seqs,
+        (0..40).collect::<Vec<_>>(),
+        "responses keep request order"
+    );
+    let n = s.size().await;
+    assert_eq!(n, 41);
+    // Leaves computed by the test from the entry bytes, not taken from the server.
+    let mut leaves = Vec::new();
+    for i in 0..n {
+        let e = c
+            .get_entry(pb::GetEntryRequest { index: i })
+            .await
+            .unwrap()
+            .into_inner();
+        leaves.push(merkle::leaf_hash(&e.entry));
+        assert_eq!(e.leaf_hash, leaves[i as usize].to_vec());
+    }
+    let cp = c
+        .get_checkpoint(pb::GetCheckpointRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(cp.root_hash, mth(&leaves).to_vec());
+    for size in 1..=n {
+        let root = mth(&leaves[..size as usize]);
+        for index in [0, size / 2, size - 1] {
+            let p = c
+                .get_inclusion_proof(pb::InclusionProofRequest {
+                    index,
+                    tree_size: size,
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            merkle::verify_inclusion(
+                &leaves[index as usize],
+                index,
+                size,
+                &hashes(&p.hashes),
+                &root,
+            )
+            .unwrap_or_else(|e| panic!("inclusion {index} in {size}: {e}"));
+        }
+        for new in [size, (size + 7).min(n), n] {
+            let p = c
+                .get_consistency_proof(pb::ConsistencyProofRequest {
+                    old_size: size,
+                    new_size: new,
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            merkle::verify_consistency(
+                size,
+                new,
+                &hashes(&p.hashes),
+                &root,
+                &mth(&leaves[..new as usize]),
+            )
+            .unwrap_or_else(|e| panic!("consistency {size} -> {new}: {e}"));
+        }
+    }
+    let err = c
+        .get_inclusion_proof(pb::InclusionProofRequest {
+            index: 0,
+            tree_size: n + 1,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::OutOfRange);
+    assert!(err.message().contains("tree_size"), "{}", err.message());
+}
+
+#[tokio::test]
+async fn tail_delivers_in_order_and_follows() {
+    let s = server().run().await;
+    let mut c = s.client().await;
+    let admin = s.admin_key();
+    for i in 0..5 {
+        c.append(signed(&note(&format!("t-{i}"), "admin"), &admin))
+            .await
+            .unwrap();
+    }
+    let mut tail = c
+        .tail(pb::TailRequest {
+            from_index: 2,
+            follow: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut writer = s.client().await;
+    let appender = tokio::spawn(async move {
+        for i in 5..25 {
+            writer
+                .append(signed(&note(&format!("t-{i}"), "admin"), &admin))
+                .await
+                .unwrap();
+        }
+    });
+    let mut expect = 2u64;
+    while expect < 26 {
+        let e = tail
+            .message()
+            .await
+            .unwrap()
+            .expect("stream stays open while following");
+        assert_eq!(e.index, expect);
+        let entry = docket::ledger::Entry::decode(&e.entry).unwrap();
+        assert_eq!(entry.index, expect);
+        expect += 1;
+    }
+    appender.await.unwrap();
+    // Without follow the stream ends at the current size.
+    let all: Vec<_> = c
+        .tail(pb::TailRequest {
+            from_index: 0,
+            follow: false,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .collect()
+        .await;
+    assert_eq!(all.len(), 26);
+}
+
+async fn expect_refused(
+    s: &crate::common::TestServer,
+    req: pb::AppendRequest,
+    code: Code,
+    needle: &str,
+) {
+    let before = s.size().await;
+    let mut c = s.client().await;
+    let err = c.append(req).await.expect_err("append must be refused");
+    assert_eq!(err.code(), code, "{}", err.message());
+    assert!(
+        err.message().contains(needle),
+        "message {:?} lacks {needle:?}",
+        err.message()
+    );
+    assert_eq!(s.size().await, before, "log changed after a refused append");
+}
+
+fn register(id: &str, key: &SigningKey, roles: &[&str]) -> Event {
+    Event {
+        event_id: format!("register-{id}"),
+        claimed_time_nanos: now_nanos(),
+        signer: PrincipalId::parse("admin").unwrap(),
+        body: Body::PrincipalRegistered(PrincipalSpec {
+            id: PrincipalId::parse(id).unwrap(),
+            kind: PrincipalKind::Human,
+            display_name: id.into(),
+            roles: roles.iter().map(|r| r.to_string()).collect(),
+            keys: vec![key.verifying_key()],
+        }),
+    }
+}
+
+#[tokio::test]
+async fn bad_input_is_refused_with_a_clear_status_and_the_log_unchanged() {
+    let s = server().with_max_payload(4096).run().await;
+    let admin = s.admin_key();
+    let mut c = s.client().await;
+
+    // Bad signature.
+    let mut req = signed(&note("bad-sig", "admin"), &admin);
+    req.envelope.as_mut().unwrap().signatures[0].sig[5] ^= 0x40;
+    expect_refused(&s, req, Code::Unauthenticated, "no signature verifies").await;
+
+    // Unknown signer.
+    let stranger = SigningKey::from_bytes(&[42; 32]);
+    expect_refused(
+        &s,
+        signed(&note("unknown", "mallory"), &stranger),
+        Code::Unauthenticated,
+        "\"mallory\" is not a registered principal",
+    )
+    .await;
+
+    // Wrong payload type.
+    let mut req = signed(&note("ptype", "admin"), &admin);
+    req.envelope.as_mut().unwrap().payload_type = "application/json".into();
+    expect_refused(&s, req, Code::InvalidArgument, "payload_type").await;
+
+    // Oversized payload.
+    let mut big = note("big", "admin");
+    if let Body::Annotation { text, .. } = &mut big.body {
+        *text = "x".repeat(5000);
+    }
+    expect_refused(
+        &s,
+        signed(&big, &admin),
+        Code::ResourceExhausted,
+        "envelope.payload is",
+    )
+    .await;
+
+    // Malformed protobuf, correctly signed.
+    let payload = vec![0x0a, 0xff, 0xff, 0xff];
+    let sig = docket::crypto::sign_dsse(&admin, docket::crypto::PAYLOAD_TYPE, &payload);
+    let req = pb::AppendRequest {
+        envelope: Some(pb::Envelope {
+            payload_type: docket::crypto::PAYLOAD_TYPE.into(),
+            payload,
+            signatures: vec![pb::Signature {
+                keyid: String::new(),
+                sig: sig.to_vec(),
+            }],
+        }),
+    };
+    expect_refused(
+        &s,
+        req,
+        Code::InvalidArgument,
+        "not a docket.v1.Event protobuf",
+    )
+    .await;
+
+    // Future timestamp.
+    let mut future = note("future", "admin");
+    future.claimed_time_nanos = now_nanos() + 3_600_000_000_000;
+    expect_refused(
+        &s,
+        signed(&future, &admin),
+        Code::InvalidArgument,
+        "claimed_time_unix_nanos is 3",
+    )
+    .await;
+
+    // No signatures at all.
+    let mut req = signed(&note("nosig", "admin"), &admin);
+    req.envelope.as_mut().unwrap().signatures.clear();
+    expect_refused(&s, req, Code::InvalidArgument, "envelope.signatures").await;
+
+    // A second genesis.
+    let genesis_again = Event {
+        event_id: "genesis-2".into(),
+        claimed_time_nanos: now_nanos(),
+        signer: PrincipalId::parse("admin").unwrap(),
+        body: Body::Genesis(docket::event::Genesis {
+            origin: "x".into(),
+            log_key: admin.verifying_key(),
+            administrators: vec![],
+        }),
+    };
+    let env = sign_event(&genesis_again, &admin);
+    let req = pb::AppendRequest {
+        envelope: Some(envelope_to_pb(&env)),
+    };
+    expect_refused(&s, req, Code::InvalidArgument, "genesis.administrators").await;
+
+    // Duplicate event_id: identical bytes return the original receipt...
+    let original = signed(&note("dup", "admin"), &admin);
+    let first = c.append(original.clone()).await.unwrap().into_inner();
+    let again = c.append(original).await.unwrap().into_inner();
+    assert!(again.duplicate);
+    assert_eq!(
+        (again.index, again.entry.clone()),
+        (first.index, first.entry.clone())
+    );
+    // ...different bytes under the same id are refused.
+    let mut other = note("dup", "admin");
+    other.claimed_time_nanos += 1;
+    expect_refused(
+        &s,
+        signed(&other, &admin),
+        Code::AlreadyExists,
+        "event_id \"dup\" already names entry",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn identity_events_register_rotate_and_revoke() {
+    let s = server().run().await;
+    let admin = s.admin_key();
+    let mut c = s.client().await;
+    let bob1 = SigningKey::from_bytes(&[1; 32]);
+    let bob2 = SigningKey::from_bytes(&[2; 32]);
+    c.append(signed(&register("bob", &bob1, &["dev"]), &admin))
+        .await
+        .unwrap();
+    c.append(signed(&note("bob-1", "bob"), &bob1))
+        .await
+        .unwrap();
+
+    // bob is not an admin: he cannot register others.
+    let carol = SigningKey::from_bytes(&[3; 32]);
+    let mut reg = register("carol", &carol, &[]);
+    reg.signer = PrincipalId::parse("bob").unwrap();
+    expect_refused(
+        &s,
+        signed(&reg, &bob1),
+        Code::FailedPrecondition,
+        "\"bob\" may not register principals",
+    )
+    .await;
+
+    // bob rotates his own key; the old one stops working.
+    let rotate = Event {
+        event_id: "bob-rotate".into(),
+        claimed_time_nanos: now_nanos(),
+        signer: PrincipalId::parse("bob").unwrap(),
+        body: Body::KeyRotated {
+            principal: PrincipalId::parse("bob").unwrap(),
+            new_key: bob2.verifying_key(),
+            old_key: Some(bob1.verifying_key()),
+        },
+    };
+    let rot = c.append(signed(&rotate, &bob1)).await.unwrap().into_inner();
+    expect_refused(
+        &s,
+        signed(&note("bob-old", "bob"), &bob1),
+        Code::Unauthenticated,
+        &format!("was revoked at entry {}", rot.index),
+    )
+    .await;
+    c.append(signed(&note("bob-new", "bob"), &bob2))
+        .await
+        .unwrap();
+
+    // The admin revokes bob's new key.
+    let revoke = Event {
+        event_id: "bob-revoke".into(),
+        claimed_time_nanos: now_nanos(),
+        signer: PrincipalId::parse("admin").unwrap(),
+        body: Body::KeyRevoked {
+            principal: PrincipalId::parse("bob").unwrap(),
+            key: bob2.verifying_key(),
+            reason: "left the company".into(),
+        },
+    };
+    c.append(signed(&revoke, &admin)).await.unwrap();
+    expect_refused(
+        &s,
+        signed(&note("bob-gone", "bob"), &bob2),
+        Code::Unauthenticated,
+        "revoked",
+    )
+    .await;
+
+    // The only admin cannot lock everyone out.
+    let lockout = Event {
+        event_id: "admin-revoke".into(),
+        claimed_time_nanos: now_nanos(),
+        signer: PrincipalId::parse("admin").unwrap(),
+        body: Body::KeyRevoked {
+            principal: PrincipalId::parse("admin").unwrap(),
+            key: admin.verifying_key(),
+            reason: String::new(),
+        },
+    };
+    expect_refused(
+        &s,
+        signed(&lockout, &admin),
+        Code::FailedPrecondition,
+        "no administrator",
+    )
+    .await;
+
+    let p = c
+        .get_principal(pb::GetPrincipalRequest { id: "bob".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(p.keys.len(), 2);
+    assert!(p.keys.iter().all(|k| k.revoked));
+    assert_eq!(p.roles, vec!["dev".to_string()]);
+
+    // Replaying the log from genesis reproduces the live state byte for byte.
+    let outcome = docket::cli::commands::rebuild_compare(s.svc.reader().store()).unwrap();
+    assert!(
+        matches!(
+            outcome,
+            docket::cli::commands::RebuildOutcome::Equal { entries: 6, .. }
+        ),
+        "{outcome:?}"
+    );
+}
+
+#[tokio::test]
+async fn clients_without_a_valid_certificate_are_refused() {
+    let s = server().run().await;
+    let before = s.size().await;
+    let admin = s.admin_key();
+
+    // A certificate from another CA.
+    let other = tempfile::tempdir().unwrap();
+    let pki =
+        docket::tls::generate_dev_pki(other.path(), &["localhost".into()], "intruder").unwrap();
+    let mut conn = s.conn();
+    conn.cert = pki.client_cert.clone();
+    conn.key = pki.client_key.clone();
+    let foreign = match conn.ledger().await {
+        Err(e) => e.message,
+        Ok(mut c) => c
+            .append(signed(&note("foreign", "admin"), &admin))
+            .await
+            .expect_err("a foreign certificate must not be able to append")
+            .to_string(),
+    };
+    assert!(
+        foreign.contains("transport") || foreign.contains("connect"),
+        "{foreign}"
+    );
+
+    // No certificate at all.
+    let tls = s.data.tls();
+    let ep = tonic::transport::Channel::from_shared(format!("https://127.0.0.1:{}", s.addr.port()))
+        .unwrap()
+        .tls_config(
+            tonic::transport::ClientTlsConfig::new()
+                .ca_certificate(tonic::transport::Certificate::from_pem(
+                    std::fs::read(&tls.ca_cert).unwrap(),
+                ))
+                .domain_name("127.0.0.1"),
+        )
+        .unwrap();
+    let refused = match ep.connect().await {
+        Err(e) => e.to_string(),
+        Ok(ch) => pb::ledger_client::LedgerClient::new(ch)
+            .append(signed(&note("anon", "admin"), &admin))
+            .await
+            .expect_err("a client without a certificate must not be able to append")
+            .to_string(),
+    };
+    assert!(!refused.is_empty());
+    assert_eq!(s.size().await, before);
+
+    // Plain HTTP/2 without TLS does not reach the service either.
+    let plain = Conn {
+        plaintext: true,
+        url: format!("http://127.0.0.1:{}", s.addr.port()),
+        ..s.conn()
+    };
+    let r = match plain.ledger().await {
+        Err(e) => Err(e.message),
+        Ok(mut c) => c
+            .ping(pb::PingRequest {})
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string()),
+    };
+    assert!(r.is_err());
+}
+
+#[tokio::test]
+async fn health_and_reflection_are_served() {
+    let s = server().run().await;
+    let ch = s.conn().channel().await.unwrap();
+    let mut h = tonic_health::pb::health_client::HealthClient::new(ch);
+    let resp = h
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "docket.v1.Ledger".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        resp.status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
+}

@@ -1,0 +1,8 @@
+//! End-to-end tests: one test binary (STYLE.md §5).
+#![allow(unreachable_pub)]
+
+mod common;
+mod crash;
+mod e2e;
+mod props;
+mod vectors;
