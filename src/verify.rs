@@ -43,11 +43,76 @@ struct SigJob {
     sigs: Vec<Vec<u8>>,
 }
 
+/// Jobs per message to the signature threads.
+const CHUNK: usize = 1024;
+
 /// Verifies the whole log in `store`. With `trusted`, the genesis log key must
 /// be that key; without, the key genesis declares is used (self-consistency only).
+///
+/// One thread scans entries in order (decoding, chain links, leaf hashes, the
+/// state fold, checkpoint roots) while the other cores check signatures; the
+/// first failure by index is reported, whichever kind it is.
 pub fn verify_store<S: Store>(
     store: &S,
     trusted: Option<&NoteVerifier>,
+) -> Result<Report, Failure> {
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .clamp(1, 8);
+    let first_bad_sig: std::sync::Mutex<Option<(u64, KeyId)>> = std::sync::Mutex::new(None);
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<SigJob>>(threads * 4);
+    let rx = std::sync::Mutex::new(rx);
+    let scanned = std::thread::scope(|s| {
+        for _ in 0..threads {
+            s.spawn(|| {
+                loop {
+                    // The lock is only held to take the next chunk.
+                    let next = rx.lock().expect("job queue lock").recv();
+                    let Ok(jobs) = next else { break };
+                    let bad = jobs.iter().find(|j| {
+                        !j.sigs
+                            .iter()
+                            .any(|sig| crypto::verify_strict(&j.key, &j.msg, sig).is_ok())
+                    });
+                    if let Some(j) = bad {
+                        let mut first = first_bad_sig.lock().expect("result lock");
+                        if first.is_none_or(|(i, _)| j.index < i) {
+                            *first = Some((j.index, KeyId::of(&j.key)));
+                        }
+                    }
+                }
+            });
+        }
+        let r = scan(store, trusted, &tx);
+        drop(tx);
+        r
+    });
+    let sig_failure = first_bad_sig
+        .into_inner()
+        .expect("result lock")
+        .map(|(i, k)| {
+            at(
+                i,
+                format!("signature does not verify with the signer's active key {k}"),
+            )
+        });
+    match (scanned, sig_failure) {
+        (Ok(report), None) => Ok(report),
+        (Ok(_), Some(f)) => Err(f),
+        (Err(f), None) => Err(f),
+        (Err(f), Some(g)) => Err(if g.index < f.index || f.index.is_none() {
+            g
+        } else {
+            f
+        }),
+    }
+}
+
+fn scan<S: Store>(
+    store: &S,
+    trusted: Option<&NoteVerifier>,
+    sigs: &std::sync::mpsc::SyncSender<Vec<SigJob>>,
 ) -> Result<Report, Failure> {
     let store_err = |e: crate::ledger::StoreError| Failure {
         index: None,
@@ -74,15 +139,20 @@ pub fn verify_store<S: Store>(
     let mut range = CompactRange::default();
     let mut prev = [0u8; 32];
     let mut verifier: Option<NoteVerifier> = None;
-    let mut jobs: Vec<SigJob> = Vec::new();
+    let mut jobs: Vec<SigJob> = Vec::with_capacity(CHUNK);
     let mut checkpoints = 0usize;
-    const CHUNK: usize = 8192;
+    let mut entries = store.scan_entries(0);
+    let mut leaves = store.scan_leaves(0);
 
     for index in 0..size {
-        let bytes = store
-            .entry(index)
-            .map_err(store_err)?
-            .ok_or_else(|| at(index, "missing from the store"))?;
+        let bytes = match entries.next().transpose().map_err(store_err)? {
+            Some((i, b)) if i == index => b,
+            _ => return Err(at(index, "missing from the store")),
+        };
+        let stored_leaf = match leaves.next().transpose().map_err(store_err)? {
+            Some((i, h)) if i == index => h,
+            _ => return Err(at(index, "its leaf hash is missing from the store")),
+        };
         let entry = Entry::decode(&bytes).map_err(|e| at(index, format!("entry bytes: {e}")))?;
         if entry.index != index {
             return Err(at(index, format!("entry records index {}", entry.index)));
@@ -94,24 +164,20 @@ pub fn verify_store<S: Store>(
             ));
         }
         let leaf = merkle::leaf_hash(&bytes);
-        match store.node(0, index).map_err(store_err)? {
-            Some(stored) if stored == leaf => {}
-            _ => {
-                return Err(at(
-                    index,
-                    "stored leaf hash differs from the hash of the stored entry bytes",
-                ));
-            }
+        if stored_leaf != leaf {
+            return Err(at(
+                index,
+                "stored leaf hash differs from the hash of the stored entry bytes",
+            ));
         }
-        let env = &entry.envelope;
+        let env = entry.envelope;
         if env.payload_type != crypto::PAYLOAD_TYPE {
             return Err(at(index, format!("payload type {:?}", env.payload_type)));
         }
         let event = decode_event(&env.payload).map_err(|e| at(index, format!("payload: {e}")))?;
         // Pick the key the fold says is active and matches the keyid hint;
-        // the signature itself is checked below, in parallel, before any
-        // result is reported.
-        let key = candidate_key(&state, &event, env).map_err(|r| at(index, r))?;
+        // the signature itself is checked on the other threads.
+        let key = candidate_key(&state, &event, &env).map_err(|r| at(index, r))?;
         state
             .apply(index, &event, &key)
             .map_err(|e| at(index, format!("state rules: {e}")))?;
@@ -132,7 +198,7 @@ pub fn verify_store<S: Store>(
             index,
             key,
             msg: crypto::pae(&env.payload_type, &env.payload),
-            sigs: env.signatures.iter().map(|s| s.sig.clone()).collect(),
+            sigs: env.signatures.into_iter().map(|s| s.sig).collect(),
         });
         range.push(leaf);
         prev = leaf;
@@ -160,10 +226,11 @@ pub fn verify_store<S: Store>(
             checkpoints += 1;
         }
         if jobs.len() >= CHUNK {
-            check_signatures(std::mem::take(&mut jobs))?;
+            // The receivers only stop when this sender is dropped.
+            let _ = sigs.send(std::mem::replace(&mut jobs, Vec::with_capacity(CHUNK)));
         }
     }
-    check_signatures(jobs)?;
+    let _ = sigs.send(jobs);
     Ok(Report {
         entries: size,
         checkpoints,
@@ -210,41 +277,6 @@ fn candidate_key(
             event.signer.as_str()
         )),
         (None, _) => state.authenticate(env, event).map_err(|e| e.to_string()),
-    }
-}
-
-fn check_signatures(jobs: Vec<SigJob>) -> Result<(), Failure> {
-    let threads = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
-        .min(8);
-    let chunk = jobs.len().div_ceil(threads).max(1);
-    let first_bad = std::thread::scope(|s| {
-        let handles: Vec<_> = jobs
-            .chunks(chunk)
-            .map(|part| {
-                s.spawn(move || {
-                    part.iter()
-                        .find(|j| {
-                            !j.sigs
-                                .iter()
-                                .any(|sig| crypto::verify_strict(&j.key, &j.msg, sig).is_ok())
-                        })
-                        .map(|j| (j.index, KeyId::of(&j.key)))
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .filter_map(|h| h.join().expect("signature thread does not panic"))
-            .min_by_key(|(i, _)| *i)
-    });
-    match first_bad {
-        Some((i, k)) => Err(at(
-            i,
-            format!("signature does not verify with the signer's active key {k}"),
-        )),
-        None => Ok(()),
     }
 }
 

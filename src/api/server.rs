@@ -173,12 +173,7 @@ impl pb::ledger_server::Ledger for LedgerApi {
         req: Request<pb::GetEntryRequest>,
     ) -> Result<Response<pb::EntryResponse>, Status> {
         let index = req.into_inner().index;
-        match self
-            .svc
-            .reader()
-            .entry(index)
-            .map_err(|e| read_status(&e))?
-        {
+        match self.svc.durable_entry(index).map_err(|e| read_status(&e))? {
             Some((entry, leaf)) => Ok(Response::new(pb::EntryResponse {
                 index,
                 entry,

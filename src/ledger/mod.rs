@@ -15,7 +15,7 @@ pub use entry::{
     DecodeError, EncodeError, Entry, Envelope, EnvelopeSignature, FORMAT_VERSION, MAX_SIGNATURES,
 };
 pub use merkle::{CompactRange, Hash, ProofError};
-pub use store::{KeyValue, SledStore, Store, StoreError, WriteBatch};
+pub use store::{KeyValue, Scan, SledStore, Store, StoreError, WriteBatch};
 
 use crate::crypto::NoteSigner;
 use merkle::NodeSource;
@@ -131,9 +131,8 @@ pub struct Staged {
 
 /// Entries staged but not yet committed.
 pub struct PendingBatch {
-    log: Vec<(Vec<u8>, Vec<u8>)>,
+    log: Vec<KeyValue>,
     events: HashMap<String, (u64, Hash)>,
-    saved: (CompactRange, Hash, i64),
 }
 
 impl PendingBatch {
@@ -208,7 +207,6 @@ impl<S: Store> Appender<S> {
         PendingBatch {
             log: Vec::new(),
             events: HashMap::new(),
-            saved: (self.range.clone(), self.last_leaf, self.last_time),
         }
     }
 
@@ -262,41 +260,35 @@ impl<S: Store> Appender<S> {
         })
     }
 
-    /// Signs a checkpoint over everything staged, writes the batch and the
-    /// state changes, and flushes. Only after this returns is anything durable.
-    /// On error the appender is rolled back to the last committed entry.
-    pub fn commit(
+    /// Signs a checkpoint over everything staged and writes the batch and the
+    /// state changes to the store. Nothing is durable until the store is
+    /// flushed; the caller acknowledges only after a flush that began after
+    /// this returned. An error leaves the store in an unknown state relative to
+    /// this appender, so the caller must stop appending (fail-stop).
+    pub fn write(
         &mut self,
         batch: PendingBatch,
-        state: Vec<(Vec<u8>, Vec<u8>)>,
+        state: Vec<KeyValue>,
     ) -> Result<Option<Checkpoint>, CommitError> {
         if batch.is_empty() && state.is_empty() {
             return Ok(None);
         }
-        let PendingBatch { mut log, saved, .. } = batch;
-        let cp = Checkpoint::sign(
-            &self.signer,
-            &self.origin,
-            self.range.size(),
-            &self.range.root(),
-        );
+        let PendingBatch { mut log, .. } = batch;
+        let cp = self.sign_current();
         log.push((store::checkpoint_key(cp.size), cp.note.clone().into_bytes()));
-        let res = self
-            .store
-            .write(WriteBatch { log, state })
-            .and_then(|()| self.store.flush());
-        match res {
-            Ok(()) => Ok(Some(cp)),
-            Err(e) => {
-                (self.range, self.last_leaf, self.last_time) = saved;
-                Err(e.into())
-            }
-        }
+        self.store.write(WriteBatch { log, state })?;
+        Ok(Some(cp))
     }
 
-    /// Discards a staged batch.
-    pub fn rollback(&mut self, batch: PendingBatch) {
-        (self.range, self.last_leaf, self.last_time) = batch.saved;
+    /// [`Appender::write`] followed by a flush: durable on return.
+    pub fn commit(
+        &mut self,
+        batch: PendingBatch,
+        state: Vec<KeyValue>,
+    ) -> Result<Option<Checkpoint>, CommitError> {
+        let cp = self.write(batch, state)?;
+        self.store.flush()?;
+        Ok(cp)
     }
 
     /// Signs a checkpoint for the current (committed) size without writing it.

@@ -31,6 +31,9 @@ pub enum StoreError {
 /// A key and its value.
 pub type KeyValue = (Vec<u8>, Vec<u8>);
 
+/// An iterator over stored items in index order.
+pub type Scan<'a, T> = Box<dyn Iterator<Item = Result<(u64, T), StoreError>> + 'a>;
+
 /// What the ledger needs from storage.
 pub trait Store: Send + Sync + 'static {
     /// Entry bytes at `index`.
@@ -51,6 +54,10 @@ pub trait Store: Send + Sync + 'static {
     fn write(&self, batch: WriteBatch) -> Result<(), StoreError>;
     /// Makes every earlier write durable.
     fn flush(&self) -> Result<(), StoreError>;
+    /// Entries from `start` in index order, as (index, bytes).
+    fn scan_entries(&self, start: u64) -> Scan<'_, Vec<u8>>;
+    /// Stored leaf hashes from `start` in index order, as (index, hash).
+    fn scan_leaves(&self, start: u64) -> Scan<'_, Hash>;
     /// All state pairs in key order.
     fn state_pairs(&self) -> Result<Vec<KeyValue>, StoreError>;
 }
@@ -242,6 +249,28 @@ impl Store for SledStore {
     fn flush(&self) -> Result<(), StoreError> {
         self.db.flush()?;
         Ok(())
+    }
+
+    fn scan_entries(&self, start: u64) -> Scan<'_, Vec<u8>> {
+        Box::new(self.log.range(entry_key(start)..vec![b'e' + 1]).map(|r| {
+            let (k, v) = r?;
+            Ok((key_u64(&k, "entry")?, v.to_vec()))
+        }))
+    }
+
+    fn scan_leaves(&self, start: u64) -> Scan<'_, Hash> {
+        Box::new(self.log.range(node_key(0, start)..node_key(1, 0)).map(|r| {
+            let (k, v) = r?;
+            let index = k
+                .get(2..10)
+                .and_then(|s| s.try_into().ok())
+                .map(u64::from_be_bytes)
+                .ok_or_else(|| StoreError::Corrupt {
+                    what: "leaf",
+                    key: hex::encode(&k),
+                })?;
+            Ok((index, hash_of(&v, "leaf", &k)?))
+        }))
     }
 
     fn state_pairs(&self) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {

@@ -75,7 +75,9 @@ pub enum AppendError {
     Commit(#[from] CommitError),
     #[error("reading the log: {0}")]
     Read(#[from] ReadError),
-    #[error("the writer has stopped; the server is shutting down")]
+    #[error(
+        "the log is not accepting appends: the server is shutting down or stopped after a storage failure (see its log)"
+    )]
     Stopped,
 }
 
@@ -137,8 +139,9 @@ pub struct Service {
     latest: Arc<RwLock<Arc<Checkpoint>>>,
     origin: String,
     verifier: crypto::NoteVerifier,
-    /// Joined on drop, so that once a `Service` is gone its store is closed.
-    writer: Option<std::thread::JoinHandle<()>>,
+    /// Writer and flusher, joined on drop so that once a `Service` is gone
+    /// its store is closed.
+    threads: Vec<std::thread::JoinHandle<()>>,
 }
 
 impl Drop for Service {
@@ -146,10 +149,10 @@ impl Drop for Service {
         // Closing the channel ends the writer loop after its current batch.
         let (closed, _) = mpsc::channel(1);
         drop(std::mem::replace(&mut self.tx, closed));
-        if let Some(h) = self.writer.take()
-            && h.join().is_err()
-        {
-            tracing::error!("the writer thread panicked");
+        for h in self.threads.drain(..) {
+            if h.join().is_err() {
+                tracing::error!("a writer thread panicked");
+            }
         }
     }
 }
@@ -268,18 +271,20 @@ impl Service {
         let (size_tx, size_rx) = watch::channel(size);
         let w = writer::Writer {
             appender,
-            store: store.clone(),
             state: state.clone(),
+            max_batch: config.max_batch,
+        };
+        let f = writer::Flusher {
+            store: store.clone(),
             latest: latest.clone(),
             size: size_tx,
-            max_batch: config.max_batch,
         };
         let writer = std::thread::Builder::new()
             .name("docket-writer".into())
-            .spawn(move || w.run(rx))
+            .spawn(move || w.run(rx, f))
             .map_err(|e| OpenError::Replay {
                 index: size,
-                reason: format!("spawning writer: {e}"),
+                reason: format!("spawning the writer: {e}"),
             })?;
         Ok(Service {
             config,
@@ -290,7 +295,7 @@ impl Service {
             latest,
             origin: genesis.origin,
             verifier,
-            writer: Some(writer),
+            threads: vec![writer],
         })
     }
 
@@ -304,7 +309,16 @@ impl Service {
         &self.verifier
     }
 
-    /// Read access to the log.
+    /// A durable entry's bytes and leaf hash. Entries written but not yet
+    /// flushed are not visible here.
+    pub fn durable_entry(&self, index: u64) -> Result<Option<(Vec<u8>, Hash)>, ReadError> {
+        if index >= self.latest_checkpoint().size {
+            return Ok(None);
+        }
+        self.reader.entry(index)
+    }
+
+    /// Read access to the log (including written, not yet durable entries).
     pub fn reader(&self) -> &LedgerReader<SledStore> {
         &self.reader
     }
@@ -388,15 +402,20 @@ impl Service {
         // A retry of an envelope already in the log gets its receipt without
         // another signature check; the writer repeats this check atomically.
         if let Some((index, digest)) = self.reader.event(&event.event_id)? {
-            if digest == envelope.digest() {
+            if digest != envelope.digest() {
+                return Err(AppendError::Duplicate {
+                    event_id: event.event_id,
+                    index,
+                });
+            }
+            // Written but not yet durable: the writer answers after the flush.
+            if index < self.latest_checkpoint().size {
                 return self.receipt_for(index, true);
             }
-            return Err(AppendError::Duplicate {
-                event_id: event.event_id,
-                index,
-            });
         }
-        let key = self.with_state(|s| s.authenticate(&envelope, &event))?;
+        let key = self
+            .with_state(|s| s.signer_keys(&event))?
+            .authenticate(&envelope)?;
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(WriteRequest {

@@ -102,6 +102,47 @@ pub enum ApplyError {
     WouldLockOut,
 }
 
+/// A signer's keys as of one point in the log.
+#[derive(Clone, Debug)]
+pub struct SignerKeys {
+    signer: String,
+    active: Vec<VerifyingKey>,
+    /// Revoked keys and the index of the entry that revoked each.
+    revoked: Vec<(VerifyingKey, u64)>,
+}
+
+impl SignerKeys {
+    /// Finds the active key that signed the envelope (strict Ed25519 over
+    /// the DSSE PAE). The keyid hint only orders the attempts.
+    pub fn authenticate(&self, env: &Envelope) -> Result<VerifyingKey, AuthError> {
+        let pae = crypto::pae(&env.payload_type, &env.payload);
+        for sig in &env.signatures {
+            let mut ordered: Vec<&VerifyingKey> = self.active.iter().collect();
+            ordered.sort_by_key(|k| KeyId::of(k).to_string() != sig.keyid);
+            for key in ordered {
+                if crypto::verify_strict(key, &pae, &sig.sig).is_ok() {
+                    return Ok(*key);
+                }
+            }
+        }
+        // Only to say why: a signature by a revoked key gets its own error.
+        for sig in &env.signatures {
+            for (key, at) in &self.revoked {
+                if crypto::verify_strict(key, &pae, &sig.sig).is_ok() {
+                    return Err(AuthError::RevokedKey {
+                        keyid: KeyId::of(key).to_string(),
+                        revoked_at: *at,
+                    });
+                }
+            }
+        }
+        if self.active.is_empty() {
+            return Err(AuthError::NoActiveKey(self.signer.clone()));
+        }
+        Err(AuthError::BadSignature(self.signer.clone()))
+    }
+}
+
 /// The state fold.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct State {
@@ -147,57 +188,40 @@ impl State {
     /// (strict Ed25519 over the DSSE PAE). For entry 0 the keys come from the
     /// genesis body itself.
     pub fn authenticate(&self, env: &Envelope, event: &Event) -> Result<VerifyingKey, AuthError> {
-        let signer = event.signer.as_str();
-        let (active, revoked): (Vec<VerifyingKey>, Vec<(VerifyingKey, u64)>) =
-            match (&event.body, self.genesis.is_none()) {
-                (Body::Genesis(g), true) => {
-                    let keys = g
-                        .administrators
+        self.signer_keys(event)?.authenticate(env)
+    }
+
+    /// The signer's active and revoked keys, copied out so the signature
+    /// check can run without holding a lock on the state.
+    pub fn signer_keys(&self, event: &Event) -> Result<SignerKeys, AuthError> {
+        let signer = event.signer.to_string();
+        match (&event.body, self.genesis.is_none()) {
+            (Body::Genesis(g), true) => Ok(SignerKeys {
+                active: g
+                    .administrators
+                    .iter()
+                    .filter(|a| a.id == event.signer)
+                    .flat_map(|a| a.keys.iter().copied())
+                    .collect(),
+                revoked: Vec::new(),
+                signer,
+            }),
+            _ => {
+                let p = self
+                    .principals
+                    .get(&event.signer)
+                    .ok_or(AuthError::UnknownSigner(signer.clone()))?;
+                Ok(SignerKeys {
+                    active: p.active_keys().copied().collect(),
+                    revoked: p
+                        .keys
                         .iter()
-                        .filter(|a| a.id == event.signer)
-                        .flat_map(|a| a.keys.iter().copied())
-                        .collect();
-                    (keys, Vec::new())
-                }
-                _ => {
-                    let p = self
-                        .principals
-                        .get(&event.signer)
-                        .ok_or_else(|| AuthError::UnknownSigner(signer.to_owned()))?;
-                    (
-                        p.active_keys().copied().collect(),
-                        p.keys
-                            .iter()
-                            .filter_map(|k| k.revoked_at.map(|r| (k.key, r)))
-                            .collect(),
-                    )
-                }
-            };
-        let pae = crypto::pae(&env.payload_type, &env.payload);
-        // Try keys whose keyid matches the hint first; the hint is never trusted.
-        for sig in &env.signatures {
-            let mut ordered: Vec<&VerifyingKey> = active.iter().collect();
-            ordered.sort_by_key(|k| KeyId::of(k).to_string() != sig.keyid);
-            for key in ordered {
-                if crypto::verify_strict(key, &pae, &sig.sig).is_ok() {
-                    return Ok(*key);
-                }
+                        .filter_map(|k| k.revoked_at.map(|r| (k.key, r)))
+                        .collect(),
+                    signer,
+                })
             }
         }
-        for sig in &env.signatures {
-            for (key, at) in &revoked {
-                if crypto::verify_strict(key, &pae, &sig.sig).is_ok() {
-                    return Err(AuthError::RevokedKey {
-                        keyid: KeyId::of(key).to_string(),
-                        revoked_at: *at,
-                    });
-                }
-            }
-        }
-        if active.is_empty() {
-            return Err(AuthError::NoActiveKey(signer.to_owned()));
-        }
-        Err(AuthError::BadSignature(signer.to_owned()))
     }
 
     /// Folds entry `index` into the state. On error the state is unchanged.
