@@ -551,3 +551,51 @@ async fn health_and_reflection_are_served() {
         tonic_health::pb::health_check_response::ServingStatus::Serving as i32
     );
 }
+
+#[tokio::test]
+async fn reflection_lists_services_in_v1_and_v1alpha() {
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest as ReqV1;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse as RespV1;
+    use tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest as ReqAlpha;
+    use tonic_reflection::pb::v1alpha::server_reflection_response::MessageResponse as RespAlpha;
+    let s = server().run().await;
+    let ch = s.conn().channel().await.unwrap();
+
+    let mut v1 =
+        tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient::new(ch.clone());
+    let req = tonic_reflection::pb::v1::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(ReqV1::ListServices(String::new())),
+    };
+    let mut out = v1
+        .server_reflection_info(futures::stream::iter([req]))
+        .await
+        .unwrap()
+        .into_inner();
+    let Some(RespV1::ListServicesResponse(list)) =
+        out.message().await.unwrap().unwrap().message_response
+    else {
+        panic!("expected a service list");
+    };
+    let names: Vec<_> = list.service.iter().map(|s| s.name.as_str()).collect();
+    assert!(names.contains(&"docket.v1.Ledger"), "{names:?}");
+    assert!(names.contains(&"grpc.health.v1.Health"), "{names:?}");
+
+    let mut alpha =
+        tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient::new(ch);
+    let req = tonic_reflection::pb::v1alpha::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(ReqAlpha::ListServices(String::new())),
+    };
+    let mut out = alpha
+        .server_reflection_info(futures::stream::iter([req]))
+        .await
+        .unwrap()
+        .into_inner();
+    let Some(RespAlpha::ListServicesResponse(list)) =
+        out.message().await.unwrap().unwrap().message_response
+    else {
+        panic!("expected a service list");
+    };
+    assert!(list.service.iter().any(|s| s.name == "docket.v1.Ledger"));
+}

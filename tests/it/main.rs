@@ -1,6 +1,7 @@
 //! End-to-end tests: one test binary (STYLE.md §5).
 #![allow(unreachable_pub)]
 
+mod cli;
 mod common;
 mod crash;
 mod e2e;

@@ -1,0 +1,251 @@
+//! The `docket` binary as a user drives it: init, serve, keygen, principals,
+//! append from JSON, get, proofs, checkpoints, and `verify --since` catching a
+//! forked history signed with the same log key.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+const BIN: &str = env!("CARGO_BIN_EXE_docket");
+
+struct Served {
+    child: Child,
+    server: String,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn serve(data: &Path) -> Served {
+    let mut child = Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+        .arg(data)
+        .env("DOCKET_LOG", "warn")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let addr = loop {
+        let line = lines.next().expect("server exited before serving").unwrap();
+        if let Some(rest) = line.strip_prefix("docket serving log ") {
+            break rest
+                .split(" on ")
+                .nth(1)
+                .unwrap()
+                .split(' ')
+                .next()
+                .unwrap()
+                .to_owned();
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    Served {
+        child,
+        server: format!("https://{addr}"),
+    }
+}
+
+/// Runs the CLI against `data`; returns (success, stdout, stderr).
+fn docket(data: &Path, server: Option<&str>, args: &[&str]) -> (bool, String, String) {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args)
+        .env("DOCKET_DATA", data)
+        .env("DOCKET_LOG", "warn");
+    if let Some(s) = server {
+        cmd.env("DOCKET_SERVER", s);
+    }
+    let out = cmd.output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn ok(r: (bool, String, String)) -> String {
+    assert!(r.0, "command failed:\nstdout: {}\nstderr: {}", r.1, r.2);
+    r.1
+}
+
+#[test]
+fn cli_walkthrough_and_forked_history_detection() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let init = ok(docket(
+        &data,
+        None,
+        &[
+            "init",
+            "--origin",
+            "cli.test/log",
+            "--listen",
+            "127.0.0.1:0",
+        ],
+    ));
+    assert!(init.contains("log verifier key"), "{init}");
+    // A second init refuses to overwrite the log, with the usage exit code.
+    let again = Command::new(BIN)
+        .args(["init", "--data"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert_eq!(again.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already holds a Docket log"));
+
+    // Keep a copy of the data dir at this point: an insider's old backup.
+    let fork = dir.path().join("fork");
+    copy_dir(&data, &fork);
+
+    let s = serve(&data);
+    let srv = Some(s.server.as_str());
+    let alice = dir.path().join("alice.key");
+    ok(docket(
+        &data,
+        None,
+        &["keygen", "--out", alice.to_str().unwrap()],
+    ));
+    let alice_pub = format!("{}.pub", alice.display());
+    let added = ok(docket(
+        &data,
+        srv,
+        &[
+            "principal",
+            "add",
+            "--id",
+            "alice",
+            "--kind",
+            "human",
+            "--name",
+            "Alice",
+            "--role",
+            "dev",
+            "--key-file",
+            &alice_pub,
+        ],
+    ));
+    let receipt: serde_json::Value = serde_json::from_str(&added).unwrap();
+    assert_eq!(receipt["index"], 1);
+    assert_eq!(receipt["verified_offline"], true);
+
+    let json = dir.path().join("event.json");
+    std::fs::write(&json, r#"{"event_id": "deploy-42", "annotation": {"subject": "repo/payments", "kind": "deploy", "text": "v1.2.3 to staging", "attributes": {"ticket": "OPS-12"}}}"#).unwrap();
+    let r: serde_json::Value = serde_json::from_str(&ok(docket(
+        &data,
+        srv,
+        &[
+            "append",
+            "--json",
+            json.to_str().unwrap(),
+            "--key",
+            alice.to_str().unwrap(),
+            "--signer",
+            "alice",
+        ],
+    )))
+    .unwrap();
+    assert_eq!(r["index"], 2);
+    // Unknown JSON fields are refused before anything is sent.
+    std::fs::write(
+        &json,
+        r#"{"annotation": {"subject": "x"}, "colour": "red"}"#,
+    )
+    .unwrap();
+    let bad = docket(&data, srv, &["append", "--json", json.to_str().unwrap()]);
+    assert!(
+        !bad.0 && bad.2.contains("unknown field `colour`"),
+        "{}",
+        bad.2
+    );
+
+    let got: serde_json::Value =
+        serde_json::from_str(&ok(docket(&data, srv, &["get", "2"]))).unwrap();
+    assert_eq!(got["event_id"], "deploy-42");
+    assert_eq!(got["signer"], "alice");
+    assert_eq!(got["transport_identity"], "CN=docket-admin");
+
+    let shown: serde_json::Value = serde_json::from_str(&ok(docket(
+        &data,
+        srv,
+        &["principal", "show", "--id", "alice"],
+    )))
+    .unwrap();
+    assert_eq!(shown["roles"], serde_json::json!(["dev"]));
+
+    let inc: serde_json::Value =
+        serde_json::from_str(&ok(docket(&data, srv, &["proof", "inclusion", "1"]))).unwrap();
+    assert_eq!(inc["verified"], true);
+
+    let saved = dir.path().join("cp.txt");
+    let note = ok(docket(
+        &data,
+        srv,
+        &["checkpoint", "--out", saved.to_str().unwrap()],
+    ));
+    assert!(note.starts_with("cli.test/log\n3\n"), "{note}");
+    ok(docket(
+        &data,
+        srv,
+        &["append", "--subject", "repo/x", "--text", "later"],
+    ));
+    let consistent = ok(docket(
+        &data,
+        srv,
+        &["verify", "--since", saved.to_str().unwrap()],
+    ));
+    assert!(
+        consistent
+            .contains("consistent: saved tree size 3 is a prefix of the server's tree size 4"),
+        "{consistent}"
+    );
+
+    let tail = ok(docket(&data, srv, &["tail", "--from", "0"]));
+    let indexes: Vec<u64> = tail
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["index"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(indexes, vec![0, 1, 2, 3]);
+    drop(s);
+
+    // The insider restores the old backup and writes a different history,
+    // signed with the same log key. The checkpoint an auditor saved exposes it.
+    let forked = serve(&fork);
+    let fsrv = Some(forked.server.as_str());
+    for text in ["rewritten-1", "rewritten-2", "rewritten-3"] {
+        ok(docket(
+            &fork,
+            fsrv,
+            &["append", "--subject", "repo/x", "--text", text],
+        ));
+    }
+    let (success, out, err) = docket(&data, fsrv, &["verify", "--since", saved.to_str().unwrap()]);
+    assert!(!success, "{out}");
+    assert!(err.contains("INCONSISTENT"), "{err}");
+    drop(forked);
+
+    // Offline verification and rebuild of the original log.
+    let v = ok(docket(&data, None, &["verify"]));
+    assert!(v.starts_with("OK: 4 entries"), "{v}");
+    let rb = ok(docket(&data, None, &["rebuild"]));
+    assert!(rb.contains("identical"), "{rb}");
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let dest = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &dest);
+        } else {
+            std::fs::copy(e.path(), &dest).unwrap();
+        }
+    }
+}
