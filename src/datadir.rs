@@ -143,18 +143,32 @@ impl DataDir {
     /// file is written last, so an interrupted init is never taken for a
     /// finished one.
     pub fn init(&self, opts: &InitOptions) -> Result<DataConfig, DataDirError> {
-        if self.is_initialised() || self.db().exists() {
+        if self.is_initialised() {
             return Err(DataDirError::AlreadyInitialised(
                 self.root.display().to_string(),
             ));
+        }
+        // Check every option before the first file is written.
+        crypto::check_key_name(&opts.origin).map_err(|r| DataDirError::Config {
+            path: "--origin".into(),
+            reason: format!("{:?} {r}", opts.origin),
+        })?;
+        if self.db().exists() || self.log_key().exists() {
+            return Err(DataDirError::Config {
+                path: self.root.display().to_string(),
+                reason:
+                    "an earlier init was interrupted (keys or database exist but no config.json); \
+                         remove the directory and run init again"
+                        .into(),
+            });
         }
         let io = |path: &Path| {
             let path = path.display().to_string();
             move |source| DataDirError::Io { path, source }
         };
-        std::fs::create_dir_all(&self.root).map_err(io(&self.root))?;
         let admin_id =
             PrincipalId::parse(&opts.admin).map_err(|e| DataDirError::AdminId(e.to_string()))?;
+        std::fs::create_dir_all(&self.root).map_err(io(&self.root))?;
         let log_key = crypto::generate_signing_key();
         let admin_key = crypto::generate_signing_key();
         crypto::write_signing_key(&self.log_key(), &log_key)?;

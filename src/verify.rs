@@ -3,13 +3,12 @@
 //! genesis, and the Merkle root of every stored checkpoint. Uses nothing the
 //! server computed except the bytes it stored.
 
-use ed25519_dalek::VerifyingKey;
-
 use crate::api::convert::decode_event;
-use crate::crypto::{self, KeyId, NoteVerifier};
+use crate::crypto::{self, NoteVerifier};
+use crate::ledger::Envelope;
 use crate::ledger::merkle::{self, CompactRange};
 use crate::ledger::{Checkpoint, Entry, Store};
-use crate::state::State;
+use crate::state::{SignerKeys, State};
 
 /// What a clean verification covered.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,9 +37,8 @@ fn at(index: u64, reason: impl Into<String>) -> Failure {
 
 struct SigJob {
     index: u64,
-    key: VerifyingKey,
-    msg: Vec<u8>,
-    sigs: Vec<Vec<u8>>,
+    keys: SignerKeys,
+    envelope: Envelope,
 }
 
 /// Jobs per message to the signature threads.
@@ -60,7 +58,7 @@ pub fn verify_store<S: Store>(
         .map(|n| n.get())
         .unwrap_or(1)
         .clamp(1, 8);
-    let first_bad_sig: std::sync::Mutex<Option<(u64, KeyId)>> = std::sync::Mutex::new(None);
+    let first_bad_sig: std::sync::Mutex<Option<(u64, String)>> = std::sync::Mutex::new(None);
     let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<SigJob>>(threads * 4);
     let rx = std::sync::Mutex::new(rx);
     let scanned = std::thread::scope(|s| {
@@ -70,15 +68,16 @@ pub fn verify_store<S: Store>(
                     // The lock is only held to take the next chunk.
                     let next = rx.lock().expect("job queue lock").recv();
                     let Ok(jobs) = next else { break };
-                    let bad = jobs.iter().find(|j| {
-                        !j.sigs
-                            .iter()
-                            .any(|sig| crypto::verify_strict(&j.key, &j.msg, sig).is_ok())
+                    let bad = jobs.iter().find_map(|j| {
+                        j.keys
+                            .authenticate(&j.envelope)
+                            .err()
+                            .map(|e| (j.index, e.to_string()))
                     });
-                    if let Some(j) = bad {
+                    if let Some((index, why)) = bad {
                         let mut first = first_bad_sig.lock().expect("result lock");
-                        if first.is_none_or(|(i, _)| j.index < i) {
-                            *first = Some((j.index, KeyId::of(&j.key)));
+                        if first.as_ref().is_none_or(|(i, _)| index < *i) {
+                            *first = Some((index, why));
                         }
                     }
                 }
@@ -91,12 +90,7 @@ pub fn verify_store<S: Store>(
     let sig_failure = first_bad_sig
         .into_inner()
         .expect("result lock")
-        .map(|(i, k)| {
-            at(
-                i,
-                format!("signature does not verify with the signer's active key {k}"),
-            )
-        });
+        .map(|(i, why)| at(i, format!("signature: {why}")));
     match (scanned, sig_failure) {
         (Ok(report), None) => Ok(report),
         (Ok(_), Some(f)) => Err(f),
@@ -142,16 +136,16 @@ fn scan<S: Store>(
     let mut jobs: Vec<SigJob> = Vec::with_capacity(CHUNK);
     let mut checkpoints = 0usize;
     let mut entries = store.scan_entries(0);
-    let mut leaves = store.scan_leaves(0);
+    // One cursor per tree level, so every stored node (not only the leaves)
+    // is compared with the node recomputed from the entries.
+    let mut levels: Vec<crate::ledger::Scan<'_, merkle::Hash>> = Vec::new();
+    let mut event_ids: std::collections::HashMap<[u8; 16], u64> = std::collections::HashMap::new();
+    let mut last_time = i64::MIN;
 
     for index in 0..size {
         let bytes = match entries.next().transpose().map_err(store_err)? {
             Some((i, b)) if i == index => b,
             _ => return Err(at(index, "missing from the store")),
-        };
-        let stored_leaf = match leaves.next().transpose().map_err(store_err)? {
-            Some((i, h)) if i == index => h,
-            _ => return Err(at(index, "its leaf hash is missing from the store")),
         };
         let entry = Entry::decode(&bytes).map_err(|e| at(index, format!("entry bytes: {e}")))?;
         if entry.index != index {
@@ -163,21 +157,42 @@ fn scan<S: Store>(
                 "chain link: previous leaf hash does not match entry index-1",
             ));
         }
-        let leaf = merkle::leaf_hash(&bytes);
-        if stored_leaf != leaf {
+        if entry.integrated_time_nanos < last_time {
             return Err(at(
                 index,
-                "stored leaf hash differs from the hash of the stored entry bytes",
+                "integrated time is earlier than that of entry index-1",
             ));
         }
+        last_time = entry.integrated_time_nanos;
+        let leaf = merkle::leaf_hash(&bytes);
         let env = entry.envelope;
         if env.payload_type != crypto::PAYLOAD_TYPE {
             return Err(at(index, format!("payload type {:?}", env.payload_type)));
         }
         let event = decode_event(&env.payload).map_err(|e| at(index, format!("payload: {e}")))?;
-        // Pick the key the fold says is active and matches the keyid hint;
-        // the signature itself is checked on the other threads.
-        let key = candidate_key(&state, &event, &env).map_err(|r| at(index, r))?;
+        let id_key: [u8; 16] = blake3::hash(event.event_id.as_bytes()).as_bytes()[..16]
+            .try_into()
+            .expect("16 bytes");
+        if let Some(first) = event_ids.insert(id_key, index) {
+            return Err(at(
+                index,
+                format!(
+                    "event_id {:?} was already used by entry {first}",
+                    event.event_id
+                ),
+            ));
+        }
+        // The signer's keys as the fold has them before this entry; the
+        // signature itself is checked against them on the other threads.
+        let keys = state
+            .signer_keys(&event)
+            .map_err(|e| at(index, format!("signature: {e}")))?;
+        let key = keys.preferred(&env).ok_or_else(|| {
+            at(
+                index,
+                format!("signer {:?} has no active key", event.signer.as_str()),
+            )
+        })?;
         state
             .apply(index, &event, &key)
             .map_err(|e| at(index, format!("state rules: {e}")))?;
@@ -196,11 +211,38 @@ fn scan<S: Store>(
         }
         jobs.push(SigJob {
             index,
-            key,
-            msg: crypto::pae(&env.payload_type, &env.payload),
-            sigs: env.signatures.into_iter().map(|s| s.sig).collect(),
+            keys,
+            envelope: env,
         });
-        range.push(leaf);
+        for (level, idx, hash) in range.push(leaf) {
+            let level_us = level as usize;
+            while levels.len() <= level_us {
+                let l = levels.len() as u32;
+                levels.push(store.scan_nodes(l, 0));
+            }
+            match levels[level_us].next().transpose().map_err(store_err)? {
+                Some((i, h)) if i == idx && h == hash => {}
+                Some((i, _)) if i == idx => {
+                    return Err(at(
+                        index,
+                        if level == 0 {
+                            "stored leaf hash differs from the hash of the stored entry bytes"
+                                .to_owned()
+                        } else {
+                            format!(
+                                "stored tree node (level {level}, index {idx}) differs from the one recomputed from the entries"
+                            )
+                        },
+                    ));
+                }
+                _ => {
+                    return Err(at(
+                        index,
+                        format!("tree node (level {level}, index {idx}) is missing from the store"),
+                    ));
+                }
+            }
+        }
         prev = leaf;
         while let Some(&s) = cps.peek() {
             if s > range.size() {
@@ -231,53 +273,21 @@ fn scan<S: Store>(
         }
     }
     let _ = sigs.send(jobs);
+    if cp_sizes.last() != Some(&size) {
+        return Err(Failure {
+            index: None,
+            reason: format!(
+                "the newest checkpoint covers {} entries but the log holds {size}",
+                cp_sizes.last().copied().unwrap_or(0)
+            ),
+        });
+    }
     Ok(Report {
         entries: size,
         checkpoints,
         root: range.root(),
         origin: verifier.map(|v| v.name().to_owned()).unwrap_or_default(),
     })
-}
-
-fn candidate_key(
-    state: &State,
-    event: &crate::event::Event,
-    env: &crate::ledger::Envelope,
-) -> Result<VerifyingKey, String> {
-    let keys: Vec<VerifyingKey> = match (&event.body, state.genesis()) {
-        (crate::event::Body::Genesis(g), None) => g
-            .administrators
-            .iter()
-            .filter(|a| a.id == event.signer)
-            .flat_map(|a| a.keys.iter().copied())
-            .collect(),
-        _ => state
-            .principal(event.signer.as_str())
-            .ok_or_else(|| {
-                format!(
-                    "signer {:?} is not a registered principal at this point",
-                    event.signer.as_str()
-                )
-            })?
-            .active_keys()
-            .copied()
-            .collect(),
-    };
-    // With several active keys, the one that verifies is wanted; the hint
-    // usually names it. Fall back to a full check when the hint misleads.
-    let hinted = env
-        .signatures
-        .iter()
-        .find_map(|s| keys.iter().find(|k| KeyId::of(k).to_string() == s.keyid));
-    match (hinted, keys.len()) {
-        (Some(k), _) => Ok(*k),
-        (None, 1) => Ok(keys[0]),
-        (None, 0) => Err(format!(
-            "signer {:?} has no active key",
-            event.signer.as_str()
-        )),
-        (None, _) => state.authenticate(env, event).map_err(|e| e.to_string()),
-    }
 }
 
 /// Checks a receipt offline: the entry bytes hash to the leaf, the entry is

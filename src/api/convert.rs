@@ -72,9 +72,7 @@ pub fn decode_event(payload: &[u8]) -> Result<Event, InvalidEvent> {
     let body = match body.ok_or_else(|| bad("body", "exactly one event body must be set"))? {
         pb::event::Body::Genesis(g) => {
             let origin = text("genesis.origin", g.origin, 256, false)?;
-            if origin.contains(char::is_whitespace) {
-                return Err(bad("genesis.origin", "must not contain whitespace"));
-            }
+            crypto::check_key_name(&origin).map_err(|r| bad("genesis.origin", r))?;
             let log_key = key("genesis.log_public_key", &g.log_public_key)?;
             let administrators = g
                 .administrators

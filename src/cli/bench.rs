@@ -33,6 +33,9 @@ pub struct BenchArgs {
     /// Entries in the log built for the restart measurement (0 skips it).
     #[arg(long, default_value_t = 1_000_000)]
     restart_entries: u64,
+    /// Which network phases to run: any of ping, unary, stream.
+    #[arg(long, value_delimiter = ',', default_value = "ping,unary,stream")]
+    phases: Vec<String>,
     /// Skip the PostgreSQL comparison.
     #[arg(long)]
     no_postgres: bool,
@@ -145,18 +148,25 @@ pub(crate) async fn run(a: BenchArgs) -> CliResult {
     println!("| phase | ops | ops/s | p50 ms | p99 ms |");
     println!("|---|---|---|---|---|");
 
+    let phase = |name: &str| a.phases.iter().any(|p| p == name);
     for &conc in &[1usize, hi] {
         let n = if conc == 1 { a.ops / 4 } else { a.ops };
-        ping(&client, conc, n).await?.print();
+        if phase("ping") {
+            ping(&client, conc, n).await?.print();
+        }
     }
     for &conc in &[1usize, hi] {
         let n = if conc == 1 { a.ops / 4 } else { a.ops };
-        let reqs = envelopes(&admin, &format!("unary{conc}"), n);
-        unary(&client, conc, reqs).await?.print();
+        if phase("unary") {
+            let reqs = envelopes(&admin, &format!("unary{conc}"), n);
+            unary(&client, conc, reqs).await?.print();
+        }
     }
     for &conc in &[1usize, hi] {
-        let reqs = envelopes(&admin, &format!("stream{conc}"), a.ops * 2);
-        streaming(&client, conc, reqs).await?.print();
+        if phase("stream") {
+            let reqs = envelopes(&admin, &format!("stream{conc}"), a.ops * 2);
+            streaming(&client, conc, reqs).await?.print();
+        }
     }
     drop(client);
     let _ = stop_tx.send(());

@@ -297,7 +297,7 @@ async fn submit(conn: &ConnArgs, key: &SigningKey, ev: Event) -> CliResult {
         .await
         .map_err(|s| status_err("append", s))?
         .into_inner();
-    print_receipt(&conn.data.data, &r)
+    print_receipt(&conn.data.data, &r, &env)
 }
 
 fn log_verifier(data: &std::path::Path) -> Result<NoteVerifier, CliError> {
@@ -322,7 +322,11 @@ fn hashes(v: &[Vec<u8>]) -> Result<Vec<Hash>, CliError> {
         .collect()
 }
 
-fn print_receipt(data: &std::path::Path, r: &pb::Receipt) -> CliResult {
+fn print_receipt(
+    data: &std::path::Path,
+    r: &pb::Receipt,
+    sent: &crate::ledger::Envelope,
+) -> CliResult {
     let verifier = log_verifier(data)?;
     let proof = r.inclusion_proof.clone().unwrap_or_default();
     let cp = r.checkpoint.clone().unwrap_or_default();
@@ -340,6 +344,13 @@ fn print_receipt(data: &std::path::Path, r: &pb::Receipt) -> CliResult {
         &verifier,
     )
     .map_err(|e| CliError::failed(format!("the server's receipt does not verify: {e}")))?;
+    // The proof must be for the envelope we sent, not just some entry.
+    let entry = Entry::decode(&r.entry).map_err(CliError::failed)?;
+    if &entry.envelope != sent {
+        return Err(CliError::failed(
+            "the receipt's entry does not carry the envelope that was sent",
+        ));
+    }
     let out = serde_json::json!({
         "index": r.index,
         "duplicate": r.duplicate,
@@ -630,7 +641,8 @@ pub enum ProofCmd {
         #[arg(long, default_value_t = 0)]
         tree_size: u64,
     },
-    /// Consistency proof between two tree sizes (default new: latest), verified.
+    /// Fetch a consistency proof between two tree sizes (default new: latest).
+    /// To check one against a checkpoint you saved, use `docket verify --since`.
     Consistency {
         #[command(flatten)]
         conn: ConnArgs,

@@ -76,7 +76,7 @@ enum Command {
     Get(commands::GetArgs),
     /// Print (and optionally save) the latest signed checkpoint.
     Checkpoint(commands::CheckpointArgs),
-    /// Fetch and verify inclusion or consistency proofs.
+    /// Fetch inclusion proofs (verified against the signed checkpoint) or consistency proofs.
     #[command(subcommand)]
     Proof(commands::ProofCmd),
     /// Stream entries from an index, optionally following new ones.

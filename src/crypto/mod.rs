@@ -9,7 +9,7 @@ pub use keys::{
     KeyError, KeyId, generate_signing_key, parse_public_key, read_public_key, read_signing_key,
     write_public_key, write_signing_key,
 };
-pub use note::{NoteError, NoteSigner, NoteVerifier};
+pub use note::{NoteError, NoteSigner, NoteVerifier, check_key_name};
 
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 

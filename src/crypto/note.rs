@@ -38,7 +38,7 @@ pub struct NoteSigner {
 }
 
 impl NoteSigner {
-    /// A signer for `name`, which must be non-empty and contain no whitespace or '+'.
+    /// A signer for `name`; callers check it with [`check_key_name`] first.
     pub fn new(name: &str, key: SigningKey) -> Self {
         let key_id = key_id(name, &key.verifying_key());
         NoteSigner {
@@ -159,6 +159,20 @@ impl NoteVerifier {
         }
         Err(NoteError::NoMatchingSignature(self.name.clone()))
     }
+}
+
+/// Why a string cannot name a note signer (and so cannot be a log origin).
+pub fn check_key_name(name: &str) -> Result<(), &'static str> {
+    if name.is_empty() || name.len() > 256 {
+        return Err("must be 1..=256 bytes");
+    }
+    if name
+        .chars()
+        .any(|c| c.is_whitespace() || c.is_control() || c == '+')
+    {
+        return Err("must not contain whitespace, control characters or '+'");
+    }
+    Ok(())
 }
 
 fn key_id(name: &str, key: &VerifyingKey) -> [u8; 4] {

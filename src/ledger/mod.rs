@@ -110,6 +110,12 @@ impl<S: Store> LedgerReader<S> {
         Ok(self.store.checkpoint(size)?)
     }
 
+    /// The first checkpoint signed after entry `index` was written: the one
+    /// its original receipt carried.
+    pub fn checkpoint_covering(&self, index: u64) -> Result<Option<(u64, String)>, ReadError> {
+        Ok(self.store.checkpoint_at_or_after(index + 1)?)
+    }
+
     /// The latest signed checkpoint note and its size.
     pub fn latest_checkpoint_note(&self) -> Result<Option<(u64, String)>, ReadError> {
         Ok(self.store.latest_checkpoint()?)

@@ -44,6 +44,8 @@ pub trait Store: Send + Sync + 'static {
     fn event(&self, event_id: &str) -> Result<Option<(u64, Hash)>, StoreError>;
     /// The checkpoint note signed for `size`, if one was.
     fn checkpoint(&self, size: u64) -> Result<Option<String>, StoreError>;
+    /// The stored checkpoint with the smallest size >= `size`.
+    fn checkpoint_at_or_after(&self, size: u64) -> Result<Option<(u64, String)>, StoreError>;
     /// The checkpoint with the largest size.
     fn latest_checkpoint(&self) -> Result<Option<(u64, String)>, StoreError>;
     /// Every stored checkpoint size, ascending.
@@ -56,8 +58,9 @@ pub trait Store: Send + Sync + 'static {
     fn flush(&self) -> Result<(), StoreError>;
     /// Entries from `start` in index order, as (index, bytes).
     fn scan_entries(&self, start: u64) -> Scan<'_, Vec<u8>>;
-    /// Stored leaf hashes from `start` in index order, as (index, hash).
-    fn scan_leaves(&self, start: u64) -> Scan<'_, Hash>;
+    /// Stored perfect-subtree hashes of one level from `start` in index
+    /// order, as (index, hash); level 0 are the leaf hashes.
+    fn scan_nodes(&self, level: u32, start: u64) -> Scan<'_, Hash>;
     /// All state pairs in key order.
     fn state_pairs(&self) -> Result<Vec<KeyValue>, StoreError>;
 }
@@ -110,6 +113,11 @@ impl SledStore {
         let db = sled::Config::new()
             .path(dir)
             .cache_capacity(256 << 20)
+            // No background flusher: durability comes from explicit flushes
+            // (one per group commit), and without that thread holding the
+            // database, dropping the last handle releases the directory lock
+            // at once, so a store can be reopened right after it is closed.
+            .flush_every_ms(None)
             .open()?;
         Self::from_db(db)
     }
@@ -198,6 +206,19 @@ impl Store for SledStore {
         }
     }
 
+    fn checkpoint_at_or_after(&self, size: u64) -> Result<Option<(u64, String)>, StoreError> {
+        let Some((k, _)) = self
+            .log
+            .range(checkpoint_key(size)..vec![b'c' + 1])
+            .next()
+            .transpose()?
+        else {
+            return Ok(None);
+        };
+        let size = key_u64(&k, "checkpoint")?;
+        Ok(self.checkpoint(size)?.map(|n| (size, n)))
+    }
+
     fn latest_checkpoint(&self) -> Result<Option<(u64, String)>, StoreError> {
         let Some((k, _)) = self.log.scan_prefix([b'c']).next_back().transpose()? else {
             return Ok(None);
@@ -258,19 +279,23 @@ impl Store for SledStore {
         }))
     }
 
-    fn scan_leaves(&self, start: u64) -> Scan<'_, Hash> {
-        Box::new(self.log.range(node_key(0, start)..node_key(1, 0)).map(|r| {
-            let (k, v) = r?;
-            let index = k
-                .get(2..10)
-                .and_then(|s| s.try_into().ok())
-                .map(u64::from_be_bytes)
-                .ok_or_else(|| StoreError::Corrupt {
-                    what: "leaf",
-                    key: hex::encode(&k),
-                })?;
-            Ok((index, hash_of(&v, "leaf", &k)?))
-        }))
+    fn scan_nodes(&self, level: u32, start: u64) -> Scan<'_, Hash> {
+        Box::new(
+            self.log
+                .range(node_key(level, start)..node_key(level + 1, 0))
+                .map(|r| {
+                    let (k, v) = r?;
+                    let index = k
+                        .get(2..10)
+                        .and_then(|s| s.try_into().ok())
+                        .map(u64::from_be_bytes)
+                        .ok_or_else(|| StoreError::Corrupt {
+                            what: "node",
+                            key: hex::encode(&k),
+                        })?;
+                    Ok((index, hash_of(&v, "node", &k)?))
+                }),
+        )
     }
 
     fn state_pairs(&self) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {

@@ -123,10 +123,14 @@ pub(crate) struct WriteRequest {
     reply: oneshot::Sender<Result<Committed, AppendError>>,
 }
 
-pub(crate) struct Committed {
-    staged: Staged,
-    checkpoint: Arc<Checkpoint>,
-    duplicate: bool,
+pub(crate) enum Committed {
+    /// Appended now; durable under `checkpoint`.
+    New {
+        staged: Staged,
+        checkpoint: Arc<Checkpoint>,
+    },
+    /// An identical envelope is durable at this index.
+    Duplicate(u64),
 }
 
 /// The log service.
@@ -381,6 +385,21 @@ impl Service {
             return Err(AppendError::IdentityTooLong(identity.len()));
         }
         let event = decode_event(&envelope.payload)?;
+        // A retry of an envelope already in the log gets its original receipt
+        // whatever its age, without another signature check (the bytes are
+        // the ones that were checked); the writer repeats this check atomically.
+        if let Some((index, digest)) = self.reader.event(&event.event_id)? {
+            if digest != envelope.digest() {
+                return Err(AppendError::Duplicate {
+                    event_id: event.event_id,
+                    index,
+                });
+            }
+            // Written but not yet durable: the writer answers after the flush.
+            if index < self.latest_checkpoint().size {
+                return self.receipt_for(index, true);
+            }
+        }
         if matches!(event.body, Body::Genesis(_)) {
             return Err(AppendError::GenesisAppend);
         }
@@ -399,20 +418,6 @@ impl Service {
                 max_secs: self.config.max_event_age.as_secs(),
             });
         }
-        // A retry of an envelope already in the log gets its receipt without
-        // another signature check; the writer repeats this check atomically.
-        if let Some((index, digest)) = self.reader.event(&event.event_id)? {
-            if digest != envelope.digest() {
-                return Err(AppendError::Duplicate {
-                    event_id: event.event_id,
-                    index,
-                });
-            }
-            // Written but not yet durable: the writer answers after the flush.
-            if index < self.latest_checkpoint().size {
-                return self.receipt_for(index, true);
-            }
-        }
         let key = self
             .with_state(|s| s.signer_keys(&event))?
             .authenticate(&envelope)?;
@@ -427,34 +432,47 @@ impl Service {
             })
             .await
             .map_err(|_| AppendError::Stopped)?;
-        let committed = rx.await.map_err(|_| AppendError::Stopped)??;
-        let proof = self
-            .reader
-            .inclusion_proof(committed.staged.index, committed.checkpoint.size)?;
-        Ok(Receipt {
-            index: committed.staged.index,
-            leaf: committed.staged.leaf,
-            entry: committed.staged.entry,
-            proof,
-            checkpoint: committed.checkpoint,
-            duplicate: committed.duplicate,
-        })
+        match rx.await.map_err(|_| AppendError::Stopped)?? {
+            Committed::New { staged, checkpoint } => {
+                let proof = self.reader.inclusion_proof(staged.index, checkpoint.size)?;
+                Ok(Receipt {
+                    index: staged.index,
+                    leaf: staged.leaf,
+                    entry: staged.entry,
+                    proof,
+                    checkpoint,
+                    duplicate: false,
+                })
+            }
+            Committed::Duplicate(index) => self.receipt_for(index, true),
+        }
     }
 
-    /// The receipt of a durable entry, proven against the latest checkpoint.
+    /// The receipt a durable entry got when it was appended: proven against
+    /// the first checkpoint signed after it.
     pub fn receipt_for(&self, index: u64, duplicate: bool) -> Result<Receipt, AppendError> {
-        let checkpoint = self.latest_checkpoint();
-        let (entry, leaf) = self.reader.entry(index)?.ok_or(ReadError::OutOfRange {
+        let missing = || ReadError::OutOfRange {
             index,
-            size: checkpoint.size,
+            size: self.latest_checkpoint().size,
+        };
+        let (entry, leaf) = self.reader.entry(index)?.ok_or_else(missing)?;
+        let (size, note) = self
+            .reader
+            .checkpoint_covering(index)?
+            .ok_or_else(missing)?;
+        let checkpoint = Checkpoint::verify(&note, &self.verifier, &self.origin).map_err(|e| {
+            AppendError::Read(ReadError::Store(StoreError::Corrupt {
+                what: "checkpoint",
+                key: format!("size {size}: {e}"),
+            }))
         })?;
-        let proof = self.reader.inclusion_proof(index, checkpoint.size)?;
+        let proof = self.reader.inclusion_proof(index, size)?;
         Ok(Receipt {
             index,
             leaf,
             entry: Arc::new(entry),
             proof,
-            checkpoint,
+            checkpoint: Arc::new(checkpoint),
             duplicate,
         })
     }

@@ -113,13 +113,13 @@ impl Writer {
             }
             // The key was checked before queuing; an earlier entry may have
             // revoked it since.
-            let still_active = st
+            let record = st
                 .principal(event.signer.as_str())
-                .is_some_and(|p| p.active_keys().any(|k| *k == key));
-            if !still_active {
+                .and_then(|p| p.keys.iter().find(|k| k.key == key));
+            if let Some(revoked_at) = record.and_then(|k| k.revoked_at) {
                 let _ = reply.send(Err(AppendError::Auth(AuthError::RevokedKey {
                     keyid: crate::crypto::KeyId::of(&key).to_string(),
-                    revoked_at: self.appender.next_index().saturating_sub(1),
+                    revoked_at,
                 })));
                 continue;
             }
@@ -188,33 +188,14 @@ impl Flusher {
             .clone();
         for (reply, outcome) in job.replies {
             let committed = match outcome {
-                Outcome::New(staged) => Ok(Committed {
+                Outcome::New(staged) => Committed::New {
                     staged,
                     checkpoint: latest.clone(),
-                    duplicate: false,
-                }),
-                Outcome::Duplicate(index) => self.duplicate(index, latest.clone()),
+                },
+                Outcome::Duplicate(index) => Committed::Duplicate(index),
             };
-            let _ = reply.send(committed);
+            let _ = reply.send(Ok(committed));
         }
         true
-    }
-
-    fn duplicate(&self, index: u64, checkpoint: Arc<Checkpoint>) -> Result<Committed, AppendError> {
-        let entry = self
-            .store
-            .entry(index)
-            .map_err(|e| AppendError::Commit(e.into()))?
-            .ok_or(AppendError::Stopped)?;
-        let leaf = crate::ledger::merkle::leaf_hash(&entry);
-        Ok(Committed {
-            staged: Staged {
-                index,
-                entry: Arc::new(entry),
-                leaf,
-            },
-            checkpoint,
-            duplicate: true,
-        })
     }
 }

@@ -69,10 +69,15 @@ pub fn decode_principal(b: &[u8]) -> Result<PrincipalRecord, StateCodecError> {
         let added_at = r.u64("added_at")?;
         let revoked = r.u8("revoked")?;
         let at = r.u64("revoked_at")?;
+        let revoked_at = match revoked {
+            0 => None,
+            1 => Some(at),
+            _ => return Err(StateCodecError::Invalid("revoked flag")),
+        };
         keys.push(KeyRecord {
             key,
             added_at,
-            revoked_at: (revoked == 1).then_some(at),
+            revoked_at,
         });
     }
     let registered_at = r.u64("registered_at")?;
@@ -101,6 +106,9 @@ pub(super) fn decode_genesis(b: &[u8]) -> Result<GenesisInfo, StateCodecError> {
     let origin = r.str("origin")?;
     let log_key = crypto::parse_public_key(r.take(32, "log_key")?)
         .map_err(|_| StateCodecError::Invalid("log_key"))?;
+    if r.pos != b.len() {
+        return Err(StateCodecError::Invalid("length"));
+    }
     Ok(GenesisInfo { origin, log_key })
 }
 

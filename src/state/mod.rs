@@ -112,6 +112,20 @@ pub struct SignerKeys {
 }
 
 impl SignerKeys {
+    /// The active key the keyid hint names, else the first active key: the
+    /// key to try first. `None` when the signer has no active key.
+    pub fn preferred(&self, env: &Envelope) -> Option<VerifyingKey> {
+        env.signatures
+            .iter()
+            .find_map(|s| {
+                self.active
+                    .iter()
+                    .find(|k| KeyId::of(k).to_string() == s.keyid)
+            })
+            .or_else(|| self.active.first())
+            .copied()
+    }
+
     /// Finds the active key that signed the envelope (strict Ed25519 over
     /// the DSSE PAE). The keyid hint only orders the attempts.
     pub fn authenticate(&self, env: &Envelope) -> Result<VerifyingKey, AuthError> {

@@ -96,6 +96,12 @@ fn cli_walkthrough_and_forked_history_detection() {
     assert_eq!(again.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&again.stderr).contains("already holds a Docket log"));
 
+    // An origin that cannot name a signed-note key is refused before any file is written.
+    let bad_dir = dir.path().join("bad");
+    let bad = docket(&bad_dir, None, &["init", "--origin", "a+b"]);
+    assert!(!bad.0 && bad.2.contains("--origin"), "{}", bad.2);
+    assert!(!bad_dir.exists());
+
     // Keep a copy of the data dir at this point: an insider's old backup.
     let fork = dir.path().join("fork");
     copy_dir(&data, &fork);
