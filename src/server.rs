@@ -24,6 +24,18 @@ pub enum Transport {
     DangerousPlaintext,
 }
 
+impl Transport {
+    /// mTLS with the development PKI of a data directory (`<data>/tls`).
+    pub fn dev_mtls(data: &crate::datadir::DataDir) -> Self {
+        let tls = data.tls();
+        Transport::MutualTls {
+            client_ca: tls.ca_cert,
+            cert: tls.server_cert,
+            key: tls.server_key,
+        }
+    }
+}
+
 /// Why the server could not run.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

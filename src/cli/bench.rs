@@ -114,17 +114,9 @@ pub(crate) async fn run(a: BenchArgs) -> CliResult {
     .map_err(|e| failed(&e))?;
     let svc = dd.open_service(Config::default()).map_err(|e| failed(&e))?;
     let tls = dd.tls();
-    let server = Server::bind(
-        "127.0.0.1:0",
-        svc.clone(),
-        Transport::MutualTls {
-            client_ca: tls.ca_cert.clone(),
-            cert: tls.server_cert.clone(),
-            key: tls.server_key.clone(),
-        },
-    )
-    .await
-    .map_err(|e| failed(&e))?;
+    let server = Server::bind("127.0.0.1:0", svc.clone(), Transport::dev_mtls(&dd))
+        .await
+        .map_err(|e| failed(&e))?;
     let port = server.local_addr().map_err(|e| failed(&e))?.port();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let handle = tokio::spawn(server.run(async {
@@ -253,18 +245,22 @@ async fn join(
     Ok(all)
 }
 
+/// Splits requests into `parts` nearly equal runs, one per client.
+fn split(reqs: Vec<pb::AppendRequest>, parts: usize) -> Vec<Vec<pb::AppendRequest>> {
+    let per = reqs.len().div_ceil(parts);
+    let mut it = reqs.into_iter();
+    (0..parts)
+        .map(|_| it.by_ref().take(per).collect())
+        .collect()
+}
+
 async fn unary(
     client: &Client,
     conc: usize,
     reqs: Vec<pb::AppendRequest>,
 ) -> Result<Stats, CliError> {
     let n = reqs.len();
-    let per = n.div_ceil(conc);
-    let mut chunks: Vec<Vec<pb::AppendRequest>> = Vec::new();
-    let mut it = reqs.into_iter();
-    for _ in 0..conc {
-        chunks.push(it.by_ref().take(per).collect());
-    }
+    let chunks = split(reqs, conc);
     let t = Instant::now();
     let mut tasks = Vec::new();
     for chunk in chunks {
@@ -293,13 +289,7 @@ async fn streaming(
     conc: usize,
     reqs: Vec<pb::AppendRequest>,
 ) -> Result<Stats, CliError> {
-    let n = reqs.len();
-    let per = n.div_ceil(conc);
-    let mut chunks: Vec<Vec<pb::AppendRequest>> = Vec::new();
-    let mut it = reqs.into_iter();
-    for _ in 0..conc {
-        chunks.push(it.by_ref().take(per).collect());
-    }
+    let chunks = split(reqs, conc);
     // At most `WINDOW` appends in flight across all streams, so latency is
     // measured at a steady state rather than as the depth of a queue.
     const WINDOW: usize = 512;

@@ -116,15 +116,10 @@ pub(crate) async fn serve(a: ServeArgs) -> CliResult {
             ..ServiceConfig::default()
         })
         .map_err(CliError::failed)?;
-    let tls = dd.tls();
     let transport = if a.dangerous_plaintext {
         Transport::DangerousPlaintext
     } else {
-        Transport::MutualTls {
-            client_ca: tls.ca_cert.clone(),
-            cert: tls.server_cert.clone(),
-            key: tls.server_key.clone(),
-        }
+        Transport::dev_mtls(&dd)
     };
     let listen = a.listen.unwrap_or(cfg.listen);
     let server = Server::bind(&listen, svc.clone(), transport)

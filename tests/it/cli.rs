@@ -2,11 +2,10 @@
 //! append from JSON, get, proofs, checkpoints, and `verify --since` catching a
 //! forked history signed with the same log key.
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 
-const BIN: &str = env!("CARGO_BIN_EXE_docket");
+use crate::common::BIN;
 
 struct Served {
     child: Child,
@@ -21,28 +20,7 @@ impl Drop for Served {
 }
 
 fn serve(data: &Path) -> Served {
-    let mut child = Command::new(BIN)
-        .args(["serve", "--listen", "127.0.0.1:0", "--data"])
-        .arg(data)
-        .env("DOCKET_LOG", "warn")
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let addr = loop {
-        let line = lines.next().expect("server exited before serving").unwrap();
-        if let Some(rest) = line.strip_prefix("docket serving log ") {
-            break rest
-                .split(" on ")
-                .nth(1)
-                .unwrap()
-                .split(' ')
-                .next()
-                .unwrap()
-                .to_owned();
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
+    let (child, addr) = crate::common::spawn_serve(data);
     Served {
         child,
         server: format!("https://{addr}"),

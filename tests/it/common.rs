@@ -52,18 +52,9 @@ impl Builder {
         })
         .unwrap();
         let svc = data.open_service(self.config).unwrap();
-        let tls = data.tls();
-        let server = Server::bind(
-            "127.0.0.1:0",
-            svc.clone(),
-            Transport::MutualTls {
-                client_ca: tls.ca_cert.clone(),
-                cert: tls.server_cert.clone(),
-                key: tls.server_key.clone(),
-            },
-        )
-        .await
-        .unwrap();
+        let server = Server::bind("127.0.0.1:0", svc.clone(), Transport::dev_mtls(&data))
+            .await
+            .unwrap();
         let addr = server.local_addr().unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel();
         let handle = tokio::spawn(async move {
@@ -174,4 +165,37 @@ pub fn mth(leaves: &[[u8; 32]]) -> [u8; 32] {
             node_hash(&mth(&leaves[..k]), &mth(&leaves[k..]))
         }
     }
+}
+
+/// The `docket` binary under test.
+pub const BIN: &str = env!("CARGO_BIN_EXE_docket");
+
+/// Starts `docket serve --data DATA --listen 127.0.0.1:0` and returns once it
+/// prints that it is serving, with the address it printed.
+pub fn spawn_serve(data: &std::path::Path) -> (std::process::Child, std::net::SocketAddr) {
+    use std::io::{BufRead, BufReader};
+    let mut child = std::process::Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+        .arg(data)
+        .env("DOCKET_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let addr = loop {
+        let line = lines.next().expect("server exited before serving").unwrap();
+        if let Some(rest) = line.strip_prefix("docket serving log ") {
+            let addr = rest
+                .split(" on ")
+                .nth(1)
+                .unwrap()
+                .split(' ')
+                .next()
+                .unwrap();
+            break addr.parse().unwrap();
+        }
+    };
+    // Keep draining stdout so the child never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    (child, addr)
 }

@@ -1,9 +1,8 @@
 //! The real binary killed with SIGKILL while clients append; tamper detection.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::{Arc, Mutex};
 
 use docket::api::pb;
@@ -11,36 +10,11 @@ use docket::cli::client::Conn;
 
 use crate::common::{note, signed};
 
-const BIN: &str = env!("CARGO_BIN_EXE_docket");
+use crate::common::BIN;
 
-/// Starts `docket serve` and returns once it prints that it is serving.
 fn start(data: &Path) -> (Child, u16) {
-    let mut child = Command::new(BIN)
-        .args(["serve", "--data"])
-        .arg(data)
-        .args(["--listen", "127.0.0.1:0"])
-        .env("DOCKET_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let port = loop {
-        let line = lines.next().expect("server exited before serving").unwrap();
-        if let Some(rest) = line.strip_prefix("docket serving log ") {
-            let addr = rest
-                .split(" on ")
-                .nth(1)
-                .unwrap()
-                .split(' ')
-                .next()
-                .unwrap();
-            break addr.rsplit(':').next().unwrap().parse().unwrap();
-        }
-    };
-    // Keep draining stdout so the child never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    (child, port)
+    let (child, addr) = crate::common::spawn_serve(data);
+    (child, addr.port())
 }
 
 fn conn(data: &Path, port: u16) -> Conn {
