@@ -6,6 +6,7 @@
 //! <data>/log.vkey        its C2SP note verifier key (give this to auditors)
 //! <data>/admin.key       the first administrator's signing key (0600)
 //! <data>/admin.pub       its public key (SPKI PEM)
+//! <data>/access.json     which client certificate subjects may call which RPC
 //! <data>/tls/            development CA, server and client certificates
 //! <data>/db/             the sled database (log and state trees)
 //! ```
@@ -16,6 +17,7 @@ use std::sync::Arc;
 use ed25519_dalek::SigningKey;
 use serde::{Deserialize, Serialize};
 
+use crate::api::access::AccessPolicy;
 use crate::api::convert::sign_event;
 use crate::crypto::{self, KeyError, NoteSigner};
 use crate::event::{Body, Event, Genesis, PrincipalId, PrincipalKind, PrincipalSpec};
@@ -81,6 +83,11 @@ pub enum DataDirError {
     AdminId(String),
 }
 
+/// The subject of the client certificate `init` issues for the admin.
+pub fn admin_client_identity(admin: &str) -> String {
+    format!("CN=docket-{admin}")
+}
+
 /// Paths inside a data directory.
 #[derive(Clone, Debug)]
 pub struct DataDir {
@@ -113,6 +120,25 @@ impl DataDir {
     }
     pub fn db(&self) -> PathBuf {
         self.root.join("db")
+    }
+    pub fn access_path(&self) -> PathBuf {
+        self.root.join("access.json")
+    }
+
+    /// The access rules: `access.json`, or for a directory made before that
+    /// file existed, the admin's client certificate alone (with a warning).
+    pub fn access(&self) -> Result<AccessPolicy, DataDirError> {
+        let p = self.access_path();
+        if p.exists() {
+            return AccessPolicy::load(&p).map_err(|e| DataDirError::Config {
+                path: p.display().to_string(),
+                reason: e.to_string(),
+            });
+        }
+        let cfg = self.config()?;
+        let id = admin_client_identity(&cfg.admin);
+        tracing::warn!(path = %p.display(), identity = %id, "no access.json; only the admin client certificate may call the API");
+        Ok(AccessPolicy::allow_all(&id))
     }
 
     /// True when `init` has completed here.
@@ -182,6 +208,8 @@ impl DataDir {
             &opts.hosts,
             &format!("docket-{}", opts.admin),
         )?;
+        let access = AccessPolicy::allow_all(&admin_client_identity(&opts.admin));
+        std::fs::write(self.access_path(), access.to_json()).map_err(io(&self.access_path()))?;
 
         let genesis = Event {
             event_id: format!("genesis:{}", opts.origin),

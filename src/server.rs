@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use tokio::net::TcpListener;
 
+use crate::api::access::AccessPolicy;
 use crate::api::{LedgerApi, pb};
 use crate::service::Service;
 use crate::tls::TlsError;
@@ -14,25 +15,29 @@ use crate::tls::TlsError;
 /// Transport settings of a server.
 #[derive(Clone, Debug)]
 pub enum Transport {
-    /// TLS 1.3 with client certificates verified against `client_ca`.
+    /// TLS 1.3 with client certificates verified against `client_ca`;
+    /// `access` says which certificate subjects may call which method.
     MutualTls {
         client_ca: PathBuf,
         cert: PathBuf,
         key: PathBuf,
+        access: AccessPolicy,
     },
     /// No TLS and no client identity. Only for local experiments.
     DangerousPlaintext,
 }
 
 impl Transport {
-    /// mTLS with the development PKI of a data directory (`<data>/tls`).
-    pub fn dev_mtls(data: &crate::datadir::DataDir) -> Self {
+    /// mTLS with the development PKI of a data directory (`<data>/tls`) and
+    /// its `access.json`.
+    pub fn dev_mtls(data: &crate::datadir::DataDir) -> Result<Self, crate::datadir::DataDirError> {
         let tls = data.tls();
-        Transport::MutualTls {
+        Ok(Transport::MutualTls {
             client_ca: tls.ca_cert,
             cert: tls.server_cert,
             key: tls.server_key,
-        }
+            access: data.access()?,
+        })
     }
 }
 
@@ -90,8 +95,10 @@ impl Server {
         self,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> Result<(), ServeError> {
-        let plaintext = matches!(self.transport, Transport::DangerousPlaintext);
-        let api = LedgerApi::new(self.svc.clone(), plaintext);
+        let api = match &self.transport {
+            Transport::MutualTls { access, .. } => LedgerApi::new(self.svc.clone(), access.clone()),
+            Transport::DangerousPlaintext => LedgerApi::dangerous_plaintext(self.svc.clone()),
+        };
         let (health_reporter, health) = tonic_health::server::health_reporter();
         health_reporter
             .set_serving::<pb::ledger_server::LedgerServer<LedgerApi>>()
@@ -117,6 +124,7 @@ impl Server {
                 client_ca,
                 cert,
                 key,
+                ..
             } => {
                 let cfg = crate::tls::server_config(&client_ca, &cert, &key)?;
                 let incoming = crate::tls::incoming(self.listener, cfg);

@@ -2,6 +2,7 @@
 //! in [`pb`], [`convert`] turns wire types into domain types, and [`server`]
 //! maps domain errors to `tonic::Status` in one place.
 
+pub mod access;
 pub mod convert;
 mod server;
 

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use futures::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
+use super::access::AccessPolicy;
 use super::convert::envelope_from_pb;
 use super::pb;
 use crate::ledger::ReadError;
@@ -16,31 +17,50 @@ use crate::service::{AppendError, Receipt, Service};
 #[derive(Clone)]
 pub struct LedgerApi {
     svc: Arc<Service>,
-    plaintext: bool,
+    /// `None` only for a dangerous plaintext server, where there is no
+    /// transport identity to check.
+    access: Option<Arc<AccessPolicy>>,
 }
 
 impl LedgerApi {
-    /// Wraps a service. `dangerous_plaintext` marks a server without mTLS, so
-    /// entries record `dangerous-plaintext` as the transport identity.
-    pub fn new(svc: Arc<Service>, dangerous_plaintext: bool) -> Self {
+    /// Wraps a service; `access` says which client certificate subjects may
+    /// call which method.
+    pub fn new(svc: Arc<Service>, access: AccessPolicy) -> Self {
         LedgerApi {
             svc,
-            plaintext: dangerous_plaintext,
+            access: Some(Arc::new(access)),
         }
     }
 
-    fn identity<T>(&self, req: &Request<T>) -> Result<String, Status> {
-        if self.plaintext {
+    /// Wraps a service for a server without TLS: no identity, no checks, and
+    /// entries record `dangerous-plaintext` as the transport identity.
+    pub fn dangerous_plaintext(svc: Arc<Service>) -> Self {
+        LedgerApi { svc, access: None }
+    }
+
+    /// The one place where transport identities are checked: every handler
+    /// calls this first with its method name.
+    fn authorize<T>(&self, req: &Request<T>, method: &'static str) -> Result<String, Status> {
+        let Some(access) = &self.access else {
             return Ok("dangerous-plaintext".into());
-        }
+        };
         let certs = req
             .peer_certs()
             .ok_or_else(|| Status::unauthenticated("no client certificate on this connection"))?;
         let leaf = certs
             .first()
             .ok_or_else(|| Status::unauthenticated("no client certificate on this connection"))?;
-        crate::tls::identity_of(leaf)
-            .ok_or_else(|| Status::unauthenticated("client certificate subject could not be read"))
+        let identity = crate::tls::identity_of(leaf).ok_or_else(|| {
+            Status::unauthenticated("client certificate subject could not be read")
+        })?;
+        if !access.permits(&identity, method) {
+            tracing::warn!(%identity, method, "call refused by access.json");
+            return Err(Status::permission_denied(format!(
+                "transport identity {identity:?} may not call docket.v1.Ledger/{method} \
+                 (see access.json in the server's data directory)"
+            )));
+        }
+        Ok(identity)
     }
 }
 
@@ -104,7 +124,7 @@ impl pb::ledger_server::Ledger for LedgerApi {
         &self,
         req: Request<pb::AppendRequest>,
     ) -> Result<Response<pb::Receipt>, Status> {
-        let identity = self.identity(&req)?;
+        let identity = self.authorize(&req, "Append")?;
         let env = req
             .into_inner()
             .envelope
@@ -125,7 +145,7 @@ impl pb::ledger_server::Ledger for LedgerApi {
         &self,
         req: Request<Streaming<pb::AppendRequest>>,
     ) -> Result<Response<Self::AppendStreamStream>, Status> {
-        let identity = self.identity(&req)?;
+        let identity = self.authorize(&req, "AppendStream")?;
         let svc = self.svc.clone();
         let input = req.into_inner();
         // Up to 256 appends of one stream are in flight at once; responses keep
@@ -172,6 +192,7 @@ impl pb::ledger_server::Ledger for LedgerApi {
         &self,
         req: Request<pb::GetEntryRequest>,
     ) -> Result<Response<pb::EntryResponse>, Status> {
+        self.authorize(&req, "GetEntry")?;
         let index = req.into_inner().index;
         match self.svc.durable_entry(index).map_err(|e| read_status(&e))? {
             Some((entry, leaf)) => Ok(Response::new(pb::EntryResponse {
@@ -188,8 +209,9 @@ impl pb::ledger_server::Ledger for LedgerApi {
 
     async fn get_checkpoint(
         &self,
-        _req: Request<pb::GetCheckpointRequest>,
+        req: Request<pb::GetCheckpointRequest>,
     ) -> Result<Response<pb::Checkpoint>, Status> {
+        self.authorize(&req, "GetCheckpoint")?;
         Ok(Response::new(checkpoint_pb(&self.svc.latest_checkpoint())))
     }
 
@@ -197,6 +219,7 @@ impl pb::ledger_server::Ledger for LedgerApi {
         &self,
         req: Request<pb::InclusionProofRequest>,
     ) -> Result<Response<pb::InclusionProof>, Status> {
+        self.authorize(&req, "GetInclusionProof")?;
         let r = req.into_inner();
         let latest = self.svc.latest_checkpoint().size;
         let size = if r.tree_size == 0 {
@@ -231,6 +254,7 @@ impl pb::ledger_server::Ledger for LedgerApi {
         &self,
         req: Request<pb::ConsistencyProofRequest>,
     ) -> Result<Response<pb::ConsistencyProof>, Status> {
+        self.authorize(&req, "GetConsistencyProof")?;
         let r = req.into_inner();
         let latest = self.svc.latest_checkpoint().size;
         let new = if r.new_size == 0 { latest } else { r.new_size };
@@ -263,6 +287,7 @@ impl pb::ledger_server::Ledger for LedgerApi {
         &self,
         req: Request<pb::TailRequest>,
     ) -> Result<Response<Self::TailStream>, Status> {
+        self.authorize(&req, "Tail")?;
         let pb::TailRequest { from_index, follow } = req.into_inner();
         let reader = self.svc.reader().clone();
         let mut size_rx = self.svc.size_watch();
@@ -301,6 +326,7 @@ impl pb::ledger_server::Ledger for LedgerApi {
         &self,
         req: Request<pb::GetPrincipalRequest>,
     ) -> Result<Response<pb::PrincipalState>, Status> {
+        self.authorize(&req, "GetPrincipal")?;
         let id = req.into_inner().id;
         let found = self.svc.with_state(|s| s.principal(&id).cloned());
         let p = found.ok_or_else(|| Status::not_found(format!("id: no principal {id:?}")))?;
@@ -333,8 +359,9 @@ impl pb::ledger_server::Ledger for LedgerApi {
 
     async fn ping(
         &self,
-        _req: Request<pb::PingRequest>,
+        req: Request<pb::PingRequest>,
     ) -> Result<Response<pb::PingResponse>, Status> {
+        self.authorize(&req, "Ping")?;
         Ok(Response::new(pb::PingResponse {}))
     }
 }

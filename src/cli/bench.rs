@@ -114,9 +114,13 @@ pub(crate) async fn run(a: BenchArgs) -> CliResult {
     .map_err(|e| failed(&e))?;
     let svc = dd.open_service(Config::default()).map_err(|e| failed(&e))?;
     let tls = dd.tls();
-    let server = Server::bind("127.0.0.1:0", svc.clone(), Transport::dev_mtls(&dd))
-        .await
-        .map_err(|e| failed(&e))?;
+    let server = Server::bind(
+        "127.0.0.1:0",
+        svc.clone(),
+        Transport::dev_mtls(&dd).map_err(|e| failed(&e))?,
+    )
+    .await
+    .map_err(|e| failed(&e))?;
     let port = server.local_addr().map_err(|e| failed(&e))?.port();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let handle = tokio::spawn(server.run(async {

@@ -119,7 +119,7 @@ pub(crate) async fn serve(a: ServeArgs) -> CliResult {
     let transport = if a.dangerous_plaintext {
         Transport::DangerousPlaintext
     } else {
-        Transport::dev_mtls(&dd)
+        Transport::dev_mtls(&dd).map_err(CliError::usage)?
     };
     let listen = a.listen.unwrap_or(cfg.listen);
     let server = Server::bind(&listen, svc.clone(), transport)
@@ -185,6 +185,58 @@ fn pub_path(p: &std::path::Path) -> PathBuf {
     let mut s = p.as_os_str().to_owned();
     s.push(".pub");
     PathBuf::from(s)
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CertCmd {
+    /// Issue a client certificate (CN=NAME) signed by the data dir's CA.
+    Issue {
+        #[command(flatten)]
+        data: DataArgs,
+        /// Common name; the transport identity becomes `CN=<name>`.
+        #[arg(long)]
+        cn: String,
+        /// Where to write <cn>.pem and <cn>.key (default: <data>/tls/clients).
+        #[arg(long)]
+        out_dir: Option<PathBuf>,
+        /// Also allow this identity these methods in access.json (repeatable;
+        /// `*` for all). Takes effect when the server restarts.
+        #[arg(long = "allow")]
+        allow: Vec<String>,
+    },
+}
+
+pub(crate) fn cert(c: CertCmd) -> CliResult {
+    let CertCmd::Issue {
+        data,
+        cn,
+        out_dir,
+        allow,
+    } = c;
+    let dd = DataDir::new(&data.data);
+    let out = out_dir.unwrap_or_else(|| dd.root.join("tls").join("clients"));
+    let identity = format!("CN={cn}");
+    // Validate the grant before anything is written.
+    let mut access = dd.access().map_err(CliError::usage)?;
+    if !allow.is_empty() {
+        access.grant(&identity, &allow).map_err(CliError::usage)?;
+    }
+    let (cert, key) =
+        crate::tls::issue_client_cert(&dd.tls(), &cn, &out).map_err(CliError::usage)?;
+    println!(
+        "issued {} (key {}) for transport identity {identity:?}",
+        cert.display(),
+        key.display()
+    );
+    if allow.is_empty() {
+        println!("it may call nothing until access.json lists it (or re-run with --allow METHOD)");
+    } else {
+        let p = dd.access_path();
+        std::fs::write(&p, access.to_json())
+            .map_err(|e| CliError::failed(format!("{}: {e}", p.display())))?;
+        println!("updated {}; restart the server to apply it", p.display());
+    }
+    Ok(())
 }
 
 #[derive(Subcommand, Debug)]

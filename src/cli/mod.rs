@@ -67,6 +67,9 @@ enum Command {
     Init(commands::InitArgs),
     /// Write a new Ed25519 key pair (FILE and FILE.pub).
     Keygen(commands::KeygenArgs),
+    /// Issue client certificates from the development CA.
+    #[command(subcommand)]
+    Cert(commands::CertCmd),
     /// Register principals and manage their keys.
     #[command(subcommand)]
     Principal(commands::PrincipalCmd),
@@ -115,6 +118,7 @@ pub fn main() -> ExitCode {
             Command::Serve(a) => commands::serve(a).await,
             Command::Init(a) => commands::init(a),
             Command::Keygen(a) => commands::keygen(a),
+            Command::Cert(c) => commands::cert(c),
             Command::Principal(c) => commands::principal(c).await,
             Command::Append(a) => commands::append(a).await,
             Command::Get(a) => commands::get(a).await,

@@ -123,6 +123,51 @@ pub fn generate_dev_pki(
     Ok(paths)
 }
 
+/// Issues a client certificate with common name `cn`, signed by the
+/// development CA in `pki`; writes `<out>/<cn>.pem` and `<out>/<cn>.key`.
+/// Returns the two paths.
+pub fn issue_client_cert(
+    pki: &PkiPaths,
+    cn: &str,
+    out: &Path,
+) -> Result<(PathBuf, PathBuf), TlsError> {
+    if cn.is_empty()
+        || !cn
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.@".contains(&b))
+    {
+        return Err(TlsError::Pem {
+            path: "--cn".into(),
+            reason: format!("{cn:?} must be 1+ characters of A-Z a-z 0-9 - _ . @"),
+        });
+    }
+    let pem_err = |path: &Path, e: String| TlsError::Pem {
+        path: path.display().to_string(),
+        reason: e,
+    };
+    let ca_key_pem =
+        String::from_utf8(read(&pki.ca_key)?).map_err(|e| pem_err(&pki.ca_key, e.to_string()))?;
+    let ca_key = KeyPair::from_pem(&ca_key_pem).map_err(|e| pem_err(&pki.ca_key, e.to_string()))?;
+    let ca_pem =
+        String::from_utf8(read(&pki.ca_cert)?).map_err(|e| pem_err(&pki.ca_cert, e.to_string()))?;
+    let issuer = Issuer::from_ca_cert_pem(&ca_pem, ca_key)
+        .map_err(|e| pem_err(&pki.ca_cert, e.to_string()))?;
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    params.distinguished_name.push(DnType::CommonName, cn);
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    let cert = params.signed_by(&key, &issuer)?;
+    std::fs::create_dir_all(out).map_err(|source| TlsError::Io {
+        path: out.display().to_string(),
+        source,
+    })?;
+    let cert_path = out.join(format!("{cn}.pem"));
+    let key_path = out.join(format!("{cn}.key"));
+    write(&cert_path, &cert.pem(), false)?;
+    write(&key_path, &key.serialize_pem(), true)?;
+    Ok((cert_path, key_path))
+}
+
 fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
     std::fs::read(path).map_err(|source| TlsError::Io {
         path: path.display().to_string(),

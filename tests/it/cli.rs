@@ -84,8 +84,67 @@ fn cli_walkthrough_and_forked_history_detection() {
     let fork = dir.path().join("fork");
     copy_dir(&data, &fork);
 
+    // A CI runner's certificate, allowed to append and read checkpoints.
+    let issued = ok(docket(
+        &data,
+        None,
+        &[
+            "cert",
+            "issue",
+            "--cn",
+            "ci-runner",
+            "--allow",
+            "Append",
+            "--allow",
+            "GetCheckpoint",
+        ],
+    ));
+    assert!(issued.contains("\"CN=ci-runner\""), "{issued}");
+    let bad_grant = docket(
+        &data,
+        None,
+        &["cert", "issue", "--cn", "x", "--allow", "Apend"],
+    );
+    assert!(
+        !bad_grant.0 && bad_grant.2.contains("unknown method \"Apend\""),
+        "{}",
+        bad_grant.2
+    );
+
     let s = serve(&data);
     let srv = Some(s.server.as_str());
+    let clients = data.join("tls/clients");
+    let as_ci = |args: &[&str]| {
+        let mut cmd = Command::new(BIN);
+        cmd.args(args)
+            .env("DOCKET_DATA", &data)
+            .env("DOCKET_SERVER", &s.server)
+            .env("DOCKET_CERT", clients.join("ci-runner.pem"))
+            .env("DOCKET_CERT_KEY", clients.join("ci-runner.key"));
+        let out = cmd.output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let ci_append = ok(as_ci(&[
+        "append",
+        "--subject",
+        "ci/build",
+        "--text",
+        "build 7 passed",
+    ]));
+    assert!(
+        ci_append.contains("\"verified_offline\": true"),
+        "{ci_append}"
+    );
+    let denied = as_ci(&["get", "1"]);
+    assert!(
+        !denied.0 && denied.2.contains("PermissionDenied"),
+        "{}",
+        denied.2
+    );
     let alice = dir.path().join("alice.key");
     ok(docket(
         &data,
@@ -112,7 +171,7 @@ fn cli_walkthrough_and_forked_history_detection() {
         ],
     ));
     let receipt: serde_json::Value = serde_json::from_str(&added).unwrap();
-    assert_eq!(receipt["index"], 1);
+    assert_eq!(receipt["index"], 2);
     assert_eq!(receipt["verified_offline"], true);
 
     let json = dir.path().join("event.json");
@@ -131,7 +190,7 @@ fn cli_walkthrough_and_forked_history_detection() {
         ],
     )))
     .unwrap();
-    assert_eq!(r["index"], 2);
+    assert_eq!(r["index"], 3);
     // Unknown JSON fields are refused before anything is sent.
     std::fs::write(
         &json,
@@ -146,7 +205,7 @@ fn cli_walkthrough_and_forked_history_detection() {
     );
 
     let got: serde_json::Value =
-        serde_json::from_str(&ok(docket(&data, srv, &["get", "2"]))).unwrap();
+        serde_json::from_str(&ok(docket(&data, srv, &["get", "3"]))).unwrap();
     assert_eq!(got["event_id"], "deploy-42");
     assert_eq!(got["signer"], "alice");
     assert_eq!(got["transport_identity"], "CN=docket-admin");
@@ -169,7 +228,7 @@ fn cli_walkthrough_and_forked_history_detection() {
         srv,
         &["checkpoint", "--out", saved.to_str().unwrap()],
     ));
-    assert!(note.starts_with("cli.test/log\n3\n"), "{note}");
+    assert!(note.starts_with("cli.test/log\n4\n"), "{note}");
     ok(docket(
         &data,
         srv,
@@ -182,7 +241,7 @@ fn cli_walkthrough_and_forked_history_detection() {
     ));
     assert!(
         consistent
-            .contains("consistent: saved tree size 3 is a prefix of the server's tree size 4"),
+            .contains("consistent: saved tree size 4 is a prefix of the server's tree size 5"),
         "{consistent}"
     );
 
@@ -195,7 +254,7 @@ fn cli_walkthrough_and_forked_history_detection() {
                 .unwrap()
         })
         .collect();
-    assert_eq!(indexes, vec![0, 1, 2, 3]);
+    assert_eq!(indexes, vec![0, 1, 2, 3, 4]);
     drop(s);
 
     // The insider restores the old backup and writes a different history,
@@ -216,7 +275,7 @@ fn cli_walkthrough_and_forked_history_detection() {
 
     // Offline verification and rebuild of the original log.
     let v = ok(docket(&data, None, &["verify"]));
-    assert!(v.starts_with("OK: 4 entries"), "{v}");
+    assert!(v.starts_with("OK: 5 entries"), "{v}");
     let rb = ok(docket(&data, None, &["rebuild"]));
     assert!(rb.contains("identical"), "{rb}");
 }

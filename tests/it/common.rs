@@ -27,15 +27,23 @@ pub struct TestServer {
 
 pub struct Builder {
     config: Config,
+    access: Option<String>,
 }
 
 pub fn server() -> Builder {
     Builder {
         config: Config::default(),
+        access: None,
     }
 }
 
 impl Builder {
+    /// Replaces the data dir's access.json.
+    pub fn with_access(mut self, json: &str) -> Self {
+        self.access = Some(json.to_owned());
+        self
+    }
+
     pub fn with_max_payload(mut self, n: usize) -> Self {
         self.config.max_payload_bytes = n;
         self
@@ -51,10 +59,17 @@ impl Builder {
             ..InitOptions::default()
         })
         .unwrap();
+        if let Some(json) = &self.access {
+            std::fs::write(data.access_path(), json).unwrap();
+        }
         let svc = data.open_service(self.config).unwrap();
-        let server = Server::bind("127.0.0.1:0", svc.clone(), Transport::dev_mtls(&data))
-            .await
-            .unwrap();
+        let server = Server::bind(
+            "127.0.0.1:0",
+            svc.clone(),
+            Transport::dev_mtls(&data).unwrap(),
+        )
+        .await
+        .unwrap();
         let addr = server.local_addr().unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel();
         let handle = tokio::spawn(async move {
@@ -90,6 +105,21 @@ impl TestServer {
 
     pub async fn client(&self) -> LedgerClient<Channel> {
         self.conn().ledger().await.unwrap()
+    }
+
+    /// A client whose certificate (from the server's CA) has common name `cn`.
+    pub async fn client_as(&self, cn: &str) -> LedgerClient<Channel> {
+        let (cert, key) =
+            docket::tls::issue_client_cert(&self.data.tls(), cn, &self.dir.path().join("clients"))
+                .unwrap();
+        Conn {
+            cert,
+            key,
+            ..self.conn()
+        }
+        .ledger()
+        .await
+        .unwrap()
     }
 
     pub fn admin_key(&self) -> SigningKey {

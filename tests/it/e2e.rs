@@ -606,3 +606,118 @@ async fn reflection_lists_services_in_v1_and_v1alpha() {
     };
     assert!(list.service.iter().any(|s| s.name == "docket.v1.Ledger"));
 }
+
+#[tokio::test]
+async fn access_json_limits_each_identity_to_its_methods() {
+    let s = server()
+        .with_access(
+            r#"{"identities": {"CN=docket-admin": ["*"], "CN=siem": ["Tail", "GetCheckpoint"]}}"#,
+        )
+        .run()
+        .await;
+    let admin = s.admin_key();
+    let before = s.size().await;
+
+    let mut siem = s.client_as("siem").await;
+    siem.get_checkpoint(pb::GetCheckpointRequest {})
+        .await
+        .unwrap();
+    let err = siem
+        .append(signed(&note("siem-1", "admin"), &admin))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    assert!(
+        err.message()
+            .contains("\"CN=siem\" may not call docket.v1.Ledger/Append"),
+        "{}",
+        err.message()
+    );
+
+    // An identity that access.json does not name may call no method at all.
+    let mut nobody = s.client_as("nobody").await;
+    let mut refused = Vec::new();
+    let mut check = |name: &str, r: Result<(), tonic::Status>| {
+        let e = r.expect_err(name);
+        assert_eq!(e.code(), Code::PermissionDenied, "{name}: {}", e.message());
+        refused.push(name.to_owned());
+    };
+    check(
+        "Append",
+        nobody
+            .append(signed(&note("n-1", "admin"), &admin))
+            .await
+            .map(drop),
+    );
+    check(
+        "AppendStream",
+        nobody
+            .append_stream(futures::stream::iter([signed(
+                &note("n-2", "admin"),
+                &admin,
+            )]))
+            .await
+            .map(drop),
+    );
+    check(
+        "GetEntry",
+        nobody
+            .get_entry(pb::GetEntryRequest { index: 0 })
+            .await
+            .map(drop),
+    );
+    check(
+        "GetCheckpoint",
+        nobody
+            .get_checkpoint(pb::GetCheckpointRequest {})
+            .await
+            .map(drop),
+    );
+    check(
+        "GetInclusionProof",
+        nobody
+            .get_inclusion_proof(pb::InclusionProofRequest {
+                index: 0,
+                tree_size: 0,
+            })
+            .await
+            .map(drop),
+    );
+    check(
+        "GetConsistencyProof",
+        nobody
+            .get_consistency_proof(pb::ConsistencyProofRequest {
+                old_size: 1,
+                new_size: 0,
+            })
+            .await
+            .map(drop),
+    );
+    check(
+        "Tail",
+        nobody
+            .tail(pb::TailRequest {
+                from_index: 0,
+                follow: false,
+            })
+            .await
+            .map(drop),
+    );
+    check(
+        "GetPrincipal",
+        nobody
+            .get_principal(pb::GetPrincipalRequest { id: "admin".into() })
+            .await
+            .map(drop),
+    );
+    check("Ping", nobody.ping(pb::PingRequest {}).await.map(drop));
+    // Every method of the service was tried.
+    let mut all: Vec<_> = docket::api::access::LEDGER_METHODS
+        .iter()
+        .map(|m| m.to_string())
+        .collect();
+    all.sort();
+    refused.sort();
+    assert_eq!(refused, all);
+    assert_eq!(s.size().await, before);
+}
