@@ -5,6 +5,7 @@
 //! - [`ledger`]: append-only entries, Merkle tree (RFC 9162 with BLAKE3), checkpoints, `Store` + sled.
 //! - [`crypto`]: DSSE PAE, Ed25519 keys and key ids, C2SP signed notes.
 //! - [`event`]: domain events, built only from validated wire bytes.
+//! - [`policy`]: pure policy evaluation (language in docs/policy.md); not yet wired to the log.
 //! - [`state`]: the event-sourced identity projection (principals, roles, key history).
 //! - [`service`]: admission checks, the single writer with group commit, read paths.
 //! - [`verify`]: offline verification of a stored log.
@@ -21,6 +22,7 @@ pub mod crypto;
 pub mod datadir;
 pub mod event;
 pub mod ledger;
+pub mod policy;
 pub mod server;
 pub mod service;
 pub mod state;

@@ -1,0 +1,384 @@
+//! Evaluation: which rule applies, and whether the facts satisfy it.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use jiff::Timestamp;
+
+use super::parse::{Policy, Rule};
+use super::{Permission, Roles, glob_match};
+
+/// The question: may `actor` do `action` to these subjects in `environment`?
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Request {
+    pub action: String,
+    pub environment: String,
+    pub repository: Option<String>,
+    pub kind: Option<String>,
+    pub namespace: Option<String>,
+    /// Artifact digests (`sha256:...`) and/or commit SHAs being deployed.
+    pub subjects: BTreeSet<String>,
+    pub actor: String,
+    /// The actor invokes break-glass: allowed without approvals if their
+    /// roles permit it, and an obligation is opened.
+    pub break_glass: bool,
+    pub at: Timestamp,
+}
+
+/// What the fold knows of a principal.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PrincipalFacts {
+    pub human: bool,
+    pub roles: Roles,
+}
+
+/// One approval of a change.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Approval {
+    pub approver: String,
+    /// The subjects (commits and digests) the approver saw.
+    pub seen: BTreeSet<String>,
+    pub at: Timestamp,
+}
+
+/// A change and everything known about its subjects.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct ChangeFacts {
+    pub id: String,
+    pub requester: String,
+    /// Current subjects: commit SHAs and artifact digests.
+    pub subjects: BTreeSet<String>,
+    pub environments: BTreeSet<String>,
+    /// Principals who authored or committed any commit of the change.
+    pub authors: BTreeSet<String>,
+    /// Principals of the CI runs that built its artifacts.
+    pub builders: BTreeSet<String>,
+    /// Subjects with a passing CI run.
+    pub ci_passed: BTreeSet<String>,
+    pub approvals: Vec<Approval>,
+}
+
+/// A past deployment of a subject to an environment.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Deployment {
+    pub environment: String,
+    pub subject: String,
+    pub at: Timestamp,
+}
+
+/// Everything evaluation may look at.
+#[derive(Clone, Copy, Debug)]
+pub struct Facts<'a> {
+    pub principals: &'a BTreeMap<String, PrincipalFacts>,
+    /// The change binding the request's subjects, if any.
+    pub change: Option<&'a ChangeFacts>,
+    pub deployments: &'a [Deployment],
+}
+
+/// Allow or deny.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Decision {
+    Allow,
+    Deny,
+}
+
+/// Something that must happen after an allow.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Obligation {
+    /// A post-hoc review by someone other than `not_by`.
+    pub description: String,
+    pub due: Timestamp,
+    pub not_by: String,
+}
+
+/// A decision with the rule that made it and reasons a person can act on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Verdict {
+    pub decision: Decision,
+    pub rule: Option<String>,
+    pub reasons: Vec<String>,
+    /// Approvers counted towards the rule, with the roles that made them count.
+    pub counted: Vec<(String, String)>,
+    /// Approvals not counted, with why.
+    pub not_counted: Vec<(String, String)>,
+    pub obligations: Vec<Obligation>,
+}
+
+impl Verdict {
+    fn deny(rule: Option<&Rule>, reason: String) -> Self {
+        Verdict {
+            decision: Decision::Deny,
+            rule: rule.map(|r| r.name.clone()),
+            reasons: vec![reason],
+            counted: Vec::new(),
+            not_counted: Vec::new(),
+            obligations: Vec::new(),
+        }
+    }
+}
+
+fn matches(patterns: &[String], value: Option<&str>) -> bool {
+    if patterns.is_empty() {
+        return true;
+    }
+    value.is_some_and(|v| patterns.iter().any(|p| glob_match(p, v)))
+}
+
+impl Rule {
+    fn applies(&self, r: &Request) -> bool {
+        matches(&self.environments, Some(&r.environment))
+            && matches(&self.actions, Some(&r.action))
+            && matches(&self.repositories, r.repository.as_deref())
+            && matches(&self.kinds, r.kind.as_deref())
+            && matches(&self.namespaces, r.namespace.as_deref())
+    }
+}
+
+fn list(s: &BTreeSet<String>) -> String {
+    s.iter().cloned().collect::<Vec<_>>().join(", ")
+}
+
+/// Decides `req` under `policy`: the first rule (in file order) whose match
+/// applies decides; freeze windows deny matching environments; break-glass
+/// allows with an obligation.
+pub fn evaluate(policy: &Policy, req: &Request, facts: &Facts<'_>) -> Verdict {
+    let actor_roles = facts
+        .principals
+        .get(&req.actor)
+        .map(|p| p.roles.clone())
+        .unwrap_or_default();
+    if req.break_glass {
+        if !policy.permits(&actor_roles, Permission::BreakGlass) {
+            return Verdict::deny(
+                None,
+                format!(
+                    "{} invoked break-glass but holds none of the roles allowed to: {}",
+                    req.actor,
+                    list(&policy.permissions[&Permission::BreakGlass])
+                ),
+            );
+        }
+        let due = req
+            .at
+            .checked_add(jiff::SignedDuration::from_secs(
+                policy.break_glass_review_secs,
+            ))
+            .unwrap_or(Timestamp::MAX);
+        return Verdict {
+            decision: Decision::Allow,
+            rule: Some("break-glass".into()),
+            reasons: vec![format!(
+                "break-glass by {}: allowed without approvals and recorded; a review by someone else is due by {due}",
+                req.actor
+            )],
+            counted: Vec::new(),
+            not_counted: Vec::new(),
+            obligations: vec![Obligation {
+                description: format!(
+                    "post-hoc review of {}'s break-glass {} to {}",
+                    req.actor, req.action, req.environment
+                ),
+                due,
+                not_by: req.actor.clone(),
+            }],
+        };
+    }
+    for f in &policy.freezes {
+        let env_applies = f.environments.is_empty()
+            || f.environments
+                .iter()
+                .any(|e| glob_match(e, &req.environment));
+        if env_applies && f.start <= req.at && req.at < f.end {
+            return Verdict::deny(
+                None,
+                format!(
+                    "freeze window {:?} is in force until {}",
+                    f.name, f.end_text
+                ),
+            );
+        }
+    }
+    let Some(rule) = policy.rules.iter().find(|r| r.applies(req)) else {
+        return if policy.unmatched_allows {
+            Verdict {
+                decision: Decision::Allow,
+                rule: None,
+                reasons: vec!["no rule matches and defaults.unmatched = \"allow\"".into()],
+                counted: Vec::new(),
+                not_counted: Vec::new(),
+                obligations: Vec::new(),
+            }
+        } else {
+            Verdict::deny(
+                None,
+                "no rule matches this request; unmatched requests are denied".into(),
+            )
+        };
+    };
+    evaluate_rule(rule, req, facts)
+}
+
+fn evaluate_rule(rule: &Rule, req: &Request, facts: &Facts<'_>) -> Verdict {
+    let needs_change = rule.approvals > 0 || rule.ci_passed;
+    let mut reasons = Vec::new();
+    if let Some(from) = &rule.promoted_from {
+        for s in &req.subjects {
+            let earlier = facts
+                .deployments
+                .iter()
+                .any(|d| &d.environment == from && &d.subject == s && d.at <= req.at);
+            if !earlier {
+                reasons.push(format!(
+                    "{s} has not been deployed to {from} yet; deploy it there first"
+                ));
+            }
+        }
+    }
+    let change = match facts.change {
+        Some(c) => Some(c),
+        None if needs_change => {
+            reasons.insert(
+                0,
+                format!(
+                    "no change binds {} for {}; open a change for these subjects",
+                    list(&req.subjects),
+                    req.environment
+                ),
+            );
+            return Verdict {
+                decision: Decision::Deny,
+                rule: Some(rule.name.clone()),
+                reasons,
+                counted: Vec::new(),
+                not_counted: Vec::new(),
+                obligations: Vec::new(),
+            };
+        }
+        None => None,
+    };
+    let mut counted: Vec<(String, String)> = Vec::new();
+    let mut not_counted: Vec<(String, String)> = Vec::new();
+    if let Some(c) = change {
+        let unbound: BTreeSet<_> = req.subjects.difference(&c.subjects).cloned().collect();
+        if !unbound.is_empty() {
+            reasons.push(format!("change {} does not bind {}", c.id, list(&unbound)));
+        }
+        if !c.environments.contains(&req.environment) {
+            reasons.push(format!(
+                "change {} does not target {}",
+                c.id, req.environment
+            ));
+        }
+        if rule.ci_passed {
+            for s in &req.subjects {
+                if !c.ci_passed.contains(s) {
+                    reasons.push(format!("no passing CI run is recorded for {s}"));
+                }
+            }
+        }
+        let mut seen_approvers = BTreeSet::new();
+        for a in &c.approvals {
+            let who = a.approver.clone();
+            let p = facts.principals.get(&who);
+            let why_not = if a.seen != c.subjects {
+                Some("stale: approved an earlier revision of the change".to_owned())
+            } else if rule
+                .max_approval_age_secs
+                .is_some_and(|max| req.at.duration_since(a.at).as_secs() > max)
+            {
+                Some(format!(
+                    "older than the rule's maximum approval age ({}s)",
+                    rule.max_approval_age_secs.unwrap_or(0)
+                ))
+            } else if who == c.requester {
+                Some(format!("{who} requested the change"))
+            } else if c.authors.contains(&who) {
+                Some(format!(
+                    "{who} is a commit author or committer of the change"
+                ))
+            } else if c.builders.contains(&who) {
+                Some(format!("{who} is the CI identity that built it"))
+            } else if p.is_none() {
+                Some(format!("{who} is not a registered principal"))
+            } else if !p.is_some_and(|p| p.human) {
+                Some(format!("{who} is not a human; approvals need people"))
+            } else if !rule.approver_roles.is_empty()
+                && !p.is_some_and(|p| p.roles.iter().any(|r| rule.approver_roles.contains(r)))
+            {
+                Some(format!(
+                    "{who} holds none of the approver roles {}",
+                    list(&rule.approver_roles)
+                ))
+            } else if !seen_approvers.insert(who.clone()) {
+                Some(format!("{who} is already counted once"))
+            } else {
+                None
+            };
+            match why_not {
+                Some(w) => not_counted.push((who, w)),
+                None => {
+                    let roles = p.map(|p| list(&p.roles)).unwrap_or_default();
+                    counted.push((who, roles));
+                }
+            }
+        }
+        for (role, need) in &rule.require_roles {
+            let have = counted
+                .iter()
+                .filter(|(who, _)| {
+                    facts
+                        .principals
+                        .get(who)
+                        .is_some_and(|p| p.roles.contains(role))
+                })
+                .count() as u32;
+            if have < *need {
+                reasons.push(format!(
+                    "needs {need} approval(s) from role {role:?}; has {have}"
+                ));
+            }
+        }
+        if (counted.len() as u32) < rule.approvals {
+            reasons.push(format!(
+                "needs {} approvals from distinct people; {} counted",
+                rule.approvals,
+                counted.len()
+            ));
+        }
+    }
+    let decision = if reasons.is_empty() {
+        reasons.push(format!("rule {:?} is satisfied", rule.name));
+        Decision::Allow
+    } else {
+        Decision::Deny
+    };
+    Verdict {
+        decision,
+        rule: Some(rule.name.clone()),
+        reasons,
+        counted,
+        not_counted,
+        obligations: Vec::new(),
+    }
+}
+
+/// True when a proposed policy may take effect: at least
+/// `current.policy_changes.approvals` distinct principals other than the
+/// proposer, each holding one of `current.policy_changes.roles`, approved it.
+pub fn policy_change_activates(
+    current: &Policy,
+    proposer: &str,
+    approvers: &[String],
+    principals: &BTreeMap<String, PrincipalFacts>,
+) -> bool {
+    let rule = &current.policy_changes;
+    let distinct: BTreeSet<&String> = approvers
+        .iter()
+        .filter(|a| a.as_str() != proposer)
+        .filter(|a| {
+            principals
+                .get(a.as_str())
+                .is_some_and(|p| p.human && p.roles.iter().any(|r| rule.roles.contains(r)))
+        })
+        .collect();
+    distinct.len() as u32 >= rule.approvals
+}

@@ -1,0 +1,87 @@
+//! Pure policy evaluation: a policy document and facts in, a [`Verdict`] out.
+//! No I/O, no clock, no randomness: the same facts give the same verdict on
+//! every run. The language is documented in `docs/policy.md`.
+//!
+//! Not wired to the log yet: changes, approvals, CI runs and deployments are
+//! not events, and no `Authorize` RPC calls this module (issue 3 in progress).
+
+mod eval;
+mod parse;
+
+pub use eval::{
+    Approval, ChangeFacts, Decision, Deployment, Facts, Obligation, PrincipalFacts, Request,
+    Verdict, evaluate, policy_change_activates,
+};
+pub use parse::{ApprovalRule, Freeze, Policy, PolicyError, Rule};
+
+use std::collections::BTreeSet;
+
+/// What a principal may do, by role. Checked against the roles principals hold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Permission {
+    RegisterPrincipals,
+    ChangeRoles,
+    ProposePolicy,
+    ApprovePolicy,
+    OpenChange,
+    Approve,
+    BreakGlass,
+}
+
+impl Permission {
+    /// Every permission, in the order `docs/policy.md` lists them.
+    pub const ALL: [Permission; 7] = [
+        Permission::RegisterPrincipals,
+        Permission::ChangeRoles,
+        Permission::ProposePolicy,
+        Permission::ApprovePolicy,
+        Permission::OpenChange,
+        Permission::Approve,
+        Permission::BreakGlass,
+    ];
+
+    /// The key naming it in `[permissions]`.
+    pub fn key(self) -> &'static str {
+        match self {
+            Permission::RegisterPrincipals => "register_principals",
+            Permission::ChangeRoles => "change_roles",
+            Permission::ProposePolicy => "propose_policy",
+            Permission::ApprovePolicy => "approve_policy",
+            Permission::OpenChange => "open_change",
+            Permission::Approve => "approve",
+            Permission::BreakGlass => "break_glass",
+        }
+    }
+}
+
+/// Simple glob: `*` matches any run of characters (including none); every
+/// other character matches itself.
+pub fn glob_match(pattern: &str, text: &str) -> bool {
+    let p: Vec<char> = pattern.chars().collect();
+    let t: Vec<char> = text.chars().collect();
+    // Iterative matcher with one backtrack point (the last `*`).
+    let (mut pi, mut ti) = (0usize, 0usize);
+    let mut star: Option<(usize, usize)> = None;
+    while ti < t.len() {
+        if pi < p.len() && p[pi] == '*' {
+            star = Some((pi, ti));
+            pi += 1;
+        } else if pi < p.len() && p[pi] == t[ti] {
+            pi += 1;
+            ti += 1;
+        } else if let Some((sp, st)) = star {
+            pi = sp + 1;
+            ti = st + 1;
+            star = Some((sp, st + 1));
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|&c| c == '*')
+}
+
+/// Roles as a set, for lookups.
+pub type Roles = BTreeSet<String>;
+
+#[cfg(test)]
+mod tests;

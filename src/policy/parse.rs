@@ -1,0 +1,417 @@
+//! The policy file: TOML, parsed strictly. Every refusal names the line and
+//! the reason; unknown fields and contradictions are refused.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use jiff::Timestamp;
+use serde::Deserialize;
+use serde_spanned::Spanned;
+
+use super::Permission;
+
+/// A parsed, consistent policy document.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Policy {
+    /// Who may do what, by role.
+    pub permissions: BTreeMap<Permission, BTreeSet<String>>,
+    /// Approvals a policy change needs, and from which roles.
+    pub policy_changes: ApprovalRule,
+    /// What an unmatched request gets.
+    pub unmatched_allows: bool,
+    /// Deadline of the post-hoc review a break-glass opens.
+    pub break_glass_review_secs: i64,
+    pub rules: Vec<Rule>,
+    pub freezes: Vec<Freeze>,
+}
+
+/// N distinct approvers from some roles.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApprovalRule {
+    pub approvals: u32,
+    pub roles: BTreeSet<String>,
+}
+
+/// One rule: what it matches and what it requires.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rule {
+    pub name: String,
+    pub description: String,
+    pub environments: Vec<String>,
+    pub repositories: Vec<String>,
+    pub kinds: Vec<String>,
+    pub namespaces: Vec<String>,
+    pub actions: Vec<String>,
+    pub approvals: u32,
+    /// Only principals with one of these roles count (empty: any role).
+    pub approver_roles: BTreeSet<String>,
+    /// At least `count` counted approvers must hold `role`.
+    pub require_roles: Vec<(String, u32)>,
+    pub ci_passed: bool,
+    pub promoted_from: Option<String>,
+    pub max_approval_age_secs: Option<i64>,
+}
+
+/// A time range in which matching deploys are denied.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Freeze {
+    pub name: String,
+    pub start: Timestamp,
+    pub end: Timestamp,
+    /// As written, for messages: "2027-01-04T00:00 Europe/Berlin".
+    pub end_text: String,
+    pub environments: Vec<String>,
+}
+
+/// Why a policy document was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("policy line {line}: {message}")]
+pub struct PolicyError {
+    pub line: usize,
+    pub message: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    version: Spanned<u32>,
+    #[serde(default)]
+    permissions: Option<Spanned<RawPermissions>>,
+    #[serde(default)]
+    policy_changes: Option<Spanned<RawApprovalRule>>,
+    #[serde(default)]
+    defaults: Option<Spanned<RawDefaults>>,
+    #[serde(default)]
+    rule: Vec<Spanned<RawRule>>,
+    #[serde(default)]
+    freeze: Vec<Spanned<RawFreeze>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawPermissions {
+    register_principals: Option<Vec<String>>,
+    change_roles: Option<Vec<String>>,
+    propose_policy: Option<Vec<String>>,
+    approve_policy: Option<Vec<String>>,
+    open_change: Option<Vec<String>>,
+    approve: Option<Vec<String>>,
+    break_glass: Option<Vec<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawApprovalRule {
+    approvals: u32,
+    roles: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDefaults {
+    unmatched: Option<Spanned<String>>,
+    break_glass_review: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawMatch {
+    #[serde(default)]
+    environments: Vec<String>,
+    #[serde(default)]
+    repositories: Vec<String>,
+    #[serde(default)]
+    kinds: Vec<String>,
+    #[serde(default)]
+    namespaces: Vec<String>,
+    #[serde(default)]
+    actions: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoleCount {
+    role: String,
+    count: u32,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRule {
+    name: Spanned<String>,
+    #[serde(default)]
+    description: String,
+    #[serde(default, rename = "match")]
+    matches: RawMatch,
+    #[serde(default)]
+    approvals: u32,
+    approver_roles: Option<Vec<String>>,
+    #[serde(default)]
+    require_roles: Vec<RawRoleCount>,
+    #[serde(default)]
+    ci_passed: bool,
+    promoted_from: Option<String>,
+    max_approval_age: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFreeze {
+    name: String,
+    start: String,
+    end: String,
+    zone: String,
+    #[serde(default)]
+    environments: Vec<String>,
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())]
+        .bytes()
+        .filter(|&b| b == b'\n')
+        .count()
+        + 1
+}
+
+/// Parses "90s", "30m", "12h", "7d" into seconds.
+fn duration_secs(s: &str) -> Result<i64, String> {
+    let (num, unit) = s.split_at(s.len().saturating_sub(1));
+    let n: i64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 90s, 30m, 12h or 7d"))?;
+    let mult = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(format!("{s:?} is not a duration like 90s, 30m, 12h or 7d")),
+    };
+    if n <= 0 {
+        return Err(format!("{s:?} must be positive"));
+    }
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("{s:?} is too long"))
+}
+
+fn civil(text: &str, zone: &jiff::tz::TimeZone, field: &str) -> Result<Timestamp, String> {
+    let dt: jiff::civil::DateTime = text
+        .parse()
+        .map_err(|e| format!("{field} {text:?} is not a date-time like 2026-12-20T00:00: {e}"))?;
+    dt.to_zoned(zone.clone())
+        .map(|z| z.timestamp())
+        .map_err(|e| format!("{field} {text:?}: {e}"))
+}
+
+impl Policy {
+    /// Parses and checks a policy document.
+    pub fn parse(text: &str) -> Result<Policy, PolicyError> {
+        let raw: RawPolicy = toml::from_str(text).map_err(|e| PolicyError {
+            line: e.span().map(|s| line_of(text, s.start)).unwrap_or(1),
+            message: e.message().to_owned(),
+        })?;
+        let err = |offset: usize, message: String| PolicyError {
+            line: line_of(text, offset),
+            message,
+        };
+        if *raw.version.get_ref() != 1 {
+            return Err(err(
+                raw.version.span().start,
+                format!(
+                    "unsupported policy version {}; this Docket reads version 1",
+                    raw.version.get_ref()
+                ),
+            ));
+        }
+
+        let mut permissions: BTreeMap<Permission, BTreeSet<String>> = BTreeMap::new();
+        let p = raw.permissions.map(|p| p.into_inner()).unwrap_or_default();
+        let given = [
+            (Permission::RegisterPrincipals, p.register_principals),
+            (Permission::ChangeRoles, p.change_roles),
+            (Permission::ProposePolicy, p.propose_policy),
+            (Permission::ApprovePolicy, p.approve_policy),
+            (Permission::OpenChange, p.open_change),
+            (Permission::Approve, p.approve),
+            (Permission::BreakGlass, p.break_glass),
+        ];
+        for (perm, roles) in given {
+            // Unset permissions default to the admin role only.
+            let roles = roles.unwrap_or_else(|| vec![crate::event::ADMIN_ROLE.to_owned()]);
+            permissions.insert(perm, roles.into_iter().collect());
+        }
+
+        let policy_changes = match raw.policy_changes {
+            Some(pc) => {
+                let start = pc.span().start;
+                let pc = pc.into_inner();
+                if pc.approvals == 0 {
+                    return Err(err(start, "policy_changes.approvals must be at least 1: no policy change may take effect unapproved".into()));
+                }
+                if pc.roles.is_empty() {
+                    return Err(err(
+                        start,
+                        "policy_changes.roles is empty: no one could approve a policy change"
+                            .into(),
+                    ));
+                }
+                ApprovalRule {
+                    approvals: pc.approvals,
+                    roles: pc.roles.into_iter().collect(),
+                }
+            }
+            None => ApprovalRule {
+                approvals: 2,
+                roles: permissions[&Permission::ApprovePolicy].clone(),
+            },
+        };
+
+        let mut unmatched_allows = false;
+        let mut break_glass_review_secs = 24 * 3600;
+        if let Some(d) = raw.defaults {
+            let d = d.into_inner();
+            if let Some(u) = d.unmatched {
+                unmatched_allows = match u.get_ref().as_str() {
+                    "deny" => false,
+                    "allow" => true,
+                    other => {
+                        return Err(err(
+                            u.span().start,
+                            format!(
+                                "defaults.unmatched must be \"deny\" or \"allow\", not {other:?}"
+                            ),
+                        ));
+                    }
+                };
+            }
+            if let Some(r) = d.break_glass_review {
+                break_glass_review_secs = duration_secs(r.get_ref()).map_err(|m| {
+                    err(r.span().start, format!("defaults.break_glass_review: {m}"))
+                })?;
+            }
+        }
+
+        let mut rules = Vec::new();
+        let mut names = BTreeSet::new();
+        for r in raw.rule {
+            let start = r.span().start;
+            let r = r.into_inner();
+            let name = r.name.get_ref().clone();
+            let at = |m: String| err(start, format!("rule {name:?}: {m}"));
+            if name.is_empty() {
+                return Err(err(
+                    r.name.span().start,
+                    "rule name must not be empty".into(),
+                ));
+            }
+            if !names.insert(name.clone()) {
+                return Err(err(
+                    r.name.span().start,
+                    format!("a rule named {name:?} is already defined"),
+                ));
+            }
+            let approver_roles: BTreeSet<String> = r
+                .approver_roles
+                .clone()
+                .unwrap_or_default()
+                .into_iter()
+                .collect();
+            if r.approver_roles.as_ref().is_some_and(|v| v.is_empty()) && r.approvals > 0 {
+                return Err(at(format!(
+                    "needs {} approvals but approver_roles is empty, so no one could approve",
+                    r.approvals
+                )));
+            }
+            let mut require_roles = Vec::new();
+            for rc in r.require_roles {
+                if rc.count == 0 {
+                    return Err(at(format!("require_roles for {:?} has count 0", rc.role)));
+                }
+                if !approver_roles.is_empty() && !approver_roles.contains(&rc.role) {
+                    return Err(at(format!(
+                        "requires approvals from role {:?}, which is not among approver_roles {:?}",
+                        rc.role, approver_roles
+                    )));
+                }
+                require_roles.push((rc.role, rc.count));
+            }
+            let largest = require_roles.iter().map(|(_, c)| *c).max().unwrap_or(0);
+            if largest > r.approvals {
+                return Err(at(format!(
+                    "approvals = {} but require_roles asks for {largest} from one role; raise approvals",
+                    r.approvals
+                )));
+            }
+            if let Some(from) = &r.promoted_from
+                && r.matches.environments.iter().any(|e| e == from)
+            {
+                return Err(at(format!(
+                    "promoted_from {from:?} is also one of the environments the rule matches"
+                )));
+            }
+            let max_approval_age_secs = r
+                .max_approval_age
+                .as_deref()
+                .map(duration_secs)
+                .transpose()
+                .map_err(|m| at(format!("max_approval_age: {m}")))?;
+            if max_approval_age_secs.is_some() && r.approvals == 0 {
+                return Err(at(
+                    "max_approval_age is set but the rule requires no approvals".into(),
+                ));
+            }
+            rules.push(Rule {
+                name,
+                description: r.description,
+                environments: r.matches.environments,
+                repositories: r.matches.repositories,
+                kinds: r.matches.kinds,
+                namespaces: r.matches.namespaces,
+                actions: r.matches.actions,
+                approvals: r.approvals,
+                approver_roles,
+                require_roles,
+                ci_passed: r.ci_passed,
+                promoted_from: r.promoted_from,
+                max_approval_age_secs,
+            });
+        }
+
+        let mut freezes = Vec::new();
+        for f in raw.freeze {
+            let start_off = f.span().start;
+            let f = f.into_inner();
+            let at = |m: String| err(start_off, format!("freeze {:?}: {m}", f.name));
+            let zone = jiff::tz::TimeZone::get(&f.zone)
+                .map_err(|_| at(format!("unknown time zone {:?}", f.zone)))?;
+            let start = civil(&f.start, &zone, "start").map_err(&at)?;
+            let end = civil(&f.end, &zone, "end").map_err(&at)?;
+            if end <= start {
+                return Err(at(format!(
+                    "ends ({}) before it starts ({})",
+                    f.end, f.start
+                )));
+            }
+            freezes.push(Freeze {
+                end_text: format!("{} {}", f.end, f.zone),
+                name: f.name,
+                start,
+                end,
+                environments: f.environments,
+            });
+        }
+        Ok(Policy {
+            permissions,
+            policy_changes,
+            unmatched_allows,
+            break_glass_review_secs,
+            rules,
+            freezes,
+        })
+    }
+
+    /// True when someone with `roles` holds `perm`.
+    pub fn permits(&self, roles: &BTreeSet<String>, perm: Permission) -> bool {
+        self.permissions
+            .get(&perm)
+            .is_some_and(|allowed| allowed.iter().any(|r| roles.contains(r)))
+    }
+}

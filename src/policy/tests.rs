@@ -1,0 +1,518 @@
+//! Table-driven policy tests: every rule kind, the messages for bad
+//! policies, and properties of approval counting.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use jiff::Timestamp;
+use proptest::prelude::*;
+
+use super::*;
+
+const POLICY: &str = r#"
+version = 1
+
+[permissions]
+open_change = ["dev", "ci"]
+approve = ["dev", "security"]
+break_glass = ["sre"]
+
+[policy_changes]
+approvals = 2
+roles = ["policy-admin"]
+
+[[rule]]
+name = "prod"
+description = "two approvals, one from security, CI passed, promoted from staging"
+match.environments = ["prod"]
+match.repositories = ["github.com/acme/*"]
+match.actions = ["deploy"]
+approvals = 2
+approver_roles = ["dev", "security"]
+require_roles = [{ role = "security", count = 1 }]
+ci_passed = true
+promoted_from = "staging"
+max_approval_age = "7d"
+
+[[rule]]
+name = "staging"
+match.environments = ["staging"]
+approvals = 1
+
+[[rule]]
+name = "dev-anything"
+match.environments = ["dev*"]
+
+[[freeze]]
+name = "year-end"
+start = "2026-12-20T00:00"
+end = "2027-01-04T00:00"
+zone = "Europe/Berlin"
+environments = ["prod"]
+"#;
+
+fn ts(s: &str) -> Timestamp {
+    s.parse().unwrap()
+}
+
+fn set(v: &[&str]) -> BTreeSet<String> {
+    v.iter().map(|s| s.to_string()).collect()
+}
+
+fn people() -> BTreeMap<String, PrincipalFacts> {
+    let p = |human, roles: &[&str]| PrincipalFacts {
+        human,
+        roles: set(roles),
+    };
+    BTreeMap::from([
+        ("alice".into(), p(true, &["dev"])),
+        ("bob".into(), p(true, &["dev"])),
+        ("carol".into(), p(true, &["security"])),
+        ("dave".into(), p(true, &["sre"])),
+        ("erin".into(), p(true, &["qa"])),
+        ("ci".into(), p(false, &["ci"])),
+        ("bot".into(), p(false, &["dev"])),
+    ])
+}
+
+const D: &str = "sha256:aaaa";
+const NOW: &str = "2026-11-23T12:00:00Z";
+
+fn approval(who: &str, at: &str) -> Approval {
+    Approval {
+        approver: who.into(),
+        seen: set(&["c1", D]),
+        at: ts(at),
+    }
+}
+
+fn change(approvals: Vec<Approval>) -> ChangeFacts {
+    ChangeFacts {
+        id: "CHG-1".into(),
+        requester: "alice".into(),
+        subjects: set(&["c1", D]),
+        environments: set(&["staging", "prod"]),
+        authors: set(&["alice"]),
+        builders: set(&["ci"]),
+        ci_passed: set(&["c1", D]),
+        approvals,
+    }
+}
+
+fn request(env: &str) -> Request {
+    Request {
+        action: "deploy".into(),
+        environment: env.into(),
+        repository: Some("github.com/acme/payments".into()),
+        kind: Some("Deployment".into()),
+        namespace: Some("payments".into()),
+        subjects: set(&[D]),
+        actor: "ci".into(),
+        break_glass: false,
+        at: ts(NOW),
+    }
+}
+
+fn staged() -> Vec<Deployment> {
+    vec![Deployment {
+        environment: "staging".into(),
+        subject: D.into(),
+        at: ts("2026-11-22T12:00:00Z"),
+    }]
+}
+
+/// Evaluates and compares decision, rule and a needle in the reasons.
+fn check(
+    req: Request,
+    change: Option<ChangeFacts>,
+    deployments: Vec<Deployment>,
+    expect: (Decision, Option<&str>, &str),
+) -> Verdict {
+    let policy = Policy::parse(POLICY).unwrap();
+    let principals = people();
+    let facts = Facts {
+        principals: &principals,
+        change: change.as_ref(),
+        deployments: &deployments,
+    };
+    let v = evaluate(&policy, &req, &facts);
+    assert_eq!(v.decision, expect.0, "{v:#?}");
+    assert_eq!(v.rule.as_deref(), expect.1, "{v:#?}");
+    assert!(
+        v.reasons.iter().any(|r| r.contains(expect.2)),
+        "no reason contains {:?}: {:#?}",
+        expect.2,
+        v.reasons
+    );
+    v
+}
+
+#[test]
+fn every_rule_kind() {
+    use Decision::*;
+    let ok = vec![approval("bob", NOW), approval("carol", NOW)];
+    // Satisfied: two distinct humans, one from security, CI passed, staged first.
+    let v = check(
+        request("prod"),
+        Some(change(ok.clone())),
+        staged(),
+        (Allow, Some("prod"), "satisfied"),
+    );
+    assert_eq!(
+        v.counted.iter().map(|c| c.0.as_str()).collect::<Vec<_>>(),
+        ["bob", "carol"]
+    );
+    // Promotion order.
+    check(
+        request("prod"),
+        Some(change(ok.clone())),
+        vec![],
+        (Deny, Some("prod"), "has not been deployed to staging"),
+    );
+    // CI must have passed for the exact digest.
+    let mut no_ci = change(ok.clone());
+    no_ci.ci_passed = set(&["c1"]);
+    check(
+        request("prod"),
+        Some(no_ci),
+        staged(),
+        (
+            Deny,
+            Some("prod"),
+            "no passing CI run is recorded for sha256:aaaa",
+        ),
+    );
+    // Role constraint: two devs are not enough.
+    let v = check(
+        request("prod"),
+        Some(change(vec![approval("bob", NOW), approval("erin", NOW)])),
+        staged(),
+        (
+            Deny,
+            Some("prod"),
+            "needs 1 approval(s) from role \"security\"; has 0",
+        ),
+    );
+    assert!(v.not_counted.contains(&(
+        "erin".into(),
+        "erin holds none of the approver roles dev, security".into()
+    )));
+    // Exclusions: requester/author, CI identity, non-humans, duplicates.
+    let v = check(
+        request("prod"),
+        Some(change(vec![
+            approval("alice", NOW),
+            approval("ci", NOW),
+            approval("bot", NOW),
+            approval("carol", NOW),
+            approval("carol", NOW),
+        ])),
+        staged(),
+        (
+            Deny,
+            Some("prod"),
+            "needs 2 approvals from distinct people; 1 counted",
+        ),
+    );
+    let why: BTreeMap<_, _> = v.not_counted.iter().cloned().collect();
+    assert_eq!(why["alice"], "alice requested the change");
+    assert_eq!(why["ci"], "ci is the CI identity that built it");
+    assert_eq!(why["bot"], "bot is not a human; approvals need people");
+    assert_eq!(why["carol"], "carol is already counted once");
+    // A commit author who is not the requester is excluded too.
+    let mut authored = change(ok.clone());
+    authored.authors.insert("bob".into());
+    let v = check(
+        request("prod"),
+        Some(authored),
+        staged(),
+        (Deny, Some("prod"), "1 counted"),
+    );
+    assert!(v.not_counted.contains(&(
+        "bob".into(),
+        "bob is a commit author or committer of the change".into()
+    )));
+    // Stale approvals after an amend.
+    let mut amended = change(ok.clone());
+    amended.subjects.insert("c2".into());
+    let v = check(
+        request("prod"),
+        Some(amended),
+        staged(),
+        (Deny, Some("prod"), "0 counted"),
+    );
+    assert!(v.not_counted.iter().all(|(_, w)| w.starts_with("stale")));
+    // Maximum approval age.
+    let old = vec![
+        approval("bob", "2026-11-01T00:00:00Z"),
+        approval("carol", NOW),
+    ];
+    check(
+        request("prod"),
+        Some(change(old)),
+        staged(),
+        (Deny, Some("prod"), "1 counted"),
+    );
+    // No change at all.
+    check(
+        request("prod"),
+        None,
+        staged(),
+        (Deny, Some("prod"), "no change binds sha256:aaaa for prod"),
+    );
+    // A change for other subjects or environments.
+    let mut other = change(ok.clone());
+    other.environments = set(&["staging"]);
+    check(
+        request("prod"),
+        Some(other),
+        staged(),
+        (Deny, Some("prod"), "does not target prod"),
+    );
+    // Freeze window, named with its end in its zone.
+    let mut frozen = request("prod");
+    frozen.at = ts("2026-12-24T10:00:00Z");
+    check(
+        frozen,
+        Some(change(ok.clone())),
+        staged(),
+        (
+            Deny,
+            None,
+            "freeze window \"year-end\" is in force until 2027-01-04T00:00 Europe/Berlin",
+        ),
+    );
+    // The freeze ends at midnight Berlin time (23:00 UTC).
+    let mut after = request("prod");
+    after.at = ts("2027-01-03T23:00:00Z");
+    let mut fresh = change(vec![
+        approval("bob", "2027-01-03T22:00:00Z"),
+        approval("carol", "2027-01-03T22:00:00Z"),
+    ]);
+    fresh
+        .approvals
+        .iter_mut()
+        .for_each(|a| a.seen = set(&["c1", D]));
+    check(
+        after,
+        Some(fresh),
+        staged(),
+        (Allow, Some("prod"), "satisfied"),
+    );
+    // Matching: first matching rule decides; globs; unmatched is denied.
+    check(
+        request("dev-eu"),
+        None,
+        vec![],
+        (Allow, Some("dev-anything"), "satisfied"),
+    );
+    check(
+        request("staging"),
+        Some(change(vec![approval("bob", NOW)])),
+        vec![],
+        (Allow, Some("staging"), "satisfied"),
+    );
+    let mut other_repo = request("prod");
+    other_repo.repository = Some("github.com/other/x".into());
+    check(other_repo, None, vec![], (Deny, None, "no rule matches"));
+}
+
+#[test]
+fn break_glass_allows_with_an_obligation_only_for_its_role() {
+    let mut req = request("prod");
+    req.break_glass = true;
+    req.actor = "dave".into();
+    req.at = ts("2026-12-24T10:00:00Z"); // even inside the freeze
+    let v = check(
+        req.clone(),
+        None,
+        vec![],
+        (Decision::Allow, Some("break-glass"), "recorded"),
+    );
+    assert_eq!(v.obligations.len(), 1);
+    assert_eq!(v.obligations[0].due, ts("2026-12-25T10:00:00Z"));
+    assert_eq!(v.obligations[0].not_by, "dave");
+    req.actor = "bob".into();
+    check(
+        req,
+        None,
+        vec![],
+        (
+            Decision::Deny,
+            None,
+            "bob invoked break-glass but holds none of the roles allowed to: sre",
+        ),
+    );
+}
+
+#[test]
+fn bad_policies_are_refused_with_line_and_reason() {
+    let cases: &[(&str, usize, &str)] = &[
+        ("version = 2\n", 1, "unsupported policy version 2"),
+        (
+            "version = 1\ncolour = \"red\"\n",
+            2,
+            "unknown field `colour`",
+        ),
+        (
+            "version = 1\n[[rule]]\nname = \"a\"\napprovals = 1\napprover_roles = []\n",
+            2,
+            "no one could approve",
+        ),
+        (
+            "version = 1\n[[rule]]\nname = \"a\"\napprovals = 1\nrequire_roles = [{ role = \"security\", count = 2 }]\n",
+            2,
+            "approvals = 1 but require_roles asks for 2",
+        ),
+        (
+            "version = 1\n[[rule]]\nname = \"a\"\napprovals = 1\napprover_roles = [\"dev\"]\nrequire_roles = [{ role = \"security\", count = 1 }]\n",
+            2,
+            "not among approver_roles",
+        ),
+        (
+            "version = 1\n[[rule]]\nname = \"a\"\nmatch.environments = [\"prod\"]\npromoted_from = \"prod\"\n",
+            2,
+            "promoted_from \"prod\" is also one of the environments",
+        ),
+        (
+            "version = 1\n[[rule]]\nname = \"a\"\n\n[[rule]]\nname = \"a\"\n",
+            6,
+            "a rule named \"a\" is already defined",
+        ),
+        (
+            "version = 1\n[[rule]]\nname = \"a\"\napprovals = 1\nmax_approval_age = \"7w\"\n",
+            2,
+            "not a duration",
+        ),
+        (
+            "version = 1\n[[rule]]\nname = \"a\"\nmatch.environmnts = [\"x\"]\n",
+            4,
+            "unknown field `environmnts`",
+        ),
+        (
+            "version = 1\n[[freeze]]\nname = \"f\"\nstart = \"2026-12-20T00:00\"\nend = \"2026-12-19T00:00\"\nzone = \"UTC\"\n",
+            2,
+            "ends (2026-12-19T00:00) before it starts",
+        ),
+        (
+            "version = 1\n[[freeze]]\nname = \"f\"\nstart = \"2026-12-20T00:00\"\nend = \"2026-12-21T00:00\"\nzone = \"Mars/Olympus\"\n",
+            2,
+            "unknown time zone",
+        ),
+        (
+            "version = 1\n[policy_changes]\napprovals = 0\nroles = [\"x\"]\n",
+            2,
+            "at least 1",
+        ),
+        (
+            "version = 1\n[defaults]\nunmatched = \"maybe\"\n",
+            3,
+            "must be \"deny\" or \"allow\"",
+        ),
+        (
+            "version = 1\n[permissions]\napprove_all = [\"x\"]\n",
+            3,
+            "unknown field `approve_all`",
+        ),
+        ("version = 1\nrule = 5\n", 2, "invalid type"),
+    ];
+    for (text, line, needle) in cases {
+        let e = Policy::parse(text).expect_err(text);
+        assert_eq!(e.line, *line, "{text}\n=> {e}");
+        assert!(e.message.contains(needle), "{text}\n=> {e}");
+    }
+    assert!(Policy::parse(POLICY).is_ok());
+}
+
+#[test]
+fn permissions_and_policy_change_rule() {
+    let p = Policy::parse(POLICY).unwrap();
+    assert!(p.permits(&set(&["sre"]), Permission::BreakGlass));
+    assert!(!p.permits(&set(&["dev"]), Permission::BreakGlass));
+    // Unset permissions default to the admin role.
+    assert!(p.permits(&set(&["admin"]), Permission::RegisterPrincipals));
+    assert!(!p.permits(&set(&["dev"]), Permission::RegisterPrincipals));
+    let mut principals = people();
+    for who in ["pa1", "pa2", "pa3"] {
+        principals.insert(
+            who.into(),
+            PrincipalFacts {
+                human: true,
+                roles: set(&["policy-admin"]),
+            },
+        );
+    }
+    let v = |xs: &[&str]| xs.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    assert!(policy_change_activates(
+        &p,
+        "pa1",
+        &v(&["pa2", "pa3"]),
+        &principals
+    ));
+    assert!(
+        !policy_change_activates(&p, "pa1", &v(&["pa1", "pa2"]), &principals),
+        "the proposer does not count"
+    );
+    assert!(
+        !policy_change_activates(&p, "pa1", &v(&["pa2", "pa2"]), &principals),
+        "one person counts once"
+    );
+    assert!(
+        !policy_change_activates(&p, "pa1", &v(&["pa2", "bob"]), &principals),
+        "bob lacks the role"
+    );
+}
+
+#[test]
+fn globs() {
+    for (p, t, m) in [
+        ("*", "", true),
+        ("prod", "prod", true),
+        ("prod", "prod2", false),
+        ("github.com/acme/*", "github.com/acme/x", true),
+        ("github.com/acme/*", "github.com/acmex/y", false),
+        ("*-eu-*", "prod-eu-1", true),
+        ("a*b*c", "axxbyyc", true),
+        ("a*b*c", "axxbyy", false),
+    ] {
+        assert_eq!(glob_match(p, t), m, "{p} vs {t}");
+    }
+}
+
+proptest! {
+    /// No single principal, whatever roles it holds and however many
+    /// approvals it signs, satisfies a rule needing two approvers.
+    #[test]
+    fn one_principal_never_satisfies_two_approvals(
+        roles in proptest::collection::btree_set("[a-z]{1,8}|security|dev", 0..4),
+        count in 1usize..6,
+        human in any::<bool>(),
+    ) {
+        let policy = Policy::parse(POLICY).unwrap();
+        let mut principals = people();
+        principals.insert("mallory".into(), PrincipalFacts { human, roles: roles.clone() });
+        let c = change((0..count).map(|_| approval("mallory", NOW)).collect());
+        let deployments = staged();
+        let facts = Facts { principals: &principals, change: Some(&c), deployments: &deployments };
+        let v = evaluate(&policy, &request("prod"), &facts);
+        prop_assert_eq!(v.decision, Decision::Deny);
+        prop_assert!(v.counted.len() <= 1);
+    }
+
+    /// A policy change never activates with fewer distinct qualified
+    /// approvers than the policy in force demands.
+    #[test]
+    fn policy_change_needs_the_demanded_approvals(
+        approvers in proptest::collection::vec(0usize..5, 0..8),
+        proposer in 0usize..5,
+    ) {
+        let p = Policy::parse(POLICY).unwrap();
+        let mut principals = BTreeMap::new();
+        for i in 0..5 {
+            principals.insert(format!("p{i}"), PrincipalFacts { human: true, roles: set(&["policy-admin"]) });
+        }
+        let names: Vec<String> = approvers.iter().map(|i| format!("p{i}")).collect();
+        let distinct_others: BTreeSet<_> = approvers.iter().filter(|&&i| i != proposer).collect();
+        let active = policy_change_activates(&p, &format!("p{proposer}"), &names, &principals);
+        prop_assert_eq!(active, distinct_others.len() >= 2);
+    }
+}
