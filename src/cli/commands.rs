@@ -98,6 +98,10 @@ fn print_init_summary(dd: &DataDir) {
         tls.client_cert.display(),
         tls.client_key.display()
     );
+    println!(
+        "  access rules        {}  (which client certificates may call what)",
+        dd.access_path().display()
+    );
     println!("  database            {}", dd.db().display());
 }
 
