@@ -83,7 +83,11 @@ pub fn verify_store<S: Store>(
                 }
             });
         }
-        let r = scan(store, trusted, &tx);
+        let mut pending = Vec::with_capacity(CHUNK);
+        let r = scan(store, trusted, &tx, &mut pending);
+        // Entries scanned before a failure still get their signatures
+        // checked, so an earlier bad signature is the one reported.
+        let _ = tx.send(pending);
         drop(tx);
         r
     });
@@ -107,6 +111,7 @@ fn scan<S: Store>(
     store: &S,
     trusted: Option<&NoteVerifier>,
     sigs: &std::sync::mpsc::SyncSender<Vec<SigJob>>,
+    jobs: &mut Vec<SigJob>,
 ) -> Result<Report, Failure> {
     let store_err = |e: crate::ledger::StoreError| Failure {
         index: None,
@@ -133,7 +138,6 @@ fn scan<S: Store>(
     let mut range = CompactRange::default();
     let mut prev = [0u8; 32];
     let mut verifier: Option<NoteVerifier> = None;
-    let mut jobs: Vec<SigJob> = Vec::with_capacity(CHUNK);
     let mut checkpoints = 0usize;
     let mut entries = store.scan_entries(0);
     // One cursor per tree level, so every stored node (not only the leaves)
@@ -269,10 +273,9 @@ fn scan<S: Store>(
         }
         if jobs.len() >= CHUNK {
             // The receivers only stop when this sender is dropped.
-            let _ = sigs.send(std::mem::replace(&mut jobs, Vec::with_capacity(CHUNK)));
+            let _ = sigs.send(std::mem::replace(jobs, Vec::with_capacity(CHUNK)));
         }
     }
-    let _ = sigs.send(jobs);
     if cp_sizes.last() != Some(&size) {
         return Err(Failure {
             index: None,

@@ -307,3 +307,62 @@ impl<S: Store> Appender<S> {
         )
     }
 }
+
+/// Why an import was refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ImportError {
+    #[error("the store already holds {0} entries; import needs an empty one")]
+    NotEmpty(u64),
+    #[error("entry {position} of the input: {reason}")]
+    Entry { position: usize, reason: String },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Writes exported entries (for example from `Tail`), each with its event
+/// id, and the checkpoint signed for their count into an empty store,
+/// computing the Merkle nodes and the event-id index. It checks only what the
+/// ledger knows (decoding and index order); run `verify::verify_store` on the
+/// result before trusting it.
+pub fn import<S: Store>(
+    store: &S,
+    entries: Vec<(Vec<u8>, String)>,
+    checkpoint_note: &str,
+) -> Result<(), ImportError> {
+    let have = store.size()?;
+    if have != 0 {
+        return Err(ImportError::NotEmpty(have));
+    }
+    let mut range = CompactRange::default();
+    let mut log = Vec::new();
+    for (position, (bytes, event_id)) in entries.into_iter().enumerate() {
+        let e = Entry::decode(&bytes).map_err(|e| ImportError::Entry {
+            position,
+            reason: e.to_string(),
+        })?;
+        if e.index != position as u64 {
+            return Err(ImportError::Entry {
+                position,
+                reason: format!("records index {}", e.index),
+            });
+        }
+        for (level, idx, h) in range.push(merkle::leaf_hash(&bytes)) {
+            log.push((store::node_key(level, idx), h.to_vec()));
+        }
+        let mut ev = e.index.to_be_bytes().to_vec();
+        ev.extend_from_slice(&e.envelope.digest());
+        log.push((store::event_key(&event_id), ev));
+        log.push((store::entry_key(e.index), bytes));
+    }
+    log.push((
+        store::checkpoint_key(range.size()),
+        checkpoint_note.as_bytes().to_vec(),
+    ));
+    store.write(WriteBatch {
+        log,
+        state: Vec::new(),
+    })?;
+    store.flush()?;
+    Ok(())
+}

@@ -3,6 +3,7 @@
 
 mod cli;
 mod common;
+mod compat;
 mod crash;
 mod e2e;
 mod props;
