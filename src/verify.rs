@@ -50,7 +50,7 @@ const CHUNK: usize = 1024;
 /// One thread scans entries in order (decoding, chain links, leaf hashes, the
 /// state fold, checkpoint roots) while the other cores check signatures; the
 /// first failure by index is reported, whichever kind it is.
-pub fn verify_store<S: Store>(
+pub fn verify_store<S: Store + ?Sized>(
     store: &S,
     trusted: Option<&NoteVerifier>,
 ) -> Result<Report, Failure> {
@@ -107,7 +107,7 @@ pub fn verify_store<S: Store>(
     }
 }
 
-fn scan<S: Store>(
+fn scan<S: Store + ?Sized>(
     store: &S,
     trusted: Option<&NoteVerifier>,
     sigs: &std::sync::mpsc::SyncSender<Vec<SigJob>>,

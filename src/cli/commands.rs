@@ -937,8 +937,10 @@ pub enum RebuildOutcome {
 
 /// Replays the whole log into fresh state and compares it byte for byte with
 /// the persisted state.
-pub fn rebuild_compare(store: &std::sync::Arc<SledStore>) -> Result<RebuildOutcome, String> {
-    use crate::ledger::{LedgerReader, Store};
+pub fn rebuild_compare<S: crate::ledger::Store + ?Sized>(
+    store: &std::sync::Arc<S>,
+) -> Result<RebuildOutcome, String> {
+    use crate::ledger::LedgerReader;
     let reader = LedgerReader::new(store.clone());
     let size = reader.size().map_err(|e| e.to_string())?;
     let mut state = State::new();

@@ -21,11 +21,11 @@ use crate::crypto::NoteSigner;
 use merkle::NodeSource;
 
 /// Read access to a log; cheap to clone and safe to share between tasks.
-pub struct LedgerReader<S: Store> {
+pub struct LedgerReader<S: Store + ?Sized> {
     store: Arc<S>,
 }
 
-impl<S: Store> Clone for LedgerReader<S> {
+impl<S: Store + ?Sized> Clone for LedgerReader<S> {
     fn clone(&self) -> Self {
         LedgerReader {
             store: self.store.clone(),
@@ -45,9 +45,9 @@ pub enum ReadError {
     MissingNode { level: u32, index: u64 },
 }
 
-struct Nodes<'a, S>(&'a S);
+struct Nodes<'a, S: ?Sized>(&'a S);
 
-impl<S: Store> NodeSource for Nodes<'_, S> {
+impl<S: Store + ?Sized> NodeSource for Nodes<'_, S> {
     type Error = ReadError;
     fn perfect(&self, level: u32, index: u64) -> Result<Hash, ReadError> {
         self.0
@@ -56,7 +56,7 @@ impl<S: Store> NodeSource for Nodes<'_, S> {
     }
 }
 
-impl<S: Store> LedgerReader<S> {
+impl<S: Store + ?Sized> LedgerReader<S> {
     /// Reads through `store`.
     pub fn new(store: Arc<S>) -> Self {
         LedgerReader { store }
@@ -155,7 +155,7 @@ impl PendingBatch {
 
 /// The single writer of a log. Stages entries in memory, then commits a batch
 /// atomically with one flush and one signed checkpoint (group commit).
-pub struct Appender<S: Store> {
+pub struct Appender<S: Store + ?Sized> {
     store: Arc<S>,
     signer: NoteSigner,
     origin: String,
@@ -176,7 +176,7 @@ pub enum CommitError {
     Corrupt { index: u64, source: DecodeError },
 }
 
-impl<S: Store> Appender<S> {
+impl<S: Store + ?Sized> Appender<S> {
     /// Opens the writer at the end of the stored log.
     pub fn open(store: Arc<S>, signer: NoteSigner, origin: &str) -> Result<Self, CommitError> {
         let size = store.size()?;
@@ -325,7 +325,7 @@ pub enum ImportError {
 /// computing the Merkle nodes and the event-id index. It checks only what the
 /// ledger knows (decoding and index order); run `verify::verify_store` on the
 /// result before trusting it.
-pub fn import<S: Store>(
+pub fn import<S: Store + ?Sized>(
     store: &S,
     entries: Vec<(Vec<u8>, String)>,
     checkpoint_note: &str,

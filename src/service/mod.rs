@@ -13,7 +13,7 @@ use crate::crypto::{self, NoteSigner};
 use crate::event::{Body, Event};
 use crate::ledger::{
     Appender, Checkpoint, CommitError, EncodeError, Entry, Envelope, Hash, LedgerReader,
-    MAX_SIGNATURES, ReadError, SledStore, Staged, Store, StoreError,
+    MAX_SIGNATURES, ReadError, Staged, Store, StoreError,
 };
 use crate::state::{ApplyError, AuthError, State, StateCodecError};
 
@@ -136,7 +136,7 @@ pub(crate) enum Committed {
 /// The log service.
 pub struct Service {
     config: Config,
-    reader: LedgerReader<SledStore>,
+    reader: LedgerReader<dyn Store>,
     state: Arc<RwLock<State>>,
     tx: mpsc::Sender<WriteRequest>,
     size: watch::Receiver<u64>,
@@ -170,7 +170,7 @@ fn now_nanos() -> i64 {
 
 /// Folds entries `[state.next_index(), size)` into `state`: start-up catch-up
 /// after a crash between the log write and the state write, and `rebuild`.
-pub fn fold_entries<S: Store>(
+pub fn fold_entries<S: Store + ?Sized>(
     reader: &LedgerReader<S>,
     state: &mut State,
     size: u64,
@@ -195,8 +195,8 @@ pub fn fold_entries<S: Store>(
 
 impl Service {
     /// Creates a new log in `store` whose entry 0 is `genesis` (already signed).
-    pub fn create_log(
-        store: &Arc<SledStore>,
+    pub fn create_log<S: Store>(
+        store: &Arc<S>,
         signer: NoteSigner,
         genesis: Envelope,
     ) -> Result<(), AppendError> {
@@ -225,11 +225,12 @@ impl Service {
     }
 
     /// Opens an existing log and starts its writer thread.
-    pub fn open(
-        store: Arc<SledStore>,
+    pub fn open<S: Store>(
+        store: Arc<S>,
         signer: NoteSigner,
         config: Config,
     ) -> Result<Service, OpenError> {
+        let store: Arc<dyn Store> = store;
         let reader = LedgerReader::new(store.clone());
         let size = reader.size()?;
         if size == 0 {
@@ -323,7 +324,7 @@ impl Service {
     }
 
     /// Read access to the log (including written, not yet durable entries).
-    pub fn reader(&self) -> &LedgerReader<SledStore> {
+    pub fn reader(&self) -> &LedgerReader<dyn Store> {
         &self.reader
     }
 

@@ -16,20 +16,20 @@ use std::sync::{Arc, RwLock};
 
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::ledger::{Appender, Checkpoint, SledStore, Staged, Store};
+use crate::ledger::{Appender, Checkpoint, Staged, Store};
 use crate::state::{AuthError, State};
 
 use super::{AppendError, Committed, WriteRequest, now_nanos};
 
 pub(super) struct Writer {
-    pub(super) appender: Appender<SledStore>,
+    pub(super) appender: Appender<dyn Store>,
     pub(super) state: Arc<RwLock<State>>,
     pub(super) max_batch: usize,
 }
 
 /// Flushes written batches and replies.
 pub(super) struct Flusher {
-    pub(super) store: Arc<SledStore>,
+    pub(super) store: Arc<dyn Store>,
     pub(super) latest: Arc<RwLock<Arc<Checkpoint>>>,
     pub(super) size: watch::Sender<u64>,
 }

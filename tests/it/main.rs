@@ -6,5 +6,6 @@ mod common;
 mod compat;
 mod crash;
 mod e2e;
+mod failstop;
 mod props;
 mod vectors;

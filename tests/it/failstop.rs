@@ -1,0 +1,179 @@
+//! Storage failures stop the writer: nothing after the failure is
+//! acknowledged, and the log reopens consistent and verifiable.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use docket::api::convert::sign_event;
+use docket::cli::commands::{RebuildOutcome, rebuild_compare};
+use docket::crypto::NoteSigner;
+use docket::event::{Body, Event, Genesis, PrincipalId, PrincipalKind, PrincipalSpec};
+use docket::ledger::{Hash, KeyValue, Scan, SledStore, Store, StoreError, WriteBatch};
+use docket::service::{AppendError, Config, Service};
+use ed25519_dalek::SigningKey;
+
+use crate::common::note;
+
+/// A sled store whose writes or flushes can be made to fail.
+struct FailingStore {
+    inner: Arc<SledStore>,
+    fail_write: AtomicBool,
+    fail_flush: AtomicBool,
+}
+
+fn injected() -> StoreError {
+    StoreError::Corrupt {
+        what: "injected failure",
+        key: String::new(),
+    }
+}
+
+impl Store for FailingStore {
+    fn entry(&self, index: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        self.inner.entry(index)
+    }
+    fn node(&self, level: u32, index: u64) -> Result<Option<Hash>, StoreError> {
+        self.inner.node(level, index)
+    }
+    fn event(&self, event_id: &str) -> Result<Option<(u64, Hash)>, StoreError> {
+        self.inner.event(event_id)
+    }
+    fn checkpoint(&self, size: u64) -> Result<Option<String>, StoreError> {
+        self.inner.checkpoint(size)
+    }
+    fn checkpoint_at_or_after(&self, size: u64) -> Result<Option<(u64, String)>, StoreError> {
+        self.inner.checkpoint_at_or_after(size)
+    }
+    fn latest_checkpoint(&self) -> Result<Option<(u64, String)>, StoreError> {
+        self.inner.latest_checkpoint()
+    }
+    fn checkpoint_sizes(&self) -> Result<Vec<u64>, StoreError> {
+        self.inner.checkpoint_sizes()
+    }
+    fn size(&self) -> Result<u64, StoreError> {
+        self.inner.size()
+    }
+    fn write(&self, batch: WriteBatch) -> Result<(), StoreError> {
+        if self.fail_write.load(Ordering::SeqCst) {
+            return Err(injected());
+        }
+        self.inner.write(batch)
+    }
+    fn flush(&self) -> Result<(), StoreError> {
+        if self.fail_flush.load(Ordering::SeqCst) {
+            return Err(injected());
+        }
+        self.inner.flush()
+    }
+    fn scan_entries(&self, start: u64) -> Scan<'_, Vec<u8>> {
+        self.inner.scan_entries(start)
+    }
+    fn scan_nodes(&self, level: u32, start: u64) -> Scan<'_, Hash> {
+        self.inner.scan_nodes(level, start)
+    }
+    fn state_pairs(&self) -> Result<Vec<KeyValue>, StoreError> {
+        self.inner.state_pairs()
+    }
+}
+
+fn log() -> (Arc<SledStore>, SigningKey, SigningKey) {
+    let inner = Arc::new(SledStore::temporary().unwrap());
+    let admin = SigningKey::from_bytes(&[11; 32]);
+    let log_key = SigningKey::from_bytes(&[12; 32]);
+    let genesis = Event {
+        event_id: "genesis".into(),
+        claimed_time_nanos: crate::common::now_nanos(),
+        signer: PrincipalId::parse("admin").unwrap(),
+        body: Body::Genesis(Genesis {
+            origin: "failstop/log".into(),
+            log_key: log_key.verifying_key(),
+            administrators: vec![PrincipalSpec {
+                id: PrincipalId::parse("admin").unwrap(),
+                kind: PrincipalKind::Human,
+                display_name: String::new(),
+                roles: Default::default(),
+                keys: vec![admin.verifying_key()],
+            }],
+        }),
+    };
+    Service::create_log(
+        &inner,
+        NoteSigner::new("failstop/log", log_key.clone()),
+        sign_event(&genesis, &admin),
+    )
+    .unwrap();
+    (inner, admin, log_key)
+}
+
+async fn check_failure(fail_flush: bool) {
+    let (inner, admin, log_key) = log();
+    let store = Arc::new(FailingStore {
+        inner: inner.clone(),
+        fail_write: AtomicBool::new(false),
+        fail_flush: AtomicBool::new(false),
+    });
+    let svc = Service::open(
+        store.clone(),
+        NoteSigner::new("failstop/log", log_key.clone()),
+        Config::default(),
+    )
+    .unwrap();
+    let a = svc
+        .append(sign_event(&note("a", "admin"), &admin), "CN=t".into())
+        .await
+        .unwrap();
+    assert_eq!(a.index, 1);
+
+    if fail_flush {
+        store.fail_flush.store(true, Ordering::SeqCst);
+    } else {
+        store.fail_write.store(true, Ordering::SeqCst);
+    }
+    let b = sign_event(&note("b", "admin"), &admin);
+    let err = svc.append(b.clone(), "CN=t".into()).await.unwrap_err();
+    assert!(matches!(err, AppendError::Stopped), "{err}");
+    // The failure is sticky even though the store would now work again.
+    store.fail_flush.store(false, Ordering::SeqCst);
+    store.fail_write.store(false, Ordering::SeqCst);
+    let err = svc
+        .append(sign_event(&note("c", "admin"), &admin), "CN=t".into())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("not accepting appends"), "{err}");
+    // Nothing after the failure was published as durable.
+    assert_eq!(svc.latest_checkpoint().size, 2);
+    assert!(svc.durable_entry(2).unwrap().is_none());
+    drop(svc);
+
+    // Restart on the same store: consistent, verifiable, nothing doubled.
+    let svc = Service::open(
+        inner.clone(),
+        NoteSigner::new("failstop/log", log_key),
+        Config::default(),
+    )
+    .unwrap();
+    let size = svc.latest_checkpoint().size;
+    // A flush failure may leave the written batch in place (as a crash might);
+    // a write failure leaves nothing.
+    assert_eq!(size, if fail_flush { 3 } else { 2 });
+    docket::verify::verify_store(&*inner, Some(svc.verifier())).unwrap();
+    assert!(matches!(
+        rebuild_compare(&inner).unwrap(),
+        RebuildOutcome::Equal { .. }
+    ));
+    // Retrying b yields exactly one entry for it.
+    let retried = svc.append(b, "CN=t".into()).await.unwrap();
+    assert_eq!(retried.index, 2);
+    assert_eq!(retried.duplicate, fail_flush);
+    assert_eq!(svc.latest_checkpoint().size, 3);
+}
+
+#[tokio::test]
+async fn a_failed_flush_stops_the_writer() {
+    check_failure(true).await;
+}
+
+#[tokio::test]
+async fn a_failed_write_stops_the_writer() {
+    check_failure(false).await;
+}
