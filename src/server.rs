@@ -95,9 +95,19 @@ impl Server {
         self,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> Result<(), ServeError> {
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let shutdown = async move {
+            shutdown.await;
+            // Tell long-lived streams to end so the drain can finish.
+            let _ = stop_tx.send(true);
+        };
         let api = match &self.transport {
-            Transport::MutualTls { access, .. } => LedgerApi::new(self.svc.clone(), access.clone()),
-            Transport::DangerousPlaintext => LedgerApi::dangerous_plaintext(self.svc.clone()),
+            Transport::MutualTls { access, .. } => {
+                LedgerApi::new(self.svc.clone(), access.clone(), stop_rx)
+            }
+            Transport::DangerousPlaintext => {
+                LedgerApi::dangerous_plaintext(self.svc.clone(), stop_rx)
+            }
         };
         let (health_reporter, health) = tonic_health::server::health_reporter();
         health_reporter

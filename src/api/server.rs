@@ -20,22 +20,37 @@ pub struct LedgerApi {
     /// `None` only for a dangerous plaintext server, where there is no
     /// transport identity to check.
     access: Option<Arc<AccessPolicy>>,
+    /// Becomes true when the server starts shutting down; following `Tail`
+    /// streams end then, so the drain is not held open by them.
+    stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 impl LedgerApi {
     /// Wraps a service; `access` says which client certificate subjects may
     /// call which method.
-    pub fn new(svc: Arc<Service>, access: AccessPolicy) -> Self {
+    pub fn new(
+        svc: Arc<Service>,
+        access: AccessPolicy,
+        stopping: tokio::sync::watch::Receiver<bool>,
+    ) -> Self {
         LedgerApi {
             svc,
             access: Some(Arc::new(access)),
+            stopping,
         }
     }
 
     /// Wraps a service for a server without TLS: no identity, no checks, and
     /// entries record `dangerous-plaintext` as the transport identity.
-    pub fn dangerous_plaintext(svc: Arc<Service>) -> Self {
-        LedgerApi { svc, access: None }
+    pub fn dangerous_plaintext(
+        svc: Arc<Service>,
+        stopping: tokio::sync::watch::Receiver<bool>,
+    ) -> Self {
+        LedgerApi {
+            svc,
+            access: None,
+            stopping,
+        }
     }
 
     /// The one place where transport identities are checked: every handler
@@ -291,6 +306,7 @@ impl pb::ledger_server::Ledger for LedgerApi {
         let pb::TailRequest { from_index, follow } = req.into_inner();
         let reader = self.svc.reader().clone();
         let mut size_rx = self.svc.size_watch();
+        let mut stopping = self.stopping.clone();
         let (tx, rx) = tokio::sync::mpsc::channel(256);
         tokio::spawn(async move {
             let mut next = from_index;
@@ -312,8 +328,13 @@ impl pb::ledger_server::Ledger for LedgerApi {
                     }
                     next += 1;
                 }
-                if !follow || size_rx.changed().await.is_err() {
+                if !follow {
                     return;
+                }
+                tokio::select! {
+                    changed = size_rx.changed() => if changed.is_err() { return },
+                    // Shutting down (or the server is gone): end the stream.
+                    _ = stopping.wait_for(|s| *s) => return,
                 }
             }
         });

@@ -150,19 +150,34 @@ pub(crate) async fn serve(a: ServeArgs) -> CliResult {
         std::fs::write(f, addr.to_string())
             .map_err(|e| CliError::failed(format!("{}: {e}", f.display())))?;
     }
-    let shutdown = async {
-        let ctrl_c = tokio::signal::ctrl_c();
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("installing a SIGTERM handler");
-        tokio::select! {
-            _ = ctrl_c => {},
-            _ = term.recv() => {},
-        }
-        tracing::info!("shutdown signal received; draining");
-    };
-    server.run(shutdown).await.map_err(CliError::failed)?;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| CliError::failed(format!("installing a SIGTERM handler: {e}")))?;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let run = server.run(async {
+        let _ = stop_rx.await;
+    });
+    tokio::pin!(run);
+    tokio::select! {
+        r = &mut run => return r.map_err(CliError::failed),
+        _ = tokio::signal::ctrl_c() => {},
+        _ = term.recv() => {},
+    }
+    tracing::info!("shutdown signal received; draining");
+    let _ = stop_tx.send(());
+    // Every acknowledged append is already durable, so a client that holds a
+    // stream open past the deadline only loses its stream.
+    match tokio::time::timeout(DRAIN_DEADLINE, run).await {
+        Ok(r) => r.map_err(CliError::failed)?,
+        Err(_) => tracing::warn!(
+            deadline_secs = DRAIN_DEADLINE.as_secs(),
+            "drain deadline passed with calls still open; exiting"
+        ),
+    }
     Ok(())
 }
+
+/// How long `serve` waits for in-flight calls after a shutdown signal.
+const DRAIN_DEADLINE: Duration = Duration::from_secs(30);
 
 #[derive(Args, Debug)]
 pub struct KeygenArgs {

@@ -721,3 +721,26 @@ async fn access_json_limits_each_identity_to_its_methods() {
     assert_eq!(refused, all);
     assert_eq!(s.size().await, before);
 }
+
+#[tokio::test]
+async fn shutdown_ends_following_tail_streams_and_drains() {
+    let s = server().run().await;
+    let mut c = s.client().await;
+    let mut tail = c
+        .tail(pb::TailRequest {
+            from_index: 0,
+            follow: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    // Caught up: the genesis entry arrives, then the stream waits for more.
+    assert_eq!(tail.message().await.unwrap().unwrap().index, 0);
+    // Stopping the server must not wait for the follower to hang up; the
+    // timeout only turns a hang into a failure.
+    tokio::time::timeout(std::time::Duration::from_secs(20), s.stop())
+        .await
+        .expect("the server drained with a Tail follower connected");
+    let end = tail.message().await;
+    assert!(!matches!(end, Ok(Some(_))), "{end:?}");
+}
