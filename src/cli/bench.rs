@@ -104,7 +104,8 @@ fn envelopes(key: &SigningKey, prefix: &str, n: usize) -> Vec<pb::AppendRequest>
 
 pub(crate) async fn run(a: BenchArgs) -> CliResult {
     let failed = |e: &dyn std::fmt::Display| CliError::failed(e.to_string());
-    let tmp = tempfile_dir().map_err(|e| failed(&e))?;
+    let guard = TempDir::new().map_err(|e| failed(&e))?;
+    let tmp = guard.0.clone();
     let dd = DataDir::new(tmp.join("data"));
     dd.init(&InitOptions {
         listen: "127.0.0.1:0".into(),
@@ -194,16 +195,26 @@ pub(crate) async fn run(a: BenchArgs) -> CliResult {
     {
         println!("postgres: skipped: {}", e.message);
     }
-    let _ = std::fs::remove_dir_all(&tmp);
     Ok(())
 }
 
-fn tempfile_dir() -> std::io::Result<std::path::PathBuf> {
-    let mut r = [0u8; 6];
-    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut r);
-    let p = std::env::temp_dir().join(format!("docket-bench-{}", hex::encode(r)));
-    std::fs::create_dir_all(&p)?;
-    Ok(p)
+/// The bench's scratch directory, removed however the bench ends.
+struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    fn new() -> std::io::Result<Self> {
+        let mut r = [0u8; 6];
+        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut r);
+        let p = std::env::temp_dir().join(format!("docket-bench-{}", hex::encode(r)));
+        std::fs::create_dir_all(&p)?;
+        Ok(TempDir(p))
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 type Client = pb::ledger_client::LedgerClient<tonic::transport::Channel>;
