@@ -71,9 +71,15 @@ pub fn parse_public_key(bytes: &[u8]) -> Result<VerifyingKey, KeyError> {
     Ok(key)
 }
 
-/// Writes a private key as PKCS#8 PEM with mode 0600.
+/// Writes a private key as PKCS#8 v1 PEM (RFC 8410, without the optional
+/// public key: OpenSSL and Python's `cryptography` refuse the v2 form
+/// ed25519-dalek writes by default) with mode 0600.
 pub fn write_signing_key(path: &Path, key: &SigningKey) -> Result<(), KeyError> {
-    let pem = key
+    let v1 = ed25519_dalek::pkcs8::KeypairBytes {
+        secret_key: key.to_bytes(),
+        public_key: None,
+    };
+    let pem = v1
         .to_pkcs8_pem(Default::default())
         .map_err(|e| KeyError::BadPrivateKey {
             path: path.display().to_string(),
@@ -161,6 +167,13 @@ mod tests {
         write_signing_key(&sk, &key).unwrap();
         write_public_key(&pk, &key.verifying_key()).unwrap();
         assert_eq!(read_signing_key(&sk).unwrap().to_bytes(), key.to_bytes());
+        // RFC 8410 v1 form: SEQUENCE { INTEGER 0, AlgorithmIdentifier, OCTET STRING },
+        // 48 bytes of DER, which OpenSSL and other tools read.
+        let pem = std::fs::read_to_string(&sk).unwrap();
+        let b64: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+        use base64::Engine as _;
+        let der = base64::engine::general_purpose::STANDARD.decode(b64).unwrap();
+        assert_eq!(&der[..5], &[0x30, 0x2e, 0x02, 0x01, 0x00]);
         assert_eq!(read_public_key(&pk).unwrap(), key.verifying_key());
         // An existing key file is never overwritten.
         assert!(matches!(

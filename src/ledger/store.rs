@@ -99,6 +99,10 @@ pub(crate) fn checkpoint_key(size: u64) -> Vec<u8> {
     k
 }
 
+/// How long [`SledStore::open`] waits for a lock a closed handle still holds.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+const LOCK_RETRY: std::time::Duration = std::time::Duration::from_millis(10);
+
 /// The sled backend.
 #[derive(Clone)]
 pub struct SledStore {
@@ -110,16 +114,33 @@ pub struct SledStore {
 impl SledStore {
     /// Opens (or creates) the store in `dir`.
     pub fn open(dir: &std::path::Path) -> Result<Self, StoreError> {
-        let db = sled::Config::new()
-            .path(dir)
-            .cache_capacity(256 << 20)
-            // No background flusher: durability comes from explicit flushes
-            // (one per group commit), and without that thread holding the
-            // database, dropping the last handle releases the directory lock
-            // at once, so a store can be reopened right after it is closed.
-            .flush_every_ms(None)
-            .open()?;
-        Self::from_db(db)
+        // sled releases its directory lock when the last internal handle of a
+        // closed database goes away, which its I/O threads can delay by a few
+        // milliseconds after the owner dropped it. Opening again in the same
+        // process right after closing (init then serve; stop then verify) can
+        // therefore see the lock still held: retry that one error briefly.
+        // Another process holding the database still fails after the wait.
+        let mut waited = std::time::Duration::ZERO;
+        loop {
+            let opened = sled::Config::new()
+                .path(dir)
+                .cache_capacity(256 << 20)
+                // No background flusher: durability comes from explicit
+                // flushes (one per group commit).
+                .flush_every_ms(None)
+                .open();
+            match opened {
+                Ok(db) => return Self::from_db(db),
+                Err(sled::Error::Io(e))
+                    if e.to_string().contains("could not acquire lock")
+                        && waited < LOCK_WAIT =>
+                {
+                    std::thread::sleep(LOCK_RETRY);
+                    waited += LOCK_RETRY;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
     }
 
     /// A store that lives only in memory (tests).

@@ -8,4 +8,5 @@ mod crash;
 mod e2e;
 mod failstop;
 mod props;
+mod python_client;
 mod vectors;
