@@ -172,7 +172,9 @@ mod tests {
         let pem = std::fs::read_to_string(&sk).unwrap();
         let b64: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
         use base64::Engine as _;
-        let der = base64::engine::general_purpose::STANDARD.decode(b64).unwrap();
+        let der = base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .unwrap();
         assert_eq!(&der[..5], &[0x30, 0x2e, 0x02, 0x01, 0x00]);
         assert_eq!(read_public_key(&pk).unwrap(), key.verifying_key());
         // An existing key file is never overwritten.

@@ -132,8 +132,7 @@ impl SledStore {
             match opened {
                 Ok(db) => return Self::from_db(db),
                 Err(sled::Error::Io(e))
-                    if e.to_string().contains("could not acquire lock")
-                        && waited < LOCK_WAIT =>
+                    if e.to_string().contains("could not acquire lock") && waited < LOCK_WAIT =>
                 {
                     std::thread::sleep(LOCK_RETRY);
                     waited += LOCK_RETRY;

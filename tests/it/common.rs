@@ -229,3 +229,37 @@ pub fn spawn_serve(data: &std::path::Path) -> (std::process::Child, std::net::So
     std::thread::spawn(move || for _ in lines {});
     (child, addr)
 }
+
+/// A fresh in-memory log whose genesis names `admin` (signing with `admin_key`)
+/// and whose checkpoints are signed by `log_key` under `origin`.
+pub fn memory_log(
+    origin: &str,
+    admin_key: &SigningKey,
+    log_key: &SigningKey,
+) -> std::sync::Arc<docket::ledger::SledStore> {
+    use docket::event::{Genesis, PrincipalKind, PrincipalSpec};
+    let store = std::sync::Arc::new(docket::ledger::SledStore::temporary().unwrap());
+    let genesis = Event {
+        event_id: "genesis".into(),
+        claimed_time_nanos: now_nanos(),
+        signer: PrincipalId::parse("admin").unwrap(),
+        body: Body::Genesis(Genesis {
+            origin: origin.into(),
+            log_key: log_key.verifying_key(),
+            administrators: vec![PrincipalSpec {
+                id: PrincipalId::parse("admin").unwrap(),
+                kind: PrincipalKind::Human,
+                display_name: String::new(),
+                roles: Default::default(),
+                keys: vec![admin_key.verifying_key()],
+            }],
+        }),
+    };
+    Service::create_log(
+        &store,
+        docket::crypto::NoteSigner::new(origin, log_key.clone()),
+        sign_event(&genesis, admin_key),
+    )
+    .unwrap();
+    store
+}

@@ -7,7 +7,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use docket::api::convert::sign_event;
 use docket::cli::commands::{RebuildOutcome, rebuild_compare};
 use docket::crypto::NoteSigner;
-use docket::event::{Body, Event, Genesis, PrincipalId, PrincipalKind, PrincipalSpec};
 use docket::ledger::{Hash, KeyValue, Scan, SledStore, Store, StoreError, WriteBatch};
 use docket::service::{AppendError, Config, Service};
 use ed25519_dalek::SigningKey;
@@ -77,31 +76,9 @@ impl Store for FailingStore {
 }
 
 fn log() -> (Arc<SledStore>, SigningKey, SigningKey) {
-    let inner = Arc::new(SledStore::temporary().unwrap());
     let admin = SigningKey::from_bytes(&[11; 32]);
     let log_key = SigningKey::from_bytes(&[12; 32]);
-    let genesis = Event {
-        event_id: "genesis".into(),
-        claimed_time_nanos: crate::common::now_nanos(),
-        signer: PrincipalId::parse("admin").unwrap(),
-        body: Body::Genesis(Genesis {
-            origin: "failstop/log".into(),
-            log_key: log_key.verifying_key(),
-            administrators: vec![PrincipalSpec {
-                id: PrincipalId::parse("admin").unwrap(),
-                kind: PrincipalKind::Human,
-                display_name: String::new(),
-                roles: Default::default(),
-                keys: vec![admin.verifying_key()],
-            }],
-        }),
-    };
-    Service::create_log(
-        &inner,
-        NoteSigner::new("failstop/log", log_key.clone()),
-        sign_event(&genesis, &admin),
-    )
-    .unwrap();
+    let inner = crate::common::memory_log("failstop/log", &admin, &log_key);
     (inner, admin, log_key)
 }
 

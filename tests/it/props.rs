@@ -1,13 +1,11 @@
 //! Property tests: for any sequence of appends, every receipt and proof
 //! verifies and replaying the log reproduces the live state byte for byte.
 
-use std::sync::Arc;
-
 use docket::api::convert::sign_event;
 use docket::cli::commands::{RebuildOutcome, rebuild_compare};
 use docket::crypto::NoteSigner;
-use docket::event::{Body, Event, Genesis, PrincipalId, PrincipalKind, PrincipalSpec};
-use docket::ledger::{SledStore, merkle};
+use docket::event::{Body, Event, PrincipalId, PrincipalKind, PrincipalSpec};
+use docket::ledger::merkle;
 use docket::service::{Config, Service};
 use ed25519_dalek::SigningKey;
 use proptest::prelude::*;
@@ -38,32 +36,10 @@ fn id(i: usize) -> PrincipalId {
 }
 
 async fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
-    let store = Arc::new(SledStore::temporary().unwrap());
     let admin = SigningKey::from_bytes(&[200; 32]);
     let log_key = SigningKey::from_bytes(&[201; 32]);
     let signer = NoteSigner::new("prop/log", log_key.clone());
-    let genesis = Event {
-        event_id: "genesis".into(),
-        claimed_time_nanos: now_nanos(),
-        signer: PrincipalId::parse("admin").unwrap(),
-        body: Body::Genesis(Genesis {
-            origin: "prop/log".into(),
-            log_key: log_key.verifying_key(),
-            administrators: vec![PrincipalSpec {
-                id: PrincipalId::parse("admin").unwrap(),
-                kind: PrincipalKind::Human,
-                display_name: String::new(),
-                roles: Default::default(),
-                keys: vec![admin.verifying_key()],
-            }],
-        }),
-    };
-    Service::create_log(
-        &store,
-        NoteSigner::new("prop/log", log_key.clone()),
-        sign_event(&genesis, &admin),
-    )
-    .unwrap();
+    let store = crate::common::memory_log("prop/log", &admin, &log_key);
     let svc = Service::open(store.clone(), signer, Config::default()).unwrap();
     let verifier = svc.verifier().clone();
     // Each user's keys: derived deterministically; `generation[i]` counts rotations.
