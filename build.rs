@@ -5,6 +5,7 @@ use std::path::PathBuf;
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protos = [
         "proto/docket/v1/event.proto",
+        "proto/docket/v1/governance.proto",
         "proto/docket/v1/ledger.proto",
     ];
     for p in &protos {

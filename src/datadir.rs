@@ -41,6 +41,8 @@ pub struct InitOptions {
     pub listen: String,
     pub admin: String,
     pub hosts: Vec<String>,
+    /// The genesis policy (TOML); `None` for the built-in default.
+    pub policy: Option<String>,
 }
 
 impl Default for InitOptions {
@@ -50,6 +52,7 @@ impl Default for InitOptions {
             listen: "127.0.0.1:7443".into(),
             admin: "admin".into(),
             hosts: vec!["localhost".into(), "127.0.0.1".into(), "::1".into()],
+            policy: None,
         }
     }
 }
@@ -194,6 +197,12 @@ impl DataDir {
         };
         let admin_id =
             PrincipalId::parse(&opts.admin).map_err(|e| DataDirError::AdminId(e.to_string()))?;
+        if let Some(text) = &opts.policy {
+            crate::policy::Policy::parse(text).map_err(|e| DataDirError::Config {
+                path: "--policy".into(),
+                reason: e.to_string(),
+            })?;
+        }
         std::fs::create_dir_all(&self.root).map_err(io(&self.root))?;
         let log_key = crypto::generate_signing_key();
         let admin_key = crypto::generate_signing_key();
@@ -227,7 +236,9 @@ impl DataDir {
                     display_name: "Initial administrator".into(),
                     roles: Default::default(),
                     keys: vec![admin_key.verifying_key()],
+                    emails: Default::default(),
                 }],
+                policy: opts.policy.clone(),
             }),
         };
         let store = Arc::new(SledStore::open(&self.db())?);

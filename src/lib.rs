@@ -5,8 +5,10 @@
 //! - [`ledger`]: append-only entries, Merkle tree (RFC 9162 with BLAKE3), checkpoints, `Store` + sled.
 //! - [`crypto`]: DSSE PAE, Ed25519 keys and key ids, C2SP signed notes.
 //! - [`event`]: domain events, built only from validated wire bytes.
-//! - [`policy`]: pure policy evaluation (language in docs/policy.md); not yet wired to the log.
-//! - [`state`]: the event-sourced identity projection (principals, roles, key history).
+//! - [`policy`]: pure policy evaluation (language in docs/policy.md): facts in, verdict out.
+//! - [`state`]: the event-sourced projections: identity (principals, roles, keys) and
+//!   governance (policies, changes, reviews, commits, CI runs, deployments, obligations).
+//! - [`ingest`]: adapters that turn outside data (git repositories) into events.
 //! - [`service`]: admission checks, the single writer with group commit, read paths.
 //! - [`verify`]: offline verification of a stored log.
 //! - [`tls`]: rustls configuration and the rcgen development PKI.
@@ -21,6 +23,7 @@ pub mod cli;
 pub mod crypto;
 pub mod datadir;
 pub mod event;
+pub mod ingest;
 pub mod ledger;
 pub mod policy;
 pub mod server;

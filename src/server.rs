@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use tokio::net::TcpListener;
 
-use crate::api::access::AccessPolicy;
-use crate::api::{LedgerApi, pb};
+use crate::api::access::{AccessPolicy, Guard};
+use crate::api::{GovernanceApi, LedgerApi, pb};
 use crate::service::Service;
 use crate::tls::TlsError;
 
@@ -101,17 +101,18 @@ impl Server {
             // Tell long-lived streams to end so the drain can finish.
             let _ = stop_tx.send(true);
         };
-        let api = match &self.transport {
-            Transport::MutualTls { access, .. } => {
-                LedgerApi::new(self.svc.clone(), access.clone(), stop_rx)
-            }
-            Transport::DangerousPlaintext => {
-                LedgerApi::dangerous_plaintext(self.svc.clone(), stop_rx)
-            }
+        let guard = match &self.transport {
+            Transport::MutualTls { access, .. } => Guard::new(access.clone()),
+            Transport::DangerousPlaintext => Guard::dangerous_plaintext(),
         };
+        let api = LedgerApi::new(self.svc.clone(), guard.clone(), stop_rx);
+        let governance = GovernanceApi::new(self.svc.clone(), guard);
         let (health_reporter, health) = tonic_health::server::health_reporter();
         health_reporter
             .set_serving::<pb::ledger_server::LedgerServer<LedgerApi>>()
+            .await;
+        health_reporter
+            .set_serving::<pb::governance_server::GovernanceServer<GovernanceApi>>()
             .await;
         let reflection_v1 = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
@@ -128,7 +129,8 @@ impl Server {
             .add_service(health)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
-            .add_service(ledger);
+            .add_service(ledger)
+            .add_service(pb::governance_server::GovernanceServer::new(governance));
         match self.transport {
             Transport::MutualTls {
                 client_ca,

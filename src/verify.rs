@@ -198,7 +198,7 @@ fn scan<S: Store + ?Sized>(
             )
         })?;
         state
-            .apply(index, &event, &key)
+            .apply(index, entry.integrated_time_nanos, &event, &key)
             .map_err(|e| at(index, format!("state rules: {e}")))?;
         if index == 0 {
             let g = state.genesis().expect("genesis applied at index 0");

@@ -1,6 +1,7 @@
 //! Which transport identities (client certificate subjects) may call which
-//! Ledger RPC. Loaded from `<data>/access.json`; checked in
-//! `LedgerApi::authorize`, which every handler calls first.
+//! RPC of `docket.v1.Ledger` and `docket.v1.Governance`. Loaded from
+//! `<data>/access.json`; checked in [`Guard::check`], which every handler of
+//! both services calls first.
 //!
 //! ```json
 //! { "identities": { "CN=docket-admin": ["*"], "CN=siem": ["Tail", "GetCheckpoint"] } }
@@ -10,8 +11,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
-/// Every method of `docket.v1.Ledger`, as named in `access.json`.
-pub const LEDGER_METHODS: &[&str] = &[
+/// Every method of `docket.v1.Ledger` and `docket.v1.Governance`, as named
+/// in `access.json` (method names are unique across the two services).
+pub const METHODS: &[&str] = &[
     "Append",
     "AppendStream",
     "GetEntry",
@@ -20,8 +22,67 @@ pub const LEDGER_METHODS: &[&str] = &[
     "GetConsistencyProof",
     "Tail",
     "GetPrincipal",
+    "ListPrincipals",
     "Ping",
+    "Authorize",
+    "GetDecision",
+    "GetChange",
+    "GetPolicy",
+    "ListObligations",
+    "ListViolations",
 ];
+
+/// The one place where transport identities are checked.
+#[derive(Clone, Debug)]
+pub struct Guard {
+    /// `None` only for a dangerous plaintext server, where there is no
+    /// transport identity to check.
+    access: Option<std::sync::Arc<AccessPolicy>>,
+}
+
+impl Guard {
+    /// Checks client certificates against `access`.
+    pub fn new(access: AccessPolicy) -> Self {
+        Guard {
+            access: Some(std::sync::Arc::new(access)),
+        }
+    }
+
+    /// No TLS: every call is allowed and the identity is `dangerous-plaintext`.
+    pub fn dangerous_plaintext() -> Self {
+        Guard { access: None }
+    }
+
+    /// The caller's transport identity, if it may call `method`; every
+    /// handler calls this first.
+    pub fn check<T>(
+        &self,
+        req: &tonic::Request<T>,
+        method: &'static str,
+    ) -> Result<String, tonic::Status> {
+        use tonic::Status;
+        let Some(access) = &self.access else {
+            return Ok("dangerous-plaintext".into());
+        };
+        let certs = req
+            .peer_certs()
+            .ok_or_else(|| Status::unauthenticated("no client certificate on this connection"))?;
+        let leaf = certs
+            .first()
+            .ok_or_else(|| Status::unauthenticated("no client certificate on this connection"))?;
+        let identity = crate::tls::identity_of(leaf).ok_or_else(|| {
+            Status::unauthenticated("client certificate subject could not be read")
+        })?;
+        if !access.permits(&identity, method) {
+            tracing::warn!(%identity, method, "call refused by access.json");
+            return Err(Status::permission_denied(format!(
+                "transport identity {identity:?} may not call {method} \
+                 (see access.json in the server's data directory)"
+            )));
+        }
+        Ok(identity)
+    }
+}
 
 /// The access rules.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -52,14 +113,12 @@ impl AccessPolicy {
     /// Allows `identity` every method.
     pub fn allow_all(identity: &str) -> Self {
         let mut p = AccessPolicy::default();
-        p.allowed.insert(
-            identity.to_owned(),
-            LEDGER_METHODS.iter().copied().collect(),
-        );
+        p.allowed
+            .insert(identity.to_owned(), METHODS.iter().copied().collect());
         p
     }
 
-    /// Adds methods (names from [`LEDGER_METHODS`] or `"*"`) for `identity`.
+    /// Adds methods (names from [`METHODS`] or `"*"`) for `identity`.
     pub fn grant(&mut self, identity: &str, methods: &[String]) -> Result<(), AccessError> {
         let text = serde_json::json!({ "identities": { identity: methods } }).to_string();
         let extra = Self::parse(&text, "--allow")?;
@@ -84,13 +143,13 @@ impl AccessPolicy {
             let mut set = BTreeSet::new();
             for m in methods {
                 if m == "*" {
-                    set.extend(LEDGER_METHODS.iter().copied());
-                } else if let Some(known) = LEDGER_METHODS.iter().find(|k| **k == m) {
+                    set.extend(METHODS.iter().copied());
+                } else if let Some(known) = METHODS.iter().find(|k| **k == m) {
                     set.insert(*known);
                 } else {
                     return Err(invalid(format!(
                         "identities[{identity:?}]: unknown method {m:?}; known: {}",
-                        LEDGER_METHODS.join(", ")
+                        METHODS.join(", ")
                     )));
                 }
             }
@@ -114,7 +173,7 @@ impl AccessPolicy {
             .allowed
             .iter()
             .map(|(id, m)| {
-                let all = m.len() == LEDGER_METHODS.len();
+                let all = m.len() == METHODS.len();
                 (
                     id.as_str(),
                     if all {

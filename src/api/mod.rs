@@ -4,8 +4,10 @@
 
 pub mod access;
 pub mod convert;
+mod governance;
 mod server;
 
+pub use governance::GovernanceApi;
 pub use server::LedgerApi;
 
 /// Code generated from `proto/docket/v1/*.proto`.

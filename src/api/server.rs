@@ -7,8 +7,8 @@ use std::sync::Arc;
 use futures::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
-use super::access::AccessPolicy;
-use super::convert::envelope_from_pb;
+use super::access::Guard;
+use super::convert::{decision_to_pb, envelope_from_pb};
 use super::pb;
 use crate::ledger::ReadError;
 use crate::service::{AppendError, Receipt, Service};
@@ -17,65 +17,29 @@ use crate::service::{AppendError, Receipt, Service};
 #[derive(Clone)]
 pub struct LedgerApi {
     svc: Arc<Service>,
-    /// `None` only for a dangerous plaintext server, where there is no
-    /// transport identity to check.
-    access: Option<Arc<AccessPolicy>>,
+    guard: Guard,
     /// Becomes true when the server starts shutting down; following `Tail`
     /// streams end then, so the drain is not held open by them.
     stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 impl LedgerApi {
-    /// Wraps a service; `access` says which client certificate subjects may
+    /// Wraps a service; `guard` says which client certificate subjects may
     /// call which method.
     pub fn new(
         svc: Arc<Service>,
-        access: AccessPolicy,
+        guard: Guard,
         stopping: tokio::sync::watch::Receiver<bool>,
     ) -> Self {
         LedgerApi {
             svc,
-            access: Some(Arc::new(access)),
+            guard,
             stopping,
         }
     }
 
-    /// Wraps a service for a server without TLS: no identity, no checks, and
-    /// entries record `dangerous-plaintext` as the transport identity.
-    pub fn dangerous_plaintext(
-        svc: Arc<Service>,
-        stopping: tokio::sync::watch::Receiver<bool>,
-    ) -> Self {
-        LedgerApi {
-            svc,
-            access: None,
-            stopping,
-        }
-    }
-
-    /// The one place where transport identities are checked: every handler
-    /// calls this first with its method name.
     fn authorize<T>(&self, req: &Request<T>, method: &'static str) -> Result<String, Status> {
-        let Some(access) = &self.access else {
-            return Ok("dangerous-plaintext".into());
-        };
-        let certs = req
-            .peer_certs()
-            .ok_or_else(|| Status::unauthenticated("no client certificate on this connection"))?;
-        let leaf = certs
-            .first()
-            .ok_or_else(|| Status::unauthenticated("no client certificate on this connection"))?;
-        let identity = crate::tls::identity_of(leaf).ok_or_else(|| {
-            Status::unauthenticated("client certificate subject could not be read")
-        })?;
-        if !access.permits(&identity, method) {
-            tracing::warn!(%identity, method, "call refused by access.json");
-            return Err(Status::permission_denied(format!(
-                "transport identity {identity:?} may not call docket.v1.Ledger/{method} \
-                 (see access.json in the server's data directory)"
-            )));
-        }
-        Ok(identity)
+        self.guard.check(req, method)
     }
 }
 
@@ -127,6 +91,33 @@ fn receipt_pb(r: Receipt) -> pb::Receipt {
         }),
         checkpoint: Some(checkpoint_pb(&r.checkpoint)),
         duplicate: r.duplicate,
+        decision: r
+            .decision
+            .as_ref()
+            .map(|d| decision_to_pb(d, Some(r.index))),
+    }
+}
+
+/// The wire form of a principal record.
+pub(crate) fn principal_state_pb(p: &crate::state::PrincipalRecord) -> pb::PrincipalState {
+    pb::PrincipalState {
+        id: p.id.to_string(),
+        kind: super::convert::principal_kind_pb(p.kind) as i32,
+        display_name: p.display_name.clone(),
+        roles: p.roles.iter().cloned().collect(),
+        keys: p
+            .keys
+            .iter()
+            .map(|k| pb::KeyState {
+                public_key: k.key.to_bytes().to_vec(),
+                keyid: crate::crypto::KeyId::of(&k.key).to_string(),
+                added_at_index: k.added_at,
+                revoked_at_index: k.revoked_at.unwrap_or(0),
+                revoked: k.revoked_at.is_some(),
+            })
+            .collect(),
+        registered_at_index: p.registered_at,
+        emails: p.emails.iter().cloned().collect(),
     }
 }
 
@@ -349,33 +340,27 @@ impl pb::ledger_server::Ledger for LedgerApi {
     ) -> Result<Response<pb::PrincipalState>, Status> {
         self.authorize(&req, "GetPrincipal")?;
         let id = req.into_inner().id;
-        let found = self.svc.with_state(|s| s.principal(&id).cloned());
+        let found = self
+            .svc
+            .read_durable(|s| s.principal(&id).map(principal_state_pb))
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?
+            .0;
         let p = found.ok_or_else(|| Status::not_found(format!("id: no principal {id:?}")))?;
-        Ok(Response::new(pb::PrincipalState {
-            id: p.id.to_string(),
-            kind: super::convert::principal_to_pb(&crate::event::PrincipalSpec {
-                id: p.id.clone(),
-                kind: p.kind,
-                display_name: String::new(),
-                roles: Default::default(),
-                keys: Vec::new(),
-            })
-            .kind,
-            display_name: p.display_name.clone(),
-            roles: p.roles.iter().cloned().collect(),
-            keys: p
-                .keys
-                .iter()
-                .map(|k| pb::KeyState {
-                    public_key: k.key.to_bytes().to_vec(),
-                    keyid: crate::crypto::KeyId::of(&k.key).to_string(),
-                    added_at_index: k.added_at,
-                    revoked_at_index: k.revoked_at.unwrap_or(0),
-                    revoked: k.revoked_at.is_some(),
-                })
-                .collect(),
-            registered_at_index: p.registered_at,
-        }))
+        Ok(Response::new(p))
+    }
+
+    async fn list_principals(
+        &self,
+        req: Request<pb::ListPrincipalsRequest>,
+    ) -> Result<Response<pb::ListPrincipalsResponse>, Status> {
+        self.authorize(&req, "ListPrincipals")?;
+        let (principals, _) = self
+            .svc
+            .read_durable(|s| s.principals().map(principal_state_pb).collect())
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        Ok(Response::new(pb::ListPrincipalsResponse { principals }))
     }
 
     async fn ping(

@@ -44,15 +44,15 @@ pub struct BenchArgs {
     pg_bin: String,
 }
 
-struct Stats {
-    name: String,
-    ops: usize,
-    secs: f64,
-    lat_us: Vec<u64>,
+pub(crate) struct Stats {
+    pub(crate) name: String,
+    pub(crate) ops: usize,
+    pub(crate) secs: f64,
+    pub(crate) lat_us: Vec<u64>,
 }
 
 impl Stats {
-    fn print(&mut self) {
+    pub(crate) fn print(&mut self) {
         self.lat_us.sort_unstable();
         let pct = |p: f64| {
             if self.lat_us.is_empty() {
@@ -72,7 +72,7 @@ impl Stats {
     }
 }
 
-fn now_nanos() -> i64 {
+pub(crate) fn now_nanos() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as i64)
@@ -199,10 +199,10 @@ pub(crate) async fn run(a: BenchArgs) -> CliResult {
 }
 
 /// The bench's scratch directory, removed however the bench ends.
-struct TempDir(std::path::PathBuf);
+pub(crate) struct TempDir(pub(crate) std::path::PathBuf);
 
 impl TempDir {
-    fn new() -> std::io::Result<Self> {
+    pub(crate) fn new() -> std::io::Result<Self> {
         let mut r = [0u8; 6];
         rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut r);
         let p = std::env::temp_dir().join(format!("docket-bench-{}", hex::encode(r)));
@@ -246,7 +246,7 @@ async fn ping(client: &Client, conc: usize, n: usize) -> Result<Stats, CliError>
     })
 }
 
-async fn join(
+pub(crate) async fn join(
     tasks: Vec<tokio::task::JoinHandle<Result<Vec<u64>, String>>>,
 ) -> Result<Vec<u64>, CliError> {
     let mut all = Vec::new();

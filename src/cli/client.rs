@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
 use super::{CliError, ConnArgs};
+use crate::api::pb::governance_client::GovernanceClient;
 use crate::api::pb::ledger_client::LedgerClient;
 use crate::datadir::DataDir;
 
@@ -87,6 +88,13 @@ impl Conn {
     pub async fn ledger(&self) -> Result<LedgerClient<Channel>, CliError> {
         Ok(LedgerClient::new(self.channel().await?)
             .max_decoding_message_size(16 << 20)
+            .max_encoding_message_size(16 << 20))
+    }
+
+    /// A Governance client.
+    pub async fn governance(&self) -> Result<GovernanceClient<Channel>, CliError> {
+        Ok(GovernanceClient::new(self.channel().await?)
+            .max_decoding_message_size(64 << 20)
             .max_encoding_message_size(16 << 20))
     }
 }

@@ -14,7 +14,7 @@ use crate::api::pb;
 use crate::crypto::{self, NoteVerifier};
 use crate::datadir::{DataDir, InitOptions};
 use crate::event::{Body, Event, PrincipalId, PrincipalKind, PrincipalSpec};
-use crate::ledger::{Checkpoint, Entry, Hash, SledStore, merkle};
+use crate::ledger::{Checkpoint, Entry, Hash, SledStore, Store, merkle};
 use crate::server::{Server, Transport};
 use crate::service::{self, Config as ServiceConfig};
 use crate::state::State;
@@ -35,6 +35,10 @@ pub struct InitArgs {
     /// Extra DNS names or IP addresses for the server certificate.
     #[arg(long = "host")]
     hosts: Vec<String>,
+    /// The policy in force from genesis (TOML, docs/policy.md); default: the
+    /// built-in policy that authorizes nothing until a policy change says how.
+    #[arg(long)]
+    policy: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -63,10 +67,18 @@ pub struct ServeArgs {
 
 pub(crate) fn init(a: InitArgs) -> CliResult {
     let dd = DataDir::new(&a.data.data);
+    let policy = match &a.policy {
+        Some(p) => Some(
+            std::fs::read_to_string(p)
+                .map_err(|e| CliError::usage(format!("--policy {}: {e}", p.display())))?,
+        ),
+        None => None,
+    };
     let mut opts = InitOptions {
         origin: a.origin,
         listen: a.listen,
         admin: a.admin,
+        policy,
         ..InitOptions::default()
     };
     opts.hosts.extend(a.hosts);
@@ -275,6 +287,9 @@ pub enum PrincipalCmd {
         name: String,
         #[arg(long = "role")]
         roles: Vec<String>,
+        /// E-mail addresses that identify this principal as a git author or committer.
+        #[arg(long = "email")]
+        emails: Vec<String>,
         /// Public key files (SPKI PEM or 64 hex digits).
         #[arg(long = "key-file", required = true)]
         keys: Vec<PathBuf>,
@@ -311,6 +326,26 @@ pub enum PrincipalCmd {
         #[arg(long)]
         event_id: Option<String>,
     },
+    /// Grant or revoke roles (needs `change_roles`; not your own) and add or
+    /// remove git e-mails (needs `register_principals`).
+    Update {
+        #[command(flatten)]
+        conn: ConnArgs,
+        #[command(flatten)]
+        sign: SignArgs,
+        #[arg(long)]
+        id: String,
+        #[arg(long = "grant-role")]
+        grant_roles: Vec<String>,
+        #[arg(long = "revoke-role")]
+        revoke_roles: Vec<String>,
+        #[arg(long = "add-email")]
+        add_emails: Vec<String>,
+        #[arg(long = "remove-email")]
+        remove_emails: Vec<String>,
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
     /// Show a principal's roles and key history.
     Show {
         #[command(flatten)]
@@ -320,20 +355,23 @@ pub enum PrincipalCmd {
     },
 }
 
-fn now_nanos() -> i64 {
+pub(crate) fn now_nanos() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as i64)
         .unwrap_or(1)
 }
 
-fn fresh_event_id(prefix: &str) -> String {
+pub(crate) fn fresh_event_id(prefix: &str) -> String {
     let mut r = [0u8; 8];
     rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut r);
     format!("{prefix}-{}-{}", now_nanos(), hex::encode(r))
 }
 
-fn signer_of(conn: &ConnArgs, s: &SignArgs) -> Result<(PrincipalId, SigningKey), CliError> {
+pub(crate) fn signer_of(
+    conn: &ConnArgs,
+    s: &SignArgs,
+) -> Result<(PrincipalId, SigningKey), CliError> {
     let dd = DataDir::new(&conn.data.data);
     let key_path = s.key.clone().unwrap_or_else(|| dd.admin_key());
     let key = crypto::read_signing_key(&key_path).map_err(CliError::usage)?;
@@ -353,6 +391,21 @@ fn read_pub(p: &std::path::Path) -> Result<ed25519_dalek::VerifyingKey, CliError
 }
 
 async fn submit(conn: &ConnArgs, key: &SigningKey, ev: Event) -> CliResult {
+    let (r, _) = submit_verified(conn, key, ev).await?;
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&receipt_json(&r)).expect("json")
+    );
+    Ok(())
+}
+
+/// Signs and appends `ev`, checks the receipt offline against the data
+/// dir's log key, and returns it with the raw status on refusal.
+pub(crate) async fn submit_verified(
+    conn: &ConnArgs,
+    key: &SigningKey,
+    ev: Event,
+) -> Result<(pb::Receipt, crate::ledger::Envelope), CliError> {
     let env = sign_event(&ev, key);
     let c = Conn::resolve(conn)?;
     let mut client = c.ledger().await?;
@@ -363,14 +416,19 @@ async fn submit(conn: &ConnArgs, key: &SigningKey, ev: Event) -> CliResult {
         .await
         .map_err(|s| status_err("append", s))?
         .into_inner();
-    print_receipt(&conn.data.data, &r, &env)
+    check_receipt(conn, &r, &env)?;
+    Ok((r, env))
 }
 
-fn log_verifier(data: &std::path::Path) -> Result<NoteVerifier, CliError> {
-    let p = DataDir::new(data).log_vkey();
+/// The log's verifier key: `--log-vkey`, else `<data>/log.vkey`.
+pub(crate) fn log_verifier(conn: &ConnArgs) -> Result<NoteVerifier, CliError> {
+    let p = conn
+        .log_vkey
+        .clone()
+        .unwrap_or_else(|| DataDir::new(&conn.data.data).log_vkey());
     let text = std::fs::read_to_string(&p).map_err(|e| {
         CliError::usage(format!(
-            "{}: {e} (pass --data pointing at the log's data dir)",
+            "{}: {e} (pass --log-vkey FILE, or --data pointing at the log's data dir)",
             p.display()
         ))
     })?;
@@ -388,12 +446,13 @@ fn hashes(v: &[Vec<u8>]) -> Result<Vec<Hash>, CliError> {
         .collect()
 }
 
-fn print_receipt(
-    data: &std::path::Path,
+/// Verifies a receipt offline and that it carries the envelope sent.
+pub(crate) fn check_receipt(
+    conn: &ConnArgs,
     r: &pb::Receipt,
     sent: &crate::ledger::Envelope,
 ) -> CliResult {
-    let verifier = log_verifier(data)?;
+    let verifier = log_verifier(conn)?;
     let proof = r.inclusion_proof.clone().unwrap_or_default();
     let cp = r.checkpoint.clone().unwrap_or_default();
     let leaf: Hash = r
@@ -417,7 +476,14 @@ fn print_receipt(
             "the receipt's entry does not carry the envelope that was sent",
         ));
     }
-    let out = serde_json::json!({
+    Ok(())
+}
+
+/// A verified receipt as JSON.
+pub(crate) fn receipt_json(r: &pb::Receipt) -> serde_json::Value {
+    let proof = r.inclusion_proof.clone().unwrap_or_default();
+    let cp = r.checkpoint.clone().unwrap_or_default();
+    serde_json::json!({
         "index": r.index,
         "duplicate": r.duplicate,
         "leaf_hash": hex::encode(&r.leaf_hash),
@@ -428,9 +494,7 @@ fn print_receipt(
         },
         "checkpoint": cp.note,
         "verified_offline": true,
-    });
-    println!("{}", serde_json::to_string_pretty(&out).expect("json"));
-    Ok(())
+    })
 }
 
 pub(crate) async fn principal(c: PrincipalCmd) -> CliResult {
@@ -442,6 +506,7 @@ pub(crate) async fn principal(c: PrincipalCmd) -> CliResult {
             kind,
             name,
             roles,
+            emails,
             keys,
             event_id,
         } => {
@@ -457,6 +522,7 @@ pub(crate) async fn principal(c: PrincipalCmd) -> CliResult {
                 display_name: name,
                 roles: roles.into_iter().collect(),
                 keys: keys.iter().map(|p| read_pub(p)).collect::<Result<_, _>>()?,
+                emails: emails.iter().map(|e| e.to_lowercase()).collect(),
             };
             let ev = Event {
                 event_id: event_id.unwrap_or_else(|| fresh_event_id("principal-add")),
@@ -508,6 +574,33 @@ pub(crate) async fn principal(c: PrincipalCmd) -> CliResult {
             };
             submit(&conn, &key, ev).await
         }
+        PrincipalCmd::Update {
+            conn,
+            sign,
+            id,
+            grant_roles,
+            revoke_roles,
+            add_emails,
+            remove_emails,
+            reason,
+        } => {
+            let (signer, key) = signer_of(&conn, &sign)?;
+            let lower = |v: Vec<String>| v.iter().map(|e| e.to_lowercase()).collect();
+            let ev = Event {
+                event_id: fresh_event_id("principal-update"),
+                claimed_time_nanos: now_nanos(),
+                signer,
+                body: Body::PrincipalUpdated(crate::event::PrincipalUpdate {
+                    principal: PrincipalId::parse(&id).map_err(CliError::usage)?,
+                    grant_roles: grant_roles.into_iter().collect(),
+                    revoke_roles: revoke_roles.into_iter().collect(),
+                    add_emails: lower(add_emails),
+                    remove_emails: lower(remove_emails),
+                    reason,
+                }),
+            };
+            submit(&conn, &key, ev).await
+        }
         PrincipalCmd::Show { conn, id } => {
             let mut client = Conn::resolve(&conn)?.ledger().await?;
             let p = client
@@ -520,6 +613,7 @@ pub(crate) async fn principal(c: PrincipalCmd) -> CliResult {
                 "kind": pb::PrincipalKind::try_from(p.kind).map(|k| k.as_str_name()).unwrap_or("?"),
                 "display_name": p.display_name,
                 "roles": p.roles,
+                "emails": p.emails,
                 "registered_at_index": p.registered_at_index,
                 "keys": p.keys.iter().map(|k| serde_json::json!({
                     "keyid": k.keyid,
@@ -686,7 +780,7 @@ pub(crate) async fn checkpoint(a: CheckpointArgs) -> CliResult {
         .await
         .map_err(|s| status_err("checkpoint", s))?
         .into_inner();
-    let v = log_verifier(&a.conn.data.data)?;
+    let v = log_verifier(&a.conn)?;
     Checkpoint::verify(&cp.note, &v, v.name())
         .map_err(|e| CliError::failed(format!("the server's checkpoint does not verify: {e}")))?;
     print!("{}", cp.note);
@@ -741,7 +835,7 @@ pub(crate) async fn proof(c: ProofCmd) -> CliResult {
                 .await
                 .map_err(|s| status_err("checkpoint", s))?
                 .into_inner();
-            let v = log_verifier(&conn.data.data)?;
+            let v = log_verifier(&conn)?;
             let cp = Checkpoint::verify(&cp.note, &v, v.name()).map_err(CliError::failed)?;
             let root = if p.tree_size == cp.size {
                 cp.root
@@ -835,7 +929,7 @@ pub(crate) async fn verify(a: VerifyArgs) -> CliResult {
             NoteVerifier::from_vkey(t.trim())
                 .map_err(|e| CliError::usage(format!("{}: {e}", p.display())))?
         }
-        None => log_verifier(&a.conn.data.data)?,
+        None => log_verifier(&a.conn)?,
     };
     if let Some(since) = &a.since {
         let old_note = std::fs::read_to_string(since)

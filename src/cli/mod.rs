@@ -2,8 +2,10 @@
 //! (verification found a problem, the server refused), 64 bad usage or config.
 
 pub mod bench;
+pub mod bench_gov;
 pub mod client;
 pub mod commands;
+pub mod gov;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -46,6 +48,10 @@ pub struct ConnArgs {
     /// Talk to a server started with --dangerous-plaintext (no TLS).
     #[arg(long)]
     pub dangerous_plaintext: bool,
+    /// The log's verifier key (log.vkey), to check receipts offline; defaults
+    /// to <data>/log.vkey.
+    #[arg(long, env = "DOCKET_LOG_VKEY")]
+    pub log_vkey: Option<PathBuf>,
 }
 
 /// Which key signs events, as which principal.
@@ -90,6 +96,37 @@ enum Command {
     Rebuild(commands::RebuildArgs),
     /// Loopback load generator: appends and pings over mTLS, and PostgreSQL.
     Bench(bench::BenchArgs),
+    /// Load generator for Authorize: fills a log with changes and reviews,
+    /// then measures decisions in process and over mTLS gRPC.
+    BenchAuthorize(bench_gov::BenchAuthorizeArgs),
+    /// Propose, approve and show policy (policy changes are governed changes).
+    #[command(subcommand)]
+    Policy(gov::PolicyCmd),
+    /// Open, amend and show changes.
+    #[command(subcommand)]
+    Change(gov::ChangeCmd),
+    /// Approve a change's current revision (signed with your key).
+    Approve(gov::ReviewArgs),
+    /// Reject a change's current revision.
+    Reject(gov::ReviewArgs),
+    /// Report CI runs.
+    #[command(subcommand)]
+    Ci(gov::CiCmd),
+    /// Ask whether a deployment is authorized (records nothing); exit 0
+    /// allow, 1 deny. A pipeline gate.
+    Authorize(gov::AuthorizeArgs),
+    /// Record a deployment about to happen; Docket decides it under the
+    /// policy in force. Exit 0 allow, 1 deny.
+    Deploy(gov::DeployArgs),
+    /// List break-glass review obligations (open, overdue, closed).
+    Obligations(gov::ObligationsArgs),
+    /// List violations: overdue or late reviews, unjustified break-glass.
+    Violations(gov::ViolationsArgs),
+    /// Review a break-glass deployment, closing its obligation.
+    ReviewBreakGlass(gov::ReviewBreakGlassArgs),
+    /// Record git commits.
+    #[command(subcommand)]
+    Git(gov::GitCmd),
 }
 
 /// Parses arguments and runs the subcommand.
@@ -128,6 +165,18 @@ pub fn main() -> ExitCode {
             Command::Verify(a) => commands::verify(a).await,
             Command::Rebuild(a) => commands::rebuild(a),
             Command::Bench(a) => bench::run(a).await,
+            Command::BenchAuthorize(a) => bench_gov::run(a).await,
+            Command::Policy(c) => gov::policy(c).await,
+            Command::Change(c) => gov::change(c).await,
+            Command::Approve(a) => gov::review(a, true).await,
+            Command::Reject(a) => gov::review(a, false).await,
+            Command::Ci(c) => gov::ci(c).await,
+            Command::Authorize(a) => gov::authorize(a).await,
+            Command::Deploy(a) => gov::deploy(a).await,
+            Command::Obligations(a) => gov::obligations(a).await,
+            Command::Violations(a) => gov::violations(a).await,
+            Command::ReviewBreakGlass(a) => gov::review_break_glass(a).await,
+            Command::Git(c) => gov::git(c).await,
         }
     });
     match res {

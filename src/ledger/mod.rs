@@ -228,8 +228,13 @@ impl<S: Store + ?Sized> Appender<S> {
         self.store.event(event_id)
     }
 
-    /// Stages one entry. Its integrated time is `now_nanos`, raised if needed so
-    /// integrated times never decrease along the log.
+    /// The integrated time the next staged entry gets for `now_nanos`:
+    /// raised if needed so integrated times never decrease along the log.
+    pub fn time_for(&self, now_nanos: i64) -> i64 {
+        now_nanos.max(self.last_time)
+    }
+
+    /// Stages one entry. Its integrated time is [`Appender::time_for`] `now_nanos`.
     pub fn stage(
         &mut self,
         batch: &mut PendingBatch,
@@ -242,7 +247,7 @@ impl<S: Store + ?Sized> Appender<S> {
         let digest = envelope.digest();
         let entry = Entry {
             index,
-            integrated_time_nanos: now_nanos.max(self.last_time),
+            integrated_time_nanos: self.time_for(now_nanos),
             prev_leaf_hash: self.last_leaf,
             transport_identity: transport_identity.to_owned(),
             envelope,

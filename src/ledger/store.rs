@@ -63,6 +63,10 @@ pub trait Store: Send + Sync + 'static {
     fn scan_nodes(&self, level: u32, start: u64) -> Scan<'_, Hash>;
     /// All state pairs in key order.
     fn state_pairs(&self) -> Result<Vec<KeyValue>, StoreError>;
+    /// Replaces the state tree's contents with `pairs` and flushes (start-up
+    /// rebuild and `rebuild --replace`). Not atomic: a crash part-way leaves
+    /// a state tree that start-up detects and rebuilds again.
+    fn replace_state(&self, pairs: Vec<KeyValue>) -> Result<(), StoreError>;
 }
 
 /// Key of entry `index`.
@@ -151,18 +155,6 @@ impl SledStore {
         let log = db.open_tree("log")?;
         let state = db.open_tree("state")?;
         Ok(SledStore { db, log, state })
-    }
-
-    /// Replaces the state tree's contents with `pairs` (used by `rebuild --replace`).
-    pub fn replace_state(&self, pairs: Vec<(Vec<u8>, Vec<u8>)>) -> Result<(), StoreError> {
-        self.state.clear()?;
-        let mut b = sled::Batch::default();
-        for (k, v) in pairs {
-            b.insert(k, v);
-        }
-        self.state.apply_batch(b)?;
-        self.db.flush()?;
-        Ok(())
     }
 
     /// Overwrites one stored entry's bytes. Only for tamper tests and tools
@@ -316,6 +308,19 @@ impl Store for SledStore {
                     Ok((index, hash_of(&v, "node", &k)?))
                 }),
         )
+    }
+
+    fn replace_state(&self, pairs: Vec<KeyValue>) -> Result<(), StoreError> {
+        // Clearing first, so a crash before the batch leaves an empty state
+        // tree (no `m/format`), which start-up rebuilds from the log.
+        self.state.clear()?;
+        let mut b = sled::Batch::default();
+        for (k, v) in pairs {
+            b.insert(k, v);
+        }
+        self.state.apply_batch(b)?;
+        self.db.flush()?;
+        Ok(())
     }
 
     fn state_pairs(&self) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {

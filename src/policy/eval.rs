@@ -31,29 +31,48 @@ pub struct PrincipalFacts {
     pub roles: Roles,
 }
 
-/// One approval of a change.
+/// One review (approval or rejection) of a change, in log order.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Approval {
     pub approver: String,
-    /// The subjects (commits and digests) the approver saw.
+    /// The subjects (commits and digests) the reviewer saw.
     pub seen: BTreeSet<String>,
     pub at: Timestamp,
+    /// False for a rejection.
+    pub approve: bool,
+    pub comment: String,
+    /// The entry that recorded it.
+    pub index: u64,
+}
+
+/// The latest CI run recorded for a subject.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CiFact {
+    pub passed: bool,
+    /// Words for reasons: "run 42 of build (github-actions), failed".
+    pub description: String,
 }
 
 /// A change and everything known about its subjects.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct ChangeFacts {
     pub id: String,
-    pub requester: String,
+    pub revision: u32,
+    /// Who opened or amended it: none of them may approve it.
+    pub requesters: BTreeSet<String>,
     /// Current subjects: commit SHAs and artifact digests.
     pub subjects: BTreeSet<String>,
     pub environments: BTreeSet<String>,
     /// Principals who authored or committed any commit of the change.
     pub authors: BTreeSet<String>,
-    /// Principals of the CI runs that built its artifacts.
+    /// Why the authors are not fully known (an unobserved commit, an e-mail
+    /// no principal claims): segregation of duties cannot be checked then.
+    pub sod_gaps: Vec<String>,
+    /// Principals of the CI runs that built its subjects.
     pub builders: BTreeSet<String>,
-    /// Subjects with a passing CI run.
-    pub ci_passed: BTreeSet<String>,
+    /// The latest CI run per subject.
+    pub ci: BTreeMap<String, CiFact>,
+    /// Reviews in log order.
     pub approvals: Vec<Approval>,
 }
 
@@ -90,16 +109,33 @@ pub struct Obligation {
     pub not_by: String,
 }
 
+/// An approval that counted towards a rule.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Counted {
+    pub approver: String,
+    /// The approver's roles, comma-separated.
+    pub roles: String,
+    pub index: u64,
+}
+
+/// A review that did not count, with why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NotCounted {
+    pub approver: String,
+    pub reason: String,
+    pub index: u64,
+}
+
 /// A decision with the rule that made it and reasons a person can act on.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Verdict {
     pub decision: Decision,
     pub rule: Option<String>,
     pub reasons: Vec<String>,
-    /// Approvers counted towards the rule, with the roles that made them count.
-    pub counted: Vec<(String, String)>,
-    /// Approvals not counted, with why.
-    pub not_counted: Vec<(String, String)>,
+    /// Approvals counted towards the rule.
+    pub counted: Vec<Counted>,
+    /// Reviews not counted, with why.
+    pub not_counted: Vec<NotCounted>,
     pub obligations: Vec<Obligation>,
 }
 
@@ -135,6 +171,16 @@ impl Rule {
 
 fn list(s: &BTreeSet<String>) -> String {
     s.iter().cloned().collect::<Vec<_>>().join(", ")
+}
+
+/// "7d", "12h", "90s": the largest whole unit, as the policy language writes it.
+fn human_secs(secs: i64) -> String {
+    for (unit, n) in [("d", 86_400), ("h", 3600), ("m", 60)] {
+        if secs % n == 0 {
+            return format!("{}{unit}", secs / n);
+        }
+    }
+    format!("{secs}s")
 }
 
 /// Decides `req` under `policy`: the first rule (in file order) whose match
@@ -255,8 +301,8 @@ fn evaluate_rule(rule: &Rule, req: &Request, facts: &Facts<'_>) -> Verdict {
         }
         None => None,
     };
-    let mut counted: Vec<(String, String)> = Vec::new();
-    let mut not_counted: Vec<(String, String)> = Vec::new();
+    let mut counted: Vec<Counted> = Vec::new();
+    let mut not_counted: Vec<NotCounted> = Vec::new();
     if let Some(c) = change {
         let unbound: BTreeSet<_> = req.subjects.difference(&c.subjects).cloned().collect();
         if !unbound.is_empty() {
@@ -270,26 +316,74 @@ fn evaluate_rule(rule: &Rule, req: &Request, facts: &Facts<'_>) -> Verdict {
         }
         if rule.ci_passed {
             for s in &req.subjects {
-                if !c.ci_passed.contains(s) {
-                    reasons.push(format!("no passing CI run is recorded for {s}"));
+                match c.ci.get(s) {
+                    None => reasons.push(format!("no passing CI run is recorded for {s}")),
+                    Some(f) if !f.passed => reasons.push(format!(
+                        "the latest CI run for {s} did not pass ({})",
+                        f.description
+                    )),
+                    Some(_) => {}
                 }
             }
         }
-        let mut seen_approvers = BTreeSet::new();
+        if rule.approvals > 0 {
+            reasons.extend(c.sod_gaps.iter().cloned());
+        }
+        // Each person's latest review speaks for them.
+        let mut latest: BTreeMap<&str, &Approval> = BTreeMap::new();
         for a in &c.approvals {
+            if let Some(prev) = latest.insert(a.approver.as_str(), a) {
+                not_counted.push(NotCounted {
+                    approver: prev.approver.clone(),
+                    reason: format!(
+                        "superseded by {}'s later review (entry {})",
+                        a.approver, a.index
+                    ),
+                    index: prev.index,
+                });
+            }
+        }
+        let mut current: Vec<&Approval> = latest.into_values().collect();
+        current.sort_by_key(|a| a.index);
+        for a in current {
             let who = a.approver.clone();
+            if !a.approve {
+                if a.seen == c.subjects {
+                    let comment = if a.comment.is_empty() {
+                        String::new()
+                    } else {
+                        format!(": {}", a.comment)
+                    };
+                    reasons.push(format!(
+                        "{who} rejected revision {} of change {} (entry {}){comment}",
+                        c.revision, c.id, a.index
+                    ));
+                    not_counted.push(NotCounted {
+                        approver: who,
+                        reason: "rejected this revision".into(),
+                        index: a.index,
+                    });
+                } else {
+                    not_counted.push(NotCounted {
+                        approver: who,
+                        reason: "stale: rejected an earlier revision of the change".into(),
+                        index: a.index,
+                    });
+                }
+                continue;
+            }
             let p = facts.principals.get(&who);
             let why_not = if a.seen != c.subjects {
                 Some("stale: approved an earlier revision of the change".to_owned())
-            } else if rule
+            } else if let Some(max) = rule
                 .max_approval_age_secs
-                .is_some_and(|max| req.at.duration_since(a.at).as_secs() > max)
+                .filter(|max| req.at.duration_since(a.at).as_secs() > *max)
             {
                 Some(format!(
-                    "older than the rule's maximum approval age ({}s)",
-                    rule.max_approval_age_secs.unwrap_or(0)
+                    "older than the rule's maximum approval age ({})",
+                    human_secs(max)
                 ))
-            } else if who == c.requester {
+            } else if c.requesters.contains(&who) {
                 Some(format!("{who} requested the change"))
             } else if c.authors.contains(&who) {
                 Some(format!(
@@ -308,26 +402,32 @@ fn evaluate_rule(rule: &Rule, req: &Request, facts: &Facts<'_>) -> Verdict {
                     "{who} holds none of the approver roles {}",
                     list(&rule.approver_roles)
                 ))
-            } else if !seen_approvers.insert(who.clone()) {
-                Some(format!("{who} is already counted once"))
             } else {
                 None
             };
             match why_not {
-                Some(w) => not_counted.push((who, w)),
+                Some(reason) => not_counted.push(NotCounted {
+                    approver: who,
+                    reason,
+                    index: a.index,
+                }),
                 None => {
                     let roles = p.map(|p| list(&p.roles)).unwrap_or_default();
-                    counted.push((who, roles));
+                    counted.push(Counted {
+                        approver: who,
+                        roles,
+                        index: a.index,
+                    });
                 }
             }
         }
         for (role, need) in &rule.require_roles {
             let have = counted
                 .iter()
-                .filter(|(who, _)| {
+                .filter(|c| {
                     facts
                         .principals
-                        .get(who)
+                        .get(&c.approver)
                         .is_some_and(|p| p.roles.contains(role))
                 })
                 .count() as u32;

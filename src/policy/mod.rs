@@ -1,17 +1,27 @@
 //! Pure policy evaluation: a policy document and facts in, a [`Verdict`] out.
 //! No I/O, no clock, no randomness: the same facts give the same verdict on
-//! every run. The language is documented in `docs/policy.md`.
-//!
-//! Not wired to the log yet: changes, approvals, CI runs and deployments are
-//! not events, and no `Authorize` RPC calls this module (issue 3 in progress).
+//! every run. The language is documented in `docs/policy.md`; `state` builds
+//! the facts from the log and calls [`evaluate`].
 
 mod eval;
 mod parse;
 
 pub use eval::{
-    Approval, ChangeFacts, Decision, Deployment, Facts, Obligation, PrincipalFacts, Request,
-    Verdict, evaluate, policy_change_activates,
+    Approval, ChangeFacts, CiFact, Counted, Decision, Deployment, Facts, NotCounted, Obligation,
+    PrincipalFacts, Request, Verdict, evaluate, policy_change_activates,
 };
+
+/// The policy in force when genesis names none. Never edit it: logs whose
+/// genesis carries no policy fold with exactly this text as version 1.
+pub const DEFAULT_POLICY: &str = "\
+# Docket built-in default policy (genesis named none).
+# Every permission belongs to the admin role; a policy change needs two
+# admins other than the proposer; nothing is authorized until a policy says how.
+version = 1
+
+[defaults]
+unmatched = \"deny\"
+";
 pub use parse::{ApprovalRule, Freeze, Policy, PolicyError, Rule};
 
 use std::collections::BTreeSet;
@@ -26,11 +36,13 @@ pub enum Permission {
     OpenChange,
     Approve,
     BreakGlass,
+    /// Report facts from outside: commits observed and CI runs.
+    Report,
 }
 
 impl Permission {
     /// Every permission, in the order `docs/policy.md` lists them.
-    pub const ALL: [Permission; 7] = [
+    pub const ALL: [Permission; 8] = [
         Permission::RegisterPrincipals,
         Permission::ChangeRoles,
         Permission::ProposePolicy,
@@ -38,6 +50,7 @@ impl Permission {
         Permission::OpenChange,
         Permission::Approve,
         Permission::BreakGlass,
+        Permission::Report,
     ];
 
     /// The key naming it in `[permissions]`.
@@ -50,6 +63,7 @@ impl Permission {
             Permission::OpenChange => "open_change",
             Permission::Approve => "approve",
             Permission::BreakGlass => "break_glass",
+            Permission::Report => "report",
         }
     }
 }

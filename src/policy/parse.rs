@@ -10,7 +10,7 @@ use serde_spanned::Spanned;
 use super::Permission;
 
 /// A parsed, consistent policy document.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Policy {
     /// Who may do what, by role.
     pub permissions: BTreeMap<Permission, BTreeSet<String>>,
@@ -96,6 +96,7 @@ struct RawPermissions {
     open_change: Option<Vec<String>>,
     approve: Option<Vec<String>>,
     break_glass: Option<Vec<String>>,
+    report: Option<Vec<String>>,
 }
 
 #[derive(Deserialize)]
@@ -232,6 +233,7 @@ impl Policy {
             (Permission::OpenChange, p.open_change),
             (Permission::Approve, p.approve),
             (Permission::BreakGlass, p.break_glass),
+            (Permission::Report, p.report),
         ];
         for (perm, roles) in given {
             // Unset permissions default to the admin role only.

@@ -77,25 +77,55 @@ fn people() -> BTreeMap<String, PrincipalFacts> {
 const D: &str = "sha256:aaaa";
 const NOW: &str = "2026-11-23T12:00:00Z";
 
+/// Entry indices for reviews, increasing like a log's.
+static NEXT_INDEX: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(10);
+
 fn approval(who: &str, at: &str) -> Approval {
     Approval {
         approver: who.into(),
         seen: set(&["c1", D]),
         at: ts(at),
+        approve: true,
+        comment: String::new(),
+        index: NEXT_INDEX.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+    }
+}
+
+fn rejection(who: &str, comment: &str) -> Approval {
+    Approval {
+        approve: false,
+        comment: comment.into(),
+        ..approval(who, NOW)
+    }
+}
+
+fn passed() -> CiFact {
+    CiFact {
+        passed: true,
+        description: "run 7 of github-actions build passed at entry 3".into(),
     }
 }
 
 fn change(approvals: Vec<Approval>) -> ChangeFacts {
     ChangeFacts {
         id: "CHG-1".into(),
-        requester: "alice".into(),
+        revision: 1,
+        requesters: set(&["alice"]),
         subjects: set(&["c1", D]),
         environments: set(&["staging", "prod"]),
         authors: set(&["alice"]),
+        sod_gaps: Vec::new(),
         builders: set(&["ci"]),
-        ci_passed: set(&["c1", D]),
+        ci: BTreeMap::from([("c1".into(), passed()), (D.into(), passed())]),
         approvals,
     }
+}
+
+fn why_not(v: &Verdict) -> BTreeMap<String, String> {
+    v.not_counted
+        .iter()
+        .map(|n| (n.approver.clone(), n.reason.clone()))
+        .collect()
 }
 
 fn request(env: &str) -> Request {
@@ -158,7 +188,10 @@ fn every_rule_kind() {
         (Allow, Some("prod"), "satisfied"),
     );
     assert_eq!(
-        v.counted.iter().map(|c| c.0.as_str()).collect::<Vec<_>>(),
+        v.counted
+            .iter()
+            .map(|c| c.approver.as_str())
+            .collect::<Vec<_>>(),
         ["bob", "carol"]
     );
     // Promotion order.
@@ -168,9 +201,9 @@ fn every_rule_kind() {
         vec![],
         (Deny, Some("prod"), "has not been deployed to staging"),
     );
-    // CI must have passed for the exact digest.
+    // CI must have passed for the exact digest...
     let mut no_ci = change(ok.clone());
-    no_ci.ci_passed = set(&["c1"]);
+    no_ci.ci.remove(D);
     check(
         request("prod"),
         Some(no_ci),
@@ -179,6 +212,25 @@ fn every_rule_kind() {
             Deny,
             Some("prod"),
             "no passing CI run is recorded for sha256:aaaa",
+        ),
+    );
+    // ...and its latest run decides.
+    let mut failed = change(ok.clone());
+    failed.ci.insert(
+        D.into(),
+        CiFact {
+            passed: false,
+            description: "run 8 failed at entry 9".into(),
+        },
+    );
+    check(
+        request("prod"),
+        Some(failed),
+        staged(),
+        (
+            Deny,
+            Some("prod"),
+            "the latest CI run for sha256:aaaa did not pass (run 8 failed at entry 9)",
         ),
     );
     // Role constraint: two devs are not enough.
@@ -192,10 +244,10 @@ fn every_rule_kind() {
             "needs 1 approval(s) from role \"security\"; has 0",
         ),
     );
-    assert!(v.not_counted.contains(&(
-        "erin".into(),
-        "erin holds none of the approver roles dev, security".into()
-    )));
+    assert_eq!(
+        why_not(&v)["erin"],
+        "erin holds none of the approver roles dev, security"
+    );
     // Exclusions: requester/author, CI identity, non-humans, duplicates.
     let v = check(
         request("prod"),
@@ -213,11 +265,16 @@ fn every_rule_kind() {
             "needs 2 approvals from distinct people; 1 counted",
         ),
     );
-    let why: BTreeMap<_, _> = v.not_counted.iter().cloned().collect();
+    let why = why_not(&v);
     assert_eq!(why["alice"], "alice requested the change");
     assert_eq!(why["ci"], "ci is the CI identity that built it");
     assert_eq!(why["bot"], "bot is not a human; approvals need people");
-    assert_eq!(why["carol"], "carol is already counted once");
+    // Carol approved twice: one person, one approval; the earlier one is superseded.
+    assert!(
+        why["carol"].starts_with("superseded by carol's later review"),
+        "{why:?}"
+    );
+    assert_eq!(v.counted.len(), 1);
     // A commit author who is not the requester is excluded too.
     let mut authored = change(ok.clone());
     authored.authors.insert("bob".into());
@@ -227,10 +284,63 @@ fn every_rule_kind() {
         staged(),
         (Deny, Some("prod"), "1 counted"),
     );
-    assert!(v.not_counted.contains(&(
-        "bob".into(),
-        "bob is a commit author or committer of the change".into()
-    )));
+    assert_eq!(
+        why_not(&v)["bob"],
+        "bob is a commit author or committer of the change"
+    );
+    // Whoever amended the change is a requester too.
+    let mut amended_by_bob = change(ok.clone());
+    amended_by_bob.requesters.insert("bob".into());
+    let v = check(
+        request("prod"),
+        Some(amended_by_bob),
+        staged(),
+        (Deny, Some("prod"), "1 counted"),
+    );
+    assert_eq!(why_not(&v)["bob"], "bob requested the change");
+    // Unknown authors: segregation of duties cannot be checked, so deny.
+    let mut unknown = change(ok.clone());
+    unknown.sod_gaps.push(
+        "commit c1 has not been observed (run `docket git ingest`), so its author is unknown"
+            .into(),
+    );
+    check(
+        request("prod"),
+        Some(unknown),
+        staged(),
+        (Deny, Some("prod"), "commit c1 has not been observed"),
+    );
+    // A rejection of the current revision blocks; an approval after it
+    // from the same person replaces it.
+    let v = check(
+        request("prod"),
+        Some(change(vec![
+            approval("bob", NOW),
+            approval("carol", NOW),
+            rejection("erin", "breaks the billing export"),
+        ])),
+        staged(),
+        (
+            Deny,
+            Some("prod"),
+            "erin rejected revision 1 of change CHG-1",
+        ),
+    );
+    assert!(
+        v.reasons
+            .iter()
+            .any(|r| r.ends_with(": breaks the billing export"))
+    );
+    check(
+        request("prod"),
+        Some(change(vec![
+            rejection("bob", "needs a test"),
+            approval("bob", NOW),
+            approval("carol", NOW),
+        ])),
+        staged(),
+        (Allow, Some("prod"), "satisfied"),
+    );
     // Stale approvals after an amend.
     let mut amended = change(ok.clone());
     amended.subjects.insert("c2".into());
@@ -240,17 +350,31 @@ fn every_rule_kind() {
         staged(),
         (Deny, Some("prod"), "0 counted"),
     );
-    assert!(v.not_counted.iter().all(|(_, w)| w.starts_with("stale")));
+    assert!(v.not_counted.iter().all(|n| n.reason.starts_with("stale")));
+    // A rejection of an earlier revision is stale too.
+    let mut amended = change(vec![rejection("erin", "no")]);
+    amended.subjects.insert("c2".into());
+    let v = check(
+        request("prod"),
+        Some(amended),
+        staged(),
+        (Deny, Some("prod"), "0 counted"),
+    );
+    assert!(!v.reasons.iter().any(|r| r.contains("rejected")));
     // Maximum approval age.
     let old = vec![
         approval("bob", "2026-11-01T00:00:00Z"),
         approval("carol", NOW),
     ];
-    check(
+    let v = check(
         request("prod"),
         Some(change(old)),
         staged(),
         (Deny, Some("prod"), "1 counted"),
+    );
+    assert_eq!(
+        why_not(&v)["bob"],
+        "older than the rule's maximum approval age (7d)"
     );
     // No change at all.
     check(
@@ -421,6 +545,17 @@ fn bad_policies_are_refused_with_line_and_reason() {
         assert!(e.message.contains(needle), "{text}\n=> {e}");
     }
     assert!(Policy::parse(POLICY).is_ok());
+}
+
+#[test]
+fn the_default_policy_parses_and_authorizes_nothing() {
+    let p = Policy::parse(DEFAULT_POLICY).unwrap();
+    assert!(p.rules.is_empty() && !p.unmatched_allows);
+    assert_eq!(p.policy_changes.approvals, 2);
+    for perm in Permission::ALL {
+        assert!(p.permits(&set(&["admin"]), perm), "{perm:?}");
+        assert!(!p.permits(&set(&["dev"]), perm), "{perm:?}");
+    }
 }
 
 #[test]

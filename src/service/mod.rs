@@ -15,7 +15,56 @@ use crate::ledger::{
     Appender, Checkpoint, CommitError, EncodeError, Entry, Envelope, Hash, LedgerReader,
     MAX_SIGNATURES, ReadError, Staged, Store, StoreError,
 };
-use crate::state::{ApplyError, AuthError, State, StateCodecError};
+use crate::state::{ApplyError, AuthError, DecisionRecord, STATE_FORMAT, State, StateCodecError};
+
+/// Where the service reads the time: integrated times, claimed-time checks,
+/// and the "now" of decisions and obligation deadlines.
+pub trait Clock: Send + Sync + std::fmt::Debug {
+    /// Unix time in nanoseconds.
+    fn now_nanos(&self) -> i64;
+}
+
+/// The system's wall clock.
+#[derive(Debug, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_nanos(&self) -> i64 {
+        now_nanos()
+    }
+}
+
+/// A clock that moves only when told to: tests and simulations of
+/// deadlines without waiting for them.
+#[derive(Debug)]
+pub struct ManualClock(std::sync::atomic::AtomicI64);
+
+impl ManualClock {
+    /// A clock reading `nanos`.
+    pub fn new(nanos: i64) -> Self {
+        ManualClock(std::sync::atomic::AtomicI64::new(nanos))
+    }
+
+    /// Moves the clock forward.
+    pub fn advance(&self, by: Duration) {
+        self.0.fetch_add(
+            i64::try_from(by.as_nanos()).unwrap_or(i64::MAX),
+            std::sync::atomic::Ordering::SeqCst,
+        );
+    }
+
+    /// Sets the clock (integrated times still never decrease: the log raises
+    /// a time that goes back to the previous entry's).
+    pub fn set(&self, nanos: i64) {
+        self.0.store(nanos, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now_nanos(&self) -> i64 {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
 
 /// Limits applied to every append.
 #[derive(Clone, Debug)]
@@ -28,6 +77,8 @@ pub struct Config {
     pub max_event_age: Duration,
     /// Most entries one group commit may take.
     pub max_batch: usize,
+    /// The time source.
+    pub clock: Arc<dyn Clock>,
 }
 
 impl Default for Config {
@@ -37,6 +88,7 @@ impl Default for Config {
             max_clock_skew: Duration::from_secs(300),
             max_event_age: Duration::from_secs(7 * 24 * 3600),
             max_batch: 4096,
+            clock: Arc::new(SystemClock),
         }
     }
 }
@@ -91,6 +143,8 @@ pub struct Receipt {
     pub checkpoint: Arc<Checkpoint>,
     /// The envelope was already in the log; this is its original entry.
     pub duplicate: bool,
+    /// For a DeployRequested entry, the decision recorded with it.
+    pub decision: Option<DecisionRecord>,
 }
 
 /// Why the service could not start.
@@ -114,6 +168,14 @@ pub enum OpenError {
     #[error("the log key on disk does not match the key named by genesis")]
     WrongLogKey,
 }
+
+/// The service stopped answering: shutting down, or stopped after a storage
+/// failure, so facts in the state may never become durable.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the log is not durable past its last flush (shutting down, or stopped after a storage failure); no decision is given on facts that might be lost"
+)]
+pub struct Stopped;
 
 pub(crate) struct WriteRequest {
     envelope: Envelope,
@@ -187,7 +249,7 @@ pub fn fold_entries<S: Store + ?Sized>(
             .authenticate(&entry.envelope, &event)
             .map_err(|e| replay(e.to_string()))?;
         state
-            .apply(index, &event, &key)
+            .apply(index, entry.integrated_time_nanos, &event, &key)
             .map_err(|e| replay(e.to_string()))?;
     }
     Ok(())
@@ -211,15 +273,10 @@ impl Service {
         if appender.next_index() != 0 {
             return Err(ApplyError::GenesisNotFirst.into());
         }
-        state.apply(0, &event, &key)?;
+        let now = appender.time_for(now_nanos());
+        state.apply(0, now, &event, &key)?;
         let mut batch = appender.begin();
-        appender.stage(
-            &mut batch,
-            "docket-init",
-            genesis,
-            &event.event_id,
-            now_nanos(),
-        )?;
+        appender.stage(&mut batch, "docket-init", genesis, &event.event_id, now)?;
         appender.commit(batch, state.take_changes())?;
         Ok(())
     }
@@ -236,7 +293,22 @@ impl Service {
         if size == 0 {
             return Err(OpenError::Empty);
         }
-        let mut state = State::load(store.state_pairs()?)?;
+        let pairs = store.state_pairs()?;
+        let mut state = if !pairs.is_empty() && State::stored_format(&pairs) != Some(STATE_FORMAT) {
+            // Written by another version of the fold: derive it again.
+            tracing::info!(
+                found = ?State::stored_format(&pairs),
+                expected = STATE_FORMAT,
+                entries = size,
+                "state tree has another format; rebuilding it from the log"
+            );
+            let mut rebuilt = State::new();
+            fold_entries(&reader, &mut rebuilt, size)?;
+            store.replace_state(rebuilt.take_changes())?;
+            rebuilt
+        } else {
+            State::load(pairs)?
+        };
         if state.next_index() > size {
             return Err(OpenError::StateAhead {
                 state: state.next_index(),
@@ -278,6 +350,7 @@ impl Service {
             appender,
             state: state.clone(),
             max_batch: config.max_batch,
+            clock: config.clock.clone(),
         };
         let f = writer::Flusher {
             store: store.clone(),
@@ -342,9 +415,28 @@ impl Service {
             .clone()
     }
 
-    /// Runs `f` over the current state.
+    /// Runs `f` over the current state. The state may include entries that
+    /// are written but not yet durable; answers that others act on use
+    /// [`Service::read_durable`].
     pub fn with_state<R>(&self, f: impl FnOnce(&State) -> R) -> R {
         f(&self.state.read().expect("state lock poisoned"))
+    }
+
+    /// Runs `f` over the current state and returns its result once every
+    /// entry that state folded in is durable, so no answer rests on a fact a
+    /// crash could still take back. Fails if the log stops before that.
+    pub async fn read_durable<R>(&self, f: impl FnOnce(&State) -> R) -> Result<(R, u64), Stopped> {
+        let (r, applied) = self.with_state(|s| (f(s), s.next_index()));
+        let mut size = self.size.clone();
+        size.wait_for(|s| *s >= applied)
+            .await
+            .map_err(|_| Stopped)?;
+        Ok((r, applied))
+    }
+
+    /// Unix nanoseconds on the service's clock.
+    pub fn now_nanos(&self) -> i64 {
+        self.config.clock.now_nanos()
     }
 
     /// Checks and appends one envelope; returns once it is durable.
@@ -404,7 +496,7 @@ impl Service {
         if matches!(event.body, Body::Genesis(_)) {
             return Err(AppendError::GenesisAppend);
         }
-        let now = now_nanos();
+        let now = self.config.clock.now_nanos();
         let skew = self.config.max_clock_skew.as_nanos() as i64;
         let age = self.config.max_event_age.as_nanos() as i64;
         if event.claimed_time_nanos > now.saturating_add(skew) {
@@ -443,6 +535,7 @@ impl Service {
                     proof,
                     checkpoint,
                     duplicate: false,
+                    decision: self.decision_at(staged.index),
                 })
             }
             Committed::Duplicate(index) => self.receipt_for(index, true),
@@ -475,6 +568,12 @@ impl Service {
             proof,
             checkpoint: Arc::new(checkpoint),
             duplicate,
+            decision: self.decision_at(index),
         })
+    }
+
+    /// The decision recorded with the DeployRequested entry at `index`.
+    pub fn decision_at(&self, index: u64) -> Option<DecisionRecord> {
+        self.with_state(|s| s.gov().deployment(index).map(|d| d.decision.clone()))
     }
 }

@@ -19,12 +19,13 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::ledger::{Appender, Checkpoint, Staged, Store};
 use crate::state::{AuthError, State};
 
-use super::{AppendError, Committed, WriteRequest, now_nanos};
+use super::{AppendError, Committed, WriteRequest};
 
 pub(super) struct Writer {
     pub(super) appender: Appender<dyn Store>,
     pub(super) state: Arc<RwLock<State>>,
     pub(super) max_batch: usize,
+    pub(super) clock: Arc<dyn super::Clock>,
 }
 
 /// Flushes written batches and replies.
@@ -83,7 +84,7 @@ impl Writer {
         let mut batch = self.appender.begin();
         let mut done: Vec<(Reply, Outcome)> = Vec::with_capacity(reqs.len());
         let mut st = self.state.write().expect("state lock poisoned");
-        let now = now_nanos();
+        let now = self.clock.now_nanos();
         for req in reqs.drain(..) {
             let WriteRequest {
                 envelope,
@@ -124,7 +125,7 @@ impl Writer {
                 continue;
             }
             let index = self.appender.next_index();
-            if let Err(e) = st.apply(index, &event, &key) {
+            if let Err(e) = st.apply(index, self.appender.time_for(now), &event, &key) {
                 let _ = reply.send(Err(e.into()));
                 continue;
             }

@@ -2,11 +2,12 @@
 //!
 //! Principal record:
 //! ```text
-//! u8 version = 1
+//! u8 version = 2 (version 1 records, without e-mails, still decode)
 //! u16 len, id | u8 kind code | u16 len, display name
 //! u16 role count, then per role: u16 len, role (sorted)
 //! u16 key count, then per key: [32] key, u64 added_at, u8 revoked (0/1), u64 revoked_at
 //! u64 registered_at
+//! u16 e-mail count, then per e-mail: u16 len, e-mail (sorted)   (version 2 only)
 //! ```
 
 use std::collections::BTreeSet;
@@ -30,7 +31,7 @@ pub enum StateCodecError {
 
 /// Encodes a principal record.
 pub fn encode_principal(p: &PrincipalRecord) -> Vec<u8> {
-    let mut o = vec![1u8];
+    let mut o = vec![2u8];
     put_str(&mut o, p.id.as_str());
     o.push(p.kind.code());
     put_str(&mut o, &p.display_name);
@@ -46,13 +47,18 @@ pub fn encode_principal(p: &PrincipalRecord) -> Vec<u8> {
         o.extend_from_slice(&k.revoked_at.unwrap_or(0).to_be_bytes());
     }
     o.extend_from_slice(&p.registered_at.to_be_bytes());
+    o.extend_from_slice(&(p.emails.len() as u16).to_be_bytes());
+    for e in &p.emails {
+        put_str(&mut o, e);
+    }
     o
 }
 
 /// Decodes a principal record.
 pub fn decode_principal(b: &[u8]) -> Result<PrincipalRecord, StateCodecError> {
     let mut r = R { b, pos: 0 };
-    if r.u8("version")? != 1 {
+    let version = r.u8("version")?;
+    if version != 1 && version != 2 {
         return Err(StateCodecError::Invalid("version"));
     }
     let id = PrincipalId::parse(&r.str("id")?).map_err(|_| StateCodecError::Invalid("id"))?;
@@ -81,6 +87,12 @@ pub fn decode_principal(b: &[u8]) -> Result<PrincipalRecord, StateCodecError> {
         });
     }
     let registered_at = r.u64("registered_at")?;
+    let mut emails = BTreeSet::new();
+    if version == 2 {
+        for _ in 0..r.u16("emails")? {
+            emails.insert(r.str("email")?);
+        }
+    }
     if r.pos != b.len() {
         return Err(StateCodecError::Invalid("length"));
     }
@@ -91,6 +103,7 @@ pub fn decode_principal(b: &[u8]) -> Result<PrincipalRecord, StateCodecError> {
         roles,
         keys,
         registered_at,
+        emails,
     })
 }
 

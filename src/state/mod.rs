@@ -1,22 +1,37 @@
-//! The event-sourced identity state: principals, their roles and key history.
-//! A deterministic fold over the log; the only writer of the state tree.
+//! The event-sourced state: principals, their roles and key history
+//! (identity), and the governance projection ([`gov`]). A deterministic fold
+//! over the log; the only writer of the state tree.
 //!
 //! Persisted layout (sled tree `state`), all integers big-endian:
+//! - `m/format` → u32: [`STATE_FORMAT`]; any other value (or none) makes
+//!   `Service::open` rebuild the state from the log
 //! - `m/next` → u64: index of the next entry to apply (entries below it are folded in)
+//! - `m/time` → i64: integrated time of the last entry folded in
 //! - `m/genesis` → u16 len, origin, [32] log key
 //! - `p/<principal id>` → a principal record (see [`encode_principal`])
+//! - governance records under `v/ q/ c/ g/ r/ x/ o/ h/` (see [`gov`])
 
 mod codec;
+pub mod gov;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use ed25519_dalek::VerifyingKey;
 
 use crate::crypto::{self, KeyId};
-use crate::event::{ADMIN_ROLE, Body, Event, PrincipalId, PrincipalKind, PrincipalSpec};
+use crate::event::{
+    ADMIN_ROLE, Body, Event, PrincipalId, PrincipalKind, PrincipalSpec, PrincipalUpdate,
+};
 use crate::ledger::Envelope;
+use crate::policy::{Permission, PrincipalFacts};
 
 pub use codec::{StateCodecError, decode_principal, encode_principal};
+pub use gov::{DecisionRecord, Gov, ObligationStatus, Violation};
+
+/// Version of the persisted state layout. Bump it whenever the fold or the
+/// record encodings change: a state tree of another format is rebuilt from
+/// the log at start-up.
+pub const STATE_FORMAT: u32 = 2;
 
 /// One key of a principal and when it was valid.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -35,6 +50,8 @@ pub struct PrincipalRecord {
     pub roles: BTreeSet<String>,
     pub keys: Vec<KeyRecord>,
     pub registered_at: u64,
+    /// Git author/committer e-mails that identify the principal.
+    pub emails: BTreeSet<String>,
 }
 
 impl PrincipalRecord {
@@ -82,11 +99,11 @@ pub enum ApplyError {
     GenesisNotSelfSigned,
     #[error("genesis names no administrator")]
     NoAdministrators,
-    #[error("{signer:?} may not {action}: needs role {role:?}")]
+    #[error("{signer:?} may not {action}: {why}")]
     Forbidden {
         signer: String,
         action: &'static str,
-        role: &'static str,
+        why: String,
     },
     #[error("principal {0:?} is already registered")]
     PrincipalExists(String),
@@ -98,8 +115,52 @@ pub enum ApplyError {
     KeyNotActive { principal: String, keyid: String },
     #[error("principal {0:?} must have at least one key")]
     NoKeys(String),
-    #[error("revoking this key would leave no administrator with an active key")]
-    WouldLockOut,
+    #[error("{0}")]
+    WouldLockOut(String),
+    #[error("e-mail {email:?} already identifies principal {owner:?}")]
+    EmailTaken { email: String, owner: String },
+    #[error("principals may not change their own roles")]
+    OwnRoles,
+    #[error("principal_updated changes nothing for {0:?}: {1}")]
+    NothingChanged(String, String),
+    #[error("policy: {0}")]
+    BadPolicy(String),
+    #[error("change {0:?} already exists")]
+    ChangeExists(String),
+    #[error("change {0:?} does not exist")]
+    UnknownChange(String),
+    #[error(
+        "the amendment of change {0:?} binds the same subjects and environments as its current revision"
+    )]
+    AmendChangesNothing(String),
+    #[error(
+        "seen_subjects match no revision of change {change:?}; its current revision binds {current}"
+    )]
+    NotARevision { change: String, current: String },
+    #[error("commit {sha} was already observed at entry {index}")]
+    CommitKnown { sha: String, index: u64 },
+    #[error("entry {0} is not a break-glass deployment with a review obligation")]
+    NotBreakGlass(u64),
+    #[error(
+        "the break-glass deployment at entry {deployment} was already reviewed at entry {review}"
+    )]
+    AlreadyReviewed { deployment: u64, review: u64 },
+    #[error("the review must come from someone other than {0:?}, who broke the glass")]
+    OwnBreakGlass(String),
+    #[error("policy proposal {0:?} already exists")]
+    ProposalExists(String),
+    #[error("policy proposal {0:?} does not exist")]
+    UnknownProposal(String),
+    #[error(
+        "base_version is {base} but policy version {active} is in force; propose against version {active}"
+    )]
+    StaleBase { base: u64, active: u64 },
+    #[error("policy proposal {id:?} can no longer be approved: {why}")]
+    ProposalClosed { id: String, why: String },
+    #[error("the proposer may not approve their own policy proposal {0:?}")]
+    OwnProposal(String),
+    #[error("{signer:?} already approved policy proposal {id:?}")]
+    AlreadyApproved { id: String, signer: String },
 }
 
 /// A signer's keys as of one point in the log.
@@ -161,10 +222,20 @@ impl SignerKeys {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct State {
     next: u64,
+    /// Integrated time of the last entry folded in (Unix nanoseconds).
+    last_time: i64,
     genesis: Option<GenesisInfo>,
     principals: BTreeMap<PrincipalId, PrincipalRecord>,
     /// Every key ever registered (revoked or not) → its owner; keys are never reused.
     key_owner: HashMap<[u8; 32], PrincipalId>,
+    /// E-mail → the principal it identifies (derived from `principals`).
+    emails: HashMap<String, PrincipalId>,
+    /// What policy evaluation knows of each principal (derived from `principals`).
+    facts: BTreeMap<String, PrincipalFacts>,
+    gov: Gov,
+    /// Accept entries with gaps in their indices: the fold of an evidence
+    /// bundle, which holds only the entries its scope needs.
+    sparse: bool,
     /// Principals changed since the last [`State::take_changes`].
     dirty: BTreeSet<PrincipalId>,
     genesis_dirty: bool,
@@ -176,9 +247,30 @@ impl State {
         State::default()
     }
 
+    /// An empty state that folds a subset of a log's entries in increasing
+    /// index order (an evidence bundle). Every rule applies as in a full
+    /// fold; only the indices may skip.
+    pub fn sparse() -> Self {
+        State {
+            sparse: true,
+            ..State::default()
+        }
+    }
+
+    /// Principals in id order.
+    pub fn principals(&self) -> impl Iterator<Item = &PrincipalRecord> {
+        self.principals.values()
+    }
+
     /// Index of the next entry to apply (= number of entries folded in).
     pub fn next_index(&self) -> u64 {
         self.next
+    }
+
+    /// Integrated time of the last entry folded in: no decision is made for
+    /// an earlier time than the newest fact it could rest on.
+    pub fn last_time(&self) -> i64 {
+        self.last_time
     }
 
     /// Origin and log key, once genesis is applied.
@@ -238,14 +330,21 @@ impl State {
         }
     }
 
-    /// Folds entry `index` into the state. On error the state is unchanged.
+    /// Folds entry `index`, integrated at `at` (Unix nanoseconds), into the
+    /// state. On error the state is unchanged.
     pub fn apply(
         &mut self,
         index: u64,
+        at: i64,
         event: &Event,
         key: &VerifyingKey,
     ) -> Result<(), ApplyError> {
-        if index != self.next {
+        let in_order = if self.sparse {
+            index >= self.next && (index == 0) == (self.next == 0)
+        } else {
+            index == self.next
+        };
+        if !in_order {
             return Err(ApplyError::OutOfOrder {
                 expected: self.next,
                 got: index,
@@ -272,6 +371,7 @@ impl State {
                     log_key: g.log_key,
                 }),
                 genesis_dirty: true,
+                sparse: self.sparse,
                 ..State::default()
             };
             for a in &g.administrators {
@@ -279,19 +379,31 @@ impl State {
                 spec.roles.insert(ADMIN_ROLE.to_owned());
                 next.register(&spec, 0)?;
             }
+            next.apply_genesis_policy(g.policy.as_deref())?;
             next.next = 1;
+            next.last_time = at;
             *self = next;
             return Ok(());
         }
-        let is_admin = self
-            .principals
-            .get(signer)
-            .is_some_and(|p| p.roles.contains(ADMIN_ROLE));
+        // Bodies that change who may sign or decide are the history an
+        // auditor needs; note them once the body applied.
+        let history = event.body.is_identity_or_policy();
         match &event.body {
             Body::Genesis(_) => return Err(ApplyError::GenesisNotFirst),
             Body::PrincipalRegistered(spec) => {
-                if !is_admin {
-                    return Err(forbidden(signer, "register principals"));
+                self.require(
+                    signer,
+                    Permission::RegisterPrincipals,
+                    "register principals",
+                )?;
+                // Roles are granted only by those who may change roles, so
+                // registration is not a second way to hand out roles.
+                if !spec.roles.is_empty() {
+                    self.require(
+                        signer,
+                        Permission::ChangeRoles,
+                        "register principals with roles",
+                    )?;
                 }
                 self.check_register(spec)?;
                 self.register(spec, index)?;
@@ -301,8 +413,12 @@ impl State {
                 new_key,
                 old_key,
             } => {
-                if !is_admin && signer != principal {
-                    return Err(forbidden(signer, "rotate another principal's key"));
+                if signer != principal {
+                    self.require(
+                        signer,
+                        Permission::RegisterPrincipals,
+                        "rotate another principal's key",
+                    )?;
                 }
                 let p = self
                     .principals
@@ -337,8 +453,12 @@ impl State {
                 self.dirty.insert(principal.clone());
             }
             Body::KeyRevoked { principal, key, .. } => {
-                if !is_admin && signer != principal {
-                    return Err(forbidden(signer, "revoke another principal's key"));
+                if signer != principal {
+                    self.require(
+                        signer,
+                        Permission::RegisterPrincipals,
+                        "revoke another principal's key",
+                    )?;
                 }
                 let p = self
                     .principals
@@ -350,15 +470,12 @@ impl State {
                         keyid: KeyId::of(key).to_string(),
                     });
                 }
-                let admins_left = self
-                    .principals
-                    .values()
-                    .filter(|q| q.roles.contains(ADMIN_ROLE))
-                    .filter(|q| q.active_keys().any(|k| !(q.id == *principal && k == key)))
-                    .count();
-                if admins_left == 0 {
-                    return Err(ApplyError::WouldLockOut);
-                }
+                self.check_not_locked_out(
+                    self.gov.policy(),
+                    |q| q.roles.clone(),
+                    |q, k| !(q.id == *principal && k == key),
+                    "revoking this key",
+                )?;
                 let p = self
                     .principals
                     .get_mut(principal)
@@ -368,10 +485,124 @@ impl State {
                 }
                 self.dirty.insert(principal.clone());
             }
+            Body::PrincipalUpdated(u) => self.update_principal(signer, u)?,
             Body::Annotation { .. } => {}
+            Body::CommitObserved(c) => self.apply_commit_observed(index, signer, c)?,
+            Body::CiRunReported(r) => self.apply_ci_run(index, at, signer, r)?,
+            Body::ChangeOpened(c) => self.apply_change_opened(index, at, signer, c)?,
+            Body::ChangeAmended(a) => self.apply_change_amended(index, at, signer, a)?,
+            Body::ChangeReviewed(r) => self.apply_change_reviewed(index, at, signer, r)?,
+            Body::DeployRequested(d) => self.apply_deploy(index, at, signer, d)?,
+            Body::BreakGlassReviewed(r) => self.apply_break_glass_review(index, at, signer, r)?,
+            Body::PolicyProposed(p) => self.apply_policy_proposed(index, signer, p)?,
+            Body::PolicyApproved { proposal_id } => {
+                self.apply_policy_approved(index, signer, proposal_id.as_str())?
+            }
+        }
+        if history {
+            self.note_history(index);
         }
         self.next = index + 1;
+        self.last_time = at;
         Ok(())
+    }
+
+    fn update_principal(
+        &mut self,
+        signer: &PrincipalId,
+        u: &PrincipalUpdate,
+    ) -> Result<(), ApplyError> {
+        let touches_roles = !u.grant_roles.is_empty() || !u.revoke_roles.is_empty();
+        let touches_emails = !u.add_emails.is_empty() || !u.remove_emails.is_empty();
+        if touches_roles {
+            self.require(signer, Permission::ChangeRoles, "change roles")?;
+            if signer == &u.principal {
+                return Err(ApplyError::OwnRoles);
+            }
+        }
+        if touches_emails {
+            self.require(signer, Permission::RegisterPrincipals, "change e-mails")?;
+        }
+        let p = self
+            .principals
+            .get(&u.principal)
+            .ok_or_else(|| ApplyError::UnknownPrincipal(u.principal.to_string()))?;
+        let id = u.principal.to_string();
+        if let Some(r) = u.grant_roles.iter().find(|r| p.roles.contains(*r)) {
+            return Err(ApplyError::NothingChanged(
+                id,
+                format!("it already holds role {r:?}"),
+            ));
+        }
+        if let Some(r) = u.revoke_roles.iter().find(|r| !p.roles.contains(*r)) {
+            return Err(ApplyError::NothingChanged(
+                id,
+                format!("it does not hold role {r:?}"),
+            ));
+        }
+        if let Some(e) = u.remove_emails.iter().find(|e| !p.emails.contains(*e)) {
+            return Err(ApplyError::NothingChanged(
+                id,
+                format!("{e:?} is not one of its e-mails"),
+            ));
+        }
+        for e in &u.add_emails {
+            if let Some(owner) = self.emails.get(e) {
+                return Err(ApplyError::EmailTaken {
+                    email: e.clone(),
+                    owner: owner.to_string(),
+                });
+            }
+        }
+        let new_roles: BTreeSet<String> = p
+            .roles
+            .union(&u.grant_roles)
+            .filter(|r| !u.revoke_roles.contains(*r))
+            .cloned()
+            .collect();
+        if touches_roles {
+            self.check_not_locked_out(
+                self.gov.policy(),
+                |q| {
+                    if q.id == u.principal {
+                        new_roles.clone()
+                    } else {
+                        q.roles.clone()
+                    }
+                },
+                |_, _| true,
+                "this role change",
+            )?;
+        }
+        let p = self
+            .principals
+            .get_mut(&u.principal)
+            .expect("looked up just above");
+        p.roles = new_roles;
+        for e in &u.remove_emails {
+            p.emails.remove(e);
+            self.emails.remove(e);
+        }
+        for e in &u.add_emails {
+            p.emails.insert(e.clone());
+            self.emails.insert(e.clone(), u.principal.clone());
+        }
+        self.refresh_facts(&u.principal);
+        self.dirty.insert(u.principal.clone());
+        Ok(())
+    }
+
+    /// Recomputes what evaluation knows of one principal.
+    fn refresh_facts(&mut self, id: &PrincipalId) {
+        if let Some(p) = self.principals.get(id) {
+            self.facts.insert(
+                id.to_string(),
+                PrincipalFacts {
+                    human: p.kind == PrincipalKind::Human,
+                    roles: p.roles.clone(),
+                },
+            );
+        }
     }
 
     fn check_register(&self, spec: &PrincipalSpec) -> Result<(), ApplyError> {
@@ -385,6 +616,14 @@ impl State {
         for k in &spec.keys {
             if self.key_owner.contains_key(k.as_bytes()) || !seen.insert(k.to_bytes()) {
                 return Err(ApplyError::KeyInUse(KeyId::of(k).to_string()));
+            }
+        }
+        for e in &spec.emails {
+            if let Some(owner) = self.emails.get(e) {
+                return Err(ApplyError::EmailTaken {
+                    email: e.clone(),
+                    owner: owner.to_string(),
+                });
             }
         }
         Ok(())
@@ -412,8 +651,13 @@ impl State {
                     })
                     .collect(),
                 registered_at: index,
+                emails: spec.emails.clone(),
             },
         );
+        for e in &spec.emails {
+            self.emails.insert(e.clone(), spec.id.clone());
+        }
+        self.refresh_facts(&spec.id);
         self.dirty.insert(spec.id.clone());
         Ok(())
     }
@@ -430,9 +674,20 @@ impl State {
             && let Some(g) = &self.genesis
         {
             out.push((b"m/genesis".to_vec(), codec::encode_genesis(g)));
+            out.push((b"m/format".to_vec(), STATE_FORMAT.to_be_bytes().to_vec()));
         }
+        self.gov.take_changes(&mut out);
         out.push((b"m/next".to_vec(), self.next.to_be_bytes().to_vec()));
+        out.push((b"m/time".to_vec(), self.last_time.to_be_bytes().to_vec()));
         out
+    }
+
+    /// The format a persisted state tree declares (`None` before format 2).
+    pub fn stored_format(pairs: &[(Vec<u8>, Vec<u8>)]) -> Option<u32> {
+        pairs
+            .iter()
+            .find(|(k, _)| k == b"m/format")
+            .and_then(|(_, v)| v.as_slice().try_into().ok().map(u32::from_be_bytes))
     }
 
     /// Rebuilds the in-memory state from persisted key/value pairs.
@@ -448,20 +703,36 @@ impl State {
                     .try_into()
                     .map_err(|_| StateCodecError::Truncated("m/next"))?;
                 s.next = u64::from_be_bytes(arr);
+            } else if k == b"m/time" {
+                let arr: [u8; 8] = v
+                    .as_slice()
+                    .try_into()
+                    .map_err(|_| StateCodecError::Truncated("m/time"))?;
+                s.last_time = i64::from_be_bytes(arr);
             } else if k == b"m/genesis" {
                 s.genesis = Some(codec::decode_genesis(&v)?);
+            } else if k == b"m/format" {
+                if v.as_slice() != STATE_FORMAT.to_be_bytes() {
+                    return Err(StateCodecError::Invalid("format"));
+                }
             } else if k.starts_with(b"p/") {
                 let rec = decode_principal(&v)?;
                 for kr in &rec.keys {
                     s.key_owner.insert(kr.key.to_bytes(), rec.id.clone());
                 }
-                s.principals.insert(rec.id.clone(), rec);
-            } else {
+                for e in &rec.emails {
+                    s.emails.insert(e.clone(), rec.id.clone());
+                }
+                let id = rec.id.clone();
+                s.principals.insert(id.clone(), rec);
+                s.refresh_facts(&id);
+            } else if !s.gov.load_pair(&k, &v)? {
                 return Err(StateCodecError::UnknownKey(
                     String::from_utf8_lossy(&k).into_owned(),
                 ));
             }
         }
+        s.gov.finish_load()?;
         Ok(s)
     }
 }
@@ -470,14 +741,6 @@ fn principal_key(id: &PrincipalId) -> Vec<u8> {
     let mut k = b"p/".to_vec();
     k.extend_from_slice(id.as_str().as_bytes());
     k
-}
-
-fn forbidden(signer: &PrincipalId, action: &'static str) -> ApplyError {
-    ApplyError::Forbidden {
-        signer: signer.to_string(),
-        action,
-        role: ADMIN_ROLE,
-    }
 }
 
 #[cfg(test)]

@@ -1,1 +1,465 @@
+//! The fold's governance rules, through `State::apply` with real events:
+//! properties of approval counting and policy activation, and the refusals.
 
+use std::collections::BTreeSet;
+
+use ed25519_dalek::SigningKey;
+use proptest::prelude::*;
+
+use super::*;
+use crate::event::{
+    ChangeAmendment, ChangeOpening, ChangeReview, DeployRequest, Genesis, PolicyProposal, RecordId,
+};
+
+fn key(n: u8) -> VerifyingKey {
+    SigningKey::from_bytes(&[n; 32]).verifying_key()
+}
+
+fn id(s: &str) -> PrincipalId {
+    PrincipalId::parse(s).unwrap()
+}
+
+fn set(v: &[&str]) -> BTreeSet<String> {
+    v.iter().map(|s| s.to_string()).collect()
+}
+
+const D: &str = "sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+const D2: &str = "sha256:bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
+
+const POLICY: &str = r#"
+version = 1
+[permissions]
+register_principals = ["admin"]
+change_roles = ["admin"]
+propose_policy = ["policy-admin"]
+approve_policy = ["policy-admin"]
+open_change = ["dev", "ci"]
+approve = ["dev", "security", "admin", "policy-admin", "sre"]
+break_glass = ["sre"]
+report = ["ci"]
+
+[policy_changes]
+approvals = 2
+roles = ["policy-admin"]
+
+[[rule]]
+name = "prod"
+match.environments = ["prod"]
+approvals = 2
+"#;
+
+/// A state folded from events applied one after another.
+struct Fold {
+    st: State,
+    t: i64,
+}
+
+impl Fold {
+    fn new(policy: &str) -> Self {
+        let mut f = Fold {
+            st: State::new(),
+            t: 1_000_000_000,
+        };
+        let g = Event {
+            event_id: "genesis".into(),
+            claimed_time_nanos: 1,
+            signer: id("admin"),
+            body: Body::Genesis(Genesis {
+                origin: "test/log".into(),
+                log_key: key(200),
+                administrators: vec![PrincipalSpec {
+                    id: id("admin"),
+                    kind: PrincipalKind::Human,
+                    display_name: String::new(),
+                    roles: BTreeSet::new(),
+                    keys: vec![key(1)],
+                    emails: BTreeSet::new(),
+                }],
+                policy: Some(policy.to_owned()),
+            }),
+        };
+        f.st.apply(0, f.t, &g, &key(1)).unwrap();
+        f
+    }
+
+    fn apply(&mut self, signer: &str, body: Body) -> Result<u64, ApplyError> {
+        let index = self.st.next_index();
+        self.t += 1_000_000_000;
+        let ev = Event {
+            event_id: format!("e{index}"),
+            claimed_time_nanos: self.t,
+            signer: id(signer),
+            body,
+        };
+        // The fold uses the key only for genesis; signatures are checked before it.
+        self.st.apply(index, self.t, &ev, &key(1)).map(|()| index)
+    }
+
+    fn register(&mut self, who: &str, kind: PrincipalKind, roles: &[&str], keys: &[u8]) {
+        self.apply(
+            "admin",
+            Body::PrincipalRegistered(PrincipalSpec {
+                id: id(who),
+                kind,
+                display_name: String::new(),
+                roles: set(roles),
+                keys: keys.iter().map(|&k| key(k)).collect(),
+                emails: BTreeSet::new(),
+            }),
+        )
+        .unwrap();
+    }
+
+    fn open(&mut self, signer: &str, change: &str, digest: &str) -> Result<u64, ApplyError> {
+        self.apply(
+            signer,
+            Body::ChangeOpened(ChangeOpening {
+                change_id: RecordId::parse(change).unwrap(),
+                title: String::new(),
+                repository: String::new(),
+                commits: BTreeSet::new(),
+                artifact_digests: set(&[digest]),
+                environments: set(&["prod"]),
+                ticket: String::new(),
+                description: String::new(),
+            }),
+        )
+    }
+
+    fn review(
+        &mut self,
+        signer: &str,
+        change: &str,
+        seen: &str,
+        approve: bool,
+    ) -> Result<u64, ApplyError> {
+        self.apply(
+            signer,
+            Body::ChangeReviewed(ChangeReview {
+                change_id: RecordId::parse(change).unwrap(),
+                seen_subjects: set(&[seen]),
+                approve,
+                comment: String::new(),
+            }),
+        )
+    }
+
+    fn deploy(&mut self, signer: &str, digest: &str) -> DecisionRecord {
+        let i = self
+            .apply(
+                signer,
+                Body::DeployRequested(DeployRequest {
+                    action: "deploy".into(),
+                    environment: "prod".into(),
+                    repository: None,
+                    kind: None,
+                    namespace: None,
+                    subjects: set(&[digest]),
+                    change_id: None,
+                    break_glass: false,
+                    justification: String::new(),
+                }),
+            )
+            .unwrap();
+        self.st.gov().deployment(i).unwrap().decision.clone()
+    }
+}
+
+#[derive(Debug, Clone)]
+enum MalloryOp {
+    Approve,
+    Reject,
+    ApproveStale,
+    Amend,
+    RotateKey(u8),
+    Deploy,
+}
+
+fn mallory_op() -> impl Strategy<Value = MalloryOp> {
+    prop_oneof![
+        4 => Just(MalloryOp::Approve),
+        1 => Just(MalloryOp::Reject),
+        1 => Just(MalloryOp::ApproveStale),
+        1 => Just(MalloryOp::Amend),
+        1 => (100u8..150).prop_map(MalloryOp::RotateKey),
+        2 => Just(MalloryOp::Deploy),
+    ]
+}
+
+proptest! {
+    /// However many keys and whichever roles mallory holds, and however she
+    /// approves, rejects, amends, rotates keys and deploys, a rule needing
+    /// two approvers never allows when she is the only approver.
+    #[test]
+    fn one_principal_never_satisfies_two_approvers(
+        roles in proptest::collection::btree_set(
+            prop_oneof![Just("dev"), Just("security"), Just("sre"), Just("policy-admin"), Just("ci")], 0..5),
+        nkeys in 1usize..4,
+        human in any::<bool>(),
+        ops in proptest::collection::vec(mallory_op(), 1..30),
+    ) {
+        let mut f = Fold::new(POLICY);
+        let roles: Vec<&str> = roles.into_iter().collect();
+        let keys: Vec<u8> = (0..nkeys as u8).map(|k| 10 + k).collect();
+        let kind = if human { PrincipalKind::Human } else { PrincipalKind::Service };
+        f.register("mallory", kind, &roles, &keys);
+        f.register("ci", PrincipalKind::Ci, &["ci"], &[30]);
+        f.open("ci", "CHG-1", D).unwrap();
+        let mut current = D;
+        let mut next_key = 0u8;
+        for op in ops {
+            match op {
+                MalloryOp::Approve => { let _ = f.review("mallory", "CHG-1", current, true); }
+                MalloryOp::Reject => { let _ = f.review("mallory", "CHG-1", current, false); }
+                MalloryOp::ApproveStale => { let _ = f.review("mallory", "CHG-1", D, true); }
+                MalloryOp::Amend => {
+                    let to = if current == D { D2 } else { D };
+                    if f.apply("mallory", Body::ChangeAmended(ChangeAmendment {
+                        change_id: RecordId::parse("CHG-1").unwrap(),
+                        commits: BTreeSet::new(),
+                        artifact_digests: set(&[to]),
+                        environments: BTreeSet::new(),
+                        reason: String::new(),
+                    })).is_ok() {
+                        current = to;
+                    }
+                }
+                MalloryOp::RotateKey(k) => {
+                    next_key = next_key.wrapping_add(1);
+                    let _ = f.apply("mallory", Body::KeyRotated {
+                        principal: id("mallory"),
+                        new_key: key(k.wrapping_add(next_key)),
+                        old_key: None,
+                    });
+                }
+                MalloryOp::Deploy => {
+                    let d = f.deploy("mallory", current);
+                    prop_assert!(!d.allow, "{d:#?}");
+                    prop_assert!(d.counted.len() <= 1);
+                }
+            }
+        }
+        let d = f.deploy("ci", current);
+        prop_assert!(!d.allow, "{d:#?}");
+    }
+
+    /// A proposed policy never becomes active with fewer distinct approvers
+    /// (other than its proposer, holding a role the policy in force names)
+    /// than the policy in force demands, whatever the order of proposals
+    /// and approvals, and even when a proposal lowers the bar for later ones.
+    #[test]
+    fn policy_changes_need_what_the_policy_in_force_demands(
+        admins in proptest::collection::vec(any::<bool>(), 5),
+        steps in proptest::collection::vec((0usize..5, 0usize..3, any::<bool>(), 1u32..4), 1..40),
+    ) {
+        let mut f = Fold::new(POLICY);
+        for (i, is_admin) in admins.iter().enumerate() {
+            let roles: &[&str] = if *is_admin { &["policy-admin"] } else { &["dev"] };
+            f.register(&format!("p{i}"), PrincipalKind::Human, roles, &[40 + i as u8]);
+        }
+        let mut proposals = 0usize;
+        for (who, which, propose, bar) in steps {
+            let signer = format!("p{who}");
+            let before = f.st.gov().active_version().unwrap().clone();
+            let before_policy = f.st.gov().policy().clone();
+            if propose {
+                let text = POLICY.replace("approvals = 2\nroles", &format!("approvals = {bar}\nroles"));
+                let r = f.apply(&signer, Body::PolicyProposed(PolicyProposal {
+                    proposal_id: RecordId::parse(&format!("P{proposals}")).unwrap(),
+                    text,
+                    base_version: before.version,
+                    description: String::new(),
+                }));
+                if r.is_ok() { proposals += 1; }
+            } else if proposals > 0 {
+                let pid = RecordId::parse(&format!("P{}", which % proposals)).unwrap();
+                let _ = f.apply(&signer, Body::PolicyApproved { proposal_id: pid });
+            }
+            let after = f.st.gov().active_version().unwrap().clone();
+            if after.version != before.version {
+                prop_assert_eq!(after.version, before.version + 1);
+                let proposal = f.st.gov().proposals().find(|p| p.id == after.proposal_id).unwrap().clone();
+                prop_assert_eq!(proposal.base_version, before.version);
+                let qualified: BTreeSet<&String> = after.approvers.iter()
+                    .filter(|a| **a != proposal.proposer)
+                    .filter(|a| f.st.principal(a).is_some_and(|p|
+                        p.kind == PrincipalKind::Human
+                            && p.roles.iter().any(|r| before_policy.policy_changes.roles.contains(r))))
+                    .collect();
+                prop_assert!(qualified.len() as u32 >= before_policy.policy_changes.approvals,
+                    "{after:?} activated with {qualified:?} under {:?}", before_policy.policy_changes);
+            }
+        }
+    }
+}
+
+#[test]
+fn refusals_name_the_rule() {
+    let mut f = Fold::new(POLICY);
+    f.register("alice", PrincipalKind::Human, &["dev"], &[2]);
+    f.register("pa", PrincipalKind::Human, &["policy-admin"], &[3]);
+    f.register("ci", PrincipalKind::Ci, &["ci"], &[4]);
+    let e = f.open("pa", "CHG-1", D).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "\"pa\" may not open changes: policy version 1 gives `open_change` to role(s) ci, dev"
+    );
+    f.open("alice", "CHG-1", D).unwrap();
+    assert!(matches!(
+        f.open("alice", "CHG-1", D),
+        Err(ApplyError::ChangeExists(_))
+    ));
+    let e = f.review("alice", "CHG-1", D2, true).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("match no revision of change \"CHG-1\""),
+        "{e}"
+    );
+    assert!(matches!(
+        f.review("alice", "CHG-9", D, true),
+        Err(ApplyError::UnknownChange(_))
+    ));
+    // Nobody changes their own roles, and the last admin cannot lose the role.
+    let own = f.apply(
+        "admin",
+        Body::PrincipalUpdated(PrincipalUpdate {
+            principal: id("admin"),
+            grant_roles: set(&["sre"]),
+            revoke_roles: BTreeSet::new(),
+            add_emails: BTreeSet::new(),
+            remove_emails: BTreeSet::new(),
+            reason: String::new(),
+        }),
+    );
+    assert_eq!(own, Err(ApplyError::OwnRoles));
+    // The proposer's own approval never counts; a stale base is refused.
+    let propose = |f: &mut Fold, signer: &str, pid: &str, base: u64| {
+        f.apply(
+            signer,
+            Body::PolicyProposed(PolicyProposal {
+                proposal_id: RecordId::parse(pid).unwrap(),
+                text: POLICY.to_owned(),
+                base_version: base,
+                description: String::new(),
+            }),
+        )
+    };
+    propose(&mut f, "pa", "P1", 1).unwrap();
+    let e = propose(&mut f, "pa", "P2", 7).unwrap_err();
+    assert_eq!(e, ApplyError::StaleBase { base: 7, active: 1 });
+    let e = f
+        .apply(
+            "pa",
+            Body::PolicyApproved {
+                proposal_id: RecordId::parse("P1").unwrap(),
+            },
+        )
+        .unwrap_err();
+    assert_eq!(e, ApplyError::OwnProposal("P1".into()));
+    // A policy that would leave nobody able to register principals never activates.
+    f.register("pb", PrincipalKind::Human, &["policy-admin"], &[5]);
+    f.register("pc", PrincipalKind::Human, &["policy-admin"], &[6]);
+    let locked = POLICY.replace(
+        "register_principals = [\"admin\"]",
+        "register_principals = [\"nobody\"]",
+    );
+    f.apply(
+        "pa",
+        Body::PolicyProposed(PolicyProposal {
+            proposal_id: RecordId::parse("LOCK").unwrap(),
+            text: locked,
+            base_version: 1,
+            description: String::new(),
+        }),
+    )
+    .unwrap();
+    f.apply(
+        "pb",
+        Body::PolicyApproved {
+            proposal_id: RecordId::parse("LOCK").unwrap(),
+        },
+    )
+    .unwrap();
+    let e = f
+        .apply(
+            "pc",
+            Body::PolicyApproved {
+                proposal_id: RecordId::parse("LOCK").unwrap(),
+            },
+        )
+        .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("would leave no principal with an active key holding `register_principals`"),
+        "{e}"
+    );
+    assert_eq!(f.st.gov().active_version().unwrap().version, 1);
+    // Two policy admins other than the proposer activate P1.
+    f.apply(
+        "pb",
+        Body::PolicyApproved {
+            proposal_id: RecordId::parse("P1").unwrap(),
+        },
+    )
+    .unwrap();
+    assert_eq!(f.st.gov().active_version().unwrap().version, 1);
+    f.apply(
+        "pc",
+        Body::PolicyApproved {
+            proposal_id: RecordId::parse("P1").unwrap(),
+        },
+    )
+    .unwrap();
+    let v = f.st.gov().active_version().unwrap();
+    assert_eq!(
+        (v.version, v.approvers.clone()),
+        (2, vec!["pb".to_string(), "pc".to_string()])
+    );
+    // LOCK was based on version 1, which is no longer in force.
+    let e = f
+        .apply(
+            "pc",
+            Body::PolicyApproved {
+                proposal_id: RecordId::parse("LOCK").unwrap(),
+            },
+        )
+        .unwrap_err();
+    assert!(e.to_string().contains("version 2 is in force now"), "{e}");
+}
+
+#[test]
+fn persisted_state_loads_back_equal() {
+    let mut f = Fold::new(POLICY);
+    f.register("alice", PrincipalKind::Human, &["dev"], &[2]);
+    f.register("bob", PrincipalKind::Human, &["dev"], &[3]);
+    f.register("carol", PrincipalKind::Human, &["security"], &[4]);
+    f.open("alice", "CHG-1", D).unwrap();
+    f.review("bob", "CHG-1", D, true).unwrap();
+    f.review("carol", "CHG-1", D, true).unwrap();
+    assert!(f.deploy("alice", D).allow);
+    let mut st = f.st.clone();
+    let pairs = st.take_changes();
+    let mut sorted = pairs.clone();
+    sorted.sort();
+    let loaded = State::load(sorted).unwrap();
+    // Dirty markers differ by construction; compare what the state answers.
+    let req = crate::policy::Request {
+        action: "deploy".into(),
+        environment: "prod".into(),
+        repository: None,
+        kind: None,
+        namespace: None,
+        subjects: set(&[D]),
+        actor: "alice".into(),
+        break_glass: false,
+        at: jiff::Timestamp::from_nanosecond(i128::from(st.last_time())).unwrap(),
+    };
+    assert_eq!(st.decide(&req, None), loaded.decide(&req, None));
+    assert_eq!(st.gov().change("CHG-1"), loaded.gov().change("CHG-1"));
+    assert_eq!(
+        st.gov().deployments().collect::<Vec<_>>(),
+        loaded.gov().deployments().collect::<Vec<_>>()
+    );
+    assert_eq!(st.gov().history(), loaded.gov().history());
+    assert_eq!(st.principal_facts(), loaded.principal_facts());
+}

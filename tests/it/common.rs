@@ -25,15 +25,33 @@ pub struct TestServer {
     handle: Option<tokio::task::JoinHandle<()>>,
 }
 
+/// What a run of the binary printed.
+#[derive(Debug)]
+pub struct CliOut {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl CliOut {
+    /// Standard output as JSON.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {}{}", self.stdout, self.stderr))
+    }
+}
+
 pub struct Builder {
     config: Config,
     access: Option<String>,
+    policy: Option<String>,
 }
 
 pub fn server() -> Builder {
     Builder {
         config: Config::default(),
         access: None,
+        policy: None,
     }
 }
 
@@ -49,6 +67,18 @@ impl Builder {
         self
     }
 
+    /// The server reads time from `clock` (deadlines without waiting).
+    pub fn with_clock(mut self, clock: Arc<dyn docket::service::Clock>) -> Self {
+        self.config.clock = clock;
+        self
+    }
+
+    /// The genesis policy.
+    pub fn with_policy(mut self, text: &str) -> Self {
+        self.policy = Some(text.to_owned());
+        self
+    }
+
     pub async fn run(self) -> TestServer {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let dir = tempfile::tempdir().unwrap();
@@ -56,6 +86,7 @@ impl Builder {
         data.init(&InitOptions {
             listen: "127.0.0.1:0".into(),
             origin: "docket.test/log".into(),
+            policy: self.policy.clone(),
             ..InitOptions::default()
         })
         .unwrap();
@@ -109,17 +140,21 @@ impl TestServer {
 
     /// A client whose certificate (from the server's CA) has common name `cn`.
     pub async fn client_as(&self, cn: &str) -> LedgerClient<Channel> {
-        let (cert, key) =
-            docket::tls::issue_client_cert(&self.data.tls(), cn, &self.dir.path().join("clients"))
-                .unwrap();
+        self.conn_as(cn).ledger().await.unwrap()
+    }
+
+    /// Connection settings with a certificate for common name `cn`.
+    pub fn conn_as(&self, cn: &str) -> Conn {
+        let out = self.dir.path().join("clients");
+        let (cert, key) = (out.join(format!("{cn}.pem")), out.join(format!("{cn}.key")));
+        if !cert.exists() {
+            docket::tls::issue_client_cert(&self.data.tls(), cn, &out).unwrap();
+        }
         Conn {
             cert,
             key,
             ..self.conn()
         }
-        .ledger()
-        .await
-        .unwrap()
     }
 
     pub fn admin_key(&self) -> SigningKey {
@@ -154,6 +189,51 @@ impl TestServer {
     #[allow(dead_code)]
     pub fn path(&self) -> PathBuf {
         self.dir.path().to_owned()
+    }
+
+    /// Runs the `docket` binary against this server (data dir, address
+    /// and admin certificate set through the environment).
+    pub async fn cli(&self, args: &[&str]) -> CliOut {
+        self.cli_env(args, &[]).await
+    }
+
+    /// [`TestServer::cli`] with extra environment variables.
+    pub async fn cli_env(&self, args: &[&str], env: &[(&str, &str)]) -> CliOut {
+        let mut cmd = tokio::process::Command::new(BIN);
+        cmd.args(args)
+            .env("DOCKET_DATA", &self.data.root)
+            .env(
+                "DOCKET_SERVER",
+                format!("https://127.0.0.1:{}", self.addr.port()),
+            )
+            .env("DOCKET_LOG", "warn")
+            .env_remove("DOCKET_KEY")
+            .env_remove("DOCKET_SIGNER")
+            .env_remove("GITHUB_ACTIONS")
+            .env_remove("GITLAB_CI");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().await.unwrap();
+        CliOut {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// Like [`TestServer::cli`], and the command must succeed.
+    pub async fn cli_ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args).await;
+        assert_eq!(
+            out.code,
+            0,
+            "docket {}: {}{}",
+            args.join(" "),
+            out.stdout,
+            out.stderr
+        );
+        out.stdout
     }
 }
 
@@ -252,7 +332,9 @@ pub fn memory_log(
                 display_name: String::new(),
                 roles: Default::default(),
                 keys: vec![admin_key.verifying_key()],
+                emails: Default::default(),
             }],
+            policy: None,
         }),
     };
     Service::create_log(

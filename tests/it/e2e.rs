@@ -213,7 +213,7 @@ async fn tail_delivers_in_order_and_follows() {
     assert_eq!(all.len(), 26);
 }
 
-async fn expect_refused(
+pub async fn expect_refused(
     s: &crate::common::TestServer,
     req: pb::AppendRequest,
     code: Code,
@@ -242,6 +242,7 @@ fn register(id: &str, key: &SigningKey, roles: &[&str]) -> Event {
             display_name: id.into(),
             roles: roles.iter().map(|r| r.to_string()).collect(),
             keys: vec![key.verifying_key()],
+            emails: Default::default(),
         }),
     }
 }
@@ -331,6 +332,7 @@ async fn bad_input_is_refused_with_a_clear_status_and_the_log_unchanged() {
             origin: "x".into(),
             log_key: admin.verifying_key(),
             administrators: vec![],
+            policy: None,
         }),
     };
     let env = sign_event(&genesis_again, &admin);
@@ -451,7 +453,7 @@ async fn identity_events_register_rotate_and_revoke() {
         &s,
         signed(&lockout, &admin),
         Code::FailedPrecondition,
-        "no administrator",
+        "would leave no principal with an active key holding `register_principals`",
     )
     .await;
 
@@ -628,8 +630,7 @@ async fn access_json_limits_each_identity_to_its_methods() {
         .unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied);
     assert!(
-        err.message()
-            .contains("\"CN=siem\" may not call docket.v1.Ledger/Append"),
+        err.message().contains("\"CN=siem\" may not call Append"),
         "{}",
         err.message()
     );
@@ -711,8 +712,57 @@ async fn access_json_limits_each_identity_to_its_methods() {
             .map(drop),
     );
     check("Ping", nobody.ping(pb::PingRequest {}).await.map(drop));
-    // Every method of the service was tried.
-    let mut all: Vec<_> = docket::api::access::LEDGER_METHODS
+    check(
+        "ListPrincipals",
+        nobody
+            .list_principals(pb::ListPrincipalsRequest {})
+            .await
+            .map(drop),
+    );
+    let mut gov = s.conn_as("nobody").governance().await.unwrap();
+    check(
+        "Authorize",
+        gov.authorize(pb::AuthorizeRequest {
+            environment: "prod".into(),
+            subjects: vec![format!("sha256:{}", "a".repeat(64))],
+            actor: "admin".into(),
+            ..Default::default()
+        })
+        .await
+        .map(drop),
+    );
+    check(
+        "GetDecision",
+        gov.get_decision(pb::GetDecisionRequest { index: 0 })
+            .await
+            .map(drop),
+    );
+    check(
+        "GetChange",
+        gov.get_change(pb::GetChangeRequest {
+            change_id: "CHG-1".into(),
+        })
+        .await
+        .map(drop),
+    );
+    check(
+        "GetPolicy",
+        gov.get_policy(pb::GetPolicyRequest {}).await.map(drop),
+    );
+    check(
+        "ListObligations",
+        gov.list_obligations(pb::ListObligationsRequest::default())
+            .await
+            .map(drop),
+    );
+    check(
+        "ListViolations",
+        gov.list_violations(pb::ListViolationsRequest {})
+            .await
+            .map(drop),
+    );
+    // Every method of both services was tried.
+    let mut all: Vec<_> = docket::api::access::METHODS
         .iter()
         .map(|m| m.to_string())
         .collect();

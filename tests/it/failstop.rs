@@ -73,6 +73,9 @@ impl Store for FailingStore {
     fn state_pairs(&self) -> Result<Vec<KeyValue>, StoreError> {
         self.inner.state_pairs()
     }
+    fn replace_state(&self, pairs: Vec<KeyValue>) -> Result<(), StoreError> {
+        self.inner.replace_state(pairs)
+    }
 }
 
 fn log() -> (Arc<SledStore>, SigningKey, SigningKey) {

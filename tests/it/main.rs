@@ -7,6 +7,8 @@ mod compat;
 mod crash;
 mod e2e;
 mod failstop;
+mod git;
+mod governance;
 mod props;
 mod python_client;
 mod vectors;

@@ -75,6 +75,7 @@ async fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                         display_name: String::new(),
                         roles: Default::default(),
                         keys: vec![key(who, generation[who]).verifying_key()],
+                        emails: Default::default(),
                     }),
                 },
                 admin.clone(),

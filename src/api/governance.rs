@@ -1,0 +1,241 @@
+//! The gRPC Governance service: decisions, changes, policy, obligations and
+//! violations, read from the state. Every answer is given only once the
+//! facts it rests on are durable (`Service::read_durable`).
+
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+
+use super::access::Guard;
+use super::convert::{authorize_request, decision_to_pb};
+use super::pb;
+use crate::service::{Service, Stopped};
+use crate::state::gov::{ObligationRec, ObligationStatus, violations};
+
+/// The tonic Governance service over a [`Service`].
+#[derive(Clone)]
+pub struct GovernanceApi {
+    svc: Arc<Service>,
+    guard: Guard,
+}
+
+impl GovernanceApi {
+    /// Wraps a service; `guard` is the same access check the Ledger uses.
+    pub fn new(svc: Arc<Service>, guard: Guard) -> Self {
+        GovernanceApi { svc, guard }
+    }
+}
+
+fn stopped(e: Stopped) -> Status {
+    Status::unavailable(e.to_string())
+}
+
+fn obligation_pb(o: &ObligationRec, now: i64) -> pb::ObligationState {
+    let r = o.review.as_ref().filter(|r| r.at_nanos <= now);
+    pb::ObligationState {
+        deployment_index: o.deployment_index,
+        actor: o.actor.clone(),
+        environment: o.environment.clone(),
+        subjects: o.subjects.iter().cloned().collect(),
+        justification: o.justification.clone(),
+        opened_unix_nanos: o.opened_nanos,
+        due_unix_nanos: o.due_nanos,
+        status: o.status(now).name().to_owned(),
+        reviewer: r.map(|r| r.reviewer.clone()).unwrap_or_default(),
+        review_index: r.map(|r| r.index).unwrap_or(0),
+        reviewed_unix_nanos: r.map(|r| r.at_nanos).unwrap_or(0),
+        justified: r.is_some_and(|r| r.justified),
+        comment: r.map(|r| r.comment.clone()).unwrap_or_default(),
+    }
+}
+
+#[tonic::async_trait]
+impl pb::governance_server::Governance for GovernanceApi {
+    #[tracing::instrument(skip_all)]
+    async fn authorize(
+        &self,
+        req: Request<pb::AuthorizeRequest>,
+    ) -> Result<Response<pb::Decision>, Status> {
+        self.guard.check(&req, "Authorize")?;
+        let (mut question, change) = authorize_request(req.into_inner(), self.svc.now_nanos())
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let (d, _) = self
+            .svc
+            .read_durable(|s| {
+                // Never decide for a time before the newest fact in the state
+                // (a clock stepped back must not undo a recorded deployment).
+                if let Ok(t) = jiff::Timestamp::from_nanosecond(i128::from(s.last_time()))
+                    && t > question.at
+                {
+                    question.at = t;
+                }
+                s.decide(&question, change.as_deref())
+            })
+            .await
+            .map_err(stopped)?;
+        Ok(Response::new(decision_to_pb(&d, None)))
+    }
+
+    async fn get_decision(
+        &self,
+        req: Request<pb::GetDecisionRequest>,
+    ) -> Result<Response<pb::Decision>, Status> {
+        self.guard.check(&req, "GetDecision")?;
+        let index = req.into_inner().index;
+        let (d, _) = self
+            .svc
+            .read_durable(|s| s.gov().deployment(index).map(|d| d.decision.clone()))
+            .await
+            .map_err(stopped)?;
+        let d = d.ok_or_else(|| {
+            Status::not_found(format!("index: entry {index} is not a recorded deployment"))
+        })?;
+        Ok(Response::new(decision_to_pb(&d, Some(index))))
+    }
+
+    async fn get_change(
+        &self,
+        req: Request<pb::GetChangeRequest>,
+    ) -> Result<Response<pb::ChangeState>, Status> {
+        self.guard.check(&req, "GetChange")?;
+        let id = req.into_inner().change_id;
+        let (c, _) = self
+            .svc
+            .read_durable(|s| s.gov().change(&id).cloned())
+            .await
+            .map_err(stopped)?;
+        let c = c.ok_or_else(|| Status::not_found(format!("change_id: no change {id:?}")))?;
+        let cur = c.current();
+        Ok(Response::new(pb::ChangeState {
+            change_id: c.id.clone(),
+            title: c.title.clone(),
+            repository: c.repository.clone(),
+            ticket: c.ticket.clone(),
+            requesters: c.requesters.clone(),
+            revision: c.revisions.len() as u32,
+            commits: cur.commits.iter().cloned().collect(),
+            artifact_digests: cur.digests.iter().cloned().collect(),
+            environments: cur.environments.iter().cloned().collect(),
+            reviews: c
+                .reviews
+                .iter()
+                .map(|r| pb::Review {
+                    index: r.index,
+                    reviewer: r.reviewer.clone(),
+                    seen_subjects: r.seen.iter().cloned().collect(),
+                    approve: r.approve,
+                    comment: r.comment.clone(),
+                    at_unix_nanos: r.at_nanos,
+                })
+                .collect(),
+            revision_indexes: c.revisions.iter().map(|r| r.index).collect(),
+            deployments: c.deployments.clone(),
+        }))
+    }
+
+    async fn get_policy(
+        &self,
+        req: Request<pb::GetPolicyRequest>,
+    ) -> Result<Response<pb::PolicyState>, Status> {
+        self.guard.check(&req, "GetPolicy")?;
+        let (state, _) = self
+            .svc
+            .read_durable(|s| {
+                let gov = s.gov();
+                let version = |v: &crate::state::gov::PolicyVersionRec| pb::PolicyVersion {
+                    version: v.version,
+                    digest: v.digest.clone(),
+                    text: v.text.clone(),
+                    activated_at_index: v.activated_at,
+                    proposal_id: v.proposal_id.clone(),
+                    approvers: v.approvers.clone(),
+                };
+                let active = gov.active_version().map(|v| v.version).unwrap_or(1);
+                pb::PolicyState {
+                    active: gov.active_version().map(version),
+                    history: gov.policy_versions().iter().map(version).collect(),
+                    proposals: gov
+                        .proposals()
+                        .map(|p| pb::PolicyProposal {
+                            proposal_id: p.id.clone(),
+                            proposer: p.proposer.clone(),
+                            base_version: p.base_version,
+                            digest: p.digest.clone(),
+                            approvers: p.approvals.iter().map(|a| a.0.clone()).collect(),
+                            index: p.index,
+                            status: match p.activated_as {
+                                Some(_) => "active",
+                                None if p.base_version == active => "pending",
+                                None => "superseded",
+                            }
+                            .into(),
+                        })
+                        .collect(),
+                }
+            })
+            .await
+            .map_err(stopped)?;
+        Ok(Response::new(state))
+    }
+
+    async fn list_obligations(
+        &self,
+        req: Request<pb::ListObligationsRequest>,
+    ) -> Result<Response<pb::ListObligationsResponse>, Status> {
+        self.guard.check(&req, "ListObligations")?;
+        let want = req.into_inner().status;
+        let wanted: Option<ObligationStatus> = match want.as_str() {
+            "" => None,
+            "open" => Some(ObligationStatus::Open),
+            "overdue" => Some(ObligationStatus::Overdue),
+            "closed" => Some(ObligationStatus::Closed),
+            "closed-late" => Some(ObligationStatus::ClosedLate),
+            other => {
+                return Err(Status::invalid_argument(format!(
+                    "status: {other:?} is not one of open, overdue, closed, closed-late"
+                )));
+            }
+        };
+        let now = self.svc.now_nanos();
+        let (obligations, _) = self
+            .svc
+            .read_durable(|s| {
+                s.gov()
+                    .obligations()
+                    .filter(|o| wanted.is_none_or(|w| o.status(now) == w))
+                    .map(|o| obligation_pb(o, now))
+                    .collect()
+            })
+            .await
+            .map_err(stopped)?;
+        Ok(Response::new(pb::ListObligationsResponse {
+            obligations,
+            as_of_unix_nanos: now,
+        }))
+    }
+
+    async fn list_violations(
+        &self,
+        req: Request<pb::ListViolationsRequest>,
+    ) -> Result<Response<pb::ListViolationsResponse>, Status> {
+        self.guard.check(&req, "ListViolations")?;
+        let now = self.svc.now_nanos();
+        let (list, _) = self
+            .svc
+            .read_durable(|s| violations(s.gov().obligations(), now))
+            .await
+            .map_err(stopped)?;
+        Ok(Response::new(pb::ListViolationsResponse {
+            violations: list
+                .into_iter()
+                .map(|v| pb::Violation {
+                    kind: v.kind.to_owned(),
+                    index: v.index,
+                    description: v.description,
+                    at_unix_nanos: v.at_nanos,
+                })
+                .collect(),
+            as_of_unix_nanos: now,
+        }))
+    }
+}

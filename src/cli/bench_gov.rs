@@ -1,0 +1,491 @@
+//! `docket bench-authorize`: fills a throwaway log with governance facts
+//! (changes, commits, CI runs, reviews, staging deployments) through the
+//! real append path, then measures `Authorize` decisions in process and over
+//! mTLS gRPC at 1 and N concurrent callers. Bounded by counts; loopback only.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Instant;
+
+use clap::Args;
+use ed25519_dalek::SigningKey;
+use tokio::sync::mpsc;
+
+use super::bench::{Stats, TempDir, join, now_nanos};
+use super::client::Conn;
+use super::{CliError, CliResult};
+use crate::api::convert::sign_event;
+use crate::api::pb;
+use crate::datadir::{DataDir, InitOptions};
+use crate::event::{
+    Body, ChangeOpening, ChangeReview, ChangedPaths, CiRun, CiStatus, CommitObservation,
+    CommitSignature, DeployRequest, Event, PrincipalId, PrincipalKind, PrincipalSpec, RecordId,
+    SignatureFormat, SignatureVerdict,
+};
+use crate::ledger::Envelope;
+use crate::server::{Server, Transport};
+use crate::service::{Config, Service};
+
+#[derive(Args, Debug)]
+pub struct BenchAuthorizeArgs {
+    /// Changes in state.
+    #[arg(long, default_value_t = 10_000)]
+    changes: usize,
+    /// Reviews per change.
+    #[arg(long, default_value_t = 10)]
+    reviews: usize,
+    /// Decisions per measured phase at the high concurrency (a quarter at 1).
+    #[arg(long, default_value_t = 40_000)]
+    ops: usize,
+    /// The high concurrency level.
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+}
+
+/// The policy the bench decides under: a realistic production rule.
+pub const BENCH_POLICY: &str = r#"version = 1
+[permissions]
+open_change = ["dev"]
+approve = ["dev", "security"]
+report = ["ci"]
+break_glass = ["sre"]
+
+[[rule]]
+name = "prod"
+match.environments = ["prod"]
+approvals = 2
+approver_roles = ["dev", "security"]
+require_roles = [{ role = "security", count = 1 }]
+ci_passed = true
+promoted_from = "staging"
+max_approval_age = "30d"
+
+[[rule]]
+name = "staging"
+match.environments = ["staging"]
+ci_passed = true
+"#;
+
+const DEVS: usize = 20;
+const SECS: usize = 5;
+
+fn key_of(name: &str) -> SigningKey {
+    SigningKey::from_bytes(&crate::crypto::blake3_256(name.as_bytes()))
+}
+
+/// The subjects of change `i`: its commit and its artifact digest.
+pub fn subjects_of(i: usize) -> (String, String, String) {
+    let raw = format!(
+        "tree {}\nauthor Dev {a} <dev{a}@bench.example> 1700000000 +0000\ncommitter Dev {a} <dev{a}@bench.example> 1700000000 +0000\n\nchange {i}\n",
+        "4b825dc642cb6eb9a060e54bf8d69288fbee4904",
+        a = i % DEVS
+    );
+    let sha = crate::event::git::object_id(raw.as_bytes(), 40).expect("sha-1 length");
+    let digest = format!(
+        "sha256:{}",
+        hex::encode(crate::crypto::blake3_256(format!("image-{i}").as_bytes()))
+    );
+    (raw, sha, digest)
+}
+
+/// The events of a governance log, signed, in waves that may each be
+/// appended in any order once the waves before are in: principals; then per
+/// change its commit, CI run and opening; then the reviews; then a staging
+/// deployment of every other change.
+pub fn governance_events(changes: usize, reviews: usize) -> Vec<Vec<Envelope>> {
+    let admin = PrincipalId::parse("admin").expect("valid id");
+    let id = |s: &str| PrincipalId::parse(s).expect("valid id");
+    let mut out = Vec::new();
+    let mut opened = Vec::new();
+    let mut reviewed = Vec::new();
+    let mut deployed = Vec::new();
+    let mut n = 0usize;
+    let mut push = |signer: &PrincipalId, key: &SigningKey, body: Body, out: &mut Vec<Envelope>| {
+        n += 1;
+        let ev = Event {
+            event_id: format!("bench-{n}"),
+            claimed_time_nanos: now_nanos(),
+            signer: signer.clone(),
+            body,
+        };
+        out.push(sign_event(&ev, key));
+    };
+    let register = |name: &str, kind, role: &str, email: Option<String>| {
+        Body::PrincipalRegistered(PrincipalSpec {
+            id: id(name),
+            kind,
+            display_name: String::new(),
+            roles: [role.to_owned()].into(),
+            keys: vec![key_of(name).verifying_key()],
+            emails: email.into_iter().collect(),
+        })
+    };
+    let admin_key = key_of("admin");
+    for d in 0..DEVS {
+        let name = format!("dev{d}");
+        let body = register(
+            &name,
+            PrincipalKind::Human,
+            "dev",
+            Some(format!("dev{d}@bench.example")),
+        );
+        push(&admin, &admin_key, body, &mut out);
+    }
+    for s in 0..SECS {
+        let body = register(&format!("sec{s}"), PrincipalKind::Human, "security", None);
+        push(&admin, &admin_key, body, &mut out);
+    }
+    push(
+        &admin,
+        &admin_key,
+        register("ci", PrincipalKind::Ci, "ci", None),
+        &mut out,
+    );
+    let principals = std::mem::take(&mut out);
+    let ci = id("ci");
+    let ci_key = key_of("ci");
+    for i in 0..changes {
+        let (raw, sha, digest) = subjects_of(i);
+        let commit = crate::event::git::parse_commit(raw.as_bytes()).expect("well-formed commit");
+        push(
+            &ci,
+            &ci_key,
+            Body::CommitObserved(Box::new(CommitObservation {
+                repository: "bench.example/app".into(),
+                sha: sha.clone(),
+                raw: raw.into_bytes(),
+                commit,
+                changed: ChangedPaths::default(),
+                signature: CommitSignature {
+                    format: SignatureFormat::None,
+                    verdict: SignatureVerdict::Unsigned,
+                    signer_identity: String::new(),
+                    key_fingerprint: String::new(),
+                    detail: String::new(),
+                },
+            })),
+            &mut opened,
+        );
+        push(
+            &ci,
+            &ci_key,
+            Body::CiRunReported(CiRun {
+                repository: "bench.example/app".into(),
+                commit: sha.clone(),
+                artifact_digests: [digest.clone()].into(),
+                status: CiStatus::Passed,
+                provider: "bench".into(),
+                pipeline: "build".into(),
+                run_id: i.to_string(),
+                url: String::new(),
+                git_ref: String::new(),
+            }),
+            &mut opened,
+        );
+        let requester = format!("dev{}", (i + 1) % DEVS);
+        let change_id = RecordId::parse(&format!("CHG-{i}")).expect("valid id");
+        push(
+            &id(&requester),
+            &key_of(&requester),
+            Body::ChangeOpened(ChangeOpening {
+                change_id: change_id.clone(),
+                title: format!("change {i}"),
+                repository: "bench.example/app".into(),
+                commits: [sha.clone()].into(),
+                artifact_digests: [digest.clone()].into(),
+                environments: ["staging".to_owned(), "prod".to_owned()].into(),
+                ticket: String::new(),
+                description: String::new(),
+            }),
+            &mut opened,
+        );
+        let seen: BTreeSet<String> = [sha, digest.clone()].into();
+        for k in 0..reviews {
+            // Mostly devs (the author among them), one security reviewer.
+            let reviewer = if k + 1 == reviews {
+                format!("sec{}", i % SECS)
+            } else {
+                format!("dev{}", (i + k) % DEVS)
+            };
+            push(
+                &id(&reviewer),
+                &key_of(&reviewer),
+                Body::ChangeReviewed(ChangeReview {
+                    change_id: change_id.clone(),
+                    seen_subjects: seen.clone(),
+                    approve: true,
+                    comment: String::new(),
+                }),
+                &mut reviewed,
+            );
+        }
+        if i % 2 == 0 {
+            push(
+                &ci,
+                &ci_key,
+                Body::DeployRequested(DeployRequest {
+                    action: "deploy".into(),
+                    environment: "staging".into(),
+                    repository: None,
+                    kind: None,
+                    namespace: None,
+                    subjects: [digest].into(),
+                    change_id: None,
+                    break_glass: false,
+                    justification: String::new(),
+                }),
+                &mut deployed,
+            );
+        }
+    }
+    vec![principals, opened, reviewed, deployed]
+}
+
+/// A data directory whose genesis policy is [`BENCH_POLICY`] and whose
+/// admin key is the bench's deterministic one.
+pub fn bench_datadir(root: &std::path::Path) -> Result<DataDir, CliError> {
+    let dd = DataDir::new(root);
+    dd.init(&InitOptions {
+        listen: "127.0.0.1:0".into(),
+        origin: "bench/log".into(),
+        policy: Some(BENCH_POLICY.into()),
+        ..InitOptions::default()
+    })
+    .map_err(CliError::failed)?;
+    Ok(dd)
+}
+
+/// Appends `envs` in process with 256 concurrent tasks; returns appends/s.
+pub async fn fill(svc: &Arc<Service>, envs: Vec<Envelope>) -> Result<f64, CliError> {
+    let n = envs.len();
+    let t = Instant::now();
+    let (tx, rx) = mpsc::channel::<Envelope>(4096);
+    let rx = Arc::new(tokio::sync::Mutex::new(rx));
+    let mut workers = Vec::new();
+    for _ in 0..256 {
+        let svc = svc.clone();
+        let rx = rx.clone();
+        workers.push(tokio::spawn(async move {
+            loop {
+                let next = rx.lock().await.recv().await;
+                let Some(env) = next else { break };
+                svc.append(env, "CN=bench".into())
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+            Ok::<(), String>(())
+        }));
+    }
+    for env in envs {
+        tx.send(env)
+            .await
+            .map_err(|_| CliError::failed("bench workers stopped"))?;
+    }
+    drop(tx);
+    for w in workers {
+        w.await
+            .map_err(|e| CliError::failed(e.to_string()))?
+            .map_err(CliError::failed)?;
+    }
+    Ok(n as f64 / t.elapsed().as_secs_f64())
+}
+
+fn request(i: usize) -> pb::AuthorizeRequest {
+    let (_, _, digest) = subjects_of(i);
+    pb::AuthorizeRequest {
+        action: "deploy".into(),
+        environment: "prod".into(),
+        subjects: vec![digest],
+        actor: "ci".into(),
+        ..Default::default()
+    }
+}
+
+pub(crate) async fn run(a: BenchAuthorizeArgs) -> CliResult {
+    let failed = |e: &dyn std::fmt::Display| CliError::failed(e.to_string());
+    let guard = TempDir::new().map_err(|e| failed(&e))?;
+    let dd = bench_datadir(&guard.0.join("data"))?;
+    let svc = dd.open_service(Config::default()).map_err(|e| failed(&e))?;
+    // The generated events are signed by deterministic keys; register the
+    // bench's admin key with the real admin first.
+    register_bench_admin(&dd, &svc).await?;
+    let t = Instant::now();
+    let waves = governance_events(a.changes, a.reviews);
+    let sign_secs = t.elapsed().as_secs_f64();
+    let n_events: usize = waves.iter().map(Vec::len).sum();
+    let t = Instant::now();
+    for wave in waves {
+        fill(&svc, wave).await?;
+    }
+    let rate = n_events as f64 / t.elapsed().as_secs_f64();
+    let (changes, reviews) = svc.with_state(|s| {
+        (
+            s.gov().change_count(),
+            s.gov().changes().map(|c| c.reviews.len()).sum::<usize>(),
+        )
+    });
+    println!(
+        "docket bench-authorize: {n_events} events signed in {sign_secs:.1} s, appended at {rate:.0}/s in process; state holds {changes} changes and {reviews} reviews"
+    );
+    let allowed = (0..a.changes.min(1000))
+        .filter(|&i| {
+            let (_, _, d) = subjects_of(i);
+            svc.with_state(|s| s.decide(&prod(&d, s.last_time()), None).allow)
+        })
+        .count();
+    println!(
+        "decisions on the first {} changes: {allowed} allow, {} deny (promotion order)",
+        a.changes.min(1000),
+        a.changes.min(1000) - allowed
+    );
+    println!();
+    println!("| phase | ops | ops/s | p50 ms | p99 ms |");
+    println!("|---|---|---|---|---|");
+    let hi = a.concurrency.max(1);
+    for &conc in &[1usize, hi] {
+        let n = if conc == 1 { a.ops / 4 } else { a.ops };
+        in_process(&svc, conc, n, a.changes).await?.print();
+    }
+    let server = Server::bind(
+        "127.0.0.1:0",
+        svc.clone(),
+        Transport::dev_mtls(&dd).map_err(|e| failed(&e))?,
+    )
+    .await
+    .map_err(|e| failed(&e))?;
+    let port = server.local_addr().map_err(|e| failed(&e))?.port();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let handle = tokio::spawn(server.run(async {
+        let _ = stop_rx.await;
+    }));
+    let tls = dd.tls();
+    let conn = Conn {
+        url: format!("https://127.0.0.1:{port}"),
+        ca: tls.ca_cert,
+        cert: tls.client_cert,
+        key: tls.client_key,
+        plaintext: false,
+    };
+    let client = conn.governance().await?;
+    for &conc in &[1usize, hi] {
+        let n = if conc == 1 { a.ops / 4 } else { a.ops };
+        over_grpc(&client, conc, n, a.changes).await?.print();
+    }
+    drop(client);
+    let _ = stop_tx.send(());
+    handle
+        .await
+        .map_err(|e| failed(&e))?
+        .map_err(|e| failed(&e))?;
+    Ok(())
+}
+
+/// Registers the bench's deterministic admin key as a second key of the
+/// data directory's admin, signed with the real admin key.
+async fn register_bench_admin(dd: &DataDir, svc: &Arc<Service>) -> CliResult {
+    let admin = crate::crypto::read_signing_key(&dd.admin_key()).map_err(CliError::failed)?;
+    let ev = Event {
+        event_id: "bench-admin-key".into(),
+        claimed_time_nanos: now_nanos(),
+        signer: PrincipalId::parse("admin").expect("valid id"),
+        body: Body::KeyRotated {
+            principal: PrincipalId::parse("admin").expect("valid id"),
+            new_key: key_of("admin").verifying_key(),
+            old_key: None,
+        },
+    };
+    svc.append(sign_event(&ev, &admin), "CN=bench".into())
+        .await
+        .map_err(CliError::failed)?;
+    Ok(())
+}
+
+fn prod(digest: &str, at: i64) -> crate::policy::Request {
+    crate::policy::Request {
+        action: "deploy".into(),
+        environment: "prod".into(),
+        repository: None,
+        kind: None,
+        namespace: None,
+        subjects: [digest.to_owned()].into(),
+        actor: "ci".into(),
+        break_glass: false,
+        at: jiff::Timestamp::from_nanosecond(i128::from(at.max(now_nanos())))
+            .unwrap_or(jiff::Timestamp::UNIX_EPOCH),
+    }
+}
+
+async fn in_process(
+    svc: &Arc<Service>,
+    conc: usize,
+    n: usize,
+    changes: usize,
+) -> Result<Stats, CliError> {
+    let per = n / conc;
+    // Requests built before timing, like the pre-signed envelopes elsewhere.
+    let reqs: Arc<Vec<crate::policy::Request>> = Arc::new(
+        (0..changes)
+            .map(|i| prod(&subjects_of(i).2, now_nanos()))
+            .collect(),
+    );
+    let t = Instant::now();
+    let mut tasks = Vec::new();
+    for w in 0..conc {
+        let svc = svc.clone();
+        let reqs = reqs.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::with_capacity(per);
+            for k in 0..per {
+                let req = &reqs[(w * 7919 + k * 31) % reqs.len()];
+                let s = Instant::now();
+                let (d, _) = svc
+                    .read_durable(|st| st.decide(req, None))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                std::hint::black_box(d);
+                lat.push(s.elapsed().as_micros() as u64);
+            }
+            Ok::<_, String>(lat)
+        }));
+    }
+    let lat_us = join(tasks).await?;
+    Ok(Stats {
+        name: format!("Authorize in process, {conc} task(s)"),
+        ops: per * conc,
+        secs: t.elapsed().as_secs_f64(),
+        lat_us,
+    })
+}
+
+async fn over_grpc(
+    client: &pb::governance_client::GovernanceClient<tonic::transport::Channel>,
+    conc: usize,
+    n: usize,
+    changes: usize,
+) -> Result<Stats, CliError> {
+    let per = n / conc;
+    let reqs: Arc<Vec<pb::AuthorizeRequest>> = Arc::new((0..changes).map(request).collect());
+    let t = Instant::now();
+    let mut tasks = Vec::new();
+    for w in 0..conc {
+        let mut c = client.clone();
+        let reqs = reqs.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::with_capacity(per);
+            for k in 0..per {
+                let req = reqs[(w * 7919 + k * 31) % reqs.len()].clone();
+                let s = Instant::now();
+                c.authorize(req).await.map_err(|e| e.to_string())?;
+                lat.push(s.elapsed().as_micros() as u64);
+            }
+            Ok::<_, String>(lat)
+        }));
+    }
+    let lat_us = join(tasks).await?;
+    Ok(Stats {
+        name: format!("Authorize over mTLS gRPC, {conc} client(s)"),
+        ops: per * conc,
+        secs: t.elapsed().as_secs_f64(),
+        lat_us,
+    })
+}

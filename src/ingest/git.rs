@@ -1,0 +1,344 @@
+//! Git ingestion: reads commits from a repository with git2 and turns each
+//! into a [`CommitObservation`]: the raw commit object (so anyone can
+//! recompute its id and re-check its signature), the paths it changed, and a
+//! verdict on its signature.
+//!
+//! Signature verdicts:
+//! - SSH signatures (`gpg.format=ssh`) are verified with the namespace `git`
+//!   over the commit without its `gpgsig` header, against the trusted keys:
+//!   the principals' Ed25519 keys and an allowed-signers file. A trusted key
+//!   whose signature does not verify (e.g. the author line was rewritten) is
+//!   `Bad`; a key nobody trusts is `UntrustedKey`.
+//! - OpenPGP and X.509 signatures are recorded as `Unverifiable`: Docket does
+//!   not check them, and says so rather than guessing.
+//! - Commits without a signature are `Unsigned`.
+
+use std::path::{Path, PathBuf};
+
+use ssh_key::public::KeyData;
+use ssh_key::{HashAlg, SshSig};
+
+use crate::event::git::{parse_commit, signed_payload};
+use crate::event::{
+    ChangedPaths, CommitObservation, CommitSignature, SignatureFormat, SignatureVerdict,
+};
+
+/// Why ingestion failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum IngestError {
+    #[error("git repository {path}: {source}")]
+    Open { path: String, source: git2::Error },
+    #[error("{what}: {source}")]
+    Git { what: String, source: git2::Error },
+    #[error("commit {sha}: {reason}")]
+    Commit { sha: String, reason: String },
+    #[error("allowed-signers file {path} line {line}: {reason}")]
+    AllowedSigners {
+        path: String,
+        line: usize,
+        reason: String,
+    },
+    #[error("give --range A..B or at least one --ref")]
+    NoRevisions,
+}
+
+/// A key trusted to sign commits, and whose it is.
+#[derive(Clone, Debug)]
+pub struct TrustedKey {
+    /// A principal id, or the identity column of an allowed-signers line.
+    pub identity: String,
+    pub key: KeyData,
+}
+
+impl TrustedKey {
+    /// A principal's Ed25519 key as an SSH key.
+    pub fn principal(id: &str, key: &ed25519_dalek::VerifyingKey) -> Self {
+        TrustedKey {
+            identity: id.to_owned(),
+            key: KeyData::Ed25519(ssh_key::public::Ed25519PublicKey(key.to_bytes())),
+        }
+    }
+}
+
+/// Reads an allowed-signers file (`ssh-keygen -Y verify` format):
+/// `identities [options] keytype base64 [comment]`, `#` comments. Lines
+/// whose `namespaces=` option excludes `git` are skipped.
+pub fn read_allowed_signers(path: &Path) -> Result<Vec<TrustedKey>, IngestError> {
+    let shown = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| IngestError::AllowedSigners {
+        path: shown.clone(),
+        line: 0,
+        reason: e.to_string(),
+    })?;
+    let mut out = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let bad = |reason: String| IngestError::AllowedSigners {
+            path: shown.clone(),
+            line: n + 1,
+            reason,
+        };
+        let mut fields = line.split_ascii_whitespace();
+        let identities = fields.next().unwrap_or_default();
+        let mut next = fields
+            .next()
+            .ok_or_else(|| bad("no key after the identities".into()))?;
+        let mut options = "";
+        if !is_key_type(next) {
+            options = next;
+            next = fields
+                .next()
+                .ok_or_else(|| bad("no key type after the options".into()))?;
+        }
+        let b64 = fields
+            .next()
+            .ok_or_else(|| bad(format!("no key data after {next}")))?;
+        let key = ssh_key::PublicKey::from_openssh(&format!("{next} {b64}"))
+            .map_err(|e| bad(format!("key: {e}")))?;
+        let namespaces = options
+            .split(',')
+            .find_map(|o| o.strip_prefix("namespaces="))
+            .map(|v| v.trim_matches('"'));
+        if namespaces.is_some_and(|ns| !ns.split(',').any(|n| n == "git")) {
+            continue;
+        }
+        for id in identities.split(',') {
+            out.push(TrustedKey {
+                identity: id.to_owned(),
+                key: key.key_data().clone(),
+            });
+        }
+    }
+    Ok(out)
+}
+
+fn is_key_type(s: &str) -> bool {
+    s.starts_with("ssh-") || s.starts_with("ecdsa-") || s.starts_with("sk-")
+}
+
+/// What to read from which repository.
+#[derive(Clone, Debug)]
+pub struct GitSource {
+    pub repo: PathBuf,
+    /// `A..B`: the commits reachable from B and not from A.
+    pub range: Option<String>,
+    /// Refs (or any revision) whose whole history is read.
+    pub refs: Vec<String>,
+    /// The repository's name in events; default: derived from the
+    /// `origin` remote, else the directory name.
+    pub repository: Option<String>,
+}
+
+/// Reads the commits of `src`, parents before children, each with its
+/// signature verdict under `trusted`.
+pub fn observe(
+    src: &GitSource,
+    trusted: &[TrustedKey],
+) -> Result<Vec<CommitObservation>, IngestError> {
+    let repo = git2::Repository::open(&src.repo).map_err(|source| IngestError::Open {
+        path: src.repo.display().to_string(),
+        source,
+    })?;
+    let git = |what: &str| {
+        let what = what.to_owned();
+        move |source| IngestError::Git { what, source }
+    };
+    let repository = match &src.repository {
+        Some(r) => r.clone(),
+        None => default_name(&repo, &src.repo),
+    };
+    let mut walk = repo.revwalk().map_err(git("revwalk"))?;
+    walk.set_sorting(git2::Sort::TOPOLOGICAL | git2::Sort::REVERSE)
+        .map_err(git("revwalk"))?;
+    if src.range.is_none() && src.refs.is_empty() {
+        return Err(IngestError::NoRevisions);
+    }
+    if let Some(range) = &src.range {
+        walk.push_range(range)
+            .map_err(git(&format!("range {range}")))?;
+    }
+    for r in &src.refs {
+        let obj = repo.revparse_single(r).map_err(git(&format!("ref {r}")))?;
+        walk.push(obj.id()).map_err(git(&format!("ref {r}")))?;
+    }
+    let odb = repo.odb().map_err(git("object database"))?;
+    let mut out = Vec::new();
+    for oid in walk {
+        let oid = oid.map_err(git("revwalk"))?;
+        let sha = oid.to_string();
+        let raw = odb
+            .read(oid)
+            .map_err(git(&format!("reading commit {sha}")))?
+            .data()
+            .to_vec();
+        let commit = parse_commit(&raw).map_err(|e| IngestError::Commit {
+            sha: sha.clone(),
+            reason: e.to_string(),
+        })?;
+        let changed = changed_paths(&repo, oid).map_err(git(&format!("diff of {sha}")))?;
+        let signature = verdict(&raw, &commit, trusted);
+        out.push(CommitObservation {
+            repository: repository.clone(),
+            sha,
+            raw,
+            commit,
+            changed,
+            signature,
+        });
+    }
+    Ok(out)
+}
+
+/// `github.com/acme/payments` from `git@github.com:acme/payments.git` or
+/// `https://github.com/acme/payments.git`; else the directory name.
+fn default_name(repo: &git2::Repository, path: &Path) -> String {
+    let url = repo
+        .find_remote("origin")
+        .ok()
+        .and_then(|r| r.url().ok().map(str::to_owned));
+    if let Some(url) = url {
+        let s = url.trim_end_matches('/').trim_end_matches(".git");
+        let s = s.split_once("://").map(|(_, r)| r).unwrap_or(s);
+        let s = s.rsplit_once('@').map(|(_, r)| r).unwrap_or(s);
+        let s = s.replacen(':', "/", 1);
+        if !s.is_empty() && !s.contains(char::is_whitespace) {
+            return s;
+        }
+    }
+    std::fs::canonicalize(path)
+        .ok()
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .unwrap_or_else(|| "repository".into())
+}
+
+fn changed_paths(repo: &git2::Repository, oid: git2::Oid) -> Result<ChangedPaths, git2::Error> {
+    let commit = repo.find_commit(oid)?;
+    let tree = commit.tree()?;
+    let parent_tree = match commit.parent(0) {
+        Ok(p) => Some(p.tree()?),
+        Err(_) => None,
+    };
+    let diff = repo.diff_tree_to_tree(parent_tree.as_ref(), Some(&tree), None)?;
+    let mut out = ChangedPaths::default();
+    for d in diff.deltas() {
+        match d.status() {
+            git2::Delta::Added | git2::Delta::Copied => out.added += 1,
+            git2::Delta::Deleted => out.deleted += 1,
+            _ => out.modified += 1,
+        }
+        let path = d
+            .new_file()
+            .path()
+            .or_else(|| d.old_file().path())
+            .map(|p| p.to_string_lossy().into_owned());
+        if let Some(p) = path {
+            if out.paths.len() < 100 {
+                out.paths.push(p);
+            } else {
+                out.truncated = true;
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn verdict(
+    raw: &[u8],
+    commit: &crate::event::GitCommit,
+    trusted: &[TrustedKey],
+) -> CommitSignature {
+    let sig =
+        |format, verdict, signer_identity: String, key_fingerprint: String, detail: String| {
+            CommitSignature {
+                format,
+                verdict,
+                signer_identity,
+                key_fingerprint,
+                detail,
+            }
+        };
+    let Some(armored) = &commit.signature else {
+        return sig(
+            SignatureFormat::None,
+            SignatureVerdict::Unsigned,
+            String::new(),
+            String::new(),
+            "the commit carries no signature".into(),
+        );
+    };
+    if armored.starts_with("-----BEGIN PGP SIGNATURE-----") {
+        return sig(
+            SignatureFormat::OpenPgp,
+            SignatureVerdict::Unverifiable,
+            String::new(),
+            String::new(),
+            "OpenPGP signature present; Docket does not verify OpenPGP signatures".into(),
+        );
+    }
+    if armored.starts_with("-----BEGIN SIGNED MESSAGE-----") {
+        return sig(
+            SignatureFormat::X509,
+            SignatureVerdict::Unverifiable,
+            String::new(),
+            String::new(),
+            "X.509 (gpgsm) signature present; Docket does not verify X.509 signatures".into(),
+        );
+    }
+    if !armored.starts_with("-----BEGIN SSH SIGNATURE-----") {
+        return sig(
+            SignatureFormat::Unknown,
+            SignatureVerdict::Unverifiable,
+            String::new(),
+            String::new(),
+            "a signature of an unknown format".into(),
+        );
+    }
+    let parsed = match SshSig::from_pem(armored.as_bytes()) {
+        Ok(s) => s,
+        Err(e) => {
+            return sig(
+                SignatureFormat::Ssh,
+                SignatureVerdict::Unverifiable,
+                String::new(),
+                String::new(),
+                format!("malformed SSH signature: {e}"),
+            );
+        }
+    };
+    let key = parsed.public_key().clone();
+    let fingerprint = key.fingerprint(HashAlg::Sha256).to_string();
+    let Some(owner) = trusted.iter().find(|t| t.key == key) else {
+        return sig(
+            SignatureFormat::Ssh,
+            SignatureVerdict::UntrustedKey,
+            String::new(),
+            fingerprint.clone(),
+            format!("signed with {fingerprint}, which no principal or allowed signer holds"),
+        );
+    };
+    let payload = signed_payload(raw);
+    let public = ssh_key::PublicKey::from(key);
+    match public.verify("git", &payload, &parsed) {
+        Ok(()) => sig(
+            SignatureFormat::Ssh,
+            SignatureVerdict::Verified,
+            owner.identity.clone(),
+            fingerprint,
+            format!("good SSH signature by {}", owner.identity),
+        ),
+        Err(e) => sig(
+            SignatureFormat::Ssh,
+            SignatureVerdict::Bad,
+            owner.identity.clone(),
+            fingerprint,
+            format!(
+                "{}'s key made this signature, but it does not verify over this commit ({e}): the commit was changed after signing",
+                owner.identity
+            ),
+        ),
+    }
+}

@@ -1,0 +1,1395 @@
+//! The governance projection: policies and proposals, changes and their
+//! reviews, commits, CI runs, recorded deployments with their decisions, and
+//! break-glass obligations. Folded from the log like the identity state, and
+//! the source of every [`DecisionRecord`].
+//!
+//! Records are persisted with postcard under these keys of the `state` tree
+//! (integers big-endian):
+//! - `v/` u64 version → [`PolicyVersionRec`]
+//! - `q/` proposal id → [`ProposalRec`]
+//! - `c/` change id → [`ChangeRec`]
+//! - `g/` commit sha → [`CommitRec`]
+//! - `r/` u64 index → [`CiRec`]
+//! - `x/` u64 index → [`DeployRec`] (with its decision)
+//! - `o/` u64 index → [`ObligationRec`]
+//! - `h/` u64 index → empty: an identity or policy entry (for evidence export)
+//!
+//! The indexes by subject and by e-mail, the parsed active policy and the
+//! principals' facts are derived from those records when the state is loaded.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, LazyLock};
+
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+
+use super::{ApplyError, State, StateCodecError};
+use crate::event::{
+    BreakGlassReview, ChangeAmendment, ChangeOpening, ChangeReview, CiRun, CiStatus,
+    CommitObservation, DeployRequest, PolicyProposal, PrincipalId, PrincipalKind,
+};
+use crate::policy::{self, Permission, Policy, PrincipalFacts};
+
+// === persisted records ===
+
+/// A policy version that was in force.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyVersionRec {
+    pub version: u64,
+    pub text: String,
+    /// BLAKE3 of the text, hex.
+    pub digest: String,
+    /// The entry that activated it (0 for the genesis policy).
+    pub activated_at: u64,
+    pub proposal_id: String,
+    pub approvers: Vec<String>,
+}
+
+/// A policy proposal and who approved it so far.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProposalRec {
+    pub id: String,
+    pub proposer: String,
+    pub text: String,
+    pub digest: String,
+    pub base_version: u64,
+    pub description: String,
+    pub index: u64,
+    /// Approvers and the entries that recorded their approvals.
+    pub approvals: Vec<(String, u64)>,
+    /// The version it became, once active.
+    pub activated_as: Option<u64>,
+}
+
+/// One revision of a change: what it bound.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RevisionRec {
+    pub index: u64,
+    pub at_nanos: i64,
+    pub by: String,
+    pub commits: BTreeSet<String>,
+    pub digests: BTreeSet<String>,
+    pub environments: BTreeSet<String>,
+    pub reason: String,
+}
+
+impl RevisionRec {
+    /// Commits and digests together.
+    pub fn subjects(&self) -> BTreeSet<String> {
+        self.commits.union(&self.digests).cloned().collect()
+    }
+}
+
+/// An approval or rejection.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReviewRec {
+    pub index: u64,
+    pub at_nanos: i64,
+    pub reviewer: String,
+    pub seen: BTreeSet<String>,
+    pub approve: bool,
+    pub comment: String,
+}
+
+/// A change with its revisions, reviews and deployments.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChangeRec {
+    pub id: String,
+    pub title: String,
+    pub repository: String,
+    pub ticket: String,
+    pub description: String,
+    /// The opener, then everyone who amended it (each once).
+    pub requesters: Vec<String>,
+    /// Never empty: revision n is `revisions[n-1]`.
+    pub revisions: Vec<RevisionRec>,
+    pub reviews: Vec<ReviewRec>,
+    /// DeployRequested entries that named or resolved to it.
+    pub deployments: Vec<u64>,
+}
+
+impl ChangeRec {
+    /// The current revision.
+    pub fn current(&self) -> &RevisionRec {
+        // Opening a change creates its first revision; none is ever removed.
+        self.revisions.last().expect("a change has a revision")
+    }
+}
+
+/// A git identity line.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PersonRec {
+    pub name: String,
+    pub email: String,
+    pub time: i64,
+}
+
+/// What the fold keeps of a commit (the raw object stays in the log).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommitRec {
+    pub sha: String,
+    pub index: u64,
+    pub repository: String,
+    pub parents: Vec<String>,
+    pub author: PersonRec,
+    pub committer: PersonRec,
+    pub summary: String,
+    /// `SignatureVerdict::name()`.
+    pub signature: String,
+    pub signer_identity: String,
+    pub changed_files: u32,
+}
+
+/// A CI run.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CiRec {
+    pub index: u64,
+    pub at_nanos: i64,
+    pub builder: String,
+    pub passed: bool,
+    pub status: String,
+    pub repository: String,
+    pub commit: String,
+    pub digests: BTreeSet<String>,
+    pub provider: String,
+    pub pipeline: String,
+    pub run_id: String,
+    pub url: String,
+}
+
+impl CiRec {
+    fn describe(&self) -> String {
+        let run = if self.run_id.is_empty() {
+            "a run".to_owned()
+        } else {
+            format!("run {}", self.run_id)
+        };
+        let via = if self.pipeline.is_empty() && self.provider.is_empty() {
+            String::new()
+        } else {
+            format!(" of {} {}", self.provider, self.pipeline)
+                .trim_end()
+                .to_owned()
+        };
+        format!("{run}{via} {} at entry {}", self.status, self.index)
+    }
+}
+
+/// An approval that counted.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CountedRec {
+    pub approver: String,
+    pub roles: String,
+    pub index: u64,
+}
+
+/// A review that did not count.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NotCountedRec {
+    pub approver: String,
+    pub reason: String,
+    pub index: u64,
+}
+
+/// An obligation a decision opened.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObligationDue {
+    pub description: String,
+    pub due_nanos: i64,
+    pub not_by: String,
+}
+
+/// A decision: the verdict with the policy version and facts it used.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DecisionRecord {
+    pub allow: bool,
+    pub rule: Option<String>,
+    pub reasons: Vec<String>,
+    pub counted: Vec<CountedRec>,
+    pub not_counted: Vec<NotCountedRec>,
+    pub obligations: Vec<ObligationDue>,
+    pub policy_version: u64,
+    pub policy_digest: String,
+    /// The change considered and its revision.
+    pub change: Option<(String, u32)>,
+    /// Entries folded into the state that decided (for a recorded
+    /// deployment: its own index).
+    pub log_size: u64,
+    pub at_nanos: i64,
+}
+
+/// A recorded deployment and its decision.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeployRec {
+    pub index: u64,
+    pub actor: String,
+    pub action: String,
+    pub environment: String,
+    pub repository: Option<String>,
+    pub kind: Option<String>,
+    pub namespace: Option<String>,
+    pub subjects: BTreeSet<String>,
+    pub break_glass: bool,
+    pub justification: String,
+    pub decision: DecisionRecord,
+}
+
+/// The review of a break-glass deployment.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BreakGlassReviewRec {
+    pub index: u64,
+    pub at_nanos: i64,
+    pub reviewer: String,
+    pub justified: bool,
+    pub comment: String,
+}
+
+/// A break-glass review obligation.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObligationRec {
+    pub deployment_index: u64,
+    pub actor: String,
+    pub environment: String,
+    pub subjects: BTreeSet<String>,
+    pub justification: String,
+    pub opened_nanos: i64,
+    pub due_nanos: i64,
+    pub review: Option<BreakGlassReviewRec>,
+}
+
+/// Where an obligation stands at some time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ObligationStatus {
+    Open,
+    Overdue,
+    Closed,
+    ClosedLate,
+}
+
+impl ObligationStatus {
+    /// As the CLI and reports spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            ObligationStatus::Open => "open",
+            ObligationStatus::Overdue => "overdue",
+            ObligationStatus::Closed => "closed",
+            ObligationStatus::ClosedLate => "closed-late",
+        }
+    }
+}
+
+impl ObligationRec {
+    /// Its status at `now` (Unix nanoseconds). A review after `now` is
+    /// not yet known then.
+    pub fn status(&self, now: i64) -> ObligationStatus {
+        match &self.review {
+            Some(r) if r.at_nanos <= now => {
+                if r.at_nanos <= self.due_nanos {
+                    ObligationStatus::Closed
+                } else {
+                    ObligationStatus::ClosedLate
+                }
+            }
+            _ if now > self.due_nanos => ObligationStatus::Overdue,
+            _ => ObligationStatus::Open,
+        }
+    }
+}
+
+/// A violation: something a policy demanded that did not happen.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Violation {
+    /// `overdue-review`, `late-review` or `unjustified-break-glass`.
+    pub kind: &'static str,
+    pub index: u64,
+    pub description: String,
+    pub at_nanos: i64,
+}
+
+/// Violations among `obligations` at `now`.
+pub fn violations<'a>(
+    obligations: impl IntoIterator<Item = &'a ObligationRec>,
+    now: i64,
+) -> Vec<Violation> {
+    let mut out = Vec::new();
+    for o in obligations {
+        let what = format!(
+            "break-glass {} to {} by {} (entry {})",
+            if o.subjects.len() == 1 {
+                "deployment"
+            } else {
+                "deployments"
+            },
+            o.environment,
+            o.actor,
+            o.deployment_index
+        );
+        match o.status(now) {
+            ObligationStatus::Overdue => out.push(Violation {
+                kind: "overdue-review",
+                index: o.deployment_index,
+                description: format!(
+                    "{what}: no review by someone else; it was due {}",
+                    fmt_nanos(o.due_nanos)
+                ),
+                at_nanos: o.due_nanos,
+            }),
+            ObligationStatus::ClosedLate => {
+                let r = o.review.as_ref().expect("closed means reviewed");
+                out.push(Violation {
+                    kind: "late-review",
+                    index: o.deployment_index,
+                    description: format!(
+                        "{what}: reviewed by {} at {}, after the deadline {}",
+                        r.reviewer,
+                        fmt_nanos(r.at_nanos),
+                        fmt_nanos(o.due_nanos)
+                    ),
+                    at_nanos: r.at_nanos,
+                });
+            }
+            ObligationStatus::Open | ObligationStatus::Closed => {}
+        }
+        if let Some(r) = o
+            .review
+            .as_ref()
+            .filter(|r| r.at_nanos <= now && !r.justified)
+        {
+            out.push(Violation {
+                kind: "unjustified-break-glass",
+                index: o.deployment_index,
+                description: format!(
+                    "{what}: {} found it unjustified (entry {}): {}",
+                    r.reviewer, r.index, r.comment
+                ),
+                at_nanos: r.at_nanos,
+            });
+        }
+    }
+    out
+}
+
+/// RFC 3339 text of a Unix-nanosecond time.
+pub fn fmt_nanos(n: i64) -> String {
+    Timestamp::from_nanosecond(i128::from(n))
+        .map(|t| t.to_string())
+        .unwrap_or_else(|_| n.to_string())
+}
+
+fn ts(nanos: i64) -> Timestamp {
+    // Every i64 nanosecond count is within jiff's range.
+    Timestamp::from_nanosecond(i128::from(nanos)).unwrap_or(Timestamp::UNIX_EPOCH)
+}
+
+fn digest_hex(text: &str) -> String {
+    hex::encode(crate::crypto::blake3_256(text.as_bytes()))
+}
+
+static DEFAULT: LazyLock<Arc<Policy>> = LazyLock::new(|| {
+    // A unit test parses DEFAULT_POLICY, so this cannot fail in a build that passed its tests.
+    Arc::new(Policy::parse(policy::DEFAULT_POLICY).expect("the built-in default policy parses"))
+});
+
+// === the projection ===
+
+/// What changed since the last `take_changes`, by record key.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Dirty {
+    policies: BTreeSet<u64>,
+    proposals: BTreeSet<String>,
+    changes: BTreeSet<String>,
+    commits: BTreeSet<String>,
+    ci: BTreeSet<u64>,
+    deploys: BTreeSet<u64>,
+    obligations: BTreeSet<u64>,
+    history: BTreeSet<u64>,
+}
+
+/// The governance part of [`State`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Gov {
+    policies: Vec<PolicyVersionRec>,
+    active: Option<Arc<Policy>>,
+    proposals: BTreeMap<String, ProposalRec>,
+    changes: BTreeMap<String, ChangeRec>,
+    commits: HashMap<String, CommitRec>,
+    ci: BTreeMap<u64, CiRec>,
+    deploys: BTreeMap<u64, DeployRec>,
+    obligations: BTreeMap<u64, ObligationRec>,
+    history: BTreeSet<u64>,
+    // Derived from the records above (rebuilt by `load`).
+    by_subject: HashMap<String, BTreeSet<String>>,
+    ci_by_subject: HashMap<String, Vec<u64>>,
+    deployed: HashMap<String, Vec<u64>>,
+    dirty: Dirty,
+}
+
+fn be(n: u64) -> [u8; 8] {
+    n.to_be_bytes()
+}
+
+fn rec_key(prefix: &[u8], id: &[u8]) -> Vec<u8> {
+    let mut k = prefix.to_vec();
+    k.extend_from_slice(id);
+    k
+}
+
+fn encode<T: Serialize>(v: &T) -> Vec<u8> {
+    // Serialising plain structs of strings, integers and collections into a
+    // Vec cannot fail.
+    postcard::to_stdvec(v).expect("postcard encodes state records")
+}
+
+fn decode<'a, T: Deserialize<'a>>(b: &'a [u8], what: &'static str) -> Result<T, StateCodecError> {
+    postcard::from_bytes(b).map_err(|_| StateCodecError::Invalid(what))
+}
+
+fn key_u64(k: &[u8], what: &'static str) -> Result<u64, StateCodecError> {
+    let arr: [u8; 8] = k
+        .get(2..)
+        .and_then(|s| s.try_into().ok())
+        .ok_or(StateCodecError::Invalid(what))?;
+    Ok(u64::from_be_bytes(arr))
+}
+
+impl Gov {
+    /// The policy in force.
+    pub fn policy(&self) -> &Policy {
+        self.active.as_deref().unwrap_or(&DEFAULT)
+    }
+
+    /// The record of the policy in force (none before genesis).
+    pub fn active_version(&self) -> Option<&PolicyVersionRec> {
+        self.policies.last()
+    }
+
+    /// Every policy version, oldest first.
+    pub fn policy_versions(&self) -> &[PolicyVersionRec] {
+        &self.policies
+    }
+
+    pub fn proposals(&self) -> impl Iterator<Item = &ProposalRec> {
+        self.proposals.values()
+    }
+
+    pub fn change(&self, id: &str) -> Option<&ChangeRec> {
+        self.changes.get(id)
+    }
+
+    pub fn changes(&self) -> impl Iterator<Item = &ChangeRec> {
+        self.changes.values()
+    }
+
+    pub fn change_count(&self) -> usize {
+        self.changes.len()
+    }
+
+    pub fn commit(&self, sha: &str) -> Option<&CommitRec> {
+        self.commits.get(sha)
+    }
+
+    pub fn ci_run(&self, index: u64) -> Option<&CiRec> {
+        self.ci.get(&index)
+    }
+
+    /// CI runs that mention `subject`, oldest first.
+    pub fn ci_runs_for(&self, subject: &str) -> impl Iterator<Item = &CiRec> {
+        self.ci_by_subject
+            .get(subject)
+            .into_iter()
+            .flatten()
+            .filter_map(|i| self.ci.get(i))
+    }
+
+    pub fn deployment(&self, index: u64) -> Option<&DeployRec> {
+        self.deploys.get(&index)
+    }
+
+    pub fn deployments(&self) -> impl Iterator<Item = &DeployRec> {
+        self.deploys.values()
+    }
+
+    /// Allowed deployments of `subject`, oldest first.
+    pub fn deployments_of(&self, subject: &str) -> impl Iterator<Item = &DeployRec> {
+        self.deployed
+            .get(subject)
+            .into_iter()
+            .flatten()
+            .filter_map(|i| self.deploys.get(i))
+    }
+
+    pub fn obligation(&self, index: u64) -> Option<&ObligationRec> {
+        self.obligations.get(&index)
+    }
+
+    pub fn obligations(&self) -> impl Iterator<Item = &ObligationRec> {
+        self.obligations.values()
+    }
+
+    /// Identity and policy entries, in index order.
+    pub fn history(&self) -> &BTreeSet<u64> {
+        &self.history
+    }
+
+    /// Changes whose current revision binds `subject`.
+    pub fn changes_binding(&self, subject: &str) -> impl Iterator<Item = &ChangeRec> {
+        self.by_subject
+            .get(subject)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.changes.get(id))
+    }
+
+    fn index_change(&mut self, id: &str, old: Option<BTreeSet<String>>) {
+        if let Some(old) = old {
+            for s in old {
+                if let Some(set) = self.by_subject.get_mut(&s) {
+                    set.remove(id);
+                    if set.is_empty() {
+                        self.by_subject.remove(&s);
+                    }
+                }
+            }
+        }
+        if let Some(c) = self.changes.get(id) {
+            for s in c.current().subjects() {
+                self.by_subject.entry(s).or_default().insert(id.to_owned());
+            }
+        }
+    }
+
+    fn index_ci(&mut self, r: &CiRec) {
+        for s in std::iter::once(&r.commit).chain(&r.digests) {
+            self.ci_by_subject
+                .entry(s.clone())
+                .or_default()
+                .push(r.index);
+        }
+    }
+
+    fn index_deploy(&mut self, d: &DeployRec) {
+        if d.decision.allow {
+            for s in &d.subjects {
+                self.deployed.entry(s.clone()).or_default().push(d.index);
+            }
+        }
+    }
+
+    fn set_active(&mut self) -> Result<(), StateCodecError> {
+        self.active = match self.policies.last() {
+            Some(v) => Some(Arc::new(
+                Policy::parse(&v.text).map_err(|_| StateCodecError::Invalid("policy text"))?,
+            )),
+            None => None,
+        };
+        Ok(())
+    }
+
+    /// Key/value writes for every record changed since the last call.
+    pub(super) fn take_changes(&mut self, out: &mut Vec<(Vec<u8>, Vec<u8>)>) {
+        let d = std::mem::take(&mut self.dirty);
+        for v in d.policies {
+            let rec = &self.policies[(v - 1) as usize];
+            out.push((rec_key(b"v/", &be(v)), encode(rec)));
+        }
+        for id in d.proposals {
+            out.push((rec_key(b"q/", id.as_bytes()), encode(&self.proposals[&id])));
+        }
+        for id in d.changes {
+            out.push((rec_key(b"c/", id.as_bytes()), encode(&self.changes[&id])));
+        }
+        for sha in d.commits {
+            out.push((rec_key(b"g/", sha.as_bytes()), encode(&self.commits[&sha])));
+        }
+        for i in d.ci {
+            out.push((rec_key(b"r/", &be(i)), encode(&self.ci[&i])));
+        }
+        for i in d.deploys {
+            out.push((rec_key(b"x/", &be(i)), encode(&self.deploys[&i])));
+        }
+        for i in d.obligations {
+            out.push((rec_key(b"o/", &be(i)), encode(&self.obligations[&i])));
+        }
+        for i in d.history {
+            out.push((rec_key(b"h/", &be(i)), Vec::new()));
+        }
+    }
+
+    /// Loads one persisted pair; `Ok(false)` when the key is not governance's.
+    pub(super) fn load_pair(&mut self, k: &[u8], v: &[u8]) -> Result<bool, StateCodecError> {
+        match k.get(..2) {
+            Some(b"v/") => {
+                let rec: PolicyVersionRec = decode(v, "policy version")?;
+                if rec.version != self.policies.len() as u64 + 1 {
+                    return Err(StateCodecError::Invalid("policy version order"));
+                }
+                self.policies.push(rec);
+            }
+            Some(b"q/") => {
+                let rec: ProposalRec = decode(v, "proposal")?;
+                self.proposals.insert(rec.id.clone(), rec);
+            }
+            Some(b"c/") => {
+                let rec: ChangeRec = decode(v, "change")?;
+                if rec.revisions.is_empty() {
+                    return Err(StateCodecError::Invalid("change without a revision"));
+                }
+                self.changes.insert(rec.id.clone(), rec);
+            }
+            Some(b"g/") => {
+                let rec: CommitRec = decode(v, "commit")?;
+                self.commits.insert(rec.sha.clone(), rec);
+            }
+            Some(b"r/") => {
+                let rec: CiRec = decode(v, "ci run")?;
+                self.ci.insert(key_u64(k, "ci run key")?, rec);
+            }
+            Some(b"x/") => {
+                let rec: DeployRec = decode(v, "deployment")?;
+                self.deploys.insert(key_u64(k, "deployment key")?, rec);
+            }
+            Some(b"o/") => {
+                let rec: ObligationRec = decode(v, "obligation")?;
+                self.obligations.insert(key_u64(k, "obligation key")?, rec);
+            }
+            Some(b"h/") => {
+                self.history.insert(key_u64(k, "history key")?);
+            }
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+
+    /// Rebuilds the derived indexes after loading.
+    pub(super) fn finish_load(&mut self) -> Result<(), StateCodecError> {
+        self.set_active()?;
+        let ids: Vec<String> = self.changes.keys().cloned().collect();
+        for id in ids {
+            self.index_change(&id, None);
+        }
+        let runs: Vec<CiRec> = self.ci.values().cloned().collect();
+        for r in &runs {
+            self.index_ci(r);
+        }
+        let deploys: Vec<DeployRec> = self.deploys.values().cloned().collect();
+        for d in &deploys {
+            self.index_deploy(d);
+        }
+        Ok(())
+    }
+}
+
+// === rules and decisions ===
+
+impl State {
+    /// The governance projection.
+    pub fn gov(&self) -> &Gov {
+        &self.gov
+    }
+
+    /// What evaluation knows of each principal.
+    pub fn principal_facts(&self) -> &BTreeMap<String, PrincipalFacts> {
+        &self.facts
+    }
+
+    fn permits(&self, who: &PrincipalId, perm: Permission) -> bool {
+        self.principals
+            .get(who)
+            .is_some_and(|p| self.gov.policy().permits(&p.roles, perm))
+    }
+
+    pub(super) fn require(
+        &self,
+        who: &PrincipalId,
+        perm: Permission,
+        action: &'static str,
+    ) -> Result<(), ApplyError> {
+        if self.permits(who, perm) {
+            return Ok(());
+        }
+        let policy = self.gov.policy();
+        let roles = policy.permissions.get(&perm).cloned().unwrap_or_default();
+        Err(ApplyError::Forbidden {
+            signer: who.to_string(),
+            action,
+            why: format!(
+                "policy version {} gives `{}` to role(s) {}",
+                self.gov.active_version().map(|v| v.version).unwrap_or(1),
+                perm.key(),
+                roles.into_iter().collect::<Vec<_>>().join(", ")
+            ),
+        })
+    }
+
+    fn require_human(&self, who: &PrincipalId, action: &'static str) -> Result<(), ApplyError> {
+        match self.principals.get(who) {
+            Some(p) if p.kind == PrincipalKind::Human => Ok(()),
+            _ => Err(ApplyError::Forbidden {
+                signer: who.to_string(),
+                action,
+                why: "only human principals may".into(),
+            }),
+        }
+    }
+
+    /// Checks that under `policy` someone with an active key can still
+    /// register principals and change roles; otherwise nobody ever could.
+    pub(super) fn check_not_locked_out(
+        &self,
+        policy: &Policy,
+        roles_of: impl Fn(&super::PrincipalRecord) -> BTreeSet<String>,
+        key_active: impl Fn(&super::PrincipalRecord, &ed25519_dalek::VerifyingKey) -> bool,
+        what: &str,
+    ) -> Result<(), ApplyError> {
+        for perm in [Permission::RegisterPrincipals, Permission::ChangeRoles] {
+            let someone = self.principals.values().any(|p| {
+                policy.permits(&roles_of(p), perm) && p.active_keys().any(|k| key_active(p, k))
+            });
+            if !someone {
+                return Err(ApplyError::WouldLockOut(format!(
+                    "{what} would leave no principal with an active key holding `{}`",
+                    perm.key()
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies the genesis policy (entry 0).
+    pub(super) fn apply_genesis_policy(&mut self, text: Option<&str>) -> Result<(), ApplyError> {
+        let text = text.unwrap_or(policy::DEFAULT_POLICY);
+        let policy = Policy::parse(text).map_err(|e| ApplyError::BadPolicy(e.to_string()))?;
+        self.check_not_locked_out(
+            &policy,
+            |p| p.roles.clone(),
+            |_, _| true,
+            "the genesis policy",
+        )?;
+        self.gov.policies.push(PolicyVersionRec {
+            version: 1,
+            digest: digest_hex(text),
+            text: text.to_owned(),
+            activated_at: 0,
+            proposal_id: String::new(),
+            approvers: Vec::new(),
+        });
+        self.gov.active = Some(Arc::new(policy));
+        self.gov.dirty.policies.insert(1);
+        self.gov.history.insert(0);
+        self.gov.dirty.history.insert(0);
+        Ok(())
+    }
+
+    /// Marks an identity or policy entry for the evidence history.
+    pub(super) fn note_history(&mut self, index: u64) {
+        self.gov.history.insert(index);
+        self.gov.dirty.history.insert(index);
+    }
+
+    /// Opens a change.
+    pub(super) fn apply_change_opened(
+        &mut self,
+        index: u64,
+        at: i64,
+        signer: &PrincipalId,
+        c: &ChangeOpening,
+    ) -> Result<(), ApplyError> {
+        self.require(signer, Permission::OpenChange, "open changes")?;
+        let id = c.change_id.as_str();
+        if self.gov.changes.contains_key(id) {
+            return Err(ApplyError::ChangeExists(id.to_owned()));
+        }
+        self.gov.changes.insert(
+            id.to_owned(),
+            ChangeRec {
+                id: id.to_owned(),
+                title: c.title.clone(),
+                repository: c.repository.clone(),
+                ticket: c.ticket.clone(),
+                description: c.description.clone(),
+                requesters: vec![signer.to_string()],
+                revisions: vec![RevisionRec {
+                    index,
+                    at_nanos: at,
+                    by: signer.to_string(),
+                    commits: c.commits.clone(),
+                    digests: c.artifact_digests.clone(),
+                    environments: c.environments.clone(),
+                    reason: String::new(),
+                }],
+                reviews: Vec::new(),
+                deployments: Vec::new(),
+            },
+        );
+        self.gov.index_change(id, None);
+        self.gov.dirty.changes.insert(id.to_owned());
+        Ok(())
+    }
+
+    /// Amends a change: a new revision.
+    pub(super) fn apply_change_amended(
+        &mut self,
+        index: u64,
+        at: i64,
+        signer: &PrincipalId,
+        a: &ChangeAmendment,
+    ) -> Result<(), ApplyError> {
+        let id = a.change_id.as_str();
+        let c = self
+            .gov
+            .changes
+            .get(id)
+            .ok_or_else(|| ApplyError::UnknownChange(id.to_owned()))?;
+        if !c.requesters.iter().any(|r| r == signer.as_str()) {
+            self.require(signer, Permission::OpenChange, "amend changes")?;
+        }
+        let cur = c.current();
+        let environments = if a.environments.is_empty() {
+            cur.environments.clone()
+        } else {
+            a.environments.clone()
+        };
+        if cur.commits == a.commits
+            && cur.digests == a.artifact_digests
+            && cur.environments == environments
+        {
+            return Err(ApplyError::AmendChangesNothing(id.to_owned()));
+        }
+        let old = cur.subjects();
+        let c = self.gov.changes.get_mut(id).expect("looked up just above");
+        if !c.requesters.iter().any(|r| r == signer.as_str()) {
+            c.requesters.push(signer.to_string());
+        }
+        c.revisions.push(RevisionRec {
+            index,
+            at_nanos: at,
+            by: signer.to_string(),
+            commits: a.commits.clone(),
+            digests: a.artifact_digests.clone(),
+            environments,
+            reason: a.reason.clone(),
+        });
+        self.gov.index_change(id, Some(old));
+        self.gov.dirty.changes.insert(id.to_owned());
+        Ok(())
+    }
+
+    /// Records an approval or rejection.
+    pub(super) fn apply_change_reviewed(
+        &mut self,
+        index: u64,
+        at: i64,
+        signer: &PrincipalId,
+        r: &ChangeReview,
+    ) -> Result<(), ApplyError> {
+        self.require(signer, Permission::Approve, "review changes")?;
+        let id = r.change_id.as_str();
+        let c = self
+            .gov
+            .changes
+            .get(id)
+            .ok_or_else(|| ApplyError::UnknownChange(id.to_owned()))?;
+        if !c
+            .revisions
+            .iter()
+            .any(|rev| rev.subjects() == r.seen_subjects)
+        {
+            return Err(ApplyError::NotARevision {
+                change: id.to_owned(),
+                current: c
+                    .current()
+                    .subjects()
+                    .into_iter()
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            });
+        }
+        let c = self.gov.changes.get_mut(id).expect("looked up just above");
+        c.reviews.push(ReviewRec {
+            index,
+            at_nanos: at,
+            reviewer: signer.to_string(),
+            seen: r.seen_subjects.clone(),
+            approve: r.approve,
+            comment: r.comment.clone(),
+        });
+        self.gov.dirty.changes.insert(id.to_owned());
+        Ok(())
+    }
+
+    /// Records a commit.
+    pub(super) fn apply_commit_observed(
+        &mut self,
+        index: u64,
+        signer: &PrincipalId,
+        c: &CommitObservation,
+    ) -> Result<(), ApplyError> {
+        self.require(signer, Permission::Report, "report commits")?;
+        if let Some(prev) = self.gov.commits.get(&c.sha) {
+            return Err(ApplyError::CommitKnown {
+                sha: c.sha.clone(),
+                index: prev.index,
+            });
+        }
+        let person = |p: &crate::event::GitPerson| PersonRec {
+            name: p.name.clone(),
+            email: p.email.clone(),
+            time: p.time,
+        };
+        self.gov.commits.insert(
+            c.sha.clone(),
+            CommitRec {
+                sha: c.sha.clone(),
+                index,
+                repository: c.repository.clone(),
+                parents: c.commit.parents.clone(),
+                author: person(&c.commit.author),
+                committer: person(&c.commit.committer),
+                summary: c.commit.summary.clone(),
+                signature: c.signature.verdict.name().to_owned(),
+                signer_identity: c.signature.signer_identity.clone(),
+                changed_files: c.changed.added + c.changed.modified + c.changed.deleted,
+            },
+        );
+        self.gov.dirty.commits.insert(c.sha.clone());
+        Ok(())
+    }
+
+    /// Records a CI run.
+    pub(super) fn apply_ci_run(
+        &mut self,
+        index: u64,
+        at: i64,
+        signer: &PrincipalId,
+        r: &CiRun,
+    ) -> Result<(), ApplyError> {
+        self.require(signer, Permission::Report, "report CI runs")?;
+        let rec = CiRec {
+            index,
+            at_nanos: at,
+            builder: signer.to_string(),
+            passed: r.status == CiStatus::Passed,
+            status: r.status.name().to_owned(),
+            repository: r.repository.clone(),
+            commit: r.commit.clone(),
+            digests: r.artifact_digests.clone(),
+            provider: r.provider.clone(),
+            pipeline: r.pipeline.clone(),
+            run_id: r.run_id.clone(),
+            url: r.url.clone(),
+        };
+        self.gov.index_ci(&rec);
+        self.gov.ci.insert(index, rec);
+        self.gov.dirty.ci.insert(index);
+        Ok(())
+    }
+
+    /// Decides and records a deployment.
+    pub(super) fn apply_deploy(
+        &mut self,
+        index: u64,
+        at: i64,
+        signer: &PrincipalId,
+        d: &DeployRequest,
+    ) -> Result<(), ApplyError> {
+        let decision = self.decide(
+            &policy::Request {
+                action: d.action.clone(),
+                environment: d.environment.clone(),
+                repository: d.repository.clone(),
+                kind: d.kind.clone(),
+                namespace: d.namespace.clone(),
+                subjects: d.subjects.clone(),
+                actor: signer.to_string(),
+                break_glass: d.break_glass,
+                at: ts(at),
+            },
+            d.change_id.as_ref().map(|c| c.as_str()),
+        );
+        if decision.allow
+            && d.break_glass
+            && let Some(ob) = decision.obligations.first()
+        {
+            self.gov.obligations.insert(
+                index,
+                ObligationRec {
+                    deployment_index: index,
+                    actor: signer.to_string(),
+                    environment: d.environment.clone(),
+                    subjects: d.subjects.clone(),
+                    justification: d.justification.clone(),
+                    opened_nanos: at,
+                    due_nanos: ob.due_nanos,
+                    review: None,
+                },
+            );
+            self.gov.dirty.obligations.insert(index);
+        }
+        if let Some((id, _)) = &decision.change
+            && let Some(c) = self.gov.changes.get_mut(id)
+        {
+            c.deployments.push(index);
+            self.gov.dirty.changes.insert(id.clone());
+        }
+        let rec = DeployRec {
+            index,
+            actor: signer.to_string(),
+            action: d.action.clone(),
+            environment: d.environment.clone(),
+            repository: d.repository.clone(),
+            kind: d.kind.clone(),
+            namespace: d.namespace.clone(),
+            subjects: d.subjects.clone(),
+            break_glass: d.break_glass,
+            justification: d.justification.clone(),
+            decision,
+        };
+        self.gov.index_deploy(&rec);
+        self.gov.deploys.insert(index, rec);
+        self.gov.dirty.deploys.insert(index);
+        Ok(())
+    }
+
+    /// Closes a break-glass obligation.
+    pub(super) fn apply_break_glass_review(
+        &mut self,
+        index: u64,
+        at: i64,
+        signer: &PrincipalId,
+        r: &BreakGlassReview,
+    ) -> Result<(), ApplyError> {
+        let o = self
+            .gov
+            .obligations
+            .get(&r.deployment_index)
+            .ok_or(ApplyError::NotBreakGlass(r.deployment_index))?;
+        if let Some(prev) = &o.review {
+            return Err(ApplyError::AlreadyReviewed {
+                deployment: r.deployment_index,
+                review: prev.index,
+            });
+        }
+        if o.actor == signer.as_str() {
+            return Err(ApplyError::OwnBreakGlass(o.actor.clone()));
+        }
+        self.require(
+            signer,
+            Permission::Approve,
+            "review break-glass deployments",
+        )?;
+        self.require_human(signer, "review break-glass deployments")?;
+        let o = self
+            .gov
+            .obligations
+            .get_mut(&r.deployment_index)
+            .expect("looked up just above");
+        o.review = Some(BreakGlassReviewRec {
+            index,
+            at_nanos: at,
+            reviewer: signer.to_string(),
+            justified: r.justified,
+            comment: r.comment.clone(),
+        });
+        self.gov.dirty.obligations.insert(r.deployment_index);
+        Ok(())
+    }
+
+    /// Records a policy proposal.
+    pub(super) fn apply_policy_proposed(
+        &mut self,
+        index: u64,
+        signer: &PrincipalId,
+        p: &PolicyProposal,
+    ) -> Result<(), ApplyError> {
+        self.require(signer, Permission::ProposePolicy, "propose policy")?;
+        let id = p.proposal_id.as_str();
+        if self.gov.proposals.contains_key(id) {
+            return Err(ApplyError::ProposalExists(id.to_owned()));
+        }
+        let active = self.gov.active_version().map(|v| v.version).unwrap_or(1);
+        if p.base_version != active {
+            return Err(ApplyError::StaleBase {
+                base: p.base_version,
+                active,
+            });
+        }
+        self.gov.proposals.insert(
+            id.to_owned(),
+            ProposalRec {
+                id: id.to_owned(),
+                proposer: signer.to_string(),
+                digest: digest_hex(&p.text),
+                text: p.text.clone(),
+                base_version: p.base_version,
+                description: p.description.clone(),
+                index,
+                approvals: Vec::new(),
+                activated_as: None,
+            },
+        );
+        self.gov.dirty.proposals.insert(id.to_owned());
+        self.note_history(index);
+        Ok(())
+    }
+
+    /// Records a policy approval; activates the proposal when the policy in
+    /// force is satisfied.
+    pub(super) fn apply_policy_approved(
+        &mut self,
+        index: u64,
+        signer: &PrincipalId,
+        id: &str,
+    ) -> Result<(), ApplyError> {
+        self.require(signer, Permission::ApprovePolicy, "approve policy")?;
+        let p = self
+            .gov
+            .proposals
+            .get(id)
+            .ok_or_else(|| ApplyError::UnknownProposal(id.to_owned()))?;
+        let active = self.gov.active_version().map(|v| v.version).unwrap_or(1);
+        if let Some(v) = p.activated_as {
+            return Err(ApplyError::ProposalClosed {
+                id: id.to_owned(),
+                why: format!("it is already active as version {v}"),
+            });
+        }
+        if p.base_version != active {
+            return Err(ApplyError::ProposalClosed {
+                id: id.to_owned(),
+                why: format!(
+                    "it replaces version {} but version {active} is in force now; propose it again",
+                    p.base_version
+                ),
+            });
+        }
+        if p.proposer == signer.as_str() {
+            return Err(ApplyError::OwnProposal(id.to_owned()));
+        }
+        if p.approvals.iter().any(|(a, _)| a == signer.as_str()) {
+            return Err(ApplyError::AlreadyApproved {
+                id: id.to_owned(),
+                signer: signer.to_string(),
+            });
+        }
+        let mut approvers: Vec<String> = p.approvals.iter().map(|(a, _)| a.clone()).collect();
+        approvers.push(signer.to_string());
+        let activates = policy::policy_change_activates(
+            self.gov.policy(),
+            &p.proposer,
+            &approvers,
+            &self.facts,
+        );
+        let mut new_policy = None;
+        if activates {
+            let policy =
+                Policy::parse(&p.text).map_err(|e| ApplyError::BadPolicy(e.to_string()))?;
+            self.check_not_locked_out(
+                &policy,
+                |q| q.roles.clone(),
+                |_, _| true,
+                &format!("activating proposal {id}"),
+            )?;
+            new_policy = Some(policy);
+        }
+        let p = self
+            .gov
+            .proposals
+            .get_mut(id)
+            .expect("looked up just above");
+        p.approvals.push((signer.to_string(), index));
+        if let Some(policy) = new_policy {
+            let version = active + 1;
+            p.activated_as = Some(version);
+            let rec = PolicyVersionRec {
+                version,
+                text: p.text.clone(),
+                digest: p.digest.clone(),
+                activated_at: index,
+                proposal_id: id.to_owned(),
+                approvers,
+            };
+            self.gov.policies.push(rec);
+            self.gov.active = Some(Arc::new(policy));
+            self.gov.dirty.policies.insert(version);
+        }
+        self.gov.dirty.proposals.insert(id.to_owned());
+        self.note_history(index);
+        Ok(())
+    }
+
+    /// Decides `req` (about the change `change_id`, or else the change
+    /// that binds its subjects) against the current state.
+    pub fn decide(&self, req: &policy::Request, change_id: Option<&str>) -> DecisionRecord {
+        let policy = self.gov.policy();
+        let (version, digest) = self
+            .gov
+            .active_version()
+            .map(|v| (v.version, v.digest.clone()))
+            .unwrap_or((1, digest_hex(policy::DEFAULT_POLICY)));
+        let at_nanos = i64::try_from(req.at.as_nanosecond()).unwrap_or(i64::MAX);
+        let change = match change_id {
+            Some(id) => match self.gov.changes.get(id) {
+                Some(c) => Some(c),
+                None => {
+                    return DecisionRecord {
+                        allow: false,
+                        rule: None,
+                        reasons: vec![format!("change {id} does not exist")],
+                        counted: Vec::new(),
+                        not_counted: Vec::new(),
+                        obligations: Vec::new(),
+                        policy_version: version,
+                        policy_digest: digest,
+                        change: None,
+                        log_size: self.next,
+                        at_nanos,
+                    };
+                }
+            },
+            None => self.resolve_change(&req.subjects, &req.environment),
+        };
+        let facts_change = change.map(|c| self.change_facts(c));
+        let mut deployments = Vec::new();
+        for s in &req.subjects {
+            for d in self.gov.deployments_of(s) {
+                deployments.push(policy::Deployment {
+                    environment: d.environment.clone(),
+                    subject: s.clone(),
+                    at: ts(d.decision.at_nanos),
+                });
+            }
+        }
+        let v = policy::evaluate(
+            policy,
+            req,
+            &policy::Facts {
+                principals: &self.facts,
+                change: facts_change.as_ref(),
+                deployments: &deployments,
+            },
+        );
+        DecisionRecord {
+            allow: v.decision == policy::Decision::Allow,
+            rule: v.rule,
+            reasons: v.reasons,
+            counted: v
+                .counted
+                .into_iter()
+                .map(|c| CountedRec {
+                    approver: c.approver,
+                    roles: c.roles,
+                    index: c.index,
+                })
+                .collect(),
+            not_counted: v
+                .not_counted
+                .into_iter()
+                .map(|c| NotCountedRec {
+                    approver: c.approver,
+                    reason: c.reason,
+                    index: c.index,
+                })
+                .collect(),
+            obligations: v
+                .obligations
+                .into_iter()
+                .map(|o| ObligationDue {
+                    description: o.description,
+                    due_nanos: i64::try_from(o.due.as_nanosecond()).unwrap_or(i64::MAX),
+                    not_by: o.not_by,
+                })
+                .collect(),
+            policy_version: version,
+            policy_digest: digest,
+            change: change.map(|c| (c.id.clone(), c.revisions.len() as u32)),
+            log_size: self.next,
+            at_nanos,
+        }
+    }
+
+    /// The most recently revised change whose current revision binds every
+    /// subject and targets `environment`.
+    fn resolve_change(&self, subjects: &BTreeSet<String>, environment: &str) -> Option<&ChangeRec> {
+        let first = subjects.iter().next()?;
+        self.gov
+            .changes_binding(first)
+            .filter(|c| {
+                let cur = c.current();
+                cur.environments.contains(environment)
+                    && subjects
+                        .iter()
+                        .all(|s| cur.commits.contains(s) || cur.digests.contains(s))
+            })
+            .max_by_key(|c| c.current().index)
+    }
+
+    /// Everything evaluation needs about a change.
+    fn change_facts(&self, c: &ChangeRec) -> policy::ChangeFacts {
+        let cur = c.current();
+        let subjects = cur.subjects();
+        let mut authors = BTreeSet::new();
+        let mut sod_gaps = Vec::new();
+        for sha in &cur.commits {
+            let short = &sha[..12.min(sha.len())];
+            match self.gov.commits.get(sha) {
+                None => sod_gaps.push(format!(
+                    "commit {short} has not been observed (run `docket git ingest`), so its author is unknown"
+                )),
+                Some(rec) => {
+                    for (role, p) in [("author", &rec.author), ("committer", &rec.committer)] {
+                        match self.emails.get(&p.email) {
+                            Some(id) => {
+                                authors.insert(id.to_string());
+                            }
+                            None => sod_gaps.push(format!(
+                                "commit {short}: {role} {} is not the e-mail of any principal, so segregation of duties cannot be checked",
+                                p.email
+                            )),
+                        }
+                    }
+                }
+            }
+        }
+        let mut builders = BTreeSet::new();
+        let mut ci = BTreeMap::new();
+        for s in &subjects {
+            let mut latest: Option<&CiRec> = None;
+            for r in self.gov.ci_runs_for(s) {
+                builders.insert(r.builder.clone());
+                latest = Some(r);
+            }
+            if let Some(r) = latest {
+                ci.insert(
+                    s.clone(),
+                    policy::CiFact {
+                        passed: r.passed,
+                        description: r.describe(),
+                    },
+                );
+            }
+        }
+        policy::ChangeFacts {
+            id: c.id.clone(),
+            revision: c.revisions.len() as u32,
+            requesters: c.requesters.iter().cloned().collect(),
+            subjects,
+            environments: cur.environments.clone(),
+            authors,
+            sod_gaps,
+            builders,
+            ci,
+            approvals: c
+                .reviews
+                .iter()
+                .map(|r| policy::Approval {
+                    approver: r.reviewer.clone(),
+                    seen: r.seen.clone(),
+                    at: ts(r.at_nanos),
+                    approve: r.approve,
+                    comment: r.comment.clone(),
+                    index: r.index,
+                })
+                .collect(),
+        }
+    }
+}

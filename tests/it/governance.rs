@@ -1,0 +1,864 @@
+//! The governance scenario of issue 3, against a real server over mTLS with
+//! the `docket` binary as the client, real git commits signed with
+//! `ssh-keygen` keys, and a manual clock for deadlines (no sleeps).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use docket::service::{Clock, ManualClock};
+use serde_json::Value;
+
+use crate::common::{TestServer, now_nanos, server};
+
+/// Runs git in `dir` with a clean configuration; returns stdout.
+pub fn git(dir: &Path, args: &[&str]) -> String {
+    let out = std::process::Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .env("HOME", dir)
+        .output()
+        .expect("git is installed");
+    assert!(
+        out.status.success(),
+        "git {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// A new, empty repository under `dir`.
+pub fn repo(dir: &Path) -> PathBuf {
+    let r = dir.join("repo");
+    std::fs::create_dir_all(&r).unwrap();
+    git(&r, &["init", "-q", "-b", "main"]);
+    r
+}
+
+/// Creates an ed25519 SSH key with ssh-keygen; returns the private key path.
+pub fn ssh_key(dir: &Path, name: &str) -> PathBuf {
+    let p = dir.join(name);
+    let out = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"])
+        .arg(&p)
+        .output()
+        .expect("ssh-keygen is installed");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    p
+}
+
+/// Commits a change to `file` as `name <email>`, SSH-signed with `key` when given.
+pub fn commit(
+    repo: &Path,
+    name: &str,
+    email: &str,
+    key: Option<&Path>,
+    file: &str,
+    msg: &str,
+) -> String {
+    std::fs::write(repo.join(file), format!("{msg}\n")).unwrap();
+    git(repo, &["add", file]);
+    let ident = [format!("user.name={name}"), format!("user.email={email}")];
+    let mut args: Vec<String> = Vec::new();
+    for i in &ident {
+        args.push("-c".into());
+        args.push(i.clone());
+    }
+    if let Some(k) = key {
+        for c in [
+            "gpg.format=ssh".to_owned(),
+            format!("user.signingkey={}.pub", k.display()),
+            "commit.gpgsign=true".to_owned(),
+        ] {
+            args.push("-c".into());
+            args.push(c);
+        }
+    }
+    args.extend(["commit".into(), "-q".into(), "-m".into(), msg.into()]);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    git(repo, &refs);
+    git(repo, &["rev-parse", "HEAD"])
+}
+
+fn digest(tag: &str) -> String {
+    format!(
+        "sha256:{}",
+        hex::encode(docket::crypto::blake3_256(tag.as_bytes()))
+    )
+}
+
+/// Civil UTC time "YYYY-MM-DDTHH:MM" of `nanos`, for policy freeze windows.
+fn civil_utc(nanos: i64) -> String {
+    let t = jiff::Timestamp::from_nanosecond(i128::from(nanos)).unwrap();
+    t.strftime("%Y-%m-%dT%H:%M").to_string()
+}
+
+fn scenario_policy(freeze_start: i64, freeze_end: i64) -> String {
+    format!(
+        r#"version = 1
+
+[permissions]
+register_principals = ["admin"]
+change_roles = ["admin"]
+propose_policy = ["admin"]
+approve_policy = ["policy-admin"]
+open_change = ["dev", "ci"]
+approve = ["dev", "security"]
+break_glass = ["sre"]
+report = ["ci", "admin"]
+
+[[rule]]
+name = "prod"
+description = "one approval from someone other than the authors, CI passed, staged first"
+match.environments = ["prod"]
+approvals = 1
+approver_roles = ["dev", "security"]
+ci_passed = true
+promoted_from = "staging"
+
+[[rule]]
+name = "staging"
+match.environments = ["staging"]
+ci_passed = true
+
+[[freeze]]
+name = "change-freeze"
+start = "{}"
+end = "{}"
+zone = "UTC"
+environments = ["prod"]
+"#,
+        civil_utc(freeze_start),
+        civil_utc(freeze_end)
+    )
+}
+
+/// `docket authorize --json` as `actor`: exit code and decision.
+async fn authorize(s: &TestServer, env: &str, subject: &str, actor: &str) -> (i32, Value) {
+    let out = s
+        .cli(&[
+            "authorize",
+            "--env",
+            env,
+            "--digest",
+            subject,
+            "--actor",
+            actor,
+            "--json",
+        ])
+        .await;
+    (out.code, out.json())
+}
+
+fn reasons(d: &Value) -> String {
+    d["reasons"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_str().unwrap().to_owned())
+        .collect::<Vec<_>>()
+        .join(" | ")
+}
+
+fn not_counted(d: &Value, who: &str) -> String {
+    d["not_counted"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["approver"] == who)
+        .map(|n| n["reason"].as_str().unwrap().to_owned())
+        .unwrap_or_else(|| panic!("{who} is not among the uncounted: {d:#}"))
+}
+
+struct People {
+    dir: PathBuf,
+}
+
+impl People {
+    fn key(&self, who: &str) -> String {
+        self.dir.join(format!("{who}.key")).display().to_string()
+    }
+}
+
+/// Registers a principal through the CLI, with a fresh Docket key.
+async fn add_principal(
+    s: &TestServer,
+    p: &People,
+    id: &str,
+    kind: &str,
+    role: &str,
+    email: Option<&str>,
+) {
+    s.cli_ok(&["keygen", "--out", &p.key(id)]).await;
+    let pubkey = format!("{}.pub", p.key(id));
+    let mut args = vec![
+        "principal",
+        "add",
+        "--id",
+        id,
+        "--kind",
+        kind,
+        "--role",
+        role,
+        "--key-file",
+        &pubkey,
+    ];
+    if let Some(e) = email {
+        args.extend(["--email", e]);
+    }
+    s.cli_ok(&args).await;
+}
+
+fn as_(p: &People, who: &str) -> [String; 4] {
+    ["--key".into(), p.key(who), "--signer".into(), who.into()]
+}
+
+async fn run_as(s: &TestServer, p: &People, who: &str, args: &[&str]) -> crate::common::CliOut {
+    let signer = as_(p, who);
+    let mut all: Vec<&str> = args.to_vec();
+    all.extend(signer.iter().map(String::as_str));
+    s.cli(&all).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn change_approval_promotion_freeze_and_break_glass() {
+    let t0 = now_nanos();
+    let hour = 3_600_000_000_000i64;
+    let clock = Arc::new(ManualClock::new(t0));
+    let s = server()
+        .with_clock(clock.clone())
+        .with_policy(&scenario_policy(t0 + 2 * hour, t0 + 3 * hour))
+        .run()
+        .await;
+    let p = People {
+        dir: s.path().join("people"),
+    };
+    std::fs::create_dir_all(&p.dir).unwrap();
+    add_principal(&s, &p, "alice", "human", "dev", Some("alice@example.com")).await;
+    add_principal(&s, &p, "bob", "human", "dev", Some("bob@example.com")).await;
+    add_principal(
+        &s,
+        &p,
+        "carol",
+        "human",
+        "security",
+        Some("carol@example.com"),
+    )
+    .await;
+    add_principal(&s, &p, "dave", "human", "sre", None).await;
+    add_principal(&s, &p, "ci", "ci", "ci", None).await;
+
+    // Alice commits, signing with her SSH key; CI records the commit.
+    let repo = repo(&s.path());
+    let alice_ssh = ssh_key(&s.path(), "alice_ssh");
+    let allowed = s.path().join("allowed_signers");
+    std::fs::write(
+        &allowed,
+        format!(
+            "alice@example.com {}",
+            std::fs::read_to_string(format!("{}.pub", alice_ssh.display())).unwrap()
+        ),
+    )
+    .unwrap();
+    let c1 = commit(
+        &repo,
+        "Alice",
+        "alice@example.com",
+        Some(&alice_ssh),
+        "app.txt",
+        "feature",
+    );
+    let repo_s = repo.display().to_string();
+    let allowed_s = allowed.display().to_string();
+    let out = run_as(
+        &s,
+        &p,
+        "ci",
+        &[
+            "git",
+            "ingest",
+            "--repo",
+            &repo_s,
+            "--ref",
+            "main",
+            "--repository",
+            "github.com/acme/payments",
+            "--allowed-signers",
+            &allowed_s,
+        ],
+    )
+    .await;
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    assert!(out.stdout.contains("verified"), "{}", out.stdout);
+
+    // CI builds digest D from it and opens the change.
+    let d = digest("image-1");
+    let ok = run_as(
+        &s,
+        &p,
+        "ci",
+        &[
+            "ci",
+            "report",
+            "--status",
+            "passed",
+            "--commit",
+            &c1,
+            "--digest",
+            &d,
+            "--repository",
+            "github.com/acme/payments",
+            "--run-id",
+            "101",
+        ],
+    )
+    .await;
+    assert_eq!(ok.code, 0, "{}", ok.stderr);
+    let ok = run_as(
+        &s,
+        &p,
+        "ci",
+        &[
+            "change",
+            "open",
+            "--id",
+            "CHG-1",
+            "--commit",
+            &c1,
+            "--digest",
+            &d,
+            "--env",
+            "staging",
+            "--env",
+            "prod",
+            "--title",
+            "payments feature",
+            "--ticket",
+            "OPS-1",
+        ],
+    )
+    .await;
+    assert_eq!(ok.code, 0, "{}", ok.stderr);
+
+    // Alice approves (not counted: she wrote the commit); bob approves.
+    assert_eq!(run_as(&s, &p, "alice", &["approve", "CHG-1"]).await.code, 0);
+    assert_eq!(run_as(&s, &p, "bob", &["approve", "CHG-1"]).await.code, 0);
+
+    // Prod is denied until staging has D.
+    let (code, dec) = authorize(&s, "prod", &d, "ci").await;
+    assert_eq!(code, 1, "{dec:#}");
+    assert_eq!(dec["verdict"], "deny");
+    assert_eq!(dec["rule"], "prod");
+    assert!(
+        reasons(&dec).contains(&format!("{d} has not been deployed to staging yet")),
+        "{dec:#}"
+    );
+    assert_eq!(
+        not_counted(&dec, "alice"),
+        "alice is a commit author or committer of the change"
+    );
+    assert_eq!(dec["counted"][0]["approver"], "bob");
+
+    let out = run_as(
+        &s,
+        &p,
+        "ci",
+        &["deploy", "--env", "staging", "--digest", &d, "--json"],
+    )
+    .await;
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    let staged = out.json();
+    assert_eq!(staged["verdict"], "allow");
+    assert_eq!(staged["recorded"], true);
+
+    let (code, dec) = authorize(&s, "prod", &d, "ci").await;
+    assert_eq!(code, 0, "{dec:#}");
+    assert_eq!(dec["verdict"], "allow");
+    assert_eq!(dec["change_id"], "CHG-1");
+    assert_eq!(dec["policy_version"], 1);
+    let allowed_before = s.svc.with_state(|st| {
+        st.decide(
+            &prod_request(&d, clock.now_nanos().max(st.last_time())),
+            None,
+        )
+    });
+    assert!(allowed_before.allow, "{allowed_before:#?}");
+
+    // An amend with a new commit makes bob's approval stale.
+    let c2 = commit(
+        &repo,
+        "Alice",
+        "alice@example.com",
+        Some(&alice_ssh),
+        "app.txt",
+        "fix",
+    );
+    assert_eq!(
+        run_as(
+            &s,
+            &p,
+            "ci",
+            &[
+                "git",
+                "ingest",
+                "--repo",
+                &repo_s,
+                "--range",
+                &format!("{c1}..{c2}"),
+                "--repository",
+                "github.com/acme/payments",
+                "--allowed-signers",
+                &allowed_s
+            ]
+        )
+        .await
+        .code,
+        0
+    );
+    let d2 = digest("image-2");
+    assert_eq!(
+        run_as(
+            &s,
+            &p,
+            "ci",
+            &[
+                "ci",
+                "report",
+                "--status",
+                "passed",
+                "--commit",
+                &c2,
+                "--digest",
+                &d2,
+                "--repository",
+                "github.com/acme/payments"
+            ]
+        )
+        .await
+        .code,
+        0
+    );
+    assert_eq!(
+        run_as(
+            &s,
+            &p,
+            "ci",
+            &[
+                "change",
+                "amend",
+                "--id",
+                "CHG-1",
+                "--commit",
+                &c2,
+                "--digest",
+                &d2,
+                "--reason",
+                "review feedback"
+            ]
+        )
+        .await
+        .code,
+        0
+    );
+    assert_eq!(
+        run_as(
+            &s,
+            &p,
+            "ci",
+            &["deploy", "--env", "staging", "--digest", &d2]
+        )
+        .await
+        .code,
+        0
+    );
+    let (code, dec) = authorize(&s, "prod", &d2, "ci").await;
+    assert_eq!(code, 1, "{dec:#}");
+    assert_eq!(dec["change_revision"], 2);
+    assert_eq!(
+        not_counted(&dec, "bob"),
+        "stale: approved an earlier revision of the change"
+    );
+    assert!(
+        reasons(&dec).contains("needs 1 approvals from distinct people; 0 counted"),
+        "{dec:#}"
+    );
+    // Carol (security) approves revision 2; prod is allowed again.
+    assert_eq!(run_as(&s, &p, "carol", &["approve", "CHG-1"]).await.code, 0);
+    let (code, dec) = authorize(&s, "prod", &d2, "ci").await;
+    assert_eq!(code, 0, "{dec:#}");
+
+    // The freeze window denies prod, naming the window and its end.
+    clock.advance(Duration::from_secs(2 * 3600 + 1800));
+    let (code, dec) = authorize(&s, "prod", &d2, "ci").await;
+    assert_eq!(code, 1);
+    assert!(
+        reasons(&dec).contains(&format!(
+            "freeze window \"change-freeze\" is in force until {} UTC",
+            civil_utc(t0 + 3 * hour)
+        )),
+        "{dec:#}"
+    );
+
+    // Break-glass by dave: allowed, recorded, obligation due 24 h later.
+    let out = run_as(
+        &s,
+        &p,
+        "dave",
+        &[
+            "deploy",
+            "--env",
+            "prod",
+            "--digest",
+            &d2,
+            "--break-glass",
+            "--justification",
+            "payments outage INC-7",
+            "--json",
+        ],
+    )
+    .await;
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    let bg = out.json();
+    assert_eq!(bg["rule"], "break-glass");
+    let bg_index = bg["index"].as_u64().unwrap();
+    assert_eq!(bg["obligations"][0]["not_by"], "dave");
+    // Bob, without the role, may not break glass.
+    let out = run_as(
+        &s,
+        &p,
+        "bob",
+        &[
+            "deploy",
+            "--env",
+            "prod",
+            "--digest",
+            &d2,
+            "--break-glass",
+            "--justification",
+            "me too",
+            "--json",
+        ],
+    )
+    .await;
+    assert_eq!(out.code, 1);
+    assert!(
+        reasons(&out.json())
+            .contains("bob invoked break-glass but holds none of the roles allowed to: sre")
+    );
+
+    let open = s.cli_ok(&["obligations", "--json"]).await;
+    let open: Value = serde_json::from_str(&open).unwrap();
+    assert_eq!(open["obligations"][0]["status"], "open");
+
+    // A day and an hour later (clock moved, nothing slept) it is overdue.
+    clock.advance(Duration::from_secs(25 * 3600));
+    let list: Value = serde_json::from_str(
+        &s.cli_ok(&["obligations", "--status", "overdue", "--json"])
+            .await,
+    )
+    .unwrap();
+    assert_eq!(list["obligations"].as_array().unwrap().len(), 1);
+    assert_eq!(list["obligations"][0]["deployment_index"], bg_index);
+    let v: Value = serde_json::from_str(&s.cli_ok(&["violations", "--json"]).await).unwrap();
+    assert_eq!(v["violations"][0]["kind"], "overdue-review");
+
+    // Dave may not review himself; carol closes it (late).
+    let bg_s = bg_index.to_string();
+    let out = run_as(
+        &s,
+        &p,
+        "dave",
+        &["review-break-glass", &bg_s, "--comment", "fine"],
+    )
+    .await;
+    assert_eq!(out.code, 1);
+    assert!(
+        out.stderr.contains("someone other than \"dave\""),
+        "{}",
+        out.stderr
+    );
+    let out = run_as(
+        &s,
+        &p,
+        "carol",
+        &[
+            "review-break-glass",
+            &bg_s,
+            "--comment",
+            "outage fix was right",
+        ],
+    )
+    .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let list: Value = serde_json::from_str(&s.cli_ok(&["obligations", "--json"]).await).unwrap();
+    assert_eq!(list["obligations"][0]["status"], "closed-late");
+    assert_eq!(list["obligations"][0]["reviewer"], "carol");
+    let v: Value = serde_json::from_str(&s.cli_ok(&["violations", "--json"]).await).unwrap();
+    let kinds: Vec<&str> = v["violations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["late-review"]);
+
+    // Same answers after replaying the log from genesis into empty state.
+    let at = s.svc.with_state(|st| clock.now_nanos().max(st.last_time()));
+    let before = s
+        .svc
+        .with_state(|st| st.decide(&prod_request(&d2, at), None));
+    let (_dir, data) = s.stop().await;
+    {
+        use docket::ledger::Store as _;
+        let store = docket::ledger::SledStore::open(&data.db()).unwrap();
+        store.replace_state(Vec::new()).unwrap();
+    }
+    let svc = data
+        .open_service(docket::service::Config {
+            clock: clock.clone(),
+            ..Default::default()
+        })
+        .unwrap();
+    let after = svc.with_state(|st| st.decide(&prod_request(&d2, at), None));
+    assert_eq!(before, after);
+    drop(svc);
+    let out = std::process::Command::new(crate::common::BIN)
+        .args(["rebuild", "--data"])
+        .arg(&data.root)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("identical"));
+}
+
+fn prod_request(subject: &str, at: i64) -> docket::policy::Request {
+    docket::policy::Request {
+        action: "deploy".into(),
+        environment: "prod".into(),
+        repository: None,
+        kind: None,
+        namespace: None,
+        subjects: [subject.to_owned()].into(),
+        actor: "ci".into(),
+        break_glass: false,
+        at: jiff::Timestamp::from_nanosecond(i128::from(at)).unwrap(),
+    }
+}
+
+/// Bad governance input gets an error naming the field and the reason, and
+/// leaves the log as it was.
+#[tokio::test]
+async fn governance_input_is_checked_field_by_field() {
+    use crate::common::signed;
+    use crate::e2e::expect_refused;
+    use docket::api::pb;
+    use docket::event::{
+        Body, ChangeReview, DeployRequest, Event, PolicyProposal, PrincipalId, RecordId,
+    };
+    use tonic::Code;
+
+    let s = server().run().await;
+    let admin = s.admin_key();
+    let ev = |id: &str, body: Body| Event {
+        event_id: id.into(),
+        claimed_time_nanos: now_nanos(),
+        signer: PrincipalId::parse("admin").unwrap(),
+        body,
+    };
+    // A policy that does not parse: refused with its line.
+    expect_refused(
+        &s,
+        signed(
+            &ev(
+                "p1",
+                Body::PolicyProposed(PolicyProposal {
+                    proposal_id: RecordId::parse("P1").unwrap(),
+                    text: "version = 1\ncolour = \"red\"\n".into(),
+                    base_version: 1,
+                    description: String::new(),
+                }),
+            ),
+            &admin,
+        ),
+        Code::InvalidArgument,
+        "policy_proposed.text: policy line 2: unknown field `colour`",
+    )
+    .await;
+    // Break-glass without a justification.
+    expect_refused(
+        &s,
+        signed(
+            &ev(
+                "d1",
+                Body::DeployRequested(DeployRequest {
+                    action: "deploy".into(),
+                    environment: "prod".into(),
+                    repository: None,
+                    kind: None,
+                    namespace: None,
+                    subjects: [format!("sha256:{}", "a".repeat(64))].into(),
+                    change_id: None,
+                    break_glass: true,
+                    justification: " ".into(),
+                }),
+            ),
+            &admin,
+        ),
+        Code::InvalidArgument,
+        "deploy_requested.justification: break-glass needs a justification",
+    )
+    .await;
+    // A review of a change that does not exist: a state rule.
+    expect_refused(
+        &s,
+        signed(
+            &ev(
+                "r1",
+                Body::ChangeReviewed(ChangeReview {
+                    change_id: RecordId::parse("CHG-404").unwrap(),
+                    seen_subjects: [format!("sha256:{}", "a".repeat(64))].into(),
+                    approve: true,
+                    comment: String::new(),
+                }),
+            ),
+            &admin,
+        ),
+        Code::FailedPrecondition,
+        "change \"CHG-404\" does not exist",
+    )
+    .await;
+    // A wire-level subject that is not a digest.
+    let mut bad = pb::Event {
+        event_id: "c1".into(),
+        claimed_time_unix_nanos: now_nanos(),
+        signer: "admin".into(),
+        body: Some(pb::event::Body::ChangeOpened(pb::ChangeOpened {
+            change_id: "CHG-1".into(),
+            artifact_digests: vec!["sha256:XYZ".into()],
+            environments: vec!["prod".into()],
+            ..Default::default()
+        })),
+    };
+    let wire = |e: &pb::Event| {
+        use prost::Message as _;
+        let payload = e.encode_to_vec();
+        let sig = docket::crypto::sign_dsse(&admin, docket::crypto::PAYLOAD_TYPE, &payload);
+        pb::AppendRequest {
+            envelope: Some(pb::Envelope {
+                payload_type: docket::crypto::PAYLOAD_TYPE.into(),
+                payload,
+                signatures: vec![pb::Signature {
+                    keyid: String::new(),
+                    sig: sig.to_vec(),
+                }],
+            }),
+        }
+    };
+    expect_refused(
+        &s,
+        wire(&bad),
+        Code::InvalidArgument,
+        "change_opened.artifact_digests[0]",
+    )
+    .await;
+    bad.body = Some(pb::event::Body::ChangeOpened(pb::ChangeOpened {
+        change_id: "CHG 1".into(),
+        commits: vec!["0123456789abcdef0123456789abcdef01234567".into()],
+        environments: vec!["prod".into()],
+        ..Default::default()
+    }));
+    expect_refused(
+        &s,
+        wire(&bad),
+        Code::InvalidArgument,
+        "change_opened.change_id",
+    )
+    .await;
+
+    // Authorize: every refusal names the field.
+    let mut g = s.conn().governance().await.unwrap();
+    let ok = pb::AuthorizeRequest {
+        environment: "prod".into(),
+        subjects: vec![format!("sha256:{}", "a".repeat(64))],
+        actor: "admin".into(),
+        ..Default::default()
+    };
+    for (req, needle) in [
+        (
+            pb::AuthorizeRequest {
+                subjects: vec![],
+                ..ok.clone()
+            },
+            "subjects: name the artifact",
+        ),
+        (
+            pb::AuthorizeRequest {
+                subjects: vec!["sha256:1".into()],
+                ..ok.clone()
+            },
+            "subjects[0]",
+        ),
+        (
+            pb::AuthorizeRequest {
+                actor: "Not An Id".into(),
+                ..ok.clone()
+            },
+            "actor",
+        ),
+        (
+            pb::AuthorizeRequest {
+                environment: String::new(),
+                ..ok.clone()
+            },
+            "environment: must not be empty",
+        ),
+        (
+            pb::AuthorizeRequest {
+                change_id: "a/b".into(),
+                ..ok.clone()
+            },
+            "change_id",
+        ),
+    ] {
+        let e = g.authorize(req).await.expect_err(needle);
+        assert_eq!(e.code(), Code::InvalidArgument, "{}", e.message());
+        assert!(
+            e.message().contains(needle),
+            "{} lacks {needle}",
+            e.message()
+        );
+    }
+    // A well-formed question under the built-in default policy: denied, and why.
+    let d = g.authorize(ok).await.unwrap().into_inner();
+    assert_eq!(d.verdict, pb::Verdict::Deny as i32);
+    assert_eq!(d.policy_version, 1);
+    assert_eq!(
+        d.reasons,
+        ["no rule matches this request; unmatched requests are denied"]
+    );
+    let e = g
+        .get_change(pb::GetChangeRequest {
+            change_id: "CHG-404".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+    let e = g
+        .list_obligations(pb::ListObligationsRequest {
+            status: "late".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+}
