@@ -1,5 +1,7 @@
 //! The Python client's own test suite (clients/python/tests), run against a
-//! real `docket serve`, with stubs generated from proto/ for this run.
+//! real `docket serve`, with stubs generated from proto/ for this run. The log
+//! starts with clients/python/tests/policy.toml as its genesis policy, which
+//! the governance tests (tests/test_governance.py) rely on.
 
 use std::path::Path;
 use std::process::Command;
@@ -28,7 +30,9 @@ fn python_client_suite_passes_against_a_real_server() {
     run(
         Command::new(BIN)
             .args(["init", "--listen", "127.0.0.1:0", "--data"])
-            .arg(&data),
+            .arg(&data)
+            .arg("--policy")
+            .arg(client_dir.join("tests/policy.toml")),
         "docket init",
     );
     let (server, addr) = spawn_serve(&data);

@@ -1,7 +1,11 @@
 """Docket client: build and sign events (DSSE over Ed25519), append them over mTLS, and verify
 receipts offline against the log's verifier key.
 
-- ``docket_client.client``: ``Client``, ``sign_event``, ``load_signing_key``, ``annotation``.
+- ``docket_client.client``: ``Client`` (Ledger and Governance), ``sign_event``,
+  ``load_signing_key``, and the event builders (``annotation``, ``principal_registered``,
+  ``ci_run_reported``, ``ci_run_from_env``, ``change_opened``, ``change_amended``,
+  ``change_reviewed``, ``deploy_requested``, ``break_glass_reviewed``, ``policy_proposed``,
+  ``policy_approved``).
 - ``docket_client.verify``: ``verify_receipt``, ``Verifier`` (offline, no network).
 - ``docket_client.generate``: generates the ``docket.v1`` protobuf modules from proto/; they
   must be importable before ``docket_client.client`` is imported.

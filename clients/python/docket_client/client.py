@@ -1,14 +1,17 @@
-"""Signing and the gRPC client."""
+"""Signing, event builders and the gRPC client."""
 
+import os
 import pathlib
 import time
+from dataclasses import dataclass
+from typing import Iterable, Mapping, Optional, Union
 
 import blake3
 import grpc
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from docket.v1 import event_pb2, ledger_pb2, ledger_pb2_grpc
+from docket.v1 import event_pb2, governance_pb2, governance_pb2_grpc, ledger_pb2, ledger_pb2_grpc
 
 PAYLOAD_TYPE = "application/vnd.docket.event.v1+protobuf"
 
@@ -57,14 +60,384 @@ def annotation(event_id: str, signer: str, subject: str, text: str = "", kind: s
     )
 
 
+# === governance event builders ===
+#
+# Each returns an unsigned ``event_pb2.Event`` claimed at ``time.time_ns()``; sign it with
+# ``sign_event`` and submit it with ``Client.append``. Field rules (id syntax, list limits) are
+# the server's (docs/ledger-format.md §3); a builder only checks what it must translate.
+
+CI_STATUSES = {
+    "passed": event_pb2.CI_STATUS_PASSED,
+    "success": event_pb2.CI_STATUS_PASSED,
+    "failed": event_pb2.CI_STATUS_FAILED,
+    "failure": event_pb2.CI_STATUS_FAILED,
+    "canceled": event_pb2.CI_STATUS_CANCELED,
+    "cancelled": event_pb2.CI_STATUS_CANCELED,
+}
+
+PRINCIPAL_KINDS = {
+    "human": event_pb2.PRINCIPAL_KIND_HUMAN,
+    "service": event_pb2.PRINCIPAL_KIND_SERVICE,
+    "ci": event_pb2.PRINCIPAL_KIND_CI,
+    "cluster": event_pb2.PRINCIPAL_KIND_CLUSTER,
+}
+
+PublicKeyLike = Union[bytes, Ed25519PrivateKey, Ed25519PublicKey]
+
+
+def _strs(values) -> list:
+    """A list of strings; a single string is one item, not its characters."""
+    if values is None:
+        return []
+    if isinstance(values, str):
+        return [values]
+    return list(values)
+
+
+def _event(event_id: str, signer: str, **body) -> "event_pb2.Event":
+    return event_pb2.Event(event_id=event_id, claimed_time_unix_nanos=time.time_ns(), signer=signer, **body)
+
+
+def public_key_bytes(key: PublicKeyLike) -> bytes:
+    """The raw 32-byte Ed25519 public key of a private key, a public key, or raw bytes."""
+    if isinstance(key, Ed25519PrivateKey):
+        key = key.public_key()
+    if isinstance(key, Ed25519PublicKey):
+        return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    raw = bytes(key)
+    if len(raw) != 32:
+        raise ValueError(f"an Ed25519 public key is 32 bytes, not {len(raw)}")
+    return raw
+
+
+def _ci_status(status) -> int:
+    if isinstance(status, int):
+        return status
+    try:
+        return CI_STATUSES[status]
+    except KeyError:
+        raise ValueError(f"status {status!r}: expected passed, failed or canceled") from None
+
+
+def _principal_kind(kind) -> int:
+    if isinstance(kind, int):
+        return kind
+    try:
+        return PRINCIPAL_KINDS[kind.lower()]
+    except KeyError:
+        raise ValueError(f"kind {kind!r}: expected human, service, ci or cluster") from None
+
+
+def principal_registered(
+    event_id: str,
+    signer: str,
+    principal_id: str,
+    public_keys,
+    kind="human",
+    roles: Iterable[str] = (),
+    emails: Iterable[str] = (),
+    display_name: str = "",
+) -> "event_pb2.Event":
+    """Registers a principal (needs `register_principals`). ``public_keys``: one key or a list
+    (private keys, public keys or raw bytes); ``kind``: human, service, ci, cluster or a
+    ``PrincipalKind`` value. E-mails are lowercased, as the log requires."""
+    if isinstance(public_keys, (bytes, bytearray, Ed25519PrivateKey, Ed25519PublicKey)):
+        public_keys = [public_keys]
+    return _event(
+        event_id,
+        signer,
+        principal_registered=event_pb2.PrincipalRegistered(
+            principal=event_pb2.Principal(
+                id=principal_id,
+                kind=_principal_kind(kind),
+                display_name=display_name,
+                roles=_strs(roles),
+                public_keys=[public_key_bytes(k) for k in public_keys],
+                emails=[e.lower() for e in _strs(emails)],
+            )
+        ),
+    )
+
+
+def ci_run_reported(
+    event_id: str,
+    signer: str,
+    repository: str,
+    commit: str,
+    status,
+    artifact_digests: Iterable[str] = (),
+    provider: str = "",
+    pipeline: str = "",
+    run_id: str = "",
+    url: str = "",
+    ref: str = "",
+) -> "event_pb2.Event":
+    """A finished CI run (needs `report`); the signer becomes the CI identity that built
+    ``commit`` and ``artifact_digests``. ``status``: "passed", "failed" or "canceled"."""
+    return _event(
+        event_id,
+        signer,
+        ci_run_reported=event_pb2.CiRunReported(
+            repository=repository,
+            commit=commit,
+            artifact_digests=_strs(artifact_digests),
+            status=_ci_status(status),
+            provider=provider,
+            pipeline=pipeline,
+            run_id=run_id,
+            url=url,
+            ref=ref,
+        ),
+    )
+
+
+@dataclass(frozen=True)
+class CiEnv:
+    """What a CI system's environment says about the current run (empty outside CI)."""
+
+    provider: str = ""
+    repository: str = ""
+    commit: str = ""
+    pipeline: str = ""
+    run_id: str = ""
+    url: str = ""
+    ref: str = ""
+
+
+def ci_env(environ: Mapping[str, str] = os.environ) -> CiEnv:
+    """Reads GitHub Actions or GitLab CI variables exactly as `docket ci report` does
+    (``ci_env`` in src/cli/gov.rs); outside both, nothing is guessed."""
+
+    def v(k: str) -> str:
+        return environ.get(k) or ""
+
+    if v("GITHUB_ACTIONS") == "true":
+        server = v("GITHUB_SERVER_URL")
+        _, sep, rest = server.partition("://")
+        host = (rest if sep else server).rstrip("/")
+        repo = v("GITHUB_REPOSITORY")
+        run = v("GITHUB_RUN_ID")
+        return CiEnv(
+            provider="github-actions",
+            repository=repo if not host or not repo else f"{host}/{repo}",
+            commit=v("GITHUB_SHA"),
+            pipeline=v("GITHUB_WORKFLOW"),
+            run_id=run,
+            url="" if not server or not repo or not run else f"{server.rstrip('/')}/{repo}/actions/runs/{run}",
+            ref=v("GITHUB_REF"),
+        )
+    if v("GITLAB_CI") == "true":
+        host = v("CI_SERVER_HOST")
+        project = v("CI_PROJECT_PATH")
+        return CiEnv(
+            provider="gitlab-ci",
+            repository=project if not host or not project else f"{host}/{project}",
+            commit=v("CI_COMMIT_SHA"),
+            pipeline=v("CI_PIPELINE_NAME") or v("CI_JOB_NAME"),
+            run_id=v("CI_PIPELINE_ID"),
+            url=v("CI_PIPELINE_URL"),
+            ref=v("CI_COMMIT_REF_NAME"),
+        )
+    return CiEnv()
+
+
+def ci_run_from_env(
+    event_id: str,
+    signer: str,
+    status,
+    digests: Iterable[str] = (),
+    environ: Mapping[str, str] = os.environ,
+    *,
+    commit: Optional[str] = None,
+    repository: Optional[str] = None,
+    provider: Optional[str] = None,
+    pipeline: Optional[str] = None,
+    run_id: Optional[str] = None,
+    url: Optional[str] = None,
+    ref: Optional[str] = None,
+) -> "event_pb2.Event":
+    """``ci_run_reported`` with the commit, repository, provider, pipeline, run id, URL and ref
+    taken from GitHub Actions / GitLab CI variables; a keyword given here overrides its
+    variable. Outside CI, ``commit`` and ``repository`` must be given (ValueError otherwise)."""
+    env = ci_env(environ)
+    commit = env.commit if commit is None else commit
+    if not commit:
+        raise ValueError("commit is required outside GitHub Actions and GitLab CI")
+    repository = env.repository if repository is None else repository
+    if not repository:
+        raise ValueError("repository is required outside GitHub Actions and GitLab CI")
+    return ci_run_reported(
+        event_id,
+        signer,
+        repository=repository,
+        commit=commit,
+        status=status,
+        artifact_digests=digests,
+        provider=env.provider if provider is None else provider,
+        pipeline=env.pipeline if pipeline is None else pipeline,
+        run_id=env.run_id if run_id is None else run_id,
+        url=env.url if url is None else url,
+        ref=env.ref if ref is None else ref,
+    )
+
+
+def change_opened(
+    event_id: str,
+    signer: str,
+    change_id: str,
+    environments: Iterable[str],
+    commits: Iterable[str] = (),
+    artifact_digests: Iterable[str] = (),
+    title: str = "",
+    repository: str = "",
+    ticket: str = "",
+    description: str = "",
+) -> "event_pb2.Event":
+    """Opens a change binding commits and/or digests to environments (needs `open_change`);
+    the signer becomes its requester."""
+    return _event(
+        event_id,
+        signer,
+        change_opened=event_pb2.ChangeOpened(
+            change_id=change_id,
+            title=title,
+            repository=repository,
+            commits=_strs(commits),
+            artifact_digests=_strs(artifact_digests),
+            environments=_strs(environments),
+            ticket=ticket,
+            description=description,
+        ),
+    )
+
+
+def change_amended(
+    event_id: str,
+    signer: str,
+    change_id: str,
+    commits: Iterable[str] = (),
+    artifact_digests: Iterable[str] = (),
+    environments: Iterable[str] = (),
+    reason: str = "",
+) -> "event_pb2.Event":
+    """A new revision of a change (empty ``environments`` keeps them); approvals of earlier
+    revisions become stale."""
+    return _event(
+        event_id,
+        signer,
+        change_amended=event_pb2.ChangeAmended(
+            change_id=change_id,
+            commits=_strs(commits),
+            artifact_digests=_strs(artifact_digests),
+            environments=_strs(environments),
+            reason=reason,
+        ),
+    )
+
+
+def change_reviewed(
+    event_id: str,
+    signer: str,
+    change_id: str,
+    seen_subjects: Iterable[str],
+    approve: bool = True,
+    comment: str = "",
+) -> "event_pb2.Event":
+    """An approval (``approve=True``) or rejection of a change (needs `approve`).
+    ``seen_subjects`` must be exactly the commits and digests of a revision of the change,
+    e.g. ``[*c.commits, *c.artifact_digests]`` of ``Client.change(change_id)``."""
+    return _event(
+        event_id,
+        signer,
+        change_reviewed=event_pb2.ChangeReviewed(
+            change_id=change_id,
+            seen_subjects=_strs(seen_subjects),
+            verdict=event_pb2.REVIEW_VERDICT_APPROVE if approve else event_pb2.REVIEW_VERDICT_REJECT,
+            comment=comment,
+        ),
+    )
+
+
+def deploy_requested(
+    event_id: str,
+    signer: str,
+    environment: str,
+    subjects: Iterable[str],
+    change_id: str = "",
+    action: str = "deploy",
+    repository: str = "",
+    kind: str = "",
+    namespace: str = "",
+    break_glass: bool = False,
+    justification: str = "",
+) -> "event_pb2.Event":
+    """A deployment about to happen, with the signer as the actor. The server decides it when
+    it appends the entry and returns the decision in ``Receipt.decision``; a denied deploy is
+    recorded too. ``break_glass`` needs a ``justification``."""
+    return _event(
+        event_id,
+        signer,
+        deploy_requested=event_pb2.DeployRequested(
+            action=action,
+            environment=environment,
+            repository=repository,
+            kind=kind,
+            namespace=namespace,
+            subjects=_strs(subjects),
+            change_id=change_id,
+            break_glass=break_glass,
+            justification=justification,
+        ),
+    )
+
+
+def break_glass_reviewed(
+    event_id: str, signer: str, deployment_index: int, justified: bool = True, comment: str = ""
+) -> "event_pb2.Event":
+    """Closes the review obligation of the break-glass deploy at ``deployment_index``; by a
+    human with `approve` other than who broke the glass."""
+    return _event(
+        event_id,
+        signer,
+        break_glass_reviewed=event_pb2.BreakGlassReviewed(
+            deployment_index=deployment_index, justified=justified, comment=comment
+        ),
+    )
+
+
+def policy_proposed(
+    event_id: str, signer: str, proposal_id: str, text: str, base_version: int, description: str = ""
+) -> "event_pb2.Event":
+    """Proposes a new policy (needs `propose_policy`); ``base_version`` must be the version in
+    force, ``Client.policy().active.version``."""
+    return _event(
+        event_id,
+        signer,
+        policy_proposed=event_pb2.PolicyProposed(
+            proposal_id=proposal_id, text=text, base_version=base_version, description=description
+        ),
+    )
+
+
+def policy_approved(event_id: str, signer: str, proposal_id: str) -> "event_pb2.Event":
+    """Approves a policy proposal (needs `approve_policy`)."""
+    return _event(event_id, signer, policy_approved=event_pb2.PolicyApproved(proposal_id=proposal_id))
+
+
+def allowed(decision: "governance_pb2.Decision") -> bool:
+    """True when the decision is allow."""
+    return decision.verdict == governance_pb2.VERDICT_ALLOW
+
+
 class Client:
-    """A Ledger client over mutual TLS."""
+    """A Ledger and Governance client over mutual TLS (one channel for both)."""
 
     def __init__(self, target: str, ca_pem: bytes, cert_pem: bytes, key_pem: bytes, server_name: str = "localhost"):
         creds = grpc.ssl_channel_credentials(root_certificates=ca_pem, private_key=key_pem, certificate_chain=cert_pem)
         options = [("grpc.ssl_target_name_override", server_name)]
         self._channel = grpc.secure_channel(target, creds, options=options)
         self.ledger = ledger_pb2_grpc.LedgerStub(self._channel)
+        self.governance = governance_pb2_grpc.GovernanceStub(self._channel)
 
     @classmethod
     def from_data_dir(cls, target: str, data_dir, cert: str = "client") -> "Client":
@@ -84,6 +457,63 @@ class Client:
 
     def entry(self, index: int) -> "ledger_pb2.EntryResponse":
         return self.ledger.GetEntry(ledger_pb2.GetEntryRequest(index=index))
+
+    def principal(self, principal_id: str) -> "ledger_pb2.PrincipalState":
+        return self.ledger.GetPrincipal(ledger_pb2.GetPrincipalRequest(id=principal_id))
+
+    def principals(self) -> list:
+        """Every principal (``ledger_pb2.PrincipalState``), in id order."""
+        return list(self.ledger.ListPrincipals(ledger_pb2.ListPrincipalsRequest()).principals)
+
+    # --- governance (reads only: facts arrive as signed events through append) ---
+
+    def authorize(
+        self,
+        environment: str,
+        subjects: Iterable[str],
+        actor: str,
+        change_id: str = "",
+        action: str = "deploy",
+        break_glass: bool = False,
+        repository: str = "",
+        kind: str = "",
+        namespace: str = "",
+    ) -> "governance_pb2.Decision":
+        """Would ``actor`` be allowed to deploy ``subjects`` to ``environment`` now? Records
+        nothing. A malformed request raises grpc.RpcError (INVALID_ARGUMENT)."""
+        return self.governance.Authorize(
+            governance_pb2.AuthorizeRequest(
+                action=action,
+                environment=environment,
+                repository=repository,
+                kind=kind,
+                namespace=namespace,
+                subjects=_strs(subjects),
+                change_id=change_id,
+                actor=actor,
+                break_glass=break_glass,
+            )
+        )
+
+    def decision(self, index: int) -> "governance_pb2.Decision":
+        """The decision recorded with the DeployRequested entry at ``index``."""
+        return self.governance.GetDecision(governance_pb2.GetDecisionRequest(index=index))
+
+    def change(self, change_id: str) -> "governance_pb2.ChangeState":
+        return self.governance.GetChange(governance_pb2.GetChangeRequest(change_id=change_id))
+
+    def policy(self) -> "governance_pb2.PolicyState":
+        """The policy in force (``.active``), earlier versions and the proposals."""
+        return self.governance.GetPolicy(governance_pb2.GetPolicyRequest())
+
+    def obligations(self, status: str = "") -> "governance_pb2.ListObligationsResponse":
+        """Break-glass review obligations (``.obligations``, ``.as_of_unix_nanos``); ``status``:
+        "", "open", "overdue", "closed" or "closed-late"."""
+        return self.governance.ListObligations(governance_pb2.ListObligationsRequest(status=status))
+
+    def violations(self) -> "governance_pb2.ListViolationsResponse":
+        """Overdue or late reviews and unjustified break-glass (``.violations``)."""
+        return self.governance.ListViolations(governance_pb2.ListViolationsRequest())
 
     def close(self) -> None:
         self._channel.close()

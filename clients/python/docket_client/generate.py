@@ -2,9 +2,9 @@
 
     python -m docket_client.generate OUT_DIR
 
-writes docket/v1/event_pb2.py, ledger_pb2.py and ledger_pb2_grpc.py under OUT_DIR; put OUT_DIR
-on sys.path (or PYTHONPATH) before importing docket_client. The generated code is not
-committed, so it can never drift from proto/.
+writes docket/v1/event_pb2.py, ledger_pb2.py, governance_pb2.py and their *_grpc.py modules
+under OUT_DIR; put OUT_DIR on sys.path (or PYTHONPATH) before importing docket_client. The
+generated code is not committed, so it can never drift from proto/.
 """
 
 import pathlib

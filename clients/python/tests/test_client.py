@@ -4,6 +4,7 @@ DOCKET_TEST_SERVER (host:port) and DOCKET_TEST_DATA (its data directory)."""
 import os
 import pathlib
 import time
+import uuid
 
 import grpc
 import pytest
@@ -14,6 +15,8 @@ from docket_client.verify import ReceiptError, Verifier, entry_payload, verify_r
 
 DATA = pathlib.Path(os.environ["DOCKET_TEST_DATA"])
 SERVER = os.environ["DOCKET_TEST_SERVER"]
+# Event ids unique to this run, so the suite also passes against a server it ran against before.
+RUN = uuid.uuid4().hex[:8]
 
 
 @pytest.fixture
@@ -33,7 +36,7 @@ def admin():
 
 
 def test_append_returns_a_receipt_that_verifies_offline(client, verifier, admin):
-    env = sign_event(annotation("py-1", "admin", "repo/py", "from python", ticket="OPS-9"), admin)
+    env = sign_event(annotation(f"py-1-{RUN}", "admin", "repo/py", "from python", ticket="OPS-9"), admin)
     r = client.append(env)
     assert verify_receipt(r, verifier, env) == r.index
     assert not r.duplicate
@@ -43,7 +46,7 @@ def test_append_returns_a_receipt_that_verifies_offline(client, verifier, admin)
 
 
 def test_tampered_receipts_are_refused(client, verifier, admin):
-    r = client.append(sign_event(annotation("py-2", "admin", "repo/py"), admin))
+    r = client.append(sign_event(annotation(f"py-2-{RUN}", "admin", "repo/py"), admin))
     bad = ledger_pb2.Receipt()
     bad.CopyFrom(r)
     bad.entry = bad.entry[:-1] + bytes([bad.entry[-1] ^ 1])
@@ -56,13 +59,13 @@ def test_tampered_receipts_are_refused(client, verifier, admin):
 
 
 def test_server_refusals_name_the_problem(client, admin):
-    env = sign_event(annotation("py-3", "admin", "repo/py"), admin)
+    env = sign_event(annotation(f"py-3-{RUN}", "admin", "repo/py"), admin)
     env.signatures[0].sig = bytes([env.signatures[0].sig[0] ^ 1]) + env.signatures[0].sig[1:]
     with pytest.raises(grpc.RpcError) as e:
         client.append(env)
     assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED
     assert "no signature verifies" in e.value.details()
-    future = annotation("py-4", "admin", "repo/py")
+    future = annotation(f"py-4-{RUN}", "admin", "repo/py")
     future.claimed_time_unix_nanos = time.time_ns() + 3600 * 10**9
     with pytest.raises(grpc.RpcError) as e:
         client.append(sign_event(future, admin))
@@ -71,7 +74,7 @@ def test_server_refusals_name_the_problem(client, admin):
 
 
 def test_checkpoint_and_entries_read_back(client, verifier, admin):
-    r = client.append(sign_event(annotation("py-5", "admin", "repo/py"), admin))
+    r = client.append(sign_event(annotation(f"py-5-{RUN}", "admin", "repo/py"), admin))
     origin, size, root = verifier.checkpoint(client.checkpoint().note)
     assert origin == "docket.local/log" and size >= r.index + 1
     e = client.entry(r.index)
@@ -81,4 +84,4 @@ def test_checkpoint_and_entries_read_back(client, verifier, admin):
     assert payload_type == "application/vnd.docket.event.v1+protobuf"
     decoded = event_pb2.Event()
     decoded.ParseFromString(payload)
-    assert decoded.event_id == "py-5" and decoded.signer == "admin"
+    assert decoded.event_id == f"py-5-{RUN}" and decoded.signer == "admin"

@@ -1,0 +1,155 @@
+"""The event builders and the CI-variable reader; no server needed."""
+
+import time
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from docket.v1 import event_pb2
+from docket_client.client import (
+    CiEnv,
+    break_glass_reviewed,
+    change_amended,
+    change_opened,
+    change_reviewed,
+    ci_env,
+    ci_run_from_env,
+    ci_run_reported,
+    deploy_requested,
+    policy_approved,
+    policy_proposed,
+    principal_registered,
+    public_key_bytes,
+)
+
+D = "sha256:" + "ab" * 32
+C = "0123456789abcdef0123456789abcdef01234567"
+
+# The variables of tests::ci_variables_of_github_and_gitlab in src/cli/gov.rs.
+GITHUB = {
+    "GITHUB_ACTIONS": "true",
+    "GITHUB_SERVER_URL": "https://github.com",
+    "GITHUB_REPOSITORY": "acme/payments",
+    "GITHUB_RUN_ID": "4242",
+    "GITHUB_SHA": C,
+    "GITHUB_WORKFLOW": "build",
+    "GITHUB_REF": "refs/heads/main",
+}
+GITLAB = {
+    "GITLAB_CI": "true",
+    "CI_SERVER_HOST": "gitlab.example.com",
+    "CI_PROJECT_PATH": "acme/payments",
+    "CI_PIPELINE_ID": "77",
+    "CI_PIPELINE_URL": "https://gitlab.example.com/acme/payments/-/pipelines/77",
+    "CI_COMMIT_SHA": "89abcdef0123456789abcdef0123456789abcdef",
+    "CI_JOB_NAME": "build-image",
+    "CI_COMMIT_REF_NAME": "main",
+}
+
+
+def test_ci_variables_of_github_and_gitlab():
+    assert ci_env(GITHUB) == CiEnv(
+        provider="github-actions",
+        repository="github.com/acme/payments",
+        commit=C,
+        pipeline="build",
+        run_id="4242",
+        url="https://github.com/acme/payments/actions/runs/4242",
+        ref="refs/heads/main",
+    )
+    # A trailing slash on the server URL is not doubled.
+    assert ci_env({**GITHUB, "GITHUB_SERVER_URL": "https://ghe.example.com/"}).url == (
+        "https://ghe.example.com/acme/payments/actions/runs/4242"
+    )
+    e = ci_env(GITLAB)
+    assert e.provider == "gitlab-ci"
+    assert e.repository == "gitlab.example.com/acme/payments"
+    assert e.commit == "89abcdef0123456789abcdef0123456789abcdef"
+    assert e.pipeline == "build-image"
+    assert e.run_id == "77"
+    assert e.url.endswith("/pipelines/77")
+    assert e.ref == "main"
+    assert ci_env({**GITLAB, "CI_PIPELINE_NAME": "release"}).pipeline == "release"
+    # Neither: nothing is guessed.
+    assert ci_env({}) == CiEnv()
+    assert ci_env({"GITHUB_ACTIONS": "false", "GITHUB_SHA": C}) == CiEnv()
+
+
+def test_ci_run_from_env_fills_the_run_from_the_variables():
+    ev = ci_run_from_env("ci-1", "ci", "passed", [D], environ=GITHUB)
+    assert ev.WhichOneof("body") == "ci_run_reported"
+    r = ev.ci_run_reported
+    assert (r.repository, r.commit, r.provider, r.pipeline, r.run_id, r.ref) == (
+        "github.com/acme/payments",
+        C,
+        "github-actions",
+        "build",
+        "4242",
+        "refs/heads/main",
+    )
+    assert r.url == "https://github.com/acme/payments/actions/runs/4242"
+    assert list(r.artifact_digests) == [D] and r.status == event_pb2.CI_STATUS_PASSED
+    # An explicit value wins over the variable.
+    assert ci_run_from_env("ci-2", "ci", "failed", [], environ=GITLAB, run_id="9").ci_run_reported.run_id == "9"
+    # Outside CI the commit and repository must be given.
+    with pytest.raises(ValueError, match="commit"):
+        ci_run_from_env("ci-3", "ci", "passed", [D], environ={})
+    with pytest.raises(ValueError, match="repository"):
+        ci_run_from_env("ci-3", "ci", "passed", [D], environ={}, commit=C)
+    ev = ci_run_from_env("ci-3", "ci", "canceled", [D], environ={}, commit=C, repository="r")
+    assert ev.ci_run_reported.status == event_pb2.CI_STATUS_CANCELED and ev.ci_run_reported.provider == ""
+
+
+def test_ci_status_words():
+    assert ci_run_reported("e", "ci", "r", C, "failed").ci_run_reported.status == event_pb2.CI_STATUS_FAILED
+    assert ci_run_reported("e", "ci", "r", C, "success").ci_run_reported.status == event_pb2.CI_STATUS_PASSED
+    with pytest.raises(ValueError, match="expected passed, failed or canceled"):
+        ci_run_reported("e", "ci", "r", C, "green")
+
+
+def test_builders_set_exactly_one_body_and_the_claimed_time():
+    key = Ed25519PrivateKey.generate()
+    before = time.time_ns()
+    events = {
+        "principal_registered": principal_registered("e1", "admin", "alice", key, roles=["dev"], emails=["Alice@Example.COM"]),
+        "change_opened": change_opened("e2", "ci", "CHG-1", ["staging", "prod"], artifact_digests=[D], title="t"),
+        "change_amended": change_amended("e3", "ci", "CHG-1", commits=[C], reason="r"),
+        "change_reviewed": change_reviewed("e4", "bob", "CHG-1", [D], approve=False, comment="no"),
+        "ci_run_reported": ci_run_reported("e5", "ci", "r", C, "passed", [D]),
+        "deploy_requested": deploy_requested("e6", "dave", "prod", [D], break_glass=True, justification="INC-7"),
+        "break_glass_reviewed": break_glass_reviewed("e7", "carol", 42, justified=False, comment="c"),
+        "policy_proposed": policy_proposed("e8", "admin", "p-1", "version = 1\n", 1, "d"),
+        "policy_approved": policy_approved("e9", "bob", "p-1"),
+    }
+    after = time.time_ns()
+    for body, ev in events.items():
+        assert ev.WhichOneof("body") == body
+        assert before <= ev.claimed_time_unix_nanos <= after
+        # The bytes round-trip: what is signed is what the server decodes.
+        again = event_pb2.Event()
+        again.ParseFromString(ev.SerializeToString())
+        assert again == ev
+    p = events["principal_registered"].principal_registered.principal
+    assert p.kind == event_pb2.PRINCIPAL_KIND_HUMAN
+    assert list(p.public_keys) == [public_key_bytes(key)] and len(p.public_keys[0]) == 32
+    assert list(p.emails) == ["alice@example.com"] and list(p.roles) == ["dev"]
+    assert events["change_reviewed"].change_reviewed.verdict == event_pb2.REVIEW_VERDICT_REJECT
+    assert change_reviewed("e", "bob", "CHG-1", D).change_reviewed.verdict == event_pb2.REVIEW_VERDICT_APPROVE
+    # A single subject is one subject, not its characters.
+    assert list(change_reviewed("e", "bob", "CHG-1", D).change_reviewed.seen_subjects) == [D]
+    d = events["deploy_requested"].deploy_requested
+    assert (d.action, d.environment, list(d.subjects), d.break_glass, d.justification) == (
+        "deploy",
+        "prod",
+        [D],
+        True,
+        "INC-7",
+    )
+    assert events["break_glass_reviewed"].break_glass_reviewed.deployment_index == 42
+    assert not events["break_glass_reviewed"].break_glass_reviewed.justified
+    ci = principal_registered("e", "admin", "ci", key.public_key(), kind="ci", roles=["ci"])
+    assert ci.principal_registered.principal.kind == event_pb2.PRINCIPAL_KIND_CI
+    with pytest.raises(ValueError, match="kind"):
+        principal_registered("e", "admin", "x", key, kind="robot")
+    with pytest.raises(ValueError, match="32 bytes"):
+        principal_registered("e", "admin", "x", b"short")
