@@ -9,6 +9,7 @@
 //! - [`state`]: the event-sourced projections: identity (principals, roles, keys) and
 //!   governance (policies, changes, reviews, commits, CI runs, deployments, obligations).
 //! - [`ingest`]: adapters that turn outside data (git repositories) into events.
+//! - [`evidence`]: evidence bundles: export, offline verification, OSCAL and the HTML report.
 //! - [`service`]: admission checks, the single writer with group commit, read paths.
 //! - [`verify`]: offline verification of a stored log.
 //! - [`tls`]: rustls configuration and the rcgen development PKI.
@@ -23,6 +24,7 @@ pub mod cli;
 pub mod crypto;
 pub mod datadir;
 pub mod event;
+pub mod evidence;
 pub mod ingest;
 pub mod ledger;
 pub mod policy;

@@ -35,33 +35,31 @@ fn at(index: u64, reason: impl Into<String>) -> Failure {
     }
 }
 
-struct SigJob {
-    index: u64,
-    keys: SignerKeys,
-    envelope: Envelope,
+/// One signature check: the envelope of entry `index` against the keys its
+/// signer had just before it.
+pub(crate) struct SigJob {
+    pub(crate) index: u64,
+    pub(crate) keys: SignerKeys,
+    pub(crate) envelope: Envelope,
 }
 
 /// Jobs per message to the signature threads.
 const CHUNK: usize = 1024;
 
-/// Verifies the whole log in `store`. With `trusted`, the genesis log key must
-/// be that key; without, the key genesis declares is used (self-consistency only).
-///
-/// One thread scans entries in order (decoding, chain links, leaf hashes, the
-/// state fold, checkpoint roots) while the other cores check signatures; the
-/// first failure by index is reported, whichever kind it is.
-pub fn verify_store<S: Store + ?Sized>(
-    store: &S,
-    trusted: Option<&NoteVerifier>,
-) -> Result<Report, Failure> {
+/// Runs `scan` on this thread while the other cores check the signatures it
+/// hands to its sink (chunked). Returns the scan's result and the failed
+/// signature check with the lowest index, if any.
+pub(crate) fn with_signature_threads<R>(
+    scan: impl FnOnce(&mut dyn FnMut(SigJob)) -> R,
+) -> (R, Option<(u64, String)>) {
     let threads = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1)
         .clamp(1, 8);
-    let first_bad_sig: std::sync::Mutex<Option<(u64, String)>> = std::sync::Mutex::new(None);
+    let first_bad: std::sync::Mutex<Option<(u64, String)>> = std::sync::Mutex::new(None);
     let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<SigJob>>(threads * 4);
     let rx = std::sync::Mutex::new(rx);
-    let scanned = std::thread::scope(|s| {
+    let result = std::thread::scope(|s| {
         for _ in 0..threads {
             s.spawn(|| {
                 loop {
@@ -75,7 +73,7 @@ pub fn verify_store<S: Store + ?Sized>(
                             .map(|e| (j.index, e.to_string()))
                     });
                     if let Some((index, why)) = bad {
-                        let mut first = first_bad_sig.lock().expect("result lock");
+                        let mut first = first_bad.lock().expect("result lock");
                         if first.as_ref().is_none_or(|(i, _)| index < *i) {
                             *first = Some((index, why));
                         }
@@ -84,17 +82,35 @@ pub fn verify_store<S: Store + ?Sized>(
             });
         }
         let mut pending = Vec::with_capacity(CHUNK);
-        let r = scan(store, trusted, &tx, &mut pending);
-        // Entries scanned before a failure still get their signatures
-        // checked, so an earlier bad signature is the one reported.
+        let mut sink = |job: SigJob| {
+            pending.push(job);
+            if pending.len() >= CHUNK {
+                // The receivers only stop when this sender is dropped.
+                let _ = tx.send(std::mem::replace(&mut pending, Vec::with_capacity(CHUNK)));
+            }
+        };
+        let r = scan(&mut sink);
+        // Jobs handed over before a scan failure still get checked, so an
+        // earlier bad signature is the one reported.
         let _ = tx.send(pending);
         drop(tx);
         r
     });
-    let sig_failure = first_bad_sig
-        .into_inner()
-        .expect("result lock")
-        .map(|(i, why)| at(i, format!("signature: {why}")));
+    (result, first_bad.into_inner().expect("result lock"))
+}
+
+/// Verifies the whole log in `store`. With `trusted`, the genesis log key must
+/// be that key; without, the key genesis declares is used (self-consistency only).
+///
+/// One thread scans entries in order (decoding, chain links, leaf hashes, the
+/// state fold, checkpoint roots) while the other cores check signatures; the
+/// first failure by index is reported, whichever kind it is.
+pub fn verify_store<S: Store + ?Sized>(
+    store: &S,
+    trusted: Option<&NoteVerifier>,
+) -> Result<Report, Failure> {
+    let (scanned, bad_sig) = with_signature_threads(|sink| scan(store, trusted, sink));
+    let sig_failure = bad_sig.map(|(i, why)| at(i, format!("signature: {why}")));
     match (scanned, sig_failure) {
         (Ok(report), None) => Ok(report),
         (Ok(_), Some(f)) => Err(f),
@@ -110,8 +126,7 @@ pub fn verify_store<S: Store + ?Sized>(
 fn scan<S: Store + ?Sized>(
     store: &S,
     trusted: Option<&NoteVerifier>,
-    sigs: &std::sync::mpsc::SyncSender<Vec<SigJob>>,
-    jobs: &mut Vec<SigJob>,
+    sigs: &mut dyn FnMut(SigJob),
 ) -> Result<Report, Failure> {
     let store_err = |e: crate::ledger::StoreError| Failure {
         index: None,
@@ -213,7 +228,7 @@ fn scan<S: Store + ?Sized>(
             }
             verifier = Some(declared);
         }
-        jobs.push(SigJob {
+        sigs(SigJob {
             index,
             keys,
             envelope: env,
@@ -270,10 +285,6 @@ fn scan<S: Store + ?Sized>(
                 ));
             }
             checkpoints += 1;
-        }
-        if jobs.len() >= CHUNK {
-            // The receivers only stop when this sender is dropped.
-            let _ = sigs.send(std::mem::replace(jobs, Vec::with_capacity(CHUNK)));
         }
     }
     if cp_sizes.last() != Some(&size) {

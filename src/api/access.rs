@@ -30,6 +30,7 @@ pub const METHODS: &[&str] = &[
     "GetPolicy",
     "ListObligations",
     "ListViolations",
+    "ExportEvidence",
 ];
 
 /// The one place where transport identities are checked.

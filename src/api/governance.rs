@@ -49,8 +49,82 @@ fn obligation_pb(o: &ObligationRec, now: i64) -> pb::ObligationState {
     }
 }
 
+/// Maps every export error to a status; each variant is decided here.
+fn export_status(e: &crate::evidence::ExportError) -> Status {
+    use crate::evidence::ExportError as E;
+    let msg = e.to_string();
+    match e {
+        E::UnknownChange(_) => Status::not_found(msg),
+        E::EmptyPeriod { .. } => Status::invalid_argument(msg),
+        E::Sign(_) => Status::unavailable(msg),
+        E::Read(_) | E::Entry { .. } | E::NoCheckpoint(_) | E::SelfCheck(_) => {
+            Status::internal(msg)
+        }
+    }
+}
+
+/// The scope named by an export request; refusals name the field.
+fn export_scope(r: pb::ExportEvidenceRequest) -> Result<crate::evidence::Scope, Status> {
+    use crate::evidence::{Control, Scope};
+    use pb::export_evidence_request::Scope as S;
+    match r.scope {
+        Some(S::ChangeId(id)) if !id.is_empty() => Ok(Scope::Change(id)),
+        Some(S::Period(p)) => Ok(Scope::Period {
+            from: p.from_unix_nanos,
+            to: p.to_unix_nanos,
+            environments: p.environments,
+            repositories: p.repositories,
+        }),
+        Some(S::Control(c)) => Ok(Scope::Control {
+            control: Control::parse(&c.control).ok_or_else(|| {
+                Status::invalid_argument(format!(
+                    "control.control: {:?} is not one of soc2-cc8.1, iso27001-a8.32, hipaa-164.312b",
+                    c.control
+                ))
+            })?,
+            from: c.from_unix_nanos,
+            to: c.to_unix_nanos,
+        }),
+        _ => Err(Status::invalid_argument(
+            "scope: give change_id, period or control",
+        )),
+    }
+}
+
+/// Bundle bytes per streamed chunk.
+const CHUNK: usize = 1 << 20;
+
 #[tonic::async_trait]
 impl pb::governance_server::Governance for GovernanceApi {
+    type ExportEvidenceStream = std::pin::Pin<
+        Box<dyn futures::Stream<Item = Result<pb::EvidenceChunk, Status>> + Send + 'static>,
+    >;
+
+    #[tracing::instrument(skip_all)]
+    async fn export_evidence(
+        &self,
+        req: Request<pb::ExportEvidenceRequest>,
+    ) -> Result<Response<Self::ExportEvidenceStream>, Status> {
+        self.guard.check(&req, "ExportEvidence")?;
+        let scope = export_scope(req.into_inner())?;
+        let bytes = self.svc.export_evidence(scope).await.map_err(|e| {
+            tracing::warn!(cause = %e, "evidence export failed");
+            export_status(&e)
+        })?;
+        let total = bytes.len() as u64;
+        let bytes = std::sync::Arc::new(bytes);
+        let chunks = (0..bytes.len().div_ceil(CHUNK).max(1)).map(move |i| {
+            let start = i * CHUNK;
+            let end = (start + CHUNK).min(bytes.len());
+            Ok(pb::EvidenceChunk {
+                total_bytes: total,
+                offset: start as u64,
+                data: bytes[start..end].to_vec(),
+            })
+        });
+        Ok(Response::new(Box::pin(futures::stream::iter(chunks))))
+    }
+
     #[tracing::instrument(skip_all)]
     async fn authorize(
         &self,

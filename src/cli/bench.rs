@@ -217,9 +217,9 @@ impl Drop for TempDir {
     }
 }
 
-type Client = pb::ledger_client::LedgerClient<tonic::transport::Channel>;
+pub(crate) type Client = pb::ledger_client::LedgerClient<tonic::transport::Channel>;
 
-async fn ping(client: &Client, conc: usize, n: usize) -> Result<Stats, CliError> {
+pub(crate) async fn ping(client: &Client, conc: usize, n: usize) -> Result<Stats, CliError> {
     let per = n / conc;
     let t = Instant::now();
     let mut tasks = Vec::new();

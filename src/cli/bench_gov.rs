@@ -37,9 +37,9 @@ pub struct BenchAuthorizeArgs {
     /// Decisions per measured phase at the high concurrency (a quarter at 1).
     #[arg(long, default_value_t = 40_000)]
     ops: usize,
-    /// The high concurrency level.
-    #[arg(long, default_value_t = 64)]
-    concurrency: usize,
+    /// Concurrency levels measured (callers in flight at once).
+    #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
+    concurrency: Vec<usize>,
 }
 
 /// The policy the bench decides under: a realistic production rule.
@@ -341,10 +341,12 @@ pub(crate) async fn run(a: BenchAuthorizeArgs) -> CliResult {
     println!();
     println!("| phase | ops | ops/s | p50 ms | p99 ms |");
     println!("|---|---|---|---|---|");
-    let hi = a.concurrency.max(1);
-    for &conc in &[1usize, hi] {
-        let n = if conc == 1 { a.ops / 4 } else { a.ops };
-        in_process(&svc, conc, n, a.changes).await?.print();
+    let levels: Vec<usize> = a.concurrency.iter().map(|c| (*c).max(1)).collect();
+    let ops_at = |conc: usize| if conc == 1 { a.ops / 4 } else { a.ops };
+    for &conc in &levels {
+        in_process(&svc, conc, ops_at(conc), a.changes)
+            .await?
+            .print();
     }
     let server = Server::bind(
         "127.0.0.1:0",
@@ -367,11 +369,18 @@ pub(crate) async fn run(a: BenchAuthorizeArgs) -> CliResult {
         plaintext: false,
     };
     let client = conn.governance().await?;
-    for &conc in &[1usize, hi] {
-        let n = if conc == 1 { a.ops / 4 } else { a.ops };
-        over_grpc(&client, conc, n, a.changes).await?.print();
+    let ledger = conn.ledger().await?;
+    for &conc in &levels {
+        // The empty RPC on the same kind of connection: the transport's ceiling.
+        let mut ping = super::bench::ping(&ledger, conc, ops_at(conc)).await?;
+        ping.name = format!("empty RPC (Ping) over mTLS gRPC, {conc} client(s)");
+        ping.print();
+        over_grpc(&client, conc, ops_at(conc), a.changes)
+            .await?
+            .print();
     }
     drop(client);
+    drop(ledger);
     let _ = stop_tx.send(());
     handle
         .await
@@ -488,4 +497,145 @@ async fn over_grpc(
         secs: t.elapsed().as_secs_f64(),
         lat_us,
     })
+}
+
+#[derive(Args, Debug)]
+pub struct BenchEvidenceArgs {
+    /// Changes in the log (about 13.5 entries each: commit, CI run, opening,
+    /// ten reviews, and a staging deployment for every other change).
+    #[arg(long, default_value_t = 7_400)]
+    changes: usize,
+    /// Exports (and verifications) of one-change bundles to time.
+    #[arg(long, default_value_t = 21)]
+    runs: usize,
+    /// Exports (and verifications) of the whole-log period bundle to time.
+    #[arg(long, default_value_t = 3)]
+    period_runs: usize,
+    /// Also write the period bundle and the log's verifier key here (for
+    /// profiling `docket evidence verify` on its own).
+    #[arg(long)]
+    keep: Option<std::path::PathBuf>,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// `docket bench-evidence`: export and verify times for one-change bundles
+/// and for a period covering the whole log.
+pub(crate) async fn run_evidence(a: BenchEvidenceArgs) -> CliResult {
+    use crate::evidence::{Scope, Trust, verify};
+    let failed = |e: &dyn std::fmt::Display| CliError::failed(e.to_string());
+    let guard = TempDir::new().map_err(|e| failed(&e))?;
+    let dd = bench_datadir(&guard.0.join("data"))?;
+    let svc = dd.open_service(Config::default()).map_err(|e| failed(&e))?;
+    register_bench_admin(&dd, &svc).await?;
+    let waves = governance_events(a.changes, 10);
+    let t = Instant::now();
+    for wave in waves {
+        fill(&svc, wave).await?;
+    }
+    let size = svc.latest_checkpoint().size;
+    println!(
+        "docket bench-evidence: log of {size} entries ({} changes) built in {:.1} s",
+        a.changes,
+        t.elapsed().as_secs_f64()
+    );
+    let key = Trust::Key(svc.verifier().clone());
+
+    // One change (a different one each run, so nothing is cached).
+    let (mut export_s, mut verify_s, mut bytes, mut entries) = (Vec::new(), Vec::new(), 0, 0);
+    for r in 0..a.runs {
+        let id = format!("CHG-{}", (r * 7919) % a.changes);
+        let t = Instant::now();
+        let b = svc
+            .export_evidence(Scope::Change(id))
+            .await
+            .map_err(|e| failed(&e))?;
+        export_s.push(t.elapsed().as_secs_f64());
+        let t = Instant::now();
+        let rep = verify(&b, &key).map_err(|e| failed(&e))?;
+        verify_s.push(t.elapsed().as_secs_f64());
+        bytes = b.len();
+        entries = rep.entries;
+    }
+    println!();
+    println!(
+        "| bundle | entries | bytes | export median ms | verify median ms | verify entries/s |"
+    );
+    println!("|---|---|---|---|---|---|");
+    let (e, v) = (median(export_s), median(verify_s));
+    println!(
+        "| one change (median of {}) | {entries} | {bytes} | {:.1} | {:.1} | {:.0} |",
+        a.runs,
+        e * 1000.0,
+        v * 1000.0,
+        entries as f64 / v
+    );
+
+    // A period covering the whole log.
+    let (first, last) = {
+        let r = svc.reader();
+        let t = |i| {
+            r.entry(i)
+                .ok()
+                .flatten()
+                .and_then(|(b, _)| crate::ledger::Entry::decode(&b).ok())
+                .map(|e| e.integrated_time_nanos)
+                .unwrap_or(0)
+        };
+        (t(0), t(size - 1))
+    };
+    let scope = Scope::Period {
+        from: first,
+        to: last + 1,
+        environments: Vec::new(),
+        repositories: Vec::new(),
+    };
+    let (mut export_s, mut verify_s) = (Vec::new(), Vec::new());
+    let mut bundle = Vec::new();
+    for _ in 0..a.period_runs.max(1) {
+        let t = Instant::now();
+        bundle = svc
+            .export_evidence(scope.clone())
+            .await
+            .map_err(|e| failed(&e))?;
+        export_s.push(t.elapsed().as_secs_f64());
+        let t = Instant::now();
+        let rep = verify(&bundle, &key).map_err(|e| failed(&e))?;
+        verify_s.push(t.elapsed().as_secs_f64());
+        entries = rep.entries;
+    }
+    if let Some(dir) = &a.keep {
+        std::fs::create_dir_all(dir).map_err(|e| failed(&e))?;
+        std::fs::write(dir.join("period.tar"), &bundle).map_err(|e| failed(&e))?;
+        std::fs::write(dir.join("log.vkey"), format!("{}\n", svc.verifier().vkey()))
+            .map_err(|e| failed(&e))?;
+    }
+    let (e, v) = (median(export_s), median(verify_s));
+    println!(
+        "| period, whole log (median of {}) | {entries} | {} | {:.0} | {:.0} | {:.0} |",
+        a.period_runs.max(1),
+        bundle.len(),
+        e * 1000.0,
+        v * 1000.0,
+        entries as f64 / v
+    );
+    // The same log checked by `docket verify` (chain, nodes, fold and every
+    // signature, no bundle): the floor set by strict Ed25519 on this machine.
+    let t = Instant::now();
+    let rep = crate::verify::verify_store(&**svc.reader().store(), None).map_err(|e| failed(&e))?;
+    let secs = t.elapsed().as_secs_f64();
+    println!(
+        "| (comparison) `docket verify` of the same log | {} | — | — | {:.0} | {:.0} |",
+        rep.entries,
+        secs * 1000.0,
+        rep.entries as f64 / secs
+    );
+    println!();
+    println!(
+        "export includes selection, reading, the fold, rendering, the manifest signature and a full self-check verification of the bundle"
+    );
+    Ok(())
 }

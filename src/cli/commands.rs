@@ -406,6 +406,9 @@ pub(crate) async fn submit_verified(
     key: &SigningKey,
     ev: Event,
 ) -> Result<(pb::Receipt, crate::ledger::Envelope), CliError> {
+    // Read the verifier key before appending anything: a receipt that cannot
+    // be checked must not follow an append that already happened.
+    let verifier = log_verifier(conn)?;
     let env = sign_event(&ev, key);
     let c = Conn::resolve(conn)?;
     let mut client = c.ledger().await?;
@@ -416,7 +419,7 @@ pub(crate) async fn submit_verified(
         .await
         .map_err(|s| status_err("append", s))?
         .into_inner();
-    check_receipt(conn, &r, &env)?;
+    check_receipt_with(&verifier, &r, &env)?;
     Ok((r, env))
 }
 
@@ -447,12 +450,11 @@ fn hashes(v: &[Vec<u8>]) -> Result<Vec<Hash>, CliError> {
 }
 
 /// Verifies a receipt offline and that it carries the envelope sent.
-pub(crate) fn check_receipt(
-    conn: &ConnArgs,
+pub(crate) fn check_receipt_with(
+    verifier: &NoteVerifier,
     r: &pb::Receipt,
     sent: &crate::ledger::Envelope,
 ) -> CliResult {
-    let verifier = log_verifier(conn)?;
     let proof = r.inclusion_proof.clone().unwrap_or_default();
     let cp = r.checkpoint.clone().unwrap_or_default();
     let leaf: Hash = r
@@ -466,7 +468,7 @@ pub(crate) fn check_receipt(
         &leaf,
         &hashes(&proof.hashes)?,
         &cp.note,
-        &verifier,
+        verifier,
     )
     .map_err(|e| CliError::failed(format!("the server's receipt does not verify: {e}")))?;
     // The proof must be for the envelope we sent, not just some entry.

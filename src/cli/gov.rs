@@ -11,7 +11,7 @@ use ed25519_dalek::SigningKey;
 use tonic::Code;
 
 use super::client::{Conn, status_err};
-use super::commands::{check_receipt, fresh_event_id, now_nanos, signer_of};
+use super::commands::{check_receipt_with, fresh_event_id, log_verifier, now_nanos, signer_of};
 use super::{CliError, CliResult, ConnArgs, SignArgs};
 use crate::api::convert::{envelope_to_pb, sign_event};
 use crate::api::pb;
@@ -1057,6 +1057,7 @@ pub(crate) async fn git(c: GitCmd) -> CliResult {
         return Ok(());
     }
     let (signer, key) = signer_of(&a.conn, &a.sign)?;
+    let verifier = log_verifier(&a.conn)?;
     let mut ledger = Conn::resolve(&a.conn)?.ledger().await?;
     let (mut added, mut known) = (0usize, 0usize);
     for c in commits {
@@ -1076,7 +1077,7 @@ pub(crate) async fn git(c: GitCmd) -> CliResult {
         {
             Ok(r) => {
                 let r = r.into_inner();
-                check_receipt(&a.conn, &r, &env)?;
+                check_receipt_with(&verifier, &r, &env)?;
                 line(&c, &format!("recorded at entry {}", r.index));
                 added += 1;
             }

@@ -5,6 +5,7 @@ pub mod bench;
 pub mod bench_gov;
 pub mod client;
 pub mod commands;
+pub mod evidence;
 pub mod gov;
 
 use std::path::PathBuf;
@@ -99,6 +100,9 @@ enum Command {
     /// Load generator for Authorize: fills a log with changes and reviews,
     /// then measures decisions in process and over mTLS gRPC.
     BenchAuthorize(bench_gov::BenchAuthorizeArgs),
+    /// Load generator for evidence bundles: export and verify times for one
+    /// change and for a period covering a large log.
+    BenchEvidence(bench_gov::BenchEvidenceArgs),
     /// Propose, approve and show policy (policy changes are governed changes).
     #[command(subcommand)]
     Policy(gov::PolicyCmd),
@@ -127,11 +131,26 @@ enum Command {
     /// Record git commits.
     #[command(subcommand)]
     Git(gov::GitCmd),
+    /// Export and verify evidence bundles.
+    #[command(subcommand)]
+    Evidence(evidence::EvidenceCmd),
 }
 
 /// Parses arguments and runs the subcommand.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            // --help and --version print and succeed; anything else is bad
+            // usage, which this CLI reports as 64 (EX_USAGE), not clap's 2.
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(64)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
     let _ = rustls::crypto::ring::default_provider().install_default();
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -166,6 +185,7 @@ pub fn main() -> ExitCode {
             Command::Rebuild(a) => commands::rebuild(a),
             Command::Bench(a) => bench::run(a).await,
             Command::BenchAuthorize(a) => bench_gov::run(a).await,
+            Command::BenchEvidence(a) => bench_gov::run_evidence(a).await,
             Command::Policy(c) => gov::policy(c).await,
             Command::Change(c) => gov::change(c).await,
             Command::Approve(a) => gov::review(a, true).await,
@@ -177,6 +197,7 @@ pub fn main() -> ExitCode {
             Command::Violations(a) => gov::violations(a).await,
             Command::ReviewBreakGlass(a) => gov::review_break_glass(a).await,
             Command::Git(c) => gov::git(c).await,
+            Command::Evidence(c) => evidence::evidence(c).await,
         }
     });
     match res {

@@ -107,6 +107,58 @@ impl Checkpoint {
     }
 }
 
+/// The first line of an evidence manifest note. A checkpoint's first line
+/// is its origin, which can never be this (origins have no spaces), so a
+/// manifest note can never pass as a checkpoint nor the reverse.
+pub const MANIFEST_HEADER: &str = "docket evidence manifest v1";
+
+/// Signs the statement "the evidence manifest whose BLAKE3 is `digest` was
+/// issued by the log `origin`":
+///
+/// ```text
+/// docket evidence manifest v1\n
+/// <origin>\n
+/// <lowercase hex BLAKE3 of manifest.json>\n
+/// \n
+/// — <key name> <base64(keyid[4] || sig[64])>\n
+/// ```
+pub fn sign_manifest(signer: &NoteSigner, origin: &str, digest: &Hash) -> String {
+    signer.sign(&format!(
+        "{MANIFEST_HEADER}\n{origin}\n{}\n",
+        hex::encode(digest)
+    ))
+}
+
+/// Verifies a manifest note and returns the manifest digest it signs.
+pub fn verify_manifest(
+    note: &str,
+    verifier: &NoteVerifier,
+    origin: &str,
+) -> Result<Hash, CheckpointError> {
+    let body = verifier.verify(note)?;
+    let mut lines = body.split('\n');
+    if lines.next() != Some(MANIFEST_HEADER) {
+        return Err(CheckpointError::Malformed(
+            "not an evidence manifest note (first line)",
+        ));
+    }
+    let got = lines.next().unwrap_or_default();
+    if got != origin {
+        return Err(CheckpointError::WrongOrigin {
+            expected: origin.to_owned(),
+            got: got.to_owned(),
+        });
+    }
+    let digest = lines
+        .next()
+        .and_then(|d| hex::decode(d).ok())
+        .and_then(|d| <Hash>::try_from(d.as_slice()).ok())
+        .ok_or(CheckpointError::Malformed(
+            "manifest digest is not 32 bytes of hex",
+        ))?;
+    Ok(digest)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -127,5 +179,20 @@ mod tests {
             Checkpoint::verify(&cp.note, &s.verifier(), "other"),
             Err(CheckpointError::WrongOrigin { .. })
         ));
+    }
+
+    #[test]
+    fn manifest_notes_and_checkpoints_are_not_interchangeable() {
+        let s = NoteSigner::new("docket.test/log", SigningKey::from_bytes(&[4; 32]));
+        let m = sign_manifest(&s, "docket.test/log", &[9; 32]);
+        assert_eq!(
+            verify_manifest(&m, &s.verifier(), "docket.test/log"),
+            Ok([9; 32])
+        );
+        assert!(Checkpoint::verify(&m, &s.verifier(), "docket.test/log").is_err());
+        let cp = Checkpoint::sign(&s, "docket.test/log", 12, &[7; 32]);
+        assert!(verify_manifest(&cp.note, &s.verifier(), "docket.test/log").is_err());
+        let forged = m.replace(&hex::encode([9u8; 32]), &hex::encode([8u8; 32]));
+        assert!(verify_manifest(&forged, &s.verifier(), "docket.test/log").is_err());
     }
 }

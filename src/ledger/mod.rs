@@ -10,7 +10,9 @@ mod store;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-pub use checkpoint::{Checkpoint, CheckpointError};
+pub use checkpoint::{
+    Checkpoint, CheckpointError, MANIFEST_HEADER, sign_manifest, verify_manifest,
+};
 pub use entry::{
     DecodeError, EncodeError, Entry, Envelope, EnvelopeSignature, FORMAT_VERSION, MAX_SIGNATURES,
 };
@@ -303,6 +305,12 @@ impl<S: Store + ?Sized> Appender<S> {
     }
 
     /// Signs a checkpoint for the current (committed) size without writing it.
+    /// Signs an evidence manifest statement ([`sign_manifest`]): the only
+    /// other thing the log key signs besides checkpoints.
+    pub fn sign_manifest(&self, digest: &Hash) -> String {
+        sign_manifest(&self.signer, &self.origin, digest)
+    }
+
     pub fn sign_current(&self) -> Checkpoint {
         Checkpoint::sign(
             &self.signer,

@@ -1,5 +1,6 @@
 //! Evaluation: which rule applies, and whether the facts satisfy it.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 
 use jiff::Timestamp;
@@ -33,14 +34,14 @@ pub struct PrincipalFacts {
 
 /// One review (approval or rejection) of a change, in log order.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Approval {
-    pub approver: String,
+pub struct Approval<'a> {
+    pub approver: Cow<'a, str>,
     /// The subjects (commits and digests) the reviewer saw.
-    pub seen: BTreeSet<String>,
+    pub seen: Cow<'a, BTreeSet<String>>,
     pub at: Timestamp,
     /// False for a rejection.
     pub approve: bool,
-    pub comment: String,
+    pub comment: Cow<'a, str>,
     /// The entry that recorded it.
     pub index: u64,
 }
@@ -49,13 +50,14 @@ pub struct Approval {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CiFact {
     pub passed: bool,
-    /// Words for reasons: "run 42 of build (github-actions), failed".
+    /// Words for reasons when it did not pass: "run 42 of build (github-actions), failed".
     pub description: String,
 }
 
-/// A change and everything known about its subjects.
+/// A change and everything known about its subjects. Reviews borrow from
+/// whoever built the facts (the state), so a decision copies little.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
-pub struct ChangeFacts {
+pub struct ChangeFacts<'a> {
     pub id: String,
     pub revision: u32,
     /// Who opened or amended it: none of them may approve it.
@@ -73,14 +75,14 @@ pub struct ChangeFacts {
     /// The latest CI run per subject.
     pub ci: BTreeMap<String, CiFact>,
     /// Reviews in log order.
-    pub approvals: Vec<Approval>,
+    pub approvals: Vec<Approval<'a>>,
 }
 
 /// A past deployment of a subject to an environment.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Deployment {
-    pub environment: String,
-    pub subject: String,
+pub struct Deployment<'a> {
+    pub environment: Cow<'a, str>,
+    pub subject: Cow<'a, str>,
     pub at: Timestamp,
 }
 
@@ -89,8 +91,8 @@ pub struct Deployment {
 pub struct Facts<'a> {
     pub principals: &'a BTreeMap<String, PrincipalFacts>,
     /// The change binding the request's subjects, if any.
-    pub change: Option<&'a ChangeFacts>,
-    pub deployments: &'a [Deployment],
+    pub change: Option<&'a ChangeFacts<'a>>,
+    pub deployments: &'a [Deployment<'a>],
 }
 
 /// Allow or deny.
@@ -187,13 +189,14 @@ fn human_secs(secs: i64) -> String {
 /// applies decides; freeze windows deny matching environments; break-glass
 /// allows with an obligation.
 pub fn evaluate(policy: &Policy, req: &Request, facts: &Facts<'_>) -> Verdict {
+    let no_roles = Roles::new();
     let actor_roles = facts
         .principals
         .get(&req.actor)
-        .map(|p| p.roles.clone())
-        .unwrap_or_default();
+        .map(|p| &p.roles)
+        .unwrap_or(&no_roles);
     if req.break_glass {
-        if !policy.permits(&actor_roles, Permission::BreakGlass) {
+        if !policy.permits(actor_roles, Permission::BreakGlass) {
             return Verdict::deny(
                 None,
                 format!(
@@ -268,10 +271,9 @@ fn evaluate_rule(rule: &Rule, req: &Request, facts: &Facts<'_>) -> Verdict {
     let mut reasons = Vec::new();
     if let Some(from) = &rule.promoted_from {
         for s in &req.subjects {
-            let earlier = facts
-                .deployments
-                .iter()
-                .any(|d| &d.environment == from && &d.subject == s && d.at <= req.at);
+            let earlier = facts.deployments.iter().any(|d| {
+                d.environment == from.as_str() && d.subject == s.as_str() && d.at <= req.at
+            });
             if !earlier {
                 reasons.push(format!(
                     "{s} has not been deployed to {from} yet; deploy it there first"
@@ -330,11 +332,11 @@ fn evaluate_rule(rule: &Rule, req: &Request, facts: &Facts<'_>) -> Verdict {
             reasons.extend(c.sod_gaps.iter().cloned());
         }
         // Each person's latest review speaks for them.
-        let mut latest: BTreeMap<&str, &Approval> = BTreeMap::new();
+        let mut latest: BTreeMap<&str, &Approval<'_>> = BTreeMap::new();
         for a in &c.approvals {
-            if let Some(prev) = latest.insert(a.approver.as_str(), a) {
+            if let Some(prev) = latest.insert(a.approver.as_ref(), a) {
                 not_counted.push(NotCounted {
-                    approver: prev.approver.clone(),
+                    approver: prev.approver.to_string(),
                     reason: format!(
                         "superseded by {}'s later review (entry {})",
                         a.approver, a.index
@@ -343,12 +345,12 @@ fn evaluate_rule(rule: &Rule, req: &Request, facts: &Facts<'_>) -> Verdict {
                 });
             }
         }
-        let mut current: Vec<&Approval> = latest.into_values().collect();
+        let mut current: Vec<&Approval<'_>> = latest.into_values().collect();
         current.sort_by_key(|a| a.index);
         for a in current {
-            let who = a.approver.clone();
+            let who = a.approver.to_string();
             if !a.approve {
-                if a.seen == c.subjects {
+                if *a.seen == c.subjects {
                     let comment = if a.comment.is_empty() {
                         String::new()
                     } else {
@@ -373,7 +375,7 @@ fn evaluate_rule(rule: &Rule, req: &Request, facts: &Facts<'_>) -> Verdict {
                 continue;
             }
             let p = facts.principals.get(&who);
-            let why_not = if a.seen != c.subjects {
+            let why_not = if *a.seen != c.subjects {
                 Some("stale: approved an earlier revision of the change".to_owned())
             } else if let Some(max) = rule
                 .max_approval_age_secs

@@ -71,13 +71,19 @@ impl Permission {
 /// Simple glob: `*` matches any run of characters (including none); every
 /// other character matches itself.
 pub fn glob_match(pattern: &str, text: &str) -> bool {
-    let p: Vec<char> = pattern.chars().collect();
-    let t: Vec<char> = text.chars().collect();
+    if !pattern.contains('*') {
+        return pattern == text;
+    }
+    // Bytes, not chars: `*` is ASCII and a literal run is valid UTF-8, so a
+    // literal can only match where a character starts; the result is the
+    // same as matching characters.
+    let p = pattern.as_bytes();
+    let t = text.as_bytes();
     // Iterative matcher with one backtrack point (the last `*`).
     let (mut pi, mut ti) = (0usize, 0usize);
     let mut star: Option<(usize, usize)> = None;
     while ti < t.len() {
-        if pi < p.len() && p[pi] == '*' {
+        if pi < p.len() && p[pi] == b'*' {
             star = Some((pi, ti));
             pi += 1;
         } else if pi < p.len() && p[pi] == t[ti] {
@@ -91,7 +97,7 @@ pub fn glob_match(pattern: &str, text: &str) -> bool {
             return false;
         }
     }
-    p[pi..].iter().all(|&c| c == '*')
+    p[pi..].iter().all(|&c| c == b'*')
 }
 
 /// Roles as a set, for lookups.

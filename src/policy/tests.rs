@@ -1,6 +1,7 @@
 //! Table-driven policy tests: every rule kind, the messages for bad
 //! policies, and properties of approval counting.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 
 use jiff::Timestamp;
@@ -80,21 +81,21 @@ const NOW: &str = "2026-11-23T12:00:00Z";
 /// Entry indices for reviews, increasing like a log's.
 static NEXT_INDEX: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(10);
 
-fn approval(who: &str, at: &str) -> Approval {
+fn approval(who: &str, at: &str) -> Approval<'static> {
     Approval {
-        approver: who.into(),
-        seen: set(&["c1", D]),
+        approver: Cow::Owned(who.into()),
+        seen: Cow::Owned(set(&["c1", D])),
         at: ts(at),
         approve: true,
-        comment: String::new(),
+        comment: Cow::Borrowed(""),
         index: NEXT_INDEX.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
     }
 }
 
-fn rejection(who: &str, comment: &str) -> Approval {
+fn rejection(who: &str, comment: &str) -> Approval<'static> {
     Approval {
         approve: false,
-        comment: comment.into(),
+        comment: Cow::Owned(comment.into()),
         ..approval(who, NOW)
     }
 }
@@ -106,7 +107,7 @@ fn passed() -> CiFact {
     }
 }
 
-fn change(approvals: Vec<Approval>) -> ChangeFacts {
+fn change(approvals: Vec<Approval<'static>>) -> ChangeFacts<'static> {
     ChangeFacts {
         id: "CHG-1".into(),
         revision: 1,
@@ -142,7 +143,7 @@ fn request(env: &str) -> Request {
     }
 }
 
-fn staged() -> Vec<Deployment> {
+fn staged() -> Vec<Deployment<'static>> {
     vec![Deployment {
         environment: "staging".into(),
         subject: D.into(),
@@ -153,8 +154,8 @@ fn staged() -> Vec<Deployment> {
 /// Evaluates and compares decision, rule and a needle in the reasons.
 fn check(
     req: Request,
-    change: Option<ChangeFacts>,
-    deployments: Vec<Deployment>,
+    change: Option<ChangeFacts<'static>>,
+    deployments: Vec<Deployment<'static>>,
     expect: (Decision, Option<&str>, &str),
 ) -> Verdict {
     let policy = Policy::parse(POLICY).unwrap();
@@ -415,7 +416,7 @@ fn every_rule_kind() {
     fresh
         .approvals
         .iter_mut()
-        .for_each(|a| a.seen = set(&["c1", D]));
+        .for_each(|a| a.seen = Cow::Owned(set(&["c1", D])));
     check(
         after,
         Some(fresh),
@@ -608,6 +609,12 @@ fn globs() {
         ("*-eu-*", "prod-eu-1", true),
         ("a*b*c", "axxbyyc", true),
         ("a*b*c", "axxbyy", false),
+        ("prod-*", "prod-ü", true),
+        ("*ß", "straß", true),
+        ("ü*é", "überté", true),
+        ("ü*é", "übertè", false),
+        ("*", "日本", true),
+        ("日*", "本日", false),
     ] {
         assert_eq!(glob_match(p, t), m, "{p} vs {t}");
     }

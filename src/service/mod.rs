@@ -185,6 +185,19 @@ pub(crate) struct WriteRequest {
     reply: oneshot::Sender<Result<Committed, AppendError>>,
 }
 
+/// What the writer thread is asked to do.
+// Nearly every job is an append; boxing it to shrink the rare manifest job
+// would add an allocation to every append for nothing.
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum Job {
+    Append(WriteRequest),
+    /// Sign an evidence manifest digest with the log key.
+    SignManifest {
+        digest: Hash,
+        reply: oneshot::Sender<String>,
+    },
+}
+
 pub(crate) enum Committed {
     /// Appended now; durable under `checkpoint`.
     New {
@@ -200,7 +213,7 @@ pub struct Service {
     config: Config,
     reader: LedgerReader<dyn Store>,
     state: Arc<RwLock<State>>,
-    tx: mpsc::Sender<WriteRequest>,
+    tx: mpsc::Sender<Job>,
     size: watch::Receiver<u64>,
     latest: Arc<RwLock<Arc<Checkpoint>>>,
     origin: String,
@@ -255,6 +268,43 @@ pub fn fold_entries<S: Store + ?Sized>(
     Ok(())
 }
 
+/// The persisted state, or `None` when it must be rebuilt from the log: it
+/// is of another format, or does not load (it is derived data, so a damaged
+/// state tree costs a replay, never the log).
+fn load_state<S: Store + ?Sized>(reader: &LedgerReader<S>) -> Result<Option<State>, OpenError> {
+    let pairs = reader.store().state_pairs()?;
+    if pairs.is_empty() {
+        return Ok(Some(State::new()));
+    }
+    let format = State::stored_format(&pairs);
+    if format != Some(STATE_FORMAT) {
+        tracing::info!(found = ?format, expected = STATE_FORMAT, "state tree has another format; rebuilding it from the log");
+        return Ok(None);
+    }
+    match State::load(pairs) {
+        Ok(s) => Ok(Some(s)),
+        Err(e) => {
+            tracing::warn!(cause = %e, "state tree does not load; rebuilding it from the log");
+            Ok(None)
+        }
+    }
+}
+
+/// The state of a log opened offline: the persisted state if it is of this
+/// format and covers the whole log, else the fold of the log from genesis.
+pub fn current_state<S: Store + ?Sized>(reader: &LedgerReader<S>) -> Result<State, OpenError> {
+    let size = reader.size()?;
+    let mut state = load_state(reader)?.unwrap_or_default();
+    if state.next_index() > size {
+        return Err(OpenError::StateAhead {
+            state: state.next_index(),
+            log: size,
+        });
+    }
+    fold_entries(reader, &mut state, size)?;
+    Ok(state)
+}
+
 impl Service {
     /// Creates a new log in `store` whose entry 0 is `genesis` (already signed).
     pub fn create_log<S: Store>(
@@ -293,21 +343,16 @@ impl Service {
         if size == 0 {
             return Err(OpenError::Empty);
         }
-        let pairs = store.state_pairs()?;
-        let mut state = if !pairs.is_empty() && State::stored_format(&pairs) != Some(STATE_FORMAT) {
-            // Written by another version of the fold: derive it again.
-            tracing::info!(
-                found = ?State::stored_format(&pairs),
-                expected = STATE_FORMAT,
-                entries = size,
-                "state tree has another format; rebuilding it from the log"
-            );
-            let mut rebuilt = State::new();
-            fold_entries(&reader, &mut rebuilt, size)?;
-            store.replace_state(rebuilt.take_changes())?;
-            rebuilt
-        } else {
-            State::load(pairs)?
+        let mut state = match load_state(&reader)? {
+            Some(s) => s,
+            None => {
+                // Written by another version of the fold, or unreadable:
+                // the state is derived data, so derive it again.
+                let mut rebuilt = State::new();
+                fold_entries(&reader, &mut rebuilt, size)?;
+                store.replace_state(rebuilt.take_changes())?;
+                rebuilt
+            }
         };
         if state.next_index() > size {
             return Err(OpenError::StateAhead {
@@ -516,13 +561,13 @@ impl Service {
             .authenticate(&envelope)?;
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(WriteRequest {
+            .send(Job::Append(WriteRequest {
                 envelope,
                 event,
                 key,
                 identity,
                 reply,
-            })
+            }))
             .await
             .map_err(|_| AppendError::Stopped)?;
         match rx.await.map_err(|_| AppendError::Stopped)?? {
@@ -570,6 +615,52 @@ impl Service {
             duplicate,
             decision: self.decision_at(index),
         })
+    }
+
+    /// Signs an evidence manifest digest with the log key, on the writer
+    /// thread that holds it (the key never leaves it).
+    pub async fn sign_manifest(&self, digest: Hash) -> Result<String, Stopped> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Job::SignManifest { digest, reply })
+            .await
+            .map_err(|_| Stopped)?;
+        rx.await.map_err(|_| Stopped)
+    }
+
+    /// Builds an evidence bundle for `scope` over the latest durable state:
+    /// selection under the state's read lock, reading and rendering on a
+    /// blocking thread, the manifest signed by the writer thread.
+    pub async fn export_evidence(
+        self: &Arc<Self>,
+        scope: crate::evidence::Scope,
+    ) -> Result<Vec<u8>, crate::evidence::ExportError> {
+        use crate::evidence::{ExportError, export, seal, select};
+        let reader = self.reader.clone();
+        let (selection, size) = self
+            .read_durable(|s| select(s, &reader, &scope))
+            .await
+            .map_err(|e| ExportError::Sign(e.to_string()))?;
+        let selection = selection?;
+        let note = self
+            .reader
+            .checkpoint_note(size)?
+            .ok_or(ExportError::NoCheckpoint(size))?;
+        let cp = Checkpoint::verify(&note, &self.verifier, &self.origin)
+            .map_err(|e| ExportError::Sign(format!("stored checkpoint for size {size}: {e}")))?;
+        let (reader, scope2) = (self.reader.clone(), scope.clone());
+        let unsigned =
+            tokio::task::spawn_blocking(move || export(&reader, &cp, &selection, &scope2))
+                .await
+                .map_err(|e| ExportError::Sign(e.to_string()))??;
+        let note = self
+            .sign_manifest(unsigned.digest())
+            .await
+            .map_err(|e| ExportError::Sign(e.to_string()))?;
+        let key = self.verifier.clone();
+        tokio::task::spawn_blocking(move || seal(unsigned, note, &key))
+            .await
+            .map_err(|e| ExportError::Sign(e.to_string()))?
     }
 
     /// The decision recorded with the DeployRequested entry at `index`.

@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::ledger::{Appender, Checkpoint, Staged, Store};
 use crate::state::{AuthError, State};
 
-use super::{AppendError, Committed, WriteRequest};
+use super::{AppendError, Committed, Job, WriteRequest};
 
 pub(super) struct Writer {
     pub(super) appender: Appender<dyn Store>,
@@ -50,15 +50,18 @@ pub(super) struct Written {
 }
 
 impl Writer {
-    pub(super) fn run(mut self, mut rx: mpsc::Receiver<WriteRequest>, flusher: Flusher) {
+    pub(super) fn run(mut self, mut rx: mpsc::Receiver<Job>, flusher: Flusher) {
         let mut reqs = Vec::with_capacity(self.max_batch);
         while let Some(first) = rx.blocking_recv() {
-            reqs.push(first);
+            self.take(first, &mut reqs);
             while reqs.len() < self.max_batch {
                 match rx.try_recv() {
-                    Ok(r) => reqs.push(r),
+                    Ok(job) => self.take(job, &mut reqs),
                     Err(_) => break,
                 }
+            }
+            if reqs.is_empty() {
+                continue;
             }
             match self.process(&mut reqs) {
                 Ok(Some(w)) => {
@@ -75,6 +78,17 @@ impl Writer {
         }
         // Dropping `rx` makes every later append fail with `Stopped`.
         tracing::info!("writer stopped");
+    }
+
+    /// Queues an append, or answers a manifest signature at once (it needs
+    /// nothing from the batch: the key signs a digest, not log contents).
+    fn take(&self, job: Job, reqs: &mut Vec<WriteRequest>) {
+        match job {
+            Job::Append(r) => reqs.push(r),
+            Job::SignManifest { digest, reply } => {
+                let _ = reply.send(self.appender.sign_manifest(&digest));
+            }
+        }
     }
 
     fn process(

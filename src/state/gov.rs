@@ -17,6 +17,7 @@
 //! The indexes by subject and by e-mail, the parsed active policy and the
 //! principals' facts are derived from those records when the state is loaded.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, LazyLock};
 
@@ -419,6 +420,8 @@ pub struct Gov {
     history: BTreeSet<u64>,
     // Derived from the records above (rebuilt by `load`).
     by_subject: HashMap<String, BTreeSet<String>>,
+    /// Subject → every change any revision of which bound it.
+    ever_bound: HashMap<String, BTreeSet<String>>,
     ci_by_subject: HashMap<String, Vec<u64>>,
     deployed: HashMap<String, Vec<u64>>,
     dirty: Dirty,
@@ -531,6 +534,15 @@ impl Gov {
         &self.history
     }
 
+    /// Changes any revision of which bound `subject`.
+    pub fn changes_ever_binding(&self, subject: &str) -> impl Iterator<Item = &ChangeRec> {
+        self.ever_bound
+            .get(subject)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.changes.get(id))
+    }
+
     /// Changes whose current revision binds `subject`.
     pub fn changes_binding(&self, subject: &str) -> impl Iterator<Item = &ChangeRec> {
         self.by_subject
@@ -553,7 +565,11 @@ impl Gov {
         }
         if let Some(c) = self.changes.get(id) {
             for s in c.current().subjects() {
-                self.by_subject.entry(s).or_default().insert(id.to_owned());
+                self.by_subject
+                    .entry(s.clone())
+                    .or_default()
+                    .insert(id.to_owned());
+                self.ever_bound.entry(s).or_default().insert(id.to_owned());
             }
         }
     }
@@ -666,6 +682,11 @@ impl Gov {
         let ids: Vec<String> = self.changes.keys().cloned().collect();
         for id in ids {
             self.index_change(&id, None);
+            for r in &self.changes[&id].revisions {
+                for s in r.subjects() {
+                    self.ever_bound.entry(s).or_default().insert(id.clone());
+                }
+            }
         }
         let runs: Vec<CiRec> = self.ci.values().cloned().collect();
         for r in &runs {
@@ -1006,6 +1027,12 @@ impl State {
             },
             d.change_id.as_ref().map(|c| c.as_str()),
         );
+        // Decided on the entries before this one: in a sparse fold (an
+        // evidence bundle) `next` may lag behind the entry's index.
+        let decision = DecisionRecord {
+            log_size: index,
+            ..decision
+        };
         if decision.allow
             && d.break_glass
             && let Some(ob) = decision.obligations.first()
@@ -1253,8 +1280,8 @@ impl State {
         for s in &req.subjects {
             for d in self.gov.deployments_of(s) {
                 deployments.push(policy::Deployment {
-                    environment: d.environment.clone(),
-                    subject: s.clone(),
+                    environment: Cow::Borrowed(&d.environment),
+                    subject: Cow::Borrowed(s),
                     at: ts(d.decision.at_nanos),
                 });
             }
@@ -1324,7 +1351,7 @@ impl State {
     }
 
     /// Everything evaluation needs about a change.
-    fn change_facts(&self, c: &ChangeRec) -> policy::ChangeFacts {
+    fn change_facts<'a>(&'a self, c: &'a ChangeRec) -> policy::ChangeFacts<'a> {
         let cur = c.current();
         let subjects = cur.subjects();
         let mut authors = BTreeSet::new();
@@ -1363,7 +1390,11 @@ impl State {
                     s.clone(),
                     policy::CiFact {
                         passed: r.passed,
-                        description: r.describe(),
+                        description: if r.passed {
+                            String::new()
+                        } else {
+                            r.describe()
+                        },
                     },
                 );
             }
@@ -1382,11 +1413,11 @@ impl State {
                 .reviews
                 .iter()
                 .map(|r| policy::Approval {
-                    approver: r.reviewer.clone(),
-                    seen: r.seen.clone(),
+                    approver: Cow::Borrowed(&r.reviewer),
+                    seen: Cow::Borrowed(&r.seen),
                     at: ts(r.at_nanos),
                     approve: r.approve,
-                    comment: r.comment.clone(),
+                    comment: Cow::Borrowed(&r.comment),
                     index: r.index,
                 })
                 .collect(),

@@ -696,6 +696,7 @@ impl State {
         I: IntoIterator<Item = (Vec<u8>, Vec<u8>)>,
     {
         let mut s = State::new();
+        let mut has_time = false;
         for (k, v) in pairs {
             if k == b"m/next" {
                 let arr: [u8; 8] = v
@@ -704,6 +705,7 @@ impl State {
                     .map_err(|_| StateCodecError::Truncated("m/next"))?;
                 s.next = u64::from_be_bytes(arr);
             } else if k == b"m/time" {
+                has_time = true;
                 let arr: [u8; 8] = v
                     .as_slice()
                     .try_into()
@@ -731,6 +733,9 @@ impl State {
                     String::from_utf8_lossy(&k).into_owned(),
                 ));
             }
+        }
+        if s.next > 0 && !has_time {
+            return Err(StateCodecError::Truncated("m/time"));
         }
         s.gov.finish_load()?;
         Ok(s)

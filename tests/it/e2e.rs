@@ -761,6 +761,14 @@ async fn access_json_limits_each_identity_to_its_methods() {
             .await
             .map(drop),
     );
+    check(
+        "ExportEvidence",
+        gov.export_evidence(pb::ExportEvidenceRequest {
+            scope: Some(pb::export_evidence_request::Scope::ChangeId("CHG-1".into())),
+        })
+        .await
+        .map(drop),
+    );
     // Every method of both services was tried.
     let mut all: Vec<_> = docket::api::access::METHODS
         .iter()

@@ -1,11 +1,13 @@
 //! End-to-end tests: one test binary (STYLE.md §5).
 #![allow(unreachable_pub)]
 
+mod ci_templates;
 mod cli;
 mod common;
 mod compat;
 mod crash;
 mod e2e;
+mod evidence;
 mod failstop;
 mod git;
 mod governance;

@@ -1,0 +1,306 @@
+#!/usr/bin/env bash
+# docket-ci.sh: the one script the GitHub Action (github/action.yml) and the
+# GitLab CI template (gitlab/docket.gitlab-ci.yml) call, so the pipeline logic
+# lives in one place and runs the same on a laptop.
+#
+#   docket-ci.sh report STATUS [DIGEST...]   record a CI run (docket ci report)
+#   docket-ci.sh gate ENVIRONMENT DIGEST...  ask whether a deploy is allowed (docket authorize)
+#   docket-ci.sh deploy ENVIRONMENT DIGEST... record the deploy; Docket decides it (docket deploy)
+#
+# Settings come only from the environment (see usage below). Exit codes: 0
+# allowed / recorded, 1 denied or the server refused, 64 bad usage or
+# configuration (docket's own codes are passed through unchanged).
+set -euo pipefail
+
+PROG=docket-ci.sh
+BIN="${DOCKET_BIN:-docket}"
+ON_GITHUB=false
+[[ "${GITHUB_ACTIONS:-}" == "true" ]] && ON_GITHUB=true
+
+usage() {
+    cat <<EOF
+usage: $PROG report STATUS [DIGEST...]
+       $PROG gate ENVIRONMENT DIGEST...
+       $PROG deploy ENVIRONMENT DIGEST...
+
+  report  docket ci report --status STATUS --digest DIGEST...  (STATUS: passed, failed,
+          canceled; GitHub's success/failure/cancelled work too). The commit, run id, URL and
+          repository come from the GitHub Actions or GitLab CI variables.
+  gate    docket authorize --env ENVIRONMENT --digest DIGEST... --actor \$DOCKET_SIGNER
+          (records nothing). Exit 0 allow, 1 deny.
+  deploy  docket deploy --env ENVIRONMENT --digest DIGEST... (records the deploy, allowed or
+          not). Exit 0 allow, 1 deny.
+
+DIGEST is an artifact digest: sha256: and 64 lowercase hex digits.
+
+Environment:
+  DOCKET_SERVER     server URL, e.g. https://docket.example.com:7443   (required)
+  DOCKET_KEY        the pipeline principal's Ed25519 key file (PEM)    (required)
+  DOCKET_SIGNER     the pipeline principal's id, e.g. ci               (required)
+  DOCKET_CA         CA certificate of the server's certificate (PEM)
+  DOCKET_CERT       client certificate (PEM)
+  DOCKET_CERT_KEY   client certificate's private key (PEM)
+  DOCKET_LOG_VKEY   the log's verifier key, to check receipts (report and deploy)
+  DOCKET_DATA       data directory for defaults of the above (default: docket-data)
+  DOCKET_BIN        the docket binary (default: docket)
+  DOCKET_JSON_OUT   gate/deploy: also write the decision as JSON to this file
+  GITHUB_STEP_SUMMARY  GitHub Actions: a Markdown summary is appended to it
+
+Exit codes: 0 allowed/recorded, 1 denied or failed, 64 bad usage or configuration.
+EOF
+}
+
+# GitHub workflow commands need %, CR and LF escaped.
+gh_escape() {
+    local s="$1"
+    s="${s//'%'/%25}"
+    s="${s//$'\r'/%0D}"
+    s="${s//$'\n'/%0A}"
+    printf '%s' "$s"
+}
+
+# An ::error:: annotation under GitHub Actions; nothing elsewhere.
+annotate_error() {
+    if $ON_GITHUB; then
+        printf '::error title=%s::%s\n' "$(gh_escape "$1")" "$(gh_escape "$2")"
+    fi
+}
+
+summary() {
+    if [[ -n "${GITHUB_STEP_SUMMARY:-}" ]]; then
+        printf '%s\n' "$@" >>"$GITHUB_STEP_SUMMARY"
+    fi
+}
+
+# --- arguments and configuration --------------------------------------------
+
+errors=()
+cmd="${1:-}"
+[[ $# -gt 0 ]] && shift
+
+case "$cmd" in
+    -h | --help | help)
+        usage
+        exit 0
+        ;;
+    report)
+        if [[ $# -lt 1 || -z "$1" ]]; then
+            errors+=("report: missing STATUS (passed, failed or canceled)")
+        fi
+        ;;
+    gate | deploy)
+        if [[ $# -lt 1 || -z "$1" ]]; then
+            errors+=("$cmd: missing ENVIRONMENT")
+        elif [[ $# -lt 2 ]]; then
+            errors+=("$cmd: missing DIGEST (at least one sha256:... artifact digest)")
+        fi
+        ;;
+    "")
+        errors+=("missing command: report, gate or deploy")
+        ;;
+    *)
+        errors+=("unknown command '$cmd': expected report, gate or deploy")
+        ;;
+esac
+
+# After STATUS (report) or ENVIRONMENT (gate, deploy): the digests.
+case "$cmd" in
+    report | gate | deploy) digests=("${@:2}") ;;
+    *) digests=() ;;
+esac
+for d in "${digests[@]+"${digests[@]}"}"; do
+    if ! [[ "$d" =~ ^sha256:[0-9a-f]{64}$ ]]; then
+        errors+=("'$d' is not an artifact digest (sha256: and 64 lowercase hex digits)")
+    fi
+done
+
+for v in DOCKET_SERVER DOCKET_KEY DOCKET_SIGNER; do
+    if [[ -z "${!v:-}" ]]; then
+        errors+=("$v is not set")
+    fi
+done
+
+# Files docket would read: checked here so a missing secret file is named
+# before anything is sent. (docket itself fails with exit 64 on these too,
+# but for report and deploy only after the event has been appended.)
+check_file() {
+    local var="$1" path="$2"
+    if [[ ! -f "$path" || ! -r "$path" ]]; then
+        errors+=("$var: cannot read '$path'")
+    fi
+}
+for v in DOCKET_CA DOCKET_CERT DOCKET_CERT_KEY; do
+    [[ -n "${!v:-}" ]] && check_file "$v" "${!v}"
+done
+if [[ "$cmd" == report || "$cmd" == deploy ]]; then
+    [[ -n "${DOCKET_KEY:-}" ]] && check_file DOCKET_KEY "$DOCKET_KEY"
+    if [[ -n "${DOCKET_LOG_VKEY:-}" ]]; then
+        check_file DOCKET_LOG_VKEY "$DOCKET_LOG_VKEY"
+    elif [[ ! -r "${DOCKET_DATA:-docket-data}/log.vkey" ]]; then
+        errors+=("DOCKET_LOG_VKEY is not set and ${DOCKET_DATA:-docket-data}/log.vkey does not exist: $cmd needs the log's verifier key to check its receipt")
+    fi
+fi
+
+if [[ ${#errors[@]} -eq 0 ]] && ! command -v "$BIN" >/dev/null 2>&1; then
+    errors+=("docket binary '$BIN' not found (set DOCKET_BIN or put docket on PATH)")
+fi
+
+if [[ ${#errors[@]} -gt 0 ]]; then
+    for e in "${errors[@]}"; do
+        echo "$PROG: error: $e" >&2
+    done
+    echo "run '$PROG --help' for the commands and the DOCKET_* variables" >&2
+    annotate_error "Docket ${cmd:-CI}" "$(printf '%s\n' "${errors[@]}")"
+    exit 64
+fi
+
+tmp="$(mktemp -d "${TMPDIR:-/tmp}/docket-ci.XXXXXX")"
+trap 'rm -rf "$tmp"' EXIT
+
+# The last line docket wrote to stderr, without its "error: " prefix.
+last_error() {
+    local line
+    line="$(grep -v '^[[:space:]]*$' "$tmp/err" | tail -n 1 || true)"
+    printf '%s' "${line#error: }"
+}
+
+# --- report -----------------------------------------------------------------
+
+do_report() {
+    local status="$1"
+    shift
+    local args=(ci report --status "$status")
+    local d
+    for d in "$@"; do args+=(--digest "$d"); done
+    local rc=0
+    "$BIN" "${args[@]}" >"$tmp/out" 2>"$tmp/err" || rc=$?
+    cat "$tmp/out"
+    cat "$tmp/err" >&2
+    if [[ $rc -eq 0 ]]; then
+        summary "**Docket:** $(head -n 1 "$tmp/out")"
+    else
+        annotate_error "Docket CI report" "docket ci report failed (exit $rc): $(last_error)"
+        summary "**Docket:** CI report failed (exit $rc): $(last_error)"
+    fi
+    return "$rc"
+}
+
+# --- gate and deploy --------------------------------------------------------
+
+# Renders a decision (JSON from --json) as text (mode text) or Markdown
+# (mode markdown). Needs python3; callers fall back without it.
+render() {
+    python3 - "$@" <<'PY'
+import json, sys
+
+path, mode, title, what, env, actor = sys.argv[1:7]
+d = json.load(open(path))
+allow = d.get("verdict") == "allow"
+verdict = "ALLOW" if allow else "DENY"
+rule = f'rule "{d["rule"]}"' if d.get("rule") else "no rule"
+if mode == "text":
+    out = [f'{verdict} {what}: {rule}, policy version {d.get("policy_version")}']
+    if d.get("change_id"):
+        out.append(f'  change {d["change_id"]} (revision {d.get("change_revision")})')
+    out += [f"  - {r}" for r in d.get("reasons", [])]
+    out += [f'  counted:     {c["approver"]} ({c["roles"]}) [entry {c["index"]}]' for c in d.get("counted", [])]
+    out += [f'  not counted: {c["approver"]} - {c["reason"]} [entry {c["index"]}]' for c in d.get("not_counted", [])]
+    out += [f'  obligation:  {o["description"]}, due {o["due"]}, not by {o["not_by"]}' for o in d.get("obligations", [])]
+    if d.get("recorded"):
+        out.append(f'  recorded at entry {d.get("index")}')
+    print("\n".join(out))
+else:
+    icon = "\u2705" if allow else "\u274c"
+    out = [f"### {icon} Docket {title}: {verdict} for `{env}`", "",
+           "| | |", "|---|---|",
+           f"| Subjects | {what} |",
+           f"| Actor | `{actor}` |",
+           f"| Rule | {rule} |",
+           f'| Policy version | {d.get("policy_version")} |']
+    if d.get("change_id"):
+        out.append(f'| Change | `{d["change_id"]}` (revision {d.get("change_revision")}) |')
+    if d.get("recorded"):
+        out.append(f'| Recorded | entry {d.get("index")} |')
+    out.append("")
+    for r in d.get("reasons", []):
+        out.append(f"- {r}")
+    for c in d.get("counted", []):
+        out.append(f'- counted: {c["approver"]} ({c["roles"]})')
+    for c in d.get("not_counted", []):
+        out.append(f'- not counted: {c["approver"]}: {c["reason"]}')
+    for o in d.get("obligations", []):
+        out.append(f'- obligation: {o["description"]}, due {o["due"]}')
+    print("\n".join(out))
+PY
+}
+
+do_decide() {
+    local sub="$1" env="$2"
+    shift 2
+    local title=gate
+    [[ "$sub" == deploy ]] && title=deploy
+    local args=("$sub" --env "$env" --json)
+    local d
+    for d in "$@"; do args+=(--digest "$d"); done
+    [[ "$sub" == authorize ]] && args+=(--actor "$DOCKET_SIGNER")
+
+    local rc=0
+    "$BIN" "${args[@]}" >"$tmp/out" 2>"$tmp/err" || rc=$?
+
+    local have_json=false have_py=false
+    if grep -q '"verdict"' "$tmp/out" 2>/dev/null; then have_json=true; fi
+    if command -v python3 >/dev/null 2>&1; then have_py=true; fi
+    local what="deploy $* to $env"
+
+    if $have_json; then
+        if $have_py && render "$tmp/out" text "$title" "$what" "$env" "$DOCKET_SIGNER" >"$tmp/text" 2>/dev/null; then
+            cat "$tmp/text"
+        else
+            cat "$tmp/out"
+        fi
+    else
+        cat "$tmp/out"
+    fi
+    cat "$tmp/err" >&2
+
+    if [[ -n "${DOCKET_JSON_OUT:-}" ]]; then
+        if $have_json; then
+            cp "$tmp/out" "$DOCKET_JSON_OUT"
+        else
+            # No decision came back: leave no stale one behind.
+            rm -f "$DOCKET_JSON_OUT"
+        fi
+    fi
+
+    local verdict=unknown
+    if $have_json; then
+        if grep -q '"verdict": *"allow"' "$tmp/out"; then verdict=ALLOW; else verdict=DENY; fi
+    fi
+
+    if [[ -n "${GITHUB_STEP_SUMMARY:-}" ]]; then
+        if $have_json && $have_py && render "$tmp/out" markdown "$title" "\`$*\`" "$env" "$DOCKET_SIGNER" >"$tmp/md" 2>/dev/null; then
+            summary "$(cat "$tmp/md")" ""
+        elif $have_json; then
+            summary "### Docket $title: $verdict for \`$env\`" "" '```json' "$(cat "$tmp/out")" '```' ""
+        else
+            summary "### Docket $title: no decision for \`$env\` (exit $rc)" "" "$(last_error)" ""
+        fi
+    fi
+
+    if [[ $rc -ne 0 ]]; then
+        if [[ "$verdict" == DENY ]]; then
+            annotate_error "Docket $title: DENY for $env" "$(last_error)"
+        else
+            annotate_error "Docket $title failed for $env (exit $rc)" "$(last_error)"
+        fi
+    fi
+    return "$rc"
+}
+
+rc=0
+case "$cmd" in
+    report) do_report "$@" || rc=$? ;;
+    gate) do_decide authorize "$@" || rc=$? ;;
+    deploy) do_decide deploy "$@" || rc=$? ;;
+esac
+exit "$rc"

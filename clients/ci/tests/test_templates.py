@@ -1,0 +1,564 @@
+"""Checks of the CI templates and of docket-ci.sh.
+
+The YAML files are parsed and checked for how they fit together (inputs used
+are inputs declared, `uses:` and `include:` point at files that exist, jobs
+extend jobs the template defines). The shell parts are run, with a fake
+`docket` that records its arguments, so the tests see the exact command lines
+the templates would run: no server is needed.
+
+Run: python3 -m pytest -q clients/ci/tests
+"""
+
+import base64
+import json
+import os
+import re
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+CI = Path(__file__).resolve().parents[1]
+REPO = CI.parents[1]
+SCRIPT = CI / "docket-ci.sh"
+ACTION = CI / "github" / "action.yml"
+WORKFLOW = CI / "github" / "example-workflow.yml"
+TEMPLATE = CI / "gitlab" / "docket.gitlab-ci.yml"
+GL_EXAMPLE = CI / "gitlab" / "example.gitlab-ci.yml"
+
+D1 = "sha256:" + "a" * 64
+D2 = "sha256:" + "b" * 64
+EXPR = re.compile(r"\$\{\{(.*?)\}\}", re.S)
+INPUT_REF = re.compile(r"\binputs\.([A-Za-z0-9_-]+)")
+EXPECTED_INPUTS = {
+    "command", "environment", "digests", "status", "server", "ca", "cert",
+    "cert-key", "key", "signer", "log-vkey", "docket-bin",
+}
+
+
+# --- helpers -------------------------------------------------------------------
+
+
+class GitLabLoader(yaml.SafeLoader):
+    """SafeLoader that also reads GitLab's `!reference [job, key]` tag."""
+
+
+class Reference(list):
+    pass
+
+
+GitLabLoader.add_constructor(
+    "!reference", lambda loader, node: Reference(loader.construct_sequence(node))
+)
+
+
+def load(path):
+    return yaml.load(path.read_text(), Loader=GitLabLoader)
+
+
+def workflow_steps(wf):
+    for name, job in wf["jobs"].items():
+        for i, step in enumerate(job.get("steps", [])):
+            yield name, i, step
+
+
+FAKE_DOCKET = r"""#!/usr/bin/env bash
+# Records how it was called; answers like docket would.
+printf '%s\n' "$@" > "$FAKE_DIR/args"
+env | grep '^DOCKET_' | sort > "$FAKE_DIR/env" || true
+verdict="${FAKE_VERDICT:-allow}"
+json=false
+for a in "$@"; do [[ "$a" == --json ]] && json=true; done
+if [[ "$1" == ci ]]; then
+  echo "recorded CI run 7 (fake) passed for abc at entry 3"
+  exit "${FAKE_RC:-0}"
+fi
+if $json; then
+  cat <<EOF
+{
+  "verdict": "$verdict",
+  "rule": "prod",
+  "policy_version": 3,
+  "change_id": "CHG-9",
+  "change_revision": 2,
+  "reasons": ["$FAKE_REASON"],
+  "counted": [],
+  "not_counted": [],
+  "obligations": [],
+  "recorded": false,
+  "index": null
+}
+EOF
+fi
+if [[ "$verdict" == deny ]]; then
+  echo "error: denied: $FAKE_REASON" >&2
+  exit 1
+fi
+"""
+
+
+@pytest.fixture
+def fake(tmp_path):
+    """A fake docket binary and a complete, valid DOCKET_* environment."""
+    bin_ = tmp_path / "fake-docket"
+    bin_.write_text(FAKE_DOCKET)
+    bin_.chmod(0o755)
+    for f in ("ca.pem", "client.pem", "client.key", "ci.key", "log.vkey"):
+        (tmp_path / f).write_text("x\n")
+    env = {
+        "PATH": os.environ["PATH"],
+        "HOME": str(tmp_path),
+        "TMPDIR": str(tmp_path),
+        "FAKE_DIR": str(tmp_path),
+        "FAKE_REASON": "needs 2 approvals from distinct people; 1 counted",
+        "DOCKET_BIN": str(bin_),
+        "DOCKET_SERVER": "https://docket.example:7443",
+        "DOCKET_SIGNER": "ci",
+        "DOCKET_KEY": str(tmp_path / "ci.key"),
+        "DOCKET_CA": str(tmp_path / "ca.pem"),
+        "DOCKET_CERT": str(tmp_path / "client.pem"),
+        "DOCKET_CERT_KEY": str(tmp_path / "client.key"),
+        "DOCKET_LOG_VKEY": str(tmp_path / "log.vkey"),
+    }
+    return tmp_path, env
+
+
+def run(args, env, cwd=None):
+    return subprocess.run(
+        [str(SCRIPT), *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=60
+    )
+
+
+def called(tmp):
+    p = tmp / "args"
+    return p.read_text().splitlines() if p.exists() else None
+
+
+# --- docket-ci.sh -----------------------------------------------------------------
+
+
+def test_script_exists_is_executable_and_parses():
+    assert SCRIPT.is_file()
+    assert SCRIPT.stat().st_mode & stat.S_IXUSR, "docket-ci.sh is not executable"
+    r = subprocess.run(["bash", "-n", str(SCRIPT)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert SCRIPT.read_text().startswith("#!/usr/bin/env bash\n")
+    assert "set -euo pipefail" in SCRIPT.read_text()
+
+
+def test_missing_server_exits_64_naming_it(fake):
+    tmp, env = fake
+    del env["DOCKET_SERVER"]
+    r = run(["gate", "prod", D1], env)
+    assert r.returncode == 64, (r.stdout, r.stderr)
+    assert "DOCKET_SERVER" in r.stderr
+    assert called(tmp) is None, "docket must not run when the configuration is incomplete"
+
+
+def test_no_arguments_and_no_environment_exit_64():
+    r = subprocess.run([str(SCRIPT)], env={"PATH": os.environ["PATH"]},
+                       capture_output=True, text=True)
+    assert r.returncode == 64
+    assert "DOCKET_SERVER" in r.stderr
+
+
+@pytest.mark.parametrize("var", ["DOCKET_KEY", "DOCKET_SIGNER"])
+def test_missing_key_or_signer_exits_64_naming_it(fake, var):
+    tmp, env = fake
+    del env[var]
+    r = run(["deploy", "prod", D1], env)
+    assert r.returncode == 64
+    assert var in r.stderr
+    assert called(tmp) is None
+
+
+def test_unknown_command_exits_64(fake):
+    tmp, env = fake
+    r = run(["frobnicate", "prod", D1], env)
+    assert r.returncode == 64
+    assert "frobnicate" in r.stderr
+    assert called(tmp) is None
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["gate"], "ENVIRONMENT"),
+        (["gate", "prod"], "DIGEST"),
+        (["deploy", "prod"], "DIGEST"),
+        (["report"], "STATUS"),
+        (["gate", "prod", "sha256:abc"], "not an artifact digest"),
+        (["deploy", "prod", "ghcr.io/acme/app:latest"], "not an artifact digest"),
+    ],
+)
+def test_missing_or_bad_arguments_exit_64(fake, args, words):
+    tmp, env = fake
+    r = run(args, env)
+    assert r.returncode == 64, (args, r.stdout, r.stderr)
+    assert words in r.stderr
+    assert called(tmp) is None
+
+
+def test_unreadable_file_is_named(fake):
+    tmp, env = fake
+    env["DOCKET_CERT"] = str(tmp / "nope.pem")
+    r = run(["gate", "prod", D1], env)
+    assert r.returncode == 64
+    assert "DOCKET_CERT" in r.stderr and "nope.pem" in r.stderr
+
+
+def test_deploy_without_verifier_key_stops_before_sending(fake):
+    tmp, env = fake
+    del env["DOCKET_LOG_VKEY"]
+    r = run(["deploy", "prod", D1], env, cwd=tmp)
+    assert r.returncode == 64
+    assert "DOCKET_LOG_VKEY" in r.stderr
+    assert called(tmp) is None
+
+
+def test_missing_binary_exits_64(fake):
+    tmp, env = fake
+    env["DOCKET_BIN"] = str(tmp / "no-such-docket")
+    r = run(["gate", "prod", D1], env)
+    assert r.returncode == 64
+    assert "no-such-docket" in r.stderr
+
+
+def test_gate_allow_runs_authorize_and_exits_0(fake):
+    tmp, env = fake
+    r = run(["gate", "staging", D1, D2], env)
+    assert r.returncode == 0, r.stderr
+    args = called(tmp)
+    assert args[0] == "authorize"
+    assert args[args.index("--env") + 1] == "staging"
+    assert [args[i + 1] for i, a in enumerate(args) if a == "--digest"] == [D1, D2]
+    assert args[args.index("--actor") + 1] == "ci"
+    assert "ALLOW" in r.stdout
+    # The connection settings reach docket through its own variables.
+    seen = (tmp / "env").read_text()
+    assert "DOCKET_SERVER=https://docket.example:7443" in seen
+    assert "::error" not in r.stdout
+
+
+def test_gate_deny_exits_1_prints_reason_and_writes_json(fake):
+    tmp, env = fake
+    env["FAKE_VERDICT"] = "deny"
+    out = tmp / "decision.json"
+    env["DOCKET_JSON_OUT"] = str(out)
+    r = run(["gate", "prod", D1], env)
+    assert r.returncode == 1
+    assert "DENY" in r.stdout or "deny" in r.stdout
+    assert "needs 2 approvals" in r.stdout
+    assert json.loads(out.read_text())["verdict"] == "deny"
+    # Not in GitHub Actions: no workflow commands.
+    assert "::error" not in r.stdout
+
+
+def test_json_out_is_removed_when_no_decision_comes_back(fake):
+    tmp, env = fake
+    out = tmp / "decision.json"
+    out.write_text('{"verdict": "allow"}')
+    env["DOCKET_JSON_OUT"] = str(out)
+    env["DOCKET_BIN"] = str(tmp / "failing-docket")
+    (tmp / "failing-docket").write_text(
+        "#!/bin/sh\necho 'error: connecting to https://x: transport error' >&2\nexit 1\n")
+    (tmp / "failing-docket").chmod(0o755)
+    r = run(["gate", "prod", D1], env)
+    assert r.returncode == 1
+    assert not out.exists()
+    assert "transport error" in r.stderr
+
+
+def test_github_annotation_and_step_summary(fake):
+    tmp, env = fake
+    summary = tmp / "summary.md"
+    env.update(FAKE_VERDICT="deny", GITHUB_ACTIONS="true", GITHUB_STEP_SUMMARY=str(summary))
+    r = run(["gate", "prod", D1], env)
+    assert r.returncode == 1
+    errors = [line for line in r.stdout.splitlines() if line.startswith("::error")]
+    assert len(errors) == 1 and "needs 2 approvals" in errors[0], r.stdout
+    md = summary.read_text()
+    assert "DENY" in md and "`prod`" in md and "needs 2 approvals" in md
+
+
+def test_step_summary_without_github_actions_has_no_annotations(fake):
+    tmp, env = fake
+    summary = tmp / "summary.md"
+    env.update(FAKE_VERDICT="allow", GITHUB_STEP_SUMMARY=str(summary))
+    r = run(["gate", "staging", D1], env)
+    assert r.returncode == 0
+    assert "ALLOW" in summary.read_text()
+    assert "::" not in r.stdout
+
+
+def test_deploy_runs_docket_deploy_without_actor(fake):
+    tmp, env = fake
+    r = run(["deploy", "prod", D1], env)
+    assert r.returncode == 0, r.stderr
+    args = called(tmp)
+    assert args[:3] == ["deploy", "--env", "prod"]
+    assert "--actor" not in args
+    assert args[args.index("--digest") + 1] == D1
+    env["FAKE_VERDICT"] = "deny"
+    assert run(["deploy", "prod", D1], env).returncode == 1
+
+
+def test_report_passes_status_and_digests(fake):
+    tmp, env = fake
+    r = run(["report", "success", D1, D2], env)
+    assert r.returncode == 0, r.stderr
+    assert called(tmp) == ["ci", "report", "--status", "success", "--digest", D1, "--digest", D2]
+    assert "recorded CI run" in r.stdout
+    r = run(["report", "failed"], env)
+    assert called(tmp) == ["ci", "report", "--status", "failed"]
+
+
+def test_docket_exit_code_passes_through(fake):
+    tmp, env = fake
+    env["FAKE_RC"] = "64"
+    r = run(["report", "passed"], env)
+    assert r.returncode == 64
+
+
+# --- GitHub Action -------------------------------------------------------------------
+
+
+def test_action_declares_the_inputs_and_every_used_input_is_declared():
+    action = load(ACTION)
+    declared = set(action["inputs"])
+    assert declared == EXPECTED_INPUTS
+    for name, spec in action["inputs"].items():
+        assert spec.get("description", "").strip(), f"input {name} is not documented"
+    assert action["inputs"]["command"].get("required") is True
+    assert action["inputs"]["docket-bin"].get("default") == "docket"
+    used = {m for e in EXPR.findall(ACTION.read_text()) for m in INPUT_REF.findall(e)}
+    assert used, "action.yml uses no inputs"
+    assert used <= declared, f"undeclared inputs used: {used - declared}"
+    assert declared <= used, f"declared inputs never used: {declared - used}"
+
+
+def _eval(expr, inputs, env, action_path):
+    """Evaluates the `a || b` expressions action.yml uses; anything else fails."""
+    for operand in (o.strip() for o in expr.split("||")):
+        if operand.startswith("inputs."):
+            v = inputs.get(operand[len("inputs."):], "")
+        elif operand.startswith("env."):
+            v = env.get(operand[len("env."):], "")
+        elif operand == "github.action_path":
+            v = str(action_path)
+        else:
+            raise AssertionError(f"unexpected expression in action.yml: {expr!r}")
+        if v:
+            return v
+    return ""
+
+
+def _run_action(inputs, job_env, tmp_env):
+    """Runs action.yml's step as the runner would: env evaluated, run under bash."""
+    action = load(ACTION)
+    assert action["runs"]["using"] == "composite"
+    steps = action["runs"]["steps"]
+    assert len(steps) == 1
+    step = steps[0]
+    assert step["shell"] == "bash"
+    defaults = {k: str(v.get("default", "")) for k, v in action["inputs"].items()}
+    values = {**defaults, **inputs}
+    env = dict(tmp_env)
+    env.update(job_env)
+    for k, v in step["env"].items():
+        env[k] = EXPR.sub(lambda m: _eval(m.group(1), values, job_env, ACTION.parent), str(v))
+    assert "${{" not in step["run"], "inputs must reach the script as env, not spliced into it"
+    return subprocess.run(["bash", "-c", step["run"]], env=env, capture_output=True,
+                          text=True, timeout=60)
+
+
+def test_action_runs_docket_ci_sh_with_the_command_input(fake):
+    tmp, env = fake
+    step = load(ACTION)["runs"]["steps"][0]
+    assert "${{ github.action_path }}/../docket-ci.sh" in json.dumps(step)
+    assert (ACTION.parent / ".." / "docket-ci.sh").resolve() == SCRIPT
+    cmd_vars = [k for k, v in step["env"].items() if str(v).strip() == "${{ inputs.command }}"]
+    assert cmd_vars and any(f"${v}" in step["run"] for v in cmd_vars)
+
+    conn = {k: v for k, v in env.items() if k.startswith("DOCKET_")}
+    base = {k: v for k, v in env.items() if not k.startswith("DOCKET_")}
+    inputs = {
+        "command": "gate", "environment": "prod", "digests": f"{D1}\n  {D2} ",
+        "server": conn["DOCKET_SERVER"], "key": conn["DOCKET_KEY"], "signer": "ci",
+        "ca": conn["DOCKET_CA"], "cert": conn["DOCKET_CERT"],
+        "cert-key": conn["DOCKET_CERT_KEY"], "log-vkey": conn["DOCKET_LOG_VKEY"],
+        "docket-bin": conn["DOCKET_BIN"],
+    }
+    r = _run_action(inputs, {}, base)
+    assert r.returncode == 0, r.stderr
+    args = called(tmp)
+    assert args[0] == "authorize" and args[args.index("--env") + 1] == "prod"
+    assert [args[i + 1] for i, a in enumerate(args) if a == "--digest"] == [D1, D2]
+    seen = (tmp / "env").read_text()
+    for k in ("DOCKET_SERVER", "DOCKET_KEY", "DOCKET_CA", "DOCKET_CERT", "DOCKET_CERT_KEY",
+              "DOCKET_LOG_VKEY"):
+        assert f"{k}={conn[k]}\n" in seen, k
+
+    # Connection settings left out fall back to the job's DOCKET_* variables
+    # (docket-bin is not one: it has its own default, docket).
+    bin_ = {"docket-bin": conn["DOCKET_BIN"]}
+    r = _run_action({"command": "report", "status": "success", "digests": D1, **bin_}, conn, base)
+    assert r.returncode == 0, r.stderr
+    assert called(tmp) == ["ci", "report", "--status", "success", "--digest", D1]
+
+    # A denial fails the step; an unknown command is a usage error.
+    r = _run_action({"command": "deploy", "environment": "prod", "digests": D1, **bin_},
+                    conn, {**base, "FAKE_VERDICT": "deny"})
+    assert r.returncode == 1
+    assert called(tmp)[:3] == ["deploy", "--env", "prod"]
+    r = _run_action({"command": "promote", **bin_}, conn, base)
+    assert r.returncode == 64
+
+
+def test_example_workflow_uses_the_action():
+    wf = load(WORKFLOW)
+    assert set(wf["jobs"]) >= {"build", "deploy-staging", "deploy-prod"}
+    declared = set(load(ACTION)["inputs"])
+    commands = {}
+    for job, i, step in workflow_steps(wf):
+        uses = step.get("uses", "")
+        if "clients/ci" in uses or uses.startswith("./"):
+            target = (REPO / uses).resolve()
+            assert target == ACTION.parent, f"{job} step {i}: {uses} is not the action"
+            assert (target / "action.yml").is_file()
+            w = step.get("with", {})
+            assert set(w) <= declared, f"{job}: unknown inputs {set(w) - declared}"
+            commands.setdefault(job, []).append((w["command"], w.get("environment")))
+            # A local action needs the repository checked out first.
+            before = [s.get("uses", "") for s in wf["jobs"][job]["steps"][:i]]
+            assert any(u.startswith("actions/checkout") for u in before), job
+    assert [c for c, _ in commands["build"]] == ["report"]
+    assert commands["deploy-staging"] == [("gate", "staging"), ("deploy", "staging")]
+    assert commands["deploy-prod"] == [("gate", "prod"), ("deploy", "prod")]
+    needs = lambda j: wf["jobs"][j].get("needs", [])  # noqa: E731
+    assert "build" in needs("deploy-staging")
+    assert "deploy-staging" in needs("deploy-prod")
+
+
+def test_example_workflow_writes_secrets_to_files_and_never_echoes_them():
+    text = WORKFLOW.read_text()
+    wf = load(WORKFLOW)
+    assert wf.get("on", wf.get(True)), "no trigger"
+    for secret in ("DOCKET_KEY_PEM", "DOCKET_CERT_PEM", "DOCKET_CERT_KEY_PEM", "DOCKET_CA_PEM"):
+        assert f"secrets.{secret}" in text
+    for job, _, step in workflow_steps(wf):
+        run_ = step.get("run", "")
+        assert "secrets." not in run_, f"{job}: a secret spliced into a script"
+
+
+# --- GitLab CI -------------------------------------------------------------------------
+
+
+def test_gitlab_template_defines_the_hidden_jobs():
+    t = load(TEMPLATE)
+    for job, cmd in ((".docket-report", "report"), (".docket-gate", "gate"),
+                     (".docket-deploy", "deploy")):
+        assert job in t
+        script = " ".join(t[job]["script"])
+        assert "docket-ci.sh" in script or "DOCKET_CI_SCRIPT" in script
+        assert re.search(rf'"\$DOCKET_CI_SCRIPT" {cmd}\b', script), script
+        assert "DOCKET_DIGESTS" in script
+    assert "DOCKET_STATUS" in " ".join(t[".docket-report"]["script"])
+    for job in (".docket-gate", ".docket-deploy"):
+        assert "DOCKET_ENVIRONMENT" in " ".join(t[job]["script"])
+    script_default = t[".docket-base"]["variables"]["DOCKET_CI_SCRIPT"]
+    assert (REPO / script_default).resolve() == SCRIPT
+    assert t[".docket-base"]["before_script"]
+
+
+def test_gitlab_example_includes_the_template_and_extends_its_jobs():
+    t = load(TEMPLATE)
+    ex = load(GL_EXAMPLE)
+    includes = ex["include"] if isinstance(ex["include"], list) else [ex["include"]]
+    locals_ = [(REPO / i["local"]).resolve() for i in includes if "local" in i]
+    assert TEMPLATE in locals_
+    keywords = {"include", "stages", "variables", "default", "workflow", "image", "services"}
+    jobs = {k: v for k, v in ex.items() if k not in keywords and not k.startswith(".")}
+    extended = set()
+    for name, job in jobs.items():
+        assert job.get("stage") in ex["stages"], f"{name}: stage {job.get('stage')!r}"
+        if "extends" in job:
+            parents = job["extends"] if isinstance(job["extends"], list) else [job["extends"]]
+            for p in parents:
+                assert p in t, f"{name} extends {p}, which the template does not define"
+                extended.add(p)
+        for line in job.get("script", []):
+            if isinstance(line, Reference):
+                assert line[0] in t and line[1] in t[line[0]], f"{name}: !reference {line}"
+        for need in job.get("needs", []):
+            need = need["job"] if isinstance(need, dict) else need
+            assert need in jobs, f"{name} needs {need}, which is not a job"
+    assert extended == {".docket-report", ".docket-gate", ".docket-deploy"}
+    docket_jobs = [n for n, j in jobs.items() if "extends" in j]
+    assert len(docket_jobs) < len(jobs), "the example should build something"
+    # The build hands the digest on through a dotenv report.
+    assert any(j.get("artifacts", {}).get("reports", {}).get("dotenv") for j in jobs.values())
+    envs = {j.get("variables", {}).get("DOCKET_ENVIRONMENT") or j.get("environment", {}).get("name")
+            for j in jobs.values() if j.get("extends") in (".docket-gate", ".docket-deploy")}
+    assert envs == {"staging", "prod"}
+
+
+def _gitlab_job_script(job):
+    """before_script + script of a template job, as GitLab would run them."""
+    t = load(TEMPLATE)
+    spec = t[job]
+    base = t[spec["extends"]]
+    lines = list(base["before_script"]) + list(spec["script"])
+    variables = {**base.get("variables", {}), **spec.get("variables", {})}
+    return "\n".join(lines), {k: str(v) for k, v in variables.items()}
+
+
+def test_gitlab_before_script_writes_base64_secrets_to_files(tmp_path):
+    t = load(TEMPLATE)
+    pem = "-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEI\n-----END PRIVATE KEY-----\n"
+    env = {
+        "PATH": os.environ["PATH"], "TMPDIR": str(tmp_path),
+        "DOCKET_KEY_B64": base64.b64encode(pem.encode()).decode(),
+        "DOCKET_CA": "/path/of/a/file/variable",
+        "DOCKET_BIN": "true",
+    }
+    script = "\n".join(t[".docket-base"]["before_script"]) + \
+        '\nprintf "%s\\n%s\\n" "$DOCKET_KEY" "$DOCKET_CA"'
+    r = subprocess.run(["sh", "-c", script], env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    key_path, ca = r.stdout.splitlines()
+    assert Path(key_path).read_text() == pem
+    assert stat.S_IMODE(Path(key_path).stat().st_mode) == 0o600
+    assert ca == "/path/of/a/file/variable"  # a File variable is left as GitLab gave it
+
+
+@pytest.mark.parametrize(
+    "job, extra, expect",
+    [
+        (".docket-gate", {"DOCKET_ENVIRONMENT": "prod"},
+         ["authorize", "--env", "prod", "--json", "--digest", D1, "--digest", D2,
+          "--actor", "ci"]),
+        (".docket-deploy", {"CI_ENVIRONMENT_NAME": "staging"},
+         ["deploy", "--env", "staging", "--json", "--digest", D1, "--digest", D2]),
+        (".docket-report", {},
+         ["ci", "report", "--status", "passed", "--digest", D1, "--digest", D2]),
+        (".docket-report", {"DOCKET_STATUS": "failed"},
+         ["ci", "report", "--status", "failed", "--digest", D1, "--digest", D2]),
+    ],
+)
+def test_gitlab_jobs_run_the_script(fake, job, extra, expect):
+    tmp, env = fake
+    script, variables = _gitlab_job_script(job)
+    variables["DOCKET_CI_SCRIPT"] = str(SCRIPT)  # GitLab runs it from the project dir
+    key = Path(env.pop("DOCKET_KEY")).read_bytes()
+    full = {**variables, **env, **extra,
+            "DOCKET_KEY_B64": base64.b64encode(key).decode(),
+            "DOCKET_DIGESTS": f"{D1} {D2}"}
+    r = subprocess.run(["sh", "-c", script], env=full, cwd=tmp, capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 0, (r.stdout, r.stderr)
+    assert called(tmp) == expect
+    if "DOCKET_JSON_OUT" in variables:
+        assert json.loads((tmp / variables["DOCKET_JSON_OUT"]).read_text())["verdict"] == "allow"

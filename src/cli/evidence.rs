@@ -1,0 +1,284 @@
+//! `docket evidence export` and `docket evidence verify`.
+
+use std::io::Write as _;
+use std::path::PathBuf;
+
+use clap::{Args, Subcommand};
+
+use super::client::{Conn, status_err};
+use super::{CliError, CliResult, ConnArgs, DataArgs};
+use crate::api::pb;
+use crate::crypto::NoteVerifier;
+use crate::datadir::DataDir;
+use crate::evidence::{Control, Scope, Trust};
+
+#[derive(Subcommand, Debug)]
+pub enum EvidenceCmd {
+    /// Export an evidence bundle for one change, a period or a control.
+    Export(Box<ExportArgs>),
+    /// Verify a bundle offline: manifest signature, digests, checkpoint,
+    /// proofs, chain links, signatures, completeness, re-evaluated decisions.
+    Verify(VerifyArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ExportArgs {
+    #[command(flatten)]
+    conn: ConnArgs,
+    /// One change.
+    #[arg(long, conflicts_with_all = ["from", "control"])]
+    change: Option<String>,
+    /// Start of a period (RFC 3339, or a date meaning midnight UTC).
+    #[arg(long, requires = "to")]
+    from: Option<String>,
+    /// End of the period (exclusive).
+    #[arg(long, requires = "from")]
+    to: Option<String>,
+    /// Report this control over the period: soc2-cc8.1, iso27001-a8.32, hipaa-164.312b.
+    #[arg(long, requires = "from")]
+    control: Option<String>,
+    /// Only changes and decisions for these environments (globs; repeatable;
+    /// period bundles).
+    #[arg(long = "env", conflicts_with_all = ["change", "control"])]
+    environments: Vec<String>,
+    /// Only changes and decisions for these repositories (globs; repeatable;
+    /// period bundles).
+    #[arg(long = "repository", conflicts_with_all = ["change", "control"])]
+    repositories: Vec<String>,
+    /// Where to write the bundle.
+    #[arg(long)]
+    out: PathBuf,
+    /// Read the data directory directly (the server must be stopped)
+    /// instead of asking a server.
+    #[arg(long)]
+    offline: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct VerifyArgs {
+    /// The bundle.
+    file: PathBuf,
+    /// The log's verifier key (log.vkey), obtained from the log's operator.
+    #[arg(long)]
+    log_key: PathBuf,
+    /// A checkpoint you already trust; the bundle must be for exactly it.
+    #[arg(long)]
+    checkpoint: Option<PathBuf>,
+    /// Print the result as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Parses RFC 3339, or a plain date meaning midnight UTC.
+fn time_arg(flag: &str, s: &str) -> Result<i64, CliError> {
+    let t: jiff::Timestamp = match s.parse() {
+        Ok(t) => t,
+        Err(_) => s
+            .parse::<jiff::civil::Date>()
+            .map_err(|e| CliError::usage(format!("{flag} {s:?}: not RFC 3339 or a date: {e}")))?
+            .to_zoned(jiff::tz::TimeZone::UTC)
+            .map_err(|e| CliError::usage(format!("{flag} {s:?}: {e}")))?
+            .timestamp(),
+    };
+    i64::try_from(t.as_nanosecond())
+        .map_err(|_| CliError::usage(format!("{flag} {s:?}: out of range")))
+}
+
+fn scope_of(a: &ExportArgs) -> Result<Scope, CliError> {
+    if let Some(c) = &a.change {
+        return Ok(Scope::Change(c.clone()));
+    }
+    let (Some(from), Some(to)) = (&a.from, &a.to) else {
+        return Err(CliError::usage(
+            "give --change ID, or --from and --to (with --control C for a control)",
+        ));
+    };
+    let (from, to) = (time_arg("--from", from)?, time_arg("--to", to)?);
+    Ok(match &a.control {
+        Some(c) => Scope::Control {
+            control: Control::parse(c).ok_or_else(|| {
+                CliError::usage(format!(
+                    "--control {c:?}: expected soc2-cc8.1, iso27001-a8.32 or hipaa-164.312b"
+                ))
+            })?,
+            from,
+            to,
+        },
+        None => Scope::Period {
+            from,
+            to,
+            environments: a.environments.clone(),
+            repositories: a.repositories.clone(),
+        },
+    })
+}
+
+pub(crate) async fn evidence(c: EvidenceCmd) -> CliResult {
+    match c {
+        EvidenceCmd::Export(a) => export(*a).await,
+        EvidenceCmd::Verify(a) => verify(a),
+    }
+}
+
+async fn export(a: ExportArgs) -> CliResult {
+    let scope = scope_of(&a)?;
+    let started = std::time::Instant::now();
+    let bytes = if a.offline {
+        offline(&a.conn.data, &scope)?
+    } else {
+        online(&a.conn, &scope).await?
+    };
+    std::fs::write(&a.out, &bytes)
+        .map_err(|e| CliError::failed(format!("{}: {e}", a.out.display())))?;
+    println!(
+        "wrote {} ({} bytes, BLAKE3 {}) in {:.3} s; check it with: docket evidence verify {} --log-key log.vkey",
+        a.out.display(),
+        bytes.len(),
+        hex::encode(crate::crypto::blake3_256(&bytes)),
+        started.elapsed().as_secs_f64(),
+        a.out.display()
+    );
+    Ok(())
+}
+
+fn offline(data: &DataArgs, scope: &Scope) -> Result<Vec<u8>, CliError> {
+    let dd = DataDir::new(&data.data);
+    let cfg = dd.config().map_err(CliError::usage)?;
+    let signer = dd.note_signer(&cfg).map_err(CliError::usage)?;
+    let store = std::sync::Arc::new(crate::ledger::SledStore::open(&dd.db()).map_err(|e| {
+        CliError::usage(format!(
+            "{}: {e} (offline export needs the server stopped)",
+            dd.db().display()
+        ))
+    })?);
+    let reader = crate::ledger::LedgerReader::new(store.clone());
+    let state = crate::service::current_state(&reader).map_err(CliError::failed)?;
+    crate::evidence::export_offline(&state, &reader, &signer, scope).map_err(CliError::failed)
+}
+
+async fn online(conn: &ConnArgs, scope: &Scope) -> Result<Vec<u8>, CliError> {
+    use pb::export_evidence_request::Scope as S;
+    let req = pb::ExportEvidenceRequest {
+        scope: Some(match scope {
+            Scope::Change(id) => S::ChangeId(id.clone()),
+            Scope::Period {
+                from,
+                to,
+                environments,
+                repositories,
+            } => S::Period(pb::PeriodScope {
+                from_unix_nanos: *from,
+                to_unix_nanos: *to,
+                environments: environments.clone(),
+                repositories: repositories.clone(),
+            }),
+            Scope::Control { control, from, to } => S::Control(pb::ControlScope {
+                control: control.key().into(),
+                from_unix_nanos: *from,
+                to_unix_nanos: *to,
+            }),
+        }),
+    };
+    let mut g = Conn::resolve(conn)?.governance().await?;
+    let mut stream = g
+        .export_evidence(req)
+        .await
+        .map_err(|s| status_err("export evidence", s))?
+        .into_inner();
+    let mut out = Vec::new();
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    while let Some(chunk) = stream
+        .message()
+        .await
+        .map_err(|s| status_err("export evidence", s))?
+    {
+        if chunk.offset != out.len() as u64 {
+            return Err(CliError::failed(
+                "the server sent bundle chunks out of order",
+            ));
+        }
+        out.extend_from_slice(&chunk.data);
+        if tty && chunk.total_bytes > 0 {
+            let done = out.len() as f64 / chunk.total_bytes as f64;
+            let bar = (done * 30.0) as usize;
+            eprint!(
+                "\r[{}{}] {:>5.1}% of {:.1} MiB",
+                "#".repeat(bar),
+                " ".repeat(30 - bar.min(30)),
+                done * 100.0,
+                chunk.total_bytes as f64 / (1 << 20) as f64
+            );
+            let _ = std::io::stderr().flush();
+        }
+    }
+    if tty {
+        eprintln!();
+    }
+    Ok(out)
+}
+
+fn read_vkey(p: &PathBuf) -> Result<NoteVerifier, CliError> {
+    let t =
+        std::fs::read_to_string(p).map_err(|e| CliError::usage(format!("{}: {e}", p.display())))?;
+    NoteVerifier::from_vkey(t.trim()).map_err(|e| CliError::usage(format!("{}: {e}", p.display())))
+}
+
+fn verify(a: VerifyArgs) -> CliResult {
+    let key = read_vkey(&a.log_key)?;
+    let trust = match &a.checkpoint {
+        Some(p) => Trust::PinnedCheckpoint {
+            note: std::fs::read_to_string(p)
+                .map_err(|e| CliError::usage(format!("{}: {e}", p.display())))?,
+            key,
+        },
+        None => Trust::Key(key),
+    };
+    let bytes = std::fs::read(&a.file)
+        .map_err(|e| CliError::usage(format!("{}: {e}", a.file.display())))?;
+    let started = std::time::Instant::now();
+    match crate::evidence::verify(&bytes, &trust) {
+        Ok(r) => {
+            let secs = started.elapsed().as_secs_f64();
+            if a.json {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "ok": true, "origin": r.origin,
+                        "scope": serde_json::from_str::<serde_json::Value>(&r.scope).unwrap_or_default(),
+                        "checkpoint_size": r.checkpoint_size, "entries": r.entries,
+                        "inclusion_proofs": r.inclusion_proofs,
+                        "range": r.range.map(|(s, e)| serde_json::json!({"start": s, "end": e})),
+                        "signatures": r.signatures, "decisions": r.decisions, "files": r.files,
+                        "violations": r.violations, "seconds": secs,
+                    })
+                );
+            } else {
+                println!(
+                    "OK: {} entries of log {} at checkpoint {} ({} inclusion proofs{}), {} signatures, {} decisions re-evaluated, {} files regenerated or digest-checked; {} violation(s) in scope; {:.3} s",
+                    r.entries,
+                    r.origin,
+                    r.checkpoint_size,
+                    r.inclusion_proofs,
+                    r.range
+                        .map(|(s, e)| format!(", range {s}..{e} proven complete"))
+                        .unwrap_or_default(),
+                    r.signatures,
+                    r.decisions,
+                    r.files,
+                    r.violations,
+                    secs
+                );
+            }
+            Ok(())
+        }
+        Err(f) => {
+            if a.json {
+                println!(
+                    "{}",
+                    serde_json::json!({"ok": false, "what": f.what, "reason": f.reason})
+                );
+            }
+            Err(CliError::failed(format!("FAILED: {f}")))
+        }
+    }
+}

@@ -1,0 +1,270 @@
+//! The bundle container (a deterministic ustar archive) and the byte codecs
+//! of its primary files. Layouts are in `docs/evidence-format.md`; integers
+//! are big-endian.
+//!
+//! ```text
+//! entries.bin   repeated: u64 index | u32 length | entry bytes (ledger-format §4)
+//! proofs.bin    repeated: u64 index | u8 count | count × 32-byte hashes
+//! range.bin     u64 start | u64 end | u8 left count | left hashes | u8 right count | right hashes
+//! ```
+
+use std::collections::BTreeMap;
+use std::io::Read as _;
+
+use crate::ledger::Hash;
+
+/// Largest file accepted from a bundle.
+const MAX_FILE: u64 = 4 << 30;
+
+/// Writes `files` as a ustar archive: `manifest.json` and `manifest.sig`
+/// first, then the rest by path; mode 0644, owner 0, mtime 0, so the same
+/// files always give the same bytes.
+pub(super) fn write_tar(files: &BTreeMap<String, Vec<u8>>) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    let first = ["manifest.json", "manifest.sig"];
+    let ordered = first
+        .iter()
+        .filter_map(|p| files.get_key_value(*p))
+        .chain(files.iter().filter(|(p, _)| !first.contains(&p.as_str())));
+    for (path, data) in ordered {
+        let mut h = tar::Header::new_ustar();
+        // Paths are chosen by the exporter: short ASCII, so this cannot fail.
+        h.set_path(path).expect("bundle paths fit ustar");
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_mtime(0);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_cksum();
+        b.append(&h, data.as_slice())
+            .expect("writing to a Vec cannot fail");
+    }
+    b.into_inner().expect("writing to a Vec cannot fail")
+}
+
+/// Reads an archive: regular files only, relative paths without `..`, no
+/// path twice.
+pub(super) fn read_tar(bytes: &[u8]) -> Result<BTreeMap<String, Vec<u8>>, String> {
+    let mut archive = tar::Archive::new(bytes);
+    let mut out = BTreeMap::new();
+    let entries = archive
+        .entries()
+        .map_err(|e| format!("not a tar archive: {e}"))?;
+    for entry in entries {
+        let mut entry = entry.map_err(|e| format!("unreadable member: {e}"))?;
+        let path = entry
+            .path()
+            .map_err(|e| format!("member path: {e}"))?
+            .to_str()
+            .ok_or("a member path is not UTF-8")?
+            .to_owned();
+        if entry.header().entry_type() != tar::EntryType::Regular {
+            return Err(format!("{path}: not a regular file"));
+        }
+        if path.starts_with('/') || path.split('/').any(|c| c == ".." || c.is_empty()) {
+            return Err(format!("{path}: path must be relative and without .."));
+        }
+        let size = entry.size();
+        if size > MAX_FILE {
+            return Err(format!("{path}: {size} bytes is too large"));
+        }
+        let mut data = Vec::with_capacity(size as usize);
+        entry
+            .read_to_end(&mut data)
+            .map_err(|e| format!("{path}: {e}"))?;
+        if out.insert(path.clone(), data).is_some() {
+            return Err(format!("{path}: appears twice in the archive"));
+        }
+    }
+    Ok(out)
+}
+
+/// A cursor over bytes that reports truncation instead of panicking.
+struct Cur<'a> {
+    b: &'a [u8],
+    pos: usize,
+    file: &'static str,
+}
+
+impl<'a> Cur<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
+        let end = self
+            .pos
+            .checked_add(n)
+            .filter(|e| *e <= self.b.len())
+            .ok_or_else(|| format!("{}: truncated at byte {}", self.file, self.pos))?;
+        let s = &self.b[self.pos..end];
+        self.pos = end;
+        Ok(s)
+    }
+    fn u8(&mut self) -> Result<u8, String> {
+        Ok(self.take(1)?[0])
+    }
+    fn u32(&mut self) -> Result<u32, String> {
+        Ok(u32::from_be_bytes(
+            self.take(4)?.try_into().expect("4 bytes"),
+        ))
+    }
+    fn u64(&mut self) -> Result<u64, String> {
+        Ok(u64::from_be_bytes(
+            self.take(8)?.try_into().expect("8 bytes"),
+        ))
+    }
+    fn hashes(&mut self) -> Result<Vec<Hash>, String> {
+        let n = self.u8()? as usize;
+        (0..n)
+            .map(|_| Ok(self.take(32)?.try_into().expect("32 bytes")))
+            .collect()
+    }
+    fn done(&self) -> bool {
+        self.pos == self.b.len()
+    }
+}
+
+/// `entries.bin`.
+pub(super) fn encode_entries(entries: &[(u64, Vec<u8>)]) -> Vec<u8> {
+    let mut o = Vec::new();
+    for (i, e) in entries {
+        o.extend_from_slice(&i.to_be_bytes());
+        // Entry bytes are bounded far below 4 GiB by admission limits.
+        o.extend_from_slice(&(e.len() as u32).to_be_bytes());
+        o.extend_from_slice(e);
+    }
+    o
+}
+
+pub(super) fn decode_entries(b: &[u8]) -> Result<Vec<(u64, Vec<u8>)>, String> {
+    let mut c = Cur {
+        b,
+        pos: 0,
+        file: "entries.bin",
+    };
+    let mut out: Vec<(u64, Vec<u8>)> = Vec::new();
+    while !c.done() {
+        let i = c.u64()?;
+        let n = c.u32()? as usize;
+        if let Some((prev, _)) = out.last()
+            && *prev >= i
+        {
+            return Err(format!(
+                "entries.bin: entry {i} follows entry {prev}; indices must increase"
+            ));
+        }
+        out.push((i, c.take(n)?.to_vec()));
+    }
+    Ok(out)
+}
+
+/// `proofs.bin`: inclusion proofs of the entries outside the proven range.
+pub(super) fn encode_proofs(proofs: &[(u64, Vec<Hash>)]) -> Vec<u8> {
+    let mut o = Vec::new();
+    for (i, p) in proofs {
+        o.extend_from_slice(&i.to_be_bytes());
+        put_hashes(&mut o, p);
+    }
+    o
+}
+
+fn put_hashes(o: &mut Vec<u8>, hs: &[Hash]) {
+    // A proof in a tree of at most 2^64 leaves has at most 64 hashes.
+    o.push(hs.len() as u8);
+    for h in hs {
+        o.extend_from_slice(h);
+    }
+}
+
+pub(super) fn decode_proofs(b: &[u8]) -> Result<BTreeMap<u64, Vec<Hash>>, String> {
+    let mut c = Cur {
+        b,
+        pos: 0,
+        file: "proofs.bin",
+    };
+    let mut out = BTreeMap::new();
+    while !c.done() {
+        let i = c.u64()?;
+        let p = c.hashes()?;
+        if out.insert(i, p).is_some() {
+            return Err(format!("proofs.bin: entry {i} has two proofs"));
+        }
+    }
+    Ok(out)
+}
+
+/// A contiguous run of entries proven with one range proof.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct RangeProof {
+    pub(super) start: u64,
+    pub(super) end: u64,
+    pub(super) left: Vec<Hash>,
+    pub(super) right: Vec<Hash>,
+}
+
+pub(super) fn encode_range(r: &RangeProof) -> Vec<u8> {
+    let mut o = Vec::new();
+    o.extend_from_slice(&r.start.to_be_bytes());
+    o.extend_from_slice(&r.end.to_be_bytes());
+    put_hashes(&mut o, &r.left);
+    put_hashes(&mut o, &r.right);
+    o
+}
+
+pub(super) fn decode_range(b: &[u8]) -> Result<RangeProof, String> {
+    let mut c = Cur {
+        b,
+        pos: 0,
+        file: "range.bin",
+    };
+    let r = RangeProof {
+        start: c.u64()?,
+        end: c.u64()?,
+        left: c.hashes()?,
+        right: c.hashes()?,
+    };
+    if !c.done() {
+        return Err("range.bin: trailing bytes".into());
+    }
+    if r.start >= r.end {
+        return Err(format!("range.bin: empty range {}..{}", r.start, r.end));
+    }
+    Ok(r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codecs_round_trip_and_refuse_truncation() {
+        let entries = vec![(3u64, vec![1, 2, 3]), (9, vec![])];
+        let b = encode_entries(&entries);
+        assert_eq!(decode_entries(&b).unwrap(), entries);
+        assert!(decode_entries(&b[..b.len() - 1]).is_err());
+        let mut swapped = encode_entries(&[(9, vec![]), (3, vec![1])]);
+        assert!(
+            decode_entries(&swapped)
+                .unwrap_err()
+                .contains("must increase")
+        );
+        swapped.clear();
+        let proofs = vec![(1u64, vec![[7u8; 32]; 3])];
+        let b = encode_proofs(&proofs);
+        assert_eq!(decode_proofs(&b).unwrap()[&1].len(), 3);
+        assert!(decode_proofs(&b[..40]).is_err());
+        let r = RangeProof {
+            start: 4,
+            end: 9,
+            left: vec![[1; 32]],
+            right: vec![],
+        };
+        assert_eq!(decode_range(&encode_range(&r)).unwrap(), r);
+        let files = BTreeMap::from([
+            ("b.txt".to_owned(), b"b".to_vec()),
+            ("manifest.json".to_owned(), b"{}".to_vec()),
+        ]);
+        let t = write_tar(&files);
+        assert_eq!(t, write_tar(&files), "deterministic");
+        assert_eq!(read_tar(&t).unwrap(), files);
+        assert!(read_tar(b"not a tar").is_err() || read_tar(b"not a tar").unwrap().is_empty());
+    }
+}

@@ -1,0 +1,545 @@
+//! Evidence bundles: one file that proves, to someone who trusts only the
+//! log's public key, what changed, who approved it, under which policy, and
+//! that the record is complete and untampered. The format is specified in
+//! `docs/evidence-format.md`.
+//!
+//! - [`select`] picks the entries a scope needs (the scope's own entries,
+//!   their facts, and the identity and policy history back to genesis).
+//! - [`export`] reads them, folds them (the same fold the log runs), renders
+//!   the derived files, and signs the manifest.
+//! - [`verify`] checks a bundle offline and regenerates every derived file.
+//!
+//! **Architecture Invariant:** the verifier shares no state with the server:
+//! it reads only the bundle and the trusted key, and everything it concludes
+//! it recomputes from entry bytes.
+
+mod bundle;
+mod facts;
+mod oscal;
+mod report;
+mod verify;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::api::convert::decode_event;
+use crate::event::Body;
+use crate::ledger::{Checkpoint, Entry, Hash, LedgerReader, ReadError, Store, merkle};
+use crate::state::State;
+
+pub use verify::{BundleFailure, Trust, VerifyReport, verify};
+
+/// The bundle format this Docket writes and reads.
+pub const FORMAT: &str = "docket-evidence/1";
+
+/// A compliance control a bundle can be scoped to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Control {
+    /// SOC 2 CC8.1: changes are authorized, tested, approved and implemented.
+    Soc2Cc81,
+    /// ISO/IEC 27001:2022 Annex A 8.32: change management.
+    Iso27001A832,
+    /// HIPAA §164.312(b): audit controls.
+    Hipaa164312b,
+}
+
+impl Control {
+    /// Every control, in report order.
+    pub const ALL: [Control; 3] = [
+        Control::Soc2Cc81,
+        Control::Iso27001A832,
+        Control::Hipaa164312b,
+    ];
+
+    /// The name on the command line and in the manifest.
+    pub fn key(self) -> &'static str {
+        match self {
+            Control::Soc2Cc81 => "soc2-cc8.1",
+            Control::Iso27001A832 => "iso27001-a8.32",
+            Control::Hipaa164312b => "hipaa-164.312b",
+        }
+    }
+
+    /// Parses [`Control::key`].
+    pub fn parse(s: &str) -> Option<Self> {
+        Control::ALL.into_iter().find(|c| c.key() == s)
+    }
+
+    /// The control id in the OSCAL file (an NCName token).
+    pub fn oscal_id(self) -> &'static str {
+        match self {
+            Control::Soc2Cc81 => "cc8.1",
+            Control::Iso27001A832 => "a.8.32",
+            Control::Hipaa164312b => "hipaa-164.312.b",
+        }
+    }
+
+    /// A person's name for it.
+    pub fn title(self) -> &'static str {
+        match self {
+            Control::Soc2Cc81 => "SOC 2 CC8.1 — change management",
+            Control::Iso27001A832 => "ISO/IEC 27001:2022 A.8.32 — change management",
+            Control::Hipaa164312b => "HIPAA §164.312(b) — audit controls",
+        }
+    }
+}
+
+/// What a bundle covers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Scope {
+    /// One change: its revisions, reviews, deployments and their facts.
+    Change(String),
+    /// Every entry integrated in `[from, to)` (Unix nanoseconds); the
+    /// filters narrow the changes and decisions reported, never the entries.
+    Period {
+        from: i64,
+        to: i64,
+        environments: Vec<String>,
+        repositories: Vec<String>,
+    },
+    /// A period, reported against one control.
+    Control {
+        control: Control,
+        from: i64,
+        to: i64,
+    },
+}
+
+impl Scope {
+    fn period(&self) -> Option<(i64, i64)> {
+        match self {
+            Scope::Change(_) => None,
+            Scope::Period { from, to, .. } | Scope::Control { from, to, .. } => Some((*from, *to)),
+        }
+    }
+}
+
+/// Why a bundle could not be exported.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ExportError {
+    #[error("change {0:?} does not exist")]
+    UnknownChange(String),
+    #[error("the period is empty: from ({from}) must be before to ({to})")]
+    EmptyPeriod { from: String, to: String },
+    #[error("reading the log: {0}")]
+    Read(#[from] ReadError),
+    #[error("entry {index}: {reason}")]
+    Entry { index: u64, reason: String },
+    #[error("no signed checkpoint covers tree size {0}")]
+    NoCheckpoint(u64),
+    #[error("signing the manifest: {0}")]
+    Sign(String),
+    #[error("the exported bundle failed its own verification ({0}); this is a bug")]
+    SelfCheck(String),
+}
+
+/// The entries a scope needs, chosen from the state folded up to `size`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Selection {
+    pub size: u64,
+    /// Every entry index the bundle carries.
+    pub indices: BTreeSet<u64>,
+    /// A contiguous run proven with one range proof (a period and its
+    /// boundary entries).
+    pub range: Option<(u64, u64)>,
+    /// The time the bundle's statuses (obligations) are computed for.
+    pub as_of: i64,
+    /// The decisions the log recorded for the deployments carried, which
+    /// the bundle's own fold must reproduce.
+    pub decisions: BTreeMap<u64, crate::state::DecisionRecord>,
+}
+
+/// Follows references from seeds to every entry a decision among them
+/// could depend on.
+struct Closure<'a> {
+    state: &'a State,
+    limit: u64,
+    indices: BTreeSet<u64>,
+    changes: BTreeSet<String>,
+    subjects: BTreeSet<String>,
+    deploys: BTreeSet<u64>,
+}
+
+impl Closure<'_> {
+    fn add(&mut self, i: u64) {
+        if i < self.limit {
+            self.indices.insert(i);
+        }
+    }
+
+    fn seed_entry(&mut self, body: &Body, index: u64) {
+        match body {
+            Body::ChangeOpened(c) => {
+                self.changes.insert(c.change_id.to_string());
+            }
+            Body::ChangeAmended(c) => {
+                self.changes.insert(c.change_id.to_string());
+            }
+            Body::ChangeReviewed(c) => {
+                self.changes.insert(c.change_id.to_string());
+            }
+            Body::DeployRequested(_) => {
+                self.deploys.insert(index);
+            }
+            Body::BreakGlassReviewed(r) => {
+                self.deploys.insert(r.deployment_index);
+            }
+            Body::CommitObserved(c) => {
+                self.subjects.insert(c.sha.clone());
+            }
+            Body::CiRunReported(r) => {
+                self.subjects.insert(r.commit.clone());
+                self.subjects.extend(r.artifact_digests.iter().cloned());
+            }
+            _ => {}
+        }
+    }
+
+    /// Grows the closure until nothing new appears.
+    fn run(&mut self) {
+        let gov = self.state.gov();
+        let limit = self.limit;
+        let (mut done_c, mut done_s, mut done_d) =
+            (BTreeSet::new(), BTreeSet::new(), BTreeSet::new());
+        loop {
+            let new_c: Vec<String> = self.changes.difference(&done_c).cloned().collect();
+            let new_s: Vec<String> = self.subjects.difference(&done_s).cloned().collect();
+            let new_d: Vec<u64> = self.deploys.difference(&done_d).copied().collect();
+            if new_c.is_empty() && new_s.is_empty() && new_d.is_empty() {
+                return;
+            }
+            for id in new_c {
+                if let Some(c) = gov.change(&id) {
+                    for r in c.revisions.iter().filter(|r| r.index < limit) {
+                        self.add(r.index);
+                        self.subjects.extend(r.subjects());
+                    }
+                    for r in &c.reviews {
+                        self.add(r.index);
+                    }
+                    for &d in c.deployments.iter().filter(|d| **d < limit) {
+                        self.deploys.insert(d);
+                    }
+                }
+                done_c.insert(id);
+            }
+            for s in new_s {
+                if let Some(c) = gov.commit(&s) {
+                    self.add(c.index);
+                }
+                for r in gov.ci_runs_for(&s).filter(|r| r.index < limit) {
+                    self.add(r.index);
+                    self.subjects.insert(r.commit.clone());
+                    self.subjects.extend(r.digests.iter().cloned());
+                }
+                for d in gov.deployments_of(&s).filter(|d| d.index < limit) {
+                    self.deploys.insert(d.index);
+                }
+                for c in gov.changes_ever_binding(&s) {
+                    self.changes.insert(c.id.clone());
+                }
+                done_s.insert(s);
+            }
+            for d in new_d {
+                if let Some(rec) = gov.deployment(d) {
+                    self.add(d);
+                    self.subjects.extend(rec.subjects.iter().cloned());
+                    if let Some((c, _)) = &rec.decision.change {
+                        self.changes.insert(c.clone());
+                    }
+                }
+                if let Some(r) = gov.obligation(d).and_then(|o| o.review.as_ref()) {
+                    self.add(r.index);
+                }
+                done_d.insert(d);
+            }
+        }
+    }
+}
+
+fn read_entry<S: Store + ?Sized>(
+    reader: &LedgerReader<S>,
+    index: u64,
+) -> Result<(Vec<u8>, Entry), ExportError> {
+    let (bytes, _) = reader.entry(index)?.ok_or(ExportError::Entry {
+        index,
+        reason: "missing from the store".into(),
+    })?;
+    let e = Entry::decode(&bytes).map_err(|e| ExportError::Entry {
+        index,
+        reason: e.to_string(),
+    })?;
+    Ok((bytes, e))
+}
+
+/// The first index in `[0, size)` integrated at or after `t` (`size` if none).
+fn first_at_or_after<S: Store + ?Sized>(
+    reader: &LedgerReader<S>,
+    size: u64,
+    t: i64,
+) -> Result<u64, ExportError> {
+    // Integrated times never decrease along the log (ledger-format §10).
+    let (mut lo, mut hi) = (0u64, size);
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        if read_entry(reader, mid)?.1.integrated_time_nanos < t {
+            lo = mid + 1;
+        } else {
+            hi = mid;
+        }
+    }
+    Ok(lo)
+}
+
+/// Chooses the entries `scope` needs from the log of `state.next_index()`
+/// entries. The state must be the fold of exactly those entries.
+pub fn select<S: Store + ?Sized>(
+    state: &State,
+    reader: &LedgerReader<S>,
+    scope: &Scope,
+) -> Result<Selection, ExportError> {
+    let size = state.next_index();
+    let last = size - 1;
+    let mut c = Closure {
+        state,
+        limit: size,
+        indices: BTreeSet::from([0, last]),
+        changes: BTreeSet::new(),
+        subjects: BTreeSet::new(),
+        deploys: BTreeSet::new(),
+    };
+    let mut range = None;
+    let mut as_of = state.last_time();
+    match scope {
+        Scope::Change(id) => {
+            if state.gov().change(id).is_none() {
+                return Err(ExportError::UnknownChange(id.clone()));
+            }
+            c.changes.insert(id.clone());
+            // The last entry proves the bundle's time; whatever it is, it
+            // brings the facts it rests on like any other entry.
+            let (_, e) = read_entry(reader, last)?;
+            let ev = decode_event(&e.envelope.payload).map_err(|err| ExportError::Entry {
+                index: last,
+                reason: err.to_string(),
+            })?;
+            c.seed_entry(&ev.body, last);
+        }
+        _ => {
+            let (from, to) = scope.period().expect("a period scope");
+            if from >= to {
+                return Err(ExportError::EmptyPeriod {
+                    from: crate::state::gov::fmt_nanos(from),
+                    to: crate::state::gov::fmt_nanos(to),
+                });
+            }
+            let a = first_at_or_after(reader, size, from)?;
+            let b = first_at_or_after(reader, size, to)?;
+            // The boundary entries prove nothing of the period was left out.
+            let (start, end) = (a.saturating_sub(1), (b + 1).min(size));
+            range = Some((start, end));
+            c.limit = end;
+            for i in start..end {
+                let (_, e) = read_entry(reader, i)?;
+                let ev = decode_event(&e.envelope.payload).map_err(|err| ExportError::Entry {
+                    index: i,
+                    reason: err.to_string(),
+                })?;
+                c.indices.insert(i);
+                c.seed_entry(&ev.body, i);
+            }
+            if b < size {
+                // The log reached the period's end: report as of then, and
+                // the entry after the period is its right boundary.
+                as_of = to;
+                if last >= end {
+                    c.indices.remove(&last);
+                }
+            }
+        }
+    }
+    for &h in state.gov().history() {
+        c.add(h);
+    }
+    c.run();
+    let decisions = c
+        .indices
+        .iter()
+        .filter_map(|i| state.gov().deployment(*i).map(|d| (*i, d.decision.clone())))
+        .collect();
+    Ok(Selection {
+        size,
+        indices: c.indices,
+        range,
+        as_of,
+        decisions,
+    })
+}
+
+/// A bundle built and awaiting its manifest signature.
+pub struct Unsigned {
+    files: BTreeMap<String, Vec<u8>>,
+    digest: Hash,
+    origin: String,
+}
+
+impl Unsigned {
+    /// BLAKE3 of `manifest.json`: what the log key signs.
+    pub fn digest(&self) -> Hash {
+        self.digest
+    }
+
+    /// The bundle bytes, given the signed manifest note.
+    pub fn finish(mut self, manifest_note: String) -> Vec<u8> {
+        self.files
+            .insert("manifest.sig".into(), manifest_note.into_bytes());
+        bundle::write_tar(&self.files)
+    }
+
+    /// The log origin.
+    pub fn origin(&self) -> &str {
+        &self.origin
+    }
+}
+
+/// Reads the selected entries and their proofs, folds them and renders the
+/// bundle's files; the caller signs [`Unsigned::digest`].
+pub fn export<S: Store + ?Sized>(
+    reader: &LedgerReader<S>,
+    checkpoint: &Checkpoint,
+    selection: &Selection,
+    scope: &Scope,
+) -> Result<Unsigned, ExportError> {
+    if checkpoint.size != selection.size {
+        return Err(ExportError::NoCheckpoint(selection.size));
+    }
+    let mut entries = Vec::with_capacity(selection.indices.len());
+    for &i in &selection.indices {
+        entries.push((i, read_entry(reader, i)?.0));
+    }
+    let mut proofs = Vec::new();
+    for &i in &selection.indices {
+        if selection.range.is_some_and(|(s, e)| s <= i && i < e) {
+            continue;
+        }
+        proofs.push((i, reader.inclusion_proof(i, checkpoint.size)?));
+    }
+    let range = match selection.range {
+        Some((start, end)) => {
+            let (left, right) = merkle::range_proof(&Nodes(reader), start, end, checkpoint.size)?;
+            Some(bundle::RangeProof {
+                start,
+                end,
+                left,
+                right,
+            })
+        }
+        None => None,
+    };
+    let meta = facts::Meta {
+        origin: checkpoint.origin.clone(),
+        scope: scope.clone(),
+        checkpoint_size: checkpoint.size,
+        checkpoint_root: checkpoint.root,
+        range: selection.range,
+        as_of: selection.as_of,
+    };
+    let (folded, rendered) = facts::fold_then(&entries, facts::Signatures::Trust, |f| {
+        facts::render(f, &meta)
+    })
+    .map_err(|f| ExportError::Entry {
+        index: f.index.unwrap_or(0),
+        reason: f.reason,
+    })?;
+    // The bundle's fold must reach the decisions the log recorded: if the
+    // selection missed a fact a decision rested on, stop here rather than
+    // hand out a bundle that re-evaluates to something else.
+    for d in folded.state.gov().deployments() {
+        if selection.decisions.get(&d.index) != Some(&d.decision) {
+            return Err(ExportError::SelfCheck(format!(
+                "the bundle's facts re-evaluate the decision of entry {} differently from the log",
+                d.index
+            )));
+        }
+    }
+    let origin = meta.origin.clone();
+    let mut files = rendered.files;
+    files.insert("entries.bin".into(), bundle::encode_entries(&entries));
+    files.insert("proofs.bin".into(), bundle::encode_proofs(&proofs));
+    if let Some(r) = &range {
+        files.insert("range.bin".into(), bundle::encode_range(r));
+    }
+    files.insert(
+        "checkpoint.txt".into(),
+        checkpoint.note.clone().into_bytes(),
+    );
+    let manifest = facts::manifest(&meta, entries.len() as u64, &files);
+    let digest = crate::crypto::blake3_256(&manifest);
+    files.insert("manifest.json".into(), manifest);
+    Ok(Unsigned {
+        files,
+        digest,
+        origin,
+    })
+}
+
+/// The files of a bundle (the archive unpacked, not verified).
+pub fn unpack(bytes: &[u8]) -> Result<BTreeMap<String, Vec<u8>>, String> {
+    bundle::read_tar(bytes)
+}
+
+/// A bundle archive of `files`, in the canonical form the verifier expects
+/// (for tools that re-seal a bundle, and for tests that forge one).
+pub fn pack(files: &BTreeMap<String, Vec<u8>>) -> Vec<u8> {
+    bundle::write_tar(files)
+}
+
+/// Seals an exported bundle with its signed manifest note and checks the
+/// result with the verifier an auditor runs: a bundle that would not verify
+/// is never handed out.
+pub fn seal(
+    unsigned: Unsigned,
+    manifest_note: String,
+    key: &crate::crypto::NoteVerifier,
+) -> Result<Vec<u8>, ExportError> {
+    let bytes = unsigned.finish(manifest_note);
+    verify(&bytes, &Trust::Key(key.clone())).map_err(|f| ExportError::SelfCheck(f.to_string()))?;
+    Ok(bytes)
+}
+
+/// Exports, signs with `signer` and seals in one step: for a log opened
+/// offline, where this process holds the log key itself.
+pub fn export_offline<S: Store + ?Sized>(
+    state: &State,
+    reader: &LedgerReader<S>,
+    signer: &crate::crypto::NoteSigner,
+    scope: &Scope,
+) -> Result<Vec<u8>, ExportError> {
+    let size = state.next_index();
+    let note = reader
+        .checkpoint_note(size)?
+        .ok_or(ExportError::NoCheckpoint(size))?;
+    let origin = state
+        .genesis()
+        .map(|g| g.origin.clone())
+        .unwrap_or_default();
+    let cp = Checkpoint::verify(&note, &signer.verifier(), &origin)
+        .map_err(|e| ExportError::Sign(format!("stored checkpoint for size {size}: {e}")))?;
+    let selection = select(state, reader, scope)?;
+    let unsigned = export(reader, &cp, &selection, scope)?;
+    let note = crate::ledger::sign_manifest(signer, &origin, &unsigned.digest());
+    seal(unsigned, note, &signer.verifier())
+}
+
+/// Reads stored Merkle nodes for proofs.
+struct Nodes<'a, S: Store + ?Sized>(&'a LedgerReader<S>);
+
+impl<S: Store + ?Sized> merkle::NodeSource for Nodes<'_, S> {
+    type Error = ReadError;
+    fn perfect(&self, level: u32, index: u64) -> Result<Hash, ReadError> {
+        self.0
+            .store()
+            .node(level, index)?
+            .ok_or(ReadError::MissingNode { level, index })
+    }
+}

@@ -1,0 +1,536 @@
+//! Offline verification of a bundle: no network, no database, nothing but
+//! the bundle and the trusted key (or a pinned checkpoint). Checks, in this
+//! order, stopping at the first failure:
+//!
+//! 1. the archive is well formed and in canonical form (so no byte outside
+//!    the files can change unnoticed);
+//! 2. `manifest.sig` is the log key's signature over `manifest.json`;
+//! 3. every file is listed in the manifest with its size and BLAKE3, and
+//!    nothing else is present;
+//! 4. `checkpoint.txt` is signed by the log key (and equals a pinned one);
+//! 5. every entry is proven in that checkpoint: an inclusion proof each, or
+//!    the one range proof of a period; consecutive entries are chain-linked;
+//! 6. folding the entries from genesis applies every rule of the log and
+//!    every signature verifies against the key history;
+//! 7. a period is complete: its boundary entries lie outside it;
+//! 8. every decision re-evaluated from the bundle's facts equals the one
+//!    recorded, and every derived file regenerates byte for byte.
+
+use std::collections::BTreeMap;
+
+use serde_json::Value;
+
+use super::bundle::{decode_entries, decode_proofs, decode_range, read_tar, write_tar};
+use super::facts::{Meta, Signatures, fold_then, render};
+use super::{Control, FORMAT, Scope};
+use crate::crypto::NoteVerifier;
+use crate::ledger::{Checkpoint, merkle, verify_manifest};
+
+/// What the verifier trusts.
+#[derive(Clone, Debug)]
+pub enum Trust {
+    /// The log's verifier key (`log.vkey`).
+    Key(NoteVerifier),
+    /// A checkpoint the auditor already trusts (size and root), with the
+    /// log key; the bundle's checkpoint must be that one.
+    PinnedCheckpoint { note: String, key: NoteVerifier },
+}
+
+impl Trust {
+    fn key(&self) -> &NoteVerifier {
+        match self {
+            Trust::Key(k) | Trust::PinnedCheckpoint { key: k, .. } => k,
+        }
+    }
+}
+
+/// The first thing that failed, named for a person.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{what}: {reason}")]
+pub struct BundleFailure {
+    /// The file (or check) that failed, e.g. `entries.bin`, `entry 17`.
+    pub what: String,
+    pub reason: String,
+}
+
+fn fail(what: impl Into<String>, reason: impl Into<String>) -> BundleFailure {
+    BundleFailure {
+        what: what.into(),
+        reason: reason.into(),
+    }
+}
+
+/// What a successful verification covered.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VerifyReport {
+    pub origin: String,
+    pub scope: String,
+    pub checkpoint_size: u64,
+    pub entries: usize,
+    pub inclusion_proofs: usize,
+    /// Entries proven by the range proof.
+    pub range: Option<(u64, u64)>,
+    pub signatures: usize,
+    pub decisions: usize,
+    pub files: usize,
+    pub violations: usize,
+}
+
+fn parse_time(v: &Value, key: &str) -> Result<i64, BundleFailure> {
+    v.get(key).and_then(Value::as_i64).ok_or_else(|| {
+        fail(
+            "manifest.json",
+            format!("scope.{key} is missing or not an integer"),
+        )
+    })
+}
+
+fn strings(v: &Value, key: &str) -> Vec<String> {
+    v.get(key)
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(|s| s.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn parse_scope(v: &Value) -> Result<Scope, BundleFailure> {
+    let kind = v.get("kind").and_then(Value::as_str).unwrap_or_default();
+    Ok(match kind {
+        "change" => Scope::Change(
+            v.get("change")
+                .and_then(Value::as_str)
+                .ok_or_else(|| fail("manifest.json", "scope.change is missing"))?
+                .to_owned(),
+        ),
+        "period" => Scope::Period {
+            from: parse_time(v, "from_unix_nanos")?,
+            to: parse_time(v, "to_unix_nanos")?,
+            environments: strings(v, "environments"),
+            repositories: strings(v, "repositories"),
+        },
+        "control" => Scope::Control {
+            control: v
+                .get("control")
+                .and_then(Value::as_str)
+                .and_then(Control::parse)
+                .ok_or_else(|| fail("manifest.json", "scope.control is not a known control"))?,
+            from: parse_time(v, "from_unix_nanos")?,
+            to: parse_time(v, "to_unix_nanos")?,
+        },
+        other => {
+            return Err(fail(
+                "manifest.json",
+                format!("unknown scope kind {other:?}"),
+            ));
+        }
+    })
+}
+
+/// Verifies a bundle.
+pub fn verify(bytes: &[u8], trust: &Trust) -> Result<VerifyReport, BundleFailure> {
+    // 1. The archive.
+    let files = read_tar(bytes).map_err(|e| fail("archive", e))?;
+    if write_tar(&files) != bytes {
+        return Err(fail(
+            "archive",
+            "not in canonical form: bytes outside the files (headers, order or padding) were changed",
+        ));
+    }
+    let get = |p: &str| {
+        files
+            .get(p)
+            .ok_or_else(|| fail(p, "missing from the bundle"))
+    };
+
+    // 2. The manifest and its signature.
+    let manifest_bytes = get("manifest.json")?;
+    let manifest: Value = serde_json::from_slice(manifest_bytes)
+        .map_err(|e| fail("manifest.json", format!("not JSON: {e}")))?;
+    if manifest.get("format").and_then(Value::as_str) != Some(FORMAT) {
+        return Err(fail(
+            "manifest.json",
+            format!("format is not {FORMAT:?}; this verifier reads only that format"),
+        ));
+    }
+    let origin = manifest
+        .get("origin")
+        .and_then(Value::as_str)
+        .ok_or_else(|| fail("manifest.json", "origin is missing"))?
+        .to_owned();
+    let key = trust.key();
+    if key.name() != origin {
+        return Err(fail(
+            "manifest.json",
+            format!(
+                "the bundle is from log {origin:?} but the trusted key is for {:?}",
+                key.name()
+            ),
+        ));
+    }
+    let sig =
+        std::str::from_utf8(get("manifest.sig")?).map_err(|_| fail("manifest.sig", "not UTF-8"))?;
+    let signed =
+        verify_manifest(sig, key, &origin).map_err(|e| fail("manifest.sig", e.to_string()))?;
+    if signed != crate::crypto::blake3_256(manifest_bytes) {
+        return Err(fail(
+            "manifest.json",
+            "its BLAKE3 differs from the digest manifest.sig signs (the manifest was altered)",
+        ));
+    }
+
+    // 3. Every file, as listed.
+    let listed = manifest
+        .get("files")
+        .and_then(Value::as_array)
+        .ok_or_else(|| fail("manifest.json", "files is missing"))?;
+    let mut expected = BTreeMap::new();
+    for f in listed {
+        let path = f.get("path").and_then(Value::as_str).unwrap_or_default();
+        let size = f.get("size").and_then(Value::as_u64);
+        let digest = f.get("blake3").and_then(Value::as_str).unwrap_or_default();
+        expected.insert(path.to_owned(), (size, digest.to_owned()));
+    }
+    for (path, data) in &files {
+        if path == "manifest.json" || path == "manifest.sig" {
+            continue;
+        }
+        let Some((size, digest)) = expected.get(path) else {
+            return Err(fail(path, "not listed in the manifest"));
+        };
+        if *size != Some(data.len() as u64) {
+            return Err(fail(path, "its size differs from the manifest"));
+        }
+        if hex::encode(crate::crypto::blake3_256(data)) != *digest {
+            return Err(fail(
+                path,
+                "its BLAKE3 differs from the manifest (the file was altered)",
+            ));
+        }
+    }
+    if let Some(missing) = expected.keys().find(|p| !files.contains_key(*p)) {
+        return Err(fail(
+            missing,
+            "listed in the manifest but missing from the bundle",
+        ));
+    }
+
+    // 4. The checkpoint.
+    let note = std::str::from_utf8(get("checkpoint.txt")?)
+        .map_err(|_| fail("checkpoint.txt", "not UTF-8"))?;
+    let cp = Checkpoint::verify(note, key, &origin)
+        .map_err(|e| fail("checkpoint.txt", e.to_string()))?;
+    if let Trust::PinnedCheckpoint { note: pinned, .. } = trust {
+        let p = Checkpoint::verify(pinned, key, &origin)
+            .map_err(|e| fail("pinned checkpoint", e.to_string()))?;
+        if (p.size, p.root) != (cp.size, cp.root) {
+            return Err(fail(
+                "checkpoint.txt",
+                format!(
+                    "is for tree size {} but the pinned checkpoint is for size {} (or another root)",
+                    cp.size, p.size
+                ),
+            ));
+        }
+    }
+    let m_cp = manifest.get("checkpoint").cloned().unwrap_or_default();
+    if m_cp.get("size").and_then(Value::as_u64) != Some(cp.size)
+        || m_cp.get("root").and_then(Value::as_str) != Some(hex::encode(cp.root).as_str())
+    {
+        return Err(fail(
+            "manifest.json",
+            "checkpoint differs from checkpoint.txt",
+        ));
+    }
+
+    // 5. Entries and their proofs.
+    let entries = decode_entries(get("entries.bin")?).map_err(|e| fail("entries.bin", e))?;
+    if let Some((i, _)) = entries.iter().find(|(i, _)| *i >= cp.size) {
+        return Err(fail(
+            "entries.bin",
+            format!("entry {i} is beyond the checkpoint's {} entries", cp.size),
+        ));
+    }
+    if manifest.get("entries").and_then(Value::as_u64) != Some(entries.len() as u64) {
+        return Err(fail(
+            "manifest.json",
+            "entries count differs from entries.bin",
+        ));
+    }
+    let range_m = manifest.get("range").filter(|r| !r.is_null());
+    let range = match (range_m, files.get("range.bin")) {
+        (None, None) => None,
+        (Some(_), Some(b)) => Some(decode_range(b).map_err(|e| fail("range.bin", e))?),
+        (Some(_), None) => {
+            return Err(fail("range.bin", "missing, but the manifest names a range"));
+        }
+        (None, Some(_)) => {
+            return Err(fail(
+                "range.bin",
+                "present, but the manifest names no range",
+            ));
+        }
+    };
+    if let (Some(r), Some(m)) = (&range, range_m)
+        && (m.get("start").and_then(Value::as_u64) != Some(r.start)
+            || m.get("end").and_then(Value::as_u64) != Some(r.end))
+    {
+        return Err(fail("manifest.json", "range differs from range.bin"));
+    }
+    let proofs = decode_proofs(get("proofs.bin")?).map_err(|e| fail("proofs.bin", e))?;
+    let in_range = |i: u64| range.as_ref().is_some_and(|r| r.start <= i && i < r.end);
+    let mut used = 0usize;
+    for (i, bytes) in &entries {
+        if in_range(*i) {
+            continue;
+        }
+        let proof = proofs
+            .get(i)
+            .ok_or_else(|| fail(format!("entry {i}"), "has no inclusion proof in proofs.bin"))?;
+        merkle::verify_inclusion(&merkle::leaf_hash(bytes), *i, cp.size, proof, &cp.root)
+            .map_err(|e| fail(format!("entry {i}"), format!("inclusion proof: {e}")))?;
+        used += 1;
+    }
+    if used != proofs.len() {
+        return Err(fail(
+            "proofs.bin",
+            "holds proofs for entries the bundle does not carry",
+        ));
+    }
+    if let Some(r) = &range {
+        let run: Vec<_> = entries
+            .iter()
+            .filter(|(i, _)| in_range(*i))
+            .map(|(_, b)| merkle::leaf_hash(b))
+            .collect();
+        if run.len() as u64 != r.end - r.start {
+            return Err(fail(
+                "entries.bin",
+                format!(
+                    "the range {}..{} needs every entry in it; {} of {} are present",
+                    r.start,
+                    r.end,
+                    run.len(),
+                    r.end - r.start
+                ),
+            ));
+        }
+        merkle::verify_range(r.start, &run, cp.size, &r.left, &r.right, &cp.root)
+            .map_err(|e| fail("range.bin", format!("range proof: {e}")))?;
+    }
+
+    // 6. The fold, with every signature; the derived files are rendered
+    //    from it while the signature checks finish.
+    let scope = parse_scope(manifest.get("scope").unwrap_or(&Value::Null))?;
+    if matches!(scope, Scope::Change(_)) && range.is_some() {
+        return Err(fail("range.bin", "a change bundle carries no range"));
+    }
+    let as_of = manifest
+        .get("as_of_unix_nanos")
+        .and_then(Value::as_i64)
+        .ok_or_else(|| fail("manifest.json", "as_of_unix_nanos is missing"))?;
+    let meta = Meta {
+        origin: origin.clone(),
+        scope: scope.clone(),
+        checkpoint_size: cp.size,
+        checkpoint_root: cp.root,
+        range: range.as_ref().map(|r| (r.start, r.end)),
+        as_of,
+    };
+    let (folded, rendered) =
+        fold_then(&entries, Signatures::Check, |f| render(f, &meta)).map_err(|f| {
+            fail(
+                f.index
+                    .map(|i| format!("entry {i}"))
+                    .unwrap_or_else(|| "entries.bin".into()),
+                f.reason,
+            )
+        })?;
+    let genesis = folded
+        .state
+        .genesis()
+        .ok_or_else(|| fail("entry 0", "not a genesis entry"))?;
+    if genesis.log_key != *key.key() || genesis.origin != origin {
+        return Err(fail(
+            "entry 0",
+            "genesis names a log key or origin other than the trusted one",
+        ));
+    }
+    let mut prev: Option<(u64, crate::ledger::Hash)> = None;
+    for (i, info) in &folded.info {
+        if let Some((pi, leaf)) = prev
+            && pi + 1 == *i
+            && info.prev != leaf
+        {
+            return Err(fail(
+                format!("entry {i}"),
+                format!("chain link: its previous leaf hash is not the hash of entry {pi}"),
+            ));
+        }
+        prev = Some((*i, info.leaf));
+    }
+
+    // 7. Scope, completeness and the time statuses are computed for.
+    let time = |i: u64| folded.info.get(&i).map(|x| x.time);
+    let last = cp.size - 1;
+    match &scope {
+        Scope::Change(id) => {
+            if folded.state.gov().change(id).is_none() {
+                return Err(fail("entries.bin", format!("no entry opens change {id}")));
+            }
+            if time(last) != Some(as_of) {
+                return Err(fail(
+                    "manifest.json",
+                    "as_of must be the time of the checkpoint's last entry, which the bundle must carry",
+                ));
+            }
+        }
+        Scope::Period { from, to, .. } | Scope::Control { from, to, .. } => {
+            let r = range
+                .as_ref()
+                .ok_or_else(|| fail("range.bin", "a period bundle needs its range proof"))?;
+            let (t_start, t_end) = (
+                time(r.start).unwrap_or(i64::MIN),
+                time(r.end - 1).unwrap_or(i64::MIN),
+            );
+            let mut t_prev = i64::MIN;
+            for i in r.start..r.end {
+                let t = time(i).unwrap_or(i64::MIN);
+                if t < t_prev {
+                    return Err(fail(format!("entry {i}"), "integrated time goes backwards"));
+                }
+                t_prev = t;
+            }
+            if r.start != 0 && t_start >= *from {
+                return Err(fail(
+                    "completeness",
+                    format!(
+                        "entry {} is the first of the range but lies inside the period; the entry before it is missing, so earlier entries of the period may have been left out",
+                        r.start
+                    ),
+                ));
+            }
+            if t_end >= *to {
+                if as_of != *to {
+                    return Err(fail("manifest.json", "as_of must be the period's end"));
+                }
+            } else if r.end != cp.size {
+                return Err(fail(
+                    "completeness",
+                    format!(
+                        "entry {} is the last of the range but lies inside the period, and the log continues; later entries of the period may have been left out",
+                        r.end - 1
+                    ),
+                ));
+            } else if time(last) != Some(as_of) {
+                return Err(fail(
+                    "manifest.json",
+                    "as_of must be the time of the log's last entry",
+                ));
+            }
+        }
+    }
+
+    // 8. Decisions re-evaluated, derived files regenerated, the manifest
+    //    itself regenerated (so it holds nothing but what it must).
+    let derived = &rendered.files;
+    let got_decisions = get("facts/decisions.json")?;
+    if *got_decisions != derived["facts/decisions.json"] {
+        compare_decisions(got_decisions, &derived["facts/decisions.json"])?;
+    }
+    for (path, want) in derived {
+        let got = get(path)?;
+        if got != want {
+            return Err(fail(
+                path,
+                "differs from what the bundle's entries imply (regenerated from them)",
+            ));
+        }
+    }
+    let primary = [
+        "entries.bin",
+        "proofs.bin",
+        "range.bin",
+        "checkpoint.txt",
+        "manifest.json",
+        "manifest.sig",
+    ];
+    if let Some(extra) = files
+        .keys()
+        .find(|p| !derived.contains_key(*p) && !primary.contains(&p.as_str()))
+    {
+        return Err(fail(extra, "is not a file of this bundle format"));
+    }
+    // `manifest()` lists every file but the manifest and its signature.
+    if super::facts::manifest(&meta, entries.len() as u64, &files) != *manifest_bytes {
+        return Err(fail(
+            "manifest.json",
+            "is not the manifest of these files (extra, missing or inconsistent fields)",
+        ));
+    }
+    let violations = rendered.violations;
+    Ok(VerifyReport {
+        origin,
+        scope: super::facts::scope_json(&scope).to_string(),
+        checkpoint_size: cp.size,
+        entries: entries.len(),
+        inclusion_proofs: used,
+        range: meta.range,
+        signatures: folded.info.len(),
+        decisions: folded.state.gov().deployments().count(),
+        files: files.len(),
+        violations,
+    })
+}
+
+/// Names the first decision whose recorded form differs from re-evaluation.
+fn compare_decisions(got: &[u8], want: &[u8]) -> Result<(), BundleFailure> {
+    let f = "facts/decisions.json";
+    let got: Value = serde_json::from_slice(got).map_err(|e| fail(f, format!("not JSON: {e}")))?;
+    let want: Value = serde_json::from_slice(want).expect("rendered JSON parses");
+    let empty = Vec::new();
+    let (g, w) = (
+        got.as_array().unwrap_or(&empty),
+        want.as_array().unwrap_or(&empty),
+    );
+    for wd in w {
+        let idx = wd["index"].as_u64().unwrap_or_default();
+        let Some(gd) = g.iter().find(|d| d["index"].as_u64() == Some(idx)) else {
+            return Err(fail(f, format!("the decision of entry {idx} is missing")));
+        };
+        if gd != wd {
+            let words = |d: &Value| {
+                format!(
+                    "{} by rule {} ({})",
+                    d["verdict"].as_str().unwrap_or("?"),
+                    d["rule"].as_str().unwrap_or("(none)"),
+                    d["reasons"]
+                        .as_array()
+                        .map(|r| r
+                            .iter()
+                            .filter_map(Value::as_str)
+                            .collect::<Vec<_>>()
+                            .join("; "))
+                        .unwrap_or_default()
+                )
+            };
+            return Err(fail(
+                f,
+                format!(
+                    "the decision recorded for entry {idx} differs from re-evaluating it from the bundle's facts: the bundle says {}, re-evaluation gives {}",
+                    words(gd),
+                    words(wd)
+                ),
+            ));
+        }
+    }
+    if g.len() != w.len() {
+        return Err(fail(
+            f,
+            "holds decisions for entries that are not recorded deployments",
+        ));
+    }
+    Ok(())
+}

@@ -1,0 +1,938 @@
+//! Evidence bundles (issue 4): export for each scope kind, online and
+//! offline, byte-identical; offline verification; every kind of tampering
+//! caught and named; the OSCAL file validated by compliance-trestle; the
+//! HTML report rendered by headless Chromium.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use docket::api::convert::sign_event;
+use docket::api::pb;
+use docket::event::{
+    Body, ChangeOpening, ChangeReview, ChangedPaths, CiRun, CiStatus, CommitObservation,
+    CommitSignature, DeployRequest, Event, PrincipalId, PrincipalKind, PrincipalSpec, RecordId,
+    SignatureFormat, SignatureVerdict,
+};
+use docket::evidence::{self, BundleFailure, Control, Scope, Trust};
+use docket::service::{Clock, ManualClock};
+use ed25519_dalek::SigningKey;
+
+use crate::common::{TestServer, now_nanos, server};
+
+const DAY: i64 = 86_400_000_000_000;
+
+pub const POLICY: &str = r#"version = 1
+[permissions]
+open_change = ["ci", "dev"]
+approve = ["dev", "security"]
+break_glass = ["sre"]
+report = ["ci"]
+
+[[rule]]
+name = "prod"
+match.environments = ["prod"]
+approvals = 2
+approver_roles = ["dev", "security"]
+require_roles = [{ role = "security", count = 1 }]
+ci_passed = true
+promoted_from = "staging"
+
+[[rule]]
+name = "staging"
+match.environments = ["staging"]
+ci_passed = true
+"#;
+
+fn key(name: &str) -> SigningKey {
+    SigningKey::from_bytes(&docket::crypto::blake3_256(name.as_bytes()))
+}
+
+/// A log with two changes over several days of (manual) time: CHG-1 passes
+/// staging then prod on day 1; CHG-2 is denied prod on day 2, broken
+/// through by dave on day 3 and reviewed late by carol on day 5.
+pub struct Fixture {
+    pub server: TestServer,
+    pub clock: Arc<ManualClock>,
+    pub t0: i64,
+    /// Entry indices by name.
+    pub at: BTreeMap<&'static str, u64>,
+    n: u64,
+}
+
+impl Fixture {
+    async fn append(&mut self, name: &'static str, signer: &str, body: Body) -> u64 {
+        self.n += 1;
+        let ev = Event {
+            event_id: format!("fx-{}-{name}", self.n),
+            claimed_time_nanos: self.clock.now_nanos(),
+            signer: PrincipalId::parse(signer).unwrap(),
+            body,
+        };
+        let signing = if signer == "admin" {
+            self.server.admin_key()
+        } else {
+            key(signer)
+        };
+        let r = self
+            .server
+            .svc
+            .append(sign_event(&ev, &signing), "CN=test".into())
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        self.at.insert(name, r.index);
+        r.index
+    }
+
+    async fn register(
+        &mut self,
+        id: &'static str,
+        kind: PrincipalKind,
+        role: &str,
+        email: Option<&str>,
+    ) {
+        self.append(
+            id,
+            "admin",
+            Body::PrincipalRegistered(PrincipalSpec {
+                id: PrincipalId::parse(id).unwrap(),
+                kind,
+                display_name: String::new(),
+                roles: [role.to_owned()].into(),
+                keys: vec![key(id).verifying_key()],
+                emails: email.map(|e| e.to_owned()).into_iter().collect(),
+            }),
+        )
+        .await;
+    }
+
+    async fn build(&mut self, name: &'static str, author: &str, image: &str) -> (String, String) {
+        let raw = format!(
+            "tree 4b825dc642cb6eb9a060e54bf8d69288fbee4904\nauthor A <{author}> 1700000000 +0000\ncommitter A <{author}> 1700000000 +0000\n\n{name}\n"
+        );
+        let sha = docket::event::git::object_id(raw.as_bytes(), 40).unwrap();
+        let commit = docket::event::git::parse_commit(raw.as_bytes()).unwrap();
+        self.append(
+            name,
+            "ci",
+            Body::CommitObserved(Box::new(CommitObservation {
+                repository: "github.com/acme/payments".into(),
+                sha: sha.clone(),
+                raw: raw.into_bytes(),
+                commit,
+                changed: ChangedPaths::default(),
+                signature: CommitSignature {
+                    format: SignatureFormat::None,
+                    verdict: SignatureVerdict::Unsigned,
+                    signer_identity: String::new(),
+                    key_fingerprint: String::new(),
+                    detail: String::new(),
+                },
+            })),
+        )
+        .await;
+        let digest = format!(
+            "sha256:{}",
+            hex::encode(docket::crypto::blake3_256(image.as_bytes()))
+        );
+        self.append(
+            "ci-run",
+            "ci",
+            Body::CiRunReported(CiRun {
+                repository: "github.com/acme/payments".into(),
+                commit: sha.clone(),
+                artifact_digests: [digest.clone()].into(),
+                status: CiStatus::Passed,
+                provider: "github-actions".into(),
+                pipeline: "build".into(),
+                run_id: name.into(),
+                url: "https://github.com/acme/payments/actions/runs/1".into(),
+                git_ref: "refs/heads/main".into(),
+            }),
+        )
+        .await;
+        (sha, digest)
+    }
+
+    async fn open(&mut self, name: &'static str, id: &str, sha: &str, digest: &str) {
+        self.append(
+            name,
+            "ci",
+            Body::ChangeOpened(ChangeOpening {
+                change_id: RecordId::parse(id).unwrap(),
+                title: format!("{id} title"),
+                repository: "github.com/acme/payments".into(),
+                commits: [sha.to_owned()].into(),
+                artifact_digests: [digest.to_owned()].into(),
+                environments: ["staging".to_owned(), "prod".to_owned()].into(),
+                ticket: format!("OPS-{id}"),
+                description: String::new(),
+            }),
+        )
+        .await;
+    }
+
+    async fn approve(&mut self, name: &'static str, who: &str, id: &str, seen: &[&String]) {
+        self.append(
+            name,
+            who,
+            Body::ChangeReviewed(ChangeReview {
+                change_id: RecordId::parse(id).unwrap(),
+                seen_subjects: seen.iter().map(|s| s.to_string()).collect(),
+                approve: true,
+                comment: "looks right".into(),
+            }),
+        )
+        .await;
+    }
+
+    async fn deploy(
+        &mut self,
+        name: &'static str,
+        who: &str,
+        env: &str,
+        digest: &str,
+        glass: bool,
+    ) -> u64 {
+        self.append(
+            name,
+            who,
+            Body::DeployRequested(DeployRequest {
+                action: "deploy".into(),
+                environment: env.into(),
+                repository: Some("github.com/acme/payments".into()),
+                kind: Some("Deployment".into()),
+                namespace: Some("payments".into()),
+                subjects: [digest.to_owned()].into(),
+                change_id: None,
+                break_glass: glass,
+                justification: if glass {
+                    "payments outage INC-7".into()
+                } else {
+                    String::new()
+                },
+            }),
+        )
+        .await
+    }
+
+    fn day(&self, d: i64) -> i64 {
+        self.t0 + d * DAY
+    }
+}
+
+pub async fn fixture() -> Fixture {
+    let t0 = now_nanos();
+    let clock = Arc::new(ManualClock::new(t0));
+    let server = server()
+        .with_clock(clock.clone())
+        .with_policy(POLICY)
+        .run()
+        .await;
+    let mut f = Fixture {
+        server,
+        clock,
+        t0,
+        at: BTreeMap::new(),
+        n: 0,
+    };
+    f.register(
+        "alice",
+        PrincipalKind::Human,
+        "dev",
+        Some("alice@example.com"),
+    )
+    .await;
+    f.register("bob", PrincipalKind::Human, "dev", Some("bob@example.com"))
+        .await;
+    f.register(
+        "carol",
+        PrincipalKind::Human,
+        "security",
+        Some("carol@example.com"),
+    )
+    .await;
+    f.register("dave", PrincipalKind::Human, "sre", None).await;
+    f.register("ci", PrincipalKind::Ci, "ci", None).await;
+
+    f.clock.set(f.day(1));
+    let (c1, d1) = f.build("commit-1", "alice@example.com", "image-1").await;
+    f.open("open-1", "CHG-1", &c1, &d1).await;
+    f.approve("alice-1", "alice", "CHG-1", &[&c1, &d1]).await;
+    f.approve("bob-1", "bob", "CHG-1", &[&c1, &d1]).await;
+    f.approve("carol-1", "carol", "CHG-1", &[&c1, &d1]).await;
+    f.deploy("staging-1", "ci", "staging", &d1, false).await;
+    f.deploy("prod-1", "ci", "prod", &d1, false).await;
+
+    f.clock.set(f.day(2));
+    let (c2, d2) = f.build("commit-2", "bob@example.com", "image-2").await;
+    f.open("open-2", "CHG-2", &c2, &d2).await;
+    f.approve("alice-2", "alice", "CHG-2", &[&c2, &d2]).await;
+    // An entry no CHG-2 bundle needs, right before its deployment, so a
+    // bundle's fold has a gap there (decisions must not depend on it).
+    f.append(
+        "unrelated",
+        "admin",
+        Body::Annotation {
+            subject: "repo/other".into(),
+            kind: "note".into(),
+            text: "unrelated".into(),
+            attributes: Default::default(),
+        },
+    )
+    .await;
+    f.deploy("prod-2-denied", "ci", "prod", &d2, false).await;
+
+    f.clock.set(f.day(3));
+    f.deploy("glass", "dave", "prod", &d2, true).await;
+    f.clock.set(f.day(5));
+    let glass = f.at["glass"];
+    f.append(
+        "late-review",
+        "carol",
+        Body::BreakGlassReviewed(docket::event::BreakGlassReview {
+            deployment_index: glass,
+            justified: true,
+            comment: "outage fix was right".into(),
+        }),
+    )
+    .await;
+    f.append(
+        "note",
+        "admin",
+        Body::Annotation {
+            subject: "repo/payments".into(),
+            kind: "note".into(),
+            text: "quarter closed".into(),
+            attributes: Default::default(),
+        },
+    )
+    .await;
+    // The log ends with a redeployment of CHG-1's digest: every change
+    // bundle carries the last entry to prove its time, so CHG-2's bundle
+    // must bring the facts this decision rests on too.
+    f.deploy("last", "ci", "staging", &d1, false).await;
+    f
+}
+
+async fn export_online(s: &TestServer, scope: pb::export_evidence_request::Scope) -> Vec<u8> {
+    let mut g = s.conn().governance().await.unwrap();
+    let mut stream = g
+        .export_evidence(pb::ExportEvidenceRequest { scope: Some(scope) })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut out = Vec::new();
+    while let Some(c) = stream.message().await.unwrap() {
+        assert_eq!(c.offset, out.len() as u64);
+        out.extend_from_slice(&c.data);
+        assert!(out.len() as u64 <= c.total_bytes);
+    }
+    out
+}
+
+fn trust(s: &TestServer) -> Trust {
+    Trust::Key(s.verifier())
+}
+
+fn json(files: &BTreeMap<String, Vec<u8>>, path: &str) -> serde_json::Value {
+    serde_json::from_slice(&files[path]).unwrap()
+}
+
+/// Re-seals edited files: new manifest digests, signed with the log key an
+/// insider would hold. Only the checks after the manifest can then notice.
+fn reseal(data: &docket::datadir::DataDir, mut files: BTreeMap<String, Vec<u8>>) -> Vec<u8> {
+    let mut manifest: serde_json::Value = serde_json::from_slice(&files["manifest.json"]).unwrap();
+    let list = manifest["files"].as_array_mut().unwrap();
+    for f in list.iter_mut() {
+        let p = f["path"].as_str().unwrap().to_owned();
+        let b = &files[&p];
+        f["size"] = b.len().into();
+        f["blake3"] = hex::encode(docket::crypto::blake3_256(b)).into();
+    }
+    let mut bytes = serde_json::to_vec_pretty(&manifest).unwrap();
+    bytes.push(b'\n');
+    let cfg = data.config().unwrap();
+    let signer = data.note_signer(&cfg).unwrap();
+    files.insert(
+        "manifest.sig".into(),
+        docket::ledger::sign_manifest(&signer, &cfg.origin, &docket::crypto::blake3_256(&bytes))
+            .into_bytes(),
+    );
+    files.insert("manifest.json".into(), bytes);
+    evidence::pack(&files)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn export_and_verify_each_scope_online_and_offline() {
+    use pb::export_evidence_request::Scope as S;
+    let f = fixture().await;
+    let s = &f.server;
+    let change = export_online(s, S::ChangeId("CHG-1".into())).await;
+    let period = pb::PeriodScope {
+        from_unix_nanos: f.day(1),
+        to_unix_nanos: f.day(2),
+        environments: vec![],
+        repositories: vec![],
+    };
+    let period_b = export_online(s, S::Period(period.clone())).await;
+    let control = pb::ControlScope {
+        control: "soc2-cc8.1".into(),
+        from_unix_nanos: f.day(0),
+        to_unix_nanos: f.day(6),
+    };
+    let control_b = export_online(s, S::Control(control.clone())).await;
+
+    // Deterministic: the same scope over the same log, byte for byte.
+    assert_eq!(change, export_online(s, S::ChangeId("CHG-1".into())).await);
+
+    for b in [&change, &period_b, &control_b] {
+        let r = evidence::verify(b, &trust(s)).unwrap();
+        assert_eq!(r.origin, "docket.test/log");
+        assert!(r.signatures >= 10 && r.decisions >= 1, "{r:?}");
+    }
+
+    // The change bundle: CHG-1's decisions, with who counted and why not.
+    let files = evidence::unpack(&change).unwrap();
+    let changes = json(&files, "facts/changes.json");
+    assert_eq!(changes.as_array().unwrap().len(), 1);
+    let c = &changes[0];
+    assert_eq!(c["change"], "CHG-1");
+    assert_eq!(c["authors"], serde_json::json!(["alice"]));
+    assert_eq!(c["segregation_of_duties"]["outcome"], "satisfied");
+    let decisions = json(&files, "facts/decisions.json");
+    let prod = decisions
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["index"] == f.at["prod-1"])
+        .unwrap();
+    assert_eq!(prod["verdict"], "allow");
+    assert_eq!(prod["in_scope"], true);
+    let not_counted: Vec<_> = prod["not_counted"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["reason"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        not_counted,
+        ["alice is a commit author or committer of the change"]
+    );
+    assert!(files.contains_key("policies/v1.toml"));
+    // Identity history back to genesis travels with it; CHG-2's facts do not.
+    let indices: BTreeSet<u64> = json(&files, "facts/entries.json")
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["index"].as_u64().unwrap())
+        .collect();
+    assert!(
+        indices.contains(&0) && indices.contains(&f.at["alice"]) && indices.contains(&f.at["ci"])
+    );
+    assert!(!indices.contains(&f.at["open-2"]) && !indices.contains(&f.at["alice-2"]));
+
+    // The period of day 1 holds exactly day 1's entries, with its boundaries.
+    let files = evidence::unpack(&period_b).unwrap();
+    let entries = json(&files, "facts/entries.json");
+    let in_scope: Vec<u64> = entries
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["in_scope"] == true)
+        .map(|e| e["index"].as_u64().unwrap())
+        .collect();
+    let day1: Vec<u64> = (f.at["commit-1"]..=f.at["prod-1"]).collect();
+    assert_eq!(in_scope, day1);
+    let manifest = json(&files, "manifest.json");
+    assert_eq!(manifest["range"]["start"], f.at["commit-1"] - 1);
+    assert_eq!(manifest["range"]["end"], f.at["prod-1"] + 2);
+
+    // The control bundle sees the late review as a violation: CC8.1 not satisfied.
+    let files = evidence::unpack(&control_b).unwrap();
+    let ob = json(&files, "facts/obligations.json");
+    assert_eq!(ob["violations"][0]["kind"], "late-review");
+    let oscal = json(&files, "oscal/assessment-results.json");
+    let finding = &oscal["assessment-results"]["results"][0]["findings"][0];
+    assert_eq!(finding["target"]["target-id"], Control::Soc2Cc81.oscal_id());
+    assert_eq!(finding["target"]["status"]["state"], "not-satisfied");
+
+    // Offline, from the stopped server's data directory: the same bytes.
+    let (_dir, data) = f.server.stop().await;
+    let store = Arc::new(docket::ledger::SledStore::open(&data.db()).unwrap());
+    let reader = docket::ledger::LedgerReader::new(store);
+    let state = docket::service::current_state(&reader).unwrap();
+    let signer = data.note_signer(&data.config().unwrap()).unwrap();
+    let offline =
+        |scope: Scope| evidence::export_offline(&state, &reader, &signer, &scope).unwrap();
+    assert_eq!(offline(Scope::Change("CHG-1".into())), change);
+    assert_eq!(
+        offline(Scope::Period {
+            from: period.from_unix_nanos,
+            to: period.to_unix_nanos,
+            environments: vec![],
+            repositories: vec![]
+        }),
+        period_b
+    );
+    assert_eq!(
+        offline(Scope::Control {
+            control: Control::Soc2Cc81,
+            from: control.from_unix_nanos,
+            to: control.to_unix_nanos
+        }),
+        control_b
+    );
+    // Unknown scopes are refused, not exported empty.
+    let e = evidence::export_offline(&state, &reader, &signer, &Scope::Change("CHG-404".into()))
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("CHG-404 does not exist")
+            || e.to_string().contains("\"CHG-404\" does not exist"),
+        "{e}"
+    );
+}
+
+/// Offsets of every member's content in a tar archive: (path, start, len).
+fn members(bytes: &[u8]) -> Vec<(String, u64, u64)> {
+    let mut a = tar::Archive::new(bytes);
+    a.entries()
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            (
+                e.path().unwrap().to_string_lossy().into_owned(),
+                e.raw_file_position(),
+                e.size(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn any_flipped_byte_is_caught_and_named() {
+    use pb::export_evidence_request::Scope as S;
+    let f = fixture().await;
+    let s = &f.server;
+    let bundle = export_online(
+        s,
+        S::Period(pb::PeriodScope {
+            from_unix_nanos: f.day(1),
+            to_unix_nanos: f.day(4),
+            ..Default::default()
+        }),
+    )
+    .await;
+    let t = trust(s);
+    assert!(evidence::verify(&bundle, &t).is_ok());
+    let mut checked = 0;
+    // Inside every file, at its first, last and five spread offsets.
+    for (path, start, len) in members(&bundle) {
+        assert!(len > 0, "{path} is empty");
+        let mut offsets: BTreeSet<u64> = [0, len - 1].into();
+        for k in 1..=5 {
+            offsets.insert(len * k / 6);
+        }
+        for off in offsets {
+            let mut b = bundle.clone();
+            b[(start + off) as usize] ^= 0x01;
+            let e: BundleFailure = evidence::verify(&b, &t).expect_err(&format!("{path}+{off}"));
+            let named = e.what == path
+                || (path == "manifest.sig" && e.what == "manifest.sig")
+                || (path == "manifest.json" && e.what.starts_with("manifest"));
+            assert!(named, "flipping {path} at {off} was reported as {e}");
+            checked += 1;
+        }
+    }
+    // In headers and padding: the archive is no longer canonical, or unreadable.
+    let content: Vec<(u64, u64)> = members(&bundle).iter().map(|(_, s, l)| (*s, *l)).collect();
+    let outside: Vec<u64> = (0..bundle.len() as u64)
+        .filter(|o| !content.iter().any(|(s, l)| s <= o && *o < s + l))
+        .collect();
+    for k in 0..40u64 {
+        let off = outside[(k * 7919 % outside.len() as u64) as usize];
+        let mut b = bundle.clone();
+        b[off as usize] ^= 0x20;
+        let e = evidence::verify(&b, &t).expect_err(&format!("header byte {off}"));
+        assert_eq!(e.what, "archive", "header byte {off}: {e}");
+        checked += 1;
+    }
+    assert!(checked > 100);
+    // A bundle verified against another log's key fails at the manifest.
+    let other =
+        docket::crypto::NoteVerifier::new("docket.test/log", key("someone else").verifying_key());
+    let e = evidence::verify(&bundle, &Trust::Key(other)).unwrap_err();
+    assert_eq!(e.what, "manifest.sig");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropped_entries_fail_completeness_and_altered_decisions_fail_re_evaluation() {
+    use pb::export_evidence_request::Scope as S;
+    let f = fixture().await;
+    let s = &f.server;
+    let bundle = export_online(
+        s,
+        S::Period(pb::PeriodScope {
+            from_unix_nanos: f.day(1),
+            to_unix_nanos: f.day(3),
+            ..Default::default()
+        }),
+    )
+    .await;
+    let t = trust(s);
+    let files = evidence::unpack(&bundle).unwrap();
+
+    // 1. One entry of the period dropped from entries.bin (manifest re-signed).
+    let entries = decode_entries(&files["entries.bin"]);
+    let victim = f.at["bob-1"];
+    let mut fewer = files.clone();
+    fewer.insert(
+        "entries.bin".into(),
+        encode_entries(
+            &entries
+                .iter()
+                .filter(|(i, _)| *i != victim)
+                .cloned()
+                .collect::<Vec<_>>(),
+        ),
+    );
+    let mut m: serde_json::Value = serde_json::from_slice(&fewer["manifest.json"]).unwrap();
+    m["entries"] = (entries.len() - 1).into();
+    fewer.insert(
+        "manifest.json".into(),
+        serde_json::to_vec_pretty(&m).unwrap(),
+    );
+    let e = evidence::verify(&reseal(&s.data, fewer), &t).unwrap_err();
+    assert_eq!(e.what, "entries.bin", "{e}");
+    assert!(e.reason.contains("needs every entry in it"), "{e}");
+
+    // 2. A shorter range, honestly proven, that stops before the period ends
+    //    (the last day-2 entries and the right boundary left out).
+    let data = s.data.clone();
+    let state_size = s.size().await;
+    let reader = s.svc.reader().clone();
+    let cp_note = reader.checkpoint_note(state_size).unwrap().unwrap();
+    let cp =
+        docket::ledger::Checkpoint::verify(&cp_note, &s.verifier(), "docket.test/log").unwrap();
+    let scope = Scope::Period {
+        from: f.day(1),
+        to: f.day(3),
+        environments: vec![],
+        repositories: vec![],
+    };
+    let mut sel = s
+        .svc
+        .with_state(|st| evidence::select(st, &reader, &scope))
+        .unwrap();
+    let (start, end) = sel.range.unwrap();
+    let cut = f.at["prod-2-denied"];
+    assert!(cut < end);
+    sel.range = Some((start, cut));
+    sel.indices.retain(|i| *i < cut || *i >= end);
+    let unsigned = evidence::export(&reader, &cp, &sel, &scope).unwrap();
+    let signer = data.note_signer(&data.config().unwrap()).unwrap();
+    let note = docket::ledger::sign_manifest(&signer, "docket.test/log", &unsigned.digest());
+    let e = evidence::verify(&unsigned.finish(note), &t).unwrap_err();
+    assert_eq!(e.what, "completeness", "{e}");
+    assert!(
+        e.reason
+            .contains("later entries of the period may have been left out"),
+        "{e}"
+    );
+
+    // 3. A decision rewritten (deny → allow), manifest re-signed: only the
+    //    re-evaluation from the bundle's facts can notice, and it does.
+    let mut forged = files.clone();
+    let mut d: serde_json::Value = serde_json::from_slice(&forged["facts/decisions.json"]).unwrap();
+    let denied = f.at["prod-2-denied"];
+    for x in d.as_array_mut().unwrap() {
+        if x["index"] == denied {
+            assert_eq!(x["verdict"], "deny");
+            x["verdict"] = "allow".into();
+            x["reasons"] = serde_json::json!(["rule \"prod\" is satisfied"]);
+        }
+    }
+    let mut bytes = serde_json::to_vec_pretty(&d).unwrap();
+    bytes.push(b'\n');
+    forged.insert("facts/decisions.json".into(), bytes);
+    let e = evidence::verify(&reseal(&s.data, forged), &t).unwrap_err();
+    assert_eq!(e.what, "facts/decisions.json");
+    assert!(
+        e.reason
+            .contains(&format!("entry {denied} differs from re-evaluating it"))
+            && e.reason.contains("the bundle says allow")
+            && e.reason.contains("re-evaluation gives deny"),
+        "{e}"
+    );
+
+    // 4. An approval added to a derived file only (not in the log).
+    let mut forged = files.clone();
+    let mut c: serde_json::Value = serde_json::from_slice(&forged["facts/changes.json"]).unwrap();
+    c[0]["reviews"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({"reviewer": "mallory"}));
+    forged.insert(
+        "facts/changes.json".into(),
+        serde_json::to_vec_pretty(&c).unwrap(),
+    );
+    let e = evidence::verify(&reseal(&s.data, forged), &t).unwrap_err();
+    assert_eq!(e.what, "facts/changes.json");
+}
+
+fn decode_entries(b: &[u8]) -> Vec<(u64, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut p = 0;
+    while p < b.len() {
+        let i = u64::from_be_bytes(b[p..p + 8].try_into().unwrap());
+        let n = u32::from_be_bytes(b[p + 8..p + 12].try_into().unwrap()) as usize;
+        out.push((i, b[p + 12..p + 12 + n].to_vec()));
+        p += 12 + n;
+    }
+    out
+}
+
+fn encode_entries(e: &[(u64, Vec<u8>)]) -> Vec<u8> {
+    let mut o = Vec::new();
+    for (i, b) in e {
+        o.extend_from_slice(&i.to_be_bytes());
+        o.extend_from_slice(&(b.len() as u32).to_be_bytes());
+        o.extend_from_slice(b);
+    }
+    o
+}
+
+/// Writes the bundle's members under `dir`.
+fn unpack_to(bundle: &[u8], dir: &Path) {
+    for (p, b) in evidence::unpack(bundle).unwrap() {
+        let path = dir.join(p);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, b).unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oscal_validates_with_compliance_trestle() {
+    use pb::export_evidence_request::Scope as S;
+    let f = fixture().await;
+    let dir = tempfile::tempdir().unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/oscal/validate_oscal.py");
+    for (name, scope) in [
+        ("change", S::ChangeId("CHG-2".into())),
+        (
+            "control",
+            S::Control(pb::ControlScope {
+                control: "hipaa-164.312b".into(),
+                from_unix_nanos: f.day(0),
+                to_unix_nanos: f.day(9),
+            }),
+        ),
+    ] {
+        let b = export_online(&f.server, scope).await;
+        let d = dir.path().join(name);
+        unpack_to(&b, &d);
+        let file = d.join("oscal/assessment-results.json");
+        let out = std::process::Command::new("python3")
+            .arg(&script)
+            .arg(&file)
+            .output()
+            .expect("python3");
+        assert!(
+            out.status.success(),
+            "trestle refused the {name} bundle's OSCAL (install it with `python3 -m pip install compliance-trestle==5.2.0`):\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // The validator is not a rubber stamp: a broken copy fails.
+        let mut v: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+        v["assessment-results"]["results"][0]["findings"][0]["target"]["status"]["state"] =
+            "fine".into();
+        std::fs::write(&file, serde_json::to_vec(&v).unwrap()).unwrap();
+        let out = std::process::Command::new("python3")
+            .arg(&script)
+            .arg(&file)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "a broken OSCAL file validated");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn report_renders_in_headless_chromium() {
+    use pb::export_evidence_request::Scope as S;
+    let f = fixture().await;
+    let b = export_online(
+        &f.server,
+        S::Period(pb::PeriodScope {
+            from_unix_nanos: f.day(0),
+            to_unix_nanos: f.day(9),
+            ..Default::default()
+        }),
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    unpack_to(&b, dir.path());
+    let html = dir.path().join("report.html");
+    let profile = dir.path().join("chromium-profile");
+    let out = tokio::time::timeout(
+        Duration::from_secs(120),
+        tokio::process::Command::new("chromium")
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--virtual-time-budget=2000",
+            ])
+            .arg(format!("--user-data-dir={}", profile.display()))
+            .arg("--dump-dom")
+            .arg(format!("file://{}", html.display()))
+            .output(),
+    )
+    .await
+    .expect("chromium finished")
+    .expect("chromium is installed (Debian package `chromium`; .ci/run installs it)");
+    let dom = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The change table with both changes, and the script ran (it fills the counter).
+    assert!(dom.contains("id=\"change-table\""), "{dom}");
+    assert!(
+        dom.contains("<b>CHG-1</b>") && dom.contains("<b>CHG-2</b>"),
+        "{dom}"
+    );
+    assert!(
+        dom.contains("2 of 2 shown"),
+        "the page's script did not run:\n{dom}"
+    );
+    // Verification status and how to re-check.
+    assert!(dom.contains("id=\"verification-status\""));
+    assert!(dom.contains("Verified when exported."));
+    assert!(dom.contains("docket evidence verify BUNDLE.tar --log-key log.vkey"));
+    // Segregation of duties and exceptions are shown.
+    assert!(
+        dom.contains("satisfied</span>: counted bob, carol"),
+        "{dom}"
+    );
+    assert!(dom.contains("late-review"));
+    assert!(dom.contains("Denied deployment"));
+    // Self-contained: nothing to fetch.
+    let raw = std::fs::read_to_string(&html).unwrap();
+    assert!(!raw.contains("src=\"http") && !raw.contains("href=\"http") && !raw.contains("<link"));
+}
+
+/// The commands an auditor and an operator run: export over gRPC, verify
+/// with the log key, JSON results, exit codes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_exports_and_verifies_with_clear_exit_codes() {
+    let f = fixture().await;
+    let s = &f.server;
+    let dir = s.path().join("cli-evidence");
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = dir.join("chg2.tar");
+    let (out_s, vkey) = (
+        out.display().to_string(),
+        s.data.log_vkey().display().to_string(),
+    );
+    let r = s
+        .cli(&["evidence", "export", "--change", "CHG-2", "--out", &out_s])
+        .await;
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    let r = s
+        .cli(&["evidence", "verify", &out_s, "--log-key", &vkey, "--json"])
+        .await;
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    let v = r.json();
+    assert_eq!(v["ok"], true);
+    assert_eq!(v["scope"]["change"], "CHG-2");
+    // CHG-2 was broken through and reviewed late: the bundle says so.
+    assert_eq!(v["violations"], 1);
+    let files = evidence::unpack(&std::fs::read(&out).unwrap()).unwrap();
+    let changes = json(&files, "facts/changes.json");
+    assert_eq!(
+        changes[0]["segregation_of_duties"]["outcome"],
+        "bypassed (break-glass)"
+    );
+
+    // One byte changed: exit 1, and the JSON names what broke.
+    let mut b = std::fs::read(&out).unwrap();
+    let (_, start, _) = members(&b)
+        .into_iter()
+        .find(|(p, _, _)| p == "facts/policies.json")
+        .unwrap();
+    b[start as usize + 3] ^= 1;
+    let bad = dir.join("bad.tar");
+    std::fs::write(&bad, &b).unwrap();
+    let r = s
+        .cli(&[
+            "evidence",
+            "verify",
+            bad.to_str().unwrap(),
+            "--log-key",
+            &vkey,
+            "--json",
+        ])
+        .await;
+    assert_eq!(r.code, 1);
+    let v = r.json();
+    assert_eq!(
+        (v["ok"].clone(), v["what"].clone()),
+        (false.into(), "facts/policies.json".into())
+    );
+    assert!(
+        r.stderr.contains("FAILED: facts/policies.json"),
+        "{}",
+        r.stderr
+    );
+
+    // Usage errors exit 64: filters that do not apply, unknown controls, bad dates.
+    for args in [
+        vec![
+            "evidence", "export", "--change", "CHG-2", "--env", "prod", "--out", &out_s,
+        ],
+        vec![
+            "evidence",
+            "export",
+            "--from",
+            "2026-01-01",
+            "--to",
+            "2027-01-01",
+            "--control",
+            "sox-404",
+            "--out",
+            &out_s,
+        ],
+        vec![
+            "evidence",
+            "export",
+            "--from",
+            "last tuesday",
+            "--to",
+            "2027-01-01",
+            "--out",
+            &out_s,
+        ],
+    ] {
+        let r = s.cli(&args).await;
+        assert_eq!(r.code, 64, "{args:?}: {}{}", r.stdout, r.stderr);
+    }
+    // An unknown change is the server's NOT_FOUND, reported as a failure.
+    let r = s
+        .cli(&["evidence", "export", "--change", "CHG-404", "--out", &out_s])
+        .await;
+    assert_eq!(r.code, 1);
+    assert!(
+        r.stderr.contains("NotFound") && r.stderr.contains("CHG-404"),
+        "{}",
+        r.stderr
+    );
+}
