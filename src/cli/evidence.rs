@@ -55,13 +55,17 @@ pub struct ExportArgs {
 }
 
 #[derive(Args, Debug)]
+#[command(group = clap::ArgGroup::new("trust").required(true).multiple(true).args(["log_key", "checkpoint"]))]
 pub struct VerifyArgs {
     /// The bundle.
     file: PathBuf,
     /// The log's verifier key (log.vkey), obtained from the log's operator.
     #[arg(long)]
-    log_key: PathBuf,
-    /// A checkpoint you already trust; the bundle must be for exactly it.
+    log_key: Option<PathBuf>,
+    /// A checkpoint you already trust (a signed note, e.g. saved with
+    /// `docket checkpoint --out`); the bundle must be for exactly that tree.
+    /// Without --log-key, the key is the one the bundle's genesis names,
+    /// proven in the pinned tree.
     #[arg(long)]
     checkpoint: Option<PathBuf>,
     /// Print the result as JSON.
@@ -224,14 +228,15 @@ fn read_vkey(p: &PathBuf) -> Result<NoteVerifier, CliError> {
 }
 
 fn verify(a: VerifyArgs) -> CliResult {
-    let key = read_vkey(&a.log_key)?;
-    let trust = match &a.checkpoint {
-        Some(p) => Trust::PinnedCheckpoint {
+    let key = a.log_key.as_ref().map(read_vkey).transpose()?;
+    let trust = match (&a.checkpoint, key) {
+        (Some(p), key) => Trust::Pinned {
             note: std::fs::read_to_string(p)
                 .map_err(|e| CliError::usage(format!("{}: {e}", p.display())))?,
             key,
         },
-        None => Trust::Key(key),
+        (None, Some(key)) => Trust::Key(key),
+        (None, None) => return Err(CliError::usage("give --log-key or --checkpoint")),
     };
     let bytes = std::fs::read(&a.file)
         .map_err(|e| CliError::usage(format!("{}: {e}", a.file.display())))?;

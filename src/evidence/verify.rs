@@ -31,17 +31,15 @@ use crate::ledger::{Checkpoint, merkle, verify_manifest};
 pub enum Trust {
     /// The log's verifier key (`log.vkey`).
     Key(NoteVerifier),
-    /// A checkpoint the auditor already trusts (size and root), with the
-    /// log key; the bundle's checkpoint must be that one.
-    PinnedCheckpoint { note: String, key: NoteVerifier },
-}
-
-impl Trust {
-    fn key(&self) -> &NoteVerifier {
-        match self {
-            Trust::Key(k) | Trust::PinnedCheckpoint { key: k, .. } => k,
-        }
-    }
+    /// A checkpoint the auditor already holds and trusts (its origin, size
+    /// and root); the bundle must be for exactly that tree. With the key,
+    /// the pinned note's signature is checked too. Without it, the log key
+    /// is the one the bundle's genesis names: genesis is proven at index 0
+    /// of the pinned tree like every other entry, so a forged genesis fails.
+    Pinned {
+        note: String,
+        key: Option<NoteVerifier>,
+    },
 }
 
 /// The first thing that failed, named for a person.
@@ -129,8 +127,69 @@ fn parse_scope(v: &Value) -> Result<Scope, BundleFailure> {
     })
 }
 
+/// The log key named by the bundle's entry 0, if it is a genesis (not yet
+/// proven: the rest of verification proves it against the pinned root).
+fn genesis_key(files: &BTreeMap<String, Vec<u8>>) -> Result<NoteVerifier, BundleFailure> {
+    let entries = files
+        .get("entries.bin")
+        .ok_or_else(|| fail("entries.bin", "missing from the bundle"))?;
+    let first = decode_entries(entries).map_err(|e| fail("entries.bin", e))?;
+    let (index, bytes) = first
+        .first()
+        .ok_or_else(|| fail("entries.bin", "holds no entries"))?;
+    if *index != 0 {
+        return Err(fail(
+            "entries.bin",
+            "does not carry entry 0 (genesis), the trust root",
+        ));
+    }
+    let e = crate::ledger::Entry::decode(bytes).map_err(|e| fail("entry 0", e.to_string()))?;
+    let ev = crate::api::convert::decode_event(&e.envelope.payload)
+        .map_err(|e| fail("entry 0", e.to_string()))?;
+    match ev.body {
+        crate::event::Body::Genesis(g) => Ok(NoteVerifier::new(&g.origin, g.log_key)),
+        _ => Err(fail("entry 0", "not a genesis entry")),
+    }
+}
+
 /// Verifies a bundle.
 pub fn verify(bytes: &[u8], trust: &Trust) -> Result<VerifyReport, BundleFailure> {
+    match trust {
+        Trust::Key(k) => verify_with(bytes, k, None),
+        Trust::Pinned { note, key } => {
+            let pinned = match key {
+                Some(k) => Checkpoint::verify(note, k, k.name()),
+                None => Checkpoint::parse_pinned(note),
+            }
+            .map_err(|e| fail("pinned checkpoint", e.to_string()))?;
+            let key = match key {
+                Some(k) => k.clone(),
+                None => {
+                    let files = read_tar(bytes).map_err(|e| fail("archive", e))?;
+                    let k = genesis_key(&files)?;
+                    if k.name() != pinned.origin {
+                        return Err(fail(
+                            "entry 0",
+                            format!(
+                                "genesis names log {:?} but the pinned checkpoint is of {:?}",
+                                k.name(),
+                                pinned.origin
+                            ),
+                        ));
+                    }
+                    k
+                }
+            };
+            verify_with(bytes, &key, Some(&pinned))
+        }
+    }
+}
+
+fn verify_with(
+    bytes: &[u8],
+    key: &NoteVerifier,
+    pinned: Option<&Checkpoint>,
+) -> Result<VerifyReport, BundleFailure> {
     // 1. The archive.
     let files = read_tar(bytes).map_err(|e| fail("archive", e))?;
     if write_tar(&files) != bytes {
@@ -160,7 +219,6 @@ pub fn verify(bytes: &[u8], trust: &Trust) -> Result<VerifyReport, BundleFailure
         .and_then(Value::as_str)
         .ok_or_else(|| fail("manifest.json", "origin is missing"))?
         .to_owned();
-    let key = trust.key();
     if key.name() != origin {
         return Err(fail(
             "manifest.json",
@@ -222,18 +280,16 @@ pub fn verify(bytes: &[u8], trust: &Trust) -> Result<VerifyReport, BundleFailure
         .map_err(|_| fail("checkpoint.txt", "not UTF-8"))?;
     let cp = Checkpoint::verify(note, key, &origin)
         .map_err(|e| fail("checkpoint.txt", e.to_string()))?;
-    if let Trust::PinnedCheckpoint { note: pinned, .. } = trust {
-        let p = Checkpoint::verify(pinned, key, &origin)
-            .map_err(|e| fail("pinned checkpoint", e.to_string()))?;
-        if (p.size, p.root) != (cp.size, cp.root) {
-            return Err(fail(
-                "checkpoint.txt",
-                format!(
-                    "is for tree size {} but the pinned checkpoint is for size {} (or another root)",
-                    cp.size, p.size
-                ),
-            ));
-        }
+    if let Some(p) = pinned
+        && (p.size, p.root) != (cp.size, cp.root)
+    {
+        return Err(fail(
+            "checkpoint.txt",
+            format!(
+                "is for tree size {} but the pinned checkpoint is for size {} (or another root)",
+                cp.size, p.size
+            ),
+        ));
     }
     let m_cp = manifest.get("checkpoint").cloned().unwrap_or_default();
     if m_cp.get("size").and_then(Value::as_u64) != Some(cp.size)

@@ -863,6 +863,78 @@ async fn the_cli_exports_and_verifies_with_clear_exit_codes() {
         "bypassed (break-glass)"
     );
 
+    // A checkpoint the auditor saved earlier is enough on its own: the
+    // bundle must be for exactly that tree, and genesis names the key.
+    let pinned = dir.join("pinned.txt");
+    s.cli_ok(&["checkpoint", "--out", pinned.to_str().unwrap()])
+        .await;
+    let r = s
+        .cli(&[
+            "evidence",
+            "verify",
+            &out_s,
+            "--checkpoint",
+            pinned.to_str().unwrap(),
+        ])
+        .await;
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    // ...and a pinned tree with another root is refused, key or no key.
+    let note = std::fs::read_to_string(&pinned).unwrap();
+    let root_line = note.lines().nth(2).unwrap().to_owned();
+    let other = note.replace(&root_line, &format!("{}=", "A".repeat(43)));
+    let forged = dir.join("other-root.txt");
+    std::fs::write(&forged, other).unwrap();
+    let r = s
+        .cli(&[
+            "evidence",
+            "verify",
+            &out_s,
+            "--checkpoint",
+            forged.to_str().unwrap(),
+        ])
+        .await;
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.contains("FAILED: checkpoint.txt"), "{}", r.stderr);
+    let r = s
+        .cli(&[
+            "evidence",
+            "verify",
+            &out_s,
+            "--checkpoint",
+            forged.to_str().unwrap(),
+            "--log-key",
+            &vkey,
+        ])
+        .await;
+    assert_eq!(r.code, 1);
+    assert!(
+        r.stderr.contains("FAILED: pinned checkpoint"),
+        "{}",
+        r.stderr
+    );
+    // A later checkpoint is another tree: this bundle is not for it.
+    s.cli_ok(&["append", "--subject", "repo/x", "--text", "later"])
+        .await;
+    s.cli_ok(&["checkpoint", "--out", pinned.to_str().unwrap()])
+        .await;
+    let r = s
+        .cli(&[
+            "evidence",
+            "verify",
+            &out_s,
+            "--checkpoint",
+            pinned.to_str().unwrap(),
+        ])
+        .await;
+    assert_eq!(r.code, 1);
+    assert!(
+        r.stderr.contains("pinned checkpoint is for size"),
+        "{}",
+        r.stderr
+    );
+    // Neither a key nor a checkpoint: usage.
+    assert_eq!(s.cli(&["evidence", "verify", &out_s]).await.code, 64);
+
     // One byte changed: exit 1, and the JSON names what broke.
     let mut b = std::fs::read(&out).unwrap();
     let (_, start, _) = members(&b)
