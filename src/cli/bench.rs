@@ -375,24 +375,11 @@ async fn restart(dd: &DataDir, admin: &SigningKey, target: u64) -> CliResult {
     let have = svc.latest_checkpoint().size;
     let t = Instant::now();
     let missing = target.saturating_sub(have) as usize;
-    let svc = Arc::new(svc);
     let (tx, rx) = mpsc::channel::<crate::ledger::Envelope>(4096);
-    let rx = Arc::new(tokio::sync::Mutex::new(rx));
-    let mut workers = Vec::new();
-    for _ in 0..256 {
+    let appending = {
         let svc = svc.clone();
-        let rx = rx.clone();
-        workers.push(tokio::spawn(async move {
-            loop {
-                let next = rx.lock().await.recv().await;
-                let Some(env) = next else { break };
-                svc.append(env, "CN=bench".into())
-                    .await
-                    .map_err(|e| e.to_string())?;
-            }
-            Ok::<(), String>(())
-        }));
-    }
+        tokio::spawn(async move { super::bench_gov::append_all(&svc, rx).await })
+    };
     let key = admin.clone();
     let producer = tokio::task::spawn_blocking(move || {
         let signer = PrincipalId::parse("admin").expect("valid id");
@@ -416,11 +403,9 @@ async fn restart(dd: &DataDir, admin: &SigningKey, target: u64) -> CliResult {
     producer
         .await
         .map_err(|e| CliError::failed(e.to_string()))?;
-    for w in workers {
-        w.await
-            .map_err(|e| CliError::failed(e.to_string()))?
-            .map_err(CliError::failed)?;
-    }
+    appending
+        .await
+        .map_err(|e| CliError::failed(e.to_string()))??;
     let fill = t.elapsed().as_secs_f64();
     println!(
         "restart: filled the log to {target} entries in process in {fill:.1} s ({:.0} appends/s, no network)",

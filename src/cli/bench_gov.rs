@@ -260,6 +260,23 @@ pub async fn fill(svc: &Arc<Service>, envs: Vec<Envelope>) -> Result<f64, CliErr
     let n = envs.len();
     let t = Instant::now();
     let (tx, rx) = mpsc::channel::<Envelope>(4096);
+    let feed = async move {
+        for env in envs {
+            tx.send(env)
+                .await
+                .map_err(|_| CliError::failed("bench workers stopped"))?;
+        }
+        Ok::<(), CliError>(())
+    };
+    let (fed, drained) = tokio::join!(feed, append_all(svc, rx));
+    fed?;
+    drained?;
+    Ok(n as f64 / t.elapsed().as_secs_f64())
+}
+
+/// Appends every envelope received, in process, with 256 concurrent tasks,
+/// until the sender is dropped.
+pub async fn append_all(svc: &Arc<Service>, rx: mpsc::Receiver<Envelope>) -> CliResult {
     let rx = Arc::new(tokio::sync::Mutex::new(rx));
     let mut workers = Vec::new();
     for _ in 0..256 {
@@ -276,18 +293,12 @@ pub async fn fill(svc: &Arc<Service>, envs: Vec<Envelope>) -> Result<f64, CliErr
             Ok::<(), String>(())
         }));
     }
-    for env in envs {
-        tx.send(env)
-            .await
-            .map_err(|_| CliError::failed("bench workers stopped"))?;
-    }
-    drop(tx);
     for w in workers {
         w.await
             .map_err(|e| CliError::failed(e.to_string()))?
             .map_err(CliError::failed)?;
     }
-    Ok(n as f64 / t.elapsed().as_secs_f64())
+    Ok(())
 }
 
 fn request(i: usize) -> pb::AuthorizeRequest {
