@@ -1,11 +1,11 @@
-//! BLAKE3 and Ed25519 against the shared standard vectors.
+//! BLAKE3 and Ed25519 against the standard vectors in tests/data/vectors.
 
 use docket::crypto;
 use ed25519_dalek::{Signer, SigningKey, VerifyingKey};
 
 fn vectors(name: &str) -> String {
     let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/vectors")
+        .join("tests/data/vectors")
         .join(name);
     std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
