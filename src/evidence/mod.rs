@@ -149,25 +149,19 @@ pub struct Selection {
     pub decisions: BTreeMap<u64, crate::state::DecisionRecord>,
 }
 
-/// Follows references from seeds to every entry a decision among them
-/// could depend on.
-struct Closure<'a> {
-    state: &'a State,
-    limit: u64,
+/// What carried entries refer to: the seeds of the closure.
+#[derive(Clone, Debug, Default)]
+pub struct Refs {
     indices: BTreeSet<u64>,
     changes: BTreeSet<String>,
     subjects: BTreeSet<String>,
     deploys: BTreeSet<u64>,
 }
 
-impl Closure<'_> {
-    fn add(&mut self, i: u64) {
-        if i < self.limit {
-            self.indices.insert(i);
-        }
-    }
-
+impl Refs {
+    /// Carries entry `index` and notes what its body refers to.
     fn seed_entry(&mut self, body: &Body, index: u64) {
+        self.indices.insert(index);
         match body {
             Body::ChangeOpened(c) => {
                 self.changes.insert(c.change_id.to_string());
@@ -194,17 +188,45 @@ impl Closure<'_> {
             _ => {}
         }
     }
+}
 
-    /// Grows the closure until nothing new appears.
+/// What a scope needs from the log itself, read without the state: the
+/// log size it is for, the period's range, the references of the entries
+/// it carries for their own sake, and the time it is as of.
+#[derive(Clone, Debug)]
+pub struct Seeds {
+    size: u64,
+    range: Option<(u64, u64)>,
+    refs: Refs,
+    as_of: i64,
+}
+
+/// Follows references from seeds to every entry a decision among them
+/// could depend on.
+struct Closure<'a> {
+    state: &'a State,
+    limit: u64,
+    refs: Refs,
+}
+
+impl Closure<'_> {
+    fn add(&mut self, i: u64) {
+        if i < self.limit {
+            self.refs.indices.insert(i);
+        }
+    }
+
+    /// Grows the closure until nothing new appears. Every index stays below
+    /// the limit, so a state folded past it gives the same answer.
     fn run(&mut self) {
         let gov = self.state.gov();
         let limit = self.limit;
         let (mut done_c, mut done_s, mut done_d) =
             (BTreeSet::new(), BTreeSet::new(), BTreeSet::new());
         loop {
-            let new_c: Vec<String> = self.changes.difference(&done_c).cloned().collect();
-            let new_s: Vec<String> = self.subjects.difference(&done_s).cloned().collect();
-            let new_d: Vec<u64> = self.deploys.difference(&done_d).copied().collect();
+            let new_c: Vec<String> = self.refs.changes.difference(&done_c).cloned().collect();
+            let new_s: Vec<String> = self.refs.subjects.difference(&done_s).cloned().collect();
+            let new_d: Vec<u64> = self.refs.deploys.difference(&done_d).copied().collect();
             if new_c.is_empty() && new_s.is_empty() && new_d.is_empty() {
                 return;
             }
@@ -212,13 +234,13 @@ impl Closure<'_> {
                 if let Some(c) = gov.change(&id) {
                     for r in c.revisions.iter().filter(|r| r.index < limit) {
                         self.add(r.index);
-                        self.subjects.extend(r.subjects());
+                        self.refs.subjects.extend(r.subjects());
                     }
                     for r in &c.reviews {
                         self.add(r.index);
                     }
                     for &d in c.deployments.iter().filter(|d| **d < limit) {
-                        self.deploys.insert(d);
+                        self.refs.deploys.insert(d);
                     }
                 }
                 done_c.insert(id);
@@ -229,23 +251,23 @@ impl Closure<'_> {
                 }
                 for r in gov.ci_runs_for(&s).filter(|r| r.index < limit) {
                     self.add(r.index);
-                    self.subjects.insert(r.commit.clone());
-                    self.subjects.extend(r.digests.iter().cloned());
+                    self.refs.subjects.insert(r.commit.clone());
+                    self.refs.subjects.extend(r.digests.iter().cloned());
                 }
                 for d in gov.deployments_of(&s).filter(|d| d.index < limit) {
-                    self.deploys.insert(d.index);
+                    self.refs.deploys.insert(d.index);
                 }
                 for c in gov.changes_ever_binding(&s) {
-                    self.changes.insert(c.id.clone());
+                    self.refs.changes.insert(c.id.clone());
                 }
                 done_s.insert(s);
             }
             for d in new_d {
                 if let Some(rec) = gov.deployment(d) {
                     self.add(d);
-                    self.subjects.extend(rec.subjects.iter().cloned());
+                    self.refs.subjects.extend(rec.subjects.iter().cloned());
                     if let Some((c, _)) = &rec.decision.change {
-                        self.changes.insert(c.clone());
+                        self.refs.changes.insert(c.clone());
                     }
                 }
                 if let Some(r) = gov.obligation(d).and_then(|o| o.review.as_ref()) {
@@ -291,42 +313,35 @@ fn first_at_or_after<S: Store + ?Sized>(
     Ok(lo)
 }
 
-/// Chooses the entries `scope` needs from the log of `state.next_index()`
-/// entries. The state must be the fold of exactly those entries.
-pub fn select<S: Store + ?Sized>(
-    state: &State,
+fn body_at<S: Store + ?Sized>(
     reader: &LedgerReader<S>,
+    index: u64,
+) -> Result<(Body, i64), ExportError> {
+    let (_, e) = read_entry(reader, index)?;
+    let ev = decode_event(&e.envelope.payload).map_err(|err| ExportError::Entry {
+        index,
+        reason: err.to_string(),
+    })?;
+    Ok((ev.body, e.integrated_time_nanos))
+}
+
+/// Reads what `scope` needs from the first `size` entries of the log; no
+/// state is involved, so a server does this without holding any lock.
+pub fn seeds<S: Store + ?Sized>(
+    reader: &LedgerReader<S>,
+    size: u64,
     scope: &Scope,
-) -> Result<Selection, ExportError> {
-    let size = state.next_index();
+) -> Result<Seeds, ExportError> {
     let last = size - 1;
-    let mut c = Closure {
-        state,
-        limit: size,
-        indices: BTreeSet::from([0, last]),
-        changes: BTreeSet::new(),
-        subjects: BTreeSet::new(),
-        deploys: BTreeSet::new(),
-    };
+    let mut refs = Refs::default();
+    refs.indices.insert(0);
     let mut range = None;
-    let mut as_of = state.last_time();
-    match scope {
-        Scope::Change(id) => {
-            if state.gov().change(id).is_none() {
-                return Err(ExportError::UnknownChange(id.clone()));
-            }
-            c.changes.insert(id.clone());
-            // The last entry proves the bundle's time; whatever it is, it
-            // brings the facts it rests on like any other entry.
-            let (_, e) = read_entry(reader, last)?;
-            let ev = decode_event(&e.envelope.payload).map_err(|err| ExportError::Entry {
-                index: last,
-                reason: err.to_string(),
-            })?;
-            c.seed_entry(&ev.body, last);
-        }
-        _ => {
-            let (from, to) = scope.period().expect("a period scope");
+    // The last entry proves the bundle's time; whatever it is, it brings
+    // the facts it rests on like any other carried entry.
+    let (last_body, mut as_of) = body_at(reader, last)?;
+    match scope.period() {
+        None => refs.seed_entry(&last_body, last),
+        Some((from, to)) => {
             if from >= to {
                 return Err(ExportError::EmptyPeriod {
                     from: crate::state::gov::fmt_nanos(from),
@@ -338,42 +353,76 @@ pub fn select<S: Store + ?Sized>(
             // The boundary entries prove nothing of the period was left out.
             let (start, end) = (a.saturating_sub(1), (b + 1).min(size));
             range = Some((start, end));
-            c.limit = end;
             for i in start..end {
-                let (_, e) = read_entry(reader, i)?;
-                let ev = decode_event(&e.envelope.payload).map_err(|err| ExportError::Entry {
-                    index: i,
-                    reason: err.to_string(),
-                })?;
-                c.indices.insert(i);
-                c.seed_entry(&ev.body, i);
+                refs.seed_entry(&body_at(reader, i)?.0, i);
             }
             if b < size {
-                // The log reached the period's end: report as of then, and
-                // the entry after the period is its right boundary.
+                // The log reached the period's end: the bundle is as of then,
+                // and the entry after the period is its right boundary.
                 as_of = to;
-                if last >= end {
-                    c.indices.remove(&last);
-                }
+            } else {
+                refs.seed_entry(&last_body, last);
             }
         }
+    }
+    Ok(Seeds {
+        size,
+        range,
+        refs,
+        as_of,
+    })
+}
+
+/// Completes a selection from its seeds with the state: the closure of
+/// facts and the identity and policy history. The state may have folded
+/// more entries than `seeds` are for; nothing at or past that size is
+/// chosen.
+pub fn select_with(state: &State, seeds: Seeds, scope: &Scope) -> Result<Selection, ExportError> {
+    let Seeds {
+        size,
+        range,
+        refs,
+        as_of,
+    } = seeds;
+    let mut c = Closure {
+        state,
+        limit: range.map(|(_, e)| e).unwrap_or(size),
+        refs,
+    };
+    if let Scope::Change(id) = scope {
+        let opened = state.gov().change(id).map(|ch| ch.revisions[0].index);
+        if opened.is_none_or(|i| i >= size) {
+            return Err(ExportError::UnknownChange(id.clone()));
+        }
+        c.refs.changes.insert(id.clone());
     }
     for &h in state.gov().history() {
         c.add(h);
     }
     c.run();
     let decisions = c
+        .refs
         .indices
         .iter()
         .filter_map(|i| state.gov().deployment(*i).map(|d| (*i, d.decision.clone())))
         .collect();
     Ok(Selection {
         size,
-        indices: c.indices,
+        indices: c.refs.indices,
         range,
         as_of,
         decisions,
     })
+}
+
+/// Chooses the entries `scope` needs from the log of `state.next_index()`
+/// entries (the state must be the fold of exactly those).
+pub fn select<S: Store + ?Sized>(
+    state: &State,
+    reader: &LedgerReader<S>,
+    scope: &Scope,
+) -> Result<Selection, ExportError> {
+    select_with(state, seeds(reader, state.next_index(), scope)?, scope)
 }
 
 /// A bundle built and awaiting its manifest signature.

@@ -154,8 +154,16 @@ fn genesis_key(files: &BTreeMap<String, Vec<u8>>) -> Result<NoteVerifier, Bundle
 
 /// Verifies a bundle.
 pub fn verify(bytes: &[u8], trust: &Trust) -> Result<VerifyReport, BundleFailure> {
+    // 1. The archive.
+    let files = read_tar(bytes).map_err(|e| fail("archive", e))?;
+    if write_tar(&files) != bytes {
+        return Err(fail(
+            "archive",
+            "not in canonical form: bytes outside the files (headers, order or padding) were changed",
+        ));
+    }
     match trust {
-        Trust::Key(k) => verify_with(bytes, k, None),
+        Trust::Key(k) => verify_files(&files, k, None),
         Trust::Pinned { note, key } => {
             let pinned = match key {
                 Some(k) => Checkpoint::verify(note, k, k.name()),
@@ -165,7 +173,6 @@ pub fn verify(bytes: &[u8], trust: &Trust) -> Result<VerifyReport, BundleFailure
             let key = match key {
                 Some(k) => k.clone(),
                 None => {
-                    let files = read_tar(bytes).map_err(|e| fail("archive", e))?;
                     let k = genesis_key(&files)?;
                     if k.name() != pinned.origin {
                         return Err(fail(
@@ -180,24 +187,17 @@ pub fn verify(bytes: &[u8], trust: &Trust) -> Result<VerifyReport, BundleFailure
                     k
                 }
             };
-            verify_with(bytes, &key, Some(&pinned))
+            verify_files(&files, &key, Some(&pinned))
         }
     }
 }
 
-fn verify_with(
-    bytes: &[u8],
+/// Steps 2 onwards, on the files of a canonical archive.
+fn verify_files(
+    files: &BTreeMap<String, Vec<u8>>,
     key: &NoteVerifier,
     pinned: Option<&Checkpoint>,
 ) -> Result<VerifyReport, BundleFailure> {
-    // 1. The archive.
-    let files = read_tar(bytes).map_err(|e| fail("archive", e))?;
-    if write_tar(&files) != bytes {
-        return Err(fail(
-            "archive",
-            "not in canonical form: bytes outside the files (headers, order or padding) were changed",
-        ));
-    }
     let get = |p: &str| {
         files
             .get(p)
@@ -251,7 +251,7 @@ fn verify_with(
         let digest = f.get("blake3").and_then(Value::as_str).unwrap_or_default();
         expected.insert(path.to_owned(), (size, digest.to_owned()));
     }
-    for (path, data) in &files {
+    for (path, data) in files {
         if path == "manifest.json" || path == "manifest.sig" {
             continue;
         }
@@ -520,7 +520,7 @@ fn verify_with(
         return Err(fail(extra, "is not a file of this bundle format"));
     }
     // `manifest()` lists every file but the manifest and its signature.
-    if super::facts::manifest(&meta, entries.len() as u64, &files) != *manifest_bytes {
+    if super::facts::manifest(&meta, entries.len() as u64, files) != *manifest_bytes {
         return Err(fail(
             "manifest.json",
             "is not the manifest of these files (extra, missing or inconsistent fields)",

@@ -635,12 +635,24 @@ impl Service {
         self: &Arc<Self>,
         scope: crate::evidence::Scope,
     ) -> Result<Vec<u8>, crate::evidence::ExportError> {
-        use crate::evidence::{ExportError, export, seal, select};
-        let reader = self.reader.clone();
-        let (selection, size) = self
-            .read_durable(|s| select(s, &reader, &scope))
+        use crate::evidence::{ExportError, export, seal, seeds, select_with};
+        let stopped = |e: Stopped| ExportError::Sign(e.to_string());
+        let joined = |e: tokio::task::JoinError| ExportError::Sign(e.to_string());
+        // The log size to export: everything below it is durable.
+        let (size, _) = self
+            .read_durable(|s| s.next_index())
             .await
-            .map_err(|e| ExportError::Sign(e.to_string()))?;
+            .map_err(stopped)?;
+        // Reading and decoding entries needs no lock.
+        let (reader, scope2) = (self.reader.clone(), scope.clone());
+        let seeds = tokio::task::spawn_blocking(move || seeds(&reader, size, &scope2))
+            .await
+            .map_err(joined)??;
+        // The closure needs the state, briefly.
+        let (selection, _) = self
+            .read_durable(|s| select_with(s, seeds, &scope))
+            .await
+            .map_err(stopped)?;
         let selection = selection?;
         let note = self
             .reader
@@ -652,15 +664,15 @@ impl Service {
         let unsigned =
             tokio::task::spawn_blocking(move || export(&reader, &cp, &selection, &scope2))
                 .await
-                .map_err(|e| ExportError::Sign(e.to_string()))??;
+                .map_err(joined)??;
         let note = self
             .sign_manifest(unsigned.digest())
             .await
-            .map_err(|e| ExportError::Sign(e.to_string()))?;
+            .map_err(stopped)?;
         let key = self.verifier.clone();
         tokio::task::spawn_blocking(move || seal(unsigned, note, &key))
             .await
-            .map_err(|e| ExportError::Sign(e.to_string()))?
+            .map_err(joined)?
     }
 
     /// The decision recorded with the DeployRequested entry at `index`.

@@ -1008,3 +1008,74 @@ async fn the_cli_exports_and_verifies_with_clear_exit_codes() {
         r.stderr
     );
 }
+
+/// The server reads a scope's entries without the state lock and completes
+/// the selection with the state afterwards, by which time more entries may
+/// be folded in: the selection must be the one for the size it started at.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn selection_ignores_entries_folded_after_its_size() {
+    let mut f = fixture().await;
+    let reader = f.server.svc.reader().clone();
+    let scopes = [
+        Scope::Change("CHG-1".into()),
+        Scope::Period {
+            from: f.day(1),
+            to: f.day(9),
+            environments: vec![],
+            repositories: vec![],
+        },
+    ];
+    let size = f.server.svc.with_state(|st| st.next_index());
+    let before: Vec<_> = scopes
+        .iter()
+        .map(|sc| {
+            f.server
+                .svc
+                .with_state(|st| evidence::select(st, &reader, sc))
+                .unwrap()
+        })
+        .collect();
+    let seeds: Vec<_> = scopes
+        .iter()
+        .map(|sc| evidence::seeds(&reader, size, sc).unwrap())
+        .collect();
+    // Later facts about the same change and digest, and a new change binding it.
+    f.clock.set(f.day(10));
+    let d1 = format!(
+        "sha256:{}",
+        hex::encode(docket::crypto::blake3_256(b"image-1"))
+    );
+    f.deploy("later-staging", "ci", "staging", &d1, false).await;
+    f.append(
+        "CHG-3",
+        "ci",
+        Body::ChangeOpened(ChangeOpening {
+            change_id: RecordId::parse("CHG-3").unwrap(),
+            title: String::new(),
+            repository: String::new(),
+            commits: BTreeSet::new(),
+            artifact_digests: [d1.clone()].into(),
+            environments: ["prod".to_owned()].into(),
+            ticket: String::new(),
+            description: String::new(),
+        }),
+    )
+    .await;
+    for ((sc, seed), want) in scopes.iter().zip(seeds).zip(&before) {
+        let got = f
+            .server
+            .svc
+            .with_state(|st| evidence::select_with(st, seed, sc))
+            .unwrap();
+        assert_eq!(&got, want, "{sc:?}");
+        assert!(got.indices.iter().all(|i| *i < size));
+    }
+    // A change opened after the size is unknown to a selection at that size.
+    let seed = evidence::seeds(&reader, size, &Scope::Change("CHG-3".into())).unwrap();
+    let e = f
+        .server
+        .svc
+        .with_state(|st| evidence::select_with(st, seed, &Scope::Change("CHG-3".into())))
+        .unwrap_err();
+    assert!(e.to_string().contains("CHG-3"), "{e}");
+}
