@@ -559,6 +559,8 @@ impl Service {
         let key = self
             .with_state(|s| s.signer_keys(&event))?
             .authenticate(&envelope)?;
+        // Only a deployment has a decision to return with its receipt.
+        let decided = matches!(event.body, Body::DeployRequested(_));
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Job::Append(WriteRequest {
@@ -580,7 +582,11 @@ impl Service {
                     proof,
                     checkpoint,
                     duplicate: false,
-                    decision: self.decision_at(staged.index),
+                    decision: if decided {
+                        self.decision_at(staged.index)
+                    } else {
+                        None
+                    },
                 })
             }
             Committed::Duplicate(index) => self.receipt_for(index, true),
