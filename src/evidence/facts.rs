@@ -108,7 +108,7 @@ pub(super) fn fold_then<R>(
                 sink(SigJob {
                     index: i,
                     keys,
-                    envelope: e.envelope.clone(),
+                    envelope: e.envelope,
                 });
             }
             info.insert(
@@ -370,32 +370,341 @@ impl<'a> View<'a> {
     }
 }
 
-fn decision_json(d: &DeployRec, in_scope: bool) -> Value {
+// The rows below serialise to what the `json!` objects they replaced gave
+// (serde_json sorts object keys): fields are declared in sorted order, and
+// `None` serialises as `null`. Typed rows spare the verifier building and
+// freeing a `Value` tree for every change and decision of a bundle.
+
+/// An approval that counted, in `facts/decisions.json`.
+#[derive(serde::Serialize)]
+struct CountedRow<'a> {
+    approver: &'a str,
+    index: u64,
+    roles: &'a str,
+}
+
+/// An approval that did not count, in `facts/decisions.json`.
+#[derive(serde::Serialize)]
+struct NotCountedRow<'a> {
+    approver: &'a str,
+    index: u64,
+    reason: &'a str,
+}
+
+/// An obligation a decision opened, in `facts/decisions.json`.
+#[derive(serde::Serialize)]
+struct DueRow<'a> {
+    description: &'a str,
+    due: String,
+    not_by: &'a str,
+}
+
+/// One element of `facts/decisions.json`.
+#[derive(serde::Serialize)]
+struct DecisionRow<'a> {
+    action: &'a str,
+    actor: &'a str,
+    break_glass: bool,
+    change: Option<&'a str>,
+    change_revision: Option<u32>,
+    counted: Vec<CountedRow<'a>>,
+    environment: &'a str,
+    in_scope: bool,
+    index: u64,
+    justification: &'a str,
+    kind: Option<&'a str>,
+    namespace: Option<&'a str>,
+    not_counted: Vec<NotCountedRow<'a>>,
+    obligations: Vec<DueRow<'a>>,
+    policy_digest: &'a str,
+    policy_version: u64,
+    reasons: &'a [String],
+    repository: Option<&'a str>,
+    rule: Option<&'a str>,
+    subjects: &'a BTreeSet<String>,
+    time: String,
+    verdict: &'static str,
+}
+
+fn decision_row(d: &DeployRec, in_scope: bool) -> DecisionRow<'_> {
     let dec = &d.decision;
-    json!({
-        "index": d.index,
-        "in_scope": in_scope,
-        "time": fmt_nanos(dec.at_nanos),
-        "actor": d.actor,
-        "action": d.action,
-        "environment": d.environment,
-        "repository": d.repository,
-        "kind": d.kind,
-        "namespace": d.namespace,
-        "subjects": d.subjects,
-        "break_glass": d.break_glass,
-        "justification": d.justification,
-        "verdict": if dec.allow { "allow" } else { "deny" },
-        "rule": dec.rule,
-        "policy_version": dec.policy_version,
-        "policy_digest": dec.policy_digest,
-        "change": dec.change.as_ref().map(|c| c.0.clone()),
-        "change_revision": dec.change.as_ref().map(|c| c.1),
-        "reasons": dec.reasons,
-        "counted": dec.counted.iter().map(|c| json!({"approver": c.approver, "roles": c.roles, "index": c.index})).collect::<Vec<_>>(),
-        "not_counted": dec.not_counted.iter().map(|c| json!({"approver": c.approver, "reason": c.reason, "index": c.index})).collect::<Vec<_>>(),
-        "obligations": dec.obligations.iter().map(|o| json!({"description": o.description, "due": fmt_nanos(o.due_nanos), "not_by": o.not_by})).collect::<Vec<_>>(),
-    })
+    DecisionRow {
+        action: &d.action,
+        actor: &d.actor,
+        break_glass: d.break_glass,
+        change: dec.change.as_ref().map(|c| c.0.as_str()),
+        change_revision: dec.change.as_ref().map(|c| c.1),
+        counted: dec
+            .counted
+            .iter()
+            .map(|c| CountedRow {
+                approver: &c.approver,
+                index: c.index,
+                roles: &c.roles,
+            })
+            .collect(),
+        environment: &d.environment,
+        in_scope,
+        index: d.index,
+        justification: &d.justification,
+        kind: d.kind.as_deref(),
+        namespace: d.namespace.as_deref(),
+        not_counted: dec
+            .not_counted
+            .iter()
+            .map(|c| NotCountedRow {
+                approver: &c.approver,
+                index: c.index,
+                reason: &c.reason,
+            })
+            .collect(),
+        obligations: dec
+            .obligations
+            .iter()
+            .map(|o| DueRow {
+                description: &o.description,
+                due: fmt_nanos(o.due_nanos),
+                not_by: &o.not_by,
+            })
+            .collect(),
+        policy_digest: &dec.policy_digest,
+        policy_version: dec.policy_version,
+        reasons: &dec.reasons,
+        repository: d.repository.as_deref(),
+        rule: dec.rule.as_deref(),
+        subjects: &d.subjects,
+        time: fmt_nanos(dec.at_nanos),
+        verdict: if dec.allow { "allow" } else { "deny" },
+    }
+}
+
+/// A revision of a change, in `facts/changes.json`.
+#[derive(serde::Serialize)]
+struct RevisionRow<'a> {
+    by: &'a str,
+    commits: &'a BTreeSet<String>,
+    digests: &'a BTreeSet<String>,
+    environments: &'a BTreeSet<String>,
+    index: u64,
+    reason: &'a str,
+    time: String,
+}
+
+/// A commit of a change's current revision, in `facts/changes.json`.
+#[derive(serde::Serialize)]
+struct CommitRow<'a> {
+    author: &'a str,
+    committer: &'a str,
+    index: u64,
+    sha: &'a str,
+    signature: &'a str,
+    signer: &'a str,
+    summary: &'a str,
+}
+
+/// A CI run of a change's current subjects, in `facts/changes.json`.
+#[derive(serde::Serialize)]
+struct CiRow<'a> {
+    builder: &'a str,
+    commit: &'a str,
+    digests: &'a BTreeSet<String>,
+    index: u64,
+    pipeline: &'a str,
+    provider: &'a str,
+    run_id: &'a str,
+    status: &'a str,
+    url: &'a str,
+}
+
+/// A review of a change, in `facts/changes.json`.
+#[derive(serde::Serialize)]
+struct ReviewRow<'a> {
+    comment: &'a str,
+    current_revision: bool,
+    index: u64,
+    reviewer: &'a str,
+    time: String,
+    verdict: &'static str,
+}
+
+/// A deployment decision for a change, in `facts/changes.json`.
+#[derive(serde::Serialize)]
+struct DeploymentRow<'a> {
+    break_glass: bool,
+    environment: &'a str,
+    index: u64,
+    rule: Option<&'a str>,
+    time: String,
+    verdict: &'static str,
+}
+
+/// An uncounted approver and why, in a change's segregation-of-duties outcome.
+#[derive(serde::Serialize)]
+struct WhyNotRow<'a> {
+    approver: &'a str,
+    reason: &'a str,
+}
+
+/// A change's segregation-of-duties outcome; only `outcome` when no
+/// deployment was decided.
+#[derive(serde::Serialize)]
+struct SodRow<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    counted: Option<Vec<&'a str>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    decided_at: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    not_counted: Option<Vec<WhyNotRow<'a>>>,
+    outcome: &'static str,
+}
+
+/// One element of `facts/changes.json`.
+#[derive(serde::Serialize)]
+struct ChangeRow<'a> {
+    authors: BTreeSet<String>,
+    change: &'a str,
+    ci: Vec<CiRow<'a>>,
+    commits: Vec<CommitRow<'a>>,
+    deployments: Vec<DeploymentRow<'a>>,
+    repository: &'a str,
+    requesters: &'a [String],
+    reviews: Vec<ReviewRow<'a>>,
+    revision: usize,
+    revisions: Vec<RevisionRow<'a>>,
+    segregation_of_duties: SodRow<'a>,
+    ticket: &'a str,
+    title: &'a str,
+    unmapped_authors: BTreeSet<String>,
+}
+
+fn change_row<'a>(view: &View<'a>, c: &'a ChangeRec) -> ChangeRow<'a> {
+    let gov = view.folded.state.gov();
+    let (authors, unmapped_authors) = view.authors(c);
+    let cur = c.current();
+    let current = cur.subjects();
+    ChangeRow {
+        authors,
+        change: &c.id,
+        ci: current
+            .iter()
+            .flat_map(|s| gov.ci_runs_for(s))
+            .map(|r| r.index)
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .filter_map(|i| gov.ci_run(i))
+            .map(|r| CiRow {
+                builder: &r.builder,
+                commit: &r.commit,
+                digests: &r.digests,
+                index: r.index,
+                pipeline: &r.pipeline,
+                provider: &r.provider,
+                run_id: &r.run_id,
+                status: &r.status,
+                url: &r.url,
+            })
+            .collect(),
+        commits: cur
+            .commits
+            .iter()
+            .filter_map(|s| gov.commit(s))
+            .map(|k| CommitRow {
+                author: &k.author.email,
+                committer: &k.committer.email,
+                index: k.index,
+                sha: &k.sha,
+                signature: &k.signature,
+                signer: &k.signer_identity,
+                summary: &k.summary,
+            })
+            .collect(),
+        deployments: c
+            .deployments
+            .iter()
+            .filter_map(|d| gov.deployment(*d))
+            .map(|d| DeploymentRow {
+                break_glass: d.break_glass,
+                environment: &d.environment,
+                index: d.index,
+                rule: d.decision.rule.as_deref(),
+                time: fmt_nanos(d.decision.at_nanos),
+                verdict: if d.decision.allow { "allow" } else { "deny" },
+            })
+            .collect(),
+        repository: &c.repository,
+        requesters: &c.requesters,
+        reviews: c
+            .reviews
+            .iter()
+            .map(|r| ReviewRow {
+                comment: &r.comment,
+                current_revision: r.seen == current,
+                index: r.index,
+                reviewer: &r.reviewer,
+                time: fmt_nanos(r.at_nanos),
+                verdict: if r.approve { "approve" } else { "reject" },
+            })
+            .collect(),
+        revision: c.revisions.len(),
+        revisions: c
+            .revisions
+            .iter()
+            .map(|r| RevisionRow {
+                by: &r.by,
+                commits: &r.commits,
+                digests: &r.digests,
+                environments: &r.environments,
+                index: r.index,
+                reason: &r.reason,
+                time: fmt_nanos(r.at_nanos),
+            })
+            .collect(),
+        segregation_of_duties: match view.latest_decision(c) {
+            Some(d) => SodRow {
+                counted: Some(
+                    d.decision
+                        .counted
+                        .iter()
+                        .map(|c| c.approver.as_str())
+                        .collect(),
+                ),
+                decided_at: Some(d.index),
+                not_counted: Some(
+                    d.decision
+                        .not_counted
+                        .iter()
+                        .map(|c| WhyNotRow {
+                            approver: &c.approver,
+                            reason: &c.reason,
+                        })
+                        .collect(),
+                ),
+                outcome: if d.break_glass && d.decision.allow {
+                    "bypassed (break-glass)"
+                } else if d.decision.allow {
+                    "satisfied"
+                } else {
+                    "not satisfied"
+                },
+            },
+            None => SodRow {
+                counted: None,
+                decided_at: None,
+                not_counted: None,
+                outcome: "no deployment decided",
+            },
+        },
+        ticket: &c.ticket,
+        title: &c.title,
+        unmapped_authors,
+    }
+}
+
+/// Pretty JSON of typed rows, with the trailing newline every file has.
+fn pretty_rows<T: serde::Serialize>(rows: &T) -> Vec<u8> {
+    let mut s = serde_json::to_vec_pretty(rows).expect("rows serialise");
+    s.push(b'\n');
+    s
 }
 
 fn obligation_json(o: &ObligationRec, as_of: i64) -> Value {
@@ -458,64 +767,14 @@ pub(super) fn render(folded: &Folded, meta: &Meta) -> Rendered {
     files.insert("facts/entries.json".into(), entries_json);
 
     let decided: BTreeSet<u64> = view.decisions.iter().map(|d| d.index).collect();
-    let decisions: Vec<Value> = gov
+    let decisions: Vec<DecisionRow<'_>> = gov
         .deployments()
-        .map(|d| decision_json(d, decided.contains(&d.index)))
+        .map(|d| decision_row(d, decided.contains(&d.index)))
         .collect();
-    files.insert("facts/decisions.json".into(), pretty(&json!(decisions)));
+    files.insert("facts/decisions.json".into(), pretty_rows(&decisions));
 
-    let changes: Vec<Value> = view
-        .changes
-        .iter()
-        .map(|c| {
-            let (authors, unmapped) = view.authors(c);
-            let cur = c.current();
-            let latest = view.latest_decision(c);
-            json!({
-                "change": c.id, "title": c.title, "repository": c.repository, "ticket": c.ticket,
-                "requesters": c.requesters, "revision": c.revisions.len(),
-                "revisions": c.revisions.iter().map(|r| json!({
-                    "index": r.index, "time": fmt_nanos(r.at_nanos), "by": r.by,
-                    "commits": r.commits, "digests": r.digests, "environments": r.environments,
-                    "reason": r.reason})).collect::<Vec<_>>(),
-                "authors": authors, "unmapped_authors": unmapped,
-                "commits": cur.commits.iter().filter_map(|s| gov.commit(s)).map(|k| json!({
-                    "sha": k.sha, "index": k.index, "author": k.author.email,
-                    "committer": k.committer.email, "signature": k.signature,
-                    "signer": k.signer_identity, "summary": k.summary})).collect::<Vec<_>>(),
-                "ci": cur.subjects().iter().flat_map(|s| gov.ci_runs_for(s)).map(|r| r.index)
-                    .collect::<BTreeSet<_>>().into_iter().filter_map(|i| gov.ci_run(i)).map(|r| json!({
-                    "index": r.index, "run_id": r.run_id, "status": r.status, "builder": r.builder,
-                    "provider": r.provider, "pipeline": r.pipeline, "url": r.url,
-                    "commit": r.commit, "digests": r.digests})).collect::<Vec<_>>(),
-                "reviews": c.reviews.iter().map(|r| json!({
-                    "index": r.index, "reviewer": r.reviewer, "time": fmt_nanos(r.at_nanos),
-                    "verdict": if r.approve { "approve" } else { "reject" },
-                    "current_revision": r.seen == cur.subjects(),
-                    "comment": r.comment})).collect::<Vec<_>>(),
-                "deployments": c.deployments.iter().filter_map(|d| gov.deployment(*d)).map(|d| json!({
-                    "index": d.index, "environment": d.environment, "time": fmt_nanos(d.decision.at_nanos),
-                    "verdict": if d.decision.allow { "allow" } else { "deny" },
-                    "rule": d.decision.rule, "break_glass": d.break_glass})).collect::<Vec<_>>(),
-                "segregation_of_duties": match latest {
-                    Some(d) => json!({
-                        "decided_at": d.index,
-                        "outcome": if d.break_glass && d.decision.allow {
-                            "bypassed (break-glass)"
-                        } else if d.decision.allow {
-                            "satisfied"
-                        } else {
-                            "not satisfied"
-                        },
-                        "counted": d.decision.counted.iter().map(|c| c.approver.clone()).collect::<Vec<_>>(),
-                        "not_counted": d.decision.not_counted.iter().map(|c| json!({"approver": c.approver, "reason": c.reason})).collect::<Vec<_>>(),
-                    }),
-                    None => json!({"outcome": "no deployment decided"}),
-                },
-            })
-        })
-        .collect();
-    files.insert("facts/changes.json".into(), pretty(&json!(changes)));
+    let changes: Vec<ChangeRow<'_>> = view.changes.iter().map(|c| change_row(&view, c)).collect();
+    files.insert("facts/changes.json".into(), pretty_rows(&changes));
 
     files.insert(
         "facts/obligations.json".into(),
