@@ -40,6 +40,11 @@ pub struct BenchAuthorizeArgs {
     /// Concurrency levels measured (callers in flight at once).
     #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
     concurrency: Vec<usize>,
+    /// Offered rates (decisions/s, summed over 64 clients) of the open-loop
+    /// phases, which measure latency at a given load rather than at
+    /// saturation.
+    #[arg(long, value_delimiter = ',', default_value = "10000,20000")]
+    open_rates: Vec<u32>,
 }
 
 /// The policy the bench decides under: a realistic production rule.
@@ -390,6 +395,11 @@ pub(crate) async fn run(a: BenchAuthorizeArgs) -> CliResult {
             .await?
             .print();
     }
+    for &rate in &a.open_rates {
+        open_loop(&client, 64, rate.max(1), a.ops, a.changes)
+            .await?
+            .print();
+    }
     drop(client);
     drop(ledger);
     let _ = stop_tx.send(());
@@ -506,6 +516,57 @@ async fn over_grpc(
         name: format!("Authorize over mTLS gRPC, {conc} client(s)"),
         ops: per * conc,
         secs: t.elapsed().as_secs_f64(),
+        lat_us,
+    })
+}
+
+/// `conc` clients sending `n` requests in all at `rate` per second summed,
+/// each on a fixed schedule (client `w` sends its `k`-th request at
+/// `(k * conc + w) / rate` seconds). When a client is behind schedule
+/// (its previous reply came late), latency runs from the scheduled send time,
+/// so a stall is charged to every request it delayed (no coordinated
+/// omission). A schedule the server cannot keep shows as an achieved rate
+/// below the offered one.
+async fn open_loop(
+    client: &pb::governance_client::GovernanceClient<tonic::transport::Channel>,
+    conc: usize,
+    rate: u32,
+    n: usize,
+    changes: usize,
+) -> Result<Stats, CliError> {
+    let per = n / conc;
+    let reqs: Arc<Vec<pb::AuthorizeRequest>> = Arc::new((0..changes).map(request).collect());
+    let gap = std::time::Duration::from_secs_f64(1.0 / f64::from(rate));
+    let start = tokio::time::Instant::now() + std::time::Duration::from_millis(20);
+    let mut tasks = Vec::new();
+    for w in 0..conc {
+        let mut c = client.clone();
+        let reqs = reqs.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::with_capacity(per);
+            for k in 0..per {
+                let req = reqs[(w * 7919 + k * 31) % reqs.len()].clone();
+                let due = start + gap * u32::try_from(k * conc + w).unwrap_or(u32::MAX);
+                // Late because the previous reply came late: charged from the
+                // due time. Early: the timer wakes on a 1 ms tick, a delay of
+                // the generator's own, so the clock starts at the real send.
+                let sent = if tokio::time::Instant::now() >= due {
+                    due
+                } else {
+                    tokio::time::sleep_until(due).await;
+                    tokio::time::Instant::now()
+                };
+                c.authorize(req).await.map_err(|e| e.to_string())?;
+                lat.push(sent.elapsed().as_micros() as u64);
+            }
+            Ok::<_, String>(lat)
+        }));
+    }
+    let lat_us = join(tasks).await?;
+    Ok(Stats {
+        name: format!("Authorize over mTLS gRPC, {conc} clients, open loop at {rate}/s offered"),
+        ops: per * conc,
+        secs: start.elapsed().as_secs_f64(),
         lat_us,
     })
 }
