@@ -391,12 +391,12 @@ pub(crate) async fn run(a: BenchAuthorizeArgs) -> CliResult {
         let mut ping = super::bench::ping(&ledger, conc, ops_at(conc)).await?;
         ping.name = format!("empty RPC (Ping) over mTLS gRPC, {conc} client(s)");
         ping.print();
-        over_grpc(&client, conc, ops_at(conc), a.changes)
+        over_grpc(&client, conc, ops_at(conc), a.changes, None)
             .await?
             .print();
     }
     for &rate in &a.open_rates {
-        open_loop(&client, 64, rate.max(1), a.ops, a.changes)
+        over_grpc(&client, 64, a.ops, a.changes, Some(rate))
             .await?
             .print();
     }
@@ -487,15 +487,26 @@ async fn in_process(
     })
 }
 
+/// `conc` clients sending `n` requests in all. Closed loop (`rate` `None`):
+/// each client sends its next request when the previous reply arrives.
+/// Open loop (`rate` per second summed): client `w` sends its `k`-th request
+/// at `(k * conc + w) / rate` seconds. When a client is behind that schedule
+/// (its previous reply came late), latency runs from the scheduled send time,
+/// so a stall is charged to every request it delayed (no coordinated
+/// omission); a schedule the server cannot keep shows as an achieved rate
+/// below the offered one.
 async fn over_grpc(
     client: &pb::governance_client::GovernanceClient<tonic::transport::Channel>,
     conc: usize,
     n: usize,
     changes: usize,
+    rate: Option<u32>,
 ) -> Result<Stats, CliError> {
     let per = n / conc;
     let reqs: Arc<Vec<pb::AuthorizeRequest>> = Arc::new((0..changes).map(request).collect());
-    let t = Instant::now();
+    let gap = rate.map(|r| std::time::Duration::from_secs_f64(1.0 / f64::from(r.max(1))));
+    let start = tokio::time::Instant::now()
+        + std::time::Duration::from_millis(20 * u64::from(rate.is_some()));
     let mut tasks = Vec::new();
     for w in 0..conc {
         let mut c = client.clone();
@@ -504,57 +515,22 @@ async fn over_grpc(
             let mut lat = Vec::with_capacity(per);
             for k in 0..per {
                 let req = reqs[(w * 7919 + k * 31) % reqs.len()].clone();
-                let s = Instant::now();
-                c.authorize(req).await.map_err(|e| e.to_string())?;
-                lat.push(s.elapsed().as_micros() as u64);
-            }
-            Ok::<_, String>(lat)
-        }));
-    }
-    let lat_us = join(tasks).await?;
-    Ok(Stats {
-        name: format!("Authorize over mTLS gRPC, {conc} client(s)"),
-        ops: per * conc,
-        secs: t.elapsed().as_secs_f64(),
-        lat_us,
-    })
-}
-
-/// `conc` clients sending `n` requests in all at `rate` per second summed,
-/// each on a fixed schedule (client `w` sends its `k`-th request at
-/// `(k * conc + w) / rate` seconds). When a client is behind schedule
-/// (its previous reply came late), latency runs from the scheduled send time,
-/// so a stall is charged to every request it delayed (no coordinated
-/// omission). A schedule the server cannot keep shows as an achieved rate
-/// below the offered one.
-async fn open_loop(
-    client: &pb::governance_client::GovernanceClient<tonic::transport::Channel>,
-    conc: usize,
-    rate: u32,
-    n: usize,
-    changes: usize,
-) -> Result<Stats, CliError> {
-    let per = n / conc;
-    let reqs: Arc<Vec<pb::AuthorizeRequest>> = Arc::new((0..changes).map(request).collect());
-    let gap = std::time::Duration::from_secs_f64(1.0 / f64::from(rate));
-    let start = tokio::time::Instant::now() + std::time::Duration::from_millis(20);
-    let mut tasks = Vec::new();
-    for w in 0..conc {
-        let mut c = client.clone();
-        let reqs = reqs.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut lat = Vec::with_capacity(per);
-            for k in 0..per {
-                let req = reqs[(w * 7919 + k * 31) % reqs.len()].clone();
-                let due = start + gap * u32::try_from(k * conc + w).unwrap_or(u32::MAX);
-                // Late because the previous reply came late: charged from the
-                // due time. Early: the timer wakes on a 1 ms tick, a delay of
-                // the generator's own, so the clock starts at the real send.
-                let sent = if tokio::time::Instant::now() >= due {
-                    due
-                } else {
-                    tokio::time::sleep_until(due).await;
-                    tokio::time::Instant::now()
+                let now = tokio::time::Instant::now();
+                let sent = match gap {
+                    None => now,
+                    Some(gap) => {
+                        let due = start + gap * u32::try_from(k * conc + w).unwrap_or(u32::MAX);
+                        // Late because the previous reply came late: timed
+                        // from the due time. Early: the timer wakes on a 1 ms
+                        // tick, a delay of the generator's own, so the clock
+                        // starts at the real send.
+                        if now >= due {
+                            due
+                        } else {
+                            tokio::time::sleep_until(due).await;
+                            tokio::time::Instant::now()
+                        }
+                    }
                 };
                 c.authorize(req).await.map_err(|e| e.to_string())?;
                 lat.push(sent.elapsed().as_micros() as u64);
@@ -564,7 +540,12 @@ async fn open_loop(
     }
     let lat_us = join(tasks).await?;
     Ok(Stats {
-        name: format!("Authorize over mTLS gRPC, {conc} clients, open loop at {rate}/s offered"),
+        name: match rate {
+            None => format!("Authorize over mTLS gRPC, {conc} client(s)"),
+            Some(r) => {
+                format!("Authorize over mTLS gRPC, {conc} clients, open loop at {r}/s offered")
+            }
+        },
         ops: per * conc,
         secs: start.elapsed().as_secs_f64(),
         lat_us,
