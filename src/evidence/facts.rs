@@ -148,8 +148,10 @@ pub(super) struct Meta {
     pub(super) as_of: i64,
 }
 
-fn pretty(v: &Value) -> Vec<u8> {
-    let mut s = serde_json::to_vec_pretty(v).expect("JSON values serialise");
+/// Pretty JSON (of a `Value` or of typed rows), with the trailing newline
+/// every file has.
+fn pretty<T: serde::Serialize + ?Sized>(v: &T) -> Vec<u8> {
+    let mut s = serde_json::to_vec_pretty(v).expect("JSON values and rows serialise");
     s.push(b'\n');
     s
 }
@@ -700,13 +702,6 @@ fn change_row<'a>(view: &View<'a>, c: &'a ChangeRec) -> ChangeRow<'a> {
     }
 }
 
-/// Pretty JSON of typed rows, with the trailing newline every file has.
-fn pretty_rows<T: serde::Serialize>(rows: &T) -> Vec<u8> {
-    let mut s = serde_json::to_vec_pretty(rows).expect("rows serialise");
-    s.push(b'\n');
-    s
-}
-
 fn obligation_json(o: &ObligationRec, as_of: i64) -> Value {
     let r = o.review.as_ref().filter(|r| r.at_nanos <= as_of);
     json!({
@@ -771,10 +766,10 @@ pub(super) fn render(folded: &Folded, meta: &Meta) -> Rendered {
         .deployments()
         .map(|d| decision_row(d, decided.contains(&d.index)))
         .collect();
-    files.insert("facts/decisions.json".into(), pretty_rows(&decisions));
+    files.insert("facts/decisions.json".into(), pretty(&decisions));
 
     let changes: Vec<ChangeRow<'_>> = view.changes.iter().map(|c| change_row(&view, c)).collect();
-    files.insert("facts/changes.json".into(), pretty_rows(&changes));
+    files.insert("facts/changes.json".into(), pretty(&changes));
 
     files.insert(
         "facts/obligations.json".into(),
