@@ -65,23 +65,22 @@ impl Guard {
         let Some(access) = &self.access else {
             return Ok("dangerous-plaintext".into());
         };
-        let certs = req
-            .peer_certs()
+        // Read once per connection, when its handshake completed.
+        let peer = req
+            .extensions()
+            .get::<crate::tls::Peer>()
             .ok_or_else(|| Status::unauthenticated("no client certificate on this connection"))?;
-        let leaf = certs
-            .first()
-            .ok_or_else(|| Status::unauthenticated("no client certificate on this connection"))?;
-        let identity = crate::tls::identity_of(leaf).ok_or_else(|| {
+        let identity: &str = peer.identity.as_deref().ok_or_else(|| {
             Status::unauthenticated("client certificate subject could not be read")
         })?;
-        if !access.permits(&identity, method) {
+        if !access.permits(identity, method) {
             tracing::warn!(%identity, method, "call refused by access.json");
             return Err(Status::permission_denied(format!(
                 "transport identity {identity:?} may not call {method} \
                  (see access.json in the server's data directory)"
             )));
         }
-        Ok(identity)
+        Ok(identity.to_owned())
     }
 }
 

@@ -226,8 +226,7 @@ pub fn server_config(
 pub fn incoming(
     listener: TcpListener,
     config: rustls::ServerConfig,
-) -> tokio_stream::wrappers::ReceiverStream<Result<TlsStream<tokio::net::TcpStream>, std::io::Error>>
-{
+) -> tokio_stream::wrappers::ReceiverStream<Result<ClientStream, std::io::Error>> {
     let acceptor = TlsAcceptor::from(Arc::new(config));
     let (tx, rx) = tokio::sync::mpsc::channel(128);
     tokio::spawn(async move {
@@ -247,7 +246,7 @@ pub fn incoming(
                     .await
                 {
                     Ok(Ok(tls)) => {
-                        let _ = conn_tx.send(Ok(tls)).await;
+                        let _ = conn_tx.send(Ok(ClientStream::new(tls, peer))).await;
                     }
                     Ok(Err(e)) => log_refused(peer, &e.to_string()),
                     Err(_) => log_refused(peer, "handshake timed out"),
@@ -263,6 +262,95 @@ pub fn incoming(
 
 fn log_refused(peer: SocketAddr, why: &str) {
     tracing::warn!(%peer, cause = why, "TLS handshake refused");
+}
+
+/// What the server knows of a client connection, read once when its TLS
+/// handshake completes and handed to every request on it (as a request
+/// extension) instead of re-parsing the certificate per call.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Peer {
+    /// The subject of the verified client certificate ([`identity_of`]);
+    /// `None` when it could not be read.
+    pub identity: Option<Arc<str>>,
+    pub addr: SocketAddr,
+}
+
+/// A client's TLS stream after a completed mutual-TLS handshake.
+pub struct ClientStream {
+    tls: TlsStream<tokio::net::TcpStream>,
+    peer: Peer,
+}
+
+impl ClientStream {
+    fn new(tls: TlsStream<tokio::net::TcpStream>, addr: SocketAddr) -> Self {
+        // The verifier demanded a certificate, so the chain is present; its
+        // first element is the client's own.
+        let identity = tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .and_then(|leaf| identity_of(leaf))
+            .map(Arc::from);
+        ClientStream {
+            tls,
+            peer: Peer { identity, addr },
+        }
+    }
+}
+
+impl tonic::transport::server::Connected for ClientStream {
+    type ConnectInfo = Peer;
+
+    fn connect_info(&self) -> Peer {
+        self.peer.clone()
+    }
+}
+
+impl tokio::io::AsyncRead for ClientStream {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().tls).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for ClientStream {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.get_mut().tls).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.get_mut().tls).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.tls.is_write_vectored()
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().tls).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().tls).poll_shutdown(cx)
+    }
 }
 
 /// The transport identity of a client certificate: its subject, e.g. `CN=ci-runner`.
