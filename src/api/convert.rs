@@ -610,44 +610,45 @@ pub fn principal_kind_pb(k: PrincipalKind) -> pb::PrincipalKind {
 }
 
 /// The wire form of a decision; `index` names the recorded deployment.
-pub fn decision_to_pb(d: &crate::state::DecisionRecord, index: Option<u64>) -> pb::Decision {
+pub fn decision_to_pb(d: crate::state::DecisionRecord, index: Option<u64>) -> pb::Decision {
+    let (change_id, change_revision) = d.change.unwrap_or_default();
     pb::Decision {
         verdict: if d.allow {
             pb::Verdict::Allow
         } else {
             pb::Verdict::Deny
         } as i32,
-        rule: d.rule.clone().unwrap_or_default(),
+        rule: d.rule.unwrap_or_default(),
         policy_version: d.policy_version,
-        policy_digest: d.policy_digest.clone(),
-        reasons: d.reasons.clone(),
-        change_id: d.change.as_ref().map(|c| c.0.clone()).unwrap_or_default(),
-        change_revision: d.change.as_ref().map(|c| c.1).unwrap_or(0),
+        policy_digest: d.policy_digest,
+        reasons: d.reasons,
+        change_id,
+        change_revision,
         counted: d
             .counted
-            .iter()
+            .into_iter()
             .map(|c| pb::CountedApproval {
-                approver: c.approver.clone(),
-                roles: c.roles.clone(),
+                approver: c.approver,
+                roles: c.roles,
                 index: c.index,
             })
             .collect(),
         not_counted: d
             .not_counted
-            .iter()
+            .into_iter()
             .map(|c| pb::UncountedApproval {
-                approver: c.approver.clone(),
-                reason: c.reason.clone(),
+                approver: c.approver,
+                reason: c.reason,
                 index: c.index,
             })
             .collect(),
         obligations: d
             .obligations
-            .iter()
+            .into_iter()
             .map(|o| pb::Obligation {
-                description: o.description.clone(),
+                description: o.description,
                 due_unix_nanos: o.due_nanos,
-                not_by: o.not_by.clone(),
+                not_by: o.not_by,
             })
             .collect(),
         log_size: d.log_size,

@@ -147,7 +147,7 @@ impl pb::governance_server::Governance for GovernanceApi {
             })
             .await
             .map_err(stopped)?;
-        Ok(Response::new(decision_to_pb(&d, None)))
+        Ok(Response::new(decision_to_pb(d, None)))
     }
 
     async fn get_decision(
@@ -164,7 +164,7 @@ impl pb::governance_server::Governance for GovernanceApi {
         let d = d.ok_or_else(|| {
             Status::not_found(format!("index: entry {index} is not a recorded deployment"))
         })?;
-        Ok(Response::new(decision_to_pb(&d, Some(index))))
+        Ok(Response::new(decision_to_pb(d, Some(index))))
     }
 
     async fn get_change(

@@ -32,12 +32,34 @@ pub struct PrincipalFacts {
     pub roles: Roles,
 }
 
+/// A fingerprint of a set of subjects: BLAKE3 over the member count and the
+/// members in order, each length-prefixed. Equal sets have equal keys and,
+/// BLAKE3 being collision resistant, different sets different keys; so a
+/// review keeps the key of what it saw, and a decision compares 32 bytes per
+/// review instead of walking two sets of strings.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize,
+)]
+pub struct SubjectsKey([u8; 32]);
+
+impl SubjectsKey {
+    pub fn of(subjects: &BTreeSet<String>) -> Self {
+        let mut h = blake3::Hasher::new();
+        h.update(&(subjects.len() as u64).to_le_bytes());
+        for s in subjects {
+            h.update(&(s.len() as u64).to_le_bytes());
+            h.update(s.as_bytes());
+        }
+        SubjectsKey(*h.finalize().as_bytes())
+    }
+}
+
 /// One review (approval or rejection) of a change, in log order.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Approval<'a> {
     pub approver: Cow<'a, str>,
-    /// The subjects (commits and digests) the reviewer saw.
-    pub seen: Cow<'a, BTreeSet<String>>,
+    /// The subjects (commits and digests) the reviewer saw, as a key.
+    pub seen: SubjectsKey,
     pub at: Timestamp,
     /// False for a rejection.
     pub approve: bool,
@@ -331,6 +353,7 @@ fn evaluate_rule(rule: &Rule, req: &Request, facts: &Facts<'_>) -> Verdict {
         if rule.approvals > 0 {
             reasons.extend(c.sod_gaps.iter().cloned());
         }
+        let current_subjects = SubjectsKey::of(&c.subjects);
         // Each person's latest review speaks for them.
         let mut latest: BTreeMap<&str, &Approval<'_>> = BTreeMap::new();
         for a in &c.approvals {
@@ -350,7 +373,7 @@ fn evaluate_rule(rule: &Rule, req: &Request, facts: &Facts<'_>) -> Verdict {
         for a in current {
             let who = a.approver.to_string();
             if !a.approve {
-                if *a.seen == c.subjects {
+                if a.seen == current_subjects {
                     let comment = if a.comment.is_empty() {
                         String::new()
                     } else {
@@ -375,7 +398,7 @@ fn evaluate_rule(rule: &Rule, req: &Request, facts: &Facts<'_>) -> Verdict {
                 continue;
             }
             let p = facts.principals.get(&who);
-            let why_not = if *a.seen != c.subjects {
+            let why_not = if a.seen != current_subjects {
                 Some("stale: approved an earlier revision of the change".to_owned())
             } else if let Some(max) = rule
                 .max_approval_age_secs

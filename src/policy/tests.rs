@@ -84,7 +84,7 @@ static NEXT_INDEX: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::
 fn approval(who: &str, at: &str) -> Approval<'static> {
     Approval {
         approver: Cow::Owned(who.into()),
-        seen: Cow::Owned(set(&["c1", D])),
+        seen: SubjectsKey::of(&set(&["c1", D])),
         at: ts(at),
         approve: true,
         comment: Cow::Borrowed(""),
@@ -416,7 +416,7 @@ fn every_rule_kind() {
     fresh
         .approvals
         .iter_mut()
-        .for_each(|a| a.seen = Cow::Owned(set(&["c1", D])));
+        .for_each(|a| a.seen = SubjectsKey::of(&set(&["c1", D])));
     check(
         after,
         Some(fresh),

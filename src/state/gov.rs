@@ -88,6 +88,8 @@ pub struct ReviewRec {
     pub at_nanos: i64,
     pub reviewer: String,
     pub seen: BTreeSet<String>,
+    /// `SubjectsKey::of(&seen)`, kept so decisions compare keys, not sets.
+    pub seen_key: policy::SubjectsKey,
     pub approve: bool,
     pub comment: String,
 }
@@ -378,8 +380,11 @@ pub fn fmt_nanos(n: i64) -> String {
 }
 
 fn ts(nanos: i64) -> Timestamp {
-    // Every i64 nanosecond count is within jiff's range.
-    Timestamp::from_nanosecond(i128::from(nanos)).unwrap_or(Timestamp::UNIX_EPOCH)
+    // Every i64 nanosecond count is within jiff's range. Split with i64
+    // arithmetic (both parts take the sign of `nanos`, which `new` accepts):
+    // `from_nanosecond`'s i128 division was a visible part of a decision.
+    Timestamp::new(nanos / 1_000_000_000, (nanos % 1_000_000_000) as i32)
+        .unwrap_or(Timestamp::UNIX_EPOCH)
 }
 
 fn digest_hex(text: &str) -> String {
@@ -412,7 +417,9 @@ pub struct Gov {
     policies: Vec<PolicyVersionRec>,
     active: Option<Arc<Policy>>,
     proposals: BTreeMap<String, ProposalRec>,
-    changes: BTreeMap<String, ChangeRec>,
+    /// Hashed, not ordered: Authorize looks changes up by id on every call,
+    /// and an ordered map of 10,000 ids costs a cache miss per comparison.
+    changes: HashMap<String, ChangeRec>,
     commits: HashMap<String, CommitRec>,
     ci: BTreeMap<u64, CiRec>,
     deploys: BTreeMap<u64, DeployRec>,
@@ -479,8 +486,11 @@ impl Gov {
         self.changes.get(id)
     }
 
+    /// Every change, in id order.
     pub fn changes(&self) -> impl Iterator<Item = &ChangeRec> {
-        self.changes.values()
+        let mut all: Vec<&ChangeRec> = self.changes.values().collect();
+        all.sort_unstable_by(|a, b| a.id.cmp(&b.id));
+        all.into_iter()
     }
 
     pub fn change_count(&self) -> usize {
@@ -931,6 +941,7 @@ impl State {
             at_nanos: at,
             reviewer: signer.to_string(),
             seen: r.seen_subjects.clone(),
+            seen_key: policy::SubjectsKey::of(&r.seen_subjects),
             approve: r.approve,
             comment: r.comment.clone(),
         });
@@ -1252,7 +1263,7 @@ impl State {
             .gov
             .active_version()
             .map(|v| (v.version, v.digest.clone()))
-            .unwrap_or((1, digest_hex(policy::DEFAULT_POLICY)));
+            .unwrap_or_else(|| (1, digest_hex(policy::DEFAULT_POLICY)));
         let at_nanos = i64::try_from(req.at.as_nanosecond()).unwrap_or(i64::MAX);
         let change = match change_id {
             Some(id) => match self.gov.changes.get(id) {
@@ -1414,13 +1425,51 @@ impl State {
                 .iter()
                 .map(|r| policy::Approval {
                     approver: Cow::Borrowed(&r.reviewer),
-                    seen: Cow::Borrowed(&r.seen),
+                    seen: r.seen_key,
                     at: ts(r.at_nanos),
                     approve: r.approve,
                     comment: Cow::Borrowed(&r.comment),
                     index: r.index,
                 })
                 .collect(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod time_tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn reference(n: i64) -> Timestamp {
+        Timestamp::from_nanosecond(i128::from(n)).expect("i64 nanoseconds are in range")
+    }
+
+    #[test]
+    fn ts_agrees_with_from_nanosecond_at_the_edges() {
+        for n in [
+            i64::MIN,
+            i64::MIN + 1,
+            -1_000_000_001,
+            -1_000_000_000,
+            -999_999_999,
+            -1,
+            0,
+            1,
+            999_999_999,
+            1_000_000_000,
+            1_700_000_000_123_456_789,
+            i64::MAX,
+        ] {
+            assert_eq!(ts(n), reference(n), "{n} ns");
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn ts_agrees_with_from_nanosecond(n in any::<i64>()) {
+            prop_assert_eq!(ts(n), reference(n));
         }
     }
 }
