@@ -45,6 +45,11 @@ pub struct BenchAuthorizeArgs {
     /// saturation.
     #[arg(long, value_delimiter = ',', default_value = "10000,20000")]
     open_rates: Vec<u32>,
+    /// Also measure each concurrency level above 1 with every client on a
+    /// connection of its own (as separate pipelines are), besides all of
+    /// them multiplexed over one HTTP/2 connection.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    per_client_connections: bool,
 }
 
 /// The policy the bench decides under: a realistic production rule.
@@ -386,20 +391,39 @@ pub(crate) async fn run(a: BenchAuthorizeArgs) -> CliResult {
     };
     let client = conn.governance().await?;
     let ledger = conn.ledger().await?;
+    let one = std::slice::from_ref(&client);
+    // One connection (a TLS handshake) per client, made before timing.
+    let mut own = Vec::new();
+    if a.per_client_connections {
+        for _ in 0..levels.iter().copied().max().unwrap_or(1) {
+            own.push(conn.governance().await?);
+        }
+    }
     for &conc in &levels {
         // The empty RPC on the same kind of connection: the transport's ceiling.
         let mut ping = super::bench::ping(&ledger, conc, ops_at(conc)).await?;
         ping.name = format!("empty RPC (Ping) over mTLS gRPC, {conc} client(s)");
         ping.print();
-        over_grpc(&client, conc, ops_at(conc), a.changes, None)
+        over_grpc(one, conc, ops_at(conc), a.changes, None)
             .await?
             .print();
+        if conc > 1 && !own.is_empty() {
+            over_grpc(&own[..conc], conc, ops_at(conc), a.changes, None)
+                .await?
+                .print();
+        }
     }
     for &rate in &a.open_rates {
-        over_grpc(&client, 64, a.ops, a.changes, Some(rate))
+        over_grpc(one, 64, a.ops, a.changes, Some(rate))
             .await?
             .print();
+        if !own.is_empty() {
+            over_grpc(&own[..64.min(own.len())], 64, a.ops, a.changes, Some(rate))
+                .await?
+                .print();
+        }
     }
+    drop(own);
     drop(client);
     drop(ledger);
     let _ = stop_tx.send(());
@@ -487,7 +511,8 @@ async fn in_process(
     })
 }
 
-/// `conc` clients sending `n` requests in all. Closed loop (`rate` `None`):
+/// `conc` clients sending `n` requests in all, client `w` over `clients[w % len]`
+/// (one shared HTTP/2 connection, or one each). Closed loop (`rate` `None`):
 /// each client sends its next request when the previous reply arrives.
 /// Open loop (`rate` per second summed): client `w` sends its `k`-th request
 /// at `(k * conc + w) / rate` seconds. When a client is behind that schedule
@@ -496,7 +521,7 @@ async fn in_process(
 /// omission); a schedule the server cannot keep shows as an achieved rate
 /// below the offered one.
 async fn over_grpc(
-    client: &pb::governance_client::GovernanceClient<tonic::transport::Channel>,
+    clients: &[pb::governance_client::GovernanceClient<tonic::transport::Channel>],
     conc: usize,
     n: usize,
     changes: usize,
@@ -509,7 +534,7 @@ async fn over_grpc(
         + std::time::Duration::from_millis(20 * u64::from(rate.is_some()));
     let mut tasks = Vec::new();
     for w in 0..conc {
-        let mut c = client.clone();
+        let mut c = clients[w % clients.len()].clone();
         let reqs = reqs.clone();
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::with_capacity(per);
@@ -540,10 +565,16 @@ async fn over_grpc(
     }
     let lat_us = join(tasks).await?;
     Ok(Stats {
-        name: match rate {
-            None => format!("Authorize over mTLS gRPC, {conc} client(s)"),
-            Some(r) => {
-                format!("Authorize over mTLS gRPC, {conc} clients, open loop at {r}/s offered")
+        name: {
+            let over = match clients.len() {
+                1 => "one connection".to_owned(),
+                n => format!("{n} connections"),
+            };
+            match rate {
+                None => format!("Authorize over mTLS gRPC, {conc} client(s), {over}"),
+                Some(r) => format!(
+                    "Authorize over mTLS gRPC, {conc} clients, {over}, open loop at {r}/s offered"
+                ),
             }
         },
         ops: per * conc,
