@@ -1,6 +1,7 @@
 //! End-to-end tests: one test binary (STYLE.md §5).
 #![allow(unreachable_pub)]
 
+mod benches;
 mod ci_templates;
 mod cli;
 mod common;
