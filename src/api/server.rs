@@ -91,7 +91,7 @@ fn receipt_pb(r: Receipt) -> pb::Receipt {
         }),
         checkpoint: Some(checkpoint_pb(&r.checkpoint)),
         duplicate: r.duplicate,
-        decision: r.decision.clone().map(|d| decision_to_pb(d, Some(r.index))),
+        decision: r.decision.map(|d| decision_to_pb(d, Some(r.index))),
     }
 }
 

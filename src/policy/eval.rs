@@ -37,9 +37,7 @@ pub struct PrincipalFacts {
 /// BLAKE3 being collision resistant, different sets different keys; so a
 /// review keeps the key of what it saw, and a decision compares 32 bytes per
 /// review instead of walking two sets of strings.
-#[derive(
-    Clone, Copy, Debug, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize,
-)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SubjectsKey([u8; 32]);
 
 impl SubjectsKey {

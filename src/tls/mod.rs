@@ -246,7 +246,7 @@ pub fn incoming(
                     .await
                 {
                     Ok(Ok(tls)) => {
-                        let _ = conn_tx.send(Ok(ClientStream::new(tls, peer))).await;
+                        let _ = conn_tx.send(Ok(ClientStream::new(tls))).await;
                     }
                     Ok(Err(e)) => log_refused(peer, &e.to_string()),
                     Err(_) => log_refused(peer, "handshake timed out"),
@@ -272,7 +272,6 @@ pub struct Peer {
     /// The subject of the verified client certificate ([`identity_of`]);
     /// `None` when it could not be read.
     pub identity: Option<Arc<str>>,
-    pub addr: SocketAddr,
 }
 
 /// A client's TLS stream after a completed mutual-TLS handshake.
@@ -282,7 +281,7 @@ pub struct ClientStream {
 }
 
 impl ClientStream {
-    fn new(tls: TlsStream<tokio::net::TcpStream>, addr: SocketAddr) -> Self {
+    fn new(tls: TlsStream<tokio::net::TcpStream>) -> Self {
         // The verifier demanded a certificate, so the chain is present; its
         // first element is the client's own.
         let identity = tls
@@ -294,7 +293,7 @@ impl ClientStream {
             .map(Arc::from);
         ClientStream {
             tls,
-            peer: Peer { identity, addr },
+            peer: Peer { identity },
         }
     }
 }
