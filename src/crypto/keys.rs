@@ -56,7 +56,10 @@ pub enum KeyError {
 
 /// A fresh signing key from the operating system's RNG.
 pub fn generate_signing_key() -> SigningKey {
-    SigningKey::generate(&mut rand::rngs::OsRng)
+    // An Ed25519 secret key is 32 uniformly random bytes (RFC 8032 §5.1.5).
+    let mut seed = zeroize::Zeroizing::new([0u8; 32]);
+    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, seed.as_mut());
+    SigningKey::from_bytes(&seed)
 }
 
 /// Parses a raw 32-byte Ed25519 public key, refusing invalid and weak points.

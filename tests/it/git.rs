@@ -51,7 +51,8 @@ fn signature_verdicts_of_real_commits() {
     // A principal's Docket key, written as an OpenSSH key so git can sign with it.
     let ops = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
     let ops_path = dir.path().join("ops_ssh");
-    let private = ssh_key::PrivateKey::from(ssh_key::private::Ed25519Keypair::from(&ops));
+    let private =
+        ssh_key::PrivateKey::from(ssh_key::private::Ed25519Keypair::from_seed(&ops.to_bytes()));
     std::fs::write(
         &ops_path,
         private
