@@ -9,7 +9,6 @@
 //! ```
 
 use std::collections::BTreeMap;
-use std::io::Read as _;
 
 use crate::ledger::Hash;
 
@@ -19,17 +18,58 @@ const MAX_FILE: u64 = 4 << 30;
 /// Writes `files` as a ustar archive: `manifest.json` and `manifest.sig`
 /// first, then the rest by path; mode 0644, owner 0, mtime 0, so the same
 /// files always give the same bytes.
-pub(super) fn write_tar(files: &BTreeMap<String, Vec<u8>>) -> Vec<u8> {
-    let mut b = tar::Builder::new(Vec::new());
+pub(super) fn write_tar<D: AsRef<[u8]>>(files: &BTreeMap<String, D>) -> Vec<u8> {
+    write_tar_into(files, Vec::new()).expect("writing to a Vec cannot fail")
+}
+
+/// Whether `bytes` is exactly the archive [`write_tar`] makes of `files`,
+/// found by comparing while the archive is written, without building it.
+pub(super) fn is_canonical_tar<D: AsRef<[u8]>>(files: &BTreeMap<String, D>, bytes: &[u8]) -> bool {
+    /// A writer that compares what it is given with what remains of `rest`.
+    struct Same<'a> {
+        rest: &'a [u8],
+        same: bool,
+    }
+    impl std::io::Write for Same<'_> {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            match self.rest.split_at_checked(buf.len()) {
+                Some((head, tail)) if self.same && head == buf => self.rest = tail,
+                _ => self.same = false,
+            }
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    match write_tar_into(
+        files,
+        Same {
+            rest: bytes,
+            same: true,
+        },
+    ) {
+        Ok(w) => w.same && w.rest.is_empty(),
+        Err(_) => false,
+    }
+}
+
+fn write_tar_into<W: std::io::Write, D: AsRef<[u8]>>(
+    files: &BTreeMap<String, D>,
+    out: W,
+) -> std::io::Result<W> {
+    let mut b = tar::Builder::new(out);
     let first = ["manifest.json", "manifest.sig"];
     let ordered = first
         .iter()
         .filter_map(|p| files.get_key_value(*p))
         .chain(files.iter().filter(|(p, _)| !first.contains(&p.as_str())));
     for (path, data) in ordered {
+        let data = data.as_ref();
         let mut h = tar::Header::new_ustar();
-        // Paths are chosen by the exporter: short ASCII, so this cannot fail.
-        h.set_path(path).expect("bundle paths fit ustar");
+        // The exporter's paths are short ASCII; a path read from an archive
+        // that does not fit a ustar header cannot be canonical.
+        h.set_path(path)?;
         h.set_size(data.len() as u64);
         h.set_mode(0o644);
         h.set_mtime(0);
@@ -37,22 +77,21 @@ pub(super) fn write_tar(files: &BTreeMap<String, Vec<u8>>) -> Vec<u8> {
         h.set_gid(0);
         h.set_entry_type(tar::EntryType::Regular);
         h.set_cksum();
-        b.append(&h, data.as_slice())
-            .expect("writing to a Vec cannot fail");
+        b.append(&h, data)?;
     }
-    b.into_inner().expect("writing to a Vec cannot fail")
+    b.into_inner()
 }
 
 /// Reads an archive: regular files only, relative paths without `..`, no
-/// path twice.
-pub(super) fn read_tar(bytes: &[u8]) -> Result<BTreeMap<String, Vec<u8>>, String> {
-    let mut archive = tar::Archive::new(bytes);
+/// path twice. The files are borrowed from `bytes`, not copied.
+pub(super) fn read_tar(bytes: &[u8]) -> Result<BTreeMap<String, &[u8]>, String> {
+    let mut archive = tar::Archive::new(std::io::Cursor::new(bytes));
     let mut out = BTreeMap::new();
     let entries = archive
-        .entries()
+        .entries_with_seek()
         .map_err(|e| format!("not a tar archive: {e}"))?;
     for entry in entries {
-        let mut entry = entry.map_err(|e| format!("unreadable member: {e}"))?;
+        let entry = entry.map_err(|e| format!("unreadable member: {e}"))?;
         let path = entry
             .path()
             .map_err(|e| format!("member path: {e}"))?
@@ -69,10 +108,11 @@ pub(super) fn read_tar(bytes: &[u8]) -> Result<BTreeMap<String, Vec<u8>>, String
         if size > MAX_FILE {
             return Err(format!("{path}: {size} bytes is too large"));
         }
-        let mut data = Vec::with_capacity(size as usize);
-        entry
-            .read_to_end(&mut data)
-            .map_err(|e| format!("{path}: {e}"))?;
+        let data = usize::try_from(entry.raw_file_position())
+            .ok()
+            .zip(usize::try_from(size).ok())
+            .and_then(|(start, n)| bytes.get(start..start.checked_add(n)?))
+            .ok_or_else(|| format!("{path}: the archive ends inside this file"))?;
         if out.insert(path.clone(), data).is_some() {
             return Err(format!("{path}: appears twice in the archive"));
         }
@@ -134,13 +174,13 @@ pub(super) fn encode_entries(entries: &[(u64, Vec<u8>)]) -> Vec<u8> {
     o
 }
 
-pub(super) fn decode_entries(b: &[u8]) -> Result<Vec<(u64, Vec<u8>)>, String> {
+pub(super) fn decode_entries(b: &[u8]) -> Result<Vec<(u64, &[u8])>, String> {
     let mut c = Cur {
         b,
         pos: 0,
         file: "entries.bin",
     };
-    let mut out: Vec<(u64, Vec<u8>)> = Vec::new();
+    let mut out: Vec<(u64, &[u8])> = Vec::new();
     while !c.done() {
         let i = c.u64()?;
         let n = c.u32()? as usize;
@@ -151,7 +191,7 @@ pub(super) fn decode_entries(b: &[u8]) -> Result<Vec<(u64, Vec<u8>)>, String> {
                 "entries.bin: entry {i} follows entry {prev}; indices must increase"
             ));
         }
-        out.push((i, c.take(n)?.to_vec()));
+        out.push((i, c.take(n)?));
     }
     Ok(out)
 }
@@ -238,7 +278,8 @@ mod tests {
     fn codecs_round_trip_and_refuse_truncation() {
         let entries = vec![(3u64, vec![1, 2, 3]), (9, vec![])];
         let b = encode_entries(&entries);
-        assert_eq!(decode_entries(&b).unwrap(), entries);
+        let borrowed: Vec<(u64, &[u8])> = entries.iter().map(|(i, e)| (*i, &e[..])).collect();
+        assert_eq!(decode_entries(&b).unwrap(), borrowed);
         assert!(decode_entries(&b[..b.len() - 1]).is_err());
         let mut swapped = encode_entries(&[(9, vec![]), (3, vec![1])]);
         assert!(
@@ -264,7 +305,21 @@ mod tests {
         ]);
         let t = write_tar(&files);
         assert_eq!(t, write_tar(&files), "deterministic");
-        assert_eq!(read_tar(&t).unwrap(), files);
+        let read = read_tar(&t).unwrap();
+        assert_eq!(read.len(), files.len());
+        assert!(read.iter().all(|(p, b)| files[p] == *b));
         assert!(read_tar(b"not a tar").is_err() || read_tar(b"not a tar").unwrap().is_empty());
+        // The canonical-form check compares without building the archive.
+        assert!(is_canonical_tar(&files, &t));
+        assert!(is_canonical_tar(&read, &t));
+        let mut padded = t.clone();
+        padded.extend_from_slice(&[0; 512]);
+        assert!(!is_canonical_tar(&files, &padded), "trailing bytes");
+        assert!(!is_canonical_tar(&files, &t[..t.len() - 1]), "truncated");
+        let mut mtime = t.clone();
+        mtime[136] ^= 1; // the first header's mtime field
+        assert!(!is_canonical_tar(&files, &mtime), "a header field changed");
+        let truncated_in_file = &t[..513]; // one byte of manifest.json's two
+        assert!(read_tar(truncated_in_file).is_err());
     }
 }

@@ -54,8 +54,8 @@ fn at(index: u64, reason: impl Into<String>) -> Failure {
 /// state, applying every rule the log applied when they were appended, then
 /// runs `then` on the result while the other cores finish checking
 /// signatures (so rendering overlaps verification).
-pub(super) fn fold_then<R>(
-    entries: &[(u64, Vec<u8>)],
+pub(super) fn fold_then<B: AsRef<[u8]>, R>(
+    entries: &[(u64, B)],
     sigs: Signatures,
     then: impl FnOnce(&Folded) -> R,
 ) -> Result<(Folded, R), Failure> {
@@ -70,7 +70,7 @@ pub(super) fn fold_then<R>(
             });
         }
         for (i, bytes) in entries {
-            let i = *i;
+            let (i, bytes) = (*i, bytes.as_ref());
             let e = Entry::decode(bytes).map_err(|e| at(i, format!("entry bytes: {e}")))?;
             if e.index != i {
                 return Err(at(i, format!("entry records index {}", e.index)));
@@ -179,11 +179,16 @@ pub(super) fn scope_json(scope: &Scope) -> Value {
 }
 
 /// `manifest.json`: everything above, and the digest of every other file.
-pub(super) fn manifest(meta: &Meta, entries: u64, files: &BTreeMap<String, Vec<u8>>) -> Vec<u8> {
+pub(super) fn manifest<D: AsRef<[u8]>>(
+    meta: &Meta,
+    entries: u64,
+    files: &BTreeMap<String, D>,
+) -> Vec<u8> {
     let list: Vec<Value> = files
         .iter()
         .filter(|(p, _)| p.as_str() != "manifest.json" && p.as_str() != "manifest.sig")
         .map(|(p, b)| {
+            let b = b.as_ref();
             json!({"path": p, "size": b.len(), "blake3": hex::encode(crate::crypto::blake3_256(b))})
         })
         .collect();

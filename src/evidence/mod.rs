@@ -534,7 +534,8 @@ pub fn export<S: Store + ?Sized>(
 
 /// The files of a bundle (the archive unpacked, not verified).
 pub fn unpack(bytes: &[u8]) -> Result<BTreeMap<String, Vec<u8>>, String> {
-    bundle::read_tar(bytes)
+    let files = bundle::read_tar(bytes)?;
+    Ok(files.into_iter().map(|(p, b)| (p, b.to_vec())).collect())
 }
 
 /// A bundle archive of `files`, in the canonical form the verifier expects
