@@ -25,33 +25,24 @@ pub(super) fn write_tar<D: AsRef<[u8]>>(files: &BTreeMap<String, D>) -> Vec<u8> 
 /// Whether `bytes` is exactly the archive [`write_tar`] makes of `files`,
 /// found by comparing while the archive is written, without building it.
 pub(super) fn is_canonical_tar<D: AsRef<[u8]>>(files: &BTreeMap<String, D>, bytes: &[u8]) -> bool {
-    /// A writer that compares what it is given with what remains of `rest`.
-    struct Same<'a> {
-        rest: &'a [u8],
-        same: bool,
-    }
+    /// A writer that accepts only what comes next in the bytes it holds.
+    struct Same<'a>(&'a [u8]);
     impl std::io::Write for Same<'_> {
         fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            match self.rest.split_at_checked(buf.len()) {
-                Some((head, tail)) if self.same && head == buf => self.rest = tail,
-                _ => self.same = false,
+            match self.0.split_at_checked(buf.len()) {
+                Some((head, tail)) if head == buf => {
+                    self.0 = tail;
+                    Ok(buf.len())
+                }
+                _ => Err(std::io::Error::other("differs from the archive")),
             }
-            Ok(buf.len())
         }
         fn flush(&mut self) -> std::io::Result<()> {
             Ok(())
         }
     }
-    match write_tar_into(
-        files,
-        Same {
-            rest: bytes,
-            same: true,
-        },
-    ) {
-        Ok(w) => w.same && w.rest.is_empty(),
-        Err(_) => false,
-    }
+    // The first difference stops the writing.
+    write_tar_into(files, Same(bytes)).is_ok_and(|rest| rest.0.is_empty())
 }
 
 fn write_tar_into<W: std::io::Write, D: AsRef<[u8]>>(

@@ -113,6 +113,18 @@ fn cli_walkthrough_and_forked_history_detection() {
 
     let s = serve(&data);
     let srv = Some(s.server.as_str());
+    // The server runs without transparent huge pages (src/main.rs): the
+    // kernel reports the per-process switch in /proc/PID/status.
+    #[cfg(target_os = "linux")]
+    {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", s.child.id())).unwrap();
+        let thp = status.lines().find(|l| l.starts_with("THP_enabled:"));
+        assert_eq!(
+            thp.map(|l| l.split_whitespace().nth(1)),
+            Some(Some("0")),
+            "{status}"
+        );
+    }
     let clients = data.join("tls/clients");
     let as_ci = |args: &[&str]| {
         let mut cmd = Command::new(BIN);
