@@ -41,10 +41,19 @@ pub struct PrincipalFacts {
 pub struct SubjectsKey([u8; 32]);
 
 impl SubjectsKey {
-    pub fn of(subjects: &BTreeSet<String>) -> Self {
+    /// The key of a set of subjects, given in ascending order (as a
+    /// `BTreeSet<String>` or `BTreeSet<&str>` iterates them).
+    pub fn of<I, S>(subjects: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        I::IntoIter: ExactSizeIterator,
+        S: AsRef<str>,
+    {
+        let subjects = subjects.into_iter();
         let mut h = blake3::Hasher::new();
         h.update(&(subjects.len() as u64).to_le_bytes());
         for s in subjects {
+            let s = s.as_ref();
             h.update(&(s.len() as u64).to_le_bytes());
             h.update(s.as_bytes());
         }
@@ -58,7 +67,8 @@ pub struct Approval<'a> {
     pub approver: Cow<'a, str>,
     /// The subjects (commits and digests) the reviewer saw, as a key.
     pub seen: SubjectsKey,
-    pub at: Timestamp,
+    /// When it was recorded, in nanoseconds since the Unix epoch.
+    pub at_nanos: i64,
     /// False for a rejection.
     pub approve: bool,
     pub comment: Cow<'a, str>,
@@ -74,26 +84,27 @@ pub struct CiFact {
     pub description: String,
 }
 
-/// A change and everything known about its subjects. Reviews borrow from
-/// whoever built the facts (the state), so a decision copies little.
+/// A change and everything known about its subjects. Everything borrows
+/// from whoever built the facts (the state), so a decision copies no string
+/// it does not return.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct ChangeFacts<'a> {
-    pub id: String,
+    pub id: &'a str,
     pub revision: u32,
     /// Who opened or amended it: none of them may approve it.
-    pub requesters: BTreeSet<String>,
+    pub requesters: BTreeSet<&'a str>,
     /// Current subjects: commit SHAs and artifact digests.
-    pub subjects: BTreeSet<String>,
-    pub environments: BTreeSet<String>,
+    pub subjects: BTreeSet<&'a str>,
+    pub environments: BTreeSet<&'a str>,
     /// Principals who authored or committed any commit of the change.
-    pub authors: BTreeSet<String>,
+    pub authors: BTreeSet<&'a str>,
     /// Why the authors are not fully known (an unobserved commit, an e-mail
     /// no principal claims): segregation of duties cannot be checked then.
     pub sod_gaps: Vec<String>,
     /// Principals of the CI runs that built its subjects.
-    pub builders: BTreeSet<String>,
+    pub builders: BTreeSet<&'a str>,
     /// The latest CI run per subject.
-    pub ci: BTreeMap<String, CiFact>,
+    pub ci: BTreeMap<&'a str, CiFact>,
     /// Reviews in log order.
     pub approvals: Vec<Approval<'a>>,
 }
@@ -192,7 +203,20 @@ impl Rule {
 }
 
 fn list(s: &BTreeSet<String>) -> String {
-    s.iter().cloned().collect::<Vec<_>>().join(", ")
+    let mut out = String::with_capacity(s.iter().map(|x| x.len() + 2).sum());
+    for (i, x) in s.iter().enumerate() {
+        if i > 0 {
+            out.push_str(", ");
+        }
+        out.push_str(x);
+    }
+    out
+}
+
+/// Whole seconds from `then` (nanoseconds since the epoch) to `now`,
+/// truncated towards zero as `SignedDuration::as_secs` does.
+fn age_secs(now: Timestamp, then_nanos: i64) -> i128 {
+    (now.as_nanosecond() - i128::from(then_nanos)) / 1_000_000_000
 }
 
 /// "7d", "12h", "90s": the largest whole unit, as the policy language writes it.
@@ -326,11 +350,16 @@ fn evaluate_rule(rule: &Rule, req: &Request, facts: &Facts<'_>) -> Verdict {
     let mut counted: Vec<Counted> = Vec::new();
     let mut not_counted: Vec<NotCounted> = Vec::new();
     if let Some(c) = change {
-        let unbound: BTreeSet<_> = req.subjects.difference(&c.subjects).cloned().collect();
+        let unbound: BTreeSet<String> = req
+            .subjects
+            .iter()
+            .filter(|s| !c.subjects.contains(s.as_str()))
+            .cloned()
+            .collect();
         if !unbound.is_empty() {
             reasons.push(format!("change {} does not bind {}", c.id, list(&unbound)));
         }
-        if !c.environments.contains(&req.environment) {
+        if !c.environments.contains(req.environment.as_str()) {
             reasons.push(format!(
                 "change {} does not target {}",
                 c.id, req.environment
@@ -338,7 +367,7 @@ fn evaluate_rule(rule: &Rule, req: &Request, facts: &Facts<'_>) -> Verdict {
         }
         if rule.ci_passed {
             for s in &req.subjects {
-                match c.ci.get(s) {
+                match c.ci.get(s.as_str()) {
                     None => reasons.push(format!("no passing CI run is recorded for {s}")),
                     Some(f) if !f.passed => reasons.push(format!(
                         "the latest CI run for {s} did not pass ({})",
@@ -400,19 +429,19 @@ fn evaluate_rule(rule: &Rule, req: &Request, facts: &Facts<'_>) -> Verdict {
                 Some("stale: approved an earlier revision of the change".to_owned())
             } else if let Some(max) = rule
                 .max_approval_age_secs
-                .filter(|max| req.at.duration_since(a.at).as_secs() > *max)
+                .filter(|max| age_secs(req.at, a.at_nanos) > i128::from(*max))
             {
                 Some(format!(
                     "older than the rule's maximum approval age ({})",
                     human_secs(max)
                 ))
-            } else if c.requesters.contains(&who) {
+            } else if c.requesters.contains(who.as_str()) {
                 Some(format!("{who} requested the change"))
-            } else if c.authors.contains(&who) {
+            } else if c.authors.contains(who.as_str()) {
                 Some(format!(
                     "{who} is a commit author or committer of the change"
                 ))
-            } else if c.builders.contains(&who) {
+            } else if c.builders.contains(who.as_str()) {
                 Some(format!("{who} is the CI identity that built it"))
             } else if p.is_none() {
                 Some(format!("{who} is not a registered principal"))

@@ -59,6 +59,14 @@ fn set(v: &[&str]) -> BTreeSet<String> {
     v.iter().map(|s| s.to_string()).collect()
 }
 
+fn strs(v: &[&'static str]) -> BTreeSet<&'static str> {
+    v.iter().copied().collect()
+}
+
+fn nanos(s: &str) -> i64 {
+    i64::try_from(ts(s).as_nanosecond()).unwrap()
+}
+
 fn people() -> BTreeMap<String, PrincipalFacts> {
     let p = |human, roles: &[&str]| PrincipalFacts {
         human,
@@ -84,8 +92,8 @@ static NEXT_INDEX: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::
 fn approval(who: &str, at: &str) -> Approval<'static> {
     Approval {
         approver: Cow::Owned(who.into()),
-        seen: SubjectsKey::of(&set(&["c1", D])),
-        at: ts(at),
+        seen: SubjectsKey::of(strs(&["c1", D])),
+        at_nanos: nanos(at),
         approve: true,
         comment: Cow::Borrowed(""),
         index: NEXT_INDEX.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
@@ -109,15 +117,15 @@ fn passed() -> CiFact {
 
 fn change(approvals: Vec<Approval<'static>>) -> ChangeFacts<'static> {
     ChangeFacts {
-        id: "CHG-1".into(),
+        id: "CHG-1",
         revision: 1,
-        requesters: set(&["alice"]),
-        subjects: set(&["c1", D]),
-        environments: set(&["staging", "prod"]),
-        authors: set(&["alice"]),
+        requesters: strs(&["alice"]),
+        subjects: strs(&["c1", D]),
+        environments: strs(&["staging", "prod"]),
+        authors: strs(&["alice"]),
         sod_gaps: Vec::new(),
-        builders: set(&["ci"]),
-        ci: BTreeMap::from([("c1".into(), passed()), (D.into(), passed())]),
+        builders: strs(&["ci"]),
+        ci: BTreeMap::from([("c1", passed()), (D, passed())]),
         approvals,
     }
 }
@@ -218,7 +226,7 @@ fn every_rule_kind() {
     // ...and its latest run decides.
     let mut failed = change(ok.clone());
     failed.ci.insert(
-        D.into(),
+        D,
         CiFact {
             passed: false,
             description: "run 8 failed at entry 9".into(),
@@ -278,7 +286,7 @@ fn every_rule_kind() {
     assert_eq!(v.counted.len(), 1);
     // A commit author who is not the requester is excluded too.
     let mut authored = change(ok.clone());
-    authored.authors.insert("bob".into());
+    authored.authors.insert("bob");
     let v = check(
         request("prod"),
         Some(authored),
@@ -291,7 +299,7 @@ fn every_rule_kind() {
     );
     // Whoever amended the change is a requester too.
     let mut amended_by_bob = change(ok.clone());
-    amended_by_bob.requesters.insert("bob".into());
+    amended_by_bob.requesters.insert("bob");
     let v = check(
         request("prod"),
         Some(amended_by_bob),
@@ -344,7 +352,7 @@ fn every_rule_kind() {
     );
     // Stale approvals after an amend.
     let mut amended = change(ok.clone());
-    amended.subjects.insert("c2".into());
+    amended.subjects.insert("c2");
     let v = check(
         request("prod"),
         Some(amended),
@@ -354,7 +362,7 @@ fn every_rule_kind() {
     assert!(v.not_counted.iter().all(|n| n.reason.starts_with("stale")));
     // A rejection of an earlier revision is stale too.
     let mut amended = change(vec![rejection("erin", "no")]);
-    amended.subjects.insert("c2".into());
+    amended.subjects.insert("c2");
     let v = check(
         request("prod"),
         Some(amended),
@@ -386,7 +394,7 @@ fn every_rule_kind() {
     );
     // A change for other subjects or environments.
     let mut other = change(ok.clone());
-    other.environments = set(&["staging"]);
+    other.environments = strs(&["staging"]);
     check(
         request("prod"),
         Some(other),
@@ -416,7 +424,7 @@ fn every_rule_kind() {
     fresh
         .approvals
         .iter_mut()
-        .for_each(|a| a.seen = SubjectsKey::of(&set(&["c1", D])));
+        .for_each(|a| a.seen = SubjectsKey::of(strs(&["c1", D])));
     check(
         after,
         Some(fresh),

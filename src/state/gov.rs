@@ -18,9 +18,10 @@
 //! principals' facts are derived from those records when the state is loaded.
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, LazyLock};
 
+use foldhash::HashMap;
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
@@ -1361,10 +1362,15 @@ impl State {
             .max_by_key(|c| c.current().index)
     }
 
-    /// Everything evaluation needs about a change.
+    /// Everything evaluation needs about a change, borrowed from the state.
     fn change_facts<'a>(&'a self, c: &'a ChangeRec) -> policy::ChangeFacts<'a> {
         let cur = c.current();
-        let subjects = cur.subjects();
+        let subjects: BTreeSet<&str> = cur
+            .commits
+            .iter()
+            .chain(&cur.digests)
+            .map(String::as_str)
+            .collect();
         let mut authors = BTreeSet::new();
         let mut sod_gaps = Vec::new();
         for sha in &cur.commits {
@@ -1377,7 +1383,7 @@ impl State {
                     for (role, p) in [("author", &rec.author), ("committer", &rec.committer)] {
                         match self.emails.get(&p.email) {
                             Some(id) => {
-                                authors.insert(id.to_string());
+                                authors.insert(id.as_str());
                             }
                             None => sod_gaps.push(format!(
                                 "commit {short}: {role} {} is not the e-mail of any principal, so segregation of duties cannot be checked",
@@ -1390,15 +1396,15 @@ impl State {
         }
         let mut builders = BTreeSet::new();
         let mut ci = BTreeMap::new();
-        for s in &subjects {
+        for &s in &subjects {
             let mut latest: Option<&CiRec> = None;
             for r in self.gov.ci_runs_for(s) {
-                builders.insert(r.builder.clone());
+                builders.insert(r.builder.as_str());
                 latest = Some(r);
             }
             if let Some(r) = latest {
                 ci.insert(
-                    s.clone(),
+                    s,
                     policy::CiFact {
                         passed: r.passed,
                         description: if r.passed {
@@ -1411,11 +1417,11 @@ impl State {
             }
         }
         policy::ChangeFacts {
-            id: c.id.clone(),
+            id: &c.id,
             revision: c.revisions.len() as u32,
-            requesters: c.requesters.iter().cloned().collect(),
+            requesters: c.requesters.iter().map(String::as_str).collect(),
             subjects,
-            environments: cur.environments.clone(),
+            environments: cur.environments.iter().map(String::as_str).collect(),
             authors,
             sod_gaps,
             builders,
@@ -1426,7 +1432,7 @@ impl State {
                 .map(|r| policy::Approval {
                     approver: Cow::Borrowed(&r.reviewer),
                     seen: r.seen_key,
-                    at: ts(r.at_nanos),
+                    at_nanos: r.at_nanos,
                     approve: r.approve,
                     comment: Cow::Borrowed(&r.comment),
                     index: r.index,

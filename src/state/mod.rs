@@ -14,9 +14,10 @@
 mod codec;
 pub mod gov;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 
 use ed25519_dalek::VerifyingKey;
+use foldhash::HashMap;
 
 use crate::crypto::{self, KeyId};
 use crate::event::{
