@@ -159,10 +159,18 @@ pub fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let mut b = tokio::runtime::Builder::new_multi_thread();
+    b.enable_all();
+    // A task woken by another normally runs next on the waker's thread (the
+    // "LIFO slot"). For the server that means the HTTP/2 connection task runs
+    // as soon as any one reply is ready and writes it alone; run in order, it
+    // finds more replies ready and writes them together. Measured over mTLS
+    // gRPC at 64 clients: +5-7% decisions/s and a lower p99
+    // (docs/performance.md). The setting needs `--cfg tokio_unstable`
+    // (.cargo/config.toml); a build without it keeps tokio's default.
+    #[cfg(tokio_unstable)]
+    b.disable_lifo_slot();
+    let rt = match b.build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: starting the runtime: {e}");
