@@ -231,13 +231,7 @@ pub fn incoming(
     let (tx, rx) = tokio::sync::mpsc::channel(128);
     tokio::spawn(async move {
         loop {
-            let (tcp, peer) = match listener.accept().await {
-                Ok(x) => x,
-                Err(e) => {
-                    tracing::warn!(cause = %e, "accept failed");
-                    continue;
-                }
-            };
+            let (tcp, peer) = accept_with_backoff(|| listener.accept()).await;
             let _ = tcp.set_nodelay(true);
             let acceptor = acceptor.clone();
             let conn_tx = tx.clone();
@@ -258,6 +252,51 @@ pub fn incoming(
         }
     });
     tokio_stream::wrappers::ReceiverStream::new(rx)
+}
+
+/// The first pause after an accept failure that is not the connection's own.
+const ACCEPT_PAUSE_MIN: std::time::Duration = std::time::Duration::from_millis(5);
+/// The longest pause between accept attempts.
+const ACCEPT_PAUSE_MAX: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Waits for the next connection from `accept`. A failure that concerns only
+/// the connection being accepted (reset or aborted before it was taken) is
+/// skipped at once. Any other (out of file descriptors, out of memory) would
+/// repeat at once, so it is logged and retried after a pause that doubles
+/// from [`ACCEPT_PAUSE_MIN`] to [`ACCEPT_PAUSE_MAX`]: an exhausted server
+/// neither spins nor floods its log, and takes connections again as soon as
+/// the resource comes back. Connections already open are not touched.
+async fn accept_with_backoff<T, F, Fut>(mut accept: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = std::io::Result<T>>,
+{
+    use std::io::ErrorKind;
+    let mut pause = ACCEPT_PAUSE_MIN;
+    loop {
+        match accept().await {
+            Ok(x) => return x,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    ErrorKind::ConnectionAborted
+                        | ErrorKind::ConnectionReset
+                        | ErrorKind::ConnectionRefused
+                ) =>
+            {
+                tracing::debug!(cause = %e, "a connection went away before it was accepted");
+            }
+            Err(e) => {
+                tracing::warn!(
+                    cause = %e,
+                    retry_in_ms = pause.as_millis() as u64,
+                    "accept failed; connections already open are served meanwhile"
+                );
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(ACCEPT_PAUSE_MAX);
+            }
+        }
+    }
 }
 
 fn log_refused(peer: SocketAddr, why: &str) {
@@ -356,4 +395,90 @@ impl tokio::io::AsyncWrite for ClientStream {
 pub fn identity_of(cert: &[u8]) -> Option<String> {
     let (_, c) = x509_parser::parse_x509_certificate(cert).ok()?;
     Some(c.subject().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+    use std::io;
+    use std::time::Duration;
+
+    use super::*;
+
+    fn emfile() -> io::Error {
+        io::Error::from_raw_os_error(24) // EMFILE: too many open files
+    }
+
+    /// Runs `accept_with_backoff` over scripted results (paused clock) and
+    /// returns what it accepted, how many attempts it made and the virtual
+    /// time it took.
+    async fn run(script: Vec<io::Result<u32>>) -> (u32, usize, Duration) {
+        let mut script = VecDeque::from(script);
+        let mut attempts = 0;
+        let start = tokio::time::Instant::now();
+        let got = accept_with_backoff(|| {
+            attempts += 1;
+            let next = script.pop_front().expect("the script ends with a success");
+            async move { next }
+        })
+        .await;
+        (got, attempts, start.elapsed())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lost_connection_is_skipped_without_a_pause() {
+        let (got, attempts, took) = run(vec![
+            Err(io::ErrorKind::ConnectionAborted.into()),
+            Err(io::ErrorKind::ConnectionReset.into()),
+            Ok(7),
+        ])
+        .await;
+        assert_eq!((got, attempts), (7, 3));
+        assert_eq!(took, Duration::ZERO);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn resource_exhaustion_backs_off_doubling_up_to_the_cap() {
+        // Twelve failures: 5, 10, 20, ..., 640 ms, then 1 s four times.
+        let mut script: Vec<io::Result<u32>> = (0..12).map(|_| Err(emfile())).collect();
+        script.push(Ok(9));
+        let (got, attempts, took) = run(script).await;
+        assert_eq!((got, attempts), (9, 13));
+        let expected: u64 = (0..8).map(|i| 5u64 << i).sum::<u64>() + 4 * 1000;
+        assert_eq!(expected, 1275 + 4000);
+        assert!(
+            took >= Duration::from_millis(expected) && took < Duration::from_millis(expected + 12),
+            "took {took:?}, expected {expected} ms of pauses"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_pause_starts_small_again_after_a_success() {
+        let mut script: VecDeque<io::Result<u32>> = VecDeque::from([
+            Err(emfile()),
+            Err(emfile()),
+            Err(emfile()),
+            Ok(1),
+            Err(emfile()),
+            Ok(2),
+        ]);
+        let mut next = || {
+            let r = script.pop_front().expect("scripted");
+            async move { r }
+        };
+        let start = tokio::time::Instant::now();
+        assert_eq!(accept_with_backoff(&mut next).await, 1);
+        let first = start.elapsed();
+        assert!(
+            first >= Duration::from_millis(35) && first < Duration::from_millis(38),
+            "{first:?}"
+        );
+        let start = tokio::time::Instant::now();
+        assert_eq!(accept_with_backoff(&mut next).await, 2);
+        let second = start.elapsed();
+        assert!(
+            second >= Duration::from_millis(5) && second < Duration::from_millis(7),
+            "{second:?}"
+        );
+    }
 }
