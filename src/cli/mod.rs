@@ -165,7 +165,7 @@ pub fn main() -> ExitCode {
     // "LIFO slot"). For the server that means the HTTP/2 connection task runs
     // as soon as any one reply is ready and writes it alone; run in order, it
     // finds more replies ready and writes them together. Measured over mTLS
-    // gRPC at 64 clients: +5-7% decisions/s and a lower p99
+    // gRPC at 64 clients: +6-9% decisions/s and a lower p99
     // (docs/performance.md). The setting needs `--cfg tokio_unstable`
     // (.cargo/config.toml); a build without it keeps tokio's default.
     #[cfg(tokio_unstable)]

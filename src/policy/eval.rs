@@ -203,14 +203,7 @@ impl Rule {
 }
 
 fn list(s: &BTreeSet<String>) -> String {
-    let mut out = String::with_capacity(s.iter().map(|x| x.len() + 2).sum());
-    for (i, x) in s.iter().enumerate() {
-        if i > 0 {
-            out.push_str(", ");
-        }
-        out.push_str(x);
-    }
-    out
+    s.iter().map(String::as_str).collect::<Vec<_>>().join(", ")
 }
 
 /// Whole seconds from `then` (nanoseconds since the epoch) to `now`,
