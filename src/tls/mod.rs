@@ -207,17 +207,37 @@ pub fn server_config(
     let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
         .build()
         .map_err(|e| TlsError::Verifier(e.to_string()))?;
-    let key_pem = read(key)?;
-    let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| TlsError::Pem {
-        path: key.display().to_string(),
-        reason: e.to_string(),
-    })?;
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(verifier)
-        .with_single_cert(certs(cert)?, key)?;
+        .with_single_cert(certs(cert)?, private_key(key)?)?;
     cfg.alpn_protocols = vec![b"h2".to_vec()];
     Ok(cfg)
+}
+
+/// A rustls client config to match [`server_config`]: TLS 1.3, ALPN h2,
+/// servers verified against `ca`, and the client certificate `cert` with
+/// its key. For clients that speak HTTP/2 themselves (the load generator's
+/// lean client, tests); the CLI's tonic clients configure their own.
+pub fn client_config(ca: &Path, cert: &Path, key: &Path) -> Result<rustls::ClientConfig, TlsError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for c in certs(ca)? {
+        roots.add(c)?;
+    }
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(certs(cert)?, private_key(key)?)?;
+    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(cfg)
+}
+
+fn private_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    PrivateKeyDer::from_pem_slice(&read(path)?).map_err(|e| TlsError::Pem {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    })
 }
 
 /// Accepts TCP connections and completes TLS handshakes concurrently, so a
@@ -355,25 +375,34 @@ impl tokio::io::AsyncRead for ClientStream {
     }
 }
 
+/// Writes are encrypted into rustls's outgoing buffer and reach the socket
+/// at the next flush, so everything HTTP/2 writes between two flushes leaves
+/// in one `writev`. Reporting no vectored writes makes h2 copy DATA payloads
+/// under 1 KiB into its frame buffer instead of writing them (with a flush)
+/// on their own: a unary reply's HEADERS, DATA and trailers then go out in
+/// one write instead of two, and replies to many streams share writes.
 impl tokio::io::AsyncWrite for ClientStream {
     fn poll_write(
         self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
         buf: &[u8],
     ) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.get_mut().tls).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.get_mut().tls).poll_write_vectored(cx, bufs)
+        use std::io::Write as _;
+        let this = self.get_mut();
+        let taken = this.tls.get_mut().1.writer().write(buf)?;
+        if taken > 0 || buf.is_empty() {
+            return std::task::Poll::Ready(Ok(taken));
+        }
+        // rustls's outgoing buffer is full: send it, then take more.
+        std::task::ready!(std::pin::Pin::new(&mut this.tls).poll_flush(cx))?;
+        match this.tls.get_mut().1.writer().write(buf)? {
+            0 => std::task::Poll::Ready(Err(std::io::ErrorKind::WriteZero.into())),
+            n => std::task::Poll::Ready(Ok(n)),
+        }
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.tls.is_write_vectored()
+        false
     }
 
     fn poll_flush(
@@ -476,5 +505,89 @@ mod tests {
         let start = tokio::time::Instant::now();
         assert_eq!(accept_with_backoff(&mut next).await, 2);
         assert_paused_for(start.elapsed(), 5, 1);
+    }
+
+    /// A mutual-TLS pair over loopback: the server side wrapped as the
+    /// server wraps it, the client side plain tokio-rustls.
+    async fn tls_pair() -> (
+        ClientStream,
+        tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+        tempfile::TempDir,
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = generate_dev_pki(dir.path(), &["localhost".into()], "tester").unwrap();
+        let server_cfg = server_config(&pki.ca_cert, &pki.server_cert, &pki.server_key).unwrap();
+        let client_cfg = client_config(&pki.ca_cert, &pki.client_cert, &pki.client_key).unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let connect = async {
+            let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+            tokio_rustls::TlsConnector::from(Arc::new(client_cfg))
+                .connect(name, tcp)
+                .await
+                .unwrap()
+        };
+        let accept = async {
+            let (tcp, _) = listener.accept().await.unwrap();
+            TlsAcceptor::from(Arc::new(server_cfg))
+                .accept(tcp)
+                .await
+                .unwrap()
+        };
+        let (client, server) = tokio::join!(connect, accept);
+        (ClientStream::new(server), client, dir)
+    }
+
+    #[tokio::test]
+    async fn replies_reach_the_socket_only_at_the_flush() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut server, mut client, _dir) = tls_pair().await;
+        assert_eq!(server.peer.identity.as_deref(), Some("CN=tester"));
+        // h2 must see an unvectored writer, or it writes DATA payloads over
+        // 256 bytes apart from the frames queued behind them.
+        assert!(!tokio::io::AsyncWrite::is_write_vectored(&server));
+        // A first exchange also takes the session tickets off the socket.
+        server.write_all(b"hello").await.unwrap();
+        server.flush().await.unwrap();
+        let mut got = [0u8; 5];
+        client.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"hello");
+
+        server.write_all(b"headers,").await.unwrap();
+        server.write_all(b"data,trailers").await.unwrap();
+        // A non-blocking peek at the client's socket itself (tokio's
+        // try_read answers from its cached readiness, not the socket).
+        let mut probe = [std::mem::MaybeUninit::uninit(); 1];
+        let unsent = socket2::SockRef::from(client.get_ref().0).peek(&mut probe);
+        assert_eq!(
+            unsent.map_err(|e| e.kind()),
+            Err(io::ErrorKind::WouldBlock),
+            "bytes reached the socket before the flush"
+        );
+        server.flush().await.unwrap();
+        let mut got = [0u8; 21];
+        client.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"headers,data,trailers");
+    }
+
+    #[tokio::test]
+    async fn a_write_larger_than_the_tls_buffer_goes_out_without_a_flush() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut server, mut client, _dir) = tls_pair().await;
+        // Four times rustls's 64 KiB limit on buffered outgoing data, with a
+        // pattern that shows any lost, repeated or reordered chunk.
+        let big: Vec<u8> = (0..256 * 1024u32).map(|i| (i % 251) as u8).collect();
+        let mut got = vec![0u8; big.len()];
+        let (wrote, read) = tokio::join!(
+            async {
+                server.write_all(&big).await?;
+                server.flush().await
+            },
+            client.read_exact(&mut got)
+        );
+        wrote.unwrap();
+        read.unwrap();
+        assert!(got == big, "the bytes read differ from the bytes written");
     }
 }
