@@ -13,6 +13,7 @@ use tokio::sync::mpsc;
 
 use super::bench::{Stats, TempDir, join, now_nanos};
 use super::client::Conn;
+use super::h2client::H2Client;
 use super::{CliError, CliResult};
 use crate::api::convert::sign_event;
 use crate::api::pb;
@@ -389,15 +390,17 @@ pub(crate) async fn run(a: BenchAuthorizeArgs) -> CliResult {
         key: tls.client_key,
         plaintext: false,
     };
-    let client = conn.governance().await?;
+    let client = Caller::Tonic(conn.governance().await?);
     let ledger = conn.ledger().await?;
     let one = std::slice::from_ref(&client);
-    // One connection (a TLS handshake) per client, made before timing.
+    // One connection (a TLS handshake) per client, made before timing: with
+    // tonic's client, and with the lean one that writes a request in one go.
     let most = levels.iter().copied().max().unwrap_or(1);
-    let mut own = Vec::new();
+    let (mut own, mut lean) = (Vec::new(), Vec::new());
     if a.per_client_connections && most > 1 {
         for _ in 0..most {
-            own.push(conn.governance().await?);
+            own.push(Caller::Tonic(conn.governance().await?));
+            lean.push(Caller::Lean(H2Client::connect(&conn).await?));
         }
     }
     for &conc in &levels {
@@ -409,21 +412,27 @@ pub(crate) async fn run(a: BenchAuthorizeArgs) -> CliResult {
             .await?
             .print();
         if conc > 1 && !own.is_empty() {
-            over_grpc(&own[..conc], conc, ops_at(conc), a.changes, None)
-                .await?
-                .print();
+            for clients in [&own, &lean] {
+                over_grpc(&clients[..conc], conc, ops_at(conc), a.changes, None)
+                    .await?
+                    .print();
+            }
         }
     }
     for &rate in &a.open_rates {
         over_grpc(one, 64, a.ops, a.changes, Some(rate))
             .await?
             .print();
-        if !own.is_empty() {
-            over_grpc(&own[..64.min(own.len())], 64, a.ops, a.changes, Some(rate))
-                .await?
-                .print();
+        for clients in [&own, &lean] {
+            if !clients.is_empty() {
+                let n = 64.min(clients.len());
+                over_grpc(&clients[..n], 64, a.ops, a.changes, Some(rate))
+                    .await?
+                    .print();
+            }
         }
     }
+    drop(lean);
     drop(own);
     drop(client);
     drop(ledger);
@@ -512,6 +521,31 @@ async fn in_process(
     })
 }
 
+/// A load client: tonic's (the CLI's), or the lean one of
+/// [`super::h2client`], which writes each request's HEADERS and DATA frames
+/// together as grpcio does.
+#[derive(Clone, Debug)]
+enum Caller {
+    Tonic(pb::governance_client::GovernanceClient<tonic::transport::Channel>),
+    Lean(H2Client),
+}
+
+impl Caller {
+    async fn authorize(&mut self, req: pb::AuthorizeRequest) -> Result<pb::Decision, String> {
+        match self {
+            Caller::Tonic(c) => c
+                .authorize(req)
+                .await
+                .map(tonic::Response::into_inner)
+                .map_err(|e| e.to_string()),
+            Caller::Lean(c) => c
+                .unary("/docket.v1.Governance/Authorize", &req)
+                .await
+                .map_err(|e| e.to_string()),
+        }
+    }
+}
+
 /// `conc` clients sending `n` requests in all, client `w` over `clients[w % len]`
 /// (one shared HTTP/2 connection, or one each). Closed loop (`rate` `None`):
 /// each client sends its next request when the previous reply arrives.
@@ -522,7 +556,7 @@ async fn in_process(
 /// omission); a schedule the server cannot keep shows as an achieved rate
 /// below the offered one.
 async fn over_grpc(
-    clients: &[pb::governance_client::GovernanceClient<tonic::transport::Channel>],
+    clients: &[Caller],
     conc: usize,
     n: usize,
     changes: usize,
@@ -558,7 +592,7 @@ async fn over_grpc(
                         }
                     }
                 };
-                c.authorize(req).await.map_err(|e| e.to_string())?;
+                c.authorize(req).await?;
                 lat.push(sent.elapsed().as_micros() as u64);
             }
             Ok::<_, String>(lat)
@@ -567,10 +601,13 @@ async fn over_grpc(
     let lat_us = join(tasks).await?;
     Ok(Stats {
         name: {
-            let over = match clients.len() {
+            let mut over = match clients.len() {
                 1 => "one connection".to_owned(),
                 n => format!("{n} connections"),
             };
+            if matches!(clients.first(), Some(Caller::Lean(_))) {
+                over.push_str(" (lean h2 client)");
+            }
             match rate {
                 None => format!("Authorize over mTLS gRPC, {conc} client(s), {over}"),
                 Some(r) => format!(

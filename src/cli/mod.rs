@@ -7,6 +7,7 @@ pub mod client;
 pub mod commands;
 pub mod evidence;
 pub mod gov;
+pub mod h2client;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

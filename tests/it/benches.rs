@@ -79,6 +79,10 @@ fn bench_authorize_runs_every_phase_on_the_stated_workload() {
             "Authorize over mTLS gRPC, 4 client(s), 4 connections",
             400.0,
         ),
+        (
+            "Authorize over mTLS gRPC, 4 client(s), 4 connections (lean h2 client)",
+            400.0,
+        ),
         // 64 open-loop clients, 400 / 64 = 6 requests each.
         (
             "Authorize over mTLS gRPC, 64 clients, one connection, open loop at 400/s offered",
@@ -86,6 +90,10 @@ fn bench_authorize_runs_every_phase_on_the_stated_workload() {
         ),
         (
             "Authorize over mTLS gRPC, 64 clients, 4 connections, open loop at 400/s offered",
+            384.0,
+        ),
+        (
+            "Authorize over mTLS gRPC, 64 clients, 4 connections (lean h2 client), open loop at 400/s offered",
             384.0,
         ),
     ] {

@@ -12,6 +12,7 @@ mod evidence;
 mod failstop;
 mod git;
 mod governance;
+mod h2client;
 mod props;
 mod python_client;
 mod vectors;
