@@ -148,7 +148,7 @@ impl Server {
                 tracing::warn!(
                     "serving WITHOUT TLS (dangerous plaintext): no transport identity, no confidentiality"
                 );
-                let incoming = tokio_stream::wrappers::TcpListenerStream::new(self.listener);
+                let incoming = crate::tls::incoming_plaintext(self.listener);
                 router
                     .serve_with_incoming_shutdown(incoming, shutdown)
                     .await?;

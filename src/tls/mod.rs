@@ -274,6 +274,18 @@ pub fn incoming(
     tokio_stream::wrappers::ReceiverStream::new(rx)
 }
 
+/// Accepts plain TCP connections for `Transport::DangerousPlaintext`, with
+/// the same backoff on resource exhaustion as [`incoming`].
+pub fn incoming_plaintext(
+    listener: TcpListener,
+) -> impl futures::Stream<Item = Result<tokio::net::TcpStream, std::io::Error>> {
+    futures::stream::unfold(listener, |listener| async move {
+        let (tcp, _) = accept_with_backoff(|| listener.accept()).await;
+        let _ = tcp.set_nodelay(true);
+        Some((Ok(tcp), listener))
+    })
+}
+
 /// The first pause after an accept failure that is not the connection's own.
 const ACCEPT_PAUSE_MIN: std::time::Duration = std::time::Duration::from_millis(5);
 /// The longest pause between accept attempts.

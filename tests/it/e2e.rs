@@ -802,3 +802,84 @@ async fn shutdown_ends_following_tail_streams_and_drains() {
     let end = tail.message().await;
     assert!(!matches!(end, Ok(Some(_))), "{end:?}");
 }
+
+/// `serve --dangerous-plaintext` is the one way to drop TLS: it serves plain
+/// HTTP/2 (through the same backoff-guarded accept loop as mTLS), says so on
+/// stdout, and logs a warning.
+#[tokio::test]
+async fn dangerous_plaintext_serves_without_tls_and_warns() {
+    use std::io::{BufRead, BufReader, Read};
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(crate::common::BIN)
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--dangerous-plaintext",
+            "--data",
+        ])
+        .arg(dir.path().join("data"))
+        .env("DOCKET_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = loop {
+        let line = lines.next().expect("server exited before serving").unwrap();
+        if line.starts_with("docket serving log ") {
+            break line;
+        }
+    };
+    assert!(line.ends_with("WITHOUT TLS (dangerous)"), "{line}");
+    let addr = line
+        .split(" on ")
+        .nth(1)
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap();
+    let plain = Conn {
+        url: format!("http://{addr}"),
+        plaintext: true,
+        ca: "unused".into(),
+        cert: "unused".into(),
+        key: "unused".into(),
+    };
+    let mut c = plain.ledger().await.unwrap();
+    c.ping(pb::PingRequest {}).await.unwrap();
+    let cp = c
+        .get_checkpoint(pb::GetCheckpointRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(cp.tree_size, 1, "a fresh log holds its genesis entry");
+    // The same port does not speak TLS.
+    let pki = docket::datadir::DataDir::new(dir.path().join("data")).tls();
+    let tls = Conn {
+        url: format!("https://{addr}"),
+        plaintext: false,
+        ca: pki.ca_cert,
+        cert: pki.client_cert,
+        key: pki.client_key,
+    };
+    let refused = match tls.ledger().await {
+        Err(e) => Err(e.message),
+        Ok(mut c) => c
+            .ping(pb::PingRequest {})
+            .await
+            .map(drop)
+            .map_err(|e| e.to_string()),
+    };
+    assert!(refused.is_err());
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(err.contains("WARN") && err.contains("WITHOUT TLS"), "{err}");
+}
