@@ -1371,10 +1371,27 @@ impl State {
             .chain(&cur.digests)
             .map(String::as_str)
             .collect();
+        // The change's code: its own commits, and the commits its artifacts
+        // were built from (named by the CI runs that report its digests), so
+        // a change that binds only an image digest still excludes the people
+        // who wrote what is in the image.
+        let mut code: BTreeMap<&str, Option<&str>> =
+            cur.commits.iter().map(|sha| (sha.as_str(), None)).collect();
+        for d in &cur.digests {
+            for r in self.gov.ci_runs_for(d) {
+                if !r.commit.is_empty() {
+                    code.entry(r.commit.as_str()).or_insert(Some(d.as_str()));
+                }
+            }
+        }
         let mut authors = BTreeSet::new();
         let mut sod_gaps = Vec::new();
-        for sha in &cur.commits {
+        for (sha, built_into) in code {
             let short = &sha[..12.min(sha.len())];
+            let short = match built_into {
+                None => short.to_owned(),
+                Some(d) => format!("{short} (built into {})", &d[..19.min(d.len())]),
+            };
             match self.gov.commits.get(sha) {
                 None => sod_gaps.push(format!(
                     "commit {short} has not been observed (run `docket git ingest`), so its author is unknown"

@@ -463,3 +463,108 @@ fn persisted_state_loads_back_equal() {
     assert_eq!(st.gov().history(), loaded.gov().history());
     assert_eq!(st.principal_facts(), loaded.principal_facts());
 }
+
+/// A change that binds only an image digest still excludes the people who
+/// wrote what is in the image: the CI run that reported the digest names
+/// the commit it was built from. Until that commit is observed, its author
+/// is unknown and the rule denies.
+#[test]
+fn the_author_of_the_commit_an_image_was_built_from_does_not_count() {
+    use crate::event::git::{object_id, parse_commit};
+    use crate::event::{
+        ChangedPaths, CiRun, CiStatus, CommitObservation, CommitSignature, SignatureFormat,
+        SignatureVerdict,
+    };
+    let mut f = Fold::new(POLICY);
+    for (who, email) in [("alice", "alice@example.com"), ("bob", ""), ("carol", "")] {
+        f.apply(
+            "admin",
+            Body::PrincipalRegistered(PrincipalSpec {
+                id: id(who),
+                kind: PrincipalKind::Human,
+                display_name: String::new(),
+                roles: set(&["dev"]),
+                keys: vec![key(who.as_bytes()[0])],
+                emails: if email.is_empty() {
+                    set(&[])
+                } else {
+                    set(&[email])
+                },
+            }),
+        )
+        .unwrap();
+    }
+    f.register("ci", PrincipalKind::Ci, &["ci"], &[9]);
+    let raw = b"tree 4b825dc642cb6eb9a060e54bf8d69288fbee4904\n\
+author Alice <alice@example.com> 1700000000 +0000\n\
+committer Alice <alice@example.com> 1700000000 +0000\n\
+\n\
+retry declined cards once\n"
+        .to_vec();
+    let sha = object_id(&raw, 40).unwrap();
+    f.apply(
+        "ci",
+        Body::CiRunReported(CiRun {
+            repository: "github.com/acme/payments".into(),
+            commit: sha.clone(),
+            artifact_digests: set(&[D]),
+            status: CiStatus::Passed,
+            provider: String::new(),
+            pipeline: String::new(),
+            run_id: String::new(),
+            url: String::new(),
+            git_ref: String::new(),
+        }),
+    )
+    .unwrap();
+    f.open("ci", "CHG-1", D).unwrap();
+    f.review("alice", "CHG-1", D, true).unwrap();
+    f.review("bob", "CHG-1", D, true).unwrap();
+
+    let d = f.deploy("ci", D);
+    assert!(!d.allow);
+    let unknown = format!(
+        "commit {} (built into sha256:aaaaaaaaaaaa) has not been observed (run `docket git ingest`), so its author is unknown",
+        &sha[..12]
+    );
+    assert!(d.reasons.contains(&unknown), "{:?}", d.reasons);
+
+    f.apply(
+        "ci",
+        Body::CommitObserved(Box::new(CommitObservation {
+            repository: "github.com/acme/payments".into(),
+            sha: sha.clone(),
+            commit: parse_commit(&raw).unwrap(),
+            raw,
+            changed: ChangedPaths::default(),
+            signature: CommitSignature {
+                format: SignatureFormat::None,
+                verdict: SignatureVerdict::Unsigned,
+                signer_identity: String::new(),
+                key_fingerprint: String::new(),
+                detail: String::new(),
+            },
+        })),
+    )
+    .unwrap();
+    let d = f.deploy("ci", D);
+    assert!(!d.allow, "{:?}", d.reasons);
+    assert!(!d.reasons.contains(&unknown), "{:?}", d.reasons);
+    assert_eq!(
+        d.counted
+            .iter()
+            .map(|c| c.approver.as_str())
+            .collect::<Vec<_>>(),
+        ["bob"]
+    );
+    assert!(
+        d.not_counted.iter().any(|n| n.approver == "alice"
+            && n.reason == "alice is a commit author or committer of the change"),
+        "{:?}",
+        d.not_counted
+    );
+
+    f.review("carol", "CHG-1", D, true).unwrap();
+    let d = f.deploy("ci", D);
+    assert!(d.allow, "{:?}", d.reasons);
+}

@@ -56,10 +56,13 @@ fn digest(tag: &str) -> String {
     )
 }
 
+/// Registers `id` (e-mail `<id>@example.com`, the identity of its git
+/// commits) and returns its key file.
 async fn principal(s: &TestServer, dir: &Path, id: &str, kind: &str, role: &str) -> PathBuf {
     let key = dir.join(format!("{id}.key"));
     s.cli_ok(&["keygen", "--out", key.to_str().unwrap()]).await;
     let pubkey = format!("{}.pub", key.display());
+    let email = format!("{id}@example.com");
     s.cli_ok(&[
         "principal",
         "add",
@@ -69,6 +72,8 @@ async fn principal(s: &TestServer, dir: &Path, id: &str, kind: &str, role: &str)
         kind,
         "--role",
         role,
+        "--email",
+        &email,
         "--key-file",
         &pubkey,
     ])
@@ -87,8 +92,18 @@ async fn example_pipelines_run_against_a_real_server() {
     let ci_key = principal(&s, &dir, "ci", "ci", "ci").await;
     let bob_key = principal(&s, &dir, "bob", "human", "dev").await;
     let carol_key = principal(&s, &dir, "carol", "human", "security").await;
+    let erin_key = principal(&s, &dir, "erin", "human", "dev").await;
     let tls = s.data.tls();
-    let commit = "0123456789abcdef0123456789abcdef01234567";
+    // The code the pipeline builds: a real commit by bob.
+    let repo = crate::governance::repo(&dir);
+    let commit = &crate::governance::commit(
+        &repo,
+        "Bob",
+        "bob@example.com",
+        None,
+        "retry.rs",
+        "payments: retry declined cards once",
+    );
     let d = digest("image-ci");
     let summary = dir.join("summary.md");
     let json_out = dir.join("decision.json");
@@ -210,7 +225,8 @@ async fn example_pipelines_run_against_a_real_server() {
         "{}",
         out.stdout
     );
-    // Amend the change to the artifact alone (a digest-only release).
+    // Amending the change to the artifact alone does not hide the code: the
+    // CI run says which commit the image was built from.
     s.cli_ok(&[
         "change",
         "amend",
@@ -235,6 +251,53 @@ async fn example_pipelines_run_against_a_real_server() {
         ])
         .await;
     }
+    let out = p.step(&["gate", "prod", &d]).await;
+    assert_eq!(out.code, 1, "{}", out.stdout);
+    assert!(
+        out.stdout.contains(&format!(
+            "commit {} (built into {}) has not been observed",
+            &commit[..12],
+            &d[..19]
+        )),
+        "{}",
+        out.stdout
+    );
+    // The pipeline records its commits; now bob is known as the author of
+    // what is in the image, and his approval does not count.
+    s.cli_ok(&[
+        "git",
+        "ingest",
+        "--repo",
+        repo.to_str().unwrap(),
+        "--ref",
+        "HEAD",
+        "--key",
+        ci_key.to_str().unwrap(),
+        "--signer",
+        "ci",
+    ])
+    .await;
+    let out = p.step(&["gate", "prod", &d]).await;
+    assert_eq!(out.code, 1, "{}", out.stdout);
+    let decision: Value = serde_json::from_slice(&std::fs::read(&json_out).unwrap()).unwrap();
+    assert!(
+        decision["not_counted"].as_array().unwrap().iter().any(|n| {
+            n["approver"] == "bob"
+                && n["reason"] == "bob is a commit author or committer of the change"
+        }),
+        "bob must not be counted: {decision}"
+    );
+    assert_eq!(decision["counted"][0]["approver"], "carol", "{decision}");
+    // A second reviewer who did not write the code.
+    s.cli_ok(&[
+        "approve",
+        "CHG-CI",
+        "--key",
+        erin_key.to_str().unwrap(),
+        "--signer",
+        "erin",
+    ])
+    .await;
     let out = p.step(&["gate", "prod", &d]).await;
     assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
     let out = p.step(&["deploy", "prod", &d]).await;

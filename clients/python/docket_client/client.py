@@ -1,5 +1,6 @@
 """Signing, event builders and the gRPC client."""
 
+import hashlib
 import os
 import pathlib
 import time
@@ -187,6 +188,84 @@ def ci_run_reported(
             run_id=run_id,
             url=url,
             ref=ref,
+        ),
+    )
+
+
+# The id of git's empty tree, a valid ``tree`` for a commit made up in a test.
+EMPTY_TREE = "4b825dc642cb6eb9a060e54bf8d69288fbee4904"
+
+
+def git_commit_sha(raw: bytes) -> str:
+    """The SHA-1 object id git gives a commit whose content (as ``git cat-file commit``
+    prints it) is ``raw``: hex SHA-1 of ``b"commit <len>\\0" + raw``."""
+    raw = bytes(raw)
+    return hashlib.sha1(b"commit " + str(len(raw)).encode() + b"\0" + raw).hexdigest()
+
+
+def raw_commit(
+    tree: str,
+    parents,
+    author_name: str,
+    author_email: str,
+    committer_name: str,
+    committer_email: str,
+    when_unix: int,
+    message: str,
+) -> bytes:
+    """The content of an unsigned git commit object (``tree``, one ``parent`` line per
+    parent, ``author`` and ``committer`` at ``when_unix`` +0000, a blank line, ``message``
+    ending in a newline). ``parents``: one id, a list, or None/() for a root commit;
+    ``tree`` may be ``EMPTY_TREE``. Ids are not checked here; the server does."""
+    lines = [f"tree {tree}"]
+    lines += [f"parent {p}" for p in _strs(parents)]
+    lines.append(f"author {author_name} <{author_email}> {int(when_unix)} +0000")
+    lines.append(f"committer {committer_name} <{committer_email}> {int(when_unix)} +0000")
+    if not message.endswith("\n"):
+        message += "\n"
+    return ("\n".join(lines) + "\n\n" + message).encode()
+
+
+def _has_signature_header(raw: bytes) -> bool:
+    headers = raw.split(b"\n\n", 1)[0]
+    return any(line.startswith((b"gpgsig ", b"gpgsig-sha256 ")) for line in headers.split(b"\n"))
+
+
+def commit_observed(
+    event_id: str,
+    signer: str,
+    repository: str,
+    raw_commit: bytes,
+    changed_paths: Optional["event_pb2.ChangedPaths"] = None,
+    signature: Union[str, "event_pb2.CommitSignature"] = "unsigned",
+) -> "event_pb2.Event":
+    """Records a git commit (needs `report`), as `docket git ingest` does: its author and
+    committer are then known, and matched to principals by e-mail for segregation of duties.
+    ``raw_commit``: the object's content (e.g. from ``raw_commit(...)``); the sha is computed
+    from it (``git_commit_sha``, SHA-1 repositories). ``changed_paths``: an
+    ``event_pb2.ChangedPaths`` or None. ``signature``: "unsigned" (format none, verdict
+    unsigned; ValueError if the object has a ``gpgsig`` header) or an
+    ``event_pb2.CommitSignature`` holding the ingester's verdict."""
+    raw = bytes(raw_commit)
+    if isinstance(signature, str):
+        if signature != "unsigned":
+            raise ValueError(f"signature {signature!r}: expected \"unsigned\" or a CommitSignature")
+        if _has_signature_header(raw):
+            raise ValueError("the commit object carries a signature (gpgsig); pass a CommitSignature verdict")
+        signature = event_pb2.CommitSignature(
+            format=event_pb2.SIGNATURE_FORMAT_NONE,
+            verdict=event_pb2.SIGNATURE_VERDICT_UNSIGNED,
+            detail="the commit carries no signature",
+        )
+    return _event(
+        event_id,
+        signer,
+        commit_observed=event_pb2.CommitObserved(
+            repository=repository,
+            sha=git_commit_sha(raw),
+            raw_commit=raw,
+            changed_paths=changed_paths,
+            signature=signature,
         ),
     )
 

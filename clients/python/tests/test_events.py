@@ -7,6 +7,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from docket.v1 import event_pb2
 from docket_client.client import (
+    EMPTY_TREE,
     CiEnv,
     break_glass_reviewed,
     change_amended,
@@ -15,11 +16,14 @@ from docket_client.client import (
     ci_env,
     ci_run_from_env,
     ci_run_reported,
+    commit_observed,
     deploy_requested,
+    git_commit_sha,
     policy_approved,
     policy_proposed,
     principal_registered,
     public_key_bytes,
+    raw_commit,
 )
 
 D = "sha256:" + "ab" * 32
@@ -153,3 +157,61 @@ def test_builders_set_exactly_one_body_and_the_claimed_time():
         principal_registered("e", "admin", "x", key, kind="robot")
     with pytest.raises(ValueError, match="32 bytes"):
         principal_registered("e", "admin", "x", b"short")
+
+
+# A commit object and the id `git hash-object -t commit --stdin` gives these exact bytes.
+RAW = (
+    b"tree 4b825dc642cb6eb9a060e54bf8d69288fbee4904\n"
+    b"parent 0123456789abcdef0123456789abcdef01234567\n"
+    b"author Dana Example <dana@example.com> 1700000000 +0000\n"
+    b"committer Carol Example <carol@example.com> 1700000000 +0000\n"
+    b"\n"
+    b"Add the thing\n"
+)
+RAW_SHA = "86f46a332160035196b88e54c094e49abfbbe825"
+
+
+def test_commit_objects_and_their_git_ids():
+    assert git_commit_sha(RAW) == RAW_SHA
+    assert raw_commit(EMPTY_TREE, C, "Dana Example", "dana@example.com", "Carol Example", "carol@example.com", 1700000000, "Add the thing") == RAW
+    # A root commit has no parent line; the message gets its trailing newline once.
+    root = raw_commit(EMPTY_TREE, None, "Dana Example", "dana@example.com", "Dana Example", "dana@example.com", 1700000000, "Root\n")
+    assert root == (
+        b"tree 4b825dc642cb6eb9a060e54bf8d69288fbee4904\n"
+        b"author Dana Example <dana@example.com> 1700000000 +0000\n"
+        b"committer Dana Example <dana@example.com> 1700000000 +0000\n\nRoot\n"
+    )
+    assert git_commit_sha(root) == "07cf812ae5ca347a64fca300d2e654df939d5008"
+    two = raw_commit(EMPTY_TREE, [C, "89abcdef0123456789abcdef0123456789abcdef"], "a", "a@x", "b", "b@x", 1, "m")
+    assert two.count(b"\nparent ") == 2
+
+
+def test_commit_observed_carries_the_object_its_id_and_an_unsigned_verdict():
+    before = time.time_ns()
+    ev = commit_observed("co-1", "ci", "github.com/acme/payments", RAW)
+    assert ev.WhichOneof("body") == "commit_observed"
+    assert (ev.event_id, ev.signer) == ("co-1", "ci")
+    assert before <= ev.claimed_time_unix_nanos <= time.time_ns()
+    c = ev.commit_observed
+    assert (c.repository, c.sha, c.raw_commit) == ("github.com/acme/payments", RAW_SHA, RAW)
+    assert not c.HasField("changed_paths")
+    assert c.HasField("signature")
+    assert c.signature.format == event_pb2.SIGNATURE_FORMAT_NONE
+    assert c.signature.verdict == event_pb2.SIGNATURE_VERDICT_UNSIGNED
+    assert c.signature.detail and not c.signature.signer_identity
+    again = event_pb2.Event()
+    again.ParseFromString(ev.SerializeToString())
+    assert again == ev
+
+    paths = event_pb2.ChangedPaths(added=1, modified=2, paths=["a.txt", "b.txt", "c.txt"])
+    sig = event_pb2.CommitSignature(
+        format=event_pb2.SIGNATURE_FORMAT_SSH, verdict=event_pb2.SIGNATURE_VERDICT_VERIFIED, signer_identity="dana"
+    )
+    signed = RAW.replace(b"\n\n", b"\ngpgsig -----BEGIN SSH SIGNATURE-----\n U1NIU0lH\n -----END SSH SIGNATURE-----\n\n", 1)
+    c = commit_observed("co-2", "ci", "r", signed, changed_paths=paths, signature=sig).commit_observed
+    assert c.changed_paths == paths and c.signature == sig and c.sha == git_commit_sha(signed) != RAW_SHA
+    # "unsigned" is refused for an object that carries a signature, as the server would.
+    with pytest.raises(ValueError, match="gpgsig"):
+        commit_observed("co-3", "ci", "r", signed)
+    with pytest.raises(ValueError, match="unsigned"):
+        commit_observed("co-4", "ci", "r", RAW, signature="verified")

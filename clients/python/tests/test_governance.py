@@ -7,6 +7,7 @@ so the tests do not depend on each other or on their order (or on a fresh server
 import hashlib
 import os
 import pathlib
+import time
 import uuid
 from types import SimpleNamespace
 
@@ -16,17 +17,20 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from docket.v1 import event_pb2, governance_pb2
 from docket_client.client import (
+    EMPTY_TREE,
     Client,
     allowed,
     break_glass_reviewed,
     change_opened,
     change_reviewed,
     ci_run_reported,
+    commit_observed,
     deploy_requested,
     load_signing_key,
     policy_approved,
     policy_proposed,
     principal_registered,
+    raw_commit,
     sign_event,
 )
 from docket_client.verify import Verifier, verify_receipt
@@ -72,25 +76,39 @@ def submit(client, event, key):
 
 @pytest.fixture
 def people(client, admin):
-    """alice (dev, with an e-mail), bob (dev) and a CI principal, registered by the admin
-    with keys generated here; ids unique to the test."""
+    """alice (dev, with an e-mail), bob (dev), dana (dev, with an e-mail: the author of the
+    code the tests build) and a CI principal, registered by the admin with keys generated
+    here; ids unique to the test."""
     s = uid()
     p = SimpleNamespace(
         s=s,
         alice=f"alice-{s}",
         bob=f"bob-{s}",
+        dana=f"dana-{s}",
+        dana_email=f"dana-{s}@example.com",
         ci=f"ci-{s}",
         keys={},
     )
     for who, kind, roles, emails in [
         (p.alice, "human", ["dev"], [f"Alice-{s}@Example.com"]),
         (p.bob, "human", ["dev"], []),
+        (p.dana, "human", ["dev"], [p.dana_email]),
         (p.ci, "ci", ["ci"], []),
     ]:
         key = Ed25519PrivateKey.generate()
         p.keys[who] = key
         submit(client, principal_registered(f"reg-{who}", "admin", who, key, kind=kind, roles=roles, emails=emails), admin)
     return p
+
+
+def observe(client, people, repo: str, seed: str, name: str = "Dana", email: str = "") -> str:
+    """Records (signed by the CI principal, as `docket git ingest` in CI would) a commit
+    authored and committed by ``email`` (dana's by default); returns its sha."""
+    email = email or people.dana_email
+    raw = raw_commit(EMPTY_TREE, commit_sha(seed), name, email, name, email, int(time.time()), f"change {seed}")
+    ev = commit_observed(f"commit-{seed}", people.ci, repo, raw)
+    submit(client, ev, people.keys[people.ci])
+    return ev.commit_observed.sha
 
 
 def reasons(d) -> str:
@@ -123,9 +141,11 @@ def test_approvals_promotion_and_rejection(client, verifier, people):
     chg = f"CHG-PY-{s}"
     repo = f"github.com/acme/py-{s}"
 
-    # CI reports a passing run that built D from a commit; the change binds only D (a commit
-    # nobody recorded with `git ingest` would leave the authors unknown, and deny).
-    submit(client, ci_run_reported(f"ci-{s}", ci, repo, commit_sha(s), "passed", [d], provider="github-actions", run_id="1"), key[ci])
+    # CI reports a passing run that built D from dana's commit; the change binds only D. The
+    # commit is recorded first (as `git ingest` does): its author and committer (dana) may not
+    # approve, and an unrecorded commit would leave them unknown, and deny.
+    sha = observe(client, people, repo, s)
+    submit(client, ci_run_reported(f"ci-{s}", ci, repo, sha, "passed", [d], provider="github-actions", run_id="1"), key[ci])
     r, _ = submit(client, change_opened(f"open-{s}", ci, chg, ["staging", "prod"], artifact_digests=[d], repository=repo, title="py"), key[ci])
     opened_at = r.index
     a1, _ = submit(client, change_reviewed(f"approve-a-{s}", alice, chg, [d]), key[alice])
@@ -187,7 +207,8 @@ def test_the_requester_does_not_count(client, people):
     key = people.keys
     d = digest(s)
     chg = f"CHG-PY-SOD-{s}"
-    submit(client, ci_run_reported(f"ci-{s}", ci, "github.com/acme/py", commit_sha(s), "passed", [d]), key[ci])
+    sha = observe(client, people, "github.com/acme/py", s)
+    submit(client, ci_run_reported(f"ci-{s}", ci, "github.com/acme/py", sha, "passed", [d]), key[ci])
     submit(client, change_opened(f"open-{s}", alice, chg, ["prod"], artifact_digests=[d]), key[alice])
     submit(client, change_reviewed(f"approve-a-{s}", alice, chg, [d]), key[alice])
     submit(client, change_reviewed(f"approve-b-{s}", bob, chg, [d]), key[bob])
@@ -206,14 +227,58 @@ def test_ci_must_pass_for_the_exact_subject(client, people):
     dec = client.authorize("staging", [d], ci)
     assert list(dec.reasons) == [f"no passing CI run is recorded for {d}"]
     # A passing run for another digest does not help; a failed latest run denies.
-    submit(client, ci_run_reported(f"ci-other-{s}", ci, "github.com/acme/py", commit_sha(s), "passed", [other]), key[ci])
+    sha = observe(client, people, "github.com/acme/py", s)
+    submit(client, ci_run_reported(f"ci-other-{s}", ci, "github.com/acme/py", sha, "passed", [other]), key[ci])
     assert list(client.authorize("staging", [d], ci).reasons) == [f"no passing CI run is recorded for {d}"]
-    submit(client, ci_run_reported(f"ci-fail-{s}", ci, "github.com/acme/py", commit_sha(s), "failed", [d], run_id="8"), key[ci])
+    submit(client, ci_run_reported(f"ci-fail-{s}", ci, "github.com/acme/py", sha, "failed", [d], run_id="8"), key[ci])
     dec = client.authorize("staging", [d], ci)
     assert dec.verdict == governance_pb2.VERDICT_DENY
     assert len(dec.reasons) == 1 and dec.reasons[0].startswith(f"the latest CI run for {d} did not pass")
-    submit(client, ci_run_reported(f"ci-pass-{s}", ci, "github.com/acme/py", commit_sha(s), "passed", [d]), key[ci])
+    submit(client, ci_run_reported(f"ci-pass-{s}", ci, "github.com/acme/py", sha, "passed", [d]), key[ci])
     assert allowed(client.authorize("staging", [d], ci))
+
+
+def test_the_authors_of_the_commit_an_image_was_built_from_do_not_count(client, people):
+    s, alice, bob, dana, ci = people.s, people.alice, people.bob, people.dana, people.ci
+    key = people.keys
+    d = digest(s)
+    chg = f"CHG-PY-BUILT-{s}"
+    repo = f"github.com/acme/py-built-{s}"
+    # alice wrote the code (matched to her by e-mail, case aside); CI built D from it and the
+    # change binds only D.
+    raw = raw_commit(EMPTY_TREE, commit_sha(s), "Alice", f"Alice-{s}@Example.com", "Alice", f"Alice-{s}@Example.com", int(time.time()), f"alice's change {s}")
+    observed = commit_observed(f"commit-{s}", ci, repo, raw)
+    sha = observed.commit_observed.sha
+    submit(client, ci_run_reported(f"ci-{s}", ci, repo, sha, "passed", [d]), key[ci])
+    submit(client, change_opened(f"open-{s}", ci, chg, ["staging", "prod"], artifact_digests=[d], repository=repo), key[ci])
+    a, _ = submit(client, change_reviewed(f"approve-a-{s}", alice, chg, [d]), key[alice])
+    b, _ = submit(client, change_reviewed(f"approve-b-{s}", bob, chg, [d]), key[bob])
+    staged, _ = submit(client, deploy_requested(f"deploy-stg-{s}", ci, "staging", [d]), key[ci])
+    assert allowed(staged.decision), reasons(staged.decision)  # staging needs no approvals
+
+    # Until the commit is recorded its author is unknown: denied, whoever approved.
+    unobserved = f"commit {sha[:12]} (built into {d[:19]}) has not been observed (run `docket git ingest`), so its author is unknown"
+    dec = client.authorize("prod", [d], ci)
+    assert dec.verdict == governance_pb2.VERDICT_DENY
+    assert unobserved in dec.reasons
+
+    # Recorded: alice is its author, so her approval does not count, and one is missing.
+    submit(client, observed, key[ci])
+    dec = client.authorize("prod", [d], ci)
+    assert dec.verdict == governance_pb2.VERDICT_DENY
+    assert unobserved not in dec.reasons
+    assert list(dec.reasons) == ["needs 2 approvals from distinct people; 1 counted"]
+    assert [(x.approver, x.index) for x in dec.counted] == [(bob, b.index)]
+    assert [(n.approver, n.index, n.reason) for n in dec.not_counted] == [
+        (alice, a.index, f"{alice} is a commit author or committer of the change")
+    ]
+
+    # Someone who did not write it makes two.
+    n, _ = submit(client, change_reviewed(f"approve-n-{s}", dana, chg, [d]), key[dana])
+    dec = client.authorize("prod", [d], ci)
+    assert dec.verdict == governance_pb2.VERDICT_ALLOW, reasons(dec)
+    assert [(x.approver, x.index) for x in dec.counted] == [(bob, b.index), (dana, n.index)]
+    assert [n.approver for n in dec.not_counted] == [alice]
 
 
 def test_break_glass_opens_an_obligation_and_an_unjustified_review_is_a_violation(client, admin, people):
