@@ -198,7 +198,7 @@ impl DataDir {
         let admin_id =
             PrincipalId::parse(&opts.admin).map_err(|e| DataDirError::AdminId(e.to_string()))?;
         if let Some(text) = &opts.policy {
-            crate::policy::Policy::parse(text).map_err(|e| DataDirError::Config {
+            crate::policy::Policy::parse_new(text).map_err(|e| DataDirError::Config {
                 path: "--policy".into(),
                 reason: e.to_string(),
             })?;

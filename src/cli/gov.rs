@@ -97,7 +97,7 @@ pub(crate) async fn policy(c: PolicyCmd) -> CliResult {
         } => {
             let text = std::fs::read_to_string(&file)
                 .map_err(|e| CliError::usage(format!("--file {}: {e}", file.display())))?;
-            crate::policy::Policy::parse(&text)
+            crate::policy::Policy::parse_new(&text)
                 .map_err(|e| CliError::usage(format!("--file {}: {e}", file.display())))?;
             let base_version = match base_version {
                 Some(v) => v,

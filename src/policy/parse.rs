@@ -143,24 +143,23 @@ struct RawRule {
     description: String,
     #[serde(default, rename = "match")]
     matches: RawMatch,
+    approvals: Option<Spanned<u32>>,
+    approver_roles: Option<Spanned<Vec<String>>>,
     #[serde(default)]
-    approvals: u32,
-    approver_roles: Option<Vec<String>>,
-    #[serde(default)]
-    require_roles: Vec<RawRoleCount>,
+    require_roles: Vec<Spanned<RawRoleCount>>,
     #[serde(default)]
     ci_passed: bool,
-    promoted_from: Option<String>,
-    max_approval_age: Option<String>,
+    promoted_from: Option<Spanned<String>>,
+    max_approval_age: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawFreeze {
-    name: String,
-    start: String,
-    end: String,
-    zone: String,
+    name: Spanned<String>,
+    start: Spanned<String>,
+    end: Spanned<String>,
+    zone: Spanned<String>,
     #[serde(default)]
     environments: Vec<String>,
 }
@@ -171,6 +170,26 @@ fn line_of(text: &str, offset: usize) -> usize {
         .filter(|&b| b == b'\n')
         .count()
         + 1
+}
+
+/// True when `earlier` matches every request `later` matches (checked per
+/// field; a field left empty matches anything). Conservative: a pattern of
+/// `later` counts as covered only when `earlier` lists it as written, or
+/// lists a glob that matches it and it has no `*` of its own.
+fn covers(earlier: &Rule, later: &Rule) -> bool {
+    let field = |e: &[String], l: &[String]| {
+        e.is_empty()
+            || (!l.is_empty()
+                && l.iter().all(|p| {
+                    e.iter()
+                        .any(|q| q == p || (!p.contains('*') && super::glob_match(q, p)))
+                }))
+    };
+    field(&earlier.environments, &later.environments)
+        && field(&earlier.repositories, &later.repositories)
+        && field(&earlier.kinds, &later.kinds)
+        && field(&earlier.namespaces, &later.namespaces)
+        && field(&earlier.actions, &later.actions)
 }
 
 /// Parses "90s", "30m", "12h", "7d" into seconds.
@@ -203,8 +222,23 @@ fn civil(text: &str, zone: &jiff::tz::TimeZone, field: &str) -> Result<Timestamp
 }
 
 impl Policy {
-    /// Parses and checks a policy document.
+    /// Parses and checks a recorded policy document: one already in a log
+    /// (folded on every start and by verifiers) or read back from state.
     pub fn parse(text: &str) -> Result<Policy, PolicyError> {
+        Self::parse_with(text, false)
+    }
+
+    /// Parses a document about to be recorded (at `init`, or proposed):
+    /// [`Policy::parse`] plus the contradictions refused since version 1 of
+    /// the language was first recorded (a role that may not approve named
+    /// as an approver, a rule an earlier rule always matches first, a
+    /// duplicate freeze name). Recorded documents are not re-checked for
+    /// those, so logs and bundles written before keep folding and verifying.
+    pub fn parse_new(text: &str) -> Result<Policy, PolicyError> {
+        Self::parse_with(text, true)
+    }
+
+    fn parse_with(text: &str, strict: bool) -> Result<Policy, PolicyError> {
         let raw: RawPolicy = toml::from_str(text).map_err(|e| PolicyError {
             line: e.span().map(|s| line_of(text, s.start)).unwrap_or(1),
             message: e.message().to_owned(),
@@ -255,6 +289,15 @@ impl Policy {
                             .into(),
                     ));
                 }
+                let may = &permissions[&Permission::ApprovePolicy];
+                if strict && let Some(role) = pc.roles.iter().find(|r| !may.contains(*r)) {
+                    return Err(err(
+                        start,
+                        format!(
+                            "policy_changes.roles names {role:?}, which does not hold the approve_policy permission ([permissions] approve_policy = {may:?}), so its approvals of a policy could never be given"
+                        ),
+                    ));
+                }
                 ApprovalRule {
                     approvals: pc.approvals,
                     roles: pc.roles.into_iter().collect(),
@@ -291,13 +334,18 @@ impl Policy {
             }
         }
 
-        let mut rules = Vec::new();
+        // Roles whose approvals can be given at all.
+        let approvers = &permissions[&Permission::Approve];
+        let mut rules: Vec<Rule> = Vec::new();
+        let mut rule_lines = Vec::new();
         let mut names = BTreeSet::new();
         for r in raw.rule {
             let start = r.span().start;
             let r = r.into_inner();
             let name = r.name.get_ref().clone();
-            let at = |m: String| err(start, format!("rule {name:?}: {m}"));
+            // Refusals point at the field at fault (`offset`), or at the
+            // rule's `[[rule]]` line.
+            let at = |offset: usize, m: String| err(offset, format!("rule {name:?}: {m}"));
             if name.is_empty() {
                 return Err(err(
                     r.name.span().start,
@@ -310,57 +358,102 @@ impl Policy {
                     format!("a rule named {name:?} is already defined"),
                 ));
             }
+            let (approvals, approvals_at) = r
+                .approvals
+                .as_ref()
+                .map_or((0, start), |a| (*a.get_ref(), a.span().start));
+            let roles_given = r.approver_roles.is_some();
+            let roles_at = r.approver_roles.as_ref().map_or(start, |v| v.span().start);
             let approver_roles: BTreeSet<String> = r
                 .approver_roles
-                .clone()
+                .map(Spanned::into_inner)
                 .unwrap_or_default()
                 .into_iter()
                 .collect();
-            if r.approver_roles.as_ref().is_some_and(|v| v.is_empty()) && r.approvals > 0 {
-                return Err(at(format!(
-                    "needs {} approvals but approver_roles is empty, so no one could approve",
-                    r.approvals
-                )));
+            if roles_given && approver_roles.is_empty() && approvals > 0 {
+                return Err(at(
+                    roles_at,
+                    format!(
+                        "needs {approvals} approvals but approver_roles is empty, so no one could approve"
+                    ),
+                ));
             }
             let mut require_roles = Vec::new();
             for rc in r.require_roles {
+                let rc_at = rc.span().start;
+                let rc = rc.into_inner();
                 if rc.count == 0 {
-                    return Err(at(format!("require_roles for {:?} has count 0", rc.role)));
+                    return Err(at(
+                        rc_at,
+                        format!("require_roles for {:?} has count 0", rc.role),
+                    ));
                 }
                 if !approver_roles.is_empty() && !approver_roles.contains(&rc.role) {
-                    return Err(at(format!(
-                        "requires approvals from role {:?}, which is not among approver_roles {:?}",
-                        rc.role, approver_roles
-                    )));
+                    return Err(at(
+                        rc_at,
+                        format!(
+                            "requires approvals from role {:?}, which is not among approver_roles {:?}",
+                            rc.role, approver_roles
+                        ),
+                    ));
+                }
+                if strict && !approvers.contains(&rc.role) {
+                    return Err(at(
+                        rc_at,
+                        format!(
+                            "requires approvals from role {:?}, which does not hold the approve permission, so none could ever count",
+                            rc.role
+                        ),
+                    ));
                 }
                 require_roles.push((rc.role, rc.count));
             }
             let largest = require_roles.iter().map(|(_, c)| *c).max().unwrap_or(0);
-            if largest > r.approvals {
-                return Err(at(format!(
-                    "approvals = {} but require_roles asks for {largest} from one role; raise approvals",
-                    r.approvals
-                )));
-            }
-            if let Some(from) = &r.promoted_from
-                && r.matches.environments.iter().any(|e| e == from)
-            {
-                return Err(at(format!(
-                    "promoted_from {from:?} is also one of the environments the rule matches"
-                )));
-            }
-            let max_approval_age_secs = r
-                .max_approval_age
-                .as_deref()
-                .map(duration_secs)
-                .transpose()
-                .map_err(|m| at(format!("max_approval_age: {m}")))?;
-            if max_approval_age_secs.is_some() && r.approvals == 0 {
+            if largest > approvals {
                 return Err(at(
-                    "max_approval_age is set but the rule requires no approvals".into(),
+                    approvals_at,
+                    format!(
+                        "approvals = {approvals} but require_roles asks for {largest} from one role; raise approvals"
+                    ),
                 ));
             }
-            rules.push(Rule {
+            if strict
+                && approvals > 0
+                && let Some(role) = approver_roles.iter().find(|r| !approvers.contains(*r))
+            {
+                return Err(at(
+                    roles_at,
+                    format!(
+                        "approver_roles names {role:?}, which does not hold the approve permission ([permissions] approve = {approvers:?}), so its approvals could never be given"
+                    ),
+                ));
+            }
+            let promoted_from = r.promoted_from.map(|p| (p.span().start, p.into_inner()));
+            if let Some((from_at, from)) = &promoted_from
+                && r.matches.environments.iter().any(|e| e == from)
+            {
+                return Err(at(
+                    *from_at,
+                    format!(
+                        "promoted_from {from:?} is also one of the environments the rule matches"
+                    ),
+                ));
+            }
+            let max_approval_age_secs = match &r.max_approval_age {
+                None => None,
+                Some(a) => {
+                    let secs = duration_secs(a.get_ref())
+                        .map_err(|m| at(a.span().start, format!("max_approval_age: {m}")))?;
+                    if approvals == 0 {
+                        return Err(at(
+                            a.span().start,
+                            "max_approval_age is set but the rule requires no approvals".into(),
+                        ));
+                    }
+                    Some(secs)
+                }
+            };
+            let rule = Rule {
                 name,
                 description: r.description,
                 environments: r.matches.environments,
@@ -368,33 +461,68 @@ impl Policy {
                 kinds: r.matches.kinds,
                 namespaces: r.matches.namespaces,
                 actions: r.matches.actions,
-                approvals: r.approvals,
+                approvals,
                 approver_roles,
                 require_roles,
                 ci_passed: r.ci_passed,
-                promoted_from: r.promoted_from,
+                promoted_from: promoted_from.map(|(_, p)| p),
                 max_approval_age_secs,
-            });
+            };
+            // The first matching rule decides, so a rule that an earlier
+            // one matches whenever it matches could never decide anything.
+            if strict
+                && let Some((earlier, line)) = rules
+                    .iter()
+                    .zip(&rule_lines)
+                    .find(|(e, _)| covers(e, &rule))
+            {
+                return Err(err(
+                    start,
+                    format!(
+                        "rule {:?} can never apply: rule {:?} (line {line}) comes first and matches every request it matches",
+                        rule.name, earlier.name
+                    ),
+                ));
+            }
+            rules.push(rule);
+            rule_lines.push(line_of(text, start));
         }
 
         let mut freezes = Vec::new();
+        let mut freeze_names = BTreeSet::new();
         for f in raw.freeze {
-            let start_off = f.span().start;
             let f = f.into_inner();
-            let at = |m: String| err(start_off, format!("freeze {:?}: {m}", f.name));
-            let zone = jiff::tz::TimeZone::get(&f.zone)
-                .map_err(|_| at(format!("unknown time zone {:?}", f.zone)))?;
-            let start = civil(&f.start, &zone, "start").map_err(&at)?;
-            let end = civil(&f.end, &zone, "end").map_err(&at)?;
+            let name = f.name.get_ref().clone();
+            let at = |offset: usize, m: String| err(offset, format!("freeze {name:?}: {m}"));
+            if !freeze_names.insert(name.clone()) && strict {
+                return Err(err(
+                    f.name.span().start,
+                    format!("a freeze named {name:?} is already defined"),
+                ));
+            }
+            let zone = jiff::tz::TimeZone::get(f.zone.get_ref()).map_err(|_| {
+                at(
+                    f.zone.span().start,
+                    format!("unknown time zone {:?}", f.zone.get_ref()),
+                )
+            })?;
+            let start = civil(f.start.get_ref(), &zone, "start")
+                .map_err(|m| at(f.start.span().start, m))?;
+            let end =
+                civil(f.end.get_ref(), &zone, "end").map_err(|m| at(f.end.span().start, m))?;
             if end <= start {
-                return Err(at(format!(
-                    "ends ({}) before it starts ({})",
-                    f.end, f.start
-                )));
+                return Err(at(
+                    f.end.span().start,
+                    format!(
+                        "ends ({}) before it starts ({})",
+                        f.end.get_ref(),
+                        f.start.get_ref()
+                    ),
+                ));
             }
             freezes.push(Freeze {
-                end_text: format!("{} {}", f.end, f.zone),
-                name: f.name,
+                end_text: format!("{} {}", f.end.get_ref(), f.zone.get_ref()),
+                name,
                 start,
                 end,
                 environments: f.environments,

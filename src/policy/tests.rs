@@ -16,6 +16,8 @@ version = 1
 open_change = ["dev", "ci"]
 approve = ["dev", "security"]
 break_glass = ["sre"]
+propose_policy = ["policy-admin"]
+approve_policy = ["policy-admin"]
 
 [policy_changes]
 approvals = 2
@@ -479,6 +481,8 @@ fn break_glass_allows_with_an_obligation_only_for_its_role() {
 
 #[test]
 fn bad_policies_are_refused_with_line_and_reason() {
+    // The line is that of the field at fault, or of the section header when
+    // the fault is the section as a whole.
     let cases: &[(&str, usize, &str)] = &[
         ("version = 2\n", 1, "unsupported policy version 2"),
         (
@@ -488,22 +492,32 @@ fn bad_policies_are_refused_with_line_and_reason() {
         ),
         (
             "version = 1\n[[rule]]\nname = \"a\"\napprovals = 1\napprover_roles = []\n",
-            2,
+            5,
             "no one could approve",
         ),
         (
-            "version = 1\n[[rule]]\nname = \"a\"\napprovals = 1\nrequire_roles = [{ role = \"security\", count = 2 }]\n",
-            2,
+            "version = 1\n[permissions]\napprove = [\"security\"]\n[[rule]]\nname = \"a\"\napprovals = 1\nrequire_roles = [{ role = \"security\", count = 2 }]\n",
+            6,
             "approvals = 1 but require_roles asks for 2",
         ),
         (
             "version = 1\n[[rule]]\nname = \"a\"\napprovals = 1\napprover_roles = [\"dev\"]\nrequire_roles = [{ role = \"security\", count = 1 }]\n",
-            2,
+            6,
             "not among approver_roles",
         ),
         (
+            "version = 1\n[permissions]\napprove = [\"dev\"]\n[[rule]]\nname = \"a\"\napprovals = 1\napprover_roles = [\"dev\", \"qa\"]\n",
+            7,
+            "approver_roles names \"qa\", which does not hold the approve permission",
+        ),
+        (
+            "version = 1\n[permissions]\napprove = [\"dev\"]\n[[rule]]\nname = \"a\"\napprovals = 1\nrequire_roles = [{ role = \"security\", count = 1 }]\n",
+            7,
+            "role \"security\", which does not hold the approve permission",
+        ),
+        (
             "version = 1\n[[rule]]\nname = \"a\"\nmatch.environments = [\"prod\"]\npromoted_from = \"prod\"\n",
-            2,
+            5,
             "promoted_from \"prod\" is also one of the environments",
         ),
         (
@@ -513,8 +527,13 @@ fn bad_policies_are_refused_with_line_and_reason() {
         ),
         (
             "version = 1\n[[rule]]\nname = \"a\"\napprovals = 1\nmax_approval_age = \"7w\"\n",
-            2,
+            5,
             "not a duration",
+        ),
+        (
+            "version = 1\n[[rule]]\nname = \"a\"\nmax_approval_age = \"7d\"\n",
+            4,
+            "max_approval_age is set but the rule requires no approvals",
         ),
         (
             "version = 1\n[[rule]]\nname = \"a\"\nmatch.environmnts = [\"x\"]\n",
@@ -522,19 +541,44 @@ fn bad_policies_are_refused_with_line_and_reason() {
             "unknown field `environmnts`",
         ),
         (
+            "version = 1\n[[rule]]\nname = \"all\"\n\n[[rule]]\nname = \"prod\"\nmatch.environments = [\"prod\"]\n",
+            5,
+            "rule \"prod\" can never apply: rule \"all\" (line 2) comes first",
+        ),
+        (
+            "version = 1\n[[rule]]\nname = \"p\"\nmatch.environments = [\"prod*\"]\n\n[[rule]]\nname = \"eu\"\nmatch.environments = [\"prod-eu\"]\nmatch.actions = [\"deploy\"]\n",
+            6,
+            "rule \"eu\" can never apply: rule \"p\" (line 2)",
+        ),
+        (
             "version = 1\n[[freeze]]\nname = \"f\"\nstart = \"2026-12-20T00:00\"\nend = \"2026-12-19T00:00\"\nzone = \"UTC\"\n",
-            2,
+            5,
             "ends (2026-12-19T00:00) before it starts",
         ),
         (
             "version = 1\n[[freeze]]\nname = \"f\"\nstart = \"2026-12-20T00:00\"\nend = \"2026-12-21T00:00\"\nzone = \"Mars/Olympus\"\n",
-            2,
+            6,
             "unknown time zone",
+        ),
+        (
+            "version = 1\n[[freeze]]\nname = \"f\"\nstart = \"20 Dec\"\nend = \"2026-12-21T00:00\"\nzone = \"UTC\"\n",
+            4,
+            "start \"20 Dec\" is not a date-time",
+        ),
+        (
+            "version = 1\n[[freeze]]\nname = \"f\"\nstart = \"2026-12-20T00:00\"\nend = \"2026-12-21T00:00\"\nzone = \"UTC\"\n[[freeze]]\nname = \"f\"\nstart = \"2026-12-22T00:00\"\nend = \"2026-12-23T00:00\"\nzone = \"UTC\"\n",
+            8,
+            "a freeze named \"f\" is already defined",
         ),
         (
             "version = 1\n[policy_changes]\napprovals = 0\nroles = [\"x\"]\n",
             2,
             "at least 1",
+        ),
+        (
+            "version = 1\n[policy_changes]\napprovals = 1\nroles = [\"policy-admin\"]\n",
+            2,
+            "policy_changes.roles names \"policy-admin\", which does not hold the approve_policy permission",
         ),
         (
             "version = 1\n[defaults]\nunmatched = \"maybe\"\n",
@@ -549,11 +593,31 @@ fn bad_policies_are_refused_with_line_and_reason() {
         ("version = 1\nrule = 5\n", 2, "invalid type"),
     ];
     for (text, line, needle) in cases {
-        let e = Policy::parse(text).expect_err(text);
+        let e = Policy::parse_new(text).expect_err(text);
         assert_eq!(e.line, *line, "{text}\n=> {e}");
         assert!(e.message.contains(needle), "{text}\n=> {e}");
     }
+    // Contradictions refused only in new documents: a recorded one (folded
+    // from a log or a bundle written before) still reads; everything else is
+    // refused in both.
+    let new_only = [
+        "does not hold the approve permission",
+        "does not hold the approve_policy permission",
+        "can never apply",
+        "a freeze named",
+    ];
+    for (text, _, needle) in cases {
+        let recorded = Policy::parse(text);
+        if new_only.iter().any(|n| needle.contains(n)) {
+            assert!(recorded.is_ok(), "{text}\n=> {recorded:?}");
+        } else {
+            assert!(recorded.is_err(), "{text}");
+        }
+    }
     assert!(Policy::parse(POLICY).is_ok());
+    // A narrower rule before a broader one is the intended use: both apply.
+    let layered = "version = 1\n[[rule]]\nname = \"prod-payments\"\nmatch.environments = [\"prod\"]\nmatch.repositories = [\"github.com/acme/payments\"]\n\n[[rule]]\nname = \"prod\"\nmatch.environments = [\"prod\"]\n";
+    assert_eq!(Policy::parse(layered).unwrap().rules.len(), 2);
 }
 
 #[test]

@@ -316,6 +316,12 @@ impl Service {
         let Body::Genesis(g) = &event.body else {
             return Err(ApplyError::FirstNotGenesis(event.body.kind_name()).into());
         };
+        if let Some(text) = &g.policy {
+            crate::policy::Policy::parse_new(text).map_err(|e| InvalidEvent {
+                field: "genesis.policy".into(),
+                reason: e.to_string(),
+            })?;
+        }
         let origin = g.origin.clone();
         let mut state = State::new();
         let key = state.authenticate(&genesis, &event)?;
@@ -540,6 +546,12 @@ impl Service {
         }
         if matches!(event.body, Body::Genesis(_)) {
             return Err(AppendError::GenesisAppend);
+        }
+        if let Body::PolicyProposed(p) = &event.body {
+            crate::policy::Policy::parse_new(&p.text).map_err(|e| InvalidEvent {
+                field: "policy_proposed.text".into(),
+                reason: e.to_string(),
+            })?;
         }
         let now = self.config.clock.now_nanos();
         let skew = self.config.max_clock_skew.as_nanos() as i64;

@@ -695,6 +695,26 @@ async fn governance_input_is_checked_field_by_field() {
         "policy_proposed.text: policy line 2: unknown field `colour`",
     )
     .await;
+    // A contradiction only a new document is checked for: a rule that the
+    // catch-all before it always matches first.
+    expect_refused(
+        &s,
+        signed(
+            &ev(
+                "p2",
+                Body::PolicyProposed(PolicyProposal {
+                    proposal_id: RecordId::parse("P2").unwrap(),
+                    text: "version = 1\n[[rule]]\nname = \"all\"\n\n[[rule]]\nname = \"prod\"\nmatch.environments = [\"prod\"]\n".into(),
+                    base_version: 1,
+                    description: String::new(),
+                }),
+            ),
+            &admin,
+        ),
+        Code::InvalidArgument,
+        "policy_proposed.text: policy line 5: rule \"prod\" can never apply: rule \"all\" (line 2) comes first",
+    )
+    .await;
     // Break-glass without a justification.
     expect_refused(
         &s,
