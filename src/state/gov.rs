@@ -1362,6 +1362,45 @@ impl State {
             .max_by_key(|c| c.current().index)
     }
 
+    /// Adds the principals who authored and committed `sha` to `authors`,
+    /// or says in `gaps` why they are unknown. `built_into`: the digest a CI
+    /// run built from it, when the change does not bind it itself.
+    fn authors_of<'a>(
+        &'a self,
+        sha: &str,
+        built_into: Option<&str>,
+        authors: &mut BTreeSet<&'a str>,
+        gaps: &mut Vec<String>,
+    ) {
+        let label = || {
+            let short = &sha[..12.min(sha.len())];
+            match built_into {
+                None => short.to_owned(),
+                Some(d) => format!("{short} (built into {})", &d[..19.min(d.len())]),
+            }
+        };
+        match self.gov.commits.get(sha) {
+            None => gaps.push(format!(
+                "commit {} has not been observed (run `docket git ingest`), so its author is unknown",
+                label()
+            )),
+            Some(rec) => {
+                for (role, p) in [("author", &rec.author), ("committer", &rec.committer)] {
+                    match self.emails.get(&p.email) {
+                        Some(id) => {
+                            authors.insert(id.as_str());
+                        }
+                        None => gaps.push(format!(
+                            "commit {}: {role} {} is not the e-mail of any principal, so segregation of duties cannot be checked",
+                            label(),
+                            p.email
+                        )),
+                    }
+                }
+            }
+        }
+    }
+
     /// Everything evaluation needs about a change, borrowed from the state.
     fn change_facts<'a>(&'a self, c: &'a ChangeRec) -> policy::ChangeFacts<'a> {
         let cur = c.current();
@@ -1371,57 +1410,37 @@ impl State {
             .chain(&cur.digests)
             .map(String::as_str)
             .collect();
-        // The change's code: its own commits, and the commits its artifacts
-        // were built from (named by the CI runs that report its digests), so
-        // a change that binds only an image digest still excludes the people
-        // who wrote what is in the image.
-        let mut code: BTreeMap<&str, Option<&str>> =
-            cur.commits.iter().map(|sha| (sha.as_str(), None)).collect();
-        for d in &cur.digests {
-            for r in self.gov.ci_runs_for(d) {
-                if !r.commit.is_empty() {
-                    code.entry(r.commit.as_str()).or_insert(Some(d.as_str()));
-                }
-            }
-        }
         let mut authors = BTreeSet::new();
         let mut sod_gaps = Vec::new();
-        for (sha, built_into) in code {
-            let short = &sha[..12.min(sha.len())];
-            let short = match built_into {
-                None => short.to_owned(),
-                Some(d) => format!("{short} (built into {})", &d[..19.min(d.len())]),
-            };
-            match self.gov.commits.get(sha) {
-                None => sod_gaps.push(format!(
-                    "commit {short} has not been observed (run `docket git ingest`), so its author is unknown"
-                )),
-                Some(rec) => {
-                    for (role, p) in [("author", &rec.author), ("committer", &rec.committer)] {
-                        match self.emails.get(&p.email) {
-                            Some(id) => {
-                                authors.insert(id.as_str());
-                            }
-                            None => sod_gaps.push(format!(
-                                "commit {short}: {role} {} is not the e-mail of any principal, so segregation of duties cannot be checked",
-                                p.email
-                            )),
-                        }
-                    }
-                }
-            }
+        for sha in &cur.commits {
+            self.authors_of(sha, None, &mut authors, &mut sod_gaps);
         }
+        // The change's code is also what its artifacts were built from: the
+        // commit each CI run reporting one of its digests names. A change
+        // that binds only an image digest still excludes the people who
+        // wrote what is in the image.
+        let mut built_from: Vec<&str> = Vec::new();
         let mut builders = BTreeSet::new();
         let mut ci = BTreeMap::new();
-        for &s in &subjects {
+        let tagged = cur.commits.iter().map(|c| (c, false));
+        for (s, is_digest) in tagged.chain(cur.digests.iter().map(|d| (d, true))) {
             let mut latest: Option<&CiRec> = None;
             for r in self.gov.ci_runs_for(s) {
                 builders.insert(r.builder.as_str());
                 latest = Some(r);
+                let from = r.commit.as_str();
+                if is_digest
+                    && !from.is_empty()
+                    && !cur.commits.contains(from)
+                    && !built_from.contains(&from)
+                {
+                    built_from.push(from);
+                    self.authors_of(from, Some(s), &mut authors, &mut sod_gaps);
+                }
             }
             if let Some(r) = latest {
                 ci.insert(
-                    s,
+                    s.as_str(),
                     policy::CiFact {
                         passed: r.passed,
                         description: if r.passed {

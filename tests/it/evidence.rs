@@ -1079,3 +1079,83 @@ async fn selection_ignores_entries_folded_after_its_size() {
         .unwrap_err();
     assert!(e.to_string().contains("CHG-3"), "{e}");
 }
+
+/// Period filters (environment and repository patterns) narrow the
+/// decisions and changes a bundle reports, never the entries it carries, and
+/// every filtered bundle verifies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn period_filters_narrow_decisions_and_changes_not_entries() {
+    use pb::export_evidence_request::Scope as S;
+    let f = fixture().await;
+    let s = &f.server;
+    let strs = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+    let export = |envs: &[&str], repos: &[&str]| {
+        export_online(
+            s,
+            S::Period(pb::PeriodScope {
+                from_unix_nanos: f.day(0),
+                to_unix_nanos: f.day(9),
+                environments: strs(envs),
+                repositories: strs(repos),
+            }),
+        )
+    };
+    // (in-scope decisions by index with their environment, changes, carried entries)
+    let summary = |b: &[u8]| {
+        evidence::verify(b, &trust(s)).unwrap();
+        let files = evidence::unpack(b).unwrap();
+        let decisions: BTreeMap<u64, String> = json(&files, "facts/decisions.json")
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|d| d["in_scope"] == true)
+            .map(|d| {
+                (
+                    d["index"].as_u64().unwrap(),
+                    d["environment"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect();
+        let changes: BTreeSet<String> = json(&files, "facts/changes.json")
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["change"].as_str().unwrap().to_owned())
+            .collect();
+        let carried: Vec<u64> = json(&files, "facts/entries.json")
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["index"].as_u64().unwrap())
+            .collect();
+        (decisions, changes, carried)
+    };
+    let all = summary(&export(&[], &[]).await);
+    let envs: BTreeSet<&str> = all.0.values().map(String::as_str).collect();
+    assert_eq!(envs, BTreeSet::from(["prod", "staging"]), "{all:?}");
+    assert_eq!(all.1, BTreeSet::from(["CHG-1".into(), "CHG-2".into()]));
+    assert!(all.0.contains_key(&f.at["prod-1"]) && all.0.contains_key(&f.at["prod-2-denied"]));
+
+    let only = |env: &str| {
+        all.0
+            .iter()
+            .filter(|(_, e)| e.as_str() == env)
+            .map(|(i, e)| (*i, e.clone()))
+            .collect::<BTreeMap<_, _>>()
+    };
+    let prod = summary(&export(&["prod"], &[]).await);
+    assert_eq!(prod.0, only("prod"));
+    assert_eq!(prod.2, all.2, "filters never change the carried entries");
+    let staging = summary(&export(&["stag*"], &[]).await);
+    assert_eq!(staging.0, only("staging"));
+    assert_eq!(staging.2, all.2);
+
+    // Repository patterns: the change's repository (or the request's).
+    let acme = summary(&export(&[], &["github.com/acme/*"]).await);
+    assert!(acme.0.contains_key(&f.at["prod-1"]), "{acme:?}");
+    assert!(acme.0.keys().all(|i| all.0.contains_key(i)));
+    assert_eq!(acme.1, all.1);
+    let other = summary(&export(&["prod"], &["github.com/other/*"]).await);
+    assert!(other.0.is_empty() && other.1.is_empty(), "{other:?}");
+    assert_eq!(other.2, all.2);
+}

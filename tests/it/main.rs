@@ -13,6 +13,7 @@ mod failstop;
 mod git;
 mod governance;
 mod h2client;
+mod policy_change;
 mod props;
 mod python_client;
 mod vectors;
