@@ -1159,3 +1159,117 @@ async fn period_filters_narrow_decisions_and_changes_not_entries() {
     assert!(other.0.is_empty() && other.1.is_empty(), "{other:?}");
     assert_eq!(other.2, all.2);
 }
+
+/// An insider who holds the log key can re-sign checkpoints and manifests,
+/// so a forged bundle can be consistent all the way up to its signatures.
+/// What such an insider cannot forge is caught by the checks below the
+/// manifest: principals' event signatures, chain links and the key history,
+/// each named by its entry; and a proof edited after the manifest was made
+/// is caught by the proof check that names its file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_insider_with_the_log_key_cannot_forge_what_lies_below_it() {
+    use docket::ledger::{Checkpoint, Entry, LedgerReader, SledStore, merkle};
+    let f = fixture().await;
+    let s = &f.server;
+    let t = trust(s);
+    let reader = s.svc.reader().clone();
+    let size = s.svc.with_state(|st| st.next_index());
+    let honest: Vec<Vec<u8>> = (0..size)
+        .map(|i| reader.entry(i).unwrap().unwrap().0)
+        .collect();
+    let scope = Scope::Period {
+        from: f.day(1),
+        to: f.day(3),
+        environments: vec![],
+        repositories: vec![],
+    };
+    let cfg = s.data.config().unwrap();
+    let signer = s.data.note_signer(&cfg).unwrap();
+    // The whole history rebuilt from `entries` (each later entry re-linked
+    // to the one before it), a checkpoint over it signed with the log key,
+    // and a period bundle exported from it with a manifest signed likewise.
+    let forge = |mut entries: Vec<Vec<u8>>, relink_from: u64| -> Vec<u8> {
+        for i in relink_from as usize..entries.len() {
+            let mut e = Entry::decode(&entries[i]).unwrap();
+            e.prev_leaf_hash = merkle::leaf_hash(&entries[i - 1]);
+            entries[i] = e.encode().unwrap();
+        }
+        let leaves: Vec<[u8; 32]> = entries.iter().map(|b| merkle::leaf_hash(b)).collect();
+        let cp = Checkpoint::sign(
+            &signer,
+            "docket.test/log",
+            size,
+            &crate::common::mth(&leaves),
+        );
+        let store = Arc::new(SledStore::temporary().unwrap());
+        let list = entries
+            .into_iter()
+            .enumerate()
+            .map(|(i, b)| (b, format!("e{i}")))
+            .collect();
+        docket::ledger::import(&*store, list, &cp.note).unwrap();
+        let forged = LedgerReader::new(store);
+        let sel = s
+            .svc
+            .with_state(|st| evidence::select(st, &forged, &scope))
+            .unwrap();
+        let unsigned = evidence::export(&forged, &cp, &sel, &scope).unwrap();
+        let note = docket::ledger::sign_manifest(&signer, "docket.test/log", &unsigned.digest());
+        unsigned.finish(note)
+    };
+    // Rebuilt without changes, the history verifies: the forger's tools work.
+    let control = forge(honest.clone(), size);
+    evidence::verify(&control, &t).unwrap();
+
+    // bob's approval, inside the period.
+    let k = f.at["bob-1"];
+    let with = |edit: &dyn Fn(&mut Entry)| {
+        let mut entries = honest.clone();
+        let mut e = Entry::decode(&entries[k as usize]).unwrap();
+        edit(&mut e);
+        entries[k as usize] = e.encode().unwrap();
+        entries
+    };
+    let named = |bundle: Vec<u8>, needle: &str| {
+        let e = evidence::verify(&bundle, &t).unwrap_err();
+        assert_eq!(e.what, format!("entry {k}"), "{e}");
+        assert!(e.reason.contains(needle), "{e}");
+    };
+
+    // 1. Its signature altered (one bit).
+    named(
+        forge(with(&|e| e.envelope.signatures[0].sig[7] ^= 1), k + 1),
+        "no signature verifies (strict Ed25519 over DSSE PAE) with an active key of \"bob\"",
+    );
+    // 2. Re-signed by a key bob never held: a valid signature, wrong key.
+    let mallory = SigningKey::from_bytes(&[7; 32]);
+    named(
+        forge(
+            with(&|e| {
+                let ev = docket::api::convert::decode_event(&e.envelope.payload).unwrap();
+                e.envelope = sign_event(&ev, &mallory);
+            }),
+            k + 1,
+        ),
+        "no signature verifies (strict Ed25519 over DSSE PAE) with an active key of \"bob\"",
+    );
+    // 3. Its chain link broken (the entries after it still linked to it).
+    named(
+        forge(with(&|e| e.prev_leaf_hash[0] ^= 1), k + 1),
+        "chain link",
+    );
+
+    // 4. A proof edited after the manifest was made and re-signed: the
+    //    inclusion proofs and the range proof are checked against the
+    //    checkpoint, not taken from the manifest.
+    let files = evidence::unpack(&control).unwrap();
+    for (member, what) in [("proofs.bin", "entry "), ("range.bin", "range.bin")] {
+        let mut edited = files.clone();
+        let b = edited.get_mut(member).unwrap();
+        let at = b.len() - 5;
+        b[at] ^= 1;
+        let e = evidence::verify(&reseal(&s.data, edited), &t).unwrap_err();
+        assert!(e.what.starts_with(what), "{member}: {e}");
+        assert!(e.reason.contains("proof"), "{member}: {e}");
+    }
+}
