@@ -91,6 +91,8 @@ pub struct CiFact {
 pub struct ChangeFacts<'a> {
     pub id: &'a str,
     pub revision: u32,
+    /// The repository the change is for (`None` when it names none).
+    pub repository: Option<&'a str>,
     /// Who opened or amended it: none of them may approve it.
     pub requesters: BTreeSet<&'a str>,
     /// Current subjects: commit SHAs and artifact digests.
@@ -193,10 +195,10 @@ fn matches(patterns: &[String], value: Option<&str>) -> bool {
 }
 
 impl Rule {
-    fn applies(&self, r: &Request) -> bool {
+    fn applies(&self, r: &Request, repository: Option<&str>) -> bool {
         matches(&self.environments, Some(&r.environment))
             && matches(&self.actions, Some(&r.action))
-            && matches(&self.repositories, r.repository.as_deref())
+            && matches(&self.repositories, repository)
             && matches(&self.kinds, r.kind.as_deref())
             && matches(&self.namespaces, r.namespace.as_deref())
     }
@@ -283,7 +285,22 @@ pub fn evaluate(policy: &Policy, req: &Request, facts: &Facts<'_>) -> Verdict {
             );
         }
     }
-    let Some(rule) = policy.rules.iter().find(|r| r.applies(req)) else {
+    // Rules match on the repository of the code being deployed: a request
+    // that names none is matched as its change's; one that names another
+    // repository than its change's is refused, so leaving the repository
+    // out (or naming a wrong one) cannot select a laxer rule.
+    let change_repo = facts.change.and_then(|c| c.repository.map(|r| (c.id, r)));
+    let repository = match (req.repository.as_deref(), change_repo) {
+        (Some(asked), Some((id, theirs))) if asked != theirs => {
+            return Verdict::deny(
+                None,
+                format!("the request names repository {asked} but change {id} is for {theirs}"),
+            );
+        }
+        (Some(asked), _) => Some(asked),
+        (None, theirs) => theirs.map(|(_, r)| r),
+    };
+    let Some(rule) = policy.rules.iter().find(|r| r.applies(req, repository)) else {
         return if policy.unmatched_allows {
             Verdict {
                 decision: Decision::Allow,

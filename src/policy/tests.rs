@@ -121,6 +121,7 @@ fn change(approvals: Vec<Approval<'static>>) -> ChangeFacts<'static> {
     ChangeFacts {
         id: "CHG-1",
         revision: 1,
+        repository: None,
         requesters: strs(&["alice"]),
         subjects: strs(&["c1", D]),
         environments: strs(&["staging", "prod"]),
@@ -729,4 +730,76 @@ proptest! {
         let active = policy_change_activates(&p, &format!("p{proposer}"), &names, &principals);
         prop_assert_eq!(active, distinct_others.len() >= 2);
     }
+}
+
+/// Rules match on the repository of the code being deployed: a request
+/// that names none is matched as its change's, and one that names another
+/// repository than its change's is refused, so a caller cannot reach a
+/// laxer rule by leaving the repository out or naming another.
+#[test]
+fn the_change_decides_the_repository_a_rule_sees() {
+    let policy = Policy::parse_new(
+        r#"version = 1
+[permissions]
+approve = ["dev", "security"]
+
+[[rule]]
+name = "payments"
+match.environments = ["prod"]
+match.repositories = ["github.com/acme/payments"]
+approvals = 2
+
+[[rule]]
+name = "prod"
+match.environments = ["prod"]
+"#,
+    )
+    .unwrap();
+    let principals = people();
+    let decide = |repo: Option<&str>, change_repo: Option<&'static str>| {
+        let change = ChangeFacts {
+            repository: change_repo,
+            ..change(vec![approval("bob", NOW)])
+        };
+        let facts = Facts {
+            principals: &principals,
+            change: Some(&change),
+            deployments: &[],
+        };
+        let req = Request {
+            repository: repo.map(str::to_owned),
+            ..request("prod")
+        };
+        evaluate(&policy, &req, &facts)
+    };
+    let payments = Some("github.com/acme/payments");
+    for asked in [None, payments] {
+        let v = decide(asked, payments);
+        assert_eq!(
+            (v.decision, v.rule.as_deref()),
+            (Decision::Deny, Some("payments")),
+            "{asked:?}: {v:#?}"
+        );
+        assert!(
+            v.reasons
+                .contains(&"needs 2 approvals from distinct people; 1 counted".to_owned()),
+            "{v:#?}"
+        );
+    }
+    let v = decide(Some("github.com/acme/other"), payments);
+    assert_eq!((v.decision, v.rule), (Decision::Deny, None));
+    assert_eq!(
+        v.reasons,
+        [
+            "the request names repository github.com/acme/other but change CHG-1 is for github.com/acme/payments"
+        ]
+    );
+    // A change that names no repository: the request's, or none, decides.
+    let v = decide(None, None);
+    assert_eq!(
+        (v.decision, v.rule.as_deref()),
+        (Decision::Allow, Some("prod"))
+    );
+    let v = decide(payments, None);
+    assert_eq!(v.rule.as_deref(), Some("payments"));
 }
