@@ -63,6 +63,22 @@ pub struct Fixture {
 
 impl Fixture {
     async fn append(&mut self, name: &'static str, signer: &str, body: Body) -> u64 {
+        let signing = if signer == "admin" {
+            self.server.admin_key()
+        } else {
+            key(signer)
+        };
+        self.append_with(name, signer, &signing, body).await
+    }
+
+    /// Appends `body` signed by `signer` with the key `signing`.
+    async fn append_with(
+        &mut self,
+        name: &'static str,
+        signer: &str,
+        signing: &SigningKey,
+        body: Body,
+    ) -> u64 {
         self.n += 1;
         let ev = Event {
             event_id: format!("fx-{}-{name}", self.n),
@@ -70,15 +86,10 @@ impl Fixture {
             signer: PrincipalId::parse(signer).unwrap(),
             body,
         };
-        let signing = if signer == "admin" {
-            self.server.admin_key()
-        } else {
-            key(signer)
-        };
         let r = self
             .server
             .svc
-            .append(sign_event(&ev, &signing), "CN=test".into())
+            .append(sign_event(&ev, signing), "CN=test".into())
             .await
             .unwrap_or_else(|e| panic!("{name}: {e}"));
         self.at.insert(name, r.index);
@@ -1272,4 +1283,124 @@ async fn an_insider_with_the_log_key_cannot_forge_what_lies_below_it() {
         assert!(e.what.starts_with(what), "{member}: {e}");
         assert!(e.reason.contains("proof"), "{member}: {e}");
     }
+}
+
+/// Key and policy history travel with a bundle: bob rotates his key, a
+/// second policy version is proposed and approved by two administrators,
+/// and a change is approved with bob's new key and deployed under version 2.
+/// Its bundle carries the rotation, both policy texts and the approval
+/// trail, verifies offline, and its decisions name version 2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_rotations_and_policy_versions_travel_with_the_bundle() {
+    use docket::event::PolicyProposal;
+    use pb::export_evidence_request::Scope as S;
+    let mut f = fixture().await;
+    f.clock.set(f.day(6));
+    let bob = PrincipalId::parse("bob").unwrap();
+    let bob2 = key("bob-2");
+    f.append(
+        "bob-rotates",
+        "bob",
+        Body::KeyRotated {
+            principal: bob.clone(),
+            new_key: bob2.verifying_key(),
+            old_key: Some(key("bob").verifying_key()),
+        },
+    )
+    .await;
+    f.register("pa1", PrincipalKind::Human, "admin", None).await;
+    f.register("pa2", PrincipalKind::Human, "admin", None).await;
+    assert_eq!(POLICY.matches("approvals = 2\n").count(), 1);
+    let v2 = POLICY.replace("approvals = 2\n", "approvals = 1\n");
+    let pol = RecordId::parse("POL-2").unwrap();
+    f.append(
+        "propose-v2",
+        "admin",
+        Body::PolicyProposed(PolicyProposal {
+            proposal_id: pol.clone(),
+            text: v2.clone(),
+            base_version: 1,
+            description: "prod: one approval, from security".into(),
+        }),
+    )
+    .await;
+    for who in ["pa1", "pa2"] {
+        let name = if who == "pa1" {
+            "pa1-approves"
+        } else {
+            "pa2-approves"
+        };
+        f.append(
+            name,
+            who,
+            Body::PolicyApproved {
+                proposal_id: pol.clone(),
+            },
+        )
+        .await;
+    }
+    f.clock.set(f.day(7));
+    let (c3, d3) = f.build("commit-3", "alice@example.com", "image-3").await;
+    f.open("open-3", "CHG-3", &c3, &d3).await;
+    let review = Body::ChangeReviewed(ChangeReview {
+        change_id: RecordId::parse("CHG-3").unwrap(),
+        seen_subjects: [c3.clone(), d3.clone()].into(),
+        approve: true,
+        comment: "new key".into(),
+    });
+    f.append_with("bob-3", "bob", &bob2, review).await;
+    f.approve("carol-3", "carol", "CHG-3", &[&c3, &d3]).await;
+    f.deploy("staging-3", "ci", "staging", &d3, false).await;
+    let prod = f.deploy("prod-3", "ci", "prod", &d3, false).await;
+    let s = &f.server;
+
+    let bundle = export_online(s, S::ChangeId("CHG-3".into())).await;
+    let report = evidence::verify(&bundle, &trust(s)).unwrap();
+    assert!(report.decisions >= 2, "{report:?}");
+    let files = evidence::unpack(&bundle).unwrap();
+    let carried: BTreeSet<u64> = json(&files, "facts/entries.json")
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["index"].as_u64().unwrap())
+        .collect();
+    for name in [
+        "bob",
+        "bob-rotates",
+        "propose-v2",
+        "pa1-approves",
+        "pa2-approves",
+        "bob-3",
+    ] {
+        assert!(carried.contains(&f.at[name]), "{name} is not carried");
+    }
+    assert_eq!(files["policies/v2.toml"], v2.as_bytes());
+    assert!(files.contains_key("policies/v1.toml"));
+    let policies = json(&files, "facts/policies.json");
+    let trail = &policies[1]["proposal"];
+    assert_eq!(policies[1]["version"], 2, "{policies}");
+    assert_eq!(trail["proposer"], "admin", "{policies}");
+    let approvers: Vec<&str> = trail["approvals"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["approver"].as_str().unwrap())
+        .collect();
+    assert_eq!(approvers, ["pa1", "pa2"]);
+    let decision = json(&files, "facts/decisions.json")
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["index"] == prod)
+        .cloned()
+        .unwrap();
+    assert_eq!(decision["verdict"], "allow", "{decision}");
+    assert_eq!(decision["policy_version"], 2, "{decision}");
+    let counted: Vec<&str> = decision["counted"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["approver"].as_str().unwrap())
+        .collect();
+    assert!(counted.contains(&"carol"), "{decision}");
 }
