@@ -342,3 +342,64 @@ fn verdict(
         ),
     }
 }
+
+/// Re-checks an ingester's verdict against the commit object it came with,
+/// as far as the object itself allows: an SSH signature carries its public
+/// key, so whether it verifies over the commit, and with which key, can be
+/// recomputed by anyone. A `Verified` verdict on a signature that does not
+/// verify, a `Bad` one on a signature that does, a fingerprint that is not
+/// the signing key's, or a `Verified` claim for a format Docket cannot check
+/// (OpenPGP, X.509) is refused. Whether the key was *trusted* (a principal's
+/// or in the ingester's allowed-signers file) is the ingester's word and is
+/// recorded as such, with the identity it names.
+pub fn recheck(obs: &CommitObservation) -> Result<(), String> {
+    let claimed = &obs.signature;
+    let Some(armored) = &obs.commit.signature else {
+        // Unsigned objects are held to an unsigned verdict when decoded.
+        return Ok(());
+    };
+    if !armored.starts_with("-----BEGIN SSH SIGNATURE-----") {
+        return match claimed.verdict {
+            SignatureVerdict::Verified | SignatureVerdict::Bad => Err(format!(
+                "the verdict is {} but the signature is not an SSH signature, which is all Docket can check; record it as unverifiable",
+                claimed.verdict.name()
+            )),
+            _ => Ok(()),
+        };
+    }
+    if claimed.format != SignatureFormat::Ssh {
+        return Err("the commit carries an SSH signature but the format says otherwise".into());
+    }
+    let Ok(parsed) = SshSig::from_pem(armored.as_bytes()) else {
+        return match claimed.verdict {
+            SignatureVerdict::Unverifiable => Ok(()),
+            v => Err(format!(
+                "the SSH signature is malformed, so the verdict must be unverifiable, not {}",
+                v.name()
+            )),
+        };
+    };
+    let key = parsed.public_key().clone();
+    let fingerprint = key.fingerprint(HashAlg::Sha256).to_string();
+    if !claimed.key_fingerprint.is_empty() && claimed.key_fingerprint != fingerprint {
+        return Err(format!(
+            "the key fingerprint {} is not that of the signing key, {fingerprint}",
+            claimed.key_fingerprint
+        ));
+    }
+    let verifies = ssh_key::PublicKey::from(key)
+        .verify("git", &signed_payload(&obs.raw), &parsed)
+        .is_ok();
+    match (claimed.verdict, verifies) {
+        (SignatureVerdict::Verified, false) => {
+            Err("the verdict is verified but the SSH signature does not verify over this commit".into())
+        }
+        (SignatureVerdict::Bad, true) => {
+            Err("the verdict is bad but the SSH signature verifies over this commit".into())
+        }
+        (SignatureVerdict::Unverifiable, _) => Err(
+            "a well-formed SSH signature can be checked: the verdict must be verified, bad or untrusted-key".into(),
+        ),
+        _ => Ok(()),
+    }
+}

@@ -547,6 +547,12 @@ impl Service {
         if matches!(event.body, Body::Genesis(_)) {
             return Err(AppendError::GenesisAppend);
         }
+        if let Body::CommitObserved(c) = &event.body {
+            crate::ingest::git::recheck(c).map_err(|reason| InvalidEvent {
+                field: "commit_observed.signature".into(),
+                reason,
+            })?;
+        }
         if let Body::PolicyProposed(p) = &event.body {
             crate::policy::Policy::parse_new(&p.text).map_err(|e| InvalidEvent {
                 field: "policy_proposed.text".into(),

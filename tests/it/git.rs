@@ -6,7 +6,7 @@ use std::path::Path;
 
 use docket::api::convert::{decode_event, encode_event};
 use docket::event::{Body, Event, PrincipalId, SignatureVerdict};
-use docket::ingest::git::{GitSource, TrustedKey, observe, read_allowed_signers};
+use docket::ingest::git::{GitSource, TrustedKey, observe, read_allowed_signers, recheck};
 
 use crate::governance::{commit, git, repo, ssh_key};
 
@@ -217,6 +217,73 @@ fn signature_verdicts_of_real_commits() {
     lie.signature.format = docket::event::SignatureFormat::Ssh;
     let e = decode_event(&as_event(&lie)).unwrap_err();
     assert!(e.reason.contains("carries no signature"), "{e}");
+
+    // The verdicts the ingester gave survive the log's re-check; lies about
+    // what the SSH signature shows do not.
+    for o in &all {
+        assert_eq!(recheck(o), Ok(()), "{}", o.sha);
+    }
+    let lie = |sha: &str, edit: &dyn Fn(&mut docket::event::CommitSignature)| {
+        let mut o = find(sha).clone();
+        edit(&mut o.signature);
+        recheck(&o).unwrap_err()
+    };
+    assert!(
+        lie(&rewritten, &|s| s.verdict = SignatureVerdict::Verified)
+            .contains("does not verify over this commit")
+    );
+    assert!(
+        lie(&signed, &|s| s.verdict = SignatureVerdict::Bad).contains("verifies over this commit")
+    );
+    assert!(
+        lie(&signed, &|s| s.key_fingerprint =
+            find(&untrusted).signature.key_fingerprint.clone())
+        .contains("is not that of the signing key")
+    );
+    assert!(
+        lie(&pgp, &|s| s.verdict = SignatureVerdict::Verified).contains("not an SSH signature")
+    );
+    // The server applies it to every observation it is sent.
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let s = crate::common::server().run().await;
+        let mut forged = find(&rewritten).clone();
+        forged.signature.verdict = SignatureVerdict::Verified;
+        let ev = Event {
+            event_id: "forged-verdict".into(),
+            claimed_time_nanos: crate::common::now_nanos(),
+            signer: PrincipalId::parse("admin").unwrap(),
+            body: Body::CommitObserved(Box::new(forged)),
+        };
+        let before = s.size().await;
+        let e = s
+            .svc
+            .append(
+                docket::api::convert::sign_event(&ev, &s.admin_key()),
+                "CN=test".into(),
+            )
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("commit_observed.signature")
+                && e.contains("does not verify over this commit"),
+            "{e}"
+        );
+        assert_eq!(s.size().await, before);
+        // The honest observation of the same commit is taken.
+        let ev = Event {
+            event_id: "honest-verdict".into(),
+            body: Body::CommitObserved(Box::new(find(&rewritten).clone())),
+            ..ev
+        };
+        s.svc
+            .append(
+                docket::api::convert::sign_event(&ev, &s.admin_key()),
+                "CN=test".into(),
+            )
+            .await
+            .unwrap();
+    });
 
     // Ranges: only what B has and A does not.
     let range = observe(

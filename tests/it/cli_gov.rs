@@ -1,0 +1,557 @@
+//! Governance through the `docket` binary against a real mTLS server:
+//! `authorize` in words (no --json), `authorize --commit` for a change that
+//! binds a commit, `reject` and what it does to later decisions and to
+//! `change show`, and a principal without `change_roles` trying to grant a
+//! role. Commits are real git commits; segregation of duties needs them
+//! ingested.
+
+use std::path::PathBuf;
+
+use serde_json::{Value, json};
+
+use crate::common::{CliOut, TestServer, server};
+use crate::governance::{commit, repo};
+
+/// Two approvals from dev/security for prod; staging needs nothing. Passes
+/// `parse_new`: both approver roles hold `approve`, "staging" is not
+/// shadowed by "prod", and `[policy_changes]` is left to its default.
+const POLICY: &str = r#"version = 1
+
+[permissions]
+register_principals = ["admin"]
+change_roles = ["admin"]
+open_change = ["dev", "ci"]
+approve = ["dev", "security"]
+report = ["ci"]
+
+[[rule]]
+name = "prod"
+description = "two approvals from people who did not write or request it"
+match.environments = ["prod"]
+approvals = 2
+approver_roles = ["dev", "security"]
+
+[[rule]]
+name = "staging"
+match.environments = ["staging"]
+"#;
+
+fn digest(tag: &str) -> String {
+    format!(
+        "sha256:{}",
+        hex::encode(docket::crypto::blake3_256(tag.as_bytes()))
+    )
+}
+
+/// Principals' key files, under the server's temporary directory.
+struct Team {
+    dir: PathBuf,
+}
+
+impl Team {
+    fn new(s: &TestServer) -> Team {
+        let dir = s.path().join("team");
+        std::fs::create_dir_all(&dir).unwrap();
+        Team { dir }
+    }
+
+    fn key(&self, id: &str) -> String {
+        self.dir.join(format!("{id}.key")).display().to_string()
+    }
+
+    /// `docket keygen` then `docket principal add` (signed by the admin).
+    async fn add(&self, s: &TestServer, id: &str, kind: &str, role: &str, email: Option<&str>) {
+        let key = self.key(id);
+        s.cli_ok(&["keygen", "--out", &key]).await;
+        let pubkey = format!("{key}.pub");
+        let mut args = vec![
+            "principal",
+            "add",
+            "--id",
+            id,
+            "--kind",
+            kind,
+            "--role",
+            role,
+            "--key-file",
+            &pubkey,
+        ];
+        if let Some(e) = email {
+            args.extend(["--email", e]);
+        }
+        s.cli_ok(&args).await;
+    }
+
+    /// Runs the binary signing as `id` with its own key.
+    async fn run_as(&self, s: &TestServer, id: &str, args: &[&str]) -> CliOut {
+        let key = self.key(id);
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend(["--key", key.as_str(), "--signer", id]);
+        s.cli(&all).await
+    }
+
+    /// Like [`Team::run_as`]; the command must succeed. Returns stdout.
+    async fn ok_as(&self, s: &TestServer, id: &str, args: &[&str]) -> String {
+        let out = self.run_as(s, id, args).await;
+        assert_eq!(
+            out.code,
+            0,
+            "docket {} as {id}: {}{}",
+            args.join(" "),
+            out.stdout,
+            out.stderr
+        );
+        out.stdout
+    }
+
+    /// `docket approve CHANGE` / `docket reject CHANGE` as `id`; returns the
+    /// entry index the review was recorded at.
+    async fn review(
+        &self,
+        s: &TestServer,
+        id: &str,
+        verb: &str,
+        change: &str,
+        comment: &str,
+    ) -> u64 {
+        let mut args = vec![verb, change];
+        if !comment.is_empty() {
+            args.extend(["--comment", comment]);
+        }
+        let out = self.ok_as(s, id, &args).await;
+        let past = if verb == "approve" {
+            "approved"
+        } else {
+            "rejected"
+        };
+        let prefix = format!("{id} {past} change {change} at entry ");
+        let rest = out
+            .strip_prefix(&prefix)
+            .unwrap_or_else(|| panic!("{verb} by {id} printed {out:?}; expected {prefix:?}..."));
+        rest.split(' ').next().unwrap().parse().unwrap()
+    }
+}
+
+/// The standard team: alice and bob (dev), carol (security), each with the
+/// e-mail their commits carry, and a CI identity that opens changes and
+/// records commits.
+async fn team(s: &TestServer) -> Team {
+    let t = Team::new(s);
+    t.add(s, "alice", "human", "dev", Some("alice@example.com"))
+        .await;
+    t.add(s, "bob", "human", "dev", Some("bob@example.com"))
+        .await;
+    t.add(s, "carol", "human", "security", Some("carol@example.com"))
+        .await;
+    t.add(s, "ci", "ci", "ci", None).await;
+    t
+}
+
+/// `docket authorize` (plain text unless `json`) for a deploy to prod of
+/// `subject` (`--digest` or `--commit`), asked for the CI identity.
+async fn authorize(s: &TestServer, flag: &str, subject: &str, json: bool) -> CliOut {
+    let mut args = vec!["authorize", "--env", "prod", flag, subject, "--actor", "ci"];
+    if json {
+        args.push("--json");
+    }
+    s.cli(&args).await
+}
+
+fn has_line(out: &CliOut, line: &str) {
+    assert!(
+        out.stdout.lines().any(|l| l == line),
+        "no line {line:?} in stdout:\n{}\nstderr:\n{}",
+        out.stdout,
+        out.stderr
+    );
+}
+
+/// `docket authorize` without --json prints the verdict, the rule, the
+/// policy version, the change, each reason and each counted and uncounted
+/// approval; it exits 1 on deny (repeating the first reason on stderr) and
+/// 0 on allow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authorize_prints_the_decision_in_words() {
+    let s = server().with_policy(POLICY).run().await;
+    let t = team(&s).await;
+
+    // Alice writes the code; CI records the commit and opens the change.
+    let r = repo(&s.path());
+    let c1 = commit(&r, "Alice", "alice@example.com", None, "app.txt", "feature");
+    let repo_s = r.display().to_string();
+    t.ok_as(
+        &s,
+        "ci",
+        &["git", "ingest", "--repo", &repo_s, "--ref", "HEAD"],
+    )
+    .await;
+    let d = digest("image-text");
+    t.ok_as(
+        &s,
+        "ci",
+        &[
+            "change", "open", "--id", "CHG-1", "--commit", &c1, "--digest", &d, "--env", "prod",
+        ],
+    )
+    .await;
+
+    // Alice (the author) and bob approve: one of two counts.
+    let a = t.review(&s, "alice", "approve", "CHG-1", "").await;
+    let b = t.review(&s, "bob", "approve", "CHG-1", "lgtm").await;
+    let out = authorize(&s, "--digest", &d, false).await;
+    assert_eq!(out.code, 1, "{out:?}");
+    has_line(
+        &out,
+        &format!("DENY deploy {d} to prod: rule \"prod\", policy version 1"),
+    );
+    assert!(
+        out.stdout.starts_with("DENY deploy "),
+        "the verdict comes first: {out:?}"
+    );
+    has_line(&out, "  change CHG-1 (revision 1)");
+    has_line(
+        &out,
+        "  - needs 2 approvals from distinct people; 1 counted",
+    );
+    has_line(&out, &format!("  counted:     bob (dev) [entry {b}]"));
+    has_line(
+        &out,
+        &format!(
+            "  not counted: alice — alice is a commit author or committer of the change [entry {a}]"
+        ),
+    );
+    assert_eq!(out.stdout.lines().count(), 5, "{out:?}");
+    assert!(
+        out.stderr
+            .contains("error: denied: needs 2 approvals from distinct people; 1 counted"),
+        "{out:?}"
+    );
+
+    // Carol (security) approves: allowed, both counted approvers listed.
+    let c = t.review(&s, "carol", "approve", "CHG-1", "").await;
+    let out = authorize(&s, "--digest", &d, false).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    has_line(
+        &out,
+        &format!("ALLOW deploy {d} to prod: rule \"prod\", policy version 1"),
+    );
+    has_line(&out, "  change CHG-1 (revision 1)");
+    has_line(&out, "  - rule \"prod\" is satisfied");
+    has_line(&out, &format!("  counted:     bob (dev) [entry {b}]"));
+    has_line(
+        &out,
+        &format!("  counted:     carol (security) [entry {c}]"),
+    );
+    has_line(
+        &out,
+        &format!(
+            "  not counted: alice — alice is a commit author or committer of the change [entry {a}]"
+        ),
+    );
+    // Authorize only asks: nothing is recorded.
+    assert!(!out.stdout.contains("recorded at entry"), "{out:?}");
+    assert!(!out.stderr.contains("denied"), "{out:?}");
+}
+
+/// A change that binds a commit (no digest) is found by `authorize --commit`
+/// and decided by the same rules: the commit must have been observed, its
+/// author does not count, two others must approve.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authorize_by_commit_follows_the_same_rules() {
+    let s = server().with_policy(POLICY).run().await;
+    let t = team(&s).await;
+    let r = repo(&s.path());
+    let c = commit(
+        &r,
+        "Alice",
+        "alice@example.com",
+        None,
+        "svc.txt",
+        "retry once",
+    );
+    t.ok_as(
+        &s,
+        "ci",
+        &[
+            "change", "open", "--id", "CHG-2", "--commit", &c, "--env", "prod", "--title", "retry",
+        ],
+    )
+    .await;
+    let a = t.review(&s, "alice", "approve", "CHG-2", "").await;
+    let b = t.review(&s, "bob", "approve", "CHG-2", "").await;
+
+    // Not yet observed: the authors are unknown, so two approvals are not
+    // enough (alice still counts, as nobody knows she wrote it).
+    let out = authorize(&s, "--commit", &c, true).await;
+    assert_eq!(out.code, 1, "{out:?}");
+    let dec = out.json();
+    assert_eq!(dec["verdict"], "deny", "{dec:#}");
+    assert_eq!(dec["rule"], "prod", "{dec:#}");
+    assert_eq!(dec["change_id"], "CHG-2", "{dec:#}");
+    assert_eq!(dec["change_revision"], 1, "{dec:#}");
+    assert_eq!(
+        dec["reasons"],
+        json!([format!(
+            "commit {} has not been observed (run `docket git ingest`), so its author is unknown",
+            &c[..12]
+        )]),
+        "{dec:#}"
+    );
+    assert_eq!(dec["counted"][0]["approver"], "alice", "{dec:#}");
+    assert_eq!(dec["counted"][1]["approver"], "bob", "{dec:#}");
+
+    // Observed: alice is its author and no longer counts.
+    let repo_s = r.display().to_string();
+    t.ok_as(
+        &s,
+        "ci",
+        &["git", "ingest", "--repo", &repo_s, "--ref", "HEAD"],
+    )
+    .await;
+    let out = authorize(&s, "--commit", &c, true).await;
+    assert_eq!(out.code, 1, "{out:?}");
+    let dec = out.json();
+    assert_eq!(dec["change_id"], "CHG-2", "{dec:#}");
+    assert_eq!(
+        dec["reasons"],
+        json!(["needs 2 approvals from distinct people; 1 counted"]),
+        "{dec:#}"
+    );
+    assert_eq!(
+        dec["not_counted"],
+        json!([{
+            "approver": "alice",
+            "reason": "alice is a commit author or committer of the change",
+            "index": a,
+        }]),
+        "{dec:#}"
+    );
+    assert_eq!(
+        dec["counted"],
+        json!([{"approver": "bob", "roles": "dev", "index": b}]),
+        "{dec:#}"
+    );
+
+    // A second person who did not write it: allowed, naming the change.
+    t.review(&s, "carol", "approve", "CHG-2", "").await;
+    let out = authorize(&s, "--commit", &c, true).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    let dec = out.json();
+    assert_eq!(dec["verdict"], "allow", "{dec:#}");
+    assert_eq!(dec["rule"], "prod", "{dec:#}");
+    assert_eq!(dec["policy_version"], 1, "{dec:#}");
+    assert_eq!(dec["change_id"], "CHG-2", "{dec:#}");
+    assert_eq!(dec["change_revision"], 1, "{dec:#}");
+    assert_eq!(
+        dec["reasons"],
+        json!(["rule \"prod\" is satisfied"]),
+        "{dec:#}"
+    );
+    assert_eq!(dec["counted"][0]["approver"], "bob", "{dec:#}");
+    assert_eq!(dec["counted"][1]["approver"], "carol", "{dec:#}");
+    assert_eq!(dec["recorded"], false, "{dec:#}");
+
+    // A commit no change binds: denied, and told to open one.
+    let other = "0123456789abcdef0123456789abcdef01234567";
+    let out = authorize(&s, "--commit", other, true).await;
+    assert_eq!(out.code, 1, "{out:?}");
+    let dec = out.json();
+    assert_eq!(dec["change_id"], "", "{dec:#}");
+    assert_eq!(
+        dec["reasons"],
+        json!([format!(
+            "no change binds {other} for prod; open a change for these subjects"
+        )]),
+        "{dec:#}"
+    );
+}
+
+/// `docket reject` records a rejection: later decisions deny naming who
+/// rejected which revision at which entry and why, `change show` lists it
+/// as a rejection, and the reviewer's later approval supersedes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejection_denies_until_superseded() {
+    let s = server().with_policy(POLICY).run().await;
+    let t = team(&s).await;
+    let d = digest("image-reject");
+    t.ok_as(
+        &s,
+        "ci",
+        &[
+            "change", "open", "--id", "CHG-3", "--digest", &d, "--env", "prod",
+        ],
+    )
+    .await;
+    let b = t.review(&s, "bob", "approve", "CHG-3", "").await;
+    let out = t
+        .ok_as(
+            &s,
+            "carol",
+            &["reject", "CHG-3", "--comment", "needs a load test"],
+        )
+        .await;
+    let prefix = "carol rejected change CHG-3 at entry ";
+    assert!(out.starts_with(prefix), "{out:?}");
+    let rejected: u64 = out[prefix.len()..]
+        .split(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(out.contains(&format!("(seen: {d})")), "{out:?}");
+
+    let out = authorize(&s, "--digest", &d, true).await;
+    assert_eq!(out.code, 1, "{out:?}");
+    let dec = out.json();
+    assert_eq!(dec["change_id"], "CHG-3", "{dec:#}");
+    assert_eq!(
+        dec["reasons"],
+        json!([
+            format!(
+                "carol rejected revision 1 of change CHG-3 (entry {rejected}): needs a load test"
+            ),
+            "needs 2 approvals from distinct people; 1 counted",
+        ]),
+        "{dec:#}"
+    );
+    assert_eq!(
+        dec["not_counted"],
+        json!([{"approver": "carol", "reason": "rejected this revision", "index": rejected}]),
+        "{dec:#}"
+    );
+    assert_eq!(dec["counted"][0]["approver"], "bob", "{dec:#}");
+    assert_eq!(dec["counted"][0]["index"], b, "{dec:#}");
+    // In words, too.
+    let out = authorize(&s, "--digest", &d, false).await;
+    assert_eq!(out.code, 1, "{out:?}");
+    has_line(
+        &out,
+        &format!(
+            "  - carol rejected revision 1 of change CHG-3 (entry {rejected}): needs a load test"
+        ),
+    );
+    has_line(
+        &out,
+        &format!("  not counted: carol — rejected this revision [entry {rejected}]"),
+    );
+
+    // `change show` lists the review as a rejection, with its comment.
+    let shown = s.cli_ok(&["change", "show", "CHG-3"]).await;
+    let c: Value = serde_json::from_str(&shown).unwrap_or_else(|e| panic!("{e}: {shown}"));
+    assert_eq!(c["change_id"], "CHG-3", "{c:#}");
+    assert_eq!(c["revision"], 1, "{c:#}");
+    let reviews = c["reviews"].as_array().unwrap_or_else(|| panic!("{c:#}"));
+    assert_eq!(reviews.len(), 2, "{c:#}");
+    assert_eq!(reviews[0]["reviewer"], "bob", "{c:#}");
+    assert_eq!(reviews[0]["verdict"], "approve", "{c:#}");
+    assert_eq!(reviews[1]["reviewer"], "carol", "{c:#}");
+    assert_eq!(reviews[1]["verdict"], "reject", "{c:#}");
+    assert_eq!(reviews[1]["comment"], "needs a load test", "{c:#}");
+    assert_eq!(reviews[1]["index"], rejected, "{c:#}");
+    assert_eq!(reviews[1]["seen_subjects"], json!([d]), "{c:#}");
+
+    // Carol's later approval speaks for her: allowed.
+    let later = t
+        .review(&s, "carol", "approve", "CHG-3", "load test passed")
+        .await;
+    let out = authorize(&s, "--digest", &d, true).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    let dec = out.json();
+    assert_eq!(dec["verdict"], "allow", "{dec:#}");
+    assert_eq!(
+        dec["not_counted"],
+        json!([{
+            "approver": "carol",
+            "reason": format!("superseded by carol's later review (entry {later})"),
+            "index": rejected,
+        }]),
+        "{dec:#}"
+    );
+    assert_eq!(dec["counted"][1]["approver"], "carol", "{dec:#}");
+    assert_eq!(dec["counted"][1]["index"], later, "{dec:#}");
+}
+
+/// A dev may not grant roles: refused with the permission it lacks and who
+/// holds it, nothing appended, the target's roles unchanged; the admin may.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dev_may_not_change_roles() {
+    let s = server().with_policy(POLICY).run().await;
+    let t = Team::new(&s);
+    t.add(&s, "alice", "human", "dev", Some("alice@example.com"))
+        .await;
+    t.add(&s, "bob", "human", "dev", Some("bob@example.com"))
+        .await;
+    let roles = |out: &str| -> Value {
+        let p: Value = serde_json::from_str(out).unwrap_or_else(|e| panic!("{e}: {out}"));
+        p["roles"].clone()
+    };
+    let show = ["principal", "show", "--id", "alice"];
+    assert_eq!(roles(&s.cli_ok(&show).await), json!(["dev"]));
+
+    let size = s.size().await;
+    let out = t
+        .run_as(
+            &s,
+            "bob",
+            &[
+                "principal",
+                "update",
+                "--id",
+                "alice",
+                "--grant-role",
+                "admin",
+                "--reason",
+                "promote",
+            ],
+        )
+        .await;
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(
+        out.stderr.contains(
+            "event refused by state rules: \"bob\" may not change roles: policy version 1 gives `change_roles` to role(s) admin"
+        ),
+        "{out:?}"
+    );
+    assert!(out.stderr.contains("FailedPrecondition"), "{out:?}");
+    assert_eq!(
+        s.size().await,
+        size,
+        "the refused update appended something"
+    );
+    assert_eq!(roles(&s.cli_ok(&show).await), json!(["dev"]));
+
+    // Revoking is changing roles too.
+    let out = t
+        .run_as(
+            &s,
+            "bob",
+            &[
+                "principal",
+                "update",
+                "--id",
+                "alice",
+                "--revoke-role",
+                "dev",
+            ],
+        )
+        .await;
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(
+        out.stderr
+            .contains("\"bob\" may not change roles: policy version 1 gives `change_roles`"),
+        "{out:?}"
+    );
+    assert_eq!(roles(&s.cli_ok(&show).await), json!(["dev"]));
+
+    // The admin (the data dir's default signer) holds change_roles.
+    s.cli_ok(&[
+        "principal",
+        "update",
+        "--id",
+        "alice",
+        "--grant-role",
+        "security",
+    ])
+    .await;
+    assert_eq!(roles(&s.cli_ok(&show).await), json!(["dev", "security"]));
+}
