@@ -4,6 +4,7 @@
 mod benches;
 mod ci_templates;
 mod cli;
+mod cli_gov;
 mod common;
 mod compat;
 mod crash;
