@@ -104,6 +104,74 @@ fn signature_verdicts_of_real_commits() {
         "signed with a Docket key",
     );
 
+    // A real OpenPGP signature, made by gpg with a key generated here.
+    let gnupg = dir.path().join("gnupg");
+    std::fs::create_dir_all(&gnupg).unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&gnupg, std::fs::Permissions::from_mode(0o700)).unwrap();
+    }
+    let gpg = |args: &[&str]| {
+        let out = std::process::Command::new("gpg")
+            .arg("--homedir")
+            .arg(&gnupg)
+            .args(["--batch", "--passphrase", ""])
+            .args(args)
+            .output()
+            .expect("gpg is installed");
+        assert!(
+            out.status.success(),
+            "gpg {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    gpg(&[
+        "--quick-gen-key",
+        "Pat <pat@example.com>",
+        "ed25519",
+        "sign",
+        "never",
+    ]);
+    std::fs::write(repo.join("d.txt"), "signed with gpg\n").unwrap();
+    git(&repo, &["add", "d.txt"]);
+    let out = std::process::Command::new("git")
+        .args([
+            "-c",
+            "user.name=Pat",
+            "-c",
+            "user.email=pat@example.com",
+            "-c",
+            "user.signingkey=pat@example.com",
+            "-c",
+            "commit.gpgsign=true",
+            "commit",
+            "-q",
+            "-m",
+            "signed with gpg",
+        ])
+        .current_dir(&repo)
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .env("HOME", &repo)
+        .env("GNUPGHOME", &gnupg)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "git commit -S: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let real_pgp = git(&repo, &["rev-parse", "HEAD"]);
+    let _ = std::process::Command::new("gpgconf")
+        .arg("--homedir")
+        .arg(&gnupg)
+        .args(["--kill", "gpg-agent"])
+        .output();
+    assert!(
+        git(&repo, &["cat-file", "commit", &real_pgp])
+            .contains("gpgsig -----BEGIN PGP SIGNATURE-----")
+    );
+
     // Alice's signed commit with its author rewritten, keeping the old signature.
     let raw = git(&repo, &["cat-file", "commit", &signed]) + "\n";
     assert!(raw.contains("gpgsig -----BEGIN SSH SIGNATURE-----"));
@@ -178,6 +246,12 @@ fn signature_verdicts_of_real_commits() {
     assert_eq!(find(&rewritten).commit.author.email, "mallory@example.com");
     assert_eq!(verdict(&pgp), SignatureVerdict::Unverifiable);
     assert!(find(&pgp).signature.detail.contains("OpenPGP"));
+    assert_eq!(verdict(&real_pgp), SignatureVerdict::Unverifiable);
+    assert_eq!(
+        find(&real_pgp).signature.format,
+        docket::event::SignatureFormat::OpenPgp
+    );
+    assert_eq!(find(&real_pgp).commit.author.email, "pat@example.com");
 
     // Parents come before children; facts come from the raw object.
     let order: Vec<&str> = all.iter().map(|o| o.sha.as_str()).collect();
