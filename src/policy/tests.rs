@@ -803,3 +803,60 @@ match.environments = ["prod"]
     let v = decide(payments, None);
     assert_eq!(v.rule.as_deref(), Some("payments"));
 }
+
+/// `match.kinds`, `match.namespaces` and `match.actions`: a rule applies
+/// only when every list it sets matches, and a request that leaves out a
+/// field a rule matches on (a kind, a namespace) does not match it.
+#[test]
+fn kinds_namespaces_and_actions_select_rules() {
+    let policy = Policy::parse_new(
+        r#"version = 1
+[defaults]
+unmatched = "deny"
+
+[[rule]]
+name = "payments-deployments"
+match.kinds = ["Deployment", "StatefulSet"]
+match.namespaces = ["payments-*"]
+match.actions = ["deploy"]
+"#,
+    )
+    .unwrap();
+    let principals = people();
+    let facts = Facts {
+        principals: &principals,
+        change: None,
+        deployments: &[],
+    };
+    let rule = |kind: Option<&str>, namespace: Option<&str>, action: &str| {
+        let req = Request {
+            kind: kind.map(str::to_owned),
+            namespace: namespace.map(str::to_owned),
+            action: action.into(),
+            ..request("prod")
+        };
+        evaluate(&policy, &req, &facts).rule
+    };
+    let applies = Some("payments-deployments".to_owned());
+    assert_eq!(
+        rule(Some("Deployment"), Some("payments-eu"), "deploy"),
+        applies
+    );
+    assert_eq!(
+        rule(Some("StatefulSet"), Some("payments-us"), "deploy"),
+        applies
+    );
+    for (kind, namespace, action) in [
+        (Some("CronJob"), Some("payments-eu"), "deploy"),
+        (Some("Deployment"), Some("billing"), "deploy"),
+        (Some("Deployment"), Some("payments-eu"), "rollback"),
+        (None, Some("payments-eu"), "deploy"),
+        (Some("Deployment"), None, "deploy"),
+    ] {
+        assert_eq!(
+            rule(kind, namespace, action),
+            None,
+            "{kind:?} {namespace:?} {action}"
+        );
+    }
+}
