@@ -364,9 +364,9 @@ fn verify_files<'a>(
             .collect();
         if run.len() as u64 != r.end - r.start {
             return Err(fail(
-                "entries.bin",
+                "completeness",
                 format!(
-                    "the range {}..{} needs every entry in it; {} of {} are present",
+                    "entries.bin must hold every entry of the range {}..{} the bundle proves; {} of {} are present",
                     r.start,
                     r.end,
                     run.len(),
