@@ -562,33 +562,60 @@ fn compare_decisions(got: &[u8], want: &[u8]) -> Result<(), BundleFailure> {
         got.as_array().unwrap_or(&empty),
         want.as_array().unwrap_or(&empty),
     );
+    // Every difference is reported, not only the first: an auditor wants
+    // the whole list of decisions the bundle misstates.
+    let words = |d: &Value| {
+        format!(
+            "{} by rule {} ({})",
+            d["verdict"].as_str().unwrap_or("?"),
+            d["rule"].as_str().unwrap_or("(none)"),
+            d["reasons"]
+                .as_array()
+                .map(|r| r
+                    .iter()
+                    .filter_map(Value::as_str)
+                    .collect::<Vec<_>>()
+                    .join("; "))
+                .unwrap_or_default()
+        )
+    };
+    let mut differ = Vec::new();
     for wd in w {
         let idx = wd["index"].as_u64().unwrap_or_default();
-        let Some(gd) = g.iter().find(|d| d["index"].as_u64() == Some(idx)) else {
-            return Err(fail(f, format!("the decision of entry {idx} is missing")));
-        };
-        if gd != wd {
-            let words = |d: &Value| {
+        match g.iter().find(|d| d["index"].as_u64() == Some(idx)) {
+            None => differ.push((idx, "the bundle has no decision for it".to_owned())),
+            Some(gd) if gd != wd => differ.push((
+                idx,
                 format!(
-                    "{} by rule {} ({})",
-                    d["verdict"].as_str().unwrap_or("?"),
-                    d["rule"].as_str().unwrap_or("(none)"),
-                    d["reasons"]
-                        .as_array()
-                        .map(|r| r
-                            .iter()
-                            .filter_map(Value::as_str)
-                            .collect::<Vec<_>>()
-                            .join("; "))
-                        .unwrap_or_default()
-                )
-            };
+                    "the bundle says {}, re-evaluation gives {}",
+                    words(gd),
+                    words(wd)
+                ),
+            )),
+            Some(_) => {}
+        }
+    }
+    match differ.as_slice() {
+        [] => {}
+        [(idx, how)] => {
             return Err(fail(
                 f,
                 format!(
-                    "the decision recorded for entry {idx} differs from re-evaluating it from the bundle's facts: the bundle says {}, re-evaluation gives {}",
-                    words(gd),
-                    words(wd)
+                    "the decision recorded for entry {idx} differs from re-evaluating it from the bundle's facts: {how}"
+                ),
+            ));
+        }
+        many => {
+            let list: Vec<String> = many
+                .iter()
+                .map(|(idx, how)| format!("entry {idx}: {how}"))
+                .collect();
+            return Err(fail(
+                f,
+                format!(
+                    "{} recorded decisions differ from re-evaluating them from the bundle's facts. {}",
+                    many.len(),
+                    list.join(". ")
                 ),
             ));
         }

@@ -681,6 +681,33 @@ async fn dropped_entries_fail_completeness_and_altered_decisions_fail_re_evaluat
         "{e}"
     );
 
+    //    Two decisions rewritten: both are listed, not only the first.
+    let mut forged = files.clone();
+    let mut d: serde_json::Value = serde_json::from_slice(&forged["facts/decisions.json"]).unwrap();
+    let allowed = f.at["prod-1"];
+    for x in d.as_array_mut().unwrap() {
+        if x["index"] == denied {
+            x["verdict"] = "allow".into();
+        }
+        if x["index"] == allowed {
+            x["verdict"] = "deny".into();
+        }
+    }
+    let mut bytes = serde_json::to_vec_pretty(&d).unwrap();
+    bytes.push(b'\n');
+    forged.insert("facts/decisions.json".into(), bytes);
+    let e = evidence::verify(&reseal(&s.data, forged), &t).unwrap_err();
+    assert_eq!(e.what, "facts/decisions.json");
+    assert!(
+        e.reason
+            .starts_with("2 recorded decisions differ from re-evaluating them")
+            && e.reason
+                .contains(&format!("entry {allowed}: the bundle says deny"))
+            && e.reason
+                .contains(&format!("entry {denied}: the bundle says allow")),
+        "{e}"
+    );
+
     // 4. An approval added to a derived file only (not in the log).
     let mut forged = files.clone();
     let mut c: serde_json::Value = serde_json::from_slice(&forged["facts/changes.json"]).unwrap();
