@@ -9,7 +9,8 @@
 #
 # Settings come only from the environment (see usage below). Exit codes: 0
 # allowed / recorded, 1 denied or the server refused, 64 bad usage or
-# configuration (docket's own codes are passed through unchanged).
+# configuration, 69 the server could not be reached (docket's own codes are
+# passed through unchanged).
 set -euo pipefail
 
 PROG=docket-ci.sh
@@ -46,7 +47,8 @@ Environment:
   DOCKET_JSON_OUT   gate/deploy: also write the decision as JSON to this file
   GITHUB_STEP_SUMMARY  GitHub Actions: a Markdown summary is appended to it
 
-Exit codes: 0 allowed/recorded, 1 denied or failed, 64 bad usage or configuration.
+Exit codes: 0 allowed/recorded, 1 denied or failed, 64 bad usage or configuration,
+69 the server could not be reached (nothing was decided; retry).
 EOF
 }
 

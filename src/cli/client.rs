@@ -74,7 +74,7 @@ impl Conn {
                 .map_err(|e| CliError::usage(format!("TLS settings: {e}")))?;
         }
         ep.connect().await.map_err(|e| {
-            CliError::failed(format!(
+            CliError::unavailable(format!(
                 "connecting to {}: {e}. If the server refused the handshake, check that the client \
                  certificate ({}) is signed by the server's client CA; a missing or foreign \
                  certificate shows up as a transport error.",
@@ -106,5 +106,12 @@ pub fn status_err(what: &str, s: tonic::Status) -> CliError {
     } else {
         ""
     };
-    CliError::failed(format!("{what}: {:?}: {}{hint}", s.code(), s.message()))
+    let message = format!("{what}: {:?}: {}{hint}", s.code(), s.message());
+    // The call never reached a server that answered: a distinct exit code,
+    // so a pipeline gate can retry instead of reading it as a denial.
+    if s.code() == tonic::Code::Unavailable {
+        CliError::unavailable(message)
+    } else {
+        CliError::failed(message)
+    }
 }

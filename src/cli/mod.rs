@@ -1,5 +1,7 @@
 //! The `docket` subcommands. Exit codes: 0 success, 1 the operation failed
-//! (verification found a problem, the server refused), 64 bad usage or config.
+//! (verification found a problem, the server refused or denied), 64 bad
+//! usage or config, 69 the server could not be reached (sysexits'
+//! EX_UNAVAILABLE), so a pipeline can tell "denied" from "could not ask".
 
 pub mod bench;
 pub mod bench_gov;
@@ -236,6 +238,13 @@ impl CliError {
         CliError {
             message: m.to_string(),
             code: 64,
+        }
+    }
+    /// The server could not be reached (refused, timed out, TLS failed).
+    pub(crate) fn unavailable(m: impl std::fmt::Display) -> Self {
+        CliError {
+            message: m.to_string(),
+            code: 69,
         }
     }
 }

@@ -555,3 +555,49 @@ async fn a_dev_may_not_change_roles() {
     .await;
     assert_eq!(roles(&s.cli_ok(&show).await), json!(["dev", "security"]));
 }
+
+/// A gate that cannot reach the server exits 69 (EX_UNAVAILABLE), not 1:
+/// a pipeline can tell "denied" from "could not ask" and retry the latter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_server_is_not_a_denial() {
+    let s = server().with_policy(POLICY).run().await;
+    // A port nothing listens on.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let url = format!("https://127.0.0.1:{port}");
+    let d = digest("unreachable");
+    for args in [
+        vec![
+            "authorize",
+            "--env",
+            "prod",
+            "--digest",
+            &d,
+            "--actor",
+            "ci",
+        ],
+        vec!["checkpoint"],
+    ] {
+        let out = s.cli_env(&args, &[("DOCKET_SERVER", &url)]).await;
+        assert_eq!(out.code, 69, "{args:?}: {}{}", out.stdout, out.stderr);
+        assert!(
+            out.stderr.contains(&format!("connecting to {url}")),
+            "{args:?}: {}",
+            out.stderr
+        );
+    }
+    // The same request to the live server is an ordinary denial.
+    let out = s
+        .cli(&[
+            "authorize",
+            "--env",
+            "prod",
+            "--digest",
+            &d,
+            "--actor",
+            "ci",
+        ])
+        .await;
+    assert_eq!(out.code, 1, "{}{}", out.stdout, out.stderr);
+}
