@@ -1519,3 +1519,57 @@ async fn a_bundle_of_several_chunks_streams_whole_and_matches_the_offline_export
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// The report's change table filters and sorts in a real browser without a
+/// server: `tests/report/interact.py` drives headless Chromium over the
+/// DevTools protocol, types into the filter and clicks the first column's
+/// header, and returns what the page then shows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn report_filters_and_sorts_in_chromium() {
+    use pb::export_evidence_request::Scope as S;
+    let f = fixture().await;
+    let b = export_online(
+        &f.server,
+        S::Period(pb::PeriodScope {
+            from_unix_nanos: f.day(0),
+            to_unix_nanos: f.day(9),
+            ..Default::default()
+        }),
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    unpack_to(&b, dir.path());
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/report/interact.py");
+    let out = tokio::time::timeout(
+        Duration::from_secs(120),
+        tokio::process::Command::new("python3")
+            .arg(&script)
+            .arg(dir.path().join("report.html"))
+            .arg(dir.path().join("chromium-profile"))
+            .output(),
+    )
+    .await
+    .expect("the browser session finished")
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let seen: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(seen["loaded"], "2 of 2 shown", "{seen}");
+    assert_eq!(
+        seen["filtered"],
+        serde_json::json!({"count": "1 of 2 shown", "visible": ["CHG-2"]}),
+        "{seen}"
+    );
+    assert_eq!(seen["cleared"], "2 of 2 shown", "{seen}");
+    assert_eq!(
+        seen["sorted"],
+        serde_json::json!([
+            {"dir": "asc", "order": ["CHG-1", "CHG-2"]},
+            {"dir": "desc", "order": ["CHG-2", "CHG-1"]},
+        ]),
+        "{seen}"
+    );
+}
