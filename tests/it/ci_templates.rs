@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-use crate::common::{BIN, CliOut, TestServer, server};
+use crate::common::{BIN, CliOut, TestServer, digest, server};
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -49,35 +49,12 @@ impl Pipeline {
     }
 }
 
-fn digest(tag: &str) -> String {
-    format!(
-        "sha256:{}",
-        hex::encode(docket::crypto::blake3_256(tag.as_bytes()))
-    )
-}
-
 /// Registers `id` (e-mail `<id>@example.com`, the identity of its git
 /// commits) and returns its key file.
 async fn principal(s: &TestServer, dir: &Path, id: &str, kind: &str, role: &str) -> PathBuf {
     let key = dir.join(format!("{id}.key"));
-    s.cli_ok(&["keygen", "--out", key.to_str().unwrap()]).await;
-    let pubkey = format!("{}.pub", key.display());
     let email = format!("{id}@example.com");
-    s.cli_ok(&[
-        "principal",
-        "add",
-        "--id",
-        id,
-        "--kind",
-        kind,
-        "--role",
-        role,
-        "--email",
-        &email,
-        "--key-file",
-        &pubkey,
-    ])
-    .await;
+    s.add_principal(&key, id, kind, role, Some(&email)).await;
     key
 }
 

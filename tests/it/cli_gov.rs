@@ -5,11 +5,11 @@
 //! role. Commits are real git commits; segregation of duties needs them
 //! ingested.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde_json::{Value, json};
 
-use crate::common::{CliOut, TestServer, server};
+use crate::common::{CliOut, TestServer, digest, server};
 use crate::governance::{commit, repo};
 
 /// Two approvals from dev/security for prod; staging needs nothing. Passes
@@ -36,13 +36,6 @@ name = "staging"
 match.environments = ["staging"]
 "#;
 
-fn digest(tag: &str) -> String {
-    format!(
-        "sha256:{}",
-        hex::encode(docket::crypto::blake3_256(tag.as_bytes()))
-    )
-}
-
 /// Principals' key files, under the server's temporary directory.
 struct Team {
     dir: PathBuf,
@@ -61,25 +54,8 @@ impl Team {
 
     /// `docket keygen` then `docket principal add` (signed by the admin).
     async fn add(&self, s: &TestServer, id: &str, kind: &str, role: &str, email: Option<&str>) {
-        let key = self.key(id);
-        s.cli_ok(&["keygen", "--out", &key]).await;
-        let pubkey = format!("{key}.pub");
-        let mut args = vec![
-            "principal",
-            "add",
-            "--id",
-            id,
-            "--kind",
-            kind,
-            "--role",
-            role,
-            "--key-file",
-            &pubkey,
-        ];
-        if let Some(e) = email {
-            args.extend(["--email", e]);
-        }
-        s.cli_ok(&args).await;
+        s.add_principal(Path::new(&self.key(id)), id, kind, role, email)
+            .await;
     }
 
     /// Runs the binary signing as `id` with its own key.

@@ -222,6 +222,37 @@ impl TestServer {
         }
     }
 
+    /// `docket keygen --out KEY` then `docket principal add` (signed by the
+    /// admin) for `id` with that key, one role and an optional e-mail.
+    pub async fn add_principal(
+        &self,
+        key: &std::path::Path,
+        id: &str,
+        kind: &str,
+        role: &str,
+        email: Option<&str>,
+    ) {
+        let key = key.display().to_string();
+        self.cli_ok(&["keygen", "--out", &key]).await;
+        let pubkey = format!("{key}.pub");
+        let mut args = vec![
+            "principal",
+            "add",
+            "--id",
+            id,
+            "--kind",
+            kind,
+            "--role",
+            role,
+            "--key-file",
+            &pubkey,
+        ];
+        if let Some(e) = email {
+            args.extend(["--email", e]);
+        }
+        self.cli_ok(&args).await;
+    }
+
     /// Like [`TestServer::cli`], and the command must succeed.
     pub async fn cli_ok(&self, args: &[&str]) -> String {
         let out = self.cli(args).await;
@@ -235,6 +266,14 @@ impl TestServer {
         );
         out.stdout
     }
+}
+
+/// A well-formed artifact digest derived from `tag`.
+pub fn digest(tag: &str) -> String {
+    format!(
+        "sha256:{}",
+        hex::encode(docket::crypto::blake3_256(tag.as_bytes()))
+    )
 }
 
 pub fn now_nanos() -> i64 {

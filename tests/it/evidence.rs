@@ -801,8 +801,9 @@ async fn oscal_validates_with_compliance_trestle() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn report_renders_in_headless_chromium() {
+/// The fixture's whole period (days 0–9) exported and unpacked into a
+/// temporary directory.
+async fn whole_period_unpacked() -> tempfile::TempDir {
     use pb::export_evidence_request::Scope as S;
     let f = fixture().await;
     let b = export_online(
@@ -816,6 +817,12 @@ async fn report_renders_in_headless_chromium() {
     .await;
     let dir = tempfile::tempdir().unwrap();
     unpack_to(&b, dir.path());
+    dir
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn report_renders_in_headless_chromium() {
+    let dir = whole_period_unpacked().await;
     let html = dir.path().join("report.html");
     let profile = dir.path().join("chromium-profile");
     let out = tokio::time::timeout(
@@ -1526,19 +1533,7 @@ async fn a_bundle_of_several_chunks_streams_whole_and_matches_the_offline_export
 /// header, and returns what the page then shows.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn report_filters_and_sorts_in_chromium() {
-    use pb::export_evidence_request::Scope as S;
-    let f = fixture().await;
-    let b = export_online(
-        &f.server,
-        S::Period(pb::PeriodScope {
-            from_unix_nanos: f.day(0),
-            to_unix_nanos: f.day(9),
-            ..Default::default()
-        }),
-    )
-    .await;
-    let dir = tempfile::tempdir().unwrap();
-    unpack_to(&b, dir.path());
+    let dir = whole_period_unpacked().await;
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/report/interact.py");
     let out = tokio::time::timeout(
         Duration::from_secs(120),

@@ -9,7 +9,7 @@ use std::time::Duration;
 use docket::service::{Clock, ManualClock};
 use serde_json::Value;
 
-use crate::common::{TestServer, now_nanos, server};
+use crate::common::{TestServer, digest, now_nanos, server};
 
 /// Runs git in `dir` with a clean configuration; returns stdout.
 pub fn git(dir: &Path, args: &[&str]) -> String {
@@ -85,13 +85,6 @@ pub fn commit(
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
     git(repo, &refs);
     git(repo, &["rev-parse", "HEAD"])
-}
-
-fn digest(tag: &str) -> String {
-    format!(
-        "sha256:{}",
-        hex::encode(docket::crypto::blake3_256(tag.as_bytes()))
-    )
 }
 
 /// Civil UTC time "YYYY-MM-DDTHH:MM" of `nanos`, for policy freeze windows.
@@ -196,24 +189,8 @@ async fn add_principal(
     role: &str,
     email: Option<&str>,
 ) {
-    s.cli_ok(&["keygen", "--out", &p.key(id)]).await;
-    let pubkey = format!("{}.pub", p.key(id));
-    let mut args = vec![
-        "principal",
-        "add",
-        "--id",
-        id,
-        "--kind",
-        kind,
-        "--role",
-        role,
-        "--key-file",
-        &pubkey,
-    ];
-    if let Some(e) = email {
-        args.extend(["--email", e]);
-    }
-    s.cli_ok(&args).await;
+    s.add_principal(Path::new(&p.key(id)), id, kind, role, email)
+        .await;
 }
 
 fn as_(p: &People, who: &str) -> [String; 4] {

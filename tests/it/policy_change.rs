@@ -72,23 +72,9 @@ fn blake3_hex(text: &str) -> String {
 /// Writes a key pair for `id`, registers it as a human with `role` (signed
 /// by the data dir's admin) and returns its private key file.
 async fn principal(s: &TestServer, dir: &Path, id: &str, role: &str) -> String {
-    let key = dir.join(format!("{id}.key")).display().to_string();
-    s.cli_ok(&["keygen", "--out", &key]).await;
-    let pubkey = format!("{key}.pub");
-    s.cli_ok(&[
-        "principal",
-        "add",
-        "--id",
-        id,
-        "--kind",
-        "human",
-        "--role",
-        role,
-        "--key-file",
-        &pubkey,
-    ])
-    .await;
-    key
+    let key = dir.join(format!("{id}.key"));
+    s.add_principal(&key, id, "human", role, None).await;
+    key.display().to_string()
 }
 
 /// Runs the binary signing as `id` with its own key.
