@@ -21,7 +21,6 @@ use crate::datadir::{DataDir, InitOptions};
 use crate::event::{
     Body, ChangeOpening, ChangeReview, ChangedPaths, CiRun, CiStatus, CommitObservation,
     CommitSignature, DeployRequest, Event, PrincipalId, PrincipalKind, PrincipalSpec, RecordId,
-    SignatureFormat, SignatureVerdict,
 };
 use crate::ledger::Envelope;
 use crate::server::{Server, Transport};
@@ -167,13 +166,7 @@ pub fn governance_events(changes: usize, reviews: usize) -> Vec<Vec<Envelope>> {
                 raw: raw.into_bytes(),
                 commit,
                 changed: ChangedPaths::default(),
-                signature: CommitSignature {
-                    format: SignatureFormat::None,
-                    verdict: SignatureVerdict::Unsigned,
-                    signer_identity: String::new(),
-                    key_fingerprint: String::new(),
-                    detail: String::new(),
-                },
+                signature: CommitSignature::unsigned(),
             })),
             &mut opened,
         );

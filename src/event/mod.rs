@@ -235,6 +235,19 @@ pub struct CommitSignature {
     pub detail: String,
 }
 
+impl CommitSignature {
+    /// The verdict on a commit that carries no signature.
+    pub fn unsigned() -> Self {
+        CommitSignature {
+            format: SignatureFormat::None,
+            verdict: SignatureVerdict::Unsigned,
+            signer_identity: String::new(),
+            key_fingerprint: String::new(),
+            detail: "the commit carries no signature".into(),
+        }
+    }
+}
+
 /// Paths a commit changed, as the ingester saw them.
 #[derive(Clone, PartialEq, Eq, Debug, Default)]
 pub struct ChangedPaths {

@@ -262,13 +262,7 @@ fn verdict(
             }
         };
     let Some(armored) = &commit.signature else {
-        return sig(
-            SignatureFormat::None,
-            SignatureVerdict::Unsigned,
-            String::new(),
-            String::new(),
-            "the commit carries no signature".into(),
-        );
+        return CommitSignature::unsigned();
     };
     if armored.starts_with("-----BEGIN PGP SIGNATURE-----") {
         return sig(

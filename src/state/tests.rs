@@ -471,10 +471,7 @@ fn persisted_state_loads_back_equal() {
 #[test]
 fn the_author_of_the_commit_an_image_was_built_from_does_not_count() {
     use crate::event::git::{object_id, parse_commit};
-    use crate::event::{
-        ChangedPaths, CiRun, CiStatus, CommitObservation, CommitSignature, SignatureFormat,
-        SignatureVerdict,
-    };
+    use crate::event::{ChangedPaths, CiRun, CiStatus, CommitObservation, CommitSignature};
     let mut f = Fold::new(POLICY);
     for (who, email) in [("alice", "alice@example.com"), ("bob", ""), ("carol", "")] {
         f.apply(
@@ -537,13 +534,7 @@ retry declined cards once\n"
             commit: parse_commit(&raw).unwrap(),
             raw,
             changed: ChangedPaths::default(),
-            signature: CommitSignature {
-                format: SignatureFormat::None,
-                verdict: SignatureVerdict::Unsigned,
-                signer_identity: String::new(),
-                key_fingerprint: String::new(),
-                detail: String::new(),
-            },
+            signature: CommitSignature::unsigned(),
         })),
     )
     .unwrap();

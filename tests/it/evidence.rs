@@ -13,7 +13,6 @@ use docket::api::pb;
 use docket::event::{
     Body, ChangeOpening, ChangeReview, ChangedPaths, CiRun, CiStatus, CommitObservation,
     CommitSignature, DeployRequest, Event, PrincipalId, PrincipalKind, PrincipalSpec, RecordId,
-    SignatureFormat, SignatureVerdict,
 };
 use docket::evidence::{self, BundleFailure, Control, Scope, Trust};
 use docket::service::{Clock, ManualClock};
@@ -133,13 +132,7 @@ impl Fixture {
                 raw: raw.into_bytes(),
                 commit,
                 changed: ChangedPaths::default(),
-                signature: CommitSignature {
-                    format: SignatureFormat::None,
-                    verdict: SignatureVerdict::Unsigned,
-                    signer_identity: String::new(),
-                    key_fingerprint: String::new(),
-                    detail: String::new(),
-                },
+                signature: CommitSignature::unsigned(),
             })),
         )
         .await;
@@ -658,19 +651,14 @@ async fn dropped_entries_fail_completeness_and_altered_decisions_fail_re_evaluat
 
     // 3. A decision rewritten (deny → allow), manifest re-signed: only the
     //    re-evaluation from the bundle's facts can notice, and it does.
-    let mut forged = files.clone();
-    let mut d: serde_json::Value = serde_json::from_slice(&forged["facts/decisions.json"]).unwrap();
     let denied = f.at["prod-2-denied"];
-    for x in d.as_array_mut().unwrap() {
+    let forged = with_decisions(&files, |x| {
         if x["index"] == denied {
             assert_eq!(x["verdict"], "deny");
             x["verdict"] = "allow".into();
             x["reasons"] = serde_json::json!(["rule \"prod\" is satisfied"]);
         }
-    }
-    let mut bytes = serde_json::to_vec_pretty(&d).unwrap();
-    bytes.push(b'\n');
-    forged.insert("facts/decisions.json".into(), bytes);
+    });
     let e = evidence::verify(&reseal(&s.data, forged), &t).unwrap_err();
     assert_eq!(e.what, "facts/decisions.json");
     assert!(
@@ -682,20 +670,15 @@ async fn dropped_entries_fail_completeness_and_altered_decisions_fail_re_evaluat
     );
 
     //    Two decisions rewritten: both are listed, not only the first.
-    let mut forged = files.clone();
-    let mut d: serde_json::Value = serde_json::from_slice(&forged["facts/decisions.json"]).unwrap();
     let allowed = f.at["prod-1"];
-    for x in d.as_array_mut().unwrap() {
+    let forged = with_decisions(&files, |x| {
         if x["index"] == denied {
             x["verdict"] = "allow".into();
         }
         if x["index"] == allowed {
             x["verdict"] = "deny".into();
         }
-    }
-    let mut bytes = serde_json::to_vec_pretty(&d).unwrap();
-    bytes.push(b'\n');
-    forged.insert("facts/decisions.json".into(), bytes);
+    });
     let e = evidence::verify(&reseal(&s.data, forged), &t).unwrap_err();
     assert_eq!(e.what, "facts/decisions.json");
     assert!(
@@ -721,6 +704,21 @@ async fn dropped_entries_fail_completeness_and_altered_decisions_fail_re_evaluat
     );
     let e = evidence::verify(&reseal(&s.data, forged), &t).unwrap_err();
     assert_eq!(e.what, "facts/changes.json");
+}
+
+/// The bundle's files with every decision of `facts/decisions.json` passed
+/// through `edit` (the manifest is not touched; `reseal` re-signs it).
+fn with_decisions(
+    files: &BTreeMap<String, Vec<u8>>,
+    edit: impl Fn(&mut serde_json::Value),
+) -> BTreeMap<String, Vec<u8>> {
+    let mut d: serde_json::Value = serde_json::from_slice(&files["facts/decisions.json"]).unwrap();
+    d.as_array_mut().unwrap().iter_mut().for_each(edit);
+    let mut bytes = serde_json::to_vec_pretty(&d).unwrap();
+    bytes.push(b'\n');
+    let mut forged = files.clone();
+    forged.insert("facts/decisions.json".into(), bytes);
+    forged
 }
 
 fn decode_entries(b: &[u8]) -> Vec<(u64, Vec<u8>)> {
