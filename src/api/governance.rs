@@ -94,6 +94,26 @@ fn export_scope(r: pb::ExportEvidenceRequest) -> Result<crate::evidence::Scope, 
 /// Bundle bytes per streamed chunk.
 const CHUNK: usize = 1 << 20;
 
+/// How often a running export reports how far it has got (stage boundaries
+/// are reported as they happen).
+const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// A bundle cut into the chunks of an `ExportEvidence` stream.
+fn bundle_chunks(bytes: Vec<u8>) -> impl Iterator<Item = pb::EvidenceChunk> {
+    let total = bytes.len() as u64;
+    let bytes = std::sync::Arc::new(bytes);
+    (0..bytes.len().div_ceil(CHUNK).max(1)).map(move |i| {
+        let start = i * CHUNK;
+        let end = (start + CHUNK).min(bytes.len());
+        pb::EvidenceChunk {
+            total_bytes: total,
+            offset: start as u64,
+            data: bytes[start..end].to_vec(),
+            progress: None,
+        }
+    })
+}
+
 #[tonic::async_trait]
 impl pb::governance_server::Governance for GovernanceApi {
     type ExportEvidenceStream = std::pin::Pin<
@@ -106,23 +126,73 @@ impl pb::governance_server::Governance for GovernanceApi {
         req: Request<pb::ExportEvidenceRequest>,
     ) -> Result<Response<Self::ExportEvidenceStream>, Status> {
         self.guard.check(&req, "ExportEvidence")?;
-        let scope = export_scope(req.into_inner())?;
-        let bytes = self.svc.export_evidence(scope).await.map_err(|e| {
+        let req = req.into_inner();
+        let with_progress = req.progress;
+        let scope = export_scope(req)?;
+        let failed = |e: crate::evidence::ExportError| {
             tracing::warn!(cause = %e, "evidence export failed");
             export_status(&e)
-        })?;
-        let total = bytes.len() as u64;
-        let bytes = std::sync::Arc::new(bytes);
-        let chunks = (0..bytes.len().div_ceil(CHUNK).max(1)).map(move |i| {
-            let start = i * CHUNK;
-            let end = (start + CHUNK).min(bytes.len());
-            Ok(pb::EvidenceChunk {
-                total_bytes: total,
-                offset: start as u64,
-                data: bytes[start..end].to_vec(),
-            })
+        };
+        if !with_progress {
+            let bytes = self.svc.export_evidence(scope).await.map_err(failed)?;
+            return Ok(Response::new(Box::pin(futures::stream::iter(
+                bundle_chunks(bytes).map(Ok),
+            ))));
+        }
+        // Progress reports go out while the bundle is built, then its bytes;
+        // a failure arrives as the stream's status.
+        let (tx, rx) = tokio::sync::mpsc::channel(8);
+        let svc = self.svc.clone();
+        tokio::spawn(async move {
+            let progress = std::sync::Arc::new(crate::evidence::Progress::default());
+            let export = svc.export_evidence_with(scope, progress.clone());
+            tokio::pin!(export);
+            let mut tick = tokio::time::interval(PROGRESS_EVERY);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut last = None;
+            let result = loop {
+                let done = tokio::select! {
+                    r = &mut export => Some(r),
+                    () = progress.changed() => None,
+                    _ = tick.tick() => None,
+                };
+                for step in progress.take() {
+                    if last == Some(step) {
+                        continue;
+                    }
+                    last = Some(step);
+                    let chunk = pb::EvidenceChunk {
+                        progress: Some(pb::ExportProgress {
+                            stage: step.stage.name().into(),
+                            done: step.done,
+                            total: step.total,
+                        }),
+                        ..Default::default()
+                    };
+                    if tx.send(Ok(chunk)).await.is_err() {
+                        return; // the client went away
+                    }
+                }
+                if let Some(r) = done {
+                    break r;
+                }
+            };
+            match result {
+                Err(e) => {
+                    let _ = tx.send(Err(failed(e))).await;
+                }
+                Ok(bytes) => {
+                    for chunk in bundle_chunks(bytes) {
+                        if tx.send(Ok(chunk)).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
         });
-        Ok(Response::new(Box::pin(futures::stream::iter(chunks))))
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
 
     #[tracing::instrument(skip_all)]

@@ -626,8 +626,9 @@ pub struct BenchEvidenceArgs {
     /// Exports (and verifications) of the whole-log period bundle to time.
     #[arg(long, default_value_t = 3)]
     period_runs: usize,
-    /// Also write the period bundle and the log's verifier key here (for
-    /// profiling `docket evidence verify` on its own).
+    /// Also write the period bundle and the log's verifier key here, and
+    /// keep the data directory as `data/` in it (for profiling `docket
+    /// evidence verify` on its own, or exporting from a large log by hand).
     #[arg(long)]
     keep: Option<std::path::PathBuf>,
 }
@@ -752,5 +753,15 @@ pub(crate) async fn run_evidence(a: BenchEvidenceArgs) -> CliResult {
     println!(
         "export includes selection, reading, the fold, rendering, the manifest signature and a full self-check verification of the bundle"
     );
+    if let Some(dir) = &a.keep {
+        // Closing the service joins its writer thread; the log is durable.
+        drop(svc);
+        std::fs::rename(guard.0.join("data"), dir.join("data")).map_err(|e| failed(&e))?;
+        println!(
+            "kept {} and the data directory {}",
+            dir.join("period.tar").display(),
+            dir.join("data").display()
+        );
+    }
     Ok(())
 }

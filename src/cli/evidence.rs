@@ -52,6 +52,76 @@ pub struct ExportArgs {
     /// instead of asking a server.
     #[arg(long)]
     offline: bool,
+    /// Show how far the export has got on standard error: `auto` when it is
+    /// a terminal, `always` (one line per report when it is not), `never`.
+    #[arg(long, value_enum, default_value_t = ShowProgress::Auto)]
+    progress: ShowProgress,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ShowProgress {
+    Auto,
+    Always,
+    Never,
+}
+
+/// Draws export progress on standard error: one line redrawn in place on a
+/// terminal, a line per report otherwise.
+struct Bar {
+    on: bool,
+    tty: bool,
+    drawn: bool,
+}
+
+impl Bar {
+    fn new(show: ShowProgress) -> Self {
+        let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+        Bar {
+            on: show == ShowProgress::Always || (show == ShowProgress::Auto && tty),
+            tty,
+            drawn: false,
+        }
+    }
+
+    fn draw(&mut self, what: &str, done: u64, total: u64, unit: &str) {
+        if !self.on {
+            return;
+        }
+        let frac = if total == 0 {
+            1.0
+        } else {
+            done as f64 / total as f64
+        };
+        let bar = ((frac * 30.0) as usize).min(30);
+        let line = format!(
+            "{what:<9} [{}{}] {:>5.1}%  {done}/{total} {unit}",
+            "#".repeat(bar),
+            " ".repeat(30 - bar),
+            frac * 100.0,
+        );
+        if self.tty {
+            eprint!("\r{line}\x1b[K");
+        } else {
+            eprintln!("{line}");
+        }
+        let _ = std::io::stderr().flush();
+        self.drawn = true;
+    }
+
+    fn step(&mut self, stage: &str, done: u64, total: u64) {
+        let unit = match stage {
+            "signing" => "manifest",
+            "proving" => "proofs",
+            _ => "entries",
+        };
+        self.draw(stage, done, total, unit);
+    }
+
+    fn end(&mut self) {
+        if self.on && self.tty && self.drawn {
+            eprintln!();
+        }
+    }
 }
 
 #[derive(Args, Debug)]
@@ -127,11 +197,14 @@ pub(crate) async fn evidence(c: EvidenceCmd) -> CliResult {
 async fn export(a: ExportArgs) -> CliResult {
     let scope = scope_of(&a)?;
     let started = std::time::Instant::now();
+    let mut bar = Bar::new(a.progress);
     let bytes = if a.offline {
-        offline(&a.conn.data, &scope)?
+        offline(&a.conn.data, &scope, &mut bar).await
     } else {
-        online(&a.conn, &scope).await?
+        online(&a.conn, &scope, &mut bar).await
     };
+    bar.end();
+    let bytes = bytes?;
     std::fs::write(&a.out, &bytes)
         .map_err(|e| CliError::failed(format!("{}: {e}", a.out.display())))?;
     println!(
@@ -145,7 +218,7 @@ async fn export(a: ExportArgs) -> CliResult {
     Ok(())
 }
 
-fn offline(data: &DataArgs, scope: &Scope) -> Result<Vec<u8>, CliError> {
+async fn offline(data: &DataArgs, scope: &Scope, bar: &mut Bar) -> Result<Vec<u8>, CliError> {
     let dd = DataDir::new(&data.data);
     let cfg = dd.config().map_err(CliError::usage)?;
     let signer = dd.note_signer(&cfg).map_err(CliError::usage)?;
@@ -155,12 +228,36 @@ fn offline(data: &DataArgs, scope: &Scope) -> Result<Vec<u8>, CliError> {
             dd.db().display()
         ))
     })?);
-    let reader = crate::ledger::LedgerReader::new(store.clone());
-    let state = crate::service::current_state(&reader).map_err(CliError::failed)?;
-    crate::evidence::export_offline(&state, &reader, &signer, scope).map_err(CliError::failed)
+    let progress = std::sync::Arc::new(crate::evidence::Progress::default());
+    let (p, scope) = (progress.clone(), scope.clone());
+    let work = tokio::task::spawn_blocking(move || {
+        let reader = crate::ledger::LedgerReader::new(store);
+        let state = crate::service::current_state(&reader).map_err(CliError::failed)?;
+        crate::evidence::export_offline(&state, &reader, &signer, &scope, &p)
+            .map_err(CliError::failed)
+    });
+    tokio::pin!(work);
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(200));
+    let mut last = None;
+    loop {
+        let done = tokio::select! {
+            r = &mut work => Some(r),
+            () = progress.changed() => None,
+            _ = tick.tick() => None,
+        };
+        for s in progress.take() {
+            if last != Some(s) {
+                bar.step(s.stage.name(), s.done, s.total);
+                last = Some(s);
+            }
+        }
+        if let Some(r) = done {
+            return r.map_err(|e| CliError::failed(e.to_string()))?;
+        }
+    }
 }
 
-async fn online(conn: &ConnArgs, scope: &Scope) -> Result<Vec<u8>, CliError> {
+async fn online(conn: &ConnArgs, scope: &Scope, bar: &mut Bar) -> Result<Vec<u8>, CliError> {
     use pb::export_evidence_request::Scope as S;
     let req = pb::ExportEvidenceRequest {
         scope: Some(match scope {
@@ -182,6 +279,7 @@ async fn online(conn: &ConnArgs, scope: &Scope) -> Result<Vec<u8>, CliError> {
                 to_unix_nanos: *to,
             }),
         }),
+        progress: bar.on,
     };
     let mut g = Conn::resolve(conn)?.governance().await?;
     let mut stream = g
@@ -190,33 +288,27 @@ async fn online(conn: &ConnArgs, scope: &Scope) -> Result<Vec<u8>, CliError> {
         .map_err(|s| status_err("export evidence", s))?
         .into_inner();
     let mut out = Vec::new();
-    let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
     while let Some(chunk) = stream
         .message()
         .await
         .map_err(|s| status_err("export evidence", s))?
     {
+        if let Some(p) = &chunk.progress {
+            if !out.is_empty() {
+                return Err(CliError::failed(
+                    "the server sent a progress report after the bundle's bytes began",
+                ));
+            }
+            bar.step(&p.stage, p.done, p.total);
+            continue;
+        }
         if chunk.offset != out.len() as u64 {
             return Err(CliError::failed(
                 "the server sent bundle chunks out of order",
             ));
         }
         out.extend_from_slice(&chunk.data);
-        if tty && chunk.total_bytes > 0 {
-            let done = out.len() as f64 / chunk.total_bytes as f64;
-            let bar = (done * 30.0) as usize;
-            eprint!(
-                "\r[{}{}] {:>5.1}% of {:.1} MiB",
-                "#".repeat(bar),
-                " ".repeat(30 - bar.min(30)),
-                done * 100.0,
-                chunk.total_bytes as f64 / (1 << 20) as f64
-            );
-            let _ = std::io::stderr().flush();
-        }
-    }
-    if tty {
-        eprintln!();
+        bar.draw("receiving", out.len() as u64, chunk.total_bytes, "bytes");
     }
     Ok(out)
 }

@@ -53,10 +53,12 @@ fn at(index: u64, reason: impl Into<String>) -> Failure {
 /// Folds `entries` (increasing indices, starting with genesis) into a sparse
 /// state, applying every rule the log applied when they were appended, then
 /// runs `then` on the result while the other cores finish checking
-/// signatures (so rendering overlaps verification).
+/// signatures (so rendering overlaps verification). Counts folded entries
+/// into `progress`.
 pub(super) fn fold_then<B: AsRef<[u8]>, R>(
     entries: &[(u64, B)],
     sigs: Signatures,
+    progress: &super::Progress,
     then: impl FnOnce(&Folded) -> R,
 ) -> Result<(Folded, R), Failure> {
     let scan = |sink: &mut dyn FnMut(SigJob)| -> Result<(Folded, R), Failure> {
@@ -69,7 +71,8 @@ pub(super) fn fold_then<B: AsRef<[u8]>, R>(
                 reason: "the bundle does not carry entry 0 (genesis), the trust root".into(),
             });
         }
-        for (i, bytes) in entries {
+        for (n, (i, bytes)) in entries.iter().enumerate() {
+            progress.set(n as u64);
             let (i, bytes) = (*i, bytes.as_ref());
             let e = Entry::decode(bytes).map_err(|e| at(i, format!("entry bytes: {e}")))?;
             if e.index != i {

@@ -16,6 +16,7 @@
 mod bundle;
 mod facts;
 mod oscal;
+mod progress;
 mod report;
 mod verify;
 
@@ -26,7 +27,8 @@ use crate::event::Body;
 use crate::ledger::{Checkpoint, Entry, Hash, LedgerReader, ReadError, Store, merkle};
 use crate::state::State;
 
-pub use verify::{BundleFailure, Trust, VerifyReport, verify};
+pub use progress::{Progress, Stage, Step};
+pub use verify::{BundleFailure, Trust, VerifyReport, verify, verify_with};
 
 /// The bundle format this Docket writes and reads.
 pub const FORMAT: &str = "docket-evidence/1";
@@ -331,6 +333,7 @@ pub fn seeds<S: Store + ?Sized>(
     reader: &LedgerReader<S>,
     size: u64,
     scope: &Scope,
+    progress: &Progress,
 ) -> Result<Seeds, ExportError> {
     let last = size - 1;
     let mut refs = Refs::default();
@@ -353,8 +356,10 @@ pub fn seeds<S: Store + ?Sized>(
             // The boundary entries prove nothing of the period was left out.
             let (start, end) = (a.saturating_sub(1), (b + 1).min(size));
             range = Some((start, end));
+            progress.start(Stage::Scanning, end - start);
             for i in start..end {
                 refs.seed_entry(&body_at(reader, i)?.0, i);
+                progress.set(i - start + 1);
             }
             if b < size {
                 // The log reached the period's end: the bundle is as of then,
@@ -422,7 +427,11 @@ pub fn select<S: Store + ?Sized>(
     reader: &LedgerReader<S>,
     scope: &Scope,
 ) -> Result<Selection, ExportError> {
-    select_with(state, seeds(reader, state.next_index(), scope)?, scope)
+    select_with(
+        state,
+        seeds(reader, state.next_index(), scope, &Progress::default())?,
+        scope,
+    )
 }
 
 /// A bundle built and awaiting its manifest signature.
@@ -458,20 +467,30 @@ pub fn export<S: Store + ?Sized>(
     checkpoint: &Checkpoint,
     selection: &Selection,
     scope: &Scope,
+    progress: &Progress,
 ) -> Result<Unsigned, ExportError> {
     if checkpoint.size != selection.size {
         return Err(ExportError::NoCheckpoint(selection.size));
     }
     let mut entries = Vec::with_capacity(selection.indices.len());
+    progress.start(Stage::Reading, selection.indices.len() as u64);
     for &i in &selection.indices {
         entries.push((i, read_entry(reader, i)?.0));
+        progress.set(entries.len() as u64);
     }
-    let mut proofs = Vec::new();
+    let in_range = |i: u64| selection.range.is_some_and(|(s, e)| s <= i && i < e);
+    let unproven = selection.indices.iter().filter(|&&i| !in_range(i)).count();
+    progress.start(
+        Stage::Proving,
+        unproven as u64 + u64::from(selection.range.is_some()),
+    );
+    let mut proofs = Vec::with_capacity(unproven);
     for &i in &selection.indices {
-        if selection.range.is_some_and(|(s, e)| s <= i && i < e) {
+        if in_range(i) {
             continue;
         }
         proofs.push((i, reader.inclusion_proof(i, checkpoint.size)?));
+        progress.set(proofs.len() as u64);
     }
     let range = match selection.range {
         Some((start, end)) => {
@@ -493,7 +512,8 @@ pub fn export<S: Store + ?Sized>(
         range: selection.range,
         as_of: selection.as_of,
     };
-    let (folded, rendered) = facts::fold_then(&entries, facts::Signatures::Trust, |f| {
+    progress.start(Stage::Folding, entries.len() as u64);
+    let (folded, rendered) = facts::fold_then(&entries, facts::Signatures::Trust, progress, |f| {
         facts::render(f, &meta)
     })
     .map_err(|f| ExportError::Entry {
@@ -551,9 +571,12 @@ pub fn seal(
     unsigned: Unsigned,
     manifest_note: String,
     key: &crate::crypto::NoteVerifier,
+    progress: &Progress,
 ) -> Result<Vec<u8>, ExportError> {
     let bytes = unsigned.finish(manifest_note);
-    verify(&bytes, &Trust::Key(key.clone())).map_err(|f| ExportError::SelfCheck(f.to_string()))?;
+    verify_with(&bytes, &Trust::Key(key.clone()), progress)
+        .map_err(|f| ExportError::SelfCheck(f.to_string()))?;
+    progress.finish();
     Ok(bytes)
 }
 
@@ -564,6 +587,7 @@ pub fn export_offline<S: Store + ?Sized>(
     reader: &LedgerReader<S>,
     signer: &crate::crypto::NoteSigner,
     scope: &Scope,
+    progress: &Progress,
 ) -> Result<Vec<u8>, ExportError> {
     let size = state.next_index();
     let note = reader
@@ -575,10 +599,11 @@ pub fn export_offline<S: Store + ?Sized>(
         .unwrap_or_default();
     let cp = Checkpoint::verify(&note, &signer.verifier(), &origin)
         .map_err(|e| ExportError::Sign(format!("stored checkpoint for size {size}: {e}")))?;
-    let selection = select(state, reader, scope)?;
-    let unsigned = export(reader, &cp, &selection, scope)?;
+    let selection = select_with(state, seeds(reader, size, scope, progress)?, scope)?;
+    let unsigned = export(reader, &cp, &selection, scope, progress)?;
+    progress.start(Stage::Signing, 1);
     let note = crate::ledger::sign_manifest(signer, &origin, &unsigned.digest());
-    seal(unsigned, note, &signer.verifier())
+    seal(unsigned, note, &signer.verifier(), progress)
 }
 
 /// Reads stored Merkle nodes for proofs.

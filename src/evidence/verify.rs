@@ -154,6 +154,16 @@ fn genesis_key(files: &BTreeMap<String, &[u8]>) -> Result<NoteVerifier, BundleFa
 
 /// Verifies a bundle.
 pub fn verify(bytes: &[u8], trust: &Trust) -> Result<VerifyReport, BundleFailure> {
+    verify_with(bytes, trust, &super::Progress::default())
+}
+
+/// Verifies a bundle, counting the entries checked into `progress` (as
+/// [`Stage::Checking`](super::Stage::Checking)).
+pub fn verify_with(
+    bytes: &[u8],
+    trust: &Trust,
+    progress: &super::Progress,
+) -> Result<VerifyReport, BundleFailure> {
     // 1. The archive.
     let files = read_tar(bytes).map_err(|e| fail("archive", e))?;
     if !is_canonical_tar(&files, bytes) {
@@ -163,7 +173,7 @@ pub fn verify(bytes: &[u8], trust: &Trust) -> Result<VerifyReport, BundleFailure
         ));
     }
     match trust {
-        Trust::Key(k) => verify_files(&files, k, None),
+        Trust::Key(k) => verify_files(&files, k, None, progress),
         Trust::Pinned { note, key } => {
             let pinned = match key {
                 Some(k) => Checkpoint::verify(note, k, k.name()),
@@ -187,7 +197,7 @@ pub fn verify(bytes: &[u8], trust: &Trust) -> Result<VerifyReport, BundleFailure
                     k
                 }
             };
-            verify_files(&files, &key, Some(&pinned))
+            verify_files(&files, &key, Some(&pinned), progress)
         }
     }
 }
@@ -197,6 +207,7 @@ fn verify_files<'a>(
     files: &BTreeMap<String, &'a [u8]>,
     key: &NoteVerifier,
     pinned: Option<&Checkpoint>,
+    progress: &super::Progress,
 ) -> Result<VerifyReport, BundleFailure> {
     let get = |p: &str| -> Result<&'a [u8], BundleFailure> {
         files
@@ -396,8 +407,9 @@ fn verify_files<'a>(
         range: range.as_ref().map(|r| (r.start, r.end)),
         as_of,
     };
-    let (folded, rendered) =
-        fold_then(&entries, Signatures::Check, |f| render(f, &meta)).map_err(|f| {
+    progress.start(super::Stage::Checking, entries.len() as u64);
+    let (folded, rendered) = fold_then(&entries, Signatures::Check, progress, |f| render(f, &meta))
+        .map_err(|f| {
             fail(
                 f.index
                     .map(|i| format!("entry {i}"))

@@ -659,7 +659,16 @@ impl Service {
         self: &Arc<Self>,
         scope: crate::evidence::Scope,
     ) -> Result<Vec<u8>, crate::evidence::ExportError> {
-        use crate::evidence::{ExportError, export, seal, seeds, select_with};
+        self.export_evidence_with(scope, Arc::default()).await
+    }
+
+    /// [`Service::export_evidence`], reporting its stages into `progress`.
+    pub async fn export_evidence_with(
+        self: &Arc<Self>,
+        scope: crate::evidence::Scope,
+        progress: Arc<crate::evidence::Progress>,
+    ) -> Result<Vec<u8>, crate::evidence::ExportError> {
+        use crate::evidence::{ExportError, Stage, export, seal, seeds, select_with};
         let stopped = |e: Stopped| ExportError::Sign(e.to_string());
         let joined = |e: tokio::task::JoinError| ExportError::Sign(e.to_string());
         // The log size to export: everything below it is durable.
@@ -668,8 +677,8 @@ impl Service {
             .await
             .map_err(stopped)?;
         // Reading and decoding entries needs no lock.
-        let (reader, scope2) = (self.reader.clone(), scope.clone());
-        let seeds = tokio::task::spawn_blocking(move || seeds(&reader, size, &scope2))
+        let (reader, scope2, p) = (self.reader.clone(), scope.clone(), progress.clone());
+        let seeds = tokio::task::spawn_blocking(move || seeds(&reader, size, &scope2, &p))
             .await
             .map_err(joined)??;
         // The closure needs the state, briefly.
@@ -684,17 +693,18 @@ impl Service {
             .ok_or(ExportError::NoCheckpoint(size))?;
         let cp = Checkpoint::verify(&note, &self.verifier, &self.origin)
             .map_err(|e| ExportError::Sign(format!("stored checkpoint for size {size}: {e}")))?;
-        let (reader, scope2) = (self.reader.clone(), scope.clone());
+        let (reader, scope2, p) = (self.reader.clone(), scope.clone(), progress.clone());
         let unsigned =
-            tokio::task::spawn_blocking(move || export(&reader, &cp, &selection, &scope2))
+            tokio::task::spawn_blocking(move || export(&reader, &cp, &selection, &scope2, &p))
                 .await
                 .map_err(joined)??;
+        progress.start(Stage::Signing, 1);
         let note = self
             .sign_manifest(unsigned.digest())
             .await
             .map_err(stopped)?;
         let key = self.verifier.clone();
-        tokio::task::spawn_blocking(move || seal(unsigned, note, &key))
+        tokio::task::spawn_blocking(move || seal(unsigned, note, &key, &progress))
             .await
             .map_err(joined)?
     }

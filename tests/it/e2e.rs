@@ -765,6 +765,7 @@ async fn access_json_limits_each_identity_to_its_methods() {
         "ExportEvidence",
         gov.export_evidence(pb::ExportEvidenceRequest {
             scope: Some(pb::export_evidence_request::Scope::ChangeId("CHG-1".into())),
+            progress: false,
         })
         .await
         .map(drop),

@@ -323,7 +323,10 @@ pub async fn fixture() -> Fixture {
 async fn export_online(s: &TestServer, scope: pb::export_evidence_request::Scope) -> Vec<u8> {
     let mut g = s.conn().governance().await.unwrap();
     let mut stream = g
-        .export_evidence(pb::ExportEvidenceRequest { scope: Some(scope) })
+        .export_evidence(pb::ExportEvidenceRequest {
+            scope: Some(scope),
+            progress: false,
+        })
         .await
         .unwrap()
         .into_inner();
@@ -468,8 +471,9 @@ async fn export_and_verify_each_scope_online_and_offline() {
     let reader = docket::ledger::LedgerReader::new(store);
     let state = docket::service::current_state(&reader).unwrap();
     let signer = data.note_signer(&data.config().unwrap()).unwrap();
-    let offline =
-        |scope: Scope| evidence::export_offline(&state, &reader, &signer, &scope).unwrap();
+    let offline = |scope: Scope| {
+        evidence::export_offline(&state, &reader, &signer, &scope, &Default::default()).unwrap()
+    };
     assert_eq!(offline(Scope::Change("CHG-1".into())), change);
     assert_eq!(
         offline(Scope::Period {
@@ -489,8 +493,14 @@ async fn export_and_verify_each_scope_online_and_offline() {
         control_b
     );
     // Unknown scopes are refused, not exported empty.
-    let e = evidence::export_offline(&state, &reader, &signer, &Scope::Change("CHG-404".into()))
-        .unwrap_err();
+    let e = evidence::export_offline(
+        &state,
+        &reader,
+        &signer,
+        &Scope::Change("CHG-404".into()),
+        &Default::default(),
+    )
+    .unwrap_err();
     assert!(
         e.to_string().contains("CHG-404 does not exist")
             || e.to_string().contains("\"CHG-404\" does not exist"),
@@ -638,7 +648,7 @@ async fn dropped_entries_fail_completeness_and_altered_decisions_fail_re_evaluat
     assert!(cut < end);
     sel.range = Some((start, cut));
     sel.indices.retain(|i| *i < cut || *i >= end);
-    let unsigned = evidence::export(&reader, &cp, &sel, &scope).unwrap();
+    let unsigned = evidence::export(&reader, &cp, &sel, &scope, &Default::default()).unwrap();
     let signer = data.note_signer(&data.config().unwrap()).unwrap();
     let note = docket::ledger::sign_manifest(&signer, "docket.test/log", &unsigned.digest());
     let e = evidence::verify(&unsigned.finish(note), &t).unwrap_err();
@@ -1044,16 +1054,28 @@ async fn the_cli_exports_and_verifies_with_clear_exit_codes() {
         let r = s.cli(&args).await;
         assert_eq!(r.code, 64, "{args:?}: {}{}", r.stdout, r.stderr);
     }
-    // An unknown change is the server's NOT_FOUND, reported as a failure.
-    let r = s
-        .cli(&["evidence", "export", "--change", "CHG-404", "--out", &out_s])
-        .await;
-    assert_eq!(r.code, 1);
-    assert!(
-        r.stderr.contains("NotFound") && r.stderr.contains("CHG-404"),
-        "{}",
-        r.stderr
-    );
+    // An unknown change is the server's NOT_FOUND, reported as a failure;
+    // with progress asked for, it ends the stream instead of the call.
+    for progress in ["never", "always"] {
+        let r = s
+            .cli(&[
+                "evidence",
+                "export",
+                "--change",
+                "CHG-404",
+                "--out",
+                &out_s,
+                "--progress",
+                progress,
+            ])
+            .await;
+        assert_eq!(r.code, 1, "{progress}: {}", r.stderr);
+        assert!(
+            r.stderr.contains("NotFound") && r.stderr.contains("CHG-404"),
+            "{progress}: {}",
+            r.stderr
+        );
+    }
 }
 
 /// The server reads a scope's entries without the state lock and completes
@@ -1084,7 +1106,7 @@ async fn selection_ignores_entries_folded_after_its_size() {
         .collect();
     let seeds: Vec<_> = scopes
         .iter()
-        .map(|sc| evidence::seeds(&reader, size, sc).unwrap())
+        .map(|sc| evidence::seeds(&reader, size, sc, &Default::default()).unwrap())
         .collect();
     // Later facts about the same change and digest, and a new change binding it.
     f.clock.set(f.day(10));
@@ -1118,7 +1140,13 @@ async fn selection_ignores_entries_folded_after_its_size() {
         assert!(got.indices.iter().all(|i| *i < size));
     }
     // A change opened after the size is unknown to a selection at that size.
-    let seed = evidence::seeds(&reader, size, &Scope::Change("CHG-3".into())).unwrap();
+    let seed = evidence::seeds(
+        &reader,
+        size,
+        &Scope::Change("CHG-3".into()),
+        &Default::default(),
+    )
+    .unwrap();
     let e = f
         .server
         .svc
@@ -1260,7 +1288,7 @@ async fn an_insider_with_the_log_key_cannot_forge_what_lies_below_it() {
             .svc
             .with_state(|st| evidence::select(st, &forged, &scope))
             .unwrap();
-        let unsigned = evidence::export(&forged, &cp, &sel, &scope).unwrap();
+        let unsigned = evidence::export(&forged, &cp, &sel, &scope, &Default::default()).unwrap();
         let note = docket::ledger::sign_manifest(&signer, "docket.test/log", &unsigned.digest());
         unsigned.finish(note)
     };
@@ -1479,20 +1507,31 @@ async fn a_bundle_of_several_chunks_streams_whole_and_matches_the_offline_export
         let mut a: Vec<String> = ["evidence", "export"].map(String::from).to_vec();
         a.extend(scope.iter().map(|x| x.to_string()));
         a.extend(["--out".into(), out.display().to_string()]);
+        a.extend(["--progress".into(), "always".into()]);
         if offline {
             a.push("--offline".into());
         }
         a
     };
     let args = export(&online, false);
-    s.cli_ok(&args.iter().map(String::as_str).collect::<Vec<_>>())
+    let run = s
+        .cli(&args.iter().map(String::as_str).collect::<Vec<_>>())
         .await;
+    assert_eq!(run.code, 0, "online export: {}{}", run.stdout, run.stderr);
     let bytes = std::fs::read(&online).unwrap();
     assert!(
         bytes.len() > 2 << 20,
         "the bundle should span several 1 MiB messages: {} bytes",
         bytes.len()
     );
+    let shown = progress_lines(&run.stderr);
+    assert_stages_complete(&shown, "online");
+    // Then the transfer, chunk by chunk, up to the whole bundle.
+    let received: Vec<_> = shown.iter().filter(|l| l.0 == "receiving").collect();
+    assert!(received.len() >= 3, "one line per 1 MiB chunk: {shown:?}");
+    assert!(received.windows(2).all(|w| w[0].1 < w[1].1));
+    let last = received.last().unwrap();
+    assert_eq!((last.1, last.2), (bytes.len() as u64, bytes.len() as u64));
     let vkey = s.data.log_vkey().display().to_string();
     let (_dir, data) = s.stop().await;
     let out = std::process::Command::new(crate::common::BIN)
@@ -1507,6 +1546,8 @@ async fn a_bundle_of_several_chunks_streams_whole_and_matches_the_offline_export
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+    let shown = progress_lines(&String::from_utf8_lossy(&out.stderr));
+    assert_stages_complete(&shown, "offline");
     assert!(
         std::fs::read(&offline).unwrap() == bytes,
         "online and offline exports of one scope differ"
@@ -1523,6 +1564,67 @@ async fn a_bundle_of_several_chunks_streams_whole_and_matches_the_offline_export
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// `(stage, done, total)` of each progress line `docket evidence export
+/// --progress always` printed to a non-terminal standard error.
+fn progress_lines(stderr: &str) -> Vec<(String, u64, u64)> {
+    stderr
+        .lines()
+        .filter(|l| l.contains('[') && l.contains('%'))
+        .map(|l| {
+            let stage = l.split_whitespace().next().unwrap().to_string();
+            let count = l
+                .rsplit(']')
+                .next()
+                .unwrap()
+                .split_whitespace()
+                .nth(1)
+                .unwrap();
+            let (done, total) = count.split_once('/').unwrap();
+            (stage, done.parse().unwrap(), total.parse().unwrap())
+        })
+        .collect()
+}
+
+/// Every stage of building a period bundle was shown, in order, from its
+/// start to its end, with counts that never run backwards or past the
+/// stage's size.
+fn assert_stages_complete(shown: &[(String, u64, u64)], how: &str) {
+    let stages = [
+        "scanning", "reading", "proving", "folding", "signing", "checking",
+    ];
+    let building: Vec<_> = shown.iter().filter(|l| l.0 != "receiving").collect();
+    let order: Vec<&str> = building
+        .iter()
+        .map(|l| l.0.as_str())
+        .fold(vec![], |mut v, s| {
+            if v.last() != Some(&s) {
+                v.push(s);
+            }
+            v
+        });
+    assert_eq!(order, stages, "{how}: stages shown {shown:?}");
+    for stage in stages {
+        let lines: Vec<_> = building.iter().filter(|l| l.0 == stage).collect();
+        let (first, last) = (lines[0], lines[lines.len() - 1]);
+        assert_eq!(first.1, 0, "{how}: {stage} starts at 0: {lines:?}");
+        assert_eq!(last.1, last.2, "{how}: {stage} ends complete: {lines:?}");
+        assert!(
+            lines.iter().all(|l| l.1 <= l.2 && l.2 == first.2),
+            "{how}: {lines:?}"
+        );
+        assert!(
+            lines.windows(2).all(|w| w[0].1 <= w[1].1),
+            "{how}: {lines:?}"
+        );
+    }
+    let total = |stage: &str| building.iter().find(|l| l.0 == stage).unwrap().2;
+    // Every entry read is folded and checked; 1,500 notes are in the period.
+    assert!(total("scanning") > 1500, "{how}: {shown:?}");
+    assert_eq!(total("reading"), total("folding"));
+    assert_eq!(total("reading"), total("checking"));
+    assert_eq!(total("signing"), 1);
 }
 
 /// The report's change table filters and sorts in a real browser without a

@@ -1,0 +1,176 @@
+//! How far an export (or a verification) has got, for a progress bar.
+//!
+//! The exporting thread marks the start of each stage with its size and
+//! stores a count as it goes; whoever shows the progress (the gRPC handler
+//! streaming it to the client, or the CLI exporting offline) takes
+//! [`Step`]s when [`Progress::changed`] fires or on its own timer. Every
+//! stage's start and end is kept until taken, so a reader polling slowly
+//! still sees each stage; counts in between are sampled.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// A stage of building or checking a bundle, in the order they run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Stage {
+    /// Reading the period's entries to choose what the bundle carries.
+    Scanning,
+    /// Reading the chosen entries from the store.
+    Reading,
+    /// Computing their inclusion proofs.
+    Proving,
+    /// Folding them as the verifier will, and rendering the derived files.
+    Folding,
+    /// Signing the manifest with the log key.
+    Signing,
+    /// Verifying the finished bundle: every signature, proof and decision.
+    Checking,
+}
+
+impl Stage {
+    /// The stage's name on the wire and on screen.
+    pub fn name(self) -> &'static str {
+        match self {
+            Stage::Scanning => "scanning",
+            Stage::Reading => "reading",
+            Stage::Proving => "proving",
+            Stage::Folding => "folding",
+            Stage::Signing => "signing",
+            Stage::Checking => "checking",
+        }
+    }
+}
+
+/// One observation: `done` of `total` units of `stage`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Step {
+    pub stage: Stage,
+    pub done: u64,
+    pub total: u64,
+}
+
+/// Shared between the working thread and whoever reports on it.
+#[derive(Default)]
+pub struct Progress {
+    done: AtomicU64,
+    inner: Mutex<Inner>,
+    notify: tokio::sync::Notify,
+}
+
+#[derive(Default)]
+struct Inner {
+    current: Option<(Stage, u64)>,
+    pending: Vec<Step>,
+}
+
+impl Progress {
+    /// Marks the start of `stage`, which has `total` units; the stage
+    /// before it (if any) is recorded as complete.
+    pub fn start(&self, stage: Stage, total: u64) {
+        let mut g = self.lock();
+        if let Some((s, t)) = g.current.take() {
+            g.pending.push(Step {
+                stage: s,
+                done: t,
+                total: t,
+            });
+        }
+        g.pending.push(Step {
+            stage,
+            done: 0,
+            total,
+        });
+        g.current = Some((stage, total));
+        self.done.store(0, Ordering::Relaxed);
+        drop(g);
+        self.notify.notify_one();
+    }
+
+    /// Records that `done` units of the current stage are complete.
+    pub fn set(&self, done: u64) {
+        self.done.store(done, Ordering::Relaxed);
+    }
+
+    /// Records the current stage as complete.
+    pub fn finish(&self) {
+        let mut g = self.lock();
+        if let Some((s, t)) = g.current.take() {
+            g.pending.push(Step {
+                stage: s,
+                done: t,
+                total: t,
+            });
+        }
+        drop(g);
+        self.notify.notify_one();
+    }
+
+    /// The stage boundaries not yet taken, or else where the current stage
+    /// stands (nothing when no stage is running).
+    pub fn take(&self) -> Vec<Step> {
+        let mut g = self.lock();
+        if !g.pending.is_empty() {
+            return std::mem::take(&mut g.pending);
+        }
+        match g.current {
+            Some((stage, total)) => vec![Step {
+                stage,
+                done: self.done.load(Ordering::Relaxed).min(total),
+                total,
+            }],
+            None => Vec::new(),
+        }
+    }
+
+    /// Resolves after the next stage boundary (or at once if one came since
+    /// the last wait).
+    pub async fn changed(&self) {
+        self.notify.notified().await
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // A panic elsewhere while holding this lock leaves plain data behind.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_stage_boundary_is_kept_until_taken() {
+        let p = Progress::default();
+        assert!(p.take().is_empty());
+        p.start(Stage::Reading, 10);
+        p.set(4);
+        p.start(Stage::Proving, 3);
+        p.set(2);
+        let steps = p.take();
+        let want = [
+            (Stage::Reading, 0, 10),
+            (Stage::Reading, 10, 10),
+            (Stage::Proving, 0, 3),
+        ];
+        assert_eq!(steps.len(), want.len());
+        for (s, (stage, done, total)) in steps.iter().zip(want) {
+            assert_eq!((s.stage, s.done, s.total), (stage, done, total));
+        }
+        // With nothing pending, a take samples the running stage.
+        let now = p.take();
+        assert_eq!(
+            (now[0].stage, now[0].done, now[0].total),
+            (Stage::Proving, 2, 3)
+        );
+        p.set(99);
+        assert_eq!(
+            p.take()[0].done,
+            3,
+            "a count never exceeds the stage's size"
+        );
+        p.finish();
+        let end = p.take();
+        assert_eq!((end[0].stage, end[0].done), (Stage::Proving, 3));
+        assert!(p.take().is_empty());
+    }
+}
