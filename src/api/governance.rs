@@ -57,6 +57,7 @@ fn export_status(e: &crate::evidence::ExportError) -> Status {
         E::UnknownChange(_) => Status::not_found(msg),
         E::EmptyPeriod { .. } => Status::invalid_argument(msg),
         E::Sign(_) => Status::unavailable(msg),
+        E::Cancelled => Status::cancelled(msg),
         E::Read(_) | E::Entry { .. } | E::NoCheckpoint(_) | E::SelfCheck(_) => {
             Status::internal(msg)
         }
@@ -155,6 +156,8 @@ impl pb::governance_server::Governance for GovernanceApi {
                     r = &mut export => Some(r),
                     () = progress.changed() => None,
                     _ = tick.tick() => None,
+                    // The client went away: dropping the export stops it.
+                    () = tx.closed() => return,
                 };
                 for step in progress.take() {
                     if last == Some(step) {

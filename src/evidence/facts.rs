@@ -73,6 +73,12 @@ pub(super) fn fold_then<B: AsRef<[u8]>, R>(
         }
         for (n, (i, bytes)) in entries.iter().enumerate() {
             progress.set(n as u64);
+            if progress.is_cancelled() {
+                return Err(Failure {
+                    index: None,
+                    reason: "cancelled".into(),
+                });
+            }
             let (i, bytes) = (*i, bytes.as_ref());
             let e = Entry::decode(bytes).map_err(|e| at(i, format!("entry bytes: {e}")))?;
             if e.index != i {

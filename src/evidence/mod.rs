@@ -27,7 +27,7 @@ use crate::event::Body;
 use crate::ledger::{Checkpoint, Entry, Hash, LedgerReader, ReadError, Store, merkle};
 use crate::state::State;
 
-pub use progress::{Progress, Stage, Step};
+pub use progress::{CancelOnDrop, Progress, Stage, Step};
 pub use verify::{BundleFailure, Trust, VerifyReport, verify, verify_with};
 
 /// The bundle format this Docket writes and reads.
@@ -133,6 +133,16 @@ pub enum ExportError {
     Sign(String),
     #[error("the exported bundle failed its own verification ({0}); this is a bug")]
     SelfCheck(String),
+    #[error("the export was cancelled")]
+    Cancelled,
+}
+
+/// Stops an export whose result nobody waits for any more.
+fn go_on(progress: &Progress) -> Result<(), ExportError> {
+    if progress.is_cancelled() {
+        return Err(ExportError::Cancelled);
+    }
+    Ok(())
 }
 
 /// The entries a scope needs, chosen from the state folded up to `size`.
@@ -358,6 +368,7 @@ pub fn seeds<S: Store + ?Sized>(
             range = Some((start, end));
             progress.start(Stage::Scanning, end - start);
             for i in start..end {
+                go_on(progress)?;
                 refs.seed_entry(&body_at(reader, i)?.0, i);
                 progress.set(i - start + 1);
             }
@@ -475,6 +486,7 @@ pub fn export<S: Store + ?Sized>(
     let mut entries = Vec::with_capacity(selection.indices.len());
     progress.start(Stage::Reading, selection.indices.len() as u64);
     for &i in &selection.indices {
+        go_on(progress)?;
         entries.push((i, read_entry(reader, i)?.0));
         progress.set(entries.len() as u64);
     }
@@ -489,6 +501,7 @@ pub fn export<S: Store + ?Sized>(
         if in_range(i) {
             continue;
         }
+        go_on(progress)?;
         proofs.push((i, reader.inclusion_proof(i, checkpoint.size)?));
         progress.set(proofs.len() as u64);
     }
@@ -516,9 +529,12 @@ pub fn export<S: Store + ?Sized>(
     let (folded, rendered) = facts::fold_then(&entries, facts::Signatures::Trust, progress, |f| {
         facts::render(f, &meta)
     })
-    .map_err(|f| ExportError::Entry {
-        index: f.index.unwrap_or(0),
-        reason: f.reason,
+    .map_err(|f| match progress.is_cancelled() {
+        true => ExportError::Cancelled,
+        false => ExportError::Entry {
+            index: f.index.unwrap_or(0),
+            reason: f.reason,
+        },
     })?;
     // The bundle's fold must reach the decisions the log recorded: if the
     // selection missed a fact a decision rested on, stop here rather than
@@ -574,8 +590,12 @@ pub fn seal(
     progress: &Progress,
 ) -> Result<Vec<u8>, ExportError> {
     let bytes = unsigned.finish(manifest_note);
-    verify_with(&bytes, &Trust::Key(key.clone()), progress)
-        .map_err(|f| ExportError::SelfCheck(f.to_string()))?;
+    verify_with(&bytes, &Trust::Key(key.clone()), progress).map_err(|f| {
+        match progress.is_cancelled() {
+            true => ExportError::Cancelled,
+            false => ExportError::SelfCheck(f.to_string()),
+        }
+    })?;
     progress.finish();
     Ok(bytes)
 }

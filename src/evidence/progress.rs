@@ -6,9 +6,13 @@
 //! [`Step`]s when [`Progress::changed`] fires or on its own timer. Every
 //! stage's start and end is kept until taken, so a reader polling slowly
 //! still sees each stage; counts in between are sampled.
+//!
+//! It also carries cancellation the other way: a reader that no longer
+//! wants the result calls [`Progress::cancel`], and the working thread
+//! stops at its next count instead of finishing work nobody will receive.
 
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 /// A stage of building or checking a bundle, in the order they run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -53,6 +57,7 @@ pub struct Step {
 #[derive(Default)]
 pub struct Progress {
     done: AtomicU64,
+    cancelled: AtomicBool,
     inner: Mutex<Inner>,
     notify: tokio::sync::Notify,
 }
@@ -122,6 +127,16 @@ impl Progress {
         }
     }
 
+    /// Asks the working thread to stop.
+    pub fn cancel(&self) {
+        self.cancelled.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether [`Progress::cancel`] was called.
+    pub fn is_cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::Relaxed)
+    }
+
     /// Resolves after the next stage boundary (or at once if one came since
     /// the last wait).
     pub async fn changed(&self) {
@@ -131,6 +146,17 @@ impl Progress {
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         // A panic elsewhere while holding this lock leaves plain data behind.
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Cancels a [`Progress`] when dropped: held by a future whose work runs
+/// on other threads, so that dropping the future (a client that went away)
+/// stops the work too.
+pub struct CancelOnDrop(pub std::sync::Arc<Progress>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.cancel();
     }
 }
 

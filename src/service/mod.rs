@@ -663,12 +663,14 @@ impl Service {
     }
 
     /// [`Service::export_evidence`], reporting its stages into `progress`.
+    /// Dropping the future cancels the work it started on other threads.
     pub async fn export_evidence_with(
         self: &Arc<Self>,
         scope: crate::evidence::Scope,
         progress: Arc<crate::evidence::Progress>,
     ) -> Result<Vec<u8>, crate::evidence::ExportError> {
-        use crate::evidence::{ExportError, Stage, export, seal, seeds, select_with};
+        use crate::evidence::{CancelOnDrop, ExportError, Stage, export, seal, seeds, select_with};
+        let _stop_if_dropped = CancelOnDrop(progress.clone());
         let stopped = |e: Stopped| ExportError::Sign(e.to_string());
         let joined = |e: tokio::task::JoinError| ExportError::Sign(e.to_string());
         // The log size to export: everything below it is durable.

@@ -1566,6 +1566,48 @@ async fn a_bundle_of_several_chunks_streams_whole_and_matches_the_offline_export
     );
 }
 
+/// An export nobody waits for stops: asked to stop before it starts, it
+/// reads nothing; its future dropped mid-way (a client that went away), the
+/// threads it started are told to stop; and the next export is unaffected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abandoned_export_stops_its_work() {
+    use docket::evidence::{ExportError, Progress};
+    let f = fixture().await;
+    let svc = f.server.svc.clone();
+    let scope = Scope::Period {
+        from: 0,
+        to: i64::MAX,
+        environments: Vec::new(),
+        repositories: Vec::new(),
+    };
+    let p = Arc::new(Progress::default());
+    p.cancel();
+    let e = svc
+        .export_evidence_with(scope.clone(), p.clone())
+        .await
+        .unwrap_err();
+    assert!(matches!(e, ExportError::Cancelled), "{e}");
+    let steps = p.take();
+    assert!(
+        !steps.is_empty() && steps.iter().all(|s| s.done == 0),
+        "the scan started and read nothing: {steps:?}"
+    );
+
+    let p = Arc::new(Progress::default());
+    let mut export = Box::pin(svc.export_evidence_with(scope.clone(), p.clone()));
+    tokio::select! {
+        biased;
+        () = p.changed() => {}
+        _ = &mut export => unreachable!("an export reports its first stage before it ends"),
+    }
+    assert!(!p.is_cancelled());
+    drop(export);
+    assert!(p.is_cancelled(), "dropping the export cancels its work");
+
+    let bundle = svc.export_evidence(scope).await.unwrap();
+    evidence::verify(&bundle, &trust(&f.server)).unwrap();
+}
+
 /// `(stage, done, total)` of each progress line `docket evidence export
 /// --progress always` printed to a non-terminal standard error.
 fn progress_lines(stderr: &str) -> Vec<(String, u64, u64)> {
