@@ -1566,6 +1566,76 @@ async fn a_bundle_of_several_chunks_streams_whole_and_matches_the_offline_export
     );
 }
 
+/// Periods at the ends of the time range, empty, reversed or beyond the
+/// log, asked for over gRPC with and without progress: each is refused as
+/// INVALID_ARGUMENT naming the period, or gives a bundle that verifies;
+/// the server keeps serving and nothing stored changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_periods_are_refused_or_exported_never_crash() {
+    let f = fixture().await;
+    let s = &f.server;
+    let before = s.svc.latest_checkpoint();
+    let periods = [
+        (i64::MIN, i64::MIN + 1),
+        (i64::MIN, i64::MAX),
+        (i64::MAX - 1, i64::MAX),
+        (0, 0),
+        (10, 0),
+        (i64::MAX, i64::MIN),
+        (now_nanos() + 365 * DAY, i64::MAX),
+    ];
+    for (from, to) in periods {
+        for progress in [false, true] {
+            let mut g = s.conn().governance().await.unwrap();
+            let scopes = [
+                pb::export_evidence_request::Scope::Period(pb::PeriodScope {
+                    from_unix_nanos: from,
+                    to_unix_nanos: to,
+                    environments: vec!["[".into()],
+                    repositories: Vec::new(),
+                }),
+                pb::export_evidence_request::Scope::Control(pb::ControlScope {
+                    control: "soc2-cc8.1".into(),
+                    from_unix_nanos: from,
+                    to_unix_nanos: to,
+                }),
+            ];
+            for scope in scopes {
+                let what = format!("{from}..{to} progress={progress} {scope:?}");
+                let got = async {
+                    let mut stream = g
+                        .export_evidence(pb::ExportEvidenceRequest {
+                            scope: Some(scope),
+                            progress,
+                        })
+                        .await?
+                        .into_inner();
+                    let mut out = Vec::new();
+                    while let Some(c) = stream.message().await? {
+                        out.extend_from_slice(&c.data);
+                    }
+                    Ok::<_, tonic::Status>(out)
+                }
+                .await;
+                match got {
+                    Ok(bundle) => {
+                        assert!(from < to, "{what}: exported an empty period");
+                        evidence::verify(&bundle, &trust(s))
+                            .unwrap_or_else(|e| panic!("{what}: {e}"));
+                    }
+                    Err(st) => {
+                        assert!(from >= to, "{what}: {st:?}");
+                        assert_eq!(st.code(), tonic::Code::InvalidArgument, "{what}");
+                        assert!(st.message().contains("period"), "{what}: {st:?}");
+                    }
+                }
+            }
+        }
+    }
+    assert_eq!(s.svc.latest_checkpoint(), before, "nothing was appended");
+    s.cli_ok(&["checkpoint"]).await;
+}
+
 /// An export nobody waits for stops: asked to stop before it starts, it
 /// reads nothing; its future dropped mid-way (a client that went away), the
 /// threads it started are told to stop; and the next export is unaffected.
