@@ -141,7 +141,9 @@ impl pb::governance_server::Governance for GovernanceApi {
             ))));
         }
         // Progress reports go out while the bundle is built, then its bytes;
-        // a failure arrives as the stream's status.
+        // a failure arrives as the stream's status. A client that reads
+        // slowly holds the export at its next await (the blocking stages
+        // run on), which costs it nothing but its own time.
         let (tx, rx) = tokio::sync::mpsc::channel(8);
         let svc = self.svc.clone();
         tokio::spawn(async move {

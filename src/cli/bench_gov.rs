@@ -644,7 +644,19 @@ pub(crate) async fn run_evidence(a: BenchEvidenceArgs) -> CliResult {
     use crate::evidence::{Scope, Trust, verify};
     let failed = |e: &dyn std::fmt::Display| CliError::failed(e.to_string());
     let guard = TempDir::new().map_err(|e| failed(&e))?;
-    let dd = bench_datadir(&guard.0.join("data"))?;
+    // With --keep, the data directory is made where it is to stay.
+    let root = match &a.keep {
+        Some(dir) if dir.join("data").exists() => {
+            return Err(CliError::usage(format!(
+                "--keep {}: {} already exists",
+                dir.display(),
+                dir.join("data").display()
+            )));
+        }
+        Some(dir) => dir.join("data"),
+        None => guard.0.join("data"),
+    };
+    let dd = bench_datadir(&root)?;
     let svc = dd.open_service(Config::default()).map_err(|e| failed(&e))?;
     register_bench_admin(&dd, &svc).await?;
     let waves = governance_events(a.changes, 10);
@@ -754,13 +766,10 @@ pub(crate) async fn run_evidence(a: BenchEvidenceArgs) -> CliResult {
         "export includes selection, reading, the fold, rendering, the manifest signature and a full self-check verification of the bundle"
     );
     if let Some(dir) = &a.keep {
-        // Closing the service joins its writer thread; the log is durable.
-        drop(svc);
-        std::fs::rename(guard.0.join("data"), dir.join("data")).map_err(|e| failed(&e))?;
         println!(
             "kept {} and the data directory {}",
             dir.join("period.tar").display(),
-            dir.join("data").display()
+            root.display()
         );
     }
     Ok(())

@@ -299,7 +299,13 @@ async fn online(conn: &ConnArgs, scope: &Scope, bar: &mut Bar) -> Result<Vec<u8>
                     "the server sent a progress report after the bundle's bytes began",
                 ));
             }
-            bar.step(&p.stage, p.done, p.total);
+            // The stage name is the server's text: only known names reach
+            // the terminal.
+            let stage = match p.stage.as_str() {
+                s @ ("scanning" | "reading" | "proving" | "folding" | "signing" | "checking") => s,
+                _ => "building",
+            };
+            bar.step(stage, p.done, p.total);
             continue;
         }
         if chunk.offset != out.len() as u64 {

@@ -450,6 +450,7 @@ pub struct Unsigned {
     files: BTreeMap<String, Vec<u8>>,
     digest: Hash,
     origin: String,
+    entries: u64,
 }
 
 impl Unsigned {
@@ -505,6 +506,7 @@ pub fn export<S: Store + ?Sized>(
         proofs.push((i, reader.inclusion_proof(i, checkpoint.size)?));
         progress.set(proofs.len() as u64);
     }
+    go_on(progress)?;
     let range = match selection.range {
         Some((start, end)) => {
             let (left, right) = merkle::range_proof(&Nodes(reader), start, end, checkpoint.size)?;
@@ -565,6 +567,7 @@ pub fn export<S: Store + ?Sized>(
         files,
         digest,
         origin,
+        entries: entries.len() as u64,
     })
 }
 
@@ -589,6 +592,8 @@ pub fn seal(
     key: &crate::crypto::NoteVerifier,
     progress: &Progress,
 ) -> Result<Vec<u8>, ExportError> {
+    go_on(progress)?;
+    progress.start(Stage::Checking, unsigned.entries);
     let bytes = unsigned.finish(manifest_note);
     verify_with(&bytes, &Trust::Key(key.clone()), progress).map_err(|f| {
         match progress.is_cancelled() {

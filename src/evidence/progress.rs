@@ -66,6 +66,7 @@ pub struct Progress {
 struct Inner {
     current: Option<(Stage, u64)>,
     pending: Vec<Step>,
+    cancel_at: Option<Stage>,
 }
 
 impl Progress {
@@ -87,6 +88,9 @@ impl Progress {
         });
         g.current = Some((stage, total));
         self.done.store(0, Ordering::Relaxed);
+        if g.cancel_at == Some(stage) {
+            self.cancel();
+        }
         drop(g);
         self.notify.notify_one();
     }
@@ -132,6 +136,13 @@ impl Progress {
         self.cancelled.store(true, Ordering::Relaxed);
     }
 
+    /// Cancels as `stage` starts: for tests that stop an export at a chosen
+    /// point.
+    #[doc(hidden)]
+    pub fn cancel_at(&self, stage: Stage) {
+        self.lock().cancel_at = Some(stage);
+    }
+
     /// Whether [`Progress::cancel`] was called.
     pub fn is_cancelled(&self) -> bool {
         self.cancelled.load(Ordering::Relaxed)
@@ -149,14 +160,27 @@ impl Progress {
     }
 }
 
-/// Cancels a [`Progress`] when dropped: held by a future whose work runs
-/// on other threads, so that dropping the future (a client that went away)
-/// stops the work too.
-pub struct CancelOnDrop(pub std::sync::Arc<Progress>);
+/// Cancels a [`Progress`] when dropped before [`CancelOnDrop::defuse`]:
+/// held by a future whose work runs on other threads, so that dropping the
+/// future (a client that went away) stops the work too.
+pub struct CancelOnDrop(Option<std::sync::Arc<Progress>>);
+
+impl CancelOnDrop {
+    pub fn new(progress: std::sync::Arc<Progress>) -> Self {
+        CancelOnDrop(Some(progress))
+    }
+
+    /// The work finished: dropping no longer cancels anything.
+    pub fn defuse(mut self) {
+        self.0 = None;
+    }
+}
 
 impl Drop for CancelOnDrop {
     fn drop(&mut self) {
-        self.0.cancel();
+        if let Some(p) = &self.0 {
+            p.cancel();
+        }
     }
 }
 

@@ -157,8 +157,9 @@ pub fn verify(bytes: &[u8], trust: &Trust) -> Result<VerifyReport, BundleFailure
     verify_with(bytes, trust, &super::Progress::default())
 }
 
-/// Verifies a bundle, counting the entries checked into `progress` (as
-/// [`Stage::Checking`](super::Stage::Checking)).
+/// Verifies a bundle, counting the entries folded into `progress` (whose
+/// stage the caller starts), and stopping with a failure of `export`
+/// ("cancelled") once `progress` is cancelled.
 pub fn verify_with(
     bytes: &[u8],
     trust: &Trust,
@@ -354,6 +355,9 @@ fn verify_files<'a>(
         if in_range(*i) {
             continue;
         }
+        if progress.is_cancelled() {
+            return Err(fail("export", "cancelled"));
+        }
         let proof = proofs
             .get(i)
             .ok_or_else(|| fail(format!("entry {i}"), "has no inclusion proof in proofs.bin"))?;
@@ -407,7 +411,6 @@ fn verify_files<'a>(
         range: range.as_ref().map(|r| (r.start, r.end)),
         as_of,
     };
-    progress.start(super::Stage::Checking, entries.len() as u64);
     let (folded, rendered) = fold_then(&entries, Signatures::Check, progress, |f| render(f, &meta))
         .map_err(|f| {
             fail(

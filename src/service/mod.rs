@@ -670,7 +670,7 @@ impl Service {
         progress: Arc<crate::evidence::Progress>,
     ) -> Result<Vec<u8>, crate::evidence::ExportError> {
         use crate::evidence::{CancelOnDrop, ExportError, Stage, export, seal, seeds, select_with};
-        let _stop_if_dropped = CancelOnDrop(progress.clone());
+        let stop_if_dropped = CancelOnDrop::new(progress.clone());
         let stopped = |e: Stopped| ExportError::Sign(e.to_string());
         let joined = |e: tokio::task::JoinError| ExportError::Sign(e.to_string());
         // The log size to export: everything below it is durable.
@@ -706,9 +706,11 @@ impl Service {
             .await
             .map_err(stopped)?;
         let key = self.verifier.clone();
-        tokio::task::spawn_blocking(move || seal(unsigned, note, &key, &progress))
+        let sealed = tokio::task::spawn_blocking(move || seal(unsigned, note, &key, &progress))
             .await
-            .map_err(joined)?
+            .map_err(joined)?;
+        stop_if_dropped.defuse();
+        sealed
     }
 
     /// The decision recorded with the DeployRequested entry at `index`.

@@ -106,6 +106,8 @@ fn bench_authorize_runs_every_phase_on_the_stated_workload() {
 
 #[test]
 fn bench_evidence_exports_and_verifies_both_bundle_kinds() {
+    let keep = tempfile::tempdir().unwrap();
+    let keep_s = keep.path().display().to_string();
     let out = run(&[
         "bench-evidence",
         "--changes",
@@ -114,6 +116,8 @@ fn bench_evidence_exports_and_verifies_both_bundle_kinds() {
         "3",
         "--period-runs",
         "1",
+        "--keep",
+        &keep_s,
     ]);
     let entries: f64 = out
         .split("log of ")
@@ -134,4 +138,45 @@ fn bench_evidence_exports_and_verifies_both_bundle_kinds() {
     assert!(number(one[3]) > 0.0 && number(one[4]) > 0.0);
     let verify = row(&out, "(comparison) `docket verify` of the same log");
     assert_eq!(number(verify[1]), entries);
+    // --keep leaves the period bundle, its key and the log it came from,
+    // which `docket verify` and `docket evidence verify` accept.
+    for args in [
+        vec![
+            "verify".to_string(),
+            "--data".into(),
+            format!("{keep_s}/data"),
+        ],
+        vec![
+            "evidence".to_string(),
+            "verify".into(),
+            format!("{keep_s}/period.tar"),
+            "--log-key".into(),
+            format!("{keep_s}/log.vkey"),
+        ],
+    ] {
+        let o = Command::new(BIN)
+            .args(&args)
+            .env("DOCKET_LOG", "warn")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&o.stdout);
+        assert!(
+            o.status.success(),
+            "{args:?}: {text}{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert!(text.contains(&format!("{entries}")), "{args:?}: {text}");
+    }
+    // A second run refuses to overwrite the kept log.
+    let o = Command::new(BIN)
+        .args(["bench-evidence", "--changes", "2", "--keep", &keep_s])
+        .output()
+        .unwrap();
+    assert_eq!(
+        o.status.code(),
+        Some(64),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(String::from_utf8_lossy(&o.stderr).contains("already exists"));
 }

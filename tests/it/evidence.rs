@@ -1637,11 +1637,12 @@ async fn hostile_periods_are_refused_or_exported_never_crash() {
 }
 
 /// An export nobody waits for stops: asked to stop before it starts, it
-/// reads nothing; its future dropped mid-way (a client that went away), the
-/// threads it started are told to stop; and the next export is unaffected.
+/// reads nothing; stopped as any stage starts, it goes no further; its
+/// future dropped mid-way (a client that went away), the threads it started
+/// are told to stop; an export that finishes leaves its progress uncancelled.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_abandoned_export_stops_its_work() {
-    use docket::evidence::{ExportError, Progress};
+    use docket::evidence::{ExportError, Progress, Stage};
     let f = fixture().await;
     let svc = f.server.svc.clone();
     let scope = Scope::Period {
@@ -1663,6 +1664,35 @@ async fn an_abandoned_export_stops_its_work() {
         "the scan started and read nothing: {steps:?}"
     );
 
+    for stage in [
+        Stage::Scanning,
+        Stage::Reading,
+        Stage::Proving,
+        Stage::Folding,
+        Stage::Signing,
+        Stage::Checking,
+    ] {
+        for scope in [scope.clone(), Scope::Change("CHG-1".into())] {
+            if stage == Stage::Scanning && matches!(scope, Scope::Change(_)) {
+                continue; // a change bundle scans no period
+            }
+            let p = Arc::new(Progress::default());
+            p.cancel_at(stage);
+            let e = svc
+                .export_evidence_with(scope.clone(), p.clone())
+                .await
+                .unwrap_err();
+            assert!(matches!(e, ExportError::Cancelled), "{stage:?}: {e}");
+            let steps = p.take();
+            let last = steps.last().unwrap();
+            assert_eq!(
+                (last.stage, last.done),
+                (stage, 0),
+                "{stage:?} {scope:?}: stopped where it was cancelled: {steps:?}"
+            );
+        }
+    }
+
     let p = Arc::new(Progress::default());
     let mut export = Box::pin(svc.export_evidence_with(scope.clone(), p.clone()));
     tokio::select! {
@@ -1674,7 +1704,9 @@ async fn an_abandoned_export_stops_its_work() {
     drop(export);
     assert!(p.is_cancelled(), "dropping the export cancels its work");
 
-    let bundle = svc.export_evidence(scope).await.unwrap();
+    let p = Arc::new(Progress::default());
+    let bundle = svc.export_evidence_with(scope, p.clone()).await.unwrap();
+    assert!(!p.is_cancelled(), "a finished export cancels nothing");
     evidence::verify(&bundle, &trust(&f.server)).unwrap();
 }
 
