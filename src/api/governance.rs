@@ -152,7 +152,6 @@ impl pb::governance_server::Governance for GovernanceApi {
             tokio::pin!(export);
             let mut tick = tokio::time::interval(PROGRESS_EVERY);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            let mut last = None;
             let result = loop {
                 let done = tokio::select! {
                     r = &mut export => Some(r),
@@ -162,10 +161,6 @@ impl pb::governance_server::Governance for GovernanceApi {
                     () = tx.closed() => return,
                 };
                 for step in progress.take() {
-                    if last == Some(step) {
-                        continue;
-                    }
-                    last = Some(step);
                     let chunk = pb::EvidenceChunk {
                         progress: Some(pb::ExportProgress {
                             stage: step.stage.name().into(),

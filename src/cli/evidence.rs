@@ -238,7 +238,6 @@ async fn offline(data: &DataArgs, scope: &Scope, bar: &mut Bar) -> Result<Vec<u8
     });
     tokio::pin!(work);
     let mut tick = tokio::time::interval(std::time::Duration::from_millis(200));
-    let mut last = None;
     loop {
         let done = tokio::select! {
             r = &mut work => Some(r),
@@ -246,10 +245,7 @@ async fn offline(data: &DataArgs, scope: &Scope, bar: &mut Bar) -> Result<Vec<u8
             _ = tick.tick() => None,
         };
         for s in progress.take() {
-            if last != Some(s) {
-                bar.step(s.stage.name(), s.done, s.total);
-                last = Some(s);
-            }
+            bar.step(s.stage.name(), s.done, s.total);
         }
         if let Some(r) = done {
             return r.map_err(|e| CliError::failed(e.to_string()))?;

@@ -67,6 +67,21 @@ struct Inner {
     current: Option<(Stage, u64)>,
     pending: Vec<Step>,
     cancel_at: Option<Stage>,
+    /// The last step [`Progress::take`] returned.
+    last: Option<Step>,
+}
+
+impl Inner {
+    /// Records the running stage (if any) as complete.
+    fn end_current(&mut self) {
+        if let Some((stage, total)) = self.current.take() {
+            self.pending.push(Step {
+                stage,
+                done: total,
+                total,
+            });
+        }
+    }
 }
 
 impl Progress {
@@ -74,13 +89,7 @@ impl Progress {
     /// before it (if any) is recorded as complete.
     pub fn start(&self, stage: Stage, total: u64) {
         let mut g = self.lock();
-        if let Some((s, t)) = g.current.take() {
-            g.pending.push(Step {
-                stage: s,
-                done: t,
-                total: t,
-            });
-        }
+        g.end_current();
         g.pending.push(Step {
             stage,
             done: 0,
@@ -102,33 +111,35 @@ impl Progress {
 
     /// Records the current stage as complete.
     pub fn finish(&self) {
-        let mut g = self.lock();
-        if let Some((s, t)) = g.current.take() {
-            g.pending.push(Step {
-                stage: s,
-                done: t,
-                total: t,
-            });
-        }
-        drop(g);
+        self.lock().end_current();
         self.notify.notify_one();
     }
 
     /// The stage boundaries not yet taken, or else where the current stage
-    /// stands (nothing when no stage is running).
+    /// stands if that moved since the last take (nothing when no stage is
+    /// running or nothing moved).
     pub fn take(&self) -> Vec<Step> {
         let mut g = self.lock();
-        if !g.pending.is_empty() {
-            return std::mem::take(&mut g.pending);
-        }
-        match g.current {
-            Some((stage, total)) => vec![Step {
-                stage,
-                done: self.done.load(Ordering::Relaxed).min(total),
-                total,
-            }],
-            None => Vec::new(),
-        }
+        let steps = if !g.pending.is_empty() {
+            std::mem::take(&mut g.pending)
+        } else {
+            match g.current {
+                Some((stage, total)) => {
+                    let now = Step {
+                        stage,
+                        done: self.done.load(Ordering::Relaxed).min(total),
+                        total,
+                    };
+                    if g.last == Some(now) {
+                        return Vec::new();
+                    }
+                    vec![now]
+                }
+                None => return Vec::new(),
+            }
+        };
+        g.last = steps.last().copied();
+        steps
     }
 
     /// Asks the working thread to stop.
@@ -206,12 +217,14 @@ mod tests {
         for (s, (stage, done, total)) in steps.iter().zip(want) {
             assert_eq!((s.stage, s.done, s.total), (stage, done, total));
         }
-        // With nothing pending, a take samples the running stage.
+        // With nothing pending, a take samples the running stage, once
+        // for each count.
         let now = p.take();
         assert_eq!(
             (now[0].stage, now[0].done, now[0].total),
             (Stage::Proving, 2, 3)
         );
+        assert!(p.take().is_empty(), "an unchanged count is not repeated");
         p.set(99);
         assert_eq!(
             p.take()[0].done,
