@@ -671,46 +671,51 @@ impl Service {
     ) -> Result<Vec<u8>, crate::evidence::ExportError> {
         use crate::evidence::{CancelOnDrop, ExportError, Stage, export, seal, seeds, select_with};
         let stop_if_dropped = CancelOnDrop::new(progress.clone());
-        let stopped = |e: Stopped| ExportError::Sign(e.to_string());
-        let joined = |e: tokio::task::JoinError| ExportError::Sign(e.to_string());
-        // The log size to export: everything below it is durable.
-        let (size, _) = self
-            .read_durable(|s| s.next_index())
-            .await
-            .map_err(stopped)?;
-        // Reading and decoding entries needs no lock.
-        let (reader, scope2, p) = (self.reader.clone(), scope.clone(), progress.clone());
-        let seeds = tokio::task::spawn_blocking(move || seeds(&reader, size, &scope2, &p))
-            .await
-            .map_err(joined)??;
-        // The closure needs the state, briefly.
-        let (selection, _) = self
-            .read_durable(|s| select_with(s, seeds, &scope))
-            .await
-            .map_err(stopped)?;
-        let selection = selection?;
-        let note = self
-            .reader
-            .checkpoint_note(size)?
-            .ok_or(ExportError::NoCheckpoint(size))?;
-        let cp = Checkpoint::verify(&note, &self.verifier, &self.origin)
-            .map_err(|e| ExportError::Sign(format!("stored checkpoint for size {size}: {e}")))?;
-        let (reader, scope2, p) = (self.reader.clone(), scope.clone(), progress.clone());
-        let unsigned =
-            tokio::task::spawn_blocking(move || export(&reader, &cp, &selection, &scope2, &p))
+        let result = async {
+            let stopped = |e: Stopped| ExportError::Sign(e.to_string());
+            let joined = |e: tokio::task::JoinError| ExportError::Sign(e.to_string());
+            // The log size to export: everything below it is durable.
+            let (size, _) = self
+                .read_durable(|s| s.next_index())
+                .await
+                .map_err(stopped)?;
+            // Reading and decoding entries needs no lock.
+            let (reader, scope2, p) = (self.reader.clone(), scope.clone(), progress.clone());
+            let seeds = tokio::task::spawn_blocking(move || seeds(&reader, size, &scope2, &p))
                 .await
                 .map_err(joined)??;
-        progress.start(Stage::Signing, 1);
-        let note = self
-            .sign_manifest(unsigned.digest())
-            .await
-            .map_err(stopped)?;
-        let key = self.verifier.clone();
-        let sealed = tokio::task::spawn_blocking(move || seal(unsigned, note, &key, &progress))
-            .await
-            .map_err(joined)?;
+            // The closure needs the state, briefly.
+            let (selection, _) = self
+                .read_durable(|s| select_with(s, seeds, &scope))
+                .await
+                .map_err(stopped)?;
+            let selection = selection?;
+            let note = self
+                .reader
+                .checkpoint_note(size)?
+                .ok_or(ExportError::NoCheckpoint(size))?;
+            let cp = Checkpoint::verify(&note, &self.verifier, &self.origin).map_err(|e| {
+                ExportError::Sign(format!("stored checkpoint for size {size}: {e}"))
+            })?;
+            let (reader, scope2, p) = (self.reader.clone(), scope.clone(), progress.clone());
+            let unsigned =
+                tokio::task::spawn_blocking(move || export(&reader, &cp, &selection, &scope2, &p))
+                    .await
+                    .map_err(joined)??;
+            progress.start(Stage::Signing, 1);
+            let note = self
+                .sign_manifest(unsigned.digest())
+                .await
+                .map_err(stopped)?;
+            let key = self.verifier.clone();
+            tokio::task::spawn_blocking(move || seal(unsigned, note, &key, &progress))
+                .await
+                .map_err(joined)?
+        }
+        .await;
+        // Finished, well or not: nothing left to cancel.
         stop_if_dropped.defuse();
-        sealed
+        result
     }
 
     /// The decision recorded with the DeployRequested entry at `index`.

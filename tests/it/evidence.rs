@@ -1639,7 +1639,8 @@ async fn hostile_periods_are_refused_or_exported_never_crash() {
 /// An export nobody waits for stops: asked to stop before it starts, it
 /// reads nothing; stopped as any stage starts, it goes no further; its
 /// future dropped mid-way (a client that went away), the threads it started
-/// are told to stop; an export that finishes leaves its progress uncancelled.
+/// are told to stop; an export that finishes, or fails, leaves its progress
+/// uncancelled.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_abandoned_export_stops_its_work() {
     use docket::evidence::{ExportError, Progress, Stage};
@@ -1707,6 +1708,13 @@ async fn an_abandoned_export_stops_its_work() {
     let p = Arc::new(Progress::default());
     let bundle = svc.export_evidence_with(scope, p.clone()).await.unwrap();
     assert!(!p.is_cancelled(), "a finished export cancels nothing");
+    let p = Arc::new(Progress::default());
+    let e = svc
+        .export_evidence_with(Scope::Change("CHG-404".into()), p.clone())
+        .await
+        .unwrap_err();
+    assert!(matches!(e, ExportError::UnknownChange(_)), "{e}");
+    assert!(!p.is_cancelled(), "a failed export cancels nothing");
     evidence::verify(&bundle, &trust(&f.server)).unwrap();
 }
 
