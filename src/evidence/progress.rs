@@ -11,8 +11,8 @@
 //! wants the result calls [`Progress::cancel`], and the working thread
 //! stops at its next count instead of finishing work nobody will receive.
 
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Condvar, Mutex};
 
 /// A stage of building or checking a bundle, in the order they run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -59,6 +59,8 @@ pub struct Progress {
     done: AtomicU64,
     cancelled: AtomicBool,
     inner: Mutex<Inner>,
+    /// Wakes a working thread held by [`Progress::hold_at`].
+    released: Condvar,
     notify: tokio::sync::Notify,
 }
 
@@ -67,6 +69,7 @@ struct Inner {
     current: Option<(Stage, u64)>,
     pending: Vec<Step>,
     cancel_at: Option<Stage>,
+    hold_at: Option<Stage>,
     /// The last step [`Progress::take`] returned.
     last: Option<Step>,
 }
@@ -98,10 +101,17 @@ impl Progress {
         g.current = Some((stage, total));
         self.done.store(0, Ordering::Relaxed);
         if g.cancel_at == Some(stage) {
-            self.cancel();
+            self.cancelled.store(true, Ordering::Relaxed);
         }
+        let hold = g.hold_at == Some(stage);
         drop(g);
         self.notify.notify_one();
+        if hold {
+            let mut g = self.lock();
+            while !self.is_cancelled() {
+                g = self.released.wait(g).unwrap_or_else(|p| p.into_inner());
+            }
+        }
     }
 
     /// Records that `done` units of the current stage are complete.
@@ -142,9 +152,16 @@ impl Progress {
         steps
     }
 
-    /// Asks the working thread to stop.
+    /// Asks the working thread to stop, and wakes whoever waits in
+    /// [`Progress::changed`].
     pub fn cancel(&self) {
+        // Stored under the lock, so a thread held in `start` cannot miss it
+        // between its check and its wait.
+        let g = self.lock();
         self.cancelled.store(true, Ordering::Relaxed);
+        drop(g);
+        self.released.notify_all();
+        self.notify.notify_one();
     }
 
     /// Cancels as `stage` starts: for tests that stop an export at a chosen
@@ -152,6 +169,14 @@ impl Progress {
     #[doc(hidden)]
     pub fn cancel_at(&self, stage: Stage) {
         self.lock().cancel_at = Some(stage);
+    }
+
+    /// Holds the working thread as `stage` starts (after reporting it)
+    /// until the export is cancelled: for tests that need an export still
+    /// running when its client goes away.
+    #[doc(hidden)]
+    pub fn hold_at(&self, stage: Stage) {
+        self.lock().hold_at = Some(stage);
     }
 
     /// Whether [`Progress::cancel`] was called.
@@ -235,5 +260,31 @@ mod tests {
         let end = p.take();
         assert_eq!((end[0].stage, end[0].done), (Stage::Proving, 3));
         assert!(p.take().is_empty());
+    }
+
+    #[test]
+    fn a_held_stage_reports_itself_and_waits_for_cancel() {
+        let p = std::sync::Arc::new(Progress::default());
+        p.hold_at(Stage::Proving);
+        let worker = {
+            let p = p.clone();
+            std::thread::spawn(move || {
+                p.start(Stage::Reading, 1);
+                p.start(Stage::Proving, 5);
+                p.is_cancelled()
+            })
+        };
+        // The held stage is reported before the thread waits.
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            while p.take().last().map(|s| s.stage) != Some(Stage::Proving) {
+                p.changed().await;
+            }
+        });
+        assert!(!worker.is_finished(), "held until cancelled");
+        p.cancel();
+        assert!(worker.join().unwrap(), "released by the cancel");
     }
 }

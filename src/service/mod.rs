@@ -221,7 +221,12 @@ pub struct Service {
     /// Writer and flusher, joined on drop so that once a `Service` is gone
     /// its store is closed.
     threads: Vec<std::thread::JoinHandle<()>>,
+    /// See [`Service::observe_exports`].
+    export_observer: std::sync::OnceLock<ExportObserver>,
 }
+
+/// Called with each evidence export's progress as the export starts.
+type ExportObserver = Box<dyn Fn(&Arc<crate::evidence::Progress>) + Send + Sync>;
 
 impl Drop for Service {
     fn drop(&mut self) {
@@ -425,6 +430,7 @@ impl Service {
             origin: genesis.origin,
             verifier,
             threads: vec![writer],
+            export_observer: std::sync::OnceLock::new(),
         })
     }
 
@@ -652,6 +658,17 @@ impl Service {
         rx.await.map_err(|_| Stopped)
     }
 
+    /// Has `f` called with the progress of every export from now on (once
+    /// per service; later calls are ignored): a seam for tests that hold an
+    /// export mid-way, as a gRPC client's export is when it goes away.
+    #[doc(hidden)]
+    pub fn observe_exports(
+        &self,
+        f: impl Fn(&Arc<crate::evidence::Progress>) + Send + Sync + 'static,
+    ) {
+        let _ = self.export_observer.set(Box::new(f));
+    }
+
     /// Builds an evidence bundle for `scope` over the latest durable state:
     /// selection under the state's read lock, reading and rendering on a
     /// blocking thread, the manifest signed by the writer thread.
@@ -670,6 +687,9 @@ impl Service {
         progress: Arc<crate::evidence::Progress>,
     ) -> Result<Vec<u8>, crate::evidence::ExportError> {
         use crate::evidence::{CancelOnDrop, ExportError, Stage, export, seal, seeds, select_with};
+        if let Some(observe) = self.export_observer.get() {
+            observe(&progress);
+        }
         let stop_if_dropped = CancelOnDrop::new(progress.clone());
         let result = async {
             let stopped = |e: Stopped| ExportError::Sign(e.to_string());

@@ -1718,6 +1718,74 @@ async fn an_abandoned_export_stops_its_work() {
     evidence::verify(&bundle, &trust(&f.server)).unwrap();
 }
 
+/// A gRPC client that goes away mid-export stops the server's work: the
+/// export is held as it starts reading (so it is surely still running),
+/// the client drops its stream after that stage's report, and the server
+/// cancels the export. The next export, not held, completes and verifies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grpc_client_that_goes_away_cancels_its_export() {
+    use docket::evidence::{Progress, Stage};
+    let f = fixture().await;
+    let s = &f.server;
+    let seen: Arc<std::sync::Mutex<Vec<Arc<Progress>>>> = Arc::default();
+    let record = seen.clone();
+    s.svc.observe_exports(move |p| {
+        let mut all = record.lock().unwrap();
+        if all.is_empty() {
+            p.hold_at(Stage::Reading);
+        }
+        all.push(p.clone());
+    });
+    let request = || pb::ExportEvidenceRequest {
+        scope: Some(pb::export_evidence_request::Scope::Period(
+            pb::PeriodScope {
+                from_unix_nanos: 0,
+                to_unix_nanos: i64::MAX,
+                environments: Vec::new(),
+                repositories: Vec::new(),
+            },
+        )),
+        progress: true,
+    };
+    let mut g = s.conn().governance().await.unwrap();
+    let mut stream = g.export_evidence(request()).await.unwrap().into_inner();
+    let mut stages = Vec::new();
+    while stages.last().map(String::as_str) != Some("reading") {
+        let chunk = stream
+            .message()
+            .await
+            .unwrap()
+            .expect("the stream reports reading before it ends");
+        assert!(
+            chunk.data.is_empty(),
+            "no bundle bytes before the export ends"
+        );
+        stages.push(chunk.progress.expect("a progress report").stage);
+    }
+    let held = seen.lock().unwrap()[0].clone();
+    assert!(!held.is_cancelled(), "held, not cancelled: {stages:?}");
+    drop(stream);
+    drop(g);
+    tokio::time::timeout(Duration::from_secs(60), async {
+        while !held.is_cancelled() {
+            held.changed().await;
+        }
+    })
+    .await
+    .expect("the server cancels the export of a client that went away");
+
+    let mut g = s.conn().governance().await.unwrap();
+    let mut stream = g.export_evidence(request()).await.unwrap().into_inner();
+    let mut bundle = Vec::new();
+    while let Some(c) = stream.message().await.unwrap() {
+        bundle.extend_from_slice(&c.data);
+    }
+    evidence::verify(&bundle, &trust(s)).unwrap();
+    let all = seen.lock().unwrap();
+    assert_eq!(all.len(), 2);
+    assert!(!all[1].is_cancelled(), "a finished export is not cancelled");
+}
+
 /// `(stage, done, total)` of each progress line `docket evidence export
 /// --progress always` printed to a non-terminal standard error.
 fn progress_lines(stderr: &str) -> Vec<(String, u64, u64)> {
