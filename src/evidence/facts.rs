@@ -654,7 +654,7 @@ fn change_row<'a>(view: &View<'a>, c: &'a ChangeRec) -> ChangeRow<'a> {
             .iter()
             .map(|r| ReviewRow {
                 comment: &r.comment,
-                current_revision: r.seen == current,
+                current_revision: r.index > cur.index && r.seen == current,
                 index: r.index,
                 reviewer: &r.reviewer,
                 time: fmt_nanos(r.at_nanos),

@@ -91,6 +91,10 @@ pub struct CiFact {
 pub struct ChangeFacts<'a> {
     pub id: &'a str,
     pub revision: u32,
+    /// Log index of the entry that made the current revision (the opening
+    /// or the latest amend): a review recorded before it is stale, whatever
+    /// it saw, since every amend is material.
+    pub revised_at: u64,
     /// The repository the change is for (`None` when it names none).
     pub repository: Option<&'a str>,
     /// Who opened or amended it: none of them may approve it.
@@ -409,8 +413,11 @@ fn evaluate_rule(rule: &Rule, req: &Request, facts: &Facts<'_>) -> Verdict {
         current.sort_by_key(|a| a.index);
         for a in current {
             let who = a.approver.to_string();
+            // A review speaks for this revision only if it came after it
+            // and saw exactly its subjects.
+            let fresh = a.index > c.revised_at && a.seen == current_subjects;
             if !a.approve {
-                if a.seen == current_subjects {
+                if fresh {
                     let comment = if a.comment.is_empty() {
                         String::new()
                     } else {
@@ -435,7 +442,7 @@ fn evaluate_rule(rule: &Rule, req: &Request, facts: &Facts<'_>) -> Verdict {
                 continue;
             }
             let p = facts.principals.get(&who);
-            let why_not = if a.seen != current_subjects {
+            let why_not = if !fresh {
                 Some("stale: approved an earlier revision of the change".to_owned())
             } else if let Some(max) = rule
                 .max_approval_age_secs

@@ -121,6 +121,7 @@ fn change(approvals: Vec<Approval<'static>>) -> ChangeFacts<'static> {
     ChangeFacts {
         id: "CHG-1",
         revision: 1,
+        revised_at: 0,
         repository: None,
         requesters: strs(&["alice"]),
         subjects: strs(&["c1", D]),
@@ -373,6 +374,31 @@ fn every_rule_kind() {
         (Deny, Some("prod"), "0 counted"),
     );
     assert!(!v.reasons.iter().any(|r| r.contains("rejected")));
+    // An amend that keeps the subjects (one that only adds `prod` to the
+    // environments, or puts back subjects an earlier revision had) still
+    // makes the reviews before it stale: they may not have seen it.
+    let before = ok.clone();
+    let mut amended = change(before);
+    amended.revised_at = NEXT_INDEX.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    amended.revision = 2;
+    let v = check(
+        request("prod"),
+        Some(amended.clone()),
+        staged(),
+        (Deny, Some("prod"), "0 counted"),
+    );
+    assert_eq!(v.not_counted.len(), 2, "{v:?}");
+    assert!(v.not_counted.iter().all(|n| n.reason.starts_with("stale")));
+    amended
+        .approvals
+        .extend([approval("bob", NOW), approval("carol", NOW)]);
+    let v = check(
+        request("prod"),
+        Some(amended),
+        staged(),
+        (Allow, Some("prod"), "satisfied"),
+    );
+    assert_eq!(v.counted.len(), 2, "reviews after the amend count: {v:?}");
     // Maximum approval age.
     let old = vec![
         approval("bob", "2026-11-01T00:00:00Z"),

@@ -1455,6 +1455,7 @@ impl State {
         policy::ChangeFacts {
             id: &c.id,
             revision: c.revisions.len() as u32,
+            revised_at: cur.index,
             repository: Some(c.repository.as_str()).filter(|r| !r.is_empty()),
             requesters: c.requesters.iter().map(String::as_str).collect(),
             subjects,

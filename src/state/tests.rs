@@ -559,3 +559,79 @@ retry declined cards once\n"
     let d = f.deploy("ci", D);
     assert!(d.allow, "{:?}", d.reasons);
 }
+
+/// Every amend makes the reviews before it stale, also one that keeps the
+/// subjects: widening a staging-only change to `prod` does not carry its
+/// staging approvals along, and going back to an earlier revision's
+/// subjects does not revive that revision's approvals.
+#[test]
+fn an_amend_that_keeps_the_subjects_still_makes_earlier_reviews_stale() {
+    let mut f = Fold::new(POLICY);
+    for (who, k) in [("bob", 2), ("carol", 3)] {
+        f.register(who, PrincipalKind::Human, &["dev"], &[k]);
+    }
+    f.register("ci", PrincipalKind::Ci, &["ci"], &[30]);
+    let amend = |f: &mut Fold, digest: &str, environments: &[&str]| {
+        f.apply(
+            "ci",
+            Body::ChangeAmended(ChangeAmendment {
+                change_id: RecordId::parse("CHG-1").unwrap(),
+                commits: BTreeSet::new(),
+                artifact_digests: set(&[digest]),
+                environments: set(environments),
+                reason: String::new(),
+            }),
+        )
+        .unwrap();
+    };
+    f.apply(
+        "ci",
+        Body::ChangeOpened(ChangeOpening {
+            change_id: RecordId::parse("CHG-1").unwrap(),
+            title: String::new(),
+            repository: String::new(),
+            commits: BTreeSet::new(),
+            artifact_digests: set(&[D]),
+            environments: set(&["staging"]),
+            ticket: String::new(),
+            description: String::new(),
+        }),
+    )
+    .unwrap();
+    let approve_both = |f: &mut Fold| {
+        f.review("bob", "CHG-1", D, true).unwrap();
+        f.review("carol", "CHG-1", D, true).unwrap();
+    };
+    approve_both(&mut f);
+    let stale = |d: &DecisionRecord| {
+        d.not_counted
+            .iter()
+            .filter(|n| n.reason == "stale: approved an earlier revision of the change")
+            .count()
+    };
+
+    amend(&mut f, D, &["staging", "prod"]);
+    let d = f.deploy("ci", D);
+    assert!(
+        !d.allow,
+        "staging approvals carried to prod: {:?}",
+        d.counted
+    );
+    assert_eq!((d.counted.len(), stale(&d)), (0, 2), "{d:?}");
+
+    approve_both(&mut f);
+    let d = f.deploy("ci", D);
+    assert!(d.allow, "{:?}", d.reasons);
+    assert_eq!(d.change, Some(("CHG-1".into(), 2)));
+
+    amend(&mut f, D2, &[]);
+    amend(&mut f, D, &[]);
+    let d = f.deploy("ci", D);
+    assert!(
+        !d.allow,
+        "revision 2's approvals came back: {:?}",
+        d.counted
+    );
+    assert_eq!(d.change, Some(("CHG-1".into(), 4)));
+    assert_eq!((d.counted.len(), stale(&d)), (0, 2), "{d:?}");
+}
