@@ -529,7 +529,7 @@ async fn any_flipped_byte_is_caught_and_named() {
     use pb::export_evidence_request::Scope as S;
     let f = fixture().await;
     let s = &f.server;
-    let bundle = export_online(
+    let period = export_online(
         s,
         S::Period(pb::PeriodScope {
             from_unix_nanos: f.day(1),
@@ -538,20 +538,35 @@ async fn any_flipped_byte_is_caught_and_named() {
         }),
     )
     .await;
+    let change = export_online(s, S::ChangeId("CHG-2".into())).await;
     let t = trust(s);
-    assert!(evidence::verify(&bundle, &t).is_ok());
+    for bundle in [&change, &period] {
+        flip_every_member(bundle, &t);
+    }
+    // A bundle verified against another log's key fails at the manifest.
+    let other =
+        docket::crypto::NoteVerifier::new("docket.test/log", key("someone else").verifying_key());
+    let e = evidence::verify(&period, &Trust::Key(other)).unwrap_err();
+    assert_eq!(e.what, "manifest.sig");
+}
+
+/// Flips bytes inside every member of `bundle` (first, last and five spread
+/// offsets) and in 40 places of its headers and padding; each must fail
+/// verification, naming the member (or the archive for a header).
+fn flip_every_member(bundle: &[u8], t: &Trust) {
+    assert!(evidence::verify(bundle, t).is_ok());
     let mut checked = 0;
     // Inside every file, at its first, last and five spread offsets.
-    for (path, start, len) in members(&bundle) {
+    for (path, start, len) in members(bundle) {
         assert!(len > 0, "{path} is empty");
         let mut offsets: BTreeSet<u64> = [0, len - 1].into();
         for k in 1..=5 {
             offsets.insert(len * k / 6);
         }
         for off in offsets {
-            let mut b = bundle.clone();
+            let mut b = bundle.to_vec();
             b[(start + off) as usize] ^= 0x01;
-            let e: BundleFailure = evidence::verify(&b, &t).expect_err(&format!("{path}+{off}"));
+            let e: BundleFailure = evidence::verify(&b, t).expect_err(&format!("{path}+{off}"));
             let named = e.what == path
                 || (path == "manifest.sig" && e.what == "manifest.sig")
                 || (path == "manifest.json" && e.what.starts_with("manifest"));
@@ -560,24 +575,19 @@ async fn any_flipped_byte_is_caught_and_named() {
         }
     }
     // In headers and padding: the archive is no longer canonical, or unreadable.
-    let content: Vec<(u64, u64)> = members(&bundle).iter().map(|(_, s, l)| (*s, *l)).collect();
+    let content: Vec<(u64, u64)> = members(bundle).iter().map(|(_, s, l)| (*s, *l)).collect();
     let outside: Vec<u64> = (0..bundle.len() as u64)
         .filter(|o| !content.iter().any(|(s, l)| s <= o && *o < s + l))
         .collect();
     for k in 0..40u64 {
         let off = outside[(k * 7919 % outside.len() as u64) as usize];
-        let mut b = bundle.clone();
+        let mut b = bundle.to_vec();
         b[off as usize] ^= 0x20;
-        let e = evidence::verify(&b, &t).expect_err(&format!("header byte {off}"));
+        let e = evidence::verify(&b, t).expect_err(&format!("header byte {off}"));
         assert_eq!(e.what, "archive", "header byte {off}: {e}");
         checked += 1;
     }
     assert!(checked > 100);
-    // A bundle verified against another log's key fails at the manifest.
-    let other =
-        docket::crypto::NoteVerifier::new("docket.test/log", key("someone else").verifying_key());
-    let e = evidence::verify(&bundle, &Trust::Key(other)).unwrap_err();
-    assert_eq!(e.what, "manifest.sig");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -656,6 +666,29 @@ async fn dropped_entries_fail_completeness_and_altered_decisions_fail_re_evaluat
     assert!(
         e.reason
             .contains("later entries of the period may have been left out"),
+        "{e}"
+    );
+
+    //    And one that starts inside the period: its left boundary (the
+    //    entry before the period) left out of the range, so entries at
+    //    the period's start could be missing unnoticed.
+    let mut sel = s
+        .svc
+        .with_state(|st| evidence::select(st, &reader, &scope))
+        .unwrap();
+    let (start, end) = sel.range.unwrap();
+    sel.range = Some((start + 1, end));
+    let unsigned = evidence::export(&reader, &cp, &sel, &scope, &Default::default()).unwrap();
+    let note = docket::ledger::sign_manifest(&signer, "docket.test/log", &unsigned.digest());
+    let e = evidence::verify(&unsigned.finish(note), &t).unwrap_err();
+    assert_eq!(e.what, "completeness", "{e}");
+    assert!(
+        e.reason.contains(&format!(
+            "entry {} is the first of the range but lies inside the period",
+            start + 1
+        )) && e
+            .reason
+            .contains("earlier entries of the period may have been left out"),
         "{e}"
     );
 
@@ -806,6 +839,179 @@ async fn oscal_validates_with_compliance_trestle() {
             .output()
             .unwrap();
         assert!(!out.status.success(), "a broken OSCAL file validated");
+    }
+}
+
+/// Runs trestle over a bundle's OSCAL file; panics with its output if it
+/// refuses it.
+fn trestle_accepts(bundle: &[u8], what: &str) -> serde_json::Value {
+    let dir = tempfile::tempdir().unwrap();
+    unpack_to(bundle, dir.path());
+    let file = dir.path().join("oscal/assessment-results.json");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/oscal/validate_oscal.py");
+    let out = std::process::Command::new("python3")
+        .arg(&script)
+        .arg(&file)
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "trestle refused the {what} bundle's OSCAL:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap()
+}
+
+/// Break-glass obligations travel with period bundles in each state they
+/// can be in at the bundle's time: open before the deadline, overdue after
+/// it with no review, closed late, and closed on time but found
+/// unjustified. Each status and violation is in `facts/obligations.json`
+/// and the report, a violation makes the CC8.1 and A.8.32 findings not
+/// satisfied (not §164.312(b)'s),
+/// every bundle verifies, and trestle accepts every OSCAL file, for each
+/// control too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn obligations_open_overdue_late_and_unjustified_travel_with_bundles() {
+    use pb::export_evidence_request::Scope as S;
+    let mut f = fixture().await;
+    // A second break-glass (day 6), reviewed in time but found unjustified.
+    f.clock.set(f.day(6));
+    let (_, d3) = f.build("commit-3", "alice@example.com", "image-3").await;
+    let glass2 = f.deploy("glass-2", "dave", "prod", &d3, true).await;
+    f.clock.set(f.day(6) + DAY / 2);
+    f.append(
+        "unjustified",
+        "carol",
+        Body::BreakGlassReviewed(docket::event::BreakGlassReview {
+            deployment_index: glass2,
+            justified: false,
+            comment: "no incident was open".into(),
+        }),
+    )
+    .await;
+    f.clock.set(f.day(7));
+    f.append(
+        "after",
+        "admin",
+        Body::Annotation {
+            subject: "repo/payments".into(),
+            kind: "note".into(),
+            text: "after".into(),
+            attributes: Default::default(),
+        },
+    )
+    .await;
+    let glass = f.at["glass"];
+    let period = |from: i64, to: i64| {
+        S::Period(pb::PeriodScope {
+            from_unix_nanos: from,
+            to_unix_nanos: to,
+            ..Default::default()
+        })
+    };
+    let cases = [
+        // (to, glass's status, glass-2's status or none, violation kinds)
+        (f.day(3) + DAY / 2, "open", None, vec![]),
+        (f.day(4) + DAY / 2, "overdue", None, vec!["overdue-review"]),
+        (
+            f.day(8),
+            "closed-late",
+            Some("closed"),
+            vec!["late-review", "unjustified-break-glass"],
+        ),
+    ];
+    for (to, status, status2, kinds) in cases {
+        let what = format!("period to day {:.1}", (to - f.t0) as f64 / DAY as f64);
+        let bundle = export_online(&f.server, period(f.day(3), to)).await;
+        evidence::verify(&bundle, &trust(&f.server)).unwrap_or_else(|e| panic!("{what}: {e}"));
+        let files = evidence::unpack(&bundle).unwrap();
+        let ob = json(&files, "facts/obligations.json");
+        let obligations = ob["obligations"].as_array().unwrap();
+        let status_of = |i: u64| {
+            obligations
+                .iter()
+                .find(|o| o["deployment_index"] == i)
+                .map(|o| o["status"].as_str().unwrap().to_owned())
+        };
+        assert_eq!(status_of(glass).as_deref(), Some(status), "{what}: {ob}");
+        assert_eq!(status_of(glass2).as_deref(), status2, "{what}: {ob}");
+        let got: Vec<&str> = ob["violations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v["kind"].as_str().unwrap())
+            .collect();
+        assert_eq!(got, kinds, "{what}: {ob}");
+        let html = String::from_utf8(files["report.html"].clone()).unwrap();
+        assert!(html.contains(&format!("review {status}")), "{what}: report");
+        for v in ob["violations"].as_array().unwrap() {
+            let d = v["description"].as_str().unwrap();
+            assert!(
+                d.starts_with("break-glass deployment to prod by dave (entry "),
+                "{d}"
+            );
+            assert!(
+                html.contains(v["kind"].as_str().unwrap()),
+                "{what}: report lacks {v}"
+            );
+        }
+        if status == "overdue" {
+            let d = ob["violations"][0]["description"].as_str().unwrap();
+            assert!(d.contains("no review by someone else; it was due "), "{d}");
+        }
+        if status2.is_some() {
+            let d = ob["violations"][1]["description"].as_str().unwrap();
+            assert!(
+                d.ends_with(
+                    "carol found it unjustified (entry {}): no incident was open"
+                        .replace("{}", &f.at["unjustified"].to_string())
+                        .as_str()
+                ),
+                "{d}"
+            );
+        }
+        let oscal = trestle_accepts(&bundle, &what);
+        let states: Vec<&str> = oscal["assessment-results"]["results"][0]["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x["target"]["status"]["state"].as_str().unwrap())
+            .collect();
+        assert_eq!(states.len(), 3, "{what}: a finding per control");
+        // CC8.1 and A.8.32 fail on any violation; §164.312(b) (audit
+        // controls) holds for every bundle that verifies.
+        let failing = states.iter().filter(|s| **s == "not-satisfied").count();
+        assert_eq!(
+            failing,
+            if kinds.is_empty() { 0 } else { 2 },
+            "{what}: {states:?}"
+        );
+    }
+    // Each control over the whole period: its bundle verifies, trestle
+    // accepts its OSCAL, and it names that one control.
+    for control in ["soc2-cc8.1", "iso27001-a8.32", "hipaa-164.312b"] {
+        let bundle = export_online(
+            &f.server,
+            S::Control(pb::ControlScope {
+                control: control.into(),
+                from_unix_nanos: f.day(0),
+                to_unix_nanos: f.day(9),
+            }),
+        )
+        .await;
+        evidence::verify(&bundle, &trust(&f.server)).unwrap_or_else(|e| panic!("{control}: {e}"));
+        let oscal = trestle_accepts(&bundle, control);
+        let findings = oscal["assessment-results"]["results"][0]["findings"]
+            .as_array()
+            .unwrap();
+        assert_eq!(findings.len(), 1, "{control}: {findings:?}");
+        let want = if control == "hipaa-164.312b" {
+            "satisfied"
+        } else {
+            "not-satisfied" // the period holds violations
+        };
+        assert_eq!(findings[0]["target"]["status"]["state"], want, "{control}");
     }
 }
 
