@@ -3,8 +3,12 @@
 # GitLab CI template (gitlab/docket.gitlab-ci.yml) call, so the pipeline logic
 # lives in one place and runs the same on a laptop.
 #
-#   docket-ci.sh report STATUS [DIGEST...]   record a CI run (docket ci report)
-#   docket-ci.sh gate ENVIRONMENT DIGEST...  ask whether a deploy is allowed (docket authorize)
+#   docket-ci.sh ingest [A..B]                record the pipeline's commits (docket git ingest)
+#   docket-ci.sh report STATUS [DIGEST...]    record a CI run (docket ci report)
+#   docket-ci.sh open CHANGE ENVS DIGEST...   open (or amend) the change binding this commit
+#                                             and DIGESTs for ENVS (docket change open/amend)
+#   docket-ci.sh approve CHANGE [SUBJECT...]  approve a change as DOCKET_SIGNER (docket approve)
+#   docket-ci.sh gate ENVIRONMENT DIGEST...   ask whether a deploy is allowed (docket authorize)
 #   docket-ci.sh deploy ENVIRONMENT DIGEST... record the deploy; Docket decides it (docket deploy)
 #
 # Settings come only from the environment (see usage below). Exit codes: 0
@@ -20,13 +24,31 @@ ON_GITHUB=false
 
 usage() {
     cat <<EOF
-usage: $PROG report STATUS [DIGEST...]
+usage: $PROG ingest [A..B]
+       $PROG report STATUS [DIGEST...]
+       $PROG open CHANGE ENVIRONMENTS DIGEST...
+       $PROG approve CHANGE [SUBJECT...]
        $PROG gate ENVIRONMENT DIGEST...
        $PROG deploy ENVIRONMENT DIGEST...
 
+  ingest  docket git ingest --repo \$DOCKET_REPO (default .): the commits A..B, by default
+          the push's (GitLab: CI_COMMIT_BEFORE_SHA..CI_COMMIT_SHA; GitHub: DOCKET_GIT_BEFORE,
+          which the action sets from github.event.before, ..GITHUB_SHA), else the whole
+          history of the pipeline's commit. Commits already in the log are skipped. Needs
+          the history in the clone (actions/checkout with fetch-depth: 0; GitLab
+          GIT_DEPTH: 0): segregation of duties needs every commit's author.
   report  docket ci report --status STATUS --digest DIGEST...  (STATUS: passed, failed,
           canceled; GitHub's success/failure/cancelled work too). The commit, run id, URL and
           repository come from the GitHub Actions or GitLab CI variables.
+  open    docket change open --id CHANGE --commit <the pipeline's commit> --digest DIGEST...
+          --env ENV... (ENVIRONMENTS comma-separated, e.g. staging,prod), the repository
+          from the CI variables, title DOCKET_CHANGE_TITLE and ticket DOCKET_TICKET if set.
+          If CHANGE exists, amends it to these subjects (earlier approvals become stale);
+          if it already binds exactly them, does nothing.
+  approve docket approve CHANGE, signed with DOCKET_KEY as DOCKET_SIGNER (a person's key,
+          e.g. from a protected environment only they can release). SUBJECTs (commits,
+          digests): what the approver reviewed; the approval is refused unless they are
+          exactly the subjects of a revision. Without them: the change's current subjects.
   gate    docket authorize --env ENVIRONMENT --digest DIGEST... --actor \$DOCKET_SIGNER
           (records nothing). Exit 0 allow, 1 deny.
   deploy  docket deploy --env ENVIRONMENT --digest DIGEST... (records the deploy, allowed or
@@ -41,10 +63,14 @@ Environment:
   DOCKET_CA         CA certificate of the server's certificate (PEM)
   DOCKET_CERT       client certificate (PEM)
   DOCKET_CERT_KEY   client certificate's private key (PEM)
-  DOCKET_LOG_VKEY   the log's verifier key, to check receipts (report and deploy)
+  DOCKET_LOG_VKEY   the log's verifier key, to check receipts (all but gate)
   DOCKET_DATA       data directory for defaults of the above (default: docket-data)
   DOCKET_BIN        the docket binary (default: docket)
   DOCKET_JSON_OUT   gate/deploy: also write the decision as JSON to this file
+  DOCKET_REPO       ingest: the git repository (default: .)
+  DOCKET_GIT_BEFORE ingest: the commit before the push (GitHub's github.event.before)
+  DOCKET_CHANGE_TITLE, DOCKET_TICKET   open: the change's title and ticket
+  DOCKET_COMMENT    approve: a comment recorded with the approval
   GITHUB_STEP_SUMMARY  GitHub Actions: a Markdown summary is appended to it
 
 Exit codes: 0 allowed/recorded, 1 denied or failed, 64 bad usage or configuration,
@@ -90,6 +116,35 @@ case "$cmd" in
             errors+=("report: missing STATUS (passed, failed or canceled)")
         fi
         ;;
+    ingest)
+        if [[ $# -gt 1 ]]; then
+            errors+=("ingest: at most one range A..B")
+        elif [[ $# -eq 1 && "$1" != *..* ]]; then
+            errors+=("ingest: '$1' is not a range A..B")
+        fi
+        ;;
+    open)
+        if [[ $# -lt 1 || -z "$1" ]]; then
+            errors+=("open: missing CHANGE (the change id, e.g. gh-4242)")
+        elif [[ $# -lt 2 || -z "$2" ]]; then
+            errors+=("open: missing ENVIRONMENTS (comma-separated, e.g. staging,prod)")
+        elif [[ $# -lt 3 ]]; then
+            errors+=("open: missing DIGEST (at least one sha256:... artifact digest)")
+        fi
+        if [[ -z "${GITHUB_SHA:-${CI_COMMIT_SHA:-}}" ]]; then
+            errors+=("open: neither GITHUB_SHA nor CI_COMMIT_SHA is set: which commit does the change bind?")
+        fi
+        ;;
+    approve)
+        if [[ $# -lt 1 || -z "$1" ]]; then
+            errors+=("approve: missing CHANGE (the change id)")
+        fi
+        for a in "${@:2}"; do
+            if ! [[ "$a" =~ ^(sha256:[0-9a-f]{64}|[0-9a-f]{40}|[0-9a-f]{64})$ ]]; then
+                errors+=("'$a' is not a subject (a commit SHA, or sha256: and 64 lowercase hex digits)")
+            fi
+        done
+        ;;
     gate | deploy)
         if [[ $# -lt 1 || -z "$1" ]]; then
             errors+=("$cmd: missing ENVIRONMENT")
@@ -98,16 +153,17 @@ case "$cmd" in
         fi
         ;;
     "")
-        errors+=("missing command: report, gate or deploy")
+        errors+=("missing command: ingest, report, open, approve, gate or deploy")
         ;;
     *)
-        errors+=("unknown command '$cmd': expected report, gate or deploy")
+        errors+=("unknown command '$cmd': expected ingest, report, open, approve, gate or deploy")
         ;;
 esac
 
 # After STATUS (report) or ENVIRONMENT (gate, deploy): the digests.
 case "$cmd" in
     report | gate | deploy) digests=("${@:2}") ;;
+    open) digests=("${@:3}") ;;
     *) digests=() ;;
 esac
 for d in "${digests[@]+"${digests[@]}"}"; do
@@ -134,7 +190,7 @@ check_file() {
 for v in DOCKET_CA DOCKET_CERT DOCKET_CERT_KEY; do
     [[ -n "${!v:-}" ]] && check_file "$v" "${!v}"
 done
-if [[ "$cmd" == report || "$cmd" == deploy ]]; then
+if [[ "$cmd" != gate ]]; then
     [[ -n "${DOCKET_KEY:-}" ]] && check_file DOCKET_KEY "$DOCKET_KEY"
     if [[ -n "${DOCKET_LOG_VKEY:-}" ]]; then
         check_file DOCKET_LOG_VKEY "$DOCKET_LOG_VKEY"
@@ -185,6 +241,110 @@ do_report() {
         summary "**Docket:** CI report failed (exit $rc): $(last_error)"
     fi
     return "$rc"
+}
+
+# --- ingest, open and approve -----------------------------------------------
+
+# Runs docket with the given arguments, passing its output through; on
+# failure, annotates (GitHub) and summarises with docket's last error line.
+run_docket() {
+    local title="$1"
+    shift
+    local rc=0
+    "$BIN" "$@" >"$tmp/out" 2>"$tmp/err" || rc=$?
+    cat "$tmp/out"
+    cat "$tmp/err" >&2
+    if [[ $rc -eq 0 ]]; then
+        summary "**Docket:** $(tail -n 1 "$tmp/out")"
+    else
+        annotate_error "Docket $title" "docket $1 failed (exit $rc): $(last_error)"
+        summary "**Docket:** $title failed (exit $rc): $(last_error)"
+    fi
+    return "$rc"
+}
+
+# The repository's name as docket ci report records it: host/owner/name.
+ci_repository() {
+    if [[ "${GITHUB_ACTIONS:-}" == true && -n "${GITHUB_REPOSITORY:-}" ]]; then
+        local server="${GITHUB_SERVER_URL:-https://github.com}"
+        server="${server#*://}"
+        printf '%s/%s' "${server%/}" "$GITHUB_REPOSITORY"
+    elif [[ "${GITLAB_CI:-}" == true && -n "${CI_PROJECT_PATH:-}" ]]; then
+        printf '%s/%s' "${CI_SERVER_HOST:-gitlab.com}" "$CI_PROJECT_PATH"
+    fi
+}
+
+do_ingest() {
+    local args=(git ingest --repo "${DOCKET_REPO:-.}")
+    local commit="${GITHUB_SHA:-${CI_COMMIT_SHA:-HEAD}}"
+    local before="${DOCKET_GIT_BEFORE:-${CI_COMMIT_BEFORE_SHA:-}}"
+    if [[ $# -eq 1 ]]; then
+        args+=(--range "$1")
+    elif [[ -n "$before" && ! "$before" =~ ^0+$ ]]; then
+        # A push: the commits it brought.
+        args+=(--range "$before..$commit")
+    else
+        # A new branch, a first run, or no push information: everything
+        # reachable from the commit (already recorded ones are skipped).
+        args+=(--ref "$commit")
+    fi
+    local repo
+    repo="$(ci_repository)"
+    [[ -n "$repo" ]] && args+=(--repository "$repo")
+    run_docket "git ingest" "${args[@]}"
+}
+
+do_open() {
+    local id="$1" envs="$2"
+    shift 2
+    local commit="${GITHUB_SHA:-${CI_COMMIT_SHA:-}}"
+    local bind=(--id "$id" --commit "$commit")
+    local d e
+    for d in "$@"; do bind+=(--digest "$d"); done
+    IFS=',' read -r -a env_list <<<"$envs"
+    for e in "${env_list[@]}"; do
+        e="${e// /}"
+        [[ -n "$e" ]] && bind+=(--env "$e")
+    done
+    local extra=()
+    local repo
+    repo="$(ci_repository)"
+    [[ -n "$repo" ]] && extra+=(--repository "$repo")
+    [[ -n "${DOCKET_CHANGE_TITLE:-}" ]] && extra+=(--title "$DOCKET_CHANGE_TITLE")
+    [[ -n "${DOCKET_TICKET:-}" ]] && extra+=(--ticket "$DOCKET_TICKET")
+    local rc=0
+    "$BIN" change open "${bind[@]}" "${extra[@]+"${extra[@]}"}" >"$tmp/out" 2>"$tmp/err" || rc=$?
+    if [[ $rc -ne 0 ]] && grep -q "already exists" "$tmp/err"; then
+        # A later run for the same change: the new commit and artifacts are
+        # a new revision, which earlier approvals do not cover.
+        echo "change $id exists; amending it to this pipeline's commit and artifacts"
+        rc=0
+        "$BIN" change amend "${bind[@]}" >"$tmp/out" 2>"$tmp/err" || rc=$?
+        if [[ $rc -ne 0 ]] && grep -q "binds the same subjects and environments" "$tmp/err"; then
+            echo "change $id already binds commit $commit and these artifacts for $envs; nothing to do"
+            summary "**Docket:** change $id already binds this commit and these artifacts"
+            return 0
+        fi
+    fi
+    cat "$tmp/out"
+    cat "$tmp/err" >&2
+    if [[ $rc -eq 0 ]]; then
+        summary "**Docket:** $(tail -n 1 "$tmp/out")"
+    else
+        annotate_error "Docket open change" "docket change open/amend failed (exit $rc): $(last_error)"
+        summary "**Docket:** opening change $id failed (exit $rc): $(last_error)"
+    fi
+    return "$rc"
+}
+
+do_approve() {
+    local id="$1"
+    shift
+    local args=(approve "$id")
+    local x
+    for x in "$@"; do args+=(--seen "$x"); done
+    [[ -n "${DOCKET_COMMENT:-}" ]] && args+=(--comment "$DOCKET_COMMENT")
+    run_docket "approve" "${args[@]}"
 }
 
 # --- gate and deploy --------------------------------------------------------
@@ -301,7 +461,10 @@ do_decide() {
 
 rc=0
 case "$cmd" in
+    ingest) do_ingest "$@" || rc=$? ;;
     report) do_report "$@" || rc=$? ;;
+    open) do_open "$@" || rc=$? ;;
+    approve) do_approve "$@" || rc=$? ;;
     gate) do_decide authorize "$@" || rc=$? ;;
     deploy) do_decide deploy "$@" || rc=$? ;;
 esac

@@ -59,8 +59,11 @@ async fn principal(s: &TestServer, dir: &Path, id: &str, kind: &str, role: &str)
 }
 
 /// The pipeline of clients/ci/github/example-workflow.yml and
-/// gitlab/example.gitlab-ci.yml: report the build, gate and record staging,
-/// gate prod (denied until reviewed), then gate and record prod.
+/// gitlab/example.gitlab-ci.yml, every step through docket-ci.sh: record
+/// the commits, report the build, open the change, gate and record staging,
+/// gate prod (denied until reviewed), approvals (example-approve.yml), then
+/// gate and record prod; a second push amends the change and makes the
+/// approvals stale.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn example_pipelines_run_against_a_real_server() {
     let s = server().with_policy(crate::evidence::POLICY).run().await;
@@ -98,6 +101,7 @@ async fn example_pipelines_run_against_a_real_server() {
             ("DOCKET_KEY", key.display().to_string()),
             ("DOCKET_SIGNER", "ci".to_owned()),
             ("DOCKET_LOG", "warn".to_owned()),
+            ("DOCKET_REPO", repo.display().to_string()),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
@@ -144,28 +148,13 @@ async fn example_pipelines_run_against_a_real_server() {
         out.stderr
     );
 
-    // A developer flow opens the change (here: the CI principal, as a bot would).
-    s.cli_ok(&[
-        "change",
-        "open",
-        "--id",
-        "CHG-CI",
-        "--commit",
-        commit,
-        "--digest",
-        &d,
-        "--env",
-        "staging",
-        "--env",
-        "prod",
-        "--key",
-        ci_key.to_str().unwrap(),
-        "--signer",
-        "ci",
-    ])
-    .await;
-    // The commit must be observed for segregation of duties; CI records it.
-    // (Here we observe no commit, so prod stays denied until it is; staging needs none.)
+    // The build job opens the change: this commit and its image, for
+    // staging and prod, the repository read from GitHub's variables.
+    let out = p.step(&["open", "CHG-CI", "staging,prod", &d]).await;
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    let shown = s.cli_ok(&["change", "show", "CHG-CI"]).await;
+    let change: Value = serde_json::from_str(&shown).unwrap();
+    assert_eq!(change["repository"], "github.com/acme/payments", "{change}");
     let out = p.step(&["gate", "staging", &d]).await;
     assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
     let decision: Value = serde_json::from_slice(&std::fs::read(&json_out).unwrap()).unwrap();
@@ -176,84 +165,49 @@ async fn example_pipelines_run_against_a_real_server() {
     let recorded: Value = serde_json::from_slice(&std::fs::read(&json_out).unwrap()).unwrap();
     assert_eq!(recorded["recorded"], true);
 
-    // prod: denied (no approvals, commit authors unknown), then reviewed.
+    // prod: denied until reviewed. Reviewers approve through the same
+    // script, each with their own key (a job only they can release).
     let out = p.step(&["gate", "prod", &d]).await;
     assert_eq!(out.code, 1);
     assert!(out.stdout.contains("needs 2 approvals"), "{}", out.stdout);
+    let as_ = |who: &str, key: &PathBuf| {
+        let mut vars = p.vars.clone();
+        for (k, v) in vars.iter_mut() {
+            match k.as_str() {
+                "DOCKET_KEY" => *v = key.display().to_string(),
+                "DOCKET_SIGNER" => *v = who.to_owned(),
+                _ => {}
+            }
+        }
+        Pipeline { vars }
+    };
     for (who, key) in [("bob", &bob_key), ("carol", &carol_key)] {
-        s.cli_ok(&[
-            "approve",
-            "CHG-CI",
-            "--key",
-            key.to_str().unwrap(),
-            "--signer",
-            who,
-        ])
-        .await;
+        let out = as_(who, key).step(&["approve", "CHG-CI"]).await;
+        assert_eq!(out.code, 0, "{who}: {}{}", out.stdout, out.stderr);
+        assert!(
+            out.stdout
+                .contains(&format!("{who} approved change CHG-CI"))
+        );
     }
+    // The commit is not in the log yet, so who wrote it is unknown.
     let out = p.step(&["gate", "prod", &d]).await;
-    assert_eq!(
-        out.code, 1,
-        "the commit is still unobserved: {}",
-        out.stdout
-    );
+    assert_eq!(out.code, 1, "{}", out.stdout);
     assert!(
         out.stdout.contains("has not been observed"),
         "{}",
         out.stdout
     );
-    // Amending the change to the artifact alone does not hide the code: the
-    // CI run says which commit the image was built from.
-    s.cli_ok(&[
-        "change",
-        "amend",
-        "--id",
-        "CHG-CI",
-        "--digest",
-        &d,
-        "--key",
-        ci_key.to_str().unwrap(),
-        "--signer",
-        "ci",
-    ])
-    .await;
-    for (who, key) in [("bob", &bob_key), ("carol", &carol_key)] {
-        s.cli_ok(&[
-            "approve",
-            "CHG-CI",
-            "--key",
-            key.to_str().unwrap(),
-            "--signer",
-            who,
-        ])
-        .await;
-    }
-    let out = p.step(&["gate", "prod", &d]).await;
-    assert_eq!(out.code, 1, "{}", out.stdout);
+    // The pipeline records its commits (no push information: the whole
+    // history of GITHUB_SHA); now bob is known as the author, and his
+    // approval does not count.
+    let out = p.step(&["ingest"]).await;
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
     assert!(
-        out.stdout.contains(&format!(
-            "commit {} (built into {}) has not been observed",
-            &commit[..12],
-            &d[..19]
-        )),
+        out.stdout
+            .contains("1 commit(s) recorded, 0 already in the log"),
         "{}",
         out.stdout
     );
-    // The pipeline records its commits; now bob is known as the author of
-    // what is in the image, and his approval does not count.
-    s.cli_ok(&[
-        "git",
-        "ingest",
-        "--repo",
-        repo.to_str().unwrap(),
-        "--ref",
-        "HEAD",
-        "--key",
-        ci_key.to_str().unwrap(),
-        "--signer",
-        "ci",
-    ])
-    .await;
     let out = p.step(&["gate", "prod", &d]).await;
     assert_eq!(out.code, 1, "{}", out.stdout);
     let decision: Value = serde_json::from_slice(&std::fs::read(&json_out).unwrap()).unwrap();
@@ -266,21 +220,88 @@ async fn example_pipelines_run_against_a_real_server() {
     );
     assert_eq!(decision["counted"][0]["approver"], "carol", "{decision}");
     // A second reviewer who did not write the code.
-    s.cli_ok(&[
-        "approve",
-        "CHG-CI",
-        "--key",
-        erin_key.to_str().unwrap(),
-        "--signer",
-        "erin",
-    ])
-    .await;
+    let out = as_("erin", &erin_key)
+        .step(&["approve", "CHG-CI", commit, &d])
+        .await;
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
     let out = p.step(&["gate", "prod", &d]).await;
     assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
     let out = p.step(&["deploy", "prod", &d]).await;
     assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
-    let summary = std::fs::read_to_string(&summary).unwrap();
-    assert!(summary.contains("prod"), "{summary}");
+    let summary_text = std::fs::read_to_string(&summary).unwrap();
+    assert!(summary_text.contains("prod"), "{summary_text}");
+
+    // The pipeline run again for the same commit and image: nothing to do.
+    let out = p.step(&["open", "CHG-CI", "staging,prod", &d]).await;
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    assert!(out.stdout.contains("nothing to do"), "{}", out.stdout);
+
+    // A new push: only its commit is ingested, the change is amended to it
+    // and the new image, and every earlier approval is stale.
+    let commit2 = crate::governance::commit(
+        &repo,
+        "Bob",
+        "bob@example.com",
+        None,
+        "retry.rs",
+        "payments: retry declined cards twice",
+    );
+    let d2 = digest("image-ci-2");
+    let mut vars = p.vars.clone();
+    vars.retain(|(k, _)| k != "GITHUB_SHA");
+    vars.push(("GITHUB_SHA".into(), commit2.clone()));
+    vars.push(("DOCKET_GIT_BEFORE".into(), commit.clone()));
+    let p2 = Pipeline { vars };
+    let out = p2.step(&["ingest"]).await;
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    assert!(
+        out.stdout
+            .contains("1 commit(s) recorded, 0 already in the log"),
+        "{}",
+        out.stdout
+    );
+    let out = p2.step(&["open", "CHG-CI", "staging,prod", &d2]).await;
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    assert!(out.stdout.contains("amending it"), "{}", out.stdout);
+    let out = p2.step(&["report", "passed", &d2]).await;
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    let out = p2.step(&["gate", "prod", &d2]).await;
+    assert_eq!(out.code, 1, "{}", out.stdout);
+    let decision: Value = serde_json::from_slice(&std::fs::read(&json_out).unwrap()).unwrap();
+    let stale = decision["not_counted"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|n| n["reason"] == "stale: approved an earlier revision of the change")
+        .count();
+    assert_eq!(
+        stale, 3,
+        "bob, carol and erin approved revision 1: {decision}"
+    );
+    // An approver who reviewed the old subjects approves with them: the
+    // review is recorded (they are a revision's subjects) but does not
+    // count for the new revision.
+    let out = as_("erin", &erin_key)
+        .step(&["approve", "CHG-CI", commit, &d])
+        .await;
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    let out = p2.step(&["gate", "prod", &d2]).await;
+    assert_eq!(out.code, 1, "{}", out.stdout);
+    let decision: Value = serde_json::from_slice(&std::fs::read(&json_out).unwrap()).unwrap();
+    assert!(
+        decision["not_counted"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n["approver"] == "erin"
+                && n["reason"] == "stale: approved an earlier revision of the change"),
+        "{decision}"
+    );
+    // Subjects of no revision are refused by the log, and the step fails.
+    let out = as_("erin", &erin_key)
+        .step(&["approve", "CHG-CI", &digest("never-built")])
+        .await;
+    assert_eq!(out.code, 1, "{}{}", out.stdout, out.stderr);
 
     // GitLab CI: the same script reads GitLab's variables.
     let mut gl = base(&ci_key);
@@ -308,4 +329,35 @@ async fn example_pipelines_run_against_a_real_server() {
         "{}",
         out.stdout
     );
+    // A pipeline for a new branch (CI_COMMIT_BEFORE_SHA all zeros) ingests
+    // the commit's history: both commits are in the log already.
+    let mut vars = p.vars.clone();
+    for (k, v) in vars.iter_mut() {
+        if k == "CI_COMMIT_SHA" {
+            *v = commit2.clone();
+        }
+    }
+    vars.push(("CI_COMMIT_BEFORE_SHA".into(), "0".repeat(40)));
+    let gl = Pipeline { vars };
+    let out = gl.step(&["ingest"]).await;
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    assert!(
+        out.stdout
+            .contains("0 commit(s) recorded, 2 already in the log"),
+        "{}",
+        out.stdout
+    );
+    let d3 = digest("image-gl-2");
+    let out = gl.step(&["report", "passed", &d3]).await;
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    let out = gl.step(&["open", "gl-77", "staging", &d3]).await;
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    let shown = s.cli_ok(&["change", "show", "gl-77"]).await;
+    let change: Value = serde_json::from_str(&shown).unwrap();
+    assert_eq!(
+        change["repository"], "gitlab.example.com/acme/payments",
+        "{change}"
+    );
+    let out = gl.step(&["gate", "staging", &d3]).await;
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
 }

@@ -25,6 +25,7 @@ REPO = CI.parents[1]
 SCRIPT = CI / "docket-ci.sh"
 ACTION = CI / "github" / "action.yml"
 WORKFLOW = CI / "github" / "example-workflow.yml"
+APPROVE_WF = CI / "github" / "example-approve.yml"
 TEMPLATE = CI / "gitlab" / "docket.gitlab-ci.yml"
 GL_EXAMPLE = CI / "gitlab" / "example.gitlab-ci.yml"
 
@@ -34,8 +35,10 @@ EXPR = re.compile(r"\$\{\{(.*?)\}\}", re.S)
 INPUT_REF = re.compile(r"\binputs\.([A-Za-z0-9_-]+)")
 EXPECTED_INPUTS = {
     "command", "environment", "digests", "status", "server", "ca", "cert",
-    "cert-key", "key", "signer", "log-vkey", "docket-bin",
+    "cert-key", "key", "signer", "log-vkey", "docket-bin", "change", "range",
 }
+C1 = "0123456789abcdef0123456789abcdef01234567"
+C0 = "89abcdef0123456789abcdef0123456789abcdef"
 
 
 # --- helpers -------------------------------------------------------------------
@@ -67,10 +70,19 @@ def workflow_steps(wf):
 FAKE_DOCKET = r"""#!/usr/bin/env bash
 # Records how it was called; answers like docket would.
 printf '%s\n' "$@" > "$FAKE_DIR/args"
+echo "$*" >> "$FAKE_DIR/calls"
 env | grep '^DOCKET_' | sort > "$FAKE_DIR/env" || true
 verdict="${FAKE_VERDICT:-allow}"
 json=false
 for a in "$@"; do [[ "$a" == --json ]] && json=true; done
+if [[ "$1 $2" == "change open" && -n "${FAKE_CHANGE_EXISTS:-}" ]]; then
+  echo 'error: change "gh-7" already exists' >&2
+  exit 1
+fi
+if [[ "$1 $2" == "change amend" && -n "${FAKE_SAME_SUBJECTS:-}" ]]; then
+  echo 'error: the amendment of change "gh-7" binds the same subjects and environments as its current revision' >&2
+  exit 1
+fi
 if [[ "$1" == ci ]]; then
   echo "recorded CI run 7 (fake) passed for abc at entry 3"
   exit "${FAKE_RC:-0}"
@@ -189,6 +201,14 @@ def test_unknown_command_exits_64(fake):
         (["gate", "prod"], "DIGEST"),
         (["deploy", "prod"], "DIGEST"),
         (["report"], "STATUS"),
+        (["open"], "CHANGE"),
+        (["open", "gh-7"], "ENVIRONMENTS"),
+        (["open", "gh-7", "prod"], "DIGEST"),
+        (["open", "gh-7", "prod", "sha256:abc"], "not an artifact digest"),
+        (["approve"], "CHANGE"),
+        (["approve", "gh-7", "main"], "not a subject"),
+        (["ingest", "main"], "not a range"),
+        (["ingest", "a..b", "c..d"], "at most one range"),
         (["gate", "prod", "sha256:abc"], "not an artifact digest"),
         (["deploy", "prod", "ghcr.io/acme/app:latest"], "not an artifact digest"),
     ],
@@ -199,6 +219,51 @@ def test_missing_or_bad_arguments_exit_64(fake, args, words):
     assert r.returncode == 64, (args, r.stdout, r.stderr)
     assert words in r.stderr
     assert called(tmp) is None
+
+
+def test_open_needs_the_pipelines_commit(fake):
+    tmp, env = fake
+    r = run(["open", "gh-7", "prod", D1], env)
+    assert r.returncode == 64
+    assert "GITHUB_SHA" in r.stderr and "CI_COMMIT_SHA" in r.stderr
+    assert called(tmp) is None
+
+
+def test_open_amends_an_existing_change_and_a_rerun_does_nothing(fake):
+    tmp, env = fake
+    env.update({"GITLAB_CI": "true", "CI_COMMIT_SHA": C1, "CI_SERVER_HOST": "gitlab.example.com",
+                "CI_PROJECT_PATH": "acme/app", "DOCKET_TICKET": "OPS-1"})
+    r = run(["open", "gh-7", "staging,prod", D1, D2], env)
+    assert r.returncode == 0, r.stderr
+    assert called(tmp) == ["change", "open", "--id", "gh-7", "--commit", C1, "--digest", D1,
+                           "--digest", D2, "--env", "staging", "--env", "prod",
+                           "--repository", "gitlab.example.com/acme/app", "--ticket", "OPS-1"]
+    (tmp / "calls").unlink()
+    env["FAKE_CHANGE_EXISTS"] = "1"
+    r = run(["open", "gh-7", "staging,prod", D1], env)
+    assert r.returncode == 0, r.stderr
+    assert "amending it" in r.stdout
+    calls = (tmp / "calls").read_text().splitlines()
+    assert [c.split()[:2] for c in calls] == [["change", "open"], ["change", "amend"]]
+    assert calls[1] == f"change amend --id gh-7 --commit {C1} --digest {D1} --env staging --env prod"
+    env["FAKE_SAME_SUBJECTS"] = "1"
+    r = run(["open", "gh-7", "staging,prod", D1], env)
+    assert r.returncode == 0, r.stderr
+    assert "nothing to do" in r.stdout
+
+
+def test_ingest_takes_the_push_from_gitlab_or_else_the_whole_history(fake):
+    tmp, env = fake
+    env.update({"GITLAB_CI": "true", "CI_COMMIT_SHA": C1, "CI_PROJECT_PATH": "acme/app",
+                "CI_SERVER_HOST": "gitlab.example.com", "DOCKET_REPO": "/src/app"})
+    r = run(["ingest"], {**env, "CI_COMMIT_BEFORE_SHA": C0})
+    assert r.returncode == 0, r.stderr
+    assert called(tmp) == ["git", "ingest", "--repo", "/src/app", "--range", f"{C0}..{C1}",
+                           "--repository", "gitlab.example.com/acme/app"]
+    # A new branch: GitLab's "before" is all zeros.
+    r = run(["ingest"], {**env, "CI_COMMIT_BEFORE_SHA": "0" * 40})
+    assert r.returncode == 0, r.stderr
+    assert called(tmp)[4:6] == ["--ref", C1]
 
 
 def test_unreadable_file_is_named(fake):
@@ -348,6 +413,8 @@ def _eval(expr, inputs, env, action_path):
             v = env.get(operand[len("env."):], "")
         elif operand == "github.action_path":
             v = str(action_path)
+        elif operand == "github.event.before":
+            v = env.get("TEST_EVENT_BEFORE", "")
         else:
             raise AssertionError(f"unexpected expression in action.yml: {expr!r}")
         if v:
@@ -416,6 +483,29 @@ def test_action_runs_docket_ci_sh_with_the_command_input(fake):
     r = _run_action({"command": "promote", **bin_}, conn, base)
     assert r.returncode == 64
 
+    # ingest: the push's commits, from github.event.before; or the range input.
+    gh = {**conn, "GITHUB_ACTIONS": "true", "GITHUB_SHA": C1, "GITHUB_REPOSITORY": "acme/app",
+          "GITHUB_SERVER_URL": "https://github.com"}
+    r = _run_action({"command": "ingest", **bin_}, {**gh, "TEST_EVENT_BEFORE": C0}, base)
+    assert r.returncode == 0, r.stderr
+    assert called(tmp) == ["git", "ingest", "--repo", ".", "--range", f"{C0}..{C1}",
+                           "--repository", "github.com/acme/app"]
+    r = _run_action({"command": "ingest", "range": "v1..v2", **bin_}, gh, base)
+    assert r.returncode == 0, r.stderr
+    assert called(tmp)[4:6] == ["--range", "v1..v2"]
+    # open: this commit and the digests, for the comma-separated environments.
+    r = _run_action({"command": "open", "change": "gh-7", "environment": "staging, prod",
+                     "digests": D1, **bin_}, gh, base)
+    assert r.returncode == 0, r.stderr
+    assert called(tmp) == ["change", "open", "--id", "gh-7", "--commit", C1, "--digest", D1,
+                           "--env", "staging", "--env", "prod",
+                           "--repository", "github.com/acme/app"]
+    # approve: pinned to what was reviewed.
+    r = _run_action({"command": "approve", "change": "gh-7", "digests": f"{C1} {D1}",
+                     **bin_}, gh, base)
+    assert r.returncode == 0, r.stderr
+    assert called(tmp) == ["approve", "gh-7", "--seen", C1, "--seen", D1]
+
 
 def test_example_workflow_uses_the_action():
     wf = load(WORKFLOW)
@@ -434,12 +524,35 @@ def test_example_workflow_uses_the_action():
             # A local action needs the repository checked out first.
             before = [s.get("uses", "") for s in wf["jobs"][job]["steps"][:i]]
             assert any(u.startswith("actions/checkout") for u in before), job
-    assert [c for c, _ in commands["build"]] == ["report"]
+    assert [c for c, _ in commands["build"]] == ["ingest", "report", "open"]
+    assert ("open", "staging,prod") in commands["build"]
+    checkout = next(s for s in wf["jobs"]["build"]["steps"]
+                    if s.get("uses", "").startswith("actions/checkout"))
+    assert checkout.get("with", {}).get("fetch-depth") == 0, "ingest needs the history"
     assert commands["deploy-staging"] == [("gate", "staging"), ("deploy", "staging")]
     assert commands["deploy-prod"] == [("gate", "prod"), ("deploy", "prod")]
     needs = lambda j: wf["jobs"][j].get("needs", [])  # noqa: E731
     assert "build" in needs("deploy-staging")
     assert "deploy-staging" in needs("deploy-prod")
+
+
+def test_example_approve_workflow_signs_with_the_reviewers_own_key():
+    wf = load(APPROVE_WF)
+    on = wf.get("on", wf.get(True))
+    assert "workflow_dispatch" in on and "change" in on["workflow_dispatch"]["inputs"]
+    job = wf["jobs"]["approve"]
+    # Only the environment of the person who started it, which only they release.
+    assert job["environment"] == "docket-approver-${{ github.actor }}"
+    steps = [s for s in job["steps"] if "clients/ci" in s.get("uses", "")]
+    assert len(steps) == 1
+    assert (REPO / steps[0]["uses"]).resolve() == ACTION.parent
+    w = steps[0]["with"]
+    assert set(w) <= set(load(ACTION)["inputs"])
+    assert w["command"] == "approve" and "inputs.change" in w["change"]
+    text = APPROVE_WF.read_text()
+    assert "secrets.DOCKET_KEY_PEM" in text
+    for name, _, step in workflow_steps(wf):
+        assert "secrets." not in step.get("run", ""), name
 
 
 def test_example_workflow_writes_secrets_to_files_and_never_echoes_them():
@@ -459,12 +572,15 @@ def test_example_workflow_writes_secrets_to_files_and_never_echoes_them():
 def test_gitlab_template_defines_the_hidden_jobs():
     t = load(TEMPLATE)
     for job, cmd in ((".docket-report", "report"), (".docket-gate", "gate"),
-                     (".docket-deploy", "deploy")):
+                     (".docket-deploy", "deploy"), (".docket-open", "open")):
         assert job in t
         script = " ".join(t[job]["script"])
         assert "docket-ci.sh" in script or "DOCKET_CI_SCRIPT" in script
         assert re.search(rf'"\$DOCKET_CI_SCRIPT" {cmd}\b', script), script
         assert "DOCKET_DIGESTS" in script
+    for job, cmd in ((".docket-ingest", "ingest"), (".docket-approve", "approve")):
+        assert re.search(rf'"\$DOCKET_CI_SCRIPT" {cmd}\b', " ".join(t[job]["script"]))
+    assert str(t[".docket-ingest"]["variables"]["GIT_DEPTH"]) == "0"
     assert "DOCKET_STATUS" in " ".join(t[".docket-report"]["script"])
     for job in (".docket-gate", ".docket-deploy"):
         assert "DOCKET_ENVIRONMENT" in " ".join(t[job]["script"])
@@ -495,7 +611,11 @@ def test_gitlab_example_includes_the_template_and_extends_its_jobs():
         for need in job.get("needs", []):
             need = need["job"] if isinstance(need, dict) else need
             assert need in jobs, f"{name} needs {need}, which is not a job"
-    assert extended == {".docket-report", ".docket-gate", ".docket-deploy"}
+    assert extended == {".docket-ingest", ".docket-report", ".docket-open", ".docket-approve",
+                        ".docket-gate", ".docket-deploy"}
+    approve = jobs["approve-change"]
+    assert approve["when"] == "manual"
+    assert approve["environment"]["name"] == "approve/$GITLAB_USER_LOGIN"
     docket_jobs = [n for n, j in jobs.items() if "extends" in j]
     assert len(docket_jobs) < len(jobs), "the example should build something"
     # The build hands the digest on through a dotenv report.
@@ -546,6 +666,13 @@ def test_gitlab_before_script_writes_base64_secrets_to_files(tmp_path):
          ["ci", "report", "--status", "passed", "--digest", D1, "--digest", D2]),
         (".docket-report", {"DOCKET_STATUS": "failed"},
          ["ci", "report", "--status", "failed", "--digest", D1, "--digest", D2]),
+        (".docket-ingest", {"GITLAB_CI": "true", "CI_COMMIT_SHA": C1, "CI_COMMIT_BEFORE_SHA": C0},
+         ["git", "ingest", "--repo", ".", "--range", f"{C0}..{C1}"]),
+        (".docket-open", {"CI_COMMIT_SHA": C1, "CI_PIPELINE_ID": "77"},
+         ["change", "open", "--id", "gl-77", "--commit", C1, "--digest", D1, "--digest", D2,
+          "--env", "staging", "--env", "prod"]),
+        (".docket-approve", {"DOCKET_CHANGE": "gl-77", "DOCKET_SUBJECTS": f"{C1} {D1}"},
+         ["approve", "gl-77", "--seen", C1, "--seen", D1]),
     ],
 )
 def test_gitlab_jobs_run_the_script(fake, job, extra, expect):
