@@ -344,7 +344,36 @@ fn refusals_name_the_rule() {
             }),
         )
     };
+    // Reviewing, proposing and approving policy each need their permission.
+    let e = f.review("ci", "CHG-1", D, true).unwrap_err();
+    assert!(
+        e.to_string().starts_with("\"ci\" may not ")
+            && e.to_string()
+                .contains("gives `approve` to role(s) admin, dev, policy-admin, security, sre"),
+        "{e}"
+    );
+    let e = propose(&mut f, "alice", "P0", 1).unwrap_err();
+    assert!(
+        e.to_string().starts_with("\"alice\" may not ")
+            && e.to_string()
+                .contains("gives `propose_policy` to role(s) policy-admin"),
+        "{e}"
+    );
     propose(&mut f, "pa", "P1", 1).unwrap();
+    let e = f
+        .apply(
+            "alice",
+            Body::PolicyApproved {
+                proposal_id: RecordId::parse("P1").unwrap(),
+            },
+        )
+        .unwrap_err();
+    assert!(
+        e.to_string().starts_with("\"alice\" may not ")
+            && e.to_string()
+                .contains("gives `approve_policy` to role(s) policy-admin"),
+        "{e}"
+    );
     let e = propose(&mut f, "pa", "P2", 7).unwrap_err();
     assert_eq!(e, ApplyError::StaleBase { base: 7, active: 1 });
     let e = f
@@ -634,4 +663,116 @@ fn an_amend_that_keeps_the_subjects_still_makes_earlier_reviews_stale() {
     );
     assert_eq!(d.change, Some(("CHG-1".into(), 4)));
     assert_eq!((d.counted.len(), stale(&d)), (0, 2), "{d:?}");
+}
+
+/// `max_approval_age` is measured from the integrated time of the review's
+/// entry to the decision's, through the fold: an approval older than the
+/// limit stops counting, and approving again counts.
+#[test]
+fn approvals_older_than_the_rules_limit_stop_counting() {
+    let policy = POLICY.replace(
+        "match.environments = [\"prod\"]\napprovals = 2",
+        "match.environments = [\"prod\"]\napprovals = 2\nmax_approval_age = \"1h\"",
+    );
+    assert_ne!(policy, POLICY);
+    let mut f = Fold::new(&policy);
+    for (who, k) in [("bob", 2), ("carol", 3)] {
+        f.register(who, PrincipalKind::Human, &["dev"], &[k]);
+    }
+    f.register("ci", PrincipalKind::Ci, &["ci"], &[30]);
+    f.open("ci", "CHG-1", D).unwrap();
+    f.review("bob", "CHG-1", D, true).unwrap();
+    f.t += 2 * 3600 * 1_000_000_000; // two hours later
+    f.review("carol", "CHG-1", D, true).unwrap();
+    let d = f.deploy("ci", D);
+    assert!(!d.allow, "{:?}", d.reasons);
+    let counted: Vec<&str> = d.counted.iter().map(|c| c.approver.as_str()).collect();
+    assert_eq!(counted, ["carol"]);
+    assert!(
+        d.not_counted.iter().any(|n| n.approver == "bob"
+            && n.reason == "older than the rule's maximum approval age (1h)"),
+        "{:?}",
+        d.not_counted
+    );
+    f.review("bob", "CHG-1", D, true).unwrap();
+    let d = f.deploy("ci", D);
+    assert!(d.allow, "{:?}", d.reasons);
+}
+
+/// The committer of a commit is excluded as an approver as well as its
+/// author, when they differ (a maintainer who applied someone's patch).
+#[test]
+fn the_committer_is_excluded_too() {
+    use crate::event::git::{object_id, parse_commit};
+    use crate::event::{ChangedPaths, CommitObservation, CommitSignature};
+    let mut f = Fold::new(POLICY);
+    for (who, k) in [("alice", 2), ("bob", 3), ("carol", 4), ("dave", 5)] {
+        f.apply(
+            "admin",
+            Body::PrincipalRegistered(PrincipalSpec {
+                id: id(who),
+                kind: PrincipalKind::Human,
+                display_name: String::new(),
+                roles: set(&["dev"]),
+                keys: vec![key(k)],
+                emails: set(&[&format!("{who}@example.com")]),
+            }),
+        )
+        .unwrap();
+    }
+    f.register("ci", PrincipalKind::Ci, &["ci"], &[30]);
+    let raw = b"tree 4b825dc642cb6eb9a060e54bf8d69288fbee4904\n\
+author Alice <alice@example.com> 1700000000 +0000\n\
+committer Bob <bob@example.com> 1700000100 +0000\n\
+\n\
+apply alice's patch\n"
+        .to_vec();
+    let sha = object_id(&raw, 40).unwrap();
+    f.apply(
+        "ci",
+        Body::CommitObserved(Box::new(CommitObservation {
+            repository: "github.com/acme/payments".into(),
+            sha: sha.clone(),
+            commit: parse_commit(&raw).unwrap(),
+            raw,
+            changed: ChangedPaths::default(),
+            signature: CommitSignature::unsigned(),
+        })),
+    )
+    .unwrap();
+    f.apply(
+        "ci",
+        Body::ChangeOpened(ChangeOpening {
+            change_id: RecordId::parse("CHG-1").unwrap(),
+            title: String::new(),
+            repository: String::new(),
+            commits: set(&[&sha]),
+            artifact_digests: BTreeSet::new(),
+            environments: set(&["prod"]),
+            ticket: String::new(),
+            description: String::new(),
+        }),
+    )
+    .unwrap();
+    for who in ["alice", "bob", "carol"] {
+        f.review(who, "CHG-1", &sha, true).unwrap();
+    }
+    let d = f.deploy("ci", &sha);
+    assert!(!d.allow, "{:?}", d.reasons);
+    let why: BTreeMap<&str, &str> = d
+        .not_counted
+        .iter()
+        .map(|n| (n.approver.as_str(), n.reason.as_str()))
+        .collect();
+    assert_eq!(
+        why["alice"],
+        "alice is a commit author or committer of the change"
+    );
+    assert_eq!(
+        why["bob"],
+        "bob is a commit author or committer of the change"
+    );
+    f.review("dave", "CHG-1", &sha, true).unwrap();
+    let d = f.deploy("ci", &sha);
+    assert!(d.allow, "{:?}", d.reasons);
 }

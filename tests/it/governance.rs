@@ -586,11 +586,35 @@ async fn change_approval_promotion_freeze_and_break_glass() {
         .collect();
     assert_eq!(kinds, ["late-review"]);
 
-    // Same answers after replaying the log from genesis into empty state.
+    // Same answers after replaying the log from genesis into empty state:
+    // for allowed, denied and break-glass questions, and for every
+    // deployment the log recorded (the replay decides each again).
     let at = s.svc.with_state(|st| clock.now_nanos().max(st.last_time()));
-    let before = s
-        .svc
-        .with_state(|st| st.decide(&prod_request(&d2, at), None));
+    let questions = || {
+        let mut staging = prod_request(&d2, at);
+        staging.environment = "staging".into();
+        let mut glass = prod_request(&d, at);
+        glass.actor = "dave".into();
+        glass.break_glass = true;
+        [prod_request(&d2, at), prod_request(&d, at), staging, glass]
+    };
+    let answers = |st: &docket::state::State| {
+        let asked: Vec<_> = questions().iter().map(|q| st.decide(q, None)).collect();
+        let recorded: Vec<_> = st
+            .gov()
+            .deployments()
+            .map(|d| (d.index, d.decision.clone()))
+            .collect();
+        (asked, recorded)
+    };
+    let before = s.svc.with_state(answers);
+    assert_eq!(
+        before.0.iter().map(|d| d.allow).collect::<Vec<_>>(),
+        [true, false, true, true],
+        "prod D2 allowed, prod D denied (stale), staging D2 and break-glass allowed: {:?}",
+        before.0
+    );
+    assert!(before.1.len() >= 4, "{:?}", before.1);
     let (_dir, data) = s.stop().await;
     {
         use docket::ledger::Store as _;
@@ -603,7 +627,7 @@ async fn change_approval_promotion_freeze_and_break_glass() {
             ..Default::default()
         })
         .unwrap();
-    let after = svc.with_state(|st| st.decide(&prod_request(&d2, at), None));
+    let after = svc.with_state(answers);
     assert_eq!(before, after);
     drop(svc);
     let out = std::process::Command::new(crate::common::BIN)
