@@ -31,8 +31,9 @@ pub use gov::{DecisionRecord, Gov, ObligationStatus, Violation};
 
 /// Version of the persisted state layout. Bump it whenever the fold or the
 /// record encodings change: a state tree of another format is rebuilt from
-/// the log at start-up.
-pub const STATE_FORMAT: u32 = 3;
+/// the log at start-up. 4: every amend makes the reviews before it stale, so
+/// recorded decisions are recomputed.
+pub const STATE_FORMAT: u32 = 4;
 
 /// One key of a principal and when it was valid.
 #[derive(Clone, Debug, PartialEq, Eq)]
