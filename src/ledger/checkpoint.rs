@@ -30,7 +30,7 @@ pub struct Checkpoint {
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum CheckpointError {
-    #[error("checkpoint signature: {0}")]
+    #[error("signed note: {0}")]
     Note(#[from] NoteError),
     #[error("checkpoint body is malformed: {0}")]
     Malformed(&'static str),
