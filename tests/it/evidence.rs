@@ -1015,6 +1015,146 @@ async fn obligations_open_overdue_late_and_unjustified_travel_with_bundles() {
     }
 }
 
+/// Runs `tests/evidence/independent_verify.py` on `bundle`: its exit code
+/// and everything it printed.
+fn independent_verify(bundle: &[u8], vkey: &Path) -> (Option<i32>, String) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/evidence/independent_verify.py");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bundle.tar");
+    std::fs::write(&path, bundle).unwrap();
+    let out = std::process::Command::new("python3")
+        .arg(&script)
+        .arg(&path)
+        .arg("--log-key")
+        .arg(vkey)
+        .output()
+        .expect("python3 with blake3 and cryptography (see .ci/run)");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+/// `tests/evidence/independent_verify.py`, a verifier written in Python from
+/// `docs/evidence-format.md` and `docs/ledger-format.md` alone (without the
+/// Rust code), accepts the bundles of every scope kind (a period whose range
+/// has proven hashes on both sides, with break-glass, obligations, a denied
+/// deployment, a late review, a role granted, a key revoked and an amended
+/// change) and names what broke in altered ones. It
+/// does not re-evaluate decisions or regenerate report.html: the format
+/// leaves those to the reference implementation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_independent_verifier_written_from_the_docs_agrees() {
+    use docket::event::{ChangeAmendment, PrincipalUpdate};
+    use pb::export_evidence_request::Scope as S;
+    let mut f = fixture().await;
+    // Identity and change events the fixture lacks: a role granted, a key
+    // added and the old one revoked, an amend and a review of it.
+    f.clock.set(f.day(6));
+    f.append(
+        "grant",
+        "admin",
+        Body::PrincipalUpdated(PrincipalUpdate {
+            principal: PrincipalId::parse("bob").unwrap(),
+            grant_roles: ["security".to_owned()].into(),
+            revoke_roles: BTreeSet::new(),
+            add_emails: BTreeSet::new(),
+            remove_emails: BTreeSet::new(),
+            reason: "on call".into(),
+        }),
+    )
+    .await;
+    let dave2 = key("dave-2");
+    f.append(
+        "dave-key",
+        "dave",
+        Body::KeyRotated {
+            principal: PrincipalId::parse("dave").unwrap(),
+            new_key: dave2.verifying_key(),
+            old_key: None,
+        },
+    )
+    .await;
+    f.append_with(
+        "dave-revoke",
+        "dave",
+        &dave2,
+        Body::KeyRevoked {
+            principal: PrincipalId::parse("dave").unwrap(),
+            key: key("dave").verifying_key(),
+            reason: "laptop lost".into(),
+        },
+    )
+    .await;
+    let (c4, d4) = f.build("commit-4", "alice@example.com", "image-4").await;
+    f.append(
+        "amend-2",
+        "ci",
+        Body::ChangeAmended(ChangeAmendment {
+            change_id: RecordId::parse("CHG-2").unwrap(),
+            commits: [c4.clone()].into(),
+            artifact_digests: [d4.clone()].into(),
+            environments: BTreeSet::new(),
+            reason: "second attempt".into(),
+        }),
+    )
+    .await;
+    f.approve("carol-4", "carol", "CHG-2", &[&c4, &d4]).await;
+    f.deploy("staging-4", "ci", "staging", &d4, false).await;
+    let s = &f.server;
+    let vkey = s.data.log_vkey();
+    let verify = |_name: &str, bytes: &[u8]| independent_verify(bytes, &vkey);
+    let scopes = [
+        ("change-1", S::ChangeId("CHG-1".into())),
+        ("change-2", S::ChangeId("CHG-2".into())),
+        (
+            "period",
+            S::Period(pb::PeriodScope {
+                from_unix_nanos: f.day(2),
+                to_unix_nanos: f.day(4) + DAY / 2,
+                ..Default::default()
+            }),
+        ),
+        (
+            "whole",
+            S::Period(pb::PeriodScope {
+                from_unix_nanos: f.day(0),
+                to_unix_nanos: f.day(9),
+                ..Default::default()
+            }),
+        ),
+        (
+            "control",
+            S::Control(pb::ControlScope {
+                control: "soc2-cc8.1".into(),
+                from_unix_nanos: f.day(1),
+                to_unix_nanos: f.day(6),
+            }),
+        ),
+    ];
+    for (name, scope) in scopes {
+        let bundle = export_online(s, scope).await;
+        let (code, out) = verify(name, &bundle);
+        assert_eq!(code, Some(0), "{name}: {out}");
+        assert!(out.starts_with("OK: "), "{name}: {out}");
+        // One byte of an entry changed: the manifest digest no longer
+        // matches, and both verifiers name entries.bin.
+        let (_, start, len) = members(&bundle)
+            .into_iter()
+            .find(|m| m.0 == "entries.bin")
+            .unwrap();
+        let mut bad = bundle.clone();
+        bad[(start + len / 2) as usize] ^= 0x01;
+        let reference = evidence::verify(&bad, &trust(s)).unwrap_err();
+        let (code, out) = verify(&format!("{name}-bad"), &bad);
+        assert_eq!(code, Some(1), "{name}: {out}");
+        assert!(
+            out.contains("FAILED") && out.contains(&reference.what),
+            "{name}: {out} vs {reference}"
+        );
+    }
+}
+
 /// The fixture's whole period (days 0–9) exported and unpacked into a
 /// temporary directory.
 async fn whole_period_unpacked() -> tempfile::TempDir {
@@ -1626,6 +1766,10 @@ async fn key_rotations_and_policy_versions_travel_with_the_bundle() {
 
     let bundle = export_online(s, S::ChangeId("CHG-3".into())).await;
     let report = evidence::verify(&bundle, &trust(s)).unwrap();
+    // The verifier written from the docs alone reads the rotation and the
+    // policy proposal and approvals too.
+    let (code, out) = independent_verify(&bundle, &s.data.log_vkey());
+    assert_eq!(code, Some(0), "{out}");
     assert!(report.decisions >= 2, "{report:?}");
     let files = evidence::unpack(&bundle).unwrap();
     let carried: BTreeSet<u64> = json(&files, "facts/entries.json")
