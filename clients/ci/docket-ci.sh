@@ -222,31 +222,11 @@ last_error() {
     printf '%s' "${line#error: }"
 }
 
-# --- report -----------------------------------------------------------------
+# --- report, ingest, open and approve ---------------------------------------
 
-do_report() {
-    local status="$1"
-    shift
-    local args=(ci report --status "$status")
-    local d
-    for d in "$@"; do args+=(--digest "$d"); done
-    local rc=0
-    "$BIN" "${args[@]}" >"$tmp/out" 2>"$tmp/err" || rc=$?
-    cat "$tmp/out"
-    cat "$tmp/err" >&2
-    if [[ $rc -eq 0 ]]; then
-        summary "**Docket:** $(head -n 1 "$tmp/out")"
-    else
-        annotate_error "Docket CI report" "docket ci report failed (exit $rc): $(last_error)"
-        summary "**Docket:** CI report failed (exit $rc): $(last_error)"
-    fi
-    return "$rc"
-}
-
-# --- ingest, open and approve -----------------------------------------------
-
-# Runs docket with the given arguments, passing its output through; on
-# failure, annotates (GitHub) and summarises with docket's last error line.
+# Runs docket with the given arguments, passing its output through: its last
+# line goes to the step summary; on failure, annotates (GitHub) and
+# summarises with docket's last error line.
 run_docket() {
     local title="$1"
     shift
@@ -257,10 +237,19 @@ run_docket() {
     if [[ $rc -eq 0 ]]; then
         summary "**Docket:** $(tail -n 1 "$tmp/out")"
     else
-        annotate_error "Docket $title" "docket $1 failed (exit $rc): $(last_error)"
+        annotate_error "Docket $title" "docket ${*:1:2} failed (exit $rc): $(last_error)"
         summary "**Docket:** $title failed (exit $rc): $(last_error)"
     fi
     return "$rc"
+}
+
+do_report() {
+    local status="$1"
+    shift
+    local args=(ci report --status "$status")
+    local d
+    for d in "$@"; do args+=(--digest "$d"); done
+    run_docket "CI report" "${args[@]}"
 }
 
 # The repository's name as docket ci report records it: host/owner/name.

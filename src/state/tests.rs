@@ -110,6 +110,43 @@ impl Fold {
         .unwrap();
     }
 
+    /// Registers a human `dev` with key `k` and, if given, the e-mail that
+    /// identifies them as a git author or committer.
+    fn person(&mut self, who: &str, k: u8, email: Option<&str>) {
+        self.apply(
+            "admin",
+            Body::PrincipalRegistered(PrincipalSpec {
+                id: id(who),
+                kind: PrincipalKind::Human,
+                display_name: String::new(),
+                roles: set(&["dev"]),
+                keys: vec![key(k)],
+                emails: email.map(|e| set(&[e])).unwrap_or_default(),
+            }),
+        )
+        .unwrap();
+    }
+
+    /// Records the raw commit object `raw` as observed by `ci`; its SHA.
+    fn observe(&mut self, raw: &[u8]) -> String {
+        use crate::event::git::{object_id, parse_commit};
+        use crate::event::{ChangedPaths, CommitObservation, CommitSignature};
+        let sha = object_id(raw, 40).unwrap();
+        self.apply(
+            "ci",
+            Body::CommitObserved(Box::new(CommitObservation {
+                repository: "github.com/acme/payments".into(),
+                sha: sha.clone(),
+                commit: parse_commit(raw).unwrap(),
+                raw: raw.to_vec(),
+                changed: ChangedPaths::default(),
+                signature: CommitSignature::unsigned(),
+            })),
+        )
+        .unwrap();
+        sha
+    }
+
     fn open(&mut self, signer: &str, change: &str, digest: &str) -> Result<u64, ApplyError> {
         self.apply(
             signer,
@@ -499,26 +536,15 @@ fn persisted_state_loads_back_equal() {
 /// is unknown and the rule denies.
 #[test]
 fn the_author_of_the_commit_an_image_was_built_from_does_not_count() {
-    use crate::event::git::{object_id, parse_commit};
-    use crate::event::{ChangedPaths, CiRun, CiStatus, CommitObservation, CommitSignature};
+    use crate::event::git::object_id;
+    use crate::event::{CiRun, CiStatus};
     let mut f = Fold::new(POLICY);
-    for (who, email) in [("alice", "alice@example.com"), ("bob", ""), ("carol", "")] {
-        f.apply(
-            "admin",
-            Body::PrincipalRegistered(PrincipalSpec {
-                id: id(who),
-                kind: PrincipalKind::Human,
-                display_name: String::new(),
-                roles: set(&["dev"]),
-                keys: vec![key(who.as_bytes()[0])],
-                emails: if email.is_empty() {
-                    set(&[])
-                } else {
-                    set(&[email])
-                },
-            }),
-        )
-        .unwrap();
+    for (who, email) in [
+        ("alice", Some("alice@example.com")),
+        ("bob", None),
+        ("carol", None),
+    ] {
+        f.person(who, who.as_bytes()[0], email);
     }
     f.register("ci", PrincipalKind::Ci, &["ci"], &[9]);
     let raw = b"tree 4b825dc642cb6eb9a060e54bf8d69288fbee4904\n\
@@ -555,18 +581,7 @@ retry declined cards once\n"
     );
     assert!(d.reasons.contains(&unknown), "{:?}", d.reasons);
 
-    f.apply(
-        "ci",
-        Body::CommitObserved(Box::new(CommitObservation {
-            repository: "github.com/acme/payments".into(),
-            sha: sha.clone(),
-            commit: parse_commit(&raw).unwrap(),
-            raw,
-            changed: ChangedPaths::default(),
-            signature: CommitSignature::unsigned(),
-        })),
-    )
-    .unwrap();
+    assert_eq!(f.observe(&raw), sha);
     let d = f.deploy("ci", D);
     assert!(!d.allow, "{:?}", d.reasons);
     assert!(!d.reasons.contains(&unknown), "{:?}", d.reasons);
@@ -703,43 +718,18 @@ fn approvals_older_than_the_rules_limit_stop_counting() {
 /// author, when they differ (a maintainer who applied someone's patch).
 #[test]
 fn the_committer_is_excluded_too() {
-    use crate::event::git::{object_id, parse_commit};
-    use crate::event::{ChangedPaths, CommitObservation, CommitSignature};
     let mut f = Fold::new(POLICY);
     for (who, k) in [("alice", 2), ("bob", 3), ("carol", 4), ("dave", 5)] {
-        f.apply(
-            "admin",
-            Body::PrincipalRegistered(PrincipalSpec {
-                id: id(who),
-                kind: PrincipalKind::Human,
-                display_name: String::new(),
-                roles: set(&["dev"]),
-                keys: vec![key(k)],
-                emails: set(&[&format!("{who}@example.com")]),
-            }),
-        )
-        .unwrap();
+        f.person(who, k, Some(&format!("{who}@example.com")));
     }
     f.register("ci", PrincipalKind::Ci, &["ci"], &[30]);
-    let raw = b"tree 4b825dc642cb6eb9a060e54bf8d69288fbee4904\n\
+    let sha = f.observe(
+        b"tree 4b825dc642cb6eb9a060e54bf8d69288fbee4904\n\
 author Alice <alice@example.com> 1700000000 +0000\n\
 committer Bob <bob@example.com> 1700000100 +0000\n\
 \n\
-apply alice's patch\n"
-        .to_vec();
-    let sha = object_id(&raw, 40).unwrap();
-    f.apply(
-        "ci",
-        Body::CommitObserved(Box::new(CommitObservation {
-            repository: "github.com/acme/payments".into(),
-            sha: sha.clone(),
-            commit: parse_commit(&raw).unwrap(),
-            raw,
-            changed: ChangedPaths::default(),
-            signature: CommitSignature::unsigned(),
-        })),
-    )
-    .unwrap();
+apply alice's patch\n",
+    );
     f.apply(
         "ci",
         Body::ChangeOpened(ChangeOpening {
