@@ -32,6 +32,14 @@ struct Pipeline {
 }
 
 impl Pipeline {
+    /// The same pipeline with `set` replacing (or adding) variables.
+    fn with(&self, set: &[(&str, &str)]) -> Pipeline {
+        let mut vars = self.vars.clone();
+        vars.retain(|(k, _)| !set.iter().any(|(s, _)| s == k));
+        vars.extend(set.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        Pipeline { vars }
+    }
+
     async fn step(&self, args: &[&str]) -> CliOut {
         let mut cmd = tokio::process::Command::new(root().join("clients/ci/docket-ci.sh"));
         cmd.args(args)
@@ -171,15 +179,10 @@ async fn example_pipelines_run_against_a_real_server() {
     assert_eq!(out.code, 1);
     assert!(out.stdout.contains("needs 2 approvals"), "{}", out.stdout);
     let as_ = |who: &str, key: &PathBuf| {
-        let mut vars = p.vars.clone();
-        for (k, v) in vars.iter_mut() {
-            match k.as_str() {
-                "DOCKET_KEY" => *v = key.display().to_string(),
-                "DOCKET_SIGNER" => *v = who.to_owned(),
-                _ => {}
-            }
-        }
-        Pipeline { vars }
+        p.with(&[
+            ("DOCKET_KEY", &key.display().to_string()),
+            ("DOCKET_SIGNER", who),
+        ])
     };
     for (who, key) in [("bob", &bob_key), ("carol", &carol_key)] {
         let out = as_(who, key).step(&["approve", "CHG-CI"]).await;
@@ -247,11 +250,7 @@ async fn example_pipelines_run_against_a_real_server() {
         "payments: retry declined cards twice",
     );
     let d2 = digest("image-ci-2");
-    let mut vars = p.vars.clone();
-    vars.retain(|(k, _)| k != "GITHUB_SHA");
-    vars.push(("GITHUB_SHA".into(), commit2.clone()));
-    vars.push(("DOCKET_GIT_BEFORE".into(), commit.clone()));
-    let p2 = Pipeline { vars };
+    let p2 = p.with(&[("GITHUB_SHA", &commit2), ("DOCKET_GIT_BEFORE", commit)]);
     let out = p2.step(&["ingest"]).await;
     assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
     assert!(
@@ -331,14 +330,10 @@ async fn example_pipelines_run_against_a_real_server() {
     );
     // A pipeline for a new branch (CI_COMMIT_BEFORE_SHA all zeros) ingests
     // the commit's history: both commits are in the log already.
-    let mut vars = p.vars.clone();
-    for (k, v) in vars.iter_mut() {
-        if k == "CI_COMMIT_SHA" {
-            *v = commit2.clone();
-        }
-    }
-    vars.push(("CI_COMMIT_BEFORE_SHA".into(), "0".repeat(40)));
-    let gl = Pipeline { vars };
+    let gl = p.with(&[
+        ("CI_COMMIT_SHA", &commit2),
+        ("CI_COMMIT_BEFORE_SHA", &"0".repeat(40)),
+    ]);
     let out = gl.step(&["ingest"]).await;
     assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
     assert!(

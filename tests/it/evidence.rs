@@ -800,7 +800,6 @@ async fn oscal_validates_with_compliance_trestle() {
     use pb::export_evidence_request::Scope as S;
     let f = fixture().await;
     let dir = tempfile::tempdir().unwrap();
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/oscal/validate_oscal.py");
     for (name, scope) in [
         ("change", S::ChangeId("CHG-2".into())),
         (
@@ -816,11 +815,7 @@ async fn oscal_validates_with_compliance_trestle() {
         let d = dir.path().join(name);
         unpack_to(&b, &d);
         let file = d.join("oscal/assessment-results.json");
-        let out = std::process::Command::new("python3")
-            .arg(&script)
-            .arg(&file)
-            .output()
-            .expect("python3");
+        let out = trestle(&file);
         assert!(
             out.status.success(),
             "trestle refused the {name} bundle's OSCAL (install it with `python3 -m pip install compliance-trestle==5.2.0`):\n{}{}",
@@ -833,13 +828,22 @@ async fn oscal_validates_with_compliance_trestle() {
         v["assessment-results"]["results"][0]["findings"][0]["target"]["status"]["state"] =
             "fine".into();
         std::fs::write(&file, serde_json::to_vec(&v).unwrap()).unwrap();
-        let out = std::process::Command::new("python3")
-            .arg(&script)
-            .arg(&file)
-            .output()
-            .unwrap();
-        assert!(!out.status.success(), "a broken OSCAL file validated");
+        assert!(
+            !trestle(&file).status.success(),
+            "a broken OSCAL file validated"
+        );
     }
+}
+
+/// Runs compliance-trestle (`tests/oscal/validate_oscal.py`) over an OSCAL
+/// assessment-results file.
+fn trestle(file: &Path) -> std::process::Output {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/oscal/validate_oscal.py");
+    std::process::Command::new("python3")
+        .arg(&script)
+        .arg(file)
+        .output()
+        .expect("python3")
 }
 
 /// Runs trestle over a bundle's OSCAL file; panics with its output if it
@@ -848,12 +852,7 @@ fn trestle_accepts(bundle: &[u8], what: &str) -> serde_json::Value {
     let dir = tempfile::tempdir().unwrap();
     unpack_to(bundle, dir.path());
     let file = dir.path().join("oscal/assessment-results.json");
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/oscal/validate_oscal.py");
-    let out = std::process::Command::new("python3")
-        .arg(&script)
-        .arg(&file)
-        .output()
-        .expect("python3");
+    let out = trestle(&file);
     assert!(
         out.status.success(),
         "trestle refused the {what} bundle's OSCAL:\n{}{}",
