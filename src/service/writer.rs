@@ -76,7 +76,14 @@ impl Writer {
                 }
             }
         }
-        // Dropping `rx` makes every later append fail with `Stopped`.
+        // Refuse new jobs, then drop every job already queued or being
+        // queued: each awaiting append gets `Stopped` when its reply is
+        // dropped. Merely dropping `rx` is not enough: a sender that took
+        // its channel slot just before the drop would leave its job (and
+        // its caller) waiting in the channel for as long as the service
+        // lives. `blocking_recv` returns `None` only once no slot is held.
+        rx.close();
+        while rx.blocking_recv().is_some() {}
         tracing::info!("writer stopped");
     }
 

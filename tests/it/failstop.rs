@@ -157,3 +157,44 @@ async fn a_failed_flush_stops_the_writer() {
 async fn a_failed_write_stops_the_writer() {
     check_failure(false).await;
 }
+
+/// Appends racing with a writer that stops on a failed flush all get an
+/// answer: none is left waiting in the channel. (Dropping the channel's
+/// receiver alone could strand an append that took its slot at that
+/// moment, and its caller waited for ever.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appends_racing_a_stopping_writer_all_get_an_answer() {
+    for round in 0..40 {
+        let (inner, admin, log_key) = log();
+        let store = Arc::new(FailingStore {
+            inner,
+            fail_write: AtomicBool::new(false),
+            fail_flush: AtomicBool::new(true),
+        });
+        let svc = Arc::new(
+            Service::open(
+                store,
+                NoteSigner::new("failstop/log", log_key),
+                Config::default(),
+            )
+            .unwrap(),
+        );
+        let appends = (0..32).map(|i| {
+            let (svc, admin) = (svc.clone(), admin.clone());
+            tokio::spawn(async move {
+                let ev = sign_event(&note(&format!("r{round}-{i}"), "admin"), &admin);
+                svc.append(ev, "CN=t".into()).await
+            })
+        });
+        let answers = tokio::time::timeout(
+            std::time::Duration::from_secs(60),
+            futures::future::join_all(appends),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("round {round}: an append never got an answer"));
+        for a in answers {
+            let err = a.unwrap().unwrap_err();
+            assert!(matches!(err, AppendError::Stopped), "round {round}: {err}");
+        }
+    }
+}
