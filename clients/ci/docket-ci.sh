@@ -69,6 +69,8 @@ Environment:
   DOCKET_JSON_OUT   gate/deploy: also write the decision as JSON to this file
   DOCKET_REPO       ingest: the git repository (default: .)
   DOCKET_GIT_BEFORE ingest: the commit before the push (GitHub's github.event.before)
+  DOCKET_ALLOWED_SIGNERS  ingest: allowed-signers file of trusted SSH signing keys
+  DOCKET_OPENPGP_KEYRING  ingest: keyring of trusted OpenPGP certificates (gpg --export --armor)
   DOCKET_CHANGE_TITLE, DOCKET_TICKET   open: the change's title and ticket
   DOCKET_COMMENT    approve: a comment recorded with the approval
   GITHUB_STEP_SUMMARY  GitHub Actions: a Markdown summary is appended to it

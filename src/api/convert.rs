@@ -267,6 +267,28 @@ fn commit_observed(c: pb::CommitObserved) -> Result<CommitObservation, InvalidEv
             },
         ));
     }
+    let signer_key = sig.signer_key;
+    if !signer_key.is_empty() {
+        let field = format!("{f}.signature.signer_key");
+        if format != SignatureFormat::OpenPgp
+            || !matches!(verdict, SignatureVerdict::Verified | SignatureVerdict::Bad)
+        {
+            return Err(bad(
+                &field,
+                "only a verified or bad OpenPGP verdict carries the signer's certificate",
+            ));
+        }
+        if signer_key.len() > crate::ingest::openpgp::MAX_CERT_BYTES {
+            return Err(bad(
+                &field,
+                format!(
+                    "{} bytes; at most {} are allowed",
+                    signer_key.len(),
+                    crate::ingest::openpgp::MAX_CERT_BYTES
+                ),
+            ));
+        }
+    }
     Ok(CommitObservation {
         repository,
         sha: c.sha,
@@ -295,6 +317,7 @@ fn commit_observed(c: pb::CommitObserved) -> Result<CommitObservation, InvalidEv
                 true,
             )?,
             detail: text(&format!("{f}.signature.detail"), sig.detail, 1024, true)?,
+            signer_key,
         },
     })
 }
@@ -787,6 +810,7 @@ pub fn encode_event(ev: &Event) -> Vec<u8> {
                 signer_identity: c.signature.signer_identity.clone(),
                 key_fingerprint: c.signature.key_fingerprint.clone(),
                 detail: c.signature.detail.clone(),
+                signer_key: c.signature.signer_key.clone(),
             }),
         }),
         Body::CiRunReported(r) => pb::event::Body::CiRunReported(pb::CiRunReported {

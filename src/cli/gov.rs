@@ -1000,8 +1000,12 @@ pub struct GitIngestArgs {
     #[arg(long)]
     repository: Option<String>,
     /// An allowed-signers file (ssh-keygen format) of trusted SSH keys.
-    #[arg(long)]
+    #[arg(long, env = "DOCKET_ALLOWED_SIGNERS")]
     allowed_signers: Option<PathBuf>,
+    /// A keyring of trusted OpenPGP certificates, armored or binary
+    /// (e.g. `gpg --export --armor alice@example.com bob@example.com`).
+    #[arg(long, env = "DOCKET_OPENPGP_KEYRING")]
+    openpgp_keyring: Option<PathBuf>,
     /// Do not trust the principals' Docket keys as commit-signing keys.
     #[arg(long)]
     no_principal_keys: bool,
@@ -1037,7 +1041,12 @@ pub(crate) async fn git(c: GitCmd) -> CliResult {
         refs: a.refs.clone(),
         repository: a.repository.clone(),
     };
-    let commits = observe(&src, &trusted).map_err(CliError::usage)?;
+    let openpgp = match &a.openpgp_keyring {
+        Some(p) => crate::ingest::openpgp::read_keyring(p)
+            .map_err(|e| CliError::usage(format!("OpenPGP keyring {}: {e}", p.display())))?,
+        None => Vec::new(),
+    };
+    let commits = observe(&src, &trusted, &openpgp).map_err(CliError::usage)?;
     let line = |c: &crate::event::CommitObservation, what: &str| {
         println!(
             "{} {:<13} {:<30} {} <{}> {}",

@@ -233,6 +233,9 @@ pub struct CommitSignature {
     pub signer_identity: String,
     pub key_fingerprint: String,
     pub detail: String,
+    /// For OpenPGP `Verified`/`Bad` verdicts: the signer's reduced
+    /// certificate, so the verdict can be re-checked; empty otherwise.
+    pub signer_key: Vec<u8>,
 }
 
 impl CommitSignature {
@@ -244,6 +247,7 @@ impl CommitSignature {
             signer_identity: String::new(),
             key_fingerprint: String::new(),
             detail: "the commit carries no signature".into(),
+            signer_key: Vec::new(),
         }
     }
 }

@@ -9,7 +9,13 @@
 //!   the principals' Ed25519 keys and an allowed-signers file. A trusted key
 //!   whose signature does not verify (e.g. the author line was rewritten) is
 //!   `Bad`; a key nobody trusts is `UntrustedKey`.
-//! - OpenPGP and X.509 signatures are recorded as `Unverifiable`: Docket does
+//! - OpenPGP signatures (`gpg.format=openpgp`) are verified over the same
+//!   bytes against the certificates of an OpenPGP keyring
+//!   ([`super::openpgp`]): `Verified` or `Bad` with the signer's certificate
+//!   recorded, `UntrustedKey` when no trusted certificate made it or the key
+//!   may not vouch (revoked, expired, not for signing), `Unverifiable` when
+//!   it cannot be parsed.
+//! - X.509 (gpgsm) signatures are recorded as `Unverifiable`: Docket does
 //!   not check them, and says so rather than guessing.
 //! - Commits without a signature are `Unsigned`.
 
@@ -18,6 +24,7 @@ use std::path::{Path, PathBuf};
 use ssh_key::public::KeyData;
 use ssh_key::{HashAlg, SshSig};
 
+use super::openpgp::{self, Check, OpenPgpCert};
 use crate::event::git::{parse_commit, signed_payload};
 use crate::event::{
     ChangedPaths, CommitObservation, CommitSignature, SignatureFormat, SignatureVerdict,
@@ -134,10 +141,12 @@ pub struct GitSource {
 }
 
 /// Reads the commits of `src`, parents before children, each with its
-/// signature verdict under `trusted`.
+/// signature verdict under `trusted` (SSH keys) and `openpgp`
+/// (certificates).
 pub fn observe(
     src: &GitSource,
     trusted: &[TrustedKey],
+    openpgp: &[OpenPgpCert],
 ) -> Result<Vec<CommitObservation>, IngestError> {
     let repo = git2::Repository::open(&src.repo).map_err(|source| IngestError::Open {
         path: src.repo.display().to_string(),
@@ -180,7 +189,7 @@ pub fn observe(
             reason: e.to_string(),
         })?;
         let changed = changed_paths(&repo, oid).map_err(git(&format!("diff of {sha}")))?;
-        let signature = verdict(&raw, &commit, trusted);
+        let signature = verdict(&raw, &commit, trusted, openpgp);
         out.push(CommitObservation {
             repository: repository.clone(),
             sha,
@@ -246,32 +255,34 @@ fn changed_paths(repo: &git2::Repository, oid: git2::Oid) -> Result<ChangedPaths
     Ok(out)
 }
 
+fn sig(
+    format: SignatureFormat,
+    verdict: SignatureVerdict,
+    signer_identity: String,
+    key_fingerprint: String,
+    detail: String,
+) -> CommitSignature {
+    CommitSignature {
+        format,
+        verdict,
+        signer_identity,
+        key_fingerprint,
+        detail,
+        signer_key: Vec::new(),
+    }
+}
+
 fn verdict(
     raw: &[u8],
     commit: &crate::event::GitCommit,
     trusted: &[TrustedKey],
+    openpgp: &[OpenPgpCert],
 ) -> CommitSignature {
-    let sig =
-        |format, verdict, signer_identity: String, key_fingerprint: String, detail: String| {
-            CommitSignature {
-                format,
-                verdict,
-                signer_identity,
-                key_fingerprint,
-                detail,
-            }
-        };
     let Some(armored) = &commit.signature else {
         return CommitSignature::unsigned();
     };
-    if armored.starts_with("-----BEGIN PGP SIGNATURE-----") {
-        return sig(
-            SignatureFormat::OpenPgp,
-            SignatureVerdict::Unverifiable,
-            String::new(),
-            String::new(),
-            "OpenPGP signature present; Docket does not verify OpenPGP signatures".into(),
-        );
+    if armored.starts_with(PGP_ARMOR) {
+        return openpgp_verdict(raw, armored, openpgp);
     }
     if armored.starts_with("-----BEGIN SIGNED MESSAGE-----") {
         return sig(
@@ -337,25 +348,153 @@ fn verdict(
     }
 }
 
+const PGP_ARMOR: &str = "-----BEGIN PGP SIGNATURE-----";
+
+fn openpgp_verdict(raw: &[u8], armored: &str, certs: &[OpenPgpCert]) -> CommitSignature {
+    let pgp = SignatureFormat::OpenPgp;
+    let parsed = match openpgp::parse_signature(armored) {
+        Ok(s) => s,
+        Err(e) => {
+            return sig(
+                pgp,
+                SignatureVerdict::Unverifiable,
+                String::new(),
+                String::new(),
+                format!("malformed OpenPGP signature: {e}"),
+            );
+        }
+    };
+    let issuer = openpgp::issuer(&parsed);
+    let Some(cert) = certs.iter().find(|c| c.issued(&parsed)) else {
+        let fingerprint = if issuer.contains(' ') {
+            String::new()
+        } else {
+            issuer.clone()
+        };
+        return sig(
+            pgp,
+            SignatureVerdict::UntrustedKey,
+            String::new(),
+            fingerprint,
+            format!("signed with OpenPGP {issuer}, which no certificate of the keyring holds"),
+        );
+    };
+    let who = cert.identity.clone();
+    let (verdict, fingerprint, detail) = match cert.check(&parsed, &signed_payload(raw)) {
+        Check::Verified { fingerprint } => (
+            SignatureVerdict::Verified,
+            fingerprint.clone(),
+            format!("good OpenPGP signature by {who} (key {fingerprint})"),
+        ),
+        Check::Bad { fingerprint, error } => (
+            SignatureVerdict::Bad,
+            fingerprint.clone(),
+            format!(
+                "{who}'s key {fingerprint} made this signature, but it does not verify over this commit ({error}): the commit was changed after signing"
+            ),
+        ),
+        Check::Unusable(why) => {
+            return sig(
+                pgp,
+                SignatureVerdict::UntrustedKey,
+                who.clone(),
+                issuer,
+                format!("signed with {who}'s certificate, but {why}"),
+            );
+        }
+    };
+    CommitSignature {
+        signer_key: cert.bytes().to_vec(),
+        ..sig(pgp, verdict, who, fingerprint, detail)
+    }
+}
+
+/// Re-checks what an OpenPGP verdict claims, with the certificate it
+/// carries.
+fn recheck_openpgp(claimed: &CommitSignature, raw: &[u8], armored: &str) -> Result<(), String> {
+    if claimed.format != SignatureFormat::OpenPgp {
+        return Err("the commit carries an OpenPGP signature but the format says otherwise".into());
+    }
+    let Ok(parsed) = openpgp::parse_signature(armored) else {
+        return match claimed.verdict {
+            SignatureVerdict::Unverifiable => Ok(()),
+            v => Err(format!(
+                "the OpenPGP signature is malformed, so the verdict must be unverifiable, not {}",
+                v.name()
+            )),
+        };
+    };
+    if !matches!(
+        claimed.verdict,
+        SignatureVerdict::Verified | SignatureVerdict::Bad
+    ) {
+        // Whom the ingester trusted is its word, as for SSH.
+        return Ok(());
+    }
+    if claimed.signer_key.is_empty() {
+        return Err(format!(
+            "a {} OpenPGP verdict must carry the signer's certificate (signer_key), so it can be re-checked",
+            claimed.verdict.name()
+        ));
+    }
+    let cert =
+        OpenPgpCert::from_recorded(&claimed.signer_key).map_err(|e| format!("signer_key: {e}"))?;
+    if !cert.issued(&parsed) {
+        return Err(format!(
+            "signer_key: no key of this certificate made the signature (its issuer is {})",
+            openpgp::issuer(&parsed)
+        ));
+    }
+    let found = match cert.check(&parsed, &signed_payload(raw)) {
+        Check::Unusable(why) => {
+            return Err(format!(
+                "the verdict is {} but the signing key may not vouch for anything: {why}",
+                claimed.verdict.name()
+            ));
+        }
+        Check::Verified { fingerprint } => (SignatureVerdict::Verified, fingerprint),
+        Check::Bad { fingerprint, .. } => (SignatureVerdict::Bad, fingerprint),
+    };
+    match found {
+        (SignatureVerdict::Verified, _) if claimed.verdict == SignatureVerdict::Bad => {
+            Err("the verdict is bad but the OpenPGP signature verifies over this commit".into())
+        }
+        (SignatureVerdict::Bad, _) if claimed.verdict == SignatureVerdict::Verified => Err(
+            "the verdict is verified but the OpenPGP signature does not verify over this commit"
+                .into(),
+        ),
+        (_, fp) if fp != claimed.key_fingerprint => Err(format!(
+            "the key fingerprint {} is not that of the signing key, {fp}",
+            claimed.key_fingerprint
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// Re-checks an ingester's verdict against the commit object it came with,
 /// as far as the object itself allows: an SSH signature carries its public
 /// key, so whether it verifies over the commit, and with which key, can be
 /// recomputed by anyone. A `Verified` verdict on a signature that does not
 /// verify, a `Bad` one on a signature that does, a fingerprint that is not
 /// the signing key's, or a `Verified` claim for a format Docket cannot check
-/// (OpenPGP, X.509) is refused. Whether the key was *trusted* (a principal's
-/// or in the ingester's allowed-signers file) is the ingester's word and is
-/// recorded as such, with the identity it names.
+/// (X.509) is refused. An OpenPGP signature does not carry its key, so a
+/// `Verified` or `Bad` OpenPGP verdict must carry the signer's certificate,
+/// and is re-checked with it the same way. Whether the key was *trusted* (a
+/// principal's, in the ingester's allowed-signers file or keyring) is the
+/// ingester's word and is recorded as such, with the identity it names.
 pub fn recheck(obs: &CommitObservation) -> Result<(), String> {
     let claimed = &obs.signature;
     let Some(armored) = &obs.commit.signature else {
         // Unsigned objects are held to an unsigned verdict when decoded.
         return Ok(());
     };
+    if armored.starts_with(PGP_ARMOR) {
+        return recheck_openpgp(claimed, &obs.raw, armored);
+    }
     if !armored.starts_with("-----BEGIN SSH SIGNATURE-----") {
         return match claimed.verdict {
             SignatureVerdict::Verified | SignatureVerdict::Bad => Err(format!(
-                "the verdict is {} but the signature is not an SSH signature, which is all Docket can check; record it as unverifiable",
+                "the verdict is {} but the signature is neither SSH nor OpenPGP, which is all Docket can check; record it as unverifiable",
                 claimed.verdict.name()
             )),
             _ => Ok(()),

@@ -104,74 +104,6 @@ fn signature_verdicts_of_real_commits() {
         "signed with a Docket key",
     );
 
-    // A real OpenPGP signature, made by gpg with a key generated here.
-    let gnupg = dir.path().join("gnupg");
-    std::fs::create_dir_all(&gnupg).unwrap();
-    {
-        use std::os::unix::fs::PermissionsExt as _;
-        std::fs::set_permissions(&gnupg, std::fs::Permissions::from_mode(0o700)).unwrap();
-    }
-    let gpg = |args: &[&str]| {
-        let out = std::process::Command::new("gpg")
-            .arg("--homedir")
-            .arg(&gnupg)
-            .args(["--batch", "--passphrase", ""])
-            .args(args)
-            .output()
-            .expect("gpg is installed");
-        assert!(
-            out.status.success(),
-            "gpg {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    gpg(&[
-        "--quick-gen-key",
-        "Pat <pat@example.com>",
-        "ed25519",
-        "sign",
-        "never",
-    ]);
-    std::fs::write(repo.join("d.txt"), "signed with gpg\n").unwrap();
-    git(&repo, &["add", "d.txt"]);
-    let out = std::process::Command::new("git")
-        .args([
-            "-c",
-            "user.name=Pat",
-            "-c",
-            "user.email=pat@example.com",
-            "-c",
-            "user.signingkey=pat@example.com",
-            "-c",
-            "commit.gpgsign=true",
-            "commit",
-            "-q",
-            "-m",
-            "signed with gpg",
-        ])
-        .current_dir(&repo)
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .env("GIT_CONFIG_GLOBAL", "/dev/null")
-        .env("HOME", &repo)
-        .env("GNUPGHOME", &gnupg)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "git commit -S: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let real_pgp = git(&repo, &["rev-parse", "HEAD"]);
-    let _ = std::process::Command::new("gpgconf")
-        .arg("--homedir")
-        .arg(&gnupg)
-        .args(["--kill", "gpg-agent"])
-        .output();
-    assert!(
-        git(&repo, &["cat-file", "commit", &real_pgp])
-            .contains("gpgsig -----BEGIN PGP SIGNATURE-----")
-    );
-
     // Alice's signed commit with its author rewritten, keeping the old signature.
     let raw = git(&repo, &["cat-file", "commit", &signed]) + "\n";
     assert!(raw.contains("gpgsig -----BEGIN SSH SIGNATURE-----"));
@@ -181,7 +113,7 @@ fn signature_verdicts_of_real_commits() {
     );
     assert_ne!(forged, raw);
     let rewritten = hash_object(&repo, &forged);
-    // An OpenPGP-signed commit (the signature is not checked, only recorded).
+    // A commit whose OpenPGP signature is not a signature at all.
     let plain = git(&repo, &["cat-file", "commit", &unsigned]) + "\n";
     let (head, msg) = plain.split_once("\n\n").unwrap();
     let pgp = hash_object(
@@ -215,6 +147,7 @@ fn signature_verdicts_of_real_commits() {
     let all = observe(
         &src(vec!["main".into(), rewritten.clone(), pgp.clone()]),
         &trusted,
+        &[],
     )
     .unwrap();
     let find = |sha: &str| {
@@ -245,13 +178,12 @@ fn signature_verdicts_of_real_commits() {
     );
     assert_eq!(find(&rewritten).commit.author.email, "mallory@example.com");
     assert_eq!(verdict(&pgp), SignatureVerdict::Unverifiable);
-    assert!(find(&pgp).signature.detail.contains("OpenPGP"));
-    assert_eq!(verdict(&real_pgp), SignatureVerdict::Unverifiable);
-    assert_eq!(
-        find(&real_pgp).signature.format,
-        docket::event::SignatureFormat::OpenPgp
+    assert!(
+        find(&pgp)
+            .signature
+            .detail
+            .contains("malformed OpenPGP signature")
     );
-    assert_eq!(find(&real_pgp).commit.author.email, "pat@example.com");
 
     // Parents come before children; facts come from the raw object.
     let order: Vec<&str> = all.iter().map(|o| o.sha.as_str()).collect();
@@ -315,7 +247,8 @@ fn signature_verdicts_of_real_commits() {
         .contains("is not that of the signing key")
     );
     assert!(
-        lie(&pgp, &|s| s.verdict = SignatureVerdict::Verified).contains("not an SSH signature")
+        lie(&pgp, &|s| s.verdict = SignatureVerdict::Verified)
+            .contains("malformed, so the verdict must be unverifiable")
     );
     // The server applies it to every observation it is sent.
     tokio::runtime::Runtime::new().unwrap().block_on(async {
@@ -366,10 +299,429 @@ fn signature_verdicts_of_real_commits() {
             ..src(vec![])
         },
         &trusted,
+        &[],
     )
     .unwrap();
     let shas: Vec<&str> = range.iter().map(|o| o.sha.as_str()).collect();
     assert_eq!(shas, [unsigned.as_str(), untrusted.as_str()]);
     // Nothing to read is a usage error, not an empty success.
-    assert!(observe(&src(vec![]), &trusted).is_err());
+    assert!(observe(&src(vec![]), &trusted, &[]).is_err());
+}
+
+/// A GnuPG home of its own, with keys made here.
+struct Gpg {
+    home: std::path::PathBuf,
+}
+
+impl Gpg {
+    fn new(dir: &Path) -> Self {
+        use std::os::unix::fs::PermissionsExt as _;
+        let home = dir.join("gnupg");
+        std::fs::create_dir_all(&home).unwrap();
+        std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o700)).unwrap();
+        Gpg { home }
+    }
+
+    fn run(&self, args: &[&str]) -> Vec<u8> {
+        let out = std::process::Command::new("gpg")
+            .arg("--homedir")
+            .arg(&self.home)
+            .args([
+                "--batch",
+                "--yes",
+                "--passphrase",
+                "",
+                "--pinentry-mode",
+                "loopback",
+            ])
+            .args(args)
+            .output()
+            .expect("gpg is installed");
+        assert!(
+            out.status.success(),
+            "gpg {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    }
+
+    /// The fingerprints of `uid`'s primary key and subkeys, primary first.
+    fn fingerprints(&self, uid: &str) -> Vec<String> {
+        String::from_utf8(self.run(&["--with-colons", "--list-keys", uid]))
+            .unwrap()
+            .lines()
+            .filter_map(|l| l.strip_prefix("fpr:"))
+            .map(|l| l.trim_matches(':').to_owned())
+            .collect()
+    }
+
+    /// Commits a new file signed by `email`'s key with `git commit -S`.
+    fn commit(&self, repo: &Path, name: &str, email: &str, file: &str) -> String {
+        std::fs::write(repo.join(file), format!("{name} was here\n")).unwrap();
+        git(repo, &["add", file]);
+        let out = std::process::Command::new("git")
+            .args(["-c", &format!("user.name={name}")])
+            .args(["-c", &format!("user.email={email}")])
+            .args(["-c", &format!("user.signingkey={email}")])
+            .args(["-c", "commit.gpgsign=true", "commit", "-q", "-m"])
+            .arg(format!("{file} by {name}"))
+            .current_dir(repo)
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("GIT_CONFIG_GLOBAL", "/dev/null")
+            .env("HOME", repo)
+            .env("GNUPGHOME", &self.home)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "git commit -S: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let sha = git(repo, &["rev-parse", "HEAD"]);
+        assert!(
+            git(repo, &["cat-file", "commit", &sha])
+                .contains("gpgsig -----BEGIN PGP SIGNATURE-----")
+        );
+        sha
+    }
+}
+
+impl Drop for Gpg {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("gpgconf")
+            .arg("--homedir")
+            .arg(&self.home)
+            .args(["--kill", "gpg-agent"])
+            .output();
+    }
+}
+
+#[test]
+fn openpgp_signature_verdicts_of_real_commits() {
+    use docket::event::SignatureFormat;
+    use docket::ingest::openpgp::{OpenPgpCert, read_keyring};
+
+    let dir = tempfile::tempdir().unwrap();
+    let repo = repo(dir.path());
+    let gpg = Gpg::new(dir.path());
+    // Pat: one Ed25519 key that certifies and signs.
+    gpg.run(&[
+        "--quick-gen-key",
+        "Pat <pat@example.com>",
+        "ed25519",
+        "sign",
+        "never",
+    ]);
+    // Quinn: an RSA primary key for certification only, and an RSA signing
+    // subkey (the usual smartcard layout); Quinn also certifies Pat's key.
+    gpg.run(&[
+        "--quick-gen-key",
+        "Quinn <quinn@example.com>",
+        "rsa2048",
+        "cert",
+        "never",
+    ]);
+    let quinn = gpg.fingerprints("quinn@example.com");
+    gpg.run(&["--quick-add-key", &quinn[0], "rsa2048", "sign", "never"]);
+    let quinn = gpg.fingerprints("quinn@example.com");
+    assert_eq!(quinn.len(), 2);
+    let pat = gpg.fingerprints("pat@example.com");
+    gpg.run(&["--default-key", &quinn[0], "--quick-sign-key", &pat[0]]);
+    // Rex: a key nobody exported to the keyring.
+    gpg.run(&[
+        "--quick-gen-key",
+        "Rex <rex@example.com>",
+        "ed25519",
+        "sign",
+        "never",
+    ]);
+    // Sam: a key revoked after it signed.
+    gpg.run(&[
+        "--quick-gen-key",
+        "Sam <sam@example.com>",
+        "ed25519",
+        "sign",
+        "never",
+    ]);
+    // Olga: a key made in 2020 that, by a later self-signature, expired in 2021.
+    gpg.run(&[
+        "--faked-system-time",
+        "20200101T000000",
+        "--quick-gen-key",
+        "Olga <olga@example.com>",
+        "ed25519",
+        "sign",
+        "never",
+    ]);
+
+    let by_pat = gpg.commit(&repo, "Pat", "pat@example.com", "p.txt");
+    let by_quinn = gpg.commit(&repo, "Quinn", "quinn@example.com", "q.txt");
+    let by_rex = gpg.commit(&repo, "Rex", "rex@example.com", "r.txt");
+    let by_sam = gpg.commit(&repo, "Sam", "sam@example.com", "s.txt");
+    let by_olga = gpg.commit(&repo, "Olga", "olga@example.com", "o.txt");
+    let unsigned = commit(&repo, "Una", "una@example.com", None, "u.txt", "unsigned");
+    // Pat's commit with its author rewritten, keeping the old signature.
+    let raw = git(&repo, &["cat-file", "commit", &by_pat]) + "\n";
+    let forged = hash_object(
+        &repo,
+        &raw.replace(
+            "author Pat <pat@example.com>",
+            "author Mallory <mallory@example.com>",
+        ),
+    );
+
+    // Sam's key is revoked with the revocation certificate gpg made with it.
+    let sam = gpg.fingerprints("sam@example.com");
+    let rev = std::fs::read_to_string(gpg.home.join(format!("openpgp-revocs.d/{}.rev", sam[0])))
+        .unwrap()
+        .replace(
+            ":-----BEGIN PGP PUBLIC KEY BLOCK-----",
+            "-----BEGIN PGP PUBLIC KEY BLOCK-----",
+        );
+    let rev_path = dir.path().join("sam.rev");
+    std::fs::write(&rev_path, rev).unwrap();
+    gpg.run(&["--import", rev_path.to_str().unwrap()]);
+    let olga = gpg.fingerprints("olga@example.com");
+    gpg.run(&[
+        "--faked-system-time",
+        "20200601T000000",
+        "--quick-set-expire",
+        &olga[0],
+        "1y",
+    ]);
+
+    let keyring = dir.path().join("keyring.asc");
+    std::fs::write(
+        &keyring,
+        gpg.run(&[
+            "--export",
+            "--armor",
+            "pat@example.com",
+            "quinn@example.com",
+            "sam@example.com",
+            "olga@example.com",
+        ]),
+    )
+    .unwrap();
+    let certs = read_keyring(&keyring).unwrap();
+    let ids: Vec<&str> = certs.iter().map(|c| c.identity.as_str()).collect();
+    assert_eq!(
+        ids,
+        [
+            "pat@example.com",
+            "quinn@example.com",
+            "sam@example.com",
+            "olga@example.com"
+        ]
+    );
+
+    let src = GitSource {
+        repo: repo.clone(),
+        range: None,
+        refs: vec!["main".into(), forged.clone()],
+        repository: Some("github.com/acme/payments".into()),
+    };
+    let all = observe(&src, &[], &certs).unwrap();
+    let find = |sha: &str| {
+        all.iter()
+            .find(|o| o.sha == sha)
+            .unwrap_or_else(|| panic!("{sha} not observed"))
+            .clone()
+    };
+    let sig = |sha: &str| find(sha).signature;
+
+    let p = sig(&by_pat);
+    assert_eq!(
+        (p.format, p.verdict),
+        (SignatureFormat::OpenPgp, SignatureVerdict::Verified),
+        "{}",
+        p.detail
+    );
+    assert_eq!(p.signer_identity, "pat@example.com");
+    assert_eq!(p.key_fingerprint, pat[0]);
+    // The recorded certificate is Pat's as Pat signed it: Quinn's
+    // certification is not part of it, so the exported key is not what was
+    // recorded, and is refused as a recorded certificate.
+    let pat_export = gpg.run(&["--export", "pat@example.com"]);
+    assert!(!p.signer_key.is_empty() && p.signer_key.len() < pat_export.len());
+    assert_eq!(
+        OpenPgpCert::from_recorded(&p.signer_key).unwrap().identity,
+        "pat@example.com"
+    );
+    let e = OpenPgpCert::from_recorded(&pat_export).unwrap_err();
+    assert!(e.contains("parts its primary key did not sign"), "{e}");
+
+    // A signing subkey verifies, and its own fingerprint is recorded.
+    let q = sig(&by_quinn);
+    assert_eq!(q.verdict, SignatureVerdict::Verified, "{}", q.detail);
+    assert_eq!(
+        (q.signer_identity.as_str(), q.key_fingerprint.as_str()),
+        ("quinn@example.com", quinn[1].as_str())
+    );
+
+    let r = sig(&by_rex);
+    assert_eq!(r.verdict, SignatureVerdict::UntrustedKey);
+    assert_eq!(r.key_fingerprint, gpg.fingerprints("rex@example.com")[0]);
+    assert!(
+        r.detail.contains("no certificate of the keyring"),
+        "{}",
+        r.detail
+    );
+    assert!(r.signer_key.is_empty());
+
+    let s = sig(&by_sam);
+    assert_eq!(s.verdict, SignatureVerdict::UntrustedKey);
+    assert!(
+        s.detail.contains("the certificate is revoked"),
+        "{}",
+        s.detail
+    );
+    assert_eq!(s.signer_identity, "sam@example.com");
+
+    let o = sig(&by_olga);
+    assert_eq!(o.verdict, SignatureVerdict::UntrustedKey);
+    assert!(
+        o.detail.contains("expired at Unix time 162"),
+        "{}",
+        o.detail
+    );
+
+    let f = sig(&forged);
+    assert_eq!(f.verdict, SignatureVerdict::Bad);
+    assert_eq!(f.key_fingerprint, pat[0]);
+    assert!(f.detail.contains("changed after signing"), "{}", f.detail);
+    assert_eq!(find(&forged).commit.author.email, "mallory@example.com");
+    assert_eq!(sig(&unsigned).verdict, SignatureVerdict::Unsigned);
+
+    // With no keyring, a good signature is from a key nobody trusts.
+    let bare = observe(&src, &[], &[]).unwrap();
+    let p0 = &bare.iter().find(|o| o.sha == by_pat).unwrap().signature;
+    assert_eq!(p0.verdict, SignatureVerdict::UntrustedKey);
+    assert_eq!(p0.key_fingerprint, pat[0]);
+
+    // Every verdict survives the log's checks; lies about what the
+    // signature and the recorded certificate show do not.
+    for o in &all {
+        decode_event(&as_event(o)).unwrap();
+        assert_eq!(recheck(o), Ok(()), "{}", o.sha);
+    }
+    let lie = |sha: &str, edit: &dyn Fn(&mut docket::event::CommitSignature)| {
+        let mut o = find(sha);
+        edit(&mut o.signature);
+        recheck(&o).unwrap_err()
+    };
+    let e = lie(&by_pat, &|s| s.verdict = SignatureVerdict::Bad);
+    assert!(e.contains("bad but the OpenPGP signature verifies"), "{e}");
+    let e = lie(&forged, &|s| s.verdict = SignatureVerdict::Verified);
+    assert!(e.contains("does not verify over this commit"), "{e}");
+    let e = lie(&by_pat, &|s| s.signer_key.clear());
+    assert!(e.contains("must carry the signer's certificate"), "{e}");
+    let e = lie(&by_pat, &|s| s.signer_key = q.signer_key.clone());
+    assert!(
+        e.contains("no key of this certificate made the signature"),
+        "{e}"
+    );
+    let e = lie(&by_pat, &|s| s.key_fingerprint = quinn[1].clone());
+    assert!(e.contains("is not that of the signing key"), "{e}");
+    let e = lie(&by_pat, &|s| s.signer_key = pat_export.clone());
+    assert!(
+        e.starts_with("signer_key: ") && e.contains("did not sign"),
+        "{e}"
+    );
+    let sam_cert = certs[2].bytes().to_vec();
+    let e = lie(&by_sam, &|s| {
+        s.verdict = SignatureVerdict::Verified;
+        s.signer_key = sam_cert.clone();
+    });
+    assert!(
+        e.contains("may not vouch for anything: the certificate is revoked"),
+        "{e}"
+    );
+    // A certificate only comes with a verified or bad OpenPGP verdict.
+    for (sha, verdict) in [
+        (&unsigned, SignatureVerdict::Unsigned),
+        (&by_rex, SignatureVerdict::UntrustedKey),
+    ] {
+        let mut o = find(sha);
+        o.signature.verdict = verdict;
+        o.signature.signer_key = p.signer_key.clone();
+        let e = decode_event(&as_event(&o)).unwrap_err();
+        assert_eq!(e.field, "commit_observed.signature.signer_key", "{e}");
+    }
+
+    // The CLI reads the keyring and reports each verdict.
+    let out = std::process::Command::new(crate::common::BIN)
+        .args(["git", "ingest", "--repo"])
+        .arg(&repo)
+        .args(["--ref", "main", "--dry-run", "--openpgp-keyring"])
+        .arg(&keyring)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for (sha, verdict) in [
+        (&by_pat, "verified"),
+        (&by_quinn, "verified"),
+        (&by_rex, "untrusted-key"),
+        (&unsigned, "unsigned"),
+    ] {
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with(&format!("{} {verdict} ", &sha[..12]))),
+            "{sha} {verdict}: {text}"
+        );
+    }
+    // A keyring that is not one is a usage error naming the file.
+    let junk = dir.path().join("junk.asc");
+    std::fs::write(&junk, "not a key\n").unwrap();
+    let out = std::process::Command::new(crate::common::BIN)
+        .args(["git", "ingest", "--repo"])
+        .arg(&repo)
+        .args(["--ref", "main", "--dry-run", "--openpgp-keyring"])
+        .arg(&junk)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{err}");
+    assert!(
+        err.contains("OpenPGP keyring") && err.contains("junk.asc"),
+        "{err}"
+    );
+
+    // The server takes the honest verdict and refuses a forged one.
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let s = crate::common::server().run().await;
+        let submit = |obs: docket::event::CommitObservation, id: &str| {
+            let ev = Event {
+                event_id: id.into(),
+                claimed_time_nanos: crate::common::now_nanos(),
+                signer: PrincipalId::parse("admin").unwrap(),
+                body: Body::CommitObserved(Box::new(obs)),
+            };
+            docket::api::convert::sign_event(&ev, &s.admin_key())
+        };
+        let before = s.size().await;
+        let mut lie = find(&forged);
+        lie.signature.verdict = SignatureVerdict::Verified;
+        let e = s
+            .svc
+            .append(submit(lie, "forged"), "CN=test".into())
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("commit_observed.signature") && e.contains("does not verify"),
+            "{e}"
+        );
+        assert_eq!(s.size().await, before);
+        s.svc
+            .append(submit(find(&by_pat), "honest"), "CN=test".into())
+            .await
+            .unwrap();
+        assert_eq!(s.size().await, before + 1);
+    });
 }
