@@ -67,6 +67,10 @@ impl OpenPgpCert {
     /// Parses the certificate recorded with a verdict: exactly one, already
     /// reduced (it must come back unchanged from reduction).
     pub fn from_recorded(bytes: &[u8]) -> Result<Self, String> {
+        guarded(|| Self::from_recorded_unguarded(bytes))?
+    }
+
+    fn from_recorded_unguarded(bytes: &[u8]) -> Result<Self, String> {
         let mut certs = SignedPublicKey::from_bytes_many(bytes)
             .map_err(|e| format!("not an OpenPGP certificate: {e}"))?;
         let cert = certs
@@ -108,6 +112,10 @@ impl OpenPgpCert {
     /// Checks `sig` over `payload` with the key of this certificate that
     /// issued it.
     pub fn check(&self, sig: &DetachedSignature, payload: &[u8]) -> Check {
+        guarded(|| self.check_unguarded(sig, payload)).unwrap_or_else(Check::Unusable)
+    }
+
+    fn check_unguarded(&self, sig: &DetachedSignature, payload: &[u8]) -> Check {
         let cert = &self.cert;
         let primary = &cert.primary_key;
         let made = sig.signature.created();
@@ -193,9 +201,19 @@ pub enum Check {
 
 /// Parses a commit's armored signature.
 pub fn parse_signature(armored: &str) -> Result<DetachedSignature, String> {
-    DetachedSignature::from_string(armored)
-        .map(|(s, _)| s)
-        .map_err(|e| e.to_string())
+    guarded(|| {
+        DetachedSignature::from_string(armored)
+            .map(|(s, _)| s)
+            .map_err(|e| e.to_string())
+    })?
+}
+
+/// Runs rpgp on bytes from outside (a commit's signature, a recorded
+/// certificate), turning a panic inside the library into an error, so that
+/// hostile input costs its sender a refusal and never the server a task.
+fn guarded<T>(f: impl FnOnce() -> T) -> Result<T, String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
+        .map_err(|_| "the OpenPGP library failed on this input".to_owned())
 }
 
 /// The issuer a signature names: a fingerprint in upper-case hex, or a key
@@ -215,7 +233,11 @@ pub fn issuer(sig: &DetachedSignature) -> String {
 /// `gpg --export --armor` writes) or binary.
 pub fn read_keyring(path: &Path) -> Result<Vec<OpenPgpCert>, String> {
     let data = std::fs::read(path).map_err(|e| e.to_string())?;
-    let (certs, _) = SignedPublicKey::from_reader_many(&data[..]).map_err(|e| e.to_string())?;
+    guarded(|| keyring(&data))?
+}
+
+fn keyring(data: &[u8]) -> Result<Vec<OpenPgpCert>, String> {
+    let (certs, _) = SignedPublicKey::from_reader_many(data).map_err(|e| e.to_string())?;
     let mut out = Vec::new();
     for (i, c) in certs.enumerate() {
         let c = c.map_err(|e| format!("certificate {}: {e}", i + 1))?;

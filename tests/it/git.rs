@@ -725,3 +725,144 @@ fn openpgp_signature_verdicts_of_real_commits() {
         assert_eq!(s.size().await, before + 1);
     });
 }
+
+/// Good and author-rewritten observations of commits signed by an Ed25519
+/// key and by an RSA signing subkey, made once for the property below.
+fn openpgp_fixture() -> &'static [(
+    docket::event::CommitObservation,
+    docket::event::CommitObservation,
+)] {
+    static FIXTURE: std::sync::OnceLock<
+        Vec<(
+            docket::event::CommitObservation,
+            docket::event::CommitObservation,
+        )>,
+    > = std::sync::OnceLock::new();
+    FIXTURE.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = repo(dir.path());
+        let gpg = Gpg::new(dir.path());
+        gpg.run(&[
+            "--quick-gen-key",
+            "Pat <pat@example.com>",
+            "ed25519",
+            "sign",
+            "never",
+        ]);
+        gpg.run(&[
+            "--quick-gen-key",
+            "Quinn <quinn@example.com>",
+            "rsa2048",
+            "cert",
+            "never",
+        ]);
+        let quinn = gpg.fingerprints("quinn@example.com");
+        gpg.run(&["--quick-add-key", &quinn[0], "rsa2048", "sign", "never"]);
+        let keyring = dir.path().join("keyring.asc");
+        std::fs::write(
+            &keyring,
+            gpg.run(&[
+                "--export",
+                "--armor",
+                "pat@example.com",
+                "quinn@example.com",
+            ]),
+        )
+        .unwrap();
+        let certs = docket::ingest::openpgp::read_keyring(&keyring).unwrap();
+        let mut shas = Vec::new();
+        for (name, email) in [("Pat", "pat@example.com"), ("Quinn", "quinn@example.com")] {
+            let good = gpg.commit(&repo, name, email, &format!("{name}.txt"));
+            let raw = git(&repo, &["cat-file", "commit", &good]) + "\n";
+            let forged = hash_object(
+                &repo,
+                &raw.replace(&format!("author {name} <"), "author Mallory <"),
+            );
+            shas.push((good, forged));
+        }
+        let refs = shas
+            .iter()
+            .flat_map(|(g, f)| [g.clone(), f.clone()])
+            .collect();
+        let src = GitSource {
+            repo: repo.clone(),
+            range: None,
+            refs,
+            repository: Some("acme/app".into()),
+        };
+        let all = observe(&src, &[], &certs).unwrap();
+        let find = |sha: &str| all.iter().find(|o| o.sha == sha).unwrap().clone();
+        shas.iter()
+            .map(|(g, f)| {
+                let (good, forged) = (find(g), find(f));
+                assert_eq!(good.signature.verdict, SignatureVerdict::Verified);
+                assert_eq!(forged.signature.verdict, SignatureVerdict::Bad);
+                (good, forged)
+            })
+            .collect()
+    })
+}
+
+fn mutate(bytes: &mut Vec<u8>, edits: &[(usize, u8)], cut: Option<usize>) {
+    for &(at, b) in edits {
+        if !bytes.is_empty() {
+            let i = at % bytes.len();
+            bytes[i] ^= b.max(1);
+        }
+    }
+    if let Some(c) = cut {
+        bytes.truncate(c % (bytes.len() + 1));
+    }
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(1000))]
+    /// Whatever bytes a client puts in the recorded certificate or the
+    /// commit's OpenPGP signature, the re-check answers (it never panics),
+    /// and no edit makes it accept a genuinely good signature as bad or a
+    /// signature over another commit as verified.
+    #[test]
+    fn mutated_openpgp_evidence_never_flips_a_verdict(
+        which in 0usize..2,
+        target in 0u8..3,
+        edits in proptest::collection::vec((proptest::prelude::any::<usize>(), 1u8..=255), 1..6),
+        cut in proptest::option::weighted(0.2, proptest::prelude::any::<usize>()),
+    ) {
+        use base64::Engine as _;
+        let (good, forged) = &openpgp_fixture()[which];
+        let mut o = match target {
+            0 => good.clone(),
+            _ => forged.clone(),
+        };
+        match target {
+            // A genuinely good signature claimed bad, with an edited certificate.
+            0 => {
+                o.signature.verdict = SignatureVerdict::Bad;
+                mutate(&mut o.signature.signer_key, &edits, cut);
+            }
+            // A signature over the original commit claimed verified for the
+            // rewritten one, with an edited certificate...
+            1 => {
+                o.signature.verdict = SignatureVerdict::Verified;
+                mutate(&mut o.signature.signer_key, &edits, cut);
+            }
+            // ...or with an edited signature packet.
+            _ => {
+                o.signature.verdict = SignatureVerdict::Verified;
+                let armored = o.commit.signature.clone().unwrap();
+                let body: String = armored
+                    .lines()
+                    .filter(|l| !l.starts_with("-----") && !l.starts_with('=') && !l.trim().is_empty())
+                    .collect();
+                let mut packet = base64::engine::general_purpose::STANDARD.decode(body).unwrap();
+                mutate(&mut packet, &edits, cut);
+                o.commit.signature = Some(format!(
+                    "-----BEGIN PGP SIGNATURE-----\n\n{}\n-----END PGP SIGNATURE-----",
+                    base64::engine::general_purpose::STANDARD.encode(&packet)
+                ));
+            }
+        }
+        let answer = recheck(&o);
+        proptest::prop_assert!(answer.is_err(), "accepted: {:?}", o.signature);
+    }
+}
