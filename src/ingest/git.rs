@@ -360,12 +360,28 @@ fn openpgp_verdict(raw: &[u8], armored: &str, certs: &[OpenPgpCert]) -> CommitSi
                 SignatureVerdict::Unverifiable,
                 String::new(),
                 String::new(),
-                format!("malformed OpenPGP signature: {e}"),
+                format!("OpenPGP signature not checked: {e}"),
             );
         }
     };
     let issuer = openpgp::issuer(&parsed);
-    let Some(cert) = certs.iter().find(|c| c.issued(&parsed)) else {
+    let payload = signed_payload(raw);
+    // Every trusted certificate holding the named issuer is tried: a good
+    // signature by any of them wins, then a bad one, then the first reason
+    // a key could not vouch.
+    let mut found: Option<(&OpenPgpCert, Check)> = None;
+    for cert in certs.iter().filter(|c| c.issued(&parsed)) {
+        let check = cert.check(&parsed, &payload);
+        let rank = |c: &Check| match c {
+            Check::Verified { .. } => 0,
+            Check::Bad { .. } => 1,
+            Check::Unusable(_) => 2,
+        };
+        if found.as_ref().is_none_or(|(_, f)| rank(&check) < rank(f)) {
+            found = Some((cert, check));
+        }
+    }
+    let Some((cert, check)) = found else {
         let fingerprint = if issuer.contains(' ') {
             String::new()
         } else {
@@ -380,7 +396,7 @@ fn openpgp_verdict(raw: &[u8], armored: &str, certs: &[OpenPgpCert]) -> CommitSi
         );
     };
     let who = cert.identity.clone();
-    let (verdict, fingerprint, detail) = match cert.check(&parsed, &signed_payload(raw)) {
+    let (verdict, fingerprint, detail) = match check {
         Check::Verified { fingerprint } => (
             SignatureVerdict::Verified,
             fingerprint.clone(),
@@ -415,14 +431,17 @@ fn recheck_openpgp(claimed: &CommitSignature, raw: &[u8], armored: &str) -> Resu
     if claimed.format != SignatureFormat::OpenPgp {
         return Err("the commit carries an OpenPGP signature but the format says otherwise".into());
     }
-    let Ok(parsed) = openpgp::parse_signature(armored) else {
-        return match claimed.verdict {
-            SignatureVerdict::Unverifiable => Ok(()),
-            v => Err(format!(
-                "the OpenPGP signature is malformed, so the verdict must be unverifiable, not {}",
-                v.name()
-            )),
-        };
+    let parsed = match openpgp::parse_signature(armored) {
+        Ok(p) => p,
+        Err(e) => {
+            return match claimed.verdict {
+                SignatureVerdict::Unverifiable => Ok(()),
+                v => Err(format!(
+                    "the OpenPGP signature cannot be checked ({e}), so the verdict must be unverifiable, not {}",
+                    v.name()
+                )),
+            };
+        }
     };
     if !matches!(
         claimed.verdict,

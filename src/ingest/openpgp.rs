@@ -6,16 +6,22 @@
 //! primary key's own signatures on it count (third-party certifications and
 //! photo IDs are dropped), a subkey counts only with a valid binding and
 //! back-signature, and a key that is revoked, expired when it signed, or not
-//! marked for signing does not vouch for a commit. What Docket records of a
+//! marked for signing does not vouch for a commit. Only binary-document
+//! signatures (v4/v6, with a creation time, not MD5/SHA-1/RIPEMD-160) are
+//! checked, and an issuer named outside the signed area is only a hint that
+//! cannot make a good signature "bad". What Docket records of a
 //! verified or bad signature is that reduced certificate, so anyone can
 //! repeat the check without the ingester's keyring.
 
 use std::path::Path;
 
-use pgp::composed::{Deserializable, DetachedSignature, SignedKeyDetails, SignedPublicKey};
-use pgp::packet::{Signature, SignatureType};
+use pgp::composed::{
+    Deserializable, DetachedSignature, SignedKeyDetails, SignedPublicKey, SignedPublicSubKey,
+};
+use pgp::crypto::hash::HashAlgorithm;
+use pgp::packet::{Signature, SignatureType, SignatureVersion, Subpacket, SubpacketData};
 use pgp::ser::Serialize as _;
-use pgp::types::{KeyDetails, Tag, Timestamp};
+use pgp::types::{Fingerprint, KeyDetails, KeyId, KeyVersion, Tag, Timestamp, VerifyingKey};
 
 /// Most bytes of a recorded certificate; larger ones are refused.
 pub const MAX_CERT_BYTES: usize = 64 * 1024;
@@ -97,20 +103,22 @@ impl OpenPgpCert {
 
     /// Whether one of this certificate's keys is the signature's issuer.
     pub fn issued(&self, sig: &DetachedSignature) -> bool {
-        self.keys().any(|k| issued_by(&sig.signature, k))
+        guarded(|| {
+            issued_by(&sig.signature, &self.cert.primary_key)
+                || self
+                    .cert
+                    .public_subkeys
+                    .iter()
+                    .any(|s| issued_by(&sig.signature, &s.key))
+        })
+        .unwrap_or(false)
     }
 
-    fn keys(&self) -> impl Iterator<Item = &dyn KeyDetails> {
-        std::iter::once(&self.cert.primary_key as &dyn KeyDetails).chain(
-            self.cert
-                .public_subkeys
-                .iter()
-                .map(|s| &s.key as &dyn KeyDetails),
-        )
-    }
-
-    /// Checks `sig` over `payload` with the key of this certificate that
-    /// issued it.
+    /// Checks `sig` over `payload` with every key of this certificate that
+    /// the signature names as its issuer: verified if a usable one verifies
+    /// it; bad if none does and the signature names its issuer inside the
+    /// signed area (otherwise anyone could name a key of their choosing
+    /// and turn a good signature "bad"); unusable otherwise.
     pub fn check(&self, sig: &DetachedSignature, payload: &[u8]) -> Check {
         guarded(|| self.check_unguarded(sig, payload)).unwrap_or_else(Check::Unusable)
     }
@@ -118,72 +126,162 @@ impl OpenPgpCert {
     fn check_unguarded(&self, sig: &DetachedSignature, payload: &[u8]) -> Check {
         let cert = &self.cert;
         let primary = &cert.primary_key;
-        let made = sig.signature.created();
-        let expired = |created: Timestamp, self_sig: Option<&Signature>| {
-            let d = self_sig.and_then(Signature::key_expiration_time)?;
-            let ends = u64::from(created.as_secs()) + u64::from(d.as_secs());
-            (d.as_secs() > 0 && made.is_some_and(|m| u64::from(m.as_secs()) > ends)).then_some(ends)
+        let Some(made) = sig.signature.created() else {
+            return Check::Unusable("the signature has no creation time".into());
         };
-        if let Some(r) = cert
-            .details
-            .revocation_signatures
-            .iter()
-            .find(|r| r.verify_key(primary).is_ok())
-        {
+        if let Some(r) = cert.details.revocation_signatures.first() {
             return Check::Unusable(format!("the certificate is revoked{}", reason(r)));
         }
-        let primary_self = latest(
-            cert.details
-                .users
+        let in_effect = self.in_effect(made);
+        let cert_ok = in_effect.as_ref().map(|_| ()).map_err(Clone::clone);
+        // The primary key signs only if every self-signature in effect that
+        // carries key flags allows signing.
+        let primary_ok = in_effect.and_then(|sigs| {
+            match sigs
                 .iter()
-                .flat_map(|u| &u.signatures)
-                .chain(&cert.details.direct_signatures)
-                .filter(|s| !is_revocation(s)),
-        );
-        if let Some(ends) = expired(primary.created_at(), primary_self) {
-            return Check::Unusable(format!(
-                "the certificate expired at Unix time {ends}, before the signature was made"
-            ));
-        }
-        let fingerprint = |k: &dyn KeyDetails| hex(k.fingerprint().as_bytes());
-        let verdict = |k: &dyn KeyDetails, r: pgp::errors::Result<()>| match r {
-            Ok(()) => Check::Verified {
-                fingerprint: fingerprint(k),
-            },
-            Err(e) => Check::Bad {
-                fingerprint: fingerprint(k),
-                error: e.to_string(),
-            },
-        };
-        if issued_by(&sig.signature, primary) {
-            if let Some(s) = primary_self
-                && has_key_flags(s)
-                && !s.key_flags().sign()
+                .any(|s| has_key_flags(s) && !s.key_flags().sign())
             {
-                return Check::Unusable("the primary key is not marked for signing".into());
+                true => Err("the primary key is not marked for signing".to_owned()),
+                false => Ok(()),
             }
-            return verdict(primary, sig.verify(primary, payload));
+        });
+        let (mut bad, mut unusable) = (None, None);
+        if issued_by(&sig.signature, primary)
+            && let Some(fingerprint) = attempt(
+                sig,
+                payload,
+                primary,
+                primary_ok.clone(),
+                &mut bad,
+                &mut unusable,
+            )
+        {
+            return Check::Verified { fingerprint };
         }
-        let Some(sub) = cert
-            .public_subkeys
+        for sub in &cert.public_subkeys {
+            if issued_by(&sig.signature, &sub.key)
+                && let Some(fingerprint) = attempt(
+                    sig,
+                    payload,
+                    &sub.key,
+                    cert_ok.clone().and_then(|()| subkey_usable(sub, made)),
+                    &mut bad,
+                    &mut unusable,
+                )
+            {
+                return Check::Verified { fingerprint };
+            }
+        }
+        match (bad, unusable) {
+            (Some((fingerprint, error)), _) if names_issuer_in_signed_area(&sig.signature) => {
+                Check::Bad { fingerprint, error }
+            }
+            (Some(_), _) => Check::Unusable(
+                "it does not verify with the key it names, and it names that key only outside its signed area"
+                    .into(),
+            ),
+            (None, Some(why)) => Check::Unusable(why),
+            (None, None) => {
+                Check::Unusable("no key of the certificate made the signature".into())
+            }
+        }
+    }
+
+    /// Whether the certificate was valid at `made`, judged by the
+    /// self-signatures in effect then (made at or before it): the latest
+    /// direct-key signature and each user ID's latest self-signature. There
+    /// must be one, and none may have let the key expire. Returns them.
+    fn in_effect(&self, made: Timestamp) -> Result<Vec<&Signature>, String> {
+        let primary = &self.cert.primary_key;
+        if made.as_secs() < primary.created_at().as_secs() {
+            return Err("the signature is older than the key".into());
+        }
+        let at = |s: &&Signature| s.created().is_some_and(|c| c.as_secs() <= made.as_secs());
+        let mut in_effect: Vec<&Signature> = Vec::new();
+        in_effect.extend(latest(
+            self.cert.details.direct_signatures.iter().filter(at),
+        ));
+        for u in &self.cert.details.users {
+            if let Some(s) = latest(u.signatures.iter().filter(at))
+                && !is_revocation(s)
+            {
+                in_effect.push(s);
+            }
+        }
+        if in_effect.is_empty() {
+            return Err(
+                "no self-signature of the certificate was in effect when the signature was made"
+                    .into(),
+            );
+        }
+        for s in &in_effect {
+            if let Some(ends) = expiry(primary.created_at(), s)
+                && u64::from(made.as_secs()) > ends
+            {
+                return Err(format!(
+                    "the certificate expired at Unix time {ends}, before the signature was made"
+                ));
+            }
+        }
+        Ok(in_effect)
+    }
+}
+
+/// Whether a subkey could sign at `made`: not revoked, and its latest
+/// binding made at or before `made` allows signing and had not expired.
+fn subkey_usable(sub: &SignedPublicSubKey, made: Timestamp) -> Result<(), String> {
+    if let Some(r) = sub.signatures.iter().find(|s| is_revocation(s)) {
+        return Err(format!("the signing subkey is revoked{}", reason(r)));
+    }
+    if made.as_secs() < sub.key.created_at().as_secs() {
+        return Err("the signature is older than the subkey".into());
+    }
+    let binding = latest(
+        sub.signatures
             .iter()
-            .find(|s| issued_by(&sig.signature, &s.key))
-        else {
-            return Check::Unusable("no key of the certificate made the signature".into());
-        };
-        if let Some(r) = sub.signatures.iter().find(|s| is_revocation(s)) {
-            return Check::Unusable(format!("the signing subkey is revoked{}", reason(r)));
+            .filter(|s| s.created().is_some_and(|c| c.as_secs() <= made.as_secs())),
+    )
+    .ok_or("no binding of the subkey was in effect when the signature was made")?;
+    if !binding.key_flags().sign() {
+        return Err("the subkey is not bound for signing".into());
+    }
+    if let Some(ends) = expiry(sub.key.created_at(), binding)
+        && u64::from(made.as_secs()) > ends
+    {
+        return Err(format!(
+            "the signing subkey expired at Unix time {ends}, before the signature was made"
+        ));
+    }
+    Ok(())
+}
+
+/// When a self-signature or binding lets its key expire (Unix seconds).
+fn expiry(created: Timestamp, s: &Signature) -> Option<u64> {
+    let d = s.key_expiration_time()?.as_secs();
+    (d > 0).then(|| u64::from(created.as_secs()) + u64::from(d))
+}
+
+/// Verifies with one candidate key: its fingerprint if usable and the
+/// signature verifies; otherwise notes the first failure of each kind.
+fn attempt(
+    sig: &DetachedSignature,
+    payload: &[u8],
+    key: &impl VerifyingKey,
+    usable: Result<(), String>,
+    bad: &mut Option<(String, String)>,
+    unusable: &mut Option<String>,
+) -> Option<String> {
+    let fingerprint = hex(key.fingerprint().as_bytes());
+    if let Err(why) = usable {
+        unusable.get_or_insert(why);
+        return None;
+    }
+    match sig.verify(key, payload) {
+        Ok(()) => Some(fingerprint),
+        Err(e) => {
+            bad.get_or_insert((fingerprint, e.to_string()));
+            None
         }
-        let binding = latest(sub.signatures.iter());
-        if !binding.is_some_and(|b| b.key_flags().sign()) {
-            return Check::Unusable("the subkey is not bound for signing".into());
-        }
-        if let Some(ends) = expired(sub.key.created_at(), binding) {
-            return Check::Unusable(format!(
-                "the signing subkey expired at Unix time {ends}, before the signature was made"
-            ));
-        }
-        verdict(&sub.key, sig.verify(&sub.key, payload))
     }
 }
 
@@ -202,10 +300,49 @@ pub enum Check {
 /// Parses a commit's armored signature.
 pub fn parse_signature(armored: &str) -> Result<DetachedSignature, String> {
     guarded(|| {
-        DetachedSignature::from_string(armored)
+        let parsed = DetachedSignature::from_string(armored)
             .map(|(s, _)| s)
-            .map_err(|e| e.to_string())
+            .map_err(|e| format!("malformed: {e}"))?;
+        acceptable(&parsed.signature)?;
+        Ok(parsed)
     })?
+}
+
+/// What a commit signature must be before any key is tried: a version 4 or
+/// 6 signature of a binary document (what `git commit -S` makes; a
+/// standalone or timestamp signature signs no document, and rpgp would
+/// check it against the first byte only), with a creation time in its
+/// signed area and a hash that is not MD5, SHA-1 or RIPEMD-160.
+fn acceptable(sig: &Signature) -> Result<(), String> {
+    if !matches!(sig.version(), SignatureVersion::V4 | SignatureVersion::V6) {
+        return Err(format!(
+            "a version {:?} signature; Docket accepts versions 4 and 6",
+            sig.version()
+        ));
+    }
+    if sig.typ() != Some(SignatureType::Binary) {
+        return Err(format!(
+            "a signature of type {:?}, not of a binary document, so it does not sign the commit",
+            sig.typ()
+        ));
+    }
+    match sig.hash_alg() {
+        Some(HashAlgorithm::Md5 | HashAlgorithm::Sha1 | HashAlgorithm::Ripemd160)
+        | Some(HashAlgorithm::None)
+        | None => {
+            return Err(format!(
+                "made with the hash {}, which Docket does not accept for commit signatures",
+                sig.hash_alg()
+                    .map(|h| h.to_string())
+                    .unwrap_or_else(|| "unknown".into())
+            ));
+        }
+        Some(_) => {}
+    }
+    if sig.created().is_none() {
+        return Err("no creation time in its signed area".into());
+    }
+    Ok(())
 }
 
 /// Runs rpgp on bytes from outside (a commit's signature, a recorded
@@ -219,14 +356,16 @@ fn guarded<T>(f: impl FnOnce() -> T) -> Result<T, String> {
 /// The issuer a signature names: a fingerprint in upper-case hex, or a key
 /// id when it names no fingerprint.
 pub fn issuer(sig: &DetachedSignature) -> String {
-    let s = &sig.signature;
-    if let Some(f) = s.issuer_fingerprint().first() {
-        return hex(f.as_bytes());
-    }
-    s.issuer_key_id()
-        .first()
-        .map(|k| format!("key id {}", hex(k.as_ref())))
-        .unwrap_or_else(|| "no issuer".into())
+    guarded(|| {
+        let (fps, ids) = named_issuer(&sig.signature);
+        if let Some(f) = fps.first() {
+            return hex(f.as_bytes());
+        }
+        ids.first()
+            .map(|k| format!("key id {}", hex(k.as_ref())))
+            .unwrap_or_else(|| "no issuer".into())
+    })
+    .unwrap_or_else(|e| e)
 }
 
 /// Reads a keyring of OpenPGP certificates, ASCII-armored (as
@@ -251,10 +390,17 @@ fn keyring(data: &[u8]) -> Result<Vec<OpenPgpCert>, String> {
 }
 
 /// Keeps what the primary key itself signed: its revocations and direct
-/// signatures, user IDs with their self-signatures, and subkeys whose
-/// bindings (and back-signatures) verify.
+/// signatures, user IDs with their self-signatures (unless the latest of
+/// them revokes the ID), and subkeys whose bindings (and back-signatures)
+/// verify. Only version 4 and 6 keys are accepted.
 fn reduce(cert: &SignedPublicKey) -> Result<SignedPublicKey, String> {
     let primary = &cert.primary_key;
+    if !matches!(primary.version(), KeyVersion::V4 | KeyVersion::V6) {
+        return Err(format!(
+            "a version {:?} key; Docket accepts versions 4 and 6",
+            primary.version()
+        ));
+    }
     let own = |s: &&Signature| issued_by(s, primary);
     let revocations = cert
         .details
@@ -284,7 +430,9 @@ fn reduce(cert: &SignedPublicKey) -> Result<SignedPublicKey, String> {
                 .filter(|s| s.verify_certification(primary, Tag::UserId, &u.id).is_ok())
                 .cloned()
                 .collect();
-            (!sigs.is_empty()).then(|| pgp::types::SignedUser::new(u.id.clone(), sigs))
+            // A user ID its owner revoked last is not theirs any more.
+            let current = latest(sigs.iter()).is_some_and(|l| !is_revocation(l));
+            current.then(|| pgp::types::SignedUser::new(u.id.clone(), sigs))
         })
         .collect();
     if users.is_empty() && direct.is_empty() {
@@ -303,13 +451,52 @@ fn reduce(cert: &SignedPublicKey) -> Result<SignedPublicKey, String> {
     ))
 }
 
+/// The issuer a signature names in one area: fingerprints and key ids.
+fn issuers(s: &Signature, hashed: bool) -> (Vec<&Fingerprint>, Vec<&KeyId>) {
+    let Some(c) = s.config() else {
+        return (Vec::new(), Vec::new());
+    };
+    let (mut fps, mut ids) = (Vec::new(), Vec::new());
+    let area: Box<dyn Iterator<Item = &Subpacket>> = if hashed {
+        Box::new(c.hashed_subpackets())
+    } else {
+        Box::new(c.unhashed_subpackets())
+    };
+    for p in area {
+        match &p.data {
+            SubpacketData::IssuerFingerprint(f) => fps.push(f),
+            SubpacketData::IssuerKeyId(k) => ids.push(k),
+            _ => {}
+        }
+    }
+    (fps, ids)
+}
+
+/// The issuer as the signature names it: from the signed (hashed) area if
+/// it names one there, else from the unsigned area (a hint only).
+fn named_issuer(s: &Signature) -> (Vec<&Fingerprint>, Vec<&KeyId>) {
+    let (fps, ids) = issuers(s, true);
+    if fps.is_empty() && ids.is_empty() {
+        issuers(s, false)
+    } else {
+        (fps, ids)
+    }
+}
+
+fn names_issuer_in_signed_area(s: &Signature) -> bool {
+    let (fps, ids) = issuers(s, true);
+    !fps.is_empty() || !ids.is_empty()
+}
+
+/// Whether `k` is the key the signature names as its issuer: by
+/// fingerprint when it names one, else by key id.
 fn issued_by(s: &Signature, k: &(impl KeyDetails + ?Sized)) -> bool {
-    let fps = s.issuer_fingerprint();
+    let (fps, ids) = named_issuer(s);
     if !fps.is_empty() {
         return fps.iter().any(|f| **f == k.fingerprint());
     }
     let id = k.legacy_key_id();
-    s.issuer_key_id().iter().any(|i| **i == id)
+    ids.iter().any(|i| **i == id)
 }
 
 fn latest<'a>(sigs: impl Iterator<Item = &'a Signature>) -> Option<&'a Signature> {

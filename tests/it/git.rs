@@ -182,7 +182,7 @@ fn signature_verdicts_of_real_commits() {
         find(&pgp)
             .signature
             .detail
-            .contains("malformed OpenPGP signature")
+            .contains("OpenPGP signature not checked: malformed")
     );
 
     // Parents come before children; facts come from the raw object.
@@ -248,7 +248,7 @@ fn signature_verdicts_of_real_commits() {
     );
     assert!(
         lie(&pgp, &|s| s.verdict = SignatureVerdict::Verified)
-            .contains("malformed, so the verdict must be unverifiable")
+            .contains("so the verdict must be unverifiable")
     );
     // The server applies it to every observation it is sent.
     tokio::runtime::Runtime::new().unwrap().block_on(async {
@@ -490,6 +490,18 @@ fn openpgp_signature_verdicts_of_real_commits() {
         "1y",
     ]);
 
+    // Uma: a key whose first user ID its owner revoked.
+    gpg.run(&[
+        "--quick-gen-key",
+        "Uma <uma@example.com>",
+        "ed25519",
+        "sign",
+        "never",
+    ]);
+    let uma = gpg.fingerprints("uma@example.com");
+    gpg.run(&["--quick-add-uid", &uma[0], "Uma <uma@work.example>"]);
+    gpg.run(&["--quick-revoke-uid", &uma[0], "Uma <uma@example.com>"]);
+
     let keyring = dir.path().join("keyring.asc");
     std::fs::write(
         &keyring,
@@ -500,6 +512,7 @@ fn openpgp_signature_verdicts_of_real_commits() {
             "quinn@example.com",
             "sam@example.com",
             "olga@example.com",
+            "uma@work.example",
         ]),
     )
     .unwrap();
@@ -511,7 +524,8 @@ fn openpgp_signature_verdicts_of_real_commits() {
             "pat@example.com",
             "quinn@example.com",
             "sam@example.com",
-            "olga@example.com"
+            "olga@example.com",
+            "uma@work.example"
         ]
     );
 
@@ -649,6 +663,75 @@ fn openpgp_signature_verdicts_of_real_commits() {
         assert_eq!(e.field, "commit_observed.signature.signer_key", "{e}");
     }
 
+    // Edited signature packets. A signature that is not of a binary
+    // document (here: its type byte made "standalone") or that uses SHA-1
+    // is not checked at all, whatever key made it.
+    let pat_sig = find(&by_pat).commit.signature.unwrap();
+    for (offset, value, why) in [
+        (1, 0x02, "not of a binary document"),
+        (3, 2, "the hash SHA1"),
+    ] {
+        let mut packet = unarmor(&pat_sig);
+        let body = header_len(&packet);
+        packet[body + offset] = value;
+        let sha = with_signature(&repo, &by_pat, &armor(&packet));
+        let o = observe(
+            &GitSource {
+                refs: vec![sha.clone()],
+                ..src.clone()
+            },
+            &[],
+            &certs,
+        )
+        .unwrap()
+        .into_iter()
+        .find(|o| o.sha == sha)
+        .unwrap();
+        assert_eq!(o.signature.verdict, SignatureVerdict::Unverifiable, "{why}");
+        assert!(o.signature.detail.contains(why), "{}", o.signature.detail);
+        assert_eq!(recheck(&o), Ok(()));
+        let mut lie = o.clone();
+        lie.signature.verdict = SignatureVerdict::Verified;
+        lie.signature.signer_key = p.signer_key.clone();
+        lie.signature.key_fingerprint = pat[0].clone();
+        let e = recheck(&lie).unwrap_err();
+        assert!(e.contains(why) && e.contains("must be unverifiable"), "{e}");
+    }
+    // Issuer hints outside the signed area name nobody: Pat's signature with
+    // Quinn's signing subkey added as an unsigned issuer fingerprint is
+    // still Pat's, and cannot be passed off as a bad signature by Quinn.
+    let mut packet = unarmor(&pat_sig);
+    add_unhashed_issuer(&mut packet, &quinn[1]);
+    let hinted = with_signature(&repo, &by_pat, &armor(&packet));
+    let o = observe(
+        &GitSource {
+            refs: vec![hinted.clone()],
+            ..src.clone()
+        },
+        &[],
+        &certs,
+    )
+    .unwrap()
+    .into_iter()
+    .find(|o| o.sha == hinted)
+    .unwrap();
+    assert_eq!(
+        o.signature.verdict,
+        SignatureVerdict::Verified,
+        "{}",
+        o.signature.detail
+    );
+    assert_eq!(o.signature.key_fingerprint, pat[0]);
+    let mut lie = o.clone();
+    lie.signature.verdict = SignatureVerdict::Bad;
+    lie.signature.signer_key = q.signer_key.clone();
+    lie.signature.key_fingerprint = quinn[1].clone();
+    let e = recheck(&lie).unwrap_err();
+    assert!(
+        e.contains("no key of this certificate made the signature"),
+        "{e}"
+    );
+
     // The CLI reads the keyring and reports each verdict.
     let out = std::process::Command::new(crate::common::BIN)
         .args(["git", "ingest", "--repo"])
@@ -724,6 +807,82 @@ fn openpgp_signature_verdicts_of_real_commits() {
             .unwrap();
         assert_eq!(s.size().await, before + 1);
     });
+}
+
+/// The OpenPGP packet inside an armored signature.
+fn unarmor(armored: &str) -> Vec<u8> {
+    use base64::Engine as _;
+    let body: String = armored
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.starts_with("-----") && !l.starts_with('=') && !l.is_empty())
+        .collect();
+    base64::engine::general_purpose::STANDARD
+        .decode(body)
+        .unwrap()
+}
+
+fn armor(packet: &[u8]) -> String {
+    use base64::Engine as _;
+    format!(
+        "-----BEGIN PGP SIGNATURE-----\n\n{}\n-----END PGP SIGNATURE-----",
+        base64::engine::general_purpose::STANDARD.encode(packet)
+    )
+}
+
+/// The length of a packet's header (RFC 9580 §4.2).
+fn header_len(p: &[u8]) -> usize {
+    if p[0] & 0x40 == 0 {
+        [2, 3, 5][(p[0] & 3) as usize]
+    } else if p[1] < 192 {
+        2
+    } else if p[1] < 224 {
+        3
+    } else {
+        6
+    }
+}
+
+/// Appends an Issuer Fingerprint subpacket (v4) to the unhashed area of a
+/// v4 signature packet, and re-frames the packet.
+fn add_unhashed_issuer(packet: &mut Vec<u8>, fingerprint: &str) {
+    let mut body = packet[header_len(packet)..].to_vec();
+    assert_eq!(body[0], 4);
+    let hashed = u16::from_be_bytes([body[4], body[5]]) as usize;
+    let at = 6 + hashed;
+    let unhashed = u16::from_be_bytes([body[at], body[at + 1]]) as usize;
+    let mut sub = vec![22, 33, 4];
+    sub.extend(hex::decode(fingerprint).unwrap());
+    let grown = u16::try_from(unhashed + sub.len()).unwrap();
+    body.splice(at + 2 + unhashed..at + 2 + unhashed, sub);
+    body[at..at + 2].copy_from_slice(&grown.to_be_bytes());
+    // An old-format header with a one-byte length, as gpg writes.
+    *packet = [vec![0x88, u8::try_from(body.len()).unwrap()], body].concat();
+}
+
+/// Writes a copy of commit `sha` whose `gpgsig` header is `armored`.
+fn with_signature(repo: &Path, sha: &str, armored: &str) -> String {
+    let raw = git(repo, &["cat-file", "commit", sha]) + "\n";
+    let (head, msg) = raw.split_once("\n\n").unwrap();
+    let kept: Vec<&str> = head
+        .lines()
+        .filter(|l| !l.starts_with("gpgsig ") && !l.starts_with(' '))
+        .collect();
+    let sig: Vec<String> = armored
+        .lines()
+        .enumerate()
+        .map(|(i, l)| {
+            if i == 0 {
+                format!("gpgsig {l}")
+            } else {
+                format!(" {l}")
+            }
+        })
+        .collect();
+    hash_object(
+        repo,
+        &format!("{}\n{}\n\n{msg}", kept.join("\n"), sig.join("\n")),
+    )
 }
 
 /// Good and author-rewritten observations of commits signed by an Ed25519
