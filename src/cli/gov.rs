@@ -1042,8 +1042,17 @@ pub(crate) async fn git(c: GitCmd) -> CliResult {
         repository: a.repository.clone(),
     };
     let openpgp = match &a.openpgp_keyring {
-        Some(p) => crate::ingest::openpgp::read_keyring(p)
-            .map_err(|e| CliError::usage(format!("OpenPGP keyring {}: {e}", p.display())))?,
+        Some(p) => {
+            let ring = crate::ingest::openpgp::read_keyring(p)
+                .map_err(|e| CliError::usage(format!("OpenPGP keyring {}: {e}", p.display())))?;
+            for why in &ring.skipped {
+                eprintln!(
+                    "warning: OpenPGP keyring {}: skipped {why}; its signatures will be untrusted-key",
+                    p.display()
+                );
+            }
+            ring.certs
+        }
         None => Vec::new(),
     };
     let commits = observe(&src, &trusted, &openpgp).map_err(CliError::usage)?;

@@ -368,23 +368,47 @@ pub fn issuer(sig: &DetachedSignature) -> String {
     .unwrap_or_else(|e| e)
 }
 
+/// The usable certificates of a keyring, and why the others were skipped.
+#[derive(Clone, Debug)]
+pub struct Keyring {
+    pub certs: Vec<OpenPgpCert>,
+    /// One line per certificate left out: its fingerprint and the reason.
+    pub skipped: Vec<String>,
+}
+
 /// Reads a keyring of OpenPGP certificates, ASCII-armored (as
-/// `gpg --export --armor` writes) or binary.
-pub fn read_keyring(path: &Path) -> Result<Vec<OpenPgpCert>, String> {
+/// `gpg --export --armor` writes) or binary. A certificate whose own
+/// signatures do not hold it together (nothing its primary key signed
+/// verifies, or an old key version) is skipped and reported, so that one
+/// broken key does not stop ingestion; its signatures then come out
+/// `untrusted-key`. Data that does not parse as certificates is an error.
+pub fn read_keyring(path: &Path) -> Result<Keyring, String> {
     let data = std::fs::read(path).map_err(|e| e.to_string())?;
     guarded(|| keyring(&data))?
 }
 
-fn keyring(data: &[u8]) -> Result<Vec<OpenPgpCert>, String> {
+fn keyring(data: &[u8]) -> Result<Keyring, String> {
     let (certs, _) = SignedPublicKey::from_reader_many(data).map_err(|e| e.to_string())?;
-    let mut out = Vec::new();
+    let mut out = Keyring {
+        certs: Vec::new(),
+        skipped: Vec::new(),
+    };
     for (i, c) in certs.enumerate() {
         let c = c.map_err(|e| format!("certificate {}: {e}", i + 1))?;
         let fp = hex(c.primary_key.fingerprint().as_bytes());
-        out.push(OpenPgpCert::new(&c).map_err(|e| format!("certificate {fp}: {e}"))?);
+        match OpenPgpCert::new(&c) {
+            Ok(cert) => out.certs.push(cert),
+            Err(e) => out.skipped.push(format!("certificate {fp}: {e}")),
+        }
     }
-    if out.is_empty() {
-        return Err("holds no OpenPGP certificate".into());
+    if out.certs.is_empty() {
+        return Err(match out.skipped.is_empty() {
+            true => "holds no OpenPGP certificate".into(),
+            false => format!(
+                "holds no usable OpenPGP certificate ({})",
+                out.skipped.join("; ")
+            ),
+        });
     }
     Ok(out)
 }

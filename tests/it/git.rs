@@ -516,7 +516,7 @@ fn openpgp_signature_verdicts_of_real_commits() {
         ]),
     )
     .unwrap();
-    let certs = read_keyring(&keyring).unwrap();
+    let certs = read_keyring(&keyring).unwrap().certs;
     let ids: Vec<&str> = certs.iter().map(|c| c.identity.as_str()).collect();
     assert_eq!(
         ids,
@@ -758,6 +758,52 @@ fn openpgp_signature_verdicts_of_real_commits() {
             "{sha} {verdict}: {text}"
         );
     }
+    // A certificate that its own signatures do not hold together is
+    // skipped with a warning, and its signatures are from an untrusted key;
+    // the rest of the keyring still counts.
+    let mut broken = gpg.run(&[
+        "--export",
+        "--export-options",
+        "export-minimal",
+        "pat@example.com",
+    ]);
+    *broken.last_mut().unwrap() ^= 1; // the self-signature's last byte
+    let mixed = dir.path().join("mixed.gpg");
+    std::fs::write(
+        &mixed,
+        [broken, gpg.run(&["--export", "quinn@example.com"])].concat(),
+    )
+    .unwrap();
+    let ring = read_keyring(&mixed).unwrap();
+    let ids: Vec<&str> = ring.certs.iter().map(|c| c.identity.as_str()).collect();
+    assert_eq!(ids, ["quinn@example.com"]);
+    assert_eq!(ring.skipped.len(), 1);
+    assert!(
+        ring.skipped[0].contains(&pat[0]) && ring.skipped[0].contains("signed by the primary key"),
+        "{:?}",
+        ring.skipped
+    );
+    let out = std::process::Command::new(crate::common::BIN)
+        .args(["git", "ingest", "--repo"])
+        .arg(&repo)
+        .args(["--ref", "main", "--dry-run", "--openpgp-keyring"])
+        .arg(&mixed)
+        .output()
+        .unwrap();
+    let (text, err) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains(&format!("skipped certificate {}", pat[0])),
+        "{err}"
+    );
+    assert!(
+        text.contains(&format!("{} untrusted-key ", &by_pat[..12]))
+            && text.contains(&format!("{} verified ", &by_quinn[..12])),
+        "{text}"
+    );
     // A keyring that is not one is a usage error naming the file.
     let junk = dir.path().join("junk.asc");
     std::fs::write(&junk, "not a key\n").unwrap();
@@ -928,7 +974,9 @@ fn openpgp_fixture() -> &'static [(
             ]),
         )
         .unwrap();
-        let certs = docket::ingest::openpgp::read_keyring(&keyring).unwrap();
+        let certs = docket::ingest::openpgp::read_keyring(&keyring)
+            .unwrap()
+            .certs;
         let mut shas = Vec::new();
         for (name, email) in [("Pat", "pat@example.com"), ("Quinn", "quinn@example.com")] {
             let good = gpg.commit(&repo, name, email, &format!("{name}.txt"));
