@@ -414,7 +414,11 @@ fn openpgp_verdict(raw: &[u8], armored: &str, certs: &[OpenPgpCert]) -> CommitSi
                 pgp,
                 SignatureVerdict::UntrustedKey,
                 who.clone(),
-                issuer,
+                if issuer.contains(' ') {
+                    String::new()
+                } else {
+                    issuer
+                },
                 format!("signed with {who}'s certificate, but {why}"),
             );
         }

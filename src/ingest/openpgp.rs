@@ -51,10 +51,12 @@ impl OpenPgpCert {
                 bytes.len()
             ));
         }
+        // The first user ID its owner has not revoked.
         let identity = cert
             .details
             .users
-            .first()
+            .iter()
+            .find(|u| latest(u.signatures.iter()).is_some_and(|l| !is_revocation(l)))
             .map(|u| {
                 let id = String::from_utf8_lossy(u.id.id()).into_owned();
                 match (id.rfind('<'), id.rfind('>')) {
@@ -188,21 +190,21 @@ impl OpenPgpCert {
     }
 
     /// Whether the certificate was valid at `made`, judged by the
-    /// self-signatures in effect then (made at or before it): the latest
-    /// direct-key signature and each user ID's latest self-signature. There
-    /// must be one, and none may have let the key expire. Returns them.
+    /// self-signatures in effect then: for the direct-key signatures and for
+    /// each user ID, the latest one made at or before `made` (or, if all
+    /// were made later, for example because older ones were minimized away,
+    /// the earliest). A user ID whose signature in effect revokes it does
+    /// not count. There must be one, and none may have let the key expire.
+    /// Returns them.
     fn in_effect(&self, made: Timestamp) -> Result<Vec<&Signature>, String> {
         let primary = &self.cert.primary_key;
         if made.as_secs() < primary.created_at().as_secs() {
             return Err("the signature is older than the key".into());
         }
-        let at = |s: &&Signature| s.created().is_some_and(|c| c.as_secs() <= made.as_secs());
         let mut in_effect: Vec<&Signature> = Vec::new();
-        in_effect.extend(latest(
-            self.cert.details.direct_signatures.iter().filter(at),
-        ));
+        in_effect.extend(at(self.cert.details.direct_signatures.iter(), made));
         for u in &self.cert.details.users {
-            if let Some(s) = latest(u.signatures.iter().filter(at))
+            if let Some(s) = at(u.signatures.iter(), made)
                 && !is_revocation(s)
             {
                 in_effect.push(s);
@@ -227,8 +229,21 @@ impl OpenPgpCert {
     }
 }
 
-/// Whether a subkey could sign at `made`: not revoked, and its latest
-/// binding made at or before `made` allows signing and had not expired.
+/// The signature in effect at `made`: the latest made at or before it,
+/// else the earliest. Ties go to the later one in certificate order.
+fn at<'a>(
+    sigs: impl Iterator<Item = &'a Signature> + Clone,
+    made: Timestamp,
+) -> Option<&'a Signature> {
+    latest(
+        sigs.clone()
+            .filter(|s| s.created().is_some_and(|c| c.as_secs() <= made.as_secs())),
+    )
+    .or_else(|| sigs.min_by_key(|s| s.created().map(Timestamp::as_secs)))
+}
+
+/// Whether a subkey could sign at `made`: not revoked, and its binding in
+/// effect then (as for self-signatures) allows signing and had not expired.
 fn subkey_usable(sub: &SignedPublicSubKey, made: Timestamp) -> Result<(), String> {
     if let Some(r) = sub.signatures.iter().find(|s| is_revocation(s)) {
         return Err(format!("the signing subkey is revoked{}", reason(r)));
@@ -236,12 +251,7 @@ fn subkey_usable(sub: &SignedPublicSubKey, made: Timestamp) -> Result<(), String
     if made.as_secs() < sub.key.created_at().as_secs() {
         return Err("the signature is older than the subkey".into());
     }
-    let binding = latest(
-        sub.signatures
-            .iter()
-            .filter(|s| s.created().is_some_and(|c| c.as_secs() <= made.as_secs())),
-    )
-    .ok_or("no binding of the subkey was in effect when the signature was made")?;
+    let binding = at(sub.signatures.iter(), made).ok_or("the subkey has no binding signature")?;
     if !binding.key_flags().sign() {
         return Err("the subkey is not bound for signing".into());
     }
@@ -312,7 +322,7 @@ pub fn parse_signature(armored: &str) -> Result<DetachedSignature, String> {
 /// 6 signature of a binary document (what `git commit -S` makes; a
 /// standalone or timestamp signature signs no document, and rpgp would
 /// check it against the first byte only), with a creation time in its
-/// signed area and a hash that is not MD5, SHA-1 or RIPEMD-160.
+/// signed area and a SHA-2 or SHA-3 hash.
 fn acceptable(sig: &Signature) -> Result<(), String> {
     if !matches!(sig.version(), SignatureVersion::V4 | SignatureVersion::V6) {
         return Err(format!(
@@ -326,18 +336,23 @@ fn acceptable(sig: &Signature) -> Result<(), String> {
             sig.typ()
         ));
     }
-    match sig.hash_alg() {
-        Some(HashAlgorithm::Md5 | HashAlgorithm::Sha1 | HashAlgorithm::Ripemd160)
-        | Some(HashAlgorithm::None)
-        | None => {
-            return Err(format!(
-                "made with the hash {}, which Docket does not accept for commit signatures",
-                sig.hash_alg()
-                    .map(|h| h.to_string())
-                    .unwrap_or_else(|| "unknown".into())
-            ));
-        }
-        Some(_) => {}
+    if !matches!(
+        sig.hash_alg(),
+        Some(
+            HashAlgorithm::Sha224
+                | HashAlgorithm::Sha256
+                | HashAlgorithm::Sha384
+                | HashAlgorithm::Sha512
+                | HashAlgorithm::Sha3_256
+                | HashAlgorithm::Sha3_512
+        )
+    ) {
+        return Err(format!(
+            "made with the hash {}, which Docket does not accept for commit signatures (SHA-2 or SHA-3 only)",
+            sig.hash_alg()
+                .map(|h| h.to_string())
+                .unwrap_or_else(|| "unknown".into())
+        ));
     }
     if sig.created().is_none() {
         return Err("no creation time in its signed area".into());
@@ -414,9 +429,10 @@ fn keyring(data: &[u8]) -> Result<Keyring, String> {
 }
 
 /// Keeps what the primary key itself signed: its revocations and direct
-/// signatures, user IDs with their self-signatures (unless the latest of
-/// them revokes the ID), and subkeys whose bindings (and back-signatures)
-/// verify. Only version 4 and 6 keys are accepted.
+/// signatures, user IDs with their self-signatures (revocations included),
+/// and v4/v6 subkeys all of whose bindings (and back-signatures) verify.
+/// Only signatures that name the primary key as issuer and use SHA-1 or
+/// better count. Only version 4 and 6 primary keys are accepted.
 fn reduce(cert: &SignedPublicKey) -> Result<SignedPublicKey, String> {
     let primary = &cert.primary_key;
     if !matches!(primary.version(), KeyVersion::V4 | KeyVersion::V6) {
@@ -425,7 +441,7 @@ fn reduce(cert: &SignedPublicKey) -> Result<SignedPublicKey, String> {
             primary.version()
         ));
     }
-    let own = |s: &&Signature| issued_by(s, primary);
+    let own = |s: &&Signature| issued_by(s, primary) && strong_enough(s);
     let revocations = cert
         .details
         .revocation_signatures
@@ -454,17 +470,18 @@ fn reduce(cert: &SignedPublicKey) -> Result<SignedPublicKey, String> {
                 .filter(|s| s.verify_certification(primary, Tag::UserId, &u.id).is_ok())
                 .cloned()
                 .collect();
-            // A user ID its owner revoked last is not theirs any more.
-            let current = latest(sigs.iter()).is_some_and(|l| !is_revocation(l));
-            current.then(|| pgp::types::SignedUser::new(u.id.clone(), sigs))
+            (!sigs.is_empty()).then(|| pgp::types::SignedUser::new(u.id.clone(), sigs))
         })
         .collect();
-    if users.is_empty() && direct.is_empty() {
+    let certifies = |s: &Signature| !is_revocation(s);
+    if !users.iter().flat_map(|u| &u.signatures).any(certifies) && direct.is_empty() {
         return Err("no user ID or direct-key signature is signed by the primary key".into());
     }
     let subkeys = cert
         .public_subkeys
         .iter()
+        .filter(|s| matches!(s.key.version(), KeyVersion::V4 | KeyVersion::V6))
+        .filter(|s| s.signatures.iter().all(strong_enough))
         .filter(|s| s.verify_bindings(primary).is_ok())
         .cloned()
         .collect();
@@ -521,6 +538,24 @@ fn issued_by(s: &Signature, k: &(impl KeyDetails + ?Sized)) -> bool {
     }
     let id = k.legacy_key_id();
     ids.iter().any(|i| **i == id)
+}
+
+/// Self-signatures and bindings may use SHA-1 (rpgp checks it with
+/// collision detection; old keys have such signatures) but not MD5,
+/// RIPEMD-160 or an unknown hash.
+fn strong_enough(s: &Signature) -> bool {
+    matches!(
+        s.hash_alg(),
+        Some(
+            HashAlgorithm::Sha1
+                | HashAlgorithm::Sha224
+                | HashAlgorithm::Sha256
+                | HashAlgorithm::Sha384
+                | HashAlgorithm::Sha512
+                | HashAlgorithm::Sha3_256
+                | HashAlgorithm::Sha3_512
+        )
+    )
 }
 
 fn latest<'a>(sigs: impl Iterator<Item = &'a Signature>) -> Option<&'a Signature> {

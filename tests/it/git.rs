@@ -490,7 +490,9 @@ fn openpgp_signature_verdicts_of_real_commits() {
         "1y",
     ]);
 
-    // Uma: a key whose first user ID its owner revoked.
+    // Uma: a key that signed, and whose owner later (2030) moved to a new
+    // e-mail: a new user ID, the first one revoked. What she signed before
+    // stays hers; her identity is the current user ID.
     gpg.run(&[
         "--quick-gen-key",
         "Uma <uma@example.com>",
@@ -498,9 +500,14 @@ fn openpgp_signature_verdicts_of_real_commits() {
         "sign",
         "never",
     ]);
+    let by_uma = gpg.commit(&repo, "Uma", "uma@example.com", "m.txt");
     let uma = gpg.fingerprints("uma@example.com");
-    gpg.run(&["--quick-add-uid", &uma[0], "Uma <uma@work.example>"]);
-    gpg.run(&["--quick-revoke-uid", &uma[0], "Uma <uma@example.com>"]);
+    for args in [
+        ["--quick-add-uid", &uma[0], "Uma <uma@work.example>"],
+        ["--quick-revoke-uid", &uma[0], "Uma <uma@example.com>"],
+    ] {
+        gpg.run(&[&["--faked-system-time", "20300101T000000"][..], &args[..]].concat());
+    }
 
     let keyring = dir.path().join("keyring.asc");
     std::fs::write(
@@ -572,6 +579,10 @@ fn openpgp_signature_verdicts_of_real_commits() {
         (q.signer_identity.as_str(), q.key_fingerprint.as_str()),
         ("quinn@example.com", quinn[1].as_str())
     );
+
+    let u = sig(&by_uma);
+    assert_eq!(u.verdict, SignatureVerdict::Verified, "{}", u.detail);
+    assert_eq!(u.signer_identity, "uma@work.example");
 
     let r = sig(&by_rex);
     assert_eq!(r.verdict, SignatureVerdict::UntrustedKey);
