@@ -355,6 +355,23 @@ impl Gpg {
             .collect()
     }
 
+    /// Makes a key for `uid` (algorithm `algo`, usage `usage`, no expiry);
+    /// returns the fingerprints of its primary key and subkeys.
+    fn key(&self, uid: &str, algo: &str, usage: &str) -> Vec<String> {
+        self.run(&["--quick-gen-key", uid, algo, usage, "never"]);
+        self.fingerprints(uid)
+    }
+
+    /// Pat, one Ed25519 key that certifies and signs, and Quinn, an RSA
+    /// primary key for certification only with an RSA signing subkey (the
+    /// usual smartcard layout): their fingerprints, primary key first.
+    fn pat_and_quinn(&self) -> (Vec<String>, Vec<String>) {
+        let pat = self.key("Pat <pat@example.com>", "ed25519", "sign");
+        let quinn = self.key("Quinn <quinn@example.com>", "rsa2048", "cert");
+        self.run(&["--quick-add-key", &quinn[0], "rsa2048", "sign", "never"]);
+        (pat, self.fingerprints("quinn@example.com"))
+    }
+
     /// Commits a new file signed by `email`'s key with `git commit -S`.
     fn commit(&self, repo: &Path, name: &str, email: &str, file: &str) -> String {
         std::fs::write(repo.join(file), format!("{name} was here\n")).unwrap();
@@ -404,45 +421,14 @@ fn openpgp_signature_verdicts_of_real_commits() {
     let dir = tempfile::tempdir().unwrap();
     let repo = repo(dir.path());
     let gpg = Gpg::new(dir.path());
-    // Pat: one Ed25519 key that certifies and signs.
-    gpg.run(&[
-        "--quick-gen-key",
-        "Pat <pat@example.com>",
-        "ed25519",
-        "sign",
-        "never",
-    ]);
-    // Quinn: an RSA primary key for certification only, and an RSA signing
-    // subkey (the usual smartcard layout); Quinn also certifies Pat's key.
-    gpg.run(&[
-        "--quick-gen-key",
-        "Quinn <quinn@example.com>",
-        "rsa2048",
-        "cert",
-        "never",
-    ]);
-    let quinn = gpg.fingerprints("quinn@example.com");
-    gpg.run(&["--quick-add-key", &quinn[0], "rsa2048", "sign", "never"]);
-    let quinn = gpg.fingerprints("quinn@example.com");
+    let (pat, quinn) = gpg.pat_and_quinn();
     assert_eq!(quinn.len(), 2);
-    let pat = gpg.fingerprints("pat@example.com");
+    // Quinn certifies Pat's key.
     gpg.run(&["--default-key", &quinn[0], "--quick-sign-key", &pat[0]]);
     // Rex: a key nobody exported to the keyring.
-    gpg.run(&[
-        "--quick-gen-key",
-        "Rex <rex@example.com>",
-        "ed25519",
-        "sign",
-        "never",
-    ]);
+    let rex = gpg.key("Rex <rex@example.com>", "ed25519", "sign");
     // Sam: a key revoked after it signed.
-    gpg.run(&[
-        "--quick-gen-key",
-        "Sam <sam@example.com>",
-        "ed25519",
-        "sign",
-        "never",
-    ]);
+    let sam = gpg.key("Sam <sam@example.com>", "ed25519", "sign");
     // Olga: a key made in 2020 that, by a later self-signature, expired in 2021.
     gpg.run(&[
         "--faked-system-time",
@@ -471,7 +457,6 @@ fn openpgp_signature_verdicts_of_real_commits() {
     );
 
     // Sam's key is revoked with the revocation certificate gpg made with it.
-    let sam = gpg.fingerprints("sam@example.com");
     let rev = std::fs::read_to_string(gpg.home.join(format!("openpgp-revocs.d/{}.rev", sam[0])))
         .unwrap()
         .replace(
@@ -493,15 +478,8 @@ fn openpgp_signature_verdicts_of_real_commits() {
     // Uma: a key that signed, and whose owner later (2030) moved to a new
     // e-mail: a new user ID, the first one revoked. What she signed before
     // stays hers; her identity is the current user ID.
-    gpg.run(&[
-        "--quick-gen-key",
-        "Uma <uma@example.com>",
-        "ed25519",
-        "sign",
-        "never",
-    ]);
+    let uma = gpg.key("Uma <uma@example.com>", "ed25519", "sign");
     let by_uma = gpg.commit(&repo, "Uma", "uma@example.com", "m.txt");
-    let uma = gpg.fingerprints("uma@example.com");
     for args in [
         ["--quick-add-uid", &uma[0], "Uma <uma@work.example>"],
         ["--quick-revoke-uid", &uma[0], "Uma <uma@example.com>"],
@@ -586,7 +564,7 @@ fn openpgp_signature_verdicts_of_real_commits() {
 
     let r = sig(&by_rex);
     assert_eq!(r.verdict, SignatureVerdict::UntrustedKey);
-    assert_eq!(r.key_fingerprint, gpg.fingerprints("rex@example.com")[0]);
+    assert_eq!(r.key_fingerprint, rex[0]);
     assert!(
         r.detail.contains("no certificate of the keyring"),
         "{}",
@@ -958,22 +936,7 @@ fn openpgp_fixture() -> &'static [(
         let dir = tempfile::tempdir().unwrap();
         let repo = repo(dir.path());
         let gpg = Gpg::new(dir.path());
-        gpg.run(&[
-            "--quick-gen-key",
-            "Pat <pat@example.com>",
-            "ed25519",
-            "sign",
-            "never",
-        ]);
-        gpg.run(&[
-            "--quick-gen-key",
-            "Quinn <quinn@example.com>",
-            "rsa2048",
-            "cert",
-            "never",
-        ]);
-        let quinn = gpg.fingerprints("quinn@example.com");
-        gpg.run(&["--quick-add-key", &quinn[0], "rsa2048", "sign", "never"]);
+        gpg.pat_and_quinn();
         let keyring = dir.path().join("keyring.asc");
         std::fs::write(
             &keyring,
@@ -1046,7 +1009,6 @@ proptest::proptest! {
         edits in proptest::collection::vec((proptest::prelude::any::<usize>(), 1u8..=255), 1..6),
         cut in proptest::option::weighted(0.2, proptest::prelude::any::<usize>()),
     ) {
-        use base64::Engine as _;
         let (good, forged) = &openpgp_fixture()[which];
         let mut o = match target {
             0 => good.clone(),
@@ -1067,17 +1029,9 @@ proptest::proptest! {
             // ...or with an edited signature packet.
             _ => {
                 o.signature.verdict = SignatureVerdict::Verified;
-                let armored = o.commit.signature.clone().unwrap();
-                let body: String = armored
-                    .lines()
-                    .filter(|l| !l.starts_with("-----") && !l.starts_with('=') && !l.trim().is_empty())
-                    .collect();
-                let mut packet = base64::engine::general_purpose::STANDARD.decode(body).unwrap();
+                let mut packet = unarmor(o.commit.signature.as_deref().unwrap());
                 mutate(&mut packet, &edits, cut);
-                o.commit.signature = Some(format!(
-                    "-----BEGIN PGP SIGNATURE-----\n\n{}\n-----END PGP SIGNATURE-----",
-                    base64::engine::general_purpose::STANDARD.encode(&packet)
-                ));
+                o.commit.signature = Some(armor(&packet));
             }
         }
         let answer = recheck(&o);
