@@ -336,17 +336,7 @@ fn acceptable(sig: &Signature) -> Result<(), String> {
             sig.typ()
         ));
     }
-    if !matches!(
-        sig.hash_alg(),
-        Some(
-            HashAlgorithm::Sha224
-                | HashAlgorithm::Sha256
-                | HashAlgorithm::Sha384
-                | HashAlgorithm::Sha512
-                | HashAlgorithm::Sha3_256
-                | HashAlgorithm::Sha3_512
-        )
-    ) {
+    if !strong_enough(sig) || sig.hash_alg() == Some(HashAlgorithm::Sha1) {
         return Err(format!(
             "made with the hash {}, which Docket does not accept for commit signatures (SHA-2 or SHA-3 only)",
             sig.hash_alg()
@@ -442,22 +432,15 @@ fn reduce(cert: &SignedPublicKey) -> Result<SignedPublicKey, String> {
         ));
     }
     let own = |s: &&Signature| issued_by(s, primary) && strong_enough(s);
-    let revocations = cert
-        .details
-        .revocation_signatures
-        .iter()
-        .filter(own)
-        .filter(|s| s.verify_key(primary).is_ok())
-        .cloned()
-        .collect();
-    let direct: Vec<Signature> = cert
-        .details
-        .direct_signatures
-        .iter()
-        .filter(own)
-        .filter(|s| s.verify_key(primary).is_ok())
-        .cloned()
-        .collect();
+    let key_sigs = |sigs: &[Signature]| -> Vec<Signature> {
+        sigs.iter()
+            .filter(own)
+            .filter(|s| s.verify_key(primary).is_ok())
+            .cloned()
+            .collect()
+    };
+    let revocations = key_sigs(&cert.details.revocation_signatures);
+    let direct = key_sigs(&cert.details.direct_signatures);
     let users: Vec<_> = cert
         .details
         .users

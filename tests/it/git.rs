@@ -372,6 +372,17 @@ impl Gpg {
         (pat, self.fingerprints("quinn@example.com"))
     }
 
+    /// Exports the keys of `uids` as an armored keyring at `path` and reads
+    /// it back.
+    fn keyring(&self, path: &Path, uids: &[&str]) -> docket::ingest::openpgp::Keyring {
+        std::fs::write(
+            path,
+            self.run(&[&["--export", "--armor"][..], uids].concat()),
+        )
+        .unwrap();
+        docket::ingest::openpgp::read_keyring(path).unwrap()
+    }
+
     /// Commits a new file signed by `email`'s key with `git commit -S`.
     fn commit(&self, repo: &Path, name: &str, email: &str, file: &str) -> String {
         std::fs::write(repo.join(file), format!("{name} was here\n")).unwrap();
@@ -488,20 +499,18 @@ fn openpgp_signature_verdicts_of_real_commits() {
     }
 
     let keyring = dir.path().join("keyring.asc");
-    std::fs::write(
-        &keyring,
-        gpg.run(&[
-            "--export",
-            "--armor",
-            "pat@example.com",
-            "quinn@example.com",
-            "sam@example.com",
-            "olga@example.com",
-            "uma@work.example",
-        ]),
-    )
-    .unwrap();
-    let certs = read_keyring(&keyring).unwrap().certs;
+    let certs = gpg
+        .keyring(
+            &keyring,
+            &[
+                "pat@example.com",
+                "quinn@example.com",
+                "sam@example.com",
+                "olga@example.com",
+                "uma@work.example",
+            ],
+        )
+        .certs;
     let ids: Vec<&str> = certs.iter().map(|c| c.identity.as_str()).collect();
     assert_eq!(
         ids,
@@ -937,19 +946,11 @@ fn openpgp_fixture() -> &'static [(
         let repo = repo(dir.path());
         let gpg = Gpg::new(dir.path());
         gpg.pat_and_quinn();
-        let keyring = dir.path().join("keyring.asc");
-        std::fs::write(
-            &keyring,
-            gpg.run(&[
-                "--export",
-                "--armor",
-                "pat@example.com",
-                "quinn@example.com",
-            ]),
-        )
-        .unwrap();
-        let certs = docket::ingest::openpgp::read_keyring(&keyring)
-            .unwrap()
+        let certs = gpg
+            .keyring(
+                &dir.path().join("keyring.asc"),
+                &["pat@example.com", "quinn@example.com"],
+            )
             .certs;
         let mut shas = Vec::new();
         for (name, email) in [("Pat", "pat@example.com"), ("Quinn", "quinn@example.com")] {
