@@ -213,7 +213,7 @@ impl pb::governance_server::Governance for GovernanceApi {
                 {
                     question.at = t;
                 }
-                s.decide(&question, change.as_deref())
+                s.authorize(&question, change.as_deref())
             })
             .await
             .map_err(stopped)?;

@@ -97,6 +97,10 @@ pub struct ChangeFacts<'a> {
     pub revised_at: u64,
     /// The repository the change is for (`None` when it names none).
     pub repository: Option<&'a str>,
+    /// The repositories its code was observed in: those of its commits
+    /// (and of the commits its artifacts were built from) as ingested, and
+    /// those its CI runs reported.
+    pub code_repositories: BTreeSet<&'a str>,
     /// Who opened or amended it: none of them may approve it.
     pub requesters: BTreeSet<&'a str>,
     /// Current subjects: commit SHAs and artifact digests.
@@ -198,24 +202,94 @@ fn matches(patterns: &[String], value: Option<&str>) -> bool {
     value.is_some_and(|v| patterns.iter().any(|p| glob_match(p, v)))
 }
 
-impl Rule {
-    fn applies(&self, r: &Request, repository: Option<&str>) -> bool {
-        matches(&self.environments, Some(&r.environment))
-            && matches(&self.actions, Some(&r.action))
-            && matches(&self.repositories, repository)
-            && matches(&self.kinds, r.kind.as_deref())
-            && matches(&self.namespaces, r.namespace.as_deref())
+/// Which rule a request falls under, for one repository it may come from.
+#[derive(Clone, Copy, Debug)]
+enum Pick<'p> {
+    Rule(&'p Rule),
+    /// No rule matches: `defaults.unmatched` decides.
+    Unmatched,
+    /// The first rule that might apply filters on something the request
+    /// leaves unknown, so the rule cannot be chosen.
+    Unknown(&'p Rule, &'static str),
+}
+
+impl Pick<'_> {
+    fn same(self, other: Self) -> bool {
+        match (self, other) {
+            (Pick::Rule(a), Pick::Rule(b)) => std::ptr::eq(a, b),
+            (Pick::Unmatched, Pick::Unmatched) => true,
+            _ => false,
+        }
     }
+
+    fn describe(self) -> String {
+        match self {
+            Pick::Rule(r) | Pick::Unknown(r, _) => format!("rule {:?}", r.name),
+            Pick::Unmatched => "no rule".into(),
+        }
+    }
+}
+
+/// The first rule (in file order) that applies to `r` coming from
+/// `repository`. A rule that filters on a repository, resource kind or
+/// namespace the request leaves unknown might apply, and a later rule
+/// might be laxer, so such a rule stops the search as [`Pick::Unknown`].
+fn pick<'p>(policy: &'p Policy, r: &Request, repository: Option<&str>) -> Pick<'p> {
+    'rules: for rule in &policy.rules {
+        if !matches(&rule.environments, Some(&r.environment))
+            || !matches(&rule.actions, Some(&r.action))
+        {
+            continue;
+        }
+        let mut unknown = None;
+        for (patterns, value, what) in [
+            (&rule.repositories, repository, "repository"),
+            (&rule.kinds, r.kind.as_deref(), "resource kind"),
+            (&rule.namespaces, r.namespace.as_deref(), "namespace"),
+        ] {
+            match value {
+                _ if patterns.is_empty() => {}
+                None => {
+                    unknown.get_or_insert(what);
+                }
+                Some(_) if !matches(patterns, value) => continue 'rules,
+                Some(_) => {}
+            }
+        }
+        return match unknown {
+            Some(what) => Pick::Unknown(rule, what),
+            None => Pick::Rule(rule),
+        };
+    }
+    Pick::Unmatched
+}
+
+/// Why a rule that filters on `what` cannot be chosen, and how to fix it.
+fn unknown_reason(rule: &Rule, what: &str) -> String {
+    let (patterns, fix) = match what {
+        "repository" => (
+            &rule.repositories,
+            "neither the request nor its change names one and no ingested commit or CI run of it \
+             says; name it (--repository) or ingest the change's commits",
+        ),
+        "resource kind" => (&rule.kinds, "name it (--kind)"),
+        _ => (&rule.namespaces, "name it (--namespace)"),
+    };
+    format!(
+        "rule {:?} applies to the {what} {}, and this request's {what} is unknown: {fix}",
+        rule.name,
+        patterns.join(", ")
+    )
 }
 
 fn list(s: &BTreeSet<String>) -> String {
     s.iter().map(String::as_str).collect::<Vec<_>>().join(", ")
 }
 
-/// Whole seconds from `then` (nanoseconds since the epoch) to `now`,
-/// truncated towards zero as `SignedDuration::as_secs` does.
-fn age_secs(now: Timestamp, then_nanos: i64) -> i128 {
-    (now.as_nanosecond() - i128::from(then_nanos)) / 1_000_000_000
+/// Whether more than `max_secs` passed from `then` (nanoseconds since the
+/// epoch) to `now`, to the nanosecond.
+fn older_than(now: Timestamp, then_nanos: i64, max_secs: i64) -> bool {
+    now.as_nanosecond() - i128::from(then_nanos) > i128::from(max_secs) * 1_000_000_000
 }
 
 /// "7d", "12h", "90s": the largest whole unit, as the policy language writes it.
@@ -289,22 +363,56 @@ pub fn evaluate(policy: &Policy, req: &Request, facts: &Facts<'_>) -> Verdict {
             );
         }
     }
-    // Rules match on the repository of the code being deployed: a request
-    // that names none is matched as its change's; one that names another
-    // repository than its change's is refused, so leaving the repository
-    // out (or naming a wrong one) cannot select a laxer rule.
+    // Rules match on the repository of the code being deployed. A request
+    // that names another repository than its change's is refused. Every
+    // repository the code is known to come from (named by the request or
+    // the change, or observed for its commits and CI runs) must fall under
+    // the same rule, and a rule that filters on something unknown stops the
+    // search: so leaving the repository out, or naming another, cannot
+    // select a laxer rule.
     let change_repo = facts.change.and_then(|c| c.repository.map(|r| (c.id, r)));
-    let repository = match (req.repository.as_deref(), change_repo) {
-        (Some(asked), Some((id, theirs))) if asked != theirs => {
-            return Verdict::deny(
-                None,
-                format!("the request names repository {asked} but change {id} is for {theirs}"),
-            );
-        }
-        (Some(asked), _) => Some(asked),
-        (None, theirs) => theirs.map(|(_, r)| r),
+    if let (Some(asked), Some((id, theirs))) = (req.repository.as_deref(), change_repo)
+        && asked != theirs
+    {
+        return Verdict::deny(
+            None,
+            format!("the request names repository {asked} but change {id} is for {theirs}"),
+        );
+    }
+    let mut repositories: BTreeSet<&str> = BTreeSet::new();
+    repositories.extend(req.repository.as_deref());
+    repositories.extend(change_repo.map(|(_, r)| r));
+    if let Some(c) = facts.change {
+        repositories.extend(c.code_repositories.iter().copied());
+    }
+    let picks: Vec<(Option<&str>, Pick<'_>)> = if repositories.is_empty() {
+        vec![(None, pick(policy, req, None))]
+    } else {
+        repositories
+            .iter()
+            .map(|r| (Some(*r), pick(policy, req, Some(r))))
+            .collect()
     };
-    let Some(rule) = policy.rules.iter().find(|r| r.applies(req, repository)) else {
+    if let Some((_, Pick::Unknown(rule, what))) =
+        picks.iter().find(|(_, p)| matches!(p, Pick::Unknown(..)))
+    {
+        return Verdict::deny(None, unknown_reason(rule, what));
+    }
+    let first = picks[0].1;
+    if picks.iter().any(|(_, p)| !p.same(first)) {
+        let each: Vec<String> = picks
+            .iter()
+            .map(|(r, p)| format!("{} ({})", r.unwrap_or("?"), p.describe()))
+            .collect();
+        return Verdict::deny(
+            None,
+            format!(
+                "the code comes from repositories that different rules govern: {}; Docket does not combine rules, so deploy them under separate changes",
+                each.join(", ")
+            ),
+        );
+    }
+    let Pick::Rule(rule) = first else {
         return if policy.unmatched_allows {
             Verdict {
                 decision: Decision::Allow,
@@ -321,10 +429,10 @@ pub fn evaluate(policy: &Policy, req: &Request, facts: &Facts<'_>) -> Verdict {
             )
         };
     };
-    evaluate_rule(rule, req, facts)
+    evaluate_rule(policy, rule, req, facts)
 }
 
-fn evaluate_rule(rule: &Rule, req: &Request, facts: &Facts<'_>) -> Verdict {
+fn evaluate_rule(policy: &Policy, rule: &Rule, req: &Request, facts: &Facts<'_>) -> Verdict {
     let needs_change = rule.approvals > 0 || rule.ci_passed;
     let mut reasons = Vec::new();
     if let Some(from) = &rule.promoted_from {
@@ -395,27 +503,48 @@ fn evaluate_rule(rule: &Rule, req: &Request, facts: &Facts<'_>) -> Verdict {
             reasons.extend(c.sod_gaps.iter().cloned());
         }
         let current_subjects = SubjectsKey::of(&c.subjects);
-        // Each person's latest review speaks for them.
-        let mut latest: BTreeMap<&str, &Approval<'_>> = BTreeMap::new();
+        // A review speaks for this revision only if it came after it and
+        // saw exactly its subjects.
+        let is_fresh = |a: &Approval<'_>| a.index > c.revised_at && a.seen == current_subjects;
+        // Each person's latest review of this revision speaks for them;
+        // without one, their latest review (which is stale). A stale
+        // review sent after a fresh one does not displace it, so a
+        // rejection of this revision stands until its author approves
+        // this revision or the change is amended.
+        let mut speaks: BTreeMap<&str, &Approval<'_>> = BTreeMap::new();
         for a in &c.approvals {
-            if let Some(prev) = latest.insert(a.approver.as_ref(), a) {
-                not_counted.push(NotCounted {
-                    approver: prev.approver.to_string(),
-                    reason: format!(
-                        "superseded by {}'s later review (entry {})",
-                        a.approver, a.index
-                    ),
-                    index: prev.index,
-                });
-            }
+            let Some(prev) = speaks.get(a.approver.as_ref()).copied() else {
+                speaks.insert(a.approver.as_ref(), a);
+                continue;
+            };
+            let (kept, dropped) = if is_fresh(a) || !is_fresh(prev) {
+                (a, prev)
+            } else {
+                (prev, a)
+            };
+            speaks.insert(a.approver.as_ref(), kept);
+            let reason = if kept.index > dropped.index {
+                format!(
+                    "superseded by {}'s later review (entry {})",
+                    kept.approver, kept.index
+                )
+            } else {
+                format!(
+                    "stale: reviewed an earlier revision of the change; {}'s review of this revision (entry {}) stands",
+                    kept.approver, kept.index
+                )
+            };
+            not_counted.push(NotCounted {
+                approver: dropped.approver.to_string(),
+                reason,
+                index: dropped.index,
+            });
         }
-        let mut current: Vec<&Approval<'_>> = latest.into_values().collect();
+        let mut current: Vec<&Approval<'_>> = speaks.into_values().collect();
         current.sort_by_key(|a| a.index);
         for a in current {
             let who = a.approver.to_string();
-            // A review speaks for this revision only if it came after it
-            // and saw exactly its subjects.
-            let fresh = a.index > c.revised_at && a.seen == current_subjects;
+            let fresh = is_fresh(a);
             if !a.approve {
                 if fresh {
                     let comment = if a.comment.is_empty() {
@@ -446,7 +575,7 @@ fn evaluate_rule(rule: &Rule, req: &Request, facts: &Facts<'_>) -> Verdict {
                 Some("stale: approved an earlier revision of the change".to_owned())
             } else if let Some(max) = rule
                 .max_approval_age_secs
-                .filter(|max| age_secs(req.at, a.at_nanos) > i128::from(*max))
+                .filter(|max| older_than(req.at, a.at_nanos, *max))
             {
                 Some(format!(
                     "older than the rule's maximum approval age ({})",
@@ -470,6 +599,13 @@ fn evaluate_rule(rule: &Rule, req: &Request, facts: &Facts<'_>) -> Verdict {
                 Some(format!(
                     "{who} holds none of the approver roles {}",
                     list(&rule.approver_roles)
+                ))
+            } else if !p.is_some_and(|p| policy.permits(&p.roles, Permission::Approve)) {
+                // Checked when the review was recorded, and again now: a
+                // role taken away since takes the approval with it.
+                Some(format!(
+                    "{who} does not hold a role that may approve under the policy in force ({})",
+                    list(&policy.permissions[&Permission::Approve])
                 ))
             } else {
                 None

@@ -212,11 +212,33 @@ fn duration_secs(s: &str) -> Result<i64, String> {
         .ok_or_else(|| format!("{s:?} is too long"))
 }
 
-fn civil(text: &str, zone: &jiff::tz::TimeZone, field: &str) -> Result<Timestamp, String> {
+/// A freeze window's local date-time as an instant. A new document
+/// (`strict`) may not name a time that its zone skips or repeats (a
+/// daylight-saving change), since the window's edge would then be a guess;
+/// a recorded one keeps the reading it was recorded under (the earlier of
+/// a repeated time, the later of a skipped one).
+fn civil(
+    text: &str,
+    zone: &jiff::tz::TimeZone,
+    field: &str,
+    strict: bool,
+) -> Result<Timestamp, String> {
     let dt: jiff::civil::DateTime = text
         .parse()
         .map_err(|e| format!("{field} {text:?} is not a date-time like 2026-12-20T00:00: {e}"))?;
-    dt.to_zoned(zone.clone())
+    let ambiguous = zone.to_ambiguous_zoned(dt);
+    if strict && ambiguous.is_ambiguous() {
+        let what = match ambiguous.offset() {
+            jiff::tz::AmbiguousOffset::Gap { .. } => "does not exist",
+            _ => "happens twice",
+        };
+        return Err(format!(
+            "{field} {text:?} {what} in {} (a daylight-saving change); pick a time that happens exactly once",
+            zone.iana_name().unwrap_or("this zone")
+        ));
+    }
+    ambiguous
+        .compatible()
         .map(|z| z.timestamp())
         .map_err(|e| format!("{field} {text:?}: {e}"))
 }
@@ -506,10 +528,10 @@ impl Policy {
                     format!("unknown time zone {:?}", f.zone.get_ref()),
                 )
             })?;
-            let start = civil(f.start.get_ref(), &zone, "start")
+            let start = civil(f.start.get_ref(), &zone, "start", strict)
                 .map_err(|m| at(f.start.span().start, m))?;
-            let end =
-                civil(f.end.get_ref(), &zone, "end").map_err(|m| at(f.end.span().start, m))?;
+            let end = civil(f.end.get_ref(), &zone, "end", strict)
+                .map_err(|m| at(f.end.span().start, m))?;
             if end <= start {
                 return Err(at(
                     f.end.span().start,

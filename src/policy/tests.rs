@@ -123,6 +123,7 @@ fn change(approvals: Vec<Approval<'static>>) -> ChangeFacts<'static> {
         revision: 1,
         revised_at: 0,
         repository: None,
+        code_repositories: BTreeSet::new(),
         requesters: strs(&["alice"]),
         subjects: strs(&["c1", D]),
         environments: strs(&["staging", "prod"]),
@@ -414,6 +415,74 @@ fn every_rule_kind() {
         why_not(&v)["bob"],
         "older than the rule's maximum approval age (7d)"
     );
+    // The age is measured to the nanosecond: one nanosecond over 7 days
+    // is too old, exactly 7 days is not.
+    for (at, counts) in [
+        ("2026-11-16T11:59:59.999999999Z", false),
+        ("2026-11-16T12:00:00Z", true),
+    ] {
+        let v = check(
+            request("prod"),
+            Some(change(vec![approval("bob", at), approval("carol", NOW)])),
+            staged(),
+            if counts {
+                (Allow, Some("prod"), "satisfied")
+            } else {
+                (Deny, Some("prod"), "1 counted")
+            },
+        );
+        assert_eq!(
+            v.counted.iter().any(|c| c.approver == "bob"),
+            counts,
+            "{at}"
+        );
+    }
+    // A stale review sent after a rejection of the current revision does
+    // not lift the rejection.
+    let stale_seen = SubjectsKey::of(strs(&["c0"]));
+    let v = check(
+        request("prod"),
+        Some(change(vec![
+            approval("bob", NOW),
+            approval("carol", NOW),
+            rejection("erin", "breaks the billing export"),
+            Approval {
+                seen: stale_seen,
+                ..approval("erin", NOW)
+            },
+        ])),
+        staged(),
+        (
+            Deny,
+            Some("prod"),
+            "erin rejected revision 1 of change CHG-1",
+        ),
+    );
+    assert!(
+        v.not_counted.iter().any(|n| n.approver == "erin"
+            && n.reason.starts_with("stale: reviewed an earlier revision of the change; erin's review of this revision (entry")),
+        "{v:?}"
+    );
+    // An approver who no longer holds a role that may approve does not
+    // count, even under a rule that names no approver roles.
+    let policy = Policy::parse(POLICY).unwrap();
+    let mut principals = people();
+    principals.get_mut("bob").unwrap().roles = set(&["former-staff"]);
+    let staging_change = change(vec![approval("bob", NOW)]);
+    let v = evaluate(
+        &policy,
+        &request("staging"),
+        &Facts {
+            principals: &principals,
+            change: Some(&staging_change),
+            deployments: &[],
+        },
+    );
+    assert_eq!(v.decision, Deny, "{v:?}");
+    assert_eq!(
+        why_not(&v)["bob"],
+        "bob does not hold a role that may approve under the policy in force (dev, security)"
+    );
     // No change at all.
     check(
         request("prod"),
@@ -618,6 +687,16 @@ fn bad_policies_are_refused_with_line_and_reason() {
             "unknown field `approve_all`",
         ),
         ("version = 1\nrule = 5\n", 2, "invalid type"),
+        (
+            "version = 1\n[[freeze]]\nname = \"f\"\nstart = \"2026-10-24T00:00\"\nend = \"2026-10-25T02:30\"\nzone = \"Europe/Berlin\"\n",
+            5,
+            "end \"2026-10-25T02:30\" happens twice in Europe/Berlin (a daylight-saving change)",
+        ),
+        (
+            "version = 1\n[[freeze]]\nname = \"f\"\nstart = \"2026-03-29T02:30\"\nend = \"2026-04-01T00:00\"\nzone = \"Europe/Berlin\"\n",
+            4,
+            "start \"2026-03-29T02:30\" does not exist in Europe/Berlin",
+        ),
     ];
     for (text, line, needle) in cases {
         let e = Policy::parse_new(text).expect_err(text);
@@ -632,6 +711,8 @@ fn bad_policies_are_refused_with_line_and_reason() {
         "does not hold the approve_policy permission",
         "can never apply",
         "a freeze named",
+        "happens twice in",
+        "does not exist in",
     ];
     for (text, _, needle) in cases {
         let recorded = Policy::parse(text);
@@ -759,9 +840,11 @@ proptest! {
 }
 
 /// Rules match on the repository of the code being deployed: a request
-/// that names none is matched as its change's, and one that names another
-/// repository than its change's is refused, so a caller cannot reach a
-/// laxer rule by leaving the repository out or naming another.
+/// that names none is matched as its change's, one that names another
+/// repository than its change's is refused, every repository the code was
+/// observed in must fall under the same rule, and an unknown repository
+/// stops at the first rule that filters on repositories. So a caller cannot
+/// reach a laxer rule by leaving the repository out or naming another.
 #[test]
 fn the_change_decides_the_repository_a_rule_sees() {
     let policy = Policy::parse_new(
@@ -782,22 +865,26 @@ match.environments = ["prod"]
     )
     .unwrap();
     let principals = people();
-    let decide = |repo: Option<&str>, change_repo: Option<&'static str>| {
-        let change = ChangeFacts {
-            repository: change_repo,
-            ..change(vec![approval("bob", NOW)])
+    let decide_seen =
+        |repo: Option<&str>, change_repo: Option<&'static str>, seen: &[&'static str]| {
+            let change = ChangeFacts {
+                repository: change_repo,
+                code_repositories: strs(seen),
+                ..change(vec![approval("bob", NOW)])
+            };
+            let facts = Facts {
+                principals: &principals,
+                change: Some(&change),
+                deployments: &[],
+            };
+            let req = Request {
+                repository: repo.map(str::to_owned),
+                ..request("prod")
+            };
+            evaluate(&policy, &req, &facts)
         };
-        let facts = Facts {
-            principals: &principals,
-            change: Some(&change),
-            deployments: &[],
-        };
-        let req = Request {
-            repository: repo.map(str::to_owned),
-            ..request("prod")
-        };
-        evaluate(&policy, &req, &facts)
-    };
+    let decide =
+        |repo: Option<&str>, change_repo: Option<&'static str>| decide_seen(repo, change_repo, &[]);
     let payments = Some("github.com/acme/payments");
     for asked in [None, payments] {
         let v = decide(asked, payments);
@@ -820,19 +907,62 @@ match.environments = ["prod"]
             "the request names repository github.com/acme/other but change CHG-1 is for github.com/acme/payments"
         ]
     );
-    // A change that names no repository: the request's, or none, decides.
-    let v = decide(None, None);
+    // A change that names no repository: the request's decides.
+    let v = decide(payments, None);
+    assert_eq!(v.rule.as_deref(), Some("payments"));
+    let other = "github.com/acme/other";
+    let v = decide(Some(other), None);
     assert_eq!(
         (v.decision, v.rule.as_deref()),
         (Decision::Allow, Some("prod"))
     );
-    let v = decide(payments, None);
-    assert_eq!(v.rule.as_deref(), Some("payments"));
+    // Nobody names one and nothing was observed: the first rule that
+    // filters on repositories might be the one, so the answer is deny.
+    let v = decide(None, None);
+    assert_eq!((v.decision, v.rule), (Decision::Deny, None));
+    assert_eq!(
+        v.reasons,
+        [
+            "rule \"payments\" applies to the repository github.com/acme/payments, and this request's repository is unknown: neither the request nor its change names one and no ingested commit or CI run of it says; name it (--repository) or ingest the change's commits"
+        ]
+    );
+    // The repository the commits were ingested from (or CI reported)
+    // counts even when the change and the request name none...
+    let v = decide_seen(None, None, &["github.com/acme/payments"]);
+    assert_eq!(v.rule.as_deref(), Some("payments"), "{v:#?}");
+    // ...and a change that claims another repository than its code's cannot
+    // pick the laxer rule with the claim.
+    for (asked, claimed) in [
+        (None, Some(other)),
+        (Some(other), None),
+        (Some(other), Some(other)),
+    ] {
+        let v = decide_seen(asked, claimed, &["github.com/acme/payments"]);
+        assert_eq!(
+            (v.decision, v.rule.as_deref()),
+            (Decision::Deny, None),
+            "{v:#?}"
+        );
+        assert_eq!(
+            v.reasons,
+            [
+                "the code comes from repositories that different rules govern: github.com/acme/other (rule \"prod\"), github.com/acme/payments (rule \"payments\"); Docket does not combine rules, so deploy them under separate changes"
+            ]
+        );
+    }
+    // Code observed only in repositories the same rule governs is decided
+    // by that rule.
+    let v = decide_seen(Some(other), Some(other), &[other, "github.com/acme/docs"]);
+    assert_eq!(
+        (v.decision, v.rule.as_deref()),
+        (Decision::Allow, Some("prod"))
+    );
 }
 
 /// `match.kinds`, `match.namespaces` and `match.actions`: a rule applies
-/// only when every list it sets matches, and a request that leaves out a
-/// field a rule matches on (a kind, a namespace) does not match it.
+/// only when every list it sets matches. A request that leaves out a field
+/// a rule matches on (a kind, a namespace) is denied there, since the rule
+/// might apply and a later one might be laxer.
 #[test]
 fn kinds_namespaces_and_actions_select_rules() {
     let policy = Policy::parse_new(
@@ -861,28 +991,58 @@ match.actions = ["deploy"]
             action: action.into(),
             ..request("prod")
         };
-        evaluate(&policy, &req, &facts).rule
+        let v = evaluate(&policy, &req, &facts);
+        (v.rule, v.reasons.join(" | "))
     };
     let applies = Some("payments-deployments".to_owned());
     assert_eq!(
-        rule(Some("Deployment"), Some("payments-eu"), "deploy"),
+        rule(Some("Deployment"), Some("payments-eu"), "deploy").0,
         applies
     );
     assert_eq!(
-        rule(Some("StatefulSet"), Some("payments-us"), "deploy"),
+        rule(Some("StatefulSet"), Some("payments-us"), "deploy").0,
         applies
     );
-    for (kind, namespace, action) in [
-        (Some("CronJob"), Some("payments-eu"), "deploy"),
-        (Some("Deployment"), Some("billing"), "deploy"),
-        (Some("Deployment"), Some("payments-eu"), "rollback"),
-        (None, Some("payments-eu"), "deploy"),
-        (Some("Deployment"), None, "deploy"),
-    ] {
-        assert_eq!(
-            rule(kind, namespace, action),
+    for (kind, namespace, action, why) in [
+        (
+            Some("CronJob"),
+            Some("payments-eu"),
+            "deploy",
+            "no rule matches",
+        ),
+        (
+            Some("Deployment"),
+            Some("billing"),
+            "deploy",
+            "no rule matches",
+        ),
+        (
+            Some("Deployment"),
+            Some("payments-eu"),
+            "rollback",
+            "no rule matches",
+        ),
+        // A kind that does not match rules the rule out, whatever the
+        // namespace.
+        (Some("CronJob"), None, "deploy", "no rule matches"),
+        (
             None,
-            "{kind:?} {namespace:?} {action}"
+            Some("payments-eu"),
+            "deploy",
+            "rule \"payments-deployments\" applies to the resource kind Deployment, StatefulSet, and this request's resource kind is unknown: name it (--kind)",
+        ),
+        (
+            Some("Deployment"),
+            None,
+            "deploy",
+            "rule \"payments-deployments\" applies to the namespace payments-*, and this request's namespace is unknown: name it (--namespace)",
+        ),
+    ] {
+        let (rule, reasons) = rule(kind, namespace, action);
+        assert_eq!(rule, None, "{kind:?} {namespace:?} {action}");
+        assert!(
+            reasons.starts_with(why),
+            "{kind:?} {namespace:?} {action}: {reasons}"
         );
     }
 }

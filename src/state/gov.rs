@@ -1256,6 +1256,29 @@ impl State {
         Ok(())
     }
 
+    /// What `Authorize` answers: [`State::decide`], except that a
+    /// break-glass request is never allowed. Break-glass is allowed only
+    /// because it is recorded and opens a review obligation; `Authorize`
+    /// records nothing, so an allow here would let a pipeline deploy with
+    /// neither. The answer says whether the recorded deployment would be
+    /// allowed.
+    pub fn authorize(&self, req: &policy::Request, change_id: Option<&str>) -> DecisionRecord {
+        let mut d = self.decide(req, change_id);
+        if req.break_glass && d.allow {
+            d.allow = false;
+            let would = d.reasons.join("; ");
+            d.reasons = vec![
+                "Authorize records nothing, so it never allows break-glass; record the deployment \
+                 with `docket deploy --break-glass --justification ...` (a DeployRequested event), \
+                 which opens the review obligation"
+                    .to_owned(),
+                format!("recorded now, it would be allowed: {would}"),
+            ];
+            d.obligations.clear();
+        }
+        d
+    }
+
     /// Decides `req` (about the change `change_id`, or else the change
     /// that binds its subjects) against the current state.
     pub fn decide(&self, req: &policy::Request, change_id: Option<&str>) -> DecisionRecord {
@@ -1421,12 +1444,16 @@ impl State {
         // wrote what is in the image.
         let mut built_from: Vec<&str> = Vec::new();
         let mut builders = BTreeSet::new();
+        let mut code_repositories = BTreeSet::new();
         let mut ci = BTreeMap::new();
         let tagged = cur.commits.iter().map(|c| (c, false));
         for (s, is_digest) in tagged.chain(cur.digests.iter().map(|d| (d, true))) {
             let mut latest: Option<&CiRec> = None;
             for r in self.gov.ci_runs_for(s) {
                 builders.insert(r.builder.as_str());
+                if !r.repository.is_empty() {
+                    code_repositories.insert(r.repository.as_str());
+                }
                 latest = Some(r);
                 let from = r.commit.as_str();
                 if is_digest
@@ -1452,11 +1479,19 @@ impl State {
                 );
             }
         }
+        for sha in cur.commits.iter().map(String::as_str).chain(built_from) {
+            if let Some(rec) = self.gov.commits.get(sha)
+                && !rec.repository.is_empty()
+            {
+                code_repositories.insert(rec.repository.as_str());
+            }
+        }
         policy::ChangeFacts {
             id: &c.id,
             revision: c.revisions.len() as u32,
             revised_at: cur.index,
             repository: Some(c.repository.as_str()).filter(|r| !r.is_empty()),
+            code_repositories,
             requesters: c.requesters.iter().map(String::as_str).collect(),
             subjects,
             environments: cur.environments.iter().map(String::as_str).collect(),

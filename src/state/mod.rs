@@ -32,8 +32,11 @@ pub use gov::{DecisionRecord, Gov, ObligationStatus, Violation};
 /// Version of the persisted state layout. Bump it whenever the fold or the
 /// record encodings change: a state tree of another format is rebuilt from
 /// the log at start-up. 4: every amend makes the reviews before it stale, so
-/// recorded decisions are recomputed.
-pub const STATE_FORMAT: u32 = 4;
+/// recorded decisions are recomputed. 5: rule selection follows the
+/// repositories the code was observed in and stops at unknown fields, a
+/// stale review no longer displaces a fresh one, approvers must still hold
+/// `approve`, and approval age is compared to the nanosecond.
+pub const STATE_FORMAT: u32 = 5;
 
 /// One key of a principal and when it was valid.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -483,6 +483,37 @@ async fn change_approval_promotion_freeze_and_break_glass() {
         "{dec:#}"
     );
 
+    // Asked of the read-only Authorize gate, break-glass is never an allow:
+    // nothing would be recorded and no review would be owed. The answer
+    // says what recording it would give.
+    let before = s.svc.with_state(|st| st.next_index());
+    let out = s
+        .cli(&[
+            "authorize",
+            "--env",
+            "prod",
+            "--digest",
+            &d2,
+            "--actor",
+            "dave",
+            "--break-glass",
+            "--json",
+        ])
+        .await;
+    assert_eq!(out.code, 1, "{}{}", out.stdout, out.stderr);
+    let asked = out.json();
+    let r = reasons(&asked);
+    assert!(
+        r.contains("Authorize records nothing, so it never allows break-glass"),
+        "{r}"
+    );
+    assert!(
+        r.contains("recorded now, it would be allowed: break-glass by dave"),
+        "{r}"
+    );
+    assert_eq!(asked["obligations"], serde_json::json!([]));
+    assert_eq!(s.svc.with_state(|st| st.next_index()), before);
+
     // Break-glass by dave: allowed, recorded, obligation due 24 h later.
     let out = run_as(
         &s,
