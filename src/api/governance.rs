@@ -58,7 +58,7 @@ fn export_status(e: &crate::evidence::ExportError) -> Status {
         E::EmptyPeriod { .. } => Status::invalid_argument(msg),
         E::Sign(_) => Status::unavailable(msg),
         E::Cancelled => Status::cancelled(msg),
-        E::Read(_) | E::Entry { .. } | E::NoCheckpoint(_) | E::SelfCheck(_) => {
+        E::Read(_) | E::Entry { .. } | E::NoCheckpoint(_) | E::SelfCheck(_) | E::Policy { .. } => {
             Status::internal(msg)
         }
     }

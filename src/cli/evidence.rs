@@ -349,6 +349,9 @@ fn verify(a: VerifyArgs) -> CliResult {
                         "range": r.range.map(|(s, e)| serde_json::json!({"start": s, "end": e})),
                         "signatures": r.signatures, "decisions": r.decisions, "files": r.files,
                         "violations": r.violations, "seconds": secs,
+                        "as_of": crate::state::gov::fmt_nanos(r.as_of),
+                        "as_of_unix_nanos": r.as_of,
+                        "period_unfinished": r.period_unfinished,
                     })
                 );
             } else {
@@ -367,6 +370,20 @@ fn verify(a: VerifyArgs) -> CliResult {
                     r.violations,
                     secs
                 );
+                // What the bundle is about and when it stops, so a genuine
+                // bundle of another scope or an earlier day is not taken
+                // for the one the reader asked for.
+                println!(
+                    "scope: {}; as of {}",
+                    r.scope_words,
+                    crate::state::gov::fmt_nanos(r.as_of)
+                );
+                if r.period_unfinished {
+                    eprintln!(
+                        "warning: the log had not reached the end of the period at this checkpoint; the bundle covers the period only up to {} (export again after the period ends for all of it)",
+                        crate::state::gov::fmt_nanos(r.as_of)
+                    );
+                }
             }
             Ok(())
         }

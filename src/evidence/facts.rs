@@ -272,22 +272,35 @@ impl<'a> View<'a> {
                     && (envs.is_empty() || c.current().environments.iter().any(|e| env_ok(e)))
             })
             .collect();
+        // A deployment the scope's filters keep.
+        let filtered = |d: &DeployRec| {
+            let repo = d.repository.clone().or_else(|| {
+                d.decision
+                    .change
+                    .as_ref()
+                    .and_then(|(c, _)| gov.change(c))
+                    .map(|c| c.repository.clone())
+            });
+            env_ok(&d.environment) && (repos.is_empty() || repo.is_some_and(|r| repo_ok(&r)))
+        };
         let decisions: Vec<&DeployRec> = gov
             .deployments()
             .filter(|d| in_scope.contains(&d.index))
-            .filter(|d| env_ok(&d.environment))
-            .filter(|d| {
-                let repo = d.repository.clone().or_else(|| {
-                    d.decision
-                        .change
-                        .as_ref()
-                        .and_then(|(c, _)| gov.change(c))
-                        .map(|c| c.repository.clone())
-                });
-                repos.is_empty() || repo.is_some_and(|r| repo_ok(&r))
-            })
+            .filter(|d| filtered(d))
             .collect();
         let decided: BTreeSet<u64> = decisions.iter().map(|d| d.index).collect();
+        // A period also answers for the break-glass deployments made before
+        // it that were still unreviewed when it began and came due in it or
+        // later; the range's lead-in carries every one of them (§8.5).
+        let came_due = |o: &ObligationRec| match meta.scope {
+            Scope::Change(_) => false,
+            Scope::Period { from, .. } | Scope::Control { from, .. } => {
+                o.opened_nanos < from
+                    && o.due_nanos >= from
+                    && o.review.as_ref().is_none_or(|r| r.at_nanos >= from)
+                    && gov.deployment(o.deployment_index).is_some_and(filtered)
+            }
+        };
         let obligations: Vec<&ObligationRec> = gov
             .obligations()
             .filter(|o| {
@@ -295,6 +308,7 @@ impl<'a> View<'a> {
                     || o.review
                         .as_ref()
                         .is_some_and(|r| in_scope.contains(&r.index))
+                    || came_due(o)
             })
             .collect();
         let violations = violations(obligations.iter().copied(), meta.as_of);

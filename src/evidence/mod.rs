@@ -107,7 +107,33 @@ pub enum Scope {
 }
 
 impl Scope {
-    fn period(&self) -> Option<(i64, i64)> {
+    /// In words, as `docket evidence verify` prints it.
+    pub fn describe(&self) -> String {
+        let t = crate::state::gov::fmt_nanos;
+        match self {
+            Scope::Change(id) => format!("change {id}"),
+            Scope::Period {
+                from,
+                to,
+                environments,
+                repositories,
+            } => {
+                let mut s = format!("period {} to {}", t(*from), t(*to));
+                if !environments.is_empty() {
+                    s += &format!(", environments {}", environments.join(", "));
+                }
+                if !repositories.is_empty() {
+                    s += &format!(", repositories {}", repositories.join(", "));
+                }
+                s
+            }
+            Scope::Control { control, from, to } => {
+                format!("control {} over {} to {}", control.key(), t(*from), t(*to))
+            }
+        }
+    }
+
+    pub(crate) fn period(&self) -> Option<(i64, i64)> {
         match self {
             Scope::Change(_) => None,
             Scope::Period { from, to, .. } | Scope::Control { from, to, .. } => Some((*from, *to)),
@@ -131,6 +157,8 @@ pub enum ExportError {
     NoCheckpoint(u64),
     #[error("signing the manifest: {0}")]
     Sign(String),
+    #[error("policy version {version} of the state does not parse: {reason}")]
+    Policy { version: u64, reason: String },
     #[error("the exported bundle failed its own verification ({0}); this is a bug")]
     SelfCheck(String),
     #[error("the export was cancelled")]
@@ -337,12 +365,56 @@ fn body_at<S: Store + ?Sized>(
     Ok((ev.body, e.integrated_time_nanos))
 }
 
+/// The break-glass review deadlines of a log's policy versions: for each,
+/// the index that activated it and its `break_glass_review` in nanoseconds.
+#[derive(Clone, Debug, Default)]
+pub struct Deadlines(Vec<(u64, i64)>);
+
+impl Deadlines {
+    /// Of every policy version `state` holds.
+    pub fn of(state: &State) -> Result<Self, ExportError> {
+        state
+            .gov()
+            .policy_versions()
+            .iter()
+            .map(|v| {
+                crate::policy::Policy::parse(&v.text)
+                    .map(|p| {
+                        (
+                            v.activated_at,
+                            p.break_glass_review_secs.saturating_mul(1_000_000_000),
+                        )
+                    })
+                    .map_err(|e| ExportError::Policy {
+                        version: v.version,
+                        reason: e.to_string(),
+                    })
+            })
+            .collect::<Result<_, _>>()
+            .map(Deadlines)
+    }
+
+    /// The longest review deadline of a version activated before entry `a`:
+    /// how long before the first entry of a period a break-glass deployment
+    /// can have been made and still come due in the period.
+    pub fn lead_in(&self, a: u64) -> i64 {
+        self.0
+            .iter()
+            .filter(|(at, _)| *at < a)
+            .map(|(_, d)| *d)
+            .max()
+            .unwrap_or(0)
+    }
+}
+
 /// Reads what `scope` needs from the first `size` entries of the log; no
 /// state is involved, so a server does this without holding any lock.
+/// `deadlines` are those of the log's policy versions ([`Deadlines::of`]).
 pub fn seeds<S: Store + ?Sized>(
     reader: &LedgerReader<S>,
     size: u64,
     scope: &Scope,
+    deadlines: &Deadlines,
     progress: &Progress,
 ) -> Result<Seeds, ExportError> {
     let last = size - 1;
@@ -363,8 +435,18 @@ pub fn seeds<S: Store + ?Sized>(
             }
             let a = first_at_or_after(reader, size, from)?;
             let b = first_at_or_after(reader, size, to)?;
-            // The boundary entries prove nothing of the period was left out.
-            let (start, end) = (a.saturating_sub(1), (b + 1).min(size));
+            // The range reaches back far enough to hold every break-glass
+            // deployment that can come due in the period (the lead-in), so
+            // an obligation that falls due, unreviewed, in the period is in
+            // it. The boundary entries prove nothing of the lead-in and the
+            // period was left out.
+            let lead_from = from.saturating_sub(deadlines.lead_in(a));
+            let a_lead = if lead_from == from {
+                a
+            } else {
+                first_at_or_after(reader, size, lead_from)?
+            };
+            let (start, end) = (a_lead.saturating_sub(1), (b + 1).min(size));
             range = Some((start, end));
             progress.start(Stage::Scanning, end - start);
             for i in start..end {
@@ -440,7 +522,13 @@ pub fn select<S: Store + ?Sized>(
 ) -> Result<Selection, ExportError> {
     select_with(
         state,
-        seeds(reader, state.next_index(), scope, &Progress::default())?,
+        seeds(
+            reader,
+            state.next_index(),
+            scope,
+            &Deadlines::of(state)?,
+            &Progress::default(),
+        )?,
         scope,
     )
 }
@@ -624,7 +712,12 @@ pub fn export_offline<S: Store + ?Sized>(
         .unwrap_or_default();
     let cp = Checkpoint::verify(&note, &signer.verifier(), &origin)
         .map_err(|e| ExportError::Sign(format!("stored checkpoint for size {size}: {e}")))?;
-    let selection = select_with(state, seeds(reader, size, scope, progress)?, scope)?;
+    let deadlines = Deadlines::of(state)?;
+    let selection = select_with(
+        state,
+        seeds(reader, size, scope, &deadlines, progress)?,
+        scope,
+    )?;
     let unsigned = export(reader, &cp, &selection, scope, progress)?;
     progress.start(Stage::Signing, 1);
     let note = crate::ledger::sign_manifest(signer, &origin, &unsigned.digest());

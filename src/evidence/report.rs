@@ -330,25 +330,19 @@ pub(super) fn html(view: &View<'_>) -> String {
     // Exceptions.
     h.push_str("<section id=\"exceptions\"><h2>Exceptions</h2><ul>\n");
     let mut any = false;
-    for d in view
-        .decisions
-        .iter()
-        .filter(|d| d.break_glass && d.decision.allow)
-    {
+    // Every obligation in scope: those its break-glass deployments opened,
+    // and those from before it that were reviewed or came due in it.
+    for o in &view.obligations {
         any = true;
-        let status = gov
-            .obligation(d.index)
-            .map(|o| o.status(meta.as_of).name())
-            .unwrap_or("no obligation");
         let _ = writeln!(
             h,
             "<li><span class=\"warn\">Break-glass</span> by {} to {} at entry {} ({}): “{}” — review {}</li>",
-            esc(&d.actor),
-            esc(&d.environment),
-            d.index,
-            esc(&fmt_nanos(d.decision.at_nanos)),
-            esc(&d.justification),
-            esc(status)
+            esc(&o.actor),
+            esc(&o.environment),
+            o.deployment_index,
+            esc(&fmt_nanos(o.opened_nanos)),
+            esc(&o.justification),
+            esc(o.status(meta.as_of).name())
         );
     }
     for v in &view.violations {

@@ -62,7 +62,15 @@ fn fail(what: impl Into<String>, reason: impl Into<String>) -> BundleFailure {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VerifyReport {
     pub origin: String,
+    /// The scope as JSON text (as the manifest has it).
     pub scope: String,
+    /// The scope in words.
+    pub scope_words: String,
+    /// When obligation statuses and violations are computed for.
+    pub as_of: i64,
+    /// For a period or control whose end the log had not reached at the
+    /// checkpoint: the bundle holds the period only up to `as_of`.
+    pub period_unfinished: bool,
     pub checkpoint_size: u64,
     pub entries: usize,
     pub inclusion_proofs: usize,
@@ -96,7 +104,7 @@ fn strings(v: &Value, key: &str) -> Vec<String> {
 
 fn parse_scope(v: &Value) -> Result<Scope, BundleFailure> {
     let kind = v.get("kind").and_then(Value::as_str).unwrap_or_default();
-    Ok(match kind {
+    let scope = match kind {
         "change" => Scope::Change(
             v.get("change")
                 .and_then(Value::as_str)
@@ -124,7 +132,16 @@ fn parse_scope(v: &Value) -> Result<Scope, BundleFailure> {
                 format!("unknown scope kind {other:?}"),
             ));
         }
-    })
+    };
+    if let Some((from, to)) = scope.period()
+        && from >= to
+    {
+        return Err(fail(
+            "manifest.json",
+            "the scope's period is empty: from must be before to",
+        ));
+    }
+    Ok(scope)
 }
 
 /// The log key named by the bundle's entry 0, if it is a genesis (not yet
@@ -151,6 +168,9 @@ fn genesis_key(files: &BTreeMap<String, &[u8]>) -> Result<NoteVerifier, BundleFa
         _ => Err(fail("entry 0", "not a genesis entry")),
     }
 }
+
+/// The largest `manifest.json` the verifier parses (1 MiB).
+const MAX_MANIFEST_BYTES: usize = 1 << 20;
 
 /// Verifies a bundle.
 pub fn verify(bytes: &[u8], trust: &Trust) -> Result<VerifyReport, BundleFailure> {
@@ -217,8 +237,19 @@ fn verify_files<'a>(
             .ok_or_else(|| fail(p, "missing from the bundle"))
     };
 
-    // 2. The manifest and its signature.
+    // 2. The manifest and its signature. A manifest lists a dozen files in
+    // a few KiB; a larger one is refused before it is parsed, since it is
+    // not yet known to be signed and parsing JSON costs memory.
     let manifest_bytes = get("manifest.json")?;
+    if manifest_bytes.len() > MAX_MANIFEST_BYTES {
+        return Err(fail(
+            "manifest.json",
+            format!(
+                "{} bytes; a manifest is at most {MAX_MANIFEST_BYTES}",
+                manifest_bytes.len()
+            ),
+        ));
+    }
     let manifest: Value = serde_json::from_slice(manifest_bytes)
         .map_err(|e| fail("manifest.json", format!("not JSON: {e}")))?;
     if manifest.get("format").and_then(Value::as_str) != Some(FORMAT) {
@@ -475,12 +506,23 @@ fn verify_files<'a>(
                 }
                 t_prev = t;
             }
-            if r.start != 0 && t_start >= *from {
+            // The range must start before the period's lead-in: the
+            // longest break-glass review deadline of a policy activated
+            // before the period's first entry (§8.5).
+            let a = (r.start..r.end)
+                .find(|i| time(*i).is_some_and(|t| t >= *from))
+                .unwrap_or(r.end);
+            let lead_in = super::Deadlines::of(&folded.state)
+                .map_err(|e| fail("entries.bin", e.to_string()))?
+                .lead_in(a);
+            let lead_from = from.saturating_sub(lead_in);
+            if r.start != 0 && t_start >= lead_from {
                 return Err(fail(
                     "completeness",
                     format!(
-                        "entry {} is the first of the range but lies inside the period; the entry before it is missing, so earlier entries of the period may have been left out",
-                        r.start
+                        "entry {} is the first of the range but lies inside the period or its lead-in (the {} s before it in which a break-glass deployment can come due in it); the entry before it is missing, so earlier entries may have been left out",
+                        r.start,
+                        lead_in / 1_000_000_000
                     ),
                 ));
             }
@@ -543,9 +585,13 @@ fn verify_files<'a>(
         ));
     }
     let violations = rendered.violations;
+    let period_unfinished = scope.period().is_some_and(|(_, to)| as_of < to);
     let report = VerifyReport {
         origin,
         scope: super::facts::scope_json(&scope).to_string(),
+        scope_words: scope.describe(),
+        as_of,
+        period_unfinished,
         checkpoint_size: cp.size,
         entries: entries.len(),
         inclusion_proofs: used,

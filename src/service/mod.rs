@@ -686,7 +686,9 @@ impl Service {
         scope: crate::evidence::Scope,
         progress: Arc<crate::evidence::Progress>,
     ) -> Result<Vec<u8>, crate::evidence::ExportError> {
-        use crate::evidence::{CancelOnDrop, ExportError, Stage, export, seal, seeds, select_with};
+        use crate::evidence::{
+            CancelOnDrop, Deadlines, ExportError, Stage, export, seal, seeds, select_with,
+        };
         if let Some(observe) = self.export_observer.get() {
             observe(&progress);
         }
@@ -695,15 +697,17 @@ impl Service {
             let stopped = |e: Stopped| ExportError::Sign(e.to_string());
             let joined = |e: tokio::task::JoinError| ExportError::Sign(e.to_string());
             // The log size to export: everything below it is durable.
-            let (size, _) = self
-                .read_durable(|s| s.next_index())
+            let ((size, deadlines), _) = self
+                .read_durable(|s| (s.next_index(), Deadlines::of(s)))
                 .await
                 .map_err(stopped)?;
+            let deadlines = deadlines?;
             // Reading and decoding entries needs no lock.
             let (reader, scope2, p) = (self.reader.clone(), scope.clone(), progress.clone());
-            let seeds = tokio::task::spawn_blocking(move || seeds(&reader, size, &scope2, &p))
-                .await
-                .map_err(joined)??;
+            let seeds =
+                tokio::task::spawn_blocking(move || seeds(&reader, size, &scope2, &deadlines, &p))
+                    .await
+                    .map_err(joined)??;
             // The closure needs the state, briefly.
             let (selection, _) = self
                 .read_durable(|s| select_with(s, seeds, &scope))

@@ -395,6 +395,9 @@ def check_archive(data):
 
 def check_manifest_basics(files, key_name):
     require("manifest.json" in files, "manifest.json", "missing from the bundle")
+    # EF §11 step 2: not yet known to be signed, so too large a manifest is refused unparsed.
+    require(len(files["manifest.json"]) <= 1 << 20, "manifest.json",
+            f"{len(files['manifest.json'])} bytes; a manifest is at most 1048576")
     try:
         manifest = json.loads(files["manifest.json"].decode("utf-8"))
     except Exception as exc:
@@ -1486,6 +1489,8 @@ def parse_scope(manifest):
         for f in ("from_unix_nanos", "to_unix_nanos"):
             require(isinstance(scope.get(f), int), "manifest.json", f"scope.{f} is not an integer")
         out["from"], out["to"] = scope["from_unix_nanos"], scope["to_unix_nanos"]
+        require(out["from"] < out["to"], "manifest.json",
+                "the scope's period is empty: from must be before to")
         if kind == "period":
             for f in ("environments", "repositories"):
                 require(isinstance(scope.get(f), list) and all(isinstance(x, str) for x in scope[f]),
@@ -1519,9 +1524,14 @@ def check_scope(fold, scope, as_of, rng, n):
         require(by_index[i]["time"] >= by_index[i - 1]["time"], f"entry {i}",
                 "its integrated time is earlier than the previous entry's")
     if start != 0:
-        require(by_index[start]["time"] < scope["from"], "completeness",
-                f"entry {start} is the first of the range but is not earlier than the period's start;"
-                " earlier entries of the period may have been left out")
+        # The lead-in: the longest break-glass review deadline of a policy version activated
+        # before the period's first entry (EF §8.5).
+        a = next((i for i in range(start, end) if by_index[i]["time"] >= scope["from"]), end)
+        lead_in = max((v["policy"].break_glass_review for v in fold.versions
+                       if v["activated_at"] < a), default=0)
+        require(by_index[start]["time"] < scope["from"] - lead_in, "completeness",
+                f"entry {start} is the first of the range but is not earlier than the period's"
+                " start minus its lead-in; earlier entries may have been left out")
     if by_index[end - 1]["time"] >= scope["to"]:
         require(as_of == scope["to"], "manifest.json", "as_of is not the end of the period")
     else:
@@ -1574,21 +1584,33 @@ class Derived:
             changes.add(cid)
         self.changes_in_scope = sorted(changes, key=lambda c: c.encode())
 
-        dec = set()
-        for i, dep in f.deployments.items():
-            if i not in ins:
-                continue
-            if s.get("environments") and not any(glob_match(p, dep["environment"])
-                                                 for p in s["environments"]):
-                continue
-            if s.get("repositories"):
-                repo = dep["repository"]
-                if repo is None and dep["change"] is not None:
-                    repo = f.changes[dep["change"]]["repository"]
-                if repo is None or not any(glob_match(p, repo) for p in s["repositories"]):
-                    continue
-            dec.add(i)
-        self.decisions_in_scope = dec
+        self.decisions_in_scope = {i for i in f.deployments if i in ins and self.filtered(i)}
+
+    def filtered(self, i):
+        """Whether the scope's environment and repository filters keep deployment i."""
+        f, s, dep = self.fold, self.scope, self.fold.deployments[i]
+        if s.get("environments") and not any(glob_match(p, dep["environment"])
+                                             for p in s["environments"]):
+            return False
+        if s.get("repositories"):
+            repo = dep["repository"]
+            if repo is None and dep["change"] is not None:
+                repo = f.changes[dep["change"]]["repository"]
+            if repo is None or not any(glob_match(p, repo) for p in s["repositories"]):
+                return False
+        return True
+
+    def came_due(self, i):
+        """EF §10.6: a break-glass deployment made before the period, unreviewed when it began,
+        whose review came due in it or later."""
+        s = self.scope
+        if s["kind"] == "change":
+            return False
+        dep = self.fold.deployments[i]
+        due = dep["time"] + dep["policy"].break_glass_review
+        rv = self.fold.bg_reviews.get(i)
+        return (dep["time"] < s["from"] and due >= s["from"]
+                and (rv is None or rv["time"] >= s["from"]) and self.filtered(i))
 
     # -- shared helpers -------------------------------------------------------------------------
 
@@ -1750,7 +1772,8 @@ class Derived:
         opened = [i for i in sorted(f.deployments)
                   if f.deployments[i]["break_glass"] and self.allowed(i)]
         in_scope = [i for i in opened if i in self.decisions_in_scope
-                    or (i in f.bg_reviews and f.bg_reviews[i]["index"] in self.in_scope)]
+                    or (i in f.bg_reviews and f.bg_reviews[i]["index"] in self.in_scope)
+                    or self.came_due(i)]
         obligations, violations = [], []
         for i in in_scope:
             dep = f.deployments[i]

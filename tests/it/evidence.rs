@@ -440,7 +440,9 @@ async fn export_and_verify_each_scope_online_and_offline() {
     );
     assert!(!indices.contains(&f.at["open-2"]) && !indices.contains(&f.at["alice-2"]));
 
-    // The period of day 1 holds exactly day 1's entries, with its boundaries.
+    // The period of day 1 holds exactly day 1's entries in scope. Its range
+    // reaches back a lead-in of 24 h (the policy's break_glass_review), to
+    // day 0, so it starts at genesis; it ends with the right boundary.
     let files = evidence::unpack(&period_b).unwrap();
     let entries = json(&files, "facts/entries.json");
     let in_scope: Vec<u64> = entries
@@ -453,7 +455,7 @@ async fn export_and_verify_each_scope_online_and_offline() {
     let day1: Vec<u64> = (f.at["commit-1"]..=f.at["prod-1"]).collect();
     assert_eq!(in_scope, day1);
     let manifest = json(&files, "manifest.json");
-    assert_eq!(manifest["range"]["start"], f.at["commit-1"] - 1);
+    assert_eq!(manifest["range"]["start"], 0);
     assert_eq!(manifest["range"]["end"], f.at["prod-1"] + 2);
 
     // The control bundle sees the late review as a violation: CC8.1 not satisfied.
@@ -529,10 +531,12 @@ async fn any_flipped_byte_is_caught_and_named() {
     use pb::export_evidence_request::Scope as S;
     let f = fixture().await;
     let s = &f.server;
+    // From day 2, so that the range (with its 24 h lead-in) starts after
+    // the registrations, which then travel with inclusion proofs.
     let period = export_online(
         s,
         S::Period(pb::PeriodScope {
-            from_unix_nanos: f.day(1),
+            from_unix_nanos: f.day(2),
             to_unix_nanos: f.day(4),
             ..Default::default()
         }),
@@ -548,6 +552,30 @@ async fn any_flipped_byte_is_caught_and_named() {
         docket::crypto::NoteVerifier::new("docket.test/log", key("someone else").verifying_key());
     let e = evidence::verify(&period, &Trust::Key(other)).unwrap_err();
     assert_eq!(e.what, "manifest.sig");
+    // A manifest too large to be one is refused before it is parsed (its
+    // signature is not checked yet, so parsing it would cost memory for
+    // anyone's bytes).
+    let mut files = evidence::unpack(&period).unwrap();
+    let mut huge = vec![b' '; 2 << 20];
+    huge.extend_from_slice(&files["manifest.json"]);
+    files.insert("manifest.json".into(), huge);
+    let e = evidence::verify(&evidence::pack(&files), &t).unwrap_err();
+    assert_eq!(e.what, "manifest.json", "{e}");
+    assert!(e.reason.contains("a manifest is at most 1048576"), "{e}");
+    // A signed manifest whose period is empty is refused, not reported as
+    // a period with nothing in it.
+    let mut files = evidence::unpack(&period).unwrap();
+    let mut m: serde_json::Value = serde_json::from_slice(&files["manifest.json"]).unwrap();
+    m["scope"]["to_unix_nanos"] = m["scope"]["from_unix_nanos"].clone();
+    files.insert("manifest.json".into(), serde_json::to_vec(&m).unwrap());
+    let e = evidence::verify(&reseal(&s.data, files), &t).unwrap_err();
+    assert_eq!(
+        (e.what.as_str(), e.reason.as_str()),
+        (
+            "manifest.json",
+            "the scope's period is empty: from must be before to"
+        )
+    );
 }
 
 /// Flips bytes inside every member of `bundle` (first, last and five spread
@@ -684,11 +712,9 @@ async fn dropped_entries_fail_completeness_and_altered_decisions_fail_re_evaluat
     assert_eq!(e.what, "completeness", "{e}");
     assert!(
         e.reason.contains(&format!(
-            "entry {} is the first of the range but lies inside the period",
+            "entry {} is the first of the range but lies inside the period or its lead-in",
             start + 1
-        )) && e
-            .reason
-            .contains("earlier entries of the period may have been left out"),
+        )) && e.reason.contains("earlier entries may have been left out"),
         "{e}"
     );
 
@@ -865,11 +891,14 @@ fn trestle_accepts(bundle: &[u8], what: &str) -> serde_json::Value {
 /// Break-glass obligations travel with period bundles in each state they
 /// can be in at the bundle's time: open before the deadline, overdue after
 /// it with no review, closed late, and closed on time but found
-/// unjustified. Each status and violation is in `facts/obligations.json`
-/// and the report, a violation makes the CC8.1 and A.8.32 findings not
-/// satisfied (not §164.312(b)'s),
-/// every bundle verifies, and trestle accepts every OSCAL file, for each
-/// control too.
+/// unjustified. A deployment made before a period, still unreviewed when
+/// the period begins, is in the period that its deadline falls in (or
+/// after), so an unreviewed break-glass near a period's end cannot fall
+/// between two bundles. Each status and violation is in
+/// `facts/obligations.json` and the report, a violation makes the CC8.1 and
+/// A.8.32 findings not satisfied (not §164.312(b)'s), every bundle verifies
+/// (with Docket's verifier and the independent one), and trestle accepts
+/// every OSCAL file, for each control too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn obligations_open_overdue_late_and_unjustified_travel_with_bundles() {
     use pb::export_evidence_request::Scope as S;
@@ -909,21 +938,46 @@ async fn obligations_open_overdue_late_and_unjustified_travel_with_bundles() {
             ..Default::default()
         })
     };
+    let vkey = f.server.data.log_vkey();
     let cases = [
-        // (to, glass's status, glass-2's status or none, violation kinds)
-        (f.day(3) + DAY / 2, "open", None, vec![]),
-        (f.day(4) + DAY / 2, "overdue", None, vec!["overdue-review"]),
+        // (from, to, glass's status, glass-2's status or none, violation kinds)
+        (f.day(3), f.day(3) + DAY / 2, "open", None, vec![]),
         (
+            f.day(3),
+            f.day(4) + DAY / 2,
+            "overdue",
+            None,
+            vec!["overdue-review"],
+        ),
+        (
+            f.day(3),
             f.day(8),
             "closed-late",
             Some("closed"),
             vec!["late-review", "unjustified-break-glass"],
         ),
+        // Deployed (day 3) before the period, unreviewed when it began,
+        // due (day 4) inside it: the period's lead-in carries it.
+        (
+            f.day(3) + DAY / 2,
+            f.day(4) + DAY / 2,
+            "overdue",
+            None,
+            vec!["overdue-review"],
+        ),
+        // Due after the period ends: open throughout it, and listed.
+        (f.day(3) + DAY / 4, f.day(3) + DAY / 2, "open", None, vec![]),
     ];
-    for (to, status, status2, kinds) in cases {
-        let what = format!("period to day {:.1}", (to - f.t0) as f64 / DAY as f64);
-        let bundle = export_online(&f.server, period(f.day(3), to)).await;
+    for (from, to, status, status2, kinds) in cases {
+        let what = format!(
+            "period from day {:.2} to day {:.2}",
+            (from - f.t0) as f64 / DAY as f64,
+            (to - f.t0) as f64 / DAY as f64
+        );
+        let bundle = export_online(&f.server, period(from, to)).await;
         evidence::verify(&bundle, &trust(&f.server)).unwrap_or_else(|e| panic!("{what}: {e}"));
+        let (code, out) = independent_verify(&bundle, &vkey);
+        assert_eq!(code, Some(0), "{what}: independent verifier: {out}");
         let files = evidence::unpack(&bundle).unwrap();
         let ob = json(&files, "facts/obligations.json");
         let obligations = ob["obligations"].as_array().unwrap();
@@ -1280,6 +1334,68 @@ async fn the_cli_exports_and_verifies_with_clear_exit_codes() {
         ])
         .await;
     assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    // The text names what the bundle is about and when it stops.
+    assert!(
+        r.stdout.contains("\nscope: change CHG-2; as of 20"),
+        "{}",
+        r.stdout
+    );
+    // A period the log had not finished at the checkpoint verifies, says
+    // the scope, and warns that the bundle stops before the period's end.
+    let open_period = dir.join("open-period.tar");
+    let (from, to) = (
+        docket::state::gov::fmt_nanos(f.day(1)),
+        docket::state::gov::fmt_nanos(f.day(400)),
+    );
+    let r = s
+        .cli(&[
+            "evidence",
+            "export",
+            "--from",
+            &from,
+            "--to",
+            &to,
+            "--env",
+            "prod",
+            "--out",
+            open_period.to_str().unwrap(),
+        ])
+        .await;
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    let r = s
+        .cli(&[
+            "evidence",
+            "verify",
+            open_period.to_str().unwrap(),
+            "--log-key",
+            &vkey,
+        ])
+        .await;
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    assert!(
+        r.stdout.contains(&format!(
+            "scope: period {from} to {to}, environments prod; as of "
+        )),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        r.stderr
+            .contains("warning: the log had not reached the end of the period at this checkpoint"),
+        "{}",
+        r.stderr
+    );
+    let r = s
+        .cli(&[
+            "evidence",
+            "verify",
+            open_period.to_str().unwrap(),
+            "--log-key",
+            &vkey,
+            "--json",
+        ])
+        .await;
+    assert_eq!(r.json()["period_unfinished"], true);
     // ...and a pinned tree with another root is refused, key or no key.
     let note = std::fs::read_to_string(&pinned).unwrap();
     let root_line = note.lines().nth(2).unwrap().to_owned();
@@ -1449,9 +1565,10 @@ async fn selection_ignores_entries_folded_after_its_size() {
                 .unwrap()
         })
         .collect();
+    let deadlines = f.server.svc.with_state(evidence::Deadlines::of).unwrap();
     let seeds: Vec<_> = scopes
         .iter()
-        .map(|sc| evidence::seeds(&reader, size, sc, &Default::default()).unwrap())
+        .map(|sc| evidence::seeds(&reader, size, sc, &deadlines, &Default::default()).unwrap())
         .collect();
     // Later facts about the same change and digest, and a new change binding it.
     f.clock.set(f.day(10));
@@ -1489,6 +1606,7 @@ async fn selection_ignores_entries_folded_after_its_size() {
         &reader,
         size,
         &Scope::Change("CHG-3".into()),
+        &deadlines,
         &Default::default(),
     )
     .unwrap();
@@ -1597,8 +1715,10 @@ async fn an_insider_with_the_log_key_cannot_forge_what_lies_below_it() {
     let honest: Vec<Vec<u8>> = (0..size)
         .map(|i| reader.entry(i).unwrap().unwrap().0)
         .collect();
+    // Its 24 h lead-in puts day 1 in the range; the registrations before
+    // it travel with inclusion proofs.
     let scope = Scope::Period {
-        from: f.day(1),
+        from: f.day(2),
         to: f.day(3),
         environments: vec![],
         repositories: vec![],
@@ -1641,7 +1761,7 @@ async fn an_insider_with_the_log_key_cannot_forge_what_lies_below_it() {
     let control = forge(honest.clone(), size);
     evidence::verify(&control, &t).unwrap();
 
-    // bob's approval, inside the period.
+    // bob's approval, inside the range (in the period's lead-in).
     let k = f.at["bob-1"];
     let with = |edit: &dyn Fn(&mut Entry)| {
         let mut entries = honest.clone();
