@@ -385,7 +385,7 @@ impl<'a> View<'a> {
                 (
                     true,
                     format!(
-                        "{} entries, each proven in the hash-chained, Merkle-verifiable log at checkpoint {}{}; every signature checked against the key history from genesis",
+                        "{} entries, each proven in the hash-chained, Merkle-verifiable log at checkpoint {}{}; every signature checked against the key history the bundle carries, folded from genesis",
                         self.folded.info.len(),
                         self.meta.checkpoint_size,
                         if period {

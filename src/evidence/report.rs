@@ -141,7 +141,7 @@ pub(super) fn html(view: &View<'_>) -> String {
          <p id=\"verification-status\" class=\"status\"><span class=\"ok\">Verified when exported.</span> \
          The manifest's signature by the log key, the digest of every file, the signed checkpoint, \
          {} inclusion proof(s){}, the hash-chain links between consecutive entries, {} event signature(s) against the \
-         key history from genesis, and {} decision(s) re-evaluated from the facts in this bundle.</p>\
+         key history this bundle carries (folded from genesis), and {} decision(s) re-evaluated from the facts in this bundle.</p>\
          <p>To check it again, offline, with nothing but the log's public key:</p>\
          <pre><code>docket evidence verify BUNDLE.tar --log-key log.vkey</code></pre>\
          <p class=\"muted\">The command exits non-zero and names the first failure if any byte of the bundle \

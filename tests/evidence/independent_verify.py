@@ -1890,7 +1890,7 @@ class Derived:
                      f"Merkle-verifiable log at checkpoint {self.n}")
                 if self.rng is not None:
                     W += "; the period is proven complete by its boundary entries and one range proof"
-                W += "; every signature checked against the key history from genesis"
+                W += "; every signature checked against the key history the bundle carries, folded from genesis"
                 satisfied, evidence = True, evidence_hipaa
             else:
                 W = (f"{n_changes} change(s) in scope; {allowed} deployment(s) allowed under the "
