@@ -133,6 +133,9 @@ pub struct Facts<'a> {
     pub principals: &'a BTreeMap<String, PrincipalFacts>,
     /// The change binding the request's subjects, if any.
     pub change: Option<&'a ChangeFacts<'a>>,
+    /// The repositories the request's own subjects were observed in (their
+    /// ingested commits, their CI runs), whether or not a change binds them.
+    pub subject_repositories: &'a BTreeSet<&'a str>,
     pub deployments: &'a [Deployment<'a>],
 }
 
@@ -385,6 +388,7 @@ pub fn evaluate(policy: &Policy, req: &Request, facts: &Facts<'_>) -> Verdict {
     if let Some(c) = facts.change {
         repositories.extend(c.code_repositories.iter().copied());
     }
+    repositories.extend(facts.subject_repositories.iter().copied());
     let picks: Vec<(Option<&str>, Pick<'_>)> = if repositories.is_empty() {
         vec![(None, pick(policy, req, None))]
     } else {
@@ -512,6 +516,10 @@ fn evaluate_rule(policy: &Policy, rule: &Rule, req: &Request, facts: &Facts<'_>)
         // rejection of this revision stands until its author approves
         // this revision or the change is amended.
         let mut speaks: BTreeMap<&str, &Approval<'_>> = BTreeMap::new();
+        // A rejection that saw an earlier revision, sent after the person's
+        // approval of this one, does not block, but it does withdraw that
+        // approval: whatever the reviewer meant, the later word was "no".
+        let mut withdrawn: BTreeMap<&str, u64> = BTreeMap::new();
         for a in &c.approvals {
             let Some(prev) = speaks.get(a.approver.as_ref()).copied() else {
                 speaks.insert(a.approver.as_ref(), a);
@@ -523,6 +531,11 @@ fn evaluate_rule(policy: &Policy, rule: &Rule, req: &Request, facts: &Facts<'_>)
                 (prev, a)
             };
             speaks.insert(a.approver.as_ref(), kept);
+            if kept.index < dropped.index && kept.approve && !dropped.approve {
+                withdrawn.insert(a.approver.as_ref(), dropped.index);
+            } else if kept.index > dropped.index {
+                withdrawn.remove(a.approver.as_ref());
+            }
             let reason = if kept.index > dropped.index {
                 format!(
                     "superseded by {}'s later review (entry {})",
@@ -573,6 +586,10 @@ fn evaluate_rule(policy: &Policy, rule: &Rule, req: &Request, facts: &Facts<'_>)
             let p = facts.principals.get(&who);
             let why_not = if !fresh {
                 Some("stale: approved an earlier revision of the change".to_owned())
+            } else if let Some(later) = withdrawn.get(a.approver.as_ref()) {
+                Some(format!(
+                    "withdrawn by {who}'s later rejection (entry {later}), which saw an earlier revision of the change"
+                ))
             } else if let Some(max) = rule
                 .max_approval_age_secs
                 .filter(|max| older_than(req.at, a.at_nanos, *max))

@@ -176,6 +176,7 @@ fn check(
     let facts = Facts {
         principals: &principals,
         change: change.as_ref(),
+        subject_repositories: &BTreeSet::new(),
         deployments: &deployments,
     };
     let v = evaluate(&policy, &req, &facts);
@@ -463,6 +464,50 @@ fn every_rule_kind() {
             && n.reason.starts_with("stale: reviewed an earlier revision of the change; erin's review of this revision (entry")),
         "{v:?}"
     );
+    // A rejection that saw an earlier revision, sent after an approval of
+    // this one, does not block, but it withdraws that approval.
+    let v = check(
+        request("prod"),
+        Some(change(vec![
+            approval("bob", NOW),
+            approval("carol", NOW),
+            Approval {
+                seen: stale_seen,
+                ..rejection("bob", "wrong change")
+            },
+        ])),
+        staged(),
+        (Deny, Some("prod"), "1 counted"),
+    );
+    assert!(!v.reasons.iter().any(|r| r.contains("rejected")), "{v:?}");
+    let bob: Vec<&str> = v
+        .not_counted
+        .iter()
+        .filter(|n| n.approver == "bob")
+        .map(|n| n.reason.as_str())
+        .collect();
+    assert_eq!(bob.len(), 2, "{v:?}");
+    assert!(
+        bob.iter()
+            .any(|r| r.starts_with("withdrawn by bob's later rejection (entry ")),
+        "{bob:?}"
+    );
+    // ...until an approval of this revision after it.
+    let v = check(
+        request("prod"),
+        Some(change(vec![
+            approval("bob", NOW),
+            approval("carol", NOW),
+            Approval {
+                seen: stale_seen,
+                ..rejection("bob", "wrong change")
+            },
+            approval("bob", NOW),
+        ])),
+        staged(),
+        (Allow, Some("prod"), "satisfied"),
+    );
+    assert_eq!(v.counted.len(), 2, "{v:?}");
     // An approver who no longer holds a role that may approve does not
     // count, even under a rule that names no approver roles.
     let policy = Policy::parse(POLICY).unwrap();
@@ -475,6 +520,7 @@ fn every_rule_kind() {
         &Facts {
             principals: &principals,
             change: Some(&staging_change),
+            subject_repositories: &BTreeSet::new(),
             deployments: &[],
         },
     );
@@ -814,7 +860,7 @@ proptest! {
         principals.insert("mallory".into(), PrincipalFacts { human, roles: roles.clone() });
         let c = change((0..count).map(|_| approval("mallory", NOW)).collect());
         let deployments = staged();
-        let facts = Facts { principals: &principals, change: Some(&c), deployments: &deployments };
+        let facts = Facts { principals: &principals, change: Some(&c), subject_repositories: &BTreeSet::new(), deployments: &deployments };
         let v = evaluate(&policy, &request("prod"), &facts);
         prop_assert_eq!(v.decision, Decision::Deny);
         prop_assert!(v.counted.len() <= 1);
@@ -875,6 +921,7 @@ match.environments = ["prod"]
             let facts = Facts {
                 principals: &principals,
                 change: Some(&change),
+                subject_repositories: &BTreeSet::new(),
                 deployments: &[],
             };
             let req = Request {
@@ -950,6 +997,31 @@ match.environments = ["prod"]
             ]
         );
     }
+    // Without any change, where the subjects were observed still counts:
+    // naming another repository does not reach a laxer rule.
+    let seen = strs(&["github.com/acme/payments"]);
+    let v = evaluate(
+        &policy,
+        &Request {
+            repository: Some(other.to_owned()),
+            ..request("prod")
+        },
+        &Facts {
+            principals: &principals,
+            change: None,
+            subject_repositories: &seen,
+            deployments: &[],
+        },
+    );
+    assert_eq!(
+        (v.decision, v.rule.as_deref()),
+        (Decision::Deny, None),
+        "{v:#?}"
+    );
+    assert!(
+        v.reasons[0].starts_with("the code comes from repositories that different rules govern"),
+        "{v:#?}"
+    );
     // Code observed only in repositories the same rule governs is decided
     // by that rule.
     let v = decide_seen(Some(other), Some(other), &[other, "github.com/acme/docs"]);
@@ -982,6 +1054,7 @@ match.actions = ["deploy"]
     let facts = Facts {
         principals: &principals,
         change: None,
+        subject_repositories: &BTreeSet::new(),
         deployments: &[],
     };
     let rule = |kind: Option<&str>, namespace: Option<&str>, action: &str| {

@@ -1321,12 +1321,29 @@ impl State {
                 });
             }
         }
+        // Where the subjects themselves were seen, change or no change, so
+        // a request without a change cannot pick a rule by naming another
+        // repository than its code's.
+        let mut subject_repositories = BTreeSet::new();
+        for s in &req.subjects {
+            if let Some(c) = self.gov.commits.get(s.as_str())
+                && !c.repository.is_empty()
+            {
+                subject_repositories.insert(c.repository.as_str());
+            }
+            for r in self.gov.ci_runs_for(s) {
+                if !r.repository.is_empty() {
+                    subject_repositories.insert(r.repository.as_str());
+                }
+            }
+        }
         let v = policy::evaluate(
             policy,
             req,
             &policy::Facts {
                 principals: &self.facts,
                 change: facts_change.as_ref(),
+                subject_repositories: &subject_repositories,
                 deployments: &deployments,
             },
         );

@@ -35,8 +35,10 @@ pub use gov::{DecisionRecord, Gov, ObligationStatus, Violation};
 /// recorded decisions are recomputed. 5: rule selection follows the
 /// repositories the code was observed in and stops at unknown fields, a
 /// stale review no longer displaces a fresh one, approvers must still hold
-/// `approve`, and approval age is compared to the nanosecond.
-pub const STATE_FORMAT: u32 = 5;
+/// `approve`, and approval age is compared to the nanosecond. 6: the
+/// request's own subjects' repositories count without a change, and a later
+/// stale rejection withdraws a person's approval.
+pub const STATE_FORMAT: u32 = 6;
 
 /// One key of a principal and when it was valid.
 #[derive(Clone, Debug, PartialEq, Eq)]

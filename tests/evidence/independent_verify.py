@@ -1647,7 +1647,8 @@ class Derived:
                     f"entry {i}: invalid reasons")
             # counted / not_counted: together every review of the considered change before i,
             # or both empty when the decision came before any rule looked at reviews
-            # (break-glass, a freeze window, a repository mismatch, no rule matching).
+            # (break-glass, a freeze window, a repository mismatch, repositories under different
+            # rules, an unknown field a rule filters on, no rule matching).
             reviews = {r["index"]: r for r in dep["reviews"]}
             counted, not_counted = c.get("counted"), c.get("not_counted")
             require(isinstance(counted, list) and isinstance(not_counted, list), what,
