@@ -112,25 +112,34 @@ impl Scope {
         let t = crate::state::gov::fmt_nanos;
         match self {
             Scope::Change(id) => format!("change {id}"),
-            Scope::Period {
-                from,
-                to,
-                environments,
-                repositories,
-            } => {
-                let mut s = format!("period {} to {}", t(*from), t(*to));
-                if !environments.is_empty() {
-                    s += &format!(", environments {}", environments.join(", "));
-                }
-                if !repositories.is_empty() {
-                    s += &format!(", repositories {}", repositories.join(", "));
-                }
-                s
-            }
+            Scope::Period { .. } => format!("period {}", self.period_words()),
             Scope::Control { control, from, to } => {
                 format!("control {} over {} to {}", control.key(), t(*from), t(*to))
             }
         }
+    }
+
+    /// A period scope's bounds and filters in words ("FROM to TO,
+    /// environments prod"); empty for other scopes.
+    pub(super) fn period_words(&self) -> String {
+        let Scope::Period {
+            from,
+            to,
+            environments,
+            repositories,
+        } = self
+        else {
+            return String::new();
+        };
+        let t = crate::state::gov::fmt_nanos;
+        let mut s = format!("{} to {}", t(*from), t(*to));
+        if !environments.is_empty() {
+            s += &format!(", environments {}", environments.join(", "));
+        }
+        if !repositories.is_empty() {
+            s += &format!(", repositories {}", repositories.join(", "));
+        }
+        s
     }
 
     pub(crate) fn period(&self) -> Option<(i64, i64)> {

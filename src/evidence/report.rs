@@ -92,21 +92,7 @@ pub(super) fn html(view: &View<'_>) -> String {
     let mut h = String::new();
     let scope = match &meta.scope {
         Scope::Change(id) => format!("change {id}"),
-        Scope::Period {
-            from,
-            to,
-            environments,
-            repositories,
-        } => {
-            let mut s = format!("{} to {}", fmt_nanos(*from), fmt_nanos(*to));
-            if !environments.is_empty() {
-                let _ = write!(s, ", environments {}", environments.join(", "));
-            }
-            if !repositories.is_empty() {
-                let _ = write!(s, ", repositories {}", repositories.join(", "));
-            }
-            s
-        }
+        Scope::Period { .. } => meta.scope.period_words(),
         Scope::Control { control, from, to } => format!(
             "{} from {} to {}",
             control.title(),
