@@ -213,7 +213,16 @@ enum Pick<'p> {
     Unmatched,
     /// The first rule that might apply filters on something the request
     /// leaves unknown, so the rule cannot be chosen.
-    Unknown(&'p Rule, &'static str),
+    Unknown(&'p Rule, Unknown<'p>),
+}
+
+/// A field a rule filters on that the request leaves unknown.
+#[derive(Clone, Copy, Debug)]
+struct Unknown<'p> {
+    what: &'static str,
+    patterns: &'p [String],
+    /// How to make it known.
+    fix: &'static str,
 }
 
 impl Pick<'_> {
@@ -245,39 +254,55 @@ fn pick<'p>(policy: &'p Policy, r: &Request, repository: Option<&str>) -> Pick<'
             continue;
         }
         let mut unknown = None;
-        for (patterns, value, what) in [
-            (&rule.repositories, repository, "repository"),
-            (&rule.kinds, r.kind.as_deref(), "resource kind"),
-            (&rule.namespaces, r.namespace.as_deref(), "namespace"),
+        for (patterns, value, what, fix) in [
+            (
+                &rule.repositories,
+                repository,
+                "repository",
+                "neither the request nor its change names one and no ingested commit or CI run of it \
+                 says; name it (--repository) or ingest the change's commits",
+            ),
+            (
+                &rule.kinds,
+                r.kind.as_deref(),
+                "resource kind",
+                "name it (--kind)",
+            ),
+            (
+                &rule.namespaces,
+                r.namespace.as_deref(),
+                "namespace",
+                "name it (--namespace)",
+            ),
         ] {
             match value {
                 _ if patterns.is_empty() => {}
                 None => {
-                    unknown.get_or_insert(what);
+                    unknown.get_or_insert(Unknown {
+                        what,
+                        patterns,
+                        fix,
+                    });
                 }
                 Some(_) if !matches(patterns, value) => continue 'rules,
                 Some(_) => {}
             }
         }
         return match unknown {
-            Some(what) => Pick::Unknown(rule, what),
+            Some(u) => Pick::Unknown(rule, u),
             None => Pick::Rule(rule),
         };
     }
     Pick::Unmatched
 }
 
-/// Why a rule that filters on `what` cannot be chosen, and how to fix it.
-fn unknown_reason(rule: &Rule, what: &str) -> String {
-    let (patterns, fix) = match what {
-        "repository" => (
-            &rule.repositories,
-            "neither the request nor its change names one and no ingested commit or CI run of it \
-             says; name it (--repository) or ingest the change's commits",
-        ),
-        "resource kind" => (&rule.kinds, "name it (--kind)"),
-        _ => (&rule.namespaces, "name it (--namespace)"),
-    };
+/// Why a rule cannot be chosen, and how to fix it.
+fn unknown_reason(rule: &Rule, u: Unknown<'_>) -> String {
+    let Unknown {
+        what,
+        patterns,
+        fix,
+    } = u;
     format!(
         "rule {:?} applies to the {what} {}, and this request's {what} is unknown: {fix}",
         rule.name,
@@ -397,10 +422,10 @@ pub fn evaluate(policy: &Policy, req: &Request, facts: &Facts<'_>) -> Verdict {
             .map(|r| (Some(*r), pick(policy, req, Some(r))))
             .collect()
     };
-    if let Some((_, Pick::Unknown(rule, what))) =
+    if let Some((_, Pick::Unknown(rule, u))) =
         picks.iter().find(|(_, p)| matches!(p, Pick::Unknown(..)))
     {
-        return Verdict::deny(None, unknown_reason(rule, what));
+        return Verdict::deny(None, unknown_reason(rule, *u));
     }
     let first = picks[0].1;
     if picks.iter().any(|(_, p)| !p.same(first)) {

@@ -1323,9 +1323,15 @@ impl State {
         }
         // Where the subjects themselves were seen, change or no change, so
         // a request without a change cannot pick a rule by naming another
-        // repository than its code's.
+        // repository than its code's. The change's own subjects are in its
+        // facts already.
         let mut subject_repositories = BTreeSet::new();
-        for s in &req.subjects {
+        let bound = |s: &str| {
+            facts_change
+                .as_ref()
+                .is_some_and(|c| c.subjects.contains(s))
+        };
+        for s in req.subjects.iter().filter(|s| !bound(s)) {
             if let Some(c) = self.gov.commits.get(s.as_str())
                 && !c.repository.is_empty()
             {
