@@ -579,6 +579,17 @@ pub fn decode_event(payload: &[u8]) -> Result<Event, InvalidEvent> {
         pb::event::Body::PolicyApproved(p) => Body::PolicyApproved {
             proposal_id: record_id("policy_approved.proposal_id", &p.proposal_id)?,
         },
+        pb::event::Body::IdentityChangeApproved(a) => {
+            if a.entry_index == 0 {
+                return Err(bad(
+                    "identity_change_approved.entry_index",
+                    "entry 0 is the genesis, which waits for no approval",
+                ));
+            }
+            Body::IdentityChangeApproved {
+                entry: a.entry_index,
+            }
+        }
     };
     Ok(Event {
         event_id,
@@ -886,6 +897,11 @@ pub fn encode_event(ev: &Event) -> Vec<u8> {
         Body::PolicyApproved { proposal_id } => {
             pb::event::Body::PolicyApproved(pb::PolicyApproved {
                 proposal_id: proposal_id.to_string(),
+            })
+        }
+        Body::IdentityChangeApproved { entry } => {
+            pb::event::Body::IdentityChangeApproved(pb::IdentityChangeApproved {
+                entry_index: *entry,
             })
         }
     };

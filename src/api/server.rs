@@ -352,12 +352,34 @@ impl pb::ledger_server::Ledger for LedgerApi {
         req: Request<pb::ListPrincipalsRequest>,
     ) -> Result<Response<pb::ListPrincipalsResponse>, Status> {
         self.authorize(&req, "ListPrincipals")?;
-        let (principals, _) = self
+        let ((principals, identity_changes), _) = self
             .svc
-            .read_durable(|s| s.principals().map(principal_state_pb).collect())
+            .read_durable(|s| {
+                (
+                    s.principals().map(principal_state_pb).collect(),
+                    s.pending_identity_changes()
+                        .map(|p| pb::PendingIdentityChange {
+                            entry_index: p.entry,
+                            proposer: p.proposer.to_string(),
+                            subject: p.subject.to_string(),
+                            description: p.describe(),
+                            applied: p.applied.is_some(),
+                            applied_at_index: p.applied.as_ref().map_or(0, |a| a.0),
+                            approved_by: p
+                                .applied
+                                .as_ref()
+                                .map(|a| a.1.to_string())
+                                .unwrap_or_default(),
+                        })
+                        .collect(),
+                )
+            })
             .await
             .map_err(|e| Status::unavailable(e.to_string()))?;
-        Ok(Response::new(pb::ListPrincipalsResponse { principals }))
+        Ok(Response::new(pb::ListPrincipalsResponse {
+            principals,
+            identity_changes,
+        }))
     }
 
     async fn ping(

@@ -346,6 +346,28 @@ pub enum PrincipalCmd {
         #[arg(long, default_value = "")]
         reason: String,
     },
+    /// Approve an identity change another identity administrator signed,
+    /// which waits for a second one (`docket principal pending` lists them).
+    Approve {
+        #[command(flatten)]
+        conn: ConnArgs,
+        #[command(flatten)]
+        sign: SignArgs,
+        /// Index of the entry that recorded the identity change.
+        entry: u64,
+        #[arg(long)]
+        event_id: Option<String>,
+    },
+    /// List identity changes waiting for a second identity administrator
+    /// (and, with --all, those already approved).
+    Pending {
+        #[command(flatten)]
+        conn: ConnArgs,
+        #[arg(long)]
+        all: bool,
+        #[arg(long)]
+        json: bool,
+    },
     /// Show a principal's roles and key history.
     Show {
         #[command(flatten)]
@@ -396,6 +418,34 @@ async fn submit(conn: &ConnArgs, key: &SigningKey, ev: Event) -> CliResult {
         "{}",
         serde_json::to_string_pretty(&receipt_json(&r)).expect("json")
     );
+    Ok(())
+}
+
+/// Like [`submit`], for an identity change: says on stderr when the change
+/// waits for a second identity administrator instead of taking effect.
+async fn submit_identity(conn: &ConnArgs, key: &SigningKey, ev: Event) -> CliResult {
+    let (r, _) = submit_verified(conn, key, ev).await?;
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&receipt_json(&r)).expect("json")
+    );
+    let mut client = Conn::resolve(conn)?.ledger().await?;
+    let list = client
+        .list_principals(pb::ListPrincipalsRequest {})
+        .await
+        .map_err(|s| status_err("list principals", s))?
+        .into_inner();
+    if list
+        .identity_changes
+        .iter()
+        .any(|c| c.entry_index == r.index && !c.applied)
+    {
+        eprintln!(
+            "recorded at entry {i}, not yet in effect: another identity administrator must \
+             approve it with `docket principal approve {i}`",
+            i = r.index
+        );
+    }
     Ok(())
 }
 
@@ -532,7 +582,7 @@ pub(crate) async fn principal(c: PrincipalCmd) -> CliResult {
                 signer,
                 body: Body::PrincipalRegistered(spec),
             };
-            submit(&conn, &key, ev).await
+            submit_identity(&conn, &key, ev).await
         }
         PrincipalCmd::RotateKey {
             conn,
@@ -553,7 +603,7 @@ pub(crate) async fn principal(c: PrincipalCmd) -> CliResult {
                     old_key: old_key.as_deref().map(read_pub).transpose()?,
                 },
             };
-            submit(&conn, &key, ev).await
+            submit_identity(&conn, &key, ev).await
         }
         PrincipalCmd::RevokeKey {
             conn,
@@ -574,7 +624,7 @@ pub(crate) async fn principal(c: PrincipalCmd) -> CliResult {
                     reason,
                 },
             };
-            submit(&conn, &key, ev).await
+            submit_identity(&conn, &key, ev).await
         }
         PrincipalCmd::Update {
             conn,
@@ -601,7 +651,72 @@ pub(crate) async fn principal(c: PrincipalCmd) -> CliResult {
                     reason,
                 }),
             };
-            submit(&conn, &key, ev).await
+            submit_identity(&conn, &key, ev).await
+        }
+        PrincipalCmd::Approve {
+            conn,
+            sign,
+            entry,
+            event_id,
+        } => {
+            let (signer, key) = signer_of(&conn, &sign)?;
+            let ev = Event {
+                event_id: event_id.unwrap_or_else(|| fresh_event_id("identity-approve")),
+                claimed_time_nanos: now_nanos(),
+                signer,
+                body: Body::IdentityChangeApproved { entry },
+            };
+            submit(&conn, &key, ev).await?;
+            eprintln!("the identity change recorded at entry {entry} has taken effect");
+            Ok(())
+        }
+        PrincipalCmd::Pending { conn, all, json } => {
+            let mut client = Conn::resolve(&conn)?.ledger().await?;
+            let list = client
+                .list_principals(pb::ListPrincipalsRequest {})
+                .await
+                .map_err(|s| status_err("list principals", s))?
+                .into_inner();
+            let shown: Vec<&pb::PendingIdentityChange> = list
+                .identity_changes
+                .iter()
+                .filter(|c| all || !c.applied)
+                .collect();
+            if json {
+                let out: Vec<serde_json::Value> = shown
+                    .iter()
+                    .map(|c| {
+                        serde_json::json!({
+                            "entry_index": c.entry_index,
+                            "proposer": c.proposer,
+                            "subject": c.subject,
+                            "description": c.description,
+                            "applied": c.applied,
+                            "applied_at_index": c.applied.then_some(c.applied_at_index),
+                            "approved_by": c.applied.then_some(&c.approved_by),
+                        })
+                    })
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&out).expect("json"));
+            } else if shown.is_empty() {
+                println!("no identity change waits for approval");
+            } else {
+                for c in shown {
+                    let status = if c.applied {
+                        format!(
+                            "took effect at entry {}, approved by {}",
+                            c.applied_at_index, c.approved_by
+                        )
+                    } else {
+                        format!("waiting: docket principal approve {}", c.entry_index)
+                    };
+                    println!(
+                        "entry {}  {}  (signed by {})  {}",
+                        c.entry_index, c.description, c.proposer, status
+                    );
+                }
+            }
+            Ok(())
         }
         PrincipalCmd::Show { conn, id } => {
             let mut client = Conn::resolve(&conn)?.ledger().await?;

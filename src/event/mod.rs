@@ -404,6 +404,11 @@ pub enum Body {
     PolicyApproved {
         proposal_id: RecordId,
     },
+    /// A second identity administrator's approval of the identity change
+    /// recorded at `entry`, which waits for it (ledger-format §8.2).
+    IdentityChangeApproved {
+        entry: u64,
+    },
 }
 
 impl Body {
@@ -425,6 +430,7 @@ impl Body {
             Body::BreakGlassReviewed(_) => "break_glass_reviewed",
             Body::PolicyProposed(_) => "policy_proposed",
             Body::PolicyApproved { .. } => "policy_approved",
+            Body::IdentityChangeApproved { .. } => "identity_change_approved",
         }
     }
 
@@ -441,6 +447,7 @@ impl Body {
                 | Body::PrincipalUpdated(_)
                 | Body::PolicyProposed(_)
                 | Body::PolicyApproved { .. }
+                | Body::IdentityChangeApproved { .. }
         )
     }
 }

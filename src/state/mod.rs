@@ -9,10 +9,13 @@
 //! - `m/time` → i64: integrated time of the last entry folded in
 //! - `m/genesis` → u16 len, origin, [32] log key
 //! - `p/<principal id>` → a principal record (see [`encode_principal`])
+//! - `i/<entry index>` → an identity change waiting for a second identity
+//!   administrator, or applied by one (see [`identity`])
 //! - governance records under `v/ q/ c/ g/ r/ x/ o/ h/` (see [`gov`])
 
 mod codec;
 pub mod gov;
+mod identity;
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -28,6 +31,7 @@ use crate::policy::{Permission, PrincipalFacts};
 
 pub use codec::{StateCodecError, decode_principal, encode_principal};
 pub use gov::{DecisionRecord, Gov, ObligationStatus, Violation};
+pub use identity::PendingIdentity;
 
 /// Version of the persisted state layout. Bump it whenever the fold or the
 /// record encodings change: a state tree of another format is rebuilt from
@@ -37,8 +41,10 @@ pub use gov::{DecisionRecord, Gov, ObligationStatus, Violation};
 /// stale review no longer displaces a fresh one, approvers must still hold
 /// `approve`, and approval age is compared to the nanosecond. 6: the
 /// request's own subjects' repositories count without a change, and a later
-/// stale rejection withdraws a person's approval.
-pub const STATE_FORMAT: u32 = 6;
+/// stale rejection withdraws a person's approval. 7: an identity change about
+/// another principal waits for a second identity administrator when one
+/// exists (`i/` records).
+pub const STATE_FORMAT: u32 = 7;
 
 /// One key of a principal and when it was valid.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -168,6 +174,18 @@ pub enum ApplyError {
     OwnProposal(String),
     #[error("{signer:?} already approved policy proposal {id:?}")]
     AlreadyApproved { id: String, signer: String },
+    #[error("entry {0} did not record an identity change that waits for approval")]
+    NoPendingIdentity(u64),
+    #[error(
+        "the identity change at entry {entry} already took effect at entry {at}, approved by {by:?}"
+    )]
+    IdentityChangeApplied { entry: u64, at: u64, by: String },
+    #[error(
+        "the identity change at entry {0} needs the approval of an identity administrator other than the one who signed it"
+    )]
+    OwnIdentityChange(u64),
+    #[error("the identity change at entry {entry} can no longer take effect: {why}")]
+    IdentityChangeStale { entry: u64, why: String },
 }
 
 /// A signer's keys as of one point in the log.
@@ -240,6 +258,10 @@ pub struct State {
     /// What policy evaluation knows of each principal (derived from `principals`).
     facts: BTreeMap<String, PrincipalFacts>,
     gov: Gov,
+    /// Identity changes that waited for a second identity administrator,
+    /// by the index of the entry that recorded them.
+    pending: BTreeMap<u64, PendingIdentity>,
+    pending_dirty: BTreeSet<u64>,
     /// Accept entries with gaps in their indices: the fold of an evidence
     /// bundle, which holds only the entries its scope needs.
     sparse: bool,
@@ -397,6 +419,45 @@ impl State {
         let history = event.body.is_identity_or_policy();
         match &event.body {
             Body::Genesis(_) => return Err(ApplyError::GenesisNotFirst),
+            Body::PrincipalRegistered(_)
+            | Body::KeyRotated { .. }
+            | Body::KeyRevoked { .. }
+            | Body::PrincipalUpdated(_) => self.apply_identity_event(index, signer, &event.body)?,
+            Body::IdentityChangeApproved { entry } => {
+                self.approve_identity_change(index, signer, *entry)?
+            }
+            Body::Annotation { .. } => {}
+            Body::CommitObserved(c) => self.apply_commit_observed(index, signer, c)?,
+            Body::CiRunReported(r) => self.apply_ci_run(index, at, signer, r)?,
+            Body::ChangeOpened(c) => self.apply_change_opened(index, at, signer, c)?,
+            Body::ChangeAmended(a) => self.apply_change_amended(index, at, signer, a)?,
+            Body::ChangeReviewed(r) => self.apply_change_reviewed(index, at, signer, r)?,
+            Body::DeployRequested(d) => self.apply_deploy(index, at, signer, d)?,
+            Body::BreakGlassReviewed(r) => self.apply_break_glass_review(index, at, signer, r)?,
+            Body::PolicyProposed(p) => self.apply_policy_proposed(index, signer, p)?,
+            Body::PolicyApproved { proposal_id } => {
+                self.apply_policy_approved(index, signer, proposal_id.as_str())?
+            }
+        }
+        if history {
+            self.note_history(index);
+        }
+        self.next = index + 1;
+        self.last_time = at;
+        Ok(())
+    }
+
+    /// Checks an identity body signed by `signer` and, when `commit`, applies
+    /// it as entry `index`. Without `commit` nothing changes: the check of a
+    /// change that waits for a second identity administrator.
+    fn apply_identity(
+        &mut self,
+        index: u64,
+        signer: &PrincipalId,
+        body: &Body,
+        commit: bool,
+    ) -> Result<(), ApplyError> {
+        match body {
             Body::PrincipalRegistered(spec) => {
                 self.require(
                     signer,
@@ -413,7 +474,9 @@ impl State {
                     )?;
                 }
                 self.check_register(spec)?;
-                self.register(spec, index)?;
+                if commit {
+                    self.register(spec, index)?;
+                }
             }
             Body::KeyRotated {
                 principal,
@@ -441,6 +504,9 @@ impl State {
                         principal: principal.to_string(),
                         keyid: KeyId::of(old).to_string(),
                     });
+                }
+                if !commit {
+                    return Ok(());
                 }
                 let p = self
                     .principals
@@ -483,6 +549,9 @@ impl State {
                     |q, k| !(q.id == *principal && k == key),
                     "revoking this key",
                 )?;
+                if !commit {
+                    return Ok(());
+                }
                 let p = self
                     .principals
                     .get_mut(principal)
@@ -492,25 +561,9 @@ impl State {
                 }
                 self.dirty.insert(principal.clone());
             }
-            Body::PrincipalUpdated(u) => self.update_principal(signer, u)?,
-            Body::Annotation { .. } => {}
-            Body::CommitObserved(c) => self.apply_commit_observed(index, signer, c)?,
-            Body::CiRunReported(r) => self.apply_ci_run(index, at, signer, r)?,
-            Body::ChangeOpened(c) => self.apply_change_opened(index, at, signer, c)?,
-            Body::ChangeAmended(a) => self.apply_change_amended(index, at, signer, a)?,
-            Body::ChangeReviewed(r) => self.apply_change_reviewed(index, at, signer, r)?,
-            Body::DeployRequested(d) => self.apply_deploy(index, at, signer, d)?,
-            Body::BreakGlassReviewed(r) => self.apply_break_glass_review(index, at, signer, r)?,
-            Body::PolicyProposed(p) => self.apply_policy_proposed(index, signer, p)?,
-            Body::PolicyApproved { proposal_id } => {
-                self.apply_policy_approved(index, signer, proposal_id.as_str())?
-            }
+            Body::PrincipalUpdated(u) => self.update_principal(signer, u, commit)?,
+            _ => unreachable!("apply_identity is called with identity bodies only"),
         }
-        if history {
-            self.note_history(index);
-        }
-        self.next = index + 1;
-        self.last_time = at;
         Ok(())
     }
 
@@ -518,6 +571,7 @@ impl State {
         &mut self,
         signer: &PrincipalId,
         u: &PrincipalUpdate,
+        commit: bool,
     ) -> Result<(), ApplyError> {
         let touches_roles = !u.grant_roles.is_empty() || !u.revoke_roles.is_empty();
         let touches_emails = !u.add_emails.is_empty() || !u.remove_emails.is_empty();
@@ -580,6 +634,9 @@ impl State {
                 |_, _| true,
                 "this role change",
             )?;
+        }
+        if !commit {
+            return Ok(());
         }
         let p = self
             .principals
@@ -684,6 +741,7 @@ impl State {
             out.push((b"m/format".to_vec(), STATE_FORMAT.to_be_bytes().to_vec()));
         }
         self.gov.take_changes(&mut out);
+        self.take_pending_changes(&mut out);
         out.push((b"m/next".to_vec(), self.next.to_be_bytes().to_vec()));
         out.push((b"m/time".to_vec(), self.last_time.to_be_bytes().to_vec()));
         out
@@ -735,6 +793,7 @@ impl State {
                 let id = rec.id.clone();
                 s.principals.insert(id.clone(), rec);
                 s.refresh_facts(&id);
+            } else if s.load_pending(&k, &v)? {
             } else if !s.gov.load_pair(&k, &v)? {
                 return Err(StateCodecError::UnknownKey(
                     String::from_utf8_lossy(&k).into_owned(),

@@ -230,7 +230,7 @@ proptest! {
     #[test]
     fn one_principal_never_satisfies_two_approvers(
         roles in proptest::collection::btree_set(
-            prop_oneof![Just("dev"), Just("security"), Just("sre"), Just("policy-admin"), Just("ci")], 0..5),
+            prop_oneof![Just("dev"), Just("security"), Just("sre"), Just("policy-admin"), Just("ci"), Just("admin")], 0..6),
         nkeys in 1usize..4,
         human in any::<bool>(),
         ops in proptest::collection::vec(mallory_op(), 1..30),
@@ -239,8 +239,8 @@ proptest! {
         let roles: Vec<&str> = roles.into_iter().collect();
         let keys: Vec<u8> = (0..nkeys as u8).map(|k| 10 + k).collect();
         let kind = if human { PrincipalKind::Human } else { PrincipalKind::Service };
-        f.register("mallory", kind, &roles, &keys);
         f.register("ci", PrincipalKind::Ci, &["ci"], &[30]);
+        f.register("mallory", kind, &roles, &keys);
         f.open("ci", "CHG-1", D).unwrap();
         let mut current = D;
         let mut next_key = 0u8;
@@ -328,6 +328,323 @@ proptest! {
             }
         }
     }
+}
+
+/// What mallory, an identity administrator, tries in order to approve a
+/// change twice over: register puppets, add her keys to other people,
+/// revoke or demote the other identity administrator, grant roles, approve
+/// identity changes herself, and sign approvals as anyone whose active key
+/// she holds.
+#[derive(Debug, Clone)]
+enum IdentityOp {
+    /// Register `puppet{n}` (human, approver roles, maybe admin) with a key she holds.
+    Puppet(u8, bool),
+    /// Add a key she holds to someone else.
+    AddKey(usize),
+    /// Revoke someone else's first active key.
+    Revoke(usize),
+    /// Grant someone else (or a puppet) the admin or security role.
+    Grant(usize, bool),
+    /// Revoke the admin role of the other identity administrator.
+    Demote,
+    /// Approve the newest waiting identity change, signing as anyone she can.
+    ApproveNewest(usize),
+    /// Approve the change, signing as anyone she can.
+    Review(usize),
+    Deploy,
+}
+
+fn identity_op() -> impl Strategy<Value = IdentityOp> {
+    prop_oneof![
+        2 => (0u8..3, any::<bool>()).prop_map(|(n, a)| IdentityOp::Puppet(n, a)),
+        2 => (0usize..6).prop_map(IdentityOp::AddKey),
+        1 => (0usize..6).prop_map(IdentityOp::Revoke),
+        1 => (0usize..6, any::<bool>()).prop_map(|(t, a)| IdentityOp::Grant(t, a)),
+        1 => Just(IdentityOp::Demote),
+        3 => (0usize..6).prop_map(IdentityOp::ApproveNewest),
+        3 => (0usize..6).prop_map(IdentityOp::Review),
+        1 => Just(IdentityOp::Deploy),
+    ]
+}
+
+proptest! {
+    /// While another identity administrator exists, mallory, holding the
+    /// admin role (register principals, change roles) and whatever else,
+    /// cannot make a rule needing two approvers allow with approvals she
+    /// signs: no identity change of hers takes effect without someone
+    /// else's approval, so every principal she can sign as is herself.
+    #[test]
+    fn one_identity_admin_cannot_mint_a_second_approver(
+        extra in proptest::collection::btree_set(
+            prop_oneof![Just("dev"), Just("security"), Just("policy-admin")], 0..3),
+        ops in proptest::collection::vec(identity_op(), 1..40),
+    ) {
+        let mut f = Fold::new(POLICY);
+        f.register("ci", PrincipalKind::Ci, &["ci"], &[30]);
+        f.register("bob", PrincipalKind::Human, &["dev"], &[31]);
+        f.register("admin2", PrincipalKind::Human, &["admin"], &[32]);
+        let mut roles: Vec<&str> = extra.into_iter().collect();
+        roles.push("admin");
+        // admin2 exists: mallory's own registration waits for it.
+        let entry = f.apply("admin", Body::PrincipalRegistered(PrincipalSpec {
+            id: id("mallory"),
+            kind: PrincipalKind::Human,
+            display_name: String::new(),
+            roles: roles.iter().map(|r| r.to_string()).collect(),
+            keys: vec![key(40)],
+            emails: BTreeSet::new(),
+        })).unwrap();
+        prop_assert!(f.st.principal("mallory").is_none());
+        f.apply("admin2", Body::IdentityChangeApproved { entry }).unwrap();
+        f.open("ci", "CHG-1", D).unwrap();
+        let mut held: BTreeSet<[u8; 32]> = [key(40).to_bytes()].into();
+        let mut next_key = 100u8;
+        let names = |f: &Fold| -> Vec<String> {
+            f.st.principals().map(|p| p.id.to_string()).collect()
+        };
+        // Whom mallory can sign as: principals with an active key she holds.
+        let as_whom = |f: &Fold, held: &BTreeSet<[u8; 32]>| -> Vec<String> {
+            f.st.principals()
+                .filter(|p| p.active_keys().any(|k| held.contains(&k.to_bytes())))
+                .map(|p| p.id.to_string())
+                .collect()
+        };
+        for op in ops {
+            let others: Vec<String> = names(&f).into_iter().filter(|n| n != "mallory").collect();
+            match op {
+                IdentityOp::Puppet(n, admin) => {
+                    next_key = next_key.wrapping_add(1).max(100);
+                    held.insert(key(next_key).to_bytes());
+                    let roles: &[&str] = if admin { &["security", "admin"] } else { &["security"] };
+                    let _ = f.apply("mallory", Body::PrincipalRegistered(PrincipalSpec {
+                        id: id(&format!("puppet{n}")),
+                        kind: PrincipalKind::Human,
+                        display_name: String::new(),
+                        roles: set(roles),
+                        keys: vec![key(next_key)],
+                        emails: BTreeSet::new(),
+                    }));
+                }
+                IdentityOp::AddKey(t) => {
+                    next_key = next_key.wrapping_add(1).max(100);
+                    held.insert(key(next_key).to_bytes());
+                    let target = &others[t % others.len()];
+                    let _ = f.apply("mallory", Body::KeyRotated {
+                        principal: id(target),
+                        new_key: key(next_key),
+                        old_key: None,
+                    });
+                }
+                IdentityOp::Revoke(t) => {
+                    let target = &others[t % others.len()];
+                    let k = f.st.principal(target).and_then(|p| p.active_keys().next().copied());
+                    if let Some(k) = k {
+                        let _ = f.apply("mallory", Body::KeyRevoked {
+                            principal: id(target), key: k, reason: String::new(),
+                        });
+                    }
+                }
+                IdentityOp::Grant(t, admin) => {
+                    let target = &others[t % others.len()];
+                    let _ = f.apply("mallory", Body::PrincipalUpdated(PrincipalUpdate {
+                        principal: id(target),
+                        grant_roles: set(&[if admin { "admin" } else { "security" }]),
+                        revoke_roles: BTreeSet::new(),
+                        add_emails: BTreeSet::new(),
+                        remove_emails: BTreeSet::new(),
+                        reason: String::new(),
+                    }));
+                }
+                IdentityOp::Demote => {
+                    let _ = f.apply("mallory", Body::PrincipalUpdated(PrincipalUpdate {
+                        principal: id("admin2"),
+                        grant_roles: BTreeSet::new(),
+                        revoke_roles: set(&["admin"]),
+                        add_emails: BTreeSet::new(),
+                        remove_emails: BTreeSet::new(),
+                        reason: String::new(),
+                    }));
+                }
+                IdentityOp::ApproveNewest(w) => {
+                    let newest = f.st.pending_identity_changes()
+                        .filter(|p| p.applied.is_none())
+                        .map(|p| p.entry)
+                        .max();
+                    let signers = as_whom(&f, &held);
+                    if let Some(entry) = newest {
+                        let _ = f.apply(&signers[w % signers.len()],
+                            Body::IdentityChangeApproved { entry });
+                    }
+                }
+                IdentityOp::Review(w) => {
+                    let signers = as_whom(&f, &held);
+                    let _ = f.review(&signers[w % signers.len()], "CHG-1", D, true);
+                }
+                IdentityOp::Deploy => {
+                    let d = f.deploy("ci", D);
+                    prop_assert!(!d.allow, "{d:#?}");
+                }
+            }
+            // Nothing she signed about anyone else took effect.
+            prop_assert_eq!(as_whom(&f, &held), vec!["mallory".to_string()]);
+            prop_assert!(f.st.pending_identity_changes().all(|p| p.applied.is_none()
+                || p.proposer.as_str() != "mallory"));
+        }
+        let d = f.deploy("ci", D);
+        prop_assert!(!d.allow, "{d:#?}");
+        prop_assert!(d.counted.len() <= 1, "{d:#?}");
+    }
+}
+
+#[test]
+fn identity_changes_wait_for_a_second_identity_admin() {
+    let mut f = Fold::new(POLICY);
+    // Alone, the genesis admin's changes take effect at once.
+    f.register("bob", PrincipalKind::Human, &["dev"], &[2]);
+    f.register("admin2", PrincipalKind::Human, &["admin"], &[3]);
+    assert!(f.st.principal("admin2").is_some());
+    // Now admin2 exists: a registration by admin waits.
+    let spec = |who: &str, k: u8| {
+        Body::PrincipalRegistered(PrincipalSpec {
+            id: id(who),
+            kind: PrincipalKind::Human,
+            display_name: String::new(),
+            roles: set(&["security"]),
+            keys: vec![key(k)],
+            emails: BTreeSet::new(),
+        })
+    };
+    let reg = f.apply("admin", spec("erin", 5)).unwrap();
+    assert!(f.st.principal("erin").is_none());
+    let waiting: Vec<_> = f.st.pending_identity_changes().cloned().collect();
+    assert_eq!(waiting.len(), 1);
+    assert_eq!(
+        (
+            waiting[0].entry,
+            waiting[0].proposer.as_str(),
+            waiting[0].subject.as_str()
+        ),
+        (reg, "admin", "erin")
+    );
+    assert_eq!(
+        waiting[0].describe(),
+        "register erin (human) with roles security"
+    );
+    // Its own signer, a non-admin, and a non-pending entry are refused.
+    assert_eq!(
+        f.apply("admin", Body::IdentityChangeApproved { entry: reg }),
+        Err(ApplyError::OwnIdentityChange(reg))
+    );
+    let e = f
+        .apply("bob", Body::IdentityChangeApproved { entry: reg })
+        .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "\"bob\" may not approve identity changes: only a human principal whose roles give \
+         `register_principals` (admin) or `change_roles` (admin) may"
+    );
+    assert_eq!(
+        f.apply("admin2", Body::IdentityChangeApproved { entry: 1 }),
+        Err(ApplyError::NoPendingIdentity(1))
+    );
+    // A second registration claiming the same key also waits (it is valid now).
+    let twin = f.apply("admin", spec("erin2", 5)).unwrap();
+    let ok = f
+        .apply("admin2", Body::IdentityChangeApproved { entry: reg })
+        .unwrap();
+    let erin = f.st.principal("erin").unwrap();
+    assert_eq!((erin.registered_at, erin.keys[0].added_at), (ok, ok));
+    assert_eq!(
+        f.apply("admin2", Body::IdentityChangeApproved { entry: reg }),
+        Err(ApplyError::IdentityChangeApplied {
+            entry: reg,
+            at: ok,
+            by: "admin2".into()
+        })
+    );
+    // Re-checked when approved: the key is erin's by now.
+    let e = f
+        .apply("admin2", Body::IdentityChangeApproved { entry: twin })
+        .unwrap_err();
+    assert!(
+        matches!(&e, ApplyError::IdentityChangeStale { entry, why }
+            if *entry == twin && why.starts_with("key ") && why.ends_with("is already registered")),
+        "{e}"
+    );
+    // Adding a key to bob, or revoking admin2's key, waits too; rotating
+    // one's own key does not.
+    let add = f
+        .apply(
+            "admin",
+            Body::KeyRotated {
+                principal: id("bob"),
+                new_key: key(6),
+                old_key: None,
+            },
+        )
+        .unwrap();
+    assert_eq!(f.st.principal("bob").unwrap().keys.len(), 1);
+    f.apply(
+        "admin",
+        Body::KeyRevoked {
+            principal: id("admin2"),
+            key: key(3),
+            reason: String::new(),
+        },
+    )
+    .unwrap();
+    assert_eq!(f.st.principal("admin2").unwrap().active_keys().count(), 1);
+    f.apply(
+        "bob",
+        Body::KeyRotated {
+            principal: id("bob"),
+            new_key: key(7),
+            old_key: Some(key(2)),
+        },
+    )
+    .unwrap();
+    assert_eq!(f.st.principal("bob").unwrap().active_keys().count(), 1);
+    // admin2 approves adding the key: it is valid from that approval.
+    let at = f
+        .apply("admin2", Body::IdentityChangeApproved { entry: add })
+        .unwrap();
+    let bob = f.st.principal("bob").unwrap();
+    assert_eq!(bob.keys.last().unwrap().added_at, at);
+    assert_eq!(bob.active_keys().count(), 2);
+    // Waiting and applied changes persist and load back.
+    let mut st = f.st.clone();
+    let mut pairs = st.take_changes();
+    pairs.sort();
+    let loaded = State::load(pairs).unwrap();
+    assert_eq!(
+        loaded.pending_identity_changes().collect::<Vec<_>>(),
+        f.st.pending_identity_changes().collect::<Vec<_>>()
+    );
+    assert_eq!(
+        loaded.principals().collect::<Vec<_>>(),
+        f.st.principals().collect::<Vec<_>>()
+    );
+    // What a signer queued no longer applies once all its keys are revoked.
+    let queued = f.apply("admin", spec("frank", 8)).unwrap();
+    f.apply(
+        "admin",
+        Body::KeyRevoked {
+            principal: id("admin"),
+            key: key(1),
+            reason: "compromised".into(),
+        },
+    )
+    .unwrap();
+    let e = f
+        .apply("admin2", Body::IdentityChangeApproved { entry: queued })
+        .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        format!(
+            "the identity change at entry {queued} can no longer take effect: \"admin\", who \
+             signed it, has no active key any more"
+        )
+    );
 }
 
 #[test]

@@ -745,6 +745,7 @@ SCHEMAS = {
     "PrincipalUpdated": {1: ("principal_id", "string", False), 2: ("grant_roles", "string", True),
                          3: ("revoke_roles", "string", True), 4: ("add_emails", "string", True),
                          5: ("remove_emails", "string", True), 6: ("reason", "string", False)},
+    "IdentityChangeApproved": {1: ("entry_index", "varint", False)},
     "ChangedPaths": {1: ("added", "varint", False), 2: ("modified", "varint", False),
                      3: ("deleted", "varint", False), 4: ("paths", "string", True),
                      5: ("truncated", "bool", False)},
@@ -786,6 +787,7 @@ BODIES = {
     10: ("Genesis", "genesis"), 11: ("PrincipalRegistered", "principal_registered"),
     12: ("KeyRotated", "key_rotated"), 13: ("KeyRevoked", "key_revoked"),
     14: ("Annotation", "annotation"), 15: ("PrincipalUpdated", "principal_updated"),
+    16: ("IdentityChangeApproved", "identity_change_approved"),
     20: ("CommitObserved", "commit_observed"), 21: ("CiRunReported", "ci_run_reported"),
     22: ("ChangeOpened", "change_opened"), 23: ("ChangeAmended", "change_amended"),
     24: ("ChangeReviewed", "change_reviewed"), 25: ("DeployRequested", "deploy_requested"),
@@ -1051,6 +1053,9 @@ KIND_NAMES = {1: "human", 2: "service", 3: "ci", 4: "cluster"}
 CI_STATUS = {1: "passed", 2: "failed", 3: "canceled"}
 SIG_VERDICT = {1: "unsigned", 2: "verified", 3: "bad", 4: "untrusted-key", 5: "unverifiable"}
 REVIEW_VERDICT = {1: "approve", 2: "reject"}
+# Identity changes: one signed about another principal waits for a second identity administrator
+# while one exists (LF §8.2); IdentityChangeApproved applies it.
+IDENTITY_CHANGES = ("PrincipalRegistered", "KeyRotated", "KeyRevoked", "PrincipalUpdated")
 
 
 class Fold:
@@ -1071,6 +1076,7 @@ class Fold:
         self.ci_runs = []
         self.deployments = {}
         self.bg_reviews = {}        # deployment index -> review
+        self.pending = {}           # entry index -> an identity change that waited for approval
         self.event_ids = set()
         self.records = []           # per carried entry: what the derived files need
         self.next_index = 0
@@ -1093,11 +1099,14 @@ class Fold:
         p = self.principals.get(pid)
         return [k["key"] for k in p["keys"] if k["revoked_at"] is None] if p else []
 
-    def lockout_check(self, what, action, policy=None):
-        """LF §8.2 lock-out protection."""
+    def lockout_check(self, what, action, policy=None, roles=None, revoked=None):
+        """LF §8.2 lock-out protection. `roles` ({principal: roles}) and `revoked` ((principal,
+        key)) describe a change not made yet: the check is of the state it would leave."""
         policy = policy or self.policy
+        roles = roles or {}
         for perm in ("register_principals", "change_roles"):
-            ok = any(self.active_keys(pid) and self.holds(pid, perm, policy)
+            ok = any([k for k in self.active_keys(pid) if (pid, k) != revoked]
+                     and roles.get(pid, self.principals[pid]["roles"]) & policy.permissions[perm]
                      for pid in self.principals)
             require(ok, what, f"{action} would leave no principal with an active key holding `{perm}`")
 
@@ -1137,6 +1146,103 @@ class Fold:
 
     def subjects_of(self, rev):
         return rev["commits"] | rev["digests"]
+
+    def is_identity_admin(self, pid):
+        """A human principal with an active key whose roles give `register_principals` or
+        `change_roles`: one who may approve another's identity change (LF §8.2)."""
+        p = self.principals.get(pid)
+        return (p is not None and p["kind"] == 1 and bool(self.active_keys(pid))
+                and (self.holds(pid, "register_principals") or self.holds(pid, "change_roles")))
+
+    def identity_subject(self, signer, kind, b):
+        """The principal an identity body signed by `signer` is about, when it is about someone
+        other than the signer (or is any role or e-mail update); None for a principal rotating or
+        revoking its own key, which applies at once."""
+        if kind == "PrincipalRegistered":
+            return b["principal"]["id"] if b["principal"] is not None else None
+        if kind in ("KeyRotated", "KeyRevoked"):
+            return b["principal_id"] if b["principal_id"] != signer else None
+        return b["principal_id"]                          # PrincipalUpdated
+
+    def identity(self, index, what, signer, kind, b, commit):
+        """Checks the identity body `b` signed by `signer` and, when `commit`, applies it as entry
+        `index`. Without `commit` nothing changes: the check of a change that waits for a second
+        identity administrator."""
+        if kind == "PrincipalRegistered":
+            pr = b["principal"]
+            require(pr is not None, what, "no principal")
+            self.need_perm(what, signer, "register_principals", "register principals")
+            if pr["roles"]:
+                self.need_perm(what, signer, "change_roles", "grant roles")
+            require(pr["id"] not in self.principals, what, f"principal {pr['id']} already exists")
+            self.check_principal_msg(what, pr)
+            if commit:
+                self.register(pr, index)
+        elif kind == "KeyRotated":
+            pid = b["principal_id"]
+            require(signer == pid or self.holds(signer, "register_principals"), what,
+                    f"{signer!r} may not rotate {pid!r}'s key")
+            require(pid in self.principals, what, f"principal {pid} does not exist")
+            nk = b["new_public_key"]
+            require(len(nk) == 32 and valid_public_key(nk), what, "invalid new_public_key")
+            require(nk not in self.all_keys, what, "new_public_key was registered before")
+            if b["old_public_key"]:
+                require(b["old_public_key"] in self.active_keys(pid), what,
+                        "old_public_key is not an active key of the principal")
+            if not commit:
+                return                                    # a rotation adds a key: no lock-out
+            if b["old_public_key"]:
+                for k in self.principals[pid]["keys"]:
+                    if k["key"] == b["old_public_key"]:
+                        k["revoked_at"] = index
+            self.principals[pid]["keys"].append({"key": nk, "added_at": index, "revoked_at": None})
+            self.all_keys.add(nk)
+            self.lockout_check(what, "this rotation")
+        elif kind == "KeyRevoked":
+            pid = b["principal_id"]
+            require(signer == pid or self.holds(signer, "register_principals"), what,
+                    f"{signer!r} may not revoke {pid!r}'s key")
+            require(pid in self.principals, what, f"principal {pid} does not exist")
+            require(b["public_key"] in self.active_keys(pid), what,
+                    "the key is not an active key of the principal")
+            self.lockout_check(what, "revoking this key", revoked=(pid, b["public_key"]))
+            if not commit:
+                return
+            for k in self.principals[pid]["keys"]:
+                if k["key"] == b["public_key"]:
+                    k["revoked_at"] = index
+        elif kind == "PrincipalUpdated":
+            pid = b["principal_id"]
+            grant, revoke = set(b["grant_roles"]), set(b["revoke_roles"])
+            add, remove = set(b["add_emails"]), set(b["remove_emails"])
+            require(grant or revoke or add or remove, what, "the update changes nothing")
+            require(not grant & revoke and not add & remove, what,
+                    "a role or e-mail is both added and removed")
+            if grant or revoke:
+                self.need_perm(what, signer, "change_roles", "change roles")
+                require(signer != pid, what, "no one may change their own roles")
+            if add or remove:
+                self.need_perm(what, signer, "register_principals", "change e-mails")
+            require(pid in self.principals, what, f"principal {pid} does not exist")
+            p = self.principals[pid]
+            require(not grant & p["roles"], what, "a granted role is already held")
+            require(revoke <= p["roles"], what, "a revoked role is not held")
+            require(remove <= p["emails"], what, "a removed e-mail is not the principal's")
+            require(not any(e in self.email_owner for e in add), what,
+                    "an added e-mail already identifies a principal")
+            new_roles = (p["roles"] | grant) - revoke
+            if grant or revoke:
+                self.lockout_check(what, "this role change", roles={pid: new_roles})
+            if not commit:
+                return
+            p["roles"] = new_roles
+            p["emails"] = (p["emails"] | add) - remove
+            for e in remove:
+                self.email_owner.pop(e, None)
+            for e in add:
+                self.email_owner[e] = pid
+        else:  # pragma: no cover
+            raise Failed(what, f"{kind} is not an identity change")
 
     # -- folding one entry (EF §9 steps 1-6) -------------------------------------------------
 
@@ -1223,70 +1329,46 @@ class Fold:
             self.versions.append({"version": 1, "policy": Policy(text, what), "activated_at": 0,
                                   "proposal": None})
             self.lockout_check(what, "the genesis policy")
-        elif kind == "PrincipalRegistered":
-            pr = b["principal"]
-            require(pr is not None, what, "no principal")
-            self.need_perm(what, signer, "register_principals", "register principals")
-            if pr["roles"]:
-                self.need_perm(what, signer, "change_roles", "grant roles")
-            require(pr["id"] not in self.principals, what, f"principal {pr['id']} already exists")
-            self.check_principal_msg(what, pr)
-            self.register(pr, index)
-        elif kind == "KeyRotated":
-            pid = b["principal_id"]
-            require(signer == pid or self.holds(signer, "register_principals"), what,
-                    f"{signer!r} may not rotate {pid!r}'s key")
-            require(pid in self.principals, what, f"principal {pid} does not exist")
-            nk = b["new_public_key"]
-            require(len(nk) == 32 and valid_public_key(nk), what, "invalid new_public_key")
-            require(nk not in self.all_keys, what, "new_public_key was registered before")
-            if b["old_public_key"]:
-                require(b["old_public_key"] in self.active_keys(pid), what,
-                        "old_public_key is not an active key of the principal")
-                for k in self.principals[pid]["keys"]:
-                    if k["key"] == b["old_public_key"]:
-                        k["revoked_at"] = index
-            self.principals[pid]["keys"].append({"key": nk, "added_at": index, "revoked_at": None})
-            self.all_keys.add(nk)
-            self.lockout_check(what, "this rotation")
-        elif kind == "KeyRevoked":
-            pid = b["principal_id"]
-            require(signer == pid or self.holds(signer, "register_principals"), what,
-                    f"{signer!r} may not revoke {pid!r}'s key")
-            require(pid in self.principals, what, f"principal {pid} does not exist")
-            require(b["public_key"] in self.active_keys(pid), what,
-                    "the key is not an active key of the principal")
-            for k in self.principals[pid]["keys"]:
-                if k["key"] == b["public_key"]:
-                    k["revoked_at"] = index
-            self.lockout_check(what, "revoking this key")
-        elif kind == "PrincipalUpdated":
-            pid = b["principal_id"]
-            grant, revoke = set(b["grant_roles"]), set(b["revoke_roles"])
-            add, remove = set(b["add_emails"]), set(b["remove_emails"])
-            require(grant or revoke or add or remove, what, "the update changes nothing")
-            require(not grant & revoke and not add & remove, what,
-                    "a role or e-mail is both added and removed")
-            if grant or revoke:
-                self.need_perm(what, signer, "change_roles", "change roles")
-                require(signer != pid, what, "no one may change their own roles")
-            if add or remove:
-                self.need_perm(what, signer, "register_principals", "change e-mails")
-            require(pid in self.principals, what, f"principal {pid} does not exist")
-            p = self.principals[pid]
-            require(not grant & p["roles"], what, "a granted role is already held")
-            require(revoke <= p["roles"], what, "a revoked role is not held")
-            require(remove <= p["emails"], what, "a removed e-mail is not the principal's")
-            require(not any(e in self.email_owner for e in add), what,
-                    "an added e-mail already identifies a principal")
-            p["roles"] = (p["roles"] | grant) - revoke
-            p["emails"] = (p["emails"] | add) - remove
-            for e in remove:
-                self.email_owner.pop(e, None)
-            for e in add:
-                self.email_owner[e] = pid
-            if grant or revoke:
-                self.lockout_check(what, "this role change")
+        elif kind in IDENTITY_CHANGES:
+            subject = self.identity_subject(signer, kind, b)
+            if subject is not None and any(pid != signer and self.is_identity_admin(pid)
+                                           for pid in self.principals):
+                # Another identity administrator exists: checked, recorded, without effect.
+                self.identity(index, what, signer, kind, b, commit=False)
+                self.pending[index] = {"proposer": signer, "subject": subject, "kind": kind,
+                                       "body": b, "applied": None}
+            else:
+                self.identity(index, what, signer, kind, b, commit=True)
+        elif kind == "IdentityChangeApproved":
+            e = b["entry_index"]
+            require(e != 0, what, "identity_change_approved.entry_index: entry 0 is the genesis,"
+                    " which waits for no approval")
+            pend = self.pending.get(e)
+            require(pend is not None, what,
+                    f"entry {e} did not record an identity change that waits for approval")
+            if pend["applied"] is not None:
+                at, by = pend["applied"]
+                raise Failed(what, f"the identity change at entry {e} already took effect at entry"
+                             f" {at}, approved by {by!r}")
+            require(signer != pend["proposer"], what,
+                    f"the identity change at entry {e} needs the approval of an identity"
+                    " administrator other than the one who signed it")
+            require(self.is_identity_admin(signer), what,
+                    f"{signer!r} may not approve identity changes: only a human principal whose"
+                    " roles give `register_principals`"
+                    f" ({', '.join(sorted(self.policy.permissions['register_principals']))}) or"
+                    " `change_roles`"
+                    f" ({', '.join(sorted(self.policy.permissions['change_roles']))}) may")
+            require(self.active_keys(pend["proposer"]), what,
+                    f"the identity change at entry {e} can no longer take effect:"
+                    f" {pend['proposer']!r}, who signed it, has no active key any more")
+            # Applied now, as this entry, re-checked as signed by its proposer.
+            try:
+                self.identity(index, what, pend["proposer"], pend["kind"], pend["body"], commit=True)
+            except Failed as exc:
+                raise Failed(what, f"the identity change at entry {e} can no longer take effect:"
+                             f" {exc.why}")
+            pend["applied"] = (index, signer)
         elif kind == "Annotation":
             pass
         elif kind == "CommitObserved":

@@ -2,8 +2,8 @@
 //! `authorize` in words (no --json), `authorize --commit` for a change that
 //! binds a commit, `reject` and what it does to later decisions and to
 //! `change show`, and a principal without `change_roles` trying to grant a
-//! role. Commits are real git commits; segregation of duties needs them
-//! ingested.
+//! role, and a second identity administrator approving an identity change.
+//! Commits are real git commits; segregation of duties needs them ingested.
 
 use std::path::{Path, PathBuf};
 
@@ -530,6 +530,85 @@ async fn a_dev_may_not_change_roles() {
     ])
     .await;
     assert_eq!(roles(&s.cli_ok(&show).await), json!(["dev", "security"]));
+}
+
+/// Once a second identity administrator exists, the admin's role grant is
+/// recorded but waits: `principal update` says so and how to approve it,
+/// `principal pending` lists it, the admin cannot approve it, and the
+/// second administrator's `principal approve` makes it take effect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_identity_admin_approves_identity_changes() {
+    let s = server().with_policy(POLICY).run().await;
+    let t = Team::new(&s);
+    t.add(&s, "alice", "human", "dev", None).await;
+    // While the admin is the only identity administrator, this applies at once.
+    t.add(&s, "root2", "human", "admin", None).await;
+    let roles = |out: &str| -> Value {
+        let p: Value = serde_json::from_str(out).unwrap_or_else(|e| panic!("{e}: {out}"));
+        p["roles"].clone()
+    };
+    let show = ["principal", "show", "--id", "alice"];
+    let grant = s
+        .cli(&[
+            "principal",
+            "update",
+            "--id",
+            "alice",
+            "--grant-role",
+            "security",
+        ])
+        .await;
+    assert_eq!(grant.code, 0, "{grant:?}");
+    let receipt: Value = serde_json::from_str(&grant.stdout).unwrap();
+    let entry = receipt["index"].as_u64().unwrap();
+    assert!(
+        grant.stderr.contains(&format!(
+            "recorded at entry {entry}, not yet in effect: another identity administrator must \
+             approve it with `docket principal approve {entry}`"
+        )),
+        "{grant:?}"
+    );
+    assert_eq!(roles(&s.cli_ok(&show).await), json!(["dev"]));
+    let pending: Value =
+        serde_json::from_str(&s.cli_ok(&["principal", "pending", "--json"]).await).unwrap();
+    assert_eq!(
+        pending,
+        json!([{
+            "entry_index": entry,
+            "proposer": "admin",
+            "subject": "alice",
+            "description": "update alice: grant security",
+            "applied": false,
+            "applied_at_index": null,
+            "approved_by": null,
+        }])
+    );
+    let entry_arg = entry.to_string();
+    let own = s.cli(&["principal", "approve", &entry_arg]).await;
+    assert_eq!(own.code, 1, "{own:?}");
+    assert!(
+        own.stderr.contains(&format!(
+            "the identity change at entry {entry} needs the approval of an identity administrator \
+             other than the one who signed it"
+        )),
+        "{own:?}"
+    );
+    let ok = t
+        .run_as(&s, "root2", &["principal", "approve", &entry_arg])
+        .await;
+    assert_eq!(ok.code, 0, "{ok:?}");
+    assert!(ok.stderr.contains("has taken effect"), "{ok:?}");
+    let at: Value = serde_json::from_str(&ok.stdout).unwrap();
+    assert_eq!(roles(&s.cli_ok(&show).await), json!(["dev", "security"]));
+    assert_eq!(
+        s.cli_ok(&["principal", "pending"]).await.trim(),
+        "no identity change waits for approval"
+    );
+    let all: Value =
+        serde_json::from_str(&s.cli_ok(&["principal", "pending", "--all", "--json"]).await)
+            .unwrap();
+    assert_eq!(all[0]["applied_at_index"], at["index"], "{all}");
+    assert_eq!(all[0]["approved_by"], "root2", "{all}");
 }
 
 /// A gate that cannot reach the server exits 69 (EX_UNAVAILABLE), not 1:

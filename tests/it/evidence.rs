@@ -101,7 +101,7 @@ impl Fixture {
         kind: PrincipalKind,
         role: &str,
         email: Option<&str>,
-    ) {
+    ) -> u64 {
         self.append(
             id,
             "admin",
@@ -114,7 +114,7 @@ impl Fixture {
                 emails: email.map(|e| e.to_owned()).into_iter().collect(),
             }),
         )
-        .await;
+        .await
     }
 
     async fn build(&mut self, name: &'static str, author: &str, image: &str) -> (String, String) {
@@ -1838,7 +1838,18 @@ async fn key_rotations_and_policy_versions_travel_with_the_bundle() {
     )
     .await;
     f.register("pa1", PrincipalKind::Human, "admin", None).await;
-    f.register("pa2", PrincipalKind::Human, "admin", None).await;
+    // pa1 is a second identity administrator now: pa2's registration waits
+    // for pa1's approval, and both entries travel with the bundle.
+    let pa2_registered = f.register("pa2", PrincipalKind::Human, "admin", None).await;
+    let pa2_approved = f
+        .append(
+            "pa1-approves-pa2",
+            "pa1",
+            Body::IdentityChangeApproved {
+                entry: pa2_registered,
+            },
+        )
+        .await;
     assert_eq!(POLICY.matches("approvals = 2\n").count(), 1);
     let v2 = POLICY.replace("approvals = 2\n", "approvals = 1\n");
     let pol = RecordId::parse("POL-2").unwrap();
@@ -1907,6 +1918,8 @@ async fn key_rotations_and_policy_versions_travel_with_the_bundle() {
     ] {
         assert!(carried.contains(&f.at[name]), "{name} is not carried");
     }
+    // pa2's keys are valid from the approval, not from the registration.
+    assert!(carried.contains(&pa2_registered) && carried.contains(&pa2_approved));
     assert_eq!(files["policies/v2.toml"], v2.as_bytes());
     assert!(files.contains_key("policies/v1.toml"));
     let policies = json(&files, "facts/policies.json");

@@ -503,6 +503,20 @@ def policy_approved(event_id: str, signer: str, proposal_id: str) -> "event_pb2.
     return _event(event_id, signer, policy_approved=event_pb2.PolicyApproved(proposal_id=proposal_id))
 
 
+def identity_change_approved(event_id: str, signer: str, entry_index: int) -> "event_pb2.Event":
+    """Approves the identity change recorded at ``entry_index``, which waits for a second
+    identity administrator (a human whose roles give ``register_principals`` or
+    ``change_roles``, other than its signer); ``Client.principals()`` lists the waiting ones in
+    ``identity_changes``."""
+    if entry_index < 1:
+        raise ValueError("entry_index: entry 0 is the genesis, which waits for no approval")
+    return _event(
+        event_id,
+        signer,
+        identity_change_approved=event_pb2.IdentityChangeApproved(entry_index=entry_index),
+    )
+
+
 def allowed(decision: "governance_pb2.Decision") -> bool:
     """True when the decision is allow."""
     return decision.verdict == governance_pb2.VERDICT_ALLOW

@@ -20,6 +20,7 @@ from docket_client.client import (
     deploy_requested,
     git_commit_sha,
     policy_approved,
+    identity_change_approved,
     policy_proposed,
     principal_registered,
     public_key_bytes,
@@ -124,6 +125,7 @@ def test_builders_set_exactly_one_body_and_the_claimed_time():
         "break_glass_reviewed": break_glass_reviewed("e7", "carol", 42, justified=False, comment="c"),
         "policy_proposed": policy_proposed("e8", "admin", "p-1", "version = 1\n", 1, "d"),
         "policy_approved": policy_approved("e9", "bob", "p-1"),
+        "identity_change_approved": identity_change_approved("e10", "root2", 12),
     }
     after = time.time_ns()
     for body, ev in events.items():
@@ -150,6 +152,9 @@ def test_builders_set_exactly_one_body_and_the_claimed_time():
         "INC-7",
     )
     assert events["break_glass_reviewed"].break_glass_reviewed.deployment_index == 42
+    assert events["identity_change_approved"].identity_change_approved.entry_index == 12
+    with pytest.raises(ValueError, match="entry_index"):
+        identity_change_approved("e", "root2", 0)
     assert not events["break_glass_reviewed"].break_glass_reviewed.justified
     ci = principal_registered("e", "admin", "ci", key.public_key(), kind="ci", roles=["ci"])
     assert ci.principal_registered.principal.kind == event_pb2.PRINCIPAL_KIND_CI

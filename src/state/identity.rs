@@ -1,0 +1,402 @@
+//! The two-person rule for identity changes (ledger-format §8.2).
+//!
+//! An identity change that one principal signs about another (a
+//! registration, another principal's key rotated or revoked, any role or
+//! e-mail update) takes effect at once only while no other human identity
+//! administrator exists. Otherwise the entry records the change, checked
+//! but without effect, and it waits for an `IdentityChangeApproved` from
+//! such an administrator other than its signer; the approval entry applies
+//! it, re-checked against the state of that moment. So no single principal
+//! can mint sock-puppet approvers, add its key to someone else, or move an
+//! e-mail to make its own approval count, once a second identity
+//! administrator exists.
+//!
+//! Persisted under `i/<u64 entry index>` → [`StoredPending`] (postcard).
+
+use std::collections::BTreeSet;
+
+use serde::{Deserialize, Serialize};
+
+use super::{ApplyError, State, StateCodecError};
+use crate::crypto;
+use crate::event::{Body, PrincipalId, PrincipalKind, PrincipalSpec, PrincipalUpdate};
+use crate::policy::Permission;
+
+/// An identity change waiting for (or given) a second identity
+/// administrator's approval.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PendingIdentity {
+    /// The entry that recorded it.
+    pub entry: u64,
+    /// Who signed it.
+    pub proposer: PrincipalId,
+    /// The principal it is about.
+    pub subject: PrincipalId,
+    /// The identity body itself.
+    pub body: Body,
+    /// The approval entry that applied it, and who signed that approval.
+    pub applied: Option<(u64, PrincipalId)>,
+}
+
+impl PendingIdentity {
+    /// One line saying what the change does, for listings.
+    pub fn describe(&self) -> String {
+        match &self.body {
+            Body::PrincipalRegistered(s) => {
+                let roles: Vec<&str> = s.roles.iter().map(String::as_str).collect();
+                format!(
+                    "register {} ({}){}",
+                    s.id,
+                    s.kind.name(),
+                    if roles.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" with roles {}", roles.join(", "))
+                    }
+                )
+            }
+            Body::KeyRotated { principal, .. } => format!("add a key to {principal}"),
+            Body::KeyRevoked { principal, .. } => format!("revoke a key of {principal}"),
+            Body::PrincipalUpdated(u) => {
+                let mut parts = Vec::new();
+                let list = |v: &BTreeSet<String>| v.iter().cloned().collect::<Vec<_>>().join(", ");
+                if !u.grant_roles.is_empty() {
+                    parts.push(format!("grant {}", list(&u.grant_roles)));
+                }
+                if !u.revoke_roles.is_empty() {
+                    parts.push(format!("revoke {}", list(&u.revoke_roles)));
+                }
+                if !u.add_emails.is_empty() {
+                    parts.push(format!("add e-mail {}", list(&u.add_emails)));
+                }
+                if !u.remove_emails.is_empty() {
+                    parts.push(format!("remove e-mail {}", list(&u.remove_emails)));
+                }
+                format!("update {}: {}", u.principal, parts.join("; "))
+            }
+            other => other.kind_name().to_owned(),
+        }
+    }
+}
+
+/// The principal an identity body signed by `signer` is about, when it is
+/// about someone other than the signer (or is any role or e-mail update,
+/// which needs identity permissions even for oneself). `None` for a
+/// principal rotating or revoking its own key, which proves itself.
+fn subject_of(signer: &PrincipalId, body: &Body) -> Option<PrincipalId> {
+    match body {
+        Body::PrincipalRegistered(s) => Some(s.id.clone()),
+        Body::KeyRotated { principal, .. } | Body::KeyRevoked { principal, .. } => {
+            (principal != signer).then(|| principal.clone())
+        }
+        Body::PrincipalUpdated(u) => Some(u.principal.clone()),
+        _ => None,
+    }
+}
+
+impl State {
+    /// Identity changes recorded to wait for a second identity
+    /// administrator, in entry order, applied or not.
+    pub fn pending_identity_changes(&self) -> impl Iterator<Item = &PendingIdentity> {
+        self.pending.values()
+    }
+
+    /// Whether `who` is a human principal with an active key whose roles
+    /// give `register_principals` or `change_roles`: one who may approve
+    /// another's identity change.
+    fn is_identity_admin(&self, who: &PrincipalId) -> bool {
+        let policy = self.gov.policy();
+        self.principals.get(who).is_some_and(|p| {
+            p.kind == PrincipalKind::Human
+                && p.active_keys().next().is_some()
+                && (policy.permits(&p.roles, Permission::RegisterPrincipals)
+                    || policy.permits(&p.roles, Permission::ChangeRoles))
+        })
+    }
+
+    /// Whether an identity administrator other than `who` exists.
+    fn another_identity_admin(&self, who: &PrincipalId) -> bool {
+        self.principals
+            .keys()
+            .any(|id| id != who && self.is_identity_admin(id))
+    }
+
+    /// Applies a registration, key rotation or revocation, or principal
+    /// update: at once, or, when it is about another principal and another
+    /// identity administrator exists, checked and recorded to wait.
+    pub(super) fn apply_identity_event(
+        &mut self,
+        index: u64,
+        signer: &PrincipalId,
+        body: &Body,
+    ) -> Result<(), ApplyError> {
+        let subject = match subject_of(signer, body) {
+            Some(s) if self.another_identity_admin(signer) => s,
+            _ => return self.apply_identity(index, signer, body, true),
+        };
+        self.apply_identity(index, signer, body, false)?;
+        self.pending.insert(
+            index,
+            PendingIdentity {
+                entry: index,
+                proposer: signer.clone(),
+                subject,
+                body: body.clone(),
+                applied: None,
+            },
+        );
+        self.pending_dirty.insert(index);
+        Ok(())
+    }
+
+    /// Applies the identity change recorded at `entry` with `signer`'s
+    /// approval, as entry `index`.
+    pub(super) fn approve_identity_change(
+        &mut self,
+        index: u64,
+        signer: &PrincipalId,
+        entry: u64,
+    ) -> Result<(), ApplyError> {
+        let p = self
+            .pending
+            .get(&entry)
+            .ok_or(ApplyError::NoPendingIdentity(entry))?;
+        if let Some((at, by)) = &p.applied {
+            return Err(ApplyError::IdentityChangeApplied {
+                entry,
+                at: *at,
+                by: by.to_string(),
+            });
+        }
+        if &p.proposer == signer {
+            return Err(ApplyError::OwnIdentityChange(entry));
+        }
+        if !self.is_identity_admin(signer) {
+            let policy = self.gov.policy();
+            let roles = |perm: Permission| {
+                policy
+                    .permissions
+                    .get(&perm)
+                    .map(|r| r.iter().cloned().collect::<Vec<_>>().join(", "))
+                    .unwrap_or_default()
+            };
+            return Err(ApplyError::Forbidden {
+                signer: signer.to_string(),
+                action: "approve identity changes",
+                why: format!(
+                    "only a human principal whose roles give `register_principals` ({}) or \
+                     `change_roles` ({}) may",
+                    roles(Permission::RegisterPrincipals),
+                    roles(Permission::ChangeRoles)
+                ),
+            });
+        }
+        let (proposer, body) = (p.proposer.clone(), p.body.clone());
+        // A signer whose keys were all revoked (a compromised admin's, say)
+        // no longer stands behind what it queued.
+        if self
+            .principals
+            .get(&proposer)
+            .is_none_or(|q| q.active_keys().next().is_none())
+        {
+            return Err(ApplyError::IdentityChangeStale {
+                entry,
+                why: format!(
+                    "{:?}, who signed it, has no active key any more",
+                    proposer.as_str()
+                ),
+            });
+        }
+        self.apply_identity(index, &proposer, &body, true)
+            .map_err(|e| ApplyError::IdentityChangeStale {
+                entry,
+                why: e.to_string(),
+            })?;
+        let p = self.pending.get_mut(&entry).expect("looked up above");
+        p.applied = Some((index, signer.clone()));
+        self.pending_dirty.insert(entry);
+        Ok(())
+    }
+
+    /// Writes of waiting identity changes changed since the last call.
+    pub(super) fn take_pending_changes(&mut self, out: &mut Vec<(Vec<u8>, Vec<u8>)>) {
+        for entry in std::mem::take(&mut self.pending_dirty) {
+            let p = &self.pending[&entry];
+            out.push((pending_key(entry), encode_pending(p)));
+        }
+    }
+
+    /// Loads one `i/` record; `false` if the key is not one.
+    pub(super) fn load_pending(&mut self, k: &[u8], v: &[u8]) -> Result<bool, StateCodecError> {
+        let Some(rest) = k.strip_prefix(b"i/") else {
+            return Ok(false);
+        };
+        let entry = u64::from_be_bytes(
+            rest.try_into()
+                .map_err(|_| StateCodecError::Invalid("pending identity key"))?,
+        );
+        let p = decode_pending(entry, v)?;
+        self.pending.insert(entry, p);
+        Ok(true)
+    }
+}
+
+fn pending_key(entry: u64) -> Vec<u8> {
+    let mut k = b"i/".to_vec();
+    k.extend_from_slice(&entry.to_be_bytes());
+    k
+}
+
+/// A waiting identity change as persisted.
+#[derive(Serialize, Deserialize)]
+struct StoredPending {
+    proposer: String,
+    subject: String,
+    op: StoredOp,
+    applied: Option<(u64, String)>,
+}
+
+#[derive(Serialize, Deserialize)]
+enum StoredOp {
+    Register {
+        id: String,
+        kind: u8,
+        display_name: String,
+        roles: BTreeSet<String>,
+        keys: Vec<[u8; 32]>,
+        emails: BTreeSet<String>,
+    },
+    Rotate {
+        principal: String,
+        new_key: [u8; 32],
+        old_key: Option<[u8; 32]>,
+    },
+    Revoke {
+        principal: String,
+        key: [u8; 32],
+        reason: String,
+    },
+    Update {
+        principal: String,
+        grant_roles: BTreeSet<String>,
+        revoke_roles: BTreeSet<String>,
+        add_emails: BTreeSet<String>,
+        remove_emails: BTreeSet<String>,
+        reason: String,
+    },
+}
+
+fn encode_pending(p: &PendingIdentity) -> Vec<u8> {
+    let op = match &p.body {
+        Body::PrincipalRegistered(s) => StoredOp::Register {
+            id: s.id.to_string(),
+            kind: s.kind.code(),
+            display_name: s.display_name.clone(),
+            roles: s.roles.clone(),
+            keys: s.keys.iter().map(|k| k.to_bytes()).collect(),
+            emails: s.emails.clone(),
+        },
+        Body::KeyRotated {
+            principal,
+            new_key,
+            old_key,
+        } => StoredOp::Rotate {
+            principal: principal.to_string(),
+            new_key: new_key.to_bytes(),
+            old_key: old_key.map(|k| k.to_bytes()),
+        },
+        Body::KeyRevoked {
+            principal,
+            key,
+            reason,
+        } => StoredOp::Revoke {
+            principal: principal.to_string(),
+            key: key.to_bytes(),
+            reason: reason.clone(),
+        },
+        Body::PrincipalUpdated(u) => StoredOp::Update {
+            principal: u.principal.to_string(),
+            grant_roles: u.grant_roles.clone(),
+            revoke_roles: u.revoke_roles.clone(),
+            add_emails: u.add_emails.clone(),
+            remove_emails: u.remove_emails.clone(),
+            reason: u.reason.clone(),
+        },
+        other => unreachable!("only identity bodies wait: {}", other.kind_name()),
+    };
+    let stored = StoredPending {
+        proposer: p.proposer.to_string(),
+        subject: p.subject.to_string(),
+        op,
+        applied: p.applied.as_ref().map(|(i, by)| (*i, by.to_string())),
+    };
+    // Plain strings, integers and collections: encoding into a Vec cannot fail.
+    postcard::to_stdvec(&stored).expect("postcard encodes state records")
+}
+
+fn decode_pending(entry: u64, v: &[u8]) -> Result<PendingIdentity, StateCodecError> {
+    let bad = |what| StateCodecError::Invalid(what);
+    let s: StoredPending = postcard::from_bytes(v).map_err(|_| bad("pending identity change"))?;
+    let id = |t: &str| PrincipalId::parse(t).map_err(|_| bad("pending identity principal id"));
+    let key = |b: &[u8; 32]| crypto::parse_public_key(b).map_err(|_| bad("pending identity key"));
+    let body = match s.op {
+        StoredOp::Register {
+            id: pid,
+            kind,
+            display_name,
+            roles,
+            keys,
+            emails,
+        } => Body::PrincipalRegistered(PrincipalSpec {
+            id: id(&pid)?,
+            kind: PrincipalKind::from_code(kind).ok_or(bad("pending identity kind"))?,
+            display_name,
+            roles,
+            keys: keys.iter().map(key).collect::<Result<_, _>>()?,
+            emails,
+        }),
+        StoredOp::Rotate {
+            principal,
+            new_key,
+            old_key,
+        } => Body::KeyRotated {
+            principal: id(&principal)?,
+            new_key: key(&new_key)?,
+            old_key: old_key.as_ref().map(key).transpose()?,
+        },
+        StoredOp::Revoke {
+            principal,
+            key: k,
+            reason,
+        } => Body::KeyRevoked {
+            principal: id(&principal)?,
+            key: key(&k)?,
+            reason,
+        },
+        StoredOp::Update {
+            principal,
+            grant_roles,
+            revoke_roles,
+            add_emails,
+            remove_emails,
+            reason,
+        } => Body::PrincipalUpdated(PrincipalUpdate {
+            principal: id(&principal)?,
+            grant_roles,
+            revoke_roles,
+            add_emails,
+            remove_emails,
+            reason,
+        }),
+    };
+    Ok(PendingIdentity {
+        entry,
+        proposer: id(&s.proposer)?,
+        subject: id(&s.subject)?,
+        body,
+        applied: s
+            .applied
+            .map(|(i, by)| id(&by).map(|by| (i, by)))
+            .transpose()?,
+    })
+}
