@@ -43,6 +43,10 @@ pub struct InitOptions {
     pub hosts: Vec<String>,
     /// The genesis policy (TOML); `None` for the built-in default.
     pub policy: Option<String>,
+    /// Further human administrators genesis names, with their public keys:
+    /// with two, identity changes need both from the start
+    /// (ledger-format §8.2.1).
+    pub co_admins: Vec<(String, ed25519_dalek::VerifyingKey)>,
 }
 
 impl Default for InitOptions {
@@ -53,6 +57,7 @@ impl Default for InitOptions {
             admin: "admin".into(),
             hosts: vec!["localhost".into(), "127.0.0.1".into(), "::1".into()],
             policy: None,
+            co_admins: Vec::new(),
         }
     }
 }
@@ -197,6 +202,38 @@ impl DataDir {
         };
         let admin_id =
             PrincipalId::parse(&opts.admin).map_err(|e| DataDirError::AdminId(e.to_string()))?;
+        let mut administrators_seen = vec![admin_id.clone()];
+        let mut co_admins = Vec::new();
+        for (id, key) in &opts.co_admins {
+            let id = PrincipalId::parse(id).map_err(|e| DataDirError::Config {
+                path: "--co-admin".into(),
+                reason: format!("{id:?}: {e}"),
+            })?;
+            if administrators_seen.contains(&id) {
+                return Err(DataDirError::Config {
+                    path: "--co-admin".into(),
+                    reason: format!("administrator {id} is named twice"),
+                });
+            }
+            if co_admins
+                .iter()
+                .any(|s: &PrincipalSpec| s.keys.contains(key))
+            {
+                return Err(DataDirError::Config {
+                    path: "--co-admin".into(),
+                    reason: format!("{id}: the key is given to another administrator too"),
+                });
+            }
+            administrators_seen.push(id.clone());
+            co_admins.push(PrincipalSpec {
+                id,
+                kind: PrincipalKind::Human,
+                display_name: String::new(),
+                roles: Default::default(),
+                keys: vec![*key],
+                emails: Default::default(),
+            });
+        }
         if let Some(text) = &opts.policy {
             crate::policy::Policy::parse_new(text).map_err(|e| DataDirError::Config {
                 path: "--policy".into(),
@@ -230,14 +267,16 @@ impl DataDir {
             body: Body::Genesis(Genesis {
                 origin: opts.origin.clone(),
                 log_key: log_key.verifying_key(),
-                administrators: vec![PrincipalSpec {
+                administrators: std::iter::once(PrincipalSpec {
                     id: admin_id,
                     kind: PrincipalKind::Human,
                     display_name: "Initial administrator".into(),
                     roles: Default::default(),
                     keys: vec![admin_key.verifying_key()],
                     emails: Default::default(),
-                }],
+                })
+                .chain(co_admins)
+                .collect(),
                 policy: opts.policy.clone(),
             }),
         };

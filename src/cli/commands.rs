@@ -32,6 +32,11 @@ pub struct InitArgs {
     /// Principal id of the first administrator.
     #[arg(long, default_value = "admin")]
     admin: String,
+    /// A further human administrator named by genesis, as ID=PUBLIC_KEY_FILE
+    /// (from `docket keygen`); repeatable. With one, an identity change
+    /// either administrator signs about someone else waits for the other.
+    #[arg(long = "co-admin", value_name = "ID=PUBLIC_KEY_FILE")]
+    co_admins: Vec<String>,
     /// Extra DNS names or IP addresses for the server certificate.
     #[arg(long = "host")]
     hosts: Vec<String>,
@@ -74,11 +79,26 @@ pub(crate) fn init(a: InitArgs) -> CliResult {
         ),
         None => None,
     };
+    let co_admins = a
+        .co_admins
+        .iter()
+        .map(|spec| {
+            let (id, file) = spec.split_once('=').ok_or_else(|| {
+                CliError::usage(format!(
+                    "--co-admin {spec:?}: expected ID=PUBLIC_KEY_FILE, for example bob=bob.key.pub"
+                ))
+            })?;
+            let key = crypto::read_public_key(std::path::Path::new(file))
+                .map_err(|e| CliError::usage(format!("--co-admin {id}: {e}")))?;
+            Ok((id.to_owned(), key))
+        })
+        .collect::<Result<Vec<_>, CliError>>()?;
     let mut opts = InitOptions {
         origin: a.origin,
         listen: a.listen,
         admin: a.admin,
         policy,
+        co_admins,
         ..InitOptions::default()
     };
     opts.hosts.extend(a.hosts);

@@ -304,3 +304,89 @@ fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+/// `init --co-admin` names a second administrator at genesis, so from the
+/// first registration on, an identity change one of them signs waits for the
+/// other; malformed or repeated co-admins are refused before anything is
+/// written.
+#[test]
+fn init_with_a_co_admin_makes_identity_changes_need_both() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let key = |name: &str| dir.path().join(format!("{name}.key"));
+    for name in ["root2", "alice"] {
+        ok(docket(
+            &data,
+            None,
+            &["keygen", "--out", key(name).to_str().unwrap()],
+        ));
+    }
+    let pub_of = |name: &str| format!("{}.pub", key(name).display());
+    for (arg, says) in [
+        ("root2".to_owned(), "expected ID=PUBLIC_KEY_FILE"),
+        (
+            format!("admin={}", pub_of("root2")),
+            "administrator admin is named twice",
+        ),
+        (format!("Root2={}", pub_of("root2")), "--co-admin"),
+    ] {
+        let bad = docket(&data, None, &["init", "--co-admin", &arg]);
+        assert!(!bad.0 && bad.2.contains(says), "{arg}: {}", bad.2);
+        assert!(
+            !data.exists(),
+            "{arg}: a refused init wrote {}",
+            data.display()
+        );
+    }
+    let co = format!("root2={}", pub_of("root2"));
+    ok(docket(
+        &data,
+        None,
+        &["init", "--listen", "127.0.0.1:0", "--co-admin", &co],
+    ));
+    let s = serve(&data);
+    let srv = Some(s.server.as_str());
+    let (added, receipt, note) = docket(
+        &data,
+        srv,
+        &[
+            "principal",
+            "add",
+            "--id",
+            "alice",
+            "--role",
+            "dev",
+            "--key-file",
+            &pub_of("alice"),
+        ],
+    );
+    assert!(added, "{note}");
+    let entry = serde_json::from_str::<serde_json::Value>(&receipt).unwrap()["index"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(entry, 1);
+    assert!(note.contains("not yet in effect"), "{note}");
+    let show = ["principal", "show", "--id", "alice"];
+    let missing = docket(&data, srv, &show);
+    assert!(
+        !missing.0 && missing.2.contains("no principal \"alice\""),
+        "{}",
+        missing.2
+    );
+    let root2_key = key("root2");
+    ok(docket(
+        &data,
+        srv,
+        &[
+            "principal",
+            "approve",
+            "1",
+            "--signer",
+            "root2",
+            "--key",
+            root2_key.to_str().unwrap(),
+        ],
+    ));
+    let shown: serde_json::Value = serde_json::from_str(&ok(docket(&data, srv, &show))).unwrap();
+    assert_eq!(shown["registered_at_index"], 2, "{shown}");
+}
