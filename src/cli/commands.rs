@@ -449,22 +449,35 @@ async fn submit_identity(conn: &ConnArgs, key: &SigningKey, ev: Event) -> CliRes
         "{}",
         serde_json::to_string_pretty(&receipt_json(&r)).expect("json")
     );
-    let mut client = Conn::resolve(conn)?.ledger().await?;
-    let list = client
-        .list_principals(pb::ListPrincipalsRequest {})
-        .await
-        .map_err(|s| status_err("list principals", s))?
-        .into_inner();
-    if list
-        .identity_changes
-        .iter()
-        .any(|c| c.entry_index == r.index && !c.applied)
-    {
-        eprintln!(
+    // The change is recorded whatever happens next: asking whether it waits
+    // is best-effort, so a failure here must not read as a failed append
+    // (and invite a retry that records it twice).
+    let waits = async {
+        let mut client = Conn::resolve(conn)?.ledger().await?;
+        let list = client
+            .list_principals(pb::ListPrincipalsRequest {})
+            .await
+            .map_err(|s| status_err("list principals", s))?
+            .into_inner();
+        Ok::<bool, CliError>(
+            list.identity_changes
+                .iter()
+                .any(|c| c.entry_index == r.index && !c.applied),
+        )
+    };
+    match waits.await {
+        Ok(true) => eprintln!(
             "recorded at entry {i}, not yet in effect: another identity administrator must \
              approve it with `docket principal approve {i}`",
             i = r.index
-        );
+        ),
+        Ok(false) => {}
+        Err(e) => eprintln!(
+            "recorded at entry {i}; could not ask whether it waits for a second identity \
+             administrator ({m}); `docket principal pending` lists what waits",
+            i = r.index,
+            m = e.message
+        ),
     }
     Ok(())
 }
@@ -719,7 +732,14 @@ pub(crate) async fn principal(c: PrincipalCmd) -> CliResult {
                     .collect();
                 println!("{}", serde_json::to_string_pretty(&out).expect("json"));
             } else if shown.is_empty() {
-                println!("no identity change waits for approval");
+                println!(
+                    "{}",
+                    if all {
+                        "no identity change has waited for approval"
+                    } else {
+                        "no identity change waits for approval"
+                    }
+                );
             } else {
                 for c in shown {
                     let status = if c.applied {

@@ -17,8 +17,10 @@ use std::collections::BTreeSet;
 
 use serde::{Deserialize, Serialize};
 
+use ed25519_dalek::VerifyingKey;
+
 use super::{ApplyError, State, StateCodecError};
-use crate::crypto;
+use crate::crypto::{self, KeyId};
 use crate::event::{Body, PrincipalId, PrincipalKind, PrincipalSpec, PrincipalUpdate};
 use crate::policy::Permission;
 
@@ -39,27 +41,43 @@ pub struct PendingIdentity {
 }
 
 impl PendingIdentity {
-    /// One line saying what the change does, for listings.
+    /// One line saying what the change does, with key ids, for the
+    /// administrator asked to approve it.
     pub fn describe(&self) -> String {
+        let list = |v: &BTreeSet<String>| v.iter().cloned().collect::<Vec<_>>().join(", ");
+        let kid = |k: &VerifyingKey| KeyId::of(k).to_string();
         match &self.body {
             Body::PrincipalRegistered(s) => {
-                let roles: Vec<&str> = s.roles.iter().map(String::as_str).collect();
-                format!(
-                    "register {} ({}){}",
-                    s.id,
-                    s.kind.name(),
-                    if roles.is_empty() {
-                        String::new()
-                    } else {
-                        format!(" with roles {}", roles.join(", "))
-                    }
-                )
+                let mut out = format!("register {} ({})", s.id, s.kind.name());
+                if !s.roles.is_empty() {
+                    out += &format!(" with roles {}", list(&s.roles));
+                }
+                let keys: Vec<String> = s.keys.iter().map(kid).collect();
+                out += &format!(", key {}", keys.join(", "));
+                if !s.emails.is_empty() {
+                    out += &format!(", e-mail {}", list(&s.emails));
+                }
+                out
             }
-            Body::KeyRotated { principal, .. } => format!("add a key to {principal}"),
-            Body::KeyRevoked { principal, .. } => format!("revoke a key of {principal}"),
+            Body::KeyRotated {
+                principal,
+                new_key,
+                old_key: None,
+            } => format!("add key {} to {principal}", kid(new_key)),
+            Body::KeyRotated {
+                principal,
+                new_key,
+                old_key: Some(old),
+            } => format!(
+                "replace {principal}'s key {} with key {}",
+                kid(old),
+                kid(new_key)
+            ),
+            Body::KeyRevoked { principal, key, .. } => {
+                format!("revoke {principal}'s key {}", kid(key))
+            }
             Body::PrincipalUpdated(u) => {
                 let mut parts = Vec::new();
-                let list = |v: &BTreeSet<String>| v.iter().cloned().collect::<Vec<_>>().join(", ");
                 if !u.grant_roles.is_empty() {
                     parts.push(format!("grant {}", list(&u.grant_roles)));
                 }
@@ -101,14 +119,16 @@ impl State {
         self.pending.values()
     }
 
-    /// Whether `who` is a human principal with an active key whose roles
-    /// give `register_principals` or `change_roles`: one who may approve
-    /// another's identity change.
+    /// Whether `who` is a human principal whose roles give
+    /// `register_principals` or `change_roles`: one who may approve
+    /// another's identity change. Keys do not matter: an administrator whose
+    /// keys were all revoked still counts, so that revoking the other's keys
+    /// (or their revoking their own) never leaves one administrator free to
+    /// act alone; re-keying them then takes a policy change.
     fn is_identity_admin(&self, who: &PrincipalId) -> bool {
         let policy = self.gov.policy();
         self.principals.get(who).is_some_and(|p| {
             p.kind == PrincipalKind::Human
-                && p.active_keys().next().is_some()
                 && (policy.permits(&p.roles, Permission::RegisterPrincipals)
                     || policy.permits(&p.roles, Permission::ChangeRoles))
         })
@@ -192,18 +212,22 @@ impl State {
             });
         }
         let (proposer, body) = (p.proposer.clone(), p.body.clone());
-        // A signer whose keys were all revoked (a compromised admin's, say)
-        // no longer stands behind what it queued.
-        if self
-            .principals
-            .get(&proposer)
-            .is_none_or(|q| q.active_keys().next().is_none())
-        {
+        // A key the signer held when it signed was revoked or rotated away
+        // since (a compromised key, say): what was queued then is no longer
+        // vouched for. Which of its keys signed is not asked: every fold
+        // (live, rebuild, verify, evidence) must give the same answer.
+        if let Some(k) = self.principals.get(&proposer).and_then(|q| {
+            q.keys
+                .iter()
+                .find(|k| k.added_at < entry && k.revoked_at.is_some_and(|r| r >= entry))
+        }) {
             return Err(ApplyError::IdentityChangeStale {
                 entry,
                 why: format!(
-                    "{:?}, who signed it, has no active key any more",
-                    proposer.as_str()
+                    "{:?}'s key {}, active when it signed, was revoked at entry {}",
+                    proposer.as_str(),
+                    KeyId::of(&k.key),
+                    k.revoked_at.unwrap_or_default()
                 ),
             });
         }

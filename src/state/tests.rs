@@ -528,7 +528,10 @@ fn identity_changes_wait_for_a_second_identity_admin() {
     );
     assert_eq!(
         waiting[0].describe(),
-        "register erin (human) with roles security"
+        format!(
+            "register erin (human) with roles security, key {}",
+            crate::crypto::KeyId::of(&key(5))
+        )
     );
     // Its own signer, a non-admin, and a non-pending entry are refused.
     assert_eq!(
@@ -624,27 +627,43 @@ fn identity_changes_wait_for_a_second_identity_admin() {
         loaded.principals().collect::<Vec<_>>(),
         f.st.principals().collect::<Vec<_>>()
     );
-    // What a signer queued no longer applies once all its keys are revoked.
+    // What a signer queued no longer applies once a key it held then is
+    // rotated away (the answer to a stolen key).
     let queued = f.apply("admin", spec("frank", 8)).unwrap();
-    f.apply(
-        "admin",
-        Body::KeyRevoked {
-            principal: id("admin"),
-            key: key(1),
-            reason: "compromised".into(),
-        },
-    )
-    .unwrap();
+    let rotated = f
+        .apply(
+            "admin",
+            Body::KeyRotated {
+                principal: id("admin"),
+                new_key: key(9),
+                old_key: Some(key(1)),
+            },
+        )
+        .unwrap();
     let e = f
         .apply("admin2", Body::IdentityChangeApproved { entry: queued })
         .unwrap_err();
     assert_eq!(
         e.to_string(),
         format!(
-            "the identity change at entry {queued} can no longer take effect: \"admin\", who \
-             signed it, has no active key any more"
+            "the identity change at entry {queued} can no longer take effect: \"admin\"'s key {}, \
+             active when it signed, was revoked at entry {rotated}",
+            crate::crypto::KeyId::of(&key(1))
         )
     );
+    // Revoking the other administrator's last key does not free anyone:
+    // admin2 revokes its own key, and admin's next change still waits.
+    f.apply(
+        "admin2",
+        Body::KeyRevoked {
+            principal: id("admin2"),
+            key: key(3),
+            reason: String::new(),
+        },
+    )
+    .unwrap();
+    f.apply("admin", spec("gus", 10)).unwrap();
+    assert!(f.st.principal("gus").is_none());
 }
 
 #[test]

@@ -1148,10 +1148,10 @@ class Fold:
         return rev["commits"] | rev["digests"]
 
     def is_identity_admin(self, pid):
-        """A human principal with an active key whose roles give `register_principals` or
-        `change_roles`: one who may approve another's identity change (LF §8.2)."""
+        """A human principal whose roles give `register_principals` or `change_roles`, whatever
+        its keys: one who may approve another's identity change (LF §8.2.1)."""
         p = self.principals.get(pid)
-        return (p is not None and p["kind"] == 1 and bool(self.active_keys(pid))
+        return (p is not None and p["kind"] == 1
                 and (self.holds(pid, "register_principals") or self.holds(pid, "change_roles")))
 
     def identity_subject(self, signer, kind, b):
@@ -1359,9 +1359,13 @@ class Fold:
                     f" ({', '.join(sorted(self.policy.permissions['register_principals']))}) or"
                     " `change_roles`"
                     f" ({', '.join(sorted(self.policy.permissions['change_roles']))}) may")
-            require(self.active_keys(pend["proposer"]), what,
-                    f"the identity change at entry {e} can no longer take effect:"
-                    f" {pend['proposer']!r}, who signed it, has no active key any more")
+            # A key the signer held when it signed, revoked since: no longer vouched for.
+            for k in self.principals[pend["proposer"]]["keys"]:
+                require(not (k["added_at"] < e and k["revoked_at"] is not None
+                             and k["revoked_at"] >= e), what,
+                        f"the identity change at entry {e} can no longer take effect:"
+                        f" {pend['proposer']!r}'s key, active when it signed, was revoked at entry"
+                        f" {k['revoked_at']}")
             # Applied now, as this entry, re-checked as signed by its proposer.
             try:
                 self.identity(index, what, pend["proposer"], pend["kind"], pend["body"], commit=True)
