@@ -433,39 +433,46 @@ fn read_pub(p: &std::path::Path) -> Result<ed25519_dalek::VerifyingKey, CliError
 }
 
 async fn submit(conn: &ConnArgs, key: &SigningKey, ev: Event) -> CliResult {
+    submit_printed(conn, key, ev).await.map(drop)
+}
+
+/// Appends `ev` and prints its receipt as JSON; returns the receipt.
+async fn submit_printed(
+    conn: &ConnArgs,
+    key: &SigningKey,
+    ev: Event,
+) -> Result<pb::Receipt, CliError> {
     let (r, _) = submit_verified(conn, key, ev).await?;
     println!(
         "{}",
         serde_json::to_string_pretty(&receipt_json(&r)).expect("json")
     );
-    Ok(())
+    Ok(r)
+}
+
+/// The identity changes that waited for a second identity administrator,
+/// applied or not, in entry order.
+async fn identity_changes(conn: &ConnArgs) -> Result<Vec<pb::PendingIdentityChange>, CliError> {
+    let mut client = Conn::resolve(conn)?.ledger().await?;
+    Ok(client
+        .list_principals(pb::ListPrincipalsRequest {})
+        .await
+        .map_err(|s| status_err("list principals", s))?
+        .into_inner()
+        .identity_changes)
 }
 
 /// Like [`submit`], for an identity change: says on stderr when the change
 /// waits for a second identity administrator instead of taking effect.
 async fn submit_identity(conn: &ConnArgs, key: &SigningKey, ev: Event) -> CliResult {
-    let (r, _) = submit_verified(conn, key, ev).await?;
-    println!(
-        "{}",
-        serde_json::to_string_pretty(&receipt_json(&r)).expect("json")
-    );
+    let r = submit_printed(conn, key, ev).await?;
     // The change is recorded whatever happens next: asking whether it waits
     // is best-effort, so a failure here must not read as a failed append
     // (and invite a retry that records it twice).
-    let waits = async {
-        let mut client = Conn::resolve(conn)?.ledger().await?;
-        let list = client
-            .list_principals(pb::ListPrincipalsRequest {})
-            .await
-            .map_err(|s| status_err("list principals", s))?
-            .into_inner();
-        Ok::<bool, CliError>(
-            list.identity_changes
-                .iter()
-                .any(|c| c.entry_index == r.index && !c.applied),
-        )
-    };
-    match waits.await {
+    let waits = identity_changes(conn)
+        .await
+        .map(|all| all.iter().any(|c| c.entry_index == r.index && !c.applied));
+    match waits {
         Ok(true) => eprintln!(
             "recorded at entry {i}, not yet in effect: another identity administrator must \
              approve it with `docket principal approve {i}`",
@@ -704,17 +711,9 @@ pub(crate) async fn principal(c: PrincipalCmd) -> CliResult {
             Ok(())
         }
         PrincipalCmd::Pending { conn, all, json } => {
-            let mut client = Conn::resolve(&conn)?.ledger().await?;
-            let list = client
-                .list_principals(pb::ListPrincipalsRequest {})
-                .await
-                .map_err(|s| status_err("list principals", s))?
-                .into_inner();
-            let shown: Vec<&pb::PendingIdentityChange> = list
-                .identity_changes
-                .iter()
-                .filter(|c| all || !c.applied)
-                .collect();
+            let changes = identity_changes(&conn).await?;
+            let shown: Vec<&pb::PendingIdentityChange> =
+                changes.iter().filter(|c| all || !c.applied).collect();
             if json {
                 let out: Vec<serde_json::Value> = shown
                     .iter()

@@ -793,8 +793,7 @@ impl State {
                 let id = rec.id.clone();
                 s.principals.insert(id.clone(), rec);
                 s.refresh_facts(&id);
-            } else if s.load_pending(&k, &v)? {
-            } else if !s.gov.load_pair(&k, &v)? {
+            } else if !s.load_pending(&k, &v)? && !s.gov.load_pair(&k, &v)? {
                 return Err(StateCodecError::UnknownKey(
                     String::from_utf8_lossy(&k).into_owned(),
                 ));
