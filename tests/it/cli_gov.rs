@@ -123,6 +123,12 @@ async fn team(s: &TestServer) -> Team {
     t
 }
 
+/// The roles in `docket principal show` output.
+fn roles(out: &str) -> Value {
+    let p: Value = serde_json::from_str(out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    p["roles"].clone()
+}
+
 /// `docket authorize` (plain text unless `json`) for a deploy to prod of
 /// `subject` (`--digest` or `--commit`), asked for the CI identity.
 async fn authorize(s: &TestServer, flag: &str, subject: &str, json: bool) -> CliOut {
@@ -457,10 +463,6 @@ async fn a_dev_may_not_change_roles() {
         .await;
     t.add(&s, "bob", "human", "dev", Some("bob@example.com"))
         .await;
-    let roles = |out: &str| -> Value {
-        let p: Value = serde_json::from_str(out).unwrap_or_else(|e| panic!("{e}: {out}"));
-        p["roles"].clone()
-    };
     let show = ["principal", "show", "--id", "alice"];
     assert_eq!(roles(&s.cli_ok(&show).await), json!(["dev"]));
 
@@ -543,10 +545,6 @@ async fn a_second_identity_admin_approves_identity_changes() {
     t.add(&s, "alice", "human", "dev", None).await;
     // While the admin is the only identity administrator, this applies at once.
     t.add(&s, "root2", "human", "admin", None).await;
-    let roles = |out: &str| -> Value {
-        let p: Value = serde_json::from_str(out).unwrap_or_else(|e| panic!("{e}: {out}"));
-        p["roles"].clone()
-    };
     let show = ["principal", "show", "--id", "alice"];
     let grant = s
         .cli(&[
