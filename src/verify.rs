@@ -28,6 +28,28 @@ pub struct Failure {
     pub reason: String,
 }
 
+/// Checks an entry's history count (ledger-format §4.1, version 2) against
+/// the identity and policy entries folded up to and including it. A
+/// version-1 entry records none, but may not follow a version-2 one (entry
+/// `counted_since`): the writer never goes back.
+pub(crate) fn check_history_count(
+    recorded: Option<u64>,
+    folded: u64,
+    counted_since: Option<u64>,
+) -> Result<(), String> {
+    match (recorded, counted_since) {
+        (Some(n), _) if n == folded => Ok(()),
+        (Some(n), _) => Err(format!(
+            "history count: the entry says the log holds {n} identity and policy entries up to it, \
+             {folded} were read"
+        )),
+        (None, Some(first)) => Err(format!(
+            "entry format version 1 after version-2 entry {first}"
+        )),
+        (None, None) => Ok(()),
+    }
+}
+
 fn at(index: u64, reason: impl Into<String>) -> Failure {
     Failure {
         index: Some(index),
@@ -160,6 +182,7 @@ fn scan<S: Store + ?Sized>(
     let mut levels: Vec<crate::ledger::Scan<'_, merkle::Hash>> = Vec::new();
     let mut event_ids: std::collections::HashMap<[u8; 16], u64> = std::collections::HashMap::new();
     let mut last_time = i64::MIN;
+    let mut counted_since: Option<u64> = None;
 
     for index in 0..size {
         let bytes = match entries.next().transpose().map_err(store_err)? {
@@ -200,6 +223,12 @@ fn scan<S: Store + ?Sized>(
                     event.event_id
                 ),
             ));
+        }
+        let folded = state.history_count() + u64::from(event.body.is_identity_or_policy());
+        check_history_count(entry.history_count, folded, counted_since)
+            .map_err(|why| at(index, why))?;
+        if entry.history_count.is_some() {
+            counted_since.get_or_insert(index);
         }
         // The signer's keys as the fold has them before this entry; the
         // signature itself is checked against them on the other threads.

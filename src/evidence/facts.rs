@@ -50,6 +50,29 @@ fn at(index: u64, reason: impl Into<String>) -> Failure {
     }
 }
 
+/// Why a carried entry's history count differs from the identity and policy
+/// entries the bundle carries up to it (evidence-format §11).
+fn history_gap(recorded: u64, carried: u64, previous: Option<u64>) -> String {
+    if recorded > carried {
+        let missing = recorded - carried;
+        let where_ = match previous {
+            Some(p) => format!("between entry {p} and this one"),
+            None => "before this one".to_owned(),
+        };
+        format!(
+            "history: the entry counts {recorded} identity and policy entries up to it, the \
+             bundle carries {carried}: it leaves out {missing} key, role, principal or policy \
+             change{} {where_}",
+            if missing == 1 { "" } else { "s" }
+        )
+    } else {
+        format!(
+            "history: the entry counts {recorded} identity and policy entries up to it, fewer \
+             than the {carried} the bundle carries"
+        )
+    }
+}
+
 /// Folds `entries` (increasing indices, starting with genesis) into a sparse
 /// state, applying every rule the log applied when they were appended, then
 /// runs `then` on the result while the other cores finish checking
@@ -65,6 +88,8 @@ pub(super) fn fold_then<B: AsRef<[u8]>, R>(
         let mut state = State::sparse();
         let mut info = BTreeMap::new();
         let mut event_ids: std::collections::HashMap<String, u64> = Default::default();
+        let mut counted_since: Option<u64> = None;
+        let mut previous: Option<u64> = None;
         if entries.first().map(|e| e.0) != Some(0) {
             return Err(Failure {
                 index: None,
@@ -101,6 +126,18 @@ pub(super) fn fold_then<B: AsRef<[u8]>, R>(
                     ),
                 ));
             }
+            // Before the signer's keys: a missing key or role change would
+            // otherwise surface as a puzzling signature or rule failure.
+            let carried = state.history_count() + u64::from(event.body.is_identity_or_policy());
+            if let (Some(n), true) = (e.history_count, e.history_count != Some(carried)) {
+                return Err(at(i, history_gap(n, carried, previous)));
+            }
+            crate::verify::check_history_count(e.history_count, carried, counted_since)
+                .map_err(|why| at(i, why))?;
+            if e.history_count.is_some() {
+                counted_since.get_or_insert(i);
+            }
+            previous = Some(i);
             let keys = state
                 .signer_keys(&event)
                 .map_err(|e| at(i, format!("signature: {e}")))?;

@@ -1,12 +1,13 @@
-//! The entry codec. Layout (all integers big-endian), version 1:
+//! The entry codec. Layout (all integers big-endian), version 2:
 //!
 //! ```text
 //! offset  size  field
-//! 0       1     format version = 0x01
+//! 0       1     format version = 0x02
 //! 1       8     index (u64)
 //! 9       8     integrated time, Unix nanoseconds (i64)
 //! 17      32    leaf hash of entry index-1 (32 zero bytes for entry 0)
-//! 49      2     T = transport identity length (u16), then T bytes UTF-8
+//! 49      8     history count (u64): identity and policy entries at 0..=index
+//! 57      2     T = transport identity length (u16), then T bytes UTF-8
 //! ..      2     P = payload type length (u16), then P bytes UTF-8
 //! ..      4     L = payload length (u32), then L bytes (verbatim DSSE payload)
 //! ..      1     S = signature count (1..=16), then S times:
@@ -14,13 +15,20 @@
 //!                 2  G = signature length (u16), then G bytes
 //! ```
 //! No trailing bytes. The bytes are fixed at append time and never re-encoded.
+//!
+//! Version 1 is the same without the history count (T at offset 49). Logs
+//! written before version 2 keep their version-1 entries, and the writer
+//! appends version 2 after them; every entry decodes to one value that
+//! encodes back to its own bytes, in its own version.
 
-pub const FORMAT_VERSION: u8 = 1;
+/// The version the writer appends.
+pub const FORMAT_VERSION: u8 = 2;
 const VERSION_LEN: usize = 1;
 const INDEX_OFF: usize = VERSION_LEN;
 const TIME_OFF: usize = INDEX_OFF + 8;
 const PREV_OFF: usize = TIME_OFF + 8;
-const VARIABLE_OFF: usize = PREV_OFF + 32;
+const HISTORY_OFF: usize = PREV_OFF + 32;
+const VARIABLE_OFF: usize = HISTORY_OFF + 8;
 /// Most signatures one envelope may carry.
 pub const MAX_SIGNATURES: usize = 16;
 
@@ -66,6 +74,14 @@ pub struct Entry {
     pub index: u64,
     pub integrated_time_nanos: i64,
     pub prev_leaf_hash: [u8; 32],
+    /// Version 2: how many identity and policy entries (genesis, principal,
+    /// key and role changes, identity change approvals, policy proposals and
+    /// approvals) the log holds at indices `0..=index`. Anyone holding some
+    /// authentic entries of the log can tell from any one of them whether
+    /// they hold every identity and policy entry up to it: those they hold
+    /// are a subset of the true ones, so equal counts mean equal sets.
+    /// `None` for a version-1 entry, which records nothing of the kind.
+    pub history_count: Option<u64>,
     /// The mTLS subject (or `dangerous-plaintext`) that submitted the entry.
     pub transport_identity: String,
     pub envelope: Envelope,
@@ -75,7 +91,7 @@ pub struct Entry {
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum DecodeError {
-    #[error("unknown entry format version {0}")]
+    #[error("unknown entry format version {0} (this build reads 1 and 2)")]
     Version(u8),
     #[error("entry truncated while reading {0}")]
     Truncated(&'static str),
@@ -102,17 +118,24 @@ pub enum EncodeError {
 }
 
 impl Entry {
-    /// Encodes the entry in format version 1.
+    /// Encodes the entry: version 2 when it has a history count, version 1
+    /// (as written before version 2 existed) when not.
     pub fn encode(&self) -> Result<Vec<u8>, EncodeError> {
         let env = &self.envelope;
         if env.signatures.is_empty() || env.signatures.len() > MAX_SIGNATURES {
             return Err(EncodeError::SignatureCount(env.signatures.len()));
         }
         let mut out = Vec::with_capacity(VARIABLE_OFF + 64 + env.payload.len() + 80);
-        out.push(FORMAT_VERSION);
+        out.push(match self.history_count {
+            Some(_) => FORMAT_VERSION,
+            None => 1,
+        });
         out.extend_from_slice(&self.index.to_be_bytes());
         out.extend_from_slice(&self.integrated_time_nanos.to_be_bytes());
         out.extend_from_slice(&self.prev_leaf_hash);
+        if let Some(n) = self.history_count {
+            out.extend_from_slice(&n.to_be_bytes());
+        }
         put16(
             &mut out,
             "transport_identity",
@@ -135,16 +158,21 @@ impl Entry {
         Ok(out)
     }
 
-    /// Decodes entry bytes, refusing anything but an exact version-1 encoding.
+    /// Decodes entry bytes, refusing anything but an exact version-1 or
+    /// version-2 encoding.
     pub fn decode(bytes: &[u8]) -> Result<Entry, DecodeError> {
         let mut r = Reader { buf: bytes, pos: 0 };
         let version = r.take(VERSION_LEN, "version")?[0];
-        if version != FORMAT_VERSION {
+        if version != 1 && version != 2 {
             return Err(DecodeError::Version(version));
         }
         let index = u64::from_be_bytes(r.array("index")?);
         let integrated_time_nanos = i64::from_be_bytes(r.array("integrated_time")?);
         let prev_leaf_hash: [u8; 32] = r.array("prev_leaf_hash")?;
+        let history_count = match version {
+            1 => None,
+            _ => Some(u64::from_be_bytes(r.array("history count")?)),
+        };
         let transport_identity = r.str16("transport_identity")?;
         let payload_type = r.str16("payload_type")?;
         let plen = u32::from_be_bytes(r.array("payload length")?) as usize;
@@ -166,6 +194,7 @@ impl Entry {
             index,
             integrated_time_nanos,
             prev_leaf_hash,
+            history_count,
             transport_identity,
             envelope: Envelope {
                 payload_type,
@@ -232,6 +261,7 @@ mod tests {
             index: 7,
             integrated_time_nanos: 1_700_000_000_000_000_000,
             prev_leaf_hash: [9; 32],
+            history_count: Some(3),
             transport_identity: "CN=ci".into(),
             envelope: Envelope {
                 payload_type: "t".into(),
@@ -247,10 +277,20 @@ mod tests {
     #[test]
     fn layout_offsets_are_as_documented() {
         let b = sample().encode().unwrap();
-        assert_eq!(b[0], 1);
+        assert_eq!(b[0], 2);
         assert_eq!(&b[INDEX_OFF..TIME_OFF], &7u64.to_be_bytes());
-        assert_eq!(&b[PREV_OFF..VARIABLE_OFF], &[9; 32]);
+        assert_eq!(&b[PREV_OFF..HISTORY_OFF], &[9; 32]);
+        assert_eq!(&b[HISTORY_OFF..VARIABLE_OFF], &3u64.to_be_bytes());
         assert_eq!(&b[VARIABLE_OFF..VARIABLE_OFF + 2], &5u16.to_be_bytes());
+        // Version 1: no history count, the variable part at offset 49.
+        let v1 = Entry {
+            history_count: None,
+            ..sample()
+        };
+        let b1 = v1.encode().unwrap();
+        assert_eq!((b1[0], b1.len() + 8), (1, b.len()));
+        assert_eq!(&b1[HISTORY_OFF..HISTORY_OFF + 2], &5u16.to_be_bytes());
+        assert_eq!(Entry::decode(&b1).unwrap(), v1);
     }
 
     #[test]
@@ -262,22 +302,29 @@ mod tests {
         let mut t = b.clone();
         t.push(0);
         assert_eq!(Entry::decode(&t), Err(DecodeError::Trailing(1)));
+        for version in [0, 3, 255] {
+            let mut v = b.clone();
+            v[0] = version;
+            assert_eq!(Entry::decode(&v), Err(DecodeError::Version(version)));
+        }
+        // A version-2 entry relabelled as version 1 no longer parses as the
+        // same entry: its history count is read as the identity's length.
         let mut v = b.clone();
-        v[0] = 2;
-        assert_eq!(Entry::decode(&v), Err(DecodeError::Version(2)));
+        v[0] = 1;
+        assert_ne!(Entry::decode(&v).ok(), Some(sample()));
     }
 
     proptest! {
         #[test]
         fn decode_inverts_encode(
             index in any::<u64>(), time in any::<i64>(), prev in any::<[u8; 32]>(),
-            ident in ".{0,40}", ptype in ".{0,40}",
+            history_count in any::<Option<u64>>(), ident in ".{0,40}", ptype in ".{0,40}",
             payload in proptest::collection::vec(any::<u8>(), 0..300),
             sigs in proptest::collection::vec((".{0,20}", proptest::collection::vec(any::<u8>(), 0..80)), 1..4),
         ) {
             let e = Entry {
                 index, integrated_time_nanos: time, prev_leaf_hash: prev,
-                transport_identity: ident, envelope: Envelope {
+                history_count, transport_identity: ident, envelope: Envelope {
                     payload_type: ptype, payload,
                     signatures: sigs.into_iter().map(|(keyid, sig)| EnvelopeSignature { keyid, sig }).collect(),
                 },

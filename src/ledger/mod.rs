@@ -237,6 +237,9 @@ impl<S: Store + ?Sized> Appender<S> {
     }
 
     /// Stages one entry. Its integrated time is [`Appender::time_for`] `now_nanos`.
+    /// `history_count` is the number of identity and policy entries at
+    /// indices up to and including this one ([`Entry::history_count`]): the
+    /// fold knows it, the ledger does not decode events.
     pub fn stage(
         &mut self,
         batch: &mut PendingBatch,
@@ -244,6 +247,7 @@ impl<S: Store + ?Sized> Appender<S> {
         envelope: Envelope,
         event_id: &str,
         now_nanos: i64,
+        history_count: u64,
     ) -> Result<Staged, EncodeError> {
         let index = self.range.size();
         let digest = envelope.digest();
@@ -251,6 +255,7 @@ impl<S: Store + ?Sized> Appender<S> {
             index,
             integrated_time_nanos: self.time_for(now_nanos),
             prev_leaf_hash: self.last_leaf,
+            history_count: Some(history_count),
             transport_identity: transport_identity.to_owned(),
             envelope,
         };

@@ -337,7 +337,15 @@ impl Service {
         let now = appender.time_for(now_nanos());
         state.apply(0, now, &event, &key)?;
         let mut batch = appender.begin();
-        appender.stage(&mut batch, "docket-init", genesis, &event.event_id, now)?;
+        let history = state.history_count();
+        appender.stage(
+            &mut batch,
+            "docket-init",
+            genesis,
+            &event.event_id,
+            now,
+            history,
+        )?;
         appender.commit(batch, state.take_changes())?;
         Ok(())
     }

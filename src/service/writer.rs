@@ -150,10 +150,15 @@ impl Writer {
                 let _ = reply.send(Err(e.into()));
                 continue;
             }
-            match self
-                .appender
-                .stage(&mut batch, &identity, envelope, &event.event_id, now)
-            {
+            let history = st.history_count();
+            match self.appender.stage(
+                &mut batch,
+                &identity,
+                envelope,
+                &event.event_id,
+                now,
+                history,
+            ) {
                 Ok(staged) => done.push((reply, Outcome::New(staged))),
                 Err(e) => {
                     // Sizes are checked before queuing, so this is a bug; the

@@ -719,6 +719,13 @@ impl State {
         &self.gov
     }
 
+    /// How many identity and policy entries the fold has applied: the
+    /// history count a version-2 entry records (ledger-format §4.3). In a
+    /// sparse fold, those among the entries folded.
+    pub fn history_count(&self) -> u64 {
+        self.gov.history.len() as u64
+    }
+
     /// What evaluation knows of each principal.
     pub fn principal_facts(&self) -> &BTreeMap<String, PrincipalFacts> {
         &self.facts

@@ -675,11 +675,19 @@ def decode_entry(data, what):
             raise Failed(what, f"invalid UTF-8 in the {field}")
 
     need(0, 51)
-    require(data[0] == 1, what, f"entry format version {data[0]} is not 1")
+    version = data[0]
+    require(version in (1, 2), what, f"entry format version {version} is not 1 or 2")
     index, time = struct.unpack(">Qq", data[1:17])
     prev = data[17:49]
-    (t_len,) = struct.unpack(">H", data[49:51])
-    pos = 51
+    pos = 49
+    history = None
+    if version == 2:
+        need(pos, 8)
+        (history,) = struct.unpack(">Q", data[pos:pos + 8])
+        pos += 8
+    need(pos, 2)
+    (t_len,) = struct.unpack(">H", data[pos:pos + 2])
+    pos += 2
     need(pos, t_len + 2)
     transport = utf8(data[pos:pos + t_len], "transport identity")
     pos += t_len
@@ -710,7 +718,7 @@ def decode_entry(data, what):
         sigs.append((keyid, data[pos:pos + g_len]))
         pos += g_len
     require(pos == len(data), what, "trailing bytes after the last signature")
-    return {"index": index, "time": time, "prev": prev, "transport": transport,
+    return {"index": index, "time": time, "prev": prev, "history": history, "transport": transport,
             "payload_type": ptype, "payload": payload, "signatures": sigs}
 
 
@@ -1056,6 +1064,9 @@ REVIEW_VERDICT = {1: "approve", 2: "reject"}
 # Identity changes: one signed about another principal waits for a second identity administrator
 # while one exists (LF §8.2); IdentityChangeApproved applies it.
 IDENTITY_CHANGES = ("PrincipalRegistered", "KeyRotated", "KeyRevoked", "PrincipalUpdated")
+# The kinds a version-2 entry's history count counts (LF §4.1).
+HISTORY_KINDS = ("Genesis",) + IDENTITY_CHANGES + ("PolicyProposed", "PolicyApproved",
+                                                   "IdentityChangeApproved")
 
 
 class Fold:
@@ -1080,6 +1091,8 @@ class Fold:
         self.event_ids = set()
         self.records = []           # per carried entry: what the derived files need
         self.next_index = 0
+        self.history = 0                # carried identity and policy entries so far
+        self.counted_since = None       # the first carried version-2 entry
         self.origin = None
         self.log_key = None
         self.signatures = 0
@@ -1244,7 +1257,7 @@ class Fold:
         else:  # pragma: no cover
             raise Failed(what, f"{kind} is not an identity change")
 
-    # -- folding one entry (EF §9 steps 1-6) -------------------------------------------------
+    # -- folding one entry (EF §9 steps 1-7) -------------------------------------------------
 
     def fold_entry(self, index, entry_bytes):
         what = f"entry {index}"
@@ -1271,8 +1284,21 @@ class Fold:
                 f"event id {event['event_id']!r} appears twice")
         if index == 0:
             require(entry["prev"] == bytes(32), what, "entry 0's prev_leaf_hash is not zero")
+        # Step 4: a version-2 entry counts the identity and policy entries up to it; the
+        # bundle must carry that many (the ones it carries are a subset of the log's).
+        if event["body_type"] in HISTORY_KINDS:
+            self.history += 1
+        if entry["history"] is None:
+            require(self.counted_since is None, what,
+                    f"entry format version 1 after version-2 entry {self.counted_since}")
+        else:
+            require(entry["history"] == self.history, what,
+                    f"it counts {entry['history']} identity and policy entries up to it; the bundle"
+                    f" carries {self.history}")
+            if self.counted_since is None:
+                self.counted_since = index
 
-        # Step 4: the signer's keys just before this entry.
+        # Step 5: the signer's keys just before this entry.
         signer = event["signer"]
         if index == 0:
             require(event["body_type"] == "Genesis", what, "entry 0 is not a genesis")
@@ -1284,10 +1310,10 @@ class Fold:
             keys = self.active_keys(signer)
             require(keys, what, f"signer {signer!r} has no active key (all revoked)")
 
-        # Step 5: apply the event under the rules.
+        # Step 6: apply the event under the rules.
         self.apply(index, entry, event, what)
 
-        # Step 6: at least one signature verifies with one of those keys, over the DSSE PAE.
+        # Step 7: at least one signature verifies with one of those keys, over the DSSE PAE.
         message = pae(entry["payload_type"], entry["payload"])
         hint = {blake3.blake3(k).digest()[:8].hex(): k for k in keys}
         ok = False

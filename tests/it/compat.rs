@@ -64,3 +64,139 @@ fn ledger_v1_fixture_still_verifies() {
     assert_eq!(f.index, Some(4), "{f}");
     assert!(f.reason.contains("signature"), "{f}");
 }
+
+/// Rewrites `entries` from `from` on (each re-linked to the one before it),
+/// then imports them with a checkpoint over them signed with `log_key`: what
+/// an insider holding the data directory and the log key can make.
+fn forged_store(
+    mut entries: Vec<(Vec<u8>, String)>,
+    from: usize,
+    edit: impl Fn(usize, &mut Entry),
+    origin: &str,
+    log_key: &ed25519_dalek::SigningKey,
+) -> SledStore {
+    for i in from..entries.len() {
+        let mut e = Entry::decode(&entries[i].0).unwrap();
+        edit(i, &mut e);
+        if i > 0 {
+            e.prev_leaf_hash = docket::ledger::merkle::leaf_hash(&entries[i - 1].0);
+        }
+        entries[i].0 = e.encode().unwrap();
+    }
+    let leaves: Vec<[u8; 32]> = entries
+        .iter()
+        .map(|(b, _)| docket::ledger::merkle::leaf_hash(b))
+        .collect();
+    let cp = Checkpoint::sign(
+        &docket::crypto::NoteSigner::new(origin, log_key.clone()),
+        origin,
+        leaves.len() as u64,
+        &crate::common::mth(&leaves),
+    );
+    let store = SledStore::temporary().unwrap();
+    docket::ledger::import(&store, entries, &cp.note).unwrap();
+    store
+}
+
+fn stored(store: &SledStore) -> Vec<(Vec<u8>, String)> {
+    use docket::ledger::Store as _;
+    (0..store.size().unwrap())
+        .map(|i| {
+            let b = store.entry(i).unwrap().unwrap();
+            let id = decode_event(&Entry::decode(&b).unwrap().envelope.payload)
+                .unwrap()
+                .event_id;
+            (b, id)
+        })
+        .collect()
+}
+
+/// A log begun in entry format version 1 goes on in version 2: the writer
+/// counts the identity and policy entries of the version-1 part too, and
+/// `docket verify` checks every count and refuses a return to version 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_1_log_goes_on_in_version_2() {
+    use docket::api::convert::sign_event;
+    use docket::event::{Body, PrincipalKind, PrincipalSpec};
+    use docket::service::{Config, Service};
+    use ed25519_dalek::SigningKey;
+    let origin = "docket.test/upgrade";
+    let admin = SigningKey::from_bytes(&[21; 32]);
+    let log_key = SigningKey::from_bytes(&[22; 32]);
+    let signer = || docket::crypto::NoteSigner::new(origin, log_key.clone());
+    let register = |id: &str| {
+        let ev = docket::event::Event {
+            event_id: format!("register-{id}"),
+            claimed_time_nanos: crate::common::now_nanos(),
+            signer: docket::event::PrincipalId::parse("admin").unwrap(),
+            body: Body::PrincipalRegistered(PrincipalSpec {
+                id: docket::event::PrincipalId::parse(id).unwrap(),
+                kind: PrincipalKind::Human,
+                display_name: String::new(),
+                roles: ["dev".to_owned()].into(),
+                keys: vec![SigningKey::from_bytes(&[id.len() as u8; 32]).verifying_key()],
+                emails: Default::default(),
+            }),
+        };
+        sign_event(&ev, &admin)
+    };
+    let note = |id: &str| sign_event(&crate::common::note(id, "admin"), &admin);
+
+    // Genesis, a registration and a note, rewritten as version 1.
+    let first = crate::common::memory_log(origin, &admin, &log_key);
+    let svc = Service::open(first.clone(), signer(), Config::default()).unwrap();
+    svc.append(register("alice"), "CN=t".into()).await.unwrap();
+    svc.append(note("n-1"), "CN=t".into()).await.unwrap();
+    drop(svc);
+    let v1 = forged_store(
+        stored(&first),
+        0,
+        |_, e| e.history_count = None,
+        origin,
+        &log_key,
+    );
+    for (b, _) in stored(&v1) {
+        assert_eq!(b[0], 1, "the rewritten log is version 1");
+    }
+    docket::verify::verify_store(&v1, None).unwrap();
+
+    // The service appends version 2 after it, counting genesis and alice.
+    let v1 = std::sync::Arc::new(v1);
+    let svc = Service::open(v1.clone(), signer(), Config::default()).unwrap();
+    let n2 = svc.append(note("n-2"), "CN=t".into()).await.unwrap();
+    let bob = svc.append(register("bob"), "CN=t".into()).await.unwrap();
+    drop(svc);
+    let grown = stored(&v1);
+    let count = |i: u64| Entry::decode(&grown[i as usize].0).unwrap().history_count;
+    assert_eq!((n2.index, count(n2.index)), (3, Some(2)));
+    assert_eq!((bob.index, count(bob.index)), (4, Some(3)));
+    assert_eq!(count(2), None);
+    let report = docket::verify::verify_store(&*v1, None).unwrap();
+    assert_eq!(report.entries, 5);
+
+    // An insider's rewrites are caught at the rewritten entry: a count that
+    // hides bob's registration, and a version-2 entry turned back into 1.
+    let hidden = forged_store(
+        grown.clone(),
+        4,
+        |_, e| e.history_count = Some(2),
+        origin,
+        &log_key,
+    );
+    let f = docket::verify::verify_store(&hidden, None).unwrap_err();
+    assert_eq!(f.index, Some(4), "{f}");
+    assert!(
+        f.reason.contains(
+            "history count: the entry says the log holds 2 identity and policy entries up to it, 3 were read"
+        ),
+        "{f}"
+    );
+    let back = forged_store(grown, 4, |_, e| e.history_count = None, origin, &log_key);
+    let f = docket::verify::verify_store(&back, None).unwrap_err();
+    assert_eq!(f.index, Some(4), "{f}");
+    assert!(
+        f.reason
+            .contains("entry format version 1 after version-2 entry 3"),
+        "{f}"
+    );
+}

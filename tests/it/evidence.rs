@@ -2370,3 +2370,127 @@ async fn report_filters_and_sorts_in_chromium() {
         "{seen}"
     );
 }
+
+/// Removes entry `index` and its inclusion proof from a bundle, and re-seals
+/// it with the log key: a bundle whose exporter chose to leave it out.
+fn without_entry(data: &docket::datadir::DataDir, bundle: &[u8], index: u64) -> Vec<u8> {
+    let mut files = evidence::unpack(bundle).unwrap();
+    let mut entries = decode_entries(&files["entries.bin"]);
+    let before = entries.len();
+    entries.retain(|(i, _)| *i != index);
+    assert_eq!(entries.len() + 1, before, "entry {index} was carried");
+    files.insert("entries.bin".into(), encode_entries(&entries));
+    // proofs.bin: u64 index | u8 count | count × 32-byte hashes.
+    let (proofs, mut kept, mut p) = (files["proofs.bin"].clone(), Vec::new(), 0);
+    let mut dropped = false;
+    while p < proofs.len() {
+        let i = u64::from_be_bytes(proofs[p..p + 8].try_into().unwrap());
+        let end = p + 9 + 32 * proofs[p + 8] as usize;
+        if i == index {
+            dropped = true;
+        } else {
+            kept.extend_from_slice(&proofs[p..end]);
+        }
+        p = end;
+    }
+    assert!(dropped, "entry {index} had an inclusion proof");
+    files.insert("proofs.bin".into(), kept);
+    let mut manifest: serde_json::Value = serde_json::from_slice(&files["manifest.json"]).unwrap();
+    manifest["entries"] = entries.len().into();
+    files.insert(
+        "manifest.json".into(),
+        serde_json::to_vec_pretty(&manifest).unwrap(),
+    );
+    reseal(data, files)
+}
+
+/// Every bundle carries the whole identity and policy history below what it
+/// proves, and can show it: each version-2 entry counts the identity and
+/// policy entries up to it. An exporter holding the log key that leaves out
+/// bob's key revocation (so that his stolen key would look active) is caught
+/// by both verifiers, in a change bundle and in a period bundle where the
+/// revocation lies before the proven range.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bundle_that_leaves_out_a_key_revocation_fails() {
+    use pb::export_evidence_request::Scope as S;
+    let mut f = fixture().await;
+    f.clock.set(f.day(6));
+    let revoked = f
+        .append(
+            "revoke-bob",
+            "admin",
+            Body::KeyRevoked {
+                principal: PrincipalId::parse("bob").unwrap(),
+                key: key("bob").verifying_key(),
+                reason: "laptop stolen".into(),
+            },
+        )
+        .await;
+    let note = |text: &str| Body::Annotation {
+        subject: "repo/payments".into(),
+        kind: "note".into(),
+        text: text.into(),
+        attributes: Default::default(),
+    };
+    f.append("after-revocation", "admin", note("left-boundary"))
+        .await;
+    f.clock.set(f.day(8));
+    let last = f.append("day-8", "admin", note("in the period")).await;
+    let s = &f.server;
+    let t = trust(s);
+
+    let change = export_online(s, S::ChangeId("CHG-1".into())).await;
+    let period = export_online(
+        s,
+        S::Period(pb::PeriodScope {
+            from_unix_nanos: f.day(8),
+            to_unix_nanos: f.day(9),
+            environments: vec![],
+            repositories: vec![],
+        }),
+    )
+    .await;
+    let files = evidence::unpack(&period).unwrap();
+    let manifest = json(&files, "manifest.json");
+    assert_eq!(
+        manifest["range"]["start"], f.at["after-revocation"],
+        "{manifest}"
+    );
+    for (name, bundle) in [("change", &change), ("period", &period)] {
+        // Honest, the revocation travels and shows in principals.json.
+        evidence::verify(bundle, &t).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let principals = json(&evidence::unpack(bundle).unwrap(), "facts/principals.json");
+        let bob = principals
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["id"] == "bob")
+            .unwrap();
+        assert_eq!(bob["keys"][0]["revoked_at"], revoked, "{name}: {bob}");
+
+        let forged = without_entry(&s.data, bundle, revoked);
+        let e = evidence::verify(&forged, &t).unwrap_err();
+        // The first carried entry after the gap names it.
+        let next = decode_entries(&evidence::unpack(&forged).unwrap()["entries.bin"])
+            .into_iter()
+            .map(|(i, _)| i)
+            .find(|&i| i > revoked)
+            .unwrap();
+        assert!(next <= last, "{name}");
+        assert_eq!(e.what, format!("entry {next}"), "{name}: {e}");
+        assert!(
+            e.reason.contains(
+                "the bundle carries 6: it leaves out 1 key, role, principal or policy change between entry"
+            ),
+            "{name}: {e}"
+        );
+        let (code, out) = independent_verify(&forged, &s.data.log_vkey());
+        assert_eq!(code, Some(1), "{name}: {out}");
+        assert!(
+            out.contains(&format!(
+                "entry {next} — it counts 7 identity and policy entries up to it; the bundle carries 6"
+            )),
+            "{name}: {out}"
+        );
+    }
+}

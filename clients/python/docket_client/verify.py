@@ -82,8 +82,9 @@ def verify_inclusion(leaf: bytes, index: int, size: int, proof, root: bytes) -> 
 
 
 def entry_payload(entry: bytes):
-    """The (payload type, payload) stored in version-1 entry bytes."""
-    pos = 49  # version(1) index(8) time(8) previous leaf hash(32)
+    """The (payload type, payload) stored in version-1 or version-2 entry bytes."""
+    # version(1) index(8) time(8) previous leaf hash(32), then in version 2 history count(8)
+    pos = 49 if entry[0] == 1 else 57
     (t,) = struct.unpack(">H", entry[pos : pos + 2])
     pos += 2 + t
     (p,) = struct.unpack(">H", entry[pos : pos + 2])
@@ -99,7 +100,7 @@ def verify_receipt(receipt, verifier: Verifier, envelope=None) -> int:
     entry = receipt.entry
     if leaf_hash(entry) != receipt.leaf_hash:
         raise ReceiptError("leaf hash is not the hash of the entry bytes")
-    if entry[0] != 1:
+    if entry[0] not in (1, 2):
         raise ReceiptError(f"unknown entry format version {entry[0]}")
     (index,) = struct.unpack(">Q", entry[1:9])
     if index != receipt.index:
