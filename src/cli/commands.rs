@@ -894,6 +894,10 @@ fn entry_json(index: u64, bytes: &[u8], leaf: &[u8]) -> serde_json::Value {
         "entry": hex::encode(bytes),
     });
     if let Ok(e) = decoded {
+        v["format_version"] = bytes[0].into();
+        if let Some(n) = e.history_count {
+            v["history_count"] = n.into();
+        }
         v["integrated_time_unix_nanos"] = e.integrated_time_nanos.into();
         v["transport_identity"] = e.transport_identity.clone().into();
         if let Ok(ev) = crate::api::convert::decode_event(&e.envelope.payload) {

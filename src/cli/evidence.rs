@@ -352,6 +352,7 @@ fn verify(a: VerifyArgs) -> CliResult {
                         "as_of": crate::state::gov::fmt_nanos(r.as_of),
                         "as_of_unix_nanos": r.as_of,
                         "period_unfinished": r.period_unfinished,
+                        "history_proven_to": r.history_proven_to,
                     })
                 );
             } else {
@@ -378,6 +379,15 @@ fn verify(a: VerifyArgs) -> CliResult {
                     r.scope_words,
                     crate::state::gov::fmt_nanos(r.as_of)
                 );
+                match r.history_proven_to {
+                    Some(i) => println!(
+                        "history: every identity and policy entry up to entry {i} is carried"
+                    ),
+                    None => eprintln!(
+                        "warning: the bundle carries no entry of format version 2, so it cannot \
+                         show that it carries every key, role and policy change (ledger-format §4.3)"
+                    ),
+                }
                 if r.period_unfinished {
                     eprintln!(
                         "warning: the log had not reached the end of the period at this checkpoint; the bundle covers the period only up to {} (export again after the period ends for all of it)",

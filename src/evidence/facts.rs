@@ -41,6 +41,10 @@ pub(super) struct Info {
 pub(super) struct Folded {
     pub(super) state: State,
     pub(super) info: BTreeMap<u64, Info>,
+    /// The last carried version-2 entry: every identity and policy entry
+    /// up to it is carried (ledger-format §4.3). `None` when the bundle
+    /// carries only version-1 entries, which prove nothing of the kind.
+    pub(super) history_proven_to: Option<u64>,
 }
 
 fn at(index: u64, reason: impl Into<String>) -> Failure {
@@ -51,11 +55,13 @@ fn at(index: u64, reason: impl Into<String>) -> Failure {
 }
 
 /// Why a carried entry's history count differs from the identity and policy
-/// entries the bundle carries up to it (evidence-format §11).
-fn history_gap(recorded: u64, carried: u64, previous: Option<u64>) -> String {
+/// entries the bundle carries up to it (evidence-format §9, step 4).
+/// `proven_to` is the last carried version-2 entry, up to which the history
+/// is known to be complete.
+fn history_gap(recorded: u64, carried: u64, proven_to: Option<u64>) -> String {
     if recorded > carried {
         let missing = recorded - carried;
-        let where_ = match previous {
+        let where_ = match proven_to {
             Some(p) => format!("between entry {p} and this one"),
             None => "before this one".to_owned(),
         };
@@ -89,7 +95,7 @@ pub(super) fn fold_then<B: AsRef<[u8]>, R>(
         let mut info = BTreeMap::new();
         let mut event_ids: std::collections::HashMap<String, u64> = Default::default();
         let mut counted_since: Option<u64> = None;
-        let mut previous: Option<u64> = None;
+        let mut proven_to: Option<u64> = None;
         if entries.first().map(|e| e.0) != Some(0) {
             return Err(Failure {
                 index: None,
@@ -129,15 +135,22 @@ pub(super) fn fold_then<B: AsRef<[u8]>, R>(
             // Before the signer's keys: a missing key or role change would
             // otherwise surface as a puzzling signature or rule failure.
             let carried = state.history_count() + u64::from(event.body.is_identity_or_policy());
-            if let (Some(n), true) = (e.history_count, e.history_count != Some(carried)) {
-                return Err(at(i, history_gap(n, carried, previous)));
+            match (e.history_count, counted_since) {
+                (Some(n), _) if n != carried => {
+                    return Err(at(i, history_gap(n, carried, proven_to)));
+                }
+                (Some(_), _) => {
+                    counted_since.get_or_insert(i);
+                    proven_to = Some(i);
+                }
+                (None, Some(first)) => {
+                    return Err(at(
+                        i,
+                        format!("entry format version 1 after version-2 entry {first}"),
+                    ));
+                }
+                (None, None) => {}
             }
-            crate::verify::check_history_count(e.history_count, carried, counted_since)
-                .map_err(|why| at(i, why))?;
-            if e.history_count.is_some() {
-                counted_since.get_or_insert(i);
-            }
-            previous = Some(i);
             let keys = state
                 .signer_keys(&event)
                 .map_err(|e| at(i, format!("signature: {e}")))?;
@@ -168,7 +181,11 @@ pub(super) fn fold_then<B: AsRef<[u8]>, R>(
                 },
             );
         }
-        let folded = Folded { state, info };
+        let folded = Folded {
+            state,
+            info,
+            history_proven_to: proven_to,
+        };
         let r = then(&folded);
         Ok((folded, r))
     };
@@ -422,13 +439,19 @@ impl<'a> View<'a> {
                 (
                     true,
                     format!(
-                        "{} entries, each proven in the hash-chained, Merkle-verifiable log at checkpoint {}{}; every signature checked against the key history the bundle carries, folded from genesis",
+                        "{} entries, each proven in the hash-chained, Merkle-verifiable log at checkpoint {}{}{}; every signature checked against the key history the bundle carries, folded from genesis",
                         self.folded.info.len(),
                         self.meta.checkpoint_size,
                         if period {
                             "; the period is proven complete by its boundary entries and one range proof"
                         } else {
                             ""
+                        },
+                        match self.folded.history_proven_to {
+                            Some(i) => format!(
+                                "; every identity and policy entry up to entry {i} is carried, as the entries' history counts show"
+                            ),
+                            None => String::new(),
                         }
                     ),
                 )

@@ -80,6 +80,10 @@ pub struct VerifyReport {
     pub decisions: usize,
     pub files: usize,
     pub violations: usize,
+    /// The last carried version-2 entry: every identity and policy entry up
+    /// to it is carried (ledger-format §4.3). `None` if the bundle carries
+    /// only version-1 entries.
+    pub history_proven_to: Option<u64>,
 }
 
 fn parse_time(v: &Value, key: &str) -> Result<i64, BundleFailure> {
@@ -600,6 +604,7 @@ fn verify_files<'a>(
         decisions: folded.state.gov().deployments().count(),
         files: files.len(),
         violations,
+        history_proven_to: folded.history_proven_to,
     };
     // Freeing the fold (a state and an index of every entry: ~0.25 s for
     // 100,000 entries) is left to another thread; the verdict does not wait.

@@ -1064,7 +1064,7 @@ REVIEW_VERDICT = {1: "approve", 2: "reject"}
 # Identity changes: one signed about another principal waits for a second identity administrator
 # while one exists (LF §8.2); IdentityChangeApproved applies it.
 IDENTITY_CHANGES = ("PrincipalRegistered", "KeyRotated", "KeyRevoked", "PrincipalUpdated")
-# The kinds a version-2 entry's history count counts (LF §4.1).
+# The kinds a version-2 entry's history count counts (LF §4.3).
 HISTORY_KINDS = ("Genesis",) + IDENTITY_CHANGES + ("PolicyProposed", "PolicyApproved",
                                                    "IdentityChangeApproved")
 
@@ -1093,6 +1093,7 @@ class Fold:
         self.next_index = 0
         self.history = 0                # carried identity and policy entries so far
         self.counted_since = None       # the first carried version-2 entry
+        self.proven_to = None           # the last carried version-2 entry
         self.origin = None
         self.log_key = None
         self.signatures = 0
@@ -1297,6 +1298,7 @@ class Fold:
                     f" carries {self.history}")
             if self.counted_since is None:
                 self.counted_since = index
+            self.proven_to = index
 
         # Step 5: the signer's keys just before this entry.
         signer = event["signer"]
@@ -2003,6 +2005,9 @@ class Derived:
                      f"Merkle-verifiable log at checkpoint {self.n}")
                 if self.rng is not None:
                     W += "; the period is proven complete by its boundary entries and one range proof"
+                if self.fold.proven_to is not None:
+                    W += (f"; every identity and policy entry up to entry {self.fold.proven_to} is"
+                          " carried, as the entries' history counts show")
                 W += "; every signature checked against the key history the bundle carries, folded from genesis"
                 satisfied, evidence = True, evidence_hipaa
             else:

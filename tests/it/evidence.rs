@@ -1340,6 +1340,16 @@ async fn the_cli_exports_and_verifies_with_clear_exit_codes() {
         "{}",
         r.stdout
     );
+    // A change bundle carries the log's last entry, so the whole history
+    // is shown complete.
+    let last = f.at["last"];
+    assert!(
+        r.stdout.contains(&format!(
+            "\nhistory: every identity and policy entry up to entry {last} is carried\n"
+        )),
+        "{}",
+        r.stdout
+    );
     // A period the log had not finished at the checkpoint verifies, says
     // the scope, and warns that the bundle stops before the period's end.
     let open_period = dir.join("open-period.tar");
