@@ -590,6 +590,18 @@ pub fn decode_event(payload: &[u8]) -> Result<Event, InvalidEvent> {
                 entry: a.entry_index,
             }
         }
+        pb::event::Body::IdentityChangeWithdrawn(w) => {
+            if w.entry_index == 0 {
+                return Err(bad(
+                    "identity_change_withdrawn.entry_index",
+                    "entry 0 is the genesis, which waits for no approval",
+                ));
+            }
+            Body::IdentityChangeWithdrawn {
+                entry: w.entry_index,
+                reason: text("identity_change_withdrawn.reason", w.reason, 1024, true)?,
+            }
+        }
     };
     Ok(Event {
         event_id,
@@ -902,6 +914,12 @@ pub fn encode_event(ev: &Event) -> Vec<u8> {
         Body::IdentityChangeApproved { entry } => {
             pb::event::Body::IdentityChangeApproved(pb::IdentityChangeApproved {
                 entry_index: *entry,
+            })
+        }
+        Body::IdentityChangeWithdrawn { entry, reason } => {
+            pb::event::Body::IdentityChangeWithdrawn(pb::IdentityChangeWithdrawn {
+                entry_index: *entry,
+                reason: reason.clone(),
             })
         }
     };

@@ -370,6 +370,13 @@ impl pb::ledger_server::Ledger for LedgerApi {
                                 .as_ref()
                                 .map(|a| a.1.to_string())
                                 .unwrap_or_default(),
+                            withdrawn: p.withdrawn.is_some(),
+                            withdrawn_at_index: p.withdrawn.as_ref().map_or(0, |w| w.0),
+                            withdrawn_by: p
+                                .withdrawn
+                                .as_ref()
+                                .map(|w| w.1.to_string())
+                                .unwrap_or_default(),
                         })
                         .collect(),
                 )

@@ -378,8 +378,23 @@ pub enum PrincipalCmd {
         #[arg(long)]
         event_id: Option<String>,
     },
+    /// Withdraw an identity change that still waits for a second identity
+    /// administrator, so that no approval can apply it. Its proposer or any
+    /// identity administrator may.
+    Withdraw {
+        #[command(flatten)]
+        conn: ConnArgs,
+        #[command(flatten)]
+        sign: SignArgs,
+        /// Index of the entry that recorded the identity change.
+        entry: u64,
+        #[arg(long, default_value = "")]
+        reason: String,
+        #[arg(long)]
+        event_id: Option<String>,
+    },
     /// List identity changes waiting for a second identity administrator
-    /// (and, with --all, those already approved).
+    /// (and, with --all, those already approved or withdrawn).
     Pending {
         #[command(flatten)]
         conn: ConnArgs,
@@ -469,9 +484,10 @@ async fn submit_identity(conn: &ConnArgs, key: &SigningKey, ev: Event) -> CliRes
     // The change is recorded whatever happens next: asking whether it waits
     // is best-effort, so a failure here must not read as a failed append
     // (and invite a retry that records it twice).
-    let waits = identity_changes(conn)
-        .await
-        .map(|all| all.iter().any(|c| c.entry_index == r.index && !c.applied));
+    let waits = identity_changes(conn).await.map(|all| {
+        all.iter()
+            .any(|c| c.entry_index == r.index && !c.applied && !c.withdrawn)
+    });
     match waits {
         Ok(true) => eprintln!(
             "recorded at entry {i}, not yet in effect: another identity administrator must \
@@ -710,10 +726,32 @@ pub(crate) async fn principal(c: PrincipalCmd) -> CliResult {
             eprintln!("the identity change recorded at entry {entry} has taken effect");
             Ok(())
         }
+        PrincipalCmd::Withdraw {
+            conn,
+            sign,
+            entry,
+            reason,
+            event_id,
+        } => {
+            let (signer, key) = signer_of(&conn, &sign)?;
+            let ev = Event {
+                event_id: event_id.unwrap_or_else(|| fresh_event_id("identity-withdraw")),
+                claimed_time_nanos: now_nanos(),
+                signer,
+                body: Body::IdentityChangeWithdrawn { entry, reason },
+            };
+            submit(&conn, &key, ev).await?;
+            eprintln!(
+                "the identity change recorded at entry {entry} is withdrawn: no approval can apply it"
+            );
+            Ok(())
+        }
         PrincipalCmd::Pending { conn, all, json } => {
             let changes = identity_changes(&conn).await?;
-            let shown: Vec<&pb::PendingIdentityChange> =
-                changes.iter().filter(|c| all || !c.applied).collect();
+            let shown: Vec<&pb::PendingIdentityChange> = changes
+                .iter()
+                .filter(|c| all || !(c.applied || c.withdrawn))
+                .collect();
             if json {
                 let out: Vec<serde_json::Value> = shown
                     .iter()
@@ -726,6 +764,9 @@ pub(crate) async fn principal(c: PrincipalCmd) -> CliResult {
                             "applied": c.applied,
                             "applied_at_index": c.applied.then_some(c.applied_at_index),
                             "approved_by": c.applied.then_some(&c.approved_by),
+                            "withdrawn": c.withdrawn,
+                            "withdrawn_at_index": c.withdrawn.then_some(c.withdrawn_at_index),
+                            "withdrawn_by": c.withdrawn.then_some(&c.withdrawn_by),
                         })
                     })
                     .collect();
@@ -745,6 +786,11 @@ pub(crate) async fn principal(c: PrincipalCmd) -> CliResult {
                         format!(
                             "took effect at entry {}, approved by {}",
                             c.applied_at_index, c.approved_by
+                        )
+                    } else if c.withdrawn {
+                        format!(
+                            "withdrawn at entry {} by {}",
+                            c.withdrawn_at_index, c.withdrawn_by
                         )
                     } else {
                         format!("waiting: docket principal approve {}", c.entry_index)

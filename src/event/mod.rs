@@ -409,6 +409,12 @@ pub enum Body {
     IdentityChangeApproved {
         entry: u64,
     },
+    /// Withdraws the identity change recorded at `entry` while it still
+    /// waits, so that no approval can apply it (ledger-format §8.2.1).
+    IdentityChangeWithdrawn {
+        entry: u64,
+        reason: String,
+    },
 }
 
 impl Body {
@@ -431,6 +437,7 @@ impl Body {
             Body::PolicyProposed(_) => "policy_proposed",
             Body::PolicyApproved { .. } => "policy_approved",
             Body::IdentityChangeApproved { .. } => "identity_change_approved",
+            Body::IdentityChangeWithdrawn { .. } => "identity_change_withdrawn",
         }
     }
 
@@ -448,6 +455,7 @@ impl Body {
                 | Body::PolicyProposed(_)
                 | Body::PolicyApproved { .. }
                 | Body::IdentityChangeApproved { .. }
+                | Body::IdentityChangeWithdrawn { .. }
         )
     }
 }

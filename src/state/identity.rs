@@ -9,7 +9,9 @@
 //! it, re-checked against the state of that moment. So no single principal
 //! can mint sock-puppet approvers, add its key to someone else, or move an
 //! e-mail to make its own approval count, once a second identity
-//! administrator exists.
+//! administrator exists. While it waits, its proposer or any identity
+//! administrator may withdraw it (`IdentityChangeWithdrawn`); then no
+//! approval can apply it.
 //!
 //! Persisted under `i/<u64 entry index>` → [`StoredPending`] (postcard).
 
@@ -38,9 +40,29 @@ pub struct PendingIdentity {
     pub body: Body,
     /// The approval entry that applied it, and who signed that approval.
     pub applied: Option<(u64, PrincipalId)>,
+    /// The entry that withdrew it instead, and who signed that.
+    pub withdrawn: Option<(u64, PrincipalId)>,
 }
 
 impl PendingIdentity {
+    /// The refusal for acting on it when it no longer waits.
+    fn closed(&self) -> Option<ApplyError> {
+        if let Some((at, by)) = &self.applied {
+            return Some(ApplyError::IdentityChangeApplied {
+                entry: self.entry,
+                at: *at,
+                by: by.to_string(),
+            });
+        }
+        self.withdrawn
+            .as_ref()
+            .map(|(at, by)| ApplyError::IdentityChangeWithdrawn {
+                entry: self.entry,
+                at: *at,
+                by: by.to_string(),
+            })
+    }
+
     /// One line saying what the change does, with key ids, for the
     /// administrator asked to approve it.
     pub fn describe(&self) -> String {
@@ -163,6 +185,7 @@ impl State {
                 subject,
                 body: body.clone(),
                 applied: None,
+                withdrawn: None,
             },
         );
         self.pending_dirty.insert(index);
@@ -181,12 +204,8 @@ impl State {
             .pending
             .get(&entry)
             .ok_or(ApplyError::NoPendingIdentity(entry))?;
-        if let Some((at, by)) = &p.applied {
-            return Err(ApplyError::IdentityChangeApplied {
-                entry,
-                at: *at,
-                by: by.to_string(),
-            });
+        if let Some(e) = p.closed() {
+            return Err(e);
         }
         if &p.proposer == signer {
             return Err(ApplyError::OwnIdentityChange(entry));
@@ -242,6 +261,39 @@ impl State {
         Ok(())
     }
 
+    /// Withdraws the identity change recorded at `entry` as entry `index`,
+    /// signed by `signer`: its proposer or any identity administrator.
+    /// Withdrawing grants nothing, so one signer suffices.
+    pub(super) fn withdraw_identity_change(
+        &mut self,
+        index: u64,
+        signer: &PrincipalId,
+        entry: u64,
+    ) -> Result<(), ApplyError> {
+        let p = self
+            .pending
+            .get(&entry)
+            .ok_or(ApplyError::NoPendingIdentity(entry))?;
+        if let Some(e) = p.closed() {
+            return Err(e);
+        }
+        if &p.proposer != signer && !self.is_identity_admin(signer) {
+            return Err(ApplyError::Forbidden {
+                signer: signer.to_string(),
+                action: "withdraw identity changes",
+                why: format!(
+                    "only the change's proposer ({:?}) or an identity administrator (a human \
+                     principal whose roles give `register_principals` or `change_roles`) may",
+                    p.proposer.as_str()
+                ),
+            });
+        }
+        let p = self.pending.get_mut(&entry).expect("looked up above");
+        p.withdrawn = Some((index, signer.clone()));
+        self.pending_dirty.insert(entry);
+        Ok(())
+    }
+
     /// Writes of waiting identity changes changed since the last call.
     pub(super) fn take_pending_changes(&mut self, out: &mut Vec<(Vec<u8>, Vec<u8>)>) {
         for entry in std::mem::take(&mut self.pending_dirty) {
@@ -278,6 +330,7 @@ struct StoredPending {
     subject: String,
     op: StoredOp,
     applied: Option<(u64, String)>,
+    withdrawn: Option<(u64, String)>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -353,6 +406,7 @@ fn encode_pending(p: &PendingIdentity) -> Vec<u8> {
         subject: p.subject.to_string(),
         op,
         applied: p.applied.as_ref().map(|(i, by)| (*i, by.to_string())),
+        withdrawn: p.withdrawn.as_ref().map(|(i, by)| (*i, by.to_string())),
     };
     // Plain strings, integers and collections: encoding into a Vec cannot fail.
     postcard::to_stdvec(&stored).expect("postcard encodes state records")
@@ -420,6 +474,10 @@ fn decode_pending(entry: u64, v: &[u8]) -> Result<PendingIdentity, StateCodecErr
         body,
         applied: s
             .applied
+            .map(|(i, by)| id(&by).map(|by| (i, by)))
+            .transpose()?,
+        withdrawn: s
+            .withdrawn
             .map(|(i, by)| id(&by).map(|by| (i, by)))
             .transpose()?,
     })

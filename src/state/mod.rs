@@ -44,7 +44,7 @@ pub use identity::PendingIdentity;
 /// stale rejection withdraws a person's approval. 7: an identity change about
 /// another principal waits for a second identity administrator when one
 /// exists (`i/` records).
-pub const STATE_FORMAT: u32 = 7;
+pub const STATE_FORMAT: u32 = 8;
 
 /// One key of a principal and when it was valid.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -186,6 +186,8 @@ pub enum ApplyError {
     OwnIdentityChange(u64),
     #[error("the identity change at entry {entry} can no longer take effect: {why}")]
     IdentityChangeStale { entry: u64, why: String },
+    #[error("the identity change at entry {entry} was withdrawn at entry {at} by {by:?}")]
+    IdentityChangeWithdrawn { entry: u64, at: u64, by: String },
 }
 
 /// A signer's keys as of one point in the log.
@@ -425,6 +427,9 @@ impl State {
             | Body::PrincipalUpdated(_) => self.apply_identity_event(index, signer, &event.body)?,
             Body::IdentityChangeApproved { entry } => {
                 self.approve_identity_change(index, signer, *entry)?
+            }
+            Body::IdentityChangeWithdrawn { entry, .. } => {
+                self.withdraw_identity_change(index, signer, *entry)?
             }
             Body::Annotation { .. } => {}
             Body::CommitObserved(c) => self.apply_commit_observed(index, signer, c)?,

@@ -614,7 +614,47 @@ fn identity_changes_wait_for_a_second_identity_admin() {
     let bob = f.st.principal("bob").unwrap();
     assert_eq!(bob.keys.last().unwrap().added_at, at);
     assert_eq!(bob.active_keys().count(), 2);
-    // Waiting and applied changes persist and load back.
+    // A waiting change can be withdrawn by its proposer or by another
+    // identity administrator, by no one else; then no approval applies it,
+    // and an applied one cannot be withdrawn.
+    let typo = f.apply("admin", spec("gina", 20)).unwrap();
+    let withdraw = |entry: u64| Body::IdentityChangeWithdrawn {
+        entry,
+        reason: "typo".into(),
+    };
+    let e = f.apply("bob", withdraw(typo)).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "\"bob\" may not withdraw identity changes: only the change's proposer (\"admin\") or an \
+         identity administrator (a human principal whose roles give `register_principals` or \
+         `change_roles`) may"
+    );
+    let w = f.apply("admin", withdraw(typo)).unwrap();
+    let closed = || ApplyError::IdentityChangeWithdrawn {
+        entry: typo,
+        at: w,
+        by: "admin".into(),
+    };
+    assert_eq!(
+        f.apply("admin2", Body::IdentityChangeApproved { entry: typo }),
+        Err(closed())
+    );
+    assert_eq!(f.apply("admin2", withdraw(typo)), Err(closed()));
+    assert!(f.st.principal("gina").is_none());
+    assert!(matches!(
+        f.apply("admin2", withdraw(add)),
+        Err(ApplyError::IdentityChangeApplied { entry, .. }) if entry == add
+    ));
+    let other = f.apply("admin", spec("hank", 21)).unwrap();
+    let by_admin2 = f.apply("admin2", withdraw(other)).unwrap();
+    assert_eq!(
+        f.st.pending_identity_changes()
+            .filter(|p| p.withdrawn.is_some())
+            .map(|p| (p.entry, p.withdrawn.clone().unwrap()))
+            .collect::<Vec<_>>(),
+        vec![(typo, (w, id("admin"))), (other, (by_admin2, id("admin2")))]
+    );
+    // Waiting, applied and withdrawn changes persist and load back.
     let mut st = f.st.clone();
     let mut pairs = st.take_changes();
     pairs.sort();

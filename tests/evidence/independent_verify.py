@@ -754,6 +754,7 @@ SCHEMAS = {
                          3: ("revoke_roles", "string", True), 4: ("add_emails", "string", True),
                          5: ("remove_emails", "string", True), 6: ("reason", "string", False)},
     "IdentityChangeApproved": {1: ("entry_index", "varint", False)},
+    "IdentityChangeWithdrawn": {1: ("entry_index", "varint", False), 2: ("reason", "string", False)},
     "ChangedPaths": {1: ("added", "varint", False), 2: ("modified", "varint", False),
                      3: ("deleted", "varint", False), 4: ("paths", "string", True),
                      5: ("truncated", "bool", False)},
@@ -796,6 +797,7 @@ BODIES = {
     12: ("KeyRotated", "key_rotated"), 13: ("KeyRevoked", "key_revoked"),
     14: ("Annotation", "annotation"), 15: ("PrincipalUpdated", "principal_updated"),
     16: ("IdentityChangeApproved", "identity_change_approved"),
+    17: ("IdentityChangeWithdrawn", "identity_change_withdrawn"),
     20: ("CommitObserved", "commit_observed"), 21: ("CiRunReported", "ci_run_reported"),
     22: ("ChangeOpened", "change_opened"), 23: ("ChangeAmended", "change_amended"),
     24: ("ChangeReviewed", "change_reviewed"), 25: ("DeployRequested", "deploy_requested"),
@@ -1066,7 +1068,8 @@ REVIEW_VERDICT = {1: "approve", 2: "reject"}
 IDENTITY_CHANGES = ("PrincipalRegistered", "KeyRotated", "KeyRevoked", "PrincipalUpdated")
 # The kinds a version-2 entry's history count counts (LF §4.3).
 HISTORY_KINDS = ("Genesis",) + IDENTITY_CHANGES + ("PolicyProposed", "PolicyApproved",
-                                                   "IdentityChangeApproved")
+                                                   "IdentityChangeApproved",
+                                                   "IdentityChangeWithdrawn")
 
 
 class Fold:
@@ -1167,6 +1170,18 @@ class Fold:
         p = self.principals.get(pid)
         return (p is not None and p["kind"] == 1
                 and (self.holds(pid, "register_principals") or self.holds(pid, "change_roles")))
+
+    @staticmethod
+    def identity_change_open(what, e, pend):
+        """An identity change that was applied or withdrawn can be neither again (LF §8.2.1)."""
+        if pend["applied"] is not None:
+            at, by = pend["applied"]
+            raise Failed(what, f"the identity change at entry {e} already took effect at entry"
+                         f" {at}, approved by {by!r}")
+        if pend["withdrawn"] is not None:
+            at, by = pend["withdrawn"]
+            raise Failed(what, f"the identity change at entry {e} was withdrawn at entry {at}"
+                         f" by {by!r}")
 
     def identity_subject(self, signer, kind, b):
         """The principal an identity body signed by `signer` is about, when it is about someone
@@ -1364,7 +1379,7 @@ class Fold:
                 # Another identity administrator exists: checked, recorded, without effect.
                 self.identity(index, what, signer, kind, b, commit=False)
                 self.pending[index] = {"proposer": signer, "subject": subject, "kind": kind,
-                                       "body": b, "applied": None}
+                                       "body": b, "applied": None, "withdrawn": None}
             else:
                 self.identity(index, what, signer, kind, b, commit=True)
         elif kind == "IdentityChangeApproved":
@@ -1374,10 +1389,7 @@ class Fold:
             pend = self.pending.get(e)
             require(pend is not None, what,
                     f"entry {e} did not record an identity change that waits for approval")
-            if pend["applied"] is not None:
-                at, by = pend["applied"]
-                raise Failed(what, f"the identity change at entry {e} already took effect at entry"
-                             f" {at}, approved by {by!r}")
+            self.identity_change_open(what, e, pend)
             require(signer != pend["proposer"], what,
                     f"the identity change at entry {e} needs the approval of an identity"
                     " administrator other than the one who signed it")
@@ -1401,6 +1413,21 @@ class Fold:
                 raise Failed(what, f"the identity change at entry {e} can no longer take effect:"
                              f" {exc.why}")
             pend["applied"] = (index, signer)
+        elif kind == "IdentityChangeWithdrawn":
+            e = b["entry_index"]
+            require(e != 0, what, "identity_change_withdrawn.entry_index: entry 0 is the genesis,"
+                    " which waits for no approval")
+            require(len(b["reason"].encode()) <= 1024, what,
+                    "identity_change_withdrawn.reason is longer than 1024 bytes")
+            pend = self.pending.get(e)
+            require(pend is not None, what,
+                    f"entry {e} did not record an identity change that waits for approval")
+            self.identity_change_open(what, e, pend)
+            # Withdrawing grants nothing: the proposer or any identity administrator may.
+            require(signer == pend["proposer"] or self.is_identity_admin(signer), what,
+                    f"{signer!r} may not withdraw identity changes: only the change's proposer"
+                    f" ({pend['proposer']!r}) or an identity administrator may")
+            pend["withdrawn"] = (index, signer)
         elif kind == "Annotation":
             pass
         elif kind == "CommitObserved":

@@ -579,6 +579,9 @@ async fn a_second_identity_admin_approves_identity_changes() {
             "applied": false,
             "applied_at_index": null,
             "approved_by": null,
+            "withdrawn": false,
+            "withdrawn_at_index": null,
+            "withdrawn_by": null,
         }])
     );
     let entry_arg = entry.to_string();
@@ -607,6 +610,63 @@ async fn a_second_identity_admin_approves_identity_changes() {
             .unwrap();
     assert_eq!(all[0]["applied_at_index"], at["index"], "{all}");
     assert_eq!(all[0]["approved_by"], "root2", "{all}");
+
+    // A change recorded by mistake is withdrawn by its proposer; then the
+    // second administrator can no longer apply it.
+    let wrong = s
+        .cli(&[
+            "principal",
+            "update",
+            "--id",
+            "alice",
+            "--revoke-role",
+            "dev",
+        ])
+        .await;
+    assert_eq!(wrong.code, 0, "{wrong:?}");
+    let wrong_at = serde_json::from_str::<Value>(&wrong.stdout).unwrap()["index"]
+        .as_u64()
+        .unwrap()
+        .to_string();
+    let w = s
+        .cli(&[
+            "principal",
+            "withdraw",
+            &wrong_at,
+            "--reason",
+            "wrong principal",
+        ])
+        .await;
+    assert_eq!(w.code, 0, "{w:?}");
+    assert!(w.stderr.contains("is withdrawn"), "{w:?}");
+    let w_at = serde_json::from_str::<Value>(&w.stdout).unwrap()["index"].clone();
+    let late = t
+        .run_as(&s, "root2", &["principal", "approve", &wrong_at])
+        .await;
+    assert_eq!(late.code, 1, "{late:?}");
+    assert!(
+        late.stderr.contains(&format!(
+            "the identity change at entry {wrong_at} was withdrawn at entry {w_at} by \"admin\""
+        )),
+        "{late:?}"
+    );
+    assert_eq!(roles(&s.cli_ok(&show).await), json!(["dev", "security"]));
+    assert_eq!(
+        s.cli_ok(&["principal", "pending"]).await.trim(),
+        "no identity change waits for approval"
+    );
+    let all: Value =
+        serde_json::from_str(&s.cli_ok(&["principal", "pending", "--all", "--json"]).await)
+            .unwrap();
+    assert_eq!(
+        (
+            &all[1]["withdrawn"],
+            &all[1]["withdrawn_at_index"],
+            &all[1]["withdrawn_by"]
+        ),
+        (&json!(true), &w_at, &json!("admin")),
+        "{all}"
+    );
 }
 
 /// A gate that cannot reach the server exits 69 (EX_UNAVAILABLE), not 1:

@@ -1860,6 +1860,19 @@ async fn key_rotations_and_policy_versions_travel_with_the_bundle() {
             },
         )
         .await;
+    // A registration the admin recorded by mistake, withdrawn by pa1 before
+    // anyone approved it: both travel too, and zed never exists.
+    let zed = f.register("zed", PrincipalKind::Human, "dev", None).await;
+    let zed_withdrawn = f
+        .append(
+            "pa1-withdraws-zed",
+            "pa1",
+            Body::IdentityChangeWithdrawn {
+                entry: zed,
+                reason: "typo".into(),
+            },
+        )
+        .await;
     assert_eq!(POLICY.matches("approvals = 2\n").count(), 1);
     let v2 = POLICY.replace("approvals = 2\n", "approvals = 1\n");
     let pol = RecordId::parse("POL-2").unwrap();
@@ -1930,6 +1943,16 @@ async fn key_rotations_and_policy_versions_travel_with_the_bundle() {
     }
     // pa2's keys are valid from the approval, not from the registration.
     assert!(carried.contains(&pa2_registered) && carried.contains(&pa2_approved));
+    assert!(carried.contains(&zed) && carried.contains(&zed_withdrawn));
+    let principals = json(&files, "facts/principals.json");
+    assert!(
+        principals
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|p| p["id"] != "zed"),
+        "{principals}"
+    );
     assert_eq!(files["policies/v2.toml"], v2.as_bytes());
     assert!(files.contains_key("policies/v1.toml"));
     let policies = json(&files, "facts/policies.json");

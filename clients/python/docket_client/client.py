@@ -517,6 +517,23 @@ def identity_change_approved(event_id: str, signer: str, entry_index: int) -> "e
     )
 
 
+def identity_change_withdrawn(
+    event_id: str, signer: str, entry_index: int, reason: str = ""
+) -> "event_pb2.Event":
+    """Withdraws the identity change recorded at ``entry_index`` while it still waits for a
+    second identity administrator, so that no approval can apply it (its proposer or any
+    identity administrator may)."""
+    if entry_index < 1:
+        raise ValueError("entry_index: entry 0 is the genesis, which waits for no approval")
+    return _event(
+        event_id,
+        signer,
+        identity_change_withdrawn=event_pb2.IdentityChangeWithdrawn(
+            entry_index=entry_index, reason=reason
+        ),
+    )
+
+
 def allowed(decision: "governance_pb2.Decision") -> bool:
     """True when the decision is allow."""
     return decision.verdict == governance_pb2.VERDICT_ALLOW

@@ -21,6 +21,7 @@ from docket_client.client import (
     git_commit_sha,
     policy_approved,
     identity_change_approved,
+    identity_change_withdrawn,
     policy_proposed,
     principal_registered,
     public_key_bytes,
@@ -126,6 +127,7 @@ def test_builders_set_exactly_one_body_and_the_claimed_time():
         "policy_proposed": policy_proposed("e8", "admin", "p-1", "version = 1\n", 1, "d"),
         "policy_approved": policy_approved("e9", "bob", "p-1"),
         "identity_change_approved": identity_change_approved("e10", "root2", 12),
+        "identity_change_withdrawn": identity_change_withdrawn("e11", "root", 12, reason="typo"),
     }
     after = time.time_ns()
     for body, ev in events.items():
@@ -155,6 +157,10 @@ def test_builders_set_exactly_one_body_and_the_claimed_time():
     assert events["identity_change_approved"].identity_change_approved.entry_index == 12
     with pytest.raises(ValueError, match="entry_index"):
         identity_change_approved("e", "root2", 0)
+    w = events["identity_change_withdrawn"].identity_change_withdrawn
+    assert (w.entry_index, w.reason) == (12, "typo")
+    with pytest.raises(ValueError, match="entry_index"):
+        identity_change_withdrawn("e", "root", 0)
     assert not events["break_glass_reviewed"].break_glass_reviewed.justified
     ci = principal_registered("e", "admin", "ci", key.public_key(), kind="ci", roles=["ci"])
     assert ci.principal_registered.principal.kind == event_pb2.PRINCIPAL_KIND_CI
