@@ -378,9 +378,8 @@ pub enum PrincipalCmd {
         #[arg(long)]
         event_id: Option<String>,
     },
-    /// Withdraw an identity change that still waits for a second identity
-    /// administrator, so that no approval can apply it. Its proposer or any
-    /// identity administrator may.
+    /// Withdraw an identity change you recorded that still waits for a
+    /// second identity administrator, so that no approval can apply it.
     Withdraw {
         #[command(flatten)]
         conn: ConnArgs,

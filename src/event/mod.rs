@@ -409,8 +409,8 @@ pub enum Body {
     IdentityChangeApproved {
         entry: u64,
     },
-    /// Withdraws the identity change recorded at `entry` while it still
-    /// waits, so that no approval can apply it (ledger-format §8.2.1).
+    /// Its proposer withdraws the identity change recorded at `entry` while
+    /// it still waits, so that no approval can apply it (ledger-format §8.2.1).
     IdentityChangeWithdrawn {
         entry: u64,
         reason: String,

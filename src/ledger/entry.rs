@@ -75,8 +75,8 @@ pub struct Entry {
     pub integrated_time_nanos: i64,
     pub prev_leaf_hash: [u8; 32],
     /// Version 2: how many identity and policy entries (genesis, principal,
-    /// key and role changes, identity change approvals, policy proposals and
-    /// approvals) the log holds at indices `0..=index`. Anyone holding some
+    /// key and role changes, identity change approvals and withdrawals,
+    /// policy proposals and approvals) the log holds at indices `0..=index`. Anyone holding some
     /// authentic entries of the log can tell from any one of them whether
     /// they hold every identity and policy entry up to it: those they hold
     /// are a subset of the true ones, so equal counts mean equal sets.

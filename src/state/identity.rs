@@ -9,9 +9,10 @@
 //! it, re-checked against the state of that moment. So no single principal
 //! can mint sock-puppet approvers, add its key to someone else, or move an
 //! e-mail to make its own approval count, once a second identity
-//! administrator exists. While it waits, its proposer or any identity
-//! administrator may withdraw it (`IdentityChangeWithdrawn`); then no
-//! approval can apply it.
+//! administrator exists. While it waits, its proposer may withdraw it
+//! (`IdentityChangeWithdrawn`); then no approval can apply it. No one else
+//! may: with three administrators, a third one withdrawing would veto what
+//! the other two agree on (say, revoking that third one's stolen key).
 //!
 //! Persisted under `i/<u64 entry index>` → [`StoredPending`] (postcard).
 
@@ -262,8 +263,9 @@ impl State {
     }
 
     /// Withdraws the identity change recorded at `entry` as entry `index`,
-    /// signed by `signer`: its proposer or any identity administrator.
-    /// Withdrawing grants nothing, so one signer suffices.
+    /// signed by `signer`, who must be its proposer. (A second administrator
+    /// who disagrees simply does not approve; letting any administrator
+    /// withdraw would let one of three veto the other two.)
     pub(super) fn withdraw_identity_change(
         &mut self,
         index: u64,
@@ -277,13 +279,12 @@ impl State {
         if let Some(e) = p.closed() {
             return Err(e);
         }
-        if &p.proposer != signer && !self.is_identity_admin(signer) {
+        if &p.proposer != signer {
             return Err(ApplyError::Forbidden {
                 signer: signer.to_string(),
-                action: "withdraw identity changes",
+                action: "withdraw this identity change",
                 why: format!(
-                    "only the change's proposer ({:?}) or an identity administrator (a human \
-                     principal whose roles give `register_principals` or `change_roles`) may",
+                    "only its proposer ({:?}) may withdraw the change recorded at entry {entry}",
                     p.proposer.as_str()
                 ),
             });

@@ -43,7 +43,7 @@ pub use identity::PendingIdentity;
 /// request's own subjects' repositories count without a change, and a later
 /// stale rejection withdraws a person's approval. 7: an identity change about
 /// another principal waits for a second identity administrator when one
-/// exists (`i/` records).
+/// exists (`i/` records). 8: its proposer may withdraw it while it waits.
 pub const STATE_FORMAT: u32 = 8;
 
 /// One key of a principal and when it was valid.

@@ -44,6 +44,7 @@ import re
 import struct
 import sys
 import tomllib
+import unicodedata
 
 import blake3
 from cryptography.exceptions import InvalidSignature
@@ -1417,16 +1418,20 @@ class Fold:
             e = b["entry_index"]
             require(e != 0, what, "identity_change_withdrawn.entry_index: entry 0 is the genesis,"
                     " which waits for no approval")
-            require(len(b["reason"].encode()) <= 1024, what,
-                    "identity_change_withdrawn.reason is longer than 1024 bytes")
+            reason = b["reason"]
+            require(len(reason.encode()) <= 1024, what,
+                    f"identity_change_withdrawn.reason: is {len(reason.encode())} bytes;"
+                    " at most 1024 allowed")
+            require(not any(unicodedata.category(c) == "Cc" and c not in "\n\t" for c in reason),
+                    what, "identity_change_withdrawn.reason: contains control characters")
             pend = self.pending.get(e)
             require(pend is not None, what,
                     f"entry {e} did not record an identity change that waits for approval")
             self.identity_change_open(what, e, pend)
-            # Withdrawing grants nothing: the proposer or any identity administrator may.
-            require(signer == pend["proposer"] or self.is_identity_admin(signer), what,
-                    f"{signer!r} may not withdraw identity changes: only the change's proposer"
-                    f" ({pend['proposer']!r}) or an identity administrator may")
+            # Only its proposer: another administrator who disagrees just does not approve.
+            require(signer == pend["proposer"], what,
+                    f"\"{signer}\" may not withdraw this identity change: only its proposer"
+                    f" (\"{pend['proposer']}\") may withdraw the change recorded at entry {e}")
             pend["withdrawn"] = (index, signer)
         elif kind == "Annotation":
             pass

@@ -1860,13 +1860,14 @@ async fn key_rotations_and_policy_versions_travel_with_the_bundle() {
             },
         )
         .await;
-    // A registration the admin recorded by mistake, withdrawn by pa1 before
-    // anyone approved it: both travel too, and zed never exists.
+    // A registration the admin recorded by mistake and withdrew before anyone
+    // approved it: both entries travel (the verifier written from the docs
+    // must decode and count the withdrawal), and zed never exists.
     let zed = f.register("zed", PrincipalKind::Human, "dev", None).await;
     let zed_withdrawn = f
         .append(
-            "pa1-withdraws-zed",
-            "pa1",
+            "admin-withdraws-zed",
+            "admin",
             Body::IdentityChangeWithdrawn {
                 entry: zed,
                 reason: "typo".into(),

@@ -521,8 +521,8 @@ def identity_change_withdrawn(
     event_id: str, signer: str, entry_index: int, reason: str = ""
 ) -> "event_pb2.Event":
     """Withdraws the identity change recorded at ``entry_index`` while it still waits for a
-    second identity administrator, so that no approval can apply it (its proposer or any
-    identity administrator may)."""
+    second identity administrator, so that no approval can apply it (only its proposer
+    may)."""
     if entry_index < 1:
         raise ValueError("entry_index: entry 0 is the genesis, which waits for no approval")
     return _event(
