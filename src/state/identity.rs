@@ -193,6 +193,19 @@ impl State {
         Ok(())
     }
 
+    /// The identity change recorded at `entry`, if it still waits: neither
+    /// applied nor withdrawn.
+    fn still_waiting(&self, entry: u64) -> Result<&PendingIdentity, ApplyError> {
+        let p = self
+            .pending
+            .get(&entry)
+            .ok_or(ApplyError::NoPendingIdentity(entry))?;
+        match p.closed() {
+            Some(e) => Err(e),
+            None => Ok(p),
+        }
+    }
+
     /// Applies the identity change recorded at `entry` with `signer`'s
     /// approval, as entry `index`.
     pub(super) fn approve_identity_change(
@@ -201,13 +214,7 @@ impl State {
         signer: &PrincipalId,
         entry: u64,
     ) -> Result<(), ApplyError> {
-        let p = self
-            .pending
-            .get(&entry)
-            .ok_or(ApplyError::NoPendingIdentity(entry))?;
-        if let Some(e) = p.closed() {
-            return Err(e);
-        }
+        let p = self.still_waiting(entry)?;
         if &p.proposer == signer {
             return Err(ApplyError::OwnIdentityChange(entry));
         }
@@ -272,13 +279,7 @@ impl State {
         signer: &PrincipalId,
         entry: u64,
     ) -> Result<(), ApplyError> {
-        let p = self
-            .pending
-            .get(&entry)
-            .ok_or(ApplyError::NoPendingIdentity(entry))?;
-        if let Some(e) = p.closed() {
-            return Err(e);
-        }
+        let p = self.still_waiting(entry)?;
         if &p.proposer != signer {
             return Err(ApplyError::Forbidden {
                 signer: signer.to_string(),
