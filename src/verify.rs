@@ -28,23 +28,27 @@ pub struct Failure {
     pub reason: String,
 }
 
-/// Checks an entry's history count (ledger-format §4.1, version 2) against
-/// the identity and policy entries folded up to and including it. A
-/// version-1 entry records none, but may not follow a version-2 one (entry
-/// `counted_since`): the writer never goes back.
+/// Checks the history count of entry `index` (ledger-format §4.3,
+/// invariant 14) against `folded`, the identity and policy entries read up to
+/// and including it; `mismatch(recorded)` words a difference. A version-1
+/// entry records none, but may not follow a version-2 one: the writer never
+/// goes back. `last_counted` is the last version-2 entry read so far, which
+/// this updates.
 pub(crate) fn check_history_count(
+    index: u64,
     recorded: Option<u64>,
     folded: u64,
-    counted_since: Option<u64>,
+    last_counted: &mut Option<u64>,
+    mismatch: impl FnOnce(u64) -> String,
 ) -> Result<(), String> {
-    match (recorded, counted_since) {
-        (Some(n), _) if n == folded => Ok(()),
-        (Some(n), _) => Err(format!(
-            "history count: the entry says the log holds {n} identity and policy entries up to it, \
-             {folded} were read"
-        )),
-        (None, Some(first)) => Err(format!(
-            "entry format version 1 after version-2 entry {first}"
+    match (recorded, *last_counted) {
+        (Some(n), _) if n != folded => Err(mismatch(n)),
+        (Some(_), _) => {
+            *last_counted = Some(index);
+            Ok(())
+        }
+        (None, Some(last)) => Err(format!(
+            "entry format version 1 after version-2 entry {last}"
         )),
         (None, None) => Ok(()),
     }
@@ -182,7 +186,7 @@ fn scan<S: Store + ?Sized>(
     let mut levels: Vec<crate::ledger::Scan<'_, merkle::Hash>> = Vec::new();
     let mut event_ids: std::collections::HashMap<[u8; 16], u64> = std::collections::HashMap::new();
     let mut last_time = i64::MIN;
-    let mut counted_since: Option<u64> = None;
+    let mut last_counted: Option<u64> = None;
 
     for index in 0..size {
         let bytes = match entries.next().transpose().map_err(store_err)? {
@@ -225,11 +229,13 @@ fn scan<S: Store + ?Sized>(
             ));
         }
         let folded = state.history_count() + u64::from(event.body.is_identity_or_policy());
-        check_history_count(entry.history_count, folded, counted_since)
-            .map_err(|why| at(index, why))?;
-        if entry.history_count.is_some() {
-            counted_since.get_or_insert(index);
-        }
+        check_history_count(index, entry.history_count, folded, &mut last_counted, |n| {
+            format!(
+                "history count: the entry says the log holds {n} identity and policy \
+                     entries up to it, {folded} were read"
+            )
+        })
+        .map_err(|why| at(index, why))?;
         // The signer's keys as the fold has them before this entry; the
         // signature itself is checked against them on the other threads.
         let keys = state

@@ -95,6 +95,16 @@ fn receipt_pb(r: Receipt) -> pb::Receipt {
     }
 }
 
+/// The entry that approved or withdrew a waiting identity change (0 if none).
+fn closing_entry(closed: &Option<(u64, crate::event::PrincipalId)>) -> u64 {
+    closed.as_ref().map_or(0, |c| c.0)
+}
+
+/// Who signed that entry (empty if none).
+fn closing_signer(closed: &Option<(u64, crate::event::PrincipalId)>) -> String {
+    closed.as_ref().map(|c| c.1.to_string()).unwrap_or_default()
+}
+
 /// The wire form of a principal record.
 pub(crate) fn principal_state_pb(p: &crate::state::PrincipalRecord) -> pb::PrincipalState {
     pb::PrincipalState {
@@ -364,19 +374,11 @@ impl pb::ledger_server::Ledger for LedgerApi {
                             subject: p.subject.to_string(),
                             description: p.describe(),
                             applied: p.applied.is_some(),
-                            applied_at_index: p.applied.as_ref().map_or(0, |a| a.0),
-                            approved_by: p
-                                .applied
-                                .as_ref()
-                                .map(|a| a.1.to_string())
-                                .unwrap_or_default(),
+                            applied_at_index: closing_entry(&p.applied),
+                            approved_by: closing_signer(&p.applied),
                             withdrawn: p.withdrawn.is_some(),
-                            withdrawn_at_index: p.withdrawn.as_ref().map_or(0, |w| w.0),
-                            withdrawn_by: p
-                                .withdrawn
-                                .as_ref()
-                                .map(|w| w.1.to_string())
-                                .unwrap_or_default(),
+                            withdrawn_at_index: closing_entry(&p.withdrawn),
+                            withdrawn_by: closing_signer(&p.withdrawn),
                         })
                         .collect(),
                 )

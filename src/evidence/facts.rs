@@ -94,7 +94,6 @@ pub(super) fn fold_then<B: AsRef<[u8]>, R>(
         let mut state = State::sparse();
         let mut info = BTreeMap::new();
         let mut event_ids: std::collections::HashMap<String, u64> = Default::default();
-        let mut counted_since: Option<u64> = None;
         let mut proven_to: Option<u64> = None;
         if entries.first().map(|e| e.0) != Some(0) {
             return Err(Failure {
@@ -135,22 +134,11 @@ pub(super) fn fold_then<B: AsRef<[u8]>, R>(
             // Before the signer's keys: a missing key or role change would
             // otherwise surface as a puzzling signature or rule failure.
             let carried = state.history_count() + u64::from(event.body.is_identity_or_policy());
-            match (e.history_count, counted_since) {
-                (Some(n), _) if n != carried => {
-                    return Err(at(i, history_gap(n, carried, proven_to)));
-                }
-                (Some(_), _) => {
-                    counted_since.get_or_insert(i);
-                    proven_to = Some(i);
-                }
-                (None, Some(first)) => {
-                    return Err(at(
-                        i,
-                        format!("entry format version 1 after version-2 entry {first}"),
-                    ));
-                }
-                (None, None) => {}
-            }
+            let below = proven_to;
+            crate::verify::check_history_count(i, e.history_count, carried, &mut proven_to, |n| {
+                history_gap(n, carried, below)
+            })
+            .map_err(|why| at(i, why))?;
             let keys = state
                 .signer_keys(&event)
                 .map_err(|e| at(i, format!("signature: {e}")))?;
