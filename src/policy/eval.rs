@@ -76,9 +76,11 @@ pub struct Approval<'a> {
     pub index: u64,
 }
 
-/// The latest CI run recorded for a subject.
+/// A CI run recorded for a subject.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct CiFact {
+pub struct CiFact<'a> {
+    /// The principal that reported it.
+    pub reporter: &'a str,
     pub passed: bool,
     /// Words for reasons when it did not pass: "run 42 of build (github-actions), failed".
     pub description: String,
@@ -113,8 +115,8 @@ pub struct ChangeFacts<'a> {
     pub sod_gaps: Vec<String>,
     /// Principals of the CI runs that built its subjects.
     pub builders: BTreeSet<&'a str>,
-    /// The latest CI run per subject.
-    pub ci: BTreeMap<&'a str, CiFact>,
+    /// The CI runs recorded per subject, oldest first.
+    pub ci: BTreeMap<&'a str, Vec<CiFact<'a>>>,
     /// Reviews in log order.
     pub approvals: Vec<Approval<'a>>,
 }
@@ -310,8 +312,11 @@ fn unknown_reason(rule: &Rule, u: Unknown<'_>) -> String {
     )
 }
 
-fn list(s: &BTreeSet<String>) -> String {
-    s.iter().map(String::as_str).collect::<Vec<_>>().join(", ")
+fn list<S: AsRef<str>>(s: &BTreeSet<S>) -> String {
+    s.iter()
+        .map(AsRef::as_ref)
+        .collect::<Vec<&str>>()
+        .join(", ")
 }
 
 /// Whether more than `max_secs` passed from `then` (nanoseconds since the
@@ -461,6 +466,45 @@ pub fn evaluate(policy: &Policy, req: &Request, facts: &Facts<'_>) -> Verdict {
     evaluate_rule(policy, rule, req, facts)
 }
 
+/// Why `subject` lacks the passing CI run `rule` needs, if it does. The
+/// latest run counts, among those the rule trusts (`ci_reporters`).
+fn ci_reason(rule: &Rule, subject: &str, runs: Option<&Vec<CiFact<'_>>>) -> Option<String> {
+    let runs = runs.map_or(&[][..], Vec::as_slice);
+    if rule.ci_reporters.is_empty() {
+        return match runs.last() {
+            None => Some(format!("no passing CI run is recorded for {subject}")),
+            Some(f) if !f.passed => Some(format!(
+                "the latest CI run for {subject} did not pass ({})",
+                f.description
+            )),
+            Some(_) => None,
+        };
+    }
+    let trusted = list(&rule.ci_reporters);
+    match runs
+        .iter()
+        .rev()
+        .find(|f| rule.ci_reporters.contains(f.reporter))
+    {
+        None => {
+            let others: BTreeSet<&str> = runs.iter().map(|f| f.reporter).collect();
+            Some(if others.is_empty() {
+                format!("no passing CI run by {trusted} is recorded for {subject}")
+            } else {
+                format!(
+                    "no passing CI run by {trusted} is recorded for {subject}; runs reported by {} do not count under this rule",
+                    list(&others)
+                )
+            })
+        }
+        Some(f) if !f.passed => Some(format!(
+            "the latest CI run by {trusted} for {subject} did not pass ({})",
+            f.description
+        )),
+        Some(_) => None,
+    }
+}
+
 fn evaluate_rule(policy: &Policy, rule: &Rule, req: &Request, facts: &Facts<'_>) -> Verdict {
     let needs_change = rule.approvals > 0 || rule.ci_passed;
     let mut reasons = Vec::new();
@@ -518,14 +562,7 @@ fn evaluate_rule(policy: &Policy, rule: &Rule, req: &Request, facts: &Facts<'_>)
         }
         if rule.ci_passed {
             for s in &req.subjects {
-                match c.ci.get(s.as_str()) {
-                    None => reasons.push(format!("no passing CI run is recorded for {s}")),
-                    Some(f) if !f.passed => reasons.push(format!(
-                        "the latest CI run for {s} did not pass ({})",
-                        f.description
-                    )),
-                    Some(_) => {}
-                }
+                reasons.extend(ci_reason(rule, s, c.ci.get(s.as_str())));
             }
         }
         if rule.approvals > 0 {

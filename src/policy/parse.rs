@@ -47,6 +47,9 @@ pub struct Rule {
     /// At least `count` counted approvers must hold `role`.
     pub require_roles: Vec<(String, u32)>,
     pub ci_passed: bool,
+    /// With `ci_passed`: only CI runs these principals reported count
+    /// (empty: runs by any principal with the `report` permission).
+    pub ci_reporters: BTreeSet<String>,
     pub promoted_from: Option<String>,
     pub max_approval_age_secs: Option<i64>,
 }
@@ -149,6 +152,7 @@ struct RawRule {
     require_roles: Vec<Spanned<RawRoleCount>>,
     #[serde(default)]
     ci_passed: bool,
+    ci_reporters: Option<Spanned<Vec<String>>>,
     promoted_from: Option<Spanned<String>>,
     max_approval_age: Option<Spanned<String>>,
 }
@@ -450,6 +454,31 @@ impl Policy {
                     ),
                 ));
             }
+            let mut ci_reporters = BTreeSet::new();
+            if let Some(list) = r.ci_reporters {
+                let list_at = list.span().start;
+                let list = list.into_inner();
+                if !r.ci_passed {
+                    return Err(at(
+                        list_at,
+                        "ci_reporters is set but the rule does not require ci_passed = true".into(),
+                    ));
+                }
+                if list.is_empty() {
+                    return Err(at(
+                        list_at,
+                        "ci_reporters is empty, so no CI run could ever count; leave it out to count runs by any reporter".into(),
+                    ));
+                }
+                for who in list {
+                    if let Err(e) = crate::event::PrincipalId::parse(&who) {
+                        return Err(at(list_at, format!("ci_reporters: {e}")));
+                    }
+                    if !ci_reporters.insert(who.clone()) {
+                        return Err(at(list_at, format!("ci_reporters names {who:?} twice")));
+                    }
+                }
+            }
             let promoted_from = r.promoted_from.map(|p| (p.span().start, p.into_inner()));
             if let Some((from_at, from)) = &promoted_from
                 && r.matches.environments.iter().any(|e| e == from)
@@ -487,6 +516,7 @@ impl Policy {
                 approver_roles,
                 require_roles,
                 ci_passed: r.ci_passed,
+                ci_reporters,
                 promoted_from: promoted_from.map(|(_, p)| p),
                 max_approval_age_secs,
             };

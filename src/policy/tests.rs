@@ -110,8 +110,9 @@ fn rejection(who: &str, comment: &str) -> Approval<'static> {
     }
 }
 
-fn passed() -> CiFact {
+fn passed() -> CiFact<'static> {
     CiFact {
+        reporter: "ci",
         passed: true,
         description: "run 7 of github-actions build passed at entry 3".into(),
     }
@@ -130,7 +131,7 @@ fn change(approvals: Vec<Approval<'static>>) -> ChangeFacts<'static> {
         authors: strs(&["alice"]),
         sod_gaps: Vec::new(),
         builders: strs(&["ci"]),
-        ci: BTreeMap::from([("c1", passed()), (D, passed())]),
+        ci: BTreeMap::from([("c1", vec![passed()]), (D, vec![passed()])]),
         approvals,
     }
 }
@@ -191,6 +192,84 @@ fn check(
     v
 }
 
+/// `ci_reporters`: only runs by the named principals count, so a CI
+/// identity of another repository can neither satisfy `ci_passed` nor
+/// block it; without the list the latest run by anyone decides.
+#[test]
+fn ci_reporters_decide_whose_runs_count() {
+    use Decision::*;
+    let pinned = Policy::parse(&POLICY.replacen(
+        "ci_passed = true\n",
+        "ci_passed = true\nci_reporters = [\"ci\"]\n",
+        1,
+    ))
+    .unwrap();
+    assert_eq!(pinned.rules[0].ci_reporters, set(&["ci"]));
+    let open = Policy::parse(POLICY).unwrap();
+    let run = |reporter: &'static str, passed: bool, n: u32| CiFact {
+        reporter,
+        passed,
+        description: format!("run {n} by {reporter}"),
+    };
+    let ok = vec![approval("bob", NOW), approval("carol", NOW)];
+    let principals = people();
+    let deployments = staged();
+    let decide = |policy: &Policy, runs: Vec<CiFact<'static>>| {
+        let mut c = change(ok.clone());
+        c.ci.insert(D, runs);
+        let facts = Facts {
+            principals: &principals,
+            change: Some(&c),
+            subject_repositories: &BTreeSet::new(),
+            deployments: &deployments,
+        };
+        let v = evaluate(policy, &request("prod"), &facts);
+        (v.decision, v.reasons.join("; "))
+    };
+    // A later failure reported by someone else: blocks only when any
+    // reporter may speak.
+    let runs = vec![run("ci", true, 1), run("ci-sandbox", false, 2)];
+    assert_eq!(decide(&pinned, runs.clone()).0, Allow);
+    assert_eq!(
+        decide(&open, runs),
+        (
+            Deny,
+            "the latest CI run for sha256:aaaa did not pass (run 2 by ci-sandbox)".into()
+        )
+    );
+    // A pass reported only by someone else: counts only when any
+    // reporter may speak.
+    let runs = vec![run("ci-sandbox", true, 3)];
+    assert_eq!(decide(&open, runs.clone()).0, Allow);
+    assert_eq!(
+        decide(&pinned, runs),
+        (
+            Deny,
+            "no passing CI run by ci is recorded for sha256:aaaa; runs reported by ci-sandbox do not count under this rule".into()
+        )
+    );
+    assert_eq!(
+        decide(&pinned, vec![]),
+        (
+            Deny,
+            "no passing CI run by ci is recorded for sha256:aaaa".into()
+        )
+    );
+    // The trusted reporter's own latest run still decides.
+    let runs = vec![
+        run("ci", true, 4),
+        run("ci", false, 5),
+        run("ci-sandbox", true, 6),
+    ];
+    assert_eq!(
+        decide(&pinned, runs),
+        (
+            Deny,
+            "the latest CI run by ci for sha256:aaaa did not pass (run 5 by ci)".into()
+        )
+    );
+}
+
 #[test]
 fn every_rule_kind() {
     use Decision::*;
@@ -231,13 +310,11 @@ fn every_rule_kind() {
     );
     // ...and its latest run decides.
     let mut failed = change(ok.clone());
-    failed.ci.insert(
-        D,
-        CiFact {
-            passed: false,
-            description: "run 8 failed at entry 9".into(),
-        },
-    );
+    failed.ci.get_mut(D).unwrap().push(CiFact {
+        reporter: "ci",
+        passed: false,
+        description: "run 8 failed at entry 9".into(),
+    });
     check(
         request("prod"),
         Some(failed),
@@ -676,6 +753,26 @@ fn bad_policies_are_refused_with_line_and_reason() {
             "version = 1\n[[rule]]\nname = \"a\"\nmax_approval_age = \"7d\"\n",
             4,
             "max_approval_age is set but the rule requires no approvals",
+        ),
+        (
+            "version = 1\n[[rule]]\nname = \"a\"\nci_reporters = [\"ci\"]\n",
+            4,
+            "ci_reporters is set but the rule does not require ci_passed = true",
+        ),
+        (
+            "version = 1\n[[rule]]\nname = \"a\"\nci_passed = true\nci_reporters = []\n",
+            5,
+            "ci_reporters is empty, so no CI run could ever count",
+        ),
+        (
+            "version = 1\n[[rule]]\nname = \"a\"\nci_passed = true\nci_reporters = [\"CI Bot\"]\n",
+            5,
+            "ci_reporters: principal id \"CI Bot\" must be",
+        ),
+        (
+            "version = 1\n[[rule]]\nname = \"a\"\nci_passed = true\nci_reporters = [\"ci\", \"ci\"]\n",
+            5,
+            "ci_reporters names \"ci\" twice",
         ),
         (
             "version = 1\n[[rule]]\nname = \"a\"\nmatch.environmnts = [\"x\"]\n",

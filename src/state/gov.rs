@@ -1478,13 +1478,21 @@ impl State {
         let mut ci = BTreeMap::new();
         let tagged = cur.commits.iter().map(|c| (c, false));
         for (s, is_digest) in tagged.chain(cur.digests.iter().map(|d| (d, true))) {
-            let mut latest: Option<&CiRec> = None;
+            let mut runs = Vec::new();
             for r in self.gov.ci_runs_for(s) {
                 builders.insert(r.builder.as_str());
                 if !r.repository.is_empty() {
                     code_repositories.insert(r.repository.as_str());
                 }
-                latest = Some(r);
+                runs.push(policy::CiFact {
+                    reporter: r.builder.as_str(),
+                    passed: r.passed,
+                    description: if r.passed {
+                        String::new()
+                    } else {
+                        r.describe()
+                    },
+                });
                 let from = r.commit.as_str();
                 if is_digest
                     && !from.is_empty()
@@ -1495,18 +1503,8 @@ impl State {
                     self.authors_of(from, Some(s), &mut authors, &mut sod_gaps);
                 }
             }
-            if let Some(r) = latest {
-                ci.insert(
-                    s.as_str(),
-                    policy::CiFact {
-                        passed: r.passed,
-                        description: if r.passed {
-                            String::new()
-                        } else {
-                            r.describe()
-                        },
-                    },
-                );
+            if !runs.is_empty() {
+                ci.insert(s.as_str(), runs);
             }
         }
         for sha in cur.commits.iter().map(String::as_str).chain(built_from) {

@@ -982,6 +982,65 @@ retry declined cards once\n"
     assert!(d.allow, "{:?}", d.reasons);
 }
 
+/// A rule with `ci_reporters` counts only the runs the named CI principals
+/// reported: a sandbox CI identity, which may report runs, can neither pass
+/// a production digest nor block it; the pinned identity's latest run
+/// decides.
+#[test]
+fn only_the_ci_reporters_a_rule_names_speak_for_its_ci() {
+    use crate::event::{CiRun, CiStatus};
+    let policy = format!(
+        "{}ci_passed = true\nci_reporters = [\"ci-payments\"]\n",
+        POLICY.strip_suffix("approvals = 2\n").unwrap()
+    );
+    let mut f = Fold::new(&policy);
+    f.register("ci-payments", PrincipalKind::Ci, &["ci"], &[9]);
+    f.register("ci-sandbox", PrincipalKind::Ci, &["ci"], &[10]);
+    let report = |f: &mut Fold, who: &str, repo: &str, status: CiStatus| {
+        f.apply(
+            who,
+            Body::CiRunReported(CiRun {
+                repository: repo.into(),
+                commit: String::new(),
+                artifact_digests: set(&[D]),
+                status,
+                provider: String::new(),
+                pipeline: String::new(),
+                run_id: String::new(),
+                url: String::new(),
+                git_ref: String::new(),
+            }),
+        )
+        .unwrap()
+    };
+    f.open("ci-payments", "CHG-1", D).unwrap();
+    let payments = "github.com/acme/payments";
+    report(&mut f, "ci-sandbox", payments, CiStatus::Passed);
+    let d = f.deploy("ci-payments", D);
+    assert!(!d.allow);
+    assert!(
+        d.reasons.iter().any(|r| *r
+            == format!("no passing CI run by ci-payments is recorded for {D}; runs reported by ci-sandbox do not count under this rule")),
+        "{:?}",
+        d.reasons
+    );
+    report(&mut f, "ci-payments", payments, CiStatus::Passed);
+    assert!(f.deploy("ci-payments", D).allow);
+    report(&mut f, "ci-sandbox", payments, CiStatus::Failed);
+    let d = f.deploy("ci-payments", D);
+    assert!(d.allow, "{:?}", d.reasons);
+    report(&mut f, "ci-payments", payments, CiStatus::Failed);
+    let d = f.deploy("ci-payments", D);
+    assert!(!d.allow);
+    assert!(
+        d.reasons.iter().any(|r| r.starts_with(&format!(
+            "the latest CI run by ci-payments for {D} did not pass"
+        ))),
+        "{:?}",
+        d.reasons
+    );
+}
+
 /// Every amend makes the reviews before it stale, also one that keeps the
 /// subjects: widening a staging-only change to `prod` does not carry its
 /// staging approvals along, and going back to an earlier revision's
