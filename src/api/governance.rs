@@ -295,24 +295,34 @@ impl pb::governance_server::Governance for GovernanceApi {
                     approvers: v.approvers.clone(),
                 };
                 let active = gov.active_version().map(|v| v.version).unwrap_or(1);
+                let now = self.svc.now_nanos();
                 pb::PolicyState {
                     active: gov.active_version().map(version),
                     history: gov.policy_versions().iter().map(version).collect(),
                     proposals: gov
                         .proposals()
-                        .map(|p| pb::PolicyProposal {
-                            proposal_id: p.id.clone(),
-                            proposer: p.proposer.clone(),
-                            base_version: p.base_version,
-                            digest: p.digest.clone(),
-                            approvers: p.approvals.iter().map(|a| a.0.clone()).collect(),
-                            index: p.index,
-                            status: match p.activated_as {
-                                Some(_) => "active",
-                                None if p.base_version == active => "pending",
-                                None => "superseded",
+                        .map(|p| {
+                            let expires = gov.proposal_expires_at(p);
+                            pb::PolicyProposal {
+                                proposal_id: p.id.clone(),
+                                proposer: p.proposer.clone(),
+                                base_version: p.base_version,
+                                digest: p.digest.clone(),
+                                approvers: p.approvals.iter().map(|a| a.0.clone()).collect(),
+                                index: p.index,
+                                status: match p.activated_as {
+                                    Some(_) => "active",
+                                    None if p.base_version != active => "superseded",
+                                    None if expires.is_some_and(|e| now > e) => "expired",
+                                    None => "pending",
+                                }
+                                .into(),
+                                expires_at_unix_nanos: if p.activated_as.is_none() {
+                                    expires.unwrap_or(0)
+                                } else {
+                                    0
+                                },
                             }
-                            .into(),
                         })
                         .collect(),
                 }

@@ -362,23 +362,30 @@ impl pb::ledger_server::Ledger for LedgerApi {
         req: Request<pb::ListPrincipalsRequest>,
     ) -> Result<Response<pb::ListPrincipalsResponse>, Status> {
         self.authorize(&req, "ListPrincipals")?;
+        let now = self.svc.now_nanos();
         let ((principals, identity_changes), _) = self
             .svc
             .read_durable(|s| {
                 (
                     s.principals().map(principal_state_pb).collect(),
                     s.pending_identity_changes()
-                        .map(|p| pb::PendingIdentityChange {
-                            entry_index: p.entry,
-                            proposer: p.proposer.to_string(),
-                            subject: p.subject.to_string(),
-                            description: p.describe(),
-                            applied: p.applied.is_some(),
-                            applied_at_index: closing_entry(&p.applied),
-                            approved_by: closing_signer(&p.applied),
-                            withdrawn: p.withdrawn.is_some(),
-                            withdrawn_at_index: closing_entry(&p.withdrawn),
-                            withdrawn_by: closing_signer(&p.withdrawn),
+                        .map(|p| {
+                            let expires = s.identity_change_expires_at(p);
+                            let open = p.applied.is_none() && p.withdrawn.is_none();
+                            pb::PendingIdentityChange {
+                                entry_index: p.entry,
+                                proposer: p.proposer.to_string(),
+                                subject: p.subject.to_string(),
+                                description: p.describe(),
+                                applied: p.applied.is_some(),
+                                applied_at_index: closing_entry(&p.applied),
+                                approved_by: closing_signer(&p.applied),
+                                withdrawn: p.withdrawn.is_some(),
+                                withdrawn_at_index: closing_entry(&p.withdrawn),
+                                withdrawn_by: closing_signer(&p.withdrawn),
+                                expires_at_unix_nanos: expires.unwrap_or(0),
+                                expired: open && expires.is_some_and(|e| now > e),
+                            }
                         })
                         .collect(),
                 )

@@ -749,7 +749,7 @@ pub(crate) async fn principal(c: PrincipalCmd) -> CliResult {
             let changes = identity_changes(&conn).await?;
             let shown: Vec<&pb::PendingIdentityChange> = changes
                 .iter()
-                .filter(|c| all || !(c.applied || c.withdrawn))
+                .filter(|c| all || !(c.applied || c.withdrawn || c.expired))
                 .collect();
             if json {
                 let out: Vec<serde_json::Value> = shown
@@ -766,6 +766,9 @@ pub(crate) async fn principal(c: PrincipalCmd) -> CliResult {
                             "withdrawn": c.withdrawn,
                             "withdrawn_at_index": c.withdrawn.then_some(c.withdrawn_at_index),
                             "withdrawn_by": c.withdrawn.then_some(&c.withdrawn_by),
+                            "expires_at": (c.expires_at_unix_nanos != 0)
+                                .then(|| crate::state::gov::fmt_nanos(c.expires_at_unix_nanos)),
+                            "expired": c.expired,
                         })
                     })
                     .collect();
@@ -790,6 +793,17 @@ pub(crate) async fn principal(c: PrincipalCmd) -> CliResult {
                         format!(
                             "withdrawn at entry {} by {}",
                             c.withdrawn_at_index, c.withdrawn_by
+                        )
+                    } else if c.expired {
+                        format!(
+                            "expired at {}",
+                            crate::state::gov::fmt_nanos(c.expires_at_unix_nanos)
+                        )
+                    } else if c.expires_at_unix_nanos != 0 {
+                        format!(
+                            "waiting until {}: docket principal approve {}",
+                            crate::state::gov::fmt_nanos(c.expires_at_unix_nanos),
+                            c.entry_index
                         )
                     } else {
                         format!("waiting: docket principal approve {}", c.entry_index)

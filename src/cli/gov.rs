@@ -191,6 +191,8 @@ pub(crate) async fn policy(c: PolicyCmd) -> CliResult {
                     "proposal_id": q.proposal_id, "proposer": q.proposer,
                     "base_version": q.base_version, "status": q.status,
                     "approvers": q.approvers, "index": q.index, "digest": q.digest,
+                    "expires_at": (q.expires_at_unix_nanos != 0)
+                        .then(|| crate::state::gov::fmt_nanos(q.expires_at_unix_nanos)),
                 })).collect::<Vec<_>>(),
             }));
             Ok(())

@@ -326,7 +326,7 @@ fn older_than(now: Timestamp, then_nanos: i64, max_secs: i64) -> bool {
 }
 
 /// "7d", "12h", "90s": the largest whole unit, as the policy language writes it.
-fn human_secs(secs: i64) -> String {
+pub fn human_secs(secs: i64) -> String {
     for (unit, n) in [("d", 86_400), ("h", 3600), ("m", 60)] {
         if secs % n == 0 {
             return format!("{}{unit}", secs / n);

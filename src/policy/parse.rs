@@ -16,6 +16,9 @@ pub struct Policy {
     pub permissions: BTreeMap<Permission, BTreeSet<String>>,
     /// Approvals a policy change needs, and from which roles.
     pub policy_changes: ApprovalRule,
+    /// How long an identity change may wait for its second identity
+    /// administrator (`[identity_changes] expire_after`; `None`: for ever).
+    pub identity_change_expiry_secs: Option<i64>,
     /// What an unmatched request gets.
     pub unmatched_allows: bool,
     /// Deadline of the post-hoc review a break-glass opens.
@@ -29,6 +32,8 @@ pub struct Policy {
 pub struct ApprovalRule {
     pub approvals: u32,
     pub roles: BTreeSet<String>,
+    /// How long a proposal may wait for its approvals (`None`: for ever).
+    pub expire_after_secs: Option<i64>,
 }
 
 /// One rule: what it matches and what it requires.
@@ -82,6 +87,8 @@ struct RawPolicy {
     #[serde(default)]
     policy_changes: Option<Spanned<RawApprovalRule>>,
     #[serde(default)]
+    identity_changes: Option<Spanned<RawIdentityChanges>>,
+    #[serde(default)]
     defaults: Option<Spanned<RawDefaults>>,
     #[serde(default)]
     rule: Vec<Spanned<RawRule>>,
@@ -107,6 +114,13 @@ struct RawPermissions {
 struct RawApprovalRule {
     approvals: u32,
     roles: Vec<String>,
+    expire_after: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawIdentityChanges {
+    expire_after: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -324,15 +338,35 @@ impl Policy {
                         ),
                     ));
                 }
+                let expire_after_secs = match &pc.expire_after {
+                    None => None,
+                    Some(e) => Some(duration_secs(e.get_ref()).map_err(|m| {
+                        err(e.span().start, format!("policy_changes.expire_after: {m}"))
+                    })?),
+                };
                 ApprovalRule {
                     approvals: pc.approvals,
                     roles: pc.roles.into_iter().collect(),
+                    expire_after_secs,
                 }
             }
             None => ApprovalRule {
                 approvals: 2,
                 roles: permissions[&Permission::ApprovePolicy].clone(),
+                expire_after_secs: None,
             },
+        };
+        let identity_change_expiry_secs = match raw
+            .identity_changes
+            .and_then(|i| i.into_inner().expire_after)
+        {
+            None => None,
+            Some(e) => Some(duration_secs(e.get_ref()).map_err(|m| {
+                err(
+                    e.span().start,
+                    format!("identity_changes.expire_after: {m}"),
+                )
+            })?),
         };
 
         let mut unmatched_allows = false;
@@ -583,6 +617,7 @@ impl Policy {
         Ok(Policy {
             permissions,
             policy_changes,
+            identity_change_expiry_secs,
             unmatched_allows,
             break_glass_review_secs,
             rules,

@@ -755,6 +755,21 @@ fn bad_policies_are_refused_with_line_and_reason() {
             "max_approval_age is set but the rule requires no approvals",
         ),
         (
+            "version = 1\n[identity_changes]\nexpire_after = \"7w\"\n",
+            3,
+            "identity_changes.expire_after: \"7w\" is not a duration like 90s, 30m, 12h or 7d",
+        ),
+        (
+            "version = 1\n[identity_changes]\nexpires = \"7d\"\n",
+            3,
+            "unknown field `expires`",
+        ),
+        (
+            "version = 1\n[policy_changes]\napprovals = 2\nroles = [\"admin\"]\nexpire_after = \"0d\"\n",
+            5,
+            "policy_changes.expire_after: \"0d\" must be positive",
+        ),
+        (
             "version = 1\n[[rule]]\nname = \"a\"\nci_reporters = [\"ci\"]\n",
             4,
             "ci_reporters is set but the rule does not require ci_passed = true",

@@ -57,6 +57,8 @@ pub struct ProposalRec {
     pub base_version: u64,
     pub description: String,
     pub index: u64,
+    /// The proposal entry's integrated time: an expiry runs from it.
+    pub at_nanos: i64,
     /// Approvers and the entries that recorded their approvals.
     pub approvals: Vec<(String, u64)>,
     /// The version it became, once active.
@@ -465,6 +467,15 @@ fn key_u64(k: &[u8], what: &'static str) -> Result<u64, StateCodecError> {
 
 impl Gov {
     /// The policy in force.
+    /// When proposal `p` stops waiting under the policy in force
+    /// (`[policy_changes] expire_after`), if it ever does.
+    pub fn proposal_expires_at(&self, p: &ProposalRec) -> Option<i64> {
+        self.policy().policy_changes.expire_after_secs.map(|secs| {
+            p.at_nanos
+                .saturating_add(secs.saturating_mul(1_000_000_000))
+        })
+    }
+
     pub fn policy(&self) -> &Policy {
         self.active.as_deref().unwrap_or(&DEFAULT)
     }
@@ -1144,6 +1155,7 @@ impl State {
     pub(super) fn apply_policy_proposed(
         &mut self,
         index: u64,
+        at: i64,
         signer: &PrincipalId,
         p: &PolicyProposal,
     ) -> Result<(), ApplyError> {
@@ -1169,6 +1181,7 @@ impl State {
                 base_version: p.base_version,
                 description: p.description.clone(),
                 index,
+                at_nanos: at,
                 approvals: Vec::new(),
                 activated_as: None,
             },
@@ -1183,6 +1196,7 @@ impl State {
     pub(super) fn apply_policy_approved(
         &mut self,
         index: u64,
+        at: i64,
         signer: &PrincipalId,
         id: &str,
     ) -> Result<(), ApplyError> {
@@ -1205,6 +1219,21 @@ impl State {
                 why: format!(
                     "it replaces version {} but version {active} is in force now; propose it again",
                     p.base_version
+                ),
+            });
+        }
+        // Under the policy in force at the approval: an approval exactly at
+        // the expiry still counts, one a nanosecond later does not.
+        if let Some(end) = self.gov.proposal_expires_at(p)
+            && at > end
+        {
+            let secs = self.gov.policy().policy_changes.expire_after_secs;
+            return Err(ApplyError::ProposalClosed {
+                id: id.to_owned(),
+                why: format!(
+                    "it expired at {}: the policy in force lets a proposal wait {} for its approvals ([policy_changes] expire_after); propose it again",
+                    fmt_nanos(end),
+                    policy::human_secs(secs.unwrap_or(0))
                 ),
             });
         }

@@ -33,6 +33,8 @@ use crate::policy::Permission;
 pub struct PendingIdentity {
     /// The entry that recorded it.
     pub entry: u64,
+    /// That entry's integrated time: an expiry runs from it.
+    pub at_nanos: i64,
     /// Who signed it.
     pub proposer: PrincipalId,
     /// The principal it is about.
@@ -170,6 +172,7 @@ impl State {
     pub(super) fn apply_identity_event(
         &mut self,
         index: u64,
+        at: i64,
         signer: &PrincipalId,
         body: &Body,
     ) -> Result<(), ApplyError> {
@@ -182,6 +185,7 @@ impl State {
             index,
             PendingIdentity {
                 entry: index,
+                at_nanos: at,
                 proposer: signer.clone(),
                 subject,
                 body: body.clone(),
@@ -206,17 +210,39 @@ impl State {
         }
     }
 
+    /// When the identity change `p` stops waiting under the policy in
+    /// force (`[identity_changes] expire_after`), if it ever does.
+    pub fn identity_change_expires_at(&self, p: &PendingIdentity) -> Option<i64> {
+        self.gov.policy().identity_change_expiry_secs.map(|secs| {
+            p.at_nanos
+                .saturating_add(secs.saturating_mul(1_000_000_000))
+        })
+    }
+
     /// Applies the identity change recorded at `entry` with `signer`'s
-    /// approval, as entry `index`.
+    /// approval, as entry `index` at integrated time `at`.
     pub(super) fn approve_identity_change(
         &mut self,
         index: u64,
+        at: i64,
         signer: &PrincipalId,
         entry: u64,
     ) -> Result<(), ApplyError> {
         let p = self.still_waiting(entry)?;
         if &p.proposer == signer {
             return Err(ApplyError::OwnIdentityChange(entry));
+        }
+        // Under the policy in force at the approval: an approval exactly at
+        // the expiry still counts, one a nanosecond later does not.
+        if let Some(end) = self.identity_change_expires_at(p)
+            && at > end
+        {
+            let secs = self.gov.policy().identity_change_expiry_secs.unwrap_or(0);
+            return Err(ApplyError::IdentityChangeExpired {
+                entry,
+                at: super::gov::fmt_nanos(end),
+                after: crate::policy::human_secs(secs),
+            });
         }
         if !self.is_identity_admin(signer) {
             let policy = self.gov.policy();
@@ -328,6 +354,7 @@ fn pending_key(entry: u64) -> Vec<u8> {
 /// A waiting identity change as persisted.
 #[derive(Serialize, Deserialize)]
 struct StoredPending {
+    at_nanos: i64,
     proposer: String,
     subject: String,
     op: StoredOp,
@@ -404,6 +431,7 @@ fn encode_pending(p: &PendingIdentity) -> Vec<u8> {
         other => unreachable!("only identity bodies wait: {}", other.kind_name()),
     };
     let stored = StoredPending {
+        at_nanos: p.at_nanos,
         proposer: p.proposer.to_string(),
         subject: p.subject.to_string(),
         op,
@@ -471,6 +499,7 @@ fn decode_pending(entry: u64, v: &[u8]) -> Result<PendingIdentity, StateCodecErr
     };
     Ok(PendingIdentity {
         entry,
+        at_nanos: s.at_nanos,
         proposer: id(&s.proposer)?,
         subject: id(&s.subject)?,
         body,

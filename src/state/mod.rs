@@ -44,7 +44,7 @@ pub use identity::PendingIdentity;
 /// stale rejection withdraws a person's approval. 7: an identity change about
 /// another principal waits for a second identity administrator when one
 /// exists (`i/` records). 8: its proposer may withdraw it while it waits.
-pub const STATE_FORMAT: u32 = 8;
+pub const STATE_FORMAT: u32 = 9;
 
 /// One key of a principal and when it was valid.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -188,6 +188,14 @@ pub enum ApplyError {
     IdentityChangeStale { entry: u64, why: String },
     #[error("the identity change at entry {entry} was withdrawn at entry {at} by {by:?}")]
     IdentityChangeWithdrawn { entry: u64, at: u64, by: String },
+    #[error(
+        "the identity change at entry {entry} expired at {at}: the policy in force lets an identity change wait {after} for a second identity administrator ([identity_changes] expire_after); propose it again"
+    )]
+    IdentityChangeExpired {
+        entry: u64,
+        at: String,
+        after: String,
+    },
 }
 
 /// A signer's keys as of one point in the log.
@@ -424,9 +432,11 @@ impl State {
             Body::PrincipalRegistered(_)
             | Body::KeyRotated { .. }
             | Body::KeyRevoked { .. }
-            | Body::PrincipalUpdated(_) => self.apply_identity_event(index, signer, &event.body)?,
+            | Body::PrincipalUpdated(_) => {
+                self.apply_identity_event(index, at, signer, &event.body)?
+            }
             Body::IdentityChangeApproved { entry } => {
-                self.approve_identity_change(index, signer, *entry)?
+                self.approve_identity_change(index, at, signer, *entry)?
             }
             Body::IdentityChangeWithdrawn { entry, .. } => {
                 self.withdraw_identity_change(index, signer, *entry)?
@@ -439,9 +449,9 @@ impl State {
             Body::ChangeReviewed(r) => self.apply_change_reviewed(index, at, signer, r)?,
             Body::DeployRequested(d) => self.apply_deploy(index, at, signer, d)?,
             Body::BreakGlassReviewed(r) => self.apply_break_glass_review(index, at, signer, r)?,
-            Body::PolicyProposed(p) => self.apply_policy_proposed(index, signer, p)?,
+            Body::PolicyProposed(p) => self.apply_policy_proposed(index, at, signer, p)?,
             Body::PolicyApproved { proposal_id } => {
-                self.apply_policy_approved(index, signer, proposal_id.as_str())?
+                self.apply_policy_approved(index, at, signer, proposal_id.as_str())?
             }
         }
         if history {

@@ -496,6 +496,143 @@ proptest! {
     }
 }
 
+/// `expire_after`: a waiting identity change or policy proposal can be
+/// approved until exactly its expiry, measured between the entries'
+/// integrated times to the nanosecond, and not a nanosecond later; an
+/// expired identity change can still be withdrawn by its proposer. The
+/// expiries persist with the state.
+#[test]
+fn waiting_changes_expire_under_the_policy_in_force() {
+    let policy = format!(
+        "{}\n[identity_changes]\nexpire_after = \"1h\"\n",
+        POLICY.replacen(
+            "roles = [\"policy-admin\"]\n",
+            "roles = [\"policy-admin\"]\nexpire_after = \"2h\"\n",
+            1
+        )
+    );
+    let p = crate::policy::Policy::parse(&policy).unwrap();
+    assert_eq!(
+        (
+            p.identity_change_expiry_secs,
+            p.policy_changes.expire_after_secs
+        ),
+        (Some(3600), Some(7200))
+    );
+    let mut f = Fold::new(&policy);
+    for (who, k) in [("pa", 4), ("pb", 5), ("pc", 6)] {
+        f.register(who, PrincipalKind::Human, &["policy-admin"], &[k]);
+    }
+    // From here on, admin's identity changes wait for admin2.
+    f.register("admin2", PrincipalKind::Human, &["admin"], &[3]);
+    let hour = 3_600_000_000_000_i64;
+    let spec = |who: &str, k: u8| {
+        Body::PrincipalRegistered(PrincipalSpec {
+            id: id(who),
+            kind: PrincipalKind::Human,
+            display_name: String::new(),
+            roles: set(&["dev"]),
+            keys: vec![key(k)],
+            emails: BTreeSet::new(),
+        })
+    };
+    // Fold::apply moves the clock 1 s forward before each entry.
+    let at_next = |f: &mut Fold, t: i64| f.t = t - 1_000_000_000;
+
+    let on_time = f.apply("admin", spec("erin", 10)).unwrap();
+    let proposed = f.t;
+    let late = f.apply("admin", spec("gina", 11)).unwrap();
+    let late_at = f.t;
+    let waiting =
+        f.st.pending_identity_changes()
+            .find(|p| p.entry == late)
+            .unwrap()
+            .clone();
+    assert_eq!(
+        f.st.identity_change_expires_at(&waiting),
+        Some(late_at + hour)
+    );
+    at_next(&mut f, proposed + hour);
+    f.apply("admin2", Body::IdentityChangeApproved { entry: on_time })
+        .unwrap();
+    assert!(f.st.principal("erin").is_some());
+    at_next(&mut f, late_at + hour + 1);
+    let e = f
+        .apply("admin2", Body::IdentityChangeApproved { entry: late })
+        .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        format!(
+            "the identity change at entry {late} expired at {}: the policy in force lets an \
+             identity change wait 1h for a second identity administrator \
+             ([identity_changes] expire_after); propose it again",
+            crate::state::gov::fmt_nanos(late_at + hour)
+        )
+    );
+    assert!(f.st.principal("gina").is_none());
+    f.apply(
+        "admin",
+        Body::IdentityChangeWithdrawn {
+            entry: late,
+            reason: "expired".into(),
+        },
+    )
+    .unwrap();
+
+    let propose = |f: &mut Fold, pid: &str| {
+        f.apply(
+            "pa",
+            Body::PolicyProposed(PolicyProposal {
+                proposal_id: RecordId::parse(pid).unwrap(),
+                text: policy.clone(),
+                base_version: 1,
+                description: String::new(),
+            }),
+        )
+        .unwrap();
+        f.t
+    };
+    let approve = |f: &mut Fold, who: &str, pid: &str| {
+        f.apply(
+            who,
+            Body::PolicyApproved {
+                proposal_id: RecordId::parse(pid).unwrap(),
+            },
+        )
+    };
+    let stale = propose(&mut f, "STALE");
+    let fresh = propose(&mut f, "FRESH");
+    approve(&mut f, "pb", "FRESH").unwrap();
+    at_next(&mut f, stale + 2 * hour + 1);
+    assert_eq!(
+        approve(&mut f, "pb", "STALE"),
+        Err(ApplyError::ProposalClosed {
+            id: "STALE".into(),
+            why: format!(
+                "it expired at {}: the policy in force lets a proposal wait 2h for its \
+                 approvals ([policy_changes] expire_after); propose it again",
+                crate::state::gov::fmt_nanos(stale + 2 * hour)
+            )
+        })
+    );
+    at_next(&mut f, fresh + 2 * hour);
+    approve(&mut f, "pc", "FRESH").unwrap();
+    assert_eq!(f.st.gov().active_version().unwrap().proposal_id, "FRESH");
+
+    let mut st = f.st.clone();
+    let mut pairs = st.take_changes();
+    pairs.sort();
+    let loaded = State::load(pairs).unwrap();
+    assert_eq!(
+        loaded.pending_identity_changes().collect::<Vec<_>>(),
+        f.st.pending_identity_changes().collect::<Vec<_>>()
+    );
+    assert_eq!(
+        loaded.gov().proposals().collect::<Vec<_>>(),
+        f.st.gov().proposals().collect::<Vec<_>>()
+    );
+}
+
 #[test]
 fn identity_changes_wait_for_a_second_identity_admin() {
     let mut f = Fold::new(POLICY);

@@ -1050,6 +1050,12 @@ class Policy:
         try:
             self.break_glass_review = parse_duration_ns(
                 doc.get("defaults", {}).get("break_glass_review", "24h"))
+            # How long a waiting policy proposal or identity change may wait (policy.md,
+            # "Policy changes" and "Identity changes"); None: for ever.
+            expire = pc.get("expire_after")
+            self.pc_expire = None if expire is None else parse_duration_ns(expire)
+            expire = doc.get("identity_changes", {}).get("expire_after")
+            self.identity_expire = None if expire is None else parse_duration_ns(expire)
         except ValueError as exc:
             raise Failed(what, str(exc))
         self.text = text
@@ -1380,7 +1386,7 @@ class Fold:
                 # Another identity administrator exists: checked, recorded, without effect.
                 self.identity(index, what, signer, kind, b, commit=False)
                 self.pending[index] = {"proposer": signer, "subject": subject, "kind": kind,
-                                       "body": b, "applied": None, "withdrawn": None}
+                                       "body": b, "applied": None, "withdrawn": None, "time": t}
             else:
                 self.identity(index, what, signer, kind, b, commit=True)
         elif kind == "IdentityChangeApproved":
@@ -1394,6 +1400,11 @@ class Fold:
             require(signer != pend["proposer"], what,
                     f"the identity change at entry {e} needs the approval of an identity"
                     " administrator other than the one who signed it")
+            # The policy in force now bounds the wait, to the nanosecond (LF §8.2.1).
+            limit = self.policy.identity_expire
+            require(limit is None or t - pend["time"] <= limit, what,
+                    f"the identity change at entry {e} expired before this approval"
+                    " ([identity_changes] expire_after)")
             require(self.is_identity_admin(signer), what,
                     f"{signer!r} may not approve identity changes: only a human principal whose"
                     " roles give `register_principals`"
@@ -1571,7 +1582,7 @@ class Fold:
             Policy(b["text"], what)                       # must parse
             self.proposals[pid] = {"id": pid, "text": b["text"], "base": b["base_version"],
                                    "proposer": signer, "proposed_at": index, "approvals": [],
-                                   "active": False}
+                                   "active": False, "time": t}
         elif kind == "PolicyApproved":
             self.need_perm(what, signer, "approve_policy", "approve a policy")
             pid = b["proposal_id"]
@@ -1580,6 +1591,9 @@ class Fold:
             require(not prop["active"], what, f"proposal {pid} is already active")
             require(prop["base"] == len(self.versions), what,
                     f"it replaces version {prop['base']} but version {len(self.versions)} is in force")
+            limit = self.policy.pc_expire
+            require(limit is None or t - prop["time"] <= limit, what,
+                    f"proposal {pid} expired before this approval ([policy_changes] expire_after)")
             require(signer != prop["proposer"], what, "the proposer may not approve")
             require(signer not in [a for a, _ in prop["approvals"]], what, "approved twice")
             prop["approvals"].append((signer, index))

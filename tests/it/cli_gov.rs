@@ -537,10 +537,25 @@ async fn a_dev_may_not_change_roles() {
 /// Once a second identity administrator exists, the admin's role grant is
 /// recorded but waits: `principal update` says so and how to approve it,
 /// `principal pending` lists it, the admin cannot approve it, and the
-/// second administrator's `principal approve` makes it take effect.
+/// second administrator's `principal approve` makes it take effect. Under
+/// `[identity_changes] expire_after = "1h"` each waiting change shows when
+/// it expires, and one left an hour and a nanosecond is no longer listed as
+/// waiting and can no longer be approved.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_identity_admin_approves_identity_changes() {
-    let s = server().with_policy(POLICY).run().await;
+    use docket::service::ManualClock;
+    use docket::state::gov::fmt_nanos;
+    // A minute ahead of the genesis, which the real clock times: every
+    // entry below is then integrated at exactly t0 until the clock moves.
+    let t0 = crate::common::now_nanos() + 60_000_000_000;
+    let clock = std::sync::Arc::new(ManualClock::new(t0));
+    let hour = 3_600_000_000_000_i64;
+    let policy = format!("{POLICY}\n[identity_changes]\nexpire_after = \"1h\"\n");
+    let s = server()
+        .with_policy(&policy)
+        .with_clock(clock.clone())
+        .run()
+        .await;
     let t = Team::new(&s);
     t.add(&s, "alice", "human", "dev", None).await;
     // While the admin is the only identity administrator, this applies at once.
@@ -582,7 +597,17 @@ async fn a_second_identity_admin_approves_identity_changes() {
             "withdrawn": false,
             "withdrawn_at_index": null,
             "withdrawn_by": null,
+            "expires_at": fmt_nanos(t0 + hour),
+            "expired": false,
         }])
+    );
+    assert_eq!(
+        s.cli_ok(&["principal", "pending"]).await.trim(),
+        format!(
+            "entry {entry}  update alice: grant security  (signed by admin)  waiting until {}: \
+             docket principal approve {entry}",
+            fmt_nanos(t0 + hour)
+        )
     );
     let entry_arg = entry.to_string();
     let own = s.cli(&["principal", "approve", &entry_arg]).await;
@@ -667,6 +692,49 @@ async fn a_second_identity_admin_approves_identity_changes() {
         (&json!(true), &w_at, &json!("admin")),
         "{all}"
     );
+
+    // Left waiting an hour and a nanosecond, a change has expired.
+    let stale = s
+        .cli(&["principal", "update", "--id", "alice", "--grant-role", "ci"])
+        .await;
+    assert_eq!(stale.code, 0, "{stale:?}");
+    let stale_at = serde_json::from_str::<Value>(&stale.stdout).unwrap()["index"]
+        .as_u64()
+        .unwrap()
+        .to_string();
+    clock.set(t0 + hour + 1);
+    assert_eq!(
+        s.cli_ok(&["principal", "pending"]).await.trim(),
+        "no identity change waits for approval"
+    );
+    let all: Value =
+        serde_json::from_str(&s.cli_ok(&["principal", "pending", "--all", "--json"]).await)
+            .unwrap();
+    assert_eq!(
+        (&all[2]["expired"], &all[2]["expires_at"]),
+        (&json!(true), &json!(fmt_nanos(t0 + hour))),
+        "{all}"
+    );
+    let text = s.cli_ok(&["principal", "pending", "--all"]).await;
+    assert!(
+        text.lines().last().unwrap().ends_with(&format!(
+            "update alice: grant ci  (signed by admin)  expired at {}",
+            fmt_nanos(t0 + hour)
+        )),
+        "{text}"
+    );
+    let late = t
+        .run_as(&s, "root2", &["principal", "approve", &stale_at])
+        .await;
+    assert_eq!(late.code, 1, "{late:?}");
+    assert!(
+        late.stderr.contains(&format!(
+            "the identity change at entry {stale_at} expired at {}",
+            fmt_nanos(t0 + hour)
+        )),
+        "{late:?}"
+    );
+    assert_eq!(roles(&s.cli_ok(&show).await), json!(["dev", "security"]));
 }
 
 /// A gate that cannot reach the server exits 69 (EX_UNAVAILABLE), not 1:

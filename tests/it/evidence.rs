@@ -1875,7 +1875,8 @@ async fn key_rotations_and_policy_versions_travel_with_the_bundle() {
         )
         .await;
     assert_eq!(POLICY.matches("approvals = 2\n").count(), 1);
-    let v2 = POLICY.replace("approvals = 2\n", "approvals = 1\n");
+    let v2 = POLICY.replace("approvals = 2\n", "approvals = 1\n")
+        + "\n[identity_changes]\nexpire_after = \"1d\"\n";
     let pol = RecordId::parse("POL-2").unwrap();
     f.append(
         "propose-v2",
@@ -1916,6 +1917,40 @@ async fn key_rotations_and_policy_versions_travel_with_the_bundle() {
     f.approve("carol-3", "carol", "CHG-3", &[&c3, &d3]).await;
     f.deploy("staging-3", "ci", "staging", &d3, false).await;
     let prod = f.deploy("prod-3", "ci", "prod", &d3, false).await;
+    // Under version 2 an identity change waits a day at most: yan's
+    // registration, approved 23 hours later, takes effect (and the verifier
+    // written from the docs agrees); zoe's, approved 25 hours later, is
+    // refused and never enters the log.
+    f.clock.set(f.day(8));
+    let yan = f.register("yan", PrincipalKind::Human, "dev", None).await;
+    f.clock.set(f.day(9) - DAY / 24);
+    let yan_approved = f
+        .append(
+            "pa1-approves-yan",
+            "pa1",
+            Body::IdentityChangeApproved { entry: yan },
+        )
+        .await;
+    let zoe = f.register("zoe", PrincipalKind::Human, "dev", None).await;
+    f.clock.set(f.day(10));
+    let late = Event {
+        event_id: "late-approval".into(),
+        claimed_time_nanos: f.clock.now_nanos(),
+        signer: PrincipalId::parse("pa1").unwrap(),
+        body: Body::IdentityChangeApproved { entry: zoe },
+    };
+    let e = f
+        .server
+        .svc
+        .append(sign_event(&late, &key("pa1")), "CN=test".into())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains(&format!("the identity change at entry {zoe} expired at "))
+            && e.contains("wait 1d for a second identity administrator"),
+        "{e}"
+    );
     let s = &f.server;
 
     let bundle = export_online(s, S::ChangeId("CHG-3".into())).await;
@@ -1945,13 +1980,22 @@ async fn key_rotations_and_policy_versions_travel_with_the_bundle() {
     // pa2's keys are valid from the approval, not from the registration.
     assert!(carried.contains(&pa2_registered) && carried.contains(&pa2_approved));
     assert!(carried.contains(&zed) && carried.contains(&zed_withdrawn));
+    assert!(carried.contains(&yan) && carried.contains(&yan_approved) && carried.contains(&zoe));
     let principals = json(&files, "facts/principals.json");
     assert!(
         principals
             .as_array()
             .unwrap()
             .iter()
-            .all(|p| p["id"] != "zed"),
+            .all(|p| p["id"] != "zed" && p["id"] != "zoe"),
+        "{principals}"
+    );
+    assert!(
+        principals
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["id"] == "yan"),
         "{principals}"
     );
     assert_eq!(files["policies/v2.toml"], v2.as_bytes());
