@@ -295,14 +295,18 @@ impl pb::governance_server::Governance for GovernanceApi {
                     approvers: v.approvers.clone(),
                 };
                 let active = gov.active_version().map(|v| v.version).unwrap_or(1);
-                let now = self.svc.now_nanos();
+                // The fold never dates an entry before the last one.
+                let now = self.svc.now_nanos().max(s.last_time());
                 pb::PolicyState {
                     active: gov.active_version().map(version),
                     history: gov.policy_versions().iter().map(version).collect(),
                     proposals: gov
                         .proposals()
                         .map(|p| {
-                            let expires = gov.proposal_expires_at(p);
+                            // Only a proposal that may still activate expires.
+                            let expires = gov
+                                .proposal_expires_at(p)
+                                .filter(|_| p.activated_as.is_none() && p.base_version == active);
                             pb::PolicyProposal {
                                 proposal_id: p.id.clone(),
                                 proposer: p.proposer.clone(),
@@ -317,11 +321,7 @@ impl pb::governance_server::Governance for GovernanceApi {
                                     None => "pending",
                                 }
                                 .into(),
-                                expires_at_unix_nanos: if p.activated_as.is_none() {
-                                    expires.unwrap_or(0)
-                                } else {
-                                    0
-                                },
+                                expires_at_unix_nanos: expires.unwrap_or(0),
                             }
                         })
                         .collect(),

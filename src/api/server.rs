@@ -362,7 +362,7 @@ impl pb::ledger_server::Ledger for LedgerApi {
         req: Request<pb::ListPrincipalsRequest>,
     ) -> Result<Response<pb::ListPrincipalsResponse>, Status> {
         self.authorize(&req, "ListPrincipals")?;
-        let now = self.svc.now_nanos();
+        let clock = self.svc.now_nanos();
         let ((principals, identity_changes), _) = self
             .svc
             .read_durable(|s| {
@@ -370,8 +370,14 @@ impl pb::ledger_server::Ledger for LedgerApi {
                     s.principals().map(principal_state_pb).collect(),
                     s.pending_identity_changes()
                         .map(|p| {
-                            let expires = s.identity_change_expires_at(p);
+                            // Closed changes have no expiry; the fold never
+                            // dates an entry before the last one.
                             let open = p.applied.is_none() && p.withdrawn.is_none();
+                            let expires = s
+                                .identity_change_expiry(p)
+                                .map(|(end, _)| end)
+                                .filter(|_| open);
+                            let now = clock.max(s.last_time());
                             pb::PendingIdentityChange {
                                 entry_index: p.entry,
                                 proposer: p.proposer.to_string(),
@@ -384,7 +390,7 @@ impl pb::ledger_server::Ledger for LedgerApi {
                                 withdrawn_at_index: closing_entry(&p.withdrawn),
                                 withdrawn_by: closing_signer(&p.withdrawn),
                                 expires_at_unix_nanos: expires.unwrap_or(0),
-                                expired: open && expires.is_some_and(|e| now > e),
+                                expired: expires.is_some_and(|e| now > e),
                             }
                         })
                         .collect(),

@@ -213,9 +213,12 @@ fn covers(earlier: &Rule, later: &Rule) -> bool {
 /// Parses "90s", "30m", "12h", "7d" into seconds.
 fn duration_secs(s: &str) -> Result<i64, String> {
     let (num, unit) = s.split_at(s.len().saturating_sub(1));
-    let n: i64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration like 90s, 30m, 12h or 7d"))?;
+    // Digits only: `i64::from_str` would also take a sign ("+7d"), which
+    // the documented syntax (and so an independent verifier) does not.
+    if num.is_empty() || !num.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!("{s:?} is not a duration like 90s, 30m, 12h or 7d"));
+    }
+    let n: i64 = num.parse().map_err(|_| format!("{s:?} is too long"))?;
     let mult = match unit {
         "s" => 1,
         "m" => 60,

@@ -192,9 +192,10 @@ fn check(
     v
 }
 
-/// `ci_reporters`: only runs by the named principals count, so a CI
-/// identity of another repository can neither satisfy `ci_passed` nor
-/// block it; without the list the latest run by anyone decides.
+/// `ci_reporters`: only runs by the named principals count for the rule's
+/// CI check, so another CI identity's run neither satisfies it nor fails
+/// it (it can still hold a deploy back through other facts, policy.md);
+/// without the list the latest run by anyone decides.
 #[test]
 fn ci_reporters_decide_whose_runs_count() {
     use Decision::*;
@@ -758,6 +759,11 @@ fn bad_policies_are_refused_with_line_and_reason() {
             "version = 1\n[identity_changes]\nexpire_after = \"7w\"\n",
             3,
             "identity_changes.expire_after: \"7w\" is not a duration like 90s, 30m, 12h or 7d",
+        ),
+        (
+            "version = 1\n[identity_changes]\nexpire_after = \"+7d\"\n",
+            3,
+            "identity_changes.expire_after: \"+7d\" is not a duration like 90s, 30m, 12h or 7d",
         ),
         (
             "version = 1\n[identity_changes]\nexpires = \"7d\"\n",

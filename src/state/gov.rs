@@ -466,7 +466,6 @@ fn key_u64(k: &[u8], what: &'static str) -> Result<u64, StateCodecError> {
 }
 
 impl Gov {
-    /// The policy in force.
     /// When proposal `p` stops waiting under the policy in force
     /// (`[policy_changes] expire_after`), if it ever does.
     pub fn proposal_expires_at(&self, p: &ProposalRec) -> Option<i64> {
@@ -476,6 +475,7 @@ impl Gov {
         })
     }
 
+    /// The policy in force.
     pub fn policy(&self) -> &Policy {
         self.active.as_deref().unwrap_or(&DEFAULT)
     }
@@ -1265,6 +1265,8 @@ impl State {
                 &format!("activating proposal {id}"),
             )?;
             new_policy = Some(policy);
+            // Expiry is final: what the outgoing policy let expire stays so.
+            self.fix_expired_identity_changes(at);
         }
         let p = self
             .gov

@@ -45,6 +45,11 @@ pub struct PendingIdentity {
     pub applied: Option<(u64, PrincipalId)>,
     /// The entry that withdrew it instead, and who signed that.
     pub withdrawn: Option<(u64, PrincipalId)>,
+    /// Set when a policy change took effect after the change had expired
+    /// under the policy it replaced: the expiry instant and the limit in
+    /// seconds. Expiry is final: a later policy with a longer limit, or
+    /// none, does not revive it.
+    pub expired: Option<(i64, i64)>,
 }
 
 impl PendingIdentity {
@@ -191,6 +196,7 @@ impl State {
                 body: body.clone(),
                 applied: None,
                 withdrawn: None,
+                expired: None,
             },
         );
         self.pending_dirty.insert(index);
@@ -210,13 +216,32 @@ impl State {
         }
     }
 
-    /// When the identity change `p` stops waiting under the policy in
-    /// force (`[identity_changes] expire_after`), if it ever does.
-    pub fn identity_change_expires_at(&self, p: &PendingIdentity) -> Option<i64> {
-        self.gov.policy().identity_change_expiry_secs.map(|secs| {
-            p.at_nanos
-                .saturating_add(secs.saturating_mul(1_000_000_000))
+    /// When the identity change `p` stops waiting, and the limit in seconds:
+    /// the expiry a policy change fixed, or else the one under the policy
+    /// in force (`[identity_changes] expire_after`), if it ever does.
+    pub fn identity_change_expiry(&self, p: &PendingIdentity) -> Option<(i64, i64)> {
+        p.expired.or_else(|| {
+            self.gov
+                .policy()
+                .identity_change_expiry_secs
+                .map(|secs| (expiry_of(p.at_nanos, secs), secs))
         })
+    }
+
+    /// Before a policy change takes effect at `at`: every identity change
+    /// still waiting that has expired under the outgoing policy stays
+    /// expired, whatever the new policy says.
+    pub(super) fn fix_expired_identity_changes(&mut self, at: i64) {
+        let Some(secs) = self.gov.policy().identity_change_expiry_secs else {
+            return;
+        };
+        for p in self.pending.values_mut() {
+            let end = expiry_of(p.at_nanos, secs);
+            if p.applied.is_none() && p.withdrawn.is_none() && p.expired.is_none() && at > end {
+                p.expired = Some((end, secs));
+                self.pending_dirty.insert(p.entry);
+            }
+        }
     }
 
     /// Applies the identity change recorded at `entry` with `signer`'s
@@ -229,20 +254,19 @@ impl State {
         entry: u64,
     ) -> Result<(), ApplyError> {
         let p = self.still_waiting(entry)?;
-        if &p.proposer == signer {
-            return Err(ApplyError::OwnIdentityChange(entry));
-        }
-        // Under the policy in force at the approval: an approval exactly at
-        // the expiry still counts, one a nanosecond later does not.
-        if let Some(end) = self.identity_change_expires_at(p)
+        // An approval exactly at the expiry still counts, one a nanosecond
+        // later does not.
+        if let Some((end, secs)) = self.identity_change_expiry(p)
             && at > end
         {
-            let secs = self.gov.policy().identity_change_expiry_secs.unwrap_or(0);
             return Err(ApplyError::IdentityChangeExpired {
                 entry,
                 at: super::gov::fmt_nanos(end),
                 after: crate::policy::human_secs(secs),
             });
+        }
+        if &p.proposer == signer {
+            return Err(ApplyError::OwnIdentityChange(entry));
         }
         if !self.is_identity_admin(signer) {
             let policy = self.gov.policy();
@@ -345,6 +369,11 @@ impl State {
     }
 }
 
+/// `secs` after `at_nanos`, saturating.
+fn expiry_of(at_nanos: i64, secs: i64) -> i64 {
+    at_nanos.saturating_add(secs.saturating_mul(1_000_000_000))
+}
+
 fn pending_key(entry: u64) -> Vec<u8> {
     let mut k = b"i/".to_vec();
     k.extend_from_slice(&entry.to_be_bytes());
@@ -360,6 +389,7 @@ struct StoredPending {
     op: StoredOp,
     applied: Option<(u64, String)>,
     withdrawn: Option<(u64, String)>,
+    expired: Option<(i64, i64)>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -437,6 +467,7 @@ fn encode_pending(p: &PendingIdentity) -> Vec<u8> {
         op,
         applied: p.applied.as_ref().map(|(i, by)| (*i, by.to_string())),
         withdrawn: p.withdrawn.as_ref().map(|(i, by)| (*i, by.to_string())),
+        expired: p.expired,
     };
     // Plain strings, integers and collections: encoding into a Vec cannot fail.
     postcard::to_stdvec(&stored).expect("postcard encodes state records")
@@ -511,5 +542,6 @@ fn decode_pending(entry: u64, v: &[u8]) -> Result<PendingIdentity, StateCodecErr
             .withdrawn
             .map(|(i, by)| id(&by).map(|by| (i, by)))
             .transpose()?,
+        expired: s.expired,
     })
 }

@@ -44,6 +44,8 @@ pub use identity::PendingIdentity;
 /// stale rejection withdraws a person's approval. 7: an identity change about
 /// another principal waits for a second identity administrator when one
 /// exists (`i/` records). 8: its proposer may withdraw it while it waits.
+/// 9: waiting identity changes and policy proposals keep their integrated
+/// time, and may expire (`expire_after`).
 pub const STATE_FORMAT: u32 = 9;
 
 /// One key of a principal and when it was valid.
@@ -189,7 +191,7 @@ pub enum ApplyError {
     #[error("the identity change at entry {entry} was withdrawn at entry {at} by {by:?}")]
     IdentityChangeWithdrawn { entry: u64, at: u64, by: String },
     #[error(
-        "the identity change at entry {entry} expired at {at}: the policy in force lets an identity change wait {after} for a second identity administrator ([identity_changes] expire_after); propose it again"
+        "the identity change at entry {entry} expired at {at}, {after} after it was recorded ([identity_changes] expire_after); propose it again"
     )]
     IdentityChangeExpired {
         entry: u64,

@@ -549,7 +549,7 @@ fn waiting_changes_expire_under_the_policy_in_force() {
             .unwrap()
             .clone();
     assert_eq!(
-        f.st.identity_change_expires_at(&waiting),
+        f.st.identity_change_expiry(&waiting).map(|(end, _)| end),
         Some(late_at + hour)
     );
     at_next(&mut f, proposed + hour);
@@ -563,8 +563,7 @@ fn waiting_changes_expire_under_the_policy_in_force() {
     assert_eq!(
         e.to_string(),
         format!(
-            "the identity change at entry {late} expired at {}: the policy in force lets an \
-             identity change wait 1h for a second identity administrator \
+            "the identity change at entry {late} expired at {}, 1h after it was recorded \
              ([identity_changes] expire_after); propose it again",
             crate::state::gov::fmt_nanos(late_at + hour)
         )
@@ -579,12 +578,15 @@ fn waiting_changes_expire_under_the_policy_in_force() {
     )
     .unwrap();
 
-    let propose = |f: &mut Fold, pid: &str| {
+    // Version 2 lets identity changes wait for ever.
+    let v2 = policy.replace("\n[identity_changes]\nexpire_after = \"1h\"\n", "\n");
+    assert_ne!(v2, policy);
+    let propose = |f: &mut Fold, pid: &str, text: &str| {
         f.apply(
             "pa",
             Body::PolicyProposed(PolicyProposal {
                 proposal_id: RecordId::parse(pid).unwrap(),
-                text: policy.clone(),
+                text: text.to_owned(),
                 base_version: 1,
                 description: String::new(),
             }),
@@ -600,9 +602,11 @@ fn waiting_changes_expire_under_the_policy_in_force() {
             },
         )
     };
-    let stale = propose(&mut f, "STALE");
-    let fresh = propose(&mut f, "FRESH");
+    let stale = propose(&mut f, "STALE", &policy);
+    let fresh = propose(&mut f, "FRESH", &v2);
     approve(&mut f, "pb", "FRESH").unwrap();
+    let hal = f.apply("admin", spec("hal", 12)).unwrap();
+    let hal_at = f.t;
     at_next(&mut f, stale + 2 * hour + 1);
     assert_eq!(
         approve(&mut f, "pb", "STALE"),
@@ -618,6 +622,25 @@ fn waiting_changes_expire_under_the_policy_in_force() {
     at_next(&mut f, fresh + 2 * hour);
     approve(&mut f, "pc", "FRESH").unwrap();
     assert_eq!(f.st.gov().active_version().unwrap().proposal_id, "FRESH");
+    // hal's registration had expired under version 1 when version 2 took
+    // effect: expiry is final, version 2's lack of a limit does not revive
+    // it. One recorded under version 2 waits for ever.
+    let e = f
+        .apply("admin2", Body::IdentityChangeApproved { entry: hal })
+        .unwrap_err();
+    assert_eq!(
+        e,
+        ApplyError::IdentityChangeExpired {
+            entry: hal,
+            at: crate::state::gov::fmt_nanos(hal_at + hour),
+            after: "1h".into()
+        }
+    );
+    let ivy = f.apply("admin", spec("ivy", 13)).unwrap();
+    f.t += 400 * 24 * hour;
+    f.apply("admin2", Body::IdentityChangeApproved { entry: ivy })
+        .unwrap();
+    assert!(f.st.principal("ivy").is_some() && f.st.principal("hal").is_none());
 
     let mut st = f.st.clone();
     let mut pairs = st.take_changes();
@@ -1120,9 +1143,9 @@ retry declined cards once\n"
 }
 
 /// A rule with `ci_reporters` counts only the runs the named CI principals
-/// reported: a sandbox CI identity, which may report runs, can neither pass
-/// a production digest nor block it; the pinned identity's latest run
-/// decides.
+/// reported: a sandbox CI identity, which may report runs, neither passes a
+/// production digest's CI check nor fails it; the pinned identity's latest
+/// run decides.
 #[test]
 fn only_the_ci_reporters_a_rule_names_speak_for_its_ci() {
     use crate::event::{CiRun, CiStatus};

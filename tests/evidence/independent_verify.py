@@ -1386,7 +1386,8 @@ class Fold:
                 # Another identity administrator exists: checked, recorded, without effect.
                 self.identity(index, what, signer, kind, b, commit=False)
                 self.pending[index] = {"proposer": signer, "subject": subject, "kind": kind,
-                                       "body": b, "applied": None, "withdrawn": None, "time": t}
+                                       "body": b, "applied": None, "withdrawn": None, "time": t,
+                                       "expired": False}
             else:
                 self.identity(index, what, signer, kind, b, commit=True)
         elif kind == "IdentityChangeApproved":
@@ -1397,14 +1398,15 @@ class Fold:
             require(pend is not None, what,
                     f"entry {e} did not record an identity change that waits for approval")
             self.identity_change_open(what, e, pend)
+            # Expired under a policy it outlived, or under the policy in force now, to the
+            # nanosecond (LF §8.2.1).
+            limit = self.policy.identity_expire
+            require(not pend["expired"] and (limit is None or t - pend["time"] <= limit), what,
+                    f"the identity change at entry {e} expired before this approval"
+                    " ([identity_changes] expire_after)")
             require(signer != pend["proposer"], what,
                     f"the identity change at entry {e} needs the approval of an identity"
                     " administrator other than the one who signed it")
-            # The policy in force now bounds the wait, to the nanosecond (LF §8.2.1).
-            limit = self.policy.identity_expire
-            require(limit is None or t - pend["time"] <= limit, what,
-                    f"the identity change at entry {e} expired before this approval"
-                    " ([identity_changes] expire_after)")
             require(self.is_identity_admin(signer), what,
                     f"{signer!r} may not approve identity changes: only a human principal whose"
                     " roles give `register_principals`"
@@ -1603,6 +1605,12 @@ class Fold:
             if len(counting) >= self.policy.pc_approvals:
                 new = Policy(prop["text"], what)
                 self.lockout_check(what, "activating this policy", new)
+                # Expiry is final: what the outgoing policy let expire stays expired (LF §8.2.1).
+                limit = self.policy.identity_expire
+                for pend in self.pending.values():
+                    if (limit is not None and pend["applied"] is None and pend["withdrawn"] is None
+                            and t - pend["time"] > limit):
+                        pend["expired"] = True
                 prop["active"] = True
                 self.versions.append({"version": len(self.versions) + 1, "policy": new,
                                       "activated_at": index, "proposal": prop})

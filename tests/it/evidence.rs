@@ -1948,7 +1948,7 @@ async fn key_rotations_and_policy_versions_travel_with_the_bundle() {
         .to_string();
     assert!(
         e.contains(&format!("the identity change at entry {zoe} expired at "))
-            && e.contains("wait 1d for a second identity administrator"),
+            && e.contains("1d after it was recorded"),
         "{e}"
     );
     let s = &f.server;
