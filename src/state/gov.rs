@@ -469,10 +469,10 @@ impl Gov {
     /// When proposal `p` stops waiting under the policy in force
     /// (`[policy_changes] expire_after`), if it ever does.
     pub fn proposal_expires_at(&self, p: &ProposalRec) -> Option<i64> {
-        self.policy().policy_changes.expire_after_secs.map(|secs| {
-            p.at_nanos
-                .saturating_add(secs.saturating_mul(1_000_000_000))
-        })
+        self.policy()
+            .policy_changes
+            .expire_after_secs
+            .map(|secs| super::expiry_of(p.at_nanos, secs))
     }
 
     /// The policy in force.

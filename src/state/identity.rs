@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use ed25519_dalek::VerifyingKey;
 
-use super::{ApplyError, State, StateCodecError};
+use super::{ApplyError, State, StateCodecError, expiry_of};
 use crate::crypto::{self, KeyId};
 use crate::event::{Body, PrincipalId, PrincipalKind, PrincipalSpec, PrincipalUpdate};
 use crate::policy::Permission;
@@ -367,11 +367,6 @@ impl State {
         self.pending.insert(entry, p);
         Ok(true)
     }
-}
-
-/// `secs` after `at_nanos`, saturating.
-fn expiry_of(at_nanos: i64, secs: i64) -> i64 {
-    at_nanos.saturating_add(secs.saturating_mul(1_000_000_000))
 }
 
 fn pending_key(entry: u64) -> Vec<u8> {

@@ -200,6 +200,12 @@ pub enum ApplyError {
     },
 }
 
+/// The instant `secs` after `at_nanos` (saturating): when something
+/// recorded at `at_nanos` expires under an `expire_after` of `secs`.
+pub(crate) fn expiry_of(at_nanos: i64, secs: i64) -> i64 {
+    at_nanos.saturating_add(secs.saturating_mul(1_000_000_000))
+}
+
 /// A signer's keys as of one point in the log.
 #[derive(Clone, Debug)]
 pub struct SignerKeys {
