@@ -290,6 +290,10 @@ impl Policy {
             line: line_of(text, offset),
             message,
         };
+        // A duration field: its value in seconds, or a refusal naming it.
+        let duration_at = |field: &str, d: &Spanned<String>| {
+            duration_secs(d.get_ref()).map_err(|m| err(d.span().start, format!("{field}: {m}")))
+        };
         if *raw.version.get_ref() != 1 {
             return Err(err(
                 raw.version.span().start,
@@ -341,12 +345,11 @@ impl Policy {
                         ),
                     ));
                 }
-                let expire_after_secs = match &pc.expire_after {
-                    None => None,
-                    Some(e) => Some(duration_secs(e.get_ref()).map_err(|m| {
-                        err(e.span().start, format!("policy_changes.expire_after: {m}"))
-                    })?),
-                };
+                let expire_after_secs = pc
+                    .expire_after
+                    .as_ref()
+                    .map(|e| duration_at("policy_changes.expire_after", e))
+                    .transpose()?;
                 ApprovalRule {
                     approvals: pc.approvals,
                     roles: pc.roles.into_iter().collect(),
@@ -359,18 +362,11 @@ impl Policy {
                 expire_after_secs: None,
             },
         };
-        let identity_change_expiry_secs = match raw
+        let identity_change_expiry_secs = raw
             .identity_changes
             .and_then(|i| i.into_inner().expire_after)
-        {
-            None => None,
-            Some(e) => Some(duration_secs(e.get_ref()).map_err(|m| {
-                err(
-                    e.span().start,
-                    format!("identity_changes.expire_after: {m}"),
-                )
-            })?),
-        };
+            .map(|e| duration_at("identity_changes.expire_after", &e))
+            .transpose()?;
 
         let mut unmatched_allows = false;
         let mut break_glass_review_secs = 24 * 3600;
@@ -391,9 +387,7 @@ impl Policy {
                 };
             }
             if let Some(r) = d.break_glass_review {
-                break_glass_review_secs = duration_secs(r.get_ref()).map_err(|m| {
-                    err(r.span().start, format!("defaults.break_glass_review: {m}"))
-                })?;
+                break_glass_review_secs = duration_at("defaults.break_glass_review", &r)?;
             }
         }
 
