@@ -54,6 +54,75 @@ pub(crate) fn check_history_count(
     }
 }
 
+/// The first key where a recorded decision basis and a folded one differ
+/// (ledger-format §4.4), with its count in each (`None`: not there).
+pub(crate) fn basis_difference<'a>(
+    recorded: &'a [(String, u64)],
+    folded: &'a [(String, u64)],
+) -> Option<(&'a str, Option<u64>, Option<u64>)> {
+    let (mut r, mut f) = (recorded.iter().peekable(), folded.iter().peekable());
+    loop {
+        match (r.peek(), f.peek()) {
+            (None, None) => return None,
+            (Some((k, n)), None) => return Some((k, Some(*n), None)),
+            (None, Some((k, n))) => return Some((k, None, Some(*n))),
+            (Some((kr, nr)), Some((kf, nf))) => match kr.as_bytes().cmp(kf.as_bytes()) {
+                std::cmp::Ordering::Less => return Some((kr, Some(*nr), None)),
+                std::cmp::Ordering::Greater => return Some((kf, None, Some(*nf))),
+                std::cmp::Ordering::Equal if nr != nf => return Some((kr, Some(*nr), Some(*nf))),
+                std::cmp::Ordering::Equal => {
+                    r.next();
+                    f.next();
+                }
+            },
+        }
+    }
+}
+
+/// Checks the decision basis of entry `index` (ledger-format §4.4,
+/// invariant 15) against `folded`, the basis the fold gives it from the
+/// entries read before it; `mismatch` words the first difference. An entry
+/// of version 1 or 2 records none, but may not follow a version-3 one: the
+/// writer never goes back. `last_based` is the last version-3 entry read so
+/// far, which this updates.
+pub(crate) fn check_basis(
+    index: u64,
+    recorded: Option<&[(String, u64)]>,
+    folded: &[(String, u64)],
+    last_based: &mut Option<u64>,
+    mismatch: impl FnOnce(&str, Option<u64>, Option<u64>) -> String,
+) -> Result<(), String> {
+    match (recorded, *last_based) {
+        (Some(b), _) => {
+            if let Some((key, r, f)) = basis_difference(b, folded) {
+                return Err(mismatch(key, r, f));
+            }
+            *last_based = Some(index);
+            Ok(())
+        }
+        (None, Some(last)) => Err(format!(
+            "entry format version 1 or 2 after version-3 entry {last}"
+        )),
+        (None, None) => Ok(()),
+    }
+}
+
+/// Words a difference [`check_basis`] found in `docket verify`.
+fn basis_mismatch(key: &str, recorded: Option<u64>, folded: Option<u64>) -> String {
+    match (recorded, folded) {
+        (Some(r), Some(f)) => format!(
+            "decision basis: the entry records {r} entries concerning {key} before it, {f} were read"
+        ),
+        (Some(r), None) => format!(
+            "decision basis: the entry records {key} ({r} entries), which its decision does not read"
+        ),
+        (_, f) => format!(
+            "decision basis: the entry does not record {key} ({} entries), which its decision reads",
+            f.unwrap_or(0)
+        ),
+    }
+}
+
 fn at(index: u64, reason: impl Into<String>) -> Failure {
     Failure {
         index: Some(index),
@@ -187,6 +256,7 @@ fn scan<S: Store + ?Sized>(
     let mut event_ids: std::collections::HashMap<[u8; 16], u64> = std::collections::HashMap::new();
     let mut last_time = i64::MIN;
     let mut last_counted: Option<u64> = None;
+    let mut last_based: Option<u64> = None;
 
     for index in 0..size {
         let bytes = match entries.next().transpose().map_err(store_err)? {
@@ -235,6 +305,15 @@ fn scan<S: Store + ?Sized>(
                      entries up to it, {folded} were read"
             )
         })
+        .map_err(|why| at(index, why))?;
+        let basis = state.basis_for(&event);
+        check_basis(
+            index,
+            entry.basis.as_deref(),
+            &basis,
+            &mut last_based,
+            basis_mismatch,
+        )
         .map_err(|why| at(index, why))?;
         // The signer's keys as the fold has them before this entry; the
         // signature itself is checked against them on the other threads.

@@ -957,6 +957,13 @@ fn entry_json(index: u64, bytes: &[u8], leaf: &[u8]) -> serde_json::Value {
         if let Some(n) = e.history_count {
             v["history_count"] = n.into();
         }
+        if let Some(basis) = &e.basis {
+            v["basis"] = basis
+                .iter()
+                .map(|(k, n)| (k.clone(), serde_json::Value::from(*n)))
+                .collect::<serde_json::Map<_, _>>()
+                .into();
+        }
         v["integrated_time_unix_nanos"] = e.integrated_time_nanos.into();
         v["transport_identity"] = e.transport_identity.clone().into();
         if let Ok(ev) = crate::api::convert::decode_event(&e.envelope.payload) {

@@ -353,6 +353,7 @@ fn verify(a: VerifyArgs) -> CliResult {
                         "as_of_unix_nanos": r.as_of,
                         "period_unfinished": r.period_unfinished,
                         "history_proven_to": r.history_proven_to,
+                        "decisions_based": r.decisions_based,
                     })
                 );
             } else {
@@ -387,6 +388,22 @@ fn verify(a: VerifyArgs) -> CliResult {
                         "warning: the bundle carries no entry of format version 2, so it cannot \
                          show that it carries every key, role and policy change (ledger-format §4.3)"
                     ),
+                }
+                if r.decisions_based > 0 {
+                    println!(
+                        "decision bases: every entry the {} decision(s) recorded in entry format \
+                         version 3 rest on is carried",
+                        r.decisions_based
+                    );
+                }
+                if r.decisions_based < r.decisions {
+                    eprintln!(
+                        "warning: {} of {} decision(s) were recorded before entry format version 3; \
+                         the bundle cannot show that it carries every fact they rest on \
+                         (ledger-format §4.4)",
+                        r.decisions - r.decisions_based,
+                        r.decisions
+                    );
                 }
                 if r.period_unfinished {
                     eprintln!(

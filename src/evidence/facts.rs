@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 
 use super::{Control, FORMAT, Scope};
 use crate::api::convert::decode_event;
-use crate::event::Event;
+use crate::event::{Body, Event};
 use crate::ledger::{Entry, Hash, merkle};
 use crate::policy::glob_match;
 use crate::state::State;
@@ -45,12 +45,42 @@ pub(super) struct Folded {
     /// up to it is carried (ledger-format §4.3). `None` when the bundle
     /// carries only version-1 entries, which prove nothing of the kind.
     pub(super) history_proven_to: Option<u64>,
+    /// Carried deployments whose entries record a decision basis (format
+    /// version 3), each found complete in the bundle (ledger-format §4.4).
+    pub(super) decisions_based: usize,
 }
 
 fn at(index: u64, reason: impl Into<String>) -> Failure {
     Failure {
         index: Some(index),
         reason: reason.into(),
+    }
+}
+
+/// Why a carried deployment's decision basis differs from the one the
+/// bundle's facts give it (evidence-format §9, step 4): the first key that
+/// differs, with its count in the entry and in the bundle.
+fn basis_gap(key: &str, recorded: Option<u64>, carried: Option<u64>) -> String {
+    match (recorded, carried) {
+        (Some(r), Some(c)) if r > c => format!(
+            "decision basis: the deployment was decided on {r} entries concerning {key} before \
+             it, the bundle carries {c}: it leaves out {} entr{} the decision rests on",
+            r - c,
+            if r - c == 1 { "y" } else { "ies" }
+        ),
+        (Some(r), Some(c)) => format!(
+            "decision basis: the deployment was decided on {r} entries concerning {key} before \
+             it, fewer than the {c} the bundle carries"
+        ),
+        (Some(r), None) => format!(
+            "decision basis: the deployment was decided on {r} entries concerning {key}, which \
+             on the bundle's facts its decision does not read: entries it rests on were left out"
+        ),
+        (None, c) => format!(
+            "decision basis: on the bundle's facts the decision reads {key} ({} entries), which \
+             the deployment's recorded basis does not name",
+            c.unwrap_or(0)
+        ),
     }
 }
 
@@ -95,6 +125,8 @@ pub(super) fn fold_then<B: AsRef<[u8]>, R>(
         let mut info = BTreeMap::new();
         let mut event_ids: std::collections::HashMap<String, u64> = Default::default();
         let mut proven_to: Option<u64> = None;
+        let mut last_based: Option<u64> = None;
+        let mut decisions_based = 0;
         if entries.first().map(|e| e.0) != Some(0) {
             return Err(Failure {
                 index: None,
@@ -139,6 +171,12 @@ pub(super) fn fold_then<B: AsRef<[u8]>, R>(
                 history_gap(n, carried, below)
             })
             .map_err(|why| at(i, why))?;
+            let basis = state.basis_for(&event);
+            crate::verify::check_basis(i, e.basis.as_deref(), &basis, &mut last_based, basis_gap)
+                .map_err(|why| at(i, why))?;
+            if e.basis.is_some() && matches!(event.body, Body::DeployRequested(_)) {
+                decisions_based += 1;
+            }
             let keys = state
                 .signer_keys(&event)
                 .map_err(|e| at(i, format!("signature: {e}")))?;
@@ -173,6 +211,7 @@ pub(super) fn fold_then<B: AsRef<[u8]>, R>(
             state,
             info,
             history_proven_to: proven_to,
+            decisions_based,
         };
         let r = then(&folded);
         Ok((folded, r))

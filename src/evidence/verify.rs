@@ -84,6 +84,10 @@ pub struct VerifyReport {
     /// to it is carried (ledger-format §4.3). `None` if the bundle carries
     /// only version-1 entries.
     pub history_proven_to: Option<u64>,
+    /// Decisions whose entries record a decision basis the bundle was found
+    /// to carry in full (ledger-format §4.4); the rest of `decisions` were
+    /// recorded before format version 3.
+    pub decisions_based: usize,
 }
 
 fn parse_time(v: &Value, key: &str) -> Result<i64, BundleFailure> {
@@ -605,6 +609,7 @@ fn verify_files<'a>(
         files: files.len(),
         violations,
         history_proven_to: folded.history_proven_to,
+        decisions_based: folded.decisions_based,
     };
     // Freeing the fold (a state and an index of every entry: ~0.25 s for
     // 100,000 entries) is left to another thread; the verdict does not wait.

@@ -129,6 +129,16 @@ impl<S: Store + ?Sized> LedgerReader<S> {
     }
 }
 
+/// What the fold records in an entry it stages (format version 3).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FoldCounts {
+    /// Identity and policy entries at indices up to and including this one
+    /// ([`Entry::history_count`]).
+    pub history_count: u64,
+    /// The decision basis ([`Entry::basis`]); empty but for deployments.
+    pub basis: Vec<(String, u64)>,
+}
+
 /// An entry staged in a batch.
 #[derive(Clone, Debug)]
 pub struct Staged {
@@ -237,9 +247,7 @@ impl<S: Store + ?Sized> Appender<S> {
     }
 
     /// Stages one entry. Its integrated time is [`Appender::time_for`] `now_nanos`.
-    /// `history_count` is the number of identity and policy entries at
-    /// indices up to and including this one ([`Entry::history_count`]): the
-    /// fold knows it, the ledger does not decode events.
+    /// `counts` come from the fold: the ledger does not decode events.
     pub fn stage(
         &mut self,
         batch: &mut PendingBatch,
@@ -247,7 +255,7 @@ impl<S: Store + ?Sized> Appender<S> {
         envelope: Envelope,
         event_id: &str,
         now_nanos: i64,
-        history_count: u64,
+        counts: FoldCounts,
     ) -> Result<Staged, EncodeError> {
         let index = self.range.size();
         let digest = envelope.digest();
@@ -255,7 +263,8 @@ impl<S: Store + ?Sized> Appender<S> {
             index,
             integrated_time_nanos: self.time_for(now_nanos),
             prev_leaf_hash: self.last_leaf,
-            history_count: Some(history_count),
+            history_count: Some(counts.history_count),
+            basis: Some(counts.basis),
             transport_identity: transport_identity.to_owned(),
             envelope,
         };

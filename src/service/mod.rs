@@ -12,8 +12,8 @@ use crate::api::convert::{InvalidEvent, decode_event};
 use crate::crypto::{self, NoteSigner};
 use crate::event::{Body, Event};
 use crate::ledger::{
-    Appender, Checkpoint, CommitError, EncodeError, Entry, Envelope, Hash, LedgerReader,
-    MAX_SIGNATURES, ReadError, Staged, Store, StoreError,
+    Appender, Checkpoint, CommitError, EncodeError, Entry, Envelope, FoldCounts, Hash,
+    LedgerReader, MAX_SIGNATURES, ReadError, Staged, Store, StoreError,
 };
 use crate::state::{ApplyError, AuthError, DecisionRecord, STATE_FORMAT, State, StateCodecError};
 
@@ -337,14 +337,17 @@ impl Service {
         let now = appender.time_for(now_nanos());
         state.apply(0, now, &event, &key)?;
         let mut batch = appender.begin();
-        let history = state.history_count();
+        let counts = FoldCounts {
+            history_count: state.history_count(),
+            basis: Vec::new(),
+        };
         appender.stage(
             &mut batch,
             "docket-init",
             genesis,
             &event.event_id,
             now,
-            history,
+            counts,
         )?;
         appender.commit(batch, state.take_changes())?;
         Ok(())

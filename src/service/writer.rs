@@ -16,7 +16,7 @@ use std::sync::{Arc, RwLock};
 
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::ledger::{Appender, Checkpoint, Staged, Store};
+use crate::ledger::{Appender, Checkpoint, FoldCounts, Staged, Store};
 use crate::state::{AuthError, State};
 
 use super::{AppendError, Committed, Job, WriteRequest};
@@ -146,18 +146,23 @@ impl Writer {
                 continue;
             }
             let index = self.appender.next_index();
+            // Read before the entry folds in: it counts the entries before it.
+            let basis = st.basis_for(&event);
             if let Err(e) = st.apply(index, self.appender.time_for(now), &event, &key) {
                 let _ = reply.send(Err(e.into()));
                 continue;
             }
-            let history = st.history_count();
+            let counts = FoldCounts {
+                history_count: st.history_count(),
+                basis,
+            };
             match self.appender.stage(
                 &mut batch,
                 &identity,
                 envelope,
                 &event.event_id,
                 now,
-                history,
+                counts,
             ) {
                 Ok(staged) => done.push((reply, Outcome::New(staged))),
                 Err(e) => {

@@ -27,8 +27,8 @@ use serde::{Deserialize, Serialize};
 
 use super::{ApplyError, State, StateCodecError};
 use crate::event::{
-    BreakGlassReview, ChangeAmendment, ChangeOpening, ChangeReview, CiRun, CiStatus,
-    CommitObservation, DeployRequest, PolicyProposal, PrincipalId, PrincipalKind,
+    Body, BreakGlassReview, ChangeAmendment, ChangeOpening, ChangeReview, CiRun, CiStatus,
+    CommitObservation, DeployRequest, Event, PolicyProposal, PrincipalId, PrincipalKind,
 };
 use crate::policy::{self, Permission, Policy, PrincipalFacts};
 
@@ -565,6 +565,42 @@ impl Gov {
             .filter_map(|id| self.changes.get(id))
     }
 
+    /// How many entries concern the change `id` (ledger-format §4.4): the
+    /// entries that opened, amended and reviewed it. In a sparse fold,
+    /// those among the entries folded.
+    pub fn change_entry_count(&self, id: &str) -> u64 {
+        self.changes
+            .get(id)
+            .map_or(0, |c| (c.revisions.len() + c.reviews.len()) as u64)
+    }
+
+    /// How many entries concern the subject `s` (ledger-format §4.4): its
+    /// commit observation, the CI runs that name it, the change openings
+    /// and amendments whose revision binds it, and the allowed deployments
+    /// that name it. In a sparse fold, those among the entries folded.
+    pub fn subject_entry_count(&self, s: &str) -> u64 {
+        let commit = usize::from(self.commits.contains_key(s));
+        // A run that names the subject twice is one entry; the list is in
+        // index order.
+        let ci = self.ci_by_subject.get(s).map_or(0, |runs| {
+            runs.iter()
+                .enumerate()
+                .filter(|(n, i)| *n == 0 || runs[n - 1] != **i)
+                .count()
+        });
+        let deployed = self.deployed.get(s).map_or(0, Vec::len);
+        let bound: usize = self
+            .changes_ever_binding(s)
+            .map(|c| {
+                c.revisions
+                    .iter()
+                    .filter(|r| r.commits.iter().chain(&r.digests).any(|x| x == s))
+                    .count()
+            })
+            .sum();
+        (commit + ci + deployed + bound) as u64
+    }
+
     /// Changes whose current revision binds `subject`.
     pub fn changes_binding(&self, subject: &str) -> impl Iterator<Item = &ChangeRec> {
         self.by_subject
@@ -735,6 +771,53 @@ impl State {
     /// sparse fold, those among the entries folded.
     pub fn history_count(&self) -> u64 {
         self.gov.history.len() as u64
+    }
+
+    /// The decision basis `event` gets if it is the next entry
+    /// (ledger-format §4.4): for a deployment request, every change and
+    /// subject its decision can read, with how many entries before it
+    /// concern each; empty for any other event. Keys ascend: `change:` sorts
+    /// before `subject:`.
+    pub fn basis_for(&self, event: &Event) -> Vec<(String, u64)> {
+        let Body::DeployRequested(d) = &event.body else {
+            return Vec::new();
+        };
+        let mut changes: BTreeSet<&str> = BTreeSet::new();
+        let mut subjects: BTreeSet<&str> = BTreeSet::new();
+        for s in &d.subjects {
+            subjects.insert(s);
+            // Any change that ever bound a requested subject could be the
+            // one `resolve_change` picks, or have stopped binding it.
+            changes.extend(self.gov.changes_ever_binding(s).map(|c| c.id.as_str()));
+        }
+        let considered = match &d.change_id {
+            Some(id) => {
+                changes.insert(id.as_str());
+                self.gov.changes.get(id.as_str())
+            }
+            None => self.resolve_change(&d.subjects, &d.environment),
+        };
+        if let Some(c) = considered {
+            changes.insert(&c.id);
+            let cur = c.current();
+            subjects.extend(cur.commits.iter().chain(&cur.digests).map(String::as_str));
+            // The commits the change's artifacts were built from, whose
+            // authors segregation of duties excludes.
+            for digest in &cur.digests {
+                for r in self.gov.ci_runs_for(digest) {
+                    if !r.commit.is_empty() {
+                        subjects.insert(&r.commit);
+                    }
+                }
+            }
+        }
+        let changes = changes
+            .into_iter()
+            .map(|id| (format!("change:{id}"), self.gov.change_entry_count(id)));
+        let subjects = subjects
+            .into_iter()
+            .map(|s| (format!("subject:{s}"), self.gov.subject_entry_count(s)));
+        changes.chain(subjects).collect()
     }
 
     /// What evaluation knows of each principal.

@@ -1363,3 +1363,130 @@ apply alice's patch\n",
     let d = f.deploy("ci", &sha);
     assert!(d.allow, "{:?}", d.reasons);
 }
+
+/// A deployment's decision basis (ledger-format §4.4) names every change
+/// that could be considered, the considered change's subjects and the commit
+/// its image was built from, each with the entries before it that concern
+/// it: an amendment that dropped the digest still counts for its change, a
+/// denied deployment counts for nothing, an allowed one for its subjects,
+/// and a named change that does not exist counts 0.
+#[test]
+fn a_deployment_basis_names_what_its_decision_reads() {
+    use crate::event::{ChangeAmendment, CiRun, CiStatus};
+    let mut f = Fold::new(POLICY);
+    for (who, email) in [("alice", Some("alice@example.com")), ("bob", None)] {
+        f.person(who, who.as_bytes()[0], email);
+    }
+    f.register("ci", PrincipalKind::Ci, &["ci"], &[9]);
+    let raw = b"tree 4b825dc642cb6eb9a060e54bf8d69288fbee4904\n\
+author Alice <alice@example.com> 1700000000 +0000\n\
+committer Alice <alice@example.com> 1700000000 +0000\n\
+\n\
+cache exchange rates\n"
+        .to_vec();
+    let sha = f.observe(&raw);
+    f.apply(
+        "ci",
+        Body::CiRunReported(CiRun {
+            repository: "github.com/acme/payments".into(),
+            commit: sha.clone(),
+            artifact_digests: set(&[D]),
+            status: CiStatus::Passed,
+            provider: String::new(),
+            pipeline: String::new(),
+            run_id: String::new(),
+            url: String::new(),
+            git_ref: String::new(),
+        }),
+    )
+    .unwrap();
+    f.open("ci", "CHG-1", D).unwrap();
+    f.review("alice", "CHG-1", D, true).unwrap();
+    f.review("bob", "CHG-1", D, true).unwrap();
+    // A second change bound the digest once and was amended away from it.
+    f.open("ci", "CHG-2", D).unwrap();
+    f.apply(
+        "ci",
+        Body::ChangeAmended(ChangeAmendment {
+            change_id: RecordId::parse("CHG-2").unwrap(),
+            commits: BTreeSet::new(),
+            artifact_digests: set(&[D2]),
+            environments: BTreeSet::new(),
+            reason: "wrong image".into(),
+        }),
+    )
+    .unwrap();
+    let request = |change: Option<&str>| Event {
+        event_id: "probe".into(),
+        claimed_time_nanos: 1,
+        signer: id("ci"),
+        body: Body::DeployRequested(DeployRequest {
+            action: "deploy".into(),
+            environment: "prod".into(),
+            repository: None,
+            kind: None,
+            namespace: None,
+            subjects: set(&[D]),
+            change_id: change.map(|c| RecordId::parse(c).unwrap()),
+            break_glass: false,
+            justification: String::new(),
+        }),
+    };
+    let sha_key = (format!("subject:{sha}"), 2);
+    let d_key = |n: u64| (format!("subject:{D}"), n);
+    let considered = vec![
+        ("change:CHG-1".to_owned(), 3),
+        ("change:CHG-2".to_owned(), 2),
+        // Its observation and the CI run that built D from it (a hex SHA
+        // sorts before `sha256:`).
+        sha_key.clone(),
+        // The CI run and both openings; not the amendment.
+        d_key(3),
+    ];
+    assert_eq!(f.st.basis_for(&request(None)), considered);
+    assert_eq!(f.st.basis_for(&request(Some("CHG-1"))), considered);
+    // A change that does not exist is read too, and its count, 0, shows
+    // it; no change is considered, so no commit is read.
+    assert_eq!(
+        f.st.basis_for(&request(Some("CHG-9"))),
+        [
+            ("change:CHG-1".to_owned(), 3),
+            ("change:CHG-2".to_owned(), 2),
+            ("change:CHG-9".to_owned(), 0),
+            d_key(3),
+        ]
+    );
+    // Other events read nothing.
+    assert!(f.st.basis_for(&note_event()).is_empty());
+
+    // alice wrote the code, so only bob counts: denied, and no count moves.
+    assert!(!f.deploy("ci", D).allow);
+    assert_eq!(f.st.basis_for(&request(None)), considered);
+    // With carol's approval it is allowed, and counts for the digest.
+    f.person("carol", b'k', None);
+    f.review("carol", "CHG-1", D, true).unwrap();
+    assert!(f.deploy("ci", D).allow);
+    assert_eq!(
+        f.st.basis_for(&request(None)),
+        [
+            ("change:CHG-1".to_owned(), 4),
+            ("change:CHG-2".to_owned(), 2),
+            sha_key,
+            d_key(4),
+        ]
+    );
+}
+
+fn note_event() -> Event {
+    Event {
+        event_id: "note".into(),
+        claimed_time_nanos: 1,
+        signer: id("admin"),
+        body: Body::Annotation {
+            subject: "repo".into(),
+            kind: "note".into(),
+            text: String::new(),
+            attributes: Default::default(),
+        },
+    }
+}

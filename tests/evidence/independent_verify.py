@@ -677,15 +677,33 @@ def decode_entry(data, what):
 
     need(0, 51)
     version = data[0]
-    require(version in (1, 2), what, f"entry format version {version} is not 1 or 2")
+    require(version in (1, 2, 3), what, f"entry format version {version} is not 1, 2 or 3")
     index, time = struct.unpack(">Qq", data[1:17])
     prev = data[17:49]
     pos = 49
     history = None
-    if version == 2:
+    basis = None
+    if version >= 2:
         need(pos, 8)
         (history,) = struct.unpack(">Q", data[pos:pos + 8])
         pos += 8
+    if version == 3:
+        need(pos, 4)
+        (b_len,) = struct.unpack(">I", data[pos:pos + 4])
+        pos += 4
+        basis = []
+        for _ in range(b_len):
+            need(pos, 2)
+            (k_len,) = struct.unpack(">H", data[pos:pos + 2])
+            pos += 2
+            need(pos, k_len + 8)
+            key = utf8(data[pos:pos + k_len], "basis key")
+            pos += k_len
+            (n,) = struct.unpack(">Q", data[pos:pos + 8])
+            pos += 8
+            require(not basis or basis[-1][0].encode() < key.encode(), what,
+                    "the basis keys are not in strictly ascending order")
+            basis.append((key, n))
     need(pos, 2)
     (t_len,) = struct.unpack(">H", data[pos:pos + 2])
     pos += 2
@@ -719,7 +737,8 @@ def decode_entry(data, what):
         sigs.append((keyid, data[pos:pos + g_len]))
         pos += g_len
     require(pos == len(data), what, "trailing bytes after the last signature")
-    return {"index": index, "time": time, "prev": prev, "history": history, "transport": transport,
+    return {"index": index, "time": time, "prev": prev, "history": history, "basis": basis,
+            "transport": transport,
             "payload_type": ptype, "payload": payload, "signatures": sigs}
 
 
@@ -1104,6 +1123,8 @@ class Fold:
         self.history = 0                # carried identity and policy entries so far
         self.counted_since = None       # the first carried version-2 entry
         self.proven_to = None           # the last carried version-2 entry
+        self.based_since = None         # the first carried version-3 entry
+        self.decisions_based = 0        # carried deployments whose basis was found complete
         self.origin = None
         self.log_key = None
         self.signatures = 0
@@ -1167,6 +1188,47 @@ class Fold:
             self.all_keys.add(k)
         for e in pr["emails"]:
             self.email_owner[e] = pr["id"]
+
+    def check_basis(self, what, recorded, b, subjects, change):
+        """LF §4.4: the changes and subjects the decision reads, each with the number of carried
+        entries before this one that concern it, must be what the entry records."""
+        changes = {cid for cid, ch in self.changes.items()
+                   if any(s in self.subjects_of(r) for r in ch["revisions"] for s in subjects)}
+        if b["change_id"]:
+            changes.add(b["change_id"])
+        reads = set(subjects)
+        if change:
+            changes.add(change)
+            cur = self.changes[change]["revisions"][-1]
+            reads |= self.subjects_of(cur)
+            for r in self.ci_runs:
+                if r["commit"] and any(d in r["digests"] for d in cur["digests"]):
+                    reads.add(r["commit"])
+
+        def change_count(cid):
+            ch = self.changes.get(cid)
+            return len(ch["revisions"]) + len(ch["reviews"]) if ch else 0
+
+        def subject_count(s):
+            claimed = self.claimed_decisions()
+            n = int(s in self.commits)
+            n += sum(1 for r in self.ci_runs if r["commit"] == s or s in r["digests"])
+            n += sum(1 for ch in self.changes.values() for r in ch["revisions"]
+                     if s in self.subjects_of(r))
+            n += sum(1 for i, d in self.deployments.items() if s in d["subjects"]
+                     and claimed.get(i, {}).get("verdict") == "allow")
+            return n
+
+        folded = {f"change:{c}": change_count(c) for c in changes}
+        folded.update({f"subject:{s}": subject_count(s) for s in reads})
+        rec = dict(recorded)
+        for key in sorted(set(folded) | set(rec), key=str.encode):
+            r, c = rec.get(key), folded.get(key)
+            if r is not None and c is not None and r > c:
+                raise Failed(what, f"decision basis: the deployment was decided on {r} entries"
+                                   f" concerning {key} before it; the bundle carries {c}")
+            require(r == c, what, f"decision basis: for {key} the entry records {r} entries"
+                                  f" before it, the bundle's facts give {c}")
 
     def subjects_of(self, rev):
         return rev["commits"] | rev["digests"]
@@ -1321,6 +1383,16 @@ class Fold:
             if self.counted_since is None:
                 self.counted_since = index
             self.proven_to = index
+        # A version-3 entry records its decision basis (LF §4.4), checked where a deployment is
+        # applied; any other entry's is empty. No earlier version follows version 3.
+        if entry["basis"] is None:
+            require(self.based_since is None, what,
+                    f"entry format version 1 or 2 after version-3 entry {self.based_since}")
+        else:
+            if self.based_since is None:
+                self.based_since = index
+            require(event["body_type"] == "DeployRequested" or entry["basis"] == [], what,
+                    "only a deployment request has a decision basis")
 
         # Step 5: the signer's keys just before this entry.
         signer = event["signer"]
@@ -1539,6 +1611,9 @@ class Fold:
                         if best is None or cur["index"] > best[0]:
                             best = (cur["index"], cid)
                 change = best[1] if best else None
+            if entry["basis"] is not None:
+                self.check_basis(what, entry["basis"], b, subjects, change)
+                self.decisions_based += 1
             dep = {"index": index, "actor": signer, "time": t, "action": b["action"] or "deploy",
                    "environment": b["environment"], "repository": b["repository"] or None,
                    "kind": b["kind"] or None, "namespace": b["namespace"] or None,
@@ -2227,6 +2302,8 @@ def verify(bundle, key_name, keyid, log_key):
             f"proofs{range_text}), {fold.signatures} signatures checked, {n_dec} decisions "
             f"cross-checked (verdicts not re-evaluated), {n_regen} derived files regenerated, "
             f"{len(files)} files digest-checked; {n_viol} violation(s) in scope\n"
+            f"decision bases: {fold.decisions_based} of {len(fold.deployments)} carried deployments"
+            f" record one, and the bundle carries every entry it counts\n"
             f"skipped: re-evaluating decisions (verdict, rule, reasons, which reviews counted) and "
             f"regenerating report.html, which the docs define by Docket's code "
             f"(report.html was only checked against the signed manifest digest)")

@@ -222,8 +222,10 @@ fn cli_walkthrough_and_forked_history_detection() {
     assert_eq!(got["signer"], "alice");
     assert_eq!(got["transport_identity"], "CN=docket-admin");
     // Genesis and alice's registration precede it.
-    assert_eq!(got["format_version"], 2);
+    assert_eq!(got["format_version"], 3);
     assert_eq!(got["history_count"], 2, "{got}");
+    // An annotation is decided on nothing: its decision basis is empty.
+    assert_eq!(got["basis"], serde_json::json!({}), "{got}");
 
     let shown: serde_json::Value = serde_json::from_str(&ok(docket(
         &data,

@@ -111,11 +111,12 @@ fn stored(store: &SledStore) -> Vec<(Vec<u8>, String)> {
         .collect()
 }
 
-/// A log begun in entry format version 1 goes on in version 2: the writer
+/// A log begun in entry format version 1 goes on in version 3: the writer
 /// counts the identity and policy entries of the version-1 part too, and
-/// `docket verify` checks every count and refuses a return to version 1.
+/// `docket verify` checks every count and refuses a return to an earlier
+/// version. So does a log begun in version 2.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_version_1_log_goes_on_in_version_2() {
+async fn a_version_1_or_2_log_goes_on_in_version_3() {
     use docket::api::convert::sign_event;
     use docket::event::{Body, PrincipalKind, PrincipalSpec};
     use docket::service::{Config, Service};
@@ -151,7 +152,10 @@ async fn a_version_1_log_goes_on_in_version_2() {
     let v1 = forged_store(
         stored(&first),
         0,
-        |_, e| e.history_count = None,
+        |_, e| {
+            e.history_count = None;
+            e.basis = None;
+        },
         origin,
         &log_key,
     );
@@ -159,8 +163,30 @@ async fn a_version_1_log_goes_on_in_version_2() {
         assert_eq!(b[0], 1, "the rewritten log is version 1");
     }
     docket::verify::verify_store(&v1, None).unwrap();
+    let v2 = forged_store(stored(&first), 0, |_, e| e.basis = None, origin, &log_key);
+    for (b, _) in stored(&v2) {
+        assert_eq!(b[0], 2, "the rewritten log is version 2");
+    }
+    docket::verify::verify_store(&v2, None).unwrap();
+    let v2 = std::sync::Arc::new(v2);
+    let svc = Service::open(v2.clone(), signer(), Config::default()).unwrap();
+    svc.append(note("n-2"), "CN=t".into()).await.unwrap();
+    svc.append(note("n-3"), "CN=t".into()).await.unwrap();
+    drop(svc);
+    let on = stored(&v2);
+    assert_eq!((on[2].0[0], on[3].0[0]), (2, 3), "version 3 after 2");
+    docket::verify::verify_store(&*v2, None).unwrap();
+    let back = forged_store(on, 4, |_, e| e.basis = None, origin, &log_key);
+    let f = docket::verify::verify_store(&back, None).unwrap_err();
+    assert_eq!(f.index, Some(4), "{f}");
+    assert!(
+        f.reason
+            .contains("entry format version 1 or 2 after version-3 entry 3"),
+        "{f}"
+    );
 
-    // The service appends version 2 after it, counting genesis and alice.
+    // The service appends version 3 after version 1, counting genesis and
+    // alice.
     let v1 = std::sync::Arc::new(v1);
     let svc = Service::open(v1.clone(), signer(), Config::default()).unwrap();
     let n2 = svc.append(note("n-2"), "CN=t".into()).await.unwrap();
@@ -191,7 +217,16 @@ async fn a_version_1_log_goes_on_in_version_2() {
         ),
         "{f}"
     );
-    let back = forged_store(grown, 4, |_, e| e.history_count = None, origin, &log_key);
+    let back = forged_store(
+        grown,
+        4,
+        |_, e| {
+            e.history_count = None;
+            e.basis = None;
+        },
+        origin,
+        &log_key,
+    );
     let f = docket::verify::verify_store(&back, None).unwrap_err();
     assert_eq!(f.index, Some(4), "{f}");
     assert!(

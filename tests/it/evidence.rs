@@ -2572,3 +2572,137 @@ async fn a_bundle_that_leaves_out_a_key_revocation_fails() {
         );
     }
 }
+
+/// Every deployment entry records its decision basis: each change and
+/// subject its decision read, with how many entries before it concern each
+/// (ledger-format §4.4). An exporter holding the log key that leaves out
+/// bob's approval of CHG-1 (whose absence would turn an approved deployment
+/// into a denied one, or hide who approved) is caught at the first
+/// deployment that rests on it, by both verifiers, in a change bundle and in
+/// a period bundle where the approval lies before the proven range. An
+/// insider who lowers a recorded count instead is caught by `docket verify`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bundle_that_leaves_out_a_fact_a_decision_rests_on_fails() {
+    use docket::ledger::{Checkpoint, Entry, SledStore, merkle};
+    use pb::export_evidence_request::Scope as S;
+    let f = fixture().await;
+    let s = &f.server;
+    let t = trust(s);
+    let (bob, staging) = (f.at["bob-1"], f.at["staging-1"]);
+    let reader = s.svc.reader().clone();
+    let basis = |i: u64| {
+        Entry::decode(&reader.entry(i).unwrap().unwrap().0)
+            .unwrap()
+            .basis
+            .unwrap()
+    };
+    // CHG-1's opening and alice's, bob's and carol's reviews precede its
+    // staging deployment; the redeployment at the end also counts both
+    // earlier allowed deployments of the digest, its build and the change.
+    let d1 = format!(
+        "sha256:{}",
+        hex::encode(docket::crypto::blake3_256(b"image-1"))
+    );
+    let first = basis(staging);
+    assert!(first.contains(&("change:CHG-1".to_owned(), 4)), "{first:?}");
+    assert!(first.contains(&(format!("subject:{d1}"), 2)), "{first:?}");
+    let last = basis(f.at["last"]);
+    assert!(last.contains(&(format!("subject:{d1}"), 4)), "{last:?}");
+    assert!(basis(bob).is_empty());
+
+    let change = export_online(s, S::ChangeId("CHG-1".into())).await;
+    let period = export_online(
+        s,
+        S::Period(pb::PeriodScope {
+            from_unix_nanos: f.day(5),
+            to_unix_nanos: f.day(6),
+            environments: vec![],
+            repositories: vec![],
+        }),
+    )
+    .await;
+    let manifest = json(&evidence::unpack(&period).unwrap(), "manifest.json");
+    assert!(
+        manifest["range"]["start"].as_u64().unwrap() > bob,
+        "{manifest}"
+    );
+    for (name, bundle) in [("change", &change), ("period", &period)] {
+        evidence::verify(bundle, &t).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let (code, out) = independent_verify(bundle, &s.data.log_vkey());
+        assert_eq!(code, Some(0), "{name}: {out}");
+        // Every carried deployment (CHG-1's two and its redeployment at
+        // least) records a basis the bundle carries in full.
+        let line = out
+            .lines()
+            .find_map(|l| l.strip_prefix("decision bases: "))
+            .unwrap_or_else(|| panic!("{name}: {out}"));
+        let words: Vec<&str> = line.split(' ').collect();
+        assert_eq!(
+            (words[1], &words[3..5]),
+            ("of", &["carried", "deployments"][..])
+        );
+        assert_eq!(words[0], words[2], "{name}: {line}");
+        assert!(words[0].parse::<u32>().unwrap() >= 3, "{name}: {line}");
+
+        let forged = without_entry(&s.data, bundle, bob);
+        let e = evidence::verify(&forged, &t).unwrap_err();
+        assert_eq!(e.what, format!("entry {staging}"), "{name}: {e}");
+        assert!(
+            e.reason.contains(
+                "decision basis: the deployment was decided on 4 entries concerning change:CHG-1 \
+                 before it, the bundle carries 3: it leaves out 1 entry the decision rests on"
+            ),
+            "{name}: {e}"
+        );
+        let (code, out) = independent_verify(&forged, &s.data.log_vkey());
+        assert_eq!(code, Some(1), "{name}: {out}");
+        assert!(
+            out.contains(&format!(
+                "entry {staging} \u{2014} decision basis: the deployment was decided on 4 entries \
+                 concerning change:CHG-1 before it; the bundle carries 3"
+            )),
+            "{name}: {out}"
+        );
+    }
+
+    // The log itself: a count lowered and the history re-linked and
+    // re-signed with the log key, as an insider holding both could.
+    let size = s.svc.with_state(|st| st.next_index());
+    let mut entries: Vec<Vec<u8>> = (0..size)
+        .map(|i| reader.entry(i).unwrap().unwrap().0)
+        .collect();
+    let k = staging as usize;
+    let mut e = Entry::decode(&entries[k]).unwrap();
+    let b = e.basis.as_mut().unwrap();
+    let at = b.iter().position(|(key, _)| key == "change:CHG-1").unwrap();
+    b[at].1 = 3;
+    entries[k] = e.encode().unwrap();
+    for i in k + 1..entries.len() {
+        let mut e = Entry::decode(&entries[i]).unwrap();
+        e.prev_leaf_hash = merkle::leaf_hash(&entries[i - 1]);
+        entries[i] = e.encode().unwrap();
+    }
+    let leaves: Vec<[u8; 32]> = entries.iter().map(|b| merkle::leaf_hash(b)).collect();
+    let cfg = s.data.config().unwrap();
+    let cp = Checkpoint::sign(
+        &s.data.note_signer(&cfg).unwrap(),
+        "docket.test/log",
+        size,
+        &crate::common::mth(&leaves),
+    );
+    let store = SledStore::temporary().unwrap();
+    let list = entries
+        .into_iter()
+        .enumerate()
+        .map(|(i, b)| (b, format!("e{i}")))
+        .collect();
+    docket::ledger::import(&store, list, &cp.note).unwrap();
+    let failure = docket::verify::verify_store(&store, None).unwrap_err();
+    assert_eq!(failure.index, Some(staging), "{failure}");
+    assert!(
+        failure.reason.contains(
+            "decision basis: the entry records 3 entries concerning change:CHG-1 before it, 4 were read"
+        ),
+        "{failure}"
+    );
+}

@@ -82,9 +82,16 @@ def verify_inclusion(leaf: bytes, index: int, size: int, proof, root: bytes) -> 
 
 
 def entry_payload(entry: bytes):
-    """The (payload type, payload) stored in version-1 or version-2 entry bytes."""
-    # version(1) index(8) time(8) previous leaf hash(32), then in version 2 history count(8)
+    """The (payload type, payload) stored in version-1, -2 or -3 entry bytes."""
+    # version(1) index(8) time(8) previous leaf hash(32), then from version 2 on the history
+    # count(8), then in version 3 the decision basis: count(4), each key(2 + K) and count(8)
     pos = 49 if entry[0] == 1 else 57
+    if entry[0] == 3:
+        (b,) = struct.unpack(">I", entry[pos : pos + 4])
+        pos += 4
+        for _ in range(b):
+            (k,) = struct.unpack(">H", entry[pos : pos + 2])
+            pos += 2 + k + 8
     (t,) = struct.unpack(">H", entry[pos : pos + 2])
     pos += 2 + t
     (p,) = struct.unpack(">H", entry[pos : pos + 2])
@@ -100,7 +107,7 @@ def verify_receipt(receipt, verifier: Verifier, envelope=None) -> int:
     entry = receipt.entry
     if leaf_hash(entry) != receipt.leaf_hash:
         raise ReceiptError("leaf hash is not the hash of the entry bytes")
-    if entry[0] not in (1, 2):
+    if entry[0] not in (1, 2, 3):
         raise ReceiptError(f"unknown entry format version {entry[0]}")
     (index,) = struct.unpack(">Q", entry[1:9])
     if index != receipt.index:
