@@ -259,3 +259,83 @@ async fn policy_change_is_governed_and_later_decisions_name_the_new_version() {
     assert_eq!(p["active"]["version"], 2, "{p:#}");
     assert_eq!(p["proposals"].as_array().map(Vec::len), Some(1), "{p:#}");
 }
+
+/// Under `[policy_changes] expire_after = "2h"` a proposal shows when it
+/// expires; approved exactly at that time it still counts, and a nanosecond
+/// later it shows as expired, can no longer be approved, and version 1 stays
+/// in force.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proposal_waits_only_as_long_as_the_policy_in_force_allows() {
+    use docket::service::ManualClock;
+    use docket::state::gov::fmt_nanos;
+    let limited = GENESIS.replace(
+        "roles = [\"policy-admin\"]\n",
+        "roles = [\"policy-admin\"]\nexpire_after = \"2h\"\n",
+    );
+    assert_ne!(limited, GENESIS);
+    // A minute ahead of the genesis, which the real clock times: every
+    // entry below is integrated at exactly t0 until the clock moves.
+    let t0 = crate::common::now_nanos() + 60_000_000_000;
+    let clock = std::sync::Arc::new(ManualClock::new(t0));
+    let s = server()
+        .with_policy(&limited)
+        .with_clock(clock.clone())
+        .run()
+        .await;
+    let dir = s.path().join("people");
+    std::fs::create_dir_all(&dir).unwrap();
+    let pa1 = principal(&s, &dir, "pa1", "policy-admin").await;
+    let pa2 = principal(&s, &dir, "pa2", "policy-admin").await;
+    let pa3 = principal(&s, &dir, "pa3", "policy-admin").await;
+    let file = dir.join("policy-v2.toml");
+    std::fs::write(&file, V2).unwrap();
+    let file = file.display().to_string();
+    let propose = ["policy", "propose", "--id", "policy-2", "--file", &file];
+    let out = as_(&s, "pa1", &pa1, &propose).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    let expires = t0 + 2 * 3_600_000_000_000;
+    let p = show(&s).await;
+    assert_eq!(
+        (
+            &p["proposals"][0]["status"],
+            &p["proposals"][0]["expires_at"]
+        ),
+        (&json!("pending"), &json!(fmt_nanos(expires))),
+        "{p:#}"
+    );
+
+    // At the expiry itself an approval still counts.
+    clock.set(expires);
+    let approve = ["policy", "approve", "policy-2"];
+    let out = as_(&s, "pa2", &pa2, &approve).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(show(&s).await["proposals"][0]["status"], "pending");
+
+    // A nanosecond later it is expired, and the second approval is refused.
+    clock.set(expires + 1);
+    let p = show(&s).await;
+    assert_eq!(
+        (
+            &p["proposals"][0]["status"],
+            &p["proposals"][0]["expires_at"]
+        ),
+        (&json!("expired"), &json!(fmt_nanos(expires))),
+        "{p:#}"
+    );
+    let size = s.size().await;
+    let out = as_(&s, "pa3", &pa3, &approve).await;
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(
+        out.stderr.contains(&format!(
+            "policy proposal \"policy-2\" can no longer be approved: it expired at {}: the policy \
+             in force lets a proposal wait 2h for its approvals ([policy_changes] expire_after); \
+             propose it again",
+            fmt_nanos(expires)
+        )),
+        "{out:?}"
+    );
+    assert_eq!(s.size().await, size, "nothing appended");
+    let p = show(&s).await;
+    assert_eq!(p["active"]["version"], 1, "{p:#}");
+    assert_eq!(p["proposals"][0]["approvers"], json!(["pa2"]), "{p:#}");
+}
