@@ -385,7 +385,7 @@ fn verify(a: VerifyArgs) -> CliResult {
                         "history: every identity and policy entry up to entry {i} is carried"
                     ),
                     None => eprintln!(
-                        "warning: the bundle carries no entry of format version 2, so it cannot \
+                        "warning: the bundle carries no entry of format version 2 or later, so it cannot \
                          show that it carries every key, role and policy change (ledger-format §4.3)"
                     ),
                 }

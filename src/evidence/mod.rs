@@ -303,7 +303,9 @@ impl Closure<'_> {
                     self.refs.subjects.insert(r.commit.clone());
                     self.refs.subjects.extend(r.digests.iter().cloned());
                 }
-                for d in gov.deployments_of(&s).filter(|d| d.index < limit) {
+                // Denied requests too: every one concerns the subject's
+                // count in a later decision basis (ledger-format §4.4).
+                for d in gov.requests_of(&s).filter(|d| d.index < limit) {
                     self.refs.deploys.insert(d.index);
                 }
                 for c in gov.changes_ever_binding(&s) {

@@ -434,6 +434,8 @@ pub struct Gov {
     ever_bound: HashMap<String, BTreeSet<String>>,
     ci_by_subject: HashMap<String, Vec<u64>>,
     deployed: HashMap<String, Vec<u64>>,
+    /// Subject → every deployment request naming it, allowed or denied.
+    requested: HashMap<String, Vec<u64>>,
     dirty: Dirty,
 }
 
@@ -535,6 +537,16 @@ impl Gov {
     }
 
     /// Allowed deployments of `subject`, oldest first.
+    /// Every deployment request naming `subject`, allowed or denied.
+    pub fn requests_of(&self, subject: &str) -> impl Iterator<Item = &DeployRec> {
+        self.requested
+            .get(subject)
+            .into_iter()
+            .flatten()
+            .filter_map(|i| self.deploys.get(i))
+    }
+
+    /// The allowed deployments of `subject`.
     pub fn deployments_of(&self, subject: &str) -> impl Iterator<Item = &DeployRec> {
         self.deployed
             .get(subject)
@@ -576,8 +588,9 @@ impl Gov {
 
     /// How many entries concern the subject `s` (ledger-format §4.4): its
     /// commit observation, the CI runs that name it, the change openings
-    /// and amendments whose revision binds it, and the allowed deployments
-    /// that name it. In a sparse fold, those among the entries folded.
+    /// and amendments whose revision binds it, and the deployment requests
+    /// that name it, allowed or denied (so the count does not rest on
+    /// verdicts a holder of some entries would have to re-derive). In a sparse fold, those among the entries folded.
     pub fn subject_entry_count(&self, s: &str) -> u64 {
         let commit = usize::from(self.commits.contains_key(s));
         // A run that names the subject twice is one entry; the list is in
@@ -588,7 +601,7 @@ impl Gov {
                 .filter(|(n, i)| *n == 0 || runs[n - 1] != **i)
                 .count()
         });
-        let deployed = self.deployed.get(s).map_or(0, Vec::len);
+        let requested = self.requested.get(s).map_or(0, Vec::len);
         let bound: usize = self
             .changes_ever_binding(s)
             .map(|c| {
@@ -598,7 +611,7 @@ impl Gov {
                     .count()
             })
             .sum();
-        (commit + ci + deployed + bound) as u64
+        (commit + ci + requested + bound) as u64
     }
 
     /// Changes whose current revision binds `subject`.
@@ -642,6 +655,9 @@ impl Gov {
     }
 
     fn index_deploy(&mut self, d: &DeployRec) {
+        for s in &d.subjects {
+            self.requested.entry(s.clone()).or_default().push(d.index);
+        }
         if d.decision.allow {
             for s in &d.subjects {
                 self.deployed.entry(s.clone()).or_default().push(d.index);

@@ -1367,8 +1367,8 @@ apply alice's patch\n",
 /// A deployment's decision basis (ledger-format §4.4) names every change
 /// that could be considered, the considered change's subjects and the commit
 /// its image was built from, each with the entries before it that concern
-/// it: an amendment that dropped the digest still counts for its change, a
-/// denied deployment counts for nothing, an allowed one for its subjects,
+/// it: an amendment that dropped the digest still counts for its change,
+/// every deployment request counts for its subjects whatever its verdict,
 /// and a named change that does not exist counts 0.
 #[test]
 fn a_deployment_basis_names_what_its_decision_reads() {
@@ -1459,10 +1459,13 @@ cache exchange rates\n"
     // Other events read nothing.
     assert!(f.st.basis_for(&note_event()).is_empty());
 
-    // alice wrote the code, so only bob counts: denied, and no count moves.
+    // alice wrote the code, so only bob counts: denied, and it counts for
+    // the digest all the same.
     assert!(!f.deploy("ci", D).allow);
-    assert_eq!(f.st.basis_for(&request(None)), considered);
-    // With carol's approval it is allowed, and counts for the digest.
+    let mut denied = considered.clone();
+    denied[3] = d_key(4);
+    assert_eq!(f.st.basis_for(&request(None)), denied);
+    // With carol's approval it is allowed, and counts too.
     f.person("carol", b'k', None);
     f.review("carol", "CHG-1", D, true).unwrap();
     assert!(f.deploy("ci", D).allow);
@@ -1472,7 +1475,7 @@ cache exchange rates\n"
             ("change:CHG-1".to_owned(), 4),
             ("change:CHG-2".to_owned(), 2),
             sha_key,
-            d_key(4),
+            d_key(5),
         ]
     );
 }

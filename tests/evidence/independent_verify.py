@@ -1210,13 +1210,11 @@ class Fold:
             return len(ch["revisions"]) + len(ch["reviews"]) if ch else 0
 
         def subject_count(s):
-            claimed = self.claimed_decisions()
             n = int(s in self.commits)
             n += sum(1 for r in self.ci_runs if r["commit"] == s or s in r["digests"])
             n += sum(1 for ch in self.changes.values() for r in ch["revisions"]
                      if s in self.subjects_of(r))
-            n += sum(1 for i, d in self.deployments.items() if s in d["subjects"]
-                     and claimed.get(i, {}).get("verdict") == "allow")
+            n += sum(1 for d in self.deployments.values() if s in d["subjects"])
             return n
 
         folded = {f"change:{c}": change_count(c) for c in changes}

@@ -2579,7 +2579,8 @@ async fn a_bundle_that_leaves_out_a_key_revocation_fails() {
 /// bob's approval of CHG-1 (whose absence would turn an approved deployment
 /// into a denied one, or hide who approved) is caught at the first
 /// deployment that rests on it, by both verifiers, in a change bundle and in
-/// a period bundle where the approval lies before the proven range. An
+/// a period bundle where the approval lies before the proven range; so is
+/// one that leaves out a denied deployment a later decision read. An
 /// insider who lowers a recorded count instead is caught by `docket verify`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bundle_that_leaves_out_a_fact_a_decision_rests_on_fails() {
@@ -2664,6 +2665,25 @@ async fn a_bundle_that_leaves_out_a_fact_a_decision_rests_on_fails() {
             "{name}: {out}"
         );
     }
+
+    // A denied attempt counts too: CHG-2's break-glass deployment read the
+    // denied prod deployment of the same digest, which cannot be dropped.
+    let d2 = format!(
+        "sha256:{}",
+        hex::encode(docket::crypto::blake3_256(b"image-2"))
+    );
+    let change2 = export_online(s, S::ChangeId("CHG-2".into())).await;
+    evidence::verify(&change2, &t).unwrap();
+    let e =
+        evidence::verify(&without_entry(&s.data, &change2, f.at["prod-2-denied"]), &t).unwrap_err();
+    assert_eq!(e.what, format!("entry {}", f.at["glass"]), "{e}");
+    assert!(
+        e.reason.contains(&format!(
+            "the deployment was decided on 3 entries concerning subject:{d2} before it, the \
+             bundle carries 2"
+        )),
+        "{e}"
+    );
 
     // The log itself: a count lowered and the history re-linked and
     // re-signed with the log key, as an insider holding both could.
