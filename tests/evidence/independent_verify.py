@@ -24,7 +24,8 @@ What is checked, in the order of EF §11:
   6. the sparse fold: entry decoding, protobuf payload, key history from genesis, every DSSE
      signature (strict Ed25519) with a key active at that index, the identity and governance rules
      of LF §8.2 that do not need the policy evaluator, event-id uniqueness, the hash chain between
-     consecutive carried entries, genesis naming the trusted key and origin;
+     consecutive carried entries, genesis naming the trusted key and origin, each history count
+     (LF §4.3) and each deployment's decision basis (LF §4.4) against the carried entries;
   7. scope, completeness of a period (boundary entries, contiguity, monotonic times) and `as_of`;
   8. derived files: everything regenerable without the policy evaluator is regenerated and compared
      byte for byte (facts/entries.json, facts/principals.json, facts/policies.json,
