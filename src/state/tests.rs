@@ -147,6 +147,33 @@ impl Fold {
         sha
     }
 
+    /// Records a CI run by `who` of `commit` (may be empty) in `repo` that
+    /// built `digest`.
+    fn ci_run(
+        &mut self,
+        who: &str,
+        repo: &str,
+        commit: &str,
+        digest: &str,
+        status: crate::event::CiStatus,
+    ) -> u64 {
+        self.apply(
+            who,
+            Body::CiRunReported(crate::event::CiRun {
+                repository: repo.into(),
+                commit: commit.into(),
+                artifact_digests: set(&[digest]),
+                status,
+                provider: String::new(),
+                pipeline: String::new(),
+                run_id: String::new(),
+                url: String::new(),
+                git_ref: String::new(),
+            }),
+        )
+        .unwrap()
+    }
+
     fn open(&mut self, signer: &str, change: &str, digest: &str) -> Result<u64, ApplyError> {
         self.apply(
             signer,
@@ -1074,8 +1101,8 @@ fn persisted_state_loads_back_equal() {
 /// is unknown and the rule denies.
 #[test]
 fn the_author_of_the_commit_an_image_was_built_from_does_not_count() {
+    use crate::event::CiStatus;
     use crate::event::git::object_id;
-    use crate::event::{CiRun, CiStatus};
     let mut f = Fold::new(POLICY);
     for (who, email) in [
         ("alice", Some("alice@example.com")),
@@ -1092,21 +1119,7 @@ committer Alice <alice@example.com> 1700000000 +0000\n\
 retry declined cards once\n"
         .to_vec();
     let sha = object_id(&raw, 40).unwrap();
-    f.apply(
-        "ci",
-        Body::CiRunReported(CiRun {
-            repository: "github.com/acme/payments".into(),
-            commit: sha.clone(),
-            artifact_digests: set(&[D]),
-            status: CiStatus::Passed,
-            provider: String::new(),
-            pipeline: String::new(),
-            run_id: String::new(),
-            url: String::new(),
-            git_ref: String::new(),
-        }),
-    )
-    .unwrap();
+    f.ci_run("ci", "github.com/acme/payments", &sha, D, CiStatus::Passed);
     f.open("ci", "CHG-1", D).unwrap();
     f.review("alice", "CHG-1", D, true).unwrap();
     f.review("bob", "CHG-1", D, true).unwrap();
@@ -1148,7 +1161,7 @@ retry declined cards once\n"
 /// run decides.
 #[test]
 fn only_the_ci_reporters_a_rule_names_speak_for_its_ci() {
-    use crate::event::{CiRun, CiStatus};
+    use crate::event::CiStatus;
     let policy = format!(
         "{}ci_passed = true\nci_reporters = [\"ci-payments\"]\n",
         POLICY.strip_suffix("approvals = 2\n").unwrap()
@@ -1156,23 +1169,8 @@ fn only_the_ci_reporters_a_rule_names_speak_for_its_ci() {
     let mut f = Fold::new(&policy);
     f.register("ci-payments", PrincipalKind::Ci, &["ci"], &[9]);
     f.register("ci-sandbox", PrincipalKind::Ci, &["ci"], &[10]);
-    let report = |f: &mut Fold, who: &str, repo: &str, status: CiStatus| {
-        f.apply(
-            who,
-            Body::CiRunReported(CiRun {
-                repository: repo.into(),
-                commit: String::new(),
-                artifact_digests: set(&[D]),
-                status,
-                provider: String::new(),
-                pipeline: String::new(),
-                run_id: String::new(),
-                url: String::new(),
-                git_ref: String::new(),
-            }),
-        )
-        .unwrap()
-    };
+    let report =
+        |f: &mut Fold, who: &str, repo: &str, status: CiStatus| f.ci_run(who, repo, "", D, status);
     f.open("ci-payments", "CHG-1", D).unwrap();
     let payments = "github.com/acme/payments";
     report(&mut f, "ci-sandbox", payments, CiStatus::Passed);
@@ -1372,7 +1370,7 @@ apply alice's patch\n",
 /// and a named change that does not exist counts 0.
 #[test]
 fn a_deployment_basis_names_what_its_decision_reads() {
-    use crate::event::{ChangeAmendment, CiRun, CiStatus};
+    use crate::event::{ChangeAmendment, CiStatus};
     let mut f = Fold::new(POLICY);
     for (who, email) in [("alice", Some("alice@example.com")), ("bob", None)] {
         f.person(who, who.as_bytes()[0], email);
@@ -1385,21 +1383,7 @@ committer Alice <alice@example.com> 1700000000 +0000\n\
 cache exchange rates\n"
         .to_vec();
     let sha = f.observe(&raw);
-    f.apply(
-        "ci",
-        Body::CiRunReported(CiRun {
-            repository: "github.com/acme/payments".into(),
-            commit: sha.clone(),
-            artifact_digests: set(&[D]),
-            status: CiStatus::Passed,
-            provider: String::new(),
-            pipeline: String::new(),
-            run_id: String::new(),
-            url: String::new(),
-            git_ref: String::new(),
-        }),
-    )
-    .unwrap();
+    f.ci_run("ci", "github.com/acme/payments", &sha, D, CiStatus::Passed);
     f.open("ci", "CHG-1", D).unwrap();
     f.review("alice", "CHG-1", D, true).unwrap();
     f.review("bob", "CHG-1", D, true).unwrap();
