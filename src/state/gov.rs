@@ -433,7 +433,6 @@ pub struct Gov {
     /// Subject → every change any revision of which bound it.
     ever_bound: HashMap<String, BTreeSet<String>>,
     ci_by_subject: HashMap<String, Vec<u64>>,
-    deployed: HashMap<String, Vec<u64>>,
     /// Subject → every deployment request naming it, allowed or denied.
     requested: HashMap<String, Vec<u64>>,
     dirty: Dirty,
@@ -536,8 +535,8 @@ impl Gov {
         self.deploys.values()
     }
 
-    /// Allowed deployments of `subject`, oldest first.
-    /// Every deployment request naming `subject`, allowed or denied.
+    /// Every deployment request naming `subject`, allowed or denied, oldest
+    /// first.
     pub fn requests_of(&self, subject: &str) -> impl Iterator<Item = &DeployRec> {
         self.requested
             .get(subject)
@@ -546,13 +545,9 @@ impl Gov {
             .filter_map(|i| self.deploys.get(i))
     }
 
-    /// The allowed deployments of `subject`.
+    /// The allowed deployments of `subject`, oldest first.
     pub fn deployments_of(&self, subject: &str) -> impl Iterator<Item = &DeployRec> {
-        self.deployed
-            .get(subject)
-            .into_iter()
-            .flatten()
-            .filter_map(|i| self.deploys.get(i))
+        self.requests_of(subject).filter(|d| d.decision.allow)
     }
 
     pub fn obligation(&self, index: u64) -> Option<&ObligationRec> {
@@ -657,11 +652,6 @@ impl Gov {
     fn index_deploy(&mut self, d: &DeployRec) {
         for s in &d.subjects {
             self.requested.entry(s.clone()).or_default().push(d.index);
-        }
-        if d.decision.allow {
-            for s in &d.subjects {
-                self.deployed.entry(s.clone()).or_default().push(d.index);
-            }
         }
     }
 
