@@ -68,8 +68,16 @@ fn export_status(e: &crate::evidence::ExportError) -> Status {
 fn export_scope(r: pb::ExportEvidenceRequest) -> Result<crate::evidence::Scope, Status> {
     use crate::evidence::{Control, Scope};
     use pb::export_evidence_request::Scope as S;
+    if r.complete && !matches!(r.scope, Some(S::ChangeId(_))) {
+        return Err(Status::invalid_argument(
+            "complete: applies only to a change_id scope; a period or control bundle always proves its period complete",
+        ));
+    }
     match r.scope {
-        Some(S::ChangeId(id)) if !id.is_empty() => Ok(Scope::Change(id)),
+        Some(S::ChangeId(id)) if !id.is_empty() => Ok(Scope::Change {
+            id,
+            complete: r.complete,
+        }),
         Some(S::Period(p)) => Ok(Scope::Period {
             from: p.from_unix_nanos,
             to: p.to_unix_nanos,

@@ -28,6 +28,11 @@ pub struct ExportArgs {
     /// One change.
     #[arg(long, conflicts_with_all = ["from", "control"])]
     change: Option<String>,
+    /// With --change: also carry every entry from the change's opening to
+    /// the checkpoint, which proves that none of the change's entries was
+    /// left out (the bundle grows with the log written since the opening).
+    #[arg(long)]
+    complete: bool,
     /// Start of a period (RFC 3339, or a date meaning midnight UTC).
     #[arg(long, requires = "to")]
     from: Option<String>,
@@ -159,8 +164,16 @@ fn time_arg(flag: &str, s: &str) -> Result<i64, CliError> {
 }
 
 fn scope_of(a: &ExportArgs) -> Result<Scope, CliError> {
+    if a.complete && a.change.is_none() {
+        return Err(CliError::usage(
+            "--complete applies to --change only; a period or control bundle always proves its period complete",
+        ));
+    }
     if let Some(c) = &a.change {
-        return Ok(Scope::Change(c.clone()));
+        return Ok(Scope::Change {
+            id: c.clone(),
+            complete: a.complete,
+        });
     }
     let (Some(from), Some(to)) = (&a.from, &a.to) else {
         return Err(CliError::usage(
@@ -257,7 +270,7 @@ async fn online(conn: &ConnArgs, scope: &Scope, bar: &mut Bar) -> Result<Vec<u8>
     use pb::export_evidence_request::Scope as S;
     let req = pb::ExportEvidenceRequest {
         scope: Some(match scope {
-            Scope::Change(id) => S::ChangeId(id.clone()),
+            Scope::Change { id, .. } => S::ChangeId(id.clone()),
             Scope::Period {
                 from,
                 to,
@@ -276,6 +289,7 @@ async fn online(conn: &ConnArgs, scope: &Scope, bar: &mut Bar) -> Result<Vec<u8>
             }),
         }),
         progress: bar.on,
+        complete: matches!(scope, Scope::Change { complete: true, .. }),
     };
     let mut g = Conn::resolve(conn)?.governance().await?;
     let mut stream = g
@@ -388,6 +402,20 @@ fn verify(a: VerifyArgs) -> CliResult {
                         "warning: the bundle carries no entry of format version 2 or later, so it cannot \
                          show that it carries every key, role and policy change (ledger-format §4.3)"
                     ),
+                }
+                let scope: serde_json::Value = serde_json::from_str(&r.scope).unwrap_or_default();
+                if let Some(id) = scope["change"].as_str() {
+                    match r.range {
+                        Some((start, _)) => println!(
+                            "completeness: every entry from the one that opened change {id} \
+                             (entry {start}) to the checkpoint is carried, so none concerning it was left out"
+                        ),
+                        None => eprintln!(
+                            "warning: this change bundle does not show that it carries the change's entries \
+                             after its last carried deployment (evidence-format §2.3); export it with \
+                             --complete for one that does"
+                        ),
+                    }
                 }
                 if r.decisions_based > 0 {
                     println!(

@@ -248,7 +248,13 @@ fn pretty<T: serde::Serialize + ?Sized>(v: &T) -> Vec<u8> {
 
 pub(super) fn scope_json(scope: &Scope) -> Value {
     match scope {
-        Scope::Change(id) => json!({"kind": "change", "change": id}),
+        Scope::Change {
+            id,
+            complete: false,
+        } => json!({"kind": "change", "change": id}),
+        Scope::Change { id, complete: true } => {
+            json!({"kind": "change", "change": id, "complete": true})
+        }
         Scope::Period {
             from,
             to,
@@ -321,7 +327,7 @@ impl<'a> View<'a> {
         let env_ok = |e: &str| envs.is_empty() || envs.iter().any(|p| glob_match(p, e));
         let repo_ok = |r: &str| repos.is_empty() || repos.iter().any(|p| glob_match(p, r));
         let in_scope: BTreeSet<u64> = match &meta.scope {
-            Scope::Change(id) => match gov.change(id) {
+            Scope::Change { id, .. } => match gov.change(id) {
                 Some(c) => {
                     let mut s: BTreeSet<u64> = c.revisions.iter().map(|r| r.index).collect();
                     s.extend(c.reviews.iter().map(|r| r.index));
@@ -374,7 +380,7 @@ impl<'a> View<'a> {
         // it that were still unreviewed when it began and came due in it or
         // later; the range's lead-in carries every one of them (§8.5).
         let came_due = |o: &ObligationRec| match meta.scope {
-            Scope::Change(_) => false,
+            Scope::Change { .. } => false,
             Scope::Period { from, .. } | Scope::Control { from, .. } => {
                 o.opened_nanos < from
                     && o.due_nanos >= from
@@ -461,28 +467,29 @@ impl<'a> View<'a> {
                     ),
                 )
             }
-            Control::Hipaa164312b => {
-                let period = self.meta.range.is_some();
-                (
-                    true,
-                    format!(
-                        "{} entries, each proven in the hash-chained, Merkle-verifiable log at checkpoint {}{}{}; every signature checked against the key history the bundle carries, folded from genesis",
-                        self.folded.info.len(),
-                        self.meta.checkpoint_size,
-                        if period {
-                            "; the period is proven complete by its boundary entries and one range proof"
-                        } else {
-                            ""
-                        },
-                        match self.folded.history_proven_to {
-                            Some(i) => format!(
-                                "; every identity and policy entry up to entry {i} is carried, as the entries' history counts show"
-                            ),
-                            None => String::new(),
+            Control::Hipaa164312b => (
+                true,
+                format!(
+                    "{} entries, each proven in the hash-chained, Merkle-verifiable log at checkpoint {}{}{}; every signature checked against the key history the bundle carries, folded from genesis",
+                    self.folded.info.len(),
+                    self.meta.checkpoint_size,
+                    match (&self.meta.scope, self.meta.range) {
+                        (_, None) => "",
+                        (Scope::Change { .. }, Some(_)) => {
+                            "; every entry from the change's opening to the checkpoint is proven carried by one range proof"
                         }
-                    ),
-                )
-            }
+                        _ => {
+                            "; the period is proven complete by its boundary entries and one range proof"
+                        }
+                    },
+                    match self.folded.history_proven_to {
+                        Some(i) => format!(
+                            "; every identity and policy entry up to entry {i} is carried, as the entries' history counts show"
+                        ),
+                        None => String::new(),
+                    }
+                ),
+            ),
         }
     }
 }

@@ -89,7 +89,11 @@ impl Control {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Scope {
     /// One change: its revisions, reviews, deployments and their facts.
-    Change(String),
+    /// `complete` also carries every entry from the one that opened the
+    /// change to the checkpoint, under one range proof, which proves that
+    /// none of the change's entries was left out (docs/evidence-format.md
+    /// §8.2).
+    Change { id: String, complete: bool },
     /// Every entry integrated in `[from, to)` (Unix nanoseconds); the
     /// filters narrow the changes and decisions reported, never the entries.
     Period {
@@ -107,11 +111,25 @@ pub enum Scope {
 }
 
 impl Scope {
+    /// One change, without the range that proves it complete.
+    pub fn change(id: impl Into<String>) -> Self {
+        Scope::Change {
+            id: id.into(),
+            complete: false,
+        }
+    }
+
     /// In words, as `docket evidence verify` prints it.
     pub fn describe(&self) -> String {
         let t = crate::state::gov::fmt_nanos;
         match self {
-            Scope::Change(id) => format!("change {id}"),
+            Scope::Change {
+                id,
+                complete: false,
+            } => format!("change {id}"),
+            Scope::Change { id, complete: true } => {
+                format!("change {id}, with every entry from its opening to the checkpoint")
+            }
             Scope::Period { .. } => format!("period {}", self.period_words()),
             Scope::Control { control, from, to } => {
                 format!("control {} over {} to {}", control.key(), t(*from), t(*to))
@@ -144,7 +162,7 @@ impl Scope {
 
     pub(crate) fn period(&self) -> Option<(i64, i64)> {
         match self {
-            Scope::Change(_) => None,
+            Scope::Change { .. } => None,
             Scope::Period { from, to, .. } | Scope::Control { from, to, .. } => Some((*from, *to)),
         }
     }
@@ -418,16 +436,60 @@ impl Deadlines {
     }
 }
 
-/// Reads what `scope` needs from the first `size` entries of the log; no
-/// state is involved, so a server does this without holding any lock.
-/// `deadlines` are those of the log's policy versions ([`Deadlines::of`]).
+/// What an export reads from the state before it scans the log, so the
+/// scan itself needs no lock: the log size, the policy versions' review
+/// deadlines, and where a complete change bundle's range starts.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    size: u64,
+    deadlines: Deadlines,
+    change_from: Option<u64>,
+}
+
+impl Plan {
+    /// For exporting `scope` from the log of `state.next_index()` entries.
+    pub fn of(state: &State, scope: &Scope) -> Result<Self, ExportError> {
+        let size = state.next_index();
+        let change_from = match scope {
+            Scope::Change { id, complete } => {
+                let opened = change_opening(state, id, size)?;
+                complete.then_some(opened)
+            }
+            _ => None,
+        };
+        Ok(Plan {
+            size,
+            deadlines: Deadlines::of(state)?,
+            change_from,
+        })
+    }
+
+    /// The log size the export is for.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+}
+
+/// The index of the entry that opened change `id`, if that is below `size`.
+fn change_opening(state: &State, id: &str, size: u64) -> Result<u64, ExportError> {
+    state
+        .gov()
+        .change(id)
+        .map(|ch| ch.revisions[0].index)
+        .filter(|i| *i < size)
+        .ok_or_else(|| ExportError::UnknownChange(id.to_owned()))
+}
+
+/// Reads what `scope` needs from the first `plan.size()` entries of the
+/// log; no state is involved, so a server does this without holding any
+/// lock.
 pub fn seeds<S: Store + ?Sized>(
     reader: &LedgerReader<S>,
-    size: u64,
+    plan: &Plan,
     scope: &Scope,
-    deadlines: &Deadlines,
     progress: &Progress,
 ) -> Result<Seeds, ExportError> {
+    let size = plan.size;
     let last = size - 1;
     let mut refs = Refs::default();
     refs.indices.insert(0);
@@ -435,8 +497,26 @@ pub fn seeds<S: Store + ?Sized>(
     // The last entry proves the bundle's time; whatever it is, it brings
     // the facts it rests on like any other carried entry.
     let (last_body, mut as_of) = body_at(reader, last)?;
+    // Carries every entry of `start..end`, each seeding the closure.
+    let scan = |refs: &mut Refs, start: u64, end: u64| -> Result<(), ExportError> {
+        progress.start(Stage::Scanning, end - start);
+        for i in start..end {
+            go_on(progress)?;
+            refs.seed_entry(&body_at(reader, i)?.0, i);
+            progress.set(i - start + 1);
+        }
+        Ok(())
+    };
     match scope.period() {
-        None => refs.seed_entry(&last_body, last),
+        None => {
+            refs.seed_entry(&last_body, last);
+            // A complete change bundle: everything from the change's
+            // opening on, so nothing that concerns it can be left out.
+            if let Some(start) = plan.change_from {
+                range = Some((start, size));
+                scan(&mut refs, start, size)?;
+            }
+        }
         Some((from, to)) => {
             if from >= to {
                 return Err(ExportError::EmptyPeriod {
@@ -451,7 +531,7 @@ pub fn seeds<S: Store + ?Sized>(
             // an obligation that falls due, unreviewed, in the period is in
             // it. The boundary entries prove nothing of the lead-in and the
             // period was left out.
-            let lead_from = from.saturating_sub(deadlines.lead_in(a));
+            let lead_from = from.saturating_sub(plan.deadlines.lead_in(a));
             let a_lead = if lead_from == from {
                 a
             } else {
@@ -459,12 +539,7 @@ pub fn seeds<S: Store + ?Sized>(
             };
             let (start, end) = (a_lead.saturating_sub(1), (b + 1).min(size));
             range = Some((start, end));
-            progress.start(Stage::Scanning, end - start);
-            for i in start..end {
-                go_on(progress)?;
-                refs.seed_entry(&body_at(reader, i)?.0, i);
-                progress.set(i - start + 1);
-            }
+            scan(&mut refs, start, end)?;
             if b < size {
                 // The log reached the period's end: the bundle is as of then,
                 // and the entry after the period is its right boundary.
@@ -498,11 +573,8 @@ pub fn select_with(state: &State, seeds: Seeds, scope: &Scope) -> Result<Selecti
         limit: range.map(|(_, e)| e).unwrap_or(size),
         refs,
     };
-    if let Scope::Change(id) = scope {
-        let opened = state.gov().change(id).map(|ch| ch.revisions[0].index);
-        if opened.is_none_or(|i| i >= size) {
-            return Err(ExportError::UnknownChange(id.clone()));
-        }
+    if let Scope::Change { id, .. } = scope {
+        change_opening(state, id, size)?;
         c.refs.changes.insert(id.clone());
     }
     for &h in state.gov().history() {
@@ -535,9 +607,8 @@ pub fn select<S: Store + ?Sized>(
         state,
         seeds(
             reader,
-            state.next_index(),
+            &Plan::of(state, scope)?,
             scope,
-            &Deadlines::of(state)?,
             &Progress::default(),
         )?,
         scope,
@@ -723,12 +794,8 @@ pub fn export_offline<S: Store + ?Sized>(
         .unwrap_or_default();
     let cp = Checkpoint::verify(&note, &signer.verifier(), &origin)
         .map_err(|e| ExportError::Sign(format!("stored checkpoint for size {size}: {e}")))?;
-    let deadlines = Deadlines::of(state)?;
-    let selection = select_with(
-        state,
-        seeds(reader, size, scope, &deadlines, progress)?,
-        scope,
-    )?;
+    let plan = Plan::of(state, scope)?;
+    let selection = select_with(state, seeds(reader, &plan, scope, progress)?, scope)?;
     let unsigned = export(reader, &cp, &selection, scope, progress)?;
     progress.start(Stage::Signing, 1);
     let note = crate::ledger::sign_manifest(signer, &origin, &unsigned.digest());

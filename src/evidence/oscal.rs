@@ -59,7 +59,7 @@ pub(super) fn assessment_results(view: &View<'_>) -> Value {
     let meta = view.meta;
     let start = match &meta.scope {
         Scope::Period { from, .. } | Scope::Control { from, .. } => *from,
-        Scope::Change(_) => view
+        Scope::Change { .. } => view
             .in_scope
             .iter()
             .next()
@@ -69,7 +69,7 @@ pub(super) fn assessment_results(view: &View<'_>) -> Value {
     }
     .min(meta.as_of);
     let scope_words = match &meta.scope {
-        Scope::Change(id) => format!("change {id}"),
+        Scope::Change { .. } => meta.scope.describe(),
         Scope::Period { .. } => "a period".to_owned(),
         Scope::Control { control, .. } => format!("{} over a period", control.key()),
     };

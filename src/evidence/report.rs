@@ -91,7 +91,7 @@ pub(super) fn html(view: &View<'_>) -> String {
     let gov = view.folded.state.gov();
     let mut h = String::new();
     let scope = match &meta.scope {
-        Scope::Change(id) => format!("change {id}"),
+        Scope::Change { .. } => meta.scope.describe(),
         Scope::Period { .. } => meta.scope.period_words(),
         Scope::Control { control, from, to } => format!(
             "{} from {} to {}",
@@ -127,22 +127,31 @@ pub(super) fn html(view: &View<'_>) -> String {
          <p id=\"verification-status\" class=\"status\"><span class=\"ok\">Verified when exported.</span> \
          The manifest's signature by the log key, the digest of every file, the signed checkpoint, \
          {} inclusion proof(s){}, the hash-chain links between consecutive entries, {} event signature(s) against the \
-         key history this bundle carries (folded from genesis), and {} decision(s) re-evaluated from the facts in this bundle.</p>\
+         key history this bundle carries (folded from genesis), and {} decision(s) re-evaluated from the facts in this bundle.{}</p>\
          <p>To check it again, offline, with nothing but the log's public key:</p>\
          <pre><code>docket evidence verify BUNDLE.tar --log-key log.vkey</code></pre>\
          <p class=\"muted\">The command exits non-zero and names the first failure if any byte of the bundle \
          was changed. The file format is described in docs/evidence-format.md, so the check can also be \
          done with an independent verifier.</p></section>",
         view.folded.info.len() as u64 - ranged,
-        if ranged > 0 {
-            format!(
+        match (&meta.scope, meta.range) {
+            (_, None) => String::new(),
+            (Scope::Change { id, .. }, Some((start, _))) => format!(
+                " and one range proof for the {ranged} consecutive entries from the one that opened change {} (entry {start}) to the checkpoint, which proves that none concerning it was left out",
+                esc(id)
+            ),
+            _ => format!(
                 " and one range proof for the {ranged} consecutive entries of the period (with the entries just before and after it, which prove that none was left out)"
-            )
-        } else {
-            String::new()
+            ),
         },
         view.folded.info.len(),
-        gov.deployments().count()
+        gov.deployments().count(),
+        match (&meta.scope, meta.range) {
+            (Scope::Change { .. }, None) =>
+                " It does not prove that it carries the change's entries after its last \
+                 carried deployment; a bundle exported with <code>--complete</code> does.",
+            _ => "",
+        }
     );
 
     // Summary tiles.

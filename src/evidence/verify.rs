@@ -113,12 +113,16 @@ fn strings(v: &Value, key: &str) -> Vec<String> {
 fn parse_scope(v: &Value) -> Result<Scope, BundleFailure> {
     let kind = v.get("kind").and_then(Value::as_str).unwrap_or_default();
     let scope = match kind {
-        "change" => Scope::Change(
-            v.get("change")
+        "change" => Scope::Change {
+            id: v
+                .get("change")
                 .and_then(Value::as_str)
                 .ok_or_else(|| fail("manifest.json", "scope.change is missing"))?
                 .to_owned(),
-        ),
+            // Only `true` may appear; anything else fails when the manifest
+            // is regenerated (step 8.5).
+            complete: v.get("complete") == Some(&Value::Bool(true)),
+        },
         "period" => Scope::Period {
             from: parse_time(v, "from_unix_nanos")?,
             to: parse_time(v, "to_unix_nanos")?,
@@ -435,8 +439,25 @@ fn verify_files<'a>(
     // 6. The fold, with every signature; the derived files are rendered
     //    from it while the signature checks finish.
     let scope = parse_scope(manifest.get("scope").unwrap_or(&Value::Null))?;
-    if matches!(scope, Scope::Change(_)) && range.is_some() {
-        return Err(fail("range.bin", "a change bundle carries no range"));
+    match (&scope, &range) {
+        (
+            Scope::Change {
+                complete: false, ..
+            },
+            Some(_),
+        ) => {
+            return Err(fail(
+                "range.bin",
+                "a change bundle carries no range unless its scope says it is complete",
+            ));
+        }
+        (Scope::Change { complete: true, .. }, None) => {
+            return Err(fail(
+                "range.bin",
+                "a complete change bundle needs its range proof",
+            ));
+        }
+        _ => {}
     }
     let as_of = manifest
         .get("as_of_unix_nanos")
@@ -487,9 +508,33 @@ fn verify_files<'a>(
     let time = |i: u64| folded.info.get(&i).map(|x| x.time);
     let last = cp.size - 1;
     match &scope {
-        Scope::Change(id) => {
-            if folded.state.gov().change(id).is_none() {
+        Scope::Change { id, .. } => {
+            let Some(change) = folded.state.gov().change(id) else {
                 return Err(fail("entries.bin", format!("no entry opens change {id}")));
+            };
+            // A complete change bundle holds every entry from the one that
+            // opened the change to the checkpoint: everything that concerns
+            // the change comes after its opening (§8.2).
+            if let Some(r) = &range {
+                let opened = change.revisions[0].index;
+                if r.start != opened {
+                    return Err(fail(
+                        "completeness",
+                        format!(
+                            "the range starts at entry {} but change {id} was opened by entry {opened}; a complete change bundle's range starts there",
+                            r.start
+                        ),
+                    ));
+                }
+                if r.end != cp.size {
+                    return Err(fail(
+                        "completeness",
+                        format!(
+                            "the range ends before entry {} but the checkpoint has {} entries; later entries concerning change {id} may have been left out",
+                            r.end, cp.size
+                        ),
+                    ));
+                }
             }
             if time(last) != Some(as_of) {
                 return Err(fail(

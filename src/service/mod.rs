@@ -698,7 +698,7 @@ impl Service {
         progress: Arc<crate::evidence::Progress>,
     ) -> Result<Vec<u8>, crate::evidence::ExportError> {
         use crate::evidence::{
-            CancelOnDrop, Deadlines, ExportError, Stage, export, seal, seeds, select_with,
+            CancelOnDrop, ExportError, Plan, Stage, export, seal, seeds, select_with,
         };
         if let Some(observe) = self.export_observer.get() {
             observe(&progress);
@@ -708,17 +708,17 @@ impl Service {
             let stopped = |e: Stopped| ExportError::Sign(e.to_string());
             let joined = |e: tokio::task::JoinError| ExportError::Sign(e.to_string());
             // The log size to export: everything below it is durable.
-            let ((size, deadlines), _) = self
-                .read_durable(|s| (s.next_index(), Deadlines::of(s)))
+            let (plan, _) = self
+                .read_durable(|s| Plan::of(s, &scope))
                 .await
                 .map_err(stopped)?;
-            let deadlines = deadlines?;
+            let plan = plan?;
+            let size = plan.size();
             // Reading and decoding entries needs no lock.
             let (reader, scope2, p) = (self.reader.clone(), scope.clone(), progress.clone());
-            let seeds =
-                tokio::task::spawn_blocking(move || seeds(&reader, size, &scope2, &deadlines, &p))
-                    .await
-                    .map_err(joined)??;
+            let seeds = tokio::task::spawn_blocking(move || seeds(&reader, &plan, &scope2, &p))
+                .await
+                .map_err(joined)??;
             // The closure needs the state, briefly.
             let (selection, _) = self
                 .read_durable(|s| select_with(s, seeds, &scope))

@@ -26,7 +26,8 @@ What is checked, in the order of EF §11:
      of LF §8.2 that do not need the policy evaluator, event-id uniqueness, the hash chain between
      consecutive carried entries, genesis naming the trusted key and origin, each history count
      (LF §4.3) and each deployment's decision basis (LF §4.4) against the carried entries;
-  7. scope, completeness of a period (boundary entries, contiguity, monotonic times) and `as_of`;
+  7. scope, completeness of a period (boundary entries, contiguity, monotonic times) or of a
+     complete change bundle (its range runs from the change's opening to the checkpoint), and `as_of`;
   8. derived files: everything regenerable without the policy evaluator is regenerated and compared
      byte for byte (facts/entries.json, facts/principals.json, facts/policies.json,
      policies/vN.toml, facts/changes.json, facts/obligations.json,
@@ -1727,6 +1728,10 @@ def parse_scope(manifest):
     if kind == "change":
         require(isinstance(scope.get("change"), str), "manifest.json", "scope.change is not a string")
         out["change"] = scope["change"]
+        # EF §4: "complete" appears only as true, for a bundle that carries the range from the
+        # change's opening to the checkpoint.
+        require(scope.get("complete", True) is True, "manifest.json", "scope.complete, if present, must be true")
+        out["complete"] = "complete" in scope
     elif kind in ("period", "control"):
         for f in ("from_unix_nanos", "to_unix_nanos"):
             require(isinstance(scope.get(f), int), "manifest.json", f"scope.{f} is not an integer")
@@ -1759,6 +1764,17 @@ def check_scope(fold, scope, as_of, rng, n):
         require(last is not None, "manifest.json", f"entry {n - 1}, the checkpoint's last, is not carried")
         require(last["time"] == as_of, "manifest.json",
                 f"as_of {fmt_time(as_of)} is not the time of entry {n - 1} ({fmt_time(last['time'])})")
+        if not scope["complete"]:
+            require(rng is None, "range.bin", "a change bundle that is not complete carries no range")
+            return
+        # EF §8.2: the range runs from the entry that opened the change to the checkpoint, and
+        # nothing concerning a change comes before its opening.
+        require(rng is not None, "range.bin", "a complete change bundle must carry a range")
+        opened = fold.changes[scope["change"]]["revisions"][0]["index"]
+        require(rng[0] == opened, "completeness",
+                f"the range starts at entry {rng[0]}, not at entry {opened} that opened the change")
+        require(rng[1] == n, "completeness",
+                f"the range ends before entry {rng[1]}, not at the checkpoint's size {n}")
         return
     require(rng is not None, "range.bin", "a period or control bundle must carry a range")
     start, end = rng[0], rng[1]
@@ -2098,6 +2114,8 @@ class Derived:
 
         if s["kind"] == "change":
             words = f"change {s['change']}"
+            if s["complete"]:
+                words += ", with every entry from its opening to the checkpoint"
             # "the time of its lowest in-scope entry": the entry with the lowest index.
             times = [r["time"] for r in self.fold.records if r["index"] in self.in_scope]
             start = times[0] if times else self.as_of
@@ -2131,7 +2149,10 @@ class Derived:
             if key == "hipaa-164.312b":
                 W = (f"{len(self.fold.records)} entries, each proven in the hash-chained, "
                      f"Merkle-verifiable log at checkpoint {self.n}")
-                if self.rng is not None:
+                if self.rng is not None and s["kind"] == "change":
+                    W += ("; every entry from the change's opening to the checkpoint is proven"
+                          " carried by one range proof")
+                elif self.rng is not None:
                     W += "; the period is proven complete by its boundary entries and one range proof"
                 if self.fold.proven_to is not None:
                     W += (f"; every identity and policy entry up to entry {self.fold.proven_to} is"
@@ -2198,7 +2219,10 @@ def manifest_scope_object(scope, manifest):
     """The scope object as the exporter writes it (EF §4)."""
     s = scope
     if s["kind"] == "change":
-        return {"change": s["change"], "kind": "change"}
+        obj = {"change": s["change"], "kind": "change"}
+        if s["complete"]:
+            obj["complete"] = True
+        return obj
     obj = {"from": fmt_time(s["from"]), "from_unix_nanos": s["from"], "kind": s["kind"],
            "to": fmt_time(s["to"]), "to_unix_nanos": s["to"]}
     if s["kind"] == "period":
@@ -2283,7 +2307,10 @@ def verify(bundle, key_name, keyid, log_key):
     n, root = check_checkpoint(files, manifest, origin, keyid, log_key)     # step 4
     records, rng, n_proofs = check_entries_and_proofs(files, manifest, n, root)   # step 5
     if isinstance(manifest.get("scope"), dict) and manifest["scope"].get("kind") == "change":
-        require(rng is None, "range.bin", "a change bundle may not carry a range")
+        complete = manifest["scope"].get("complete") is True
+        require((rng is not None) == complete, "range.bin",
+                "a complete change bundle must carry a range" if complete
+                else "a change bundle carries no range unless its scope says it is complete")
     claimed_cache = {}
 
     def claimed():

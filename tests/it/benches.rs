@@ -136,6 +136,11 @@ fn bench_evidence_exports_and_verifies_both_bundle_kinds() {
     let one = row(&out, "one change (median of 3)");
     assert!(number(one[1]) > 0.0 && number(one[1]) < entries);
     assert!(number(one[3]) > 0.0 && number(one[4]) > 0.0);
+    // The latest change was opened before every review of the log, so its
+    // complete bundle carries those too.
+    let complete = row(&out, "latest change, `--complete` (median of 1)");
+    assert!(number(complete[1]) > 30.0 * 10.0 && number(complete[1]) <= entries);
+    assert!(number(complete[3]) > 0.0 && number(complete[4]) > 0.0);
     let verify = row(&out, "(comparison) `docket verify` of the same log");
     assert_eq!(number(verify[1]), entries);
     // --keep leaves the period bundle, its key and the log it came from,

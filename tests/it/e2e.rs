@@ -766,6 +766,7 @@ async fn access_json_limits_each_identity_to_its_methods() {
         gov.export_evidence(pb::ExportEvidenceRequest {
             scope: Some(pb::export_evidence_request::Scope::ChangeId("CHG-1".into())),
             progress: false,
+            complete: false,
         })
         .await
         .map(drop),

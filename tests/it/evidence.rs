@@ -321,15 +321,33 @@ pub async fn fixture() -> Fixture {
 }
 
 async fn export_online(s: &TestServer, scope: pb::export_evidence_request::Scope) -> Vec<u8> {
-    let mut g = s.conn().governance().await.unwrap();
-    let mut stream = g
-        .export_evidence(pb::ExportEvidenceRequest {
+    export_request(
+        s,
+        pb::ExportEvidenceRequest {
             scope: Some(scope),
             progress: false,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+            complete: false,
+        },
+    )
+    .await
+}
+
+/// A complete change bundle, over gRPC.
+async fn export_complete(s: &TestServer, change: &str) -> Vec<u8> {
+    export_request(
+        s,
+        pb::ExportEvidenceRequest {
+            scope: Some(pb::export_evidence_request::Scope::ChangeId(change.into())),
+            progress: false,
+            complete: true,
+        },
+    )
+    .await
+}
+
+async fn export_request(s: &TestServer, request: pb::ExportEvidenceRequest) -> Vec<u8> {
+    let mut g = s.conn().governance().await.unwrap();
+    let mut stream = g.export_evidence(request).await.unwrap().into_inner();
     let mut out = Vec::new();
     while let Some(c) = stream.message().await.unwrap() {
         assert_eq!(c.offset, out.len() as u64);
@@ -476,7 +494,7 @@ async fn export_and_verify_each_scope_online_and_offline() {
     let offline = |scope: Scope| {
         evidence::export_offline(&state, &reader, &signer, &scope, &Default::default()).unwrap()
     };
-    assert_eq!(offline(Scope::Change("CHG-1".into())), change);
+    assert_eq!(offline(Scope::change("CHG-1")), change);
     assert_eq!(
         offline(Scope::Period {
             from: period.from_unix_nanos,
@@ -499,7 +517,7 @@ async fn export_and_verify_each_scope_online_and_offline() {
         &state,
         &reader,
         &signer,
-        &Scope::Change("CHG-404".into()),
+        &Scope::change("CHG-404"),
         &Default::default(),
     )
     .unwrap_err();
@@ -1206,6 +1224,222 @@ async fn an_independent_verifier_written_from_the_docs_agrees() {
             "{name}: {out} vs {reference}"
         );
     }
+    // A complete change bundle: its range from the change's opening to the
+    // checkpoint is checked; one that stops short is refused by both.
+    let complete = export_complete(s, "CHG-2").await;
+    let (code, out) = verify("change-2-complete", &complete);
+    assert_eq!(code, Some(0), "{out}");
+    let size = s.size().await;
+    let short = forge_selection(s, &complete_scope("CHG-2"), |sel| {
+        let (start, _) = sel.range.unwrap();
+        sel.range = Some((start, size - 1));
+    });
+    let reference = evidence::verify(&short, &trust(s)).unwrap_err();
+    assert_eq!(reference.what, "completeness", "{reference}");
+    let (code, out) = verify("change-2-short", &short);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("FAILED") && out.contains("completeness") && out.contains("ends before"),
+        "{out}"
+    );
+}
+
+fn complete_scope(id: &str) -> Scope {
+    Scope::Change {
+        id: id.into(),
+        complete: true,
+    }
+}
+
+/// A bundle for `scope` whose selection `edit` changed before export, with
+/// the manifest signed by the log key: what an insider holding the key can
+/// hand out.
+fn forge_selection(
+    s: &TestServer,
+    scope: &Scope,
+    edit: impl FnOnce(&mut evidence::Selection),
+) -> Vec<u8> {
+    let reader = s.svc.reader().clone();
+    let mut sel = s
+        .svc
+        .with_state(|st| evidence::select(st, &reader, scope))
+        .unwrap();
+    let note = reader.checkpoint_note(sel.size).unwrap().unwrap();
+    let cp = docket::ledger::Checkpoint::verify(&note, &s.verifier(), "docket.test/log").unwrap();
+    edit(&mut sel);
+    let unsigned = evidence::export(&reader, &cp, &sel, scope, &Default::default()).unwrap();
+    let signer = s.data.note_signer(&s.data.config().unwrap()).unwrap();
+    let note = docket::ledger::sign_manifest(&signer, "docket.test/log", &unsigned.digest());
+    unsigned.finish(note)
+}
+
+/// A change bundle exported with `complete` carries every entry from the
+/// change's opening to the checkpoint under one range proof, so an insider
+/// holding the log key can no longer leave out what came after the
+/// change's last deployment: here, the break-glass review that closed its
+/// obligation. A plain change bundle cannot show that (evidence-format
+/// §2.3), which is why `complete` exists.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_complete_change_bundle_shows_nothing_concerning_the_change_was_left_out() {
+    use pb::export_evidence_request::Scope as S;
+    let f = fixture().await;
+    let s = &f.server;
+    let t = trust(s);
+    let size = s.size().await;
+    let (opened, late) = (f.at["open-2"], f.at["late-review"]);
+
+    let complete = export_complete(s, "CHG-2").await;
+    let r = evidence::verify(&complete, &t).unwrap();
+    assert_eq!(r.range, Some((opened, size)));
+    assert_eq!(
+        r.scope_words,
+        "change CHG-2, with every entry from its opening to the checkpoint"
+    );
+    let files = evidence::unpack(&complete).unwrap();
+    assert_eq!(json(&files, "manifest.json")["scope"]["complete"], true);
+    let carried: BTreeSet<u64> = decode_entries(&files["entries.bin"])
+        .iter()
+        .map(|(i, _)| *i)
+        .collect();
+    assert!((opened..size).all(|i| carried.contains(&i)));
+    // The range's other entries are context: the change, its decisions and
+    // its obligations read as in the plain bundle.
+    let plain = export_online(s, S::ChangeId("CHG-2".into())).await;
+    let plain_files = evidence::unpack(&plain).unwrap();
+    assert!(
+        json(&plain_files, "manifest.json")["scope"]
+            .get("complete")
+            .is_none()
+    );
+    for p in [
+        "facts/changes.json",
+        "facts/decisions.json",
+        "facts/obligations.json",
+    ] {
+        assert_eq!(files[p], plain_files[p], "{p}");
+    }
+    let oscal = String::from_utf8_lossy(&files["oscal/assessment-results.json"]).into_owned();
+    assert!(
+        oscal.contains("every entry from the change's opening to the checkpoint is proven carried"),
+        "{oscal}"
+    );
+    let report = String::from_utf8_lossy(&files["report.html"]).into_owned();
+    assert!(
+        report.contains(&format!(
+            "consecutive entries from the one that opened change CHG-2 (entry {opened}) to the checkpoint"
+        )),
+        "{report}"
+    );
+
+    // The late review left out of a plain bundle: it still verifies, and
+    // the obligation it closed now reads as overdue.
+    let lying = forge_selection(s, &Scope::change("CHG-2"), |sel| {
+        assert!(sel.indices.remove(&late));
+    });
+    evidence::verify(&lying, &t).expect("a plain change bundle cannot show the omission");
+    assert_ne!(
+        evidence::unpack(&lying).unwrap()["facts/obligations.json"],
+        plain_files["facts/obligations.json"]
+    );
+    // Left out of a complete bundle, it is missed from the range.
+    let e = evidence::verify(
+        &forge_selection(s, &complete_scope("CHG-2"), |sel| {
+            assert!(sel.indices.remove(&late));
+        }),
+        &t,
+    )
+    .unwrap_err();
+    assert_eq!(e.what, "completeness", "{e}");
+    assert!(
+        e.reason
+            .contains("entries.bin must hold every entry of the range"),
+        "{e}"
+    );
+    // Or the range cut just before it, and everything after it dropped but
+    // the checkpoint's last entry (proven on its own).
+    let e = evidence::verify(
+        &forge_selection(s, &complete_scope("CHG-2"), |sel| {
+            sel.range = Some((opened, late));
+            sel.indices.retain(|i| *i < late || *i == size - 1);
+        }),
+        &t,
+    )
+    .unwrap_err();
+    assert_eq!(e.what, "completeness", "{e}");
+    assert_eq!(
+        e.reason,
+        format!(
+            "the range ends before entry {late} but the checkpoint has {size} entries; later entries concerning change CHG-2 may have been left out"
+        )
+    );
+    // A range that starts after the opening proves nothing of what lies
+    // between.
+    let e = evidence::verify(
+        &forge_selection(s, &complete_scope("CHG-2"), |sel| {
+            sel.range = Some((opened + 1, size));
+        }),
+        &t,
+    )
+    .unwrap_err();
+    assert_eq!(e.what, "completeness", "{e}");
+    assert_eq!(
+        e.reason,
+        format!(
+            "the range starts at entry {} but change CHG-2 was opened by entry {opened}; a complete change bundle's range starts there",
+            opened + 1
+        )
+    );
+    // The scope and the range must agree: a range without `complete`, and
+    // `complete` without a range, are refused; `false` is never written.
+    let mut no_claim = files.clone();
+    let mut m = json(&no_claim, "manifest.json");
+    m["scope"].as_object_mut().unwrap().remove("complete");
+    no_claim.insert(
+        "manifest.json".into(),
+        serde_json::to_vec_pretty(&m).unwrap(),
+    );
+    let e = evidence::verify(&reseal(&s.data, no_claim), &t).unwrap_err();
+    assert_eq!(e.what, "range.bin", "{e}");
+    assert!(
+        e.reason.contains("unless its scope says it is complete"),
+        "{e}"
+    );
+    let mut claim = plain_files.clone();
+    let mut m = json(&claim, "manifest.json");
+    m["scope"]["complete"] = true.into();
+    claim.insert(
+        "manifest.json".into(),
+        serde_json::to_vec_pretty(&m).unwrap(),
+    );
+    let e = evidence::verify(&reseal(&s.data, claim), &t).unwrap_err();
+    assert_eq!(e.what, "range.bin", "{e}");
+    assert!(e.reason.contains("needs its range proof"), "{e}");
+    let mut claim = plain_files.clone();
+    let mut m = json(&claim, "manifest.json");
+    m["scope"]["complete"] = false.into();
+    claim.insert(
+        "manifest.json".into(),
+        serde_json::to_vec_pretty(&m).unwrap(),
+    );
+    let e = evidence::verify(&reseal(&s.data, claim), &t).unwrap_err();
+    assert_eq!(e.what, "manifest.json", "{e}");
+
+    // `complete` is for a change scope only.
+    let mut g = s.conn().governance().await.unwrap();
+    let e = g
+        .export_evidence(pb::ExportEvidenceRequest {
+            scope: Some(S::Period(pb::PeriodScope {
+                from_unix_nanos: f.day(1),
+                to_unix_nanos: f.day(3),
+                ..Default::default()
+            })),
+            progress: false,
+            complete: true,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    assert!(e.message().starts_with("complete: "), "{e:?}");
 }
 
 /// The fixture's whole period (days 0–9) exported and unpacked into a
@@ -1350,6 +1584,47 @@ async fn the_cli_exports_and_verifies_with_clear_exit_codes() {
         "{}",
         r.stdout
     );
+    // A plain change bundle says what it cannot show; a complete one says
+    // what it does.
+    assert!(
+        r.stderr.contains(
+            "warning: this change bundle does not show that it carries the change's entries after its last carried deployment"
+        ),
+        "{}",
+        r.stderr
+    );
+    let complete = dir.join("chg2-complete.tar");
+    let r = s
+        .cli(&[
+            "evidence",
+            "export",
+            "--change",
+            "CHG-2",
+            "--complete",
+            "--out",
+            complete.to_str().unwrap(),
+        ])
+        .await;
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    let r = s
+        .cli(&[
+            "evidence",
+            "verify",
+            complete.to_str().unwrap(),
+            "--log-key",
+            &vkey,
+        ])
+        .await;
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    let opened = f.at["open-2"];
+    assert!(
+        r.stdout.contains(&format!(
+            "\ncompleteness: every entry from the one that opened change CHG-2 (entry {opened}) to the checkpoint is carried, so none concerning it was left out\n"
+        )) && r.stdout.contains(&format!(", range {opened}..")),
+        "{}",
+        r.stdout
+    );
+    assert!(!r.stderr.contains("warning"), "{}", r.stderr);
     // A period the log had not finished at the checkpoint verifies, says
     // the scope, and warns that the bundle stops before the period's end.
     let open_period = dir.join("open-period.tar");
@@ -1506,6 +1781,17 @@ async fn the_cli_exports_and_verifies_with_clear_exit_codes() {
             "2026-01-01",
             "--to",
             "2027-01-01",
+            "--complete",
+            "--out",
+            &out_s,
+        ],
+        vec![
+            "evidence",
+            "export",
+            "--from",
+            "2026-01-01",
+            "--to",
+            "2027-01-01",
             "--control",
             "sox-404",
             "--out",
@@ -1557,7 +1843,11 @@ async fn selection_ignores_entries_folded_after_its_size() {
     let mut f = fixture().await;
     let reader = f.server.svc.reader().clone();
     let scopes = [
-        Scope::Change("CHG-1".into()),
+        Scope::change("CHG-1"),
+        Scope::Change {
+            id: "CHG-1".into(),
+            complete: true,
+        },
         Scope::Period {
             from: f.day(1),
             to: f.day(9),
@@ -1575,10 +1865,19 @@ async fn selection_ignores_entries_folded_after_its_size() {
                 .unwrap()
         })
         .collect();
-    let deadlines = f.server.svc.with_state(evidence::Deadlines::of).unwrap();
+    let plans: Vec<_> = scopes
+        .iter()
+        .map(|sc| {
+            f.server
+                .svc
+                .with_state(|st| evidence::Plan::of(st, sc))
+                .unwrap()
+        })
+        .collect();
     let seeds: Vec<_> = scopes
         .iter()
-        .map(|sc| evidence::seeds(&reader, size, sc, &deadlines, &Default::default()).unwrap())
+        .zip(&plans)
+        .map(|(sc, plan)| evidence::seeds(&reader, plan, sc, &Default::default()).unwrap())
         .collect();
     // Later facts about the same change and digest, and a new change binding it.
     f.clock.set(f.day(10));
@@ -1614,16 +1913,15 @@ async fn selection_ignores_entries_folded_after_its_size() {
     // A change opened after the size is unknown to a selection at that size.
     let seed = evidence::seeds(
         &reader,
-        size,
-        &Scope::Change("CHG-3".into()),
-        &deadlines,
+        &plans[0],
+        &Scope::change("CHG-3"),
         &Default::default(),
     )
     .unwrap();
     let e = f
         .server
         .svc
-        .with_state(|st| evidence::select_with(st, seed, &Scope::Change("CHG-3".into())))
+        .with_state(|st| evidence::select_with(st, seed, &Scope::change("CHG-3")))
         .unwrap_err();
     assert!(e.to_string().contains("CHG-3"), "{e}");
 }
@@ -2167,6 +2465,7 @@ async fn hostile_periods_are_refused_or_exported_never_crash() {
                         .export_evidence(pb::ExportEvidenceRequest {
                             scope: Some(scope),
                             progress,
+                            complete: false,
                         })
                         .await?
                         .into_inner();
@@ -2233,8 +2532,8 @@ async fn an_abandoned_export_stops_its_work() {
         Stage::Signing,
         Stage::Checking,
     ] {
-        for scope in [scope.clone(), Scope::Change("CHG-1".into())] {
-            if stage == Stage::Scanning && matches!(scope, Scope::Change(_)) {
+        for scope in [scope.clone(), Scope::change("CHG-1")] {
+            if stage == Stage::Scanning && matches!(scope, Scope::Change { .. }) {
                 continue; // a change bundle scans no period
             }
             let p = Arc::new(Progress::default());
@@ -2270,7 +2569,7 @@ async fn an_abandoned_export_stops_its_work() {
     assert!(!p.is_cancelled(), "a finished export cancels nothing");
     let p = Arc::new(Progress::default());
     let e = svc
-        .export_evidence_with(Scope::Change("CHG-404".into()), p.clone())
+        .export_evidence_with(Scope::change("CHG-404"), p.clone())
         .await
         .unwrap_err();
     assert!(matches!(e, ExportError::UnknownChange(_)), "{e}");
@@ -2306,6 +2605,7 @@ async fn a_grpc_client_that_goes_away_cancels_its_export() {
             },
         )),
         progress: true,
+        complete: false,
     };
     let mut g = s.conn().governance().await.unwrap();
     let mut stream = g.export_evidence(request()).await.unwrap().into_inner();
