@@ -144,6 +144,14 @@ impl<'a> Cur<'a> {
     }
     fn hashes(&mut self) -> Result<Vec<Hash>, String> {
         let n = self.u8()? as usize;
+        // A proof in a tree of at most 2^64 leaves has at most 64 hashes.
+        if n > 64 {
+            return Err(format!(
+                "{}: a proof of {n} hashes at byte {}; at most 64 are possible",
+                self.file,
+                self.pos - 1
+            ));
+        }
         (0..n)
             .map(|_| Ok(self.take(32)?.try_into().expect("32 bytes")))
             .collect()
@@ -211,13 +219,21 @@ pub(super) fn decode_proofs(b: &[u8]) -> Result<BTreeMap<u64, Vec<Hash>>, String
         pos: 0,
         file: "proofs.bin",
     };
-    let mut out = BTreeMap::new();
+    let mut out: BTreeMap<u64, Vec<Hash>> = BTreeMap::new();
     while !c.done() {
         let i = c.u64()?;
         let p = c.hashes()?;
-        if out.insert(i, p).is_some() {
-            return Err(format!("proofs.bin: entry {i} has two proofs"));
+        if let Some((&prev, _)) = out.last_key_value() {
+            if prev == i {
+                return Err(format!("proofs.bin: entry {i} has two proofs"));
+            }
+            if prev > i {
+                return Err(format!(
+                    "proofs.bin: the proof of entry {i} follows that of entry {prev}; proofs are in increasing index order"
+                ));
+            }
         }
+        out.insert(i, p);
     }
     Ok(out)
 }

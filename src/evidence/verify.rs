@@ -409,9 +409,19 @@ fn verify_files<'a>(
         used += 1;
     }
     if used != proofs.len() {
+        let carried: std::collections::BTreeSet<u64> = entries.iter().map(|(i, _)| *i).collect();
+        let extra = proofs
+            .keys()
+            .find(|i| !carried.contains(i) || in_range(**i))
+            .copied()
+            .unwrap_or_default();
         return Err(fail(
             "proofs.bin",
-            "holds proofs for entries the bundle does not carry",
+            if carried.contains(&extra) {
+                format!("holds a proof for entry {extra}, which the range proves")
+            } else {
+                format!("holds a proof for entry {extra}, which the bundle does not carry")
+            },
         ));
     }
     if let Some(r) = &range {
@@ -512,6 +522,12 @@ fn verify_files<'a>(
             let Some(change) = folded.state.gov().change(id) else {
                 return Err(fail("entries.bin", format!("no entry opens change {id}")));
             };
+            if time(last) != Some(as_of) {
+                return Err(fail(
+                    "manifest.json",
+                    "as_of must be the time of the checkpoint's last entry, which the bundle must carry",
+                ));
+            }
             // A complete change bundle holds every entry from the one that
             // opened the change to the checkpoint: everything that concerns
             // the change comes after its opening (§8.2).
@@ -535,12 +551,6 @@ fn verify_files<'a>(
                         ),
                     ));
                 }
-            }
-            if time(last) != Some(as_of) {
-                return Err(fail(
-                    "manifest.json",
-                    "as_of must be the time of the checkpoint's last entry, which the bundle must carry",
-                ));
             }
         }
         Scope::Period { from, to, .. } | Scope::Control { from, to, .. } => {
@@ -579,9 +589,39 @@ fn verify_files<'a>(
                     ),
                 ));
             }
+            // Nor may it start earlier than that: the exporter's range is
+            // the one the scope gives (§8.5), so a bundle of a scope is one
+            // bundle.
+            if r.start + 1 < r.end && time(r.start + 1).is_some_and(|t| t < lead_from) {
+                return Err(fail(
+                    "range.bin",
+                    format!(
+                        "the range starts earlier than the period and its lead-in need: entry {} is already before them, so the range should start there",
+                        r.start + 1
+                    ),
+                ));
+            }
             if t_end >= *to {
                 if as_of != *to {
                     return Err(fail("manifest.json", "as_of must be the period's end"));
+                }
+                // The range ends with the first entry at or after `to`, and
+                // nothing later is carried: later facts would change what
+                // the bundle says about the period.
+                if r.end - 1 > r.start && time(r.end - 2).is_some_and(|t| t >= *to) {
+                    return Err(fail(
+                        "range.bin",
+                        format!(
+                            "the range runs past the period: entry {} is already at or after its end, so the range should end after it",
+                            r.end - 2
+                        ),
+                    ));
+                }
+                if let Some(&i) = folded.info.keys().next_back().filter(|i| **i >= r.end) {
+                    return Err(fail(
+                        format!("entry {i}"),
+                        "lies after the range, which ends with the first entry at or after the period's end; a period bundle carries nothing later",
+                    ));
                 }
             } else if r.end != cp.size {
                 return Err(fail(

@@ -522,6 +522,8 @@ def decode_proofs_bin(data):
         end = pos + 9 + 32 * k
         require(end <= len(data), "proofs.bin", f"the proof of entry {index} is truncated")
         require(index not in proofs, "proofs.bin", f"two proofs for entry {index}")
+        require(not proofs or index > max(proofs), "proofs.bin",
+                f"the proof of entry {index} is out of increasing index order")
         proofs[index] = [data[p:p + 32] for p in range(pos + 9, end, 32)]
         pos = end
     return proofs
@@ -1781,17 +1783,27 @@ def check_scope(fold, scope, as_of, rng, n):
     for i in range(start + 1, end):
         require(by_index[i]["time"] >= by_index[i - 1]["time"], f"entry {i}",
                 "its integrated time is earlier than the previous entry's")
+    # The lead-in: the longest break-glass review deadline of a policy version activated
+    # before the period's first entry (EF §8.5).
+    a = next((i for i in range(start, end) if by_index[i]["time"] >= scope["from"]), end)
+    lead_in = max((v["policy"].break_glass_review for v in fold.versions
+                   if v["activated_at"] < a), default=0)
     if start != 0:
-        # The lead-in: the longest break-glass review deadline of a policy version activated
-        # before the period's first entry (EF §8.5).
-        a = next((i for i in range(start, end) if by_index[i]["time"] >= scope["from"]), end)
-        lead_in = max((v["policy"].break_glass_review for v in fold.versions
-                       if v["activated_at"] < a), default=0)
         require(by_index[start]["time"] < scope["from"] - lead_in, "completeness",
                 f"entry {start} is the first of the range but is not earlier than the period's"
                 " start minus its lead-in; earlier entries may have been left out")
+    # EF §11 step 7.3: the range is exactly the one the scope gives, no longer on either side.
+    require(not (start + 1 < end and by_index[start + 1]["time"] < scope["from"] - lead_in),
+            "range.bin", f"the range starts earlier than needed: entry {start + 1} is already before"
+            " the period and its lead-in")
     if by_index[end - 1]["time"] >= scope["to"]:
         require(as_of == scope["to"], "manifest.json", "as_of is not the end of the period")
+        require(not (end - 1 > start and by_index[end - 2]["time"] >= scope["to"]), "range.bin",
+                f"the range runs past the period: entry {end - 2} is already at or after its end")
+        later = [i for i in by_index if i >= end]
+        require(not later, f"entry {later[0] if later else 0}",
+                "lies after the range; a period bundle whose range reaches the period's end carries"
+                " nothing later")
     else:
         require(end == n, "completeness",
                 f"entry {end - 1} is the last of the range but lies inside the period, and the log"

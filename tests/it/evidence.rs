@@ -736,6 +736,80 @@ async fn dropped_entries_fail_completeness_and_altered_decisions_fail_re_evaluat
         "{e}"
     );
 
+    //    A proof for an entry the range already proves, and one longer
+    //    than any tree of 2^64 leaves needs.
+    let in_range = sel_range_start(&files) + 1;
+    for (k, want) in [
+        (
+            0u8,
+            format!("holds a proof for entry {in_range}, which the range proves"),
+        ),
+        (65, "at most 64 are possible".to_owned()),
+    ] {
+        // After the last record, so only what is wrong with it is named.
+        let mut extra = files.clone();
+        let mut proofs = extra["proofs.bin"].clone();
+        proofs.extend_from_slice(&in_range.to_be_bytes());
+        proofs.push(k);
+        proofs.extend(std::iter::repeat_n(0u8, 32 * k as usize));
+        extra.insert("proofs.bin".into(), proofs);
+        let e = evidence::verify(&reseal(&s.data, extra), &t).unwrap_err();
+        assert_eq!(e.what, "proofs.bin", "{e}");
+        assert!(e.reason.contains(&want), "{e}");
+    }
+
+    //    A range is exactly the scope's: one that runs past the first entry
+    //    at or after the period's end, one that starts earlier than the
+    //    lead-in needs, and a later entry carried with its own proof (each
+    //    would show later or other facts under the same scope) are refused.
+    let e = evidence::verify(
+        &forge_selection(s, &scope, |sel| {
+            let (start, end) = sel.range.unwrap();
+            sel.range = Some((start, end + 1));
+            sel.indices.insert(end);
+        }),
+        &t,
+    )
+    .unwrap_err();
+    assert_eq!(e.what, "range.bin", "{e}");
+    assert!(
+        e.reason.starts_with("the range runs past the period"),
+        "{e}"
+    );
+    let note = f.at["note"];
+    let e = evidence::verify(
+        &forge_selection(s, &scope, |sel| {
+            assert!(sel.range.unwrap().1 <= note);
+            sel.indices.insert(note);
+        }),
+        &t,
+    )
+    .unwrap_err();
+    assert_eq!(e.what, format!("entry {note}"), "{e}");
+    assert!(e.reason.starts_with("lies after the range"), "{e}");
+    let day2 = Scope::Period {
+        from: f.day(2),
+        to: f.day(3),
+        environments: vec![],
+        repositories: vec![],
+    };
+    let e = evidence::verify(
+        &forge_selection(s, &day2, |sel| {
+            let (start, end) = sel.range.unwrap();
+            assert!(start > 0);
+            sel.range = Some((start - 1, end));
+            sel.indices.insert(start - 1);
+        }),
+        &t,
+    )
+    .unwrap_err();
+    assert_eq!(e.what, "range.bin", "{e}");
+    assert!(
+        e.reason
+            .starts_with("the range starts earlier than the period and its lead-in need"),
+        "{e}"
+    );
+
     // 3. A decision rewritten (deny → allow), manifest re-signed: only the
     //    re-evaluation from the bundle's facts can notice, and it does.
     let denied = f.at["prod-2-denied"];
@@ -1242,6 +1316,35 @@ async fn an_independent_verifier_written_from_the_docs_agrees() {
         out.contains("FAILED") && out.contains("completeness") && out.contains("ends before"),
         "{out}"
     );
+    // A period whose range runs past its end is refused by both.
+    let period = Scope::Period {
+        from: f.day(1),
+        to: f.day(3),
+        environments: vec![],
+        repositories: vec![],
+    };
+    let long = forge_selection(s, &period, |sel| {
+        let (start, end) = sel.range.unwrap();
+        sel.range = Some((start, end + 1));
+        sel.indices.insert(end);
+    });
+    assert_eq!(
+        evidence::verify(&long, &trust(s)).unwrap_err().what,
+        "range.bin"
+    );
+    let (code, out) = verify("period-long", &long);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("FAILED") && out.contains("range.bin") && out.contains("runs past"),
+        "{out}"
+    );
+}
+
+/// The first index of a bundle's range, from its manifest.
+fn sel_range_start(files: &BTreeMap<String, Vec<u8>>) -> u64 {
+    json(files, "manifest.json")["range"]["start"]
+        .as_u64()
+        .unwrap()
 }
 
 fn complete_scope(id: &str) -> Scope {
