@@ -212,6 +212,11 @@ fn covers(earlier: &Rule, later: &Rule) -> bool {
 
 /// Parses "90s", "30m", "12h", "7d" into seconds.
 fn duration_secs(s: &str) -> Result<i64, String> {
+    // The unit is one ASCII letter; anything else (a multi-byte last
+    // character included) is refused before the string is split.
+    if !s.is_ascii() {
+        return Err(format!("{s:?} is not a duration like 90s, 30m, 12h or 7d"));
+    }
     let (num, unit) = s.split_at(s.len().saturating_sub(1));
     // Digits only: `i64::from_str` would also take a sign ("+7d"), which
     // the documented syntax (and so an independent verifier) does not.
@@ -247,6 +252,20 @@ fn civil(
     let dt: jiff::civil::DateTime = text
         .parse()
         .map_err(|e| format!("{field} {text:?} is not a date-time like 2026-12-20T00:00: {e}"))?;
+    // jiff reads a civil date-time with a UTC offset or a [zone] annotation
+    // and drops them, which would move the window's edge without a word.
+    // A new document must name the zone's local time only.
+    if strict
+        && text
+            .chars()
+            .skip("2026-12-20".len())
+            .any(|c| matches!(c, '+' | '-' | '\u{2212}' | '[' | 'Z' | 'z'))
+    {
+        return Err(format!(
+            "{field} {text:?} carries a UTC offset or a time zone; write the local time in the freeze's zone (zone = \"{}\") alone, like 2026-12-20T00:00",
+            zone.iana_name().unwrap_or("…")
+        ));
+    }
     let ambiguous = zone.to_ambiguous_zoned(dt);
     if strict && ambiguous.is_ambiguous() {
         let what = match ambiguous.offset() {

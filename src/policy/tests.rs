@@ -766,6 +766,11 @@ fn bad_policies_are_refused_with_line_and_reason() {
             "identity_changes.expire_after: \"+7d\" is not a duration like 90s, 30m, 12h or 7d",
         ),
         (
+            "version = 1\n[[rule]]\nname = \"a\"\napprovals = 1\nmax_approval_age = \"7\u{e9}\"\n",
+            5,
+            "max_approval_age: \"7\u{e9}\" is not a duration like 90s, 30m, 12h or 7d",
+        ),
+        (
             "version = 1\n[identity_changes]\nexpires = \"7d\"\n",
             3,
             "unknown field `expires`",
@@ -852,6 +857,21 @@ fn bad_policies_are_refused_with_line_and_reason() {
         ),
         ("version = 1\nrule = 5\n", 2, "invalid type"),
         (
+            "version = 1\n[[freeze]]\nname = \"f\"\nstart = \"2026-12-20T00:00\"\nend = \"2027-01-04T00:00-08:00\"\nzone = \"Europe/Berlin\"\n",
+            5,
+            "end \"2027-01-04T00:00-08:00\" carries a UTC offset or a time zone; write the local time in the freeze's zone (zone = \"Europe/Berlin\") alone",
+        ),
+        (
+            "version = 1\n[[freeze]]\nname = \"f\"\nstart = \"2026-12-20T00:00[America/Los_Angeles]\"\nend = \"2027-01-04T00:00\"\nzone = \"Europe/Berlin\"\n",
+            4,
+            "start \"2026-12-20T00:00[America/Los_Angeles]\" carries a UTC offset or a time zone",
+        ),
+        (
+            "version = 1\n[[freeze]]\nname = \"f\"\nstart = \"2026-12-20T00:00+01:00\"\nend = \"2027-01-04T00:00\"\nzone = \"Europe/Berlin\"\n",
+            4,
+            "carries a UTC offset or a time zone",
+        ),
+        (
             "version = 1\n[[freeze]]\nname = \"f\"\nstart = \"2026-10-24T00:00\"\nend = \"2026-10-25T02:30\"\nzone = \"Europe/Berlin\"\n",
             5,
             "end \"2026-10-25T02:30\" happens twice in Europe/Berlin (a daylight-saving change)",
@@ -877,6 +897,7 @@ fn bad_policies_are_refused_with_line_and_reason() {
         "a freeze named",
         "happens twice in",
         "does not exist in",
+        "carries a UTC offset",
     ];
     for (text, _, needle) in cases {
         let recorded = Policy::parse(text);
