@@ -240,23 +240,13 @@ impl DataDir {
                 reason: e.to_string(),
             })?;
         }
-        std::fs::create_dir_all(&self.root).map_err(io(&self.root))?;
+        crate::tls::check_hosts(&opts.hosts).map_err(|reason| DataDirError::Config {
+            path: "--host".into(),
+            reason,
+        })?;
         let log_key = crypto::generate_signing_key();
         let admin_key = crypto::generate_signing_key();
-        crypto::write_signing_key(&self.log_key(), &log_key)?;
-        crypto::write_signing_key(&self.admin_key(), &admin_key)?;
-        crypto::write_public_key(&self.admin_pub(), &admin_key.verifying_key())?;
         let signer = NoteSigner::new(&opts.origin, log_key.clone());
-        std::fs::write(self.log_vkey(), format!("{}\n", signer.verifier().vkey()))
-            .map_err(io(&self.log_vkey()))?;
-        crate::tls::generate_dev_pki(
-            &self.root.join("tls"),
-            &opts.hosts,
-            &format!("docket-{}", opts.admin),
-        )?;
-        let access = AccessPolicy::allow_all(&admin_client_identity(&opts.admin));
-        std::fs::write(self.access_path(), access.to_json()).map_err(io(&self.access_path()))?;
-
         let genesis = Event {
             event_id: format!("genesis:{}", opts.origin),
             claimed_time_nanos: std::time::SystemTime::now()
@@ -280,8 +270,33 @@ impl DataDir {
                 policy: opts.policy.clone(),
             }),
         };
+        // Everything the log will check of the genesis event is checked
+        // before the first file is written, so a refused init leaves
+        // nothing behind to clean up.
+        let genesis = sign_event(&genesis, &admin_key);
+        crate::api::convert::decode_event(&genesis.payload).map_err(|e| DataDirError::Config {
+            path: match e.field.as_str() {
+                "genesis.policy" => "--policy".into(),
+                f => f.to_owned(),
+            },
+            reason: e.reason,
+        })?;
+        std::fs::create_dir_all(&self.root).map_err(io(&self.root))?;
+        crypto::write_signing_key(&self.log_key(), &log_key)?;
+        crypto::write_signing_key(&self.admin_key(), &admin_key)?;
+        crypto::write_public_key(&self.admin_pub(), &admin_key.verifying_key())?;
+        std::fs::write(self.log_vkey(), format!("{}\n", signer.verifier().vkey()))
+            .map_err(io(&self.log_vkey()))?;
+        crate::tls::generate_dev_pki(
+            &self.root.join("tls"),
+            &opts.hosts,
+            &format!("docket-{}", opts.admin),
+        )?;
+        let access = AccessPolicy::allow_all(&admin_client_identity(&opts.admin));
+        std::fs::write(self.access_path(), access.to_json()).map_err(io(&self.access_path()))?;
+
         let store = Arc::new(SledStore::open(&self.db())?);
-        Service::create_log(&store, signer, sign_event(&genesis, &admin_key))?;
+        Service::create_log(&store, signer, genesis)?;
         drop(store);
         let cfg = DataConfig {
             origin: opts.origin.clone(),

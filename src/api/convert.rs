@@ -39,8 +39,21 @@ fn text(field: &str, s: String, max: usize, allow_empty: bool) -> Result<String,
             format!("is {} bytes; at most {max} allowed", s.len()),
         ));
     }
-    if s.chars().any(|c| c.is_control() && c != '\n' && c != '\t') {
-        return Err(bad(field, "contains control characters"));
+    if let Some((at, c)) = s
+        .char_indices()
+        .find(|(_, c)| c.is_control() && *c != '\n' && *c != '\t')
+    {
+        let what = match c {
+            '\r' => " (a carriage return: use LF line endings)".to_owned(),
+            _ => String::new(),
+        };
+        return Err(bad(
+            field,
+            format!(
+                "contains the control character U+{:04X} at byte {at}{what}; only newline and tab are allowed",
+                u32::from(c)
+            ),
+        ));
     }
     Ok(s)
 }

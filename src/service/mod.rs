@@ -531,16 +531,14 @@ impl Service {
                 "{n} given; 1..={MAX_SIGNATURES} required"
             )));
         }
-        if let Some(s) = envelope
-            .signatures
-            .iter()
-            .find(|s| s.keyid.len() > 256 || s.sig.len() > 1024)
-        {
-            return Err(AppendError::SignatureCount(format!(
-                "keyid of {} bytes or signature of {} bytes is too long",
-                s.keyid.len(),
-                s.sig.len()
-            )));
+        for (i, s) in envelope.signatures.iter().enumerate() {
+            for (field, len, max) in [("keyid", s.keyid.len(), 256), ("sig", s.sig.len(), 1024)] {
+                if len > max {
+                    return Err(AppendError::SignatureCount(format!(
+                        "[{i}].{field} is {len} bytes; at most {max}"
+                    )));
+                }
+            }
         }
         if identity.len() > u16::MAX as usize {
             return Err(AppendError::IdentityTooLong(identity.len()));

@@ -29,7 +29,8 @@ pub enum StateCodecError {
     UnknownKey(String),
 }
 
-/// Encodes a principal record.
+/// Encodes a principal record. Its counts fit the u16s: the fold keeps
+/// each at most [`super::MAX_PER_PRINCIPAL`].
 pub fn encode_principal(p: &PrincipalRecord) -> Vec<u8> {
     let mut o = vec![2u8];
     put_str(&mut o, p.id.as_str());

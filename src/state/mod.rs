@@ -48,6 +48,12 @@ pub use identity::PendingIdentity;
 /// time, and may expire (`expire_after`).
 pub const STATE_FORMAT: u32 = 9;
 
+/// The most keys (every one ever added, revoked ones included), roles and
+/// e-mails one principal's record holds; a change past it is refused
+/// (ledger-format §8.2). It keeps a record's counts within the u16 of its
+/// stored encoding, whatever a principal does to itself.
+pub const MAX_PER_PRINCIPAL: usize = 1024;
+
 /// One key of a principal and when it was valid.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KeyRecord {
@@ -134,6 +140,14 @@ pub enum ApplyError {
     WouldLockOut(String),
     #[error("e-mail {email:?} already identifies principal {owner:?}")]
     EmailTaken { email: String, owner: String },
+    #[error(
+        "principal {principal:?} already has {have} {what}; at most {MAX_PER_PRINCIPAL} are kept per principal"
+    )]
+    TooMany {
+        principal: String,
+        what: &'static str,
+        have: usize,
+    },
     #[error("principals may not change their own roles")]
     OwnRoles,
     #[error("principal_updated changes nothing for {0:?}: {1}")]
@@ -520,6 +534,15 @@ impl State {
                 if self.key_owner.contains_key(new_key.as_bytes()) {
                     return Err(ApplyError::KeyInUse(KeyId::of(new_key).to_string()));
                 }
+                // Every key ever added stays in the record (its history
+                // proves old signatures), so the record is bounded here.
+                if p.keys.len() >= MAX_PER_PRINCIPAL {
+                    return Err(ApplyError::TooMany {
+                        principal: principal.to_string(),
+                        what: "keys (revoked ones included)",
+                        have: p.keys.len(),
+                    });
+                }
                 if let Some(old) = old_key
                     && !p.active_keys().any(|k| k == old)
                 {
@@ -644,6 +667,19 @@ impl State {
             .filter(|r| !u.revoke_roles.contains(*r))
             .cloned()
             .collect();
+        let new_emails = p.emails.len() + u.add_emails.len() - u.remove_emails.len();
+        for (what, have, after) in [
+            ("roles", p.roles.len(), new_roles.len()),
+            ("e-mails", p.emails.len(), new_emails),
+        ] {
+            if after > MAX_PER_PRINCIPAL {
+                return Err(ApplyError::TooMany {
+                    principal: id,
+                    what,
+                    have,
+                });
+            }
+        }
         if touches_roles {
             self.check_not_locked_out(
                 self.gov.policy(),

@@ -1477,3 +1477,55 @@ fn note_event() -> Event {
         },
     }
 }
+
+/// A principal may rotate its own key without anyone's approval, and every
+/// key it ever had stays in its record: the record is bounded, so a
+/// principal rotating in a loop is refused with a reason instead of growing
+/// past what its stored encoding counts (a u16) and no longer loading.
+#[test]
+fn a_principal_record_stays_within_its_bounds() {
+    let mut f = Fold::new(POLICY);
+    f.register("bob", PrincipalKind::Human, &["dev"], &[3]);
+    let keys: Vec<VerifyingKey> = (0..crate::state::MAX_PER_PRINCIPAL as u32)
+        .map(|n| {
+            let mut seed = [0u8; 32];
+            seed[..4].copy_from_slice(&n.to_be_bytes());
+            seed[4] = 0xb0;
+            SigningKey::from_bytes(&seed).verifying_key()
+        })
+        .collect();
+    for k in &keys[..crate::state::MAX_PER_PRINCIPAL - 1] {
+        f.apply(
+            "bob",
+            Body::KeyRotated {
+                principal: id("bob"),
+                new_key: *k,
+                old_key: None,
+            },
+        )
+        .unwrap();
+    }
+    let e = f
+        .apply(
+            "bob",
+            Body::KeyRotated {
+                principal: id("bob"),
+                new_key: keys[crate::state::MAX_PER_PRINCIPAL - 1],
+                old_key: None,
+            },
+        )
+        .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "principal \"bob\" already has 1024 keys (revoked ones included); at most 1024 are kept per principal"
+    );
+    // What was kept still stores and loads.
+    let mut st = f.st.clone();
+    let mut pairs = st.take_changes();
+    pairs.sort();
+    let loaded = State::load(pairs).unwrap();
+    assert_eq!(
+        loaded.principal("bob").unwrap().keys.len(),
+        crate::state::MAX_PER_PRINCIPAL
+    );
+}

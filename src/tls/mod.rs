@@ -77,6 +77,16 @@ fn write(path: &Path, data: &str, private: bool) -> Result<(), TlsError> {
     f.sync_all().map_err(io)
 }
 
+/// Checks that every host can be named in a server certificate (a DNS name
+/// or an IP address), before anything is written.
+pub fn check_hosts(hosts: &[String]) -> Result<(), String> {
+    for h in hosts {
+        CertificateParams::new(vec![h.clone()])
+            .map_err(|e| format!("{h:?} is not a DNS name or IP address: {e}"))?;
+    }
+    Ok(())
+}
+
 /// Creates a development CA, a server certificate for `hosts` (DNS names or IP
 /// addresses) and a client certificate with common name `client_cn`.
 pub fn generate_dev_pki(

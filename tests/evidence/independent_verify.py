@@ -1286,6 +1286,8 @@ class Fold:
             nk = b["new_public_key"]
             require(len(nk) == 32 and valid_public_key(nk), what, "invalid new_public_key")
             require(nk not in self.all_keys, what, "new_public_key was registered before")
+            require(len(self.principals[pid]["keys"]) < 1024, what,
+                    "the principal already has 1024 keys, revoked ones included")
             if b["old_public_key"]:
                 require(b["old_public_key"] in self.active_keys(pid), what,
                         "old_public_key is not an active key of the principal")
@@ -1331,6 +1333,8 @@ class Fold:
             require(not any(e in self.email_owner for e in add), what,
                     "an added e-mail already identifies a principal")
             new_roles = (p["roles"] | grant) - revoke
+            require(len(new_roles) <= 1024 and len((p["emails"] | add) - remove) <= 1024, what,
+                    "the principal would hold more than 1024 roles or e-mails")
             if grant or revoke:
                 self.lockout_check(what, "this role change", roles={pid: new_roles})
             if not commit:

@@ -343,6 +343,25 @@ fn init_with_a_co_admin_makes_identity_changes_need_both() {
             data.display()
         );
     }
+    // What only the log would refuse of the genesis event (a policy file
+    // with CRLF line endings) and a host no certificate can name are
+    // refused before the first file is written too.
+    let crlf = dir.path().join("crlf.toml");
+    std::fs::write(&crlf, "version = 1\r\n").unwrap();
+    for (args, says) in [
+        (
+            vec!["init", "--policy", crlf.to_str().unwrap()],
+            "--policy: contains the control character U+000D at byte 11 (a carriage return: use LF line endings)",
+        ),
+        (
+            vec!["init", "--host", "d\u{f6}cket.example"],
+            "--host: \"d\u{f6}cket.example\" is not a DNS name or IP address",
+        ),
+    ] {
+        let bad = docket(&data, None, &args);
+        assert!(!bad.0 && bad.2.contains(says), "{args:?}: {}", bad.2);
+        assert!(!data.exists(), "{args:?}: a refused init wrote files");
+    }
     let co = format!("root2={}", pub_of("root2"));
     ok(docket(
         &data,

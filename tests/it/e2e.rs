@@ -323,6 +323,17 @@ async fn bad_input_is_refused_with_a_clear_status_and_the_log_unchanged() {
     req.envelope.as_mut().unwrap().signatures.clear();
     expect_refused(&s, req, Code::InvalidArgument, "envelope.signatures").await;
 
+    // A signature too long to be one: the field, its size and the limit.
+    let mut req = signed(&note("longsig", "admin"), &admin);
+    req.envelope.as_mut().unwrap().signatures[0].sig = vec![7; 2000];
+    expect_refused(
+        &s,
+        req,
+        Code::InvalidArgument,
+        "envelope.signatures: [0].sig is 2000 bytes; at most 1024",
+    )
+    .await;
+
     // A second genesis.
     let genesis_again = Event {
         event_id: "genesis-2".into(),
