@@ -537,6 +537,7 @@ pub fn decode_event(payload: &[u8]) -> Result<Event, InvalidEvent> {
                 seen_subjects,
                 approve,
                 comment: text(&format!("{f}.comment"), r.comment, 4096, true)?,
+                revision: (r.revision != 0).then_some(r.revision),
             })
         }
         pb::event::Body::DeployRequested(d) => {
@@ -890,6 +891,7 @@ pub fn encode_event(ev: &Event) -> Vec<u8> {
                 pb::ReviewVerdict::Reject
             } as i32,
             comment: r.comment.clone(),
+            revision: r.revision.unwrap_or(0),
         }),
         Body::DeployRequested(d) => pb::event::Body::DeployRequested(pb::DeployRequested {
             action: d.action.clone(),

@@ -219,6 +219,7 @@ pub fn governance_events(changes: usize, reviews: usize) -> Vec<Vec<Envelope>> {
                     seen_subjects: seen.clone(),
                     approve: true,
                     comment: String::new(),
+                    revision: Some(1),
                 }),
                 &mut reviewed,
             );

@@ -373,11 +373,17 @@ pub struct ReviewArgs {
 }
 
 pub(crate) async fn review(a: ReviewArgs, approve: bool) -> CliResult {
-    let seen: BTreeSet<String> = if a.seen.is_empty() {
+    // The review names the revision it saw, so it counts for that one only:
+    // if the change is amended before it is recorded, it is refused rather
+    // than counted for what the reviewer never saw.
+    let (seen, revision): (BTreeSet<String>, _) = if a.seen.is_empty() {
         let c = get_change(&a.conn, &a.change).await?;
-        c.commits.into_iter().chain(c.artifact_digests).collect()
+        (
+            c.commits.into_iter().chain(c.artifact_digests).collect(),
+            Some(c.revision),
+        )
     } else {
-        a.seen.into_iter().collect()
+        (a.seen.into_iter().collect(), None)
     };
     let (signer, key) = signer_of(&a.conn, &a.sign)?;
     let ev = event(
@@ -389,6 +395,7 @@ pub(crate) async fn review(a: ReviewArgs, approve: bool) -> CliResult {
             seen_subjects: seen.clone(),
             approve,
             comment: a.comment,
+            revision,
         }),
     );
     let r = append(&a.conn, &key, ev).await?;

@@ -338,6 +338,9 @@ pub struct ChangeReview {
     pub seen_subjects: BTreeSet<String>,
     pub approve: bool,
     pub comment: String,
+    /// The revision reviewed (1 is the opening); `None` when the reviewer
+    /// did not state it (ledger-format §8.2).
+    pub revision: Option<u32>,
 }
 
 /// A deployment (or other governed action) about to happen.

@@ -1028,6 +1028,30 @@ impl State {
             .changes
             .get(id)
             .ok_or_else(|| ApplyError::UnknownChange(id.to_owned()))?;
+        // A review that names its revision is for that revision only: it
+        // must be the current one, so one signed before an amendment (and
+        // handed in after it) can never count for the amended change.
+        if let Some(named) = r.revision {
+            let current = c.revisions.len() as u64;
+            if u64::from(named) != current {
+                return Err(ApplyError::NotCurrentRevision {
+                    change: id.to_owned(),
+                    named,
+                    current,
+                });
+            }
+        }
+        let binds =
+            |subjects: BTreeSet<String>| subjects.into_iter().collect::<Vec<_>>().join(", ");
+        if let Some(revision) = r.revision
+            && c.current().subjects() != r.seen_subjects
+        {
+            return Err(ApplyError::NotTheNamedRevision {
+                change: id.to_owned(),
+                revision,
+                current: binds(c.current().subjects()),
+            });
+        }
         if !c
             .revisions
             .iter()

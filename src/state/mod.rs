@@ -148,6 +148,14 @@ pub enum ApplyError {
         what: &'static str,
         have: usize,
     },
+    #[error(
+        "change {change:?} is at revision {current}; this review is of revision {named}: review the current revision"
+    )]
+    NotCurrentRevision {
+        change: String,
+        named: u32,
+        current: u64,
+    },
     #[error("principals may not change their own roles")]
     OwnRoles,
     #[error("principal_updated changes nothing for {0:?}: {1}")]
@@ -166,6 +174,14 @@ pub enum ApplyError {
         "seen_subjects match no revision of change {change:?}; its current revision binds {current}"
     )]
     NotARevision { change: String, current: String },
+    #[error(
+        "seen_subjects are not those of revision {revision} of change {change:?}, which the review names; it binds {current}"
+    )]
+    NotTheNamedRevision {
+        change: String,
+        revision: u32,
+        current: String,
+    },
     #[error("commit {sha} was already observed at entry {index}")]
     CommitKnown { sha: String, index: u64 },
     #[error("entry {0} is not a break-glass deployment with a review obligation")]

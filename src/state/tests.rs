@@ -204,6 +204,7 @@ impl Fold {
                 seen_subjects: set(&[seen]),
                 approve,
                 comment: String::new(),
+                revision: None,
             }),
         )
     }
@@ -1273,6 +1274,78 @@ fn an_amend_that_keeps_the_subjects_still_makes_earlier_reviews_stale() {
     );
     assert_eq!(d.change, Some(("CHG-1".into(), 4)));
     assert_eq!((d.counted.len(), stale(&d)), (0, 2), "{d:?}");
+}
+
+/// A review that names its revision is for that revision only. A review
+/// signed for revision 1 (staging only) and handed in after an amendment
+/// that adds prod would otherwise be recorded after revision 2 with the
+/// same subjects, and count for it; it is refused, and so is one whose
+/// subjects are not the named revision's. Naming the current revision
+/// counts as before.
+#[test]
+fn a_review_naming_its_revision_never_counts_for_a_later_one() {
+    let mut f = Fold::new(POLICY);
+    for (who, k) in [("bob", 2), ("carol", 3)] {
+        f.register(who, PrincipalKind::Human, &["dev"], &[k]);
+    }
+    f.register("ci", PrincipalKind::Ci, &["ci"], &[30]);
+    f.apply(
+        "ci",
+        Body::ChangeOpened(ChangeOpening {
+            change_id: RecordId::parse("CHG-1").unwrap(),
+            title: String::new(),
+            repository: String::new(),
+            commits: BTreeSet::new(),
+            artifact_digests: set(&[D]),
+            environments: set(&["staging"]),
+            ticket: String::new(),
+            description: String::new(),
+        }),
+    )
+    .unwrap();
+    let review = |revision: u32, seen: &str| {
+        Body::ChangeReviewed(ChangeReview {
+            change_id: RecordId::parse("CHG-1").unwrap(),
+            seen_subjects: set(&[seen]),
+            approve: true,
+            comment: String::new(),
+            revision: Some(revision),
+        })
+    };
+    // Signed while revision 1 was current, not yet handed in.
+    let (bob_1, carol_1) = (review(1, D), review(1, D));
+    f.apply(
+        "ci",
+        Body::ChangeAmended(ChangeAmendment {
+            change_id: RecordId::parse("CHG-1").unwrap(),
+            commits: BTreeSet::new(),
+            artifact_digests: set(&[D]),
+            environments: set(&["staging", "prod"]),
+            reason: String::new(),
+        }),
+    )
+    .unwrap();
+    for (who, body) in [("bob", bob_1), ("carol", carol_1)] {
+        let e = f.apply(who, body).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "change \"CHG-1\" is at revision 2; this review is of revision 1: review the current revision"
+        );
+    }
+    let d = f.deploy("ci", D);
+    assert!(!d.allow && d.counted.is_empty(), "{d:?}");
+    // The current revision named with other subjects.
+    let e = f.apply("bob", review(2, D2)).unwrap_err();
+    assert!(
+        e.to_string()
+            .starts_with("seen_subjects are not those of revision 2 of change \"CHG-1\""),
+        "{e}"
+    );
+    f.apply("bob", review(2, D)).unwrap();
+    f.apply("carol", review(2, D)).unwrap();
+    let d = f.deploy("ci", D);
+    assert!(d.allow, "{:?}", d.reasons);
+    assert_eq!(d.counted.len(), 2);
 }
 
 /// `max_approval_age` is measured from the integrated time of the review's

@@ -802,7 +802,8 @@ SCHEMAS = {
                       3: ("artifact_digests", "string", True), 4: ("environments", "string", True),
                       5: ("reason", "string", False)},
     "ChangeReviewed": {1: ("change_id", "string", False), 2: ("seen_subjects", "string", True),
-                       3: ("verdict", "varint", False), 4: ("comment", "string", False)},
+                       3: ("verdict", "varint", False), 4: ("comment", "string", False),
+                       5: ("revision", "varint", False)},
     "DeployRequested": {1: ("action", "string", False), 2: ("environment", "string", False),
                         3: ("repository", "string", False), 4: ("kind", "string", False),
                         5: ("namespace", "string", False), 6: ("subjects", "string", True),
@@ -1594,6 +1595,13 @@ class Fold:
             require(cid in self.changes, what, f"change {cid} does not exist")
             ch = self.changes[cid]
             seen = set(b["seen_subjects"])
+            if b["revision"]:
+                # LF §8.2: a review that names its revision must be of the current one.
+                require(b["revision"] == len(ch["revisions"]), what,
+                        f"the review is of revision {b['revision']}, but the change is at revision"
+                        f" {len(ch['revisions'])}")
+                require(seen == self.subjects_of(ch["revisions"][-1]), what,
+                        "seen_subjects are not those of the revision the review names")
             require(any(seen == self.subjects_of(r) for r in ch["revisions"]), what,
                     "seen_subjects are not the subjects of any revision of the change")
             require(b["verdict"] in REVIEW_VERDICT, what, "invalid review verdict")

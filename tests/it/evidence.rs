@@ -186,6 +186,7 @@ impl Fixture {
                 seen_subjects: seen.iter().map(|s| s.to_string()).collect(),
                 approve: true,
                 comment: "looks right".into(),
+                revision: None,
             }),
         )
         .await;
@@ -2313,6 +2314,7 @@ async fn key_rotations_and_policy_versions_travel_with_the_bundle() {
         seen_subjects: [c3.clone(), d3.clone()].into(),
         approve: true,
         comment: "new key".into(),
+        revision: Some(1),
     });
     f.append_with("bob-3", "bob", &bob2, review).await;
     f.approve("carol-3", "carol", "CHG-3", &[&c3, &d3]).await;

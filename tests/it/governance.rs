@@ -782,6 +782,7 @@ async fn governance_input_is_checked_field_by_field() {
                     seen_subjects: [format!("sha256:{}", "a".repeat(64))].into(),
                     approve: true,
                     comment: String::new(),
+                    revision: None,
                 }),
             ),
             &admin,

@@ -421,10 +421,14 @@ def change_reviewed(
     seen_subjects: Iterable[str],
     approve: bool = True,
     comment: str = "",
+    revision: int = 0,
 ) -> "event_pb2.Event":
     """An approval (``approve=True``) or rejection of a change (needs `approve`).
     ``seen_subjects`` must be exactly the commits and digests of a revision of the change,
-    e.g. ``[*c.commits, *c.artifact_digests]`` of ``Client.change(change_id)``."""
+    e.g. ``[*c.commits, *c.artifact_digests]`` of ``Client.change(change_id)``. Pass that
+    change's ``c.revision`` as ``revision`` so the review counts for that revision only: if
+    the change is amended before the review is recorded, the server refuses it instead of
+    counting it for a revision the reviewer never saw (0 leaves the revision unstated)."""
     return _event(
         event_id,
         signer,
@@ -433,6 +437,7 @@ def change_reviewed(
             seen_subjects=_strs(seen_subjects),
             verdict=event_pb2.REVIEW_VERDICT_APPROVE if approve else event_pb2.REVIEW_VERDICT_REJECT,
             comment=comment,
+            revision=revision,
         ),
     )
 

@@ -148,8 +148,9 @@ def test_approvals_promotion_and_rejection(client, verifier, people):
     submit(client, ci_run_reported(f"ci-{s}", ci, repo, sha, "passed", [d], provider="github-actions", run_id="1"), key[ci])
     r, _ = submit(client, change_opened(f"open-{s}", ci, chg, ["staging", "prod"], artifact_digests=[d], repository=repo, title="py"), key[ci])
     opened_at = r.index
-    a1, _ = submit(client, change_reviewed(f"approve-a-{s}", alice, chg, [d]), key[alice])
-    b1, _ = submit(client, change_reviewed(f"approve-b-{s}", bob, chg, [d]), key[bob])
+    # Each review names the revision it saw (1): it counts for that revision only.
+    a1, _ = submit(client, change_reviewed(f"approve-a-{s}", alice, chg, [d], revision=1), key[alice])
+    b1, _ = submit(client, change_reviewed(f"approve-b-{s}", bob, chg, [d], revision=1), key[bob])
 
     # Prod before staging: denied for the promotion order alone.
     dec = client.authorize("prod", [d], ci, change_id=chg)
