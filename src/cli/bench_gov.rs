@@ -640,10 +640,63 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// Export and verify times of a run of bundles.
+struct Timed {
+    runs: usize,
+    export_s: f64,
+    verify_s: f64,
+    entries: usize,
+    /// The last bundle.
+    bundle: Vec<u8>,
+}
+
+impl Timed {
+    /// Prints its row of the results table, times with `decimals` places.
+    fn row(&self, what: &str, decimals: usize) {
+        println!(
+            "| {what} (median of {}) | {} | {} | {:.decimals$} | {:.decimals$} | {:.0} |",
+            self.runs,
+            self.entries,
+            self.bundle.len(),
+            self.export_s * 1000.0,
+            self.verify_s * 1000.0,
+            self.entries as f64 / self.verify_s
+        );
+    }
+}
+
+/// Exports each scope from `svc` and verifies the bundle with `key`.
+async fn time_bundles(
+    svc: &Arc<crate::service::Service>,
+    key: &crate::evidence::Trust,
+    scopes: impl Iterator<Item = crate::evidence::Scope>,
+) -> Result<Timed, CliError> {
+    let failed = |e: &dyn std::fmt::Display| CliError::failed(e.to_string());
+    let (mut export_s, mut verify_s) = (Vec::new(), Vec::new());
+    let (mut entries, mut bundle) = (0, Vec::new());
+    for scope in scopes {
+        let t = Instant::now();
+        bundle = svc.export_evidence(scope).await.map_err(|e| failed(&e))?;
+        export_s.push(t.elapsed().as_secs_f64());
+        let t = Instant::now();
+        entries = crate::evidence::verify(&bundle, key)
+            .map_err(|e| failed(&e))?
+            .entries;
+        verify_s.push(t.elapsed().as_secs_f64());
+    }
+    Ok(Timed {
+        runs: export_s.len(),
+        export_s: median(export_s),
+        verify_s: median(verify_s),
+        entries,
+        bundle,
+    })
+}
+
 /// `docket bench-evidence`: export and verify times for one-change bundles
 /// and for a period covering the whole log.
 pub(crate) async fn run_evidence(a: BenchEvidenceArgs) -> CliResult {
-    use crate::evidence::{Scope, Trust, verify};
+    use crate::evidence::{Scope, Trust};
     let failed = |e: &dyn std::fmt::Display| CliError::failed(e.to_string());
     let guard = TempDir::new().map_err(|e| failed(&e))?;
     // With --keep, the data directory is made where it is to stay.
@@ -675,66 +728,30 @@ pub(crate) async fn run_evidence(a: BenchEvidenceArgs) -> CliResult {
     let key = Trust::Key(svc.verifier().clone());
 
     // One change (a different one each run, so nothing is cached).
-    let (mut export_s, mut verify_s, mut bytes, mut entries) = (Vec::new(), Vec::new(), 0, 0);
-    for r in 0..a.runs {
-        let id = format!("CHG-{}", (r * 7919) % a.changes);
-        let t = Instant::now();
-        let b = svc
-            .export_evidence(Scope::Change {
-                id,
-                complete: false,
-            })
-            .await
-            .map_err(|e| failed(&e))?;
-        export_s.push(t.elapsed().as_secs_f64());
-        let t = Instant::now();
-        let rep = verify(&b, &key).map_err(|e| failed(&e))?;
-        verify_s.push(t.elapsed().as_secs_f64());
-        bytes = b.len();
-        entries = rep.entries;
-    }
+    let one = time_bundles(
+        &svc,
+        &key,
+        (0..a.runs.max(1)).map(|r| Scope::change(format!("CHG-{}", (r * 7919) % a.changes))),
+    )
+    .await?;
     println!();
     println!(
         "| bundle | entries | bytes | export median ms | verify median ms | verify entries/s |"
     );
     println!("|---|---|---|---|---|---|");
-    let (e, v) = (median(export_s), median(verify_s));
-    println!(
-        "| one change (median of {}) | {entries} | {bytes} | {:.1} | {:.1} | {:.0} |",
-        a.runs,
-        e * 1000.0,
-        v * 1000.0,
-        entries as f64 / v
-    );
+    one.row("one change", 1);
 
     // The latest change, complete: every entry from its opening to the
     // checkpoint under one range proof. The log opens every change before
     // any review, so this range holds most of the log.
-    let (mut export_s, mut verify_s) = (Vec::new(), Vec::new());
-    for _ in 0..a.period_runs.max(1) {
-        let t = Instant::now();
-        let b = svc
-            .export_evidence(Scope::Change {
-                id: format!("CHG-{}", a.changes.saturating_sub(1)),
-                complete: true,
-            })
-            .await
-            .map_err(|e| failed(&e))?;
-        export_s.push(t.elapsed().as_secs_f64());
-        let t = Instant::now();
-        let rep = verify(&b, &key).map_err(|e| failed(&e))?;
-        verify_s.push(t.elapsed().as_secs_f64());
-        bytes = b.len();
-        entries = rep.entries;
-    }
-    let (e, v) = (median(export_s), median(verify_s));
-    println!(
-        "| latest change, `--complete` (median of {}) | {entries} | {bytes} | {:.0} | {:.0} | {:.0} |",
-        a.period_runs.max(1),
-        e * 1000.0,
-        v * 1000.0,
-        entries as f64 / v
-    );
+    let runs = a.period_runs.max(1);
+    let complete = Scope::Change {
+        id: format!("CHG-{}", a.changes.saturating_sub(1)),
+        complete: true,
+    };
+    time_bundles(&svc, &key, std::iter::repeat_n(complete, runs))
+        .await?
+        .row("latest change, `--complete`", 0);
 
     // A period covering the whole log.
     let (first, last) = {
@@ -755,35 +772,14 @@ pub(crate) async fn run_evidence(a: BenchEvidenceArgs) -> CliResult {
         environments: Vec::new(),
         repositories: Vec::new(),
     };
-    let (mut export_s, mut verify_s) = (Vec::new(), Vec::new());
-    let mut bundle = Vec::new();
-    for _ in 0..a.period_runs.max(1) {
-        let t = Instant::now();
-        bundle = svc
-            .export_evidence(scope.clone())
-            .await
-            .map_err(|e| failed(&e))?;
-        export_s.push(t.elapsed().as_secs_f64());
-        let t = Instant::now();
-        let rep = verify(&bundle, &key).map_err(|e| failed(&e))?;
-        verify_s.push(t.elapsed().as_secs_f64());
-        entries = rep.entries;
-    }
+    let period = time_bundles(&svc, &key, std::iter::repeat_n(scope, runs)).await?;
     if let Some(dir) = &a.keep {
         std::fs::create_dir_all(dir).map_err(|e| failed(&e))?;
-        std::fs::write(dir.join("period.tar"), &bundle).map_err(|e| failed(&e))?;
+        std::fs::write(dir.join("period.tar"), &period.bundle).map_err(|e| failed(&e))?;
         std::fs::write(dir.join("log.vkey"), format!("{}\n", svc.verifier().vkey()))
             .map_err(|e| failed(&e))?;
     }
-    let (e, v) = (median(export_s), median(verify_s));
-    println!(
-        "| period, whole log (median of {}) | {entries} | {} | {:.0} | {:.0} | {:.0} |",
-        a.period_runs.max(1),
-        bundle.len(),
-        e * 1000.0,
-        v * 1000.0,
-        entries as f64 / v
-    );
+    period.row("period, whole log", 0);
     // The same log checked by `docket verify` (chain, nodes, fold and every
     // signature, no bundle): the floor set by strict Ed25519 on this machine.
     let t = Instant::now();

@@ -175,6 +175,16 @@ impl Fold {
     }
 
     fn open(&mut self, signer: &str, change: &str, digest: &str) -> Result<u64, ApplyError> {
+        self.open_for(signer, change, digest, &["prod"])
+    }
+
+    fn open_for(
+        &mut self,
+        signer: &str,
+        change: &str,
+        digest: &str,
+        environments: &[&str],
+    ) -> Result<u64, ApplyError> {
         self.apply(
             signer,
             Body::ChangeOpened(ChangeOpening {
@@ -183,9 +193,30 @@ impl Fold {
                 repository: String::new(),
                 commits: BTreeSet::new(),
                 artifact_digests: set(&[digest]),
-                environments: set(&["prod"]),
+                environments: set(environments),
                 ticket: String::new(),
                 description: String::new(),
+            }),
+        )
+    }
+
+    /// Amends `change` to bind `digest` alone; empty `environments` keeps
+    /// the current ones.
+    fn amend(
+        &mut self,
+        signer: &str,
+        change: &str,
+        digest: &str,
+        environments: &[&str],
+    ) -> Result<u64, ApplyError> {
+        self.apply(
+            signer,
+            Body::ChangeAmended(ChangeAmendment {
+                change_id: RecordId::parse(change).unwrap(),
+                commits: BTreeSet::new(),
+                artifact_digests: set(&[digest]),
+                environments: set(environments),
+                reason: String::new(),
             }),
         )
     }
@@ -1212,32 +1243,9 @@ fn an_amend_that_keeps_the_subjects_still_makes_earlier_reviews_stale() {
     }
     f.register("ci", PrincipalKind::Ci, &["ci"], &[30]);
     let amend = |f: &mut Fold, digest: &str, environments: &[&str]| {
-        f.apply(
-            "ci",
-            Body::ChangeAmended(ChangeAmendment {
-                change_id: RecordId::parse("CHG-1").unwrap(),
-                commits: BTreeSet::new(),
-                artifact_digests: set(&[digest]),
-                environments: set(environments),
-                reason: String::new(),
-            }),
-        )
-        .unwrap();
+        f.amend("ci", "CHG-1", digest, environments).unwrap();
     };
-    f.apply(
-        "ci",
-        Body::ChangeOpened(ChangeOpening {
-            change_id: RecordId::parse("CHG-1").unwrap(),
-            title: String::new(),
-            repository: String::new(),
-            commits: BTreeSet::new(),
-            artifact_digests: set(&[D]),
-            environments: set(&["staging"]),
-            ticket: String::new(),
-            description: String::new(),
-        }),
-    )
-    .unwrap();
+    f.open_for("ci", "CHG-1", D, &["staging"]).unwrap();
     let approve_both = |f: &mut Fold| {
         f.review("bob", "CHG-1", D, true).unwrap();
         f.review("carol", "CHG-1", D, true).unwrap();
@@ -1289,20 +1297,7 @@ fn a_review_naming_its_revision_never_counts_for_a_later_one() {
         f.register(who, PrincipalKind::Human, &["dev"], &[k]);
     }
     f.register("ci", PrincipalKind::Ci, &["ci"], &[30]);
-    f.apply(
-        "ci",
-        Body::ChangeOpened(ChangeOpening {
-            change_id: RecordId::parse("CHG-1").unwrap(),
-            title: String::new(),
-            repository: String::new(),
-            commits: BTreeSet::new(),
-            artifact_digests: set(&[D]),
-            environments: set(&["staging"]),
-            ticket: String::new(),
-            description: String::new(),
-        }),
-    )
-    .unwrap();
+    f.open_for("ci", "CHG-1", D, &["staging"]).unwrap();
     let review = |revision: u32, seen: &str| {
         Body::ChangeReviewed(ChangeReview {
             change_id: RecordId::parse("CHG-1").unwrap(),
@@ -1314,17 +1309,7 @@ fn a_review_naming_its_revision_never_counts_for_a_later_one() {
     };
     // Signed while revision 1 was current, not yet handed in.
     let (bob_1, carol_1) = (review(1, D), review(1, D));
-    f.apply(
-        "ci",
-        Body::ChangeAmended(ChangeAmendment {
-            change_id: RecordId::parse("CHG-1").unwrap(),
-            commits: BTreeSet::new(),
-            artifact_digests: set(&[D]),
-            environments: set(&["staging", "prod"]),
-            reason: String::new(),
-        }),
-    )
-    .unwrap();
+    f.amend("ci", "CHG-1", D, &["staging", "prod"]).unwrap();
     for (who, body) in [("bob", bob_1), ("carol", carol_1)] {
         let e = f.apply(who, body).unwrap_err();
         assert_eq!(
