@@ -1041,15 +1041,21 @@ impl State {
                 });
             }
         }
-        let binds =
-            |subjects: BTreeSet<String>| subjects.into_iter().collect::<Vec<_>>().join(", ");
+        // Only a refusal spells out what the current revision binds.
+        let binds = || {
+            c.current()
+                .subjects()
+                .into_iter()
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
         if let Some(revision) = r.revision
             && c.current().subjects() != r.seen_subjects
         {
             return Err(ApplyError::NotTheNamedRevision {
                 change: id.to_owned(),
                 revision,
-                current: binds(c.current().subjects()),
+                current: binds(),
             });
         }
         if !c
@@ -1059,12 +1065,7 @@ impl State {
         {
             return Err(ApplyError::NotARevision {
                 change: id.to_owned(),
-                current: c
-                    .current()
-                    .subjects()
-                    .into_iter()
-                    .collect::<Vec<_>>()
-                    .join(", "),
+                current: binds(),
             });
         }
         let c = self.gov.changes.get_mut(id).expect("looked up just above");
