@@ -124,6 +124,8 @@ pub struct ChangeFacts<'a> {
 /// A past deployment of a subject to an environment.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Deployment<'a> {
+    /// The recorded request's action: promotion counts the same action only.
+    pub action: Cow<'a, str>,
     pub environment: Cow<'a, str>,
     pub subject: Cow<'a, str>,
     pub at: Timestamp,
@@ -510,13 +512,32 @@ fn evaluate_rule(policy: &Policy, rule: &Rule, req: &Request, facts: &Facts<'_>)
     let mut reasons = Vec::new();
     if let Some(from) = &rule.promoted_from {
         for s in &req.subjects {
-            let earlier = facts.deployments.iter().any(|d| {
+            // Only the same action counts: restarting or deleting a digest
+            // in staging is not deploying it there.
+            let there = |d: &&Deployment<'_>| {
                 d.environment == from.as_str() && d.subject == s.as_str() && d.at <= req.at
-            });
+            };
+            let earlier = facts
+                .deployments
+                .iter()
+                .filter(there)
+                .any(|d| d.action == req.action.as_str());
             if !earlier {
-                reasons.push(format!(
-                    "{s} has not been deployed to {from} yet; deploy it there first"
-                ));
+                let others: BTreeSet<&str> = facts
+                    .deployments
+                    .iter()
+                    .filter(there)
+                    .map(|d| d.action.as_ref())
+                    .collect();
+                reasons.push(if others.is_empty() {
+                    format!("{s} has not been deployed to {from} yet; deploy it there first")
+                } else {
+                    format!(
+                        "{s} has not been deployed to {from} yet; deploy it there first (only an earlier {:?} counts; {from} has seen {} of it)",
+                        req.action,
+                        list(&others)
+                    )
+                });
             }
         }
     }
@@ -705,21 +726,48 @@ fn evaluate_rule(policy: &Policy, rule: &Rule, req: &Request, facts: &Facts<'_>)
                 }
             }
         }
-        for (role, need) in &rule.require_roles {
-            let have = counted
-                .iter()
-                .filter(|c| {
-                    facts
-                        .principals
-                        .get(&c.approver)
-                        .is_some_and(|p| p.roles.contains(role))
-                })
-                .count() as u32;
-            if have < *need {
-                reasons.push(format!(
-                    "needs {need} approval(s) from role {role:?}; has {have}"
-                ));
+        // One person fills one role requirement: "one from security and
+        // one from dba" asks for two people, even when one holds both roles.
+        let holds: Vec<Vec<usize>> = counted
+            .iter()
+            .map(|c| {
+                let roles = facts.principals.get(&c.approver).map(|p| &p.roles);
+                (0..rule.require_roles.len())
+                    .filter(|&r| roles.is_some_and(|rs| rs.contains(&rule.require_roles[r].0)))
+                    .collect()
+            })
+            .collect();
+        let need: Vec<u32> = rule.require_roles.iter().map(|(_, n)| *n).collect();
+        let fills = fill_role_requirements(&need, &holds);
+        for (r, (role, need)) in rule.require_roles.iter().enumerate() {
+            let have = fills.iter().filter(|f| **f == Some(r)).count() as u32;
+            if have >= *need {
+                continue;
             }
+            let elsewhere: Vec<String> = holds
+                .iter()
+                .enumerate()
+                .filter(|(_, h)| h.contains(&r))
+                .filter_map(|(a, _)| {
+                    fills[a].filter(|&f| f != r).map(|f| {
+                        format!(
+                            "{} fills the one for {:?}",
+                            counted[a].approver, rule.require_roles[f].0
+                        )
+                    })
+                })
+                .collect();
+            let besides = if elsewhere.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    " ({}; a person fills one role requirement only)",
+                    elsewhere.join(", ")
+                )
+            };
+            reasons.push(format!(
+                "needs {need} approval(s) from role {role:?}; has {have}{besides}"
+            ));
         }
         if (counted.len() as u32) < rule.approvals {
             reasons.push(format!(
@@ -743,6 +791,65 @@ fn evaluate_rule(policy: &Policy, rule: &Rule, req: &Request, facts: &Facts<'_>)
         not_counted,
         obligations: Vec::new(),
     }
+}
+
+/// Assigns counted approvers to a rule's role requirements so that as many
+/// requirements as possible are filled, each person filling at most one:
+/// `need[r]` people are wanted for requirement `r`, and `holds[a]` lists the
+/// requirements approver `a` could fill. Returns the requirement each
+/// approver fills, if any. Approvers are taken in order and each one is
+/// placed along a shortest augmenting path (a breadth-first search over
+/// requirements, moving already placed approvers along), so the number
+/// placed is the largest possible and the result depends only on the order
+/// of the inputs. No recursion: a recorded policy may name many roles.
+pub(super) fn fill_role_requirements(need: &[u32], holds: &[Vec<usize>]) -> Vec<Option<usize>> {
+    let mut fills: Vec<Option<usize>> = vec![None; holds.len()];
+    let mut filled: Vec<u32> = vec![0; need.len()];
+    for a in 0..holds.len() {
+        // For each requirement reached: how (None: `a` itself takes it;
+        // Some((from, b)): approver `b` moves to it from requirement `from`).
+        let mut via: Vec<Option<Option<(usize, usize)>>> = vec![None; need.len()];
+        let mut queue = std::collections::VecDeque::new();
+        for &r in &holds[a] {
+            if via[r].is_none() {
+                via[r] = Some(None);
+                queue.push_back(r);
+            }
+        }
+        let mut open = None;
+        while let Some(r) = queue.pop_front() {
+            if filled[r] < need[r] {
+                open = Some(r);
+                break;
+            }
+            for (b, f) in fills.iter().enumerate() {
+                if *f != Some(r) {
+                    continue;
+                }
+                for &r2 in &holds[b] {
+                    if via[r2].is_none() {
+                        via[r2] = Some(Some((r, b)));
+                        queue.push_back(r2);
+                    }
+                }
+            }
+        }
+        let Some(mut r) = open else { continue };
+        filled[r] += 1;
+        loop {
+            match via[r] {
+                Some(Some((from, b))) => {
+                    fills[b] = Some(r);
+                    r = from;
+                }
+                _ => {
+                    fills[a] = Some(r);
+                    break;
+                }
+            }
+        }
+    }
+    fills
 }
 
 /// True when a proposed policy may take effect: at least

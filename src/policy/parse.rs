@@ -7,7 +7,7 @@ use jiff::Timestamp;
 use serde::Deserialize;
 use serde_spanned::Spanned;
 
-use super::Permission;
+use super::{Permission, glob_match};
 
 /// A parsed, consistent policy document.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -294,7 +294,9 @@ impl Policy {
     /// [`Policy::parse`] plus the contradictions refused since version 1 of
     /// the language was first recorded (a role that may not approve named
     /// as an approver, a rule an earlier rule always matches first, a
-    /// duplicate freeze name). Recorded documents are not re-checked for
+    /// duplicate freeze name, a `promoted_from` environment the rule itself
+    /// matches by a pattern, role requirements asking for more people than
+    /// `approvals`). Recorded documents are not re-checked for
     /// those, so logs and bundles written before keep folding and verifying.
     pub fn parse_new(text: &str) -> Result<Policy, PolicyError> {
         Self::parse_with(text, true)
@@ -482,7 +484,32 @@ impl Policy {
                         ),
                     ));
                 }
+                if strict && require_roles.iter().any(|(r, _)| *r == rc.role) {
+                    return Err(at(
+                        rc_at,
+                        format!(
+                            "require_roles names role {:?} twice; give it once with the total count",
+                            rc.role
+                        ),
+                    ));
+                }
                 require_roles.push((rc.role, rc.count));
+            }
+            // A person fills one role requirement only, so the requirements
+            // together need as many people as their counts add up to.
+            let total: u64 = require_roles.iter().map(|(_, c)| u64::from(*c)).sum();
+            if strict && require_roles.len() > 1 && total > u64::from(approvals) {
+                return Err(at(
+                    approvals_at,
+                    format!(
+                        "approvals = {approvals} but require_roles asks for {total} people in all ({}), and a person fills one role requirement only; raise approvals to at least {total}",
+                        require_roles
+                            .iter()
+                            .map(|(r, c)| format!("{c} from {r:?}"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                ));
             }
             let largest = require_roles.iter().map(|(_, c)| *c).max().unwrap_or(0);
             if largest > approvals {
@@ -530,15 +557,35 @@ impl Policy {
                 }
             }
             let promoted_from = r.promoted_from.map(|p| (p.span().start, p.into_inner()));
-            if let Some((from_at, from)) = &promoted_from
-                && r.matches.environments.iter().any(|e| e == from)
-            {
-                return Err(at(
-                    *from_at,
-                    format!(
-                        "promoted_from {from:?} is also one of the environments the rule matches"
-                    ),
-                ));
+            if let Some((from_at, from)) = &promoted_from {
+                if r.matches.environments.iter().any(|e| e == from) {
+                    return Err(at(
+                        *from_at,
+                        format!(
+                            "promoted_from {from:?} is also one of the environments the rule matches"
+                        ),
+                    ));
+                }
+                // A deploy to `from` that this rule decides could never
+                // happen: it would need an earlier deploy to `from`.
+                if strict && r.matches.environments.is_empty() {
+                    return Err(at(
+                        *from_at,
+                        format!(
+                            "promoted_from {from:?} needs match.environments: a rule matching every environment matches {from:?} too, and a first deploy there could never be allowed"
+                        ),
+                    ));
+                }
+                if strict
+                    && let Some(glob) = r.matches.environments.iter().find(|e| glob_match(e, from))
+                {
+                    return Err(at(
+                        *from_at,
+                        format!(
+                            "promoted_from {from:?} is matched by the rule's environment pattern {glob:?}, and a first deploy there could never be allowed"
+                        ),
+                    ));
+                }
             }
             let max_approval_age_secs = match &r.max_approval_age {
                 None => None,

@@ -159,6 +159,7 @@ fn request(env: &str) -> Request {
 
 fn staged() -> Vec<Deployment<'static>> {
     vec![Deployment {
+        action: "deploy".into(),
         environment: "staging".into(),
         subject: D.into(),
         at: ts("2026-11-22T12:00:00Z"),
@@ -295,6 +296,20 @@ fn every_rule_kind() {
         Some(change(ok.clone())),
         vec![],
         (Deny, Some("prod"), "has not been deployed to staging"),
+    );
+    // Only the same action counts: a digest restarted in staging was not
+    // deployed there.
+    let mut restarted = staged();
+    restarted[0].action = "restart".into();
+    check(
+        request("prod"),
+        Some(change(ok.clone())),
+        restarted,
+        (
+            Deny,
+            Some("prod"),
+            "sha256:aaaa has not been deployed to staging yet; deploy it there first (only an earlier \"deploy\" counts; staging has seen restart of it)",
+        ),
     );
     // CI must have passed for the exact digest...
     let mut no_ci = change(ok.clone());
@@ -699,6 +714,98 @@ fn break_glass_allows_with_an_obligation_only_for_its_role() {
     );
 }
 
+/// "One from security and one from dba" asks for two people: a person
+/// holding both roles fills one of the requirements, and the approvals are
+/// placed so that as many requirements as possible are filled.
+#[test]
+fn a_person_fills_one_role_requirement() {
+    use Decision::*;
+    let policy = Policy::parse_new(
+        "version = 1\n[permissions]\napprove = [\"dev\", \"security\", \"dba\"]\n[[rule]]\nname = \"db\"\napprovals = 2\nrequire_roles = [{ role = \"security\", count = 1 }, { role = \"dba\", count = 1 }]\n",
+    )
+    .unwrap();
+    let mut principals = people();
+    let human = |roles: &[&str]| PrincipalFacts {
+        human: true,
+        roles: set(roles),
+    };
+    principals.insert("sam".into(), human(&["security", "dba"]));
+    principals.insert("dina".into(), human(&["dba"]));
+    let decide = |who: &[&str]| {
+        let c = change(who.iter().map(|w| approval(w, NOW)).collect());
+        let facts = Facts {
+            principals: &principals,
+            change: Some(&c),
+            subject_repositories: &BTreeSet::new(),
+            deployments: &[],
+        };
+        let v = evaluate(&policy, &request("prod"), &facts);
+        (v.decision, v.reasons.join("; "), v.counted.len())
+    };
+    // sam holds both roles: with bob, one requirement stays open.
+    assert_eq!(
+        decide(&["sam", "bob"]),
+        (
+            Deny,
+            "needs 1 approval(s) from role \"dba\"; has 0 (sam fills the one for \"security\"; a person fills one role requirement only)".into(),
+            2
+        )
+    );
+    // carol (security) came second: sam moves over to dba.
+    assert_eq!(decide(&["sam", "carol"]).0, Allow);
+    assert_eq!(decide(&["dina", "sam"]).0, Allow);
+    assert_eq!(
+        decide(&["carol", "bob"]),
+        (
+            Deny,
+            "needs 1 approval(s) from role \"dba\"; has 0".into(),
+            2
+        )
+    );
+}
+
+/// The placement of approvers on role requirements fills as many as the
+/// best assignment does (checked against every assignment of small cases).
+#[test]
+fn role_requirements_are_filled_as_far_as_any_assignment_can() {
+    fn best(need: &mut [u32], holds: &[Vec<usize>]) -> usize {
+        let Some((first, rest)) = holds.split_first() else {
+            return 0;
+        };
+        let mut top = best(need, rest);
+        for &r in first {
+            if need[r] > 0 {
+                need[r] -= 1;
+                top = top.max(1 + best(need, rest));
+                need[r] += 1;
+            }
+        }
+        top
+    }
+    let case = (
+        proptest::collection::vec(1u32..3, 1..4),
+        proptest::collection::vec(proptest::collection::btree_set(0usize..3, 0..3), 0..6),
+    );
+    proptest!(ProptestConfig::with_cases(512), |((need, holds) in case)| {
+        let holds: Vec<Vec<usize>> = holds
+            .into_iter()
+            .map(|h| h.into_iter().filter(|r| *r < need.len()).collect())
+            .collect();
+        let fills = super::eval::fill_role_requirements(&need, &holds);
+        for (a, f) in fills.iter().enumerate() {
+            if let Some(r) = f {
+                prop_assert!(holds[a].contains(r), "{a} placed on {r} it does not hold");
+            }
+        }
+        for (r, n) in need.iter().enumerate() {
+            let placed = fills.iter().filter(|f| **f == Some(r)).count();
+            prop_assert!(placed as u32 <= *n, "requirement {r} over-filled");
+        }
+        let placed = fills.iter().filter(|f| f.is_some()).count();
+        prop_assert_eq!(placed, best(&mut need.clone(), &holds));
+    });
+}
+
 #[test]
 fn bad_policies_are_refused_with_line_and_reason() {
     // The line is that of the field at fault, or of the section header when
@@ -739,6 +846,26 @@ fn bad_policies_are_refused_with_line_and_reason() {
             "version = 1\n[[rule]]\nname = \"a\"\nmatch.environments = [\"prod\"]\npromoted_from = \"prod\"\n",
             5,
             "promoted_from \"prod\" is also one of the environments",
+        ),
+        (
+            "version = 1\n[[rule]]\nname = \"a\"\nmatch.environments = [\"prod*\"]\npromoted_from = \"prod-canary\"\n",
+            5,
+            "promoted_from \"prod-canary\" is matched by the rule's environment pattern \"prod*\", and a first deploy there could never be allowed",
+        ),
+        (
+            "version = 1\n[[rule]]\nname = \"a\"\npromoted_from = \"staging\"\n",
+            4,
+            "promoted_from \"staging\" needs match.environments",
+        ),
+        (
+            "version = 1\n[permissions]\napprove = [\"security\", \"dba\"]\n[[rule]]\nname = \"a\"\napprovals = 1\nrequire_roles = [{ role = \"security\", count = 1 }, { role = \"dba\", count = 1 }]\n",
+            6,
+            "approvals = 1 but require_roles asks for 2 people in all (1 from \"security\", 1 from \"dba\"), and a person fills one role requirement only; raise approvals to at least 2",
+        ),
+        (
+            "version = 1\n[permissions]\napprove = [\"security\"]\n[[rule]]\nname = \"a\"\napprovals = 2\nrequire_roles = [\n  { role = \"security\", count = 1 },\n  { role = \"security\", count = 1 },\n]\n",
+            9,
+            "require_roles names role \"security\" twice; give it once with the total count",
         ),
         (
             "version = 1\n[[rule]]\nname = \"a\"\n\n[[rule]]\nname = \"a\"\n",
@@ -898,6 +1025,10 @@ fn bad_policies_are_refused_with_line_and_reason() {
         "happens twice in",
         "does not exist in",
         "carries a UTC offset",
+        "is matched by the rule's environment pattern",
+        "needs match.environments",
+        "people in all",
+        "twice; give it once",
     ];
     for (text, _, needle) in cases {
         let recorded = Policy::parse(text);

@@ -1467,6 +1467,7 @@ impl State {
         for s in &req.subjects {
             for d in self.gov.deployments_of(s) {
                 deployments.push(policy::Deployment {
+                    action: Cow::Borrowed(&d.action),
                     environment: Cow::Borrowed(&d.environment),
                     subject: Cow::Borrowed(s),
                     at: ts(d.decision.at_nanos),

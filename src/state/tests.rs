@@ -241,12 +241,23 @@ impl Fold {
     }
 
     fn deploy(&mut self, signer: &str, digest: &str) -> DecisionRecord {
+        self.request(signer, "deploy", "prod", digest)
+    }
+
+    /// Records a request of `action` in `environment` and returns its decision.
+    fn request(
+        &mut self,
+        signer: &str,
+        action: &str,
+        environment: &str,
+        digest: &str,
+    ) -> DecisionRecord {
         let i = self
             .apply(
                 signer,
                 Body::DeployRequested(DeployRequest {
-                    action: "deploy".into(),
-                    environment: "prod".into(),
+                    action: action.into(),
+                    environment: environment.into(),
                     repository: None,
                     kind: None,
                     namespace: None,
@@ -1229,6 +1240,28 @@ fn only_the_ci_reporters_a_rule_names_speak_for_its_ci() {
         "{:?}",
         d.reasons
     );
+}
+
+/// Promotion order counts the recorded, allowed requests of the same action
+/// only: a digest restarted in staging has not been deployed there.
+#[test]
+fn promotion_counts_only_earlier_requests_of_the_same_action() {
+    let policy = "version = 1\n[[rule]]\nname = \"prod\"\nmatch.environments = [\"prod\"]\npromoted_from = \"staging\"\n\n[[rule]]\nname = \"staging\"\nmatch.environments = [\"staging\"]\n";
+    let mut f = Fold::new(policy);
+    f.register("ci", PrincipalKind::Ci, &["ci"], &[9]);
+    assert!(f.request("ci", "restart", "staging", D).allow);
+    let d = f.deploy("ci", D);
+    assert!(!d.allow);
+    assert_eq!(
+        d.reasons,
+        [format!(
+            "{D} has not been deployed to staging yet; deploy it there first (only an earlier \"deploy\" counts; staging has seen restart of it)"
+        )]
+    );
+    // The restart itself is promoted: it was done in staging first.
+    assert!(f.request("ci", "restart", "prod", D).allow);
+    assert!(f.request("ci", "deploy", "staging", D).allow);
+    assert!(f.deploy("ci", D).allow);
 }
 
 /// Every amend makes the reviews before it stale, also one that keeps the
