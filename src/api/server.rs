@@ -5,6 +5,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use futures::{Stream, StreamExt};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::{Request, Response, Status, Streaming};
 
 use super::access::Guard;
@@ -21,6 +22,46 @@ pub struct LedgerApi {
     /// Becomes true when the server starts shutting down; following `Tail`
     /// streams end then, so the drain is not held open by them.
     stopping: tokio::sync::watch::Receiver<bool>,
+    /// Bytes of envelopes all `AppendStream`s together may hold in flight
+    /// ([`APPEND_STREAM_BUDGET`]).
+    append_budget: Arc<Semaphore>,
+}
+
+/// How many bytes of received, not yet appended envelopes all
+/// `AppendStream`s together may hold. Up to 256 appends of a stream are in
+/// flight, and an envelope may have 8 MiB: without a budget one client could
+/// make the server hold 2 GiB. An item waits for its share before the next
+/// is read, so a client sending faster than the log appends is slowed by
+/// HTTP/2 flow control instead.
+pub(crate) const APPEND_STREAM_BUDGET: usize = 64 << 20;
+
+/// Passes the items of `input` on one at a time, each once `weight(item)`
+/// permits of `budget` (a semaphore created with `size` permits; at most all
+/// of them) are its own; the permit goes with the item and returns to the
+/// budget when dropped. The next item is not read from `input` while one
+/// waits.
+pub(crate) fn gate<S, T>(
+    input: S,
+    budget: Arc<Semaphore>,
+    size: usize,
+    weight: impl Fn(&T) -> usize,
+) -> impl Stream<Item = (T, Option<OwnedSemaphorePermit>)>
+where
+    S: Stream<Item = T>,
+{
+    let total = u32::try_from(size).unwrap_or(u32::MAX).max(1);
+    input.then(move |item| {
+        let want = u32::try_from(weight(&item))
+            .unwrap_or(u32::MAX)
+            .clamp(1, total);
+        let budget = budget.clone();
+        async move {
+            // `acquire_many_owned` fails only on a closed semaphore, and
+            // this one is never closed; an item would then go ungated.
+            let permit = budget.acquire_many_owned(want).await.ok();
+            (item, permit)
+        }
+    })
 }
 
 impl LedgerApi {
@@ -35,6 +76,7 @@ impl LedgerApi {
             svc,
             guard,
             stopping,
+            append_budget: Arc::new(Semaphore::new(APPEND_STREAM_BUDGET)),
         }
     }
 
@@ -161,43 +203,53 @@ impl pb::ledger_server::Ledger for LedgerApi {
         let identity = self.authorize(&req, "AppendStream")?;
         let svc = self.svc.clone();
         let input = req.into_inner();
-        // Up to 256 appends of one stream are in flight at once; responses keep
-        // request order.
-        let out = input
-            .enumerate()
-            .map(move |(seq, item)| {
-                let svc = svc.clone();
-                let identity = identity.clone();
-                async move {
-                    let seq = seq as u64;
-                    let result = match item {
-                        Err(status) => return Err(status),
-                        Ok(pb::AppendRequest { envelope: None }) => {
+        // Up to 256 appends of one stream are in flight at once, within the
+        // shared byte budget; responses keep request order.
+        let weight = |item: &Result<pb::AppendRequest, Status>| {
+            item.as_ref().map_or(0, prost::Message::encoded_len)
+        };
+        let out = gate(
+            input,
+            self.append_budget.clone(),
+            APPEND_STREAM_BUDGET,
+            weight,
+        )
+        .enumerate()
+        .map(move |(seq, (item, permit))| {
+            let svc = svc.clone();
+            let identity = identity.clone();
+            async move {
+                // Held until this append is decided.
+                let _permit = permit;
+                let seq = seq as u64;
+                let result = match item {
+                    Err(status) => return Err(status),
+                    Ok(pb::AppendRequest { envelope: None }) => {
+                        pb::append_stream_response::Result::Error(pb::AppendError {
+                            code: tonic::Code::InvalidArgument as i32,
+                            message: "envelope: must be set".into(),
+                        })
+                    }
+                    Ok(pb::AppendRequest {
+                        envelope: Some(env),
+                    }) => match svc.append(envelope_from_pb(env), identity).await {
+                        Ok(r) => pb::append_stream_response::Result::Receipt(receipt_pb(r)),
+                        Err(e) => {
+                            let s = append_status(&e);
                             pb::append_stream_response::Result::Error(pb::AppendError {
-                                code: tonic::Code::InvalidArgument as i32,
-                                message: "envelope: must be set".into(),
+                                code: s.code() as i32,
+                                message: s.message().to_owned(),
                             })
                         }
-                        Ok(pb::AppendRequest {
-                            envelope: Some(env),
-                        }) => match svc.append(envelope_from_pb(env), identity).await {
-                            Ok(r) => pb::append_stream_response::Result::Receipt(receipt_pb(r)),
-                            Err(e) => {
-                                let s = append_status(&e);
-                                pb::append_stream_response::Result::Error(pb::AppendError {
-                                    code: s.code() as i32,
-                                    message: s.message().to_owned(),
-                                })
-                            }
-                        },
-                    };
-                    Ok(pb::AppendStreamResponse {
-                        sequence: seq,
-                        result: Some(result),
-                    })
-                }
-            })
-            .buffered(256);
+                    },
+                };
+                Ok(pb::AppendStreamResponse {
+                    sequence: seq,
+                    result: Some(result),
+                })
+            }
+        })
+        .buffered(256);
         Ok(Response::new(Box::pin(out)))
     }
 
@@ -410,5 +462,48 @@ impl pb::ledger_server::Ledger for LedgerApi {
     ) -> Result<Response<pb::PingResponse>, Status> {
         self.authorize(&req, "Ping")?;
         Ok(Response::new(pb::PingResponse {}))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use futures::FutureExt;
+
+    use super::*;
+
+    /// Items wait for their share of the budget, the input is not read
+    /// further meanwhile, and an item larger than the whole budget still
+    /// passes once the budget is free.
+    #[tokio::test]
+    async fn appends_in_flight_stay_within_the_byte_budget() {
+        let budget = Arc::new(Semaphore::new(10));
+        let read = Arc::new(AtomicUsize::new(0));
+        let counted = read.clone();
+        let input = futures::stream::iter([6usize, 6, 3, 500]).inspect(move |_| {
+            counted.fetch_add(1, Ordering::SeqCst);
+        });
+        let mut gated = Box::pin(gate(input, budget.clone(), 10, |w| *w));
+        let (first, p1) = gated.next().await.unwrap();
+        assert_eq!((first, budget.available_permits()), (6, 4));
+        // 6 more do not fit beside the first: the second waits, and the
+        // third is not read.
+        assert!(gated.next().now_or_never().is_none());
+        assert_eq!(read.load(Ordering::SeqCst), 2);
+        drop(p1);
+        let (second, p2) = gated.next().await.unwrap();
+        let (third, p3) = gated.next().await.unwrap();
+        assert_eq!((second, third, budget.available_permits()), (6, 3, 1));
+        // 500 is clamped to the whole budget of 10: it waits for all of it.
+        drop(p2);
+        assert!(gated.next().now_or_never().is_none());
+        drop(p3);
+        let (fourth, p4) = gated.next().await.unwrap();
+        assert_eq!((fourth, budget.available_permits()), (500, 0));
+        assert!(p4.is_some());
+        drop(p4);
+        assert!(gated.next().await.is_none());
+        assert_eq!(budget.available_permits(), 10);
     }
 }

@@ -250,25 +250,52 @@ fn private_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     })
 }
 
+/// How many TLS handshakes may be under way at once. Until a handshake
+/// completes the client is unauthenticated, so anyone who can reach the port
+/// could otherwise make the server hold a task, a socket and rustls state
+/// for every connection they open. When all are taken, connections wait in
+/// the kernel's accept queue until a handshake ends (at the latest after
+/// [`HANDSHAKE_TIMEOUT`]); connections already established are unaffected.
+pub const MAX_HANDSHAKES: usize = 256;
+
+/// How long a client may take to complete its TLS handshake.
+pub const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Accepts TCP connections and completes TLS handshakes concurrently, so a
 /// slow or failing client never holds up others. Failed handshakes (no client
-/// certificate, a certificate from another CA) are logged and dropped.
+/// certificate, a certificate from another CA) are logged and dropped. At
+/// most [`MAX_HANDSHAKES`] are under way at once.
 pub fn incoming(
     listener: TcpListener,
     config: rustls::ServerConfig,
 ) -> tokio_stream::wrappers::ReceiverStream<Result<ClientStream, std::io::Error>> {
+    incoming_limited(listener, config, MAX_HANDSHAKES, HANDSHAKE_TIMEOUT)
+}
+
+fn incoming_limited(
+    listener: TcpListener,
+    config: rustls::ServerConfig,
+    max_handshakes: usize,
+    timeout: std::time::Duration,
+) -> tokio_stream::wrappers::ReceiverStream<Result<ClientStream, std::io::Error>> {
     let acceptor = TlsAcceptor::from(Arc::new(config));
     let (tx, rx) = tokio::sync::mpsc::channel(128);
+    let slots = Arc::new(tokio::sync::Semaphore::new(max_handshakes));
     tokio::spawn(async move {
         loop {
+            // Taken before the accept: while every slot is in use, new
+            // connections stay queued rather than each costing a task.
+            let Ok(slot) = slots.clone().acquire_owned().await else {
+                break;
+            };
             let (tcp, peer) = accept_with_backoff(|| listener.accept()).await;
             let _ = tcp.set_nodelay(true);
             let acceptor = acceptor.clone();
             let conn_tx = tx.clone();
             tokio::spawn(async move {
-                match tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(tcp))
-                    .await
-                {
+                let handshake = tokio::time::timeout(timeout, acceptor.accept(tcp)).await;
+                drop(slot);
+                match handshake {
                     Ok(Ok(tls)) => {
                         let _ = conn_tx.send(Ok(ClientStream::new(tls))).await;
                     }
@@ -559,6 +586,41 @@ mod tests {
         };
         let (client, server) = tokio::join!(connect, accept);
         (ClientStream::new(server), client, dir)
+    }
+
+    /// While every handshake slot is held by a client that never speaks,
+    /// the next client is not served; once that client goes away, it is.
+    /// (Paused clock: the wait below is virtual time, and the stalled
+    /// handshake's own timeout is an hour away.)
+    #[tokio::test(start_paused = true)]
+    async fn handshakes_under_way_are_capped() {
+        use futures::StreamExt;
+        let dir = tempfile::tempdir().unwrap();
+        let pki = generate_dev_pki(dir.path(), &["localhost".into()], "tester").unwrap();
+        let server_cfg = server_config(&pki.ca_cert, &pki.server_cert, &pki.server_key).unwrap();
+        let client_cfg = client_config(&pki.ca_cert, &pki.client_cert, &pki.client_key).unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let hour = std::time::Duration::from_secs(3600);
+        let mut served = incoming_limited(listener, server_cfg, 1, hour);
+        let silent = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let client = tokio::spawn(async move {
+            let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+            tokio_rustls::TlsConnector::from(Arc::new(client_cfg))
+                .connect(name, tcp)
+                .await
+        });
+        let minute = std::time::Duration::from_secs(60);
+        assert!(
+            tokio::time::timeout(minute, served.next()).await.is_err(),
+            "a client was served while the only handshake slot was taken"
+        );
+        drop(silent);
+        let conn = tokio::time::timeout(minute, served.next()).await;
+        let conn = conn.expect("the freed slot was not used").unwrap().unwrap();
+        assert_eq!(conn.peer.identity.as_deref(), Some("CN=tester"));
+        client.await.unwrap().unwrap();
     }
 
     #[tokio::test]
