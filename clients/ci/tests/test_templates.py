@@ -550,9 +550,20 @@ def test_example_approve_workflow_signs_with_the_reviewers_own_key():
     assert set(w) <= set(load(ACTION)["inputs"])
     assert w["command"] == "approve" and "inputs.change" in w["change"]
     text = APPROVE_WF.read_text()
-    assert "secrets.DOCKET_KEY_PEM" in text
+    # Names of the reviewer's own, never the pipeline's: a repository
+    # secret would stand in for a missing environment secret.
+    assert "secrets.DOCKET_APPROVER_KEY_PEM" in text and w["signer"] == "${{ vars.DOCKET_APPROVER }}"
+    assert "secrets.DOCKET_KEY_PEM" not in text and "vars.DOCKET_SIGNER" not in text
     for name, _, step in workflow_steps(wf):
         assert "secrets." not in step.get("run", ""), name
+    # The set-up step stops before anything is signed when either is empty.
+    setup = next(s for _, _, s in workflow_steps(wf) if "KEY_PEM" in s.get("env", {}))
+    for missing in ("KEY_PEM", "APPROVER"):
+        env = {"PATH": os.environ["PATH"], "GITHUB_ACTOR": "mallory", "KEY_PEM": "k",
+               "APPROVER": "alice", missing: ""}
+        r = subprocess.run(["bash", "-c", setup["run"]], env=env, capture_output=True,
+                           text=True, timeout=60)
+        assert r.returncode == 1 and "nothing was signed" in r.stdout, (missing, r)
 
 
 def test_example_workflow_writes_secrets_to_files_and_never_echoes_them():
@@ -671,7 +682,8 @@ def test_gitlab_before_script_writes_base64_secrets_to_files(tmp_path):
         (".docket-open", {"CI_COMMIT_SHA": C1, "CI_PIPELINE_ID": "77"},
          ["change", "open", "--id", "gl-77", "--commit", C1, "--digest", D1, "--digest", D2,
           "--env", "staging", "--env", "prod"]),
-        (".docket-approve", {"DOCKET_CHANGE": "gl-77", "DOCKET_SUBJECTS": f"{C1} {D1}"},
+        (".docket-approve", {"DOCKET_CHANGE": "gl-77", "DOCKET_SUBJECTS": f"{C1} {D1}",
+                             "GITLAB_USER_LOGIN": "alice", "DOCKET_APPROVER_KEY_B64": "eA=="},
          ["approve", "gl-77", "--seen", C1, "--seen", D1]),
     ],
 )
@@ -689,3 +701,46 @@ def test_gitlab_jobs_run_the_script(fake, job, extra, expect):
     assert called(tmp) == expect
     if "DOCKET_JSON_OUT" in variables:
         assert json.loads((tmp / variables["DOCKET_JSON_OUT"]).read_text())["verdict"] == "allow"
+
+
+def test_gitlab_approve_signs_as_the_reviewer_not_the_pipeline(fake):
+    """Project variables outrank a job's own, so the pipeline's DOCKET_SIGNER
+    and DOCKET_KEY(_B64) are present when a reviewer runs the approve job:
+    it must sign as the reviewer with the reviewer's key, or not at all."""
+    tmp, env = fake
+    script, variables = _gitlab_job_script(".docket-approve")
+    variables["DOCKET_CI_SCRIPT"] = str(SCRIPT)
+    pipeline_key = Path(env.pop("DOCKET_KEY")).read_bytes()
+    project = {**env, "DOCKET_SIGNER": "ci",
+               "DOCKET_KEY_B64": base64.b64encode(pipeline_key).decode()}
+    alice_key = tmp / "alice.key"
+    alice_key.write_text("alice's key\n")
+    job = {"DOCKET_CHANGE": "gl-77", "GITLAB_USER_LOGIN": "alice"}
+
+    def run_job(extra):
+        (tmp / "env").unlink(missing_ok=True)
+        (tmp / "args").unlink(missing_ok=True)
+        full = {**variables, **project, **job, **extra}
+        return subprocess.run(["sh", "-c", script], env=full, cwd=tmp, capture_output=True,
+                              text=True, timeout=60)
+
+    r = run_job({"DOCKET_APPROVER_KEY": str(alice_key)})
+    assert r.returncode == 0, (r.stdout, r.stderr)
+    seen = dict(line.split("=", 1) for line in (tmp / "env").read_text().splitlines())
+    assert seen["DOCKET_SIGNER"] == "alice"
+    assert Path(seen["DOCKET_KEY"]).read_text() == "alice's key\n"
+    assert called(tmp) == ["approve", "gl-77"]
+
+    # The key base64-encoded in a masked variable works the same way.
+    b64 = base64.b64encode(b"alice's key\n").decode()
+    r = run_job({"DOCKET_APPROVER_KEY_B64": b64, "DOCKET_APPROVER": "alice.smith"})
+    assert r.returncode == 0, (r.stdout, r.stderr)
+    seen = dict(line.split("=", 1) for line in (tmp / "env").read_text().splitlines())
+    assert seen["DOCKET_SIGNER"] == "alice.smith"
+    assert Path(seen["DOCKET_KEY"]).read_text() == "alice's key\n"
+
+    # Without a reviewer key nothing is signed, in particular not as ci.
+    r = run_job({})
+    assert r.returncode == 64, (r.stdout, r.stderr)
+    assert "DOCKET_APPROVER_KEY" in r.stderr
+    assert called(tmp) is None
