@@ -271,10 +271,16 @@ do_ingest() {
     local before="${DOCKET_GIT_BEFORE:-${CI_COMMIT_BEFORE_SHA:-}}"
     if [[ $# -eq 1 ]]; then
         args+=(--range "$1")
-    elif [[ -n "$before" && ! "$before" =~ ^0+$ ]]; then
+    elif [[ -n "$before" && ! "$before" =~ ^0+$ ]] &&
+        git -C "${DOCKET_REPO:-.}" cat-file -e "$before^{commit}" 2>/dev/null; then
         # A push: the commits it brought.
         args+=(--range "$before..$commit")
     else
+        if [[ -n "$before" && ! "$before" =~ ^0+$ ]]; then
+            # A force push: the commit the branch pointed at before is not
+            # in this clone, so there is no range to take.
+            echo "$PROG: the push's previous commit $before is not in the clone (a force push?); reading the whole history of $commit instead" >&2
+        fi
         # A new branch, a first run, or no push information: everything
         # reachable from the commit (already recorded ones are skipped).
         args+=(--ref "$commit")

@@ -135,7 +135,7 @@ pub(crate) async fn run(a: BenchArgs) -> CliResult {
         plaintext: false,
     };
     let admin = crate::crypto::read_signing_key(&dd.admin_key()).map_err(|e| failed(&e))?;
-    let client = conn.ledger().await?;
+    let client = conn.ledger_with(None).await?;
     let hi = a.concurrency.max(1);
     println!(
         "docket bench: {} ops per phase, concurrency 1 and {hi}, mTLS on loopback, one HTTP/2 connection",

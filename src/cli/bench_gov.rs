@@ -384,8 +384,8 @@ pub(crate) async fn run(a: BenchAuthorizeArgs) -> CliResult {
         key: tls.client_key,
         plaintext: false,
     };
-    let client = Caller::Tonic(conn.governance().await?);
-    let ledger = conn.ledger().await?;
+    let client = Caller::Tonic(conn.governance_with(None).await?);
+    let ledger = conn.ledger_with(None).await?;
     let one = std::slice::from_ref(&client);
     // One connection (a TLS handshake) per client, made before timing: with
     // tonic's client, and with the lean one that writes a request in one go.
@@ -393,7 +393,7 @@ pub(crate) async fn run(a: BenchAuthorizeArgs) -> CliResult {
     let (mut own, mut lean) = (Vec::new(), Vec::new());
     if a.per_client_connections && most > 1 {
         for _ in 0..most {
-            own.push(Caller::Tonic(conn.governance().await?));
+            own.push(Caller::Tonic(conn.governance_with(None).await?));
             lean.push(Caller::Lean(H2Client::connect(&conn).await?));
         }
     }

@@ -1,6 +1,7 @@
 //! Connecting to a server with the data dir's development certificates by default.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
@@ -48,8 +49,18 @@ impl Conn {
         })
     }
 
-    /// Opens a channel (mTLS unless plaintext).
+    /// Opens a channel (mTLS unless plaintext) whose calls must be answered
+    /// within [`CALL_TIMEOUT`].
     pub async fn channel(&self) -> Result<Channel, CliError> {
+        self.channel_with(Some(CALL_TIMEOUT)).await
+    }
+
+    /// Opens a channel. Every channel gives up connecting after
+    /// [`CONNECT_TIMEOUT`] and pings the server while a call is open, so a
+    /// server that stops answering is noticed; `call_timeout` bounds the wait
+    /// for each call's response headers (`None`: no bound, for an export
+    /// whose bundle is built before its first byte is sent).
+    pub async fn channel_with(&self, call_timeout: Option<Duration>) -> Result<Channel, CliError> {
         let read = |p: &PathBuf| {
             std::fs::read(p).map_err(|e| CliError::usage(format!("{}: {e}", p.display())))
         };
@@ -73,7 +84,26 @@ impl Conn {
                 .tls_config(tls)
                 .map_err(|e| CliError::usage(format!("TLS settings: {e}")))?;
         }
-        ep.connect().await.map_err(|e| {
+        ep = ep
+            .connect_timeout(CONNECT_TIMEOUT)
+            .http2_keep_alive_interval(KEEPALIVE_EVERY)
+            .keep_alive_timeout(KEEPALIVE_TIMEOUT);
+        if let Some(t) = call_timeout {
+            ep = ep.timeout(t);
+        }
+        // tonic's connect_timeout bounds the TCP connect only; this bounds
+        // the TLS and HTTP/2 handshakes too.
+        let connected = tokio::time::timeout(CONNECT_TIMEOUT, ep.connect())
+            .await
+            .map_err(|_| {
+                CliError::unavailable(format!(
+                    "connecting to {}: no TLS/HTTP/2 handshake within {} s; is it a Docket server, \
+                     and does it answer?",
+                    self.url,
+                    CONNECT_TIMEOUT.as_secs()
+                ))
+            })?;
+        connected.map_err(|e| {
             CliError::unavailable(format!(
                 "connecting to {}: {e}. If the server refused the handshake, check that the client \
                  certificate ({}) is signed by the server's client CA; a missing or foreign \
@@ -84,20 +114,53 @@ impl Conn {
         })
     }
 
-    /// A Ledger client.
+    /// A Ledger client whose calls time out after [`CALL_TIMEOUT`].
     pub async fn ledger(&self) -> Result<LedgerClient<Channel>, CliError> {
-        Ok(LedgerClient::new(self.channel().await?)
+        self.ledger_with(Some(CALL_TIMEOUT)).await
+    }
+
+    /// A Ledger client, with the given bound on each call.
+    pub async fn ledger_with(
+        &self,
+        call_timeout: Option<Duration>,
+    ) -> Result<LedgerClient<Channel>, CliError> {
+        Ok(LedgerClient::new(self.channel_with(call_timeout).await?)
             .max_decoding_message_size(16 << 20)
             .max_encoding_message_size(16 << 20))
     }
 
-    /// A Governance client.
+    /// A Governance client whose calls time out after [`CALL_TIMEOUT`].
     pub async fn governance(&self) -> Result<GovernanceClient<Channel>, CliError> {
-        Ok(GovernanceClient::new(self.channel().await?)
-            .max_decoding_message_size(64 << 20)
-            .max_encoding_message_size(16 << 20))
+        self.governance_with(Some(CALL_TIMEOUT)).await
+    }
+
+    /// A Governance client, with the given bound on each call.
+    pub async fn governance_with(
+        &self,
+        call_timeout: Option<Duration>,
+    ) -> Result<GovernanceClient<Channel>, CliError> {
+        Ok(
+            GovernanceClient::new(self.channel_with(call_timeout).await?)
+                .max_decoding_message_size(64 << 20)
+                .max_encoding_message_size(16 << 20),
+        )
     }
 }
+
+/// How long connecting (TCP, TLS and HTTP/2) may take before the CLI gives
+/// up with exit 69.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a call may wait for the server's response before the CLI gives
+/// up with exit 69, so a pipeline gate facing a server that accepted the
+/// connection but does not answer fails in a minute, not at the CI job's
+/// own limit.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// HTTP/2 pings while a call is open, and how long an answer to one may take
+/// before the connection counts as lost.
+const KEEPALIVE_EVERY: Duration = Duration::from_secs(20);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Turns a gRPC status into a CLI error that keeps the server's words.
 pub fn status_err(what: &str, s: tonic::Status) -> CliError {
@@ -107,11 +170,101 @@ pub fn status_err(what: &str, s: tonic::Status) -> CliError {
         ""
     };
     let message = format!("{what}: {:?}: {}{hint}", s.code(), s.message());
-    // The call never reached a server that answered: a distinct exit code,
-    // so a pipeline gate can retry instead of reading it as a denial.
-    if s.code() == tonic::Code::Unavailable {
-        CliError::unavailable(message)
+    // No answer came back: a distinct exit code, so a pipeline gate can
+    // retry instead of reading it as a denial. Besides an unreachable
+    // server, that is a connection lost during the call (tonic reports it
+    // as Unknown "transport error") and a call that timed out (Cancelled
+    // here, DeadlineExceeded from a server). A request that records
+    // something may have been appended before the answer was lost.
+    let no_answer = match s.code() {
+        tonic::Code::Unavailable | tonic::Code::Cancelled | tonic::Code::DeadlineExceeded => true,
+        tonic::Code::Unknown => s.message().contains("transport error"),
+        _ => false,
+    };
+    if no_answer {
+        CliError::unavailable(format!(
+            "{message}. No answer came back: nothing was decided by this call; if it records \
+             something (deploy, approve, ...), check whether it was appended before retrying"
+        ))
     } else {
         CliError::failed(message)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn calls_without_an_answer_exit_69_and_refusals_exit_1() {
+        use tonic::{Code, Status};
+        let code = |s: Status| status_err("authorize", s).code;
+        assert_eq!(code(Status::unavailable("connection refused")), 69);
+        assert_eq!(code(Status::cancelled("Timeout expired")), 69);
+        assert_eq!(code(Status::deadline_exceeded("deadline")), 69);
+        assert_eq!(code(Status::unknown("transport error")), 69);
+        assert_eq!(code(Status::unknown("h2 protocol error")), 1);
+        assert_eq!(code(Status::new(Code::PermissionDenied, "no")), 1);
+        assert_eq!(code(Status::invalid_argument("commit: bad")), 1);
+        assert_eq!(code(Status::failed_precondition("refused")), 1);
+    }
+
+    /// A server that accepts the TCP connection and then says nothing: the
+    /// CLI gives up after CONNECT_TIMEOUT with exit 69 (paused clock).
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_server_is_given_up_on_when_connecting() {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = crate::tls::generate_dev_pki(dir.path(), &["localhost".into()], "ci").unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let held = tokio::spawn(async move { listener.accept().await.map(|(tcp, _)| tcp) });
+        let conn = Conn {
+            url: format!("https://localhost:{}", addr.port()),
+            ca: pki.ca_cert,
+            cert: pki.client_cert,
+            key: pki.client_key,
+            plaintext: false,
+        };
+        let start = tokio::time::Instant::now();
+        let e = conn
+            .governance()
+            .await
+            .expect_err("connected to a silent server");
+        assert_eq!(e.code, 69, "{}", e.message);
+        assert!(start.elapsed() >= CONNECT_TIMEOUT, "{:?}", start.elapsed());
+        drop(held);
+    }
+
+    /// A server that completes HTTP/2 but never answers the call: the CLI
+    /// gives up after CALL_TIMEOUT with exit 69 (paused clock).
+    #[tokio::test(start_paused = true)]
+    async fn a_call_without_an_answer_times_out_with_69() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let mut h2 = h2::server::handshake(tcp).await.unwrap();
+            // Take requests and hold them unanswered.
+            let mut held = Vec::new();
+            while let Some(Ok(req)) = h2.accept().await {
+                held.push(req);
+            }
+        });
+        let conn = Conn {
+            url: format!("http://{addr}"),
+            ca: PathBuf::new(),
+            cert: PathBuf::new(),
+            key: PathBuf::new(),
+            plaintext: true,
+        };
+        let mut g = conn.governance().await.unwrap();
+        let start = tokio::time::Instant::now();
+        let s = g
+            .authorize(crate::api::pb::AuthorizeRequest::default())
+            .await
+            .expect_err("answered by a server that never answers");
+        assert!(start.elapsed() >= CALL_TIMEOUT, "{:?}", start.elapsed());
+        assert_eq!(status_err("authorize", s).code, 69);
+        server.abort();
     }
 }

@@ -291,7 +291,9 @@ async fn online(conn: &ConnArgs, scope: &Scope, bar: &mut Bar) -> Result<Vec<u8>
         progress: bar.on,
         complete: matches!(scope, Scope::Change { complete: true, .. }),
     };
-    let mut g = Conn::resolve(conn)?.governance().await?;
+    // No bound on the call: without progress reports the server sends its
+    // first byte only once the bundle is built, which may take minutes.
+    let mut g = Conn::resolve(conn)?.governance_with(None).await?;
     let mut stream = g
         .export_evidence(req)
         .await

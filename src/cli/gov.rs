@@ -427,7 +427,12 @@ pub struct CiEnv {
 pub fn ci_env(var: impl Fn(&str) -> Option<String>) -> CiEnv {
     let v = |k: &str| var(k).unwrap_or_default();
     if v("GITHUB_ACTIONS") == "true" {
-        let server = v("GITHUB_SERVER_URL");
+        // Both default as docket-ci.sh does, so `change open` and `ci
+        // report` name the same repository even where a runner (act, say)
+        // leaves the variable out.
+        let server = Some(v("GITHUB_SERVER_URL"))
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| "https://github.com".into());
         let host = server
             .split_once("://")
             .map(|(_, h)| h)
@@ -436,6 +441,15 @@ pub fn ci_env(var: impl Fn(&str) -> Option<String>) -> CiEnv {
             .to_owned();
         let repo = v("GITHUB_REPOSITORY");
         let run = v("GITHUB_RUN_ID");
+        // A re-run keeps the run id; its attempt number tells them apart.
+        let attempt = v("GITHUB_RUN_ATTEMPT");
+        let attempt =
+            if attempt.bytes().all(|b| b.is_ascii_digit()) && !attempt.is_empty() && attempt != "1"
+            {
+                format!("/attempts/{attempt}")
+            } else {
+                String::new()
+            };
         return CiEnv {
             provider: "github-actions".into(),
             repository: if host.is_empty() || repo.is_empty() {
@@ -448,14 +462,19 @@ pub fn ci_env(var: impl Fn(&str) -> Option<String>) -> CiEnv {
             url: if server.is_empty() || repo.is_empty() || run.is_empty() {
                 String::new()
             } else {
-                format!("{}/{repo}/actions/runs/{run}", server.trim_end_matches('/'))
+                format!(
+                    "{}/{repo}/actions/runs/{run}{attempt}",
+                    server.trim_end_matches('/')
+                )
             },
             run_id: run,
             git_ref: v("GITHUB_REF"),
         };
     }
     if v("GITLAB_CI") == "true" {
-        let host = v("CI_SERVER_HOST");
+        let host = Some(v("CI_SERVER_HOST"))
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| "gitlab.com".into());
         let project = v("CI_PROJECT_PATH");
         let pipeline = match var("CI_PIPELINE_NAME").filter(|s| !s.is_empty()) {
             Some(p) => p,
@@ -1171,6 +1190,30 @@ mod tests {
         assert_eq!(e.pipeline, "build-image");
         assert_eq!(e.run_id, "77");
         assert!(e.url.ends_with("/pipelines/77"));
+        // A re-run's attempt is in the URL; a missing server is the public
+        // one, as docket-ci.sh assumes.
+        let rerun = |extra: &[(&'static str, &'static str)], drop: &str| {
+            let mut m = gh.clone();
+            m.extend(extra.iter().copied());
+            m.remove(drop);
+            ci_env(|k| m.get(k).map(|v| v.to_string()))
+        };
+        assert_eq!(
+            rerun(&[("GITHUB_RUN_ATTEMPT", "2")], "").url,
+            "https://github.com/acme/payments/actions/runs/4242/attempts/2"
+        );
+        assert_eq!(
+            rerun(&[("GITHUB_RUN_ATTEMPT", "1")], "").url,
+            "https://github.com/acme/payments/actions/runs/4242"
+        );
+        assert_eq!(
+            rerun(&[], "GITHUB_SERVER_URL").repository,
+            "github.com/acme/payments"
+        );
+        let mut m = gl.clone();
+        m.remove("CI_SERVER_HOST");
+        let e = ci_env(|k| m.get(k).map(|v| v.to_string()));
+        assert_eq!(e.repository, "gitlab.com/acme/payments");
         // Neither: nothing is guessed.
         assert_eq!(ci_env(|_| None), CiEnv::default());
     }

@@ -1,7 +1,8 @@
 //! The `docket` subcommands. Exit codes: 0 success, 1 the operation failed
 //! (verification found a problem, the server refused or denied), 64 bad
-//! usage or config, 69 the server could not be reached (sysexits'
-//! EX_UNAVAILABLE), so a pipeline can tell "denied" from "could not ask".
+//! usage or config, 69 the server could not be reached or did not answer
+//! (sysexits' EX_UNAVAILABLE), so a pipeline can tell "denied" from "could
+//! not ask".
 
 pub mod bench;
 pub mod bench_gov;

@@ -252,18 +252,38 @@ def test_open_amends_an_existing_change_and_a_rerun_does_nothing(fake):
     assert "nothing to do" in r.stdout
 
 
+def _two_commits(repo):
+    """A real repository with two commits; returns (first, second)."""
+    git = ["git", "-C", str(repo), "-c", "user.name=A", "-c", "user.email=a@example.com",
+           "-c", "commit.gpgsign=false"]
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    shas = []
+    for n in (1, 2):
+        subprocess.run([*git, "commit", "-q", "--allow-empty", "-m", f"c{n}"], check=True)
+        shas.append(subprocess.run([*git, "rev-parse", "HEAD"], check=True,
+                                   capture_output=True, text=True).stdout.strip())
+    return shas
+
+
 def test_ingest_takes_the_push_from_gitlab_or_else_the_whole_history(fake):
     tmp, env = fake
-    env.update({"GITLAB_CI": "true", "CI_COMMIT_SHA": C1, "CI_PROJECT_PATH": "acme/app",
-                "CI_SERVER_HOST": "gitlab.example.com", "DOCKET_REPO": "/src/app"})
-    r = run(["ingest"], {**env, "CI_COMMIT_BEFORE_SHA": C0})
+    repo = tmp / "app"
+    first, second = _two_commits(repo)
+    env.update({"GITLAB_CI": "true", "CI_COMMIT_SHA": second, "CI_PROJECT_PATH": "acme/app",
+                "CI_SERVER_HOST": "gitlab.example.com", "DOCKET_REPO": str(repo)})
+    r = run(["ingest"], {**env, "CI_COMMIT_BEFORE_SHA": first})
     assert r.returncode == 0, r.stderr
-    assert called(tmp) == ["git", "ingest", "--repo", "/src/app", "--range", f"{C0}..{C1}",
+    assert called(tmp) == ["git", "ingest", "--repo", str(repo), "--range", f"{first}..{second}",
                            "--repository", "gitlab.example.com/acme/app"]
     # A new branch: GitLab's "before" is all zeros.
     r = run(["ingest"], {**env, "CI_COMMIT_BEFORE_SHA": "0" * 40})
     assert r.returncode == 0, r.stderr
-    assert called(tmp)[4:6] == ["--ref", C1]
+    assert called(tmp)[4:6] == ["--ref", second]
+    # A force push: the old tip is not in the clone, so no range can start there.
+    r = run(["ingest"], {**env, "CI_COMMIT_BEFORE_SHA": C0})
+    assert r.returncode == 0, r.stderr
+    assert called(tmp)[4:6] == ["--ref", second]
+    assert "not in the clone (a force push?)" in r.stderr
 
 
 def test_unreadable_file_is_named(fake):
@@ -486,10 +506,13 @@ def test_action_runs_docket_ci_sh_with_the_command_input(fake):
     # ingest: the push's commits, from github.event.before; or the range input.
     gh = {**conn, "GITHUB_ACTIONS": "true", "GITHUB_SHA": C1, "GITHUB_REPOSITORY": "acme/app",
           "GITHUB_SERVER_URL": "https://github.com"}
-    r = _run_action({"command": "ingest", **bin_}, {**gh, "TEST_EVENT_BEFORE": C0}, base)
+    first, second = _two_commits(tmp / "app")
+    r = _run_action({"command": "ingest", **bin_},
+                    {**gh, "GITHUB_SHA": second, "TEST_EVENT_BEFORE": first,
+                     "DOCKET_REPO": str(tmp / "app")}, base)
     assert r.returncode == 0, r.stderr
-    assert called(tmp) == ["git", "ingest", "--repo", ".", "--range", f"{C0}..{C1}",
-                           "--repository", "github.com/acme/app"]
+    assert called(tmp) == ["git", "ingest", "--repo", str(tmp / "app"),
+                           "--range", f"{first}..{second}", "--repository", "github.com/acme/app"]
     r = _run_action({"command": "ingest", "range": "v1..v2", **bin_}, gh, base)
     assert r.returncode == 0, r.stderr
     assert called(tmp)[4:6] == ["--range", "v1..v2"]
@@ -692,6 +715,12 @@ def test_gitlab_jobs_run_the_script(fake, job, extra, expect):
     script, variables = _gitlab_job_script(job)
     variables["DOCKET_CI_SCRIPT"] = str(SCRIPT)  # GitLab runs it from the project dir
     key = Path(env.pop("DOCKET_KEY")).read_bytes()
+    if job == ".docket-ingest":
+        # The push's range is taken only when its start is in the clone.
+        first, second = _two_commits(tmp)
+        real = {C0: first, C1: second}
+        extra = {k: real.get(v, v) for k, v in extra.items()}
+        expect = [a.replace(C0, first).replace(C1, second) for a in expect]
     full = {**variables, **env, **extra,
             "DOCKET_KEY_B64": base64.b64encode(key).decode(),
             "DOCKET_DIGESTS": f"{D1} {D2}"}

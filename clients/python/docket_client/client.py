@@ -291,22 +291,24 @@ def ci_env(environ: Mapping[str, str] = os.environ) -> CiEnv:
         return environ.get(k) or ""
 
     if v("GITHUB_ACTIONS") == "true":
-        server = v("GITHUB_SERVER_URL")
+        server = v("GITHUB_SERVER_URL") or "https://github.com"
         _, sep, rest = server.partition("://")
         host = (rest if sep else server).rstrip("/")
         repo = v("GITHUB_REPOSITORY")
         run = v("GITHUB_RUN_ID")
+        attempt = v("GITHUB_RUN_ATTEMPT")
+        attempt = f"/attempts/{attempt}" if attempt.isascii() and attempt.isdigit() and attempt != "1" else ""
         return CiEnv(
             provider="github-actions",
             repository=repo if not host or not repo else f"{host}/{repo}",
             commit=v("GITHUB_SHA"),
             pipeline=v("GITHUB_WORKFLOW"),
             run_id=run,
-            url="" if not server or not repo or not run else f"{server.rstrip('/')}/{repo}/actions/runs/{run}",
+            url="" if not server or not repo or not run else f"{server.rstrip('/')}/{repo}/actions/runs/{run}{attempt}",
             ref=v("GITHUB_REF"),
         )
     if v("GITLAB_CI") == "true":
-        host = v("CI_SERVER_HOST")
+        host = v("CI_SERVER_HOST") or "gitlab.com"
         project = v("CI_PROJECT_PATH")
         return CiEnv(
             provider="gitlab-ci",

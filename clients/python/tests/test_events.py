@@ -67,6 +67,15 @@ def test_ci_variables_of_github_and_gitlab():
     assert ci_env({**GITHUB, "GITHUB_SERVER_URL": "https://ghe.example.com/"}).url == (
         "https://ghe.example.com/acme/payments/actions/runs/4242"
     )
+    # A re-run's attempt is in the URL; a missing server is the public one.
+    assert ci_env({**GITHUB, "GITHUB_RUN_ATTEMPT": "2"}).url == (
+        "https://github.com/acme/payments/actions/runs/4242/attempts/2"
+    )
+    assert ci_env({**GITHUB, "GITHUB_RUN_ATTEMPT": "1"}).url.endswith("/runs/4242")
+    no_server = {k: v for k, v in GITHUB.items() if k != "GITHUB_SERVER_URL"}
+    assert ci_env(no_server).repository == "github.com/acme/payments"
+    no_host = {k: v for k, v in GITLAB.items() if k != "CI_SERVER_HOST"}
+    assert ci_env(no_host).repository == "gitlab.com/acme/payments"
     e = ci_env(GITLAB)
     assert e.provider == "gitlab-ci"
     assert e.repository == "gitlab.example.com/acme/payments"
