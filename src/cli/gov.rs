@@ -25,6 +25,32 @@ fn record_id(flag: &str, s: &str) -> Result<RecordId, CliError> {
     RecordId::parse(s).map_err(|e| CliError::usage(format!("{flag}: {e}")))
 }
 
+/// Refuses a malformed commit SHA before anything is signed or sent: a
+/// usage error (exit 64), not a refusal by the server (exit 1), which a
+/// pipeline would read like a denial.
+fn check_commits<'a>(flag: &str, commits: impl IntoIterator<Item = &'a String>) -> CliResult {
+    for c in commits {
+        if !crate::event::git::is_object_id(c) {
+            return Err(CliError::usage(format!(
+                "{flag} {c:?}: not a commit SHA (40 or 64 lowercase hex digits)"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Refuses a malformed artifact digest, like [`check_commits`].
+fn check_digests<'a>(flag: &str, digests: impl IntoIterator<Item = &'a String>) -> CliResult {
+    for d in digests {
+        if !crate::event::is_digest(d) {
+            return Err(CliError::usage(format!(
+                "{flag} {d:?}: not an artifact digest (sha256: and 64 lowercase hex digits)"
+            )));
+        }
+    }
+    Ok(())
+}
+
 fn event(signer: PrincipalId, prefix: &str, event_id: Option<String>, body: Body) -> Event {
     Event {
         event_id: event_id.unwrap_or_else(|| fresh_event_id(prefix)),
@@ -285,6 +311,8 @@ pub(crate) async fn change(c: ChangeCmd) -> CliResult {
             description,
             event_id,
         } => {
+            check_commits("--commit", &commits)?;
+            check_digests("--digest", &digests)?;
             let (signer, key) = signer_of(&conn, &sign)?;
             let ev = event(
                 signer,
@@ -314,6 +342,8 @@ pub(crate) async fn change(c: ChangeCmd) -> CliResult {
             environments,
             reason,
         } => {
+            check_commits("--commit", &commits)?;
+            check_digests("--digest", &digests)?;
             let (signer, key) = signer_of(&conn, &sign)?;
             let ev = event(
                 signer,
@@ -383,6 +413,9 @@ pub(crate) async fn review(a: ReviewArgs, approve: bool) -> CliResult {
             Some(c.revision),
         )
     } else {
+        for v in &a.seen {
+            crate::event::check_subject(v).map_err(|e| CliError::usage(format!("--seen: {e}")))?;
+        }
         (a.seen.into_iter().collect(), None)
     };
     let (signer, key) = signer_of(&a.conn, &a.sign)?;
@@ -547,12 +580,20 @@ pub(crate) async fn ci(c: CiCmd) -> CliResult {
             )));
         }
     };
+    let given = a.commit.is_some();
     let commit = a.commit.unwrap_or(env.commit);
     if commit.is_empty() {
         return Err(CliError::usage(
             "--commit is required outside GitHub Actions and GitLab CI",
         ));
     }
+    let from = if given {
+        "--commit"
+    } else {
+        "the commit from the CI's variables (GITHUB_SHA or CI_COMMIT_SHA)"
+    };
+    check_commits(from, [&commit])?;
+    check_digests("--digest", &a.digests)?;
     let repository = a.repository.unwrap_or(env.repository);
     if repository.is_empty() {
         return Err(CliError::usage(
@@ -650,8 +691,11 @@ pub struct Target {
 }
 
 impl Target {
-    fn subjects(&self) -> Vec<String> {
-        self.digests.iter().chain(&self.commits).cloned().collect()
+    /// The subjects, refused as a usage error when malformed.
+    fn subjects(&self) -> Result<Vec<String>, CliError> {
+        check_digests("--digest", &self.digests)?;
+        check_commits("--commit", &self.commits)?;
+        Ok(self.digests.iter().chain(&self.commits).cloned().collect())
     }
 }
 
@@ -786,6 +830,7 @@ pub(crate) async fn authorize(a: AuthorizeArgs) -> CliResult {
             .map_err(|_| CliError::usage("give --actor (the principal who would deploy)"))?,
     };
     let t = &a.target;
+    let subjects = t.subjects()?;
     let mut g = Conn::resolve(&a.conn)?.governance().await?;
     let d = g
         .authorize(pb::AuthorizeRequest {
@@ -794,7 +839,7 @@ pub(crate) async fn authorize(a: AuthorizeArgs) -> CliResult {
             repository: t.repository.clone().unwrap_or_default(),
             kind: t.kind.clone().unwrap_or_default(),
             namespace: t.namespace.clone().unwrap_or_default(),
-            subjects: t.subjects(),
+            subjects: subjects.clone(),
             change_id: t.change.clone().unwrap_or_default(),
             actor,
             break_glass: t.break_glass,
@@ -805,17 +850,13 @@ pub(crate) async fn authorize(a: AuthorizeArgs) -> CliResult {
     finish(
         &d,
         t.json,
-        &format!(
-            "{} {} to {}",
-            t.action,
-            t.subjects().join(", "),
-            t.environment
-        ),
+        &format!("{} {} to {}", t.action, subjects.join(", "), t.environment),
     )
 }
 
 pub(crate) async fn deploy(a: DeployArgs) -> CliResult {
     let t = &a.target;
+    let subjects = t.subjects()?;
     let (signer, key) = signer_of(&a.conn, &a.sign)?;
     let ev = event(
         signer,
@@ -827,7 +868,7 @@ pub(crate) async fn deploy(a: DeployArgs) -> CliResult {
             repository: t.repository.clone(),
             kind: t.kind.clone(),
             namespace: t.namespace.clone(),
-            subjects: t.subjects().into_iter().collect(),
+            subjects: subjects.iter().cloned().collect(),
             change_id: t
                 .change
                 .as_deref()
@@ -844,12 +885,7 @@ pub(crate) async fn deploy(a: DeployArgs) -> CliResult {
     finish(
         &d,
         t.json,
-        &format!(
-            "{} {} to {}",
-            t.action,
-            t.subjects().join(", "),
-            t.environment
-        ),
+        &format!("{} {} to {}", t.action, subjects.join(", "), t.environment),
     )
 }
 

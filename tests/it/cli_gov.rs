@@ -737,6 +737,80 @@ async fn a_second_identity_admin_approves_identity_changes() {
     assert_eq!(roles(&s.cli_ok(&show).await), json!(["dev", "security"]));
 }
 
+/// A malformed commit or digest is a usage error (64), found before anything
+/// is signed or sent: the server named here does not exist, so a check made
+/// only after connecting would exit 69 instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_subjects_are_usage_errors_before_any_call() {
+    let s = server().with_policy(POLICY).run().await;
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("https://127.0.0.1:{}", closed.local_addr().unwrap().port());
+    drop(closed);
+    let upper = "0123456789ABCDEF0123456789ABCDEF01234567";
+    let bad_digest = format!("sha256:{}", "A".repeat(64));
+    let cases: [(Vec<&str>, &str); 6] = [
+        (
+            vec![
+                "authorize",
+                "--env",
+                "prod",
+                "--digest",
+                &bad_digest,
+                "--actor",
+                "ci",
+            ],
+            "--digest",
+        ),
+        (
+            vec!["deploy", "--env", "prod", "--commit", upper],
+            "--commit",
+        ),
+        (
+            vec![
+                "change", "open", "--id", "CHG-9", "--commit", "abc123", "--env", "prod",
+            ],
+            "not a commit SHA",
+        ),
+        (
+            vec![
+                "ci",
+                "report",
+                "--status",
+                "passed",
+                "--commit",
+                upper,
+                "--repository",
+                "r",
+            ],
+            "not a commit SHA",
+        ),
+        (vec!["approve", "CHG-9", "--seen", "main"], "--seen"),
+        (
+            vec!["change", "amend", "--id", "CHG-9", "--digest", "sha256:00"],
+            "not an artifact digest",
+        ),
+    ];
+    for (args, needle) in cases {
+        let out = s.cli_env(&args, &[("DOCKET_SERVER", &url)]).await;
+        assert_eq!(out.code, 64, "{args:?}: {}{}", out.stdout, out.stderr);
+        assert!(out.stderr.contains(needle), "{args:?}: {}", out.stderr);
+    }
+    // From the CI's variables, the message says where the commit came from.
+    let out = s
+        .cli_env(
+            &["ci", "report", "--status", "passed"],
+            &[
+                ("DOCKET_SERVER", &url),
+                ("GITHUB_ACTIONS", "true"),
+                ("GITHUB_SHA", upper),
+                ("GITHUB_REPOSITORY", "acme/app"),
+            ],
+        )
+        .await;
+    assert_eq!(out.code, 64, "{}", out.stderr);
+    assert!(out.stderr.contains("GITHUB_SHA"), "{}", out.stderr);
+}
+
 /// A gate that cannot reach the server exits 69 (EX_UNAVAILABLE), not 1:
 /// a pipeline can tell "denied" from "could not ask" and retry the latter.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
