@@ -8,6 +8,10 @@ use jiff::Timestamp;
 use super::parse::{Policy, Rule};
 use super::{Permission, Roles, glob_match};
 
+/// The action of a deployment proper: an earlier allowed `deploy` of a
+/// subject to the `promoted_from` environment counts for every action.
+const DEPLOY: &str = "deploy";
+
 /// The question: may `actor` do `action` to these subjects in `environment`?
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Request {
@@ -512,8 +516,11 @@ fn evaluate_rule(policy: &Policy, rule: &Rule, req: &Request, facts: &Facts<'_>)
     let mut reasons = Vec::new();
     if let Some(from) = &rule.promoted_from {
         for s in &req.subjects {
-            // Only the same action counts: restarting or deleting a digest
-            // in staging is not deploying it there.
+            // An earlier deploy counts for any action (a restart or a
+            // rollback in prod of what was deployed to staging), and an
+            // earlier request of the same action counts for that action;
+            // restarting or deleting a digest in staging is not deploying
+            // it there.
             let there = |d: &&Deployment<'_>| {
                 d.environment == from.as_str() && d.subject == s.as_str() && d.at <= req.at
             };
@@ -521,7 +528,7 @@ fn evaluate_rule(policy: &Policy, rule: &Rule, req: &Request, facts: &Facts<'_>)
                 .deployments
                 .iter()
                 .filter(there)
-                .any(|d| d.action == req.action.as_str());
+                .any(|d| d.action == DEPLOY || d.action == req.action.as_str());
             if !earlier {
                 let others: BTreeSet<&str> = facts
                     .deployments
@@ -533,8 +540,7 @@ fn evaluate_rule(policy: &Policy, rule: &Rule, req: &Request, facts: &Facts<'_>)
                     format!("{s} has not been deployed to {from} yet; deploy it there first")
                 } else {
                     format!(
-                        "{s} has not been deployed to {from} yet; deploy it there first (only an earlier {:?} counts; {from} has seen {} of it)",
-                        req.action,
+                        "{s} has not been deployed to {from} yet; deploy it there first (its allowed requests there were {}, which do not count as deploying it)",
                         list(&others)
                     )
                 });

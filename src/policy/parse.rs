@@ -295,8 +295,8 @@ impl Policy {
     /// the language was first recorded (a role that may not approve named
     /// as an approver, a rule an earlier rule always matches first, a
     /// duplicate freeze name, a `promoted_from` environment the rule itself
-    /// matches by a pattern, role requirements asking for more people than
-    /// `approvals`). Recorded documents are not re-checked for
+    /// matches and no earlier rule decides, role requirements asking for
+    /// more people than `approvals`). Recorded documents are not re-checked for
     /// those, so logs and bundles written before keep folding and verifying.
     pub fn parse_new(text: &str) -> Result<Policy, PolicyError> {
         Self::parse_with(text, true)
@@ -557,35 +557,15 @@ impl Policy {
                 }
             }
             let promoted_from = r.promoted_from.map(|p| (p.span().start, p.into_inner()));
-            if let Some((from_at, from)) = &promoted_from {
-                if r.matches.environments.iter().any(|e| e == from) {
-                    return Err(at(
-                        *from_at,
-                        format!(
-                            "promoted_from {from:?} is also one of the environments the rule matches"
-                        ),
-                    ));
-                }
-                // A deploy to `from` that this rule decides could never
-                // happen: it would need an earlier deploy to `from`.
-                if strict && r.matches.environments.is_empty() {
-                    return Err(at(
-                        *from_at,
-                        format!(
-                            "promoted_from {from:?} needs match.environments: a rule matching every environment matches {from:?} too, and a first deploy there could never be allowed"
-                        ),
-                    ));
-                }
-                if strict
-                    && let Some(glob) = r.matches.environments.iter().find(|e| glob_match(e, from))
-                {
-                    return Err(at(
-                        *from_at,
-                        format!(
-                            "promoted_from {from:?} is matched by the rule's environment pattern {glob:?}, and a first deploy there could never be allowed"
-                        ),
-                    ));
-                }
+            if let Some((from_at, from)) = &promoted_from
+                && r.matches.environments.iter().any(|e| e == from)
+            {
+                return Err(at(
+                    *from_at,
+                    format!(
+                        "promoted_from {from:?} is also one of the environments the rule matches"
+                    ),
+                ));
             }
             let max_approval_age_secs = match &r.max_approval_age {
                 None => None,
@@ -601,6 +581,7 @@ impl Policy {
                     Some(secs)
                 }
             };
+            let from_at = promoted_from.as_ref().map(|(a, _)| *a);
             let rule = Rule {
                 name,
                 description: r.description,
@@ -632,6 +613,34 @@ impl Policy {
                         rule.name, earlier.name
                     ),
                 ));
+            }
+            // A deploy to `from` that this rule decides could never be
+            // allowed: it would need an earlier deploy to `from`. Fine when
+            // an earlier rule decides every such request instead.
+            if strict && let (Some(from), Some(from_at)) = (&rule.promoted_from, from_at) {
+                let how = if rule.environments.is_empty() {
+                    Some("matches every environment".to_owned())
+                } else {
+                    rule.environments
+                        .iter()
+                        .find(|e| glob_match(e, from))
+                        .map(|glob| format!("matches it by the pattern {glob:?}"))
+                };
+                let probe = Rule {
+                    environments: vec![from.clone()],
+                    ..rule.clone()
+                };
+                if let Some(how) = how
+                    && !rules.iter().any(|e| covers(e, &probe))
+                {
+                    return Err(err(
+                        from_at,
+                        format!(
+                            "rule {:?}: promoted_from {from:?}, but the rule {how} and no earlier rule decides those requests, so a first deploy to {from:?} could never be allowed; put a rule for {from:?} before it",
+                            rule.name
+                        ),
+                    ));
+                }
             }
             rules.push(rule);
             rule_lines.push(line_of(text, start));

@@ -308,9 +308,33 @@ fn every_rule_kind() {
         (
             Deny,
             Some("prod"),
-            "sha256:aaaa has not been deployed to staging yet; deploy it there first (only an earlier \"deploy\" counts; staging has seen restart of it)",
+            "sha256:aaaa has not been deployed to staging yet; deploy it there first (its allowed requests there were restart, which do not count as deploying it)",
         ),
     );
+    // A deploy to staging counts for any action in prod (a restart, a
+    // rollback); a restart in staging counts for a restart in prod.
+    let mut restart = request("prod");
+    restart.action = "restart".into();
+    let mut restart_rule = Policy::parse(POLICY).unwrap();
+    restart_rule.rules[0].actions.clear();
+    let principals = people();
+    let c = change(ok.clone());
+    for (staged_as, allowed) in [("deploy", true), ("restart", true), ("delete", false)] {
+        let mut d = staged();
+        d[0].action = staged_as.into();
+        let facts = Facts {
+            principals: &principals,
+            change: Some(&c),
+            subject_repositories: &BTreeSet::new(),
+            deployments: &d,
+        };
+        let v = evaluate(&restart_rule, &restart, &facts);
+        assert_eq!(
+            v.decision == Allow,
+            allowed,
+            "staged as {staged_as}: {v:#?}"
+        );
+    }
     // CI must have passed for the exact digest...
     let mut no_ci = change(ok.clone());
     no_ci.ci.remove(D);
@@ -850,12 +874,17 @@ fn bad_policies_are_refused_with_line_and_reason() {
         (
             "version = 1\n[[rule]]\nname = \"a\"\nmatch.environments = [\"prod*\"]\npromoted_from = \"prod-canary\"\n",
             5,
-            "promoted_from \"prod-canary\" is matched by the rule's environment pattern \"prod*\", and a first deploy there could never be allowed",
+            "rule \"a\": promoted_from \"prod-canary\", but the rule matches it by the pattern \"prod*\" and no earlier rule decides those requests, so a first deploy to \"prod-canary\" could never be allowed; put a rule for \"prod-canary\" before it",
         ),
         (
             "version = 1\n[[rule]]\nname = \"a\"\npromoted_from = \"staging\"\n",
             4,
-            "promoted_from \"staging\" needs match.environments",
+            "promoted_from \"staging\", but the rule matches every environment and no earlier rule",
+        ),
+        (
+            "version = 1\n[[rule]]\nname = \"canary\"\nmatch.environments = [\"prod-canary\"]\nmatch.actions = [\"deploy\"]\n[[rule]]\nname = \"prod\"\nmatch.environments = [\"prod*\"]\npromoted_from = \"prod-canary\"\n",
+            9,
+            "\"prod*\" and no earlier rule decides those requests",
         ),
         (
             "version = 1\n[permissions]\napprove = [\"security\", \"dba\"]\n[[rule]]\nname = \"a\"\napprovals = 1\nrequire_roles = [{ role = \"security\", count = 1 }, { role = \"dba\", count = 1 }]\n",
@@ -1025,8 +1054,7 @@ fn bad_policies_are_refused_with_line_and_reason() {
         "happens twice in",
         "does not exist in",
         "carries a UTC offset",
-        "is matched by the rule's environment pattern",
-        "needs match.environments",
+        "and no earlier rule",
         "people in all",
         "twice; give it once",
     ];
@@ -1039,6 +1067,15 @@ fn bad_policies_are_refused_with_line_and_reason() {
         }
     }
     assert!(Policy::parse(POLICY).is_ok());
+    // promoted_from an environment the rule's pattern matches is fine when
+    // an earlier rule decides every request there.
+    for text in [
+        "version = 1\n[[rule]]\nname = \"canary\"\nmatch.environments = [\"prod-canary\"]\n[[rule]]\nname = \"prod\"\nmatch.environments = [\"prod*\"]\npromoted_from = \"prod-canary\"\n",
+        "version = 1\n[[rule]]\nname = \"staging\"\nmatch.environments = [\"staging\"]\n[[rule]]\nname = \"rest\"\npromoted_from = \"staging\"\n",
+    ] {
+        let p = Policy::parse_new(text).unwrap_or_else(|e| panic!("{text}\n=> {e}"));
+        assert_eq!(p.rules.len(), 2);
+    }
     // A narrower rule before a broader one is the intended use: both apply.
     let layered = "version = 1\n[[rule]]\nname = \"prod-payments\"\nmatch.environments = [\"prod\"]\nmatch.repositories = [\"github.com/acme/payments\"]\n\n[[rule]]\nname = \"prod\"\nmatch.environments = [\"prod\"]\n";
     assert_eq!(Policy::parse(layered).unwrap().rules.len(), 2);

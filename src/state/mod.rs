@@ -46,8 +46,8 @@ pub use identity::PendingIdentity;
 /// exists (`i/` records). 8: its proposer may withdraw it while it waits.
 /// 9: waiting identity changes and policy proposals keep their integrated
 /// time, and may expire (`expire_after`). 10: promotion counts only earlier
-/// deploys of the same action, and a person fills one `require_roles`
-/// requirement only.
+/// `deploy`s or requests of the same action, and a person fills one
+/// `require_roles` requirement only.
 pub const STATE_FORMAT: u32 = 10;
 
 /// The most keys (every one ever added, revoked ones included), roles and

@@ -1242,8 +1242,9 @@ fn only_the_ci_reporters_a_rule_names_speak_for_its_ci() {
     );
 }
 
-/// Promotion order counts the recorded, allowed requests of the same action
-/// only: a digest restarted in staging has not been deployed there.
+/// Promotion order counts the recorded, allowed deploys, and for another
+/// action the earlier requests of that action: a digest restarted in
+/// staging has not been deployed there.
 #[test]
 fn promotion_counts_only_earlier_requests_of_the_same_action() {
     let policy = "version = 1\n[[rule]]\nname = \"prod\"\nmatch.environments = [\"prod\"]\npromoted_from = \"staging\"\n\n[[rule]]\nname = \"staging\"\nmatch.environments = [\"staging\"]\n";
@@ -1255,11 +1256,17 @@ fn promotion_counts_only_earlier_requests_of_the_same_action() {
     assert_eq!(
         d.reasons,
         [format!(
-            "{D} has not been deployed to staging yet; deploy it there first (only an earlier \"deploy\" counts; staging has seen restart of it)"
+            "{D} has not been deployed to staging yet; deploy it there first (its allowed requests there were restart, which do not count as deploying it)"
         )]
     );
     // The restart itself is promoted: it was done in staging first.
     assert!(f.request("ci", "restart", "prod", D).allow);
+    // A digest deployed to staging may be deployed, and then rolled back
+    // to, in prod, without a staging rollback first.
+    let e = "sha256:eeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeee";
+    assert!(!f.request("ci", "rollback", "prod", e).allow);
+    assert!(f.request("ci", "deploy", "staging", e).allow);
+    assert!(f.request("ci", "rollback", "prod", e).allow);
     assert!(f.request("ci", "deploy", "staging", D).allow);
     assert!(f.deploy("ci", D).allow);
 }
