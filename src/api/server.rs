@@ -5,7 +5,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use futures::{Stream, StreamExt};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Notify;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::access::Guard;
@@ -24,42 +24,147 @@ pub struct LedgerApi {
     stopping: tokio::sync::watch::Receiver<bool>,
     /// Bytes of envelopes all `AppendStream`s together may hold in flight
     /// ([`APPEND_STREAM_BUDGET`]).
-    append_budget: Arc<Semaphore>,
+    append_budget: Arc<ByteBudget>,
 }
 
 /// How many bytes of received, not yet appended envelopes all
-/// `AppendStream`s together may hold. Up to 256 appends of a stream are in
-/// flight, and an envelope may have 8 MiB: without a budget one client could
-/// make the server hold 2 GiB. An item waits for its share before the next
-/// is read, so a client sending faster than the log appends is slowed by
-/// HTTP/2 flow control instead.
+/// `AppendStream`s together may hold, besides the one message each stream
+/// has read and waits to admit. Up to 256 appends of a stream are in
+/// flight, and an envelope may have 8 MiB: without a budget one client
+/// could make the server hold 2 GiB. A message waits for its share before
+/// the next is read, so a client sending faster than the log appends is
+/// slowed by HTTP/2 flow control instead.
 pub(crate) const APPEND_STREAM_BUDGET: usize = 64 << 20;
 
-/// Passes the items of `input` on one at a time, each once `weight(item)`
-/// permits of `budget` (a semaphore created with `size` permits; at most all
-/// of them) are its own; the permit goes with the item and returns to the
-/// budget when dropped. The next item is not read from `input` while one
-/// waits.
+/// A count of bytes in flight with a ceiling, shared by streams. Taking a
+/// share is all or nothing: a waiter holds nothing until its whole share is
+/// free, so a stream that is no longer polled (its client stopped reading)
+/// cannot sit on part of the budget while it waits.
+#[derive(Debug)]
+pub(crate) struct ByteBudget {
+    size: usize,
+    used: std::sync::Mutex<usize>,
+    freed: Notify,
+}
+
+impl ByteBudget {
+    pub(crate) fn new(size: usize) -> Arc<Self> {
+        Arc::new(ByteBudget {
+            size: size.max(1),
+            used: std::sync::Mutex::new(0),
+            freed: Notify::new(),
+        })
+    }
+
+    /// Bytes not taken now.
+    #[cfg(test)]
+    fn available(&self) -> usize {
+        self.size
+            - *self
+                .used
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Waits until `want` bytes (at least 1, at most the whole budget) are
+    /// free and takes them; they return when the share is dropped.
+    pub(crate) async fn take(self: &Arc<Self>, want: usize) -> Share {
+        let want = want.clamp(1, self.size);
+        loop {
+            // Registered before the check, so a release between the check
+            // and the wait is not missed.
+            let freed = self.freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            {
+                let mut used = self
+                    .used
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                if self.size - *used >= want {
+                    *used += want;
+                    return Share {
+                        budget: self.clone(),
+                        bytes: want,
+                    };
+                }
+            }
+            freed.await;
+        }
+    }
+}
+
+/// Bytes taken from a [`ByteBudget`], given back on drop.
+#[derive(Debug)]
+pub(crate) struct Share {
+    budget: Arc<ByteBudget>,
+    bytes: usize,
+}
+
+impl Drop for Share {
+    fn drop(&mut self) {
+        {
+            let mut used = self
+                .budget
+                .used
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            *used -= self.bytes;
+        }
+        self.budget.freed.notify_waiters();
+    }
+}
+
+/// Runs `work(sequence number, item)` on each item of `input` as a task of
+/// its own, up to `depth` at once and each within the byte budget
+/// ([`gate`]), and yields the results in input order. An item's share is
+/// returned when its work finishes, whether or not anyone reads the results:
+/// a client that stops reading its responses (so HTTP/2 stops polling this
+/// stream) holds no budget that other streams wait for. Dropping the stream
+/// does not cancel work already started.
+pub(crate) fn pipeline<S, T, F, Fut, R>(
+    input: S,
+    budget: Arc<ByteBudget>,
+    weight: impl Fn(&T) -> usize,
+    depth: usize,
+    work: F,
+) -> impl Stream<Item = Result<R, tokio::task::JoinError>>
+where
+    S: Stream<Item = T>,
+    F: Fn(u64, T) -> Fut,
+    Fut: std::future::Future<Output = R> + Send + 'static,
+    R: Send + 'static,
+{
+    gate(input, budget, weight)
+        .enumerate()
+        .map(move |(seq, (item, share))| {
+            let done = work(seq as u64, item);
+            tokio::spawn(async move {
+                let r = done.await;
+                drop(share);
+                r
+            })
+        })
+        .buffered(depth)
+}
+
+/// Passes the items of `input` on one at a time, each once its
+/// `weight(item)` bytes of `budget` are its own; the share goes with the
+/// item. The next item is not read from `input` while one waits.
 pub(crate) fn gate<S, T>(
     input: S,
-    budget: Arc<Semaphore>,
-    size: usize,
+    budget: Arc<ByteBudget>,
     weight: impl Fn(&T) -> usize,
-) -> impl Stream<Item = (T, Option<OwnedSemaphorePermit>)>
+) -> impl Stream<Item = (T, Share)>
 where
     S: Stream<Item = T>,
 {
-    let total = u32::try_from(size).unwrap_or(u32::MAX).max(1);
     input.then(move |item| {
-        let want = u32::try_from(weight(&item))
-            .unwrap_or(u32::MAX)
-            .clamp(1, total);
+        let want = weight(&item);
         let budget = budget.clone();
         async move {
-            // `acquire_many_owned` fails only on a closed semaphore, and
-            // this one is never closed; an item would then go ungated.
-            let permit = budget.acquire_many_owned(want).await.ok();
-            (item, permit)
+            let share = budget.take(want).await;
+            (item, share)
         }
     })
 }
@@ -76,7 +181,7 @@ impl LedgerApi {
             svc,
             guard,
             stopping,
-            append_budget: Arc::new(Semaphore::new(APPEND_STREAM_BUDGET)),
+            append_budget: ByteBudget::new(APPEND_STREAM_BUDGET),
         }
     }
 
@@ -208,20 +313,10 @@ impl pb::ledger_server::Ledger for LedgerApi {
         let weight = |item: &Result<pb::AppendRequest, Status>| {
             item.as_ref().map_or(0, prost::Message::encoded_len)
         };
-        let out = gate(
-            input,
-            self.append_budget.clone(),
-            APPEND_STREAM_BUDGET,
-            weight,
-        )
-        .enumerate()
-        .map(move |(seq, (item, permit))| {
+        let work = move |seq: u64, item: Result<pb::AppendRequest, Status>| {
             let svc = svc.clone();
             let identity = identity.clone();
             async move {
-                // Held until this append is decided.
-                let _permit = permit;
-                let seq = seq as u64;
                 let result = match item {
                     Err(status) => return Err(status),
                     Ok(pb::AppendRequest { envelope: None }) => {
@@ -248,8 +343,17 @@ impl pb::ledger_server::Ledger for LedgerApi {
                     result: Some(result),
                 })
             }
-        })
-        .buffered(256);
+        };
+        let out =
+            pipeline(input, self.append_budget.clone(), weight, 256, work).map(|done| match done {
+                Ok(response) => response,
+                Err(e) => {
+                    tracing::error!(cause = %e, "an append task failed");
+                    Err(Status::internal(
+                        "the append task failed; its outcome is unknown",
+                    ))
+                }
+            });
         Ok(Response::new(Box::pin(out)))
     }
 
@@ -473,37 +577,71 @@ mod tests {
 
     use super::*;
 
+    /// Work holds its share of the budget until it finishes, and gives it
+    /// back then even when nobody reads the results; an item waiting for
+    /// its share holds none of it meanwhile (paused clock).
+    #[tokio::test(start_paused = true)]
+    async fn a_stream_nobody_reads_holds_no_budget() {
+        let budget = ByteBudget::new(10);
+        let (release, released) = tokio::sync::watch::channel(false);
+        let work = move |seq: u64, w: usize| {
+            let mut released = released.clone();
+            async move {
+                let _ = released.wait_for(|r| *r).await;
+                (seq, w)
+            }
+        };
+        let input = futures::stream::iter([4usize, 4, 4]);
+        let mut out = Box::pin(pipeline(input, budget.clone(), |w| *w, 256, work));
+        // One read takes two items in; the third waits for its share,
+        // holding none of the 2 bytes left.
+        assert!(out.next().now_or_never().is_none());
+        assert_eq!(budget.available(), 2);
+        // Another stream can still take what is left.
+        drop(budget.take(2).now_or_never().expect("2 bytes were free"));
+        // The work finishes; nobody reads.
+        release.send(true).unwrap();
+        let minute = std::time::Duration::from_secs(60);
+        let all = tokio::time::timeout(minute, budget.take(10))
+            .await
+            .expect("the budget did not come back while the results went unread");
+        drop(all);
+        let got: Vec<(u64, usize)> = out.map(Result::unwrap).collect().await;
+        assert_eq!(got, [(0, 4), (1, 4), (2, 4)]);
+        assert_eq!(budget.available(), 10);
+    }
+
     /// Items wait for their share of the budget, the input is not read
     /// further meanwhile, and an item larger than the whole budget still
     /// passes once the budget is free.
     #[tokio::test]
     async fn appends_in_flight_stay_within_the_byte_budget() {
-        let budget = Arc::new(Semaphore::new(10));
+        let budget = ByteBudget::new(10);
         let read = Arc::new(AtomicUsize::new(0));
         let counted = read.clone();
         let input = futures::stream::iter([6usize, 6, 3, 500]).inspect(move |_| {
             counted.fetch_add(1, Ordering::SeqCst);
         });
-        let mut gated = Box::pin(gate(input, budget.clone(), 10, |w| *w));
-        let (first, p1) = gated.next().await.unwrap();
-        assert_eq!((first, budget.available_permits()), (6, 4));
+        let mut gated = Box::pin(gate(input, budget.clone(), |w| *w));
+        let (first, s1) = gated.next().await.unwrap();
+        assert_eq!((first, budget.available()), (6, 4));
         // 6 more do not fit beside the first: the second waits, and the
         // third is not read.
         assert!(gated.next().now_or_never().is_none());
         assert_eq!(read.load(Ordering::SeqCst), 2);
-        drop(p1);
-        let (second, p2) = gated.next().await.unwrap();
-        let (third, p3) = gated.next().await.unwrap();
-        assert_eq!((second, third, budget.available_permits()), (6, 3, 1));
+        assert_eq!(budget.available(), 4);
+        drop(s1);
+        let (second, s2) = gated.next().await.unwrap();
+        let (third, s3) = gated.next().await.unwrap();
+        assert_eq!((second, third, budget.available()), (6, 3, 1));
         // 500 is clamped to the whole budget of 10: it waits for all of it.
-        drop(p2);
+        drop(s2);
         assert!(gated.next().now_or_never().is_none());
-        drop(p3);
-        let (fourth, p4) = gated.next().await.unwrap();
-        assert_eq!((fourth, budget.available_permits()), (500, 0));
-        assert!(p4.is_some());
-        drop(p4);
+        drop(s3);
+        let (fourth, s4) = gated.next().await.unwrap();
+        assert_eq!((fourth, budget.available()), (500, 0));
+        drop(s4);
         assert!(gated.next().await.is_none());
-        assert_eq!(budget.available_permits(), 10);
+        assert_eq!(budget.available(), 10);
     }
 }

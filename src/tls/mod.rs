@@ -258,29 +258,90 @@ fn private_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
 /// [`HANDSHAKE_TIMEOUT`]); connections already established are unaffected.
 pub const MAX_HANDSHAKES: usize = 256;
 
+/// How many of those one source address may hold. Without it, one host
+/// renewing 256 silent connections every [`HANDSHAKE_TIMEOUT`] would keep
+/// every other client from connecting; with it, that takes eight addresses.
+/// A connection over the limit is closed at once.
+pub const MAX_HANDSHAKES_PER_ADDRESS: usize = 32;
+
 /// How long a client may take to complete its TLS handshake.
 pub const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Bounds on handshakes under way.
+#[derive(Clone, Copy, Debug)]
+struct HandshakeLimits {
+    total: usize,
+    per_address: usize,
+    timeout: std::time::Duration,
+}
+
+/// Handshakes under way per source address.
+type UnderWay = Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>;
+
+/// One handshake counted against its source address until dropped.
+struct AddressSlot {
+    under_way: UnderWay,
+    ip: std::net::IpAddr,
+}
+
+impl AddressSlot {
+    fn take(under_way: &UnderWay, ip: std::net::IpAddr, limit: usize) -> Option<AddressSlot> {
+        let mut map = under_way
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let n = map.entry(ip).or_insert(0);
+        if *n >= limit {
+            return None;
+        }
+        *n += 1;
+        Some(AddressSlot {
+            under_way: under_way.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let mut map = self
+            .under_way
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(n) = map.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.ip);
+            }
+        }
+    }
+}
 
 /// Accepts TCP connections and completes TLS handshakes concurrently, so a
 /// slow or failing client never holds up others. Failed handshakes (no client
 /// certificate, a certificate from another CA) are logged and dropped. At
-/// most [`MAX_HANDSHAKES`] are under way at once.
+/// most [`MAX_HANDSHAKES`] are under way at once, [`MAX_HANDSHAKES_PER_ADDRESS`]
+/// of them from one address.
 pub fn incoming(
     listener: TcpListener,
     config: rustls::ServerConfig,
 ) -> tokio_stream::wrappers::ReceiverStream<Result<ClientStream, std::io::Error>> {
-    incoming_limited(listener, config, MAX_HANDSHAKES, HANDSHAKE_TIMEOUT)
+    let limits = HandshakeLimits {
+        total: MAX_HANDSHAKES,
+        per_address: MAX_HANDSHAKES_PER_ADDRESS,
+        timeout: HANDSHAKE_TIMEOUT,
+    };
+    incoming_limited(listener, config, limits)
 }
 
 fn incoming_limited(
     listener: TcpListener,
     config: rustls::ServerConfig,
-    max_handshakes: usize,
-    timeout: std::time::Duration,
+    limits: HandshakeLimits,
 ) -> tokio_stream::wrappers::ReceiverStream<Result<ClientStream, std::io::Error>> {
     let acceptor = TlsAcceptor::from(Arc::new(config));
     let (tx, rx) = tokio::sync::mpsc::channel(128);
-    let slots = Arc::new(tokio::sync::Semaphore::new(max_handshakes));
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.total));
+    let under_way = UnderWay::default();
     tokio::spawn(async move {
         loop {
             // Taken before the accept: while every slot is in use, new
@@ -289,12 +350,17 @@ fn incoming_limited(
                 break;
             };
             let (tcp, peer) = accept_with_backoff(|| listener.accept()).await;
+            let Some(address_slot) = AddressSlot::take(&under_way, peer.ip(), limits.per_address)
+            else {
+                log_refused(peer, "too many handshakes under way from this address");
+                continue;
+            };
             let _ = tcp.set_nodelay(true);
             let acceptor = acceptor.clone();
             let conn_tx = tx.clone();
             tokio::spawn(async move {
-                let handshake = tokio::time::timeout(timeout, acceptor.accept(tcp)).await;
-                drop(slot);
+                let handshake = tokio::time::timeout(limits.timeout, acceptor.accept(tcp)).await;
+                drop((slot, address_slot));
                 match handshake {
                     Ok(Ok(tls)) => {
                         let _ = conn_tx.send(Ok(ClientStream::new(tls))).await;
@@ -601,8 +667,12 @@ mod tests {
         let client_cfg = client_config(&pki.ca_cert, &pki.client_cert, &pki.client_key).unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let hour = std::time::Duration::from_secs(3600);
-        let mut served = incoming_limited(listener, server_cfg, 1, hour);
+        let limits = HandshakeLimits {
+            total: 1,
+            per_address: 1,
+            timeout: std::time::Duration::from_secs(3600),
+        };
+        let mut served = incoming_limited(listener, server_cfg, limits);
         let silent = tokio::net::TcpStream::connect(addr).await.unwrap();
         let client = tokio::spawn(async move {
             let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
@@ -619,6 +689,57 @@ mod tests {
         drop(silent);
         let conn = tokio::time::timeout(minute, served.next()).await;
         let conn = conn.expect("the freed slot was not used").unwrap().unwrap();
+        assert_eq!(conn.peer.identity.as_deref(), Some("CN=tester"));
+        client.await.unwrap().unwrap();
+    }
+
+    /// One address holds at most its share of the handshake slots: a second
+    /// silent connection from it is closed at once, while another address
+    /// is still served (paused clock; 127.0.0.2 is a second loopback address).
+    #[tokio::test(start_paused = true)]
+    async fn one_address_cannot_take_every_handshake_slot() {
+        use futures::StreamExt;
+        use tokio::io::AsyncReadExt;
+        let dir = tempfile::tempdir().unwrap();
+        let pki = generate_dev_pki(dir.path(), &["localhost".into()], "tester").unwrap();
+        let server_cfg = server_config(&pki.ca_cert, &pki.server_cert, &pki.server_key).unwrap();
+        let client_cfg = client_config(&pki.ca_cert, &pki.client_cert, &pki.client_key).unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let limits = HandshakeLimits {
+            total: 4,
+            per_address: 1,
+            timeout: std::time::Duration::from_secs(3600),
+        };
+        let mut served = incoming_limited(listener, server_cfg, limits);
+        let from = |ip: &str| {
+            let socket = tokio::net::TcpSocket::new_v4().unwrap();
+            socket.bind(format!("{ip}:0").parse().unwrap()).unwrap();
+            socket.connect(addr)
+        };
+        let _silent = from("127.0.0.1").await.unwrap();
+        // The second from the same address is closed without a word.
+        let mut second = from("127.0.0.1").await.unwrap();
+        let mut buf = [0u8; 1];
+        let minute = std::time::Duration::from_secs(60);
+        let read = tokio::time::timeout(minute, second.read(&mut buf)).await;
+        assert!(
+            matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+            "the connection over the address's limit was kept: {read:?}"
+        );
+        // Another address completes its handshake meanwhile.
+        let tcp = from("127.0.0.2").await.unwrap();
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let client = tokio::spawn(async move {
+            tokio_rustls::TlsConnector::from(Arc::new(client_cfg))
+                .connect(name, tcp)
+                .await
+        });
+        let conn = tokio::time::timeout(minute, served.next()).await;
+        let conn = conn
+            .expect("the other address was not served")
+            .unwrap()
+            .unwrap();
         assert_eq!(conn.peer.identity.as_deref(), Some("CN=tester"));
         client.await.unwrap().unwrap();
     }
