@@ -115,37 +115,63 @@ impl Drop for Share {
     }
 }
 
-/// Runs `work(sequence number, item)` on each item of `input` as a task of
-/// its own, up to `depth` at once and each within the byte budget
-/// ([`gate`]), and yields the results in input order. An item's share is
-/// returned when its work finishes, whether or not anyone reads the results:
-/// a client that stops reading its responses (so HTTP/2 stops polling this
-/// stream) holds no budget that other streams wait for. Dropping the stream
-/// does not cancel work already started.
+/// How many answered, unread responses one `AppendStream` may queue. When
+/// they are all taken the stream reads no further message, but the appends
+/// already admitted still run to completion and give their budget back.
+const RESPONSE_BACKLOG: usize = 1024;
+
+/// Runs `work(sequence number, item)` on each item of `input`, up to
+/// `depth` at once and each within the byte budget ([`gate`]), and yields
+/// the results in input order. One task drives it apart from whoever reads
+/// the results, and an item is admitted only with a place for its result
+/// reserved among [`RESPONSE_BACKLOG`] ones, so the driver never waits for
+/// the reader: admitted work always finishes and returns its share, even
+/// when the client stops reading its responses (and HTTP/2 stops polling
+/// the response stream). Dropping the stream ends the input; work already
+/// admitted still finishes.
 pub(crate) fn pipeline<S, T, F, Fut, R>(
     input: S,
     budget: Arc<ByteBudget>,
-    weight: impl Fn(&T) -> usize,
+    weight: impl Fn(&T) -> usize + Send + 'static,
     depth: usize,
     work: F,
-) -> impl Stream<Item = Result<R, tokio::task::JoinError>>
+) -> impl Stream<Item = R>
 where
-    S: Stream<Item = T>,
-    F: Fn(u64, T) -> Fut,
+    S: Stream<Item = T> + Send + 'static,
+    T: Send + 'static,
+    F: Fn(u64, T) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = R> + Send + 'static,
     R: Send + 'static,
 {
-    gate(input, budget, weight)
+    let (tx, rx) = tokio::sync::mpsc::channel(RESPONSE_BACKLOG);
+    // A place for the result first, then the share: the next message is
+    // read only when both are there.
+    let admitted = input
+        .then(move |item| {
+            let slots = tx.clone();
+            async move { slots.reserve_owned().await.ok().map(|slot| (slot, item)) }
+        })
+        .take_while(|x| std::future::ready(x.is_some()))
+        .filter_map(std::future::ready);
+    let results = gate(admitted, budget, move |(_, item): &(_, T)| weight(item))
         .enumerate()
-        .map(move |(seq, (item, share))| {
+        .map(move |(seq, ((slot, item), share))| {
             let done = work(seq as u64, item);
-            tokio::spawn(async move {
+            async move {
                 let r = done.await;
                 drop(share);
-                r
-            })
+                (slot, r)
+            }
         })
-        .buffered(depth)
+        .buffered(depth);
+    tokio::spawn(async move {
+        futures::pin_mut!(results);
+        while let Some((slot, r)) = results.next().await {
+            // Reserved: never waits. A reader that went away just drops it.
+            slot.send(r);
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx)
 }
 
 /// Passes the items of `input` on one at a time, each once its
@@ -344,16 +370,7 @@ impl pb::ledger_server::Ledger for LedgerApi {
                 })
             }
         };
-        let out =
-            pipeline(input, self.append_budget.clone(), weight, 256, work).map(|done| match done {
-                Ok(response) => response,
-                Err(e) => {
-                    tracing::error!(cause = %e, "an append task failed");
-                    Err(Status::internal(
-                        "the append task failed; its outcome is unknown",
-                    ))
-                }
-            });
+        let out = pipeline(input, self.append_budget.clone(), weight, 256, work);
         Ok(Response::new(Box::pin(out)))
     }
 
@@ -593,8 +610,10 @@ mod tests {
         };
         let input = futures::stream::iter([4usize, 4, 4]);
         let mut out = Box::pin(pipeline(input, budget.clone(), |w| *w, 256, work));
-        // One read takes two items in; the third waits for its share,
-        // holding none of the 2 bytes left.
+        // Without a read, two items are taken in; the third waits for its
+        // share, holding none of the 2 bytes left. (The driver runs while
+        // the test sleeps on the paused clock.)
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
         assert!(out.next().now_or_never().is_none());
         assert_eq!(budget.available(), 2);
         // Another stream can still take what is left.
@@ -606,7 +625,7 @@ mod tests {
             .await
             .expect("the budget did not come back while the results went unread");
         drop(all);
-        let got: Vec<(u64, usize)> = out.map(Result::unwrap).collect().await;
+        let got: Vec<(u64, usize)> = out.collect().await;
         assert_eq!(got, [(0, 4), (1, 4), (2, 4)]);
         assert_eq!(budget.available(), 10);
     }
