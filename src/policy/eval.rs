@@ -128,7 +128,8 @@ pub struct ChangeFacts<'a> {
 /// A past deployment of a subject to an environment.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Deployment<'a> {
-    /// The recorded request's action: promotion counts the same action only.
+    /// The recorded request's action: for promotion, a `deploy` counts for
+    /// requests of every action, another action for that action only.
     pub action: Cow<'a, str>,
     pub environment: Cow<'a, str>,
     pub subject: Cow<'a, str>,

@@ -654,13 +654,17 @@ mod tests {
         (ClientStream::new(server), client, dir)
     }
 
-    /// While every handshake slot is held by a client that never speaks,
-    /// the next client is not served; once that client goes away, it is.
-    /// (Paused clock: the wait below is virtual time, and the stalled
-    /// handshake's own timeout is an hour away.)
-    #[tokio::test(start_paused = true)]
-    async fn handshakes_under_way_are_capped() {
-        use futures::StreamExt;
+    /// A server accepting with the given handshake limits (an hour's
+    /// timeout), its address, and a client configuration it accepts.
+    async fn limited_server(
+        total: usize,
+        per_address: usize,
+    ) -> (
+        tokio_stream::wrappers::ReceiverStream<Result<ClientStream, io::Error>>,
+        std::net::SocketAddr,
+        rustls::ClientConfig,
+        tempfile::TempDir,
+    ) {
         let dir = tempfile::tempdir().unwrap();
         let pki = generate_dev_pki(dir.path(), &["localhost".into()], "tester").unwrap();
         let server_cfg = server_config(&pki.ca_cert, &pki.server_cert, &pki.server_key).unwrap();
@@ -668,11 +672,26 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let limits = HandshakeLimits {
-            total: 1,
-            per_address: 1,
+            total,
+            per_address,
             timeout: std::time::Duration::from_secs(3600),
         };
-        let mut served = incoming_limited(listener, server_cfg, limits);
+        (
+            incoming_limited(listener, server_cfg, limits),
+            addr,
+            client_cfg,
+            dir,
+        )
+    }
+
+    /// While every handshake slot is held by a client that never speaks,
+    /// the next client is not served; once that client goes away, it is.
+    /// (Paused clock: the wait below is virtual time, and the stalled
+    /// handshake's own timeout is an hour away.)
+    #[tokio::test(start_paused = true)]
+    async fn handshakes_under_way_are_capped() {
+        use futures::StreamExt;
+        let (mut served, addr, client_cfg, _dir) = limited_server(1, 1).await;
         let silent = tokio::net::TcpStream::connect(addr).await.unwrap();
         let client = tokio::spawn(async move {
             let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
@@ -700,18 +719,7 @@ mod tests {
     async fn one_address_cannot_take_every_handshake_slot() {
         use futures::StreamExt;
         use tokio::io::AsyncReadExt;
-        let dir = tempfile::tempdir().unwrap();
-        let pki = generate_dev_pki(dir.path(), &["localhost".into()], "tester").unwrap();
-        let server_cfg = server_config(&pki.ca_cert, &pki.server_cert, &pki.server_key).unwrap();
-        let client_cfg = client_config(&pki.ca_cert, &pki.client_cert, &pki.client_key).unwrap();
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let limits = HandshakeLimits {
-            total: 4,
-            per_address: 1,
-            timeout: std::time::Duration::from_secs(3600),
-        };
-        let mut served = incoming_limited(listener, server_cfg, limits);
+        let (mut served, addr, client_cfg, _dir) = limited_server(4, 1).await;
         let from = |ip: &str| {
             let socket = tokio::net::TcpSocket::new_v4().unwrap();
             socket.bind(format!("{ip}:0").parse().unwrap()).unwrap();
