@@ -622,12 +622,14 @@ mod tests {
         assert_paused_for(start.elapsed(), 5, 1);
     }
 
-    /// A mutual-TLS pair over loopback: the server side wrapped as the
-    /// server wraps it, the client side plain tokio-rustls.
-    async fn tls_pair() -> (
-        ClientStream,
-        tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+    /// A development PKI for client "tester", the server and client
+    /// configurations made from it, and a listener on a loopback port.
+    async fn loopback_pki() -> (
         tempfile::TempDir,
+        rustls::ServerConfig,
+        rustls::ClientConfig,
+        TcpListener,
+        std::net::SocketAddr,
     ) {
         let dir = tempfile::tempdir().unwrap();
         let pki = generate_dev_pki(dir.path(), &["localhost".into()], "tester").unwrap();
@@ -635,6 +637,17 @@ mod tests {
         let client_cfg = client_config(&pki.ca_cert, &pki.client_cert, &pki.client_key).unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
+        (dir, server_cfg, client_cfg, listener, addr)
+    }
+
+    /// A mutual-TLS pair over loopback: the server side wrapped as the
+    /// server wraps it, the client side plain tokio-rustls.
+    async fn tls_pair() -> (
+        ClientStream,
+        tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+        tempfile::TempDir,
+    ) {
+        let (dir, server_cfg, client_cfg, listener, addr) = loopback_pki().await;
         let connect = async {
             let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
             let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
@@ -665,12 +678,7 @@ mod tests {
         rustls::ClientConfig,
         tempfile::TempDir,
     ) {
-        let dir = tempfile::tempdir().unwrap();
-        let pki = generate_dev_pki(dir.path(), &["localhost".into()], "tester").unwrap();
-        let server_cfg = server_config(&pki.ca_cert, &pki.server_cert, &pki.server_key).unwrap();
-        let client_cfg = client_config(&pki.ca_cert, &pki.client_cert, &pki.client_key).unwrap();
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
+        let (dir, server_cfg, client_cfg, listener, addr) = loopback_pki().await;
         let limits = HandshakeLimits {
             total,
             per_address,
