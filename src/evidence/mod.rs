@@ -326,8 +326,15 @@ impl Closure<'_> {
                 for d in gov.requests_of(&s).filter(|d| d.index < limit) {
                     self.refs.deploys.insert(d.index);
                 }
+                // Only a revision below the limit can have bound it: a
+                // later amendment must not pull its change in.
                 for c in gov.changes_ever_binding(&s) {
-                    self.refs.changes.insert(c.id.clone());
+                    let bound = c.revisions.iter().any(|r| {
+                        r.index < limit && (r.commits.contains(&s) || r.digests.contains(&s))
+                    });
+                    if bound {
+                        self.refs.changes.insert(c.id.clone());
+                    }
                 }
                 done_s.insert(s);
             }

@@ -2005,6 +2005,26 @@ async fn selection_ignores_entries_folded_after_its_size() {
         }),
     )
     .await;
+    // And an existing change amended to bind it: CHG-2 never bound image-1
+    // below the size, so it stays out of CHG-1's selection.
+    f.append(
+        "amend-2-late",
+        "ci",
+        Body::ChangeAmended(docket::event::ChangeAmendment {
+            change_id: RecordId::parse("CHG-2").unwrap(),
+            commits: BTreeSet::new(),
+            artifact_digests: [d1.clone()].into(),
+            environments: BTreeSet::new(),
+            reason: "ship image-1 instead".into(),
+        }),
+    )
+    .await;
+    assert!(
+        f.server
+            .svc
+            .with_state(|st| st.gov().changes_ever_binding(&d1).any(|c| c.id == "CHG-2")),
+        "the amendment binds image-1 to CHG-2"
+    );
     for ((sc, seed), want) in scopes.iter().zip(seeds).zip(&before) {
         let got = f
             .server
