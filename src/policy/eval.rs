@@ -88,6 +88,9 @@ pub struct CiFact<'a> {
     pub passed: bool,
     /// Words for reasons when it did not pass: "run 42 of build (github-actions), failed".
     pub description: String,
+    /// The commit the run built the subject (a digest) from, when the
+    /// change binds commits and not this one.
+    pub built_from_unbound: Option<&'a str>,
 }
 
 /// A change and everything known about its subjects. Everything borrows
@@ -388,20 +391,37 @@ pub fn evaluate(policy: &Policy, req: &Request, facts: &Facts<'_>) -> Verdict {
             }],
         };
     }
-    for f in &policy.freezes {
-        let env_applies = f.environments.is_empty()
+    let frozen_here = |f: &&super::parse::Freeze| {
+        f.environments.is_empty()
             || f.environments
                 .iter()
-                .any(|e| glob_match(e, &req.environment));
-        if env_applies && f.start <= req.at && req.at < f.end {
-            return Verdict::deny(
-                None,
-                format!(
-                    "freeze window {:?} is in force until {}",
-                    f.name, f.end_text
-                ),
-            );
+                .any(|e| glob_match(e, &req.environment))
+    };
+    let covering = |at: Timestamp| {
+        policy
+            .freezes
+            .iter()
+            .filter(frozen_here)
+            .filter(move |f| f.start <= at && at < f.end)
+    };
+    if let Some(first) = covering(req.at).next() {
+        // Windows that overlap or touch make one freeze: say when the
+        // last of them ends, not only the first window's end.
+        let mut last = covering(req.at).max_by_key(|f| f.end).unwrap_or(first);
+        while let Some(next) = covering(last.end).max_by_key(|f| f.end) {
+            last = next;
         }
+        let mut reason = format!(
+            "freeze window {:?} is in force until {}",
+            first.name, first.end_text
+        );
+        if last.end > first.end {
+            reason.push_str(&format!(
+                "; freeze window {:?} continues it, so deployments to {} stay frozen until {}",
+                last.name, req.environment, last.end_text
+            ));
+        }
+        return Verdict::deny(None, reason);
     }
     // Rules match on the repository of the code being deployed. A request
     // that names another repository than its change's is refused. Every
@@ -475,11 +495,49 @@ pub fn evaluate(policy: &Policy, req: &Request, facts: &Facts<'_>) -> Verdict {
 
 /// Why `subject` lacks the passing CI run `rule` needs, if it does. The
 /// latest run counts, among those the rule trusts (`ci_reporters`).
-fn ci_reason(rule: &Rule, subject: &str, runs: Option<&Vec<CiFact<'_>>>) -> Option<String> {
-    let runs = runs.map_or(&[][..], Vec::as_slice);
+/// Whether a CI run's reporter may report under the policy in force.
+/// Checked when the run was recorded, and again at each decision: a
+/// reporter whose role was taken away (a compromised runner, say) takes its
+/// runs with it, as an approver's does.
+fn may_report(
+    policy: &Policy,
+    principals: &BTreeMap<String, PrincipalFacts>,
+    f: &CiFact<'_>,
+) -> bool {
+    principals
+        .get(f.reporter)
+        .is_some_and(|p| policy.permits(&p.roles, Permission::Report))
+}
+
+fn ci_reason(
+    policy: &Policy,
+    principals: &BTreeMap<String, PrincipalFacts>,
+    rule: &Rule,
+    subject: &str,
+    runs: Option<&Vec<CiFact<'_>>>,
+) -> Option<String> {
+    let all = runs.map_or(&[][..], Vec::as_slice);
+    let runs: Vec<&CiFact<'_>> = all
+        .iter()
+        .filter(|f| may_report(policy, principals, f))
+        .collect();
+    let revoked: BTreeSet<&str> = all
+        .iter()
+        .filter(|f| !may_report(policy, principals, f))
+        .map(|f| f.reporter)
+        .collect();
+    let note = if revoked.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "; runs reported by {} do not count: they do not hold a role that may report under the policy in force ({})",
+            list(&revoked),
+            list(&policy.permissions[&Permission::Report])
+        )
+    };
     if rule.ci_reporters.is_empty() {
         return match runs.last() {
-            None => Some(format!("no passing CI run is recorded for {subject}")),
+            None => Some(format!("no passing CI run is recorded for {subject}{note}")),
             Some(f) if !f.passed => Some(format!(
                 "the latest CI run for {subject} did not pass ({})",
                 f.description
@@ -496,10 +554,10 @@ fn ci_reason(rule: &Rule, subject: &str, runs: Option<&Vec<CiFact<'_>>>) -> Opti
         None => {
             let others: BTreeSet<&str> = runs.iter().map(|f| f.reporter).collect();
             Some(if others.is_empty() {
-                format!("no passing CI run by {trusted} is recorded for {subject}")
+                format!("no passing CI run by {trusted} is recorded for {subject}{note}")
             } else {
                 format!(
-                    "no passing CI run by {trusted} is recorded for {subject}; runs reported by {} do not count under this rule",
+                    "no passing CI run by {trusted} is recorded for {subject}; runs reported by {} do not count under this rule{note}",
                     list(&others)
                 )
             })
@@ -510,6 +568,33 @@ fn ci_reason(rule: &Rule, subject: &str, runs: Option<&Vec<CiFact<'_>>>) -> Opti
         )),
         Some(_) => None,
     }
+}
+
+/// Digests of the change that a CI run (by a reporter that may report)
+/// says were built from a commit the change does not bind: its approvers
+/// reviewed other code than the artifact holds.
+fn provenance_reasons(
+    policy: &Policy,
+    principals: &BTreeMap<String, PrincipalFacts>,
+    c: &ChangeFacts<'_>,
+) -> Vec<String> {
+    let mut seen = BTreeSet::new();
+    let mut out = Vec::new();
+    for (subject, runs) in &c.ci {
+        for f in runs.iter().filter(|f| may_report(policy, principals, f)) {
+            if let Some(from) = f.built_from_unbound
+                && seen.insert((*subject, from))
+            {
+                out.push(format!(
+                    "{subject} was built from commit {} (a CI run reported by {}), which change {} does not bind: its approvers did not review that code; amend the change to bind it",
+                    &from[..12.min(from.len())],
+                    f.reporter,
+                    c.id
+                ));
+            }
+        }
+    }
+    out
 }
 
 fn evaluate_rule(policy: &Policy, rule: &Rule, req: &Request, facts: &Facts<'_>) -> Verdict {
@@ -590,11 +675,18 @@ fn evaluate_rule(policy: &Policy, rule: &Rule, req: &Request, facts: &Facts<'_>)
         }
         if rule.ci_passed {
             for s in &req.subjects {
-                reasons.extend(ci_reason(rule, s, c.ci.get(s.as_str())));
+                reasons.extend(ci_reason(
+                    policy,
+                    facts.principals,
+                    rule,
+                    s,
+                    c.ci.get(s.as_str()),
+                ));
             }
         }
         if rule.approvals > 0 {
             reasons.extend(c.sod_gaps.iter().cloned());
+            reasons.extend(provenance_reasons(policy, facts.principals, c));
         }
         let current_subjects = SubjectsKey::of(&c.subjects);
         // A review speaks for this revision only if it came after it and

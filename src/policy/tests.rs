@@ -16,6 +16,7 @@ version = 1
 open_change = ["dev", "ci"]
 approve = ["dev", "security"]
 break_glass = ["sre"]
+report = ["ci"]
 propose_policy = ["policy-admin"]
 approve_policy = ["policy-admin"]
 
@@ -115,6 +116,7 @@ fn passed() -> CiFact<'static> {
         reporter: "ci",
         passed: true,
         description: "run 7 of github-actions build passed at entry 3".into(),
+        built_from_unbound: None,
     }
 }
 
@@ -212,9 +214,17 @@ fn ci_reporters_decide_whose_runs_count() {
         reporter,
         passed,
         description: format!("run {n} by {reporter}"),
+        built_from_unbound: None,
     };
     let ok = vec![approval("bob", NOW), approval("carol", NOW)];
-    let principals = people();
+    let mut principals = people();
+    principals.insert(
+        "ci-sandbox".into(),
+        PrincipalFacts {
+            human: false,
+            roles: set(&["ci"]),
+        },
+    );
     let deployments = staged();
     let decide = |policy: &Policy, runs: Vec<CiFact<'static>>| {
         let mut c = change(ok.clone());
@@ -269,6 +279,88 @@ fn ci_reporters_decide_whose_runs_count() {
             Deny,
             "the latest CI run by ci for sha256:aaaa did not pass (run 5 by ci)".into()
         )
+    );
+}
+
+/// A CI run counts only while its reporter may report under the policy in
+/// force: taking the role from a runner takes its runs with it, as it does
+/// an approver's approvals.
+#[test]
+fn runs_of_a_reporter_without_the_report_role_do_not_count() {
+    use Decision::*;
+    let policy = Policy::parse(POLICY).unwrap();
+    let mut principals = people();
+    let deployments = staged();
+    let run = |reporter: &'static str, passed: bool| CiFact {
+        reporter,
+        passed,
+        description: format!("run by {reporter}"),
+        built_from_unbound: None,
+    };
+    let mut decide = |sandbox_roles: &[&str], runs: Vec<CiFact<'static>>| {
+        principals.insert(
+            "ci-sandbox".into(),
+            PrincipalFacts {
+                human: false,
+                roles: set(sandbox_roles),
+            },
+        );
+        let mut c = change(vec![approval("bob", NOW), approval("carol", NOW)]);
+        c.ci.insert(D, runs);
+        let facts = Facts {
+            principals: &principals,
+            change: Some(&c),
+            subject_repositories: &BTreeSet::new(),
+            deployments: &deployments,
+        };
+        let v = evaluate(&policy, &request("prod"), &facts);
+        (v.decision, v.reasons.join("; "))
+    };
+    assert_eq!(decide(&["ci"], vec![run("ci-sandbox", true)]).0, Allow);
+    assert_eq!(
+        decide(&[], vec![run("ci-sandbox", true)]),
+        (
+            Deny,
+            "no passing CI run is recorded for sha256:aaaa; runs reported by ci-sandbox do not count: they do not hold a role that may report under the policy in force (ci)".into()
+        )
+    );
+    // Its later failure no longer speaks either: the trusted run before it decides.
+    let runs = vec![run("ci", true), run("ci-sandbox", false)];
+    assert_eq!(decide(&["ci"], runs.clone()).0, Deny);
+    assert_eq!(decide(&[], runs).0, Allow);
+}
+
+/// A digest of a change that binds commits must have been built from one
+/// of them: approvers reviewed those commits, not the one CI says the
+/// artifact holds.
+#[test]
+fn a_digest_built_from_a_commit_the_change_does_not_bind_is_denied() {
+    use Decision::*;
+    let ok = vec![approval("bob", NOW), approval("carol", NOW)];
+    let mut c = change(ok.clone());
+    c.ci.get_mut(D).unwrap().push(CiFact {
+        reporter: "ci",
+        passed: true,
+        description: String::new(),
+        built_from_unbound: Some("0123456789abcdef0123456789abcdef01234567"),
+    });
+    check(
+        request("prod"),
+        Some(c.clone()),
+        staged(),
+        (
+            Deny,
+            Some("prod"),
+            "sha256:aaaa was built from commit 0123456789ab (a CI run reported by ci), which change CHG-1 does not bind: its approvers did not review that code; amend the change to bind it",
+        ),
+    );
+    // A run by someone who may not report says nothing.
+    c.ci.get_mut(D).unwrap().last_mut().unwrap().reporter = "bot";
+    check(
+        request("prod"),
+        Some(c),
+        staged(),
+        (Allow, Some("prod"), "satisfied"),
     );
 }
 
@@ -354,6 +446,7 @@ fn every_rule_kind() {
         reporter: "ci",
         passed: false,
         description: "run 8 failed at entry 9".into(),
+        built_from_unbound: None,
     });
     check(
         request("prod"),
@@ -708,6 +801,41 @@ fn every_rule_kind() {
     let mut other_repo = request("prod");
     other_repo.repository = Some("github.com/other/x".into());
     check(other_repo, None, vec![], (Deny, None, "no rule matches"));
+}
+
+/// Windows that overlap or touch are one freeze for the deployer: the
+/// denial says when the last of them ends, not only the first one's end.
+#[test]
+fn overlapping_freeze_windows_name_the_end_of_the_whole_freeze() {
+    let policy = Policy::parse(&format!(
+        "{POLICY}\n[[freeze]]\nname = \"january\"\nstart = \"2027-01-02T00:00\"\nend = \"2027-01-10T00:00\"\nzone = \"UTC\"\n\n[[freeze]]\nname = \"audit\"\nstart = \"2027-01-10T00:00\"\nend = \"2027-01-12T00:00\"\nzone = \"UTC\"\nenvironments = [\"prod\"]\n\n[[freeze]]\nname = \"staging-only\"\nstart = \"2027-01-03T00:00\"\nend = \"2027-02-01T00:00\"\nzone = \"UTC\"\nenvironments = [\"staging\"]\n"
+    ))
+    .unwrap();
+    let principals = people();
+    let deny_reason = |at: &str| {
+        let mut req = request("prod");
+        req.at = ts(at);
+        let c = change(vec![approval("bob", NOW), approval("carol", NOW)]);
+        let facts = Facts {
+            principals: &principals,
+            change: Some(&c),
+            subject_repositories: &BTreeSet::new(),
+            deployments: &[],
+        };
+        let v = evaluate(&policy, &req, &facts);
+        assert_eq!(v.decision, Decision::Deny, "{v:#?}");
+        v.reasons.join("; ")
+    };
+    // year-end (to Jan 4, Berlin) overlaps january, which audit continues;
+    // the staging-only window does not apply to prod.
+    assert_eq!(
+        deny_reason("2026-12-24T10:00:00Z"),
+        "freeze window \"year-end\" is in force until 2027-01-04T00:00 Europe/Berlin; freeze window \"audit\" continues it, so deployments to prod stay frozen until 2027-01-12T00:00 UTC"
+    );
+    assert_eq!(
+        deny_reason("2027-01-11T10:00:00Z"),
+        "freeze window \"audit\" is in force until 2027-01-12T00:00 UTC"
+    );
 }
 
 #[test]

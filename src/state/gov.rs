@@ -29,6 +29,7 @@ use super::{ApplyError, State, StateCodecError};
 use crate::event::{
     Body, BreakGlassReview, ChangeAmendment, ChangeOpening, ChangeReview, CiRun, CiStatus,
     CommitObservation, DeployRequest, Event, PolicyProposal, PrincipalId, PrincipalKind,
+    SignatureVerdict,
 };
 use crate::policy::{self, Permission, Policy, PrincipalFacts};
 
@@ -1596,6 +1597,25 @@ impl State {
                         )),
                     }
                 }
+                // Whoever signed it vouched for it as theirs: the author
+                // line is free text, the verified key is not.
+                let signer = rec.signer_identity.as_str();
+                if rec.signature == SignatureVerdict::Verified.name() && !signer.is_empty() {
+                    match self.facts.get_key_value(signer) {
+                        Some((id, _)) => {
+                            authors.insert(id.as_str());
+                        }
+                        None => match self.emails.get(signer) {
+                            Some(id) => {
+                                authors.insert(id.as_str());
+                            }
+                            None => gaps.push(format!(
+                                "commit {}: signer {signer} is neither a principal nor the e-mail of one, so segregation of duties cannot be checked",
+                                label()
+                            )),
+                        },
+                    }
+                }
             }
         }
     }
@@ -1630,6 +1650,7 @@ impl State {
                 if !r.repository.is_empty() {
                     code_repositories.insert(r.repository.as_str());
                 }
+                let from = r.commit.as_str();
                 runs.push(policy::CiFact {
                     reporter: r.builder.as_str(),
                     passed: r.passed,
@@ -1638,8 +1659,13 @@ impl State {
                     } else {
                         r.describe()
                     },
+                    built_from_unbound: Some(from).filter(|f| {
+                        is_digest
+                            && !f.is_empty()
+                            && !cur.commits.is_empty()
+                            && !cur.commits.contains(*f)
+                    }),
                 });
-                let from = r.commit.as_str();
                 if is_digest
                     && !from.is_empty()
                     && !cur.commits.contains(from)

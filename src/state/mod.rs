@@ -47,8 +47,10 @@ pub use identity::PendingIdentity;
 /// 9: waiting identity changes and policy proposals keep their integrated
 /// time, and may expire (`expire_after`). 10: promotion counts only earlier
 /// `deploy`s or requests of the same action, and a person fills one
-/// `require_roles` requirement only.
-pub const STATE_FORMAT: u32 = 10;
+/// `require_roles` requirement only. 11: a CI run counts only while its
+/// reporter may report, a digest built from a commit its change does not
+/// bind is denied, and a verified commit signer is excluded like an author.
+pub const STATE_FORMAT: u32 = 11;
 
 /// The most keys (every one ever added, revoked ones included), roles and
 /// e-mails one principal's record holds; a change past it is refused

@@ -129,8 +129,13 @@ impl Fold {
 
     /// Records the raw commit object `raw` as observed by `ci`; its SHA.
     fn observe(&mut self, raw: &[u8]) -> String {
+        self.observe_signed(raw, crate::event::CommitSignature::unsigned())
+    }
+
+    /// The same, with the ingester's signature verdict `signature`.
+    fn observe_signed(&mut self, raw: &[u8], signature: crate::event::CommitSignature) -> String {
         use crate::event::git::{object_id, parse_commit};
-        use crate::event::{ChangedPaths, CommitObservation, CommitSignature};
+        use crate::event::{ChangedPaths, CommitObservation};
         let sha = object_id(raw, 40).unwrap();
         self.apply(
             "ci",
@@ -140,7 +145,7 @@ impl Fold {
                 commit: parse_commit(raw).unwrap(),
                 raw: raw.to_vec(),
                 changed: ChangedPaths::default(),
-                signature: CommitSignature::unsigned(),
+                signature,
             })),
         )
         .unwrap();
@@ -1457,6 +1462,214 @@ apply alice's patch\n",
     );
     f.review("dave", "CHG-1", &sha, true).unwrap();
     let d = f.deploy("ci", &sha);
+    assert!(d.allow, "{:?}", d.reasons);
+}
+
+/// The verified signer of a commit is excluded like its author: the author
+/// line is whatever the committer typed, the signing key is not. A signer
+/// no principal answers to leaves segregation of duties unchecked.
+#[test]
+fn a_verified_signer_is_excluded_like_an_author() {
+    use crate::event::{CommitSignature, SignatureFormat, SignatureVerdict};
+    let mut f = Fold::new(POLICY);
+    for (who, k) in [("alice", 2), ("bob", 3), ("carol", 4), ("dave", 5)] {
+        f.person(who, k, Some(&format!("{who}@example.com")));
+    }
+    f.register("ci", PrincipalKind::Ci, &["ci"], &[30]);
+    let signed_by = |identity: &str| CommitSignature {
+        format: SignatureFormat::Ssh,
+        verdict: SignatureVerdict::Verified,
+        signer_identity: identity.into(),
+        key_fingerprint: "SHA256:x".into(),
+        detail: String::new(),
+        signer_key: Vec::new(),
+    };
+    // Bob wrote "Alice" as author and committer, and signed with his key.
+    let raw = b"tree 4b825dc642cb6eb9a060e54bf8d69288fbee4904\n\
+author Alice <alice@example.com> 1700000000 +0000\n\
+committer Alice <alice@example.com> 1700000100 +0000\n\
+\n\
+looks like alice's\n";
+    let sha = f.observe_signed(raw, signed_by("bob"));
+    f.apply(
+        "ci",
+        Body::ChangeOpened(ChangeOpening {
+            change_id: RecordId::parse("CHG-1").unwrap(),
+            title: String::new(),
+            repository: String::new(),
+            commits: set(&[&sha]),
+            artifact_digests: BTreeSet::new(),
+            environments: set(&["prod"]),
+            ticket: String::new(),
+            description: String::new(),
+        }),
+    )
+    .unwrap();
+    for who in ["bob", "carol"] {
+        f.review(who, "CHG-1", &sha, true).unwrap();
+    }
+    let d = f.deploy("ci", &sha);
+    assert!(!d.allow, "{:?}", d.reasons);
+    assert!(
+        d.not_counted.iter().any(|n| n.approver == "bob"
+            && n.reason == "bob is a commit author or committer of the change"),
+        "{:?}",
+        d.not_counted
+    );
+    f.review("dave", "CHG-1", &sha, true).unwrap();
+    assert!(f.deploy("ci", &sha).allow);
+
+    // Signed by an allowed signer's e-mail: mapped to its principal.
+    let raw2 = b"tree 4b825dc642cb6eb9a060e54bf8d69288fbee4904\n\
+author Alice <alice@example.com> 1700000200 +0000\n\
+committer Alice <alice@example.com> 1700000200 +0000\n\
+\n\
+second\n";
+    let by_mail = f.observe_signed(raw2, signed_by("carol@example.com"));
+    // And by someone Docket does not know.
+    let raw3 = b"tree 4b825dc642cb6eb9a060e54bf8d69288fbee4904\n\
+author Alice <alice@example.com> 1700000300 +0000\n\
+committer Alice <alice@example.com> 1700000300 +0000\n\
+\n\
+third\n";
+    let stranger = f.observe_signed(raw3, signed_by("mallory@elsewhere.example"));
+    f.apply(
+        "ci",
+        Body::ChangeAmended(ChangeAmendment {
+            change_id: RecordId::parse("CHG-1").unwrap(),
+            commits: set(&[&by_mail, &stranger]),
+            artifact_digests: BTreeSet::new(),
+            environments: BTreeSet::new(),
+            reason: String::new(),
+        }),
+    )
+    .unwrap();
+    f.apply(
+        "carol",
+        Body::ChangeReviewed(ChangeReview {
+            change_id: RecordId::parse("CHG-1").unwrap(),
+            seen_subjects: set(&[&by_mail, &stranger]),
+            approve: true,
+            comment: String::new(),
+            revision: None,
+        }),
+    )
+    .unwrap();
+    let d = f.deploy("ci", &by_mail);
+    assert!(
+        d.reasons.contains(&format!(
+            "commit {}: signer mallory@elsewhere.example is neither a principal nor the e-mail of one, so segregation of duties cannot be checked",
+            &stranger[..12]
+        )),
+        "{:?}",
+        d.reasons
+    );
+    assert!(
+        d.not_counted
+            .iter()
+            .any(|n| n.approver == "carol"
+                && n.reason.contains("carol is a commit author or committer")),
+        "{:?}",
+        d.not_counted
+    );
+}
+
+/// When a change binds commits, a digest it binds must have been built
+/// from one of them: a CI run saying the image was built from another
+/// commit denies, even when that commit's author is known and excluded.
+#[test]
+fn an_image_built_from_a_commit_the_change_does_not_bind_is_denied() {
+    use crate::event::CiStatus;
+    let mut f = Fold::new(POLICY);
+    for (who, k) in [("alice", 2), ("bob", 3), ("carol", 4), ("mallory", 5)] {
+        f.person(who, k, Some(&format!("{who}@example.com")));
+    }
+    f.register("ci", PrincipalKind::Ci, &["ci"], &[30]);
+    let reviewed = f.observe(
+        b"tree 4b825dc642cb6eb9a060e54bf8d69288fbee4904\n\
+author Alice <alice@example.com> 1700000000 +0000\n\
+committer Alice <alice@example.com> 1700000000 +0000\n\
+\n\
+reviewed\n",
+    );
+    let built = f.observe(
+        b"tree 4b825dc642cb6eb9a060e54bf8d69288fbee4904\n\
+author Mallory <mallory@example.com> 1700000100 +0000\n\
+committer Mallory <mallory@example.com> 1700000100 +0000\n\
+\n\
+not reviewed\n",
+    );
+    f.ci_run(
+        "ci",
+        "github.com/acme/payments",
+        &built,
+        D,
+        CiStatus::Passed,
+    );
+    f.apply(
+        "ci",
+        Body::ChangeOpened(ChangeOpening {
+            change_id: RecordId::parse("CHG-1").unwrap(),
+            title: String::new(),
+            repository: String::new(),
+            commits: set(&[&reviewed]),
+            artifact_digests: set(&[D]),
+            environments: set(&["prod"]),
+            ticket: String::new(),
+            description: String::new(),
+        }),
+    )
+    .unwrap();
+    let seen = set(&[&reviewed, D]);
+    for who in ["bob", "carol"] {
+        f.apply(
+            who,
+            Body::ChangeReviewed(ChangeReview {
+                change_id: RecordId::parse("CHG-1").unwrap(),
+                seen_subjects: seen.clone(),
+                approve: true,
+                comment: String::new(),
+                revision: None,
+            }),
+        )
+        .unwrap();
+    }
+    let d = f.deploy("ci", D);
+    assert!(!d.allow, "{:?}", d.reasons);
+    assert_eq!(
+        d.reasons,
+        [format!(
+            "{D} was built from commit {} (a CI run reported by ci), which change CHG-1 does not bind: its approvers did not review that code; amend the change to bind it",
+            &built[..12]
+        )]
+    );
+    // Bound, the commit is reviewed code: the same approvers, afresh, allow.
+    f.apply(
+        "ci",
+        Body::ChangeAmended(ChangeAmendment {
+            change_id: RecordId::parse("CHG-1").unwrap(),
+            commits: set(&[&reviewed, &built]),
+            artifact_digests: set(&[D]),
+            environments: BTreeSet::new(),
+            reason: String::new(),
+        }),
+    )
+    .unwrap();
+    let seen = set(&[&reviewed, &built, D]);
+    for who in ["bob", "carol"] {
+        f.apply(
+            who,
+            Body::ChangeReviewed(ChangeReview {
+                change_id: RecordId::parse("CHG-1").unwrap(),
+                seen_subjects: seen.clone(),
+                approve: true,
+                comment: String::new(),
+                revision: None,
+            }),
+        )
+        .unwrap();
+    }
+    let d = f.deploy("ci", D);
     assert!(d.allow, "{:?}", d.reasons);
 }
 
