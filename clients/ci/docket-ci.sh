@@ -5,7 +5,7 @@
 #
 #   docket-ci.sh ingest [A..B]                record the pipeline's commits (docket git ingest)
 #   docket-ci.sh report STATUS [DIGEST...]    record a CI run (docket ci report)
-#   docket-ci.sh open CHANGE ENVS DIGEST...   open (or amend) the change binding this commit
+#   docket-ci.sh open CHANGE ENVS DIGEST...   open (or amend) the change binding this push's commits
 #                                             and DIGESTs for ENVS (docket change open/amend)
 #   docket-ci.sh approve CHANGE [SUBJECT...]  approve a change as DOCKET_SIGNER (docket approve)
 #   docket-ci.sh gate ENVIRONMENT DIGEST...   ask whether a deploy is allowed (docket authorize)
@@ -40,11 +40,13 @@ usage: $PROG ingest [A..B]
   report  docket ci report --status STATUS --digest DIGEST...  (STATUS: passed, failed,
           canceled; GitHub's success/failure/cancelled work too). The commit, run id, URL and
           repository come from the GitHub Actions or GitLab CI variables.
-  open    docket change open --id CHANGE --commit <the pipeline's commit> --digest DIGEST...
-          --env ENV... (ENVIRONMENTS comma-separated, e.g. staging,prod), the repository
-          from the CI variables, title DOCKET_CHANGE_TITLE and ticket DOCKET_TICKET if set.
-          If CHANGE exists, amends it to these subjects (earlier approvals become stale);
-          if it already binds exactly them, does nothing.
+  open    docket change open --id CHANGE --commit C... --digest DIGEST... --env ENV...
+          (ENVIRONMENTS comma-separated, e.g. staging,prod), the repository from the CI
+          variables, title DOCKET_CHANGE_TITLE and ticket DOCKET_TICKET if set. C: every
+          commit of the push (the range ingest reads), or the pipeline's commit alone when
+          no range is known; the authors of every bound commit may not approve. If CHANGE
+          exists, amends it to these subjects plus the commits it already binds (earlier
+          approvals become stale); if it already binds exactly them, does nothing.
   approve docket approve CHANGE, signed with DOCKET_KEY as DOCKET_SIGNER (a person's key,
           e.g. from a protected environment only they can release). SUBJECTs (commits,
           digests): what the approver reviewed; the approval is refused unless they are
@@ -265,14 +267,24 @@ ci_repository() {
     fi
 }
 
+# The commit the branch pointed at before the push, when it is known and in
+# the clone; nothing otherwise (a new branch, a force push, no push
+# information).
+push_before() {
+    local before="${DOCKET_GIT_BEFORE:-${CI_COMMIT_BEFORE_SHA:-}}"
+    if [[ -n "$before" && ! "$before" =~ ^0+$ ]] &&
+        git -C "${DOCKET_REPO:-.}" cat-file -e "$before^{commit}" 2>/dev/null; then
+        printf '%s' "$before"
+    fi
+}
+
 do_ingest() {
     local args=(git ingest --repo "${DOCKET_REPO:-.}")
     local commit="${GITHUB_SHA:-${CI_COMMIT_SHA:-HEAD}}"
     local before="${DOCKET_GIT_BEFORE:-${CI_COMMIT_BEFORE_SHA:-}}"
     if [[ $# -eq 1 ]]; then
         args+=(--range "$1")
-    elif [[ -n "$before" && ! "$before" =~ ^0+$ ]] &&
-        git -C "${DOCKET_REPO:-.}" cat-file -e "$before^{commit}" 2>/dev/null; then
+    elif [[ -n "$(push_before)" ]]; then
         # A push: the commits it brought.
         args+=(--range "$before..$commit")
     else
@@ -291,12 +303,42 @@ do_ingest() {
     run_docket "git ingest" "${args[@]}"
 }
 
+# The commits change $1 binds now, one per line; nothing if it does not
+# exist. `docket change show` prints JSON with one "commits" array.
+change_commits() {
+    "$BIN" change show "$1" 2>/dev/null | tr -d ' \n' |
+        sed -n 's/.*"commits":\[\([^]]*\)\].*/\1/p' | tr ',' '\n' | tr -d '"' |
+        grep -E '^[0-9a-f]{40}([0-9a-f]{24})?$' || true
+}
+
 do_open() {
     local id="$1" envs="$2"
     shift 2
     local commit="${GITHUB_SHA:-${CI_COMMIT_SHA:-}}"
-    local bind=(--id "$id" --commit "$commit")
-    local d e
+    # The change binds every commit the push brought, not only its tip: a
+    # change binds the commits it names, and their authors are the ones who
+    # may not approve it (docs/policy.md, "Exclusions").
+    local commits=("$commit") before
+    before="$(push_before)"
+    if [[ -n "$before" ]]; then
+        mapfile -t commits < <(git -C "${DOCKET_REPO:-.}" rev-list "$before..$commit")
+        [[ ${#commits[@]} -eq 0 ]] && commits=("$commit")
+    else
+        echo "$PROG: no push range is known (a new branch, a force push, or no push information): the change binds $commit only, not the commits before it" >&2
+    fi
+    # A later pipeline for an existing change keeps the commits it already
+    # binds: their code is still in what is deployed.
+    local old
+    while read -r old; do
+        [[ " ${commits[*]} " == *" $old "* ]] || commits+=("$old")
+    done < <(change_commits "$id")
+    if [[ ${#commits[@]} -gt 256 ]]; then
+        echo "$PROG: open: the change would bind ${#commits[@]} commits; a change binds at most 256 (open it with docket change open and a narrower set)" >&2
+        return 64
+    fi
+    local bind=(--id "$id")
+    local c d e
+    for c in "${commits[@]}"; do bind+=(--commit "$c"); done
     for d in "$@"; do bind+=(--digest "$d"); done
     IFS=',' read -r -a env_list <<<"$envs"
     for e in "${env_list[@]}"; do

@@ -75,6 +75,14 @@ env | grep '^DOCKET_' | sort > "$FAKE_DIR/env" || true
 verdict="${FAKE_VERDICT:-allow}"
 json=false
 for a in "$@"; do [[ "$a" == --json ]] && json=true; done
+if [[ "$1 $2" == "change show" ]]; then
+  if [[ -z "${FAKE_CHANGE_EXISTS:-}" ]]; then
+    echo 'error: get change: NotFound: no change "gh-7"' >&2
+    exit 1
+  fi
+  printf '{\n  "change_id": "gh-7",\n  "commits": [\n    "%s"\n  ],\n  "artifact_digests": [\n    "%s"\n  ]\n}\n' "${FAKE_BOUND:-}" "sha256:$(printf 'c%.0s' {1..64})"
+  exit 0
+fi
 if [[ "$1 $2" == "change open" && -n "${FAKE_CHANGE_EXISTS:-}" ]]; then
   echo 'error: change "gh-7" already exists' >&2
   exit 1
@@ -244,8 +252,9 @@ def test_open_amends_an_existing_change_and_a_rerun_does_nothing(fake):
     assert r.returncode == 0, r.stderr
     assert "amending it" in r.stdout
     calls = (tmp / "calls").read_text().splitlines()
-    assert [c.split()[:2] for c in calls] == [["change", "open"], ["change", "amend"]]
-    assert calls[1] == f"change amend --id gh-7 --commit {C1} --digest {D1} --env staging --env prod"
+    assert [c.split()[:2] for c in calls] == [["change", "show"], ["change", "open"],
+                                              ["change", "amend"]]
+    assert calls[2] == f"change amend --id gh-7 --commit {C1} --digest {D1} --env staging --env prod"
     env["FAKE_SAME_SUBJECTS"] = "1"
     r = run(["open", "gh-7", "staging,prod", D1], env)
     assert r.returncode == 0, r.stderr
@@ -263,6 +272,39 @@ def _two_commits(repo):
         shas.append(subprocess.run([*git, "rev-parse", "HEAD"], check=True,
                                    capture_output=True, text=True).stdout.strip())
     return shas
+
+
+def test_open_binds_every_commit_of_the_push_and_keeps_those_already_bound(fake):
+    tmp, env = fake
+    repo = tmp / "app"
+    first, second = _two_commits(repo)
+    git = ["git", "-C", str(repo), "-c", "user.name=B", "-c", "user.email=b@example.com",
+           "-c", "commit.gpgsign=false"]
+    subprocess.run([*git, "commit", "-q", "--allow-empty", "-m", "c3"], check=True)
+    third = subprocess.run([*git, "rev-parse", "HEAD"], check=True, capture_output=True,
+                           text=True).stdout.strip()
+    env.update({"GITLAB_CI": "true", "CI_COMMIT_SHA": third, "CI_PROJECT_PATH": "acme/app",
+                "CI_COMMIT_BEFORE_SHA": first, "DOCKET_REPO": str(repo)})
+    # The push brought second and third: both are bound, so both authors are excluded.
+    r = run(["open", "gh-7", "prod", D1], env)
+    assert r.returncode == 0, r.stderr
+    assert called(tmp)[:7] == ["change", "open", "--id", "gh-7", "--commit", third,
+                               "--commit"]
+    assert called(tmp)[7] == second and called(tmp).count("--commit") == 2
+    # A later pipeline for the change keeps what it binds (C1) and adds this push's.
+    env.update({"FAKE_CHANGE_EXISTS": "1", "FAKE_BOUND": C1})
+    r = run(["open", "gh-7", "prod", D1], env)
+    assert r.returncode == 0, r.stderr
+    amend = called(tmp)
+    assert amend[:2] == ["change", "amend"]
+    bound = [amend[i + 1] for i, a in enumerate(amend) if a == "--commit"]
+    assert bound == [third, second, C1]
+    # No range (a new branch): the pipeline's commit alone, and it says so.
+    del env["FAKE_CHANGE_EXISTS"], env["FAKE_BOUND"]
+    r = run(["open", "gh-7", "prod", D1], {**env, "CI_COMMIT_BEFORE_SHA": "0" * 40})
+    assert r.returncode == 0, r.stderr
+    assert [a for a in called(tmp) if len(a) == 40] == [third]
+    assert "no push range is known" in r.stderr
 
 
 def test_ingest_takes_the_push_from_gitlab_or_else_the_whole_history(fake):
