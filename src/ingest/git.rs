@@ -56,6 +56,11 @@ pub struct TrustedKey {
     /// A principal id, or the identity column of an allowed-signers line.
     pub identity: String,
     pub key: KeyData,
+    /// The allowed-signers `valid-after` and `valid-before` options, in
+    /// seconds since the epoch: the key vouches only for commits whose
+    /// committer time is inside (as `git verify-commit` checks them).
+    pub valid_after: Option<i64>,
+    pub valid_before: Option<i64>,
 }
 
 impl TrustedKey {
@@ -64,13 +69,103 @@ impl TrustedKey {
         TrustedKey {
             identity: id.to_owned(),
             key: KeyData::Ed25519(ssh_key::public::Ed25519PublicKey(key.to_bytes())),
+            valid_after: None,
+            valid_before: None,
+        }
+    }
+
+    /// Why it does not vouch for a commit made at `time`, if it does not.
+    fn outside(&self, time: i64) -> Option<String> {
+        let show = |t: i64| {
+            jiff::Timestamp::from_second(t).map_or_else(|_| t.to_string(), |t| t.to_string())
+        };
+        match (self.valid_after, self.valid_before) {
+            (Some(a), _) if time < a => Some(format!(
+                "{}'s key is valid only after {} and the commit's committer time is {}",
+                self.identity,
+                show(a),
+                show(time)
+            )),
+            (_, Some(b)) if time > b => Some(format!(
+                "{}'s key is valid only before {} and the commit's committer time is {}",
+                self.identity,
+                show(b),
+                show(time)
+            )),
+            _ => None,
         }
     }
 }
 
-/// Reads an allowed-signers file (`ssh-keygen -Y verify` format):
-/// `identities [options] keytype base64 [comment]`, `#` comments. Lines
-/// whose `namespaces=` option excludes `git` are skipped.
+/// Splits `s` at `sep` outside double quotes.
+fn split_unquoted(s: &str, sep: impl Fn(char) -> bool) -> Vec<&str> {
+    let mut out = Vec::new();
+    let (mut start, mut quoted) = (0, false);
+    for (i, c) in s.char_indices() {
+        if c == '"' {
+            quoted = !quoted;
+        } else if !quoted && sep(c) {
+            if start < i {
+                out.push(&s[start..i]);
+            }
+            start = i + c.len_utf8();
+        }
+    }
+    if start < s.len() {
+        out.push(&s[start..]);
+    }
+    out
+}
+
+/// An allowed-signers time: `YYYYMMDD`, `YYYYMMDDHHMM` or `YYYYMMDDHHMMSS`,
+/// in UTC with a trailing `Z` and in the machine's time zone without one
+/// (as `ssh-keygen` reads it).
+fn signers_time(v: &str) -> Result<i64, String> {
+    let (digits, utc) = match v.strip_suffix(['Z', 'z']) {
+        Some(d) => (d, true),
+        None => (v, false),
+    };
+    let fmt = match digits.len() {
+        8 => "%Y%m%d",
+        12 => "%Y%m%d%H%M",
+        14 => "%Y%m%d%H%M%S",
+        _ => {
+            return Err(format!(
+                "{v:?} is not a time like 20260101 or 202601011200[Z]"
+            ));
+        }
+    };
+    if !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!(
+            "{v:?} is not a time like 20260101 or 202601011200[Z]"
+        ));
+    }
+    let civil = if digits.len() == 8 {
+        jiff::civil::Date::strptime(fmt, digits)
+            .map(|d| d.to_datetime(jiff::civil::Time::midnight()))
+    } else {
+        jiff::civil::DateTime::strptime(fmt, digits)
+    }
+    .map_err(|e| format!("{v:?}: {e}"))?;
+    let zone = if utc {
+        jiff::tz::TimeZone::UTC
+    } else {
+        jiff::tz::TimeZone::system()
+    };
+    civil
+        .to_zoned(zone)
+        .map(|z| z.timestamp().as_second())
+        .map_err(|e| format!("{v:?}: {e}"))
+}
+
+/// Reads an allowed-signers file (`ssh-keygen -Y verify` format, see
+/// ssh-keygen(1) "ALLOWED SIGNERS"): `identities [options] keytype base64
+/// [comment]`, `#` comments. Options are comma-separated outside quotes:
+/// `namespaces="..."` (lines whose list excludes `git` are skipped),
+/// `valid-after=` and `valid-before=` (kept: the key vouches only for
+/// commits made inside), `cert-authority` (skipped: such a line trusts
+/// certificates the key signed, and Docket does not check SSH
+/// certificates). Any other option is refused, as `ssh-keygen` refuses it.
 pub fn read_allowed_signers(path: &Path) -> Result<Vec<TrustedKey>, IngestError> {
     let shown = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|e| IngestError::AllowedSigners {
@@ -89,8 +184,9 @@ pub fn read_allowed_signers(path: &Path) -> Result<Vec<TrustedKey>, IngestError>
             line: n + 1,
             reason,
         };
-        let mut fields = line.split_ascii_whitespace();
-        let identities = fields.next().unwrap_or_default();
+        let fields = split_unquoted(line, |c| c.is_ascii_whitespace());
+        let mut fields = fields.into_iter();
+        let identities = fields.next().unwrap_or_default().trim_matches('"');
         let mut next = fields
             .next()
             .ok_or_else(|| bad("no key after the identities".into()))?;
@@ -106,21 +202,61 @@ pub fn read_allowed_signers(path: &Path) -> Result<Vec<TrustedKey>, IngestError>
             .ok_or_else(|| bad(format!("no key data after {next}")))?;
         let key = ssh_key::PublicKey::from_openssh(&format!("{next} {b64}"))
             .map_err(|e| bad(format!("key: {e}")))?;
-        let namespaces = options
-            .split(',')
-            .find_map(|o| o.strip_prefix("namespaces="))
-            .map(|v| v.trim_matches('"'));
-        if namespaces.is_some_and(|ns| !ns.split(',').any(|n| n == "git")) {
+        let (mut skip, mut valid_after, mut valid_before) = (false, None, None);
+        for o in split_unquoted(options, |c| c == ',') {
+            let (name, value) = match o.split_once('=') {
+                Some((n, v)) => (n, Some(v.trim_matches('"'))),
+                None => (o, None),
+            };
+            match (name.to_ascii_lowercase().as_str(), value) {
+                ("cert-authority", None) => skip = true,
+                ("namespaces", Some(v)) => {
+                    if !v.split(',').any(|ns| ns.trim() == "git") {
+                        skip = true;
+                    }
+                }
+                ("valid-after", Some(v)) => {
+                    valid_after =
+                        Some(signers_time(v).map_err(|e| bad(format!("valid-after: {e}")))?);
+                }
+                ("valid-before", Some(v)) => {
+                    valid_before =
+                        Some(signers_time(v).map_err(|e| bad(format!("valid-before: {e}")))?);
+                }
+                _ => {
+                    return Err(bad(format!(
+                        "unknown option {o:?} (allowed: cert-authority, namespaces=, valid-after=, valid-before=)"
+                    )));
+                }
+            }
+        }
+        if skip {
             continue;
         }
         for id in identities.split(',') {
             out.push(TrustedKey {
                 identity: id.to_owned(),
                 key: key.key_data().clone(),
+                valid_after,
+                valid_before,
             });
         }
     }
     Ok(out)
+}
+
+/// Whether Docket can check signatures of this key type: Ed25519, ECDSA
+/// (P-256, P-384, P-521), RSA and the security-key kinds. DSA (`ssh-dss`),
+/// which OpenSSH no longer accepts, is not among them.
+fn can_verify(key: &KeyData) -> bool {
+    matches!(
+        key,
+        KeyData::Ed25519(_)
+            | KeyData::Ecdsa(_)
+            | KeyData::Rsa(_)
+            | KeyData::SkEd25519(_)
+            | KeyData::SkEcdsaSha2NistP256(_)
+    )
 }
 
 fn is_key_type(s: &str) -> bool {
@@ -316,15 +452,40 @@ fn verdict(
     };
     let key = parsed.public_key().clone();
     let fingerprint = key.fingerprint(HashAlg::Sha256).to_string();
-    let Some(owner) = trusted.iter().find(|t| t.key == key) else {
+    let holders: Vec<&TrustedKey> = trusted.iter().filter(|t| t.key == key).collect();
+    let time = commit.committer.time;
+    let Some(owner) = holders.iter().find(|t| t.outside(time).is_none()) else {
+        let why = match holders.first() {
+            None => {
+                format!("signed with {fingerprint}, which no principal or allowed signer holds")
+            }
+            Some(t) => format!(
+                "signed with {fingerprint}, but {}",
+                t.outside(time).unwrap_or_default()
+            ),
+        };
         return sig(
             SignatureFormat::Ssh,
             SignatureVerdict::UntrustedKey,
             String::new(),
             fingerprint.clone(),
-            format!("signed with {fingerprint}, which no principal or allowed signer holds"),
+            why,
         );
     };
+    if !can_verify(&key) {
+        return sig(
+            SignatureFormat::Ssh,
+            SignatureVerdict::Unverifiable,
+            owner.identity.clone(),
+            fingerprint,
+            format!(
+                "{}'s {} key made this signature; Docket cannot verify {} signatures",
+                owner.identity,
+                key.algorithm(),
+                key.algorithm()
+            ),
+        );
+    }
     let payload = signed_payload(raw);
     let public = ssh_key::PublicKey::from(key);
     match public.verify("git", &payload, &parsed) {
@@ -542,6 +703,16 @@ pub fn recheck(obs: &CommitObservation) -> Result<(), String> {
             "the key fingerprint {} is not that of the signing key, {fingerprint}",
             claimed.key_fingerprint
         ));
+    }
+    if !can_verify(&key) {
+        return match claimed.verdict {
+            SignatureVerdict::Unverifiable | SignatureVerdict::UntrustedKey => Ok(()),
+            v => Err(format!(
+                "Docket cannot check {} signatures, so the verdict must be unverifiable or untrusted-key, not {}",
+                key.algorithm(),
+                v.name()
+            )),
+        };
     }
     let verifies = ssh_key::PublicKey::from(key)
         .verify("git", &signed_payload(&obs.raw), &parsed)

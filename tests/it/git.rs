@@ -424,6 +424,161 @@ impl Drop for Gpg {
     }
 }
 
+/// Creates an SSH key of type `t` (and `-b bits`) with ssh-keygen.
+fn keygen(dir: &Path, name: &str, t: &str, bits: Option<&str>) -> std::path::PathBuf {
+    let p = dir.join(name);
+    let mut cmd = std::process::Command::new("ssh-keygen");
+    cmd.args(["-q", "-t", t, "-N", "", "-C", name]);
+    if let Some(b) = bits {
+        cmd.args(["-b", b]);
+    }
+    let out = cmd
+        .arg("-f")
+        .arg(&p)
+        .output()
+        .expect("ssh-keygen is installed");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    p
+}
+
+/// ECDSA P-384 and P-521 keys verify; `valid-after`/`valid-before` hold
+/// against the committer time; a `cert-authority` line trusts no plain
+/// signature; `namespaces` lists are read whole, quotes and all. Each
+/// verdict agrees with `git verify-commit` reading the same file.
+#[test]
+fn allowed_signers_are_read_as_git_reads_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = repo(dir.path());
+    let p384 = keygen(dir.path(), "p384", "ecdsa", Some("384"));
+    let p521 = keygen(dir.path(), "p521", "ecdsa", Some("521"));
+    let expired = ssh_key(dir.path(), "expired");
+    let future = ssh_key(dir.path(), "future");
+    let ca = ssh_key(dir.path(), "ca");
+    let multi = ssh_key(dir.path(), "multi");
+    let pubkey = |k: &Path| std::fs::read_to_string(format!("{}.pub", k.display())).unwrap();
+    let allowed = dir.path().join("allowed_signers");
+    std::fs::write(
+        &allowed,
+        format!(
+            "p384@example.com {}\
+             p521@example.com {}\
+             old@example.com valid-before=\"20200101Z\" {}\
+             new@example.com valid-after=\"20990101\" {}\
+             ca@example.com cert-authority {}\
+             multi@example.com,alias@example.com namespaces=\"file,git\" {}",
+            pubkey(&p384),
+            pubkey(&p521),
+            pubkey(&expired),
+            pubkey(&future),
+            pubkey(&ca),
+            pubkey(&multi),
+        ),
+    )
+    .unwrap();
+    let trusted = read_allowed_signers(&allowed).unwrap();
+    let ids: Vec<&str> = trusted.iter().map(|t| t.identity.as_str()).collect();
+    assert_eq!(
+        ids,
+        [
+            "p384@example.com",
+            "p521@example.com",
+            "old@example.com",
+            "new@example.com",
+            "multi@example.com",
+            "alias@example.com"
+        ]
+    );
+    let mut shas = Vec::new();
+    for (n, key) in [&p384, &p521, &expired, &future, &ca, &multi]
+        .into_iter()
+        .enumerate()
+    {
+        let f = format!("f{n}.txt");
+        shas.push(commit(&repo, "Dev", "dev@example.com", Some(key), &f, &f));
+    }
+    let src = GitSource {
+        repo: repo.clone(),
+        range: None,
+        refs: vec!["main".into()],
+        repository: None,
+    };
+    let all = observe(&src, &trusted, &[]).unwrap();
+    let find = |sha: &str| all.iter().find(|o| o.sha == sha).unwrap();
+    use SignatureVerdict::*;
+    let want = [
+        Verified,
+        Verified,
+        UntrustedKey,
+        UntrustedKey,
+        UntrustedKey,
+        Verified,
+    ];
+    for (sha, want) in shas.iter().zip(want) {
+        let o = find(sha);
+        assert_eq!(
+            o.signature.verdict, want,
+            "{}: {}",
+            o.commit.summary, o.signature.detail
+        );
+        assert_eq!(recheck(o), Ok(()));
+        let git_says = std::process::Command::new("git")
+            .args([
+                "-c",
+                &format!("gpg.ssh.allowedSignersFile={}", allowed.display()),
+                "verify-commit",
+                sha,
+            ])
+            .current_dir(&repo)
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("GIT_CONFIG_GLOBAL", "/dev/null")
+            .output()
+            .unwrap();
+        assert_eq!(
+            git_says.status.success(),
+            want == Verified,
+            "{}: git says {}",
+            o.commit.summary,
+            String::from_utf8_lossy(&git_says.stderr)
+        );
+    }
+    assert!(
+        find(&shas[2])
+            .signature
+            .detail
+            .contains("old@example.com's key is valid only before 2020-01-01T00:00:00Z"),
+        "{}",
+        find(&shas[2]).signature.detail
+    );
+    assert!(
+        find(&shas[3])
+            .signature
+            .detail
+            .contains("new@example.com's key is valid only after 2099-01-0"),
+        "{}",
+        find(&shas[3]).signature.detail
+    );
+    assert_eq!(
+        find(&shas[5]).signature.signer_identity,
+        "multi@example.com"
+    );
+
+    // An option ssh-keygen does not know is refused with its line.
+    std::fs::write(
+        &allowed,
+        format!("# one\nx@example.com no-touch-required {}", pubkey(&multi)),
+    )
+    .unwrap();
+    let e = read_allowed_signers(&allowed).unwrap_err().to_string();
+    assert!(
+        e.contains("line 2") && e.contains("unknown option \"no-touch-required\""),
+        "{e}"
+    );
+}
+
 #[test]
 fn openpgp_signature_verdicts_of_real_commits() {
     use docket::event::SignatureFormat;
