@@ -358,15 +358,20 @@ impl pb::governance_server::Governance for GovernanceApi {
                 )));
             }
         };
-        let now = self.svc.now_nanos();
-        let (obligations, _) = self
+        let clock = self.svc.now_nanos();
+        let ((obligations, now), _) = self
             .svc
             .read_durable(|s| {
-                s.gov()
+                // The fold never dates an entry before the last one: with a
+                // clock stepped back, a review already recorded stays known.
+                let now = clock.max(s.last_time());
+                let list = s
+                    .gov()
                     .obligations()
                     .filter(|o| wanted.is_none_or(|w| o.status(now) == w))
                     .map(|o| obligation_pb(o, now))
-                    .collect()
+                    .collect();
+                (list, now)
             })
             .await
             .map_err(stopped)?;
@@ -381,10 +386,13 @@ impl pb::governance_server::Governance for GovernanceApi {
         req: Request<pb::ListViolationsRequest>,
     ) -> Result<Response<pb::ListViolationsResponse>, Status> {
         self.guard.check(&req, "ListViolations")?;
-        let now = self.svc.now_nanos();
-        let (list, _) = self
+        let clock = self.svc.now_nanos();
+        let ((list, now), _) = self
             .svc
-            .read_durable(|s| violations(s.gov().obligations(), now))
+            .read_durable(|s| {
+                let now = clock.max(s.last_time());
+                (violations(s.gov().obligations(), now), now)
+            })
             .await
             .map_err(stopped)?;
         Ok(Response::new(pb::ListViolationsResponse {

@@ -531,6 +531,14 @@ impl Policy {
                     ),
                 ));
             }
+            if strict && approvals > 0 && approvers.is_empty() {
+                return Err(at(
+                    approvals_at,
+                    format!(
+                        "approvals = {approvals} but no role holds the approve permission ([permissions] approve = []), so no approval could ever be given"
+                    ),
+                ));
+            }
             let mut ci_reporters = BTreeSet::new();
             if let Some(list) = r.ci_reporters {
                 let list_at = list.span().start;

@@ -985,6 +985,11 @@ fn bad_policies_are_refused_with_line_and_reason() {
             "not among approver_roles",
         ),
         (
+            "version = 1\n[permissions]\napprove = []\n[[rule]]\nname = \"a\"\napprovals = 2\n",
+            6,
+            "approvals = 2 but no role holds the approve permission ([permissions] approve = []), so no approval could ever be given",
+        ),
+        (
             "version = 1\n[permissions]\napprove = [\"dev\"]\n[[rule]]\nname = \"a\"\napprovals = 1\napprover_roles = [\"dev\", \"qa\"]\n",
             7,
             "approver_roles names \"qa\", which does not hold the approve permission",
@@ -1176,6 +1181,7 @@ fn bad_policies_are_refused_with_line_and_reason() {
     // refused in both.
     let new_only = [
         "does not hold the approve permission",
+        "no role holds the approve permission",
         "does not hold the approve_policy permission",
         "can never apply",
         "a freeze named",

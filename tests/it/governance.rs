@@ -616,6 +616,16 @@ async fn change_approval_promotion_freeze_and_break_glass() {
         .map(|v| v["kind"].as_str().unwrap())
         .collect();
     assert_eq!(kinds, ["late-review"]);
+    // The server's clock steps back to before carol's review (NTP, a VM
+    // restored): the review is still on record, so the obligation stays
+    // closed and no overdue violation appears.
+    let later = clock.now_nanos();
+    clock.set(later - 2 * 3600 * 1_000_000_000);
+    let list: Value = serde_json::from_str(&s.cli_ok(&["obligations", "--json"]).await).unwrap();
+    assert_eq!(list["obligations"][0]["status"], "closed-late");
+    let v: Value = serde_json::from_str(&s.cli_ok(&["violations", "--json"]).await).unwrap();
+    assert_eq!(v["violations"][0]["kind"], "late-review");
+    clock.set(later);
 
     // Same answers after replaying the log from genesis into empty state:
     // for allowed, denied and break-glass questions, and for every
