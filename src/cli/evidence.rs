@@ -300,6 +300,7 @@ async fn online(conn: &ConnArgs, scope: &Scope, bar: &mut Bar) -> Result<Vec<u8>
         .map_err(|s| status_err("export evidence", s))?
         .into_inner();
     let mut out = Vec::new();
+    let mut total: Option<u64> = None;
     while let Some(chunk) = stream
         .message()
         .await
@@ -325,10 +326,32 @@ async fn online(conn: &ConnArgs, scope: &Scope, bar: &mut Bar) -> Result<Vec<u8>
                 "the server sent bundle chunks out of order",
             ));
         }
+        if total.is_some_and(|t| t != chunk.total_bytes) {
+            return Err(CliError::failed(
+                "the server changed the bundle's total size between chunks",
+            ));
+        }
+        total = Some(chunk.total_bytes);
         out.extend_from_slice(&chunk.data);
         bar.draw("receiving", out.len() as u64, chunk.total_bytes, "bytes");
     }
-    Ok(out)
+    whole(out, total)
+}
+
+/// The bundle once the stream has ended: a stream that ends early (a proxy
+/// cutting it, a server stopping between chunks) must not leave a short
+/// file behind as if whole. `total`: the size the chunks announced.
+fn whole(out: Vec<u8>, total: Option<u64>) -> Result<Vec<u8>, CliError> {
+    match total {
+        None => Err(CliError::failed(
+            "the server ended the export without sending the bundle",
+        )),
+        Some(t) if t != out.len() as u64 => Err(CliError::failed(format!(
+            "the server ended the export after {} of {t} bytes",
+            out.len()
+        ))),
+        Some(_) => Ok(out),
+    }
 }
 
 fn read_vkey(p: &PathBuf) -> Result<NoteVerifier, CliError> {
@@ -453,5 +476,19 @@ fn verify(a: VerifyArgs) -> CliResult {
             }
             Err(CliError::failed(format!("FAILED: {f}")))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::whole;
+
+    #[test]
+    fn a_stream_that_ends_short_is_an_error() {
+        assert_eq!(whole(vec![1, 2, 3], Some(3)).unwrap(), [1, 2, 3]);
+        let e = whole(vec![1, 2], Some(3)).unwrap_err().message;
+        assert!(e.contains("after 2 of 3 bytes"), "{e}");
+        let e = whole(Vec::new(), None).unwrap_err().message;
+        assert!(e.contains("without sending the bundle"), "{e}");
     }
 }

@@ -238,6 +238,17 @@ pub(super) struct Meta {
     pub(super) as_of: i64,
 }
 
+impl Meta {
+    /// The end of a period (or control) scope the log had not reached at
+    /// the checkpoint: the bundle then proves the period only up to `as_of`.
+    pub(super) fn unfinished_period(&self) -> Option<i64> {
+        match self.scope {
+            Scope::Period { to, .. } | Scope::Control { to, .. } if self.as_of < to => Some(to),
+            _ => None,
+        }
+    }
+}
+
 /// Pretty JSON (of a `Value` or of typed rows), with the trailing newline
 /// every file has.
 fn pretty<T: serde::Serialize + ?Sized>(v: &T) -> Vec<u8> {
@@ -474,13 +485,18 @@ impl<'a> View<'a> {
                     self.folded.info.len(),
                     self.meta.checkpoint_size,
                     match (&self.meta.scope, self.meta.range) {
-                        (_, None) => "",
+                        (_, None) => String::new(),
                         (Scope::Change { .. }, Some(_)) => {
-                            "; every entry from the change's opening to the checkpoint is proven carried by one range proof"
+                            "; every entry from the change's opening to the checkpoint is proven carried by one range proof".to_owned()
                         }
-                        _ => {
-                            "; the period is proven complete by its boundary entries and one range proof"
-                        }
+                        _ => match self.meta.unfinished_period() {
+                            Some(to) => format!(
+                                "; the period is proven complete only up to {}, the log's last entry at the checkpoint (the period runs to {}), by its boundary entry and one range proof",
+                                fmt_nanos(self.meta.as_of),
+                                fmt_nanos(to)
+                            ),
+                            None => "; the period is proven complete by its boundary entries and one range proof".to_owned(),
+                        },
                     },
                     match self.folded.history_proven_to {
                         Some(i) => format!(

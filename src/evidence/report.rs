@@ -140,9 +140,19 @@ pub(super) fn html(view: &View<'_>) -> String {
                 " and one range proof for the {ranged} consecutive entries from the one that opened change {} (entry {start}) to the checkpoint, which proves that none concerning it was left out",
                 esc(id)
             ),
-            _ => format!(
-                " and one range proof for the {ranged} consecutive entries of the period (with the entries just before and after it, which prove that none was left out)"
-            ),
+            _ => match meta.unfinished_period() {
+                Some(to) => format!(
+                    " and one range proof for the {ranged} consecutive entries from the one just before the period to the checkpoint. \
+                     <b class=\"warn\">The log had not reached the end of the period ({}) at the checkpoint: \
+                     this bundle proves the period complete only up to its last entry, {}. \
+                     Export it again after the period ends for all of it.</b>",
+                    esc(&fmt_nanos(to)),
+                    esc(&fmt_nanos(meta.as_of))
+                ),
+                None => format!(
+                    " and one range proof for the {ranged} consecutive entries of the period (with the entries just before and after it, which prove that none was left out)"
+                ),
+            },
         },
         view.folded.info.len(),
         gov.deployments().count(),
@@ -156,7 +166,12 @@ pub(super) fn html(view: &View<'_>) -> String {
 
     // Summary tiles.
     let allowed = view.decisions.iter().filter(|d| d.decision.allow).count();
-    let glass = view.decisions.iter().filter(|d| d.break_glass).count();
+    // Break-glass that was allowed: a refused attempt bypassed nothing.
+    let glass = view
+        .decisions
+        .iter()
+        .filter(|d| d.break_glass && d.decision.allow)
+        .count();
     let _ = writeln!(
         h,
         "<section id=\"summary\"><h2>Summary</h2><div class=\"tiles\">\
@@ -192,10 +207,12 @@ pub(super) fn html(view: &View<'_>) -> String {
                 .map(|e| format!("<span class=\"warn\">{}</span>", esc(e))),
         );
         let subjects = cur.subjects();
+        // The reviews that speak for the current revision: after it, and of
+        // exactly its subjects (an earlier review is stale, whatever it saw).
         let approvals: Vec<String> = c
             .reviews
             .iter()
-            .filter(|r| r.seen == subjects)
+            .filter(|r| r.index > cur.index && r.seen == subjects)
             .map(|r| {
                 if r.approve {
                     format!("{} (entry {})", esc(&r.reviewer), r.index)
@@ -239,6 +256,14 @@ pub(super) fn html(view: &View<'_>) -> String {
                 )
             })
             .collect();
+        // Sorted by when it was last deployed (never deployed: first).
+        let deployed_key = c
+            .deployments
+            .iter()
+            .filter_map(|d| gov.deployment(*d))
+            .map(|d| d.decision.at_nanos)
+            .max()
+            .map_or_else(String::new, sort_key);
         let sod = match view.latest_decision(c) {
             Some(d) if d.decision.allow && !d.break_glass => format!(
                 "<span class=\"ok\">satisfied</span>: counted {}",
@@ -250,7 +275,7 @@ pub(super) fn html(view: &View<'_>) -> String {
                     .collect::<Vec<_>>()
                     .join(", "))
             ),
-            Some(d) if d.break_glass => {
+            Some(d) if d.break_glass && d.decision.allow => {
                 "<span class=\"warn\">bypassed (break-glass)</span>".to_owned()
             }
             Some(d) => {
@@ -264,7 +289,7 @@ pub(super) fn html(view: &View<'_>) -> String {
         };
         let _ = writeln!(
             h,
-            "<tr><td data-sort=\"{}\"><b>{}</b><br>{}<br><span class=\"muted\">revision {} · {}</span></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            "<tr><td data-sort=\"{}\"><b>{}</b><br>{}<br><span class=\"muted\">revision {} · {}</span></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td data-sort=\"{}\">{}</td><td>{}</td></tr>",
             esc(&c.id),
             esc(&c.id),
             esc(&c.title),
@@ -274,6 +299,7 @@ pub(super) fn html(view: &View<'_>) -> String {
             authored.join(", "),
             approvals.join("<br>"),
             ci.join("<br>"),
+            deployed_key,
             deployed.join("<br>"),
             sod
         );
@@ -293,9 +319,10 @@ pub(super) fn html(view: &View<'_>) -> String {
         let dec = &d.decision;
         let _ = writeln!(
             h,
-            "<tr><td data-sort=\"{}\">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"{}\">{}</td><td>{} · v{}</td><td><ul>{}</ul></td></tr>",
+            "<tr><td data-sort=\"{}\">{}</td><td data-sort=\"{}\">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"{}\">{}</td><td>{} · v{}</td><td><ul>{}</ul></td></tr>",
             d.index,
             d.index,
+            sort_key(dec.at_nanos),
             esc(&fmt_nanos(dec.at_nanos)),
             esc(&d.actor),
             esc(&d.environment),
@@ -410,4 +437,10 @@ pub(super) fn html(view: &View<'_>) -> String {
         "</ul></section>\n</main><script>{SCRIPT}</script></body></html>"
     );
     h
+}
+
+/// A time as a sort key: nanoseconds, zero-padded so that the report's
+/// sorter (text order for what is not a plain number) orders them by time.
+fn sort_key(nanos: i64) -> String {
+    format!("t{:020}", nanos.max(0))
 }

@@ -239,6 +239,15 @@ def verify_note(note, what, name, keyid, public_key):
 _EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
 
 
+I64_MAX = (1 << 63) - 1
+
+
+def due_time(dep):
+    """EF §10.6: a break-glass deployment's review is due at its time plus the policy's
+    break_glass_review, saturating at the largest signed 64-bit nanosecond count."""
+    return min(dep["time"] + dep["policy"].break_glass_review, I64_MAX)
+
+
 def fmt_time(ns):
     """RFC 3339 as jiff displays a Timestamp: trailing zeros of the fraction removed."""
     secs, frac = divmod(ns, 1_000_000_000)
@@ -1888,7 +1897,7 @@ class Derived:
         if s["kind"] == "change":
             return False
         dep = self.fold.deployments[i]
-        due = dep["time"] + dep["policy"].break_glass_review
+        due = due_time(dep)
         rv = self.fold.bg_reviews.get(i)
         return (dep["time"] < s["from"] and due >= s["from"]
                 and (rv is None or rv["time"] >= s["from"]) and self.filtered(i))
@@ -1901,7 +1910,7 @@ class Derived:
     def obligation_status(self, i):
         """LF §8.5, EF §10.6: (status, review or None) of the obligation opened at entry i."""
         dep = self.fold.deployments[i]
-        due = dep["time"] + dep["policy"].break_glass_review
+        due = due_time(dep)
         rv = self.fold.bg_reviews.get(i)
         if rv is not None and rv["time"] > self.as_of:
             rv = None
@@ -1960,7 +1969,7 @@ class Derived:
                         and isinstance(obl[0].get("description"), str), what,
                         f"entry {i}: an allowed break-glass must carry exactly one obligation")
                 new_obl.append({"description": obl[0]["description"],
-                                "due": fmt_time(dep["time"] + dep["policy"].break_glass_review),
+                                "due": fmt_time(due_time(dep)),
                                 "not_by": dep["actor"]})
             change = dep["change"]
             if dep["named_missing"] and c.get("change") == dep["change_id"]:
@@ -2175,6 +2184,10 @@ class Derived:
                 if self.rng is not None and s["kind"] == "change":
                     W += ("; every entry from the change's opening to the checkpoint is proven"
                           " carried by one range proof")
+                elif self.rng is not None and self.as_of < s["to"]:
+                    W += (f"; the period is proven complete only up to {fmt_time(self.as_of)}, the"
+                          f" log's last entry at the checkpoint (the period runs to"
+                          f" {fmt_time(s['to'])}), by its boundary entry and one range proof")
                 elif self.rng is not None:
                     W += "; the period is proven complete by its boundary entries and one range proof"
                 if self.fold.proven_to is not None:

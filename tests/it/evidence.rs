@@ -1785,6 +1785,24 @@ async fn the_cli_exports_and_verifies_with_clear_exit_codes() {
         ])
         .await;
     assert_eq!(r.json()["period_unfinished"], true);
+    // The report and the OSCAL file say so too, not only the CLI; the
+    // independent verifier derives the same OSCAL words.
+    let bytes = std::fs::read(&open_period).unwrap();
+    let files = evidence::unpack(&bytes).unwrap();
+    let report = String::from_utf8_lossy(&files["report.html"]).into_owned();
+    assert!(
+        report.contains("The log had not reached the end of the period (")
+            && !report.contains("which prove that none was left out"),
+        "{report}"
+    );
+    let oscal = String::from_utf8_lossy(&files["oscal/assessment-results.json"]).into_owned();
+    assert!(
+        oscal.contains("the period is proven complete only up to ")
+            && !oscal.contains("proven complete by its boundary entries"),
+        "{oscal}"
+    );
+    let (code, said) = independent_verify(&bytes, std::path::Path::new(&vkey));
+    assert_eq!(code, Some(0), "{said}");
     // ...and a pinned tree with another root is refused, key or no key.
     let note = std::fs::read_to_string(&pinned).unwrap();
     let root_line = note.lines().nth(2).unwrap().to_owned();
@@ -3149,5 +3167,68 @@ async fn a_bundle_that_leaves_out_a_fact_a_decision_rests_on_fails() {
             "decision basis: the entry records 3 entries concerning change:CHG-1 before it, 4 were read"
         ),
         "{failure}"
+    );
+}
+
+/// The report's change row follows the decision rules: a refused
+/// break-glass bypassed nothing, and a review made before the current
+/// revision is not listed as an approval of it, even when the amendment
+/// kept the subjects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn report_rows_follow_the_decisions() {
+    use pb::export_evidence_request::Scope as S;
+    let mut f = fixture().await;
+    f.clock.set(f.day(10));
+    let d1 = format!(
+        "sha256:{}",
+        hex::encode(docket::crypto::blake3_256(b"image-1"))
+    );
+    // bob holds no break-glass role: refused, and the latest decision of CHG-1.
+    f.deploy("bob-glass", "bob", "prod", &d1, true).await;
+    let row = |bundle: &[u8]| {
+        let files = evidence::unpack(bundle).unwrap();
+        let html = String::from_utf8(files["report.html"].clone()).unwrap();
+        let start = html
+            .find("<tr><td data-sort=\"CHG-1\">")
+            .expect("CHG-1 row");
+        let end = start + html[start..].find("</tr>").unwrap();
+        (html[start..end].to_owned(), html)
+    };
+    let bundle = export_online(&f.server, S::ChangeId("CHG-1".into())).await;
+    let (r, html) = row(&bundle);
+    assert!(
+        r.contains("not satisfied") && !r.contains("bypassed"),
+        "{r}"
+    );
+    assert!(
+        r.contains("bob (entry ") && r.contains("carol (entry "),
+        "{r}"
+    );
+    assert!(
+        html.contains("<b>0</b>break-glass"),
+        "a refused break-glass is not counted as one"
+    );
+    // Amended to another environment set, same subjects: earlier approvals are stale.
+    f.append(
+        "amend-1-envs",
+        "ci",
+        Body::ChangeAmended(docket::event::ChangeAmendment {
+            change_id: RecordId::parse("CHG-1").unwrap(),
+            commits: f
+                .server
+                .svc
+                .with_state(|st| st.gov().change("CHG-1").unwrap().current().commits.clone()),
+            artifact_digests: [d1.clone()].into(),
+            environments: ["staging".to_owned()].into(),
+            reason: "staging only".into(),
+        }),
+    )
+    .await;
+    let bundle = export_online(&f.server, S::ChangeId("CHG-1".into())).await;
+    evidence::verify(&bundle, &trust(&f.server)).unwrap();
+    let (r, _) = row(&bundle);
+    assert!(
+        !r.contains("(entry "),
+        "no review speaks for revision 2: {r}"
     );
 }
