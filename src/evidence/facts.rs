@@ -421,12 +421,20 @@ impl<'a> View<'a> {
         }
     }
 
-    /// The latest decision recorded for a change (any environment).
+    /// The latest decision recorded for a change (any environment); for a
+    /// period or control, the latest made before the period's end (the
+    /// entry just after the period is carried as its boundary, and must not
+    /// speak for it).
     pub(super) fn latest_decision(&self, c: &ChangeRec) -> Option<&'a DeployRec> {
+        let end = match self.meta.scope {
+            Scope::Period { to, .. } | Scope::Control { to, .. } => to,
+            Scope::Change { .. } => i64::MAX,
+        };
         c.deployments
             .iter()
             .rev()
-            .find_map(|d| self.folded.state.gov().deployment(*d))
+            .filter_map(|d| self.folded.state.gov().deployment(*d))
+            .find(|d| d.decision.at_nanos < end)
     }
 
     /// Principals who authored or committed the change's current commits,

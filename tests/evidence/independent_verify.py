@@ -2022,8 +2022,11 @@ class Derived:
                                     "environment": dep["environment"], "index": i,
                                     "rule": c.get("rule"), "time": fmt_time(dep["time"]),
                                     "verdict": c.get("verdict")})
-            if ch["deployments"]:
-                last = max(ch["deployments"])
+            # EF §10.5: in a period or control bundle, the latest decision before the period's end.
+            decided = [i for i in ch["deployments"]
+                       if self.scope["kind"] == "change" or f.deployments[i]["time"] < self.scope["to"]]
+            if decided:
+                last = max(decided)
                 dep, c = f.deployments[last], self.claimed.get(last, {})
                 if c.get("verdict") == "allow":
                     outcome = "bypassed (break-glass)" if dep["break_glass"] else "satisfied"

@@ -3232,3 +3232,46 @@ async fn report_rows_follow_the_decisions() {
         "no review speaks for revision 2: {r}"
     );
 }
+
+/// A period bundle carries the entry just after the period as its boundary;
+/// when that entry is a deployment of a change in the period, it must not
+/// speak for the change's segregation of duties in the period.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_period_reports_the_decisions_made_in_it() {
+    use pb::export_evidence_request::Scope as S;
+    let f = fixture().await;
+    let bundle = export_online(
+        &f.server,
+        S::Period(pb::PeriodScope {
+            from_unix_nanos: f.day(2),
+            to_unix_nanos: f.day(3),
+            ..Default::default()
+        }),
+    )
+    .await;
+    let files = evidence::unpack(&bundle).unwrap();
+    let carried: Vec<u64> = json(&files, "facts/entries.json")
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["index"].as_u64().unwrap())
+        .collect();
+    assert!(
+        carried.contains(&f.at["glass"]),
+        "the break-glass on day 3 is the period's boundary entry"
+    );
+    let changes = json(&files, "facts/changes.json");
+    let chg2 = changes
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["change"] == "CHG-2")
+        .expect("CHG-2 was opened in the period");
+    assert_eq!(chg2["segregation_of_duties"]["outcome"], "not satisfied");
+    assert_eq!(
+        chg2["segregation_of_duties"]["decided_at"],
+        f.at["prod-2-denied"]
+    );
+    let (code, out) = independent_verify(&bundle, &f.server.data.log_vkey());
+    assert_eq!(code, Some(0), "{out}");
+}
