@@ -268,12 +268,17 @@ ci_repository() {
 }
 
 # The commit the branch pointed at before the push, when it is known and in
-# the clone; nothing otherwise (a new branch, a force push, no push
-# information).
+# the clone; nothing otherwise, with a warning on standard error saying why
+# (a new branch, no push information, no git, a shallow clone or a force push).
 push_before() {
     local before="${DOCKET_GIT_BEFORE:-${CI_COMMIT_BEFORE_SHA:-}}"
-    if [[ -n "$before" && ! "$before" =~ ^0+$ ]] &&
-        git -C "${DOCKET_REPO:-.}" cat-file -e "$before^{commit}" 2>/dev/null; then
+    if [[ -z "$before" || "$before" =~ ^0+$ ]]; then
+        echo "$PROG: no push range is known (a new branch, or no push information)" >&2
+    elif ! command -v git >/dev/null 2>&1; then
+        echo "$PROG: git is not installed in this job's image, so the push's range $before..${GITHUB_SHA:-${CI_COMMIT_SHA:-HEAD}} cannot be read" >&2
+    elif ! git -C "${DOCKET_REPO:-.}" cat-file -e "$before^{commit}" 2>/dev/null; then
+        echo "$PROG: the push's previous commit $before is not in the clone (a shallow clone, or a force push?)" >&2
+    else
         printf '%s' "$before"
     fi
 }
@@ -288,13 +293,9 @@ do_ingest() {
         # A push: the commits it brought.
         args+=(--range "$before..$commit")
     else
-        if [[ -n "$before" && ! "$before" =~ ^0+$ ]]; then
-            # A force push: the commit the branch pointed at before is not
-            # in this clone, so there is no range to take.
-            echo "$PROG: the push's previous commit $before is not in the clone (a force push?); reading the whole history of $commit instead" >&2
-        fi
-        # A new branch, a first run, or no push information: everything
-        # reachable from the commit (already recorded ones are skipped).
+        # No range to take (push_before said why): everything reachable
+        # from the commit (already recorded ones are skipped).
+        echo "$PROG: reading the whole history of $commit instead" >&2
         args+=(--ref "$commit")
     fi
     local repo
@@ -304,11 +305,21 @@ do_ingest() {
 }
 
 # The commits change $1 binds now, one per line; nothing if it does not
-# exist. `docket change show` prints JSON with one "commits" array.
+# exist. `docket change show` prints JSON with one "commits" array. Any other
+# failure (server unreachable, no permission) stops: amending without the
+# commits already bound would unbind them, and their authors could approve.
 change_commits() {
-    "$BIN" change show "$1" 2>/dev/null | tr -d ' \n' |
+    local rc=0
+    "$BIN" change show "$1" >"$tmp/show" 2>"$tmp/show-err" || rc=$?
+    if [[ $rc -ne 0 ]]; then
+        grep -q "NotFound" "$tmp/show-err" && return 0
+        cat "$tmp/show-err" >&2
+        echo "$PROG: open: cannot read change $1 (exit $rc), so the commits it binds are unknown; not opening or amending it" >&2
+        return "$rc"
+    fi
+    tr -d ' \n' <"$tmp/show" |
         sed -n 's/.*"commits":\[\([^]]*\)\].*/\1/p' | tr ',' '\n' | tr -d '"' |
-        grep -E '^[0-9a-f]{40}([0-9a-f]{24})?$' || true
+        { grep -E '^[0-9a-f]{40}([0-9a-f]{24})?$' || true; }
 }
 
 do_open() {
@@ -318,20 +329,28 @@ do_open() {
     # The change binds every commit the push brought, not only its tip: a
     # change binds the commits it names, and their authors are the ones who
     # may not approve it (docs/policy.md, "Exclusions").
-    local commits=("$commit") before
+    local commits=("$commit") before listed line
     before="$(push_before)"
     if [[ -n "$before" ]]; then
-        mapfile -t commits < <(git -C "${DOCKET_REPO:-.}" rev-list "$before..$commit")
-        [[ ${#commits[@]} -eq 0 ]] && commits=("$commit")
+        if listed="$(git -C "${DOCKET_REPO:-.}" rev-list "$before..$commit" 2>"$tmp/rev-err")"; then
+            commits=()
+            while read -r line; do
+                [[ -n "$line" ]] && commits+=("$line")
+            done <<<"$listed"
+            [[ ${#commits[@]} -eq 0 ]] && commits=("$commit")
+        else
+            echo "$PROG: git rev-list $before..$commit failed ($(tail -n 1 "$tmp/rev-err")): the change binds $commit only, not the commits before it" >&2
+        fi
     else
-        echo "$PROG: no push range is known (a new branch, a force push, or no push information): the change binds $commit only, not the commits before it" >&2
+        echo "$PROG: so the change binds $commit only, not the commits before it" >&2
     fi
     # A later pipeline for an existing change keeps the commits it already
     # binds: their code is still in what is deployed.
-    local old
-    while read -r old; do
-        [[ " ${commits[*]} " == *" $old "* ]] || commits+=("$old")
-    done < <(change_commits "$id")
+    local bound
+    bound="$(change_commits "$id")" || return $?
+    while read -r line; do
+        [[ -z "$line" || " ${commits[*]} " == *" $line "* ]] || commits+=("$line")
+    done <<<"$bound"
     if [[ ${#commits[@]} -gt 256 ]]; then
         echo "$PROG: open: the change would bind ${#commits[@]} commits; a change binds at most 256 (open it with docket change open and a narrower set)" >&2
         return 64

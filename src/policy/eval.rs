@@ -784,7 +784,7 @@ fn evaluate_rule(policy: &Policy, rule: &Rule, req: &Request, facts: &Facts<'_>)
                 Some(format!("{who} requested the change"))
             } else if c.authors.contains(who.as_str()) {
                 Some(format!(
-                    "{who} is a commit author or committer of the change"
+                    "{who} is a commit author, committer or signer of the change"
                 ))
             } else if c.builders.contains(who.as_str()) {
                 Some(format!("{who} is the CI identity that built it"))

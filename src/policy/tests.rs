@@ -511,7 +511,7 @@ fn every_rule_kind() {
     );
     assert_eq!(
         why_not(&v)["bob"],
-        "bob is a commit author or committer of the change"
+        "bob is a commit author, committer or signer of the change"
     );
     // Whoever amended the change is a requester too.
     let mut amended_by_bob = change(ok.clone());

@@ -1605,7 +1605,9 @@ impl State {
                         Some((id, _)) => {
                             authors.insert(id.as_str());
                         }
-                        None => match self.emails.get(signer) {
+                        // E-mails are kept lowercase; an allowed-signers
+                        // identity or an OpenPGP user id may not be.
+                        None => match self.emails.get(&signer.to_ascii_lowercase()) {
                             Some(id) => {
                                 authors.insert(id.as_str());
                             }

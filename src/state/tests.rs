@@ -1193,7 +1193,7 @@ retry declined cards once\n"
     );
     assert!(
         d.not_counted.iter().any(|n| n.approver == "alice"
-            && n.reason == "alice is a commit author or committer of the change"),
+            && n.reason == "alice is a commit author, committer or signer of the change"),
         "{:?}",
         d.not_counted
     );
@@ -1454,11 +1454,11 @@ apply alice's patch\n",
         .collect();
     assert_eq!(
         why["alice"],
-        "alice is a commit author or committer of the change"
+        "alice is a commit author, committer or signer of the change"
     );
     assert_eq!(
         why["bob"],
-        "bob is a commit author or committer of the change"
+        "bob is a commit author, committer or signer of the change"
     );
     f.review("dave", "CHG-1", &sha, true).unwrap();
     let d = f.deploy("ci", &sha);
@@ -1512,7 +1512,7 @@ looks like alice's\n";
     assert!(!d.allow, "{:?}", d.reasons);
     assert!(
         d.not_counted.iter().any(|n| n.approver == "bob"
-            && n.reason == "bob is a commit author or committer of the change"),
+            && n.reason == "bob is a commit author, committer or signer of the change"),
         "{:?}",
         d.not_counted
     );
@@ -1525,7 +1525,7 @@ author Alice <alice@example.com> 1700000200 +0000\n\
 committer Alice <alice@example.com> 1700000200 +0000\n\
 \n\
 second\n";
-    let by_mail = f.observe_signed(raw2, signed_by("carol@example.com"));
+    let by_mail = f.observe_signed(raw2, signed_by("Carol@Example.com"));
     // And by someone Docket does not know.
     let raw3 = b"tree 4b825dc642cb6eb9a060e54bf8d69288fbee4904\n\
 author Alice <alice@example.com> 1700000300 +0000\n\
@@ -1565,10 +1565,9 @@ third\n";
         d.reasons
     );
     assert!(
-        d.not_counted
-            .iter()
-            .any(|n| n.approver == "carol"
-                && n.reason.contains("carol is a commit author or committer")),
+        d.not_counted.iter().any(|n| n.approver == "carol"
+            && n.reason
+                .contains("carol is a commit author, committer or signer")),
         "{:?}",
         d.not_counted
     );

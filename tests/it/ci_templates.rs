@@ -217,7 +217,7 @@ async fn example_pipelines_run_against_a_real_server() {
     assert!(
         decision["not_counted"].as_array().unwrap().iter().any(|n| {
             n["approver"] == "bob"
-                && n["reason"] == "bob is a commit author or committer of the change"
+                && n["reason"] == "bob is a commit author, committer or signer of the change"
         }),
         "bob must not be counted: {decision}"
     );

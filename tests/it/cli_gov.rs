@@ -199,7 +199,7 @@ async fn authorize_prints_the_decision_in_words() {
     has_line(
         &out,
         &format!(
-            "  not counted: alice — alice is a commit author or committer of the change [entry {a}]"
+            "  not counted: alice — alice is a commit author, committer or signer of the change [entry {a}]"
         ),
     );
     assert_eq!(out.stdout.lines().count(), 5, "{out:?}");
@@ -227,7 +227,7 @@ async fn authorize_prints_the_decision_in_words() {
     has_line(
         &out,
         &format!(
-            "  not counted: alice — alice is a commit author or committer of the change [entry {a}]"
+            "  not counted: alice — alice is a commit author, committer or signer of the change [entry {a}]"
         ),
     );
     // Authorize only asks: nothing is recorded.
@@ -303,7 +303,7 @@ async fn authorize_by_commit_follows_the_same_rules() {
         dec["not_counted"],
         json!([{
             "approver": "alice",
-            "reason": "alice is a commit author or committer of the change",
+            "reason": "alice is a commit author, committer or signer of the change",
             "index": a,
         }]),
         "{dec:#}"

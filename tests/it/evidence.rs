@@ -444,7 +444,7 @@ async fn export_and_verify_each_scope_online_and_offline() {
         .collect();
     assert_eq!(
         not_counted,
-        ["alice is a commit author or committer of the change"]
+        ["alice is a commit author, committer or signer of the change"]
     );
     assert!(files.contains_key("policies/v1.toml"));
     // Identity history back to genesis travels with it; CHG-2's facts do not.

@@ -339,7 +339,7 @@ async fn change_approval_promotion_freeze_and_break_glass() {
     );
     assert_eq!(
         not_counted(&dec, "alice"),
-        "alice is a commit author or committer of the change"
+        "alice is a commit author, committer or signer of the change"
     );
     assert_eq!(dec["counted"][0]["approver"], "bob");
 

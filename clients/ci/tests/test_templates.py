@@ -76,6 +76,10 @@ verdict="${FAKE_VERDICT:-allow}"
 json=false
 for a in "$@"; do [[ "$a" == --json ]] && json=true; done
 if [[ "$1 $2" == "change show" ]]; then
+  if [[ -n "${FAKE_SHOW_FAILS:-}" ]]; then
+    echo 'error: get change: Unavailable: connection refused' >&2
+    exit 69
+  fi
   if [[ -z "${FAKE_CHANGE_EXISTS:-}" ]]; then
     echo 'error: get change: NotFound: no change "gh-7"' >&2
     exit 1
@@ -304,7 +308,15 @@ def test_open_binds_every_commit_of_the_push_and_keeps_those_already_bound(fake)
     r = run(["open", "gh-7", "prod", D1], {**env, "CI_COMMIT_BEFORE_SHA": "0" * 40})
     assert r.returncode == 0, r.stderr
     assert [a for a in called(tmp) if len(a) == 40] == [third]
-    assert "no push range is known" in r.stderr
+    assert "no push range is known" in r.stderr and f"binds {third} only" in r.stderr
+    # The change cannot be read (server down): nothing is opened or amended,
+    # since an amend without its bound commits would unbind them.
+    (tmp / "calls").unlink()
+    r = run(["open", "gh-7", "prod", D1], {**env, "FAKE_SHOW_FAILS": "1"})
+    assert r.returncode == 69, r.stderr
+    assert "cannot read change gh-7" in r.stderr
+    calls = (tmp / "calls").read_text().splitlines()
+    assert [c.split()[:2] for c in calls] == [["change", "show"]]
 
 
 def test_ingest_takes_the_push_from_gitlab_or_else_the_whole_history(fake):
@@ -325,7 +337,8 @@ def test_ingest_takes_the_push_from_gitlab_or_else_the_whole_history(fake):
     r = run(["ingest"], {**env, "CI_COMMIT_BEFORE_SHA": C0})
     assert r.returncode == 0, r.stderr
     assert called(tmp)[4:6] == ["--ref", second]
-    assert "not in the clone (a force push?)" in r.stderr
+    assert "not in the clone (a shallow clone, or a force push?)" in r.stderr
+    assert "reading the whole history" in r.stderr
 
 
 def test_unreadable_file_is_named(fake):
