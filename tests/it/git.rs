@@ -8,7 +8,7 @@ use docket::api::convert::{decode_event, encode_event};
 use docket::event::{Body, Event, PrincipalId, SignatureVerdict};
 use docket::ingest::git::{GitSource, TrustedKey, observe, read_allowed_signers, recheck};
 
-use crate::governance::{commit, git, repo, ssh_key};
+use crate::governance::{commit, git, repo, ssh_key, ssh_key_of};
 
 /// Writes a new object of the given commit content; returns its id.
 fn hash_object(repo: &Path, raw: &str) -> String {
@@ -424,27 +424,6 @@ impl Drop for Gpg {
     }
 }
 
-/// Creates an SSH key of type `t` (and `-b bits`) with ssh-keygen.
-fn keygen(dir: &Path, name: &str, t: &str, bits: Option<&str>) -> std::path::PathBuf {
-    let p = dir.join(name);
-    let mut cmd = std::process::Command::new("ssh-keygen");
-    cmd.args(["-q", "-t", t, "-N", "", "-C", name]);
-    if let Some(b) = bits {
-        cmd.args(["-b", b]);
-    }
-    let out = cmd
-        .arg("-f")
-        .arg(&p)
-        .output()
-        .expect("ssh-keygen is installed");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    p
-}
-
 /// ECDSA P-384 and P-521 keys verify; `valid-after`/`valid-before` hold
 /// against the committer time; a `cert-authority` line trusts no plain
 /// signature; `namespaces` lists are read whole, quotes and all. Each
@@ -453,8 +432,8 @@ fn keygen(dir: &Path, name: &str, t: &str, bits: Option<&str>) -> std::path::Pat
 fn allowed_signers_are_read_as_git_reads_them() {
     let dir = tempfile::tempdir().unwrap();
     let repo = repo(dir.path());
-    let p384 = keygen(dir.path(), "p384", "ecdsa", Some("384"));
-    let p521 = keygen(dir.path(), "p521", "ecdsa", Some("521"));
+    let p384 = ssh_key_of(dir.path(), "p384", "ecdsa", Some("384"));
+    let p521 = ssh_key_of(dir.path(), "p521", "ecdsa", Some("521"));
     let expired = ssh_key(dir.path(), "expired");
     let future = ssh_key(dir.path(), "future");
     let ca = ssh_key(dir.path(), "ca");

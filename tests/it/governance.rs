@@ -40,9 +40,19 @@ pub fn repo(dir: &Path) -> PathBuf {
 
 /// Creates an ed25519 SSH key with ssh-keygen; returns the private key path.
 pub fn ssh_key(dir: &Path, name: &str) -> PathBuf {
+    ssh_key_of(dir, name, "ed25519", None)
+}
+
+/// Creates an SSH key of type `t` (with `-b bits` when given) with ssh-keygen.
+pub fn ssh_key_of(dir: &Path, name: &str, t: &str, bits: Option<&str>) -> PathBuf {
     let p = dir.join(name);
-    let out = std::process::Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"])
+    let mut cmd = std::process::Command::new("ssh-keygen");
+    cmd.args(["-q", "-t", t, "-N", "", "-C", name]);
+    if let Some(b) = bits {
+        cmd.args(["-b", b]);
+    }
+    let out = cmd
+        .arg("-f")
         .arg(&p)
         .output()
         .expect("ssh-keygen is installed");
