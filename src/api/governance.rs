@@ -303,8 +303,7 @@ impl pb::governance_server::Governance for GovernanceApi {
                     approvers: v.approvers.clone(),
                 };
                 let active = gov.active_version().map(|v| v.version).unwrap_or(1);
-                // The fold never dates an entry before the last one.
-                let now = self.svc.now_nanos().max(s.last_time());
+                let now = s.now_from(self.svc.now_nanos());
                 pb::PolicyState {
                     active: gov.active_version().map(version),
                     history: gov.policy_versions().iter().map(version).collect(),
@@ -362,9 +361,7 @@ impl pb::governance_server::Governance for GovernanceApi {
         let ((obligations, now), _) = self
             .svc
             .read_durable(|s| {
-                // The fold never dates an entry before the last one: with a
-                // clock stepped back, a review already recorded stays known.
-                let now = clock.max(s.last_time());
+                let now = s.now_from(clock);
                 let list = s
                     .gov()
                     .obligations()
@@ -390,7 +387,7 @@ impl pb::governance_server::Governance for GovernanceApi {
         let ((list, now), _) = self
             .svc
             .read_durable(|s| {
-                let now = clock.max(s.last_time());
+                let now = s.now_from(clock);
                 (violations(s.gov().obligations(), now), now)
             })
             .await

@@ -550,7 +550,7 @@ impl pb::ledger_server::Ledger for LedgerApi {
                                 .identity_change_expiry(p)
                                 .map(|(end, _)| end)
                                 .filter(|_| open);
-                            let now = clock.max(s.last_time());
+                            let now = s.now_from(clock);
                             pb::PendingIdentityChange {
                                 entry_index: p.entry,
                                 proposer: p.proposer.to_string(),

@@ -237,10 +237,13 @@ pub(super) fn html(view: &View<'_>) -> String {
                 ));
             }
         }
-        let deployed: Vec<String> = c
+        let deployments: Vec<_> = c
             .deployments
             .iter()
             .filter_map(|d| gov.deployment(*d))
+            .collect();
+        let deployed: Vec<String> = deployments
+            .iter()
             .map(|d| {
                 format!(
                     "<span class=\"{}\">{}</span> {} {}{}",
@@ -257,10 +260,8 @@ pub(super) fn html(view: &View<'_>) -> String {
             })
             .collect();
         // Sorted by when it was last deployed (never deployed: first).
-        let deployed_key = c
-            .deployments
+        let deployed_key = deployments
             .iter()
-            .filter_map(|d| gov.deployment(*d))
             .map(|d| d.decision.at_nanos)
             .max()
             .map_or_else(String::new, sort_key);

@@ -516,16 +516,11 @@ fn ci_reason(
     subject: &str,
     runs: Option<&Vec<CiFact<'_>>>,
 ) -> Option<String> {
-    let all = runs.map_or(&[][..], Vec::as_slice);
-    let runs: Vec<&CiFact<'_>> = all
+    let (runs, revoked): (Vec<&CiFact<'_>>, Vec<&CiFact<'_>>) = runs
+        .map_or(&[][..], Vec::as_slice)
         .iter()
-        .filter(|f| may_report(policy, principals, f))
-        .collect();
-    let revoked: BTreeSet<&str> = all
-        .iter()
-        .filter(|f| !may_report(policy, principals, f))
-        .map(|f| f.reporter)
-        .collect();
+        .partition(|f| may_report(policy, principals, f));
+    let revoked: BTreeSet<&str> = revoked.iter().map(|f| f.reporter).collect();
     let note = if revoked.is_empty() {
         String::new()
     } else {

@@ -195,6 +195,27 @@ fn check(
     v
 }
 
+/// A prod deploy of `D`, staged, approved by `approvals`, with `runs` as
+/// its CI: the verdict and the reasons joined.
+fn decide_prod_with_runs(
+    policy: &Policy,
+    principals: &BTreeMap<String, PrincipalFacts>,
+    approvals: Vec<Approval<'static>>,
+    runs: Vec<CiFact<'static>>,
+) -> (Decision, String) {
+    let mut c = change(approvals);
+    c.ci.insert(D, runs);
+    let deployments = staged();
+    let facts = Facts {
+        principals,
+        change: Some(&c),
+        subject_repositories: &BTreeSet::new(),
+        deployments: &deployments,
+    };
+    let v = evaluate(policy, &request("prod"), &facts);
+    (v.decision, v.reasons.join("; "))
+}
+
 /// `ci_reporters`: only runs by the named principals count for the rule's
 /// CI check, so another CI identity's run neither satisfies it nor fails
 /// it (it can still hold a deploy back through other facts, policy.md);
@@ -225,18 +246,8 @@ fn ci_reporters_decide_whose_runs_count() {
             roles: set(&["ci"]),
         },
     );
-    let deployments = staged();
     let decide = |policy: &Policy, runs: Vec<CiFact<'static>>| {
-        let mut c = change(ok.clone());
-        c.ci.insert(D, runs);
-        let facts = Facts {
-            principals: &principals,
-            change: Some(&c),
-            subject_repositories: &BTreeSet::new(),
-            deployments: &deployments,
-        };
-        let v = evaluate(policy, &request("prod"), &facts);
-        (v.decision, v.reasons.join("; "))
+        decide_prod_with_runs(policy, &principals, ok.clone(), runs)
     };
     // A later failure reported by someone else: blocks only when any
     // reporter may speak.
@@ -290,7 +301,6 @@ fn runs_of_a_reporter_without_the_report_role_do_not_count() {
     use Decision::*;
     let policy = Policy::parse(POLICY).unwrap();
     let mut principals = people();
-    let deployments = staged();
     let run = |reporter: &'static str, passed: bool| CiFact {
         reporter,
         passed,
@@ -305,16 +315,8 @@ fn runs_of_a_reporter_without_the_report_role_do_not_count() {
                 roles: set(sandbox_roles),
             },
         );
-        let mut c = change(vec![approval("bob", NOW), approval("carol", NOW)]);
-        c.ci.insert(D, runs);
-        let facts = Facts {
-            principals: &principals,
-            change: Some(&c),
-            subject_repositories: &BTreeSet::new(),
-            deployments: &deployments,
-        };
-        let v = evaluate(&policy, &request("prod"), &facts);
-        (v.decision, v.reasons.join("; "))
+        let ok = vec![approval("bob", NOW), approval("carol", NOW)];
+        decide_prod_with_runs(&policy, &principals, ok, runs)
     };
     assert_eq!(decide(&["ci"], vec![run("ci-sandbox", true)]).0, Allow);
     assert_eq!(

@@ -1601,21 +1601,25 @@ impl State {
                 // line is free text, the verified key is not.
                 let signer = rec.signer_identity.as_str();
                 if rec.signature == SignatureVerdict::Verified.name() && !signer.is_empty() {
-                    match self.facts.get_key_value(signer) {
-                        Some((id, _)) => {
-                            authors.insert(id.as_str());
+                    // A principal id, or an e-mail (kept lowercase; an
+                    // allowed-signers identity or OpenPGP user id may not be).
+                    let principal = self
+                        .facts
+                        .get_key_value(signer)
+                        .map(|(id, _)| id.as_str())
+                        .or_else(|| {
+                            self.emails
+                                .get(&signer.to_ascii_lowercase())
+                                .map(|id| id.as_str())
+                        });
+                    match principal {
+                        Some(id) => {
+                            authors.insert(id);
                         }
-                        // E-mails are kept lowercase; an allowed-signers
-                        // identity or an OpenPGP user id may not be.
-                        None => match self.emails.get(&signer.to_ascii_lowercase()) {
-                            Some(id) => {
-                                authors.insert(id.as_str());
-                            }
-                            None => gaps.push(format!(
-                                "commit {}: signer {signer} is neither a principal nor the e-mail of one, so segregation of duties cannot be checked",
-                                label()
-                            )),
-                        },
+                        None => gaps.push(format!(
+                            "commit {}: signer {signer} is neither a principal nor the e-mail of one, so segregation of duties cannot be checked",
+                            label()
+                        )),
                     }
                 }
             }

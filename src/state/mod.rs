@@ -354,6 +354,13 @@ impl State {
         self.last_time
     }
 
+    /// The time a read at wall-clock `clock` speaks for: never before the
+    /// last entry, which the fold never dates later than now, so a clock
+    /// stepped back does not hide facts already recorded.
+    pub fn now_from(&self, clock: i64) -> i64 {
+        clock.max(self.last_time)
+    }
+
     /// Origin and log key, once genesis is applied.
     pub fn genesis(&self) -> Option<&GenesisInfo> {
         self.genesis.as_ref()

@@ -226,6 +226,54 @@ impl Fold {
         )
     }
 
+    /// Opens `change` for prod, as ci, binding `commits` and `digests`.
+    fn open_code(&mut self, change: &str, commits: &[&str], digests: &[&str]) {
+        self.apply(
+            "ci",
+            Body::ChangeOpened(ChangeOpening {
+                change_id: RecordId::parse(change).unwrap(),
+                title: String::new(),
+                repository: String::new(),
+                commits: set(commits),
+                artifact_digests: set(digests),
+                environments: set(&["prod"]),
+                ticket: String::new(),
+                description: String::new(),
+            }),
+        )
+        .unwrap();
+    }
+
+    /// Amends `change`, as ci, to bind `commits` and `digests`.
+    fn amend_code(&mut self, change: &str, commits: &[&str], digests: &[&str]) {
+        self.apply(
+            "ci",
+            Body::ChangeAmended(ChangeAmendment {
+                change_id: RecordId::parse(change).unwrap(),
+                commits: set(commits),
+                artifact_digests: set(digests),
+                environments: BTreeSet::new(),
+                reason: String::new(),
+            }),
+        )
+        .unwrap();
+    }
+
+    /// An approval of `change` by `signer`, who saw exactly `seen`.
+    fn approve_seen(&mut self, signer: &str, change: &str, seen: &[&str]) {
+        self.apply(
+            signer,
+            Body::ChangeReviewed(ChangeReview {
+                change_id: RecordId::parse(change).unwrap(),
+                seen_subjects: set(seen),
+                approve: true,
+                comment: String::new(),
+                revision: None,
+            }),
+        )
+        .unwrap();
+    }
+
     fn review(
         &mut self,
         signer: &str,
@@ -1428,20 +1476,7 @@ committer Bob <bob@example.com> 1700000100 +0000\n\
 \n\
 apply alice's patch\n",
     );
-    f.apply(
-        "ci",
-        Body::ChangeOpened(ChangeOpening {
-            change_id: RecordId::parse("CHG-1").unwrap(),
-            title: String::new(),
-            repository: String::new(),
-            commits: set(&[&sha]),
-            artifact_digests: BTreeSet::new(),
-            environments: set(&["prod"]),
-            ticket: String::new(),
-            description: String::new(),
-        }),
-    )
-    .unwrap();
+    f.open_code("CHG-1", &[&sha], &[]);
     for who in ["alice", "bob", "carol"] {
         f.review(who, "CHG-1", &sha, true).unwrap();
     }
@@ -1491,20 +1526,7 @@ committer Alice <alice@example.com> 1700000100 +0000\n\
 \n\
 looks like alice's\n";
     let sha = f.observe_signed(raw, signed_by("bob"));
-    f.apply(
-        "ci",
-        Body::ChangeOpened(ChangeOpening {
-            change_id: RecordId::parse("CHG-1").unwrap(),
-            title: String::new(),
-            repository: String::new(),
-            commits: set(&[&sha]),
-            artifact_digests: BTreeSet::new(),
-            environments: set(&["prod"]),
-            ticket: String::new(),
-            description: String::new(),
-        }),
-    )
-    .unwrap();
+    f.open_code("CHG-1", &[&sha], &[]);
     for who in ["bob", "carol"] {
         f.review(who, "CHG-1", &sha, true).unwrap();
     }
@@ -1533,28 +1555,8 @@ committer Alice <alice@example.com> 1700000300 +0000\n\
 \n\
 third\n";
     let stranger = f.observe_signed(raw3, signed_by("mallory@elsewhere.example"));
-    f.apply(
-        "ci",
-        Body::ChangeAmended(ChangeAmendment {
-            change_id: RecordId::parse("CHG-1").unwrap(),
-            commits: set(&[&by_mail, &stranger]),
-            artifact_digests: BTreeSet::new(),
-            environments: BTreeSet::new(),
-            reason: String::new(),
-        }),
-    )
-    .unwrap();
-    f.apply(
-        "carol",
-        Body::ChangeReviewed(ChangeReview {
-            change_id: RecordId::parse("CHG-1").unwrap(),
-            seen_subjects: set(&[&by_mail, &stranger]),
-            approve: true,
-            comment: String::new(),
-            revision: None,
-        }),
-    )
-    .unwrap();
+    f.amend_code("CHG-1", &[&by_mail, &stranger], &[]);
+    f.approve_seen("carol", "CHG-1", &[&by_mail, &stranger]);
     let d = f.deploy("ci", &by_mail);
     assert!(
         d.reasons.contains(&format!(
@@ -1605,33 +1607,9 @@ not reviewed\n",
         D,
         CiStatus::Passed,
     );
-    f.apply(
-        "ci",
-        Body::ChangeOpened(ChangeOpening {
-            change_id: RecordId::parse("CHG-1").unwrap(),
-            title: String::new(),
-            repository: String::new(),
-            commits: set(&[&reviewed]),
-            artifact_digests: set(&[D]),
-            environments: set(&["prod"]),
-            ticket: String::new(),
-            description: String::new(),
-        }),
-    )
-    .unwrap();
-    let seen = set(&[&reviewed, D]);
+    f.open_code("CHG-1", &[&reviewed], &[D]);
     for who in ["bob", "carol"] {
-        f.apply(
-            who,
-            Body::ChangeReviewed(ChangeReview {
-                change_id: RecordId::parse("CHG-1").unwrap(),
-                seen_subjects: seen.clone(),
-                approve: true,
-                comment: String::new(),
-                revision: None,
-            }),
-        )
-        .unwrap();
+        f.approve_seen(who, "CHG-1", &[&reviewed, D]);
     }
     let d = f.deploy("ci", D);
     assert!(!d.allow, "{:?}", d.reasons);
@@ -1643,30 +1621,9 @@ not reviewed\n",
         )]
     );
     // Bound, the commit is reviewed code: the same approvers, afresh, allow.
-    f.apply(
-        "ci",
-        Body::ChangeAmended(ChangeAmendment {
-            change_id: RecordId::parse("CHG-1").unwrap(),
-            commits: set(&[&reviewed, &built]),
-            artifact_digests: set(&[D]),
-            environments: BTreeSet::new(),
-            reason: String::new(),
-        }),
-    )
-    .unwrap();
-    let seen = set(&[&reviewed, &built, D]);
+    f.amend_code("CHG-1", &[&reviewed, &built], &[D]);
     for who in ["bob", "carol"] {
-        f.apply(
-            who,
-            Body::ChangeReviewed(ChangeReview {
-                change_id: RecordId::parse("CHG-1").unwrap(),
-                seen_subjects: seen.clone(),
-                approve: true,
-                comment: String::new(),
-                revision: None,
-            }),
-        )
-        .unwrap();
+        f.approve_seen(who, "CHG-1", &[&reviewed, &built, D]);
     }
     let d = f.deploy("ci", D);
     assert!(d.allow, "{:?}", d.reasons);

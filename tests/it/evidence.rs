@@ -321,6 +321,15 @@ pub async fn fixture() -> Fixture {
     f
 }
 
+/// An unfiltered period scope of an `ExportEvidence` request.
+fn period_pb(from: i64, to: i64) -> pb::export_evidence_request::Scope {
+    pb::export_evidence_request::Scope::Period(pb::PeriodScope {
+        from_unix_nanos: from,
+        to_unix_nanos: to,
+        ..Default::default()
+    })
+}
+
 async fn export_online(s: &TestServer, scope: pb::export_evidence_request::Scope) -> Vec<u8> {
     export_request(
         s,
@@ -552,15 +561,7 @@ async fn any_flipped_byte_is_caught_and_named() {
     let s = &f.server;
     // From day 2, so that the range (with its 24 h lead-in) starts after
     // the registrations, which then travel with inclusion proofs.
-    let period = export_online(
-        s,
-        S::Period(pb::PeriodScope {
-            from_unix_nanos: f.day(2),
-            to_unix_nanos: f.day(4),
-            ..Default::default()
-        }),
-    )
-    .await;
+    let period = export_online(s, period_pb(f.day(2), f.day(4))).await;
     let change = export_online(s, S::ChangeId("CHG-2".into())).await;
     let t = trust(s);
     for bundle in [&change, &period] {
@@ -639,18 +640,9 @@ fn flip_every_member(bundle: &[u8], t: &Trust) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropped_entries_fail_completeness_and_altered_decisions_fail_re_evaluation() {
-    use pb::export_evidence_request::Scope as S;
     let f = fixture().await;
     let s = &f.server;
-    let bundle = export_online(
-        s,
-        S::Period(pb::PeriodScope {
-            from_unix_nanos: f.day(1),
-            to_unix_nanos: f.day(3),
-            ..Default::default()
-        }),
-    )
-    .await;
+    let bundle = export_online(s, period_pb(f.day(1), f.day(3))).await;
     let t = trust(s);
     let files = evidence::unpack(&bundle).unwrap();
 
@@ -1024,13 +1016,7 @@ async fn obligations_open_overdue_late_and_unjustified_travel_with_bundles() {
     )
     .await;
     let glass = f.at["glass"];
-    let period = |from: i64, to: i64| {
-        S::Period(pb::PeriodScope {
-            from_unix_nanos: from,
-            to_unix_nanos: to,
-            ..Default::default()
-        })
-    };
+    let period = period_pb;
     let vkey = f.server.data.log_vkey();
     let cases = [
         // (from, to, glass's status, glass-2's status or none, violation kinds)
@@ -1253,22 +1239,8 @@ async fn an_independent_verifier_written_from_the_docs_agrees() {
     let scopes = [
         ("change-1", S::ChangeId("CHG-1".into())),
         ("change-2", S::ChangeId("CHG-2".into())),
-        (
-            "period",
-            S::Period(pb::PeriodScope {
-                from_unix_nanos: f.day(2),
-                to_unix_nanos: f.day(4) + DAY / 2,
-                ..Default::default()
-            }),
-        ),
-        (
-            "whole",
-            S::Period(pb::PeriodScope {
-                from_unix_nanos: f.day(0),
-                to_unix_nanos: f.day(9),
-                ..Default::default()
-            }),
-        ),
+        ("period", period_pb(f.day(2), f.day(4) + DAY / 2)),
+        ("whole", period_pb(f.day(0), f.day(9))),
         (
             "control",
             S::Control(pb::ControlScope {
@@ -1532,11 +1504,7 @@ async fn a_complete_change_bundle_shows_nothing_concerning_the_change_was_left_o
     let mut g = s.conn().governance().await.unwrap();
     let e = g
         .export_evidence(pb::ExportEvidenceRequest {
-            scope: Some(S::Period(pb::PeriodScope {
-                from_unix_nanos: f.day(1),
-                to_unix_nanos: f.day(3),
-                ..Default::default()
-            })),
+            scope: Some(period_pb(f.day(1), f.day(3))),
             progress: false,
             complete: true,
         })
@@ -1549,17 +1517,8 @@ async fn a_complete_change_bundle_shows_nothing_concerning_the_change_was_left_o
 /// The fixture's whole period (days 0–9) exported and unpacked into a
 /// temporary directory.
 async fn whole_period_unpacked() -> tempfile::TempDir {
-    use pb::export_evidence_request::Scope as S;
     let f = fixture().await;
-    let b = export_online(
-        &f.server,
-        S::Period(pb::PeriodScope {
-            from_unix_nanos: f.day(0),
-            to_unix_nanos: f.day(9),
-            ..Default::default()
-        }),
-    )
-    .await;
+    let b = export_online(&f.server, period_pb(f.day(0), f.day(9))).await;
     let dir = tempfile::tempdir().unwrap();
     unpack_to(&b, dir.path());
     dir
@@ -2961,16 +2920,7 @@ async fn a_bundle_that_leaves_out_a_key_revocation_fails() {
     let t = trust(s);
 
     let change = export_online(s, S::ChangeId("CHG-1".into())).await;
-    let period = export_online(
-        s,
-        S::Period(pb::PeriodScope {
-            from_unix_nanos: f.day(8),
-            to_unix_nanos: f.day(9),
-            environments: vec![],
-            repositories: vec![],
-        }),
-    )
-    .await;
+    let period = export_online(s, period_pb(f.day(8), f.day(9))).await;
     let files = evidence::unpack(&period).unwrap();
     let manifest = json(&files, "manifest.json");
     assert_eq!(
@@ -3055,16 +3005,7 @@ async fn a_bundle_that_leaves_out_a_fact_a_decision_rests_on_fails() {
     assert!(basis(bob).is_empty());
 
     let change = export_online(s, S::ChangeId("CHG-1".into())).await;
-    let period = export_online(
-        s,
-        S::Period(pb::PeriodScope {
-            from_unix_nanos: f.day(5),
-            to_unix_nanos: f.day(6),
-            environments: vec![],
-            repositories: vec![],
-        }),
-    )
-    .await;
+    let period = export_online(s, period_pb(f.day(5), f.day(6))).await;
     let manifest = json(&evidence::unpack(&period).unwrap(), "manifest.json");
     assert!(
         manifest["range"]["start"].as_u64().unwrap() > bob,
@@ -3238,17 +3179,8 @@ async fn report_rows_follow_the_decisions() {
 /// speak for the change's segregation of duties in the period.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_period_reports_the_decisions_made_in_it() {
-    use pb::export_evidence_request::Scope as S;
     let f = fixture().await;
-    let bundle = export_online(
-        &f.server,
-        S::Period(pb::PeriodScope {
-            from_unix_nanos: f.day(2),
-            to_unix_nanos: f.day(3),
-            ..Default::default()
-        }),
-    )
-    .await;
+    let bundle = export_online(&f.server, period_pb(f.day(2), f.day(3))).await;
     let files = evidence::unpack(&bundle).unwrap();
     let carried: Vec<u64> = json(&files, "facts/entries.json")
         .as_array()
