@@ -437,24 +437,39 @@ impl<'a> View<'a> {
             .find(|d| d.decision.at_nanos < end)
     }
 
-    /// Principals who authored or committed the change's current commits,
-    /// and e-mails no principal claims.
-    pub(super) fn authors(&self, c: &ChangeRec) -> (BTreeSet<String>, BTreeSet<String>) {
-        let gov = self.folded.state.gov();
+    /// The change's code: the current revision's commits, then the commits
+    /// its digests were built from that it does not bind (`State::built_from`).
+    pub(super) fn code_commits(&self, c: &'a ChangeRec) -> Vec<&'a str> {
+        let cur = c.current();
+        cur.commits
+            .iter()
+            .map(String::as_str)
+            .chain(
+                self.folded
+                    .state
+                    .built_from(cur)
+                    .into_iter()
+                    .map(|(f, _)| f),
+            )
+            .collect()
+    }
+
+    /// Principals who authored, committed or (with a verified signature)
+    /// signed an observed commit of the change's code, which are the people
+    /// its decisions exclude; and the e-mails and signer identities no
+    /// principal claims.
+    pub(super) fn authors(&self, c: &'a ChangeRec) -> (BTreeSet<String>, BTreeSet<String>) {
+        let state = &self.folded.state;
         let (mut known, mut unknown) = (BTreeSet::new(), BTreeSet::new());
-        for sha in &c.current().commits {
-            if let Some(rec) = gov.commit(sha) {
-                for p in [&rec.author, &rec.committer] {
-                    match self
-                        .folded
-                        .state
-                        .principals()
-                        .find(|q| q.emails.contains(&p.email))
-                    {
-                        Some(q) => known.insert(q.id.to_string()),
-                        None => unknown.insert(p.email.clone()),
-                    };
-                }
+        for sha in self.code_commits(c) {
+            let Some(rec) = state.gov().commit(sha) else {
+                continue;
+            };
+            for p in state.commit_people(rec) {
+                match p.principal {
+                    Some(id) => known.insert(id.to_owned()),
+                    None => unknown.insert(p.identity.to_owned()),
+                };
             }
         }
         (known, unknown)
@@ -710,6 +725,7 @@ struct SodRow<'a> {
 #[derive(serde::Serialize)]
 struct ChangeRow<'a> {
     authors: BTreeSet<String>,
+    built_from: BTreeSet<&'a str>,
     change: &'a str,
     ci: Vec<CiRow<'a>>,
     commits: Vec<CommitRow<'a>>,
@@ -730,8 +746,14 @@ fn change_row<'a>(view: &View<'a>, c: &'a ChangeRec) -> ChangeRow<'a> {
     let (authors, unmapped_authors) = view.authors(c);
     let cur = c.current();
     let current = cur.subjects();
+    let code: BTreeSet<&str> = view.code_commits(c).into_iter().collect();
     ChangeRow {
         authors,
+        built_from: code
+            .iter()
+            .copied()
+            .filter(|s| !cur.commits.contains(*s))
+            .collect(),
         change: &c.id,
         ci: current
             .iter()
@@ -752,8 +774,7 @@ fn change_row<'a>(view: &View<'a>, c: &'a ChangeRec) -> ChangeRow<'a> {
                 url: &r.url,
             })
             .collect(),
-        commits: cur
-            .commits
+        commits: code
             .iter()
             .filter_map(|s| gov.commit(s))
             .map(|k| CommitRow {

@@ -206,6 +206,20 @@ pub(super) fn html(view: &View<'_>) -> String {
                 .iter()
                 .map(|e| format!("<span class=\"warn\">{}</span>", esc(e))),
         );
+        let built_from: Vec<String> = view
+            .code_commits(c)
+            .into_iter()
+            .filter(|s| !cur.commits.contains(*s))
+            .map(|s| esc(&short(s)))
+            .collect();
+        let mut authored = authored.join(", ");
+        if !built_from.is_empty() {
+            let _ = write!(
+                authored,
+                "<br><span class=\"muted\">of {}, which its artifacts were built from</span>",
+                built_from.join(", ")
+            );
+        }
         let subjects = cur.subjects();
         // The reviews that speak for the current revision: after it, and of
         // exactly its subjects (an earlier review is stale, whatever it saw).
@@ -297,7 +311,7 @@ pub(super) fn html(view: &View<'_>) -> String {
             c.revisions.len(),
             esc(&c.ticket),
             esc(&c.requesters.join(", ")),
-            authored.join(", "),
+            authored,
             approvals.join("<br>"),
             ci.join("<br>"),
             deployed_key,

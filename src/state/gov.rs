@@ -147,6 +147,17 @@ pub struct CommitRec {
     pub changed_files: u32,
 }
 
+/// One identity a commit speaks for (`State::commit_people`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CommitPerson<'a> {
+    /// `author`, `committer` or `signer`.
+    pub role: &'static str,
+    /// The e-mail, or the verified signer identity.
+    pub identity: &'a str,
+    /// The principal it maps to, if any.
+    pub principal: Option<&'a str>,
+}
+
 /// A CI run.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CiRec {
@@ -1562,9 +1573,67 @@ impl State {
             .max_by_key(|c| c.current().index)
     }
 
-    /// Adds the principals who authored and committed `sha` to `authors`,
-    /// or says in `gaps` why they are unknown. `built_into`: the digest a CI
-    /// run built from it, when the change does not bind it itself.
+    /// Who a commit speaks for: its author and committer e-mails and, when
+    /// its signature verified, the signer identity, each with the principal
+    /// it maps to (`None` when no principal claims it). Whoever signed a
+    /// commit vouched for it as theirs: the author line is free text, the
+    /// verified key is not.
+    pub fn commit_people<'a>(&'a self, rec: &'a CommitRec) -> Vec<CommitPerson<'a>> {
+        let mut people: Vec<CommitPerson<'a>> =
+            [("author", &rec.author), ("committer", &rec.committer)]
+                .into_iter()
+                .map(|(role, p)| CommitPerson {
+                    role,
+                    identity: &p.email,
+                    principal: self.emails.get(&p.email).map(|id| id.as_str()),
+                })
+                .collect();
+        let signer = rec.signer_identity.as_str();
+        if rec.signature == SignatureVerdict::Verified.name() && !signer.is_empty() {
+            // A principal id, or an e-mail (kept lowercase; an
+            // allowed-signers identity or OpenPGP user id may not be).
+            let principal = self
+                .facts
+                .get_key_value(signer)
+                .map(|(id, _)| id.as_str())
+                .or_else(|| {
+                    self.emails
+                        .get(&signer.to_ascii_lowercase())
+                        .map(|id| id.as_str())
+                });
+            people.push(CommitPerson {
+                role: "signer",
+                identity: signer,
+                principal,
+            });
+        }
+        people
+    }
+
+    /// The commits a revision's artifacts were built from that it does not
+    /// bind itself: for each of its digests in order, the commit each CI run
+    /// reporting it names, oldest run first, each once, with the first
+    /// digest built from it. A change that binds only an image digest is
+    /// still the code in that image.
+    pub fn built_from<'a>(&'a self, rev: &'a RevisionRec) -> Vec<(&'a str, &'a str)> {
+        let mut out: Vec<(&str, &str)> = Vec::new();
+        for d in &rev.digests {
+            for r in self.gov.ci_runs_for(d) {
+                let from = r.commit.as_str();
+                if !from.is_empty()
+                    && !rev.commits.contains(from)
+                    && !out.iter().any(|(f, _)| *f == from)
+                {
+                    out.push((from, d.as_str()));
+                }
+            }
+        }
+        out
+    }
+
+    /// Adds the principals who authored, committed or signed `sha` to
+    /// `authors`, or says in `gaps` why they are unknown. `built_into`: the
+    /// digest a CI run built from it, when the change does not bind it itself.
     fn authors_of<'a>(
         &'a self,
         sha: &str,
@@ -1579,49 +1648,29 @@ impl State {
                 Some(d) => format!("{short} (built into {})", &d[..19.min(d.len())]),
             }
         };
-        match self.gov.commits.get(sha) {
-            None => gaps.push(format!(
+        let Some(rec) = self.gov.commits.get(sha) else {
+            gaps.push(format!(
                 "commit {} has not been observed (run `docket git ingest`), so its author is unknown",
                 label()
-            )),
-            Some(rec) => {
-                for (role, p) in [("author", &rec.author), ("committer", &rec.committer)] {
-                    match self.emails.get(&p.email) {
-                        Some(id) => {
-                            authors.insert(id.as_str());
-                        }
-                        None => gaps.push(format!(
-                            "commit {}: {role} {} is not the e-mail of any principal, so segregation of duties cannot be checked",
-                            label(),
-                            p.email
-                        )),
-                    }
+            ));
+            return;
+        };
+        for p in self.commit_people(rec) {
+            match p.principal {
+                Some(id) => {
+                    authors.insert(id);
                 }
-                // Whoever signed it vouched for it as theirs: the author
-                // line is free text, the verified key is not.
-                let signer = rec.signer_identity.as_str();
-                if rec.signature == SignatureVerdict::Verified.name() && !signer.is_empty() {
-                    // A principal id, or an e-mail (kept lowercase; an
-                    // allowed-signers identity or OpenPGP user id may not be).
-                    let principal = self
-                        .facts
-                        .get_key_value(signer)
-                        .map(|(id, _)| id.as_str())
-                        .or_else(|| {
-                            self.emails
-                                .get(&signer.to_ascii_lowercase())
-                                .map(|id| id.as_str())
-                        });
-                    match principal {
-                        Some(id) => {
-                            authors.insert(id);
-                        }
-                        None => gaps.push(format!(
-                            "commit {}: signer {signer} is neither a principal nor the e-mail of one, so segregation of duties cannot be checked",
-                            label()
-                        )),
-                    }
-                }
+                None if p.role == "signer" => gaps.push(format!(
+                    "commit {}: signer {} is neither a principal nor the e-mail of one, so segregation of duties cannot be checked",
+                    label(),
+                    p.identity
+                )),
+                None => gaps.push(format!(
+                    "commit {}: {} {} is not the e-mail of any principal, so segregation of duties cannot be checked",
+                    label(),
+                    p.role,
+                    p.identity
+                )),
             }
         }
     }
@@ -1644,7 +1693,10 @@ impl State {
         // commit each CI run reporting one of its digests names. A change
         // that binds only an image digest still excludes the people who
         // wrote what is in the image.
-        let mut built_from: Vec<&str> = Vec::new();
+        let built_from = self.built_from(cur);
+        for (from, digest) in &built_from {
+            self.authors_of(from, Some(digest), &mut authors, &mut sod_gaps);
+        }
         let mut builders = BTreeSet::new();
         let mut code_repositories = BTreeSet::new();
         let mut ci = BTreeMap::new();
@@ -1672,20 +1724,17 @@ impl State {
                             && !cur.commits.contains(*f)
                     }),
                 });
-                if is_digest
-                    && !from.is_empty()
-                    && !cur.commits.contains(from)
-                    && !built_from.contains(&from)
-                {
-                    built_from.push(from);
-                    self.authors_of(from, Some(s), &mut authors, &mut sod_gaps);
-                }
             }
             if !runs.is_empty() {
                 ci.insert(s.as_str(), runs);
             }
         }
-        for sha in cur.commits.iter().map(String::as_str).chain(built_from) {
+        for sha in cur
+            .commits
+            .iter()
+            .map(String::as_str)
+            .chain(built_from.iter().map(|(f, _)| *f))
+        {
             if let Some(rec) = self.gov.commits.get(sha)
                 && !rec.repository.is_empty()
             {

@@ -1001,6 +1001,16 @@ def is_subject(s):
     return RE_SHA.fullmatch(s) is not None or RE_DIGEST.fullmatch(s) is not None
 
 
+# Rust's `str::trim` strips Unicode White_Space, which is not quite Python's `str.isspace`.
+RUST_WHITESPACE = ("\t\n\x0b\x0c\r \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005"
+                   "\u2006\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000")
+
+
+def ascii_lower(text):
+    """Lowercases A-Z only, as Rust's `to_ascii_lowercase` does (str.lower maps more)."""
+    return "".join(chr(ord(c) + 32) if "A" <= c <= "Z" else c for c in text)
+
+
 def parse_commit(raw, sha, what):
     """LF §3.1: object id, headers, author/committer e-mails, summary, signature header."""
     algo = hashlib.sha1 if len(sha) == 40 else hashlib.sha256
@@ -1033,7 +1043,7 @@ def parse_commit(raw, sha, what):
             require(lt >= 0 and gt > lt, what, f"bad {key} header")
             rest = value[gt + 1:].split()
             require(len(rest) in (1, 2) and rest[0].isdigit(), what, f"bad {key} time")
-            info[key] = value[lt + 1:gt].strip().lower()
+            info[key] = ascii_lower(value[lt + 1:gt].strip(RUST_WHITESPACE))
         elif key in ("gpgsig", "gpgsig-sha256"):
             info["signed"] = True
     first_line = message.split("\n", 1)[0] if sep else ""
@@ -2007,12 +2017,29 @@ class Derived:
             ch = f.changes[cid]
             cur = ch["revisions"][-1]
             cur_subjects = f.subjects_of(cur)
-            observed = sorted((s for s in cur["commits"] if s in f.commits))
-            emails = set()
+            # EF §10.5: the change's code is its commits and those its digests were built from.
+            built_from = []
+            for d in sorted(cur["digests"]):
+                for run in f.ci_runs:
+                    if (d in run["digests"] and run["commit"] and run["commit"] not in cur["commits"]
+                            and run["commit"] not in built_from):
+                        built_from.append(run["commit"])
+            observed = sorted(s for s in set(cur["commits"]) | set(built_from) if s in f.commits)
+            authors, unmapped = set(), set()
             for s in observed:
-                emails |= {f.commits[s]["author"], f.commits[s]["committer"]}
-            authors = sorted({f.email_owner[e] for e in emails if e in f.email_owner})
-            unmapped = sorted(e for e in emails if e not in f.email_owner)
+                k = f.commits[s]
+                people = [(k["author"], f.email_owner.get(k["author"])),
+                          (k["committer"], f.email_owner.get(k["committer"]))]
+                if k["signature"] == "verified" and k["signer"]:
+                    owner = (k["signer"] if k["signer"] in f.principals
+                             else f.email_owner.get(ascii_lower(k["signer"])))
+                    people.append((k["signer"], owner))
+                for identity, owner in people:
+                    if owner is None:
+                        unmapped.add(identity)
+                    else:
+                        authors.add(owner)
+            authors, unmapped = sorted(authors), sorted(unmapped)
             ci = [dict(run) for run in f.ci_runs
                   if run["commit"] in cur_subjects or set(run["digests"]) & cur_subjects]
             deployments = []
@@ -2040,7 +2067,7 @@ class Derived:
             else:
                 sod = {"outcome": "no deployment decided"}
             out.append({
-                "authors": authors, "change": cid, "ci": ci,
+                "authors": authors, "built_from": sorted(built_from), "change": cid, "ci": ci,
                 "commits": [dict(f.commits[s], sha=s) for s in observed],
                 "deployments": deployments, "repository": ch["repository"],
                 "requesters": list(ch["requesters"]),

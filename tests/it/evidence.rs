@@ -3207,3 +3207,125 @@ async fn a_period_reports_the_decisions_made_in_it() {
     let (code, out) = independent_verify(&bundle, &f.server.data.log_vkey());
     assert_eq!(code, Some(0), "{out}");
 }
+
+/// A change that binds only an image digest ships the code its CI run built
+/// the image from. The bundle names that commit, counts its author among the
+/// change's authors (the people its decision excluded), lists the e-mail no
+/// principal claims, and the independent verifier derives the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_digest_only_change_names_the_authors_of_the_code_it_ships() {
+    use pb::export_evidence_request::Scope as S;
+    let mut f = fixture().await;
+    f.clock.set(f.day(6));
+    let raw = "tree 4b825dc642cb6eb9a060e54bf8d69288fbee4904\n\
+               author B <bob@example.com> 1700000000 +0000\n\
+               committer Bot <Build-Bot@Elsewhere.example> 1700000000 +0000\n\nimage three\n";
+    let sha = docket::event::git::object_id(raw.as_bytes(), 40).unwrap();
+    f.append(
+        "commit-3",
+        "ci",
+        Body::CommitObserved(Box::new(CommitObservation {
+            repository: "github.com/acme/payments".into(),
+            sha: sha.clone(),
+            raw: raw.as_bytes().to_vec(),
+            commit: docket::event::git::parse_commit(raw.as_bytes()).unwrap(),
+            changed: ChangedPaths::default(),
+            signature: CommitSignature::unsigned(),
+        })),
+    )
+    .await;
+    let digest = format!(
+        "sha256:{}",
+        hex::encode(docket::crypto::blake3_256(b"image-3"))
+    );
+    f.append(
+        "ci-run-3",
+        "ci",
+        Body::CiRunReported(CiRun {
+            repository: "github.com/acme/payments".into(),
+            commit: sha.clone(),
+            artifact_digests: [digest.clone()].into(),
+            status: CiStatus::Passed,
+            provider: "github-actions".into(),
+            pipeline: "build".into(),
+            run_id: "3".into(),
+            url: "https://github.com/acme/payments/actions/runs/3".into(),
+            git_ref: "refs/heads/main".into(),
+        }),
+    )
+    .await;
+    f.append(
+        "open-3",
+        "ci",
+        Body::ChangeOpened(ChangeOpening {
+            change_id: RecordId::parse("CHG-3").unwrap(),
+            title: "image only".into(),
+            repository: "github.com/acme/payments".into(),
+            commits: BTreeSet::new(),
+            artifact_digests: [digest.clone()].into(),
+            environments: ["staging".to_owned(), "prod".to_owned()].into(),
+            ticket: "OPS-3".into(),
+            description: String::new(),
+        }),
+    )
+    .await;
+    for (name, who) in [("bob-3", "bob"), ("alice-3", "alice"), ("carol-3", "carol")] {
+        f.approve(name, who, "CHG-3", &[&digest]).await;
+    }
+    f.deploy("staging-3", "ci", "staging", &digest, false).await;
+    let prod = f.deploy("prod-3", "ci", "prod", &digest, false).await;
+
+    let bundle = export_online(&f.server, S::ChangeId("CHG-3".into())).await;
+    evidence::verify(&bundle, &trust(&f.server)).unwrap();
+    let files = evidence::unpack(&bundle).unwrap();
+    let c = &json(&files, "facts/changes.json")[0];
+    assert_eq!(c["change"], "CHG-3");
+    assert_eq!(c["built_from"], serde_json::json!([sha]));
+    assert_eq!(c["commits"][0]["sha"], sha.as_str(), "{c}");
+    assert_eq!(c["authors"], serde_json::json!(["bob"]));
+    assert_eq!(
+        c["unmapped_authors"],
+        serde_json::json!(["build-bot@elsewhere.example"])
+    );
+    // The decision excluded the same people the bundle names.
+    let decisions = json(&files, "facts/decisions.json");
+    let d = decisions
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["index"] == prod)
+        .unwrap();
+    assert_eq!(d["verdict"], "deny", "{d}");
+    let bob = d["not_counted"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["approver"] == "bob")
+        .expect("bob not counted");
+    assert!(
+        bob["reason"].as_str().unwrap().contains("commit author"),
+        "{bob}"
+    );
+    assert!(
+        d["reasons"]
+            .to_string()
+            .contains("committer build-bot@elsewhere.example is not the e-mail of any principal"),
+        "{d}"
+    );
+    // The report's "Authored by" cell says so too.
+    let html = String::from_utf8(files["report.html"].clone()).unwrap();
+    let start = html
+        .find("<tr><td data-sort=\"CHG-3\">")
+        .expect("CHG-3 row");
+    let row = &html[start..start + html[start..].find("</tr>").unwrap()];
+    assert!(
+        row.contains(&format!(
+            "<td>bob, <span class=\"warn\">build-bot@elsewhere.example</span><br>\
+             <span class=\"muted\">of {}, which its artifacts were built from</span></td>",
+            &sha[..12]
+        )),
+        "{row}"
+    );
+    let (code, out) = independent_verify(&bundle, &f.server.data.log_vkey());
+    assert_eq!(code, Some(0), "{out}");
+}
