@@ -32,9 +32,11 @@ usage: $PROG ingest [A..B]
        $PROG deploy ENVIRONMENT DIGEST...
 
   ingest  docket git ingest --repo \$DOCKET_REPO (default .): the commits A..B, by default
-          the push's (GitLab: CI_COMMIT_BEFORE_SHA..CI_COMMIT_SHA; GitHub: DOCKET_GIT_BEFORE,
-          which the action sets from github.event.before, ..GITHUB_SHA), else the whole
-          history of the pipeline's commit. Commits already in the log are skipped. Needs
+          those of the pull or merge request over its base (DOCKET_GIT_BASE, which the action
+          sets from github.event.pull_request.base.sha; GitLab: CI_MERGE_REQUEST_DIFF_BASE_SHA),
+          else the push's (GitLab: CI_COMMIT_BEFORE_SHA..CI_COMMIT_SHA; GitHub:
+          DOCKET_GIT_BEFORE, which the action sets from github.event.before, ..GITHUB_SHA),
+          else the whole history of the pipeline's commit. Commits already in the log are skipped. Needs
           the history in the clone (actions/checkout with fetch-depth: 0; GitLab
           GIT_DEPTH: 0): segregation of duties needs every commit's author.
   report  docket ci report --status STATUS --digest DIGEST...  (STATUS: passed, failed,
@@ -43,8 +45,8 @@ usage: $PROG ingest [A..B]
   open    docket change open --id CHANGE --commit C... --digest DIGEST... --env ENV...
           (ENVIRONMENTS comma-separated, e.g. staging,prod), the repository from the CI
           variables, title DOCKET_CHANGE_TITLE and ticket DOCKET_TICKET if set. C: every
-          commit of the push (the range ingest reads), or the pipeline's commit alone when
-          no range is known; the authors of every bound commit may not approve. If CHANGE
+          commit of the request or push (the range ingest reads), or the pipeline's commit
+          alone when no range is known; the authors of every bound commit may not approve. If CHANGE
           exists, amends it to these subjects plus the commits it already binds (earlier
           approvals become stale); if it already binds exactly them, does nothing.
   approve docket approve CHANGE, signed with DOCKET_KEY as DOCKET_SIGNER (a person's key,
@@ -283,15 +285,49 @@ push_before() {
     fi
 }
 
+# The commit a pull or merge request's work starts from: DOCKET_GIT_BASE
+# (the GitHub action sets it from github.event.pull_request.base.sha), else
+# GitLab's CI_MERGE_REQUEST_DIFF_BASE_SHA. Prints nothing outside a request,
+# or, saying why, when it is not in the clone.
+request_base() {
+    local base="${DOCKET_GIT_BASE:-${CI_MERGE_REQUEST_DIFF_BASE_SHA:-}}"
+    if [[ -z "$base" ]]; then
+        return 0
+    elif ! command -v git >/dev/null 2>&1; then
+        echo "$PROG: git is not installed in this job's image, so the request's base $base cannot be read" >&2
+    elif ! git -C "${DOCKET_REPO:-.}" cat-file -e "$base^{commit}" 2>/dev/null; then
+        echo "$PROG: the request's base commit $base is not in the clone (a shallow clone?), so the push's range is used instead" >&2
+    else
+        printf '%s' "$base"
+    fi
+}
+
+# The range of commits this pipeline's change is made of, or nothing (with
+# the reason on stderr): in a pull or merge request, every commit of the
+# request over its base (commits the base branch brought in by a merge are
+# not the request's work, and their authors may still approve); else the
+# commits the push brought.
+work_range() {
+    local commit="${GITHUB_SHA:-${CI_COMMIT_SHA:-HEAD}}" base before
+    base="$(request_base)"
+    if [[ -n "$base" ]]; then
+        printf '%s' "$base..$commit"
+        return 0
+    fi
+    before="$(push_before)"
+    [[ -n "$before" ]] && printf '%s' "$before..$commit"
+    return 0
+}
+
 do_ingest() {
     local args=(git ingest --repo "${DOCKET_REPO:-.}")
     local commit="${GITHUB_SHA:-${CI_COMMIT_SHA:-HEAD}}"
-    local before="${DOCKET_GIT_BEFORE:-${CI_COMMIT_BEFORE_SHA:-}}"
+    local range
     if [[ $# -eq 1 ]]; then
         args+=(--range "$1")
-    elif [[ -n "$(push_before)" ]]; then
-        # A push: the commits it brought.
-        args+=(--range "$before..$commit")
+    elif range="$(work_range)" && [[ -n "$range" ]]; then
+        # A request's commits, or a push's.
+        args+=(--range "$range")
     else
         # No range to take (push_before said why): everything reachable
         # from the commit (already recorded ones are skipped).
@@ -326,20 +362,20 @@ do_open() {
     local id="$1" envs="$2"
     shift 2
     local commit="${GITHUB_SHA:-${CI_COMMIT_SHA:-}}"
-    # The change binds every commit the push brought, not only its tip: a
-    # change binds the commits it names, and their authors are the ones who
-    # may not approve it (docs/policy.md, "Exclusions").
-    local commits=("$commit") before listed line
-    before="$(push_before)"
-    if [[ -n "$before" ]]; then
-        if listed="$(git -C "${DOCKET_REPO:-.}" rev-list "$before..$commit" 2>"$tmp/rev-err")"; then
+    # The change binds every commit of the request or push, not only its
+    # tip: a change binds the commits it names, and their authors are the
+    # ones who may not approve it (docs/policy.md, "Exclusions").
+    local commits=("$commit") range listed line
+    range="$(work_range)"
+    if [[ -n "$range" ]]; then
+        if listed="$(git -C "${DOCKET_REPO:-.}" rev-list "$range" 2>"$tmp/rev-err")"; then
             commits=()
             while read -r line; do
                 [[ -n "$line" ]] && commits+=("$line")
             done <<<"$listed"
             [[ ${#commits[@]} -eq 0 ]] && commits=("$commit")
         else
-            echo "$PROG: git rev-list $before..$commit failed ($(tail -n 1 "$tmp/rev-err")): the change binds $commit only, not the commits before it" >&2
+            echo "$PROG: git rev-list $range failed ($(tail -n 1 "$tmp/rev-err")): the change binds $commit only, not the commits before it" >&2
         fi
     else
         echo "$PROG: so the change binds $commit only, not the commits before it" >&2

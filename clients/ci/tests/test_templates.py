@@ -319,6 +319,78 @@ def test_open_binds_every_commit_of_the_push_and_keeps_those_already_bound(fake)
     assert [c.split()[:2] for c in calls] == [["change", "show"]]
 
 
+def _sha(repo, rev="HEAD"):
+    return subprocess.run(["git", "-C", str(repo), "rev-parse", rev], check=True,
+                          capture_output=True, text=True).stdout.strip()
+
+
+def _merged_in_history(repo):
+    """main: m1, then carol's m2. The request's branch: b1 (off m1), then a
+    merge of main into it (b2). Returns (m1, m2, b1, b2)."""
+    def git(who, *args):
+        subprocess.run(["git", "-C", str(repo), "-c", f"user.name={who}",
+                        "-c", f"user.email={who}@example.com", "-c", "commit.gpgsign=false",
+                        *args], check=True, capture_output=True)
+    subprocess.run(["git", "init", "-q", "-b", "main", str(repo)], check=True)
+    git("alice", "commit", "-q", "--allow-empty", "-m", "m1")
+    m1 = _sha(repo)
+    git("alice", "checkout", "-q", "-b", "feature")
+    git("alice", "commit", "-q", "--allow-empty", "-m", "b1")
+    b1 = _sha(repo)
+    git("carol", "checkout", "-q", "main")
+    git("carol", "commit", "-q", "--allow-empty", "-m", "m2")
+    m2 = _sha(repo)
+    git("alice", "checkout", "-q", "feature")
+    git("alice", "merge", "-q", "--no-edit", "main")
+    return m1, m2, b1, _sha(repo)
+
+
+@pytest.mark.parametrize("platform", ["github", "gitlab"])
+def test_a_request_binds_its_own_commits_not_those_its_base_brought_in(fake, platform):
+    tmp, env = fake
+    repo = tmp / "app"
+    m1, m2, b1, b2 = _merged_in_history(repo)
+    if platform == "github":
+        env.update({"GITHUB_ACTIONS": "true", "GITHUB_SHA": b2, "GITHUB_REPOSITORY": "acme/app",
+                    "DOCKET_GIT_BEFORE": b1, "DOCKET_GIT_BASE": m2})
+    else:
+        env.update({"GITLAB_CI": "true", "CI_COMMIT_SHA": b2, "CI_PROJECT_PATH": "acme/app",
+                    "CI_COMMIT_BEFORE_SHA": b1, "CI_MERGE_REQUEST_DIFF_BASE_SHA": m2})
+    env["DOCKET_REPO"] = str(repo)
+
+    def bound():
+        args = called(tmp)
+        return [args[i + 1] for i, a in enumerate(args) if a == "--commit"]
+
+    # The push brought the merge and carol's m2 with it; the request's work
+    # over its base is b1 and the merge. carol may still approve.
+    r = run(["open", "pr-9", "prod", D1], env)
+    assert r.returncode == 0, r.stderr
+    assert bound() == [b2, b1]
+    r = run(["ingest"], env)
+    assert r.returncode == 0, r.stderr
+    assert called(tmp)[4:6] == ["--range", f"{m2}..{b2}"]
+    # Without a base (a plain push), the push's range, m2 included.
+    no_base = {k: v for k, v in env.items()
+               if k not in ("DOCKET_GIT_BASE", "CI_MERGE_REQUEST_DIFF_BASE_SHA")}
+    r = run(["open", "pr-9", "prod", D1], no_base)
+    assert r.returncode == 0, r.stderr
+    assert sorted(bound()) == sorted([b2, m2])
+    # A request's first pipeline on a new branch: no push range, yet every
+    # commit of the request is bound, not only its tip.
+    before = "DOCKET_GIT_BEFORE" if platform == "github" else "CI_COMMIT_BEFORE_SHA"
+    r = run(["open", "pr-9", "prod", D1], {**env, before: "0" * 40})
+    assert r.returncode == 0, r.stderr
+    assert bound() == [b2, b1] and "no push range" not in r.stderr
+    # A base the clone lacks is named, and the push's range stands in.
+    base_var = "DOCKET_GIT_BASE" if platform == "github" else "CI_MERGE_REQUEST_DIFF_BASE_SHA"
+    r = run(["open", "pr-9", "prod", D1], {**env, base_var: C0})
+    assert r.returncode == 0, r.stderr
+    assert f"the request's base commit {C0} is not in the clone" in r.stderr
+    assert sorted(bound()) == sorted([b2, m2])
+    assert m1 not in bound()
+
+
 def test_ingest_takes_the_push_from_gitlab_or_else_the_whole_history(fake):
     tmp, env = fake
     repo = tmp / "app"
@@ -490,6 +562,8 @@ def _eval(expr, inputs, env, action_path):
             v = str(action_path)
         elif operand == "github.event.before":
             v = env.get("TEST_EVENT_BEFORE", "")
+        elif operand == "github.event.pull_request.base.sha":
+            v = env.get("TEST_EVENT_BASE", "")
         else:
             raise AssertionError(f"unexpected expression in action.yml: {expr!r}")
         if v:
@@ -568,6 +642,12 @@ def test_action_runs_docket_ci_sh_with_the_command_input(fake):
     assert r.returncode == 0, r.stderr
     assert called(tmp) == ["git", "ingest", "--repo", str(tmp / "app"),
                            "--range", f"{first}..{second}", "--repository", "github.com/acme/app"]
+    # In a pull request's pipeline: its commits over the base.
+    r = _run_action({"command": "ingest", **bin_},
+                    {**gh, "GITHUB_SHA": second, "TEST_EVENT_BEFORE": second,
+                     "TEST_EVENT_BASE": first, "DOCKET_REPO": str(tmp / "app")}, base)
+    assert r.returncode == 0, r.stderr
+    assert called(tmp)[4:6] == ["--range", f"{first}..{second}"]
     r = _run_action({"command": "ingest", "range": "v1..v2", **bin_}, gh, base)
     assert r.returncode == 0, r.stderr
     assert called(tmp)[4:6] == ["--range", "v1..v2"]
