@@ -182,10 +182,21 @@ struct RawFreeze {
     environments: Vec<String>,
 }
 
+/// The IANA database compiled into the binary. `jiff::tz::TimeZone::get`
+/// would prefer `$TZDIR` or the machine's `/usr/share/zoneinfo`, so two
+/// machines (a server and an auditor's verifier) could place a freeze
+/// window's edges an hour apart.
+pub(crate) fn bundled_zones() -> &'static jiff::tz::TimeZoneDatabase {
+    static DB: std::sync::LazyLock<jiff::tz::TimeZoneDatabase> =
+        std::sync::LazyLock::new(jiff::tz::TimeZoneDatabase::bundled);
+    &DB
+}
+
 fn line_of(text: &str, offset: usize) -> usize {
-    text[..offset.min(text.len())]
-        .bytes()
-        .filter(|&b| b == b'\n')
+    // Bytes, not a str slice: an offset inside a character must not panic.
+    text.as_bytes()[..offset.min(text.len())]
+        .iter()
+        .filter(|&&b| b == b'\n')
         .count()
         + 1
 }
@@ -666,7 +677,7 @@ impl Policy {
                     format!("a freeze named {name:?} is already defined"),
                 ));
             }
-            let zone = jiff::tz::TimeZone::get(f.zone.get_ref()).map_err(|_| {
+            let zone = bundled_zones().get(f.zone.get_ref()).map_err(|_| {
                 at(
                     f.zone.span().start,
                     format!("unknown time zone {:?}", f.zone.get_ref()),

@@ -1562,3 +1562,57 @@ match.actions = ["deploy"]
         );
     }
 }
+
+/// Freeze zones come from the database compiled into the binary, whatever
+/// the machine's zoneinfo says: here a `$TZDIR` whose `Europe/Berlin` is a
+/// fixed UTC+5 would move the window's edges by four hours. The test runs
+/// itself again in a child process with `TZDIR` set, so the variable is in
+/// place before jiff first reads its global database.
+#[test]
+fn freeze_zones_ignore_the_machines_zoneinfo() {
+    const CHILD: &str = "DOCKET_TEST_TZDIR_CHILD";
+    if std::env::var_os(CHILD).is_some() {
+        let fake = jiff::tz::TimeZone::get("Europe/Berlin").unwrap();
+        assert_eq!(
+            fake.to_offset(ts("2026-12-20T00:00:00Z")),
+            jiff::tz::offset(5),
+            "the machine's zone lookup reads the fake zoneinfo"
+        );
+        let policy = Policy::parse_new(POLICY).unwrap();
+        let freeze = &policy.freezes[0];
+        assert_eq!(freeze.start, ts("2026-12-19T23:00:00Z"));
+        assert_eq!(freeze.end, ts("2027-01-03T23:00:00Z"));
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("Europe")).unwrap();
+    // A TZif version 2 file: no transitions, one local time type (+05:00,
+    // "+05"), and the footer "<+05>-5". Both data blocks are the same.
+    let mut block = Vec::new();
+    block.extend_from_slice(b"TZif2");
+    block.extend_from_slice(&[0; 15]);
+    for count in [0u32, 0, 0, 0, 1, 4] {
+        block.extend_from_slice(&count.to_be_bytes());
+    }
+    block.extend_from_slice(&18_000i32.to_be_bytes());
+    block.extend_from_slice(&[0, 0]);
+    block.extend_from_slice(b"+05\0");
+    let mut tzif = block.clone();
+    tzif.extend_from_slice(&block);
+    tzif.extend_from_slice(b"\n<+05>-5\n");
+    std::fs::write(dir.path().join("Europe/Berlin"), &tzif).unwrap();
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "policy::tests::freeze_zones_ignore_the_machines_zoneinfo",
+            "--nocapture",
+        ])
+        .env(CHILD, "1")
+        .env("TZDIR", dir.path())
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("1 passed"), "the child ran the test: {text}");
+}

@@ -1125,7 +1125,12 @@ impl State {
                 summary: c.commit.summary.clone(),
                 signature: c.signature.verdict.name().to_owned(),
                 signer_identity: c.signature.signer_identity.clone(),
-                changed_files: c.changed.added + c.changed.modified + c.changed.deleted,
+                // Counts come from the reporter: saturate rather than overflow.
+                changed_files: c
+                    .changed
+                    .added
+                    .saturating_add(c.changed.modified)
+                    .saturating_add(c.changed.deleted),
             },
         );
         self.gov.dirty.commits.insert(c.sha.clone());

@@ -50,7 +50,9 @@ pub use identity::PendingIdentity;
 /// `require_roles` requirement only. 11: a CI run counts only while its
 /// reporter may report, a digest built from a commit its change does not
 /// bind is denied, and a verified commit signer is excluded like an author.
-pub const STATE_FORMAT: u32 = 11;
+/// 12: freeze windows read their zone from the database compiled into
+/// the binary, not the machine's zoneinfo.
+pub const STATE_FORMAT: u32 = 12;
 
 /// The most keys (every one ever added, revoked ones included), roles and
 /// e-mails one principal's record holds; a change past it is refused

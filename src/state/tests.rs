@@ -1796,3 +1796,36 @@ fn a_principal_record_stays_within_its_bounds() {
         crate::state::MAX_PER_PRINCIPAL
     );
 }
+
+/// The changed-path counts are the reporter's word: counts whose sum does
+/// not fit fold to the largest count, never overflow the writer's fold.
+#[test]
+fn changed_path_counts_past_u32_saturate() {
+    use crate::event::git::{object_id, parse_commit};
+    use crate::event::{ChangedPaths, CommitObservation};
+    let mut f = Fold::new(POLICY);
+    f.register("ci", PrincipalKind::Ci, &["ci"], &[9]);
+    let raw = b"tree 4b825dc642cb6eb9a060e54bf8d69288fbee4904\n\
+author A <a@example.com> 1700000000 +0000\n\
+committer A <a@example.com> 1700000000 +0000\n\nhuge\n";
+    let sha = object_id(raw, 40).unwrap();
+    f.apply(
+        "ci",
+        Body::CommitObserved(Box::new(CommitObservation {
+            repository: "github.com/acme/payments".into(),
+            sha: sha.clone(),
+            commit: parse_commit(raw).unwrap(),
+            raw: raw.to_vec(),
+            changed: ChangedPaths {
+                added: u32::MAX,
+                modified: 1,
+                deleted: u32::MAX,
+                paths: Vec::new(),
+                truncated: true,
+            },
+            signature: crate::event::CommitSignature::unsigned(),
+        })),
+    )
+    .unwrap();
+    assert_eq!(f.st.gov().commit(&sha).unwrap().changed_files, u32::MAX);
+}
