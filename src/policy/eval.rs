@@ -218,7 +218,7 @@ fn matches(patterns: &[String], value: Option<&str>) -> bool {
 }
 
 /// Which rule a request falls under, for one repository it may come from.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 enum Pick<'p> {
     Rule(&'p Rule),
     /// No rule matches: `defaults.unmatched` decides.
@@ -229,24 +229,24 @@ enum Pick<'p> {
 }
 
 /// A field a rule filters on that the request leaves unknown.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 struct Unknown<'p> {
     what: &'static str,
     patterns: &'p [String],
     /// How to make it known.
-    fix: &'static str,
+    fix: Cow<'p, str>,
 }
 
 impl Pick<'_> {
-    fn same(self, other: Self) -> bool {
+    fn same(&self, other: &Self) -> bool {
         match (self, other) {
-            (Pick::Rule(a), Pick::Rule(b)) => std::ptr::eq(a, b),
+            (Pick::Rule(a), Pick::Rule(b)) => std::ptr::eq(*a, *b),
             (Pick::Unmatched, Pick::Unmatched) => true,
             _ => false,
         }
     }
 
-    fn describe(self) -> String {
+    fn describe(&self) -> String {
         match self {
             Pick::Rule(r) | Pick::Unknown(r, _) => format!("rule {:?}", r.name),
             Pick::Unmatched => "no rule".into(),
@@ -258,7 +258,14 @@ impl Pick<'_> {
 /// `repository`. A rule that filters on a repository, resource kind or
 /// namespace the request leaves unknown might apply, and a later rule
 /// might be laxer, so such a rule stops the search as [`Pick::Unknown`].
-fn pick<'p>(policy: &'p Policy, r: &Request, repository: Option<&str>) -> Pick<'p> {
+/// `unconfirmed`: the repository only the request names, when nothing
+/// recorded confirms it (`repository` is then `None`).
+fn pick<'p>(
+    policy: &'p Policy,
+    r: &Request,
+    repository: Option<&str>,
+    unconfirmed: Option<&str>,
+) -> Pick<'p> {
     'rules: for rule in &policy.rules {
         if !matches(&rule.environments, Some(&r.environment))
             || !matches(&rule.actions, Some(&r.action))
@@ -271,30 +278,42 @@ fn pick<'p>(policy: &'p Policy, r: &Request, repository: Option<&str>) -> Pick<'
                 &rule.repositories,
                 repository,
                 "repository",
-                "neither the request nor its change names one and no ingested commit or CI run of it \
-                 says; name it (--repository) or ingest the change's commits",
+                match unconfirmed {
+                    None => Cow::Borrowed(
+                        "neither the request nor its change names one and no ingested commit or CI \
+                         run of it says; name it (--repository) or ingest the change's commits",
+                    ),
+                    Some(claimed) => Cow::Owned(format!(
+                        "only the request names one ({claimed}), and nothing recorded confirms it: \
+                         no change names a repository and no ingested commit or CI run of what is \
+                         deployed says; open a change naming it (--repository), or ingest its \
+                         commits or report its CI run"
+                    )),
+                },
             ),
             (
                 &rule.kinds,
                 r.kind.as_deref(),
                 "resource kind",
-                "name it (--kind)",
+                Cow::Borrowed("name it (--kind)"),
             ),
             (
                 &rule.namespaces,
                 r.namespace.as_deref(),
                 "namespace",
-                "name it (--namespace)",
+                Cow::Borrowed("name it (--namespace)"),
             ),
         ] {
             match value {
                 _ if patterns.is_empty() => {}
                 None => {
-                    unknown.get_or_insert(Unknown {
-                        what,
-                        patterns,
-                        fix,
-                    });
+                    if unknown.is_none() {
+                        unknown = Some(Unknown {
+                            what,
+                            patterns,
+                            fix,
+                        });
+                    }
                 }
                 Some(_) if !matches(patterns, value) => continue 'rules,
                 Some(_) => {}
@@ -425,11 +444,12 @@ pub fn evaluate(policy: &Policy, req: &Request, facts: &Facts<'_>) -> Verdict {
     }
     // Rules match on the repository of the code being deployed. A request
     // that names another repository than its change's is refused. Every
-    // repository the code is known to come from (named by the request or
-    // the change, or observed for its commits and CI runs) must fall under
-    // the same rule, and a rule that filters on something unknown stops the
-    // search: so leaving the repository out, or naming another, cannot
-    // select a laxer rule.
+    // repository the code is known to come from (named by the change,
+    // observed for its commits and CI runs, or named by the request next to
+    // those) must fall under the same rule, and a rule that filters on
+    // something unknown stops the search. A repository only the request
+    // names is the requester's word alone: it counts as unknown. So leaving
+    // the repository out, or naming another, cannot select a laxer rule.
     let change_repo = facts.change.and_then(|c| c.repository.map(|r| (c.id, r)));
     if let (Some(asked), Some((id, theirs))) = (req.repository.as_deref(), change_repo)
         && asked != theirs
@@ -440,26 +460,32 @@ pub fn evaluate(policy: &Policy, req: &Request, facts: &Facts<'_>) -> Verdict {
         );
     }
     let mut repositories: BTreeSet<&str> = BTreeSet::new();
-    repositories.extend(req.repository.as_deref());
     repositories.extend(change_repo.map(|(_, r)| r));
     if let Some(c) = facts.change {
         repositories.extend(c.code_repositories.iter().copied());
     }
     repositories.extend(facts.subject_repositories.iter().copied());
+    let unconfirmed = req
+        .repository
+        .as_deref()
+        .filter(|_| repositories.is_empty());
+    if unconfirmed.is_none() {
+        repositories.extend(req.repository.as_deref());
+    }
     let picks: Vec<(Option<&str>, Pick<'_>)> = if repositories.is_empty() {
-        vec![(None, pick(policy, req, None))]
+        vec![(None, pick(policy, req, None, unconfirmed))]
     } else {
         repositories
             .iter()
-            .map(|r| (Some(*r), pick(policy, req, Some(r))))
+            .map(|r| (Some(*r), pick(policy, req, Some(r), None)))
             .collect()
     };
     if let Some((_, Pick::Unknown(rule, u))) =
         picks.iter().find(|(_, p)| matches!(p, Pick::Unknown(..)))
     {
-        return Verdict::deny(None, unknown_reason(rule, *u));
+        return Verdict::deny(None, unknown_reason(rule, u.clone()));
     }
-    let first = picks[0].1;
+    let first = &picks[0].1;
     if picks.iter().any(|(_, p)| !p.same(first)) {
         let each: Vec<String> = picks
             .iter()
@@ -473,7 +499,7 @@ pub fn evaluate(policy: &Policy, req: &Request, facts: &Facts<'_>) -> Verdict {
             ),
         );
     }
-    let Pick::Rule(rule) = first else {
+    let Pick::Rule(rule) = *first else {
         return if policy.unmatched_allows {
             Verdict {
                 decision: Decision::Allow,

@@ -126,7 +126,9 @@ fn change(approvals: Vec<Approval<'static>>) -> ChangeFacts<'static> {
         revision: 1,
         revised_at: 0,
         repository: None,
-        code_repositories: BTreeSet::new(),
+        // Its commits were ingested from there: the repository the request
+        // names is confirmed by a recorded fact.
+        code_repositories: strs(&["github.com/acme/payments"]),
         requesters: strs(&["alice"]),
         subjects: strs(&["c1", D]),
         environments: strs(&["staging", "prod"]),
@@ -741,12 +743,36 @@ fn every_rule_kind() {
         why_not(&v)["bob"],
         "bob does not hold a role that may approve under the policy in force (dev, security)"
     );
-    // No change at all.
+    // No change at all, and nothing recorded says where the digest comes
+    // from: the repository the request names is its word alone.
     check(
         request("prod"),
         None,
         staged(),
-        (Deny, Some("prod"), "no change binds sha256:aaaa for prod"),
+        (
+            Deny,
+            None,
+            "this request's repository is unknown: only the request names one (github.com/acme/payments)",
+        ),
+    );
+    // No change, but a CI run of the digest confirms the repository.
+    let v = evaluate(
+        &policy,
+        &request("prod"),
+        &Facts {
+            principals: &people(),
+            change: None,
+            subject_repositories: &strs(&["github.com/acme/payments"]),
+            deployments: &staged(),
+        },
+    );
+    assert_eq!(v.decision, Deny, "{v:?}");
+    assert_eq!(v.rule.as_deref(), Some("prod"), "{v:?}");
+    assert!(
+        v.reasons.contains(
+            &"no change binds sha256:aaaa for prod; open a change for these subjects".to_owned()
+        ),
+        "{v:?}"
     );
     // A change for other subjects or environments.
     let mut other = change(ok.clone());
@@ -800,9 +826,24 @@ fn every_rule_kind() {
         vec![],
         (Allow, Some("staging"), "satisfied"),
     );
+    // Code CI saw in a repository no rule names: unmatched, denied.
     let mut other_repo = request("prod");
     other_repo.repository = Some("github.com/other/x".into());
-    check(other_repo, None, vec![], (Deny, None, "no rule matches"));
+    let v = evaluate(
+        &Policy::parse(POLICY).unwrap(),
+        &other_repo,
+        &Facts {
+            principals: &people(),
+            change: None,
+            subject_repositories: &strs(&["github.com/other/x"]),
+            deployments: &[],
+        },
+    );
+    assert_eq!((v.decision, v.rule.as_deref()), (Deny, None), "{v:?}");
+    assert_eq!(
+        v.reasons,
+        ["no rule matches this request; unmatched requests are denied"]
+    );
 }
 
 /// Windows that overlap or touch are one freeze for the deployer: the
@@ -1331,9 +1372,10 @@ proptest! {
 /// Rules match on the repository of the code being deployed: a request
 /// that names none is matched as its change's, one that names another
 /// repository than its change's is refused, every repository the code was
-/// observed in must fall under the same rule, and an unknown repository
-/// stops at the first rule that filters on repositories. So a caller cannot
-/// reach a laxer rule by leaving the repository out or naming another.
+/// observed in must fall under the same rule, a repository only the
+/// request names is unknown, and an unknown repository stops at the first
+/// rule that filters on repositories. So a caller cannot reach a laxer rule
+/// by leaving the repository out or naming another.
 #[test]
 fn the_change_decides_the_repository_a_rule_sees() {
     let policy = Policy::parse_new(
@@ -1397,15 +1439,25 @@ match.environments = ["prod"]
             "the request names repository github.com/acme/other but change CHG-1 is for github.com/acme/payments"
         ]
     );
-    // A change that names no repository: the request's decides.
-    let v = decide(payments, None);
-    assert_eq!(v.rule.as_deref(), Some("payments"));
+    // A change that names no repository, and nothing observed: the
+    // repository the request names is its word alone, and counts as
+    // unknown whichever it names (naming another would otherwise reach the
+    // laxer rule; naming the first rule's could pass a stricter later one).
     let other = "github.com/acme/other";
-    let v = decide(Some(other), None);
-    assert_eq!(
-        (v.decision, v.rule.as_deref()),
-        (Decision::Allow, Some("prod"))
-    );
+    for asked in ["github.com/acme/payments", other] {
+        let v = decide(Some(asked), None);
+        assert_eq!(
+            (v.decision, v.rule.as_deref()),
+            (Decision::Deny, None),
+            "{v:#?}"
+        );
+        assert_eq!(
+            v.reasons,
+            [format!(
+                "rule \"payments\" applies to the repository github.com/acme/payments, and this request's repository is unknown: only the request names one ({asked}), and nothing recorded confirms it: no change names a repository and no ingested commit or CI run of what is deployed says; open a change naming it (--repository), or ingest its commits or report its CI run"
+            )]
+        );
+    }
     // Nobody names one and nothing was observed: the first rule that
     // filters on repositories might be the one, so the answer is deny.
     let v = decide(None, None);
@@ -1470,7 +1522,8 @@ match.environments = ["prod"]
     let v = decide_seen(Some(other), Some(other), &[other, "github.com/acme/docs"]);
     assert_eq!(
         (v.decision, v.rule.as_deref()),
-        (Decision::Allow, Some("prod"))
+        (Decision::Allow, Some("prod")),
+        "{v:#?}"
     );
 }
 

@@ -52,7 +52,9 @@ pub use identity::PendingIdentity;
 /// bind is denied, and a verified commit signer is excluded like an author.
 /// 12: freeze windows read their zone from the database compiled into
 /// the binary, not the machine's zoneinfo.
-pub const STATE_FORMAT: u32 = 12;
+/// 13: a repository only the request names, with nothing recorded
+/// confirming it, counts as unknown in rule selection.
+pub const STATE_FORMAT: u32 = 13;
 
 /// The most keys (every one ever added, revoked ones included), roles and
 /// e-mails one principal's record holds; a change past it is refused
