@@ -655,6 +655,25 @@ fn recheck_openpgp(claimed: &CommitSignature, raw: &[u8], armored: &str) -> Resu
     }
 }
 
+/// The Ed25519 key that made a commit's SSH signature, when that signature
+/// verifies over the commit. The server compares it with the principals'
+/// keys: a principal's key is Docket's own to trust, not the ingester's.
+pub fn verified_ed25519_signer(obs: &CommitObservation) -> Option<[u8; 32]> {
+    let armored = obs.commit.signature.as_ref()?;
+    if !armored.starts_with("-----BEGIN SSH SIGNATURE-----") {
+        return None;
+    }
+    let parsed = SshSig::from_pem(armored.as_bytes()).ok()?;
+    let KeyData::Ed25519(key) = parsed.public_key() else {
+        return None;
+    };
+    let bytes = key.0;
+    ssh_key::PublicKey::from(parsed.public_key().clone())
+        .verify("git", &signed_payload(&obs.raw), &parsed)
+        .ok()?;
+    Some(bytes)
+}
+
 /// Re-checks an ingester's verdict against the commit object it came with,
 /// as far as the object itself allows: an SSH signature carries its public
 /// key, so whether it verifies over the commit, and with which key, can be

@@ -567,6 +567,13 @@ impl Service {
                 field: "commit_observed.signature".into(),
                 reason,
             })?;
+            if let Some(key) = crate::ingest::git::verified_ed25519_signer(c) {
+                self.with_state(|st| st.check_commit_signer(&key, &c.signature))
+                    .map_err(|reason| InvalidEvent {
+                        field: "commit_observed.signature".into(),
+                        reason,
+                    })?;
+            }
         }
         if let Body::PolicyProposed(p) = &event.body {
             crate::policy::Policy::parse_new(&p.text).map_err(|e| InvalidEvent {

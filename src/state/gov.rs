@@ -1615,6 +1615,42 @@ impl State {
         people
     }
 
+    /// Checks, on receipt, the verdict given for a commit whose SSH signature
+    /// verifies with the Ed25519 key `key`. When that is an active key of a
+    /// principal, the principal signed it, whatever the ingester trusts: the
+    /// verdict must be verified and name them (by id or one of their
+    /// e-mails). Otherwise a reporter could keep the signer out of the
+    /// exclusions (`untrusted-key`), or name someone else in their place.
+    pub fn check_commit_signer(
+        &self,
+        key: &[u8; 32],
+        claimed: &crate::event::CommitSignature,
+    ) -> Result<(), String> {
+        let holders: Vec<&super::PrincipalRecord> = self
+            .principals()
+            .filter(|p| p.active_keys().any(|k| k.as_bytes() == key))
+            .collect();
+        let Some(first) = holders.first() else {
+            return Ok(());
+        };
+        let named = |p: &&super::PrincipalRecord| {
+            claimed.signer_identity == p.id.as_str()
+                || p.emails
+                    .contains(&claimed.signer_identity.to_ascii_lowercase())
+        };
+        if claimed.verdict == SignatureVerdict::Verified && holders.iter().any(named) {
+            return Ok(());
+        }
+        Err(format!(
+            "the commit is signed with an active key of principal {id}, and the signature verifies: \
+             the verdict must be verified with signer {id}, not {} with signer {:?} (ingest with \
+             the principals' keys, without --no-principal-keys)",
+            claimed.verdict.name(),
+            claimed.signer_identity,
+            id = first.id
+        ))
+    }
+
     /// The commits a revision's artifacts were built from that it does not
     /// bind itself: for each of its digests in order, the commit each CI run
     /// reporting it names, oldest run first, each once, with the first

@@ -290,6 +290,64 @@ fn signature_verdicts_of_real_commits() {
             )
             .await
             .unwrap();
+        // A commit signed with a principal's key was signed by that
+        // principal, whatever the ingester trusted: a verdict that leaves
+        // ops out of the exclusions, or names someone else, is refused.
+        let register = Event {
+            event_id: "register-ops".into(),
+            body: Body::PrincipalRegistered(docket::event::PrincipalSpec {
+                id: PrincipalId::parse("ops").unwrap(),
+                kind: docket::event::PrincipalKind::Human,
+                display_name: String::new(),
+                roles: ["dev".to_owned()].into(),
+                keys: vec![ops.verifying_key()],
+                emails: ["ops@example.com".to_owned()].into(),
+            }),
+            ..ev.clone()
+        };
+        s.svc
+            .append(
+                docket::api::convert::sign_event(&register, &s.admin_key()),
+                "CN=test".into(),
+            )
+            .await
+            .unwrap();
+        let honest = find(&by_principal).clone();
+        let mut n = 0;
+        let mut submit = |edit: &dyn Fn(&mut docket::event::CommitSignature)| {
+            let mut o = honest.clone();
+            edit(&mut o.signature);
+            n += 1;
+            let ev = Event {
+                event_id: format!("ops-commit-{n}"),
+                body: Body::CommitObserved(Box::new(o)),
+                ..ev.clone()
+            };
+            s.svc.append(
+                docket::api::convert::sign_event(&ev, &s.admin_key()),
+                "CN=test".into(),
+            )
+        };
+        let before = s.size().await;
+        let untrusted = submit(&|s| {
+            s.verdict = SignatureVerdict::UntrustedKey;
+            s.signer_identity.clear();
+        })
+        .await;
+        let misnamed = submit(&|s| s.signer_identity = "alice@example.com".into()).await;
+        for e in [untrusted, misnamed] {
+            let e = e.unwrap_err().to_string();
+            assert!(
+                e.contains("commit_observed.signature")
+                    && e.contains("signed with an active key of principal ops"),
+                "{e}"
+            );
+        }
+        assert_eq!(s.size().await, before);
+        // Named by id or by one of ops's e-mails, it is taken.
+        submit(&|s| s.signer_identity = "OPS@example.com".into())
+            .await
+            .unwrap();
     });
 
     // Ranges: only what B has and A does not.
