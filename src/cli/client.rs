@@ -40,6 +40,35 @@ impl Conn {
                 format!("{scheme}://{}", cfg.listen)
             }
         };
+        // tonic speaks TLS only to https:// URLs: an http:// one would send
+        // every call in the clear, without the client certificate and
+        // without checking who answers.
+        match (url.split_once("://").map(|(s, _)| s), a.dangerous_plaintext) {
+            (Some("https"), false) | (Some("http"), true) => {}
+            (Some("http"), false) => {
+                return Err(CliError::usage(format!(
+                    "--server {url}: http:// would talk to the server without TLS, so without the \
+                     client certificate and without checking the server's; use https://, or \
+                     --dangerous-plaintext for a server started with it"
+                )));
+            }
+            (Some("https"), true) => {
+                return Err(CliError::usage(format!(
+                    "--server {url}: --dangerous-plaintext talks without TLS, so the URL must be http://"
+                )));
+            }
+            _ => {
+                return Err(CliError::usage(format!(
+                    "--server {url}: give the URL with its scheme, https://HOST:PORT"
+                )));
+            }
+        }
+        if a.dangerous_plaintext {
+            tracing::warn!(
+                server = %url,
+                "--dangerous-plaintext: talking to the server without TLS; anyone on the path can read and answer these calls"
+            );
+        }
         Ok(Conn {
             url,
             ca: a.ca.clone().unwrap_or(tls.ca_cert),

@@ -160,6 +160,10 @@ impl SledStore {
     /// Overwrites one stored entry's bytes. Only for tamper tests and tools
     /// that simulate an insider; the ledger itself never rewrites an entry.
     pub fn dangerous_overwrite_entry(&self, index: u64, bytes: &[u8]) -> Result<(), StoreError> {
+        tracing::warn!(
+            index,
+            "dangerous_overwrite_entry: rewriting a stored log entry"
+        );
         self.log.insert(entry_key(index), bytes)?;
         self.db.flush()?;
         Ok(())

@@ -157,6 +157,43 @@ fn cli_walkthrough_and_forked_history_detection() {
         "{}",
         denied.2
     );
+    // An http:// URL would drop TLS (tonic speaks it only to https://):
+    // refused before anything is sent, unless asked for by name.
+    let plain_url = s.server.replacen("https://", "http://", 1);
+    let plain = Command::new(BIN)
+        .args(["append", "--subject", "ci/build", "--text", "x"])
+        .env("DOCKET_DATA", &data)
+        .env("DOCKET_SERVER", &plain_url)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&plain.stderr);
+    assert_eq!(plain.status.code(), Some(64), "{err}");
+    assert!(
+        err.contains(&format!(
+            "--server {plain_url}: http:// would talk to the server without TLS"
+        )),
+        "{err}"
+    );
+    let mixed = docket(
+        &data,
+        srv,
+        &[
+            "append",
+            "--subject",
+            "x",
+            "--text",
+            "x",
+            "--dangerous-plaintext",
+        ],
+    );
+    assert!(
+        !mixed.0
+            && mixed
+                .2
+                .contains("--dangerous-plaintext talks without TLS, so the URL must be http://"),
+        "{}",
+        mixed.2
+    );
     let alice = dir.path().join("alice.key");
     ok(docket(
         &data,
