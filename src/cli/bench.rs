@@ -61,7 +61,7 @@ impl Stats {
             let i = ((self.lat_us.len() as f64 - 1.0) * p).round() as usize;
             self.lat_us[i] as f64 / 1000.0
         };
-        println!(
+        outln!(
             "| {} | {} | {:.0} | {:.2} | {:.2} |",
             self.name,
             self.ops,
@@ -137,13 +137,13 @@ pub(crate) async fn run(a: BenchArgs) -> CliResult {
     let admin = crate::crypto::read_signing_key(&dd.admin_key()).map_err(|e| failed(&e))?;
     let client = conn.ledger_with(None).await?;
     let hi = a.concurrency.max(1);
-    println!(
+    outln!(
         "docket bench: {} ops per phase, concurrency 1 and {hi}, mTLS on loopback, one HTTP/2 connection",
         a.ops
     );
-    println!();
-    println!("| phase | ops | ops/s | p50 ms | p99 ms |");
-    println!("|---|---|---|---|---|");
+    outln!();
+    outln!("| phase | ops | ops/s | p50 ms | p99 ms |");
+    outln!("|---|---|---|---|---|");
 
     let phase = |name: &str| a.phases.iter().any(|p| p == name);
     for &conc in &[1usize, hi] {
@@ -178,8 +178,8 @@ pub(crate) async fn run(a: BenchArgs) -> CliResult {
     let t = Instant::now();
     let rep = crate::verify::verify_store(&store, None).map_err(|e| failed(&e))?;
     let secs = t.elapsed().as_secs_f64();
-    println!();
-    println!(
+    outln!();
+    outln!(
         "verify: {} entries in {:.2} s = {:.0} entries/s",
         rep.entries,
         secs,
@@ -193,7 +193,7 @@ pub(crate) async fn run(a: BenchArgs) -> CliResult {
     if !a.no_postgres
         && let Err(e) = postgres(&a.pg_bin, &tmp, hi, a.ops / 4).await
     {
-        println!("postgres: skipped: {}", e.message);
+        outln!("postgres: skipped: {}", e.message);
     }
     Ok(())
 }
@@ -407,7 +407,7 @@ async fn restart(dd: &DataDir, admin: &SigningKey, target: u64) -> CliResult {
         .await
         .map_err(|e| CliError::failed(e.to_string()))??;
     let fill = t.elapsed().as_secs_f64();
-    println!(
+    outln!(
         "restart: filled the log to {target} entries in process in {fill:.1} s ({:.0} appends/s, no network)",
         missing as f64 / fill
     );
@@ -428,7 +428,7 @@ async fn restart(dd: &DataDir, admin: &SigningKey, target: u64) -> CliResult {
         }
     }
     times.sort();
-    println!(
+    outln!(
         "restart: open a {target}-entry log (sled open, state load, writer ready): median {:.3} s of 3 ({:?})",
         times[1].as_secs_f64(),
         times
@@ -440,7 +440,7 @@ async fn restart(dd: &DataDir, admin: &SigningKey, target: u64) -> CliResult {
     let t = Instant::now();
     let rep = crate::verify::verify_store(&store, None).map_err(CliError::failed)?;
     let secs = t.elapsed().as_secs_f64();
-    println!(
+    outln!(
         "verify: {} entries in {:.2} s = {:.0} entries/s",
         rep.entries,
         secs,

@@ -340,7 +340,7 @@ pub(crate) async fn run(a: BenchAuthorizeArgs) -> CliResult {
             s.gov().changes().map(|c| c.reviews.len()).sum::<usize>(),
         )
     });
-    println!(
+    outln!(
         "docket bench-authorize: {n_events} events signed in {sign_secs:.1} s, appended at {rate:.0}/s in process; state holds {changes} changes and {reviews} reviews"
     );
     let allowed = (0..a.changes.min(1000))
@@ -349,14 +349,14 @@ pub(crate) async fn run(a: BenchAuthorizeArgs) -> CliResult {
             svc.with_state(|s| s.decide(&prod(&d, s.last_time()), None).allow)
         })
         .count();
-    println!(
+    outln!(
         "decisions on the first {} changes: {allowed} allow, {} deny (promotion order)",
         a.changes.min(1000),
         a.changes.min(1000) - allowed
     );
-    println!();
-    println!("| phase | ops | ops/s | p50 ms | p99 ms |");
-    println!("|---|---|---|---|---|");
+    outln!();
+    outln!("| phase | ops | ops/s | p50 ms | p99 ms |");
+    outln!("|---|---|---|---|---|");
     let levels: Vec<usize> = a.concurrency.iter().map(|c| (*c).max(1)).collect();
     let ops_at = |conc: usize| if conc == 1 { a.ops / 4 } else { a.ops };
     for &conc in &levels {
@@ -653,7 +653,7 @@ struct Timed {
 impl Timed {
     /// Prints its row of the results table, times with `decimals` places.
     fn row(&self, what: &str, decimals: usize) {
-        println!(
+        outln!(
             "| {what} (median of {}) | {} | {} | {:.decimals$} | {:.decimals$} | {:.0} |",
             self.runs,
             self.entries,
@@ -720,7 +720,7 @@ pub(crate) async fn run_evidence(a: BenchEvidenceArgs) -> CliResult {
         fill(&svc, wave).await?;
     }
     let size = svc.latest_checkpoint().size;
-    println!(
+    outln!(
         "docket bench-evidence: log of {size} entries ({} changes) built in {:.1} s",
         a.changes,
         t.elapsed().as_secs_f64()
@@ -734,11 +734,9 @@ pub(crate) async fn run_evidence(a: BenchEvidenceArgs) -> CliResult {
         (0..a.runs.max(1)).map(|r| Scope::change(format!("CHG-{}", (r * 7919) % a.changes))),
     )
     .await?;
-    println!();
-    println!(
-        "| bundle | entries | bytes | export median ms | verify median ms | verify entries/s |"
-    );
-    println!("|---|---|---|---|---|---|");
+    outln!();
+    outln!("| bundle | entries | bytes | export median ms | verify median ms | verify entries/s |");
+    outln!("|---|---|---|---|---|---|");
     one.row("one change", 1);
 
     // The latest change, complete: every entry from its opening to the
@@ -785,18 +783,18 @@ pub(crate) async fn run_evidence(a: BenchEvidenceArgs) -> CliResult {
     let t = Instant::now();
     let rep = crate::verify::verify_store(&**svc.reader().store(), None).map_err(|e| failed(&e))?;
     let secs = t.elapsed().as_secs_f64();
-    println!(
+    outln!(
         "| (comparison) `docket verify` of the same log | {} | — | — | {:.0} | {:.0} |",
         rep.entries,
         secs * 1000.0,
         rep.entries as f64 / secs
     );
-    println!();
-    println!(
+    outln!();
+    outln!(
         "export includes selection, reading, the fold, rendering, the manifest signature and a full self-check verification of the bundle"
     );
     if let Some(dir) = &a.keep {
-        println!(
+        outln!(
             "kept {} and the data directory {}",
             dir.join("period.tar").display(),
             root.display()

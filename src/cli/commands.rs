@@ -109,32 +109,32 @@ pub(crate) fn init(a: InitArgs) -> CliResult {
 
 fn print_init_summary(dd: &DataDir) {
     let tls = dd.tls();
-    println!("Created Docket data directory {}", dd.root.display());
-    println!(
+    outln!("Created Docket data directory {}", dd.root.display());
+    outln!(
         "  log signing key     {}  (never leaves the server)",
         dd.log_key().display()
     );
-    println!(
+    outln!(
         "  log verifier key    {}  (give this to auditors)",
         dd.log_vkey().display()
     );
-    println!(
+    outln!(
         "  admin key           {}  (+ {})",
         dd.admin_key().display(),
         dd.admin_pub().display()
     );
-    println!("  development CA      {}", tls.ca_cert.display());
-    println!("  server certificate  {}", tls.server_cert.display());
-    println!(
+    outln!("  development CA      {}", tls.ca_cert.display());
+    outln!("  server certificate  {}", tls.server_cert.display());
+    outln!(
         "  client certificate  {}  (key {})",
         tls.client_cert.display(),
         tls.client_key.display()
     );
-    println!(
+    outln!(
         "  access rules        {}  (which client certificates may call what)",
         dd.access_path().display()
     );
-    println!("  database            {}", dd.db().display());
+    outln!("  database            {}", dd.db().display());
 }
 
 pub(crate) async fn serve(a: ServeArgs) -> CliResult {
@@ -163,7 +163,7 @@ pub(crate) async fn serve(a: ServeArgs) -> CliResult {
         .map_err(CliError::usage)?;
     let addr = server.local_addr().map_err(CliError::failed)?;
     let cp = svc.latest_checkpoint();
-    println!(
+    outln!(
         "docket serving log {:?} ({} entries) on {} {}",
         cfg.origin,
         cp.size,
@@ -174,7 +174,7 @@ pub(crate) async fn serve(a: ServeArgs) -> CliResult {
             "over mTLS (TLS 1.3, client certificates required)"
         }
     );
-    println!(
+    outln!(
         "try:  docket --help;  docket checkpoint --data {}",
         dd.root.display()
     );
@@ -223,7 +223,7 @@ pub(crate) fn keygen(a: KeygenArgs) -> CliResult {
     crypto::write_signing_key(&a.out, &key).map_err(CliError::usage)?;
     let pubp = pub_path(&a.out);
     crypto::write_public_key(&pubp, &key.verifying_key()).map_err(CliError::usage)?;
-    println!(
+    outln!(
         "wrote {} and {} (keyid {})",
         a.out.display(),
         pubp.display(),
@@ -274,18 +274,18 @@ pub(crate) fn cert(c: CertCmd) -> CliResult {
     }
     let (cert, key) =
         crate::tls::issue_client_cert(&dd.tls(), &cn, &out).map_err(CliError::usage)?;
-    println!(
+    outln!(
         "issued {} (key {}) for transport identity {identity:?}",
         cert.display(),
         key.display()
     );
     if allow.is_empty() {
-        println!("it may call nothing until access.json lists it (or re-run with --allow METHOD)");
+        outln!("it may call nothing until access.json lists it (or re-run with --allow METHOD)");
     } else {
         let p = dd.access_path();
         std::fs::write(&p, access.to_json())
             .map_err(|e| CliError::failed(format!("{}: {e}", p.display())))?;
-        println!("updated {}; restart the server to apply it", p.display());
+        outln!("updated {}; restart the server to apply it", p.display());
     }
     Ok(())
 }
@@ -457,7 +457,7 @@ async fn submit_printed(
     ev: Event,
 ) -> Result<pb::Receipt, CliError> {
     let (r, _) = submit_verified(conn, key, ev).await?;
-    println!(
+    outln!(
         "{}",
         serde_json::to_string_pretty(&receipt_json(&r)).expect("json")
     );
@@ -772,9 +772,9 @@ pub(crate) async fn principal(c: PrincipalCmd) -> CliResult {
                         })
                     })
                     .collect();
-                println!("{}", serde_json::to_string_pretty(&out).expect("json"));
+                outln!("{}", serde_json::to_string_pretty(&out).expect("json"));
             } else if shown.is_empty() {
-                println!(
+                outln!(
                     "{}",
                     if all {
                         "no identity change has waited for approval"
@@ -808,9 +808,12 @@ pub(crate) async fn principal(c: PrincipalCmd) -> CliResult {
                     } else {
                         format!("waiting: docket principal approve {}", c.entry_index)
                     };
-                    println!(
+                    outln!(
                         "entry {}  {}  (signed by {})  {}",
-                        c.entry_index, c.description, c.proposer, status
+                        c.entry_index,
+                        c.description,
+                        c.proposer,
+                        status
                     );
                 }
             }
@@ -837,7 +840,7 @@ pub(crate) async fn principal(c: PrincipalCmd) -> CliResult {
                     "revoked_at_index": k.revoked.then_some(k.revoked_at_index),
                 })).collect::<Vec<_>>(),
             });
-            println!("{}", serde_json::to_string_pretty(&out).expect("json"));
+            outln!("{}", serde_json::to_string_pretty(&out).expect("json"));
             Ok(())
         }
     }
@@ -983,7 +986,7 @@ pub(crate) async fn get(a: GetArgs) -> CliResult {
         .await
         .map_err(|s| status_err("get", s))?
         .into_inner();
-    println!(
+    outln!(
         "{}",
         serde_json::to_string_pretty(&entry_json(r.index, &r.entry, &r.leaf_hash)).expect("json")
     );
@@ -1009,7 +1012,7 @@ pub(crate) async fn checkpoint(a: CheckpointArgs) -> CliResult {
     let v = log_verifier(&a.conn)?;
     Checkpoint::verify(&cp.note, &v, v.name())
         .map_err(|e| CliError::failed(format!("the server's checkpoint does not verify: {e}")))?;
-    print!("{}", cp.note);
+    out!("{}", cp.note);
     if let Some(out) = a.out {
         std::fs::write(&out, &cp.note)
             .map_err(|e| CliError::failed(format!("{}: {e}", out.display())))?;
@@ -1079,7 +1082,7 @@ pub(crate) async fn proof(c: ProofCmd) -> CliResult {
                 &root,
             )
             .map_err(|e| CliError::failed(format!("inclusion proof does not verify: {e}")))?;
-            println!(
+            outln!(
                 "{}",
                 serde_json::json!({"index": index, "tree_size": p.tree_size, "root": hex::encode(root),
                     "hashes": p.hashes.iter().map(hex::encode).collect::<Vec<_>>(), "verified": true})
@@ -1097,7 +1100,7 @@ pub(crate) async fn proof(c: ProofCmd) -> CliResult {
                 .await
                 .map_err(|s| status_err("consistency proof", s))?
                 .into_inner();
-            println!(
+            outln!(
                 "{}",
                 serde_json::json!({"old_size": p.old_size, "new_size": p.new_size,
                     "hashes": p.hashes.iter().map(hex::encode).collect::<Vec<_>>()})
@@ -1130,7 +1133,13 @@ pub(crate) async fn tail(a: TailArgs) -> CliResult {
         .map_err(|s| status_err("tail", s))?
         .into_inner();
     while let Some(e) = s.message().await.map_err(|s| status_err("tail", s))? {
-        println!("{}", entry_json(e.index, &e.entry, &e.leaf_hash));
+        // A reader that went away ends a follow.
+        if !super::write_out(format_args!(
+            "{}\n",
+            entry_json(e.index, &e.entry, &e.leaf_hash)
+        )) {
+            break;
+        }
     }
     Ok(())
 }
@@ -1139,8 +1148,9 @@ pub(crate) async fn tail(a: TailArgs) -> CliResult {
 pub struct VerifyArgs {
     #[command(flatten)]
     conn: ConnArgs,
-    /// Check a saved checkpoint is consistent with the server's latest one.
-    #[arg(long, requires = "server")]
+    /// Check a saved checkpoint is consistent with the server's latest one
+    /// (the server from --server, or the data dir's config).
+    #[arg(long)]
     since: Option<PathBuf>,
     /// Trusted log verifier key file (name+id+key); defaults to <data>/log.vkey.
     #[arg(long)]
@@ -1195,9 +1205,10 @@ pub(crate) async fn verify(a: VerifyArgs) -> CliResult {
                 old.size, new.size
             ))
         })?;
-        println!(
+        outln!(
             "consistent: saved tree size {} is a prefix of the server's tree size {}",
-            old.size, new.size
+            old.size,
+            new.size
         );
         return Ok(());
     }
@@ -1208,7 +1219,7 @@ pub(crate) async fn verify(a: VerifyArgs) -> CliResult {
     match crate::verify::verify_store(&store, Some(&verifier)) {
         Ok(r) => {
             let secs = started.elapsed().as_secs_f64();
-            println!(
+            outln!(
                 "OK: {} entries, {} checkpoints, root {} ({:.0} entries/s)",
                 r.entries,
                 r.checkpoints,
@@ -1236,7 +1247,7 @@ pub(crate) fn rebuild(a: RebuildArgs) -> CliResult {
     let outcome = rebuild_compare(&store).map_err(CliError::failed)?;
     match outcome {
         RebuildOutcome::Equal { entries, bytes } => {
-            println!(
+            outln!(
                 "rebuilt state from {entries} entries: identical to the live state ({bytes} bytes)"
             );
             Ok(())
@@ -1244,7 +1255,7 @@ pub(crate) fn rebuild(a: RebuildArgs) -> CliResult {
         RebuildOutcome::Differs { first_key, rebuilt } => {
             if a.replace {
                 store.replace_state(rebuilt).map_err(CliError::failed)?;
-                println!(
+                outln!(
                     "live state differed (first at key {first_key:?}); replaced with the rebuilt state"
                 );
                 Ok(())

@@ -150,14 +150,30 @@ pub struct VerifyArgs {
 
 /// Parses RFC 3339, or a plain date meaning midnight UTC.
 fn time_arg(flag: &str, s: &str) -> Result<i64, CliError> {
-    let t: jiff::Timestamp = match s.parse() {
-        Ok(t) => t,
-        Err(_) => s
-            .parse::<jiff::civil::Date>()
-            .map_err(|e| CliError::usage(format!("{flag} {s:?}: not RFC 3339 or a date: {e}")))?
+    // A bare date is midnight UTC. Anything else must be a timestamp with
+    // its offset: jiff's date parser would also take "2026-06-15T15:30" and
+    // silently drop the time of day, moving the period's edge.
+    let bare_date = s.len() == 10
+        && s.bytes().enumerate().all(|(i, b)| {
+            if i == 4 || i == 7 {
+                b == b'-'
+            } else {
+                b.is_ascii_digit()
+            }
+        });
+    let t: jiff::Timestamp = if bare_date {
+        s.parse::<jiff::civil::Date>()
+            .map_err(|e| CliError::usage(format!("{flag} {s:?}: {e}")))?
             .to_zoned(jiff::tz::TimeZone::UTC)
             .map_err(|e| CliError::usage(format!("{flag} {s:?}: {e}")))?
-            .timestamp(),
+            .timestamp()
+    } else {
+        s.parse().map_err(|e| {
+            CliError::usage(format!(
+                "{flag} {s:?}: give an RFC 3339 time with its offset (2026-06-15T15:30:00Z, \
+                 2026-06-15T15:30:00-04:00) or a date (2026-06-15, midnight UTC): {e}"
+            ))
+        })?
     };
     i64::try_from(t.as_nanosecond())
         .map_err(|_| CliError::usage(format!("{flag} {s:?}: out of range")))
@@ -220,7 +236,7 @@ async fn export(a: ExportArgs) -> CliResult {
     let bytes = bytes?;
     std::fs::write(&a.out, &bytes)
         .map_err(|e| CliError::failed(format!("{}: {e}", a.out.display())))?;
-    println!(
+    outln!(
         "wrote {} ({} bytes, BLAKE3 {}) in {:.3} s; check it with: docket evidence verify {} --log-key log.vkey",
         a.out.display(),
         bytes.len(),
@@ -378,7 +394,7 @@ fn verify(a: VerifyArgs) -> CliResult {
         Ok(r) => {
             let secs = started.elapsed().as_secs_f64();
             if a.json {
-                println!(
+                outln!(
                     "{}",
                     serde_json::json!({
                         "ok": true, "origin": r.origin,
@@ -396,7 +412,7 @@ fn verify(a: VerifyArgs) -> CliResult {
                     })
                 );
             } else {
-                println!(
+                outln!(
                     "OK: {} entries of log {} at checkpoint {} ({} inclusion proofs{}), {} signatures, {} decisions re-evaluated, {} files regenerated or digest-checked; {} violation(s) in scope; {:.3} s",
                     r.entries,
                     r.origin,
@@ -414,13 +430,13 @@ fn verify(a: VerifyArgs) -> CliResult {
                 // What the bundle is about and when it stops, so a genuine
                 // bundle of another scope or an earlier day is not taken
                 // for the one the reader asked for.
-                println!(
+                outln!(
                     "scope: {}; as of {}",
                     r.scope_words,
                     crate::state::gov::fmt_nanos(r.as_of)
                 );
                 match r.history_proven_to {
-                    Some(i) => println!(
+                    Some(i) => outln!(
                         "history: every identity and policy entry up to entry {i} is carried"
                     ),
                     None => eprintln!(
@@ -431,7 +447,7 @@ fn verify(a: VerifyArgs) -> CliResult {
                 let scope: serde_json::Value = serde_json::from_str(&r.scope).unwrap_or_default();
                 if let Some(id) = scope["change"].as_str() {
                     match r.range {
-                        Some((start, _)) => println!(
+                        Some((start, _)) => outln!(
                             "completeness: every entry from the one that opened change {id} \
                              (entry {start}) to the checkpoint is carried, so none concerning it was left out"
                         ),
@@ -443,7 +459,7 @@ fn verify(a: VerifyArgs) -> CliResult {
                     }
                 }
                 if r.decisions_based > 0 {
-                    println!(
+                    outln!(
                         "decision bases: every entry the {} decision(s) recorded in entry format \
                          version 3 rest on is carried",
                         r.decisions_based
@@ -469,7 +485,7 @@ fn verify(a: VerifyArgs) -> CliResult {
         }
         Err(f) => {
             if a.json {
-                println!(
+                outln!(
                     "{}",
                     serde_json::json!({"ok": false, "what": f.what, "reason": f.reason})
                 );
@@ -481,7 +497,39 @@ fn verify(a: VerifyArgs) -> CliResult {
 
 #[cfg(test)]
 mod tests {
-    use super::whole;
+    use super::{time_arg, whole};
+
+    #[test]
+    fn period_edges_keep_their_time_of_day_or_are_refused() {
+        let at = |s: &str| time_arg("--from", s);
+        let ns =
+            |s: &str| i64::try_from(s.parse::<jiff::Timestamp>().unwrap().as_nanosecond()).unwrap();
+        assert_eq!(at("2026-06-15").unwrap(), ns("2026-06-15T00:00:00Z"));
+        assert_eq!(
+            at("2026-06-15T15:30:00Z").unwrap(),
+            ns("2026-06-15T15:30:00Z")
+        );
+        assert_eq!(
+            at("2026-06-15T15:30:00-04:00[America/New_York]").unwrap(),
+            ns("2026-06-15T19:30:00Z")
+        );
+        // A time without an offset used to become midnight of its date.
+        for s in [
+            "2026-06-15T15:30:00",
+            "2026-06-15T15:30:00[America/New_York]",
+            "2026-06-15 15:30",
+            "20260615",
+            "2026-6-15",
+        ] {
+            let e = at(s).unwrap_err().message;
+            assert!(
+                e.starts_with(&format!(
+                    "--from {s:?}: give an RFC 3339 time with its offset"
+                )),
+                "{s}: {e}"
+            );
+        }
+    }
 
     #[test]
     fn a_stream_that_ends_short_is_an_error() {

@@ -67,7 +67,7 @@ async fn append(conn: &ConnArgs, key: &SigningKey, ev: Event) -> Result<pb::Rece
 }
 
 fn print_json(v: &serde_json::Value) {
-    println!("{}", serde_json::to_string_pretty(v).expect("json"));
+    outln!("{}", serde_json::to_string_pretty(v).expect("json"));
 }
 
 // === policy ===
@@ -151,7 +151,7 @@ pub(crate) async fn policy(c: PolicyCmd) -> CliResult {
                 }),
             );
             let r = append(&conn, &key, ev).await?;
-            println!(
+            outln!(
                 "proposed {id} (replacing version {base_version}) at entry {}",
                 r.index
             );
@@ -176,19 +176,19 @@ pub(crate) async fn policy(c: PolicyCmd) -> CliResult {
                 .into_inner();
             let state = p.proposals.iter().find(|q| q.proposal_id == id);
             match (state, p.active) {
-                (Some(q), Some(a)) if q.status == "active" && a.proposal_id == id => println!(
+                (Some(q), Some(a)) if q.status == "active" && a.proposal_id == id => outln!(
                     "approved {id} at entry {}: it is now policy version {} (approved by {})",
                     r.index,
                     a.version,
                     a.approvers.join(", ")
                 ),
-                (Some(q), _) => println!(
+                (Some(q), _) => outln!(
                     "approved {id} at entry {}: {} (approvals so far: {})",
                     r.index,
                     q.status,
                     q.approvers.join(", ")
                 ),
-                _ => println!("approved {id} at entry {}", r.index),
+                _ => outln!("approved {id} at entry {}", r.index),
             }
             Ok(())
         }
@@ -200,7 +200,7 @@ pub(crate) async fn policy(c: PolicyCmd) -> CliResult {
                 .map_err(|s| status_err("get policy", s))?
                 .into_inner();
             if text {
-                print!("{}", p.active.map(|a| a.text).unwrap_or_default());
+                out!("{}", p.active.map(|a| a.text).unwrap_or_default());
                 return Ok(());
             }
             let version = |v: &pb::PolicyVersion| {
@@ -330,7 +330,7 @@ pub(crate) async fn change(c: ChangeCmd) -> CliResult {
                 }),
             );
             let r = append(&conn, &key, ev).await?;
-            println!("opened change {id} at entry {}", r.index);
+            outln!("opened change {id} at entry {}", r.index);
             Ok(())
         }
         ChangeCmd::Amend {
@@ -359,9 +359,10 @@ pub(crate) async fn change(c: ChangeCmd) -> CliResult {
             );
             let r = append(&conn, &key, ev).await?;
             let c = get_change(&conn, &id).await?;
-            println!(
+            outln!(
                 "amended change {id} at entry {}: revision {}; approvals of earlier revisions are stale",
-                r.index, c.revision
+                r.index,
+                c.revision
             );
             Ok(())
         }
@@ -432,7 +433,7 @@ pub(crate) async fn review(a: ReviewArgs, approve: bool) -> CliResult {
         }),
     );
     let r = append(&a.conn, &key, ev).await?;
-    println!(
+    outln!(
         "{signer} {} change {} at entry {} (seen: {})",
         if approve { "approved" } else { "rejected" },
         a.change,
@@ -651,7 +652,7 @@ pub(crate) async fn ci(c: CiCmd) -> CliResult {
         event(signer, "ci", None, Body::CiRunReported(run)),
     )
     .await?;
-    println!("recorded {summary} at entry {}", r.index);
+    outln!("recorded {summary} at entry {}", r.index);
     Ok(())
 }
 
@@ -809,7 +810,7 @@ fn finish(d: &pb::Decision, json: bool, what: &str) -> CliResult {
     if json {
         print_json(&decision_json(d));
     } else {
-        print!("{}", decision_text(d, what));
+        out!("{}", decision_text(d, what));
     }
     if d.verdict == pb::Verdict::Allow as i32 {
         Ok(())
@@ -926,7 +927,7 @@ pub(crate) async fn obligations(a: ObligationsArgs) -> CliResult {
         }));
         return Ok(());
     }
-    println!(
+    outln!(
         "as of {}: {} obligation(s)",
         fmt(r.as_of_unix_nanos),
         r.obligations.len()
@@ -946,7 +947,7 @@ pub(crate) async fn obligations(a: ObligationsArgs) -> CliResult {
                 }
             )
         };
-        println!(
+        outln!(
             "{:<11} entry {}: break-glass by {} to {}, due {}{review}",
             o.status,
             o.deployment_index,
@@ -984,13 +985,13 @@ pub(crate) async fn violations(a: ViolationsArgs) -> CliResult {
         }));
         return Ok(());
     }
-    println!(
+    outln!(
         "as of {}: {} violation(s)",
         fmt(r.as_of_unix_nanos),
         r.violations.len()
     );
     for v in &r.violations {
-        println!("{:<24} {}", v.kind, v.description);
+        outln!("{:<24} {}", v.kind, v.description);
     }
     Ok(())
 }
@@ -1023,7 +1024,7 @@ pub(crate) async fn review_break_glass(a: ReviewBreakGlassArgs) -> CliResult {
         }),
     );
     let r = append(&a.conn, &key, ev).await?;
-    println!(
+    outln!(
         "{signer} reviewed the break-glass deployment at entry {} ({}) at entry {}",
         a.deployment,
         if a.unjustified {
@@ -1121,7 +1122,7 @@ pub(crate) async fn git(c: GitCmd) -> CliResult {
     };
     let commits = observe(&src, &trusted, &openpgp).map_err(CliError::usage)?;
     let line = |c: &crate::event::CommitObservation, what: &str| {
-        println!(
+        outln!(
             "{} {:<13} {:<30} {} <{}> {}",
             &c.sha[..12],
             c.signature.verdict.name(),
@@ -1135,7 +1136,7 @@ pub(crate) async fn git(c: GitCmd) -> CliResult {
         for c in &commits {
             line(c, "(dry run)");
         }
-        println!("{} commit(s); nothing submitted", commits.len());
+        outln!("{} commit(s); nothing submitted", commits.len());
         return Ok(());
     }
     let (signer, key) = signer_of(&a.conn, &a.sign)?;
@@ -1174,7 +1175,7 @@ pub(crate) async fn git(c: GitCmd) -> CliResult {
             Err(s) => return Err(status_err(&format!("recording commit {}", c.sha), s)),
         }
     }
-    println!("{added} commit(s) recorded, {known} already in the log");
+    outln!("{added} commit(s) recorded, {known} already in the log");
     Ok(())
 }
 

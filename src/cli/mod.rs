@@ -4,6 +4,26 @@
 //! (sysexits' EX_UNAVAILABLE), so a pipeline can tell "denied" from "could
 //! not ask".
 
+/// `println!` for command output. A reader that went away (a closed pipe:
+/// `| head`, `| grep -q`) is not an error and must not panic: the command
+/// finishes and exits with its own code. A loop that only prints
+/// (`tail --follow`) uses [`write_out`], which says whether it wrote.
+macro_rules! outln {
+    () => {{
+        $crate::cli::write_out(format_args!("\n"));
+    }};
+    ($($arg:tt)*) => {{
+        $crate::cli::write_out(format_args!("{}\n", format_args!($($arg)*)));
+    }};
+}
+
+/// `print!` for command output, as [`outln!`].
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        $crate::cli::write_out(format_args!($($arg)*));
+    }};
+}
+
 pub mod bench;
 pub mod bench_gov;
 pub mod client;
@@ -251,3 +271,28 @@ impl CliError {
 }
 
 type CliResult = Result<(), CliError>;
+
+/// Writes command output to stdout; see [`outln!`]. A closed pipe is
+/// reported once on stderr only when `DOCKET_LOG` asks for debug output;
+/// any other write error once as a warning.
+pub(crate) fn write_out(args: std::fmt::Arguments<'_>) -> bool {
+    use std::io::Write as _;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static FAILED: AtomicBool = AtomicBool::new(false);
+    if FAILED.load(Ordering::Relaxed) {
+        return false;
+    }
+    let mut out = std::io::stdout().lock();
+    match out.write_fmt(args) {
+        Ok(()) => true,
+        Err(e) => {
+            FAILED.store(true, Ordering::Relaxed);
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                tracing::debug!("stdout was closed by its reader; output stops here");
+            } else {
+                tracing::warn!(error = %e, "writing to stdout failed; output stops here");
+            }
+            false
+        }
+    }
+}

@@ -74,6 +74,23 @@ fn cli_walkthrough_and_forked_history_detection() {
     assert_eq!(again.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&again.stderr).contains("already holds a Docket log"));
 
+    // A reader that goes away (`| head`, `| grep -q`) does not panic the
+    // CLI: output stops and the command exits with its own code.
+    for args in [&["verify"][..]] {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let closed = Command::new(BIN)
+            .args(args)
+            .env("DOCKET_DATA", &data)
+            .env("DOCKET_LOG", "warn")
+            .stdout(writer)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&closed.stderr);
+        assert_eq!(closed.status.code(), Some(0), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+    }
+
     // An origin that cannot name a signed-note key is refused before any file is written.
     let bad_dir = dir.path().join("bad");
     let bad = docket(&bad_dir, None, &["init", "--origin", "a+b"]);
