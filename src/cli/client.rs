@@ -96,6 +96,10 @@ impl Conn {
         let mut ep = Channel::from_shared(self.url.clone())
             .map_err(|e| CliError::usage(format!("--server {}: {e}", self.url)))?;
         if !self.plaintext {
+            // tonic parses these only when it connects, and reports a bad
+            // file as a transport error (exit 69, "retry"): check them first.
+            crate::tls::client_config(&self.ca, &self.cert, &self.key)
+                .map_err(|e| CliError::usage(format!("TLS files: {e}")))?;
             let host = self
                 .url
                 .split("://")

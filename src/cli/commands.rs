@@ -14,7 +14,7 @@ use crate::api::pb;
 use crate::crypto::{self, NoteVerifier};
 use crate::datadir::{DataDir, InitOptions};
 use crate::event::{Body, Event, PrincipalId, PrincipalKind, PrincipalSpec};
-use crate::ledger::{Checkpoint, Entry, Hash, SledStore, Store, merkle};
+use crate::ledger::{Checkpoint, Entry, Hash, Store, merkle};
 use crate::server::{Server, Transport};
 use crate::service::{self, Config as ServiceConfig};
 use crate::state::State;
@@ -1158,6 +1158,10 @@ pub struct VerifyArgs {
 }
 
 pub(crate) async fn verify(a: VerifyArgs) -> CliResult {
+    // Offline, the data directory comes first: say so when it is not one.
+    if a.since.is_none() {
+        super::require_data_dir(&DataDir::new(&a.conn.data.data))?;
+    }
     let verifier = match &a.log_key {
         Some(p) => {
             let t = std::fs::read_to_string(p)
@@ -1212,9 +1216,7 @@ pub(crate) async fn verify(a: VerifyArgs) -> CliResult {
         );
         return Ok(());
     }
-    let dd = DataDir::new(&a.conn.data.data);
-    let store = SledStore::open(&dd.db())
-        .map_err(|e| CliError::usage(format!("{}: {e}", dd.db().display())))?;
+    let store = super::open_offline_store(&DataDir::new(&a.conn.data.data))?;
     let started = std::time::Instant::now();
     match crate::verify::verify_store(&store, Some(&verifier)) {
         Ok(r) => {
@@ -1243,7 +1245,7 @@ pub struct RebuildArgs {
 
 pub(crate) fn rebuild(a: RebuildArgs) -> CliResult {
     let dd = DataDir::new(&a.data.data);
-    let store = std::sync::Arc::new(SledStore::open(&dd.db()).map_err(CliError::usage)?);
+    let store = std::sync::Arc::new(super::open_offline_store(&dd)?);
     let outcome = rebuild_compare(&store).map_err(CliError::failed)?;
     match outcome {
         RebuildOutcome::Equal { entries, bytes } => {

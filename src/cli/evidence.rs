@@ -251,12 +251,7 @@ async fn offline(data: &DataArgs, scope: &Scope, bar: &mut Bar) -> Result<Vec<u8
     let dd = DataDir::new(&data.data);
     let cfg = dd.config().map_err(CliError::usage)?;
     let signer = dd.note_signer(&cfg).map_err(CliError::usage)?;
-    let store = std::sync::Arc::new(crate::ledger::SledStore::open(&dd.db()).map_err(|e| {
-        CliError::usage(format!(
-            "{}: {e} (offline export needs the server stopped)",
-            dd.db().display()
-        ))
-    })?);
+    let store = std::sync::Arc::new(super::open_offline_store(&dd)?);
     let progress = std::sync::Arc::new(crate::evidence::Progress::default());
     let (p, scope) = (progress.clone(), scope.clone());
     let work = tokio::task::spawn_blocking(move || {
@@ -387,6 +382,15 @@ fn verify(a: VerifyArgs) -> CliResult {
         (None, Some(key)) => Trust::Key(key),
         (None, None) => return Err(CliError::usage("give --log-key or --checkpoint")),
     };
+    // A bundle is a file: a device or pipe (/dev/zero) could be read forever.
+    let meta = std::fs::metadata(&a.file)
+        .map_err(|e| CliError::usage(format!("{}: {e}", a.file.display())))?;
+    if !meta.is_file() {
+        return Err(CliError::usage(format!(
+            "{}: not a regular file; give the bundle's file",
+            a.file.display()
+        )));
+    }
     let bytes = std::fs::read(&a.file)
         .map_err(|e| CliError::usage(format!("{}: {e}", a.file.display())))?;
     let started = std::time::Instant::now();

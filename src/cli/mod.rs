@@ -296,3 +296,44 @@ pub(crate) fn write_out(args: std::fmt::Arguments<'_>) -> bool {
         }
     }
 }
+
+/// Opens the log of an existing data directory for an offline command
+/// (`verify`, `rebuild`, `evidence export --offline`). A directory `init`
+/// never completed, or one without its `db`, is refused rather than given a
+/// fresh empty store (sled creates what it opens); a store another process
+/// holds is a usage error naming the fix; anything else sled reports
+/// (corrupt files) is a failure.
+pub(crate) fn open_offline_store(
+    dd: &crate::datadir::DataDir,
+) -> Result<crate::ledger::SledStore, CliError> {
+    require_data_dir(dd)?;
+    crate::ledger::SledStore::open(&dd.db()).map_err(|e| {
+        let text = e.to_string();
+        if text.contains("could not acquire lock") {
+            CliError::usage(format!(
+                "{}: in use by another process (a running docket serve?); stop it first, offline commands need the store to themselves",
+                dd.db().display()
+            ))
+        } else {
+            CliError::failed(format!("{}: {text}", dd.db().display()))
+        }
+    })
+}
+
+/// Refuses a directory `init` never completed, or one without its `db`.
+pub(crate) fn require_data_dir(dd: &crate::datadir::DataDir) -> Result<(), CliError> {
+    let root = dd.db().parent().map(PathBuf::from).unwrap_or_default();
+    if !dd.is_initialised() {
+        return Err(CliError::usage(format!(
+            "{}: not a Docket data directory (no config.json); create one with docket init, or name yours with --data",
+            root.display()
+        )));
+    }
+    if !dd.db().is_dir() {
+        return Err(CliError::usage(format!(
+            "{}: the data directory has no log store (db/ is missing)",
+            root.display()
+        )));
+    }
+    Ok(())
+}

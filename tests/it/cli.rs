@@ -76,7 +76,8 @@ fn cli_walkthrough_and_forked_history_detection() {
 
     // A reader that goes away (`| head`, `| grep -q`) does not panic the
     // CLI: output stops and the command exits with its own code.
-    for args in [&["verify"][..]] {
+    {
+        let args = ["verify"];
         let (reader, writer) = std::io::pipe().unwrap();
         drop(reader);
         let closed = Command::new(BIN)
@@ -90,6 +91,32 @@ fn cli_walkthrough_and_forked_history_detection() {
         assert_eq!(closed.status.code(), Some(0), "{args:?}: {err}");
         assert!(!err.contains("panicked"), "{args:?}: {err}");
     }
+
+    // Offline commands open only an existing log: a directory init never
+    // made is refused and left as it was (sled would create a store).
+    let plain_dir = dir.path().join("not-data");
+    std::fs::create_dir(&plain_dir).unwrap();
+    for args in [
+        &["verify"][..],
+        &["rebuild"][..],
+        &["rebuild", "--replace"][..],
+    ] {
+        for target in [plain_dir.clone(), dir.path().join("absent/deep")] {
+            let r = Command::new(BIN)
+                .args(args)
+                .env("DOCKET_DATA", &target)
+                .output()
+                .unwrap();
+            let err = String::from_utf8_lossy(&r.stderr);
+            assert_eq!(r.status.code(), Some(64), "{args:?} {target:?}: {err}");
+            assert!(
+                err.contains("not a Docket data directory (no config.json)"),
+                "{err}"
+            );
+        }
+    }
+    assert_eq!(std::fs::read_dir(&plain_dir).unwrap().count(), 0);
+    assert!(!dir.path().join("absent").exists());
 
     // An origin that cannot name a signed-note key is refused before any file is written.
     let bad_dir = dir.path().join("bad");
@@ -168,6 +195,16 @@ fn cli_walkthrough_and_forked_history_detection() {
         ci_append.contains("\"verified_offline\": true"),
         "{ci_append}"
     );
+    // The running server holds the store: an offline command says so.
+    let busy = docket(&data, None, &["verify"]);
+    assert!(
+        !busy.0
+            && busy
+                .2
+                .contains("in use by another process (a running docket serve?)"),
+        "{}",
+        busy.2
+    );
     let denied = as_ci(&["get", "1"]);
     assert!(
         !denied.0 && denied.2.contains("PermissionDenied"),
@@ -190,6 +227,19 @@ fn cli_walkthrough_and_forked_history_detection() {
             "--server {plain_url}: http:// would talk to the server without TLS"
         )),
         "{err}"
+    );
+    // A CA file that is not one is a usage error naming it, not a "retry".
+    let junk = dir.path().join("junk.pem");
+    std::fs::write(&junk, b"not a certificate").unwrap();
+    let bad_ca = docket(&data, srv, &["checkpoint", "--ca", junk.to_str().unwrap()]);
+    assert!(
+        !bad_ca.0
+            && bad_ca.2.contains(&format!(
+                "TLS files: {}: no certificate found",
+                junk.display()
+            )),
+        "{}",
+        bad_ca.2
     );
     let mixed = docket(
         &data,

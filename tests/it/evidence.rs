@@ -1818,6 +1818,16 @@ async fn the_cli_exports_and_verifies_with_clear_exit_codes() {
     );
     // Neither a key nor a checkpoint: usage.
     assert_eq!(s.cli(&["evidence", "verify", &out_s]).await.code, 64);
+    // A device is not a bundle (/dev/zero would be read forever).
+    let dev = s
+        .cli(&["evidence", "verify", "/dev/zero", "--log-key", &vkey])
+        .await;
+    assert_eq!(dev.code, 64);
+    assert!(
+        dev.stderr.contains("/dev/zero: not a regular file"),
+        "{}",
+        dev.stderr
+    );
 
     // One byte changed: exit 1, and the JSON names what broke.
     let mut b = std::fs::read(&out).unwrap();
