@@ -58,11 +58,18 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
 }
 
+/// HTTP/2 streams one connection may have open at once. The Authorize
+/// load generator keeps 64 in flight on one connection.
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 256;
+
 /// A bound, not yet running server.
 pub struct Server {
     listener: TcpListener,
     svc: Arc<Service>,
     transport: Transport,
+    /// Built at bind, so bad certificate files stop the server before it
+    /// says it is serving.
+    tls: Option<rustls::ServerConfig>,
 }
 
 impl Server {
@@ -72,6 +79,15 @@ impl Server {
         svc: Arc<Service>,
         transport: Transport,
     ) -> Result<Self, ServeError> {
+        let tls = match &transport {
+            Transport::MutualTls {
+                client_ca,
+                cert,
+                key,
+                ..
+            } => Some(crate::tls::server_config(client_ca, cert, key)?),
+            Transport::DangerousPlaintext => None,
+        };
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|source| ServeError::Bind {
@@ -82,6 +98,7 @@ impl Server {
             listener,
             svc,
             transport,
+            tls,
         })
     }
 
@@ -126,25 +143,26 @@ impl Server {
             .map_err(|e| ServeError::Reflection(e.to_string()))?;
         let ledger = pb::ledger_server::LedgerServer::new(api).max_decoding_message_size(8 << 20);
         let router = tonic::transport::Server::builder()
+            // hyper sets no limit by default: one client could open any
+            // number of streams on a connection.
+            .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
+            // A peer that stops answering pings is dropped, with its
+            // streams (a following Tail holds a task and a buffer).
+            .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+            .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)))
             .add_service(health)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(ledger)
             .add_service(pb::governance_server::GovernanceServer::new(governance));
-        match self.transport {
-            Transport::MutualTls {
-                client_ca,
-                cert,
-                key,
-                ..
-            } => {
-                let cfg = crate::tls::server_config(&client_ca, &cert, &key)?;
+        match self.tls {
+            Some(cfg) => {
                 let incoming = crate::tls::incoming(self.listener, cfg);
                 router
                     .serve_with_incoming_shutdown(incoming, shutdown)
                     .await?;
             }
-            Transport::DangerousPlaintext => {
+            None => {
                 tracing::warn!(
                     "serving WITHOUT TLS (dangerous plaintext): no transport identity, no confidentiality"
                 );

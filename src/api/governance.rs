@@ -17,12 +17,24 @@ use crate::state::gov::{ObligationRec, ObligationStatus, violations};
 pub struct GovernanceApi {
     svc: Arc<Service>,
     guard: Guard,
+    /// Evidence exports under way ([`MAX_EXPORTS`]).
+    exports: Arc<tokio::sync::Semaphore>,
 }
+
+/// Evidence exports the server runs at once, all clients together. Each
+/// builds its bundle in memory (about 1.1 kB per entry carried, more while
+/// it is checked), so a few period exports of a large log could otherwise
+/// exhaust it.
+pub const MAX_EXPORTS: usize = 2;
 
 impl GovernanceApi {
     /// Wraps a service; `guard` is the same access check the Ledger uses.
     pub fn new(svc: Arc<Service>, guard: Guard) -> Self {
-        GovernanceApi { svc, guard }
+        GovernanceApi {
+            svc,
+            guard,
+            exports: Arc::new(tokio::sync::Semaphore::new(MAX_EXPORTS)),
+        }
     }
 }
 
@@ -138,6 +150,12 @@ impl pb::governance_server::Governance for GovernanceApi {
         let req = req.into_inner();
         let with_progress = req.progress;
         let scope = export_scope(req)?;
+        // Held until the bundle's last chunk has gone (or the client left).
+        let permit = self.exports.clone().try_acquire_owned().map_err(|_| {
+            Status::resource_exhausted(format!(
+                "{MAX_EXPORTS} evidence exports are under way, the most the server runs at once; retry when one ends"
+            ))
+        })?;
         let failed = |e: crate::evidence::ExportError| {
             tracing::warn!(cause = %e, "evidence export failed");
             export_status(&e)
@@ -145,7 +163,10 @@ impl pb::governance_server::Governance for GovernanceApi {
         if !with_progress {
             let bytes = self.svc.export_evidence(scope).await.map_err(failed)?;
             return Ok(Response::new(Box::pin(futures::stream::iter(
-                bundle_chunks(bytes).map(Ok),
+                bundle_chunks(bytes).map(move |c| {
+                    let _held = &permit;
+                    Ok(c)
+                }),
             ))));
         }
         // Progress reports go out while the bundle is built, then its bytes;
@@ -155,6 +176,7 @@ impl pb::governance_server::Governance for GovernanceApi {
         let (tx, rx) = tokio::sync::mpsc::channel(8);
         let svc = self.svc.clone();
         tokio::spawn(async move {
+            let _permit = permit;
             let progress = std::sync::Arc::new(crate::evidence::Progress::default());
             let export = svc.export_evidence_with(scope, progress.clone());
             tokio::pin!(export);

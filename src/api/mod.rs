@@ -7,8 +7,8 @@ pub mod convert;
 mod governance;
 mod server;
 
-pub use governance::GovernanceApi;
-pub use server::LedgerApi;
+pub use governance::{GovernanceApi, MAX_EXPORTS};
+pub use server::{LedgerApi, MAX_TAIL_STREAMS};
 
 /// Code generated from `proto/docket/v1/*.proto`.
 #[allow(missing_docs, unreachable_pub, clippy::all)]

@@ -25,7 +25,17 @@ pub struct LedgerApi {
     /// Bytes of envelopes all `AppendStream`s together may hold in flight
     /// ([`APPEND_STREAM_BUDGET`]).
     append_budget: Arc<ByteBudget>,
+    /// `Tail` streams open at once ([`MAX_TAIL_STREAMS`]).
+    tails: Arc<tokio::sync::Semaphore>,
 }
+
+/// How many `Tail` streams may be open at once, all clients together. Each
+/// holds a task and up to [`TAIL_BACKLOG`] entries its client has not read
+/// (an entry may be about a megabyte), and a following one stays open.
+pub const MAX_TAIL_STREAMS: usize = 64;
+
+/// Entries a `Tail` stream reads ahead of its client.
+const TAIL_BACKLOG: usize = 256;
 
 /// How many bytes of received, not yet appended envelopes all
 /// `AppendStream`s together may hold, besides the one message each stream
@@ -208,6 +218,7 @@ impl LedgerApi {
             guard,
             stopping,
             append_budget: ByteBudget::new(APPEND_STREAM_BUDGET),
+            tails: Arc::new(tokio::sync::Semaphore::new(MAX_TAIL_STREAMS)),
         }
     }
 
@@ -474,12 +485,19 @@ impl pb::ledger_server::Ledger for LedgerApi {
         req: Request<pb::TailRequest>,
     ) -> Result<Response<Self::TailStream>, Status> {
         self.authorize(&req, "Tail")?;
+        let permit = self.tails.clone().try_acquire_owned().map_err(|_| {
+            Status::resource_exhausted(format!(
+                "{MAX_TAIL_STREAMS} Tail streams are open, the most the server keeps at once; retry when one ends"
+            ))
+        })?;
         let pb::TailRequest { from_index, follow } = req.into_inner();
         let reader = self.svc.reader().clone();
         let mut size_rx = self.svc.size_watch();
         let mut stopping = self.stopping.clone();
-        let (tx, rx) = tokio::sync::mpsc::channel(256);
+        let (tx, rx) = tokio::sync::mpsc::channel(TAIL_BACKLOG);
         tokio::spawn(async move {
+            // Held until the stream's task ends.
+            let _permit = permit;
             let mut next = from_index;
             loop {
                 let size = *size_rx.borrow_and_update();
@@ -506,6 +524,9 @@ impl pb::ledger_server::Ledger for LedgerApi {
                     changed = size_rx.changed() => if changed.is_err() { return },
                     // Shutting down (or the server is gone): end the stream.
                     _ = stopping.wait_for(|s| *s) => return,
+                    // The client went away: free its slot now, not at the
+                    // next append.
+                    () = tx.closed() => return,
                 }
             }
         });

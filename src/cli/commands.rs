@@ -144,6 +144,28 @@ pub(crate) async fn serve(a: ServeArgs) -> CliResult {
         print_init_summary(&dd);
     }
     let cfg = dd.config().map_err(CliError::usage)?;
+    // Limits that would refuse every event, or overflow the nanosecond
+    // arithmetic they feed (i64 nanoseconds: about 292 years).
+    const MAX_SECS: u64 = 100 * 365 * 24 * 3600;
+    for (flag, v) in [
+        ("--max-clock-skew-secs", a.max_clock_skew_secs),
+        ("--max-event-age-secs", a.max_event_age_secs),
+    ] {
+        if !(1..=MAX_SECS).contains(&v) {
+            return Err(CliError::usage(format!(
+                "{flag} {v}: must be between 1 and {MAX_SECS} (100 years)"
+            )));
+        }
+    }
+    // The Ledger service decodes requests of up to 8 MiB; a payload limit
+    // above half of that could not be reached with its envelope.
+    if !(1024..=4 << 20).contains(&a.max_payload_bytes) {
+        return Err(CliError::usage(format!(
+            "--max-payload-bytes {}: must be between 1024 and {} (4 MiB)",
+            a.max_payload_bytes,
+            4 << 20
+        )));
+    }
     let svc = dd
         .open_service(ServiceConfig {
             max_payload_bytes: a.max_payload_bytes,

@@ -118,6 +118,44 @@ fn cli_walkthrough_and_forked_history_detection() {
     assert_eq!(std::fs::read_dir(&plain_dir).unwrap().count(), 0);
     assert!(!dir.path().join("absent").exists());
 
+    // serve refuses limits that would refuse every event or overflow, and
+    // certificate files it cannot use, before it says it is serving.
+    for (flag, v) in [
+        ("--max-clock-skew-secs", "18446744073709551615"),
+        ("--max-event-age-secs", "0"),
+        ("--max-payload-bytes", "0"),
+    ] {
+        let r = Command::new(BIN)
+            .args(["serve", "--listen", "127.0.0.1:0", flag, v])
+            .env("DOCKET_DATA", &data)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&r.stderr);
+        assert_eq!(r.status.code(), Some(64), "{flag}: {err}");
+        assert!(
+            err.contains(&format!("{flag} {v}: must be between")),
+            "{err}"
+        );
+        assert!(!String::from_utf8_lossy(&r.stdout).contains("docket serving"));
+    }
+    let broken = dir.path().join("broken-tls");
+    copy_dir(&data, &broken);
+    std::fs::write(broken.join("tls/server.pem"), b"").unwrap();
+    let r = Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .env("DOCKET_DATA", &broken)
+        .output()
+        .unwrap();
+    let (out, err) = (
+        String::from_utf8_lossy(&r.stdout),
+        String::from_utf8_lossy(&r.stderr),
+    );
+    assert!(
+        !r.status.success() && !out.contains("docket serving"),
+        "{out}\n{err}"
+    );
+    assert!(err.contains("server.pem: no certificate found"), "{err}");
+
     // An origin that cannot name a signed-note key is refused before any file is written.
     let bad_dir = dir.path().join("bad");
     let bad = docket(&bad_dir, None, &["init", "--origin", "a+b"]);

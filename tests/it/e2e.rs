@@ -213,6 +213,55 @@ async fn tail_delivers_in_order_and_follows() {
     assert_eq!(all.len(), 26);
 }
 
+/// Following `Tail` streams hold a task and a backlog each, so the server
+/// keeps at most `MAX_TAIL_STREAMS` open; one more is refused with a reason,
+/// and a client that goes away frees its slot.
+#[tokio::test]
+async fn tail_streams_are_capped_and_freed() {
+    use docket::api::MAX_TAIL_STREAMS;
+    let s = server().run().await;
+    let mut c = s.client().await;
+    let follow = pb::TailRequest {
+        from_index: 1,
+        follow: true,
+    };
+    let mut open = Vec::new();
+    for _ in 0..MAX_TAIL_STREAMS {
+        open.push(c.tail(follow).await.unwrap().into_inner());
+    }
+    let refused = c.tail(follow).await.unwrap_err();
+    assert_eq!(refused.code(), Code::ResourceExhausted);
+    assert!(
+        refused
+            .message()
+            .contains(&format!("{MAX_TAIL_STREAMS} Tail streams are open")),
+        "{}",
+        refused.message()
+    );
+    // Every open stream still follows.
+    c.append(signed(&note("after-cap", "admin"), &s.admin_key()))
+        .await
+        .unwrap();
+    for t in &mut open {
+        assert_eq!(t.message().await.unwrap().unwrap().index, 1);
+    }
+    // One client goes away: its slot comes back (the server notices the
+    // closed stream; each try is a round trip, no timer).
+    open.pop();
+    let mut tries = 0;
+    let again = loop {
+        tries += 1;
+        match c.tail(follow).await {
+            Ok(t) => break t,
+            Err(e) if e.code() == Code::ResourceExhausted && tries < 10_000 => {
+                tokio::task::yield_now().await
+            }
+            Err(e) => panic!("after {tries} tries: {e}"),
+        }
+    };
+    drop(again);
+}
+
 pub async fn expect_refused(
     s: &crate::common::TestServer,
     req: pb::AppendRequest,

@@ -3339,3 +3339,75 @@ async fn a_digest_only_change_names_the_authors_of_the_code_it_ships() {
     let (code, out) = independent_verify(&bundle, &f.server.data.log_vkey());
     assert_eq!(code, Some(0), "{out}");
 }
+
+/// Each export builds its bundle in memory, so the server runs at most
+/// `MAX_EXPORTS` at once: one more is refused with a reason (not queued
+/// behind them), and a slot comes back when an export ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_exports_are_capped() {
+    use docket::api::MAX_EXPORTS;
+    use docket::evidence::{Progress, Stage};
+    let f = fixture().await;
+    let s = &f.server;
+    let seen: Arc<std::sync::Mutex<Vec<Arc<Progress>>>> = Arc::default();
+    let record = seen.clone();
+    s.svc.observe_exports(move |p| {
+        let mut all = record.lock().unwrap();
+        if all.len() < MAX_EXPORTS {
+            p.hold_at(Stage::Reading);
+        }
+        all.push(p.clone());
+    });
+    let request = pb::ExportEvidenceRequest {
+        scope: Some(pb::export_evidence_request::Scope::ChangeId("CHG-1".into())),
+        progress: true,
+        complete: false,
+    };
+    let mut g = s.conn().governance().await.unwrap();
+    let mut held = Vec::new();
+    for _ in 0..MAX_EXPORTS {
+        let mut stream = g
+            .export_evidence(request.clone())
+            .await
+            .unwrap()
+            .into_inner();
+        // Wait until it is held mid-way.
+        while stream
+            .message()
+            .await
+            .unwrap()
+            .expect("progress before the hold")
+            .progress
+            .is_none_or(|p| p.stage != "reading")
+        {}
+        held.push(stream);
+    }
+    let refused = g.export_evidence(request.clone()).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
+    assert!(
+        refused
+            .message()
+            .contains(&format!("{MAX_EXPORTS} evidence exports are under way")),
+        "{}",
+        refused.message()
+    );
+    // One client goes away: its export is cancelled and its slot comes back
+    // (each try is a round trip, no timer).
+    drop(held.pop());
+    let mut tries = 0;
+    let mut stream = loop {
+        tries += 1;
+        match g.export_evidence(request.clone()).await {
+            Ok(s) => break s.into_inner(),
+            Err(e) if e.code() == tonic::Code::ResourceExhausted && tries < 10_000 => {
+                tokio::task::yield_now().await
+            }
+            Err(e) => panic!("after {tries} tries: {e}"),
+        }
+    };
+    let mut bundle = Vec::new();
+    while let Some(c) = stream.message().await.unwrap() {
+        bundle.extend_from_slice(&c.data);
+    }
+    evidence::verify(&bundle, &trust(s)).unwrap();
+}
