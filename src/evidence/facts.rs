@@ -437,21 +437,19 @@ impl<'a> View<'a> {
             .find(|d| d.decision.at_nanos < end)
     }
 
-    /// The change's code: the current revision's commits, then the commits
-    /// its digests were built from that it does not bind (`State::built_from`).
+    /// The commits the change's digests were built from that it does not
+    /// bind (`State::built_from`).
+    pub(super) fn built_from(&self, c: &'a ChangeRec) -> Vec<&'a str> {
+        let built = self.folded.state.built_from(c.current());
+        built.into_iter().map(|(f, _)| f).collect()
+    }
+
+    /// The change's code: the current revision's commits, then
+    /// [`View::built_from`].
     pub(super) fn code_commits(&self, c: &'a ChangeRec) -> Vec<&'a str> {
         let cur = c.current();
-        cur.commits
-            .iter()
-            .map(String::as_str)
-            .chain(
-                self.folded
-                    .state
-                    .built_from(cur)
-                    .into_iter()
-                    .map(|(f, _)| f),
-            )
-            .collect()
+        let bound = cur.commits.iter().map(String::as_str);
+        bound.chain(self.built_from(c)).collect()
     }
 
     /// Principals who authored, committed or (with a verified signature)
@@ -749,11 +747,7 @@ fn change_row<'a>(view: &View<'a>, c: &'a ChangeRec) -> ChangeRow<'a> {
     let code: BTreeSet<&str> = view.code_commits(c).into_iter().collect();
     ChangeRow {
         authors,
-        built_from: code
-            .iter()
-            .copied()
-            .filter(|s| !cur.commits.contains(*s))
-            .collect(),
+        built_from: view.built_from(c).into_iter().collect(),
         change: &c.id,
         ci: current
             .iter()

@@ -207,9 +207,8 @@ pub(super) fn html(view: &View<'_>) -> String {
                 .map(|e| format!("<span class=\"warn\">{}</span>", esc(e))),
         );
         let built_from: Vec<String> = view
-            .code_commits(c)
+            .built_from(c)
             .into_iter()
-            .filter(|s| !cur.commits.contains(*s))
             .map(|s| esc(&short(s)))
             .collect();
         let mut authored = authored.join(", ");

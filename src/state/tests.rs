@@ -134,8 +134,18 @@ impl Fold {
 
     /// The same, with the ingester's signature verdict `signature`.
     fn observe_signed(&mut self, raw: &[u8], signature: crate::event::CommitSignature) -> String {
+        self.observe_with(raw, signature, crate::event::ChangedPaths::default())
+    }
+
+    /// The same, with the reporter's changed-path summary `changed`.
+    fn observe_with(
+        &mut self,
+        raw: &[u8],
+        signature: crate::event::CommitSignature,
+        changed: crate::event::ChangedPaths,
+    ) -> String {
+        use crate::event::CommitObservation;
         use crate::event::git::{object_id, parse_commit};
-        use crate::event::{ChangedPaths, CommitObservation};
         let sha = object_id(raw, 40).unwrap();
         self.apply(
             "ci",
@@ -144,7 +154,7 @@ impl Fold {
                 sha: sha.clone(),
                 commit: parse_commit(raw).unwrap(),
                 raw: raw.to_vec(),
-                changed: ChangedPaths::default(),
+                changed,
                 signature,
             })),
         )
@@ -1801,31 +1811,21 @@ fn a_principal_record_stays_within_its_bounds() {
 /// not fit fold to the largest count, never overflow the writer's fold.
 #[test]
 fn changed_path_counts_past_u32_saturate() {
-    use crate::event::git::{object_id, parse_commit};
-    use crate::event::{ChangedPaths, CommitObservation};
     let mut f = Fold::new(POLICY);
     f.register("ci", PrincipalKind::Ci, &["ci"], &[9]);
     let raw = b"tree 4b825dc642cb6eb9a060e54bf8d69288fbee4904\n\
 author A <a@example.com> 1700000000 +0000\n\
 committer A <a@example.com> 1700000000 +0000\n\nhuge\n";
-    let sha = object_id(raw, 40).unwrap();
-    f.apply(
-        "ci",
-        Body::CommitObserved(Box::new(CommitObservation {
-            repository: "github.com/acme/payments".into(),
-            sha: sha.clone(),
-            commit: parse_commit(raw).unwrap(),
-            raw: raw.to_vec(),
-            changed: ChangedPaths {
-                added: u32::MAX,
-                modified: 1,
-                deleted: u32::MAX,
-                paths: Vec::new(),
-                truncated: true,
-            },
-            signature: crate::event::CommitSignature::unsigned(),
-        })),
-    )
-    .unwrap();
+    let sha = f.observe_with(
+        raw,
+        crate::event::CommitSignature::unsigned(),
+        crate::event::ChangedPaths {
+            added: u32::MAX,
+            modified: 1,
+            deleted: u32::MAX,
+            paths: Vec::new(),
+            truncated: true,
+        },
+    );
     assert_eq!(f.st.gov().commit(&sha).unwrap().changed_files, u32::MAX);
 }
