@@ -2689,24 +2689,33 @@ async fn an_abandoned_export_stops_its_work() {
     evidence::verify(&bundle, &trust(&f.server)).unwrap();
 }
 
+/// Holds the server's first `n` exports as they start reading; returns the
+/// progress of every export the server starts, in order.
+fn hold_first_exports(
+    s: &TestServer,
+    n: usize,
+) -> Arc<std::sync::Mutex<Vec<Arc<docket::evidence::Progress>>>> {
+    let seen: Arc<std::sync::Mutex<Vec<Arc<docket::evidence::Progress>>>> = Arc::default();
+    let record = seen.clone();
+    s.svc.observe_exports(move |p| {
+        let mut all = record.lock().unwrap();
+        if all.len() < n {
+            p.hold_at(docket::evidence::Stage::Reading);
+        }
+        all.push(p.clone());
+    });
+    seen
+}
+
 /// A gRPC client that goes away mid-export stops the server's work: the
 /// export is held as it starts reading (so it is surely still running),
 /// the client drops its stream after that stage's report, and the server
 /// cancels the export. The next export, not held, completes and verifies.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_grpc_client_that_goes_away_cancels_its_export() {
-    use docket::evidence::{Progress, Stage};
     let f = fixture().await;
     let s = &f.server;
-    let seen: Arc<std::sync::Mutex<Vec<Arc<Progress>>>> = Arc::default();
-    let record = seen.clone();
-    s.svc.observe_exports(move |p| {
-        let mut all = record.lock().unwrap();
-        if all.is_empty() {
-            p.hold_at(Stage::Reading);
-        }
-        all.push(p.clone());
-    });
+    let seen = hold_first_exports(s, 1);
     let request = || pb::ExportEvidenceRequest {
         scope: Some(pb::export_evidence_request::Scope::Period(
             pb::PeriodScope {
@@ -3346,18 +3355,9 @@ async fn a_digest_only_change_names_the_authors_of_the_code_it_ships() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_exports_are_capped() {
     use docket::api::MAX_EXPORTS;
-    use docket::evidence::{Progress, Stage};
     let f = fixture().await;
     let s = &f.server;
-    let seen: Arc<std::sync::Mutex<Vec<Arc<Progress>>>> = Arc::default();
-    let record = seen.clone();
-    s.svc.observe_exports(move |p| {
-        let mut all = record.lock().unwrap();
-        if all.len() < MAX_EXPORTS {
-            p.hold_at(Stage::Reading);
-        }
-        all.push(p.clone());
-    });
+    hold_first_exports(s, MAX_EXPORTS);
     let request = pb::ExportEvidenceRequest {
         scope: Some(pb::export_evidence_request::Scope::ChangeId("CHG-1".into())),
         progress: true,
