@@ -13,8 +13,9 @@
 #
 # Settings come only from the environment (see usage below). Exit codes: 0
 # allowed / recorded, 1 denied or the server refused, 64 bad usage or
-# configuration, 69 the server could not be reached (docket's own codes are
-# passed through unchanged).
+# configuration, 65 the server refused the request as malformed, 77 this
+# client or signer may not make the call, 69 the server could not be reached
+# (docket's own codes are passed through unchanged).
 set -euo pipefail
 
 PROG=docket-ci.sh
@@ -80,7 +81,8 @@ Environment:
   GITHUB_STEP_SUMMARY  GitHub Actions: a Markdown summary is appended to it
 
 Exit codes: 0 allowed/recorded, 1 denied or failed, 64 bad usage or configuration,
-69 the server could not be reached (nothing was decided; retry).
+65 the server refused the request as malformed, 77 this client or signer may not make
+the call, 69 the server could not be reached (nothing was decided; retry).
 EOF
 }
 

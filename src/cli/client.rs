@@ -196,6 +196,11 @@ const KEEPALIVE_EVERY: Duration = Duration::from_secs(20);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Turns a gRPC status into a CLI error that keeps the server's words.
+/// The server refused the request as malformed (`INVALID_ARGUMENT`); BSD's EX_DATAERR.
+pub const EXIT_BAD_REQUEST: u8 = 65;
+/// The server refused this caller (`PERMISSION_DENIED`, `UNAUTHENTICATED`); BSD's EX_NOPERM.
+pub const EXIT_NO_PERMISSION: u8 = 77;
+
 pub fn status_err(what: &str, s: tonic::Status) -> CliError {
     let hint = if s.code() == tonic::Code::Unknown && s.message().contains("transport") {
         " (a transport error here often means the server refused our client certificate)"
@@ -215,12 +220,28 @@ pub fn status_err(what: &str, s: tonic::Status) -> CliError {
         _ => false,
     };
     if no_answer {
-        CliError::unavailable(format!(
+        return CliError::unavailable(format!(
             "{message}. No answer came back: nothing was decided by this call; if it records \
              something (deploy, approve, ...), check whether it was appended before retrying"
-        ))
-    } else {
-        CliError::failed(message)
+        ));
+    }
+    // Refusals that are no verdict on the change, so that a gate can tell
+    // them from a denial (exit 1): the request itself was malformed, or
+    // this client may not make it.
+    match s.code() {
+        tonic::Code::InvalidArgument => CliError {
+            message: format!(
+                "{message}. The server refused the request as malformed; nothing was decided"
+            ),
+            code: EXIT_BAD_REQUEST,
+        },
+        tonic::Code::PermissionDenied | tonic::Code::Unauthenticated => CliError {
+            message: format!(
+                "{message}. This client's certificate or signer may not make this call; nothing was decided"
+            ),
+            code: EXIT_NO_PERMISSION,
+        },
+        _ => CliError::failed(message),
     }
 }
 
@@ -229,7 +250,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn calls_without_an_answer_exit_69_and_refusals_exit_1() {
+    fn calls_without_an_answer_exit_69_and_refusals_exit_by_kind() {
         use tonic::{Code, Status};
         let code = |s: Status| status_err("authorize", s).code;
         assert_eq!(code(Status::unavailable("connection refused")), 69);
@@ -237,9 +258,12 @@ mod tests {
         assert_eq!(code(Status::deadline_exceeded("deadline")), 69);
         assert_eq!(code(Status::unknown("transport error")), 69);
         assert_eq!(code(Status::unknown("h2 protocol error")), 1);
-        assert_eq!(code(Status::new(Code::PermissionDenied, "no")), 1);
-        assert_eq!(code(Status::invalid_argument("commit: bad")), 1);
+        assert_eq!(code(Status::new(Code::PermissionDenied, "no")), 77);
+        assert_eq!(code(Status::unauthenticated("no certificate")), 77);
+        assert_eq!(code(Status::invalid_argument("commit: bad")), 65);
         assert_eq!(code(Status::failed_precondition("refused")), 1);
+        assert_eq!(code(Status::already_exists("event id taken")), 1);
+        assert_eq!(code(Status::not_found("no change CHG-9")), 1);
     }
 
     /// A server that accepts the TCP connection and then says nothing: the
