@@ -211,12 +211,21 @@ pub(crate) async fn serve(a: ServeArgs) -> CliResult {
         let _ = stop_rx.await;
     });
     tokio::pin!(run);
+    // The writer stops only after a storage failure or a bug; a server that
+    // can neither append nor give durable answers exits, so a supervisor's
+    // restart recovers the durable prefix instead of every caller waiting.
+    let mut failed = false;
     tokio::select! {
         r = &mut run => return r.map_err(CliError::failed),
         _ = tokio::signal::ctrl_c() => {},
         _ = term.recv() => {},
+        _ = svc.stopped() => failed = true,
     }
-    tracing::info!("shutdown signal received; draining");
+    if failed {
+        tracing::error!("the writer stopped (see the error above); draining and exiting");
+    } else {
+        tracing::info!("shutdown signal received; draining");
+    }
     let _ = stop_tx.send(());
     // Every acknowledged append is already durable, so a client that holds a
     // stream open past the deadline only loses its stream.
@@ -226,6 +235,12 @@ pub(crate) async fn serve(a: ServeArgs) -> CliResult {
             deadline_secs = DRAIN_DEADLINE.as_secs(),
             "drain deadline passed with calls still open; exiting"
         ),
+    }
+    if failed {
+        return Err(CliError::failed(
+            "stopped: the log's writer stopped after a storage failure or a bug (see the log \
+             above); nothing unacknowledged was kept; restart to recover the durable prefix",
+        ));
     }
     Ok(())
 }

@@ -486,15 +486,33 @@ impl Service {
     /// Runs `f` over the current state. The state may include entries that
     /// are written but not yet durable; answers that others act on use
     /// [`Service::read_durable`].
+    ///
+    /// Panics if the writer panicked while folding; the service's own
+    /// readers use [`Service::try_state`], which answers [`Stopped`] then.
     pub fn with_state<R>(&self, f: impl FnOnce(&State) -> R) -> R {
-        f(&self.state.read().expect("state lock poisoned"))
+        self.try_state(f).expect("state lock poisoned")
+    }
+
+    /// Runs `f` over the current state, unless the writer panicked while
+    /// folding (the state may hold half an event, and the writer stopped).
+    fn try_state<R>(&self, f: impl FnOnce(&State) -> R) -> Result<R, Stopped> {
+        Ok(f(&*self.state.read().map_err(|_| Stopped)?))
+    }
+
+    /// Resolves once the writer has stopped: after a storage failure or a
+    /// panic while folding (never while the service lives otherwise). No
+    /// append succeeds and no durable read answers after that; a server
+    /// should exit so that a restart recovers the durable prefix.
+    pub fn stopped(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut size = self.size.clone();
+        async move { while size.changed().await.is_ok() {} }
     }
 
     /// Runs `f` over the current state and returns its result once every
     /// entry that state folded in is durable, so no answer rests on a fact a
     /// crash could still take back. Fails if the log stops before that.
     pub async fn read_durable<R>(&self, f: impl FnOnce(&State) -> R) -> Result<(R, u64), Stopped> {
-        let (r, applied) = self.with_state(|s| (f(s), s.next_index()));
+        let (r, applied) = self.try_state(|s| (f(s), s.next_index()))?;
         let mut size = self.size.clone();
         size.wait_for(|s| *s >= applied)
             .await
@@ -568,7 +586,8 @@ impl Service {
                 reason,
             })?;
             if let Some(key) = crate::ingest::git::verified_ed25519_signer(c) {
-                self.with_state(|st| st.check_commit_signer(&key, &c.signature))
+                self.try_state(|st| st.check_commit_signer(&key, &c.signature))
+                    .map_err(|_| AppendError::Stopped)?
                     .map_err(|reason| InvalidEvent {
                         field: "commit_observed.signature".into(),
                         reason,
@@ -597,7 +616,8 @@ impl Service {
             });
         }
         let key = self
-            .with_state(|s| s.signer_keys(&event))?
+            .try_state(|s| s.signer_keys(&event))
+            .map_err(|_| AppendError::Stopped)??
             .authenticate(&envelope)?;
         // Only a deployment has a decision to return with its receipt.
         let decided = matches!(event.body, Body::DeployRequested(_));
@@ -624,6 +644,7 @@ impl Service {
                     duplicate: false,
                     decision: if decided {
                         self.decision_at(staged.index)
+                            .map_err(|_| AppendError::Stopped)?
                     } else {
                         None
                     },
@@ -659,7 +680,7 @@ impl Service {
             proof,
             checkpoint: Arc::new(checkpoint),
             duplicate,
-            decision: self.decision_at(index),
+            decision: self.decision_at(index).map_err(|_| AppendError::Stopped)?,
         })
     }
 
@@ -759,7 +780,7 @@ impl Service {
     }
 
     /// The decision recorded with the DeployRequested entry at `index`.
-    pub fn decision_at(&self, index: u64) -> Option<DecisionRecord> {
-        self.with_state(|s| s.gov().deployment(index).map(|d| d.decision.clone()))
+    pub fn decision_at(&self, index: u64) -> Result<Option<DecisionRecord>, Stopped> {
+        self.try_state(|s| s.gov().deployment(index).map(|d| d.decision.clone()))
     }
 }

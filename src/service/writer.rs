@@ -6,8 +6,9 @@
 //!
 //! Any storage error stops the writer (fail-stop): once a write or flush has
 //! failed, the store may hold writes the appender no longer accounts for, so
-//! acknowledging nothing more is the only safe answer. Restart recovers the
-//! durable prefix.
+//! acknowledging nothing more is the only safe answer. A panic while a batch
+//! is processed stops it the same way. Restart recovers the durable prefix;
+//! `docket serve` exits when the writer stops (see [`super::Service::stopped`]).
 //!
 //! (A variant that flushed on a second thread while the next batch was
 //! written measured no faster here: sled's writes and flushes contend.)
@@ -63,7 +64,22 @@ impl Writer {
             if reqs.is_empty() {
                 continue;
             }
-            match self.process(&mut reqs) {
+            // A panic while folding or staging is a bug, and the state may
+            // hold half an event: stop as after a storage failure. The
+            // unwind poisons the state lock (readers then answer `Stopped`)
+            // and drops every reply of the batch (their callers get
+            // `Stopped`); nothing of the batch was flushed.
+            let processed =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.process(&mut reqs)));
+            let Ok(processed) = processed else {
+                tracing::error!(
+                    "the writer panicked (a bug; see the message above); nothing in the batch was \
+                     acknowledged; stopping"
+                );
+                reqs.clear();
+                break;
+            };
+            match processed {
                 Ok(Some(w)) => {
                     if !flusher.flush_and_reply(w) {
                         break;

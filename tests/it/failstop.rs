@@ -10,6 +10,7 @@ use docket::crypto::NoteSigner;
 use docket::ledger::{Hash, KeyValue, Scan, SledStore, Store, StoreError, WriteBatch};
 use docket::service::{AppendError, Config, Service};
 use ed25519_dalek::SigningKey;
+use futures::FutureExt as _;
 
 use crate::common::note;
 
@@ -18,6 +19,8 @@ struct FailingStore {
     inner: Arc<SledStore>,
     fail_write: AtomicBool,
     fail_flush: AtomicBool,
+    /// Panics in `write`, as a bug in the writer's path would.
+    panic_write: AtomicBool,
 }
 
 fn injected() -> StoreError {
@@ -53,6 +56,9 @@ impl Store for FailingStore {
         self.inner.size()
     }
     fn write(&self, batch: WriteBatch) -> Result<(), StoreError> {
+        if self.panic_write.load(Ordering::SeqCst) {
+            panic!("injected panic in the writer");
+        }
         if self.fail_write.load(Ordering::SeqCst) {
             return Err(injected());
         }
@@ -91,6 +97,7 @@ async fn check_failure(fail_flush: bool) {
         inner: inner.clone(),
         fail_write: AtomicBool::new(false),
         fail_flush: AtomicBool::new(false),
+        panic_write: AtomicBool::new(false),
     });
     let svc = Service::open(
         store.clone(),
@@ -103,6 +110,8 @@ async fn check_failure(fail_flush: bool) {
         .await
         .unwrap();
     assert_eq!(a.index, 1);
+    // A healthy writer has not stopped (and never does while the service lives).
+    assert!(svc.stopped().now_or_never().is_none());
 
     if fail_flush {
         store.fail_flush.store(true, Ordering::SeqCst);
@@ -120,6 +129,10 @@ async fn check_failure(fail_flush: bool) {
         .await
         .unwrap_err();
     assert!(err.to_string().contains("not accepting appends"), "{err}");
+    // The writer's end is announced, so `docket serve` can exit.
+    tokio::time::timeout(std::time::Duration::from_secs(60), svc.stopped())
+        .await
+        .expect("stopped() resolves once the writer has stopped");
     // Nothing after the failure was published as durable.
     assert_eq!(svc.latest_checkpoint().size, 2);
     assert!(svc.durable_entry(2).unwrap().is_none());
@@ -170,6 +183,7 @@ async fn appends_racing_a_stopping_writer_all_get_an_answer() {
             inner,
             fail_write: AtomicBool::new(false),
             fail_flush: AtomicBool::new(true),
+            panic_write: AtomicBool::new(false),
         });
         let svc = Arc::new(
             Service::open(
@@ -197,4 +211,59 @@ async fn appends_racing_a_stopping_writer_all_get_an_answer() {
             assert!(matches!(err, AppendError::Stopped), "round {round}: {err}");
         }
     }
+}
+
+/// A panic on the writer's path (a bug) stops it like a storage failure:
+/// the append gets `Stopped`, durable reads answer `Stopped` instead of
+/// reading a state that may hold half an event, `stopped()` resolves, and a
+/// restart recovers the durable prefix.
+#[tokio::test]
+async fn a_panic_in_the_writer_stops_it_cleanly() {
+    let (inner, admin, log_key) = log();
+    let store = Arc::new(FailingStore {
+        inner: inner.clone(),
+        fail_write: AtomicBool::new(false),
+        fail_flush: AtomicBool::new(false),
+        panic_write: AtomicBool::new(false),
+    });
+    let svc = Service::open(
+        store.clone(),
+        NoteSigner::new("failstop/log", log_key.clone()),
+        Config::default(),
+    )
+    .unwrap();
+    svc.append(sign_event(&note("a", "admin"), &admin), "CN=t".into())
+        .await
+        .unwrap();
+    let before = svc.read_durable(|s| s.next_index()).await.unwrap();
+    assert_eq!(before, (2, 2));
+
+    store.panic_write.store(true, Ordering::SeqCst);
+    let b = sign_event(&note("b", "admin"), &admin);
+    let err = svc.append(b.clone(), "CN=t".into()).await.unwrap_err();
+    assert!(matches!(err, AppendError::Stopped), "{err}");
+    tokio::time::timeout(std::time::Duration::from_secs(60), svc.stopped())
+        .await
+        .expect("stopped() resolves once the writer has panicked");
+    store.panic_write.store(false, Ordering::SeqCst);
+    // The state folded b before the panic; no answer may rest on it.
+    assert!(svc.read_durable(|s| s.next_index()).await.is_err());
+    let err = svc
+        .append(sign_event(&note("c", "admin"), &admin), "CN=t".into())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, AppendError::Stopped), "{err}");
+    assert_eq!(svc.latest_checkpoint().size, 2);
+    drop(svc);
+
+    let svc = Service::open(
+        inner.clone(),
+        NoteSigner::new("failstop/log", log_key),
+        Config::default(),
+    )
+    .unwrap();
+    assert_eq!(svc.latest_checkpoint().size, 2);
+    docket::verify::verify_store(&*inner, Some(svc.verifier())).unwrap();
+    let retried = svc.append(b, "CN=t".into()).await.unwrap();
+    assert_eq!((retried.index, retried.duplicate), (2, false));
 }
