@@ -2,42 +2,93 @@
 //! over mTLS unless the dangerous plaintext option is set.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
 
-use crate::api::access::{AccessPolicy, Guard};
+use crate::api::access::{AccessSlot, AccessState, Guard};
 use crate::api::{GovernanceApi, LedgerApi, pb};
 use crate::service::Service;
-use crate::tls::TlsError;
+use crate::tls::{ConfigSlot, TlsError};
 
 /// Transport settings of a server.
 #[derive(Clone, Debug)]
 pub enum Transport {
-    /// TLS 1.3 with client certificates verified against `client_ca`;
-    /// `access` says which certificate subjects may call which method.
-    MutualTls {
-        client_ca: PathBuf,
-        cert: PathBuf,
-        key: PathBuf,
-        access: AccessPolicy,
-    },
+    /// TLS 1.3 with client certificates from the development CA of a data
+    /// directory (`<data>/tls`), refused when its CRL or `revoked.json`
+    /// lists them; `<data>/access.json` says which certificate subjects may
+    /// call which method. All of it is re-read by [`Reloader::reload`].
+    MutualTls { data: crate::datadir::DataDir },
     /// No TLS and no client identity. Only for local experiments.
     DangerousPlaintext,
 }
 
 impl Transport {
     /// mTLS with the development PKI of a data directory (`<data>/tls`) and
-    /// its `access.json`.
+    /// its `access.json`, which must be readable now.
     pub fn dev_mtls(data: &crate::datadir::DataDir) -> Result<Self, crate::datadir::DataDirError> {
-        let tls = data.tls();
-        Ok(Transport::MutualTls {
-            client_ca: tls.ca_cert,
-            cert: tls.server_cert,
-            key: tls.server_key,
-            access: data.access()?,
-        })
+        data.access()?;
+        Ok(Transport::MutualTls { data: data.clone() })
+    }
+}
+
+/// Everything the mTLS transport reads from a data directory.
+fn load_mtls(
+    data: &crate::datadir::DataDir,
+) -> Result<(rustls::ServerConfig, AccessState), ServeError> {
+    let tls = data.tls();
+    let cfg = crate::tls::server_config(
+        &tls.ca_cert,
+        &tls.server_cert,
+        &tls.server_key,
+        Some(&tls.crl),
+    )?;
+    let policy = data
+        .access()
+        .map_err(|e| ServeError::Access(e.to_string()))?;
+    let revoked = crate::tls::pki::revoked_serials(&tls)?;
+    Ok((cfg, AccessState { policy, revoked }))
+}
+
+/// Re-reads the transport's files while the server runs (`docket serve`
+/// does on SIGHUP): the server certificate and key, the CA, the CRL,
+/// `revoked.json` and `access.json`. New connections use the new TLS
+/// configuration; every call, on old connections too, is checked against
+/// the new access rules and revocations.
+#[derive(Clone)]
+pub struct Reloader {
+    data: crate::datadir::DataDir,
+    tls: ConfigSlot,
+    access: AccessSlot,
+}
+
+/// What a reload put in force.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Reloaded {
+    /// Transport identities `access.json` lists.
+    pub identities: usize,
+    /// Revoked client certificates.
+    pub revoked: usize,
+}
+
+impl Reloader {
+    /// Reads everything first and replaces nothing unless all of it is
+    /// good: a bad file leaves the running configuration as it was.
+    pub fn reload(&self) -> Result<Reloaded, ServeError> {
+        let (cfg, state) = load_mtls(&self.data)?;
+        let done = Reloaded {
+            identities: state.policy.identities(),
+            revoked: state.revoked.len(),
+        };
+        *self
+            .tls
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(cfg);
+        *self
+            .access
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(state);
+        Ok(done)
     }
 }
 
@@ -54,6 +105,8 @@ pub enum ServeError {
     Tls(#[from] TlsError),
     #[error("reflection service: {0}")]
     Reflection(String),
+    #[error("access rules: {0}")]
+    Access(String),
     #[error("transport: {0}")]
     Transport(#[from] tonic::transport::Error),
 }
@@ -66,10 +119,9 @@ pub const MAX_STREAMS_PER_CONNECTION: u32 = 256;
 pub struct Server {
     listener: TcpListener,
     svc: Arc<Service>,
-    transport: Transport,
     /// Built at bind, so bad certificate files stop the server before it
-    /// says it is serving.
-    tls: Option<rustls::ServerConfig>,
+    /// says it is serving; `None` for a dangerous plaintext server.
+    mtls: Option<Reloader>,
 }
 
 impl Server {
@@ -79,13 +131,15 @@ impl Server {
         svc: Arc<Service>,
         transport: Transport,
     ) -> Result<Self, ServeError> {
-        let tls = match &transport {
-            Transport::MutualTls {
-                client_ca,
-                cert,
-                key,
-                ..
-            } => Some(crate::tls::server_config(client_ca, cert, key)?),
+        let mtls = match transport {
+            Transport::MutualTls { data } => {
+                let (cfg, state) = load_mtls(&data)?;
+                Some(Reloader {
+                    data,
+                    tls: Arc::new(std::sync::RwLock::new(Arc::new(cfg))),
+                    access: Arc::new(std::sync::RwLock::new(Arc::new(state))),
+                })
+            }
             Transport::DangerousPlaintext => None,
         };
         let listener = TcpListener::bind(addr)
@@ -97,9 +151,13 @@ impl Server {
         Ok(Server {
             listener,
             svc,
-            transport,
-            tls,
+            mtls,
         })
+    }
+
+    /// The handle that re-reads the transport's files; `None` without TLS.
+    pub fn reloader(&self) -> Option<Reloader> {
+        self.mtls.clone()
     }
 
     /// The bound address.
@@ -118,9 +176,9 @@ impl Server {
             // Tell long-lived streams to end so the drain can finish.
             let _ = stop_tx.send(true);
         };
-        let guard = match &self.transport {
-            Transport::MutualTls { access, .. } => Guard::new(access.clone()),
-            Transport::DangerousPlaintext => Guard::dangerous_plaintext(),
+        let guard = match &self.mtls {
+            Some(r) => Guard::shared(r.access.clone()),
+            None => Guard::dangerous_plaintext(),
         };
         let api = LedgerApi::new(self.svc.clone(), guard.clone(), stop_rx);
         let governance = GovernanceApi::new(self.svc.clone(), guard);
@@ -155,9 +213,9 @@ impl Server {
             .add_service(reflection_v1alpha)
             .add_service(ledger)
             .add_service(pb::governance_server::GovernanceServer::new(governance));
-        match self.tls {
-            Some(cfg) => {
-                let incoming = crate::tls::incoming(self.listener, cfg);
+        match self.mtls {
+            Some(r) => {
+                let incoming = crate::tls::incoming(self.listener, r.tls);
                 router
                     .serve_with_incoming_shutdown(incoming, shutdown)
                     .await?;

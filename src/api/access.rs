@@ -6,10 +6,16 @@
 //! ```json
 //! { "identities": { "CN=docket-admin": ["*"], "CN=siem": ["Tail", "GetCheckpoint"] } }
 //! ```
-//! An identity not listed may call nothing; `"*"` means every method.
+//! An identity not listed may call nothing; `"*"` means every method. A
+//! certificate whose serial is revoked (`<data>/tls/revoked.json`) or
+//! whose validity has ended may call nothing either, even on a connection
+//! opened before. The server re-reads both on SIGHUP (`Reloader`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
+use std::sync::{Arc, RwLock};
+
+use tonic::Status;
 
 /// Every method of `docket.v1.Ledger` and `docket.v1.Governance`, as named
 /// in `access.json` (method names are unique across the two services).
@@ -33,20 +39,38 @@ pub const METHODS: &[&str] = &[
     "ExportEvidence",
 ];
 
+/// What the guard checks a call against: `access.json` and the serials of
+/// revoked client certificates. Replaced as a whole by a reload.
+#[derive(Clone, Debug, Default)]
+pub struct AccessState {
+    pub policy: AccessPolicy,
+    /// Lower-case hex serials ([`crate::tls::pki::revoked_serials`]).
+    pub revoked: BTreeSet<String>,
+}
+
+/// Where the guard finds the current [`AccessState`].
+pub type AccessSlot = Arc<RwLock<Arc<AccessState>>>;
+
 /// The one place where transport identities are checked.
 #[derive(Clone, Debug)]
 pub struct Guard {
     /// `None` only for a dangerous plaintext server, where there is no
     /// transport identity to check.
-    access: Option<std::sync::Arc<AccessPolicy>>,
+    access: Option<AccessSlot>,
 }
 
 impl Guard {
-    /// Checks client certificates against `access`.
+    /// Checks client certificates against `access` (no revocations).
     pub fn new(access: AccessPolicy) -> Self {
-        Guard {
-            access: Some(std::sync::Arc::new(access)),
-        }
+        Self::shared(Arc::new(RwLock::new(Arc::new(AccessState {
+            policy: access,
+            revoked: BTreeSet::new(),
+        }))))
+    }
+
+    /// Checks client certificates against whatever `slot` holds at each call.
+    pub fn shared(slot: AccessSlot) -> Self {
+        Guard { access: Some(slot) }
     }
 
     /// No TLS: every call is allowed and the identity is `dangerous-plaintext`.
@@ -61,8 +85,7 @@ impl Guard {
         req: &tonic::Request<T>,
         method: &'static str,
     ) -> Result<String, tonic::Status> {
-        use tonic::Status;
-        let Some(access) = &self.access else {
+        let Some(slot) = &self.access else {
             return Ok("dangerous-plaintext".into());
         };
         // Read once per connection, when its handshake completed.
@@ -70,10 +93,45 @@ impl Guard {
             .extensions()
             .get::<crate::tls::Peer>()
             .ok_or_else(|| Status::unauthenticated("no client certificate on this connection"))?;
+        let access = slot
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        Self::check_peer(&access, peer, method, jiff::Timestamp::now().as_second())
+    }
+
+    /// [`Guard::check`] for a given peer at `now` (Unix seconds).
+    pub fn check_peer(
+        access: &AccessState,
+        peer: &crate::tls::Peer,
+        method: &'static str,
+        now: i64,
+    ) -> Result<String, Status> {
         let identity: &str = peer.identity.as_deref().ok_or_else(|| {
             Status::unauthenticated("client certificate subject could not be read")
         })?;
-        if !access.permits(identity, method) {
+        // The handshake checked both, but a connection can outlive its
+        // certificate, and a revocation can come after it was made.
+        if let Some(not_after) = peer.not_after.filter(|t| now > *t) {
+            tracing::warn!(%identity, method, "call refused: client certificate expired");
+            return Err(Status::unauthenticated(format!(
+                "the client certificate of {identity:?} expired at {}; issue a new one \
+                 (docket cert issue --replace)",
+                crate::tls::pki::fmt_secs(not_after)
+            )));
+        }
+        match peer.serial.as_deref() {
+            Some(serial) if !access.revoked.contains(serial) => {}
+            serial => {
+                tracing::warn!(%identity, method, ?serial, "call refused: client certificate revoked or without serial");
+                return Err(Status::unauthenticated(format!(
+                    "the client certificate of {identity:?} (serial {}) is revoked \
+                     (tls/revoked.json in the server's data directory)",
+                    serial.unwrap_or("unreadable")
+                )));
+            }
+        }
+        if !access.policy.permits(identity, method) {
             tracing::warn!(%identity, method, "call refused by access.json");
             return Err(Status::permission_denied(format!(
                 "transport identity {identity:?} may not call {method} \
@@ -188,6 +246,11 @@ impl AccessPolicy {
         serde_json::to_string_pretty(&v).expect("a map of strings serialises") + "\n"
     }
 
+    /// How many transport identities are listed.
+    pub fn identities(&self) -> usize {
+        self.allowed.len()
+    }
+
     /// True when `identity` may call `method`.
     pub fn permits(&self, identity: &str, method: &str) -> bool {
         self.allowed
@@ -218,5 +281,55 @@ mod tests {
         assert!(e.to_string().contains("unknown field"), "{e}");
         let round = AccessPolicy::parse(&p.to_json(), "t").unwrap();
         assert_eq!(round, p);
+    }
+
+    fn peer(serial: &str, not_after: i64) -> crate::tls::Peer {
+        crate::tls::Peer {
+            identity: Some(Arc::from("CN=ci")),
+            serial: Some(Arc::from(serial)),
+            not_after: Some(not_after),
+        }
+    }
+
+    /// Expiry and revocation are checked on every call, before access.json,
+    /// so a connection opened earlier gains nothing by staying open.
+    #[test]
+    fn expired_and_revoked_certificates_may_call_nothing() {
+        let mut state = AccessState {
+            policy: AccessPolicy::allow_all("CN=ci"),
+            revoked: BTreeSet::new(),
+        };
+        let now = 1_800_000_000;
+        assert_eq!(
+            Guard::check_peer(&state, &peer("0a", now), "Ping", now).unwrap(),
+            "CN=ci"
+        );
+        let e = Guard::check_peer(&state, &peer("0a", now - 1), "Ping", now).unwrap_err();
+        assert_eq!(e.code(), tonic::Code::Unauthenticated);
+        assert!(
+            e.message().contains("expired at 2027-01-15T07:59:59Z"),
+            "{}",
+            e.message()
+        );
+
+        state.revoked.insert("0a".into());
+        let e = Guard::check_peer(&state, &peer("0a", now), "Ping", now).unwrap_err();
+        assert_eq!(e.code(), tonic::Code::Unauthenticated);
+        assert!(
+            e.message().contains("(serial 0a) is revoked"),
+            "{}",
+            e.message()
+        );
+        // Another certificate of the same identity still works.
+        assert!(Guard::check_peer(&state, &peer("0b", now), "Ping", now).is_ok());
+        let no_serial = crate::tls::Peer {
+            serial: None,
+            ..peer("0b", now)
+        };
+        assert!(Guard::check_peer(&state, &no_serial, "Ping", now).is_err());
+
+        state.policy = AccessPolicy::default();
+        let e = Guard::check_peer(&state, &peer("0b", now), "Ping", now).unwrap_err();
+        assert_eq!(e.code(), tonic::Code::PermissionDenied);
     }
 }

@@ -206,6 +206,32 @@ pub(crate) async fn serve(a: ServeArgs) -> CliResult {
     }
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| CliError::failed(format!("installing a SIGTERM handler: {e}")))?;
+    if let Some(reloader) = server.reloader() {
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .map_err(|e| CliError::failed(format!("installing a SIGHUP handler: {e}")))?;
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                match reloader.reload() {
+                    Ok(r) => {
+                        tracing::info!(
+                            identities = r.identities,
+                            revoked_certificates = r.revoked,
+                            "SIGHUP: reloaded access.json, the CRL and the server certificate"
+                        );
+                        outln!(
+                            "reloaded: access.json lists {} identities; {} client certificates revoked",
+                            r.identities,
+                            r.revoked
+                        );
+                    }
+                    Err(e) => tracing::error!(
+                        cause = %e,
+                        "SIGHUP: reload failed; the previous TLS and access settings stay in force"
+                    ),
+                }
+            }
+        });
+    }
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let run = server.run(async {
         let _ = stop_rx.await;
@@ -287,42 +313,144 @@ pub enum CertCmd {
         /// Where to write <cn>.pem and <cn>.key (default: <data>/tls/clients).
         #[arg(long)]
         out_dir: Option<PathBuf>,
+        /// Days the certificate is valid (1 to 3650).
+        #[arg(long, default_value_t = crate::tls::pki::DEFAULT_DAYS)]
+        days: u32,
+        /// Renew: overwrite an existing <cn>.pem/<cn>.key and revoke the
+        /// certificate it held (reason "superseded").
+        #[arg(long)]
+        replace: bool,
         /// Also allow this identity these methods in access.json (repeatable;
-        /// `*` for all). Takes effect when the server restarts.
+        /// `*` for all). Takes effect when the server reloads (SIGHUP) or restarts.
         #[arg(long = "allow")]
         allow: Vec<String>,
+    },
+    /// Revoke a client certificate issued by the data dir's CA: it is added
+    /// to tls/revoked.json and tls/crl.pem. Takes effect when the server
+    /// reloads (SIGHUP) or restarts, for connections already open too.
+    Revoke {
+        #[command(flatten)]
+        data: DataArgs,
+        /// The certificate to revoke (PEM), e.g. <data>/tls/clients/ci.pem.
+        #[arg(long)]
+        cert: PathBuf,
+        /// unspecified, key-compromise, affiliation-changed, superseded,
+        /// cessation-of-operation or privilege-withdrawn.
+        #[arg(long, default_value = "unspecified")]
+        reason: String,
+    },
+    /// List the client certificates in a directory (default
+    /// <data>/tls/clients) with serial, validity and revocation.
+    List {
+        #[command(flatten)]
+        data: DataArgs,
+        #[arg(long)]
+        dir: Option<PathBuf>,
     },
 }
 
 pub(crate) fn cert(c: CertCmd) -> CliResult {
-    let CertCmd::Issue {
-        data,
-        cn,
-        out_dir,
-        allow,
-    } = c;
+    match c {
+        CertCmd::Issue {
+            data,
+            cn,
+            out_dir,
+            days,
+            replace,
+            allow,
+        } => cert_issue(&data, &cn, out_dir, days, replace, &allow),
+        CertCmd::Revoke { data, cert, reason } => {
+            let dd = require_initialised(&data)?;
+            match crate::tls::pki::revoke(&dd.tls(), &cert, &reason).map_err(CliError::usage)? {
+                Some(r) => outln!(
+                    "revoked {} (serial {}, reason {}) in {}; reload the server (SIGHUP) or restart it to apply",
+                    r.subject,
+                    r.serial,
+                    r.reason,
+                    dd.tls().crl.display()
+                ),
+                None => outln!("{} was already revoked; nothing changed", cert.display()),
+            }
+            Ok(())
+        }
+        CertCmd::List { data, dir } => {
+            let dd = require_initialised(&data)?;
+            let dir = dir.unwrap_or_else(|| dd.root.join("tls").join("clients"));
+            let now = jiff::Timestamp::now().as_second();
+            let fmt = crate::tls::pki::fmt_secs;
+            let listed = crate::tls::pki::list(&dd.tls(), &dir).map_err(CliError::usage)?;
+            if listed.is_empty() {
+                outln!("no client certificates in {}", dir.display());
+            }
+            for l in listed {
+                let status = match &l.revoked {
+                    Some(r) => format!("REVOKED {} ({})", r.revoked_at, r.reason),
+                    None if l.info.not_after < now => "EXPIRED".to_owned(),
+                    None => "valid".to_owned(),
+                };
+                outln!(
+                    "{:<24} serial {} until {} {status}  {}",
+                    l.info.subject,
+                    l.info.serial,
+                    fmt(l.info.not_after),
+                    l.path.display()
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+fn require_initialised(data: &DataArgs) -> Result<DataDir, CliError> {
+    let dd = DataDir::new(&data.data);
+    super::require_data_dir(&dd)?;
+    Ok(dd)
+}
+
+fn cert_issue(
+    data: &DataArgs,
+    cn: &str,
+    out_dir: Option<PathBuf>,
+    days: u32,
+    replace: bool,
+    allow: &[String],
+) -> CliResult {
     let dd = DataDir::new(&data.data);
     let out = out_dir.unwrap_or_else(|| dd.root.join("tls").join("clients"));
     let identity = format!("CN={cn}");
     // Validate the grant before anything is written.
     let mut access = dd.access().map_err(CliError::usage)?;
     if !allow.is_empty() {
-        access.grant(&identity, &allow).map_err(CliError::usage)?;
+        access.grant(&identity, allow).map_err(CliError::usage)?;
     }
-    let (cert, key) =
-        crate::tls::issue_client_cert(&dd.tls(), &cn, &out).map_err(CliError::usage)?;
+    let issued = crate::tls::issue_client_cert(&dd.tls(), cn, &out, days, replace)
+        .map_err(CliError::usage)?;
+    if let Some(old) = &issued.replaced {
+        outln!(
+            "revoked the certificate it replaces (serial {}, reason superseded)",
+            old.serial
+        );
+    }
     outln!(
-        "issued {} (key {}) for transport identity {identity:?}",
-        cert.display(),
-        key.display()
+        "issued {} (key {}) for transport identity {identity:?}, serial {}, valid until {}",
+        issued.cert.display(),
+        issued.key.display(),
+        issued.info.serial,
+        crate::tls::pki::fmt_secs(issued.info.not_after)
     );
     if allow.is_empty() {
         outln!("it may call nothing until access.json lists it (or re-run with --allow METHOD)");
     } else {
         let p = dd.access_path();
-        std::fs::write(&p, access.to_json())
-            .map_err(|e| CliError::failed(format!("{}: {e}", p.display())))?;
-        outln!("updated {}; restart the server to apply it", p.display());
+        crate::tls::pki::replace_file(&p, &access.to_json(), false)
+            .map_err(|e| CliError::failed(e.to_string()))?;
+        outln!(
+            "updated {}; reload the server (SIGHUP) or restart it to apply",
+            p.display()
+        );
+    }
+    if issued.replaced.is_some() {
+        outln!("reload the server (SIGHUP) or restart it to refuse the replaced certificate");
     }
     Ok(())
 }

@@ -16,6 +16,9 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 
+pub mod pki;
+pub use pki::issue_client_cert;
+
 /// Why TLS material could not be made or loaded.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -44,6 +47,10 @@ pub struct PkiPaths {
     pub server_key: PathBuf,
     pub client_cert: PathBuf,
     pub client_key: PathBuf,
+    /// Certificates revoked so far ([`pki::revoke`]); absent until the first.
+    pub revoked: PathBuf,
+    /// The CA's certificate revocation list, re-signed at every revocation.
+    pub crl: PathBuf,
 }
 
 impl PkiPaths {
@@ -56,6 +63,8 @@ impl PkiPaths {
             server_key: dir.join("server.key"),
             client_cert: dir.join("client.pem"),
             client_key: dir.join("client.key"),
+            revoked: dir.join("revoked.json"),
+            crl: dir.join("crl.pem"),
         }
     }
 }
@@ -133,51 +142,6 @@ pub fn generate_dev_pki(
     Ok(paths)
 }
 
-/// Issues a client certificate with common name `cn`, signed by the
-/// development CA in `pki`; writes `<out>/<cn>.pem` and `<out>/<cn>.key`.
-/// Returns the two paths.
-pub fn issue_client_cert(
-    pki: &PkiPaths,
-    cn: &str,
-    out: &Path,
-) -> Result<(PathBuf, PathBuf), TlsError> {
-    if cn.is_empty()
-        || !cn
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.@".contains(&b))
-    {
-        return Err(TlsError::Pem {
-            path: "--cn".into(),
-            reason: format!("{cn:?} must be 1+ characters of A-Z a-z 0-9 - _ . @"),
-        });
-    }
-    let pem_err = |path: &Path, e: String| TlsError::Pem {
-        path: path.display().to_string(),
-        reason: e,
-    };
-    let ca_key_pem =
-        String::from_utf8(read(&pki.ca_key)?).map_err(|e| pem_err(&pki.ca_key, e.to_string()))?;
-    let ca_key = KeyPair::from_pem(&ca_key_pem).map_err(|e| pem_err(&pki.ca_key, e.to_string()))?;
-    let ca_pem =
-        String::from_utf8(read(&pki.ca_cert)?).map_err(|e| pem_err(&pki.ca_cert, e.to_string()))?;
-    let issuer = Issuer::from_ca_cert_pem(&ca_pem, ca_key)
-        .map_err(|e| pem_err(&pki.ca_cert, e.to_string()))?;
-    let key = KeyPair::generate()?;
-    let mut params = CertificateParams::new(Vec::<String>::new())?;
-    params.distinguished_name.push(DnType::CommonName, cn);
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-    let cert = params.signed_by(&key, &issuer)?;
-    std::fs::create_dir_all(out).map_err(|source| TlsError::Io {
-        path: out.display().to_string(),
-        source,
-    })?;
-    let cert_path = out.join(format!("{cn}.pem"));
-    let key_path = out.join(format!("{cn}.key"));
-    write(&cert_path, &cert.pem(), false)?;
-    write(&key_path, &key.serialize_pem(), true)?;
-    Ok((cert_path, key_path))
-}
-
 fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
     std::fs::read(path).map_err(|source| TlsError::Io {
         path: path.display().to_string(),
@@ -203,26 +167,62 @@ fn certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
 }
 
 /// A rustls server config: TLS 1.3 only, ALPN h2, client certificates
-/// required and verified against `client_ca`.
+/// required and verified against `client_ca`, and refused if a CRL in `crl`
+/// (when given and present) revokes them.
 pub fn server_config(
     client_ca: &Path,
     cert: &Path,
     key: &Path,
+    crl: Option<&Path>,
 ) -> Result<rustls::ServerConfig, TlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut roots = rustls::RootCertStore::empty();
-    for c in certs(client_ca)? {
-        roots.add(c)?;
-    }
-    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-        .build()
-        .map_err(|e| TlsError::Verifier(e.to_string()))?;
+    let verifier = client_verifier(client_ca, crl, provider.clone())?;
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(verifier)
         .with_single_cert(certs(cert)?, private_key(key)?)?;
     cfg.alpn_protocols = vec![b"h2".to_vec()];
     Ok(cfg)
+}
+
+fn client_verifier(
+    client_ca: &Path,
+    crl: Option<&Path>,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, TlsError> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in certs(client_ca)? {
+        roots.add(c)?;
+    }
+    let mut builder = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
+    if let Some(crl) = crl.filter(|p| p.exists()) {
+        let crls = rustls::pki_types::CertificateRevocationListDer::pem_slice_iter(&read(crl)?)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| TlsError::Pem {
+                path: crl.display().to_string(),
+                reason: e.to_string(),
+            })?;
+        // A CRL past its next update still revokes what it lists (the
+        // verifier's default); only the development CA's own CRL is read.
+        builder = builder.with_crls(crls);
+    }
+    builder
+        .build()
+        .map_err(|e| TlsError::Verifier(e.to_string()))
+}
+
+/// Whether the CA in `client_ca` issued `der` as a client certificate that
+/// is valid now (revocation aside).
+pub fn verify_client_cert(client_ca: &Path, der: &[u8]) -> Result<(), TlsError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    client_verifier(client_ca, None, provider)?
+        .verify_client_cert(
+            &CertificateDer::from(der.to_vec()),
+            &[],
+            rustls::pki_types::UnixTime::now(),
+        )
+        .map(|_| ())
+        .map_err(TlsError::Rustls)
 }
 
 /// A rustls client config to match [`server_config`]: TLS 1.3, ALPN h2,
@@ -321,9 +321,13 @@ impl Drop for AddressSlot {
 /// certificate, a certificate from another CA) are logged and dropped. At
 /// most [`MAX_HANDSHAKES`] are under way at once, [`MAX_HANDSHAKES_PER_ADDRESS`]
 /// of them from one address.
+/// The server's TLS configuration, replaced as a whole by a reload; each
+/// handshake uses the one current when its connection was accepted.
+pub type ConfigSlot = Arc<std::sync::RwLock<Arc<rustls::ServerConfig>>>;
+
 pub fn incoming(
     listener: TcpListener,
-    config: rustls::ServerConfig,
+    config: ConfigSlot,
 ) -> tokio_stream::wrappers::ReceiverStream<Result<ClientStream, std::io::Error>> {
     let limits = HandshakeLimits {
         total: MAX_HANDSHAKES,
@@ -335,10 +339,9 @@ pub fn incoming(
 
 fn incoming_limited(
     listener: TcpListener,
-    config: rustls::ServerConfig,
+    config: ConfigSlot,
     limits: HandshakeLimits,
 ) -> tokio_stream::wrappers::ReceiverStream<Result<ClientStream, std::io::Error>> {
-    let acceptor = TlsAcceptor::from(Arc::new(config));
     let (tx, rx) = tokio::sync::mpsc::channel(128);
     let slots = Arc::new(tokio::sync::Semaphore::new(limits.total));
     let under_way = UnderWay::default();
@@ -356,7 +359,12 @@ fn incoming_limited(
                 continue;
             };
             let _ = tcp.set_nodelay(true);
-            let acceptor = acceptor.clone();
+            let acceptor = TlsAcceptor::from(
+                config
+                    .read()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .clone(),
+            );
             let conn_tx = tx.clone();
             tokio::spawn(async move {
                 let handshake = tokio::time::timeout(limits.timeout, acceptor.accept(tcp)).await;
@@ -446,6 +454,30 @@ pub struct Peer {
     /// The subject of the verified client certificate ([`identity_of`]);
     /// `None` when it could not be read.
     pub identity: Option<Arc<str>>,
+    /// Its serial number (lower-case hex), checked against revocations on
+    /// every call; `None` when it could not be read.
+    pub serial: Option<Arc<str>>,
+    /// The end of its validity (Unix seconds): calls on a connection that
+    /// outlives its certificate are refused.
+    pub not_after: Option<i64>,
+}
+
+impl Peer {
+    /// What a verified client certificate (DER) tells about its holder.
+    pub fn of_cert(der: &[u8]) -> Peer {
+        match pki::cert_info(der) {
+            Some(i) => Peer {
+                identity: Some(Arc::from(i.subject)),
+                serial: Some(Arc::from(i.serial)),
+                not_after: Some(i.not_after),
+            },
+            None => Peer {
+                identity: None,
+                serial: None,
+                not_after: None,
+            },
+        }
+    }
 }
 
 /// A client's TLS stream after a completed mutual-TLS handshake.
@@ -458,17 +490,20 @@ impl ClientStream {
     fn new(tls: TlsStream<tokio::net::TcpStream>) -> Self {
         // The verifier demanded a certificate, so the chain is present; its
         // first element is the client's own.
-        let identity = tls
+        let peer = tls
             .get_ref()
             .1
             .peer_certificates()
             .and_then(|c| c.first())
-            .and_then(|leaf| identity_of(leaf))
-            .map(Arc::from);
-        ClientStream {
-            tls,
-            peer: Peer { identity },
-        }
+            .map_or(
+                Peer {
+                    identity: None,
+                    serial: None,
+                    not_after: None,
+                },
+                |leaf| Peer::of_cert(leaf),
+            );
+        ClientStream { tls, peer }
     }
 }
 
@@ -537,8 +572,7 @@ impl tokio::io::AsyncWrite for ClientStream {
 
 /// The transport identity of a client certificate: its subject, e.g. `CN=ci-runner`.
 pub fn identity_of(cert: &[u8]) -> Option<String> {
-    let (_, c) = x509_parser::parse_x509_certificate(cert).ok()?;
-    Some(c.subject().to_string())
+    pki::cert_info(cert).map(|i| i.subject)
 }
 
 #[cfg(test)]
@@ -633,7 +667,8 @@ mod tests {
     ) {
         let dir = tempfile::tempdir().unwrap();
         let pki = generate_dev_pki(dir.path(), &["localhost".into()], "tester").unwrap();
-        let server_cfg = server_config(&pki.ca_cert, &pki.server_cert, &pki.server_key).unwrap();
+        let server_cfg =
+            server_config(&pki.ca_cert, &pki.server_cert, &pki.server_key, None).unwrap();
         let client_cfg = client_config(&pki.ca_cert, &pki.client_cert, &pki.client_key).unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -685,7 +720,11 @@ mod tests {
             timeout: std::time::Duration::from_secs(3600),
         };
         (
-            incoming_limited(listener, server_cfg, limits),
+            incoming_limited(
+                listener,
+                Arc::new(std::sync::RwLock::new(Arc::new(server_cfg))),
+                limits,
+            ),
             addr,
             client_cfg,
             dir,

@@ -10,6 +10,28 @@ use crate::common::BIN;
 struct Served {
     child: Child,
     server: String,
+    /// Lines the server prints on stdout after its banner.
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl Served {
+    /// Sends SIGHUP and waits for the server to say it reloaded.
+    fn reload(&self) -> String {
+        let sent = Command::new("kill")
+            .args(["-HUP", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+        loop {
+            let line = self
+                .lines
+                .recv_timeout(std::time::Duration::from_secs(60))
+                .expect("the server said nothing after SIGHUP");
+            if line.starts_with("reloaded: ") {
+                return line;
+            }
+        }
+    }
 }
 
 impl Drop for Served {
@@ -20,10 +42,11 @@ impl Drop for Served {
 }
 
 fn serve(data: &Path) -> Served {
-    let (child, addr) = crate::common::spawn_serve(data);
+    let (child, addr, lines) = crate::common::spawn_serve_lines(data);
     Served {
         child,
         server: format!("https://{addr}"),
+        lines,
     }
 }
 
@@ -414,6 +437,7 @@ fn cli_walkthrough_and_forked_history_detection() {
         })
         .collect();
     assert_eq!(indexes, vec![0, 1, 2, 3, 4]);
+    cert_lifecycle(&data, &s);
     drop(s);
 
     // The insider restores the old backup and writes a different history,
@@ -555,4 +579,144 @@ fn init_with_a_co_admin_makes_identity_changes_need_both() {
     ));
     let shown: serde_json::Value = serde_json::from_str(&ok(docket(&data, srv, &show))).unwrap();
     assert_eq!(shown["registered_at_index"], 2, "{shown}");
+}
+
+/// The CI runner's certificate revoked (a leaked key), the server told by
+/// SIGHUP, the runner refused; then renewed with --replace and accepted.
+fn cert_lifecycle(data: &Path, s: &Served) {
+    // A read, so the log the rest of the walkthrough checks stays as it is.
+    let call = ["checkpoint"];
+    let code = |args: &[&str]| {
+        let out = Command::new(BIN)
+            .args(args)
+            .env("DOCKET_DATA", data)
+            .env("DOCKET_SERVER", &s.server)
+            .env("DOCKET_CERT", data.join("tls/clients/ci-runner.pem"))
+            .env("DOCKET_CERT_KEY", data.join("tls/clients/ci-runner.key"))
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let listed = ok(docket(data, None, &["cert", "list"]));
+    assert!(
+        listed.contains("CN=ci-runner") && listed.contains(" valid "),
+        "{listed}"
+    );
+    let pem = data.join("tls/clients/ci-runner.pem");
+    let bad_reason = docket(
+        data,
+        None,
+        &[
+            "cert",
+            "revoke",
+            "--cert",
+            pem.to_str().unwrap(),
+            "--reason",
+            "lost",
+        ],
+    );
+    assert!(
+        !bad_reason.0
+            && bad_reason
+                .2
+                .contains("\"lost\" is not one of unspecified, key-compromise"),
+        "{}",
+        bad_reason.2
+    );
+    let revoked = ok(docket(
+        data,
+        None,
+        &[
+            "cert",
+            "revoke",
+            "--cert",
+            pem.to_str().unwrap(),
+            "--reason",
+            "key-compromise",
+        ],
+    ));
+    assert!(
+        revoked.contains("revoked CN=ci-runner (serial ")
+            && revoked.contains("reason key-compromise"),
+        "{revoked}"
+    );
+    let again = ok(docket(
+        data,
+        None,
+        &["cert", "revoke", "--cert", pem.to_str().unwrap()],
+    ));
+    assert!(
+        again.contains("already revoked; nothing changed"),
+        "{again}"
+    );
+    // Until the server reloads, the revocation is only on disk.
+    let (c, err) = code(&call);
+    assert_eq!(c, Some(0), "{err}");
+    let reloaded = s.reload();
+    assert!(
+        reloaded.contains("1 client certificates revoked"),
+        "{reloaded}"
+    );
+    // A new connection is refused at the handshake (the CRL); the CLI
+    // reports that as a failure to reach the server.
+    let (c, err) = code(&call);
+    assert_ne!(c, Some(0), "{err}");
+    assert!(c == Some(69) || c == Some(77), "exit {c:?}: {err}");
+    let listed = ok(docket(data, None, &["cert", "list"]));
+    assert!(
+        listed.contains("REVOKED") && listed.contains("(key-compromise)"),
+        "{listed}"
+    );
+
+    // Renewal: refused without --replace, then a fresh certificate.
+    let exists = docket(data, None, &["cert", "issue", "--cn", "ci-runner"]);
+    assert!(
+        !exists.0
+            && exists
+                .2
+                .contains("already exists; give --replace to renew it"),
+        "{}",
+        exists.2
+    );
+    let bad_days = docket(
+        data,
+        None,
+        &[
+            "cert",
+            "issue",
+            "--cn",
+            "ci-runner",
+            "--replace",
+            "--days",
+            "0",
+        ],
+    );
+    assert!(
+        !bad_days.0 && bad_days.2.contains("--days: 0 must be between 1 and 3650"),
+        "{}",
+        bad_days.2
+    );
+    let renewed = ok(docket(
+        data,
+        None,
+        &[
+            "cert",
+            "issue",
+            "--cn",
+            "ci-runner",
+            "--replace",
+            "--days",
+            "7",
+        ],
+    ));
+    assert!(
+        renewed.contains("revoked the certificate it replaces"),
+        "{renewed}"
+    );
+    s.reload();
+    let (c, err) = code(&call);
+    assert_eq!(c, Some(0), "{err}");
 }

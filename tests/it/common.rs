@@ -21,6 +21,8 @@ pub struct TestServer {
     pub data: DataDir,
     pub addr: std::net::SocketAddr,
     pub svc: Arc<Service>,
+    /// Re-reads the TLS and access files, as SIGHUP does for `docket serve`.
+    pub reloader: docket::server::Reloader,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     handle: Option<tokio::task::JoinHandle<()>>,
 }
@@ -102,6 +104,7 @@ impl Builder {
         .await
         .unwrap();
         let addr = server.local_addr().unwrap();
+        let reloader = server.reloader().expect("an mTLS server has a reloader");
         let (tx, rx) = tokio::sync::oneshot::channel();
         let handle = tokio::spawn(async move {
             server
@@ -116,6 +119,7 @@ impl Builder {
             data,
             addr,
             svc,
+            reloader,
             shutdown: Some(tx),
             handle: Some(handle),
         }
@@ -148,7 +152,7 @@ impl TestServer {
         let out = self.dir.path().join("clients");
         let (cert, key) = (out.join(format!("{cn}.pem")), out.join(format!("{cn}.key")));
         if !cert.exists() {
-            docket::tls::issue_client_cert(&self.data.tls(), cn, &out).unwrap();
+            docket::tls::issue_client_cert(&self.data.tls(), cn, &out, 30, false).unwrap();
         }
         Conn {
             cert,
@@ -322,6 +326,19 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_docket");
 /// Starts `docket serve --data DATA --listen 127.0.0.1:0` and returns once it
 /// prints that it is serving, with the address it printed.
 pub fn spawn_serve(data: &std::path::Path) -> (std::process::Child, std::net::SocketAddr) {
+    let (child, addr, _) = spawn_serve_lines(data);
+    (child, addr)
+}
+
+/// [`spawn_serve`], also handing over every later line the server prints
+/// on stdout.
+pub fn spawn_serve_lines(
+    data: &std::path::Path,
+) -> (
+    std::process::Child,
+    std::net::SocketAddr,
+    std::sync::mpsc::Receiver<String>,
+) {
     use std::io::{BufRead, BufReader};
     let mut child = std::process::Command::new(BIN)
         .args(["serve", "--listen", "127.0.0.1:0", "--data"])
@@ -345,8 +362,13 @@ pub fn spawn_serve(data: &std::path::Path) -> (std::process::Child, std::net::So
         }
     };
     // Keep draining stdout so the child never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    (child, addr)
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    (child, addr, rx)
 }
 
 /// A fresh in-memory log whose genesis names `admin` (signing with `admin_key`)

@@ -2,6 +2,7 @@
 #![allow(unreachable_pub)]
 
 mod benches;
+mod certs;
 mod ci_templates;
 mod cli;
 mod cli_gov;

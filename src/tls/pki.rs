@@ -1,0 +1,441 @@
+//! The life of a client certificate from the development CA: issued for a
+//! bounded number of days with a random serial, renewed (`--replace`, which
+//! revokes the certificate it replaces), revoked (`tls/revoked.json`, from
+//! which `tls/crl.pem` is re-signed), and listed.
+//!
+//! The server refuses a revoked certificate twice over: its TLS verifier
+//! checks `crl.pem` at the handshake, and [`crate::api::access::Guard`]
+//! checks the serial of a connection already open on every call, so a
+//! revocation applied by a reload (SIGHUP) also ends calls on connections
+//! made before it.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use rcgen::{
+    CertificateParams, CertificateRevocationListParams, DnType, ExtendedKeyUsagePurpose, Issuer,
+    KeyIdMethod, KeyPair, RevocationReason, RevokedCertParams, SerialNumber,
+};
+use serde::{Deserialize, Serialize};
+
+use super::{PkiPaths, TlsError, read};
+
+/// Default validity of an issued client certificate.
+pub const DEFAULT_DAYS: u32 = 365;
+/// Longest validity `docket cert issue` grants (ten years).
+pub const MAX_DAYS: u32 = 3650;
+/// How far before "now" a certificate's validity starts, so that a server
+/// whose clock is a little behind the issuer's accepts it at once.
+const BACKDATE_SECS: i64 = 300;
+
+/// What a certificate says about itself, for listing and revoking.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CertInfo {
+    /// The transport identity, e.g. `CN=ci`.
+    pub subject: String,
+    /// Lower-case hex of the serial number's bytes.
+    pub serial: String,
+    pub not_before: i64,
+    pub not_after: i64,
+    pub issuer: String,
+}
+
+/// Reads the subject, serial and validity of a DER certificate.
+pub fn cert_info(der: &[u8]) -> Option<CertInfo> {
+    let (_, c) = x509_parser::parse_x509_certificate(der).ok()?;
+    Some(CertInfo {
+        subject: c.subject().to_string(),
+        serial: hex::encode(c.raw_serial()),
+        not_before: c.validity().not_before.timestamp(),
+        not_after: c.validity().not_after.timestamp(),
+        issuer: c.issuer().to_string(),
+    })
+}
+
+/// The one certificate of a PEM file.
+pub fn read_cert_info(path: &Path) -> Result<(CertInfo, Vec<u8>), TlsError> {
+    let certs = super::certs(path)?;
+    let pem_err = |reason: String| TlsError::Pem {
+        path: path.display().to_string(),
+        reason,
+    };
+    let [der] = certs.as_slice() else {
+        return Err(pem_err(format!(
+            "holds {} certificates; expected exactly one",
+            certs.len()
+        )));
+    };
+    let info = cert_info(der).ok_or_else(|| pem_err("not a readable X.509 certificate".into()))?;
+    Ok((info, der.to_vec()))
+}
+
+/// One revoked certificate, as recorded in `tls/revoked.json`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Revoked {
+    pub serial: String,
+    pub subject: String,
+    /// RFC 3339, UTC.
+    pub not_after: String,
+    /// RFC 3339, UTC.
+    pub revoked_at: String,
+    /// One of [`REASONS`].
+    pub reason: String,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RevokedFile {
+    revoked: Vec<Revoked>,
+}
+
+/// The revocation reasons `docket cert revoke --reason` takes (RFC 5280 §5.3.1).
+pub const REASONS: &[&str] = &[
+    "unspecified",
+    "key-compromise",
+    "affiliation-changed",
+    "superseded",
+    "cessation-of-operation",
+    "privilege-withdrawn",
+];
+
+fn reason_code(reason: &str) -> Option<RevocationReason> {
+    Some(match reason {
+        "unspecified" => RevocationReason::Unspecified,
+        "key-compromise" => RevocationReason::KeyCompromise,
+        "affiliation-changed" => RevocationReason::AffiliationChanged,
+        "superseded" => RevocationReason::Superseded,
+        "cessation-of-operation" => RevocationReason::CessationOfOperation,
+        "privilege-withdrawn" => RevocationReason::PrivilegeWithdrawn,
+        _ => return None,
+    })
+}
+
+/// The revoked certificates recorded in `pki.revoked` (none if the file
+/// does not exist yet).
+pub fn revoked(pki: &PkiPaths) -> Result<Vec<Revoked>, TlsError> {
+    let p = &pki.revoked;
+    if !p.exists() {
+        return Ok(Vec::new());
+    }
+    let text = read(p)?;
+    let f: RevokedFile = serde_json::from_slice(&text).map_err(|e| TlsError::Pem {
+        path: p.display().to_string(),
+        reason: e.to_string(),
+    })?;
+    for r in &f.revoked {
+        if r.serial.is_empty() || hex::decode(&r.serial).is_err() {
+            return Err(TlsError::Pem {
+                path: p.display().to_string(),
+                reason: format!("serial {:?} is not hex", r.serial),
+            });
+        }
+    }
+    Ok(f.revoked)
+}
+
+/// The serials of [`revoked`], for the per-call check.
+pub fn revoked_serials(pki: &PkiPaths) -> Result<BTreeSet<String>, TlsError> {
+    Ok(revoked(pki)?.into_iter().map(|r| r.serial).collect())
+}
+
+fn now_secs() -> i64 {
+    jiff::Timestamp::now().as_second()
+}
+
+fn rfc3339(secs: i64) -> String {
+    jiff::Timestamp::from_second(secs)
+        .map(|t| t.to_string())
+        .unwrap_or_else(|_| secs.to_string())
+}
+
+fn odt(secs: i64) -> Result<time::OffsetDateTime, TlsError> {
+    time::OffsetDateTime::from_unix_timestamp(secs).map_err(|e| TlsError::Pem {
+        path: "validity".into(),
+        reason: e.to_string(),
+    })
+}
+
+fn ca_issuer(pki: &PkiPaths) -> Result<Issuer<'static, KeyPair>, TlsError> {
+    let pem_err = |path: &Path, e: String| TlsError::Pem {
+        path: path.display().to_string(),
+        reason: e,
+    };
+    let ca_key_pem =
+        String::from_utf8(read(&pki.ca_key)?).map_err(|e| pem_err(&pki.ca_key, e.to_string()))?;
+    let ca_key = KeyPair::from_pem(&ca_key_pem).map_err(|e| pem_err(&pki.ca_key, e.to_string()))?;
+    let ca_pem =
+        String::from_utf8(read(&pki.ca_cert)?).map_err(|e| pem_err(&pki.ca_cert, e.to_string()))?;
+    Issuer::from_ca_cert_pem(&ca_pem, ca_key).map_err(|e| pem_err(&pki.ca_cert, e.to_string()))
+}
+
+/// Writes `data` to `path` through a temporary file and a rename, so a
+/// reader sees the old or the new file, never half of one.
+pub fn replace_file(path: &Path, data: &str, private: bool) -> Result<(), TlsError> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let _ = std::fs::remove_file(&tmp);
+    super::write(&tmp, data, private)?;
+    std::fs::rename(&tmp, path).map_err(|source| TlsError::Io {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+/// A newly issued client certificate.
+#[derive(Debug)]
+pub struct Issued {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub info: CertInfo,
+    /// The certificate this one replaced, now revoked as superseded.
+    pub replaced: Option<CertInfo>,
+}
+
+/// Checks a common name for `cert issue`.
+pub fn check_cn(cn: &str) -> Result<(), TlsError> {
+    if cn.is_empty()
+        || !cn
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.@".contains(&b))
+    {
+        return Err(TlsError::Pem {
+            path: "--cn".into(),
+            reason: format!("{cn:?} must be 1+ characters of A-Z a-z 0-9 - _ . @"),
+        });
+    }
+    Ok(())
+}
+
+/// Issues a client certificate with common name `cn`, valid for `days`
+/// from now, signed by the development CA in `pki`; writes `<out>/<cn>.pem`
+/// and `<out>/<cn>.key`. If they exist, `replace` must be set: the old
+/// certificate is then revoked as superseded (before the new files are
+/// written, so a failure leaves no second valid certificate behind).
+pub fn issue_client_cert(
+    pki: &PkiPaths,
+    cn: &str,
+    out: &Path,
+    days: u32,
+    replace: bool,
+) -> Result<Issued, TlsError> {
+    check_cn(cn)?;
+    if !(1..=MAX_DAYS).contains(&days) {
+        return Err(TlsError::Pem {
+            path: "--days".into(),
+            reason: format!("{days} must be between 1 and {MAX_DAYS}"),
+        });
+    }
+    let now = now_secs();
+    issue_with_validity(
+        pki,
+        cn,
+        out,
+        (now - BACKDATE_SECS, now + i64::from(days) * 86_400),
+        replace,
+    )
+}
+
+/// [`issue_client_cert`] with an explicit validity (Unix seconds), which
+/// tests use to make certificates that have already expired.
+#[doc(hidden)]
+pub fn issue_with_validity(
+    pki: &PkiPaths,
+    cn: &str,
+    out: &Path,
+    (not_before, not_after): (i64, i64),
+    replace: bool,
+) -> Result<Issued, TlsError> {
+    check_cn(cn)?;
+    let cert_path = out.join(format!("{cn}.pem"));
+    let key_path = out.join(format!("{cn}.key"));
+    let existing = cert_path.exists() || key_path.exists();
+    if existing && !replace {
+        return Err(TlsError::Pem {
+            path: cert_path.display().to_string(),
+            reason: "already exists; give --replace to renew it (the certificate it holds \
+                     is then revoked as superseded)"
+                .into(),
+        });
+    }
+    let issuer = ca_issuer(pki)?;
+    let replaced = if existing && cert_path.exists() {
+        let (info, _) = read_cert_info(&cert_path)?;
+        revoke_info(pki, &issuer, &info, "superseded")?;
+        Some(info)
+    } else {
+        None
+    };
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    params.distinguished_name.push(DnType::CommonName, cn);
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    params.not_before = odt(not_before)?;
+    params.not_after = odt(not_after)?;
+    params.serial_number = Some(random_serial());
+    let cert = params.signed_by(&key, &issuer)?;
+    std::fs::create_dir_all(out).map_err(|source| TlsError::Io {
+        path: out.display().to_string(),
+        source,
+    })?;
+    // The key first: a certificate file never names a key that is not there.
+    replace_file(&key_path, &key.serialize_pem(), true)?;
+    replace_file(&cert_path, &cert.pem(), false)?;
+    let info = cert_info(cert.der()).ok_or_else(|| TlsError::Pem {
+        path: cert_path.display().to_string(),
+        reason: "the certificate just issued does not parse".into(),
+    })?;
+    Ok(Issued {
+        cert: cert_path,
+        key: key_path,
+        info,
+        replaced,
+    })
+}
+
+/// 16 random bytes, the first one's top bit clear (a positive INTEGER
+/// without a leading zero byte) and the serial never zero.
+fn random_serial() -> SerialNumber {
+    use rand::RngCore as _;
+    let mut b = [0u8; 16];
+    rand::rngs::OsRng.fill_bytes(&mut b);
+    b[0] = (b[0] & 0x7f) | 0x01;
+    SerialNumber::from(b.to_vec())
+}
+
+/// Revokes the certificate in `cert` (which the development CA must have
+/// issued) for `reason`, and re-signs `crl.pem`. Revoking one already
+/// revoked changes nothing and says so (`Ok(None)`).
+pub fn revoke(pki: &PkiPaths, cert: &Path, reason: &str) -> Result<Option<Revoked>, TlsError> {
+    let (info, der) = read_cert_info(cert)?;
+    let issuer = ca_issuer(pki)?;
+    // Only a certificate this CA signed can be revoked by its CRL.
+    if let Err(e) = super::verify_client_cert(&pki.ca_cert, &der) {
+        return Err(TlsError::Pem {
+            path: cert.display().to_string(),
+            reason: format!(
+                "{} (issuer {}) is not a current client certificate of this data directory's \
+                 CA, so its CRL cannot revoke it: {e}",
+                info.subject, info.issuer
+            ),
+        });
+    }
+    revoke_info(pki, &issuer, &info, reason)
+}
+
+fn revoke_info(
+    pki: &PkiPaths,
+    issuer: &Issuer<'_, KeyPair>,
+    info: &CertInfo,
+    reason: &str,
+) -> Result<Option<Revoked>, TlsError> {
+    if reason_code(reason).is_none() {
+        return Err(TlsError::Pem {
+            path: "--reason".into(),
+            reason: format!("{reason:?} is not one of {}", REASONS.join(", ")),
+        });
+    }
+    let mut list = revoked(pki)?;
+    if list.iter().any(|r| r.serial == info.serial) {
+        return Ok(None);
+    }
+    let entry = Revoked {
+        serial: info.serial.clone(),
+        subject: info.subject.clone(),
+        not_after: rfc3339(info.not_after),
+        revoked_at: rfc3339(now_secs()),
+        reason: reason.to_owned(),
+    };
+    list.push(entry.clone());
+    // The CRL first: if writing the list then fails, the certificate is
+    // refused at the handshake anyway, and the next revocation rewrites both.
+    write_crl(pki, issuer, &list)?;
+    let json = serde_json::to_string_pretty(&RevokedFile { revoked: list })
+        .map_err(|e| TlsError::Verifier(e.to_string()))?;
+    replace_file(&pki.revoked, &format!("{json}\n"), false)?;
+    Ok(Some(entry))
+}
+
+/// How long a CRL says it is good for. The server does not enforce it (a
+/// CRL past its next update still revokes what it lists); it is set far
+/// out so other verifiers that do enforce it keep using this one.
+const CRL_DAYS: i64 = 3650;
+
+fn write_crl(
+    pki: &PkiPaths,
+    issuer: &Issuer<'_, KeyPair>,
+    list: &[Revoked],
+) -> Result<(), TlsError> {
+    let now = now_secs();
+    let mut revoked_certs = Vec::with_capacity(list.len());
+    for r in list {
+        let at = r
+            .revoked_at
+            .parse::<jiff::Timestamp>()
+            .map_or(now, |t| t.as_second());
+        revoked_certs.push(RevokedCertParams {
+            serial_number: SerialNumber::from(hex::decode(&r.serial).unwrap_or_default()),
+            revocation_time: odt(at)?,
+            reason_code: reason_code(&r.reason),
+            invalidity_date: None,
+        });
+    }
+    let params = CertificateRevocationListParams {
+        this_update: odt(now)?,
+        next_update: odt(now + CRL_DAYS * 86_400)?,
+        crl_number: SerialNumber::from(list.len() as u64),
+        issuing_distribution_point: None,
+        revoked_certs,
+        key_identifier_method: KeyIdMethod::Sha256,
+    };
+    let crl = params.signed_by(issuer)?;
+    replace_file(&pki.crl, &crl.pem()?, false)
+}
+
+/// One client certificate found under a directory, for `docket cert list`.
+#[derive(Debug)]
+pub struct Listed {
+    pub path: PathBuf,
+    pub info: CertInfo,
+    pub revoked: Option<Revoked>,
+}
+
+/// The certificates (`*.pem`) directly under `dir`, by file name, each with
+/// its revocation if any. Files that are not one certificate are skipped.
+pub fn list(pki: &PkiPaths, dir: &Path) -> Result<Vec<Listed>, TlsError> {
+    let revoked = revoked(pki)?;
+    let mut out = Vec::new();
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+        Err(source) => {
+            return Err(TlsError::Io {
+                path: dir.display().to_string(),
+                source,
+            });
+        }
+    };
+    let mut paths: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "pem"))
+        .collect();
+    paths.sort();
+    for path in paths {
+        let Ok((info, _)) = read_cert_info(&path) else {
+            continue;
+        };
+        let revoked = revoked.iter().find(|r| r.serial == info.serial).cloned();
+        out.push(Listed {
+            path,
+            info,
+            revoked,
+        });
+    }
+    Ok(out)
+}
+
+/// RFC 3339 (UTC) of Unix seconds, for messages.
+pub fn fmt_secs(secs: i64) -> String {
+    rfc3339(secs)
+}
