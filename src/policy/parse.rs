@@ -201,6 +201,49 @@ fn line_of(text: &str, offset: usize) -> usize {
         + 1
 }
 
+/// Bounds on documents being introduced, so that checking one (the
+/// `covers` comparisons are quadratic in rules and in pattern lengths)
+/// stays fast, and a policy cannot lock itself against change.
+pub(crate) const MAX_RULES: usize = 256;
+/// Patterns in one `match` field.
+pub(crate) const MAX_PATTERNS: usize = 64;
+/// Bytes in one pattern.
+pub(crate) const MAX_PATTERN_BYTES: usize = 256;
+/// `approvals` of a rule, and `policy_changes.approvals`.
+pub(crate) const MAX_APPROVALS: u32 = 100;
+
+fn check_patterns(m: &RawMatch) -> Result<(), String> {
+    for (field, list) in [
+        ("environments", &m.environments),
+        ("repositories", &m.repositories),
+        ("kinds", &m.kinds),
+        ("namespaces", &m.namespaces),
+        ("actions", &m.actions),
+    ] {
+        if list.len() > MAX_PATTERNS {
+            return Err(format!(
+                "match.{field} lists {} patterns; at most {MAX_PATTERNS}",
+                list.len()
+            ));
+        }
+        for (i, p) in list.iter().enumerate() {
+            if p.is_empty() {
+                return Err(format!("match.{field}[{i}] is empty"));
+            }
+            if p.len() > MAX_PATTERN_BYTES {
+                return Err(format!(
+                    "match.{field}[{i}] is {} bytes; at most {MAX_PATTERN_BYTES}",
+                    p.len()
+                ));
+            }
+            if p.chars().any(char::is_control) {
+                return Err(format!("match.{field}[{i}] contains a control character"));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// True when `earlier` matches every request `later` matches (checked per
 /// field; a field left empty matches anything). Conservative: a pattern of
 /// `later` counts as covered only when `earlier` lists it as written, or
@@ -361,6 +404,15 @@ impl Policy {
                 if pc.approvals == 0 {
                     return Err(err(start, "policy_changes.approvals must be at least 1: no policy change may take effect unapproved".into()));
                 }
+                if strict && pc.approvals > MAX_APPROVALS {
+                    return Err(err(
+                        start,
+                        format!(
+                            "policy_changes.approvals = {} is more than {MAX_APPROVALS}: the policy could never be changed again",
+                            pc.approvals
+                        ),
+                    ));
+                }
                 if pc.roles.is_empty() {
                     return Err(err(
                         start,
@@ -428,6 +480,12 @@ impl Policy {
         let mut rules: Vec<Rule> = Vec::new();
         let mut rule_lines = Vec::new();
         let mut names = BTreeSet::new();
+        if strict && let Some(extra) = raw.rule.get(MAX_RULES) {
+            return Err(err(
+                extra.span().start,
+                format!("a policy may have at most {MAX_RULES} rules"),
+            ));
+        }
         for r in raw.rule {
             let start = r.span().start;
             let r = r.into_inner();
@@ -441,6 +499,17 @@ impl Policy {
                     "rule name must not be empty".into(),
                 ));
             }
+            if strict && (name.len() > MAX_PATTERN_BYTES || name.chars().any(char::is_control)) {
+                return Err(err(
+                    r.name.span().start,
+                    format!(
+                        "rule name {name:?} must be at most {MAX_PATTERN_BYTES} bytes without control characters"
+                    ),
+                ));
+            }
+            if strict {
+                check_patterns(&r.matches).map_err(|m| at(start, m))?;
+            }
             if !names.insert(name.clone()) {
                 return Err(err(
                     r.name.span().start,
@@ -451,6 +520,12 @@ impl Policy {
                 .approvals
                 .as_ref()
                 .map_or((0, start), |a| (*a.get_ref(), a.span().start));
+            if strict && approvals > MAX_APPROVALS {
+                return Err(at(
+                    approvals_at,
+                    format!("approvals = {approvals} is more than {MAX_APPROVALS}"),
+                ));
+            }
             let roles_given = r.approver_roles.is_some();
             let roles_at = r.approver_roles.as_ref().map_or(start, |v| v.span().start);
             let approver_roles: BTreeSet<String> = r

@@ -1213,6 +1213,31 @@ fn bad_policies_are_refused_with_line_and_reason() {
             4,
             "start \"2026-03-29T02:30\" does not exist in Europe/Berlin",
         ),
+        (
+            "version = 1\n[policy_changes]\napprovals = 4294967295\nroles = [\"admin\"]\n",
+            2,
+            "policy_changes.approvals = 4294967295 is more than 100: the policy could never be changed again",
+        ),
+        (
+            "version = 1\n[[rule]]\nname = \"a\"\napprovals = 101\n",
+            4,
+            "rule \"a\": approvals = 101 is more than 100",
+        ),
+        (
+            "version = 1\n[[rule]]\nname = \"a\"\nmatch = { environments = [\"prod\", \"\"] }\n",
+            2,
+            "rule \"a\": match.environments[1] is empty",
+        ),
+        (
+            "version = 1\n[[rule]]\nname = \"a\"\nmatch = { repositories = [\"\\u001b[31m\"] }\n",
+            2,
+            "rule \"a\": match.repositories[0] contains a control character",
+        ),
+        (
+            "version = 1\n[[rule]]\nname = \"a\\u0000\"\n",
+            3,
+            "must be at most 256 bytes without control characters",
+        ),
     ];
     for (text, line, needle) in cases {
         let e = Policy::parse_new(text).expect_err(text);
@@ -1234,6 +1259,9 @@ fn bad_policies_are_refused_with_line_and_reason() {
         "and no earlier rule",
         "people in all",
         "twice; give it once",
+        "is more than 100",
+        "] is empty",
+        "control character",
     ];
     for (text, _, needle) in cases {
         let recorded = Policy::parse(text);
@@ -1668,4 +1696,46 @@ fn freeze_zones_ignore_the_machines_zoneinfo() {
         String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{text}");
     assert!(text.contains("1 passed"), "the child ran the test: {text}");
+}
+
+/// Documents being introduced are bounded, so that checking one stays
+/// fast (the check that a rule can apply at all is quadratic): one
+/// pattern of 87,000 bytes, 65 patterns in a field, 257 rules.
+#[test]
+fn oversized_new_policies_are_refused_quickly() {
+    let long = format!(
+        "version = 1\n[[rule]]\nname = \"r1\"\nmatch = {{ environments = [\"*{}b\"] }}\n[[rule]]\nname = \"r2\"\nmatch = {{ environments = [\"{}\"] }}\n",
+        "a".repeat(87_000),
+        "a".repeat(175_000)
+    );
+    let e = Policy::parse_new(&long).unwrap_err();
+    assert_eq!(e.line, 2, "{e}");
+    assert!(
+        e.message
+            .contains("rule \"r1\": match.environments[0] is 87002 bytes; at most 256"),
+        "{e}"
+    );
+    let many: Vec<String> = (0..65).map(|i| format!("\"e{i}\"")).collect();
+    let text = format!(
+        "version = 1\n[[rule]]\nname = \"a\"\nmatch = {{ kinds = [{}] }}\n",
+        many.join(", ")
+    );
+    let e = Policy::parse_new(&text).unwrap_err();
+    assert!(
+        e.message
+            .contains("match.kinds lists 65 patterns; at most 64"),
+        "{e}"
+    );
+    let mut text = "version = 1\n".to_owned();
+    for i in 0..257 {
+        text.push_str(&format!(
+            "[[rule]]\nname = \"r{i}\"\nmatch = {{ environments = [\"e{i}\"] }}\n"
+        ));
+    }
+    let e = Policy::parse_new(&text).unwrap_err();
+    assert_eq!(e.line, 2 + 256 * 3, "{e}");
+    assert!(e.message.contains("at most 256 rules"), "{e}");
+    // 256 rules are fine.
+    let cut = text.rfind("[[rule]]").unwrap();
+    Policy::parse_new(&text[..cut]).unwrap();
 }

@@ -580,6 +580,27 @@ impl Service {
         if matches!(event.body, Body::Genesis(_)) {
             return Err(AppendError::GenesisAppend);
         }
+        let now = self.config.clock.now_nanos();
+        let skew = self.config.max_clock_skew.as_nanos() as i64;
+        let age = self.config.max_event_age.as_nanos() as i64;
+        if event.claimed_time_nanos > now.saturating_add(skew) {
+            return Err(AppendError::FutureTime {
+                ahead_secs: (event.claimed_time_nanos - now) / 1_000_000_000,
+                max_secs: self.config.max_clock_skew.as_secs(),
+            });
+        }
+        if event.claimed_time_nanos < now.saturating_sub(age) {
+            return Err(AppendError::TooOld {
+                behind_secs: (now - event.claimed_time_nanos) / 1_000_000_000,
+                max_secs: self.config.max_event_age.as_secs(),
+            });
+        }
+        let key = self
+            .try_state(|s| s.signer_keys(&event))
+            .map_err(|_| AppendError::Stopped)??
+            .authenticate(&envelope)?;
+        // The costly checks of content (a git signature, a policy document)
+        // come after the signature, so only a registered signer can ask for them.
         if let Body::CommitObserved(c) = &event.body {
             crate::ingest::git::recheck(c).map_err(|reason| InvalidEvent {
                 field: "commit_observed.signature".into(),
@@ -600,25 +621,6 @@ impl Service {
                 reason: e.to_string(),
             })?;
         }
-        let now = self.config.clock.now_nanos();
-        let skew = self.config.max_clock_skew.as_nanos() as i64;
-        let age = self.config.max_event_age.as_nanos() as i64;
-        if event.claimed_time_nanos > now.saturating_add(skew) {
-            return Err(AppendError::FutureTime {
-                ahead_secs: (event.claimed_time_nanos - now) / 1_000_000_000,
-                max_secs: self.config.max_clock_skew.as_secs(),
-            });
-        }
-        if event.claimed_time_nanos < now.saturating_sub(age) {
-            return Err(AppendError::TooOld {
-                behind_secs: (now - event.claimed_time_nanos) / 1_000_000_000,
-                max_secs: self.config.max_event_age.as_secs(),
-            });
-        }
-        let key = self
-            .try_state(|s| s.signer_keys(&event))
-            .map_err(|_| AppendError::Stopped)??
-            .authenticate(&envelope)?;
         // Only a deployment has a decision to return with its receipt.
         let decided = matches!(event.body, Body::DeployRequested(_));
         let (reply, rx) = oneshot::channel();

@@ -747,6 +747,32 @@ async fn governance_input_is_checked_field_by_field() {
         "policy_proposed.text: policy line 2: unknown field `colour`",
     )
     .await;
+    // A document that reads but contradicts itself, from a signer the log
+    // does not know: refused on the signature before the contradictions
+    // are looked for (that check is quadratic in the document; a signature
+    // check is one Ed25519 verification).
+    let stranger = ed25519_dalek::SigningKey::from_bytes(&[0x5a; 32]);
+    expect_refused(
+        &s,
+        signed(
+            &Event {
+                signer: PrincipalId::parse("nobody").unwrap(),
+                ..ev(
+                    "p2-stranger",
+                    Body::PolicyProposed(PolicyProposal {
+                        proposal_id: RecordId::parse("P2").unwrap(),
+                        text: "version = 1\n[[rule]]\nname = \"all\"\n\n[[rule]]\nname = \"prod\"\nmatch.environments = [\"prod\"]\n".into(),
+                        base_version: 1,
+                        description: String::new(),
+                    }),
+                )
+            },
+            &stranger,
+        ),
+        Code::Unauthenticated,
+        "nobody",
+    )
+    .await;
     // A contradiction only a new document is checked for: a rule that the
     // catch-all before it always matches first.
     expect_refused(
