@@ -344,7 +344,17 @@ impl pb::ledger_server::Ledger for LedgerApi {
     ) -> Result<Response<Self::AppendStreamStream>, Status> {
         let identity = self.authorize(&req, "AppendStream")?;
         let svc = self.svc.clone();
-        let input = req.into_inner();
+        // Nothing after a message that could not be read is appended: the
+        // stream ends with that error, and a client that resends from the
+        // first message without a receipt appends each event once (a resend
+        // of one that made it is answered as a duplicate).
+        let input = req.into_inner().scan(false, |failed, item| {
+            if *failed {
+                return std::future::ready(None);
+            }
+            *failed = item.is_err();
+            std::future::ready(Some(item))
+        });
         // Up to 256 appends of one stream are in flight at once, within the
         // shared byte budget; responses keep request order.
         let weight = |item: &Result<pb::AppendRequest, Status>| {
@@ -355,6 +365,17 @@ impl pb::ledger_server::Ledger for LedgerApi {
             let identity = identity.clone();
             async move {
                 let result = match item {
+                    // tonic reports bytes that are no AppendRequest as
+                    // INTERNAL; they are the client's fault.
+                    Err(status)
+                        if status.code() == tonic::Code::Internal
+                            && status.message().contains("decode") =>
+                    {
+                        return Err(Status::invalid_argument(format!(
+                            "message {seq}: {}; nothing after it was read",
+                            status.message()
+                        )));
+                    }
                     Err(status) => return Err(status),
                     Ok(pb::AppendRequest { envelope: None }) => {
                         pb::append_stream_response::Result::Error(pb::AppendError {

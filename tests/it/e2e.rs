@@ -945,3 +945,81 @@ async fn dangerous_plaintext_serves_without_tls_and_warns() {
         .unwrap();
     assert!(err.contains("WARN") && err.contains("WITHOUT TLS"), "{err}");
 }
+
+/// One gRPC message frame: uncompressed, 4-byte big-endian length.
+fn grpc_frame(out: &mut Vec<u8>, message: &[u8]) {
+    out.push(0);
+    out.extend((message.len() as u32).to_be_bytes());
+    out.extend(message);
+}
+
+/// An AppendStream message that is not an AppendRequest ends the stream
+/// with INVALID_ARGUMENT naming it, and nothing sent after it is appended
+/// (it used to be, sometimes, while the client was told the stream had
+/// failed). Sent over raw HTTP/2, since tonic's client only sends what
+/// encodes.
+#[tokio::test]
+async fn append_stream_stops_at_an_unreadable_message() {
+    use prost::Message as _;
+    let s = server().run().await;
+    let admin = s.admin_key();
+    let before = s.size().await;
+    let conn = s.conn();
+    let cfg = docket::tls::client_config(&conn.ca, &conn.cert, &conn.key).unwrap();
+    let tcp = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    let (h2, connection) = h2::client::handshake(tls).await.unwrap();
+    tokio::spawn(connection);
+    let mut h2 = h2.ready().await.unwrap();
+    let req = http::Request::post("https://localhost/docket.v1.Ledger/AppendStream")
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .unwrap();
+    let (response, mut send) = h2.send_request(req, false).unwrap();
+    let mut all = Vec::new();
+    grpc_frame(
+        &mut all,
+        &signed(&note("stream-a", "admin"), &admin).encode_to_vec(),
+    );
+    grpc_frame(&mut all, b"\x0a\x05\x0a\x03\xff\xfe\xfd");
+    for id in ["stream-b", "stream-c", "stream-d"] {
+        grpc_frame(
+            &mut all,
+            &signed(&note(id, "admin"), &admin).encode_to_vec(),
+        );
+    }
+    send.send_data(all.into(), true).unwrap();
+
+    let mut body = response.await.unwrap().into_body();
+    let mut data = Vec::new();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.unwrap();
+        let _ = body.flow_control().release_capacity(chunk.len());
+        data.extend_from_slice(&chunk);
+    }
+    let trailers = body.trailers().await.unwrap().expect("a gRPC status");
+    assert_eq!(trailers["grpc-status"], "3", "{trailers:?}"); // INVALID_ARGUMENT
+    let message = trailers["grpc-message"].to_str().unwrap();
+    assert!(message.contains("message%201"), "{message}");
+    // One reply, the receipt of the first message.
+    let mut replies = Vec::new();
+    let mut rest = &data[..];
+    while !rest.is_empty() {
+        let len = u32::from_be_bytes(rest[1..5].try_into().unwrap()) as usize;
+        replies.push(pb::AppendStreamResponse::decode(&rest[5..5 + len]).unwrap());
+        rest = &rest[5 + len..];
+    }
+    assert_eq!(replies.len(), 1, "{replies:?}");
+    assert!(matches!(
+        replies[0].result,
+        Some(pb::append_stream_response::Result::Receipt(_))
+    ));
+    // Nothing after the unreadable message reached the log.
+    assert_eq!(s.size().await, before + 1);
+    s.stop().await;
+}
