@@ -64,7 +64,7 @@ fn obligation_pb(o: &ObligationRec, now: i64) -> pb::ObligationState {
 /// Maps every export error to a status; each variant is decided here.
 fn export_status(e: &crate::evidence::ExportError) -> Status {
     use crate::evidence::ExportError as E;
-    let msg = e.to_string();
+    let msg = super::clip(e.to_string());
     match e {
         E::UnknownChange(_) => Status::not_found(msg),
         E::EmptyPeriod { .. } => Status::invalid_argument(msg),
@@ -85,31 +85,58 @@ fn export_scope(r: pb::ExportEvidenceRequest) -> Result<crate::evidence::Scope, 
             "complete: applies only to a change_id scope; a period or control bundle always proves its period complete",
         ));
     }
+    let ordered = |scope: &str, from: i64, to: i64| {
+        if from >= to {
+            return Err(Status::invalid_argument(format!(
+                "{scope}.to_unix_nanos: the period is empty: from ({}) must be before to ({})",
+                crate::state::gov::fmt_nanos(from),
+                crate::state::gov::fmt_nanos(to)
+            )));
+        }
+        Ok(())
+    };
     match r.scope {
-        Some(S::ChangeId(id)) if !id.is_empty() => Ok(Scope::Change {
-            id,
-            complete: r.complete,
-        }),
-        Some(S::Period(p)) => Ok(Scope::Period {
-            from: p.from_unix_nanos,
-            to: p.to_unix_nanos,
-            environments: p.environments,
-            repositories: p.repositories,
-        }),
+        Some(S::ChangeId(id)) if !id.is_empty() => {
+            crate::event::RecordId::parse(&id)
+                .map_err(|e| super::refusal(tonic::Code::InvalidArgument, format!("change_id: {e}")))?;
+            Ok(Scope::Change {
+                id,
+                complete: r.complete,
+            })
+        }
+        Some(S::Period(p)) => {
+            ordered("period", p.from_unix_nanos, p.to_unix_nanos)?;
+            filters("period.environments", &p.environments)?;
+            filters("period.repositories", &p.repositories)?;
+            Ok(Scope::Period {
+                from: p.from_unix_nanos,
+                to: p.to_unix_nanos,
+                environments: p.environments,
+                repositories: p.repositories,
+            })
+        }
         Some(S::Control(c)) => Ok(Scope::Control {
             control: Control::parse(&c.control).ok_or_else(|| {
-                Status::invalid_argument(format!(
+                super::refusal(tonic::Code::InvalidArgument, format!(
                     "control.control: {:?} is not one of soc2-cc8.1, iso27001-a8.32, hipaa-164.312b",
                     c.control
                 ))
             })?,
-            from: c.from_unix_nanos,
+            from: {
+                ordered("control", c.from_unix_nanos, c.to_unix_nanos)?;
+                c.from_unix_nanos
+            },
             to: c.to_unix_nanos,
         }),
         _ => Err(Status::invalid_argument(
             "scope: give change_id, period or control",
         )),
     }
+}
+
+fn filters(field: &str, list: &[String]) -> Result<(), Status> {
+    crate::evidence::check_filters(field, list)
+        .map_err(|m| super::refusal(tonic::Code::InvalidArgument, m))
 }
 
 /// Bundle bytes per streamed chunk.
@@ -232,7 +259,7 @@ impl pb::governance_server::Governance for GovernanceApi {
     ) -> Result<Response<pb::Decision>, Status> {
         self.guard.check(&req, "Authorize")?;
         let (mut question, change) = authorize_request(req.into_inner(), self.svc.now_nanos())
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+            .map_err(|e| super::refusal(tonic::Code::InvalidArgument, e.to_string()))?;
         let (d, _) = self
             .svc
             .read_durable(|s| {
@@ -278,7 +305,12 @@ impl pb::governance_server::Governance for GovernanceApi {
             .read_durable(|s| s.gov().change(&id).cloned())
             .await
             .map_err(stopped)?;
-        let c = c.ok_or_else(|| Status::not_found(format!("change_id: no change {id:?}")))?;
+        let c = c.ok_or_else(|| {
+            super::refusal(
+                tonic::Code::NotFound,
+                format!("change_id: no change {id:?}"),
+            )
+        })?;
         let cur = c.current();
         Ok(Response::new(pb::ChangeState {
             change_id: c.id.clone(),
@@ -374,9 +406,10 @@ impl pb::governance_server::Governance for GovernanceApi {
             "closed" => Some(ObligationStatus::Closed),
             "closed-late" => Some(ObligationStatus::ClosedLate),
             other => {
-                return Err(Status::invalid_argument(format!(
-                    "status: {other:?} is not one of open, overdue, closed, closed-late"
-                )));
+                return Err(super::refusal(
+                    tonic::Code::InvalidArgument,
+                    format!("status: {other:?} is not one of open, overdue, closed, closed-late"),
+                ));
             }
         };
         let clock = self.svc.now_nanos();

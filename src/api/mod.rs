@@ -8,6 +8,33 @@ mod governance;
 mod server;
 
 pub use governance::{GovernanceApi, MAX_EXPORTS};
+
+/// Longest status message sent back. A refusal often quotes the value it
+/// refuses; quoted whole, a long one makes a status that gRPC clients
+/// cannot read (their header limit is 8 to 16 KiB), so the reason is lost.
+pub const MAX_STATUS_MESSAGE: usize = 2048;
+
+/// `message` cut to [`MAX_STATUS_MESSAGE`] bytes (at a character boundary),
+/// saying that it was cut and how long it was.
+pub fn clip(message: String) -> String {
+    if message.len() <= MAX_STATUS_MESSAGE {
+        return message;
+    }
+    let mut end = MAX_STATUS_MESSAGE - 64;
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!(
+        "{}... (cut: the message was {} bytes)",
+        &message[..end],
+        message.len()
+    )
+}
+
+/// A refusal status whose message is [`clip`]ped.
+pub(crate) fn refusal(code: tonic::Code, message: impl Into<String>) -> tonic::Status {
+    tonic::Status::new(code, clip(message.into()))
+}
 pub use server::{LedgerApi, MAX_TAIL_STREAMS};
 
 /// Code generated from `proto/docket/v1/*.proto`.

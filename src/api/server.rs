@@ -229,7 +229,7 @@ impl LedgerApi {
 
 /// Maps every append error to a status; each variant is decided here.
 pub(crate) fn append_status(e: &AppendError) -> Status {
-    let msg = e.to_string();
+    let msg = super::clip(e.to_string());
     match e {
         AppendError::PayloadType { .. }
         | AppendError::SignatureCount(_)
@@ -568,7 +568,9 @@ impl pb::ledger_server::Ledger for LedgerApi {
             .await
             .map_err(|e| Status::unavailable(e.to_string()))?
             .0;
-        let p = found.ok_or_else(|| Status::not_found(format!("id: no principal {id:?}")))?;
+        let p = found.ok_or_else(|| {
+            super::refusal(tonic::Code::NotFound, format!("id: no principal {id:?}"))
+        })?;
         Ok(Response::new(p))
     }
 

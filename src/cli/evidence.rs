@@ -207,12 +207,17 @@ fn scope_of(a: &ExportArgs) -> Result<Scope, CliError> {
             from,
             to,
         },
-        None => Scope::Period {
-            from,
-            to,
-            environments: a.environments.clone(),
-            repositories: a.repositories.clone(),
-        },
+        None => {
+            crate::evidence::check_filters("--env", &a.environments).map_err(CliError::usage)?;
+            crate::evidence::check_filters("--repository", &a.repositories)
+                .map_err(CliError::usage)?;
+            Scope::Period {
+                from,
+                to,
+                environments: a.environments.clone(),
+                repositories: a.repositories.clone(),
+            }
+        }
     })
 }
 
@@ -419,7 +424,7 @@ fn verify(a: VerifyArgs) -> CliResult {
                 outln!(
                     "OK: {} entries of log {} at checkpoint {} ({} inclusion proofs{}), {} signatures, {} decisions re-evaluated, {} files regenerated or digest-checked; {} violation(s) in scope; {:.3} s",
                     r.entries,
-                    r.origin,
+                    printable(&r.origin),
                     r.checkpoint_size,
                     r.inclusion_proofs,
                     r.range
@@ -436,7 +441,7 @@ fn verify(a: VerifyArgs) -> CliResult {
                 // for the one the reader asked for.
                 outln!(
                     "scope: {}; as of {}",
-                    r.scope_words,
+                    printable(&r.scope_words),
                     crate::state::gov::fmt_nanos(r.as_of)
                 );
                 match r.history_proven_to {
@@ -449,7 +454,7 @@ fn verify(a: VerifyArgs) -> CliResult {
                     ),
                 }
                 let scope: serde_json::Value = serde_json::from_str(&r.scope).unwrap_or_default();
-                if let Some(id) = scope["change"].as_str() {
+                if let Some(id) = scope["change"].as_str().map(printable) {
                     match r.range {
                         Some((start, _)) => outln!(
                             "completeness: every entry from the one that opened change {id} \
@@ -494,9 +499,31 @@ fn verify(a: VerifyArgs) -> CliResult {
                     serde_json::json!({"ok": false, "what": f.what, "reason": f.reason})
                 );
             }
-            Err(CliError::failed(format!("FAILED: {f}")))
+            Err(CliError::failed(format!(
+                "FAILED: {}",
+                printable(&f.to_string())
+            )))
         }
     }
+}
+
+/// `s` with control characters escaped (`\u{1b}`): text from a bundle is
+/// the bundle author's, and must not drive the reader's terminal.
+fn printable(s: &str) -> std::borrow::Cow<'_, str> {
+    if !s.chars().any(char::is_control) {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    std::borrow::Cow::Owned(
+        s.chars()
+            .map(|c| {
+                if c.is_control() {
+                    c.escape_unicode().to_string()
+                } else {
+                    c.to_string()
+                }
+            })
+            .collect(),
+    )
 }
 
 #[cfg(test)]
@@ -542,5 +569,39 @@ mod tests {
         assert!(e.contains("after 2 of 3 bytes"), "{e}");
         let e = whole(Vec::new(), None).unwrap_err().message;
         assert!(e.contains("without sending the bundle"), "{e}");
+    }
+
+    #[test]
+    fn bundle_text_cannot_drive_the_terminal() {
+        assert_eq!(super::printable("env prod"), "env prod");
+        assert_eq!(
+            super::printable("\u{1b}[31mred\u{0}"),
+            "\\u{1b}[31mred\\u{0}"
+        );
+    }
+
+    #[test]
+    fn period_filters_are_bounded_and_printable() {
+        let check = |l: &[&str]| {
+            crate::evidence::check_filters(
+                "--env",
+                &l.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+            )
+        };
+        assert!(check(&["prod*", "staging"]).is_ok());
+        assert_eq!(check(&["prod", ""]).unwrap_err(), "--env[1]: \"\" is empty");
+        assert!(
+            check(&["\u{1b}[31m"])
+                .unwrap_err()
+                .contains("control character")
+        );
+        let long = "a".repeat(257);
+        assert!(
+            check(&[long.as_str()])
+                .unwrap_err()
+                .contains("longer than 256 bytes")
+        );
+        let many = vec!["e"; 65];
+        assert_eq!(check(&many).unwrap_err(), "--env: 65 patterns; at most 64");
     }
 }

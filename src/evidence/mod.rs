@@ -821,3 +821,33 @@ impl<S: Store + ?Sized> merkle::NodeSource for Nodes<'_, S> {
             .ok_or(ReadError::MissingNode { level, index })
     }
 }
+
+/// Most patterns one period filter may list.
+pub const MAX_FILTERS: usize = 64;
+/// Longest pattern of a period filter, in bytes.
+pub const MAX_FILTER_BYTES: usize = 256;
+
+/// A period's environment or repository filter (`field` names it in the
+/// refusal): the bundle's manifest and report carry it, so it is bounded
+/// and printable.
+pub fn check_filters(field: &str, list: &[String]) -> Result<(), String> {
+    if list.len() > MAX_FILTERS {
+        return Err(format!(
+            "{field}: {} patterns; at most {MAX_FILTERS}",
+            list.len()
+        ));
+    }
+    for (i, p) in list.iter().enumerate() {
+        let why = if p.is_empty() {
+            "is empty".to_owned()
+        } else if p.len() > MAX_FILTER_BYTES {
+            format!("is longer than {MAX_FILTER_BYTES} bytes")
+        } else if p.chars().any(char::is_control) {
+            "contains a control character".to_owned()
+        } else {
+            continue;
+        };
+        return Err(format!("{field}[{i}]: {p:?} {why}"));
+    }
+    Ok(())
+}

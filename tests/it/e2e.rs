@@ -1023,3 +1023,116 @@ async fn append_stream_stops_at_an_unreadable_message() {
     assert_eq!(s.size().await, before + 1);
     s.stop().await;
 }
+
+/// Hostile values get refusals a client can read: each names its field, a
+/// quoted value is cut so the status stays far below gRPC's header limit,
+/// and a period filter that would end up in a bundle's manifest must be
+/// bounded and printable (it used to fail the bundle's self-check as an
+/// INTERNAL "bug").
+#[tokio::test]
+async fn hostile_request_values_get_short_refusals_naming_the_field() {
+    let s = server().run().await;
+    let mut g = s.conn().governance().await.unwrap();
+    let mut l = s.client().await;
+    let short = |st: &tonic::Status, code: Code, start: &str| {
+        assert_eq!(st.code(), code, "{st:?}");
+        assert!(st.message().starts_with(start), "{:.200}", st.message());
+        assert!(
+            st.message().len() <= docket::api::MAX_STATUS_MESSAGE,
+            "{} bytes",
+            st.message().len()
+        );
+    };
+    let huge = "x".repeat(100_000);
+
+    let e = l
+        .get_principal(pb::GetPrincipalRequest { id: huge.clone() })
+        .await
+        .unwrap_err();
+    short(&e, Code::NotFound, "id: no principal \"xxx");
+    assert!(
+        e.message().ends_with("(cut: the message was 100019 bytes)"),
+        "{:.100}",
+        e.message()
+    );
+    let e = g
+        .get_change(pb::GetChangeRequest {
+            change_id: huge.clone(),
+        })
+        .await
+        .unwrap_err();
+    short(&e, Code::NotFound, "change_id: ");
+    let e = g
+        .authorize(pb::AuthorizeRequest {
+            environment: "prod".into(),
+            subjects: vec![huge.clone()],
+            actor: "ci".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    short(&e, Code::InvalidArgument, "subjects");
+    let e = g
+        .list_obligations(pb::ListObligationsRequest {
+            status: huge.clone(),
+        })
+        .await
+        .unwrap_err();
+    short(&e, Code::InvalidArgument, "status: ");
+
+    let export = |scope| pb::ExportEvidenceRequest {
+        scope: Some(scope),
+        progress: false,
+        complete: false,
+    };
+    use pb::export_evidence_request::Scope as S;
+    let period = |environments: Vec<String>| {
+        S::Period(pb::PeriodScope {
+            from_unix_nanos: 0,
+            to_unix_nanos: now_nanos(),
+            environments,
+            repositories: vec![],
+        })
+    };
+    let refused = |r: Result<
+        tonic::Response<tonic::Streaming<pb::EvidenceChunk>>,
+        tonic::Status,
+    >| { r.map(drop).expect_err("export refused") };
+    let e = refused(
+        g.export_evidence(export(period(vec!["*a".into(); 100])))
+            .await,
+    );
+    short(
+        &e,
+        Code::InvalidArgument,
+        "period.environments: 100 patterns; at most 64",
+    );
+    let e = refused(
+        g.export_evidence(export(period(vec!["\u{1b}[31m".into()])))
+            .await,
+    );
+    short(&e, Code::InvalidArgument, "period.environments[0]: ");
+    assert!(e.message().contains("control character"), "{}", e.message());
+    let e = refused(g.export_evidence(export(period(vec![huge.clone()]))).await);
+    short(&e, Code::InvalidArgument, "period.environments[0]: ");
+    let e = refused(
+        g.export_evidence(export(S::Period(pb::PeriodScope {
+            from_unix_nanos: 10,
+            to_unix_nanos: 10,
+            environments: vec![],
+            repositories: vec![],
+        })))
+        .await,
+    );
+    short(
+        &e,
+        Code::InvalidArgument,
+        "period.to_unix_nanos: the period is empty",
+    );
+    let e = refused(
+        g.export_evidence(export(S::ChangeId("../../x".into())))
+            .await,
+    );
+    short(&e, Code::InvalidArgument, "change_id: ");
+    s.stop().await;
+}
