@@ -52,6 +52,8 @@ pub enum KeyError {
     NotAPoint,
     #[error("public key has small order and would accept forged signatures")]
     Weak,
+    #[error("public key is not the canonical encoding of its point (RFC 8032 section 5.1.3)")]
+    NotCanonical,
 }
 
 /// A fresh signing key from the operating system's RNG.
@@ -70,6 +72,12 @@ pub fn parse_public_key(bytes: &[u8]) -> Result<VerifyingKey, KeyError> {
     let key = VerifyingKey::from_bytes(&arr).map_err(|_| KeyError::NotAPoint)?;
     if key.is_weak() {
         return Err(KeyError::Weak);
+    }
+    // RFC 8032 §5.1.3: decoding fails for y >= p (and for x = 0 with the
+    // sign bit set); dalek reduces such encodings instead. One point, one
+    // encoding: re-encoding must give the bytes back.
+    if key.to_edwards().compress().to_bytes() != arr {
+        return Err(KeyError::NotCanonical);
     }
     Ok(key)
 }
@@ -128,16 +136,13 @@ pub fn read_public_key(path: &Path) -> Result<VerifyingKey, KeyError> {
         reason,
     };
     let trimmed = text.trim();
-    let key = if trimmed.starts_with("-----BEGIN") {
-        VerifyingKey::from_public_key_pem(trimmed).map_err(|e| bad(e.to_string()))?
+    if trimmed.starts_with("-----BEGIN") {
+        let key = VerifyingKey::from_public_key_pem(trimmed).map_err(|e| bad(e.to_string()))?;
+        parse_public_key(key.as_bytes())
     } else {
         let raw = hex::decode(trimmed).map_err(|e| bad(e.to_string()))?;
-        return parse_public_key(&raw);
-    };
-    if key.is_weak() {
-        return Err(KeyError::Weak);
+        parse_public_key(&raw)
     }
-    Ok(key)
 }
 
 fn write_private(path: &Path, bytes: &[u8]) -> Result<(), KeyError> {
@@ -198,5 +203,36 @@ mod tests {
             parse_public_key(&[1, 2]),
             Err(KeyError::BadLength(2))
         ));
+    }
+
+    /// y + p for small y: the same point as y, which dalek decodes, but not
+    /// an encoding RFC 8032 accepts.
+    #[test]
+    fn non_canonical_encodings_are_refused() {
+        let mut refused = 0;
+        for small in 2u8..19 {
+            // p + small = 2^255 - 19 + small, little-endian.
+            let mut enc = [0xffu8; 32];
+            enc[31] = 0x7f;
+            enc[0] = 0xed + small;
+            let Ok(key) = VerifyingKey::from_bytes(&enc) else {
+                continue;
+            };
+            if key.is_weak() {
+                continue;
+            }
+            assert!(
+                matches!(parse_public_key(&enc), Err(KeyError::NotCanonical)),
+                "{enc:02x?}"
+            );
+            // The canonical encoding of the same point is fine.
+            let mut canonical = [0u8; 32];
+            canonical[0] = small;
+            if let Ok(k) = VerifyingKey::from_bytes(&canonical) {
+                assert_eq!(parse_public_key(&canonical).unwrap(), k);
+            }
+            refused += 1;
+        }
+        assert!(refused > 0, "no y + p in range decoded to a point");
     }
 }
