@@ -179,7 +179,10 @@ pub fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("DOCKET_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                // rpgp logs every unparsable OpenPGP signature it meets at
+                // info level, so one hostile commit could flood the log;
+                // Docket reports the verdict itself.
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,pgp=warn")),
         )
         .with_writer(std::io::stderr)
         .init();
