@@ -6,8 +6,8 @@ mod keys;
 mod note;
 
 pub use keys::{
-    KeyError, KeyId, generate_signing_key, parse_public_key, read_public_key, read_signing_key,
-    write_public_key, write_signing_key,
+    KeyError, KeyId, check_canonical, generate_signing_key, parse_public_key, read_public_key,
+    read_signing_key, write_public_key, write_signing_key,
 };
 pub use note::{NoteError, NoteSigner, NoteVerifier, check_key_name};
 

@@ -599,6 +599,23 @@ impl Service {
             .try_state(|s| s.signer_keys(&event))
             .map_err(|_| AppendError::Stopped)??
             .authenticate(&envelope)?;
+        // Keys declared from now on are canonical encodings (ledger-format
+        // §2.4); the decoder still reads others, which older logs may hold.
+        let declared: Vec<(&str, &ed25519_dalek::VerifyingKey)> = match &event.body {
+            Body::PrincipalRegistered(p) => p
+                .keys
+                .iter()
+                .map(|k| ("principal_registered.principal.public_keys", k))
+                .collect(),
+            Body::KeyRotated { new_key, .. } => vec![("key_rotated.new_public_key", new_key)],
+            _ => Vec::new(),
+        };
+        for (field, key) in declared {
+            crypto::check_canonical(key).map_err(|e| InvalidEvent {
+                field: field.into(),
+                reason: e.to_string(),
+            })?;
+        }
         // The costly checks of content (a git signature, a policy document)
         // come after the signature, so only a registered signer can ask for them.
         if let Body::CommitObserved(c) = &event.body {

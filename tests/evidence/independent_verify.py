@@ -145,15 +145,10 @@ _point_cache = {}
 
 
 def valid_public_key(key):
-    """A canonically encoded Ed25519 point that is not of small order (LF §2.4 rule 4, LF §3)."""
+    """A valid Ed25519 point that is not of small order (LF §2.4 rule 4, LF §3)."""
     if key not in _point_cache:
         pt = _ed_decode(key) if len(key) == 32 else None
-        canonical = (
-            pt is not None
-            and int.from_bytes(key, "little") & ((1 << 255) - 1) < _P
-            and not (pt[0] == 0 and key[31] >> 7)
-        )
-        _point_cache[key] = canonical and not _is_small_order(pt)
+        _point_cache[key] = pt is not None and not _is_small_order(pt)
     return _point_cache[key]
 
 

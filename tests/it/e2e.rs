@@ -302,6 +302,29 @@ async fn bad_input_is_refused_with_a_clear_status_and_the_log_unchanged() {
     let admin = s.admin_key();
     let mut c = s.client().await;
 
+    // A key whose bytes encode y + p: dalek reads it, RFC 8032 does not.
+    let non_canonical = (2u8..19)
+        .find_map(|small| {
+            let mut enc = [0xffu8; 32];
+            enc[31] = 0x7f;
+            enc[0] = 0xed + small;
+            ed25519_dalek::VerifyingKey::from_bytes(&enc)
+                .ok()
+                .filter(|k| !k.is_weak())
+        })
+        .unwrap();
+    let mut ev = register("odd-key", &admin, &[]);
+    if let Body::PrincipalRegistered(p) = &mut ev.body {
+        p.keys = vec![non_canonical];
+    }
+    expect_refused(
+        &s,
+        signed(&ev, &admin),
+        Code::InvalidArgument,
+        "principal_registered.principal.public_keys: public key is not the canonical encoding",
+    )
+    .await;
+
     // Bad signature.
     let mut req = signed(&note("bad-sig", "admin"), &admin);
     req.envelope.as_mut().unwrap().signatures[0].sig[5] ^= 0x40;
