@@ -100,6 +100,32 @@ impl Guard {
         Self::check_peer(&access, peer, method, jiff::Timestamp::now().as_second())
     }
 
+    /// The peer of a request, for [`Guard::recheck`] on a long-lived stream.
+    pub fn peer_of<T>(req: &tonic::Request<T>) -> Option<crate::tls::Peer> {
+        req.extensions().get::<crate::tls::Peer>().cloned()
+    }
+
+    /// Checks again, against the rules in force now, a caller that
+    /// [`Guard::check`] let in when its stream began: a stream (AppendStream,
+    /// Tail) ends once its certificate is revoked or expires, or its method
+    /// is taken away, instead of running for as long as the client keeps it.
+    pub fn recheck(
+        &self,
+        peer: Option<&crate::tls::Peer>,
+        method: &'static str,
+    ) -> Result<(), Status> {
+        let Some(slot) = &self.access else {
+            return Ok(());
+        };
+        let peer = peer
+            .ok_or_else(|| Status::unauthenticated("no client certificate on this connection"))?;
+        let access = slot
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        Self::check_peer(&access, peer, method, jiff::Timestamp::now().as_second()).map(drop)
+    }
+
     /// [`Guard::check`] for a given peer at `now` (Unix seconds).
     pub fn check_peer(
         access: &AccessState,
@@ -244,6 +270,11 @@ impl AccessPolicy {
             .collect();
         let v = serde_json::json!({ "identities": map });
         serde_json::to_string_pretty(&v).expect("a map of strings serialises") + "\n"
+    }
+
+    /// True when `identity` is listed (with any methods).
+    pub fn lists(&self, identity: &str) -> bool {
+        self.allowed.contains_key(identity)
     }
 
     /// How many transport identities are listed.

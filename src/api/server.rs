@@ -343,6 +343,8 @@ impl pb::ledger_server::Ledger for LedgerApi {
         req: Request<Streaming<pb::AppendRequest>>,
     ) -> Result<Response<Self::AppendStreamStream>, Status> {
         let identity = self.authorize(&req, "AppendStream")?;
+        let peer = Guard::peer_of(&req);
+        let guard = self.guard.clone();
         let svc = self.svc.clone();
         // Nothing after a message that could not be read is appended: the
         // stream ends with that error, and a client that resends from the
@@ -363,7 +365,11 @@ impl pb::ledger_server::Ledger for LedgerApi {
         let work = move |seq: u64, item: Result<pb::AppendRequest, Status>| {
             let svc = svc.clone();
             let identity = identity.clone();
+            // A certificate revoked (and the server reloaded) while the
+            // stream runs appends nothing more.
+            let allowed = guard.recheck(peer.as_ref(), "AppendStream");
             async move {
+                allowed?;
                 let result = match item {
                     // tonic reports bytes that are no AppendRequest as
                     // INTERNAL; they are the client's fault.
@@ -506,6 +512,8 @@ impl pb::ledger_server::Ledger for LedgerApi {
         req: Request<pb::TailRequest>,
     ) -> Result<Response<Self::TailStream>, Status> {
         self.authorize(&req, "Tail")?;
+        let peer = Guard::peer_of(&req);
+        let guard = self.guard.clone();
         let permit = self.tails.clone().try_acquire_owned().map_err(|_| {
             Status::resource_exhausted(format!(
                 "{MAX_TAIL_STREAMS} Tail streams are open, the most the server keeps at once; retry when one ends"
@@ -523,6 +531,12 @@ impl pb::ledger_server::Ledger for LedgerApi {
             loop {
                 let size = *size_rx.borrow_and_update();
                 while next < size {
+                    // Nothing more for a certificate revoked, expired or
+                    // refused Tail since the stream began.
+                    if let Err(refused) = guard.recheck(peer.as_ref(), "Tail") {
+                        let _ = tx.send(Err(refused)).await;
+                        return;
+                    }
                     let item = match reader.entry(next) {
                         Ok(Some((entry, leaf))) => Ok(pb::EntryResponse {
                             index: next,

@@ -100,6 +100,23 @@ impl Conn {
             // file as a transport error (exit 69, "retry"): check them first.
             crate::tls::client_config(&self.ca, &self.cert, &self.key)
                 .map_err(|e| CliError::usage(format!("TLS files: {e}")))?;
+            // An expired certificate is refused at the handshake, which a
+            // client sees only as a transport error: say so first.
+            if let Ok((info, _)) = crate::tls::pki::read_cert_info(&self.cert) {
+                let now = jiff::Timestamp::now().as_second();
+                if now > info.not_after {
+                    return Err(CliError {
+                        message: format!(
+                            "client certificate {} ({}) expired at {}; ask for a new one \
+                             (docket cert issue --cn NAME --replace)",
+                            self.cert.display(),
+                            info.subject,
+                            crate::tls::pki::fmt_secs(info.not_after)
+                        ),
+                        code: EXIT_NO_PERMISSION,
+                    });
+                }
+            }
             let host = self
                 .url
                 .split("://")
@@ -109,6 +126,7 @@ impl Conn {
                         .map(|(h, _)| h.trim_matches(['[', ']']).to_owned())
                 })
                 .unwrap_or_else(|| "localhost".into());
+            self.probe_certificate(&host).await?;
             let tls = ClientTlsConfig::new()
                 .ca_certificate(Certificate::from_pem(read(&self.ca)?))
                 .identity(Identity::from_pem(read(&self.cert)?, read(&self.key)?))
@@ -137,6 +155,17 @@ impl Conn {
                 ))
             })?;
         connected.map_err(|e| {
+            if let Some(alert) = certificate_refused(&e) {
+                return CliError {
+                    message: format!(
+                        "connecting to {}: the server refused the client certificate {} ({alert}): \
+                         it is revoked, expired or not from the server's client CA",
+                        self.url,
+                        self.cert.display()
+                    ),
+                    code: EXIT_NO_PERMISSION,
+                };
+            }
             CliError::unavailable(format!(
                 "connecting to {}: {e}. If the server refused the handshake, check that the client \
                  certificate ({}) is signed by the server's client CA; a missing or foreign \
@@ -145,6 +174,67 @@ impl Conn {
                 self.cert.display()
             ))
         })
+    }
+
+    /// With TLS 1.3 a client finishes its handshake before the server has
+    /// judged its certificate; a refusal (revoked, expired, unknown CA)
+    /// reaches tonic only as a cancelled call, which reads like a server
+    /// that did not answer (exit 69, "retry"). One handshake of our own,
+    /// read until the server's first HTTP/2 frame, tells the two apart:
+    /// a refused certificate is exit 77 naming the TLS alert. Anything else
+    /// that goes wrong here is left for the real connection to report.
+    async fn probe_certificate(&self, host: &str) -> Result<(), CliError> {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let Some(authority) = self
+            .url
+            .split("://")
+            .nth(1)
+            .map(|r| r.trim_end_matches('/'))
+        else {
+            return Ok(());
+        };
+        let Ok(cfg) = crate::tls::client_config(&self.ca, &self.cert, &self.key) else {
+            return Ok(());
+        };
+        let Ok(name) = rustls::pki_types::ServerName::try_from(host.to_owned()) else {
+            return Ok(());
+        };
+        let probe = async {
+            let tcp = tokio::net::TcpStream::connect(authority).await.ok()?;
+            let mut tls = match tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))
+                .connect(name, tcp)
+                .await
+            {
+                Ok(t) => t,
+                Err(e) => return certificate_refused(&e),
+            };
+            if let Err(e) = tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await {
+                return certificate_refused(&e);
+            }
+            let mut byte = [0u8; 1];
+            match tls.read(&mut byte).await {
+                Err(e) => certificate_refused(&e),
+                Ok(_) => None,
+            }
+        };
+        match tokio::time::timeout(CONNECT_TIMEOUT, probe).await {
+            Ok(Some(alert)) => Err(CliError {
+                message: format!(
+                    "connecting to {}: the server refused the client certificate {} ({alert}): \
+                     it is revoked, expired or not from the server's client CA",
+                    self.url,
+                    self.cert.display()
+                ),
+                code: EXIT_NO_PERMISSION,
+            }),
+            Ok(None) => Ok(()),
+            Err(_) => Err(CliError::unavailable(format!(
+                "connecting to {}: no TLS/HTTP/2 handshake within {} s; is it a Docket server, \
+                 and does it answer?",
+                self.url,
+                CONNECT_TIMEOUT.as_secs()
+            ))),
+        }
     }
 
     /// A Ledger client whose calls time out after [`CALL_TIMEOUT`].
@@ -195,12 +285,42 @@ pub const CALL_TIMEOUT: Duration = Duration::from_secs(60);
 const KEEPALIVE_EVERY: Duration = Duration::from_secs(20);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// Turns a gRPC status into a CLI error that keeps the server's words.
 /// The server refused the request as malformed (`INVALID_ARGUMENT`); BSD's EX_DATAERR.
 pub const EXIT_BAD_REQUEST: u8 = 65;
-/// The server refused this caller (`PERMISSION_DENIED`, `UNAUTHENTICATED`); BSD's EX_NOPERM.
+/// The server refused this caller (`PERMISSION_DENIED`, `UNAUTHENTICATED`,
+/// or its client certificate at the handshake); BSD's EX_NOPERM.
 pub const EXIT_NO_PERMISSION: u8 = 77;
 
+/// The TLS alert with which the server refused our client certificate, if
+/// that is what `e` (or an error under it) reports.
+pub fn certificate_refused(e: &(dyn std::error::Error + 'static)) -> Option<String> {
+    const REFUSALS: &[&str] = &[
+        "CertificateRevoked",
+        "CertificateExpired",
+        "BadCertificate",
+        "CertificateUnknown",
+        "UnknownCA",
+        "CertificateRequired",
+        "AccessDenied",
+    ];
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        let text = err.to_string();
+        if let Some((_, alert)) = text.split_once("received fatal alert: ") {
+            let alert = alert
+                .split(|c: char| !c.is_ascii_alphanumeric())
+                .next()
+                .unwrap_or("");
+            if REFUSALS.contains(&alert) {
+                return Some(alert.to_owned());
+            }
+        }
+        cur = err.source();
+    }
+    None
+}
+
+/// Turns a gRPC status into a CLI error that keeps the server's words.
 pub fn status_err(what: &str, s: tonic::Status) -> CliError {
     let hint = if s.code() == tonic::Code::Unknown && s.message().contains("transport") {
         " (a transport error here often means the server refused our client certificate)"
@@ -219,6 +339,15 @@ pub fn status_err(what: &str, s: tonic::Status) -> CliError {
         tonic::Code::Unknown => s.message().contains("transport error"),
         _ => false,
     };
+    if let Some(alert) = certificate_refused(&s) {
+        return CliError {
+            message: format!(
+                "{message}: the server refused the client certificate ({alert}): it is revoked, \
+                 expired or not from the server's client CA"
+            ),
+            code: EXIT_NO_PERMISSION,
+        };
+    }
     if no_answer {
         return CliError::unavailable(format!(
             "{message}. No answer came back: nothing was decided by this call; if it records \

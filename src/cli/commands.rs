@@ -138,6 +138,10 @@ fn print_init_summary(dd: &DataDir) {
 }
 
 pub(crate) async fn serve(a: ServeArgs) -> CliResult {
+    // Installed before anything else: SIGHUP's default action would end
+    // the process without a drain.
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .map_err(|e| CliError::failed(format!("installing a SIGHUP handler: {e}")))?;
     let dd = DataDir::new(&a.data.data);
     if !dd.is_initialised() {
         dd.init(&InitOptions::default()).map_err(CliError::usage)?;
@@ -197,6 +201,10 @@ pub(crate) async fn serve(a: ServeArgs) -> CliResult {
         }
     );
     outln!(
+        "pid {}: SIGTERM drains and stops, SIGHUP reloads access.json and client certificate revocations",
+        std::process::id()
+    );
+    outln!(
         "try:  docket --help;  docket checkpoint --data {}",
         dd.root.display()
     );
@@ -206,32 +214,35 @@ pub(crate) async fn serve(a: ServeArgs) -> CliResult {
     }
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| CliError::failed(format!("installing a SIGTERM handler: {e}")))?;
-    if let Some(reloader) = server.reloader() {
-        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-            .map_err(|e| CliError::failed(format!("installing a SIGHUP handler: {e}")))?;
-        tokio::spawn(async move {
-            while hup.recv().await.is_some() {
-                match reloader.reload() {
-                    Ok(r) => {
-                        tracing::info!(
-                            identities = r.identities,
-                            revoked_certificates = r.revoked,
-                            "SIGHUP: reloaded access.json, the CRL and the server certificate"
-                        );
-                        outln!(
-                            "reloaded: access.json lists {} identities; {} client certificates revoked",
-                            r.identities,
-                            r.revoked
-                        );
-                    }
-                    Err(e) => tracing::error!(
-                        cause = %e,
-                        "SIGHUP: reload failed; the previous TLS and access settings stay in force"
-                    ),
+    let reloader = server.reloader();
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            let Some(reloader) = &reloader else {
+                tracing::warn!(
+                    "SIGHUP: a server without TLS has no access rules or certificates to reload"
+                );
+                continue;
+            };
+            match reloader.reload() {
+                Ok(r) => {
+                    tracing::info!(
+                        identities = r.identities,
+                        revoked_certificates = r.revoked,
+                        "SIGHUP: reloaded access.json, the CRL and the server certificate"
+                    );
+                    outln!(
+                        "reloaded: access.json lists {} identities; {} client certificates revoked",
+                        r.identities,
+                        r.revoked
+                    );
                 }
+                Err(e) => tracing::error!(
+                    cause = %e,
+                    "SIGHUP: reload failed; the previous TLS and access settings stay in force"
+                ),
             }
-        });
-    }
+        }
+    });
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let run = server.run(async {
         let _ = stop_rx.await;
@@ -425,11 +436,16 @@ fn cert_issue(
     }
     let issued = crate::tls::issue_client_cert(&dd.tls(), cn, &out, days, replace)
         .map_err(CliError::usage)?;
-    if let Some(old) = &issued.replaced {
-        outln!(
+    match &issued.replaced {
+        Some(old) if old.newly => outln!(
             "revoked the certificate it replaces (serial {}, reason superseded)",
-            old.serial
-        );
+            old.info.serial
+        ),
+        Some(old) => outln!(
+            "the certificate it replaces (serial {}) was revoked already",
+            old.info.serial
+        ),
+        None => {}
     }
     outln!(
         "issued {} (key {}) for transport identity {identity:?}, serial {}, valid until {}",
@@ -439,7 +455,11 @@ fn cert_issue(
         crate::tls::pki::fmt_secs(issued.info.not_after)
     );
     if allow.is_empty() {
-        outln!("it may call nothing until access.json lists it (or re-run with --allow METHOD)");
+        if !access.lists(&identity) {
+            outln!(
+                "it may call nothing until access.json lists it (or re-run with --allow METHOD)"
+            );
+        }
     } else {
         let p = dd.access_path();
         crate::tls::pki::replace_file(&p, &access.to_json(), false)
@@ -449,7 +469,7 @@ fn cert_issue(
             p.display()
         );
     }
-    if issued.replaced.is_some() {
+    if issued.replaced.as_ref().is_some_and(|r| r.newly) {
         outln!("reload the server (SIGHUP) or restart it to refuse the replaced certificate");
     }
     Ok(())

@@ -196,19 +196,55 @@ fn client_verifier(
     }
     let mut builder = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
     if let Some(crl) = crl.filter(|p| p.exists()) {
+        let bad = |reason: String| TlsError::Pem {
+            path: crl.display().to_string(),
+            reason,
+        };
         let crls = rustls::pki_types::CertificateRevocationListDer::pem_slice_iter(&read(crl)?)
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| TlsError::Pem {
-                path: crl.display().to_string(),
-                reason: e.to_string(),
+            .map_err(|e| bad(e.to_string()))?;
+        // A CRL the CA did not sign would make the verifier refuse every
+        // client certificate (its revocation status unknown, or the CRL's
+        // signature bad): refuse the file instead, by name.
+        let ca = certs(client_ca)?;
+        for c in &crls {
+            crl_of_ca(c, &ca).map_err(|e| {
+                bad(format!(
+                    "not a revocation list of the client CA {}: {e}",
+                    client_ca.display()
+                ))
             })?;
+        }
         // A CRL past its next update still revokes what it lists (the
-        // verifier's default); only the development CA's own CRL is read.
-        builder = builder.with_crls(crls);
+        // verifier's default). Only client certificates are looked up: the
+        // CA is the trust anchor.
+        builder = builder.with_crls(crls).only_check_end_entity_revocation();
     }
     builder
         .build()
         .map_err(|e| TlsError::Verifier(e.to_string()))
+}
+
+/// Checks that one of the certificates in `ca` issued and signed `crl`.
+fn crl_of_ca(crl: &[u8], ca: &[CertificateDer<'_>]) -> Result<(), String> {
+    use x509_parser::prelude::FromDer as _;
+    let (_, crl) = x509_parser::revocation_list::CertificateRevocationList::from_der(crl)
+        .map_err(|e| e.to_string())?;
+    let mut why = "the client CA file holds no certificate".to_owned();
+    for c in ca {
+        let Ok((_, cert)) = x509_parser::parse_x509_certificate(c) else {
+            continue;
+        };
+        if crl.issuer() != cert.subject() {
+            why = format!("issued by {}, not by {}", crl.issuer(), cert.subject());
+            continue;
+        }
+        match crl.verify_signature(cert.public_key()) {
+            Ok(()) => return Ok(()),
+            Err(e) => why = format!("its signature does not verify with the CA's key: {e}"),
+        }
+    }
+    Err(why)
 }
 
 /// Whether the CA in `client_ca` issued `der` as a client certificate that

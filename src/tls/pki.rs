@@ -119,11 +119,13 @@ pub fn revoked(pki: &PkiPaths) -> Result<Vec<Revoked>, TlsError> {
         return Ok(Vec::new());
     }
     let text = read(p)?;
-    let f: RevokedFile = serde_json::from_slice(&text).map_err(|e| TlsError::Pem {
+    let mut f: RevokedFile = serde_json::from_slice(&text).map_err(|e| TlsError::Pem {
         path: p.display().to_string(),
         reason: e.to_string(),
     })?;
-    for r in &f.revoked {
+    for r in &mut f.revoked {
+        // As `cert_info` writes it, whatever a hand edit made of it.
+        r.serial = r.serial.to_ascii_lowercase();
         if r.serial.is_empty() || hex::decode(&r.serial).is_err() {
             return Err(TlsError::Pem {
                 path: p.display().to_string(),
@@ -172,15 +174,9 @@ fn ca_issuer(pki: &PkiPaths) -> Result<Issuer<'static, KeyPair>, TlsError> {
 /// Writes `data` to `path` through a temporary file and a rename, so a
 /// reader sees the old or the new file, never half of one.
 pub fn replace_file(path: &Path, data: &str, private: bool) -> Result<(), TlsError> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    let _ = std::fs::remove_file(&tmp);
-    super::write(&tmp, data, private)?;
-    std::fs::rename(&tmp, path).map_err(|source| TlsError::Io {
-        path: path.display().to_string(),
-        source,
-    })
+    let tmp = aside(path);
+    write_new(&tmp, data, private)?;
+    rename(&tmp, path)
 }
 
 /// A newly issued client certificate.
@@ -190,7 +186,7 @@ pub struct Issued {
     pub key: PathBuf,
     pub info: CertInfo,
     /// The certificate this one replaced, now revoked as superseded.
-    pub replaced: Option<CertInfo>,
+    pub replaced: Option<Replaced>,
 }
 
 /// Checks a common name for `cert issue`.
@@ -260,13 +256,6 @@ pub fn issue_with_validity(
         });
     }
     let issuer = ca_issuer(pki)?;
-    let replaced = if existing && cert_path.exists() {
-        let (info, _) = read_cert_info(&cert_path)?;
-        revoke_info(pki, &issuer, &info, "superseded")?;
-        Some(info)
-    } else {
-        None
-    };
     let key = KeyPair::generate()?;
     let mut params = CertificateParams::new(Vec::<String>::new())?;
     params.distinguished_name.push(DnType::CommonName, cn);
@@ -275,22 +264,71 @@ pub fn issue_with_validity(
     params.not_after = odt(not_after)?;
     params.serial_number = Some(random_serial());
     let cert = params.signed_by(&key, &issuer)?;
-    std::fs::create_dir_all(out).map_err(|source| TlsError::Io {
-        path: out.display().to_string(),
-        source,
-    })?;
-    // The key first: a certificate file never names a key that is not there.
-    replace_file(&key_path, &key.serialize_pem(), true)?;
-    replace_file(&cert_path, &cert.pem(), false)?;
     let info = cert_info(cert.der()).ok_or_else(|| TlsError::Pem {
         path: cert_path.display().to_string(),
         reason: "the certificate just issued does not parse".into(),
     })?;
+    std::fs::create_dir_all(out).map_err(|source| TlsError::Io {
+        path: out.display().to_string(),
+        source,
+    })?;
+    // Both new files are written aside first; only then is the old
+    // certificate revoked and are the two files put in place, so a failure
+    // leaves the old pair whole (and, before the revocation, valid).
+    let key_tmp = aside(&key_path);
+    let cert_tmp = aside(&cert_path);
+    let staged = write_new(&key_tmp, &key.serialize_pem(), true)
+        .and_then(|()| write_new(&cert_tmp, &cert.pem(), false));
+    let replaced = staged.and_then(|()| match cert_path.exists() {
+        true => {
+            let (old, _) = read_cert_info(&cert_path)?;
+            let newly = revoke_info(pki, &issuer, &old, "superseded")?.is_some();
+            Ok(Some(Replaced { info: old, newly }))
+        }
+        false => Ok(None),
+    });
+    let replaced = match replaced {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = std::fs::remove_file(&key_tmp);
+            let _ = std::fs::remove_file(&cert_tmp);
+            return Err(e);
+        }
+    };
+    // The key first: a certificate file never names a key that is not there.
+    rename(&key_tmp, &key_path)?;
+    rename(&cert_tmp, &cert_path)?;
     Ok(Issued {
         cert: cert_path,
         key: key_path,
         info,
         replaced,
+    })
+}
+
+/// The certificate a renewal replaced.
+#[derive(Debug)]
+pub struct Replaced {
+    pub info: CertInfo,
+    /// False when it had been revoked already.
+    pub newly: bool,
+}
+
+fn aside(path: &Path) -> PathBuf {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    PathBuf::from(tmp)
+}
+
+fn write_new(path: &Path, data: &str, private: bool) -> Result<(), TlsError> {
+    let _ = std::fs::remove_file(path);
+    super::write(path, data, private)
+}
+
+fn rename(from: &Path, to: &Path) -> Result<(), TlsError> {
+    std::fs::rename(from, to).map_err(|source| TlsError::Io {
+        path: to.display().to_string(),
+        source,
     })
 }
 
@@ -336,25 +374,49 @@ fn revoke_info(
             reason: format!("{reason:?} is not one of {}", REASONS.join(", ")),
         });
     }
+    // One revocation at a time: each reads the list, adds to it and signs.
+    let _lock = lock(pki)?;
     let mut list = revoked(pki)?;
-    if list.iter().any(|r| r.serial == info.serial) {
-        return Ok(None);
-    }
-    let entry = Revoked {
-        serial: info.serial.clone(),
-        subject: info.subject.clone(),
-        not_after: rfc3339(info.not_after),
-        revoked_at: rfc3339(now_secs()),
-        reason: reason.to_owned(),
-    };
-    list.push(entry.clone());
-    // The CRL first: if writing the list then fails, the certificate is
-    // refused at the handshake anyway, and the next revocation rewrites both.
-    write_crl(pki, issuer, &list)?;
-    let json = serde_json::to_string_pretty(&RevokedFile { revoked: list })
+    let added = if list.iter().any(|r| r.serial == info.serial) {
+        None
+    } else {
+        let entry = Revoked {
+            serial: info.serial.clone(),
+            subject: info.subject.clone(),
+            not_after: rfc3339(info.not_after),
+            revoked_at: rfc3339(now_secs()),
+            reason: reason.to_owned(),
+        };
+        list.push(entry.clone());
+        // The list is the record; the CRL is signed from it.
+        let json = serde_json::to_string_pretty(&RevokedFile {
+            revoked: list.clone(),
+        })
         .map_err(|e| TlsError::Verifier(e.to_string()))?;
-    replace_file(&pki.revoked, &format!("{json}\n"), false)?;
-    Ok(Some(entry))
+        replace_file(&pki.revoked, &format!("{json}\n"), false)?;
+        Some(entry)
+    };
+    // Re-signed every time, also when nothing was added: a CRL an earlier
+    // failure left behind the list is brought level with it.
+    write_crl(pki, issuer, &list)?;
+    Ok(added)
+}
+
+/// An exclusive lock on `<tls>/revoked.lock`, held until dropped.
+fn lock(pki: &PkiPaths) -> Result<std::fs::File, TlsError> {
+    let path = pki.revoked.with_file_name("revoked.lock");
+    let io = |source| TlsError::Io {
+        path: path.display().to_string(),
+        source,
+    };
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(io)?;
+    f.lock().map_err(io)?;
+    Ok(f)
 }
 
 /// How long a CRL says it is good for. The server does not enforce it (a
@@ -384,7 +446,9 @@ fn write_crl(
     let params = CertificateRevocationListParams {
         this_update: odt(now)?,
         next_update: odt(now + CRL_DAYS * 86_400)?,
-        crl_number: SerialNumber::from(list.len() as u64),
+        // Increases with every CRL signed (RFC 5280 §5.2.3), also when one
+        // is re-signed with the same list.
+        crl_number: SerialNumber::from(u64::try_from(now).unwrap_or(0).max(list.len() as u64)),
         issuing_distribution_point: None,
         revoked_certs,
         key_identifier_method: KeyIdMethod::Sha256,

@@ -113,7 +113,9 @@ async fn revoked_and_expired_client_certificates_are_refused() {
     // Renewed: a new serial, accepted once the server reloads; the revoked
     // one it replaced is not counted twice.
     let renewed = docket::tls::issue_client_cert(&tls, "ci", &clients, 30, true).unwrap();
-    assert_eq!(renewed.replaced.unwrap().serial, issued.serial);
+    let replaced = renewed.replaced.unwrap();
+    assert_eq!(replaced.info.serial, issued.serial);
+    assert!(!replaced.newly, "it was revoked already");
     assert_ne!(renewed.info.serial, issued.serial);
     assert_eq!(s.reloader.reload().unwrap().revoked, 1);
     let mut ci = s.client_as("ci").await;
@@ -188,8 +190,114 @@ async fn revocation_and_renewal_refuse_what_they_cannot_do() {
     }
     // Nothing was revoked by the refused renewals.
     assert!(pki::revoked(&mine).unwrap().is_empty());
+    // A renewal revokes the certificate it replaces, and the pair on disk
+    // is the new one.
+    let (before, _) = pki::read_cert_info(&out.join("ci.pem")).unwrap();
+    let renewed = docket::tls::issue_client_cert(&mine, "ci", &out, 1, true).unwrap();
+    let replaced = renewed.replaced.unwrap();
+    assert!(replaced.newly);
+    assert_eq!(replaced.info.serial, before.serial);
+    let revoked = pki::revoked(&mine).unwrap();
+    assert_eq!(revoked.len(), 1);
+    assert_eq!(
+        (revoked[0].serial.as_str(), revoked[0].reason.as_str()),
+        (before.serial.as_str(), "superseded")
+    );
+    docket::tls::client_config(&mine.ca_cert, &out.join("ci.pem"), &out.join("ci.key")).unwrap();
+    assert_eq!(
+        pki::read_cert_info(&out.join("ci.pem")).unwrap().0.serial,
+        renewed.info.serial
+    );
+    assert!(!out.join("ci.pem.tmp").exists() && !out.join("ci.key.tmp").exists());
+    // The CRL is re-signed from the list each time, also when nothing is added.
+    std::fs::remove_file(&mine.crl).unwrap();
+    let e = pki::revoke(&mine, &out.join("ci.pem"), "unspecified").unwrap();
+    assert!(e.is_some());
+    assert!(mine.crl.exists());
+
+    // A CRL from another CA would make the server refuse every client:
+    // the server refuses the file instead, naming it.
+    pki::revoke(&other, &other.client_cert, "unspecified").unwrap();
+    std::fs::copy(&other.crl, &mine.crl).unwrap();
+    let e = docket::tls::server_config(
+        &mine.ca_cert,
+        &mine.server_cert,
+        &mine.server_key,
+        Some(&mine.crl),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("not a revocation list of the client CA"), "{e}");
     let listed = pki::list(&mine, &out).unwrap();
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0].info.subject, "CN=ci");
-    assert!(listed[0].revoked.is_none());
+    assert_eq!(
+        listed[0].revoked.as_ref().map(|r| r.reason.as_str()),
+        Some("unspecified")
+    );
+}
+
+/// Streams opened before a revocation end once the server has reloaded:
+/// a following Tail gets UNAUTHENTICATED instead of the next entry, and an
+/// AppendStream appends nothing more.
+#[tokio::test]
+async fn open_streams_end_when_their_certificate_is_revoked() {
+    use futures::StreamExt as _;
+    let s = server()
+        .with_access(
+            r#"{"identities": {"CN=docket-admin": ["*"], "CN=siem": ["Tail"], "CN=ci": ["AppendStream"]}}"#,
+        )
+        .run()
+        .await;
+    let admin = s.admin_key();
+    let tls = s.data.tls();
+    let clients = s.dir.path().join("clients");
+    let mut siem = s.client_as("siem").await;
+    let mut ci = s.client_as("ci").await;
+    let mut tail = siem
+        .tail(pb::TailRequest {
+            from_index: 0,
+            follow: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(tail.next().await.unwrap().unwrap().index, 0);
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let mut appends = ci
+        .append_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let ev = |id: &str| crate::common::signed(&crate::common::note(id, "admin"), &admin);
+    tx.send(ev("before")).await.unwrap();
+    let first = appends.next().await.unwrap().unwrap();
+    assert!(matches!(
+        first.result,
+        Some(pb::append_stream_response::Result::Receipt(_))
+    ));
+    let size = s.size().await;
+    assert_eq!(tail.next().await.unwrap().unwrap().index, size - 1);
+
+    for cn in ["siem", "ci"] {
+        pki::revoke(&tls, &clients.join(format!("{cn}.pem")), "key-compromise").unwrap();
+    }
+    s.reloader.reload().unwrap();
+
+    // The AppendStream's next message is refused, and the stream ends.
+    tx.send(ev("after")).await.unwrap();
+    let e = appends.next().await.unwrap().unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e}");
+    assert!(e.message().contains("is revoked"), "{e}");
+    assert_eq!(s.size().await, size);
+    // The next entry (from the admin) is not sent to the revoked SIEM.
+    let mut c = s.client().await;
+    c.append(ev("admin-after")).await.unwrap();
+    let e = tail.next().await.unwrap().unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e}");
+    assert!(tail.next().await.is_none());
+    // The client still holds its side of the AppendStream open; close it
+    // so the server's drain can finish.
+    drop((tx, appends, ci, siem, tail));
+    s.stop().await;
 }
