@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use tokio::net::TcpListener;
 
-use crate::api::access::{AccessSlot, AccessState, Guard};
+use crate::api::access::{AccessCell, AccessSlot, AccessState, Guard};
 use crate::api::{GovernanceApi, LedgerApi, pb};
 use crate::service::Service;
 use crate::tls::{ConfigSlot, TlsError};
@@ -84,10 +84,7 @@ impl Reloader {
             .tls
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(cfg);
-        *self
-            .access
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(state);
+        self.access.replace(state);
         Ok(done)
     }
 }
@@ -137,7 +134,7 @@ impl Server {
                 Some(Reloader {
                     data,
                     tls: Arc::new(std::sync::RwLock::new(Arc::new(cfg))),
-                    access: Arc::new(std::sync::RwLock::new(Arc::new(state))),
+                    access: Arc::new(AccessCell::new(state)),
                 })
             }
             Transport::DangerousPlaintext => None,

@@ -48,8 +48,42 @@ pub struct AccessState {
     pub revoked: BTreeSet<String>,
 }
 
-/// Where the guard finds the current [`AccessState`].
-pub type AccessSlot = Arc<RwLock<Arc<AccessState>>>;
+/// Where the guard finds the current [`AccessState`]; a reload replaces it
+/// and tells long-lived streams, which check their caller again.
+#[derive(Debug)]
+pub struct AccessCell {
+    state: RwLock<Arc<AccessState>>,
+    reloads: tokio::sync::watch::Sender<u64>,
+}
+
+impl AccessCell {
+    pub fn new(state: AccessState) -> Self {
+        AccessCell {
+            state: RwLock::new(Arc::new(state)),
+            reloads: tokio::sync::watch::Sender::new(0),
+        }
+    }
+
+    /// The rules in force.
+    pub fn get(&self) -> Arc<AccessState> {
+        self.state
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Puts `state` in force and wakes the streams that watch for it.
+    pub fn replace(&self, state: AccessState) {
+        *self
+            .state
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(state);
+        self.reloads.send_modify(|n| *n += 1);
+    }
+}
+
+/// Shared by the guard and the server's reloader.
+pub type AccessSlot = Arc<AccessCell>;
 
 /// The one place where transport identities are checked.
 #[derive(Clone, Debug)]
@@ -62,10 +96,10 @@ pub struct Guard {
 impl Guard {
     /// Checks client certificates against `access` (no revocations).
     pub fn new(access: AccessPolicy) -> Self {
-        Self::shared(Arc::new(RwLock::new(Arc::new(AccessState {
+        Self::shared(Arc::new(AccessCell::new(AccessState {
             policy: access,
             revoked: BTreeSet::new(),
-        }))))
+        })))
     }
 
     /// Checks client certificates against whatever `slot` holds at each call.
@@ -93,11 +127,12 @@ impl Guard {
             .extensions()
             .get::<crate::tls::Peer>()
             .ok_or_else(|| Status::unauthenticated("no client certificate on this connection"))?;
-        let access = slot
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone();
-        Self::check_peer(&access, peer, method, jiff::Timestamp::now().as_second())
+        Self::check_peer(
+            &slot.get(),
+            peer,
+            method,
+            jiff::Timestamp::now().as_second(),
+        )
     }
 
     /// The peer of a request, for [`Guard::recheck`] on a long-lived stream.
@@ -119,11 +154,18 @@ impl Guard {
         };
         let peer = peer
             .ok_or_else(|| Status::unauthenticated("no client certificate on this connection"))?;
-        let access = slot
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone();
-        Self::check_peer(&access, peer, method, jiff::Timestamp::now().as_second()).map(drop)
+        Self::check_peer(
+            &slot.get(),
+            peer,
+            method,
+            jiff::Timestamp::now().as_second(),
+        )
+        .map(drop)
+    }
+
+    /// Changes when the access rules are reloaded; `None` without TLS.
+    pub fn reloads(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        self.access.as_ref().map(|c| c.reloads.subscribe())
     }
 
     /// [`Guard::check`] for a given peer at `now` (Unix seconds).

@@ -365,11 +365,14 @@ impl pb::ledger_server::Ledger for LedgerApi {
         let work = move |seq: u64, item: Result<pb::AppendRequest, Status>| {
             let svc = svc.clone();
             let identity = identity.clone();
-            // A certificate revoked (and the server reloaded) while the
-            // stream runs appends nothing more.
-            let allowed = guard.recheck(peer.as_ref(), "AppendStream");
+            let (guard, peer) = (guard.clone(), peer.clone());
             async move {
-                allowed?;
+                // Checked when the append starts, not when the message was
+                // read: once the server has reloaded with this certificate
+                // revoked, no message of the stream starts an append (one
+                // already under way completes, and its receipt comes before
+                // the refusal, which ends the stream).
+                guard.recheck(peer.as_ref(), "AppendStream")?;
                 let result = match item {
                     // tonic reports bytes that are no AppendRequest as
                     // INTERNAL; they are the client's fault.
@@ -524,15 +527,35 @@ impl pb::ledger_server::Ledger for LedgerApi {
         let mut size_rx = self.svc.size_watch();
         let mut stopping = self.stopping.clone();
         let (tx, rx) = tokio::sync::mpsc::channel(TAIL_BACKLOG);
+        let mut reloads = guard.reloads();
+        // Wakes an idle following stream when its certificate expires (one
+        // second late, so that the wall clock has passed its end too).
+        let expires_in = peer.as_ref().and_then(|p| p.not_after).map(|t| {
+            let left = t.saturating_sub(jiff::Timestamp::now().as_second());
+            std::time::Duration::from_secs(u64::try_from(left).unwrap_or(0).saturating_add(1))
+        });
         tokio::spawn(async move {
             // Held until the stream's task ends.
             let _permit = permit;
             let mut next = from_index;
+            let expiry = async {
+                match expires_in {
+                    Some(d) => tokio::time::sleep(d).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::pin!(expiry);
+            let mut expiry_seen = false;
             loop {
+                // Nothing more for a certificate revoked, expired or
+                // refused Tail since the stream began; checked when the
+                // stream wakes for new entries, a reload or the expiry.
+                if let Err(refused) = guard.recheck(peer.as_ref(), "Tail") {
+                    let _ = tx.send(Err(refused)).await;
+                    return;
+                }
                 let size = *size_rx.borrow_and_update();
                 while next < size {
-                    // Nothing more for a certificate revoked, expired or
-                    // refused Tail since the stream began.
                     if let Err(refused) = guard.recheck(peer.as_ref(), "Tail") {
                         let _ = tx.send(Err(refused)).await;
                         return;
@@ -562,6 +585,14 @@ impl pb::ledger_server::Ledger for LedgerApi {
                     // The client went away: free its slot now, not at the
                     // next append.
                     () = tx.closed() => return,
+                    // The access rules or revocations were reloaded.
+                    Some(()) = async {
+                        match &mut reloads {
+                            Some(r) => r.changed().await.ok(),
+                            None => std::future::pending().await,
+                        }
+                    } => {}
+                    () = &mut expiry, if !expiry_seen => expiry_seen = true,
                 }
             }
         });

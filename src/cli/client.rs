@@ -90,6 +90,8 @@ impl Conn {
     /// for each call's response headers (`None`: no bound, for an export
     /// whose bundle is built before its first byte is sent).
     pub async fn channel_with(&self, call_timeout: Option<Duration>) -> Result<Channel, CliError> {
+        // One bound for the certificate probe and the connection together.
+        let deadline = tokio::time::Instant::now() + CONNECT_TIMEOUT;
         let read = |p: &PathBuf| {
             std::fs::read(p).map_err(|e| CliError::usage(format!("{}: {e}", p.display())))
         };
@@ -126,7 +128,7 @@ impl Conn {
                         .map(|(h, _)| h.trim_matches(['[', ']']).to_owned())
                 })
                 .unwrap_or_else(|| "localhost".into());
-            self.probe_certificate(&host).await?;
+            self.probe_certificate(&host, deadline).await?;
             let tls = ClientTlsConfig::new()
                 .ca_certificate(Certificate::from_pem(read(&self.ca)?))
                 .identity(Identity::from_pem(read(&self.cert)?, read(&self.key)?))
@@ -144,7 +146,7 @@ impl Conn {
         }
         // tonic's connect_timeout bounds the TCP connect only; this bounds
         // the TLS and HTTP/2 handshakes too.
-        let connected = tokio::time::timeout(CONNECT_TIMEOUT, ep.connect())
+        let connected = tokio::time::timeout_at(deadline, ep.connect())
             .await
             .map_err(|_| {
                 CliError::unavailable(format!(
@@ -183,16 +185,19 @@ impl Conn {
     /// read until the server's first HTTP/2 frame, tells the two apart:
     /// a refused certificate is exit 77 naming the TLS alert. Anything else
     /// that goes wrong here is left for the real connection to report.
-    async fn probe_certificate(&self, host: &str) -> Result<(), CliError> {
+    async fn probe_certificate(
+        &self,
+        host: &str,
+        deadline: tokio::time::Instant,
+    ) -> Result<(), CliError> {
         use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-        let Some(authority) = self
-            .url
-            .split("://")
-            .nth(1)
-            .map(|r| r.trim_end_matches('/'))
-        else {
+        let Ok(uri) = self.url.parse::<http::Uri>() else {
             return Ok(());
         };
+        let Some(uri_host) = uri.host().map(|h| h.trim_matches(['[', ']']).to_owned()) else {
+            return Ok(());
+        };
+        let port = uri.port_u16().unwrap_or(443);
         let Ok(cfg) = crate::tls::client_config(&self.ca, &self.cert, &self.key) else {
             return Ok(());
         };
@@ -200,7 +205,9 @@ impl Conn {
             return Ok(());
         };
         let probe = async {
-            let tcp = tokio::net::TcpStream::connect(authority).await.ok()?;
+            let tcp = tokio::net::TcpStream::connect((uri_host.as_str(), port))
+                .await
+                .ok()?;
             let mut tls = match tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))
                 .connect(name, tcp)
                 .await
@@ -217,7 +224,7 @@ impl Conn {
                 Ok(_) => None,
             }
         };
-        match tokio::time::timeout(CONNECT_TIMEOUT, probe).await {
+        match tokio::time::timeout_at(deadline, probe).await {
             Ok(Some(alert)) => Err(CliError {
                 message: format!(
                     "connecting to {}: the server refused the client certificate {} ({alert}): \
@@ -339,7 +346,16 @@ pub fn status_err(what: &str, s: tonic::Status) -> CliError {
         tonic::Code::Unknown => s.message().contains("transport error"),
         _ => false,
     };
-    if let Some(alert) = certificate_refused(&s) {
+    // Only under a transport failure: a refusal's own message may quote
+    // text a client wrote, alert names included.
+    let transport = matches!(
+        s.code(),
+        tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled
+    );
+    if let Some(alert) = std::error::Error::source(&s)
+        .filter(|_| transport)
+        .and_then(certificate_refused)
+    {
         return CliError {
             message: format!(
                 "{message}: the server refused the client certificate ({alert}): it is revoked, \

@@ -207,8 +207,8 @@ pub fn check_cn(cn: &str) -> Result<(), TlsError> {
 /// Issues a client certificate with common name `cn`, valid for `days`
 /// from now, signed by the development CA in `pki`; writes `<out>/<cn>.pem`
 /// and `<out>/<cn>.key`. If they exist, `replace` must be set: the old
-/// certificate is then revoked as superseded (before the new files are
-/// written, so a failure leaves no second valid certificate behind).
+/// certificate is then revoked as superseded, after the new pair has been
+/// written aside and before it is renamed into place.
 pub fn issue_client_cert(
     pki: &PkiPaths,
     cn: &str,
@@ -255,6 +255,20 @@ pub fn issue_with_validity(
                 .into(),
         });
     }
+    if out == pki.ca_cert.parent().unwrap_or(Path::new(""))
+        && ["ca", "server", "client"].contains(&cn)
+    {
+        return Err(TlsError::Pem {
+            path: "--cn".into(),
+            reason: format!(
+                "{cn:?} would overwrite the development PKI's own {cn}.pem and {cn}.key in {}",
+                out.display()
+            ),
+        });
+    }
+    // One issuance or revocation at a time: two renewals of one name would
+    // otherwise mix their files.
+    let _lock = lock(pki)?;
     let issuer = ca_issuer(pki)?;
     let key = KeyPair::generate()?;
     let mut params = CertificateParams::new(Vec::<String>::new())?;
@@ -282,7 +296,7 @@ pub fn issue_with_validity(
     let replaced = staged.and_then(|()| match cert_path.exists() {
         true => {
             let (old, _) = read_cert_info(&cert_path)?;
-            let newly = revoke_info(pki, &issuer, &old, "superseded")?.is_some();
+            let newly = revoke_locked(pki, &issuer, &old, "superseded")?.is_some();
             Ok(Some(Replaced { info: old, newly }))
         }
         false => Ok(None),
@@ -344,7 +358,8 @@ fn random_serial() -> SerialNumber {
 
 /// Revokes the certificate in `cert` (which the development CA must have
 /// issued) for `reason`, and re-signs `crl.pem`. Revoking one already
-/// revoked changes nothing and says so (`Ok(None)`).
+/// revoked adds nothing to the list and says so (`Ok(None)`); the CRL is
+/// re-signed from the list all the same.
 pub fn revoke(pki: &PkiPaths, cert: &Path, reason: &str) -> Result<Option<Revoked>, TlsError> {
     let (info, der) = read_cert_info(cert)?;
     let issuer = ca_issuer(pki)?;
@@ -368,14 +383,24 @@ fn revoke_info(
     info: &CertInfo,
     reason: &str,
 ) -> Result<Option<Revoked>, TlsError> {
+    // One revocation at a time: each reads the list, adds to it and signs.
+    let _lock = lock(pki)?;
+    revoke_locked(pki, issuer, info, reason)
+}
+
+/// [`revoke_info`] with `revoked.lock` already held.
+fn revoke_locked(
+    pki: &PkiPaths,
+    issuer: &Issuer<'_, KeyPair>,
+    info: &CertInfo,
+    reason: &str,
+) -> Result<Option<Revoked>, TlsError> {
     if reason_code(reason).is_none() {
         return Err(TlsError::Pem {
             path: "--reason".into(),
             reason: format!("{reason:?} is not one of {}", REASONS.join(", ")),
         });
     }
-    // One revocation at a time: each reads the list, adds to it and signs.
-    let _lock = lock(pki)?;
     let mut list = revoked(pki)?;
     let added = if list.iter().any(|r| r.serial == info.serial) {
         None
@@ -447,14 +472,30 @@ fn write_crl(
         this_update: odt(now)?,
         next_update: odt(now + CRL_DAYS * 86_400)?,
         // Increases with every CRL signed (RFC 5280 §5.2.3), also when one
-        // is re-signed with the same list.
-        crl_number: SerialNumber::from(u64::try_from(now).unwrap_or(0).max(list.len() as u64)),
+        // is re-signed with the same list or twice in a second.
+        crl_number: SerialNumber::from(next_crl_number(pki, now)),
         issuing_distribution_point: None,
         revoked_certs,
         key_identifier_method: KeyIdMethod::Sha256,
     };
     let crl = params.signed_by(issuer)?;
     replace_file(&pki.crl, &crl.pem()?, false)
+}
+
+/// One more than the number of the CRL on disk, or the time if later.
+fn next_crl_number(pki: &PkiPaths, now: i64) -> u64 {
+    use rustls::pki_types::pem::PemObject as _;
+    use x509_parser::prelude::FromDer as _;
+    let previous = std::fs::read(&pki.crl).ok().and_then(|pem| {
+        let der = rustls::pki_types::CertificateRevocationListDer::pem_slice_iter(&pem)
+            .next()?
+            .ok()?;
+        let (_, crl) =
+            x509_parser::revocation_list::CertificateRevocationList::from_der(&der).ok()?;
+        crl.crl_number().and_then(|n| u64::try_from(n).ok())
+    });
+    let now = u64::try_from(now).unwrap_or(0);
+    previous.map_or(now, |p| p.saturating_add(1).max(now))
 }
 
 /// One client certificate found under a directory, for `docket cert list`.
