@@ -309,10 +309,12 @@ fn civil(
     // jiff reads a civil date-time with a UTC offset or a [zone] annotation
     // and drops them, which would move the window's edge without a word.
     // A new document must name the zone's local time only.
+    // Looked for after the date, whose own '-' (and a negative year's) are
+    // not offsets.
+    let after_date = text.find(['T', 't', ' ']).map_or("", |i| &text[i..]);
     if strict
-        && text
+        && after_date
             .chars()
-            .skip("2026-12-20".len())
             .any(|c| matches!(c, '+' | '-' | '\u{2212}' | '[' | 'Z' | 'z'))
     {
         return Err(format!(

@@ -1739,3 +1739,22 @@ fn oversized_new_policies_are_refused_quickly() {
     let cut = text.rfind("[[rule]]").unwrap();
     Policy::parse_new(&text[..cut]).unwrap();
 }
+
+/// The offset check looks after the date: a negative year is no offset.
+#[test]
+fn a_freeze_date_is_not_taken_for_an_offset() {
+    let freeze = |start: &str| {
+        format!(
+            "version = 1\n[[freeze]]\nname = \"f\"\nstart = \"{start}\"\nend = \"2027-01-04T00:00\"\nzone = \"UTC\"\n"
+        )
+    };
+    let e = Policy::parse_new(&freeze("-009999-01-03T00:00")).map(drop);
+    assert!(
+        !e.as_ref().is_err_and(|e| e.message.contains("offset")),
+        "{e:?}"
+    );
+    let e = Policy::parse_new(&freeze("2026-12-20T00:00-08:00")).unwrap_err();
+    assert!(e.message.contains("carries a UTC offset"), "{e}");
+    let e = Policy::parse_new(&freeze("2026-12-20T00:00[Europe/Paris]")).unwrap_err();
+    assert!(e.message.contains("carries a UTC offset"), "{e}");
+}
