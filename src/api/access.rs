@@ -119,13 +119,20 @@ impl Guard {
         req: &tonic::Request<T>,
         method: &'static str,
     ) -> Result<String, tonic::Status> {
+        // Read once per connection, when its handshake completed.
+        self.check_now(req.extensions().get::<crate::tls::Peer>(), method)
+    }
+
+    /// [`Guard::check`] of `peer` against the rules in force now.
+    fn check_now(
+        &self,
+        peer: Option<&crate::tls::Peer>,
+        method: &'static str,
+    ) -> Result<String, Status> {
         let Some(slot) = &self.access else {
             return Ok("dangerous-plaintext".into());
         };
-        // Read once per connection, when its handshake completed.
-        let peer = req
-            .extensions()
-            .get::<crate::tls::Peer>()
+        let peer = peer
             .ok_or_else(|| Status::unauthenticated("no client certificate on this connection"))?;
         Self::check_peer(
             &slot.get(),
@@ -149,18 +156,7 @@ impl Guard {
         peer: Option<&crate::tls::Peer>,
         method: &'static str,
     ) -> Result<(), Status> {
-        let Some(slot) = &self.access else {
-            return Ok(());
-        };
-        let peer = peer
-            .ok_or_else(|| Status::unauthenticated("no client certificate on this connection"))?;
-        Self::check_peer(
-            &slot.get(),
-            peer,
-            method,
-            jiff::Timestamp::now().as_second(),
-        )
-        .map(drop)
+        self.check_now(peer, method).map(drop)
     }
 
     /// Changes when the access rules are reloaded; `None` without TLS.

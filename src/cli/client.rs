@@ -100,7 +100,7 @@ impl Conn {
         if !self.plaintext {
             // tonic parses these only when it connects, and reports a bad
             // file as a transport error (exit 69, "retry"): check them first.
-            crate::tls::client_config(&self.ca, &self.cert, &self.key)
+            let cfg = crate::tls::client_config(&self.ca, &self.cert, &self.key)
                 .map_err(|e| CliError::usage(format!("TLS files: {e}")))?;
             // An expired certificate is refused at the handshake, which a
             // client sees only as a transport error: say so first.
@@ -128,7 +128,7 @@ impl Conn {
                         .map(|(h, _)| h.trim_matches(['[', ']']).to_owned())
                 })
                 .unwrap_or_else(|| "localhost".into());
-            self.probe_certificate(&host, deadline).await?;
+            self.probe_certificate(cfg, &host, deadline).await?;
             let tls = ClientTlsConfig::new()
                 .ca_certificate(Certificate::from_pem(read(&self.ca)?))
                 .identity(Identity::from_pem(read(&self.cert)?, read(&self.key)?))
@@ -148,25 +148,10 @@ impl Conn {
         // the TLS and HTTP/2 handshakes too.
         let connected = tokio::time::timeout_at(deadline, ep.connect())
             .await
-            .map_err(|_| {
-                CliError::unavailable(format!(
-                    "connecting to {}: no TLS/HTTP/2 handshake within {} s; is it a Docket server, \
-                     and does it answer?",
-                    self.url,
-                    CONNECT_TIMEOUT.as_secs()
-                ))
-            })?;
+            .map_err(|_| self.handshake_timeout_err())?;
         connected.map_err(|e| {
             if let Some(alert) = certificate_refused(&e) {
-                return CliError {
-                    message: format!(
-                        "connecting to {}: the server refused the client certificate {} ({alert}): \
-                         it is revoked, expired or not from the server's client CA",
-                        self.url,
-                        self.cert.display()
-                    ),
-                    code: EXIT_NO_PERMISSION,
-                };
+                return self.certificate_refused_err(&alert);
             }
             CliError::unavailable(format!(
                 "connecting to {}: {e}. If the server refused the handshake, check that the client \
@@ -187,6 +172,7 @@ impl Conn {
     /// that goes wrong here is left for the real connection to report.
     async fn probe_certificate(
         &self,
+        cfg: rustls::ClientConfig,
         host: &str,
         deadline: tokio::time::Instant,
     ) -> Result<(), CliError> {
@@ -198,9 +184,6 @@ impl Conn {
             return Ok(());
         };
         let port = uri.port_u16().unwrap_or(443);
-        let Ok(cfg) = crate::tls::client_config(&self.ca, &self.cert, &self.key) else {
-            return Ok(());
-        };
         let Ok(name) = rustls::pki_types::ServerName::try_from(host.to_owned()) else {
             return Ok(());
         };
@@ -225,23 +208,31 @@ impl Conn {
             }
         };
         match tokio::time::timeout_at(deadline, probe).await {
-            Ok(Some(alert)) => Err(CliError {
-                message: format!(
-                    "connecting to {}: the server refused the client certificate {} ({alert}): \
-                     it is revoked, expired or not from the server's client CA",
-                    self.url,
-                    self.cert.display()
-                ),
-                code: EXIT_NO_PERMISSION,
-            }),
+            Ok(Some(alert)) => Err(self.certificate_refused_err(&alert)),
             Ok(None) => Ok(()),
-            Err(_) => Err(CliError::unavailable(format!(
-                "connecting to {}: no TLS/HTTP/2 handshake within {} s; is it a Docket server, \
-                 and does it answer?",
-                self.url,
-                CONNECT_TIMEOUT.as_secs()
-            ))),
+            Err(_) => Err(self.handshake_timeout_err()),
         }
+    }
+
+    fn certificate_refused_err(&self, alert: &str) -> CliError {
+        CliError {
+            message: format!(
+                "connecting to {}: the server refused the client certificate {} ({alert}): \
+                 it is revoked, expired or not from the server's client CA",
+                self.url,
+                self.cert.display()
+            ),
+            code: EXIT_NO_PERMISSION,
+        }
+    }
+
+    fn handshake_timeout_err(&self) -> CliError {
+        CliError::unavailable(format!(
+            "connecting to {}: no TLS/HTTP/2 handshake within {} s; is it a Docket server, \
+             and does it answer?",
+            self.url,
+            CONNECT_TIMEOUT.as_secs()
+        ))
     }
 
     /// A Ledger client whose calls time out after [`CALL_TIMEOUT`].
