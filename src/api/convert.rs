@@ -186,11 +186,7 @@ fn roles(field: &str, items: Vec<String>) -> Result<BTreeSet<String>, InvalidEve
     }
     let mut out = BTreeSet::new();
     for r in items {
-        let ok = !r.is_empty()
-            && r.len() <= 64
-            && r.bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
-        if !ok {
+        if !crate::event::valid_role(&r) {
             return Err(bad(
                 field,
                 format!("role {r:?} must be 1..=64 of a-z 0-9 - _"),

@@ -475,6 +475,15 @@ pub struct Event {
 /// The role that may register principals and manage any key.
 pub const ADMIN_ROLE: &str = "admin";
 
+/// Whether `role` can be held by a principal: 1..=64 of a-z 0-9 - _.
+pub fn valid_role(role: &str) -> bool {
+    !role.is_empty()
+        && role.len() <= 64
+        && role
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -212,6 +212,11 @@ pub(crate) const MAX_PATTERN_BYTES: usize = 256;
 /// `approvals` of a rule, and `policy_changes.approvals`.
 pub(crate) const MAX_APPROVALS: u32 = 100;
 
+/// Why a role named in a policy is refused: no principal could hold it.
+fn unholdable(role: &str) -> String {
+    format!("role {role:?} could never be held: a principal's roles are 1..=64 of a-z 0-9 - _")
+}
+
 fn check_patterns(m: &RawMatch) -> Result<(), String> {
     for (field, list) in [
         ("environments", &m.environments),
@@ -382,6 +387,7 @@ impl Policy {
         }
 
         let mut permissions: BTreeMap<Permission, BTreeSet<String>> = BTreeMap::new();
+        let permissions_at = raw.permissions.as_ref().map_or(0, |p| p.span().start);
         let p = raw.permissions.map(|p| p.into_inner()).unwrap_or_default();
         let given = [
             (Permission::RegisterPrincipals, p.register_principals),
@@ -396,6 +402,12 @@ impl Policy {
         for (perm, roles) in given {
             // Unset permissions default to the admin role only.
             let roles = roles.unwrap_or_else(|| vec![crate::event::ADMIN_ROLE.to_owned()]);
+            if strict && let Some(bad) = roles.iter().find(|r| !crate::event::valid_role(r)) {
+                return Err(err(
+                    permissions_at,
+                    format!("permissions.{}: {}", perm.key(), unholdable(bad)),
+                ));
+            }
             permissions.insert(perm, roles.into_iter().collect());
         }
 
@@ -413,6 +425,13 @@ impl Policy {
                             "policy_changes.approvals = {} is more than {MAX_APPROVALS}: the policy could never be changed again",
                             pc.approvals
                         ),
+                    ));
+                }
+                if strict && let Some(bad) = pc.roles.iter().find(|r| !crate::event::valid_role(r))
+                {
+                    return Err(err(
+                        start,
+                        format!("policy_changes.roles: {}", unholdable(bad)),
                     ));
                 }
                 if pc.roles.is_empty() {
@@ -536,6 +555,11 @@ impl Policy {
                 .unwrap_or_default()
                 .into_iter()
                 .collect();
+            if strict
+                && let Some(bad) = approver_roles.iter().find(|r| !crate::event::valid_role(r))
+            {
+                return Err(at(roles_at, format!("approver_roles: {}", unholdable(bad))));
+            }
             if roles_given && approver_roles.is_empty() && approvals > 0 {
                 return Err(at(
                     roles_at,
@@ -548,6 +572,12 @@ impl Policy {
             for rc in r.require_roles {
                 let rc_at = rc.span().start;
                 let rc = rc.into_inner();
+                if strict && !crate::event::valid_role(&rc.role) {
+                    return Err(at(
+                        rc_at,
+                        format!("require_roles: {}", unholdable(&rc.role)),
+                    ));
+                }
                 if rc.count == 0 {
                     return Err(at(
                         rc_at,

@@ -1238,6 +1238,26 @@ fn bad_policies_are_refused_with_line_and_reason() {
             3,
             "must be at most 256 bytes without control characters",
         ),
+        (
+            "version = 1\n[permissions]\napprove = [\"Security\"]\n",
+            2,
+            "permissions.approve: role \"Security\" could never be held: a principal's roles are 1..=64 of a-z 0-9 - _",
+        ),
+        (
+            "version = 1\n[[rule]]\nname = \"a\"\napprovals = 1\napprover_roles = [\"dev\", \"qa team\"]\n",
+            5,
+            "rule \"a\": approver_roles: role \"qa team\" could never be held",
+        ),
+        (
+            "version = 1\n[[rule]]\nname = \"a\"\napprovals = 1\nrequire_roles = [{ role = \"Sec\", count = 1 }]\n",
+            5,
+            "rule \"a\": require_roles: role \"Sec\" could never be held",
+        ),
+        (
+            "version = 1\n[policy_changes]\napprovals = 1\nroles = [\"\"]\n",
+            2,
+            "policy_changes.roles: role \"\" could never be held",
+        ),
     ];
     for (text, line, needle) in cases {
         let e = Policy::parse_new(text).expect_err(text);
@@ -1262,6 +1282,7 @@ fn bad_policies_are_refused_with_line_and_reason() {
         "is more than 100",
         "] is empty",
         "control character",
+        "could never be held",
     ];
     for (text, _, needle) in cases {
         let recorded = Policy::parse(text);
