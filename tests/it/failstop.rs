@@ -91,20 +91,30 @@ fn log() -> (Arc<SledStore>, SigningKey, SigningKey) {
     (inner, admin, log_key)
 }
 
-async fn check_failure(fail_flush: bool) {
-    let (inner, admin, log_key) = log();
-    let store = Arc::new(FailingStore {
+/// `inner` behind a store that fails only when told to.
+fn failing(inner: &Arc<SledStore>) -> Arc<FailingStore> {
+    Arc::new(FailingStore {
         inner: inner.clone(),
         fail_write: AtomicBool::new(false),
         fail_flush: AtomicBool::new(false),
         panic_write: AtomicBool::new(false),
-    });
-    let svc = Service::open(
-        store.clone(),
+    })
+}
+
+/// The service over `store`, its checkpoints signed by `log_key`.
+fn open<S: Store>(store: Arc<S>, log_key: &SigningKey) -> Service {
+    Service::open(
+        store,
         NoteSigner::new("failstop/log", log_key.clone()),
         Config::default(),
     )
-    .unwrap();
+    .unwrap()
+}
+
+async fn check_failure(fail_flush: bool) {
+    let (inner, admin, log_key) = log();
+    let store = failing(&inner);
+    let svc = open(store.clone(), &log_key);
     let a = svc
         .append(sign_event(&note("a", "admin"), &admin), "CN=t".into())
         .await
@@ -139,12 +149,7 @@ async fn check_failure(fail_flush: bool) {
     drop(svc);
 
     // Restart on the same store: consistent, verifiable, nothing doubled.
-    let svc = Service::open(
-        inner.clone(),
-        NoteSigner::new("failstop/log", log_key),
-        Config::default(),
-    )
-    .unwrap();
+    let svc = open(inner.clone(), &log_key);
     let size = svc.latest_checkpoint().size;
     // A flush failure may leave the written batch in place (as a crash might);
     // a write failure leaves nothing.
@@ -179,20 +184,9 @@ async fn a_failed_write_stops_the_writer() {
 async fn appends_racing_a_stopping_writer_all_get_an_answer() {
     for round in 0..40 {
         let (inner, admin, log_key) = log();
-        let store = Arc::new(FailingStore {
-            inner,
-            fail_write: AtomicBool::new(false),
-            fail_flush: AtomicBool::new(true),
-            panic_write: AtomicBool::new(false),
-        });
-        let svc = Arc::new(
-            Service::open(
-                store,
-                NoteSigner::new("failstop/log", log_key),
-                Config::default(),
-            )
-            .unwrap(),
-        );
+        let store = failing(&inner);
+        store.fail_flush.store(true, Ordering::SeqCst);
+        let svc = Arc::new(open(store, &log_key));
         let appends = (0..32).map(|i| {
             let (svc, admin) = (svc.clone(), admin.clone());
             tokio::spawn(async move {
@@ -220,18 +214,8 @@ async fn appends_racing_a_stopping_writer_all_get_an_answer() {
 #[tokio::test]
 async fn a_panic_in_the_writer_stops_it_cleanly() {
     let (inner, admin, log_key) = log();
-    let store = Arc::new(FailingStore {
-        inner: inner.clone(),
-        fail_write: AtomicBool::new(false),
-        fail_flush: AtomicBool::new(false),
-        panic_write: AtomicBool::new(false),
-    });
-    let svc = Service::open(
-        store.clone(),
-        NoteSigner::new("failstop/log", log_key.clone()),
-        Config::default(),
-    )
-    .unwrap();
+    let store = failing(&inner);
+    let svc = open(store.clone(), &log_key);
     svc.append(sign_event(&note("a", "admin"), &admin), "CN=t".into())
         .await
         .unwrap();
@@ -256,12 +240,7 @@ async fn a_panic_in_the_writer_stops_it_cleanly() {
     assert_eq!(svc.latest_checkpoint().size, 2);
     drop(svc);
 
-    let svc = Service::open(
-        inner.clone(),
-        NoteSigner::new("failstop/log", log_key),
-        Config::default(),
-    )
-    .unwrap();
+    let svc = open(inner.clone(), &log_key);
     assert_eq!(svc.latest_checkpoint().size, 2);
     docket::verify::verify_store(&*inner, Some(svc.verifier())).unwrap();
     let retried = svc.append(b, "CN=t".into()).await.unwrap();
