@@ -15,6 +15,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut config = prost_build::Config::new();
     config.protoc_executable(protoc_bin_vendored::protoc_bin_path()?);
     tonic_prost_build::configure()
+        // Refuses undecodable messages as INVALID_ARGUMENT (src/api/codec.rs).
+        .codec_path("crate::api::codec::Codec")
         .file_descriptor_set_path(out.join("docket_descriptor.bin"))
         .compile_with_config(config, &protos, &["proto"])?;
     Ok(())

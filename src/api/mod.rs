@@ -3,6 +3,7 @@
 //! maps domain errors to `tonic::Status` in one place.
 
 pub mod access;
+pub mod codec;
 pub mod convert;
 mod governance;
 mod server;

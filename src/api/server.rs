@@ -374,11 +374,10 @@ impl pb::ledger_server::Ledger for LedgerApi {
                 // the refusal, which ends the stream).
                 guard.recheck(peer.as_ref(), "AppendStream")?;
                 let result = match item {
-                    // tonic reports bytes that are no AppendRequest as
-                    // INTERNAL; they are the client's fault.
+                    // Bytes that are no AppendRequest (see api::codec).
                     Err(status)
-                        if status.code() == tonic::Code::Internal
-                            && status.message().contains("decode") =>
+                        if status.code() == tonic::Code::InvalidArgument
+                            && status.message().starts_with(super::codec::UNDECODABLE) =>
                     {
                         return Err(Status::invalid_argument(format!(
                             "message {seq}: {}; nothing after it was read",

@@ -976,17 +976,17 @@ fn grpc_frame(out: &mut Vec<u8>, message: &[u8]) {
     out.extend(message);
 }
 
-/// An AppendStream message that is not an AppendRequest ends the stream
-/// with INVALID_ARGUMENT naming it, and nothing sent after it is appended
-/// (it used to be, sometimes, while the client was told the stream had
-/// failed). Sent over raw HTTP/2, since tonic's client only sends what
-/// encodes.
-#[tokio::test]
-async fn append_stream_stops_at_an_unreadable_message() {
-    use prost::Message as _;
-    let s = server().run().await;
-    let admin = s.admin_key();
-    let before = s.size().await;
+/// What a gRPC call sent as raw HTTP/2 got back: the status code, the
+/// status message (percent-encoded, as on the wire) and the reply messages.
+struct RawReply {
+    status: String,
+    message: String,
+    replies: Vec<Vec<u8>>,
+}
+
+/// Sends `frames` (whole gRPC message frames) to `path` over raw HTTP/2 with
+/// the admin certificate, since tonic's client only sends what encodes.
+async fn raw_grpc(s: &crate::common::TestServer, path: &str, frames: Vec<u8>) -> RawReply {
     let conn = s.conn();
     let cfg = docket::tls::client_config(&conn.ca, &conn.cert, &conn.key).unwrap();
     let tcp = tokio::net::TcpStream::connect(s.addr).await.unwrap();
@@ -998,27 +998,27 @@ async fn append_stream_stops_at_an_unreadable_message() {
     let (h2, connection) = h2::client::handshake(tls).await.unwrap();
     tokio::spawn(connection);
     let mut h2 = h2.ready().await.unwrap();
-    let req = http::Request::post("https://localhost/docket.v1.Ledger/AppendStream")
+    let req = http::Request::post(format!("https://localhost{path}"))
         .header("content-type", "application/grpc")
         .header("te", "trailers")
         .body(())
         .unwrap();
     let (response, mut send) = h2.send_request(req, false).unwrap();
-    let mut all = Vec::new();
-    grpc_frame(
-        &mut all,
-        &signed(&note("stream-a", "admin"), &admin).encode_to_vec(),
-    );
-    grpc_frame(&mut all, b"\x0a\x05\x0a\x03\xff\xfe\xfd");
-    for id in ["stream-b", "stream-c", "stream-d"] {
-        grpc_frame(
-            &mut all,
-            &signed(&note(id, "admin"), &admin).encode_to_vec(),
-        );
-    }
-    send.send_data(all.into(), true).unwrap();
+    send.send_data(frames.into(), true).unwrap();
 
-    let mut body = response.await.unwrap().into_body();
+    let response = response.await.unwrap();
+    // A call refused before any reply has its status in the headers.
+    if let Some(status) = response.headers().get("grpc-status") {
+        return RawReply {
+            status: status.to_str().unwrap().to_owned(),
+            message: response.headers()["grpc-message"]
+                .to_str()
+                .unwrap()
+                .to_owned(),
+            replies: Vec::new(),
+        };
+    }
+    let mut body = response.into_body();
     let mut data = Vec::new();
     while let Some(chunk) = body.data().await {
         let chunk = chunk.unwrap();
@@ -1026,24 +1026,98 @@ async fn append_stream_stops_at_an_unreadable_message() {
         data.extend_from_slice(&chunk);
     }
     let trailers = body.trailers().await.unwrap().expect("a gRPC status");
-    assert_eq!(trailers["grpc-status"], "3", "{trailers:?}"); // INVALID_ARGUMENT
-    let message = trailers["grpc-message"].to_str().unwrap();
-    assert!(message.contains("message%201"), "{message}");
-    // One reply, the receipt of the first message.
     let mut replies = Vec::new();
     let mut rest = &data[..];
     while !rest.is_empty() {
         let len = u32::from_be_bytes(rest[1..5].try_into().unwrap()) as usize;
-        replies.push(pb::AppendStreamResponse::decode(&rest[5..5 + len]).unwrap());
+        replies.push(rest[5..5 + len].to_vec());
         rest = &rest[5 + len..];
     }
-    assert_eq!(replies.len(), 1, "{replies:?}");
+    RawReply {
+        status: trailers["grpc-status"].to_str().unwrap().to_owned(),
+        message: trailers["grpc-message"].to_str().unwrap().to_owned(),
+        replies,
+    }
+}
+
+/// An envelope whose payload_type is not UTF-8.
+const BAD_ENVELOPE: &[u8] = b"\x0a\x05\x0a\x03\xff\xfe\xfd";
+
+/// An AppendStream message that is not an AppendRequest ends the stream
+/// with INVALID_ARGUMENT naming it, and nothing sent after it is appended
+/// (it used to be, sometimes, while the client was told the stream had
+/// failed).
+#[tokio::test]
+async fn append_stream_stops_at_an_unreadable_message() {
+    use prost::Message as _;
+    let s = server().run().await;
+    let admin = s.admin_key();
+    let before = s.size().await;
+    let mut all = Vec::new();
+    grpc_frame(
+        &mut all,
+        &signed(&note("stream-a", "admin"), &admin).encode_to_vec(),
+    );
+    grpc_frame(&mut all, BAD_ENVELOPE);
+    for id in ["stream-b", "stream-c", "stream-d"] {
+        grpc_frame(
+            &mut all,
+            &signed(&note(id, "admin"), &admin).encode_to_vec(),
+        );
+    }
+    let reply = raw_grpc(&s, "/docket.v1.Ledger/AppendStream", all).await;
+    assert_eq!(reply.status, "3", "{}", reply.message); // INVALID_ARGUMENT
+    assert!(
+        reply.message.contains("message%201") && reply.message.contains("Envelope.payload_type"),
+        "{}",
+        reply.message
+    );
+    // One reply, the receipt of the first message.
+    assert_eq!(reply.replies.len(), 1);
+    let first = pb::AppendStreamResponse::decode(&reply.replies[0][..]).unwrap();
     assert!(matches!(
-        replies[0].result,
+        first.result,
         Some(pb::append_stream_response::Result::Receipt(_))
     ));
     // Nothing after the unreadable message reached the log.
     assert_eq!(s.size().await, before + 1);
+    s.stop().await;
+}
+
+/// A unary request whose bytes are not the expected message is the
+/// client's fault: INVALID_ARGUMENT naming the field prost could not read
+/// (tonic's own codec says INTERNAL, which reads as a server bug), and
+/// nothing is appended.
+#[tokio::test]
+async fn an_undecodable_unary_request_is_invalid_argument_naming_the_field() {
+    let s = server().run().await;
+    let before = s.size().await;
+    let mut frames = Vec::new();
+    grpc_frame(&mut frames, BAD_ENVELOPE);
+    let reply = raw_grpc(&s, "/docket.v1.Ledger/Append", frames).await;
+    assert_eq!(reply.status, "3", "{}", reply.message);
+    assert!(
+        reply
+            .message
+            .starts_with("message%20could%20not%20be%20decoded")
+            && reply.message.contains("Envelope.payload_type")
+            && reply.message.contains("UTF-8"),
+        "{}",
+        reply.message
+    );
+    assert!(reply.replies.is_empty());
+
+    // environment (field 2) is not UTF-8.
+    let mut frames = Vec::new();
+    grpc_frame(&mut frames, b"\x12\x02\xff\xfe");
+    let reply = raw_grpc(&s, "/docket.v1.Governance/Authorize", frames).await;
+    assert_eq!(reply.status, "3", "{}", reply.message);
+    assert!(
+        reply.message.contains("AuthorizeRequest.environment"),
+        "{}",
+        reply.message
+    );
+    assert_eq!(s.size().await, before);
     s.stop().await;
 }
 
