@@ -34,6 +34,10 @@ pub struct LedgerApi {
 /// (an entry may be about a megabyte), and a following one stays open.
 pub const MAX_TAIL_STREAMS: usize = 64;
 
+/// The status message that ends an `AppendStream` when the server starts
+/// shutting down (followed by the first message that was not read).
+const SHUTTING_DOWN: &str = "the server is shutting down";
+
 /// Entries a `Tail` stream reads ahead of its client.
 const TAIL_BACKLOG: usize = 256;
 
@@ -349,14 +353,30 @@ impl pb::ledger_server::Ledger for LedgerApi {
         // Nothing after a message that could not be read is appended: the
         // stream ends with that error, and a client that resends from the
         // first message without a receipt appends each event once (a resend
-        // of one that made it is answered as a duplicate).
-        let input = req.into_inner().scan(false, |failed, item| {
-            if *failed {
-                return std::future::ready(None);
-            }
-            *failed = item.is_err();
-            std::future::ready(Some(item))
-        });
+        // of one that made it is answered as a duplicate). Nothing is read
+        // either once the server is shutting down: the appends under way
+        // are answered, then the stream ends with UNAVAILABLE at the first
+        // message not read, so a client that keeps its half of the stream
+        // open does not hold the drain open until its deadline.
+        let input = futures::stream::unfold(
+            Some((req.into_inner(), self.stopping.clone())),
+            |open| async move {
+                let (mut messages, mut stopping) = open?;
+                let next = tokio::select! {
+                    biased;
+                    // Shutting down (or the server is gone).
+                    _ = stopping.wait_for(|s| *s) => None,
+                    item = messages.next() => Some(item?),
+                };
+                match next {
+                    None => Some((Err(Status::unavailable(SHUTTING_DOWN)), None)),
+                    Some(item) => {
+                        let more = item.is_ok().then_some((messages, stopping));
+                        Some((item, more))
+                    }
+                }
+            },
+        );
         // Up to 256 appends of one stream are in flight at once, within the
         // shared byte budget; responses keep request order.
         let weight = |item: &Result<pb::AppendRequest, Status>| {
@@ -382,6 +402,12 @@ impl pb::ledger_server::Ledger for LedgerApi {
                         return Err(Status::invalid_argument(format!(
                             "message {seq}: {}; nothing after it was read",
                             status.message()
+                        )));
+                    }
+                    Err(status) if status.message() == SHUTTING_DOWN => {
+                        return Err(Status::unavailable(format!(
+                            "{SHUTTING_DOWN}; message {seq} and those after it were not read: \
+                             resend them when the server is back"
                         )));
                     }
                     Err(status) => return Err(status),

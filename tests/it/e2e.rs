@@ -1121,6 +1121,55 @@ async fn an_undecodable_unary_request_is_invalid_argument_naming_the_field() {
     s.stop().await;
 }
 
+/// A client that keeps its half of an AppendStream open does not hold the
+/// server's drain open: at shutdown the appends under way are answered, the
+/// stream ends with UNAVAILABLE naming the first message not read, and the
+/// server stops (it used to wait for the client, and `docket serve` for its
+/// 30-second drain deadline). Nothing sent after that is appended.
+#[tokio::test]
+async fn shutdown_ends_an_append_stream_the_client_keeps_open() {
+    let s = server().run().await;
+    let admin = s.admin_key();
+    let svc = s.svc.clone();
+    let before = s.size().await;
+    let mut client = s.client().await;
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(signed(&note("open-a", "admin"), &admin))
+        .await
+        .unwrap();
+    let mut replies = client
+        .append_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let first = replies.message().await.unwrap().expect("a receipt");
+    assert!(matches!(
+        first.result,
+        Some(pb::append_stream_response::Result::Receipt(_))
+    ));
+
+    // `tx` stays open: the client has more to say.
+    let stopped = tokio::spawn(s.stop());
+    let end = replies
+        .message()
+        .await
+        .expect_err("the stream ends with a status");
+    assert_eq!(end.code(), Code::Unavailable, "{end:?}");
+    assert!(
+        end.message().contains("shutting down") && end.message().contains("message 1 "),
+        "{}",
+        end.message()
+    );
+    // A guard against a hang, not a wait: the server stops once the
+    // stream has ended.
+    tokio::time::timeout(std::time::Duration::from_secs(20), stopped)
+        .await
+        .expect("the server stopped with the client's half still open")
+        .unwrap();
+    let _ = tx.send(signed(&note("open-b", "admin"), &admin)).await;
+    assert_eq!(svc.latest_checkpoint().size, before + 1);
+}
+
 /// Hostile values get refusals a client can read: each names its field, a
 /// quoted value is cut so the status stays far below gRPC's header limit,
 /// and a period filter that would end up in a bundle's manifest must be
