@@ -642,10 +642,7 @@ async fn submit_printed(
     ev: Event,
 ) -> Result<pb::Receipt, CliError> {
     let (r, _) = submit_verified(conn, key, ev).await?;
-    outln!(
-        "{}",
-        serde_json::to_string_pretty(&receipt_json(&r)).expect("json")
-    );
+    outln!("{}", super::text::json_pretty(&receipt_json(&r)));
     Ok(r)
 }
 
@@ -957,7 +954,7 @@ pub(crate) async fn principal(c: PrincipalCmd) -> CliResult {
                         })
                     })
                     .collect();
-                outln!("{}", serde_json::to_string_pretty(&out).expect("json"));
+                outln!("{}", super::text::json_pretty(&out));
             } else if shown.is_empty() {
                 outln!(
                     "{}",
@@ -1025,7 +1022,7 @@ pub(crate) async fn principal(c: PrincipalCmd) -> CliResult {
                     "revoked_at_index": k.revoked.then_some(k.revoked_at_index),
                 })).collect::<Vec<_>>(),
             });
-            outln!("{}", serde_json::to_string_pretty(&out).expect("json"));
+            outln!("{}", super::text::json_pretty(&out));
             Ok(())
         }
     }
@@ -1173,7 +1170,7 @@ pub(crate) async fn get(a: GetArgs) -> CliResult {
         .into_inner();
     outln!(
         "{}",
-        serde_json::to_string_pretty(&entry_json(r.index, &r.entry, &r.leaf_hash)).expect("json")
+        super::text::json_pretty(&entry_json(r.index, &r.entry, &r.leaf_hash))
     );
     Ok(())
 }
@@ -1321,7 +1318,7 @@ pub(crate) async fn tail(a: TailArgs) -> CliResult {
         // A reader that went away ends a follow.
         if !super::write_out(format_args!(
             "{}\n",
-            entry_json(e.index, &e.entry, &e.leaf_hash)
+            super::text::json_line(&entry_json(e.index, &e.entry, &e.leaf_hash))
         )) {
             break;
         }

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use clap::{Args, Subcommand};
 
 use super::client::{Conn, status_err};
+use super::text::{json_line, printable};
 use super::{CliError, CliResult, ConnArgs, DataArgs};
 use crate::api::pb;
 use crate::crypto::NoteVerifier;
@@ -405,7 +406,7 @@ fn verify(a: VerifyArgs) -> CliResult {
             if a.json {
                 outln!(
                     "{}",
-                    serde_json::json!({
+                    json_line(&serde_json::json!({
                         "ok": true, "origin": r.origin,
                         "scope": serde_json::from_str::<serde_json::Value>(&r.scope).unwrap_or_default(),
                         "checkpoint_size": r.checkpoint_size, "entries": r.entries,
@@ -418,7 +419,7 @@ fn verify(a: VerifyArgs) -> CliResult {
                         "period_unfinished": r.period_unfinished,
                         "history_proven_to": r.history_proven_to,
                         "decisions_based": r.decisions_based,
-                    })
+                    }))
                 );
             } else {
                 outln!(
@@ -496,7 +497,9 @@ fn verify(a: VerifyArgs) -> CliResult {
             if a.json {
                 outln!(
                     "{}",
-                    serde_json::json!({"ok": false, "what": f.what, "reason": f.reason})
+                    json_line(
+                        &serde_json::json!({"ok": false, "what": f.what, "reason": f.reason})
+                    )
                 );
             }
             Err(CliError::failed(format!(
@@ -505,25 +508,6 @@ fn verify(a: VerifyArgs) -> CliResult {
             )))
         }
     }
-}
-
-/// `s` with control characters escaped (`\u{1b}`): text from a bundle is
-/// the bundle author's, and must not drive the reader's terminal.
-fn printable(s: &str) -> std::borrow::Cow<'_, str> {
-    if !s.chars().any(char::is_control) {
-        return std::borrow::Cow::Borrowed(s);
-    }
-    std::borrow::Cow::Owned(
-        s.chars()
-            .map(|c| {
-                if c.is_control() {
-                    c.escape_unicode().to_string()
-                } else {
-                    c.to_string()
-                }
-            })
-            .collect(),
-    )
 }
 
 #[cfg(test)]
@@ -569,15 +553,6 @@ mod tests {
         assert!(e.contains("after 2 of 3 bytes"), "{e}");
         let e = whole(Vec::new(), None).unwrap_err().message;
         assert!(e.contains("without sending the bundle"), "{e}");
-    }
-
-    #[test]
-    fn bundle_text_cannot_drive_the_terminal() {
-        assert_eq!(super::printable("env prod"), "env prod");
-        assert_eq!(
-            super::printable("\u{1b}[31mred\u{0}"),
-            "\\u{1b}[31mred\\u{0}"
-        );
     }
 
     #[test]

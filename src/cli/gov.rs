@@ -12,6 +12,7 @@ use tonic::Code;
 
 use super::client::{Conn, status_err};
 use super::commands::{check_receipt_with, fresh_event_id, log_verifier, now_nanos, signer_of};
+use super::text::printable;
 use super::{CliError, CliResult, ConnArgs, SignArgs};
 use crate::api::convert::{envelope_to_pb, sign_event};
 use crate::api::pb;
@@ -67,7 +68,7 @@ async fn append(conn: &ConnArgs, key: &SigningKey, ev: Event) -> Result<pb::Rece
 }
 
 fn print_json(v: &serde_json::Value) {
-    outln!("{}", serde_json::to_string_pretty(v).expect("json"));
+    outln!("{}", super::text::json_pretty(v));
 }
 
 // === policy ===
@@ -775,7 +776,7 @@ pub fn decision_text(d: &pb::Decision, what: &str) -> String {
         );
     }
     for r in &d.reasons {
-        let _ = writeln!(s, "  - {r}");
+        let _ = writeln!(s, "  - {}", printable(r));
     }
     for c in &d.counted {
         let _ = writeln!(
@@ -788,14 +789,16 @@ pub fn decision_text(d: &pb::Decision, what: &str) -> String {
         let _ = writeln!(
             s,
             "  not counted: {} — {} [entry {}]",
-            c.approver, c.reason, c.index
+            c.approver,
+            printable(&c.reason),
+            c.index
         );
     }
     for o in &d.obligations {
         let _ = writeln!(
             s,
             "  obligation:  {}, due {}, not by {}",
-            o.description,
+            printable(&o.description),
             crate::state::gov::fmt_nanos(o.due_unix_nanos),
             o.not_by
         );
@@ -817,7 +820,7 @@ fn finish(d: &pb::Decision, json: bool, what: &str) -> CliResult {
     } else {
         Err(CliError::failed(format!(
             "denied: {}",
-            d.reasons.first().cloned().unwrap_or_default()
+            printable(d.reasons.first().map_or("", String::as_str))
         )))
     }
 }
@@ -991,7 +994,7 @@ pub(crate) async fn violations(a: ViolationsArgs) -> CliResult {
         r.violations.len()
     );
     for v in &r.violations {
-        outln!("{:<24} {}", v.kind, v.description);
+        outln!("{:<24} {}", v.kind, printable(&v.description));
     }
     Ok(())
 }
@@ -1127,9 +1130,9 @@ pub(crate) async fn git(c: GitCmd) -> CliResult {
             &c.sha[..12],
             c.signature.verdict.name(),
             what,
-            c.commit.author.name,
-            c.commit.author.email,
-            c.commit.summary
+            printable(&c.commit.author.name),
+            printable(&c.commit.author.email),
+            printable(&c.commit.summary)
         );
     };
     if a.dry_run {

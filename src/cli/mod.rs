@@ -31,6 +31,7 @@ pub mod commands;
 pub mod evidence;
 pub mod gov;
 pub mod h2client;
+pub mod text;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -76,6 +76,20 @@ fn write_tar_into<W: std::io::Write, D: AsRef<[u8]>>(
 /// Reads an archive: regular files only, relative paths without `..`, no
 /// path twice. The files are borrowed from `bytes`, not copied.
 pub(super) fn read_tar(bytes: &[u8]) -> Result<BTreeMap<String, &[u8]>, String> {
+    // What a mistaken file usually is, said plainly rather than as a tar
+    // header that does not parse.
+    if bytes.is_empty() {
+        return Err("the file is empty; a bundle is a tar archive".into());
+    }
+    if bytes.starts_with(&[0x1f, 0x8b]) {
+        return Err(
+            "the file is gzip-compressed; a bundle is an uncompressed tar archive (gunzip it first)"
+                .into(),
+        );
+    }
+    if bytes.starts_with(b"PK\x03\x04") {
+        return Err("the file is a zip archive; a bundle is a tar archive".into());
+    }
     let mut archive = tar::Archive::new(std::io::Cursor::new(bytes));
     let mut out = BTreeMap::new();
     let entries = archive
@@ -108,14 +122,20 @@ pub(super) fn read_tar(bytes: &[u8]) -> Result<BTreeMap<String, &[u8]>, String> 
             return Err(format!("{path}: appears twice in the archive"));
         }
     }
+    if out.is_empty() {
+        return Err(format!(
+            "no file in its {} bytes; a bundle is a tar archive of files",
+            bytes.len()
+        ));
+    }
     Ok(out)
 }
 
-/// A cursor over bytes that reports truncation instead of panicking.
+/// A cursor over bytes that reports truncation instead of panicking. Its
+/// errors do not name the file: the caller's failure does.
 struct Cur<'a> {
     b: &'a [u8],
     pos: usize,
-    file: &'static str,
 }
 
 impl<'a> Cur<'a> {
@@ -124,7 +144,7 @@ impl<'a> Cur<'a> {
             .pos
             .checked_add(n)
             .filter(|e| *e <= self.b.len())
-            .ok_or_else(|| format!("{}: truncated at byte {}", self.file, self.pos))?;
+            .ok_or_else(|| format!("truncated at byte {}", self.pos))?;
         let s = &self.b[self.pos..end];
         self.pos = end;
         Ok(s)
@@ -147,8 +167,7 @@ impl<'a> Cur<'a> {
         // A proof in a tree of at most 2^64 leaves has at most 64 hashes.
         if n > 64 {
             return Err(format!(
-                "{}: a proof of {n} hashes at byte {}; at most 64 are possible",
-                self.file,
+                "a proof of {n} hashes at byte {}; at most 64 are possible",
                 self.pos - 1
             ));
         }
@@ -174,11 +193,7 @@ pub(super) fn encode_entries(entries: &[(u64, Vec<u8>)]) -> Vec<u8> {
 }
 
 pub(super) fn decode_entries(b: &[u8]) -> Result<Vec<(u64, &[u8])>, String> {
-    let mut c = Cur {
-        b,
-        pos: 0,
-        file: "entries.bin",
-    };
+    let mut c = Cur { b, pos: 0 };
     let mut out: Vec<(u64, &[u8])> = Vec::new();
     while !c.done() {
         let i = c.u64()?;
@@ -187,7 +202,7 @@ pub(super) fn decode_entries(b: &[u8]) -> Result<Vec<(u64, &[u8])>, String> {
             && *prev >= i
         {
             return Err(format!(
-                "entries.bin: entry {i} follows entry {prev}; indices must increase"
+                "entry {i} follows entry {prev}; indices must increase"
             ));
         }
         out.push((i, c.take(n)?));
@@ -214,22 +229,18 @@ fn put_hashes(o: &mut Vec<u8>, hs: &[Hash]) {
 }
 
 pub(super) fn decode_proofs(b: &[u8]) -> Result<BTreeMap<u64, Vec<Hash>>, String> {
-    let mut c = Cur {
-        b,
-        pos: 0,
-        file: "proofs.bin",
-    };
+    let mut c = Cur { b, pos: 0 };
     let mut out: BTreeMap<u64, Vec<Hash>> = BTreeMap::new();
     while !c.done() {
         let i = c.u64()?;
         let p = c.hashes()?;
         if let Some((&prev, _)) = out.last_key_value() {
             if prev == i {
-                return Err(format!("proofs.bin: entry {i} has two proofs"));
+                return Err(format!("entry {i} has two proofs"));
             }
             if prev > i {
                 return Err(format!(
-                    "proofs.bin: the proof of entry {i} follows that of entry {prev}; proofs are in increasing index order"
+                    "the proof of entry {i} follows that of entry {prev}; proofs are in increasing index order"
                 ));
             }
         }
@@ -257,11 +268,7 @@ pub(super) fn encode_range(r: &RangeProof) -> Vec<u8> {
 }
 
 pub(super) fn decode_range(b: &[u8]) -> Result<RangeProof, String> {
-    let mut c = Cur {
-        b,
-        pos: 0,
-        file: "range.bin",
-    };
+    let mut c = Cur { b, pos: 0 };
     let r = RangeProof {
         start: c.u64()?,
         end: c.u64()?,
@@ -269,10 +276,10 @@ pub(super) fn decode_range(b: &[u8]) -> Result<RangeProof, String> {
         right: c.hashes()?,
     };
     if !c.done() {
-        return Err("range.bin: trailing bytes".into());
+        return Err("trailing bytes".into());
     }
     if r.start >= r.end {
-        return Err(format!("range.bin: empty range {}..{}", r.start, r.end));
+        return Err(format!("empty range {}..{}", r.start, r.end));
     }
     Ok(r)
 }
@@ -315,7 +322,13 @@ mod tests {
         let read = read_tar(&t).unwrap();
         assert_eq!(read.len(), files.len());
         assert!(read.iter().all(|(p, b)| files[p] == *b));
-        assert!(read_tar(b"not a tar").is_err() || read_tar(b"not a tar").unwrap().is_empty());
+        assert!(read_tar(b"not a tar").is_err());
+        // Mistaken files are named for what they are.
+        let why = |b: &[u8]| read_tar(b).unwrap_err();
+        assert!(why(b"").contains("the file is empty"));
+        assert!(why(&[0x1f, 0x8b, 8, 0, 0, 0]).contains("gzip-compressed"));
+        assert!(why(b"PK\x03\x04rest").contains("zip archive"));
+        assert!(why(&[0; 1024]).starts_with("no file in its 1024 bytes"));
         // The canonical-form check compares without building the archive.
         assert!(is_canonical_tar(&files, &t));
         assert!(is_canonical_tar(&read, &t));

@@ -169,6 +169,21 @@ pub fn verify_manifest(
         .ok_or(CheckpointError::Malformed(
             "manifest digest is not 32 bytes of hex",
         ))?;
+    if lines.next() != Some("") || lines.next().is_some() {
+        return Err(CheckpointError::Malformed(
+            "the manifest note's body has lines after the digest",
+        ));
+    }
+    // manifest.sig is the one member of a bundle that the manifest cannot
+    // list, so it is held to exactly what the log key signed: the body and
+    // one signature line. (A note may carry other signers' lines, which a
+    // verifier skips; here they would be bytes that change unnoticed.)
+    // `body` is the note up to its empty line; after that, the signatures.
+    if note[body.len() + 1..].matches('\n').count() != 1 {
+        return Err(CheckpointError::Malformed(
+            "the manifest note must carry exactly one signature line, the log key's",
+        ));
+    }
     Ok(digest)
 }
 
@@ -191,6 +206,35 @@ mod tests {
         assert!(matches!(
             Checkpoint::verify(&cp.note, &s.verifier(), "other"),
             Err(CheckpointError::WrongOrigin { .. })
+        ));
+    }
+
+    #[test]
+    fn a_manifest_note_is_its_body_and_one_signature_line() {
+        let s = NoteSigner::new("docket.test/log", SigningKey::from_bytes(&[4; 32]));
+        let note = sign_manifest(&s, "docket.test/log", &[9; 32]);
+        assert_eq!(
+            verify_manifest(&note, &s.verifier(), "docket.test/log").unwrap(),
+            [9; 32]
+        );
+        // A second line after the log key's, even one the verifier would
+        // skip (another signer's name), changes the file's bytes.
+        let other = NoteSigner::new("witness.example/w", SigningKey::from_bytes(&[5; 32]));
+        let cosig = other.sign("x\n");
+        let extra = cosig.rsplit_once("\n\n").unwrap().1;
+        let with_extra = format!("{note}{extra}");
+        assert!(matches!(
+            verify_manifest(&with_extra, &s.verifier(), "docket.test/log"),
+            Err(CheckpointError::Malformed(m)) if m.contains("exactly one signature line")
+        ));
+        // A body with more than the three lines, even signed by the log key.
+        let long = s.sign(&format!(
+            "{MANIFEST_HEADER}\ndocket.test/log\n{}\nmore\n",
+            hex::encode([9; 32])
+        ));
+        assert!(matches!(
+            verify_manifest(&long, &s.verifier(), "docket.test/log"),
+            Err(CheckpointError::Malformed(m)) if m.contains("lines after the digest")
         ));
     }
 

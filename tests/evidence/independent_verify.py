@@ -433,6 +433,10 @@ def check_manifest_sig(files, origin, keyid, public_key):
     text = verify_note(note, "manifest.sig", origin, keyid, public_key)
     lines = text.split("\n")
     require(len(lines) >= 4, "manifest.sig", "the body has fewer than three lines")
+    require(len(lines) == 4, "manifest.sig", "the body has lines after the digest")
+    # The one member the manifest cannot list: nothing but the body and one signature line.
+    require(note[len(text) + 1:].count("\n") == 1, "manifest.sig",
+            "the note must carry exactly one signature line, the log key's")
     require(lines[0] == "docket evidence manifest v1", "manifest.sig",
             f"first line is {lines[0]!r}, not 'docket evidence manifest v1'")
     require(lines[1] == origin, "manifest.sig", f"second line {lines[1]!r} is not the origin")

@@ -845,6 +845,38 @@ async fn dropped_entries_fail_completeness_and_altered_decisions_fail_re_evaluat
         "{e}"
     );
 
+    //    Only who was counted changed (verdict, rule and reasons the
+    //    same): the field that differs is named with both values.
+    let forged = with_decisions(&files, |x| {
+        if x["index"] == allowed {
+            let counted = x["counted"].as_array_mut().unwrap();
+            assert!(!counted.is_empty(), "{x}");
+            counted[0]["approver"] = "mallory".into();
+        }
+    });
+    let e = evidence::verify(&reseal(&s.data, forged), &t).unwrap_err();
+    assert!(
+        e.reason.contains(&format!(
+            "entry {allowed} differs from re-evaluating it from the bundle's facts: counted: the bundle says ["
+        )) && e.reason.contains("mallory")
+            && !e.reason.contains("reasons:"),
+        "{e}"
+    );
+    //    A decision listed twice is named as such.
+    let mut twice = files.clone();
+    let mut d: serde_json::Value = serde_json::from_slice(&files["facts/decisions.json"]).unwrap();
+    let first = d[0].clone();
+    d.as_array_mut().unwrap().push(first.clone());
+    twice.insert(
+        "facts/decisions.json".into(),
+        serde_json::to_vec_pretty(&d).unwrap(),
+    );
+    let e = evidence::verify(&reseal(&s.data, twice), &t).unwrap_err();
+    assert_eq!(
+        e.reason,
+        format!("holds two decisions for entry {}", first["index"])
+    );
+
     // 4. An approval added to a derived file only (not in the log).
     let mut forged = files.clone();
     let mut c: serde_json::Value = serde_json::from_slice(&forged["facts/changes.json"]).unwrap();
@@ -1276,6 +1308,30 @@ async fn an_independent_verifier_written_from_the_docs_agrees() {
     let complete = export_complete(s, "CHG-2").await;
     let (code, out) = verify("change-2-complete", &complete);
     assert_eq!(code, Some(0), "{out}");
+    // manifest.sig, the one member the manifest cannot list, with a second
+    // signature line that a signed-note verifier would skip (another
+    // signer's): refused by both, so no byte of a bundle changes unnoticed.
+    let mut files = evidence::unpack(&complete).unwrap();
+    let witness = docket::crypto::NoteSigner::new("witness.example/w", key("witness"));
+    let cosigned = witness.sign("docket evidence manifest v1\n");
+    let line = cosigned.rsplit_once("\n\n").unwrap().1.to_owned();
+    files
+        .get_mut("manifest.sig")
+        .unwrap()
+        .extend(line.as_bytes());
+    let cosigned = evidence::pack(&files);
+    let reference = evidence::verify(&cosigned, &trust(s)).unwrap_err();
+    assert_eq!(reference.what, "manifest.sig", "{reference}");
+    assert!(
+        reference.reason.contains("exactly one signature line"),
+        "{reference}"
+    );
+    let (code, out) = verify("change-2-cosigned", &cosigned);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("manifest.sig") && out.contains("exactly one signature line"),
+        "{out}"
+    );
     let size = s.size().await;
     let short = forge_selection(s, &complete_scope("CHG-2"), |sel| {
         let (start, _) = sel.range.unwrap();

@@ -1225,3 +1225,43 @@ proptest::proptest! {
         proptest::prop_assert!(answer.is_err(), "accepted: {:?}", o.signature);
     }
 }
+
+/// What a repository supplies (author, e-mail, summary) is printed with
+/// control and text-reordering characters escaped: a commit cannot drive
+/// the terminal of whoever ingests it, nor make its line read otherwise.
+#[test]
+fn ingest_prints_what_a_repository_says_escaped() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = repo(dir.path());
+    let tree = git(&repo, &["write-tree"]);
+    let sha = hash_object(
+        &repo,
+        &format!(
+            "tree {tree}\n\
+             author Eve\u{1b}[2J <eve\u{202e}@example.com> 1700000000 +0000\n\
+             committer Eve <eve@example.com> 1700000000 +0000\n\n\
+             fix \u{9b}31m typo\u{200b}\n"
+        ),
+    );
+    git(&repo, &["update-ref", "refs/heads/main", &sha]);
+    let out = std::process::Command::new(crate::common::BIN)
+        .args(["git", "ingest", "--repo"])
+        .arg(&repo)
+        .args(["--ref", "main", "--dry-run"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(out.status.success(), "{text}");
+    let line = text
+        .lines()
+        .find(|l| l.starts_with(&sha[..12]))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(
+        line.contains(r"Eve\u{1b}[2J <eve\u{202e}@example.com> fix \u{9b}31m typo\u{200b}"),
+        "{line}"
+    );
+    assert!(
+        !text.contains(['\u{1b}', '\u{202e}', '\u{9b}', '\u{200b}']),
+        "{text}"
+    );
+}
