@@ -37,6 +37,7 @@ fn load_mtls(
     data: &crate::datadir::DataDir,
 ) -> Result<(rustls::ServerConfig, AccessState), ServeError> {
     let tls = data.tls();
+    check_server_cert_end(&tls.server_cert)?;
     let cfg = crate::tls::server_config(
         &tls.ca_cert,
         &tls.server_cert,
@@ -48,6 +49,33 @@ fn load_mtls(
         .map_err(|e| ServeError::Access(e.to_string()))?;
     let revoked = crate::tls::pki::revoked_serials(&tls)?;
     Ok((cfg, AccessState { policy, revoked }))
+}
+
+/// Refuses a server certificate that has expired, since no client would
+/// accept it, and warns of one that expires within
+/// [`crate::tls::pki::RENEW_WITHIN_SECS`]; at start and at every reload.
+fn check_server_cert_end(path: &std::path::Path) -> Result<(), ServeError> {
+    use crate::tls::pki;
+    let end = pki::first_cert_end(path)?;
+    let left = end - jiff::Timestamp::now().as_second();
+    if left <= 0 {
+        return Err(ServeError::Tls(crate::tls::TlsError::Pem {
+            path: path.display().to_string(),
+            reason: format!(
+                "the server certificate expired at {}; renew it with `docket cert renew-server`",
+                pki::fmt_secs(end)
+            ),
+        }));
+    }
+    if left < pki::RENEW_WITHIN_SECS {
+        tracing::warn!(
+            certificate = %path.display(),
+            expires = %pki::fmt_secs(end),
+            days_left = left / 86_400,
+            "the server certificate expires soon; renew it with `docket cert renew-server`, then SIGHUP"
+        );
+    }
+    Ok(())
 }
 
 /// Re-reads the transport's files while the server runs (`docket serve`

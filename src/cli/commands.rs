@@ -350,6 +350,30 @@ pub enum CertCmd {
         #[arg(long, default_value = "unspecified")]
         reason: String,
     },
+    /// Renew the server's certificate and key (tls/server.pem, server.key)
+    /// from the data dir's CA. The server uses them once it reloads (SIGHUP)
+    /// or restarts.
+    RenewServer {
+        #[command(flatten)]
+        data: DataArgs,
+        /// Days the certificate is valid (1 to 3650, and not past the CA).
+        #[arg(long, default_value_t = crate::tls::pki::SERVER_DAYS)]
+        days: u32,
+        /// DNS name or IP address clients connect to (repeatable; default:
+        /// those of the current certificate).
+        #[arg(long = "host")]
+        hosts: Vec<String>,
+    },
+    /// Renew the admin's client certificate that `init` made
+    /// (tls/client.pem, client.key): same name, and the certificate it
+    /// replaces revoked as superseded.
+    RenewAdmin {
+        #[command(flatten)]
+        data: DataArgs,
+        /// Days the certificate is valid (1 to 3650, and not past the CA).
+        #[arg(long, default_value_t = crate::tls::pki::DEFAULT_DAYS)]
+        days: u32,
+    },
     /// List the client certificates in a directory (default
     /// <data>/tls/clients) with serial, validity and revocation.
     List {
@@ -381,6 +405,46 @@ pub(crate) fn cert(c: CertCmd) -> CliResult {
                     dd.tls().crl.display()
                 ),
                 None => outln!("{} was already revoked; nothing changed", cert.display()),
+            }
+            Ok(())
+        }
+        CertCmd::RenewServer { data, days, hosts } => {
+            let dd = require_initialised(&data)?;
+            let r = crate::tls::pki::renew_server_cert(&dd.tls(), &hosts, days)
+                .map_err(CliError::usage)?;
+            let fmt = crate::tls::pki::fmt_secs;
+            outln!(
+                "renewed the server certificate {}: serial {}, valid until {}, for {}",
+                dd.tls().server_cert.display(),
+                r.info.serial,
+                fmt(r.info.not_after),
+                r.hosts.join(", ")
+            );
+            outln!(
+                "it replaces serial {} (valid until {}); a running server uses the new one after \
+                 SIGHUP (kill -HUP <pid>) or a restart",
+                r.previous.serial,
+                fmt(r.previous.not_after)
+            );
+            Ok(())
+        }
+        CertCmd::RenewAdmin { data, days } => {
+            let dd = require_initialised(&data)?;
+            let r = crate::tls::pki::renew_admin_cert(&dd.tls(), days).map_err(CliError::usage)?;
+            let fmt = crate::tls::pki::fmt_secs;
+            outln!(
+                "renewed {} ({}): serial {}, valid until {}",
+                r.cert.display(),
+                r.info.subject,
+                r.info.serial,
+                fmt(r.info.not_after)
+            );
+            if let Some(old) = r.replaced {
+                outln!(
+                    "revoked serial {} (superseded); a running server refuses it after SIGHUP \
+                     (kill -HUP <pid>) or a restart",
+                    old.info.serial
+                );
             }
             Ok(())
         }

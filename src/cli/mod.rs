@@ -99,7 +99,8 @@ enum Command {
     Init(commands::InitArgs),
     /// Write a new Ed25519 key pair (FILE and FILE.pub).
     Keygen(commands::KeygenArgs),
-    /// Issue client certificates from the development CA.
+    /// Certificates of the development CA: issue, renew, revoke and list
+    /// client certificates; renew the server's.
     #[command(subcommand)]
     Cert(commands::CertCmd),
     /// Register principals and manage their keys.

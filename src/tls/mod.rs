@@ -96,8 +96,14 @@ pub fn check_hosts(hosts: &[String]) -> Result<(), String> {
     Ok(())
 }
 
-/// Creates a development CA, a server certificate for `hosts` (DNS names or IP
-/// addresses) and a client certificate with common name `client_cn`.
+/// The common name of the server certificates the development CA issues.
+pub const SERVER_CN: &str = "docket-server";
+
+/// Creates a development CA (valid [`pki::CA_DAYS`]), a server certificate
+/// for `hosts` (DNS names or IP addresses; [`pki::SERVER_DAYS`]) and a
+/// client certificate with common name `client_cn` ([`pki::DEFAULT_DAYS`]),
+/// each with a random serial. None is valid for ever: `docket cert
+/// renew-server` and `docket cert issue --replace` renew them.
 pub fn generate_dev_pki(
     dir: &Path,
     hosts: &[String],
@@ -108,8 +114,16 @@ pub fn generate_dev_pki(
         source,
     })?;
     let paths = PkiPaths::in_dir(dir);
+    let now = pki::now_secs();
+    let validity = |params: &mut CertificateParams, days: u32| -> Result<(), TlsError> {
+        params.not_before = pki::odt(now - pki::BACKDATE_SECS)?;
+        params.not_after = pki::odt(now + i64::from(days) * 86_400)?;
+        params.serial_number = Some(pki::random_serial());
+        Ok(())
+    };
     let ca_key = KeyPair::generate()?;
     let mut ca = CertificateParams::new(Vec::<String>::new())?;
+    validity(&mut ca, pki::CA_DAYS)?;
     ca.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     ca.distinguished_name
         .push(DnType::CommonName, "Docket development CA");
@@ -119,14 +133,16 @@ pub fn generate_dev_pki(
 
     let server_key = KeyPair::generate()?;
     let mut server = CertificateParams::new(hosts.to_vec())?;
+    validity(&mut server, pki::SERVER_DAYS)?;
     server
         .distinguished_name
-        .push(DnType::CommonName, "docket-server");
+        .push(DnType::CommonName, SERVER_CN);
     server.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     let server_cert = server.signed_by(&server_key, &issuer)?;
 
     let client_key = KeyPair::generate()?;
     let mut client = CertificateParams::new(Vec::<String>::new())?;
+    validity(&mut client, pki::DEFAULT_DAYS)?;
     client
         .distinguished_name
         .push(DnType::CommonName, client_cn);

@@ -24,9 +24,16 @@ use super::{PkiPaths, TlsError, read};
 pub const DEFAULT_DAYS: u32 = 365;
 /// Longest validity `docket cert issue` grants (ten years).
 pub const MAX_DAYS: u32 = 3650;
+/// Days the development CA that `init` makes is valid (ten years).
+pub const CA_DAYS: u32 = 3650;
+/// Default validity of a server certificate (`init`, `cert renew-server`).
+pub const SERVER_DAYS: u32 = 397;
+/// A server certificate this close to its end is reported when the server
+/// starts or reloads.
+pub const RENEW_WITHIN_SECS: i64 = 30 * 86_400;
 /// How far before "now" a certificate's validity starts, so that a server
 /// whose clock is a little behind the issuer's accepts it at once.
-const BACKDATE_SECS: i64 = 300;
+pub(super) const BACKDATE_SECS: i64 = 300;
 
 /// What a certificate says about itself, for listing and revoking.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -141,7 +148,7 @@ pub fn revoked_serials(pki: &PkiPaths) -> Result<BTreeSet<String>, TlsError> {
     Ok(revoked(pki)?.into_iter().map(|r| r.serial).collect())
 }
 
-fn now_secs() -> i64 {
+pub(super) fn now_secs() -> i64 {
     jiff::Timestamp::now().as_second()
 }
 
@@ -151,7 +158,7 @@ fn rfc3339(secs: i64) -> String {
         .unwrap_or_else(|_| secs.to_string())
 }
 
-fn odt(secs: i64) -> Result<time::OffsetDateTime, TlsError> {
+pub(super) fn odt(secs: i64) -> Result<time::OffsetDateTime, TlsError> {
     time::OffsetDateTime::from_unix_timestamp(secs).map_err(|e| TlsError::Pem {
         path: "validity".into(),
         reason: e.to_string(),
@@ -217,6 +224,13 @@ pub fn issue_client_cert(
     replace: bool,
 ) -> Result<Issued, TlsError> {
     check_cn(cn)?;
+    issue_with_validity(pki, cn, out, validity_for(pki, days)?, replace)
+}
+
+/// The validity (Unix seconds) of a certificate issued now for `days`:
+/// 1 to [`MAX_DAYS`], and ending before the CA, whose end would end it
+/// anyway.
+fn validity_for(pki: &PkiPaths, days: u32) -> Result<(i64, i64), TlsError> {
     if !(1..=MAX_DAYS).contains(&days) {
         return Err(TlsError::Pem {
             path: "--days".into(),
@@ -224,13 +238,137 @@ pub fn issue_client_cert(
         });
     }
     let now = now_secs();
-    issue_with_validity(
-        pki,
-        cn,
-        out,
-        (now - BACKDATE_SECS, now + i64::from(days) * 86_400),
-        replace,
-    )
+    let end = now + i64::from(days) * 86_400;
+    let ca_end = first_cert_end(&pki.ca_cert)?;
+    if end >= ca_end {
+        return Err(TlsError::Pem {
+            path: "--days".into(),
+            reason: format!(
+                "{days} days would outlast the CA {}, which expires at {}: at most {} days",
+                pki.ca_cert.display(),
+                rfc3339(ca_end),
+                (ca_end - now - 1).max(0) / 86_400
+            ),
+        });
+    }
+    Ok((now - BACKDATE_SECS, end))
+}
+
+/// When the first certificate of a PEM file (a certificate, or a chain
+/// that starts with one) expires, in Unix seconds.
+pub fn first_cert_end(path: &Path) -> Result<i64, TlsError> {
+    let certs = super::certs(path)?;
+    cert_info(&certs[0])
+        .map(|i| i.not_after)
+        .ok_or_else(|| TlsError::Pem {
+            path: path.display().to_string(),
+            reason: "the certificate does not parse".into(),
+        })
+}
+
+/// A renewed server certificate.
+#[derive(Debug)]
+pub struct RenewedServer {
+    pub info: CertInfo,
+    /// The names (DNS names, IP addresses) it is for.
+    pub hosts: Vec<String>,
+    /// The certificate it replaced.
+    pub previous: CertInfo,
+}
+
+/// Issues the server a new key and certificate from the development CA,
+/// valid `days`, for `hosts` (none: the names the current certificate is
+/// for), and puts them in place of `server.key` and `server.pem`, the key
+/// first. A running server takes them up when it reloads (SIGHUP) or
+/// restarts; connections already open keep the old one.
+pub fn renew_server_cert(
+    pki: &PkiPaths,
+    hosts: &[String],
+    days: u32,
+) -> Result<RenewedServer, TlsError> {
+    let (previous, _) = read_cert_info(&pki.server_cert)?;
+    let validity = validity_for(pki, days)?;
+    let (info, hosts) = issue_server_cert(pki, hosts, validity)?;
+    Ok(RenewedServer {
+        info,
+        hosts,
+        previous,
+    })
+}
+
+/// [`renew_server_cert`] with an explicit validity (Unix seconds), which
+/// tests use to make a server certificate that has expired.
+#[doc(hidden)]
+pub fn issue_server_cert(
+    pki: &PkiPaths,
+    hosts: &[String],
+    (not_before, not_after): (i64, i64),
+) -> Result<(CertInfo, Vec<String>), TlsError> {
+    let hosts = if hosts.is_empty() {
+        let (_, der) = read_cert_info(&pki.server_cert)?;
+        names_of(&der).ok_or_else(|| TlsError::Pem {
+            path: pki.server_cert.display().to_string(),
+            reason: "names no host (DNS name or IP address); give --host".into(),
+        })?
+    } else {
+        super::check_hosts(hosts).map_err(|reason| TlsError::Pem {
+            path: "--host".into(),
+            reason,
+        })?;
+        hosts.to_vec()
+    };
+    let _lock = lock(pki)?;
+    let issuer = ca_issuer(pki)?;
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::new(hosts.clone())?;
+    params
+        .distinguished_name
+        .push(DnType::CommonName, super::SERVER_CN);
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    params.not_before = odt(not_before)?;
+    params.not_after = odt(not_after)?;
+    params.serial_number = Some(random_serial());
+    let cert = params.signed_by(&key, &issuer)?;
+    let info = cert_info(cert.der()).ok_or_else(|| TlsError::Pem {
+        path: pki.server_cert.display().to_string(),
+        reason: "the certificate just issued does not parse".into(),
+    })?;
+    let key_tmp = aside(&pki.server_key);
+    let cert_tmp = aside(&pki.server_cert);
+    if let Err(e) = write_new(&key_tmp, &key.serialize_pem(), true)
+        .and_then(|()| write_new(&cert_tmp, &cert.pem(), false))
+    {
+        let _ = std::fs::remove_file(&key_tmp);
+        let _ = std::fs::remove_file(&cert_tmp);
+        return Err(e);
+    }
+    // The key first: between the renames a reload reads a pair that does
+    // not match and is refused, keeping the running configuration.
+    rename(&key_tmp, &pki.server_key)?;
+    rename(&cert_tmp, &pki.server_cert)?;
+    Ok((info, hosts))
+}
+
+/// The DNS names and IP addresses a certificate is for.
+fn names_of(der: &[u8]) -> Option<Vec<String>> {
+    use x509_parser::extensions::GeneralName;
+    let (_, c) = x509_parser::parse_x509_certificate(der).ok()?;
+    let san = c.subject_alternative_name().ok()??;
+    let names: Vec<String> = san
+        .value
+        .general_names
+        .iter()
+        .filter_map(|n| match n {
+            GeneralName::DNSName(d) => Some((*d).to_owned()),
+            GeneralName::IPAddress(b) => match b.len() {
+                4 => Some(std::net::IpAddr::from(<[u8; 4]>::try_from(*b).ok()?).to_string()),
+                16 => Some(std::net::IpAddr::from(<[u8; 16]>::try_from(*b).ok()?).to_string()),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect();
+    (!names.is_empty()).then_some(names)
 }
 
 /// [`issue_client_cert`] with an explicit validity (Unix seconds), which
@@ -246,15 +384,6 @@ pub fn issue_with_validity(
     check_cn(cn)?;
     let cert_path = out.join(format!("{cn}.pem"));
     let key_path = out.join(format!("{cn}.key"));
-    let existing = cert_path.exists() || key_path.exists();
-    if existing && !replace {
-        return Err(TlsError::Pem {
-            path: cert_path.display().to_string(),
-            reason: "already exists; give --replace to renew it (the certificate it holds \
-                     is then revoked as superseded)"
-                .into(),
-        });
-    }
     if out == pki.ca_cert.parent().unwrap_or(Path::new(""))
         && ["ca", "server", "client"].contains(&cn)
     {
@@ -264,6 +393,60 @@ pub fn issue_with_validity(
                 "{cn:?} would overwrite the development PKI's own {cn}.pem and {cn}.key in {}",
                 out.display()
             ),
+        });
+    }
+    issue_to(
+        pki,
+        cn,
+        (&cert_path, &key_path),
+        (not_before, not_after),
+        replace,
+    )
+}
+
+/// Renews the admin's client certificate that `init` made
+/// (`tls/client.pem` and `client.key`): same common name, valid `days`,
+/// and the certificate it replaces revoked as superseded.
+pub fn renew_admin_cert(pki: &PkiPaths, days: u32) -> Result<Issued, TlsError> {
+    let (old, _) = read_cert_info(&pki.client_cert)?;
+    let cn = old
+        .subject
+        .strip_prefix("CN=")
+        .filter(|cn| check_cn(cn).is_ok())
+        .ok_or_else(|| TlsError::Pem {
+            path: pki.client_cert.display().to_string(),
+            reason: format!(
+                "its subject {:?} is not one common name; issue a new certificate instead",
+                old.subject
+            ),
+        })?
+        .to_owned();
+    let validity = validity_for(pki, days)?;
+    issue_to(
+        pki,
+        &cn,
+        (&pki.client_cert, &pki.client_key),
+        validity,
+        true,
+    )
+}
+
+/// Issues a client certificate for `cn` into `cert_path` and `key_path`
+/// (see [`issue_client_cert`]).
+fn issue_to(
+    pki: &PkiPaths,
+    cn: &str,
+    (cert_path, key_path): (&Path, &Path),
+    (not_before, not_after): (i64, i64),
+    replace: bool,
+) -> Result<Issued, TlsError> {
+    let existing = cert_path.exists() || key_path.exists();
+    if existing && !replace {
+        return Err(TlsError::Pem {
+            path: cert_path.display().to_string(),
+            reason: "already exists; give --replace to renew it (the certificate it holds \
+                     is then revoked as superseded)"
+                .into(),
         });
     }
     // One issuance or revocation at a time: two renewals of one name would
@@ -282,6 +465,7 @@ pub fn issue_with_validity(
         path: cert_path.display().to_string(),
         reason: "the certificate just issued does not parse".into(),
     })?;
+    let out = cert_path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(out).map_err(|source| TlsError::Io {
         path: out.display().to_string(),
         source,
@@ -289,13 +473,13 @@ pub fn issue_with_validity(
     // Both new files are written aside first; only then is the old
     // certificate revoked and are the two files put in place, so a failure
     // leaves the old pair whole (and, before the revocation, valid).
-    let key_tmp = aside(&key_path);
-    let cert_tmp = aside(&cert_path);
+    let key_tmp = aside(key_path);
+    let cert_tmp = aside(cert_path);
     let staged = write_new(&key_tmp, &key.serialize_pem(), true)
         .and_then(|()| write_new(&cert_tmp, &cert.pem(), false));
     let replaced = staged.and_then(|()| match cert_path.exists() {
         true => {
-            let (old, _) = read_cert_info(&cert_path)?;
+            let (old, _) = read_cert_info(cert_path)?;
             let newly = revoke_locked(pki, &issuer, &old, "superseded")?.is_some();
             Ok(Some(Replaced { info: old, newly }))
         }
@@ -310,11 +494,11 @@ pub fn issue_with_validity(
         }
     };
     // The key first: a certificate file never names a key that is not there.
-    rename(&key_tmp, &key_path)?;
-    rename(&cert_tmp, &cert_path)?;
+    rename(&key_tmp, key_path)?;
+    rename(&cert_tmp, cert_path)?;
     Ok(Issued {
-        cert: cert_path,
-        key: key_path,
+        cert: cert_path.to_owned(),
+        key: key_path.to_owned(),
         info,
         replaced,
     })
@@ -348,7 +532,7 @@ fn rename(from: &Path, to: &Path) -> Result<(), TlsError> {
 
 /// 16 random bytes, the first one's top bit clear (a positive INTEGER
 /// without a leading zero byte) and the serial never zero.
-fn random_serial() -> SerialNumber {
+pub(super) fn random_serial() -> SerialNumber {
     use rand::RngCore as _;
     let mut b = [0u8; 16];
     rand::rngs::OsRng.fill_bytes(&mut b);

@@ -1,7 +1,8 @@
 //! Client certificates over their life: an expired one and a revoked one
 //! are refused at the TLS handshake, a revocation reaches connections
 //! already open once the server reloads, a renewed certificate works, and a
-//! reload with a bad file changes nothing.
+//! reload with a bad file changes nothing. The server's own certificate
+//! and the admin's expire and renew in place.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -326,4 +327,125 @@ fn crl_number(path: &Path) -> u64 {
         .unwrap();
     let (_, crl) = x509_parser::revocation_list::CertificateRevocationList::from_der(&der).unwrap();
     u64::try_from(crl.crl_number().unwrap()).unwrap()
+}
+
+/// The serial of the certificate the server at `addr` presents.
+async fn presented_serial(s: &crate::common::TestServer) -> String {
+    let conn = s.conn();
+    let cfg = docket::tls::client_config(&conn.ca, &conn.cert, &conn.key).unwrap();
+    let tcp = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    let der = &tls.get_ref().1.peer_certificates().unwrap()[0];
+    pki::cert_info(der).unwrap().serial
+}
+
+/// The development PKI `init` makes is not valid for ever, and the server's
+/// certificate renews in place: `docket cert renew-server` keeps its names,
+/// a reload puts it in force for new connections, no certificate may
+/// outlast the CA, and a server certificate that has expired is refused by
+/// a reload (the running one stays) and stops a server from starting.
+#[tokio::test]
+async fn the_server_certificate_expires_and_renews() {
+    let s = server().run().await;
+    let tls = s.data.tls();
+    let now = jiff::Timestamp::now().as_second();
+    let days_left = |path: &Path| (pki::first_cert_end(path).unwrap() - now) / 86_400;
+    for (path, days) in [
+        (&tls.ca_cert, pki::CA_DAYS),
+        (&tls.server_cert, pki::SERVER_DAYS),
+        (&tls.client_cert, pki::DEFAULT_DAYS),
+    ] {
+        let left = days_left(path);
+        assert!(
+            (i64::from(days) - 1..=i64::from(days)).contains(&left),
+            "{}: {left} days left",
+            path.display()
+        );
+    }
+    let (first, _) = pki::read_cert_info(&tls.server_cert).unwrap();
+    assert_eq!(presented_serial(&s).await, first.serial);
+
+    let out = s.cli(&["cert", "renew-server", "--days", "90"]).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(
+        out.stdout.contains("for localhost, 127.0.0.1, ::1")
+            && out
+                .stdout
+                .contains(&format!("it replaces serial {}", first.serial)),
+        "{}",
+        out.stdout
+    );
+    let (renewed, _) = pki::read_cert_info(&tls.server_cert).unwrap();
+    assert_ne!(renewed.serial, first.serial);
+    assert!((89..=90).contains(&days_left(&tls.server_cert)));
+    // The running server presents the old one until it reloads.
+    assert_eq!(presented_serial(&s).await, first.serial);
+    s.reloader.reload().unwrap();
+    assert_eq!(presented_serial(&s).await, renewed.serial);
+    ping(&mut s.client().await).await.unwrap();
+
+    // The admin's certificate renews under its name; the old one is
+    // revoked and, once the server reloads, refused.
+    let old_admin = s.dir.path().join("old-admin.pem");
+    std::fs::copy(&tls.client_cert, &old_admin).unwrap();
+    std::fs::copy(&tls.client_key, old_admin.with_extension("key")).unwrap();
+    let (admin_before, _) = pki::read_cert_info(&tls.client_cert).unwrap();
+    let out = s.cli(&["cert", "renew-admin", "--days", "30"]).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    let (admin, _) = pki::read_cert_info(&tls.client_cert).unwrap();
+    assert_eq!(admin.subject, admin_before.subject);
+    assert_ne!(admin.serial, admin_before.serial);
+    assert!(
+        out.stdout.contains(&format!(
+            "revoked serial {} (superseded)",
+            admin_before.serial
+        )),
+        "{}",
+        out.stdout
+    );
+    handshake(s.addr, &tls.ca_cert, &old_admin).await.unwrap();
+    s.reloader.reload().unwrap();
+    let refused = handshake(s.addr, &tls.ca_cert, &old_admin)
+        .await
+        .unwrap_err();
+    assert!(refused.contains("CertificateRevoked"), "{refused}");
+    ping(&mut s.client().await).await.unwrap();
+
+    // Nothing outlasts the CA that signs it.
+    for e in [
+        pki::renew_server_cert(&tls, &[], pki::MAX_DAYS)
+            .unwrap_err()
+            .to_string(),
+        docket::tls::issue_client_cert(&tls, "long", &s.dir.path().join("c"), pki::MAX_DAYS, false)
+            .unwrap_err()
+            .to_string(),
+    ] {
+        assert!(e.contains("would outlast the CA"), "{e}");
+    }
+    assert_eq!(pki::read_cert_info(&tls.server_cert).unwrap().0, renewed);
+
+    // An expired server certificate: the reload is refused and the running
+    // configuration stays; a new server does not start on it.
+    pki::issue_server_cert(&tls, &[], (now - 10 * 86_400, now - 86_400)).unwrap();
+    let e = s.reloader.reload().unwrap_err().to_string();
+    assert!(e.contains("the server certificate expired at"), "{e}");
+    assert_eq!(presented_serial(&s).await, renewed.serial);
+    let e = docket::server::Server::bind(
+        "127.0.0.1:0",
+        s.svc.clone(),
+        docket::server::Transport::dev_mtls(&s.data).unwrap(),
+    )
+    .await
+    .err()
+    .expect("a server with an expired certificate does not start")
+    .to_string();
+    assert!(
+        e.contains("expired at") && e.contains("docket cert renew-server"),
+        "{e}"
+    );
+    s.stop().await;
 }
