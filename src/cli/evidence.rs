@@ -168,6 +168,14 @@ fn time_arg(flag: &str, s: &str) -> Result<i64, CliError> {
             .to_zoned(jiff::tz::TimeZone::UTC)
             .map_err(|e| CliError::usage(format!("{flag} {s:?}: {e}")))?
             .timestamp()
+    } else if s
+        .find(['T', 't', ' '])
+        .is_some_and(|i| crate::policy::names_leap_second(&s[i..]))
+    {
+        // jiff would read it as :59, moving the period's edge by a second.
+        return Err(CliError::usage(format!(
+            "{flag} {s:?} names a leap second (:60); write :59 or the next minute"
+        )));
     } else {
         s.parse().map_err(|e| {
             CliError::usage(format!(
@@ -520,6 +528,16 @@ mod tests {
         let ns =
             |s: &str| i64::try_from(s.parse::<jiff::Timestamp>().unwrap().as_nanosecond()).unwrap();
         assert_eq!(at("2026-06-15").unwrap(), ns("2026-06-15T00:00:00Z"));
+        assert!(
+            at("2026-12-31T23:59:60Z")
+                .unwrap_err()
+                .message
+                .contains("names a leap second")
+        );
+        assert_eq!(
+            at("2026-12-31T23:59:59Z").unwrap(),
+            ns("2026-12-31T23:59:59Z")
+        );
         assert_eq!(
             at("2026-06-15T15:30:00Z").unwrap(),
             ns("2026-06-15T15:30:00Z")

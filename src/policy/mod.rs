@@ -22,6 +22,7 @@ version = 1
 [defaults]
 unmatched = \"deny\"
 ";
+pub(crate) use parse::names_leap_second;
 pub use parse::{ApprovalRule, Freeze, Policy, PolicyError, Rule};
 
 use std::collections::BTreeSet;

@@ -297,6 +297,12 @@ fn duration_secs(s: &str) -> Result<i64, String> {
         .ok_or_else(|| format!("{s:?} is too long"))
 }
 
+/// Whether the time of day of a date-time (the text from its `T` or space
+/// on, `T23:59:60...`) has second 60.
+pub(crate) fn names_leap_second(time_of_day: &str) -> bool {
+    time_of_day.as_bytes().get(6..9) == Some(b":60")
+}
+
 /// A freeze window's local date-time as an instant. A new document
 /// (`strict`) may not name a time that its zone skips or repeats (a
 /// daylight-saving change), since the window's edge would then be a guess;
@@ -325,6 +331,13 @@ fn civil(
         return Err(format!(
             "{field} {text:?} carries a UTC offset or a time zone; write the local time in the freeze's zone (zone = \"{}\") alone, like 2026-12-20T00:00",
             zone.iana_name().unwrap_or("…")
+        ));
+    }
+    // jiff reads a leap second (:60) as :59 of the same minute, which would
+    // move the edge by a second without a word.
+    if strict && names_leap_second(after_date) {
+        return Err(format!(
+            "{field} {text:?} names a leap second (:60), which this zone's clock does not show; write :59 or the next minute"
         ));
     }
     let ambiguous = zone.to_ambiguous_zoned(dt);

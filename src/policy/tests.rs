@@ -1214,6 +1214,11 @@ fn bad_policies_are_refused_with_line_and_reason() {
             "start \"2026-03-29T02:30\" does not exist in Europe/Berlin",
         ),
         (
+            "version = 1\n[[freeze]]\nname = \"f\"\nstart = \"2026-12-20T00:00\"\nend = \"2026-12-31T23:59:60\"\nzone = \"UTC\"\n",
+            5,
+            "end \"2026-12-31T23:59:60\" names a leap second (:60)",
+        ),
+        (
             "version = 1\n[policy_changes]\napprovals = 4294967295\nroles = [\"admin\"]\n",
             2,
             "policy_changes.approvals = 4294967295 is more than 100: the policy could never be changed again",
@@ -1283,6 +1288,7 @@ fn bad_policies_are_refused_with_line_and_reason() {
         "] is empty",
         "control character",
         "could never be held",
+        "names a leap second",
     ];
     for (text, _, needle) in cases {
         let recorded = Policy::parse(text);
