@@ -1,12 +1,14 @@
-//! The protobuf codec of every generated service and client: prost's, except
-//! that bytes which are not the expected message are the sender's fault.
+//! The protobuf codec of every generated service: prost's, except that a
+//! request whose bytes are not the expected message is the client's fault.
 //!
 //! tonic-prost reports a message that does not decode as INTERNAL, which
 //! reads as a server bug and tells a client nothing it can fix. Here it is
 //! INVALID_ARGUMENT, and the message keeps prost's path to the field that
-//! broke ("AppendRequest.envelope: Envelope.payload_type: invalid string
-//! value ..."), so the refusal names the field and the reason like every
-//! other refusal of bad input.
+//! broke, innermost first ("Envelope.payload_type: AppendRequest.envelope:
+//! invalid string value ..."), so the refusal names the field and the
+//! reason like every other refusal of bad input. The generated clients keep
+//! prost's codec (`build.rs`): a reply they cannot decode is no fault of
+//! the request, and stays INTERNAL.
 
 use std::marker::PhantomData;
 

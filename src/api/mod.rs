@@ -42,6 +42,13 @@ pub use server::{LedgerApi, MAX_TAIL_STREAMS};
 #[allow(missing_docs, unreachable_pub, clippy::all)]
 pub mod pb {
     tonic::include_proto!("docket.v1");
+    pub use clients::{governance_client, ledger_client};
+
+    /// The generated clients, built apart so that they keep prost's own
+    /// codec (see `build.rs`).
+    mod clients {
+        include!(concat!(env!("OUT_DIR"), "/clients/docket.v1.rs"));
+    }
 
     /// The encoded file descriptor set, for the reflection service.
     pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("docket_descriptor");
