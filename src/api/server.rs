@@ -353,28 +353,39 @@ impl pb::ledger_server::Ledger for LedgerApi {
         // Nothing after a message that could not be read is appended: the
         // stream ends with that error, and a client that resends from the
         // first message without a receipt appends each event once (a resend
-        // of one that made it is answered as a duplicate). Nothing is read
-        // either once the server is shutting down: the appends under way
-        // are answered, then the stream ends with UNAVAILABLE at the first
-        // message not read, so a client that keeps its half of the stream
+        // of one that made it is answered as a duplicate). Once the server
+        // is shutting down, only the messages that have arrived already are
+        // read (a client that sent everything and closed its half loses
+        // nothing); the stream then ends with UNAVAILABLE at the first
+        // message that had not arrived, so a client that keeps its half
         // open does not hold the drain open until its deadline.
         let input = futures::stream::unfold(
-            Some((req.into_inner(), self.stopping.clone())),
+            Some((req.into_inner(), self.stopping.clone(), false)),
             |open| async move {
-                let (mut messages, mut stopping) = open?;
-                let next = tokio::select! {
-                    biased;
-                    // Shutting down (or the server is gone).
-                    _ = stopping.wait_for(|s| *s) => None,
-                    item = messages.next() => Some(item?),
-                };
-                match next {
-                    None => Some((Err(Status::unavailable(SHUTTING_DOWN)), None)),
-                    Some(item) => {
-                        let more = item.is_ok().then_some((messages, stopping));
-                        Some((item, more))
+                use futures::FutureExt as _;
+                let (mut messages, mut stopping, stopped) = open?;
+                let item = if stopped {
+                    None
+                } else {
+                    tokio::select! {
+                        biased;
+                        // Shutting down (or the server is gone).
+                        _ = stopping.wait_for(|s| *s) => None,
+                        item = messages.next() => Some(item?),
                     }
-                }
+                };
+                let item = match item {
+                    Some(item) => item,
+                    // Stopping: what has arrived, or the end.
+                    None => match messages.next().now_or_never() {
+                        Some(Some(item)) => item,
+                        Some(None) => return None,
+                        None => return Some((Err(Status::unavailable(SHUTTING_DOWN)), None)),
+                    },
+                };
+                let stopped = stopped || *stopping.borrow();
+                let more = item.is_ok().then_some((messages, stopping, stopped));
+                Some((item, more))
             },
         );
         // Up to 256 appends of one stream are in flight at once, within the

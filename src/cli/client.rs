@@ -325,7 +325,12 @@ pub fn status_err(what: &str, s: tonic::Status) -> CliError {
     } else {
         ""
     };
-    let message = format!("{what}: {:?}: {}{hint}", s.code(), s.message());
+    // The server's words may quote what a client wrote.
+    let message = format!(
+        "{what}: {:?}: {}{hint}",
+        s.code(),
+        super::text::printable(s.message())
+    );
     // No answer came back: a distinct exit code, so a pipeline gate can
     // retry instead of reading it as a denial. Besides an unreachable
     // server, that is a connection lost during the call (tonic reports it

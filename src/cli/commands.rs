@@ -324,7 +324,7 @@ pub enum CertCmd {
         /// Where to write <cn>.pem and <cn>.key (default: <data>/tls/clients).
         #[arg(long)]
         out_dir: Option<PathBuf>,
-        /// Days the certificate is valid (1 to 3650).
+        /// Days the certificate is valid (1 to 3650, and not past the CA).
         #[arg(long, default_value_t = crate::tls::pki::DEFAULT_DAYS)]
         days: u32,
         /// Renew: overwrite an existing <cn>.pem/<cn>.key and revoke the

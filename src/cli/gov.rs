@@ -772,7 +772,8 @@ pub fn decision_text(d: &pb::Decision, what: &str) -> String {
         let _ = writeln!(
             s,
             "  change {} (revision {})",
-            d.change_id, d.change_revision
+            printable(&d.change_id),
+            d.change_revision
         );
     }
     for r in &d.reasons {
@@ -782,14 +783,16 @@ pub fn decision_text(d: &pb::Decision, what: &str) -> String {
         let _ = writeln!(
             s,
             "  counted:     {} ({}) [entry {}]",
-            c.approver, c.roles, c.index
+            printable(&c.approver),
+            printable(&c.roles),
+            c.index
         );
     }
     for c in &d.not_counted {
         let _ = writeln!(
             s,
             "  not counted: {} — {} [entry {}]",
-            c.approver,
+            printable(&c.approver),
             printable(&c.reason),
             c.index
         );
@@ -800,7 +803,7 @@ pub fn decision_text(d: &pb::Decision, what: &str) -> String {
             "  obligation:  {}, due {}, not by {}",
             printable(&o.description),
             crate::state::gov::fmt_nanos(o.due_unix_nanos),
-            o.not_by
+            printable(&o.not_by)
         );
     }
     if d.recorded {
@@ -994,7 +997,7 @@ pub(crate) async fn violations(a: ViolationsArgs) -> CliResult {
         r.violations.len()
     );
     for v in &r.violations {
-        outln!("{:<24} {}", v.kind, printable(&v.description));
+        outln!("{:<24} {}", printable(&v.kind), printable(&v.description));
     }
     Ok(())
 }

@@ -103,7 +103,8 @@ pub const SERVER_CN: &str = "docket-server";
 /// for `hosts` (DNS names or IP addresses; [`pki::SERVER_DAYS`]) and a
 /// client certificate with common name `client_cn` ([`pki::DEFAULT_DAYS`]),
 /// each with a random serial. None is valid for ever: `docket cert
-/// renew-server` and `docket cert issue --replace` renew them.
+/// renew-server` and `docket cert renew-admin` renew the last two; the CA
+/// cannot be renewed.
 pub fn generate_dev_pki(
     dir: &Path,
     hosts: &[String],

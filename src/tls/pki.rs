@@ -240,6 +240,16 @@ fn validity_for(pki: &PkiPaths, days: u32) -> Result<(i64, i64), TlsError> {
     let now = now_secs();
     let end = now + i64::from(days) * 86_400;
     let ca_end = first_cert_end(&pki.ca_cert)?;
+    if ca_end <= now {
+        return Err(TlsError::Pem {
+            path: pki.ca_cert.display().to_string(),
+            reason: format!(
+                "the CA expired at {}, so nothing it signs is valid; make a new PKI (`docket \
+                 init` in a new data directory) or use your own",
+                rfc3339(ca_end)
+            ),
+        });
+    }
     if end >= ca_end {
         return Err(TlsError::Pem {
             path: "--days".into(),
@@ -349,6 +359,22 @@ pub fn issue_server_cert(
     Ok((info, hosts))
 }
 
+/// Whether the CA in `pki` signed `der` (whatever its validity).
+fn signed_by_ca(pki: &PkiPaths, der: &[u8]) -> Result<bool, TlsError> {
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else {
+        return Ok(false);
+    };
+    for ca in super::certs(&pki.ca_cert)? {
+        if let Ok((_, ca)) = x509_parser::parse_x509_certificate(&ca)
+            && cert.issuer() == ca.subject()
+            && cert.verify_signature(Some(ca.public_key())).is_ok()
+        {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
 /// The DNS names and IP addresses a certificate is for.
 fn names_of(der: &[u8]) -> Option<Vec<String>> {
     use x509_parser::extensions::GeneralName;
@@ -441,6 +467,23 @@ fn issue_to(
     replace: bool,
 ) -> Result<Issued, TlsError> {
     let existing = cert_path.exists() || key_path.exists();
+    // Replacing revokes the old certificate with this CA's CRL, which can
+    // revoke only what this CA signed (every development CA has the same
+    // name, so the signature decides).
+    if replace && cert_path.exists() {
+        let (old, der) = read_cert_info(cert_path)?;
+        if !signed_by_ca(pki, &der)? {
+            return Err(TlsError::Pem {
+                path: cert_path.display().to_string(),
+                reason: format!(
+                    "holds {} (issuer {}), which this data directory's CA did not sign, so its \
+                     CRL could not revoke it; nothing was changed: move the file away or pick \
+                     another name",
+                    old.subject, old.issuer
+                ),
+            });
+        }
+    }
     if existing && !replace {
         return Err(TlsError::Pem {
             path: cert_path.display().to_string(),

@@ -180,7 +180,12 @@ def note_key_id(name, public_key):
 
 
 def b64decode_strict(text):
-    return base64.b64decode(text.encode("ascii"), validate=True)
+    """Standard base64 with padding, in its one canonical spelling: validate=True still accepts
+    non-zero bits after the last byte (...AAB= for ...AAA=), which would let a byte change."""
+    raw = base64.b64decode(text.encode("ascii"), validate=True)
+    if base64.b64encode(raw).decode("ascii") != text:
+        raise ValueError("not canonical base64")
+    return raw
 
 
 def parse_vkey(text):
@@ -453,7 +458,8 @@ def check_listed_files(files, manifest):
     by_path = {}
     for item in listed:
         require(isinstance(item, dict) and isinstance(item.get("path"), str)
-                and isinstance(item.get("size"), int) and isinstance(item.get("blake3"), str),
+                and isinstance(item.get("size"), int) and not isinstance(item.get("size"), bool)
+                and item["size"] >= 0 and isinstance(item.get("blake3"), str),
                 "manifest.json", f"malformed files item {item!r}")
         require(item["path"] not in by_path, "manifest.json", f"{item['path']} is listed twice")
         by_path[item["path"]] = item

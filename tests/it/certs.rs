@@ -189,6 +189,23 @@ async fn revocation_and_renewal_refuse_what_they_cannot_do() {
             .to_string();
         assert!(e.contains("must be between 1 and 3650"), "{e}");
     }
+    // A certificate another CA signed (under the same CA name) is not
+    // replaced: this CA's CRL could not revoke it.
+    std::fs::copy(&other.client_cert, out.join("them.pem")).unwrap();
+    std::fs::copy(&other.client_key, out.join("them.key")).unwrap();
+    let e = docket::tls::issue_client_cert(&mine, "them", &out, 1, true)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("which this data directory's CA did not sign"),
+        "{e}"
+    );
+    assert_eq!(
+        std::fs::read(out.join("them.pem")).unwrap(),
+        std::fs::read(&other.client_cert).unwrap()
+    );
+    std::fs::remove_file(out.join("them.pem")).unwrap();
+    std::fs::remove_file(out.join("them.key")).unwrap();
     // Nothing was revoked by the refused renewals.
     assert!(pki::revoked(&mine).unwrap().is_empty());
     // A renewal revokes the certificate it replaces, and the pair on disk

@@ -1332,6 +1332,22 @@ async fn an_independent_verifier_written_from_the_docs_agrees() {
         out.contains("manifest.sig") && out.contains("exactly one signature line"),
         "{out}"
     );
+    // The signature's base64 with the spare bits of its last character
+    // set: lenient decoders read the same signature from other bytes, and
+    // both verifiers refuse it.
+    let mut files = evidence::unpack(&complete).unwrap();
+    let sig = files.get_mut("manifest.sig").unwrap();
+    let pad = sig.iter().rposition(|&b| b == b'=').unwrap();
+    const B64: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let at = B64.iter().position(|&c| c == sig[pad - 1]).unwrap();
+    assert_eq!(at % 4, 0, "a 68-byte blob leaves two spare bits");
+    sig[pad - 1] = B64[at + 1];
+    let spare = evidence::pack(&files);
+    let reference = evidence::verify(&spare, &trust(s)).unwrap_err();
+    assert_eq!(reference.what, "manifest.sig", "{reference}");
+    let (code, out) = verify("change-2-spare-bits", &spare);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("manifest.sig"), "{out}");
     let size = s.size().await;
     let short = forge_selection(s, &complete_scope("CHG-2"), |sel| {
         let (start, _) = sel.range.unwrap();
