@@ -6,6 +6,7 @@ pub mod access;
 pub mod codec;
 pub mod convert;
 mod governance;
+pub mod known;
 mod server;
 
 pub use governance::{GovernanceApi, MAX_EXPORTS};

@@ -318,6 +318,7 @@ impl Service {
         genesis: Envelope,
     ) -> Result<(), AppendError> {
         let event = decode_event(&genesis.payload)?;
+        crate::api::known::check_known_fields(&genesis.payload)?;
         let Body::Genesis(g) = &event.body else {
             return Err(ApplyError::FirstNotGenesis(event.body.kind_name()).into());
         };
@@ -580,6 +581,9 @@ impl Service {
         if matches!(event.body, Body::Genesis(_)) {
             return Err(AppendError::GenesisAppend);
         }
+        // New entries carry no field this build does not know (replay still
+        // skips them in entries recorded before this check).
+        crate::api::known::check_known_fields(&envelope.payload)?;
         let now = self.config.clock.now_nanos();
         let skew = self.config.max_clock_skew.as_nanos() as i64;
         let age = self.config.max_event_age.as_nanos() as i64;

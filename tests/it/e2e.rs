@@ -340,6 +340,30 @@ async fn bad_input_is_refused_with_a_clear_status_and_the_log_unchanged() {
     )
     .await;
 
+    // A validly signed payload with a field this version does not define
+    // (29 is reserved for a future body): prost would skip it, and a later
+    // version could read the same signed bytes as another event.
+    let mut payload = docket::api::convert::encode_event(&note("future", "admin"));
+    payload.extend([0xe8, 0x01, 0x01]); // field 29, varint 1
+    let sig = docket::crypto::sign_dsse(&admin, docket::crypto::PAYLOAD_TYPE, &payload);
+    let req = pb::AppendRequest {
+        envelope: Some(pb::Envelope {
+            payload_type: docket::crypto::PAYLOAD_TYPE.into(),
+            payload,
+            signatures: vec![pb::Signature {
+                keyid: String::new(),
+                sig: sig.to_vec(),
+            }],
+        }),
+    };
+    expect_refused(
+        &s,
+        req,
+        Code::InvalidArgument,
+        "payload: has field number 29, which docket.v1.Event does not define",
+    )
+    .await;
+
     // Wrong payload type.
     let mut req = signed(&note("ptype", "admin"), &admin);
     req.envelope.as_mut().unwrap().payload_type = "application/json".into();

@@ -1,0 +1,176 @@
+//! Refuses new event payloads that carry protobuf fields this build does
+//! not know.
+//!
+//! prost skips unknown fields, and so does replay (ledger-format §3): the
+//! bytes are stored as signed. But a field number this build does not know
+//! may be one a later build gives a meaning (numbers 29–99 of `Event` are
+//! reserved for bodies to come), and then the same signed bytes would
+//! replay as a different event. So an append is refused if its payload has
+//! such a field anywhere, found by walking the wire format against the
+//! descriptors compiled into the binary. Entries already in a log are not
+//! re-checked.
+
+use std::collections::HashMap;
+use std::sync::LazyLock;
+
+use prost::Message as _;
+use prost::bytes::Buf as _;
+use prost_types::DescriptorProto;
+use prost_types::field_descriptor_proto::Type;
+
+use super::convert::InvalidEvent;
+use super::pb;
+
+/// Every message of the compiled protos by full name (`.docket.v1.Event`).
+static MESSAGES: LazyLock<HashMap<String, DescriptorProto>> = LazyLock::new(|| {
+    let set = prost_types::FileDescriptorSet::decode(pb::FILE_DESCRIPTOR_SET)
+        .expect("the descriptor set compiled into the binary decodes");
+    let mut out = HashMap::new();
+    for file in set.file {
+        let package = file.package().to_owned();
+        for m in file.message_type {
+            add(&mut out, format!(".{package}.{}", m.name()), m);
+        }
+    }
+    out
+});
+
+fn add(out: &mut HashMap<String, DescriptorProto>, name: String, m: DescriptorProto) {
+    for nested in &m.nested_type {
+        add(out, format!("{name}.{}", nested.name()), nested.clone());
+    }
+    out.insert(name, m);
+}
+
+/// Checks that `payload`, an `Event` that decodes, has no field this build
+/// does not know, at any depth. The refusal names the field path (as the
+/// other refusals of `decode_event` do) and the unknown number.
+pub fn check_known_fields(payload: &[u8]) -> Result<(), InvalidEvent> {
+    scan(payload, ".docket.v1.Event", "")
+}
+
+fn scan(mut b: &[u8], type_name: &str, path: &str) -> Result<(), InvalidEvent> {
+    let here = if path.is_empty() { "payload" } else { path };
+    let malformed = || InvalidEvent {
+        field: here.to_owned(),
+        reason: "is not well-formed protobuf".into(),
+    };
+    let Some(message) = MESSAGES.get(type_name) else {
+        return Err(InvalidEvent {
+            field: here.to_owned(),
+            reason: format!("has type {type_name}, which this build has no descriptor for"),
+        });
+    };
+    while b.has_remaining() {
+        let key = prost::encoding::decode_varint(&mut b).map_err(|_| malformed())?;
+        let number = key >> 3;
+        let Some(field) = message
+            .field
+            .iter()
+            .find(|f| u64::try_from(f.number()).is_ok_and(|n| n == number))
+        else {
+            return Err(InvalidEvent {
+                field: here.to_owned(),
+                reason: format!(
+                    "has field number {number}, which {} does not define in this version of \
+                     Docket; a later version could read the signed bytes as something else, \
+                     so they are not recorded",
+                    &type_name[1..]
+                ),
+            });
+        };
+        let skip = match key & 7 {
+            0 => {
+                prost::encoding::decode_varint(&mut b).map_err(|_| malformed())?;
+                0
+            }
+            1 => 8,
+            5 => 4,
+            2 => {
+                let len = prost::encoding::decode_varint(&mut b).map_err(|_| malformed())?;
+                let len = usize::try_from(len)
+                    .ok()
+                    .filter(|l| *l <= b.len())
+                    .ok_or_else(malformed)?;
+                if field.r#type() == Type::Message {
+                    let inner = if path.is_empty() {
+                        field.name().to_owned()
+                    } else {
+                        format!("{path}.{}", field.name())
+                    };
+                    scan(&b[..len], field.type_name(), &inner)?;
+                }
+                len
+            }
+            _ => return Err(malformed()),
+        };
+        if skip > b.len() {
+            return Err(malformed());
+        }
+        b.advance(skip);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A field key: number and wire type.
+    fn key(number: u64, wire: u64) -> Vec<u8> {
+        let mut out = Vec::new();
+        prost::encoding::encode_varint(number << 3 | wire, &mut out);
+        out
+    }
+
+    #[test]
+    fn known_fields_pass_and_unknown_ones_are_named_at_any_depth() {
+        let ev = pb::Event {
+            event_id: "e-1".into(),
+            claimed_time_unix_nanos: 5,
+            signer: "admin".into(),
+            ..Default::default()
+        };
+        let bytes = ev.encode_to_vec();
+        check_known_fields(&bytes).unwrap();
+
+        // A top-level number in the range reserved for future bodies.
+        let mut top = bytes.clone();
+        top.extend(key(29, 0));
+        top.push(1);
+        let e = check_known_fields(&top).unwrap_err();
+        assert_eq!(e.field, "payload");
+        assert!(
+            e.reason
+                .starts_with("has field number 29, which docket.v1.Event does not define"),
+            "{}",
+            e.reason
+        );
+        // prost itself skips it: the event decodes as if it were not there.
+        assert_eq!(pb::Event::decode(&top[..]).unwrap(), ev);
+    }
+
+    #[test]
+    fn an_unknown_field_inside_a_body_is_named_by_its_path() {
+        // Find a body that is a message, and put an unknown field in it.
+        let event = &MESSAGES[".docket.v1.Event"];
+        let body = event
+            .field
+            .iter()
+            .find(|f| f.r#type() == Type::Message && f.name() == "annotation")
+            .expect("Event has an annotation body");
+        let mut inner = key(999, 0);
+        inner.push(7);
+        let mut bytes = key(u64::try_from(body.number()).unwrap(), 2);
+        prost::encoding::encode_varint(inner.len() as u64, &mut bytes);
+        bytes.extend(inner);
+        let e = check_known_fields(&bytes).unwrap_err();
+        assert_eq!(e.field, "annotation");
+        assert!(e.reason.starts_with("has field number 999"), "{}", e.reason);
+        // Truncated: refused as malformed, never a panic.
+        for cut in 0..bytes.len() {
+            let _ = check_known_fields(&bytes[..cut]);
+        }
+        assert!(check_known_fields(&[0x0a, 0xff]).is_err());
+    }
+}
