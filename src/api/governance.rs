@@ -184,8 +184,18 @@ impl pb::governance_server::Governance for GovernanceApi {
             ))
         })?;
         let failed = |e: crate::evidence::ExportError| {
-            tracing::warn!(cause = %e, "evidence export failed");
-            export_status(&e)
+            let status = export_status(&e);
+            // A scope the log cannot serve (an unknown change, say) is the
+            // client's to fix; a warning is for what the operator must.
+            match status.code() {
+                tonic::Code::NotFound
+                | tonic::Code::InvalidArgument
+                | tonic::Code::FailedPrecondition
+                | tonic::Code::OutOfRange
+                | tonic::Code::Cancelled => tracing::info!(cause = %e, "evidence export refused"),
+                _ => tracing::warn!(cause = %e, "evidence export failed"),
+            }
+            status
         };
         if !with_progress {
             let bytes = self.svc.export_evidence(scope).await.map_err(failed)?;

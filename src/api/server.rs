@@ -561,6 +561,15 @@ impl pb::ledger_server::Ledger for LedgerApi {
         let pb::TailRequest { from_index, follow } = req.into_inner();
         let reader = self.svc.reader().clone();
         let mut size_rx = self.svc.size_watch();
+        // Past the end is a mistake (a log restored from an older copy, or
+        // another log), not a wait: say so, as GetEntry and the proofs do.
+        let size = *size_rx.borrow();
+        if from_index > size {
+            return Err(Status::out_of_range(format!(
+                "from_index: {from_index} is beyond the end of the log, which has {size} entries; \
+                 give at most {size} ({size} with follow waits for the next entry)"
+            )));
+        }
         let mut stopping = self.stopping.clone();
         let (tx, rx) = tokio::sync::mpsc::channel(TAIL_BACKLOG);
         let mut reloads = guard.reloads();

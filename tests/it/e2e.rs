@@ -211,6 +211,37 @@ async fn tail_delivers_in_order_and_follows() {
         .collect()
         .await;
     assert_eq!(all.len(), 26);
+    // From the end: nothing without follow; past it, a refusal naming the
+    // field, with or without follow (it used to wait for ever).
+    let none: Vec<_> = c
+        .tail(pb::TailRequest {
+            from_index: 26,
+            follow: false,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .collect()
+        .await;
+    assert!(none.is_empty());
+    for follow in [false, true] {
+        let e = c
+            .tail(pb::TailRequest {
+                from_index: u64::MAX,
+                follow,
+            })
+            .await
+            .expect_err("past the end");
+        assert_eq!(e.code(), Code::OutOfRange, "{e:?}");
+        assert!(
+            e.message().starts_with(&format!(
+                "from_index: {} is beyond the end of the log, which has 26 entries",
+                u64::MAX
+            )),
+            "{}",
+            e.message()
+        );
+    }
 }
 
 /// Following `Tail` streams hold a task and a backlog each, so the server
