@@ -5,26 +5,7 @@
 
 use std::borrow::Cow;
 
-/// Characters printed escaped: control characters (C0, DEL, C1) and the
-/// Unicode format characters that reorder or hide text (soft hyphen, the
-/// Arabic letter mark, zero-width characters, bidirectional embeddings,
-/// overrides and isolates, line and paragraph separators, invisible
-/// operators, the byte-order mark, interlinear annotations and tags).
-pub fn hidden(c: char) -> bool {
-    c.is_control()
-        || matches!(
-            c,
-            '\u{AD}'
-                | '\u{61C}'
-                | '\u{180E}'
-                | '\u{200B}'..='\u{200F}'
-                | '\u{2028}'..='\u{202E}'
-                | '\u{2060}'..='\u{206F}'
-                | '\u{FEFF}'
-                | '\u{FFF9}'..='\u{FFFB}'
-                | '\u{E0000}'..='\u{E007F}'
-        )
-}
+pub use crate::event::hidden;
 
 /// `s` with [`hidden`] characters written as `\u{202e}`.
 pub fn printable(s: &str) -> Cow<'_, str> {

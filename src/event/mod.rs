@@ -484,6 +484,29 @@ pub fn valid_role(role: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
 }
 
+/// Characters that text from others must not show raw, wherever Docket
+/// displays it (the CLI, the evidence report): control characters (C0, DEL,
+/// C1) and the Unicode format characters that reorder or hide text (soft
+/// hyphen, the Arabic letter mark, zero-width characters, bidirectional
+/// embeddings, overrides and isolates, line and paragraph separators,
+/// invisible operators, the byte-order mark, interlinear annotations and
+/// tags). Events may carry them; displays escape them.
+pub fn hidden(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{AD}'
+                | '\u{61C}'
+                | '\u{180E}'
+                | '\u{200B}'..='\u{200F}'
+                | '\u{2028}'..='\u{202E}'
+                | '\u{2060}'..='\u{206F}'
+                | '\u{FEFF}'
+                | '\u{FFF9}'..='\u{FFFB}'
+                | '\u{E0000}'..='\u{E007F}'
+        )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

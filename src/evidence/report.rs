@@ -12,7 +12,10 @@ use super::facts::View;
 use super::oscal::controls;
 use crate::state::gov::fmt_nanos;
 
-/// Escapes text for HTML element content and quoted attributes.
+/// Escapes text for HTML element content and quoted attributes. Characters
+/// that would reorder or hide text (`event::hidden`, but for newline and
+/// tab) show as a marked code point, `[U+202E]`, so the page shows what the
+/// bytes say.
 fn esc(s: &str) -> String {
     let mut o = String::with_capacity(s.len());
     for c in s.chars() {
@@ -22,6 +25,11 @@ fn esc(s: &str) -> String {
             '>' => o.push_str("&gt;"),
             '"' => o.push_str("&quot;"),
             '\'' => o.push_str("&#39;"),
+            '\n' | '\t' => o.push(c),
+            // Plain text, so that it is safe in attributes too.
+            c if crate::event::hidden(c) => {
+                let _ = write!(o, "[U+{:04X}]", u32::from(c));
+            }
             _ => o.push(c),
         }
     }
@@ -457,4 +465,20 @@ pub(super) fn html(view: &View<'_>) -> String {
 /// sorter (text order for what is not a plain number) orders them by time.
 fn sort_key(nanos: i64) -> String {
     format!("t{:020}", nanos.max(0))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn text_shows_what_its_bytes_say() {
+        assert_eq!(
+            super::esc("a<b> & \"c\" 'd'"),
+            "a&lt;b&gt; &amp; &quot;c&quot; &#39;d&#39;"
+        );
+        assert_eq!(
+            super::esc("line\n\ttab \u{202e}gpj.exe\u{200b}\u{1b}[2J"),
+            "line\n\ttab [U+202E]gpj.exe[U+200B][U+001B][2J"
+        );
+        assert_eq!(super::esc("Zoë Ørsted 田中"), "Zoë Ørsted 田中");
+    }
 }
