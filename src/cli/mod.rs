@@ -74,8 +74,10 @@ pub struct ConnArgs {
     /// Talk to a server started with --dangerous-plaintext (no TLS).
     #[arg(long)]
     pub dangerous_plaintext: bool,
-    /// The log's verifier key (log.vkey), to check receipts offline; defaults
-    /// to <data>/log.vkey.
+    /// The log's verifier key (log.vkey); defaults to <data>/log.vkey. Used by
+    /// the commands that receive a signed checkpoint (those that append and
+    /// print a receipt, `checkpoint`, `proof`, `verify --since`) to check it;
+    /// the others ignore it.
     #[arg(long, env = "DOCKET_LOG_VKEY")]
     pub log_vkey: Option<PathBuf>,
 }
