@@ -655,25 +655,6 @@ fn recheck_openpgp(claimed: &CommitSignature, raw: &[u8], armored: &str) -> Resu
     }
 }
 
-/// The Ed25519 key that made a commit's SSH signature, when that signature
-/// verifies over the commit. The server compares it with the principals'
-/// keys: a principal's key is Docket's own to trust, not the ingester's.
-pub fn verified_ed25519_signer(obs: &CommitObservation) -> Option<[u8; 32]> {
-    let armored = obs.commit.signature.as_ref()?;
-    if !armored.starts_with("-----BEGIN SSH SIGNATURE-----") {
-        return None;
-    }
-    let parsed = SshSig::from_pem(armored.as_bytes()).ok()?;
-    let KeyData::Ed25519(key) = parsed.public_key() else {
-        return None;
-    };
-    let bytes = key.0;
-    ssh_key::PublicKey::from(parsed.public_key().clone())
-        .verify("git", &signed_payload(&obs.raw), &parsed)
-        .ok()?;
-    Some(bytes)
-}
-
 /// Re-checks an ingester's verdict against the commit object it came with,
 /// as far as the object itself allows: an SSH signature carries its public
 /// key, so whether it verifies over the commit, and with which key, can be
@@ -686,13 +667,21 @@ pub fn verified_ed25519_signer(obs: &CommitObservation) -> Option<[u8; 32]> {
 /// principal's, in the ingester's allowed-signers file or keyring) is the
 /// ingester's word and is recorded as such, with the identity it names.
 pub fn recheck(obs: &CommitObservation) -> Result<(), String> {
+    recheck_signer(obs).map(drop)
+}
+
+/// [`recheck`], also returning the Ed25519 key that made the commit's SSH
+/// signature when that signature verifies over the commit, so that it is
+/// checked once. The server compares the key with the principals' keys: a
+/// principal's key is Docket's own to trust, not the ingester's.
+pub fn recheck_signer(obs: &CommitObservation) -> Result<Option<[u8; 32]>, String> {
     let claimed = &obs.signature;
     let Some(armored) = &obs.commit.signature else {
         // Unsigned objects are held to an unsigned verdict when decoded.
-        return Ok(());
+        return Ok(None);
     };
     if armored.starts_with(PGP_ARMOR) {
-        return recheck_openpgp(claimed, &obs.raw, armored);
+        return recheck_openpgp(claimed, &obs.raw, armored).map(|()| None);
     }
     if !armored.starts_with("-----BEGIN SSH SIGNATURE-----") {
         return match claimed.verdict {
@@ -700,7 +689,7 @@ pub fn recheck(obs: &CommitObservation) -> Result<(), String> {
                 "the verdict is {} but the signature is neither SSH nor OpenPGP, which is all Docket can check; record it as unverifiable",
                 claimed.verdict.name()
             )),
-            _ => Ok(()),
+            _ => Ok(None),
         };
     }
     if claimed.format != SignatureFormat::Ssh {
@@ -708,7 +697,7 @@ pub fn recheck(obs: &CommitObservation) -> Result<(), String> {
     }
     let Ok(parsed) = SshSig::from_pem(armored.as_bytes()) else {
         return match claimed.verdict {
-            SignatureVerdict::Unverifiable => Ok(()),
+            SignatureVerdict::Unverifiable => Ok(None),
             v => Err(format!(
                 "the SSH signature is malformed, so the verdict must be unverifiable, not {}",
                 v.name()
@@ -725,7 +714,7 @@ pub fn recheck(obs: &CommitObservation) -> Result<(), String> {
     }
     if !can_verify(&key) {
         return match claimed.verdict {
-            SignatureVerdict::Unverifiable | SignatureVerdict::UntrustedKey => Ok(()),
+            SignatureVerdict::Unverifiable | SignatureVerdict::UntrustedKey => Ok(None),
             v => Err(format!(
                 "Docket cannot check {} signatures, so the verdict must be unverifiable or untrusted-key, not {}",
                 key.algorithm(),
@@ -733,6 +722,10 @@ pub fn recheck(obs: &CommitObservation) -> Result<(), String> {
             )),
         };
     }
+    let ed25519 = match &key {
+        KeyData::Ed25519(k) => Some(k.0),
+        _ => None,
+    };
     let verifies = ssh_key::PublicKey::from(key)
         .verify("git", &signed_payload(&obs.raw), &parsed)
         .is_ok();
@@ -746,6 +739,6 @@ pub fn recheck(obs: &CommitObservation) -> Result<(), String> {
         (SignatureVerdict::Unverifiable, _) => Err(
             "a well-formed SSH signature can be checked: the verdict must be verified, bad or untrusted-key".into(),
         ),
-        _ => Ok(()),
+        _ => Ok(ed25519.filter(|_| verifies)),
     }
 }

@@ -623,11 +623,11 @@ impl Service {
         // The costly checks of content (a git signature, a policy document)
         // come after the signature, so only a registered signer can ask for them.
         if let Body::CommitObserved(c) = &event.body {
-            crate::ingest::git::recheck(c).map_err(|reason| InvalidEvent {
+            let signer = crate::ingest::git::recheck_signer(c).map_err(|reason| InvalidEvent {
                 field: "commit_observed.signature".into(),
                 reason,
             })?;
-            if let Some(key) = crate::ingest::git::verified_ed25519_signer(c) {
+            if let Some(key) = signer {
                 self.try_state(|st| st.check_commit_signer(&key, &c.signature))
                     .map_err(|_| AppendError::Stopped)?
                     .map_err(|reason| InvalidEvent {
