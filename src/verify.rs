@@ -17,6 +17,12 @@ pub struct Report {
     pub checkpoints: usize,
     pub root: merkle::Hash,
     pub origin: String,
+    /// Entries whose payload carries a protobuf field this build does not
+    /// define (recorded before appends refused them, `api::known`), and the
+    /// first of them with what it carries. Not a failure: they read as they
+    /// always did, until a version gives the field a meaning.
+    pub unknown_fields: u64,
+    pub first_unknown: Option<(u64, String)>,
 }
 
 /// The first problem found.
@@ -257,6 +263,8 @@ fn scan<S: Store + ?Sized>(
     let mut last_time = i64::MIN;
     let mut last_counted: Option<u64> = None;
     let mut last_based: Option<u64> = None;
+    let mut unknown_fields = 0u64;
+    let mut first_unknown = None;
 
     for index in 0..size {
         let bytes = match entries.next().transpose().map_err(store_err)? {
@@ -286,6 +294,10 @@ fn scan<S: Store + ?Sized>(
             return Err(at(index, format!("payload type {:?}", env.payload_type)));
         }
         let event = decode_event(&env.payload).map_err(|e| at(index, format!("payload: {e}")))?;
+        if let Err(e) = crate::api::known::check_known_fields(&env.payload) {
+            unknown_fields += 1;
+            first_unknown.get_or_insert((index, e.to_string()));
+        }
         let id_key: [u8; 16] = blake3::hash(event.event_id.as_bytes()).as_bytes()[..16]
             .try_into()
             .expect("16 bytes");
@@ -415,6 +427,8 @@ fn scan<S: Store + ?Sized>(
         checkpoints,
         root: range.root(),
         origin: verifier.map(|v| v.name().to_owned()).unwrap_or_default(),
+        unknown_fields,
+        first_unknown,
     })
 }
 

@@ -188,11 +188,9 @@ impl pb::governance_server::Governance for GovernanceApi {
             // A scope the log cannot serve (an unknown change, say) is the
             // client's to fix; a warning is for what the operator must.
             match status.code() {
-                tonic::Code::NotFound
-                | tonic::Code::InvalidArgument
-                | tonic::Code::FailedPrecondition
-                | tonic::Code::OutOfRange
-                | tonic::Code::Cancelled => tracing::info!(cause = %e, "evidence export refused"),
+                tonic::Code::NotFound | tonic::Code::InvalidArgument | tonic::Code::Cancelled => {
+                    tracing::info!(cause = %e, "evidence export refused")
+                }
                 _ => tracing::warn!(cause = %e, "evidence export failed"),
             }
             status

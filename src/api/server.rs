@@ -562,7 +562,7 @@ impl pb::ledger_server::Ledger for LedgerApi {
         let reader = self.svc.reader().clone();
         let mut size_rx = self.svc.size_watch();
         // Past the end is a mistake (a log restored from an older copy, or
-        // another log), not a wait: say so, as GetEntry and the proofs do.
+        // another log), not a wait: OUT_OF_RANGE, as for the proofs.
         let size = *size_rx.borrow();
         if from_index > size {
             return Err(Status::out_of_range(format!(

@@ -1474,6 +1474,15 @@ pub(crate) async fn verify(a: VerifyArgs) -> CliResult {
                 hex::encode(r.root),
                 r.entries as f64 / secs.max(1e-9)
             );
+            if let Some((index, what)) = &r.first_unknown {
+                eprintln!(
+                    "warning: {} entries carry protobuf fields this version of Docket does not \
+                     define (the first, entry {index}: {}); they read as before, but a version \
+                     that gives those fields a meaning would read them differently",
+                    r.unknown_fields,
+                    super::text::printable(what)
+                );
+            }
             Ok(())
         }
         Err(f) => Err(CliError::failed(format!("FAILED at {f}"))),

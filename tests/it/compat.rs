@@ -235,3 +235,67 @@ async fn a_version_1_or_2_log_goes_on_in_version_3() {
         "{f}"
     );
 }
+
+/// An entry recorded before appends refused unknown protobuf fields still
+/// verifies and replays as it always did, and `docket verify` counts it, so
+/// an operator knows before a version gives such a field a meaning.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_with_unknown_fields_verify_and_are_counted() {
+    use docket::api::convert::sign_event;
+    use docket::service::{Config, Service};
+    use ed25519_dalek::SigningKey;
+    let origin = "docket.test/unknown";
+    let admin = SigningKey::from_bytes(&[31; 32]);
+    let log_key = SigningKey::from_bytes(&[32; 32]);
+    let log = crate::common::memory_log(origin, &admin, &log_key);
+    let svc = Service::open(
+        log.clone(),
+        docket::crypto::NoteSigner::new(origin, log_key.clone()),
+        Config::default(),
+    )
+    .unwrap();
+    for id in ["n-1", "n-2"] {
+        svc.append(
+            sign_event(&crate::common::note(id, "admin"), &admin),
+            "CN=t".into(),
+        )
+        .await
+        .unwrap();
+    }
+    drop(svc);
+    // Entry 1's payload with field 29 of Event added, signed by the admin,
+    // as a build before the check would have recorded it.
+    let old = forged_store(
+        stored(&log),
+        1,
+        |i, e| {
+            if i == 1 {
+                e.envelope.payload.extend([0xe8, 0x01, 0x01]);
+                let sig = docket::crypto::sign_dsse(
+                    &admin,
+                    docket::crypto::PAYLOAD_TYPE,
+                    &e.envelope.payload,
+                );
+                e.envelope.signatures[0].sig = sig.to_vec();
+            }
+        },
+        origin,
+        &log_key,
+    );
+    let report = docket::verify::verify_store(&old, None).unwrap();
+    assert_eq!(report.entries, 3);
+    assert_eq!(report.unknown_fields, 1);
+    let (index, what) = report.first_unknown.unwrap();
+    assert_eq!(index, 1);
+    assert!(
+        what.starts_with("payload: has field number 29, which docket.v1.Event does not define"),
+        "{what}"
+    );
+    // Replay reads it as before: the note, field 29 skipped.
+    let mut state = State::new();
+    docket::service::fold_entries(&LedgerReader::new(std::sync::Arc::new(old)), &mut state, 3)
+        .unwrap();
+    assert_eq!(state.next_index(), 3);
+    let clean = docket::verify::verify_store(&*log, None).unwrap();
+    assert_eq!((clean.unknown_fields, clean.first_unknown), (0, None));
+}
