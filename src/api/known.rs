@@ -16,7 +16,7 @@ use std::sync::LazyLock;
 use prost::Message as _;
 use prost::bytes::Buf as _;
 use prost_types::DescriptorProto;
-use prost_types::field_descriptor_proto::Type;
+use prost_types::field_descriptor_proto::{Label, Type};
 
 use super::convert::InvalidEvent;
 use super::pb;
@@ -61,6 +61,8 @@ fn scan(mut b: &[u8], type_name: &str, path: &str) -> Result<(), InvalidEvent> {
             reason: format!("has type {type_name}, which this build has no descriptor for"),
         });
     };
+    // Occurrences of each repeated field so far, for `field[i]` paths.
+    let mut seen: HashMap<i32, usize> = HashMap::new();
     while b.has_remaining() {
         let key = prost::encoding::decode_varint(&mut b).map_err(|_| malformed())?;
         let number = key >> 3;
@@ -93,11 +95,16 @@ fn scan(mut b: &[u8], type_name: &str, path: &str) -> Result<(), InvalidEvent> {
                     .filter(|l| *l <= b.len())
                     .ok_or_else(malformed)?;
                 if field.r#type() == Type::Message {
-                    let inner = if path.is_empty() {
+                    let mut inner = if path.is_empty() {
                         field.name().to_owned()
                     } else {
                         format!("{path}.{}", field.name())
                     };
+                    if field.label() == Label::Repeated {
+                        let k = seen.entry(field.number()).or_default();
+                        inner.push_str(&format!("[{k}]"));
+                        *k += 1;
+                    }
                     scan(&b[..len], field.type_name(), &inner)?;
                 }
                 len
@@ -159,14 +166,36 @@ mod tests {
             .iter()
             .find(|f| f.r#type() == Type::Message && f.name() == "annotation")
             .expect("Event has an annotation body");
-        let mut inner = key(999, 0);
-        inner.push(7);
+        let inner = [key(999, 0), vec![7]].concat();
         let mut bytes = key(u64::try_from(body.number()).unwrap(), 2);
         prost::encoding::encode_varint(inner.len() as u64, &mut bytes);
-        bytes.extend(inner);
+        bytes.extend(&inner);
         let e = check_known_fields(&bytes).unwrap_err();
         assert_eq!(e.field, "annotation");
         assert!(e.reason.starts_with("has field number 999"), "{}", e.reason);
+        // In the second item of a repeated message field, the path says so.
+        let genesis = event
+            .field
+            .iter()
+            .find(|f| f.name() == "genesis")
+            .expect("Event has a genesis body");
+        let g = &MESSAGES[genesis.type_name()];
+        let admins = g
+            .field
+            .iter()
+            .find(|f| f.label() == Label::Repeated && f.r#type() == Type::Message)
+            .expect("Genesis has a repeated message field");
+        let mut body = Vec::new();
+        for item in [vec![], inner.clone()] {
+            body.extend(key(u64::try_from(admins.number()).unwrap(), 2));
+            prost::encoding::encode_varint(item.len() as u64, &mut body);
+            body.extend(item);
+        }
+        let mut ev = key(u64::try_from(genesis.number()).unwrap(), 2);
+        prost::encoding::encode_varint(body.len() as u64, &mut ev);
+        ev.extend(body);
+        let e = check_known_fields(&ev).unwrap_err();
+        assert_eq!(e.field, format!("genesis.{}[1]", admins.name()));
         // Truncated: refused as malformed, never a panic.
         for cut in 0..bytes.len() {
             let _ = check_known_fields(&bytes[..cut]);
