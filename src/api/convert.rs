@@ -73,7 +73,7 @@ fn record_id(field: &str, s: &str) -> Result<RecordId, InvalidEvent> {
 /// Largest policy document.
 const MAX_POLICY_BYTES: usize = 256 << 10;
 /// Largest raw commit object.
-const MAX_COMMIT_BYTES: usize = 256 << 10;
+pub const MAX_COMMIT_BYTES: usize = 256 << 10;
 
 fn policy_text(field: &str, text: String) -> Result<String, InvalidEvent> {
     let text = self::text(field, text, MAX_POLICY_BYTES, false)?;

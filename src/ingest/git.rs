@@ -48,6 +48,11 @@ pub enum IngestError {
     },
     #[error("give --range A..B or at least one --ref")]
     NoRevisions,
+    #[error(
+        "give --range A..B or --ref, not both: a range's start hides its history from the refs too \
+         (run ingest once for each)"
+    )]
+    RangeAndRefs,
 }
 
 /// A key trusted to sign commits, and whose it is.
@@ -152,10 +157,14 @@ fn signers_time(v: &str) -> Result<i64, String> {
     } else {
         jiff::tz::TimeZone::system()
     };
-    civil
-        .to_zoned(zone)
-        .map(|z| z.timestamp().as_second())
-        .map_err(|e| format!("{v:?}: {e}"))
+    match civil.to_zoned(zone) {
+        Ok(z) => Ok(z.timestamp().as_second()),
+        // The last day of year 9999 in a zone east of UTC ends after the
+        // last instant jiff counts; as a bound ("never before/after"), that
+        // instant serves, as it does for ssh-keygen.
+        Err(_) if civil.year() == 9999 => Ok(jiff::Timestamp::MAX.as_second()),
+        Err(e) => Err(format!("{v:?}: {e}")),
+    }
 }
 
 /// Reads an allowed-signers file (`ssh-keygen -Y verify` format, see
@@ -249,14 +258,30 @@ pub fn read_allowed_signers(path: &Path) -> Result<Vec<TrustedKey>, IngestError>
 /// (P-256, P-384, P-521), RSA and the security-key kinds. DSA (`ssh-dss`),
 /// which OpenSSH no longer accepts, is not among them.
 fn can_verify(key: &KeyData) -> bool {
-    matches!(
-        key,
+    unverifiable(key).is_none()
+}
+
+/// Why Docket cannot verify signatures by `key`, if it cannot: DSA and
+/// other algorithms it does not implement, and RSA keys under 2048 bits,
+/// which the RSA implementation refuses (a verdict of "bad" for them would
+/// be false).
+fn unverifiable(key: &KeyData) -> Option<String> {
+    match key {
         KeyData::Ed25519(_)
-            | KeyData::Ecdsa(_)
-            | KeyData::Rsa(_)
-            | KeyData::SkEd25519(_)
-            | KeyData::SkEcdsaSha2NistP256(_)
-    )
+        | KeyData::Ecdsa(_)
+        | KeyData::SkEd25519(_)
+        | KeyData::SkEcdsaSha2NistP256(_) => None,
+        KeyData::Rsa(k) => {
+            let bits = k.n.as_positive_bytes().map_or(0, |b| b.len() * 8);
+            (bits < 2048).then(|| {
+                format!("Docket cannot verify signatures by RSA keys under 2048 bits (this one has {bits})")
+            })
+        }
+        other => Some(format!(
+            "Docket cannot verify {} signatures",
+            other.algorithm()
+        )),
+    }
 }
 
 fn is_key_type(s: &str) -> bool {
@@ -302,6 +327,11 @@ pub fn observe(
     if src.range.is_none() && src.refs.is_empty() {
         return Err(IngestError::NoRevisions);
     }
+    // One walk hides a range's start from every tip, refs included, so
+    // "--ref main --range a..b" would leave out main's history before a.
+    if src.range.is_some() && !src.refs.is_empty() {
+        return Err(IngestError::RangeAndRefs);
+    }
     if let Some(range) = &src.range {
         walk.push_range(range)
             .map_err(git(&format!("range {range}")))?;
@@ -311,6 +341,7 @@ pub fn observe(
         walk.push(obj.id()).map_err(git(&format!("ref {r}")))?;
     }
     let odb = repo.odb().map_err(git("object database"))?;
+    let shallow = shallow_boundary(&repo);
     let mut out = Vec::new();
     for oid in walk {
         let oid = oid.map_err(git("revwalk"))?;
@@ -320,11 +351,24 @@ pub fn observe(
             .map_err(git(&format!("reading commit {sha}")))?
             .data()
             .to_vec();
+        // Said here, by commit, rather than by the server at the append
+        // (and so also in a dry run).
+        if raw.len() > crate::api::convert::MAX_COMMIT_BYTES {
+            return Err(IngestError::Commit {
+                sha,
+                reason: format!(
+                    "its object is {} bytes; the log records commit objects of at most {} bytes",
+                    raw.len(),
+                    crate::api::convert::MAX_COMMIT_BYTES
+                ),
+            });
+        }
         let commit = parse_commit(&raw).map_err(|e| IngestError::Commit {
             sha: sha.clone(),
             reason: e.to_string(),
         })?;
-        let changed = changed_paths(&repo, oid).map_err(git(&format!("diff of {sha}")))?;
+        let changed =
+            changed_paths(&repo, oid, &shallow).map_err(git(&format!("diff of {sha}")))?;
         let signature = verdict(&raw, &commit, trusted, openpgp);
         out.push(CommitObservation {
             repository: repository.clone(),
@@ -360,12 +404,38 @@ fn default_name(repo: &git2::Repository, path: &Path) -> String {
         .unwrap_or_else(|| "repository".into())
 }
 
-fn changed_paths(repo: &git2::Repository, oid: git2::Oid) -> Result<ChangedPaths, git2::Error> {
+/// The longest path `changed_paths` lists (the log refuses longer ones).
+const MAX_PATH_BYTES: usize = 4096;
+
+/// The commits a shallow clone has without their parents (`.git/shallow`).
+fn shallow_boundary(repo: &git2::Repository) -> std::collections::HashSet<String> {
+    std::fs::read_to_string(repo.path().join("shallow"))
+        .map(|t| t.lines().map(|l| l.trim().to_owned()).collect())
+        .unwrap_or_default()
+}
+
+/// What a commit changed against its first parent. At a shallow clone's
+/// boundary, where the parent is not in the repository, it cannot be known:
+/// no path is listed and `truncated` is set (a diff against nothing would
+/// claim that every file was added). Paths the log could not hold (control
+/// characters, over 4096 bytes) are counted but not listed, and also set
+/// `truncated`.
+fn changed_paths(
+    repo: &git2::Repository,
+    oid: git2::Oid,
+    shallow: &std::collections::HashSet<String>,
+) -> Result<ChangedPaths, git2::Error> {
+    if shallow.contains(&oid.to_string()) {
+        return Ok(ChangedPaths {
+            truncated: true,
+            ..ChangedPaths::default()
+        });
+    }
     let commit = repo.find_commit(oid)?;
     let tree = commit.tree()?;
-    let parent_tree = match commit.parent(0) {
-        Ok(p) => Some(p.tree()?),
-        Err(_) => None,
+    let parent_tree = match commit.parent_count() {
+        0 => None,
+        _ => Some(commit.parent(0)?.tree()?),
     };
     let diff = repo.diff_tree_to_tree(parent_tree.as_ref(), Some(&tree), None)?;
     let mut out = ChangedPaths::default();
@@ -381,7 +451,8 @@ fn changed_paths(repo: &git2::Repository, oid: git2::Oid) -> Result<ChangedPaths
             .or_else(|| d.old_file().path())
             .map(|p| p.to_string_lossy().into_owned());
         if let Some(p) = path {
-            if out.paths.len() < 100 {
+            let recordable = p.len() <= MAX_PATH_BYTES && !p.chars().any(char::is_control);
+            if out.paths.len() < 100 && recordable {
                 out.paths.push(p);
             } else {
                 out.truncated = true;
@@ -472,16 +543,15 @@ fn verdict(
             why,
         );
     };
-    if !can_verify(&key) {
+    if let Some(why) = unverifiable(&key) {
         return sig(
             SignatureFormat::Ssh,
             SignatureVerdict::Unverifiable,
             owner.identity.clone(),
             fingerprint,
             format!(
-                "{}'s {} key made this signature; Docket cannot verify {} signatures",
+                "{}'s {} key made this signature; {why}",
                 owner.identity,
-                key.algorithm(),
                 key.algorithm()
             ),
         );
@@ -501,10 +571,18 @@ fn verdict(
             SignatureVerdict::Bad,
             owner.identity.clone(),
             fingerprint,
-            format!(
-                "{}'s key made this signature, but it does not verify over this commit ({e}): the commit was changed after signing",
-                owner.identity
-            ),
+            if parsed.namespace() != "git" {
+                format!(
+                    "{}'s key made this signature for the namespace {:?}, not \"git\": it does not sign this commit",
+                    owner.identity,
+                    parsed.namespace()
+                )
+            } else {
+                format!(
+                    "{}'s key made this signature, but it does not verify over this commit ({e}): the commit was changed after signing",
+                    owner.identity
+                )
+            },
         ),
     }
 }

@@ -1265,3 +1265,148 @@ fn ingest_prints_what_a_repository_says_escaped() {
         "{text}"
     );
 }
+
+/// Repositories as CI and people make them, which the ingester must record
+/// honestly or refuse plainly (from a run with hostile repositories): a
+/// shallow clone's boundary commit, whose parent is absent, claims no
+/// changed paths; a file name the log could not hold is counted, not
+/// listed; an RSA key too short to verify gives "unverifiable", not a false
+/// "bad"; a signature for another namespace says so; an allowed-signers
+/// date at the end of year 9999 reads as "never"; a commit object too large
+/// to record is named before anything is sent; `--ref` with `--range` is
+/// refused instead of losing history.
+#[test]
+fn hostile_repositories_are_recorded_honestly_or_refused_plainly() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = repo(dir.path());
+    let rsa = ssh_key_of(dir.path(), "rsa1024", "rsa", Some("1024"));
+    let alice = ssh_key(dir.path(), "alice_ssh");
+    let first = commit(&repo, "Alice", "alice@example.com", None, "a.txt", "one");
+    let short_rsa = commit(
+        &repo,
+        "Alice",
+        "alice@example.com",
+        Some(&rsa),
+        "a.txt",
+        "two",
+    );
+    let bell = commit(
+        &repo,
+        "Alice",
+        "alice@example.com",
+        None,
+        "bel\u{7}",
+        "a name with a control character",
+    );
+    // Alice's key signed the commit for the "file" namespace, not "git".
+    let plain = git(&repo, &["cat-file", "commit", &first]) + "\n";
+    let payload = dir.path().join("payload");
+    std::fs::write(&payload, &plain).unwrap();
+    let out = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-Y", "sign", "-n", "file", "-f"])
+        .arg(&alice)
+        .arg(&payload)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let armored = std::fs::read_to_string(format!("{}.sig", payload.display())).unwrap();
+    let (head, msg) = plain.split_once("\n\n").unwrap();
+    let gpgsig = armored.trim_end().replace('\n', "\n ");
+    let other_ns = hash_object(&repo, &format!("{head}\ngpgsig {gpgsig}\n\n{msg}"));
+
+    let allowed = dir.path().join("allowed_signers");
+    std::fs::write(
+        &allowed,
+        format!(
+            "alice@example.com valid-before=\"99991231\" {}rsa@example.com {}",
+            std::fs::read_to_string(format!("{}.pub", alice.display())).unwrap(),
+            std::fs::read_to_string(format!("{}.pub", rsa.display())).unwrap(),
+        ),
+    )
+    .unwrap();
+    let trusted = read_allowed_signers(&allowed).unwrap();
+    assert_eq!(trusted.len(), 2);
+    let src = |repo: &Path, refs: Vec<String>| GitSource {
+        repo: repo.to_owned(),
+        range: None,
+        refs,
+        repository: Some("github.com/acme/payments".into()),
+    };
+    let all = observe(
+        &src(&repo, vec!["main".into(), other_ns.clone()]),
+        &trusted,
+        &[],
+    )
+    .unwrap();
+    let find = |sha: &str| all.iter().find(|o| o.sha == sha).unwrap();
+    let s = &find(&short_rsa).signature;
+    assert_eq!(s.verdict, SignatureVerdict::Unverifiable, "{}", s.detail);
+    assert!(
+        s.detail
+            .contains("RSA keys under 2048 bits (this one has 1024)"),
+        "{}",
+        s.detail
+    );
+    recheck(find(&short_rsa)).unwrap();
+    let s = &find(&other_ns).signature;
+    assert_eq!(s.verdict, SignatureVerdict::Bad, "{}", s.detail);
+    assert!(
+        s.detail.contains("for the namespace \"file\", not \"git\""),
+        "{}",
+        s.detail
+    );
+    let c = &find(&bell).changed;
+    assert_eq!((c.added, c.paths.len(), c.truncated), (1, 0, true), "{c:?}");
+    for o in &all {
+        decode_event(&as_event(o)).unwrap();
+    }
+
+    // A shallow clone: its boundary commit's parent is not there.
+    let shallow = dir.path().join("shallow");
+    git(
+        dir.path(),
+        &[
+            "clone",
+            "-q",
+            "--depth",
+            "1",
+            &format!("file://{}", repo.display()),
+            shallow.to_str().unwrap(),
+        ],
+    );
+    let got = observe(&src(&shallow, vec!["HEAD".into()]), &trusted, &[]).unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].sha, bell);
+    let c = &got[0].changed;
+    assert_eq!(
+        (c.added, c.modified, c.deleted, c.paths.len(), c.truncated),
+        (0, 0, 0, 0, true),
+        "{c:?}"
+    );
+
+    // Too large to record: named by commit, before any append.
+    let big = hash_object(&repo, &format!("{head}\n\n{}\n", "x".repeat(300 << 10)));
+    let e = observe(&src(&repo, vec![big.clone()]), &trusted, &[])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.starts_with(&format!("commit {big}: its object is"))
+            && e.contains("at most 262144 bytes"),
+        "{e}"
+    );
+    let e = observe(
+        &GitSource {
+            range: Some(format!("{first}..{bell}")),
+            ..src(&repo, vec!["main".into()])
+        },
+        &trusted,
+        &[],
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("not both"), "{e}");
+}
