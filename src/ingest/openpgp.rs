@@ -392,14 +392,30 @@ pub fn read_keyring(path: &Path) -> Result<Keyring, String> {
     guarded(|| keyring(&data))?
 }
 
+/// The first line of an rpgp error, at most 300 bytes: some of its errors
+/// print their whole internal state.
+fn brief(e: impl std::fmt::Display) -> String {
+    let text = e.to_string();
+    let line = text.lines().next().unwrap_or_default();
+    let mut end = line.len().min(300);
+    while !line.is_char_boundary(end) {
+        end -= 1;
+    }
+    if end < text.len() {
+        format!("{}...", &line[..end])
+    } else {
+        text
+    }
+}
+
 fn keyring(data: &[u8]) -> Result<Keyring, String> {
-    let (certs, _) = SignedPublicKey::from_reader_many(data).map_err(|e| e.to_string())?;
+    let (certs, _) = SignedPublicKey::from_reader_many(data).map_err(brief)?;
     let mut out = Keyring {
         certs: Vec::new(),
         skipped: Vec::new(),
     };
     for (i, c) in certs.enumerate() {
-        let c = c.map_err(|e| format!("certificate {}: {e}", i + 1))?;
+        let c = c.map_err(|e| format!("certificate {}: {}", i + 1, brief(e)))?;
         let fp = hex(c.primary_key.fingerprint().as_bytes());
         match OpenPgpCert::new(&c) {
             Ok(cert) => out.certs.push(cert),
@@ -572,4 +588,24 @@ fn reason(r: &Signature) -> String {
 
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02X}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_broken_keyring_is_refused_in_one_short_line() {
+        // A public-key packet header promising 511 bytes, then nothing; and
+        // random bytes.
+        for data in [&[0x99u8, 0x01, 0xff][..], &[0x42; 64][..], &[][..]] {
+            let Err(e) = super::keyring(data) else {
+                panic!("a broken keyring was read");
+            };
+            assert!(!e.contains('\n') && e.len() <= 303, "{e}");
+        }
+        let long = format!("first {}\nsecond", "x".repeat(1000));
+        let b = super::brief(&long);
+        assert_eq!(b.len(), 303);
+        assert!(b.starts_with("first x") && b.ends_with("..."));
+        assert_eq!(super::brief("short"), "short");
+    }
 }
