@@ -1080,9 +1080,30 @@ pub struct GitIngestArgs {
     /// Do not trust the principals' Docket keys as commit-signing keys.
     #[arg(long)]
     no_principal_keys: bool,
-    /// Print what would be recorded and submit nothing.
+    /// Print what would be recorded and submit nothing (the principals'
+    /// keys are still read from the server, when it answers, so that the
+    /// verdicts are those the real run records).
     #[arg(long)]
     dry_run: bool,
+}
+
+/// The active keys of every principal, trusted as commit-signing keys.
+async fn principal_keys(conn: &ConnArgs) -> Result<Vec<TrustedKey>, CliError> {
+    let mut l = Conn::resolve(conn)?.ledger().await?;
+    let ps = l
+        .list_principals(pb::ListPrincipalsRequest {})
+        .await
+        .map_err(|s| status_err("list principals", s))?
+        .into_inner();
+    let mut out = Vec::new();
+    for p in ps.principals {
+        for k in p.keys.iter().filter(|k| !k.revoked) {
+            if let Ok(key) = crate::crypto::parse_public_key(&k.public_key) {
+                out.push(TrustedKey::principal(&p.id, &key));
+            }
+        }
+    }
+    Ok(out)
 }
 
 pub(crate) async fn git(c: GitCmd) -> CliResult {
@@ -1091,19 +1112,17 @@ pub(crate) async fn git(c: GitCmd) -> CliResult {
     if let Some(p) = &a.allowed_signers {
         trusted.extend(read_allowed_signers(p).map_err(CliError::usage)?);
     }
-    if !a.no_principal_keys && !a.dry_run {
-        let mut l = Conn::resolve(&a.conn)?.ledger().await?;
-        let ps = l
-            .list_principals(pb::ListPrincipalsRequest {})
-            .await
-            .map_err(|s| status_err("list principals", s))?
-            .into_inner();
-        for p in ps.principals {
-            for k in p.keys.iter().filter(|k| !k.revoked) {
-                if let Ok(key) = crate::crypto::parse_public_key(&k.public_key) {
-                    trusted.push(TrustedKey::principal(&p.id, &key));
-                }
-            }
+    if !a.no_principal_keys {
+        // A dry run asks too, so that it shows the verdicts the real run
+        // records; without a server it says what it cannot show.
+        match principal_keys(&a.conn).await {
+            Ok(keys) => trusted.extend(keys),
+            Err(e) if a.dry_run => eprintln!(
+                "warning: the principals' keys could not be read ({}); commits signed with \
+                 them show here as untrusted-key, and the real run records them as verified",
+                e.message
+            ),
+            Err(e) => return Err(e),
         }
     }
     let src = GitSource {

@@ -856,3 +856,70 @@ async fn an_unreachable_server_is_not_a_denial() {
         .await;
     assert_eq!(out.code, 1, "{}{}", out.stdout, out.stderr);
 }
+
+/// A dry run of `git ingest` reads the principals' keys from the server
+/// too, so it shows the verdict the real run records: a commit signed with
+/// alice's Docket key is verified, signer alice (it used to show
+/// untrusted-key, which the log then refused).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn git_ingest_dry_run_shows_the_verdicts_the_run_records() {
+    let s = server().with_policy(POLICY).run().await;
+    let t = team(&s).await;
+    let r = repo(&s.path());
+    // Alice's Docket key, written as an OpenSSH key git can sign with.
+    let key = docket::crypto::read_signing_key(Path::new(&t.key("alice"))).unwrap();
+    let private =
+        ssh_key::PrivateKey::from(ssh_key::private::Ed25519Keypair::from_seed(&key.to_bytes()));
+    let ssh = s.path().join("alice_ssh");
+    std::fs::write(
+        &ssh,
+        private
+            .to_openssh(ssh_key::LineEnding::LF)
+            .unwrap()
+            .as_bytes(),
+    )
+    .unwrap();
+    std::fs::write(
+        format!("{}.pub", ssh.display()),
+        private.public_key().to_openssh().unwrap(),
+    )
+    .unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&ssh, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let c = commit(
+        &r,
+        "Alice",
+        "alice@example.com",
+        Some(&ssh),
+        "a.txt",
+        "signed",
+    );
+    let repo_s = r.display().to_string();
+    let dry = s
+        .cli(&[
+            "git",
+            "ingest",
+            "--repo",
+            &repo_s,
+            "--ref",
+            "HEAD",
+            "--dry-run",
+        ])
+        .await;
+    assert_eq!(dry.code, 0, "{dry:?}");
+    let line = dry
+        .stdout
+        .lines()
+        .find(|l| l.starts_with(&c[..12]))
+        .unwrap_or_else(|| panic!("{dry:?}"));
+    assert!(line.contains(" verified "), "{line}");
+    assert!(!dry.stderr.contains("could not be read"), "{}", dry.stderr);
+    t.ok_as(
+        &s,
+        "ci",
+        &["git", "ingest", "--repo", &repo_s, "--ref", "HEAD"],
+    )
+    .await;
+}
