@@ -159,9 +159,9 @@ fn signers_time(v: &str) -> Result<i64, String> {
     };
     match civil.to_zoned(zone) {
         Ok(z) => Ok(z.timestamp().as_second()),
-        // The last day of year 9999 in a zone east of UTC ends after the
-        // last instant jiff counts; as a bound ("never before/after"), that
-        // instant serves, as it does for ssh-keygen.
+        // jiff counts instants up to 9999-12-30T22:00Z, so the end of year
+        // 9999 in most zones lies beyond; as a bound ("never before/after"),
+        // that last instant serves.
         Err(_) if civil.year() == 9999 => Ok(jiff::Timestamp::MAX.as_second()),
         Err(e) => Err(format!("{v:?}: {e}")),
     }
@@ -262,9 +262,9 @@ fn can_verify(key: &KeyData) -> bool {
 }
 
 /// Why Docket cannot verify signatures by `key`, if it cannot: DSA and
-/// other algorithms it does not implement, and RSA keys under 2048 bits,
-/// which the RSA implementation refuses (a verdict of "bad" for them would
-/// be false).
+/// other algorithms it does not implement, and RSA keys under 2048 or over
+/// 4096 bits, which the RSA implementation refuses (a verdict of "bad" for
+/// them would be false).
 fn unverifiable(key: &KeyData) -> Option<String> {
     match key {
         KeyData::Ed25519(_)
@@ -272,9 +272,13 @@ fn unverifiable(key: &KeyData) -> Option<String> {
         | KeyData::SkEd25519(_)
         | KeyData::SkEcdsaSha2NistP256(_) => None,
         KeyData::Rsa(k) => {
+            // Counted in whole bytes, as ssh-key and rsa count them.
             let bits = k.n.as_positive_bytes().map_or(0, |b| b.len() * 8);
-            (bits < 2048).then(|| {
-                format!("Docket cannot verify signatures by RSA keys under 2048 bits (this one has {bits})")
+            (!(2048..=4096).contains(&bits)).then(|| {
+                format!(
+                    "Docket cannot verify signatures by RSA keys under 2048 or over 4096 bits \
+                     (this one has {bits})"
+                )
             })
         }
         other => Some(format!(
@@ -367,8 +371,8 @@ pub fn observe(
             sha: sha.clone(),
             reason: e.to_string(),
         })?;
-        let changed =
-            changed_paths(&repo, oid, &shallow).map_err(git(&format!("diff of {sha}")))?;
+        let changed = changed_paths(&repo, oid, !commit.parents.is_empty(), &shallow)
+            .map_err(git(&format!("diff of {sha}")))?;
         let signature = verdict(&raw, &commit, trusted, openpgp);
         out.push(CommitObservation {
             repository: repository.clone(),
@@ -423,9 +427,11 @@ fn shallow_boundary(repo: &git2::Repository) -> std::collections::HashSet<String
 fn changed_paths(
     repo: &git2::Repository,
     oid: git2::Oid,
+    has_parents: bool,
     shallow: &std::collections::HashSet<String>,
 ) -> Result<ChangedPaths, git2::Error> {
-    if shallow.contains(&oid.to_string()) {
+    // git lists a root commit at the depth limit too; its diff is whole.
+    if has_parents && shallow.contains(&oid.to_string()) {
         return Ok(ChangedPaths {
             truncated: true,
             ..ChangedPaths::default()
@@ -818,5 +824,28 @@ pub fn recheck_signer(obs: &CommitObservation) -> Result<Option<[u8; 32]>, Strin
             "a well-formed SSH signature can be checked: the verdict must be verified, bad or untrusted-key".into(),
         ),
         _ => Ok(ed25519.filter(|_| verifies)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use ssh_key::Mpint;
+    use ssh_key::public::{KeyData, RsaPublicKey};
+
+    #[test]
+    fn rsa_keys_docket_checks_have_2048_to_4096_bits() {
+        let key = |bytes: usize| {
+            let mut n = vec![0xc3u8; bytes];
+            n[bytes - 1] |= 1;
+            KeyData::Rsa(RsaPublicKey {
+                e: Mpint::from_positive_bytes(&[1, 0, 1]).unwrap(),
+                n: Mpint::from_positive_bytes(&n).unwrap(),
+            })
+        };
+        let why = |bytes| super::unverifiable(&key(bytes));
+        assert!(why(128).unwrap().contains("(this one has 1024)"));
+        assert_eq!(why(256), None);
+        assert_eq!(why(512), None);
+        assert!(why(1024).unwrap().contains("(this one has 8192)"));
     }
 }

@@ -396,6 +396,7 @@ pub fn read_keyring(path: &Path) -> Result<Keyring, String> {
 /// print their whole internal state.
 fn brief(e: impl std::fmt::Display) -> String {
     let text = e.to_string();
+    let text = text.trim_end();
     let line = text.lines().next().unwrap_or_default();
     let mut end = line.len().min(300);
     while !line.is_char_boundary(end) {
@@ -404,7 +405,7 @@ fn brief(e: impl std::fmt::Display) -> String {
     if end < text.len() {
         format!("{}...", &line[..end])
     } else {
-        text
+        text.to_owned()
     }
 }
 
@@ -607,5 +608,6 @@ mod tests {
         assert_eq!(b.len(), 303);
         assert!(b.starts_with("first x") && b.ends_with("..."));
         assert_eq!(super::brief("short"), "short");
+        assert_eq!(super::brief("short\n"), "short");
     }
 }

@@ -921,10 +921,19 @@ fn openpgp_signature_verdicts_of_real_commits() {
         .args(["git", "ingest", "--repo"])
         .arg(&repo)
         .args(["--ref", "main", "--dry-run", "--openpgp-keyring"])
+        // No server: the dry run says it cannot read the principals' keys.
+        .env("DOCKET_DATA", "/nonexistent/docket-data")
+        .env_remove("DOCKET_SERVER")
         .arg(&keyring)
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("warning: the principals' keys could not be read"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(
         out.status.success(),
         "{text}{}",
@@ -971,6 +980,9 @@ fn openpgp_signature_verdicts_of_real_commits() {
         .args(["git", "ingest", "--repo"])
         .arg(&repo)
         .args(["--ref", "main", "--dry-run", "--openpgp-keyring"])
+        // No server: the dry run says it cannot read the principals' keys.
+        .env("DOCKET_DATA", "/nonexistent/docket-data")
+        .env_remove("DOCKET_SERVER")
         .arg(&mixed)
         .output()
         .unwrap();
@@ -995,6 +1007,9 @@ fn openpgp_signature_verdicts_of_real_commits() {
         .args(["git", "ingest", "--repo"])
         .arg(&repo)
         .args(["--ref", "main", "--dry-run", "--openpgp-keyring"])
+        // No server: the dry run says it cannot read the principals' keys.
+        .env("DOCKET_DATA", "/nonexistent/docket-data")
+        .env_remove("DOCKET_SERVER")
         .arg(&junk)
         .output()
         .unwrap();
@@ -1248,6 +1263,9 @@ fn ingest_prints_what_a_repository_says_escaped() {
         .args(["git", "ingest", "--repo"])
         .arg(&repo)
         .args(["--ref", "main", "--dry-run"])
+        // No server: the dry run says it cannot read the principals' keys.
+        .env("DOCKET_DATA", "/nonexistent/docket-data")
+        .env_remove("DOCKET_SERVER")
         .output()
         .unwrap();
     let text = String::from_utf8(out.stdout).unwrap();
@@ -1347,7 +1365,7 @@ fn hostile_repositories_are_recorded_honestly_or_refused_plainly() {
     assert_eq!(s.verdict, SignatureVerdict::Unverifiable, "{}", s.detail);
     assert!(
         s.detail
-            .contains("RSA keys under 2048 bits (this one has 1024)"),
+            .contains("RSA keys under 2048 or over 4096 bits (this one has 1024)"),
         "{}",
         s.detail
     );
