@@ -42,42 +42,109 @@ fn add(out: &mut HashMap<String, DescriptorProto>, name: String, m: DescriptorPr
     out.insert(name, m);
 }
 
+/// A message's fields, compiled once from [`MESSAGES`] so that a scan
+/// neither hashes type names nor allocates.
+struct Shape {
+    /// Full name without the leading dot (`docket.v1.Event`).
+    name: String,
+    /// By field number; `None` for numbers the message does not define.
+    fields: Vec<Option<FieldShape>>,
+}
+
+struct FieldShape {
+    name: String,
+    /// The index in [`SHAPES`] of a message-typed field's type.
+    message: Option<usize>,
+    repeated: bool,
+}
+
+/// Every message's shape, and the index of `Event`'s.
+static SHAPES: LazyLock<(Vec<Shape>, usize)> = LazyLock::new(|| {
+    let names: Vec<&String> = MESSAGES.keys().collect();
+    let index: HashMap<&str, usize> = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (n.as_str(), i))
+        .collect();
+    let shapes = names
+        .iter()
+        .map(|n| {
+            let m = &MESSAGES[*n];
+            let top = m
+                .field
+                .iter()
+                .filter_map(|f| usize::try_from(f.number()).ok())
+                .max()
+                .unwrap_or(0);
+            let mut fields: Vec<Option<FieldShape>> = (0..=top).map(|_| None).collect();
+            for f in &m.field {
+                if let Ok(n) = usize::try_from(f.number()) {
+                    fields[n] = Some(FieldShape {
+                        name: f.name().to_owned(),
+                        message: (f.r#type() == Type::Message)
+                            .then(|| index.get(f.type_name()).copied())
+                            .flatten(),
+                        repeated: f.label() == Label::Repeated,
+                    });
+                }
+            }
+            Shape {
+                name: n[1..].to_owned(),
+                fields,
+            }
+        })
+        .collect();
+    (shapes, index[".docket.v1.Event"])
+});
+
 /// Checks that `payload`, an `Event` that decodes, has no field this build
 /// does not know, at any depth. The refusal names the field path (as the
 /// other refusals of `decode_event` do) and the unknown number.
 pub fn check_known_fields(payload: &[u8]) -> Result<(), InvalidEvent> {
-    scan(payload, ".docket.v1.Event", "")
+    scan(payload, SHAPES.1).map_err(|found| {
+        let mut path = found.path;
+        path.reverse();
+        InvalidEvent {
+            field: if path.is_empty() {
+                "payload".into()
+            } else {
+                path.join(".")
+            },
+            reason: found.reason,
+        }
+    })
 }
 
-fn scan(mut b: &[u8], type_name: &str, path: &str) -> Result<(), InvalidEvent> {
-    let here = if path.is_empty() { "payload" } else { path };
-    let malformed = || InvalidEvent {
-        field: here.to_owned(),
+/// What a scan found, with the field path innermost first (built only
+/// when something is found).
+struct Found {
+    path: Vec<String>,
+    reason: String,
+}
+
+fn scan(msg: &[u8], shape: usize) -> Result<(), Found> {
+    let s = &SHAPES.0[shape];
+    let malformed = || Found {
+        path: Vec::new(),
         reason: "is not well-formed protobuf".into(),
     };
-    let Some(message) = MESSAGES.get(type_name) else {
-        return Err(InvalidEvent {
-            field: here.to_owned(),
-            reason: format!("has type {type_name}, which this build has no descriptor for"),
-        });
-    };
-    // Occurrences of each repeated field so far, for `field[i]` paths.
-    let mut seen: HashMap<i32, usize> = HashMap::new();
+    let mut b = msg;
     while b.has_remaining() {
+        let at = msg.len() - b.len();
         let key = prost::encoding::decode_varint(&mut b).map_err(|_| malformed())?;
         let number = key >> 3;
-        let Some(field) = message
-            .field
-            .iter()
-            .find(|f| u64::try_from(f.number()).is_ok_and(|n| n == number))
+        let Some(field) = usize::try_from(number)
+            .ok()
+            .and_then(|n| s.fields.get(n))
+            .and_then(Option::as_ref)
         else {
-            return Err(InvalidEvent {
-                field: here.to_owned(),
+            return Err(Found {
+                path: Vec::new(),
                 reason: format!(
                     "has field number {number}, which {} does not define in this version of \
                      Docket; a later version could read the signed bytes as something else, \
                      so they are not recorded",
-                    &type_name[1..]
+                    s.name
                 ),
             });
         };
@@ -94,18 +161,15 @@ fn scan(mut b: &[u8], type_name: &str, path: &str) -> Result<(), InvalidEvent> {
                     .ok()
                     .filter(|l| *l <= b.len())
                     .ok_or_else(malformed)?;
-                if field.r#type() == Type::Message {
-                    let mut inner = if path.is_empty() {
-                        field.name().to_owned()
-                    } else {
-                        format!("{path}.{}", field.name())
-                    };
-                    if field.label() == Label::Repeated {
-                        let k = seen.entry(field.number()).or_default();
-                        inner.push_str(&format!("[{k}]"));
-                        *k += 1;
-                    }
-                    scan(&b[..len], field.type_name(), &inner)?;
+                if let Some(inner) = field.message {
+                    scan(&b[..len], inner).map_err(|mut found| {
+                        found.path.push(if field.repeated {
+                            format!("{}[{}]", field.name, occurrences(msg, number, at))
+                        } else {
+                            field.name.clone()
+                        });
+                        found
+                    })?;
                 }
                 len
             }
@@ -117,6 +181,31 @@ fn scan(mut b: &[u8], type_name: &str, path: &str) -> Result<(), InvalidEvent> {
         b.advance(skip);
     }
     Ok(())
+}
+
+/// How many times field `number` occurs in `msg` before byte `end` (which
+/// a scan has already walked, so it is well-formed).
+fn occurrences(msg: &[u8], number: u64, end: usize) -> usize {
+    let mut b = &msg[..end];
+    let mut n = 0;
+    while let Ok(key) = prost::encoding::decode_varint(&mut b) {
+        n += usize::from(key >> 3 == number);
+        let skip = match key & 7 {
+            0 => prost::encoding::decode_varint(&mut b).map_or(usize::MAX, |_| 0),
+            1 => 8,
+            5 => 4,
+            2 => prost::encoding::decode_varint(&mut b)
+                .ok()
+                .and_then(|l| usize::try_from(l).ok())
+                .unwrap_or(usize::MAX),
+            _ => usize::MAX,
+        };
+        if skip > b.len() {
+            break;
+        }
+        b.advance(skip);
+    }
+    n
 }
 
 #[cfg(test)]
