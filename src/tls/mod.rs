@@ -116,15 +116,13 @@ pub fn generate_dev_pki(
     })?;
     let paths = PkiPaths::in_dir(dir);
     let now = pki::now_secs();
-    let validity = |params: &mut CertificateParams, days: u32| -> Result<(), TlsError> {
-        params.not_before = pki::odt(now - pki::BACKDATE_SECS)?;
-        params.not_after = pki::odt(now + i64::from(days) * 86_400)?;
-        params.serial_number = Some(pki::random_serial());
-        Ok(())
-    };
+    let days = |d: u32| (now - pki::BACKDATE_SECS, now + i64::from(d) * 86_400);
     let ca_key = KeyPair::generate()?;
     let mut ca = CertificateParams::new(Vec::<String>::new())?;
-    validity(&mut ca, pki::CA_DAYS)?;
+    let (not_before, not_after) = days(pki::CA_DAYS);
+    ca.not_before = pki::odt(not_before)?;
+    ca.not_after = pki::odt(not_after)?;
+    ca.serial_number = Some(pki::random_serial());
     ca.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     ca.distinguished_name
         .push(DnType::CommonName, "Docket development CA");
@@ -132,23 +130,26 @@ pub fn generate_dev_pki(
     let ca_cert = ca.self_signed(&ca_key)?;
     let issuer = Issuer::new(ca, ca_key);
 
-    let server_key = KeyPair::generate()?;
-    let mut server = CertificateParams::new(hosts.to_vec())?;
-    validity(&mut server, pki::SERVER_DAYS)?;
-    server
-        .distinguished_name
-        .push(DnType::CommonName, SERVER_CN);
-    server.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    let server_cert = server.signed_by(&server_key, &issuer)?;
-
-    let client_key = KeyPair::generate()?;
-    let mut client = CertificateParams::new(Vec::<String>::new())?;
-    validity(&mut client, pki::DEFAULT_DAYS)?;
-    client
-        .distinguished_name
-        .push(DnType::CommonName, client_cn);
-    client.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-    let client_cert = client.signed_by(&client_key, &issuer)?;
+    let (server_key, server_cert, _) = pki::sign_leaf(
+        &issuer,
+        pki::Leaf {
+            names: hosts.to_vec(),
+            cn: SERVER_CN,
+            usage: ExtendedKeyUsagePurpose::ServerAuth,
+            validity: days(pki::SERVER_DAYS),
+        },
+        &paths.server_cert,
+    )?;
+    let (client_key, client_cert, _) = pki::sign_leaf(
+        &issuer,
+        pki::Leaf {
+            names: Vec::new(),
+            cn: client_cn,
+            usage: ExtendedKeyUsagePurpose::ClientAuth,
+            validity: days(pki::DEFAULT_DAYS),
+        },
+        &paths.client_cert,
+    )?;
 
     write(&paths.ca_cert, &ca_cert.pem(), false)?;
     write(&paths.ca_key, &issuer.key().serialize_pem(), true)?;

@@ -329,20 +329,16 @@ pub fn issue_server_cert(
     };
     let _lock = lock(pki)?;
     let issuer = ca_issuer(pki)?;
-    let key = KeyPair::generate()?;
-    let mut params = CertificateParams::new(hosts.clone())?;
-    params
-        .distinguished_name
-        .push(DnType::CommonName, super::SERVER_CN);
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    params.not_before = odt(not_before)?;
-    params.not_after = odt(not_after)?;
-    params.serial_number = Some(random_serial());
-    let cert = params.signed_by(&key, &issuer)?;
-    let info = cert_info(cert.der()).ok_or_else(|| TlsError::Pem {
-        path: pki.server_cert.display().to_string(),
-        reason: "the certificate just issued does not parse".into(),
-    })?;
+    let (key, cert, info) = sign_leaf(
+        &issuer,
+        Leaf {
+            names: hosts.clone(),
+            cn: super::SERVER_CN,
+            usage: ExtendedKeyUsagePurpose::ServerAuth,
+            validity: (not_before, not_after),
+        },
+        &pki.server_cert,
+    )?;
     let key_tmp = aside(&pki.server_key);
     let cert_tmp = aside(&pki.server_cert);
     if let Err(e) = write_new(&key_tmp, &key.serialize_pem(), true)
@@ -357,6 +353,39 @@ pub fn issue_server_cert(
     rename(&key_tmp, &pki.server_key)?;
     rename(&cert_tmp, &pki.server_cert)?;
     Ok((info, hosts))
+}
+
+/// What a leaf certificate of the development CA says.
+pub(super) struct Leaf<'a> {
+    /// Subject alternative names (DNS names, IP addresses).
+    pub(super) names: Vec<String>,
+    pub(super) cn: &'a str,
+    pub(super) usage: ExtendedKeyUsagePurpose,
+    /// Not before, not after (Unix seconds).
+    pub(super) validity: (i64, i64),
+}
+
+/// A new key and `leaf`'s certificate for it, signed by `issuer` with a
+/// random serial, and what the certificate says (`path` names it in an
+/// error).
+pub(super) fn sign_leaf(
+    issuer: &Issuer<'_, KeyPair>,
+    leaf: Leaf<'_>,
+    path: &Path,
+) -> Result<(KeyPair, rcgen::Certificate, CertInfo), TlsError> {
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::new(leaf.names)?;
+    params.distinguished_name.push(DnType::CommonName, leaf.cn);
+    params.extended_key_usages = vec![leaf.usage];
+    params.not_before = odt(leaf.validity.0)?;
+    params.not_after = odt(leaf.validity.1)?;
+    params.serial_number = Some(random_serial());
+    let cert = params.signed_by(&key, issuer)?;
+    let info = cert_info(cert.der()).ok_or_else(|| TlsError::Pem {
+        path: path.display().to_string(),
+        reason: "the certificate just issued does not parse".into(),
+    })?;
+    Ok((key, cert, info))
 }
 
 /// Whether the CA in `pki` signed `der` (whatever its validity).
@@ -496,18 +525,16 @@ fn issue_to(
     // otherwise mix their files.
     let _lock = lock(pki)?;
     let issuer = ca_issuer(pki)?;
-    let key = KeyPair::generate()?;
-    let mut params = CertificateParams::new(Vec::<String>::new())?;
-    params.distinguished_name.push(DnType::CommonName, cn);
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-    params.not_before = odt(not_before)?;
-    params.not_after = odt(not_after)?;
-    params.serial_number = Some(random_serial());
-    let cert = params.signed_by(&key, &issuer)?;
-    let info = cert_info(cert.der()).ok_or_else(|| TlsError::Pem {
-        path: cert_path.display().to_string(),
-        reason: "the certificate just issued does not parse".into(),
-    })?;
+    let (key, cert, info) = sign_leaf(
+        &issuer,
+        Leaf {
+            names: Vec::new(),
+            cn,
+            usage: ExtendedKeyUsagePurpose::ClientAuth,
+            validity: (not_before, not_after),
+        },
+        cert_path,
+    )?;
     let out = cert_path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(out).map_err(|source| TlsError::Io {
         path: out.display().to_string(),

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use serde_json::{Value, json};
 
 use crate::common::{CliOut, TestServer, digest, server};
-use crate::governance::{commit, repo};
+use crate::governance::{commit, repo, write_openssh_key};
 
 /// Two approvals from dev/security for prod; staging needs nothing. Passes
 /// `parse_new`: both approver roles hold `approve`, "staging" is not
@@ -868,26 +868,8 @@ async fn git_ingest_dry_run_shows_the_verdicts_the_run_records() {
     let r = repo(&s.path());
     // Alice's Docket key, written as an OpenSSH key git can sign with.
     let key = docket::crypto::read_signing_key(Path::new(&t.key("alice"))).unwrap();
-    let private =
-        ssh_key::PrivateKey::from(ssh_key::private::Ed25519Keypair::from_seed(&key.to_bytes()));
     let ssh = s.path().join("alice_ssh");
-    std::fs::write(
-        &ssh,
-        private
-            .to_openssh(ssh_key::LineEnding::LF)
-            .unwrap()
-            .as_bytes(),
-    )
-    .unwrap();
-    std::fs::write(
-        format!("{}.pub", ssh.display()),
-        private.public_key().to_openssh().unwrap(),
-    )
-    .unwrap();
-    {
-        use std::os::unix::fs::PermissionsExt as _;
-        std::fs::set_permissions(&ssh, std::fs::Permissions::from_mode(0o600)).unwrap();
-    }
+    write_openssh_key(&ssh, &key);
     let c = commit(
         &r,
         "Alice",

@@ -8,7 +8,7 @@ use docket::api::convert::{decode_event, encode_event};
 use docket::event::{Body, Event, PrincipalId, SignatureVerdict};
 use docket::ingest::git::{GitSource, TrustedKey, observe, read_allowed_signers, recheck};
 
-use crate::governance::{commit, git, repo, ssh_key, ssh_key_of};
+use crate::governance::{commit, git, repo, ssh_key, ssh_key_of, write_openssh_key};
 
 /// Writes a new object of the given commit content; returns its id.
 fn hash_object(repo: &Path, raw: &str) -> String {
@@ -51,25 +51,7 @@ fn signature_verdicts_of_real_commits() {
     // A principal's Docket key, written as an OpenSSH key so git can sign with it.
     let ops = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
     let ops_path = dir.path().join("ops_ssh");
-    let private =
-        ssh_key::PrivateKey::from(ssh_key::private::Ed25519Keypair::from_seed(&ops.to_bytes()));
-    std::fs::write(
-        &ops_path,
-        private
-            .to_openssh(ssh_key::LineEnding::LF)
-            .unwrap()
-            .as_bytes(),
-    )
-    .unwrap();
-    std::fs::write(
-        format!("{}.pub", ops_path.display()),
-        private.public_key().to_openssh().unwrap(),
-    )
-    .unwrap();
-    {
-        use std::os::unix::fs::PermissionsExt as _;
-        std::fs::set_permissions(&ops_path, std::fs::Permissions::from_mode(0o600)).unwrap();
-    }
+    write_openssh_key(&ops_path, &ops);
 
     let signed = commit(
         &repo,

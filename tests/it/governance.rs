@@ -38,6 +38,28 @@ pub fn repo(dir: &Path) -> PathBuf {
     r
 }
 
+/// Writes `key` (a Docket Ed25519 key) as an OpenSSH private key at `path`
+/// (mode 0600) and its public key at `path.pub`, so git can sign with it.
+pub fn write_openssh_key(path: &Path, key: &ed25519_dalek::SigningKey) {
+    use std::os::unix::fs::PermissionsExt as _;
+    let private =
+        ssh_key::PrivateKey::from(ssh_key::private::Ed25519Keypair::from_seed(&key.to_bytes()));
+    std::fs::write(
+        path,
+        private
+            .to_openssh(ssh_key::LineEnding::LF)
+            .unwrap()
+            .as_bytes(),
+    )
+    .unwrap();
+    std::fs::write(
+        format!("{}.pub", path.display()),
+        private.public_key().to_openssh().unwrap(),
+    )
+    .unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
+
 /// Creates an ed25519 SSH key with ssh-keygen; returns the private key path.
 pub fn ssh_key(dir: &Path, name: &str) -> PathBuf {
     ssh_key_of(dir, name, "ed25519", None)
