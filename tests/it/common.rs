@@ -301,6 +301,22 @@ pub fn note(event_id: &str, signer: &str) -> Event {
     }
 }
 
+/// An append of `payload` exactly as given (which need not be a valid
+/// event), signed by `key`.
+pub fn signed_bytes(payload: Vec<u8>, key: &SigningKey) -> pb::AppendRequest {
+    let sig = docket::crypto::sign_dsse(key, docket::crypto::PAYLOAD_TYPE, &payload);
+    pb::AppendRequest {
+        envelope: Some(pb::Envelope {
+            payload_type: docket::crypto::PAYLOAD_TYPE.into(),
+            payload,
+            signatures: vec![pb::Signature {
+                keyid: String::new(),
+                sig: sig.to_vec(),
+            }],
+        }),
+    }
+}
+
 pub fn signed(ev: &Event, key: &SigningKey) -> pb::AppendRequest {
     pb::AppendRequest {
         envelope: Some(envelope_to_pb(&sign_event(ev, key))),

@@ -9,7 +9,7 @@ use ed25519_dalek::SigningKey;
 use futures::StreamExt;
 use tonic::Code;
 
-use crate::common::{mth, note, now_nanos, server, signed};
+use crate::common::{mth, note, now_nanos, server, signed, signed_bytes};
 
 fn hashes(v: &[Vec<u8>]) -> Vec<[u8; 32]> {
     v.iter().map(|h| h.as_slice().try_into().unwrap()).collect()
@@ -376,17 +376,7 @@ async fn bad_input_is_refused_with_a_clear_status_and_the_log_unchanged() {
     // version could read the same signed bytes as another event.
     let mut payload = docket::api::convert::encode_event(&note("future", "admin"));
     payload.extend([0xe8, 0x01, 0x01]); // field 29, varint 1
-    let sig = docket::crypto::sign_dsse(&admin, docket::crypto::PAYLOAD_TYPE, &payload);
-    let req = pb::AppendRequest {
-        envelope: Some(pb::Envelope {
-            payload_type: docket::crypto::PAYLOAD_TYPE.into(),
-            payload,
-            signatures: vec![pb::Signature {
-                keyid: String::new(),
-                sig: sig.to_vec(),
-            }],
-        }),
-    };
+    let req = signed_bytes(payload, &admin);
     expect_refused(
         &s,
         req,
@@ -415,17 +405,7 @@ async fn bad_input_is_refused_with_a_clear_status_and_the_log_unchanged() {
 
     // Malformed protobuf, correctly signed.
     let payload = vec![0x0a, 0xff, 0xff, 0xff];
-    let sig = docket::crypto::sign_dsse(&admin, docket::crypto::PAYLOAD_TYPE, &payload);
-    let req = pb::AppendRequest {
-        envelope: Some(pb::Envelope {
-            payload_type: docket::crypto::PAYLOAD_TYPE.into(),
-            payload,
-            signatures: vec![pb::Signature {
-                keyid: String::new(),
-                sig: sig.to_vec(),
-            }],
-        }),
-    };
+    let req = signed_bytes(payload, &admin);
     expect_refused(
         &s,
         req,

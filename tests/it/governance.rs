@@ -873,18 +873,7 @@ async fn governance_input_is_checked_field_by_field() {
     };
     let wire = |e: &pb::Event| {
         use prost::Message as _;
-        let payload = e.encode_to_vec();
-        let sig = docket::crypto::sign_dsse(&admin, docket::crypto::PAYLOAD_TYPE, &payload);
-        pb::AppendRequest {
-            envelope: Some(pb::Envelope {
-                payload_type: docket::crypto::PAYLOAD_TYPE.into(),
-                payload,
-                signatures: vec![pb::Signature {
-                    keyid: String::new(),
-                    sig: sig.to_vec(),
-                }],
-            }),
-        }
+        crate::common::signed_bytes(e.encode_to_vec(), &admin)
     };
     expect_refused(
         &s,
