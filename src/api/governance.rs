@@ -73,6 +73,8 @@ fn export_status(e: &crate::evidence::ExportError) -> Status {
         E::Read(_) | E::Entry { .. } | E::NoCheckpoint(_) | E::SelfCheck(_) | E::Policy { .. } => {
             Status::internal(msg)
         }
+        E::Since(_) => Status::invalid_argument(msg),
+        E::Diverged(_) => Status::failed_precondition(msg),
     }
 }
 
@@ -174,8 +176,9 @@ impl pb::governance_server::Governance for GovernanceApi {
         req: Request<pb::ExportEvidenceRequest>,
     ) -> Result<Response<Self::ExportEvidenceStream>, Status> {
         self.guard.check(&req, "ExportEvidence")?;
-        let req = req.into_inner();
+        let mut req = req.into_inner();
         let with_progress = req.progress;
+        let since = Some(std::mem::take(&mut req.since_checkpoint)).filter(|n| !n.is_empty());
         let scope = export_scope(req)?;
         // Held until the bundle's last chunk has gone (or the client left).
         let permit = self.exports.clone().try_acquire_owned().map_err(|_| {
@@ -191,12 +194,21 @@ impl pb::governance_server::Governance for GovernanceApi {
                 tonic::Code::NotFound | tonic::Code::InvalidArgument | tonic::Code::Cancelled => {
                     tracing::info!(cause = %e, "evidence export refused")
                 }
+                // A checkpoint signed by this log's key that the log no
+                // longer matches: its history was rewritten or cut back.
+                tonic::Code::FailedPrecondition => {
+                    tracing::error!(cause = %e, "evidence export refused: the log differs from a checkpoint it signed")
+                }
                 _ => tracing::warn!(cause = %e, "evidence export failed"),
             }
             status
         };
         if !with_progress {
-            let bytes = self.svc.export_evidence(scope).await.map_err(failed)?;
+            let bytes = self
+                .svc
+                .export_evidence_since(scope, since, Default::default())
+                .await
+                .map_err(failed)?;
             return Ok(Response::new(Box::pin(futures::stream::iter(
                 bundle_chunks(bytes).map(move |c| {
                     let _held = &permit;
@@ -213,7 +225,7 @@ impl pb::governance_server::Governance for GovernanceApi {
         tokio::spawn(async move {
             let _permit = permit;
             let progress = std::sync::Arc::new(crate::evidence::Progress::default());
-            let export = svc.export_evidence_with(scope, progress.clone());
+            let export = svc.export_evidence_since(scope, since, progress.clone());
             tokio::pin!(export);
             let mut tick = tokio::time::interval(PROGRESS_EVERY);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -54,6 +54,13 @@ pub struct ExportArgs {
     /// Where to write the bundle.
     #[arg(long)]
     out: PathBuf,
+    /// An earlier checkpoint of this log that the auditor holds (a signed
+    /// note, e.g. saved with `docket checkpoint --out` at the last audit):
+    /// the bundle also carries it and the consistency proof from it, so it
+    /// verifies with `--checkpoint` and that note. Refused if the log no
+    /// longer holds the tree the note describes.
+    #[arg(long, value_name = "NOTE")]
+    since_checkpoint: Option<PathBuf>,
     /// Read the data directory directly (the server must be stopped)
     /// instead of asking a server.
     #[arg(long)]
@@ -139,9 +146,10 @@ pub struct VerifyArgs {
     #[arg(long)]
     log_key: Option<PathBuf>,
     /// A checkpoint you already trust (a signed note, e.g. saved with
-    /// `docket checkpoint --out`); the bundle must be for exactly that tree.
-    /// Without --log-key, the key is the one the bundle's genesis names,
-    /// proven in the pinned tree.
+    /// `docket checkpoint --out`); the bundle must be for exactly that tree,
+    /// or for a later one and carry the consistency proof from it (exported
+    /// with --since-checkpoint and this note). Without --log-key, the key
+    /// is the one the bundle's genesis names, proven in the pinned tree.
     #[arg(long)]
     checkpoint: Option<PathBuf>,
     /// Print the result as JSON.
@@ -237,21 +245,40 @@ pub(crate) async fn evidence(c: EvidenceCmd) -> CliResult {
     }
 }
 
+/// The note of `--since-checkpoint`, read with a bound (it is a few
+/// hundred bytes; a wrong path could name anything).
+fn since_note(p: &PathBuf) -> Result<String, CliError> {
+    let named = |e: &dyn std::fmt::Display| CliError::usage(format!("{}: {e}", p.display()));
+    let meta = std::fs::metadata(p).map_err(|e| named(&e))?;
+    let max = crate::evidence::MAX_SINCE_NOTE;
+    if !meta.is_file() || meta.len() > max as u64 {
+        return Err(named(&format_args!(
+            "not a checkpoint note (a regular file of at most {max} bytes)"
+        )));
+    }
+    std::fs::read_to_string(p).map_err(|e| named(&e))
+}
+
 async fn export(a: ExportArgs) -> CliResult {
     let scope = scope_of(&a)?;
+    let since = a.since_checkpoint.as_ref().map(since_note).transpose()?;
     let started = std::time::Instant::now();
     let mut bar = Bar::new(a.progress);
     let bytes = if a.offline {
-        offline(&a.conn.data, &scope, &mut bar).await
+        offline(&a.conn.data, &scope, since, &mut bar).await
     } else {
-        online(&a.conn, &scope, &mut bar).await
+        online(&a.conn, &scope, since, &mut bar).await
     };
     bar.end();
     let bytes = bytes?;
     std::fs::write(&a.out, &bytes)
         .map_err(|e| CliError::failed(format!("{}: {e}", a.out.display())))?;
+    let trust = match &a.since_checkpoint {
+        Some(p) => format!("--checkpoint {}", p.display()),
+        None => "--log-key log.vkey".into(),
+    };
     outln!(
-        "wrote {} ({} bytes, BLAKE3 {}) in {:.3} s; check it with: docket evidence verify {} --log-key log.vkey",
+        "wrote {} ({} bytes, BLAKE3 {}) in {:.3} s; check it with: docket evidence verify {} {trust}",
         a.out.display(),
         bytes.len(),
         hex::encode(crate::crypto::blake3_256(&bytes)),
@@ -261,7 +288,12 @@ async fn export(a: ExportArgs) -> CliResult {
     Ok(())
 }
 
-async fn offline(data: &DataArgs, scope: &Scope, bar: &mut Bar) -> Result<Vec<u8>, CliError> {
+async fn offline(
+    data: &DataArgs,
+    scope: &Scope,
+    since: Option<String>,
+    bar: &mut Bar,
+) -> Result<Vec<u8>, CliError> {
     let dd = DataDir::new(&data.data);
     let cfg = dd.config().map_err(CliError::usage)?;
     let signer = dd.note_signer(&cfg).map_err(CliError::usage)?;
@@ -271,7 +303,7 @@ async fn offline(data: &DataArgs, scope: &Scope, bar: &mut Bar) -> Result<Vec<u8
     let work = tokio::task::spawn_blocking(move || {
         let reader = crate::ledger::LedgerReader::new(store);
         let state = crate::service::current_state(&reader).map_err(CliError::failed)?;
-        crate::evidence::export_offline(&state, &reader, &signer, &scope, &p)
+        crate::evidence::export_offline(&state, &reader, &signer, &scope, since.as_deref(), &p)
             .map_err(CliError::failed)
     });
     tokio::pin!(work);
@@ -291,7 +323,12 @@ async fn offline(data: &DataArgs, scope: &Scope, bar: &mut Bar) -> Result<Vec<u8
     }
 }
 
-async fn online(conn: &ConnArgs, scope: &Scope, bar: &mut Bar) -> Result<Vec<u8>, CliError> {
+async fn online(
+    conn: &ConnArgs,
+    scope: &Scope,
+    since: Option<String>,
+    bar: &mut Bar,
+) -> Result<Vec<u8>, CliError> {
     use pb::export_evidence_request::Scope as S;
     let req = pb::ExportEvidenceRequest {
         scope: Some(match scope {
@@ -315,6 +352,7 @@ async fn online(conn: &ConnArgs, scope: &Scope, bar: &mut Bar) -> Result<Vec<u8>
         }),
         progress: bar.on,
         complete: matches!(scope, Scope::Change { complete: true, .. }),
+        since_checkpoint: since.unwrap_or_default(),
     };
     // No bound on the call: without progress reports the server sends its
     // first byte only once the bundle is built, which may take minutes.
@@ -427,6 +465,7 @@ fn verify(a: VerifyArgs) -> CliResult {
                         "period_unfinished": r.period_unfinished,
                         "history_proven_to": r.history_proven_to,
                         "decisions_based": r.decisions_based,
+                        "since": r.since.map(|(size, root)| serde_json::json!({"size": size, "root": hex::encode(root)})),
                     }))
                 );
             } else {
@@ -453,6 +492,12 @@ fn verify(a: VerifyArgs) -> CliResult {
                     printable(&r.scope_words),
                     crate::state::gov::fmt_nanos(r.as_of)
                 );
+                if let Some((size, root)) = r.since {
+                    outln!(
+                        "consistency: the checkpoint extends the log's earlier checkpoint for tree size {size} (root {}), which the bundle carries",
+                        hex::encode(root)
+                    );
+                }
                 match r.history_proven_to {
                     Some(i) => outln!(
                         "history: every identity and policy entry up to entry {i} is carried"

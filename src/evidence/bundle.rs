@@ -6,6 +6,7 @@
 //! entries.bin   repeated: u64 index | u32 length | entry bytes (ledger-format §4)
 //! proofs.bin    repeated: u64 index | u8 count | count × 32-byte hashes
 //! range.bin     u64 start | u64 end | u8 left count | left hashes | u8 right count | right hashes
+//! since/consistency.bin   u8 count | count × 32-byte hashes
 //! ```
 
 use std::collections::BTreeMap;
@@ -249,6 +250,23 @@ pub(super) fn decode_proofs(b: &[u8]) -> Result<BTreeMap<u64, Vec<Hash>>, String
     Ok(out)
 }
 
+/// `since/consistency.bin`: a consistency proof, its hashes only (the two
+/// tree sizes are those of the checkpoints it joins).
+pub(super) fn encode_consistency(proof: &[Hash]) -> Vec<u8> {
+    let mut o = Vec::new();
+    put_hashes(&mut o, proof);
+    o
+}
+
+pub(super) fn decode_consistency(b: &[u8]) -> Result<Vec<Hash>, String> {
+    let mut c = Cur { b, pos: 0 };
+    let proof = c.hashes()?;
+    if !c.done() {
+        return Err("trailing bytes".into());
+    }
+    Ok(proof)
+}
+
 /// A contiguous run of entries proven with one range proof.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) struct RangeProof {
@@ -313,6 +331,18 @@ mod tests {
             right: vec![],
         };
         assert_eq!(decode_range(&encode_range(&r)).unwrap(), r);
+        let c = encode_consistency(&[[2; 32], [3; 32]]);
+        assert_eq!(c.len(), 65);
+        assert_eq!(decode_consistency(&c).unwrap(), vec![[2; 32], [3; 32]]);
+        assert!(
+            decode_consistency(&c[..64])
+                .unwrap_err()
+                .contains("truncated")
+        );
+        let mut long = c.clone();
+        long.push(0);
+        assert_eq!(decode_consistency(&long).unwrap_err(), "trailing bytes");
+        assert!(decode_consistency(&[]).is_err());
         let files = BTreeMap::from([
             ("b.txt".to_owned(), b"b".to_vec()),
             ("manifest.json".to_owned(), b"{}".to_vec()),

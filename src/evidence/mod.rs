@@ -190,6 +190,14 @@ pub enum ExportError {
     SelfCheck(String),
     #[error("the export was cancelled")]
     Cancelled,
+    /// The earlier checkpoint given to prove consistency from is not one
+    /// of this log's (unsigned, another log's, malformed or too large).
+    #[error("since_checkpoint: {0}")]
+    Since(String),
+    /// The earlier checkpoint is this log's, but the log no longer holds
+    /// the tree it describes: its history was rewritten or cut back.
+    #[error("since_checkpoint: {0}")]
+    Diverged(String),
 }
 
 /// Stops an export whose result nobody waits for any more.
@@ -622,6 +630,80 @@ pub fn select<S: Store + ?Sized>(
     )
 }
 
+/// The bundle member holding the earlier checkpoint a bundle proves its
+/// own consistent with (evidence-format §6.5).
+pub const SINCE_CHECKPOINT: &str = "since/checkpoint.txt";
+/// The bundle member holding that consistency proof.
+pub const SINCE_CONSISTENCY: &str = "since/consistency.bin";
+/// Largest earlier checkpoint note accepted (a checkpoint with its
+/// signature is ~200 bytes; room is left for cosignatures).
+pub const MAX_SINCE_NOTE: usize = 16 << 10;
+
+/// Reads the earlier checkpoint an export is to prove its own consistent
+/// with: it must be a note of this log (`origin`), signed by its key, for a
+/// non-empty tree.
+pub fn parse_since(
+    note: &str,
+    key: &crate::crypto::NoteVerifier,
+    origin: &str,
+) -> Result<Checkpoint, ExportError> {
+    if note.len() > MAX_SINCE_NOTE {
+        return Err(ExportError::Since(format!(
+            "{} bytes; a checkpoint note is at most {MAX_SINCE_NOTE}",
+            note.len()
+        )));
+    }
+    let cp = Checkpoint::verify(note, key, origin).map_err(|e| {
+        ExportError::Since(format!("not a checkpoint signed by this log's key: {e}"))
+    })?;
+    if cp.size == 0 {
+        return Err(ExportError::Since(
+            "is for an empty tree; there is nothing to prove consistent with".into(),
+        ));
+    }
+    Ok(cp)
+}
+
+/// The consistency proof from `since` to `checkpoint`, after checking that
+/// the log still holds the tree `since` describes.
+fn since_proof<S: Store + ?Sized>(
+    reader: &LedgerReader<S>,
+    since: &Checkpoint,
+    checkpoint: &Checkpoint,
+) -> Result<Vec<Hash>, ExportError> {
+    if since.size > checkpoint.size {
+        return Err(ExportError::Diverged(format!(
+            "is for tree size {}, but this log's latest checkpoint is for size {}: the log holds fewer entries than when that checkpoint was signed (restored from an older copy?)",
+            since.size, checkpoint.size
+        )));
+    }
+    let root = reader.root(since.size)?;
+    if root != since.root {
+        return Err(ExportError::Diverged(format!(
+            "this log's root at tree size {} is {} but the checkpoint, signed by its key, says {}: the log's history differs from the one that checkpoint was signed for",
+            since.size,
+            hex::encode(root),
+            hex::encode(since.root)
+        )));
+    }
+    let proof = reader.consistency_proof(since.size, checkpoint.size)?;
+    // What the verifier will check, checked here first.
+    merkle::verify_consistency(
+        since.size,
+        checkpoint.size,
+        &proof,
+        &since.root,
+        &checkpoint.root,
+    )
+    .map_err(|e| {
+        ExportError::SelfCheck(format!(
+            "consistency proof from tree size {} to {}: {e}",
+            since.size, checkpoint.size
+        ))
+    })?;
+    Ok(proof)
+}
+
 /// A bundle built and awaiting its manifest signature.
 pub struct Unsigned {
     files: BTreeMap<String, Vec<u8>>,
@@ -650,17 +732,23 @@ impl Unsigned {
 }
 
 /// Reads the selected entries and their proofs, folds them and renders the
-/// bundle's files; the caller signs [`Unsigned::digest`].
+/// bundle's files; the caller signs [`Unsigned::digest`]. With `since` (an
+/// earlier checkpoint of this log, from [`parse_since`]), the bundle also
+/// carries it and the consistency proof from it to `checkpoint`.
 pub fn export<S: Store + ?Sized>(
     reader: &LedgerReader<S>,
     checkpoint: &Checkpoint,
     selection: &Selection,
     scope: &Scope,
+    since: Option<&Checkpoint>,
     progress: &Progress,
 ) -> Result<Unsigned, ExportError> {
     if checkpoint.size != selection.size {
         return Err(ExportError::NoCheckpoint(selection.size));
     }
+    let since = since
+        .map(|s| Ok::<_, ExportError>((s, since_proof(reader, s, checkpoint)?)))
+        .transpose()?;
     let mut entries = Vec::with_capacity(selection.indices.len());
     progress.start(Stage::Reading, selection.indices.len() as u64);
     for &i in &selection.indices {
@@ -737,6 +825,10 @@ pub fn export<S: Store + ?Sized>(
         "checkpoint.txt".into(),
         checkpoint.note.clone().into_bytes(),
     );
+    if let Some((s, proof)) = since {
+        files.insert(SINCE_CHECKPOINT.into(), s.note.clone().into_bytes());
+        files.insert(SINCE_CONSISTENCY.into(), bundle::encode_consistency(&proof));
+    }
     let manifest = facts::manifest(&meta, entries.len() as u64, &files);
     let digest = crate::crypto::blake3_256(&manifest);
     files.insert("manifest.json".into(), manifest);
@@ -783,12 +875,14 @@ pub fn seal(
 }
 
 /// Exports, signs with `signer` and seals in one step: for a log opened
-/// offline, where this process holds the log key itself.
+/// offline, where this process holds the log key itself. `since` is an
+/// earlier checkpoint note to prove the bundle's checkpoint consistent with.
 pub fn export_offline<S: Store + ?Sized>(
     state: &State,
     reader: &LedgerReader<S>,
     signer: &crate::crypto::NoteSigner,
     scope: &Scope,
+    since: Option<&str>,
     progress: &Progress,
 ) -> Result<Vec<u8>, ExportError> {
     let size = state.next_index();
@@ -801,9 +895,12 @@ pub fn export_offline<S: Store + ?Sized>(
         .unwrap_or_default();
     let cp = Checkpoint::verify(&note, &signer.verifier(), &origin)
         .map_err(|e| ExportError::Sign(format!("stored checkpoint for size {size}: {e}")))?;
+    let since = since
+        .map(|n| parse_since(n, &signer.verifier(), &origin))
+        .transpose()?;
     let plan = Plan::of(state, scope)?;
     let selection = select_with(state, seeds(reader, &plan, scope, progress)?, scope)?;
-    let unsigned = export(reader, &cp, &selection, scope, progress)?;
+    let unsigned = export(reader, &cp, &selection, scope, since.as_ref(), progress)?;
     progress.start(Stage::Signing, 1);
     let note = crate::ledger::sign_manifest(signer, &origin, &unsigned.digest());
     seal(unsigned, note, &signer.verifier(), progress)

@@ -7,7 +7,9 @@
 //! 2. `manifest.sig` is the log key's signature over `manifest.json`;
 //! 3. every file is listed in the manifest with its size and BLAKE3, and
 //!    nothing else is present;
-//! 4. `checkpoint.txt` is signed by the log key (and equals a pinned one);
+//! 4. `checkpoint.txt` is signed by the log key, and equals a pinned one or
+//!    is proven consistent with it (`since/`, an earlier checkpoint and the
+//!    consistency proof from it, checked whenever the bundle carries them);
 //! 5. every entry is proven in that checkpoint: an inclusion proof each, or
 //!    the one range proof of a period; consecutive entries are chain-linked;
 //! 6. folding the entries from genesis applies every rule of the log and
@@ -20,9 +22,11 @@ use std::collections::BTreeMap;
 
 use serde_json::Value;
 
-use super::bundle::{decode_entries, decode_proofs, decode_range, is_canonical_tar, read_tar};
+use super::bundle::{
+    decode_consistency, decode_entries, decode_proofs, decode_range, is_canonical_tar, read_tar,
+};
 use super::facts::{Meta, Signatures, fold_then, render};
-use super::{Control, FORMAT, Scope};
+use super::{Control, FORMAT, SINCE_CHECKPOINT, SINCE_CONSISTENCY, Scope};
 use crate::crypto::NoteVerifier;
 use crate::ledger::{Checkpoint, merkle, verify_manifest};
 
@@ -32,7 +36,8 @@ pub enum Trust {
     /// The log's verifier key (`log.vkey`).
     Key(NoteVerifier),
     /// A checkpoint the auditor already holds and trusts (its origin, size
-    /// and root); the bundle must be for exactly that tree. With the key,
+    /// and root); the bundle must be for exactly that tree, or for a later
+    /// one and carry the consistency proof from it (`since/`). With the key,
     /// the pinned note's signature is checked too. Without it, the log key
     /// is the one the bundle's genesis names: genesis is proven at index 0
     /// of the pinned tree like every other entry, so a forged genesis fails.
@@ -88,6 +93,9 @@ pub struct VerifyReport {
     /// to carry in full (ledger-format §4.4); the rest of `decisions` were
     /// recorded before format version 3.
     pub decisions_based: usize,
+    /// The earlier checkpoint (tree size, root) the bundle's checkpoint was
+    /// proven consistent with, if it carries one.
+    pub since: Option<(u64, crate::ledger::Hash)>,
 }
 
 fn parse_time(v: &Value, key: &str) -> Result<i64, BundleFailure> {
@@ -352,17 +360,6 @@ fn verify_files<'a>(
         .map_err(|_| fail("checkpoint.txt", "not UTF-8"))?;
     let cp = Checkpoint::verify(note, key, &origin)
         .map_err(|e| fail("checkpoint.txt", e.to_string()))?;
-    if let Some(p) = pinned
-        && (p.size, p.root) != (cp.size, cp.root)
-    {
-        return Err(fail(
-            "checkpoint.txt",
-            format!(
-                "is for tree size {} but the pinned checkpoint is for size {} (or another root)",
-                cp.size, p.size
-            ),
-        ));
-    }
     let m_cp = manifest.get("checkpoint").cloned().unwrap_or_default();
     if m_cp.get("size").and_then(Value::as_u64) != Some(cp.size)
         || m_cp.get("root").and_then(Value::as_str) != Some(hex::encode(cp.root).as_str())
@@ -373,6 +370,68 @@ fn verify_files<'a>(
         ));
     }
 
+    let since = match (files.get(SINCE_CHECKPOINT), files.get(SINCE_CONSISTENCY)) {
+        (None, None) => None,
+        (Some(note), Some(proof)) => Some(check_since(note, proof, key, &origin, &cp)?),
+        (Some(_), None) => {
+            return Err(fail(
+                SINCE_CONSISTENCY,
+                format!("missing, but the bundle carries {SINCE_CHECKPOINT}"),
+            ));
+        }
+        (None, Some(_)) => {
+            return Err(fail(
+                SINCE_CHECKPOINT,
+                format!("missing, but the bundle carries {SINCE_CONSISTENCY}"),
+            ));
+        }
+    };
+    if let Some(p) = pinned {
+        if p.size > cp.size {
+            return Err(fail(
+                "checkpoint.txt",
+                format!(
+                    "is for tree size {}, older than the pinned checkpoint's {}; ask for a bundle exported now",
+                    cp.size, p.size
+                ),
+            ));
+        }
+        if p.size == cp.size && p.root != cp.root {
+            return Err(fail(
+                "checkpoint.txt",
+                format!(
+                    "is for tree size {} like the pinned checkpoint, but with another root: the log has forked, or the bundle is of another log",
+                    cp.size
+                ),
+            ));
+        }
+        if p.size < cp.size {
+            match &since {
+                Some(s) if (s.size, s.root) == (p.size, p.root) => {}
+                Some(s) => {
+                    return Err(fail(
+                        SINCE_CHECKPOINT,
+                        format!(
+                            "is for tree size {} (root {}), not the pinned checkpoint's size {} (root {}); export again with --since-checkpoint and the pinned note",
+                            s.size,
+                            hex::encode(s.root),
+                            p.size,
+                            hex::encode(p.root)
+                        ),
+                    ));
+                }
+                None => {
+                    return Err(fail(
+                        "checkpoint.txt",
+                        format!(
+                            "is for tree size {}, later than the pinned checkpoint's {}, and the bundle carries no consistency proof from it; export with --since-checkpoint and the pinned note",
+                            cp.size, p.size
+                        ),
+                    ));
+                }
+            }
+        }
+    }
     // 5. Entries and their proofs.
     let entries = decode_entries(get("entries.bin")?).map_err(|e| fail("entries.bin", e))?;
     if let Some((i, _)) = entries.iter().find(|(i, _)| *i >= cp.size) {
@@ -679,6 +738,8 @@ fn verify_files<'a>(
         "checkpoint.txt",
         "manifest.json",
         "manifest.sig",
+        SINCE_CHECKPOINT,
+        SINCE_CONSISTENCY,
     ];
     if let Some(extra) = files
         .keys()
@@ -711,6 +772,7 @@ fn verify_files<'a>(
         violations,
         history_proven_to: folded.history_proven_to,
         decisions_based: folded.decisions_based,
+        since: since.map(|s| (s.size, s.root)),
     };
     // Freeing the fold (a state and an index of every entry: ~0.25 s for
     // 100,000 entries) is left to another thread; the verdict does not wait.
@@ -722,6 +784,40 @@ fn verify_files<'a>(
         tracing::debug!("freeing on this thread: {e}");
     }
     Ok(report)
+}
+
+/// `since/`: an earlier checkpoint of the same log, and the consistency
+/// proof that the bundle's tree `cp` extends it.
+fn check_since(
+    note: &[u8],
+    proof: &[u8],
+    key: &NoteVerifier,
+    origin: &str,
+    cp: &Checkpoint,
+) -> Result<Checkpoint, BundleFailure> {
+    let note = std::str::from_utf8(note).map_err(|_| fail(SINCE_CHECKPOINT, "not UTF-8"))?;
+    let s =
+        Checkpoint::verify(note, key, origin).map_err(|e| fail(SINCE_CHECKPOINT, e.to_string()))?;
+    if s.size == 0 || s.size > cp.size {
+        return Err(fail(
+            SINCE_CHECKPOINT,
+            format!(
+                "is for tree size {}; an earlier checkpoint is for a size from 1 to the bundle's {}",
+                s.size, cp.size
+            ),
+        ));
+    }
+    let proof = decode_consistency(proof).map_err(|e| fail(SINCE_CONSISTENCY, e))?;
+    merkle::verify_consistency(s.size, cp.size, &proof, &s.root, &cp.root).map_err(|e| {
+        fail(
+            SINCE_CONSISTENCY,
+            format!(
+                "consistency proof from tree size {} to {}: {e}",
+                s.size, cp.size
+            ),
+        )
+    })?;
+    Ok(s)
 }
 
 /// Names the first decision whose recorded form differs from re-evaluation.

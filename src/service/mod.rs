@@ -746,9 +746,24 @@ impl Service {
         scope: crate::evidence::Scope,
         progress: Arc<crate::evidence::Progress>,
     ) -> Result<Vec<u8>, crate::evidence::ExportError> {
+        self.export_evidence_since(scope, None, progress).await
+    }
+
+    /// [`Service::export_evidence_with`], and with `since` (an earlier
+    /// checkpoint note of this log) the bundle carries the consistency
+    /// proof from it.
+    pub async fn export_evidence_since(
+        self: &Arc<Self>,
+        scope: crate::evidence::Scope,
+        since: Option<String>,
+        progress: Arc<crate::evidence::Progress>,
+    ) -> Result<Vec<u8>, crate::evidence::ExportError> {
         use crate::evidence::{
-            CancelOnDrop, ExportError, Plan, Stage, export, seal, seeds, select_with,
+            CancelOnDrop, ExportError, Plan, Stage, export, parse_since, seal, seeds, select_with,
         };
+        let since = since
+            .map(|n| parse_since(&n, &self.verifier, &self.origin))
+            .transpose()?;
         if let Some(observe) = self.export_observer.get() {
             observe(&progress);
         }
@@ -782,10 +797,11 @@ impl Service {
                 ExportError::Sign(format!("stored checkpoint for size {size}: {e}"))
             })?;
             let (reader, scope2, p) = (self.reader.clone(), scope.clone(), progress.clone());
-            let unsigned =
-                tokio::task::spawn_blocking(move || export(&reader, &cp, &selection, &scope2, &p))
-                    .await
-                    .map_err(joined)??;
+            let unsigned = tokio::task::spawn_blocking(move || {
+                export(&reader, &cp, &selection, &scope2, since.as_ref(), &p)
+            })
+            .await
+            .map_err(joined)??;
             progress.start(Stage::Signing, 1);
             let note = self
                 .sign_manifest(unsigned.digest())

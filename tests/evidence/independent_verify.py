@@ -481,30 +481,93 @@ def check_listed_files(files, manifest):
 # 4. The checkpoint (LF §6, EF §11 step 4)
 # ---------------------------------------------------------------------------------------------
 
-def check_checkpoint(files, manifest, origin, keyid, public_key):
-    require("checkpoint.txt" in files, "checkpoint.txt", "missing from the bundle")
+def read_checkpoint(files, path, origin, keyid, public_key):
+    """LF §6.4: a checkpoint note signed by the log key; returns (size, root)."""
+    require(path in files, path, "missing from the bundle")
     try:
-        note = files["checkpoint.txt"].decode("utf-8")
+        note = files[path].decode("utf-8")
     except UnicodeDecodeError:
-        raise Failed("checkpoint.txt", "not UTF-8")
-    text = verify_note(note, "checkpoint.txt", origin, keyid, public_key)
+        raise Failed(path, "not UTF-8")
+    text = verify_note(note, path, origin, keyid, public_key)
     lines = text.split("\n")
-    require(len(lines) >= 4, "checkpoint.txt", "the body has fewer than three lines")
-    require(lines[0] != "", "checkpoint.txt", "empty origin")
-    require(lines[0] == origin, "checkpoint.txt", f"origin {lines[0]!r} is not {origin!r}")
+    require(len(lines) >= 4, path, "the body has fewer than three lines")
+    require(lines[0] != "", path, "empty origin")
+    require(lines[0] == origin, path, f"origin {lines[0]!r} is not {origin!r}")
     require(re.fullmatch(r"0|[1-9][0-9]*", lines[1]) is not None and int(lines[1]) < 2 ** 64,
-            "checkpoint.txt", f"bad tree size {lines[1]!r}")
+            path, f"bad tree size {lines[1]!r}")
     size = int(lines[1])
     try:
         root = b64decode_strict(lines[2])
     except Exception:
-        raise Failed("checkpoint.txt", "the root is not base64")
-    require(len(root) == 32, "checkpoint.txt", "the root is not 32 bytes")
+        raise Failed(path, "the root is not base64")
+    require(len(root) == 32, path, "the root is not 32 bytes")
+    return size, root
+
+
+def check_checkpoint(files, manifest, origin, keyid, public_key):
+    size, root = read_checkpoint(files, "checkpoint.txt", origin, keyid, public_key)
     cp = manifest.get("checkpoint")
     require(isinstance(cp, dict) and cp.get("size") == size and cp.get("root") == root.hex(),
             "manifest.json", f"checkpoint {cp!r} differs from checkpoint.txt (size {size}, "
             f"root {root.hex()})")
     return size, root
+
+
+def verify_consistency(m, n, proof, old_root, new_root):
+    """LF §5.4 (RFC 9162 §2.1.4.2)."""
+    if m > n:
+        return False
+    if m == n:
+        return not proof and old_root == new_root
+    if m == 0:
+        return not proof
+    if not proof:
+        return False
+    path = ([old_root] if m & (m - 1) == 0 else []) + list(proof)
+    a, b = m - 1, n - 1
+    while a % 2 == 1:
+        a >>= 1
+        b >>= 1
+    old_h = new_h = path[0]
+    for c in path[1:]:
+        if b == 0:
+            return False
+        if a % 2 == 1 or a == b:
+            old_h = node_hash(c, old_h)
+            new_h = node_hash(c, new_h)
+            if a % 2 == 0:
+                while a % 2 == 0 and a != 0:
+                    a >>= 1
+                    b >>= 1
+        else:
+            new_h = node_hash(new_h, c)
+        a >>= 1
+        b >>= 1
+    return b == 0 and old_h == old_root and new_h == new_root
+
+
+SINCE_NOTE, SINCE_PROOF = "since/checkpoint.txt", "since/consistency.bin"
+
+
+def check_since(files, origin, keyid, public_key, n, root):
+    """EF §6.5, §11 step 4: an earlier checkpoint and the consistency proof from it."""
+    if SINCE_NOTE not in files and SINCE_PROOF not in files:
+        return None
+    require(SINCE_PROOF in files, SINCE_PROOF, f"missing, but the bundle carries {SINCE_NOTE}")
+    require(SINCE_NOTE in files, SINCE_NOTE, f"missing, but the bundle carries {SINCE_PROOF}")
+    m, old_root = read_checkpoint(files, SINCE_NOTE, origin, keyid, public_key)
+    require(1 <= m <= n, SINCE_NOTE, f"is for tree size {m}; an earlier checkpoint is for a size "
+            f"from 1 to the bundle's {n}")
+    data = files[SINCE_PROOF]
+    require(len(data) >= 1, SINCE_PROOF, "truncated at byte 0")
+    count = data[0]
+    require(count <= 64, SINCE_PROOF, f"a proof of {count} hashes; at most 64 are possible")
+    require(len(data) == 1 + 32 * count, SINCE_PROOF,
+            f"{len(data)} bytes, not 1 + 32 x {count}")
+    proof = [data[p:p + 32] for p in range(1, len(data), 32)]
+    require(verify_consistency(m, n, proof, old_root, root), SINCE_PROOF,
+            f"consistency proof from tree size {m} to {n} does not verify")
+    return m, old_root
 
 
 # ---------------------------------------------------------------------------------------------
@@ -2348,7 +2411,7 @@ def check_derived(files, manifest, fold, scope, as_of, origin, n, root, rng):
 
     # 8.4: no other member.
     allowed = set(regenerated) | {"manifest.json", "manifest.sig", "checkpoint.txt", "entries.bin",
-                                  "proofs.bin", "report.html"}
+                                  "proofs.bin", "report.html", SINCE_NOTE, SINCE_PROOF}
     if rng is not None:
         allowed.add("range.bin")
     for path in canonical_order(list(files)):
@@ -2381,6 +2444,7 @@ def verify(bundle, key_name, keyid, log_key):
     check_manifest_sig(files, origin, keyid, log_key)                       # step 2.3-2.4
     check_listed_files(files, manifest)                                     # step 3
     n, root = check_checkpoint(files, manifest, origin, keyid, log_key)     # step 4
+    since = check_since(files, origin, keyid, log_key, n, root)            # step 4.4
     records, rng, n_proofs = check_entries_and_proofs(files, manifest, n, root)   # step 5
     if isinstance(manifest.get("scope"), dict) and manifest["scope"].get("kind") == "change":
         complete = manifest["scope"].get("complete") is True
@@ -2400,7 +2464,9 @@ def verify(bundle, key_name, keyid, log_key):
     n_dec, n_viol, n_regen = check_derived(files, manifest, fold, scope, as_of, origin, n, root,
                                            rng)                             # step 8
     range_text = f", range {rng[0]}..{rng[1]} proven complete" if rng else ""
-    return (f"OK: {len(records)} entries of log {origin} at checkpoint {n} ({n_proofs} inclusion "
+    since_text = (f"consistent with the earlier checkpoint of size {since[0]} "
+                  f"(root {since[1].hex()})\n" if since else "")
+    return (since_text + f"OK: {len(records)} entries of log {origin} at checkpoint {n} ({n_proofs} inclusion "
             f"proofs{range_text}), {fold.signatures} signatures checked, {n_dec} decisions "
             f"cross-checked (verdicts not re-evaluated), {n_regen} derived files regenerated, "
             f"{len(files)} files digest-checked; {n_viol} violation(s) in scope\n"

@@ -885,6 +885,7 @@ async fn access_json_limits_each_identity_to_its_methods() {
             scope: Some(pb::export_evidence_request::Scope::ChangeId("CHG-1".into())),
             progress: false,
             complete: false,
+            since_checkpoint: String::new(),
         })
         .await
         .map(drop),
@@ -1265,6 +1266,7 @@ async fn hostile_request_values_get_short_refusals_naming_the_field() {
         scope: Some(scope),
         progress: false,
         complete: false,
+        since_checkpoint: String::new(),
     };
     use pb::export_evidence_request::Scope as S;
     let period = |environments: Vec<String>| {

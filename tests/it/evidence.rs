@@ -337,6 +337,7 @@ async fn export_online(s: &TestServer, scope: pb::export_evidence_request::Scope
             scope: Some(scope),
             progress: false,
             complete: false,
+            since_checkpoint: String::new(),
         },
     )
     .await
@@ -350,6 +351,7 @@ async fn export_complete(s: &TestServer, change: &str) -> Vec<u8> {
             scope: Some(pb::export_evidence_request::Scope::ChangeId(change.into())),
             progress: false,
             complete: true,
+            since_checkpoint: String::new(),
         },
     )
     .await
@@ -502,7 +504,8 @@ async fn export_and_verify_each_scope_online_and_offline() {
     let state = docket::service::current_state(&reader).unwrap();
     let signer = data.note_signer(&data.config().unwrap()).unwrap();
     let offline = |scope: Scope| {
-        evidence::export_offline(&state, &reader, &signer, &scope, &Default::default()).unwrap()
+        evidence::export_offline(&state, &reader, &signer, &scope, None, &Default::default())
+            .unwrap()
     };
     assert_eq!(offline(Scope::change("CHG-1")), change);
     assert_eq!(
@@ -528,6 +531,7 @@ async fn export_and_verify_each_scope_online_and_offline() {
         &reader,
         &signer,
         &Scope::change("CHG-404"),
+        None,
         &Default::default(),
     )
     .unwrap_err();
@@ -697,7 +701,7 @@ async fn dropped_entries_fail_completeness_and_altered_decisions_fail_re_evaluat
     assert!(cut < end);
     sel.range = Some((start, cut));
     sel.indices.retain(|i| *i < cut || *i >= end);
-    let unsigned = evidence::export(&reader, &cp, &sel, &scope, &Default::default()).unwrap();
+    let unsigned = evidence::export(&reader, &cp, &sel, &scope, None, &Default::default()).unwrap();
     let signer = data.note_signer(&data.config().unwrap()).unwrap();
     let note = docket::ledger::sign_manifest(&signer, "docket.test/log", &unsigned.digest());
     let e = evidence::verify(&unsigned.finish(note), &t).unwrap_err();
@@ -717,7 +721,7 @@ async fn dropped_entries_fail_completeness_and_altered_decisions_fail_re_evaluat
         .unwrap();
     let (start, end) = sel.range.unwrap();
     sel.range = Some((start + 1, end));
-    let unsigned = evidence::export(&reader, &cp, &sel, &scope, &Default::default()).unwrap();
+    let unsigned = evidence::export(&reader, &cp, &sel, &scope, None, &Default::default()).unwrap();
     let note = docket::ledger::sign_manifest(&signer, "docket.test/log", &unsigned.digest());
     let e = evidence::verify(&unsigned.finish(note), &t).unwrap_err();
     assert_eq!(e.what, "completeness", "{e}");
@@ -1199,6 +1203,211 @@ fn independent_verify(bundle: &[u8], vkey: &Path) -> (Option<i32>, String) {
     )
 }
 
+/// An auditor who saved a checkpoint at the last audit pins it: a bundle
+/// exported later with that note carries it and the consistency proof from
+/// it, and verifies against it (with or without the key); a bundle without
+/// the proof, a proof from another tree or an altered proof does not. The
+/// export refuses a note the log key did not sign, and one the log no
+/// longer matches (a rewritten or cut-back history), naming the field.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bundle_proves_its_checkpoint_consistent_with_an_earlier_one() {
+    let f = fixture().await;
+    let s = &f.server;
+    let dir = s.path().join("since");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = |n: &str| dir.join(n).display().to_string();
+    let vkey = s.data.log_vkey().display().to_string();
+    let earlier = path("earlier.txt");
+    s.cli_ok(&["checkpoint", "--out", &earlier]).await;
+    let note = std::fs::read_to_string(&earlier).unwrap();
+    let m: u64 = note.lines().nth(1).unwrap().parse().unwrap();
+    s.cli_ok(&["append", "--subject", "repo/x", "--text", "after the audit"])
+        .await;
+    s.cli_ok(&["append", "--subject", "repo/x", "--text", "and more"])
+        .await;
+
+    let export = |out: String, since: Option<String>| async move {
+        let mut args = vec!["evidence", "export", "--change", "CHG-2", "--out", &out];
+        if let Some(n) = &since {
+            args.extend(["--since-checkpoint", n]);
+        }
+        s.cli(&args).await
+    };
+    let r = export(path("since.tar"), Some(earlier.clone())).await;
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    assert!(
+        r.stdout.contains(&format!("--checkpoint {earlier}")),
+        "{}",
+        r.stdout
+    );
+    let bytes = std::fs::read(path("since.tar")).unwrap();
+    let files = evidence::unpack(&bytes).unwrap();
+    assert_eq!(files["since/checkpoint.txt"], note.as_bytes());
+    // Deterministic, the earlier checkpoint included.
+    let r = export(path("since-again.tar"), Some(earlier.clone())).await;
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    assert_eq!(std::fs::read(path("since-again.tar")).unwrap(), bytes);
+
+    let verify = |file: String, extra: Vec<String>| async move {
+        let mut args = vec!["evidence".to_owned(), "verify".to_owned(), file];
+        args.extend(extra);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        s.cli(&args).await
+    };
+    let pin = |n: &str| vec!["--checkpoint".to_owned(), n.to_owned()];
+    let r = verify(path("since.tar"), pin(&earlier)).await;
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    assert!(
+        r.stdout.contains(&format!(
+            "\nconsistency: the checkpoint extends the log's earlier checkpoint for tree size {m} (root "
+        )),
+        "{}",
+        r.stdout
+    );
+    let mut with_key = pin(&earlier);
+    with_key.extend(["--log-key".to_owned(), vkey.clone(), "--json".to_owned()]);
+    let r = verify(path("since.tar"), with_key).await;
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    let v = r.json();
+    assert_eq!(v["since"]["size"], m);
+    assert!(v["checkpoint_size"].as_u64().unwrap() > m + 1);
+    let r = verify(path("since.tar"), vec!["--log-key".into(), vkey.clone()]).await;
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    assert!(r.stdout.contains("\nconsistency: "), "{}", r.stdout);
+    let (code, said) = independent_verify(&bytes, Path::new(&vkey));
+    assert_eq!(code, Some(0), "{said}");
+    assert!(
+        said.contains(&format!(
+            "consistent with the earlier checkpoint of size {m}"
+        )),
+        "{said}"
+    );
+
+    // Without the proof, a later bundle does not verify against the pin.
+    let r = export(path("plain.tar"), None).await;
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    let r = verify(path("plain.tar"), pin(&earlier)).await;
+    assert_eq!(r.code, 1);
+    assert!(
+        r.stderr.contains(&format!(
+            ", later than the pinned checkpoint's {m}, and the bundle carries no consistency proof from it"
+        )),
+        "{}",
+        r.stderr
+    );
+    // A proof from the earlier tree is no proof from another pinned tree.
+    let cfg = s.data.config().unwrap();
+    let signer = s.data.note_signer(&cfg).unwrap();
+    let other = path("other.txt");
+    let older = docket::ledger::Checkpoint::sign(&signer, &cfg.origin, m - 1, &[7; 32]);
+    std::fs::write(&other, &older.note).unwrap();
+    let r = verify(path("since.tar"), pin(&other)).await;
+    assert_eq!(r.code, 1);
+    assert!(
+        r.stderr.contains(&format!(
+            "FAILED: since/checkpoint.txt: is for tree size {m} (root "
+        )) && r
+            .stderr
+            .contains(&format!("not the pinned checkpoint's size {}", m - 1)),
+        "{}",
+        r.stderr
+    );
+    // An altered proof fails, even re-sealed by an insider with the key.
+    let mut bad = files.clone();
+    let proof = bad.get_mut("since/consistency.bin").unwrap();
+    assert!(proof.len() > 1, "a proof of at least one hash");
+    proof[1] ^= 1;
+    let forged = reseal(&s.data, bad);
+    std::fs::write(path("forged.tar"), &forged).unwrap();
+    let r = verify(path("forged.tar"), pin(&earlier)).await;
+    assert_eq!(r.code, 1);
+    assert!(
+        r.stderr.contains(&format!(
+            "FAILED: since/consistency.bin: consistency proof from tree size {m} to "
+        )),
+        "{}",
+        r.stderr
+    );
+    let (code, said) = independent_verify(&forged, Path::new(&vkey));
+    assert_eq!(code, Some(1), "{said}");
+    assert!(said.contains("since/consistency.bin"), "{said}");
+    // Half of the pair is not enough.
+    let mut half = files.clone();
+    half.remove("since/consistency.bin");
+    let mut m_json: serde_json::Value = serde_json::from_slice(&half["manifest.json"]).unwrap();
+    m_json["files"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|f| f["path"] != "since/consistency.bin");
+    half.insert(
+        "manifest.json".into(),
+        serde_json::to_vec_pretty(&m_json).unwrap(),
+    );
+    let r = verify(
+        {
+            std::fs::write(path("half.tar"), reseal(&s.data, half)).unwrap();
+            path("half.tar")
+        },
+        vec!["--log-key".into(), vkey.clone()],
+    )
+    .await;
+    assert_eq!(r.code, 1);
+    assert!(
+        r.stderr.contains(
+            "FAILED: since/consistency.bin: missing, but the bundle carries since/checkpoint.txt"
+        ),
+        "{}",
+        r.stderr
+    );
+
+    // The export refuses a note the log key did not sign...
+    let unsigned = path("unsigned.txt");
+    std::fs::write(
+        &unsigned,
+        note.replace(
+            note.lines().nth(2).unwrap(),
+            &format!("{}=", "B".repeat(43)),
+        ),
+    )
+    .unwrap();
+    let r = export(path("x.tar"), Some(unsigned)).await;
+    assert_eq!(r.code, 65, "{}{}", r.stdout, r.stderr);
+    assert!(
+        r.stderr
+            .contains("since_checkpoint: not a checkpoint signed by this log's key"),
+        "{}",
+        r.stderr
+    );
+    // ...and one the log no longer matches: another root at that size, or
+    // a tree larger than the log's (both signed with the log's own key).
+    let forked = path("forked.txt");
+    std::fs::write(&forked, &older.note).unwrap();
+    let r = export(path("x.tar"), Some(forked)).await;
+    assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
+    assert!(
+        r.stderr.contains(&format!(
+            "since_checkpoint: this log's root at tree size {} is ",
+            m - 1
+        )) && r
+            .stderr
+            .contains("the log's history differs from the one that checkpoint was signed for"),
+        "{}",
+        r.stderr
+    );
+    let ahead = path("ahead.txt");
+    let beyond = docket::ledger::Checkpoint::sign(&signer, &cfg.origin, 1 << 40, &[7; 32]);
+    std::fs::write(&ahead, &beyond.note).unwrap();
+    let r = export(path("x.tar"), Some(ahead)).await;
+    assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
+    assert!(
+        r.stderr
+            .contains("the log holds fewer entries than when that checkpoint was signed"),
+        "{}",
+        r.stderr
+    );
+    assert!(!dir.join("x.tar").exists(), "nothing written on refusal");
+}
+
 /// `tests/evidence/independent_verify.py`, a verifier written in Python from
 /// `docs/evidence-format.md` and `docs/ledger-format.md` alone (without the
 /// Rust code), accepts the bundles of every scope kind (a period whose range
@@ -1415,7 +1624,7 @@ fn forge_selection(
     let note = reader.checkpoint_note(sel.size).unwrap().unwrap();
     let cp = docket::ledger::Checkpoint::verify(&note, &s.verifier(), "docket.test/log").unwrap();
     edit(&mut sel);
-    let unsigned = evidence::export(&reader, &cp, &sel, scope, &Default::default()).unwrap();
+    let unsigned = evidence::export(&reader, &cp, &sel, scope, None, &Default::default()).unwrap();
     let signer = s.data.note_signer(&s.data.config().unwrap()).unwrap();
     let note = docket::ledger::sign_manifest(&signer, "docket.test/log", &unsigned.digest());
     unsigned.finish(note)
@@ -1579,6 +1788,7 @@ async fn a_complete_change_bundle_shows_nothing_concerning_the_change_was_left_o
             scope: Some(period_pb(f.day(1), f.day(3))),
             progress: false,
             complete: true,
+            since_checkpoint: String::new(),
         })
         .await
         .unwrap_err();
@@ -1884,7 +2094,7 @@ async fn the_cli_exports_and_verifies_with_clear_exit_codes() {
         .await;
     assert_eq!(r.code, 1);
     assert!(
-        r.stderr.contains("pinned checkpoint is for size"),
+        r.stderr.contains("older than the pinned checkpoint's"),
         "{}",
         r.stderr
     );
@@ -2244,7 +2454,8 @@ async fn an_insider_with_the_log_key_cannot_forge_what_lies_below_it() {
             .svc
             .with_state(|st| evidence::select(st, &forged, &scope))
             .unwrap();
-        let unsigned = evidence::export(&forged, &cp, &sel, &scope, &Default::default()).unwrap();
+        let unsigned =
+            evidence::export(&forged, &cp, &sel, &scope, None, &Default::default()).unwrap();
         let note = docket::ledger::sign_manifest(&signer, "docket.test/log", &unsigned.digest());
         unsigned.finish(note)
     };
@@ -2650,6 +2861,7 @@ async fn hostile_periods_are_refused_or_exported_never_crash() {
                             scope: Some(scope),
                             progress,
                             complete: false,
+                            since_checkpoint: String::new(),
                         })
                         .await?
                         .into_inner();
@@ -2799,6 +3011,7 @@ async fn a_grpc_client_that_goes_away_cancels_its_export() {
         )),
         progress: true,
         complete: false,
+        since_checkpoint: String::new(),
     };
     let mut g = s.conn().governance().await.unwrap();
     let mut stream = g.export_evidence(request()).await.unwrap().into_inner();
@@ -3434,6 +3647,7 @@ async fn concurrent_exports_are_capped() {
         scope: Some(pb::export_evidence_request::Scope::ChangeId("CHG-1".into())),
         progress: true,
         complete: false,
+        since_checkpoint: String::new(),
     };
     let mut g = s.conn().governance().await.unwrap();
     let mut held = Vec::new();
