@@ -70,13 +70,11 @@ fn record_id(field: &str, s: &str) -> Result<RecordId, InvalidEvent> {
     RecordId::parse(s).map_err(|e| bad(field, e))
 }
 
-/// Largest policy document.
-const MAX_POLICY_BYTES: usize = 256 << 10;
 /// Largest raw commit object.
 pub const MAX_COMMIT_BYTES: usize = 256 << 10;
 
 fn policy_text(field: &str, text: String) -> Result<String, InvalidEvent> {
-    let text = self::text(field, text, MAX_POLICY_BYTES, false)?;
+    let text = self::text(field, text, crate::policy::MAX_POLICY_BYTES, false)?;
     crate::policy::Policy::parse(&text).map_err(|e| bad(field, e.to_string()))?;
     Ok(text)
 }

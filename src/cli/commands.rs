@@ -73,10 +73,11 @@ pub struct ServeArgs {
 pub(crate) fn init(a: InitArgs) -> CliResult {
     let dd = DataDir::new(&a.data.data);
     let policy = match &a.policy {
-        Some(p) => Some(
-            std::fs::read_to_string(p)
-                .map_err(|e| CliError::usage(format!("--policy {}: {e}", p.display())))?,
-        ),
+        Some(p) => Some(super::read_small_file(
+            "--policy",
+            p,
+            crate::policy::MAX_POLICY_BYTES,
+        )?),
         None => None,
     };
     let co_admins = a

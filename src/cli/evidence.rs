@@ -245,23 +245,13 @@ pub(crate) async fn evidence(c: EvidenceCmd) -> CliResult {
     }
 }
 
-/// The note of `--since-checkpoint`, read with a bound (it is a few
-/// hundred bytes; a wrong path could name anything).
-fn since_note(p: &PathBuf) -> Result<String, CliError> {
-    let named = |e: &dyn std::fmt::Display| CliError::usage(format!("{}: {e}", p.display()));
-    let meta = std::fs::metadata(p).map_err(|e| named(&e))?;
-    let max = crate::evidence::MAX_SINCE_NOTE;
-    if !meta.is_file() || meta.len() > max as u64 {
-        return Err(named(&format_args!(
-            "not a checkpoint note (a regular file of at most {max} bytes)"
-        )));
-    }
-    std::fs::read_to_string(p).map_err(|e| named(&e))
-}
-
 async fn export(a: ExportArgs) -> CliResult {
     let scope = scope_of(&a)?;
-    let since = a.since_checkpoint.as_ref().map(since_note).transpose()?;
+    let since = a
+        .since_checkpoint
+        .as_deref()
+        .map(|p| super::read_small_file("--since-checkpoint", p, crate::evidence::MAX_SINCE_NOTE))
+        .transpose()?;
     let started = std::time::Instant::now();
     let mut bar = Bar::new(a.progress);
     let bytes = if a.offline {

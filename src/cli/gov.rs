@@ -122,8 +122,7 @@ pub(crate) async fn policy(c: PolicyCmd) -> CliResult {
             description,
             base_version,
         } => {
-            let text = std::fs::read_to_string(&file)
-                .map_err(|e| CliError::usage(format!("--file {}: {e}", file.display())))?;
+            let text = super::read_small_file("--file", &file, crate::policy::MAX_POLICY_BYTES)?;
             crate::policy::Policy::parse_new(&text)
                 .map_err(|e| CliError::usage(format!("--file {}: {e}", file.display())))?;
             let base_version = match base_version {

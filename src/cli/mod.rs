@@ -350,3 +350,25 @@ pub(crate) fn require_data_dir(dd: &crate::datadir::DataDir) -> Result<(), CliEr
     }
     Ok(())
 }
+
+/// Reads a small text file named on the command line (`flag`: the option,
+/// for messages), refusing what is not a regular file of at most `max`
+/// bytes before reading it: a wrong path could name a device or a huge file.
+pub(crate) fn read_small_file(
+    flag: &str,
+    p: &std::path::Path,
+    max: usize,
+) -> Result<String, CliError> {
+    let named = |e: &dyn std::fmt::Display| CliError::usage(format!("{flag} {}: {e}", p.display()));
+    let meta = std::fs::metadata(p).map_err(|e| named(&e))?;
+    if !meta.is_file() {
+        return Err(named(&"not a regular file"));
+    }
+    if meta.len() > max as u64 {
+        return Err(named(&format_args!(
+            "{} bytes; at most {max} are read",
+            meta.len()
+        )));
+    }
+    std::fs::read_to_string(p).map_err(|e| named(&e))
+}

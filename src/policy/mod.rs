@@ -23,6 +23,9 @@ version = 1
 unmatched = \"deny\"
 ";
 pub(crate) use parse::names_leap_second;
+
+/// Largest policy document accepted, from the network or a file.
+pub const MAX_POLICY_BYTES: usize = 256 << 10;
 pub use parse::{ApprovalRule, Freeze, Policy, PolicyError, Rule};
 
 use std::collections::BTreeSet;

@@ -192,6 +192,22 @@ pub(crate) fn bundled_zones() -> &'static jiff::tz::TimeZoneDatabase {
     &DB
 }
 
+/// Longest refusal message: they quote what they refuse, which can be a
+/// name of any length.
+const MAX_MESSAGE: usize = 1024;
+
+fn clip(mut message: String) -> String {
+    if message.len() > MAX_MESSAGE {
+        let mut end = MAX_MESSAGE;
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        message.truncate(end);
+        message.push_str("… (cut)");
+    }
+    message
+}
+
 fn line_of(text: &str, offset: usize) -> usize {
     // Bytes, not a str slice: an offset inside a character must not panic.
     text.as_bytes()[..offset.min(text.len())]
@@ -219,34 +235,59 @@ fn unholdable(role: &str) -> String {
 
 fn check_patterns(m: &RawMatch) -> Result<(), String> {
     for (field, list) in [
-        ("environments", &m.environments),
-        ("repositories", &m.repositories),
-        ("kinds", &m.kinds),
-        ("namespaces", &m.namespaces),
-        ("actions", &m.actions),
+        ("match.environments", &m.environments),
+        ("match.repositories", &m.repositories),
+        ("match.kinds", &m.kinds),
+        ("match.namespaces", &m.namespaces),
+        ("match.actions", &m.actions),
     ] {
-        if list.len() > MAX_PATTERNS {
-            return Err(format!(
-                "match.{field} lists {} patterns; at most {MAX_PATTERNS}",
-                list.len()
-            ));
-        }
-        for (i, p) in list.iter().enumerate() {
-            if p.is_empty() {
-                return Err(format!("match.{field}[{i}] is empty"));
-            }
-            if p.len() > MAX_PATTERN_BYTES {
-                return Err(format!(
-                    "match.{field}[{i}] is {} bytes; at most {MAX_PATTERN_BYTES}",
-                    p.len()
-                ));
-            }
-            if p.chars().any(char::is_control) {
-                return Err(format!("match.{field}[{i}] contains a control character"));
-            }
-        }
+        check_list(field, list)?;
     }
     Ok(())
+}
+
+/// A list of name patterns (`field` names it): bounded, and every pattern
+/// one that some name could match. Names (environments, repositories,
+/// kinds, namespaces, actions) are 1..=256 bytes with no whitespace or
+/// control characters, so a pattern with those would never match.
+fn check_list(field: &str, list: &[String]) -> Result<(), String> {
+    if list.len() > MAX_PATTERNS {
+        return Err(format!(
+            "{field} lists {} patterns; at most {MAX_PATTERNS}",
+            list.len()
+        ));
+    }
+    for (i, p) in list.iter().enumerate() {
+        check_name(&format!("{field}[{i}]"), p)?;
+    }
+    Ok(())
+}
+
+/// One name or pattern (see [`check_list`]).
+fn check_name(field: &str, p: &str) -> Result<(), String> {
+    if p.is_empty() {
+        return Err(format!("{field} is empty"));
+    }
+    if p.len() > MAX_PATTERN_BYTES {
+        return Err(format!(
+            "{field} is {} bytes; at most {MAX_PATTERN_BYTES}",
+            p.len()
+        ));
+    }
+    if p.chars().any(char::is_control) {
+        return Err(format!("{field} contains a control character"));
+    }
+    if p.chars().any(char::is_whitespace) {
+        return Err(format!(
+            "{field} {p:?} contains whitespace, which no name has, so it could never match"
+        ));
+    }
+    Ok(())
+}
+
+/// A pattern of stars only: it matches every name.
+fn matches_all(p: &str) -> bool {
+    p.bytes().all(|b| b == b'*')
 }
 
 /// True when `earlier` matches every request `later` matches (checked per
@@ -254,19 +295,23 @@ fn check_patterns(m: &RawMatch) -> Result<(), String> {
 /// `later` counts as covered only when `earlier` lists it as written, or
 /// lists a glob that matches it and it has no `*` of its own.
 fn covers(earlier: &Rule, later: &Rule) -> bool {
-    let field = |e: &[String], l: &[String]| {
+    // `known`: every request has a value for the field (environment and
+    // action do), so a pattern of stars matches what an empty list does.
+    let field = |e: &[String], l: &[String], known: bool| {
         e.is_empty()
+            || (l.is_empty() && known && e.iter().any(|q| matches_all(q)))
             || (!l.is_empty()
                 && l.iter().all(|p| {
-                    e.iter()
-                        .any(|q| q == p || (!p.contains('*') && super::glob_match(q, p)))
+                    e.iter().any(|q| {
+                        q == p || matches_all(q) || (!p.contains('*') && super::glob_match(q, p))
+                    })
                 }))
     };
-    field(&earlier.environments, &later.environments)
-        && field(&earlier.repositories, &later.repositories)
-        && field(&earlier.kinds, &later.kinds)
-        && field(&earlier.namespaces, &later.namespaces)
-        && field(&earlier.actions, &later.actions)
+    field(&earlier.environments, &later.environments, true)
+        && field(&earlier.repositories, &later.repositories, false)
+        && field(&earlier.kinds, &later.kinds, false)
+        && field(&earlier.namespaces, &later.namespaces, false)
+        && field(&earlier.actions, &later.actions, true)
 }
 
 /// Parses "90s", "30m", "12h", "7d" into seconds.
@@ -303,6 +348,46 @@ pub(crate) fn names_leap_second(time_of_day: &str) -> bool {
     time_of_day.as_bytes().get(6..9) == Some(b":60")
 }
 
+/// `YYYY-MM-DD`, optionally followed by `T` (or `t` or a space) and
+/// `hh:mm`, `hh:mm:ss` or `hh:mm:ss.f` with 1 to 9 fraction digits.
+fn local_form(text: &str) -> bool {
+    let b = text.as_bytes();
+    let digits =
+        |r: std::ops::Range<usize>| b.get(r).is_some_and(|d| d.iter().all(u8::is_ascii_digit));
+    let date = b.len() >= 10
+        && digits(0..4)
+        && b[4] == b'-'
+        && digits(5..7)
+        && b[7] == b'-'
+        && digits(8..10);
+    if !date {
+        return false;
+    }
+    let t = &b[10..];
+    if t.is_empty() {
+        return true;
+    }
+    let time = t.len() >= 6
+        && matches!(t[0], b'T' | b't' | b' ')
+        && digits(11..13)
+        && t[3] == b':'
+        && digits(14..16);
+    if !time {
+        return false;
+    }
+    match &t[6..] {
+        [] => true,
+        [b':', s1, s2, rest @ ..] if s1.is_ascii_digit() && s2.is_ascii_digit() => match rest {
+            [] => true,
+            [b'.', frac @ ..] => {
+                (1..=9).contains(&frac.len()) && frac.iter().all(u8::is_ascii_digit)
+            }
+            _ => false,
+        },
+        _ => false,
+    }
+}
+
 /// A freeze window's local date-time as an instant. A new document
 /// (`strict`) may not name a time that its zone skips or repeats (a
 /// daylight-saving change), since the window's edge would then be a guess;
@@ -322,7 +407,19 @@ fn civil(
     // A new document must name the zone's local time only.
     // Looked for after the date, whose own '-' (and a negative year's) are
     // not offsets.
-    let after_date = text.find(['T', 't', ' ']).map_or("", |i| &text[i..]);
+    // Only the documented forms: jiff also reads others (a signed year, the
+    // basic form 20261220T2359 with a leap second in it read as :59).
+    let form = |text: &str| {
+        format!(
+            "{field} {text:?} is not written like 2026-12-20 or 2026-12-20T00:00 (optionally with :ss and a fraction), the only forms a freeze takes"
+        )
+    };
+    if strict && !local_form(text.get(..10).unwrap_or(text)) {
+        return Err(form(text));
+    }
+    // Everything after the date `YYYY-MM-DD`, where jiff would also read
+    // an annotation on a date alone ("2026-12-20[Asia/Tokyo]").
+    let after_date = text.get(10..).unwrap_or("");
     if strict
         && after_date
             .chars()
@@ -332,6 +429,9 @@ fn civil(
             "{field} {text:?} carries a UTC offset or a time zone; write the local time in the freeze's zone (zone = \"{}\") alone, like 2026-12-20T00:00",
             zone.iana_name().unwrap_or("…")
         ));
+    }
+    if strict && !local_form(text) {
+        return Err(form(text));
     }
     // jiff reads a leap second (:60) as :59 of the same minute, which would
     // move the edge by a second without a word.
@@ -377,13 +477,23 @@ impl Policy {
     }
 
     fn parse_with(text: &str, strict: bool) -> Result<Policy, PolicyError> {
-        let raw: RawPolicy = toml::from_str(text).map_err(|e| PolicyError {
-            line: e.span().map(|s| line_of(text, s.start)).unwrap_or(1),
-            message: e.message().to_owned(),
+        let raw: RawPolicy = toml::from_str(text).map_err(|e| {
+            let mut message = e.message().to_owned();
+            // toml says "duplicate key" without the key; its span has it.
+            if message == "duplicate key"
+                && let Some(key) = e.span().and_then(|s| text.get(s)).map(str::trim)
+                && !key.is_empty()
+            {
+                message = format!("duplicate key {key}");
+            }
+            PolicyError {
+                line: e.span().map(|s| line_of(text, s.start)).unwrap_or(1),
+                message: clip(message),
+            }
         })?;
         let err = |offset: usize, message: String| PolicyError {
             line: line_of(text, offset),
-            message,
+            message: clip(message),
         };
         // A duration field: its value in seconds, or a refusal naming it.
         let duration_at = |field: &str, d: &Spanned<String>| {
@@ -480,6 +590,21 @@ impl Policy {
                 expire_after_secs: None,
             },
         };
+        // A policy no one may propose to replace, or whose replacement no
+        // one may approve, could never be changed again.
+        if strict && permissions[&Permission::ProposePolicy].is_empty() {
+            return Err(err(
+                permissions_at,
+                "permissions.propose_policy is empty: no one could propose a policy change, so this policy could never be changed".into(),
+            ));
+        }
+        if strict && policy_changes.roles.is_empty() {
+            return Err(err(
+                permissions_at,
+                "permissions.approve_policy is empty and no [policy_changes] table names roles: no one could approve a policy change, so this policy could never be changed".into(),
+            ));
+        }
+
         let identity_change_expiry_secs = raw
             .identity_changes
             .and_then(|i| i.into_inner().expire_after)
@@ -573,6 +698,12 @@ impl Policy {
             {
                 return Err(at(roles_at, format!("approver_roles: {}", unholdable(bad))));
             }
+            if strict && roles_given && approvals == 0 {
+                return Err(at(
+                    roles_at,
+                    "approver_roles is set but the rule requires no approvals".into(),
+                ));
+            }
             if roles_given && approver_roles.is_empty() && approvals > 0 {
                 return Err(at(
                     roles_at,
@@ -662,6 +793,20 @@ impl Policy {
                     ),
                 ));
             }
+            if strict && approvals > 0 && permissions[&Permission::OpenChange].is_empty() {
+                return Err(at(
+                    approvals_at,
+                    format!(
+                        "approvals = {approvals} but no role holds the open_change permission ([permissions] open_change = []), so no change could be opened to approve"
+                    ),
+                ));
+            }
+            if strict && r.ci_passed && permissions[&Permission::Report].is_empty() {
+                return Err(at(
+                    start,
+                    "ci_passed = true but no role holds the report permission ([permissions] report = []), so no CI run could ever count".into(),
+                ));
+            }
             if strict && approvals > 0 && approvers.is_empty() {
                 return Err(at(
                     approvals_at,
@@ -696,6 +841,17 @@ impl Policy {
                 }
             }
             let promoted_from = r.promoted_from.map(|p| (p.span().start, p.into_inner()));
+            if strict && let Some((from_at, from)) = &promoted_from {
+                check_name("promoted_from", from).map_err(|m| at(*from_at, m))?;
+                if from.contains('*') {
+                    return Err(at(
+                        *from_at,
+                        format!(
+                            "promoted_from {from:?} is compared with the environment of earlier deploys as written, so a pattern (*) would never match; name one environment"
+                        ),
+                    ));
+                }
+            }
             if let Some((from_at, from)) = &promoted_from
                 && r.matches.environments.iter().any(|e| e == from)
             {
@@ -785,12 +941,67 @@ impl Policy {
             rule_lines.push(line_of(text, start));
         }
 
+        if strict
+            && !permissions[&Permission::BreakGlass].is_empty()
+            && permissions[&Permission::Approve].is_empty()
+        {
+            return Err(err(
+                permissions_at,
+                "permissions.break_glass is granted but no role holds approve ([permissions] approve = []), so no break-glass deployment could ever be reviewed and each would become a violation".into(),
+            ));
+        }
+
         let mut freezes = Vec::new();
         let mut freeze_names = BTreeSet::new();
         for f in raw.freeze {
+            let f_at = f.span().start;
             let f = f.into_inner();
             let name = f.name.get_ref().clone();
             let at = |offset: usize, m: String| err(offset, format!("freeze {name:?}: {m}"));
+            if strict {
+                // The name is what a denial quotes.
+                if name.is_empty()
+                    || name.len() > MAX_PATTERN_BYTES
+                    || name.chars().any(char::is_control)
+                {
+                    return Err(err(
+                        f.name.span().start,
+                        format!(
+                            "freeze name {name:?} must be 1 to {MAX_PATTERN_BYTES} bytes without control characters"
+                        ),
+                    ));
+                }
+                check_list("environments", &f.environments).map_err(|m| at(f_at, m))?;
+                // An environment no rule decides is denied anyway (or, with
+                // `unmatched = "allow"`, allowed by the default, which a
+                // freeze then still stops): a name that no rule's pattern
+                // matches is a freeze that could never deny anything.
+                if !unmatched_allows
+                    && let Some(p) = f.environments.iter().find(|p| {
+                        !p.contains('*')
+                            && !rules.iter().any(|r| {
+                                r.environments.is_empty()
+                                    || r.environments.iter().any(|q| glob_match(q, p))
+                            })
+                    })
+                {
+                    let named: BTreeSet<&str> = rules
+                        .iter()
+                        .flat_map(|r| r.environments.iter().map(String::as_str))
+                        .collect();
+                    return Err(at(
+                        f_at,
+                        format!(
+                            "environments names {p:?}, which no rule matches ({}), so requests for it are denied by default and the freeze could never deny one; environment names are compared exactly, case included",
+                            named
+                                .into_iter()
+                                .map(|n| format!("{n:?}"))
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ),
+                    ));
+                }
+            }
             if !freeze_names.insert(name.clone()) && strict {
                 return Err(err(
                     f.name.span().start,
@@ -811,8 +1022,9 @@ impl Policy {
                 return Err(at(
                     f.end.span().start,
                     format!(
-                        "ends ({}) before it starts ({})",
+                        "ends ({}) {} it starts ({})",
                         f.end.get_ref(),
+                        if end == start { "when" } else { "before" },
                         f.start.get_ref()
                     ),
                 ));

@@ -1263,6 +1263,91 @@ fn bad_policies_are_refused_with_line_and_reason() {
             2,
             "policy_changes.roles: role \"\" could never be held",
         ),
+        // A policy that could never be changed again.
+        (
+            "version = 1\n[permissions]\napprove_policy = []\n",
+            2,
+            "permissions.approve_policy is empty and no [policy_changes] table names roles: no one could approve a policy change, so this policy could never be changed",
+        ),
+        (
+            "version = 1\n[permissions]\npropose_policy = []\n",
+            2,
+            "permissions.propose_policy is empty: no one could propose a policy change, so this policy could never be changed",
+        ),
+        // Permissions a rule or break-glass needs that no role holds.
+        (
+            "version = 1\n[permissions]\napprove = []\n",
+            2,
+            "permissions.break_glass is granted but no role holds approve ([permissions] approve = []), so no break-glass deployment could ever be reviewed",
+        ),
+        (
+            "version = 1\n[permissions]\nopen_change = []\n[[rule]]\nname = \"a\"\napprovals = 1\n",
+            6,
+            "approvals = 1 but no role holds the open_change permission ([permissions] open_change = []), so no change could be opened to approve",
+        ),
+        (
+            "version = 1\n[permissions]\nreport = []\n[[rule]]\nname = \"a\"\nci_passed = true\n",
+            4,
+            "ci_passed = true but no role holds the report permission ([permissions] report = []), so no CI run could ever count",
+        ),
+        (
+            "version = 1\n[[rule]]\nname = \"a\"\napprover_roles = [\"admin\"]\n",
+            4,
+            "rule \"a\": approver_roles is set but the rule requires no approvals",
+        ),
+        // Patterns no name could match, and a promotion from a pattern.
+        (
+            "version = 1\n[[rule]]\nname = \"a\"\nmatch.environments = [\"prod \"]\n",
+            2,
+            "match.environments[0] \"prod \" contains whitespace, which no name has",
+        ),
+        (
+            "version = 1\n[[rule]]\nname = \"s\"\nmatch.environments = [\"staging\"]\n[[rule]]\nname = \"a\"\nmatch.environments = [\"prod\"]\npromoted_from = \"stag*\"\n",
+            8,
+            "promoted_from \"stag*\" is compared with the environment of earlier deploys as written",
+        ),
+        (
+            "version = 1\n[[rule]]\nname = \"a\"\nmatch.environments = [\"prod\"]\npromoted_from = \"\"\n",
+            5,
+            "rule \"a\": promoted_from is empty",
+        ),
+        // A catch-all `*` comes first: the later rules never apply.
+        (
+            "version = 1\n[[rule]]\nname = \"all\"\nmatch.environments = [\"*\"]\n[[rule]]\nname = \"prod\"\nmatch.environments = [\"prod*\"]\n",
+            5,
+            "rule \"prod\" can never apply: rule \"all\" (line 2)",
+        ),
+        (
+            "version = 1\n[[rule]]\nname = \"all\"\nmatch.environments = [\"*\"]\n[[rule]]\nname = \"rest\"\n",
+            5,
+            "rule \"rest\" can never apply: rule \"all\" (line 2)",
+        ),
+        // Freezes that could never deny, or whose denial could not say which.
+        (
+            "version = 1\n[[rule]]\nname = \"prod\"\nmatch.environments = [\"prod\"]\n[[freeze]]\nname = \"xmas\"\nstart = \"2026-12-20\"\nend = \"2027-01-04\"\nzone = \"UTC\"\nenvironments = [\"Prod\"]\n",
+            5,
+            "freeze \"xmas\": environments names \"Prod\", which no rule matches (\"prod\"), so requests for it are denied by default and the freeze could never deny one",
+        ),
+        (
+            "version = 1\n[[freeze]]\nname = \"xmas\"\nstart = \"2026-12-20\"\nend = \"2027-01-04\"\nzone = \"UTC\"\nenvironments = [\"prod \"]\n",
+            2,
+            "freeze \"xmas\": environments[0] \"prod \" contains whitespace",
+        ),
+        (
+            "version = 1\n[[freeze]]\nname = \"\"\nstart = \"2026-12-20\"\nend = \"2027-01-04\"\nzone = \"UTC\"\n",
+            3,
+            "freeze name \"\" must be 1 to 256 bytes without control characters",
+        ),
+        (
+            "version = 1\n[[freeze]]\nname = \"f\"\nstart = \"2026-12-20\"\nend = \"2026-12-20T00:00\"\nzone = \"UTC\"\n",
+            5,
+            "ends (2026-12-20T00:00) when it starts (2026-12-20)",
+        ),
+        (
+            "version = 1\n[[rule]]\nname = \"a\"\n[[rule]]\nname = \"b\"\nname = \"c\"\n",
+            6,
+            "duplicate key name",
+        ),
     ];
     for (text, line, needle) in cases {
         let e = Policy::parse_new(text).expect_err(text);
@@ -1289,6 +1374,14 @@ fn bad_policies_are_refused_with_line_and_reason() {
         "control character",
         "could never be held",
         "names a leap second",
+        "could never be changed",
+        "no role holds",
+        "approver_roles is set but",
+        "contains whitespace",
+        "compared with the environment",
+        "promoted_from is empty",
+        "which no rule matches",
+        "freeze name",
     ];
     for (text, _, needle) in cases {
         let recorded = Policy::parse(text);
@@ -1767,21 +1860,62 @@ fn oversized_new_policies_are_refused_quickly() {
     Policy::parse_new(&text[..cut]).unwrap();
 }
 
-/// The offset check looks after the date: a negative year is no offset.
+/// A new freeze takes the documented forms only, `2026-12-20` and
+/// `2026-12-20T00:00[:ss[.f]]`, in its zone's local time: an offset or a
+/// zone after the date or the time (which jiff would read and drop), a
+/// signed year and the basic form (which could hide a leap second) are
+/// refused, each naming the form to write.
 #[test]
-fn a_freeze_date_is_not_taken_for_an_offset() {
+fn a_freeze_time_is_written_in_the_documented_form() {
     let freeze = |start: &str| {
         format!(
             "version = 1\n[[freeze]]\nname = \"f\"\nstart = \"{start}\"\nend = \"2027-01-04T00:00\"\nzone = \"UTC\"\n"
         )
     };
-    let e = Policy::parse_new(&freeze("-009999-01-03T00:00")).map(drop);
-    assert!(
-        !e.as_ref().is_err_and(|e| e.message.contains("offset")),
-        "{e:?}"
-    );
-    let e = Policy::parse_new(&freeze("2026-12-20T00:00-08:00")).unwrap_err();
-    assert!(e.message.contains("carries a UTC offset"), "{e}");
-    let e = Policy::parse_new(&freeze("2026-12-20T00:00[Europe/Paris]")).unwrap_err();
-    assert!(e.message.contains("carries a UTC offset"), "{e}");
+    for ok in [
+        "2026-12-20",
+        "2026-12-20T00:00",
+        "2026-12-20t00:00",
+        "2026-12-20 00:00",
+        "2026-12-20T00:00:59",
+        "2026-12-20T00:00:59.123456789",
+    ] {
+        Policy::parse_new(&freeze(ok)).unwrap_or_else(|e| panic!("{ok}: {e}"));
+    }
+    for offset in [
+        "2026-12-20T00:00-08:00",
+        "2026-12-20T00:00Z",
+        "2026-12-20T00:00[Europe/Paris]",
+        "2026-12-20[Asia/Tokyo]",
+    ] {
+        let e = Policy::parse_new(&freeze(offset)).unwrap_err();
+        // jiff itself refuses a Zulu time for a civil one.
+        assert!(
+            e.message.contains("carries a UTC offset") || e.message.contains("Zulu"),
+            "{offset}: {e}"
+        );
+        assert_eq!(e.line, 4, "{e}");
+    }
+    for other in [
+        "2026-12-20+09:00",
+        "-009999-01-03T00:00",
+        "+002026-12-20T00:00",
+        "20261220T235960",
+        "20261220",
+        "2026-12-20T0000",
+        "2026-12-20T00:00:5",
+        "2026-12-20T00:00:00.",
+        "2026-12-20T00:00:00.1234567890",
+        "2026-12-20T00",
+    ] {
+        let e = Policy::parse_new(&freeze(other)).unwrap_err();
+        assert!(
+            e.message
+                .contains("is not written like 2026-12-20 or 2026-12-20T00:00")
+                || e.message.contains("is not a date-time"),
+            "{other}: {e}"
+        );
+    }
+    // A recorded document keeps the reading it was recorded under.
+    Policy::parse(&freeze("20261220T2359")).unwrap();
 }
