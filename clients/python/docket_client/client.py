@@ -1,6 +1,7 @@
 """Signing, event builders and the gRPC client."""
 
 import hashlib
+import logging
 import os
 import pathlib
 import time
@@ -9,6 +10,7 @@ from typing import Iterable, Mapping, Optional, Union
 
 import blake3
 import grpc
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
@@ -33,8 +35,18 @@ def keyid(key: Ed25519PrivateKey) -> str:
 
 
 def load_signing_key(path) -> Ed25519PrivateKey:
-    """Reads a PKCS#8 PEM Ed25519 key, as written by `docket keygen`."""
-    key = serialization.load_pem_private_key(pathlib.Path(path).read_bytes(), password=None)
+    """Reads a PKCS#8 PEM Ed25519 key, as written by `docket keygen`. Every
+    failure is a ValueError naming the file."""
+    try:
+        data = pathlib.Path(path).read_bytes()
+    except OSError as exc:
+        raise ValueError(f"{path}: {exc.strerror or exc}") from exc
+    try:
+        key = serialization.load_pem_private_key(data, password=None)
+    except (TypeError, ValueError, UnsupportedAlgorithm) as exc:
+        raise ValueError(
+            f"{path}: not an unencrypted PKCS#8 PEM private key, as `docket keygen` writes ({exc})"
+        ) from exc
     if not isinstance(key, Ed25519PrivateKey):
         raise ValueError(f"{path}: not an Ed25519 private key")
     return key
@@ -549,9 +561,21 @@ def allowed(decision: "governance_pb2.Decision") -> bool:
 class Client:
     """A Ledger and Governance client over mutual TLS (one channel for both)."""
 
-    def __init__(self, target: str, ca_pem: bytes, cert_pem: bytes, key_pem: bytes, server_name: str = "localhost"):
+    def __init__(self, target: str, ca_pem: bytes, cert_pem: bytes, key_pem: bytes,
+                 dangerous_server_name_override: "str | None" = None):
+        """`target` is host:port; the server's certificate must name that host
+        (a DNS name or an IP address), as the `docket` CLI requires.
+        `dangerous_server_name_override` checks it against another name
+        instead, so any certificate of the CA that names it passes for any
+        host: only for a server reached through an address its certificate
+        does not name. It logs a warning."""
         creds = grpc.ssl_channel_credentials(root_certificates=ca_pem, private_key=key_pem, certificate_chain=cert_pem)
-        options = [("grpc.ssl_target_name_override", server_name)]
+        options = []
+        if dangerous_server_name_override is not None:
+            logging.getLogger("docket_client").warning(
+                "dangerous_server_name_override: the server's certificate is checked against %r, "
+                "not against %r, the host connected to", dangerous_server_name_override, target)
+            options.append(("grpc.ssl_target_name_override", dangerous_server_name_override))
         self._channel = grpc.secure_channel(target, creds, options=options)
         self.ledger = ledger_pb2_grpc.LedgerStub(self._channel)
         self.governance = governance_pb2_grpc.GovernanceStub(self._channel)

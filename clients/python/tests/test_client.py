@@ -1,6 +1,7 @@
 """Runs against a real `docket serve` started by tests/it/python_client.rs, which sets
 DOCKET_TEST_SERVER (host:port) and DOCKET_TEST_DATA (its data directory)."""
 
+import logging
 import os
 import pathlib
 import time
@@ -85,3 +86,35 @@ def test_checkpoint_and_entries_read_back(client, verifier, admin):
     decoded = event_pb2.Event()
     decoded.ParseFromString(payload)
     assert decoded.event_id == f"py-5-{RUN}" and decoded.signer == "admin"
+
+
+def test_the_servers_certificate_must_name_the_host_connected_to(caplog):
+    """No name override by default: the certificate is checked against the target's host.
+    Overriding the name is dangerous, warns, and is checked against the name given."""
+    tls = DATA / "tls"
+    pems = [(tls / f).read_bytes() for f in ("ca.pem", "client.pem", "client.key")]
+    with caplog.at_level(logging.WARNING, logger="docket_client"):
+        c = Client(SERVER, *pems, dangerous_server_name_override="not-the-server.example")
+    assert "dangerous_server_name_override" in caplog.text
+    with c, pytest.raises(grpc.RpcError) as e:
+        c.ledger.GetCheckpoint(ledger_pb2.GetCheckpointRequest(), timeout=20)
+    assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+    with Client(SERVER, *pems) as c:
+        assert c.checkpoint().tree_size >= 1
+
+
+def test_key_files_that_are_no_usable_key_are_named(tmp_path):
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    encrypted = Ed25519PrivateKey.generate().private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(b"pw"))
+    for name, content in [("garbage.pem", b"not a key"), ("empty.pem", b""),
+                          ("encrypted.pem", encrypted)]:
+        path = tmp_path / name
+        path.write_bytes(content)
+        with pytest.raises(ValueError, match=f"{name}: not an unencrypted PKCS#8 PEM private key"):
+            load_signing_key(path)
+    with pytest.raises(ValueError, match="missing.pem"):
+        load_signing_key(tmp_path / "missing.pem")
