@@ -321,6 +321,33 @@ work_range() {
     return 0
 }
 
+# With no push or request range (a new branch's first push, a manual run,
+# a force push): the commits of $1 that no other branch or tag of the clone
+# holds, one per line, which is the branch's own work. Fails, saying why,
+# when the clone cannot tell (no git, a shallow clone, the commit missing).
+branch_commits() {
+    local repo="${DOCKET_REPO:-.}" tip ref
+    local others=()
+    if ! command -v git >/dev/null 2>&1; then
+        echo "$PROG: git is not installed in this job's image, so the branch's commits cannot be listed" >&2
+        return 1
+    fi
+    if [[ "$(git -C "$repo" rev-parse --is-shallow-repository 2>/dev/null)" != false ]]; then
+        echo "$PROG: the clone is shallow (or no repository), so the branch's commits cannot be listed" >&2
+        return 1
+    fi
+    if ! tip="$(git -C "$repo" rev-parse -q --verify "$1^{commit}")"; then
+        echo "$PROG: commit $1 is not in the clone" >&2
+        return 1
+    fi
+    # Refs that hold the tip (the pushed branch itself) would hide it all.
+    while read -r ref; do
+        git -C "$repo" merge-base --is-ancestor "$tip" "$ref" 2>/dev/null || others+=("$ref")
+    done < <(git -C "$repo" for-each-ref --format='%(refname)' refs/heads refs/remotes refs/tags)
+    echo "$PROG: binding the commits of $tip that no other branch or tag of the clone holds (${#others[@]} other refs)" >&2
+    git -C "$repo" rev-list "$tip" --not "${others[@]+"${others[@]}"}" --
+}
+
 do_ingest() {
     local args=(git ingest --repo "${DOCKET_REPO:-.}")
     local commit="${GITHUB_SHA:-${CI_COMMIT_SHA:-HEAD}}"
@@ -367,7 +394,13 @@ do_open() {
     # The change binds every commit of the request or push, not only its
     # tip: a change binds the commits it names, and their authors are the
     # ones who may not approve it (docs/policy.md, "Exclusions").
+    # Without the range (push_before said why), the branch's own commits;
+    # binding the tip alone would let the author of an earlier commit of
+    # the push approve their own code: stop, unless the job opts in to that
+    # knowingly.
     local commits=("$commit") range listed line
+    local tip_only="the change would bind $commit only, not the commits before it, so their authors could approve it"
+    local how="give the range (the action's range input, or run it in a pull or merge request pipeline; a full clone: fetch-depth 0, GIT_DEPTH 0), or set DOCKET_DANGEROUS_TIP_ONLY=true to bind the tip alone"
     range="$(work_range)"
     if [[ -n "$range" ]]; then
         if listed="$(git -C "${DOCKET_REPO:-.}" rev-list "$range" 2>"$tmp/rev-err")"; then
@@ -376,11 +409,22 @@ do_open() {
                 [[ -n "$line" ]] && commits+=("$line")
             done <<<"$listed"
             [[ ${#commits[@]} -eq 0 ]] && commits=("$commit")
+        elif [[ "${DOCKET_DANGEROUS_TIP_ONLY:-}" == true ]]; then
+            echo "$PROG: warning: git rev-list $range failed ($(tail -n 1 "$tmp/rev-err")); DOCKET_DANGEROUS_TIP_ONLY is set: $tip_only" >&2
         else
-            echo "$PROG: git rev-list $range failed ($(tail -n 1 "$tmp/rev-err")): the change binds $commit only, not the commits before it" >&2
+            echo "$PROG: open: git rev-list $range failed ($(tail -n 1 "$tmp/rev-err")): $tip_only; not opening it. Fix the clone, or set DOCKET_DANGEROUS_TIP_ONLY=true to bind the tip alone" >&2
+            return 64
         fi
+    elif listed="$(branch_commits "$commit")" && [[ -n "$listed" ]]; then
+        commits=()
+        while read -r line; do
+            [[ -n "$line" ]] && commits+=("$line")
+        done <<<"$listed"
+    elif [[ "${DOCKET_DANGEROUS_TIP_ONLY:-}" == true ]]; then
+        echo "$PROG: warning: DOCKET_DANGEROUS_TIP_ONLY is set: $tip_only" >&2
     else
-        echo "$PROG: so the change binds $commit only, not the commits before it" >&2
+        echo "$PROG: open: $tip_only; not opening it. To open it, $how" >&2
+        return 64
     fi
     # A later pipeline for an existing change keeps the commits it already
     # binds: their code is still in what is deployed.

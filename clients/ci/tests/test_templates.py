@@ -243,8 +243,10 @@ def test_open_needs_the_pipelines_commit(fake):
 
 def test_open_amends_an_existing_change_and_a_rerun_does_nothing(fake):
     tmp, env = fake
+    # C1 is in no clone: the tip alone is bound, as the job asks.
     env.update({"GITLAB_CI": "true", "CI_COMMIT_SHA": C1, "CI_SERVER_HOST": "gitlab.example.com",
-                "CI_PROJECT_PATH": "acme/app", "DOCKET_TICKET": "OPS-1"})
+                "CI_PROJECT_PATH": "acme/app", "DOCKET_TICKET": "OPS-1",
+                "DOCKET_DANGEROUS_TIP_ONLY": "true"})
     r = run(["open", "gh-7", "staging,prod", D1, D2], env)
     assert r.returncode == 0, r.stderr
     assert called(tmp) == ["change", "open", "--id", "gh-7", "--commit", C1, "--digest", D1,
@@ -303,12 +305,33 @@ def test_open_binds_every_commit_of_the_push_and_keeps_those_already_bound(fake)
     assert amend[:2] == ["change", "amend"]
     bound = [amend[i + 1] for i, a in enumerate(amend) if a == "--commit"]
     assert bound == [third, second, C1]
-    # No range (a new branch): the pipeline's commit alone, and it says so.
+    # No range (a new branch, a force push): the branch's own commits, those
+    # no other branch or tag of the clone holds.
     del env["FAKE_CHANGE_EXISTS"], env["FAKE_BOUND"]
-    r = run(["open", "gh-7", "prod", D1], {**env, "CI_COMMIT_BEFORE_SHA": "0" * 40})
+    subprocess.run([*git, "branch", "-f", "base", first], check=True)
+    for before in ["0" * 40, C0]:
+        r = run(["open", "gh-7", "prod", D1], {**env, "CI_COMMIT_BEFORE_SHA": before})
+        assert r.returncode == 0, r.stderr
+        assert [a for a in called(tmp) if len(a) == 40] == [third, second], r.stderr
+        assert "no other branch or tag of the clone holds" in r.stderr
+    # A shallow clone cannot tell: binding the pipeline's commit alone would
+    # let earlier commits' authors approve, so nothing is opened, unless the
+    # job opts in by a dangerous name.
+    shallow = tmp / "shallow"
+    subprocess.run(["git", "clone", "-q", "--depth", "1", f"file://{repo}", str(shallow)],
+                   check=True)
+    (tmp / "calls").unlink()
+    env_s = {**env, "DOCKET_REPO": str(shallow), "CI_COMMIT_BEFORE_SHA": "0" * 40}
+    r = run(["open", "gh-7", "prod", D1], env_s)
+    assert r.returncode == 64, r.stderr
+    assert "the clone is shallow" in r.stderr
+    assert f"the change would bind {third} only, not the commits before it" in r.stderr
+    assert "DOCKET_DANGEROUS_TIP_ONLY=true" in r.stderr
+    assert not (tmp / "calls").exists(), "nothing sent"
+    r = run(["open", "gh-7", "prod", D1], {**env_s, "DOCKET_DANGEROUS_TIP_ONLY": "true"})
     assert r.returncode == 0, r.stderr
     assert [a for a in called(tmp) if len(a) == 40] == [third]
-    assert "no push range is known" in r.stderr and f"binds {third} only" in r.stderr
+    assert "warning: DOCKET_DANGEROUS_TIP_ONLY is set" in r.stderr
     # The change cannot be read (server down): nothing is opened or amended,
     # since an amend without its bound commits would unbind them.
     (tmp / "calls").unlink()
@@ -651,9 +674,10 @@ def test_action_runs_docket_ci_sh_with_the_command_input(fake):
     r = _run_action({"command": "ingest", "range": "v1..v2", **bin_}, gh, base)
     assert r.returncode == 0, r.stderr
     assert called(tmp)[4:6] == ["--range", "v1..v2"]
-    # open: this commit and the digests, for the comma-separated environments.
+    # open: this commit and the digests, for the comma-separated environments
+    # (C1 is in no clone, so the job binds the tip alone, by its choice).
     r = _run_action({"command": "open", "change": "gh-7", "environment": "staging, prod",
-                     "digests": D1, **bin_}, gh, base)
+                     "digests": D1, **bin_}, {**gh, "DOCKET_DANGEROUS_TIP_ONLY": "true"}, base)
     assert r.returncode == 0, r.stderr
     assert called(tmp) == ["change", "open", "--id", "gh-7", "--commit", C1, "--digest", D1,
                            "--env", "staging", "--env", "prod",
@@ -837,7 +861,8 @@ def test_gitlab_before_script_writes_base64_secrets_to_files(tmp_path):
          ["ci", "report", "--status", "failed", "--digest", D1, "--digest", D2]),
         (".docket-ingest", {"GITLAB_CI": "true", "CI_COMMIT_SHA": C1, "CI_COMMIT_BEFORE_SHA": C0},
          ["git", "ingest", "--repo", ".", "--range", f"{C0}..{C1}"]),
-        (".docket-open", {"CI_COMMIT_SHA": C1, "CI_PIPELINE_ID": "77"},
+        (".docket-open", {"CI_COMMIT_SHA": C1, "CI_PIPELINE_ID": "77",
+                          "DOCKET_DANGEROUS_TIP_ONLY": "true"},
          ["change", "open", "--id", "gl-77", "--commit", C1, "--digest", D1, "--digest", D2,
           "--env", "staging", "--env", "prod"]),
         (".docket-approve", {"DOCKET_CHANGE": "gl-77", "DOCKET_SUBJECTS": f"{C1} {D1}",
