@@ -502,7 +502,9 @@ fn verify(a: VerifyArgs) -> CliResult {
                     match r.range {
                         Some((start, _)) => outln!(
                             "completeness: every entry from the one that opened change {id} \
-                             (entry {start}) to the checkpoint is carried, so none concerning it was left out"
+                             (entry {start}) to the checkpoint is carried, so none concerning it from its opening \
+                             on was left out; facts recorded before its opening (CI runs and commit observations \
+                             of its subjects) are proven complete only as far as its recorded decisions read them"
                         ),
                         None => eprintln!(
                             "warning: this change bundle does not show that it carries the change's entries \

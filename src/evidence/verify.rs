@@ -847,10 +847,18 @@ fn compare_decisions(got: &[u8], want: &[u8]) -> Result<(), BundleFailure> {
                 .unwrap_or_default()
         )
     };
+    // By index, the first of each (the bundle's list is untrusted and may
+    // be long: a scan per decision would be quadratic).
+    let mut by_index: std::collections::HashMap<u64, &Value> = Default::default();
+    for d in g {
+        if let Some(i) = d["index"].as_u64() {
+            by_index.entry(i).or_insert(d);
+        }
+    }
     let mut differ = Vec::new();
     for wd in w {
         let idx = wd["index"].as_u64().unwrap_or_default();
-        match g.iter().find(|d| d["index"].as_u64() == Some(idx)) {
+        match by_index.get(&idx).copied() {
             None => differ.push((idx, "the bundle has no decision for it".to_owned())),
             Some(gd) if gd != wd && words(gd) != words(wd) => differ.push((
                 idx,

@@ -1592,6 +1592,27 @@ async fn an_independent_verifier_written_from_the_docs_agrees() {
         out.contains("FAILED") && out.contains("range.bin") && out.contains("runs past"),
         "{out}"
     );
+    // A range that claims 2^40 entries is refused by both on the count,
+    // without listing its indices.
+    let mut files = evidence::unpack(&long).unwrap();
+    let huge = 1u64 << 40;
+    files.get_mut("range.bin").unwrap()[8..16].copy_from_slice(&huge.to_be_bytes());
+    let mut m: serde_json::Value = serde_json::from_slice(&files["manifest.json"]).unwrap();
+    m["range"]["end"] = huge.into();
+    let mut m = serde_json::to_vec_pretty(&m).unwrap();
+    m.push(b'\n');
+    files.insert("manifest.json".into(), m);
+    let huge_range = reseal(&s.data, files);
+    assert_eq!(
+        evidence::verify(&huge_range, &trust(s)).unwrap_err().what,
+        "completeness"
+    );
+    let (code, out) = verify("period-huge", &huge_range);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("FAILED") && out.contains("completeness"),
+        "{out}"
+    );
 }
 
 /// The first index of a bundle's range, from its manifest.
@@ -1964,7 +1985,7 @@ async fn the_cli_exports_and_verifies_with_clear_exit_codes() {
     let opened = f.at["open-2"];
     assert!(
         r.stdout.contains(&format!(
-            "\ncompleteness: every entry from the one that opened change CHG-2 (entry {opened}) to the checkpoint is carried, so none concerning it was left out\n"
+            "\ncompleteness: every entry from the one that opened change CHG-2 (entry {opened}) to the checkpoint is carried, so none concerning it from its opening on was left out; facts recorded before its opening (CI runs and commit observations of its subjects) are proven complete only as far as its recorded decisions read them\n"
         )) && r.stdout.contains(&format!(", range {opened}..")),
         "{}",
         r.stdout
