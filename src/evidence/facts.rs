@@ -114,13 +114,22 @@ fn history_gap(recorded: u64, carried: u64, proven_to: Option<u64>) -> String {
 /// runs `then` on the result while the other cores finish checking
 /// signatures (so rendering overlaps verification). Counts folded entries
 /// into `progress`.
+///
+/// With `view_before` (a period's end), `then` sees the state folded from
+/// the entries integrated before that time, with the [`Info`] of every
+/// entry: the entry at or after it that a period bundle carries as its
+/// boundary proves where the period ends, and is checked like any other,
+/// but its facts come after the period and do not speak for it.
 pub(super) fn fold_then<B: AsRef<[u8]>, R>(
     entries: &[(u64, B)],
     sigs: Signatures,
+    view_before: Option<i64>,
     progress: &super::Progress,
     then: impl FnOnce(&Folded) -> R,
 ) -> Result<(Folded, R), Failure> {
     let scan = |sink: &mut dyn FnMut(SigJob)| -> Result<(Folded, R), Failure> {
+        let mut then = Some(then);
+        let mut rendered: Option<R> = None;
         let mut state = State::sparse();
         let mut info = BTreeMap::new();
         let mut event_ids: std::collections::HashMap<String, u64> = Default::default();
@@ -143,6 +152,32 @@ pub(super) fn fold_then<B: AsRef<[u8]>, R>(
             }
             let (i, bytes) = (*i, bytes.as_ref());
             let e = Entry::decode(bytes).map_err(|e| at(i, format!("entry bytes: {e}")))?;
+            if rendered.is_none()
+                && view_before.is_some_and(|t| e.integrated_time_nanos >= t)
+                && let Some(then) = then.take()
+            {
+                // The rest is rendered from its bytes alone; an entry that
+                // does not decode is left to the fold below to name, as is
+                // a history count that does not hold (the view claims the
+                // reach the counts give if they all hold; else it fails).
+                let mut reach = proven_to;
+                for (j, b) in &entries[n..] {
+                    if let Some((x, counted)) = info_of(b.as_ref()) {
+                        info.insert(*j, x);
+                        if counted {
+                            reach = Some(*j);
+                        }
+                    }
+                }
+                let view = Folded {
+                    state,
+                    info,
+                    history_proven_to: reach,
+                    decisions_based,
+                };
+                rendered = Some(then(&view));
+                (state, info) = (view.state, view.info);
+            }
             if e.index != i {
                 return Err(at(i, format!("entry records index {}", e.index)));
             }
@@ -213,7 +248,11 @@ pub(super) fn fold_then<B: AsRef<[u8]>, R>(
             history_proven_to: proven_to,
             decisions_based,
         };
-        let r = then(&folded);
+        let r = match (rendered, then) {
+            (Some(r), _) => r,
+            (None, Some(then)) => then(&folded),
+            (None, None) => unreachable!("`then` runs once, and only when it renders"),
+        };
         Ok((folded, r))
     };
     let (folded, bad) = with_signature_threads(scan);
@@ -225,6 +264,24 @@ pub(super) fn fold_then<B: AsRef<[u8]>, R>(
         (Ok(_), Some((i, why))) => Err(at(i, format!("signature: {why}"))),
         (Ok(f), None) => Ok(f),
     }
+}
+
+/// An entry's [`Info`] from its bytes alone, if they decode, and whether it
+/// records a history count (format version 2 and later).
+fn info_of(bytes: &[u8]) -> Option<(Info, bool)> {
+    let e = Entry::decode(bytes).ok()?;
+    let event = decode_event(&e.envelope.payload).ok()?;
+    let counted = e.history_count.is_some();
+    Some((
+        Info {
+            time: e.integrated_time_nanos,
+            leaf: merkle::leaf_hash(bytes),
+            prev: e.prev_leaf_hash,
+            identity: e.transport_identity,
+            event,
+        },
+        counted,
+    ))
 }
 
 /// What the manifest says about the bundle, which the files depend on.
@@ -882,6 +939,20 @@ fn obligation_json(o: &ObligationRec, as_of: i64) -> Value {
 pub(super) struct Rendered {
     pub(super) files: BTreeMap<String, Vec<u8>>,
     pub(super) violations: usize,
+    /// The deployments in scope, for [`decisions_file`].
+    pub(super) decided: BTreeSet<u64>,
+}
+
+/// `facts/decisions.json`: every deployment `state` holds (the whole fold's,
+/// a period's boundary included) with its decision, `in_scope` for those in
+/// `decided`.
+pub(super) fn decisions_file(state: &State, decided: &BTreeSet<u64>) -> Vec<u8> {
+    let decisions: Vec<DecisionRow<'_>> = state
+        .gov()
+        .deployments()
+        .map(|d| decision_row(d, decided.contains(&d.index)))
+        .collect();
+    pretty(&decisions)
 }
 
 /// Renders every derived file of a bundle.
@@ -922,12 +993,9 @@ pub(super) fn render(folded: &Folded, meta: &Meta) -> Rendered {
     entries_json.push(b'\n');
     files.insert("facts/entries.json".into(), entries_json);
 
+    // `facts/decisions.json` lists every carried deployment, a period's
+    // boundary too, so it is written from the whole fold ([`decisions_file`]).
     let decided: BTreeSet<u64> = view.decisions.iter().map(|d| d.index).collect();
-    let decisions: Vec<DecisionRow<'_>> = gov
-        .deployments()
-        .map(|d| decision_row(d, decided.contains(&d.index)))
-        .collect();
-    files.insert("facts/decisions.json".into(), pretty(&decisions));
 
     let changes: Vec<ChangeRow<'_>> = view.changes.iter().map(|c| change_row(&view, c)).collect();
     files.insert("facts/changes.json".into(), pretty(&changes));
@@ -994,5 +1062,6 @@ pub(super) fn render(folded: &Folded, meta: &Meta) -> Rendered {
     Rendered {
         files,
         violations: view.violations.len(),
+        decided,
     }
 }

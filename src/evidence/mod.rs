@@ -793,9 +793,14 @@ pub fn export<S: Store + ?Sized>(
         as_of: selection.as_of,
     };
     progress.start(Stage::Folding, entries.len() as u64);
-    let (folded, rendered) = facts::fold_then(&entries, facts::Signatures::Trust, progress, |f| {
-        facts::render(f, &meta)
-    })
+    let view_before = scope.period().map(|(_, to)| to);
+    let (folded, rendered) = facts::fold_then(
+        &entries,
+        facts::Signatures::Trust,
+        view_before,
+        progress,
+        |f| facts::render(f, &meta),
+    )
     .map_err(|f| match progress.is_cancelled() {
         true => ExportError::Cancelled,
         false => ExportError::Entry {
@@ -816,6 +821,10 @@ pub fn export<S: Store + ?Sized>(
     }
     let origin = meta.origin.clone();
     let mut files = rendered.files;
+    files.insert(
+        "facts/decisions.json".into(),
+        facts::decisions_file(&folded.state, &rendered.decided),
+    );
     files.insert("entries.bin".into(), bundle::encode_entries(&entries));
     files.insert("proofs.bin".into(), bundle::encode_proofs(&proofs));
     if let Some(r) = &range {

@@ -25,7 +25,7 @@ use serde_json::Value;
 use super::bundle::{
     decode_consistency, decode_entries, decode_proofs, decode_range, is_canonical_tar, read_tar,
 };
-use super::facts::{Meta, Signatures, fold_then, render};
+use super::facts::{Meta, Signatures, decisions_file, fold_then, render};
 use super::{Control, FORMAT, SINCE_CHECKPOINT, SINCE_CONSISTENCY, Scope};
 use crate::crypto::NoteVerifier;
 use crate::ledger::{Checkpoint, merkle, verify_manifest};
@@ -556,15 +556,25 @@ fn verify_files<'a>(
         range: range.as_ref().map(|r| (r.start, r.end)),
         as_of,
     };
-    let (folded, rendered) = fold_then(&entries, Signatures::Check, progress, |f| render(f, &meta))
-        .map_err(|f| {
-            fail(
-                f.index
-                    .map(|i| format!("entry {i}"))
-                    .unwrap_or_else(|| "entries.bin".into()),
-                f.reason,
-            )
-        })?;
+    let (folded, mut rendered) = fold_then(
+        &entries,
+        Signatures::Check,
+        scope.period().map(|(_, to)| to),
+        progress,
+        |f| render(f, &meta),
+    )
+    .map_err(|f| {
+        fail(
+            f.index
+                .map(|i| format!("entry {i}"))
+                .unwrap_or_else(|| "entries.bin".into()),
+            f.reason,
+        )
+    })?;
+    rendered.files.insert(
+        "facts/decisions.json".into(),
+        decisions_file(&folded.state, &rendered.decided),
+    );
     let genesis = folded
         .state
         .genesis()

@@ -39,6 +39,7 @@ What is checked, in the order of EF §11:
 """
 
 import base64
+import copy
 import datetime
 import hashlib
 import json
@@ -1803,10 +1804,16 @@ class Fold:
             raise Failed(what, f"unknown body {kind}")
 
 
-def check_fold(records, key_name, log_key, load_decisions):
-    """EF §11 step 6."""
+def check_fold(records, key_name, log_key, load_decisions, view_before=None):
+    """EF §11 step 6. Returns the fold, and the view the derived files are computed from (EF
+    §10.2): with `view_before` (a period's end), the state folded from the entries integrated
+    before it, with every carried entry's record."""
     fold = Fold(load_decisions)
+    view = None
     for index, entry_bytes in records:
+        if (view is None and view_before is not None and len(entry_bytes) >= 17
+                and struct.unpack(">q", entry_bytes[9:17])[0] >= view_before):
+            view = copy.deepcopy(fold)
         fold.fold_entry(index, entry_bytes)
     require(fold.records, "entries.bin", "no entries (entry 0 is missing)")
     require(fold.log_key == log_key, "entry 0", "the genesis does not name the trusted log key")
@@ -1816,7 +1823,10 @@ def check_fold(records, key_name, log_key, load_decisions):
         if cur["index"] == prev["index"] + 1:
             require(cur["prev"] == prev["leaf"], f"entry {cur['index']}",
                     f"prev_leaf_hash is not the leaf hash of entry {prev['index']}")
-    return fold
+    if view is None:
+        return fold, fold
+    view.records, view.proven_to = fold.records, fold.proven_to
+    return fold, view
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1926,8 +1936,11 @@ def check_scope(fold, scope, as_of, rng, n):
 class Derived:
     """Computes the derived files from the fold, the scope and the bundle's decisions."""
 
-    def __init__(self, fold, scope, as_of, origin, n, root, rng, claimed):
+    def __init__(self, fold, scope, as_of, origin, n, root, rng, claimed, whole=None):
+        # `fold` is the view the files describe (EF §10.2); `whole` every carried entry's fold,
+        # whose deployments facts/decisions.json lists (a period's boundary included).
         self.fold, self.scope, self.as_of = fold, scope, as_of
+        self.whole = whole or fold
         self.origin, self.n, self.root, self.rng = origin, n, root, rng
         self.claimed = claimed          # facts/decisions.json by index (verdicts, rules, reasons)
         self.compute_scope()
@@ -2011,8 +2024,8 @@ class Derived:
         """Everything but the evaluator's outputs is regenerated; those are taken from the bundle
         after consistency checks that need no policy evaluation."""
         out = []
-        for i in sorted(self.fold.deployments):
-            dep = self.fold.deployments[i]
+        for i in sorted(self.whole.deployments):
+            dep = self.whole.deployments[i]
             c = self.claimed.get(i)
             what = "facts/decisions.json"
             require(c is not None, what, f"the bundle has no decision for entry {i}")
@@ -2072,7 +2085,7 @@ class Derived:
                 "reasons": c["reasons"], "repository": dep["repository"], "rule": c["rule"],
                 "subjects": dep["subjects"], "time": fmt_time(dep["time"]),
                 "verdict": c["verdict"]})
-        extra = set(self.claimed) - set(self.fold.deployments)
+        extra = set(self.claimed) - set(self.whole.deployments)
         require(not extra, "facts/decisions.json",
                 f"holds decisions for entries that are not carried deployments: {sorted(extra)}")
         return out
@@ -2375,10 +2388,10 @@ def manifest_scope_object(scope, manifest):
     return obj
 
 
-def check_derived(files, manifest, fold, scope, as_of, origin, n, root, rng):
+def check_derived(files, manifest, fold, scope, as_of, origin, n, root, rng, whole=None):
     """EF §11 step 8, without re-evaluating decisions or rendering report.html."""
     claimed = load_claimed_decisions(files)
-    d = Derived(fold, scope, as_of, origin, n, root, rng, claimed)
+    d = Derived(fold, scope, as_of, origin, n, root, rng, claimed, whole)
 
     # 8.2 (as far as possible without the evaluator): decision by decision.
     regenerated_decisions = d.decisions()
@@ -2462,11 +2475,12 @@ def verify(bundle, key_name, keyid, log_key):
             claimed_cache["v"] = load_claimed_decisions(files)
         return claimed_cache["v"]
 
-    fold = check_fold(records, key_name, log_key, claimed)                  # step 6
-    scope, as_of = parse_scope(manifest)                                    # step 7.1
+    scope, as_of = parse_scope(manifest)                                    # step 6.1
+    fold, view = check_fold(records, key_name, log_key, claimed,
+                            None if scope["kind"] == "change" else scope["to"])   # step 6
     check_scope(fold, scope, as_of, rng, n)                                 # step 7
-    n_dec, n_viol, n_regen = check_derived(files, manifest, fold, scope, as_of, origin, n, root,
-                                           rng)                             # step 8
+    n_dec, n_viol, n_regen = check_derived(files, manifest, view, scope, as_of, origin, n, root,
+                                           rng, fold)                       # step 8
     range_text = f", range {rng[0]}..{rng[1]} proven complete" if rng else ""
     since_text = (f"consistent with the earlier checkpoint of size {since[0]} "
                   f"(root {since[1].hex()})\n" if since else "")

@@ -1203,6 +1203,101 @@ fn independent_verify(bundle: &[u8], vkey: &Path) -> (Option<i32>, String) {
     )
 }
 
+/// A period bundle speaks for its period: the entry it carries as its
+/// boundary (the first at or after the period's end) proves where the
+/// period ends, but its facts come after it. An amendment there does not
+/// make the period's approvals look stale, nor is a deployment there shown
+/// as one of its change's; `facts/decisions.json` still lists it, out of
+/// scope, as every carried deployment. Both verifiers agree.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_period_bundle_shows_its_changes_as_of_the_period_end() {
+    let mut f = fixture().await;
+    f.clock.set(f.day(6));
+    let (c5, d5) = f.build("commit-5", "bob@example.com", "image-5").await;
+    f.clock.set(f.day(7));
+    f.append(
+        "amend-1",
+        "ci",
+        Body::ChangeAmended(docket::event::ChangeAmendment {
+            change_id: RecordId::parse("CHG-1").unwrap(),
+            commits: [c5.clone()].into(),
+            artifact_digests: [d5.clone()].into(),
+            environments: BTreeSet::new(),
+            reason: "after the period".into(),
+        }),
+    )
+    .await;
+    let s = &f.server;
+    let vkey = s.data.log_vkey();
+    let row = |files: &BTreeMap<String, Vec<u8>>, id: &str| {
+        json(files, "facts/changes.json")
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["change"] == id)
+            .cloned()
+            .unwrap_or_else(|| panic!("{id} is not in changes.json"))
+    };
+    let in_scope = |files: &BTreeMap<String, Vec<u8>>, file: &str, index: u64| {
+        json(files, file)
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["index"] == index)
+            .map(|e| e["in_scope"].clone())
+    };
+
+    // [day 5, day 7): CHG-1 is redeployed in it ("last"); its amendment at
+    // day 7 is the boundary.
+    let bundle = export_online(s, period_pb(f.day(5), f.day(7))).await;
+    let files = evidence::unpack(&bundle).unwrap();
+    let amend = f.at["amend-1"];
+    assert_eq!(sel_range_end(&files), amend + 1, "the amendment is the boundary");
+    let chg1 = row(&files, "CHG-1");
+    assert_eq!(chg1["revision"], 1, "{chg1}");
+    assert_eq!(chg1["revisions"].as_array().unwrap().len(), 1, "{chg1}");
+    let reviews = chg1["reviews"].as_array().unwrap();
+    assert!(
+        !reviews.is_empty() && reviews.iter().all(|r| r["current_revision"] == true),
+        "{chg1}"
+    );
+    assert_eq!(
+        in_scope(&files, "facts/entries.json", amend),
+        Some(false.into())
+    );
+    let (code, out) = independent_verify(&bundle, &vkey);
+    assert_eq!(code, Some(0), "{out}");
+
+    // [day 1, day 3): the break-glass deployment at day 3 is the boundary.
+    let bundle = export_online(s, period_pb(f.day(1), f.day(3))).await;
+    let files = evidence::unpack(&bundle).unwrap();
+    let glass = f.at["glass"];
+    assert_eq!(sel_range_end(&files), glass + 1, "the deployment is the boundary");
+    let chg2 = row(&files, "CHG-2");
+    let deployed: Vec<u64> = chg2["deployments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["index"].as_u64().unwrap())
+        .collect();
+    assert_eq!(deployed, vec![f.at["prod-2-denied"]], "{chg2}");
+    assert_eq!(
+        in_scope(&files, "facts/decisions.json", glass),
+        Some(false.into()),
+        "every carried deployment is listed"
+    );
+    assert!(
+        json(&files, "facts/obligations.json")["obligations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|o| o["deployment_index"] != glass),
+        "the boundary's obligation comes after the period"
+    );
+    let (code, out) = independent_verify(&bundle, &vkey);
+    assert_eq!(code, Some(0), "{out}");
+}
+
 /// An auditor who saved a checkpoint at the last audit pins it: a bundle
 /// exported later with that note carries it and the consistency proof from
 /// it, and verifies against it (with or without the key); a bundle without
@@ -1613,6 +1708,13 @@ async fn an_independent_verifier_written_from_the_docs_agrees() {
         out.contains("FAILED") && out.contains("completeness"),
         "{out}"
     );
+}
+
+/// The end (exclusive) of a bundle's range, from its manifest.
+fn sel_range_end(files: &BTreeMap<String, Vec<u8>>) -> u64 {
+    json(files, "manifest.json")["range"]["end"]
+        .as_u64()
+        .unwrap()
 }
 
 /// The first index of a bundle's range, from its manifest.
