@@ -227,6 +227,8 @@ pub(crate) const MAX_PATTERNS: usize = 64;
 pub(crate) const MAX_PATTERN_BYTES: usize = 256;
 /// `approvals` of a rule, and `policy_changes.approvals`.
 pub(crate) const MAX_APPROVALS: u32 = 100;
+/// Shortest `expire_after` of a new document.
+const MIN_EXPIRY_SECS: i64 = 3600;
 
 /// Why a role named in a policy is refused: no principal could hold it.
 fn unholdable(role: &str) -> String {
@@ -499,6 +501,22 @@ impl Policy {
         let duration_at = |field: &str, d: &Spanned<String>| {
             duration_secs(d.get_ref()).map_err(|m| err(d.span().start, format!("{field}: {m}")))
         };
+        // How long a waiting change may wait: long enough for a second
+        // person to act, or no change of that kind could ever complete (for
+        // policy changes, the policy could never be changed again).
+        let expiry_at = |field: &str, d: &Spanned<String>| {
+            let secs = duration_at(field, d)?;
+            if strict && secs < MIN_EXPIRY_SECS {
+                return Err(err(
+                    d.span().start,
+                    format!(
+                        "{field}: {:?} is shorter than 1h: the approvals a change needs could hardly ever all arrive in time",
+                        d.get_ref()
+                    ),
+                ));
+            }
+            Ok(secs)
+        };
         if *raw.version.get_ref() != 1 {
             return Err(err(
                 raw.version.span().start,
@@ -576,7 +594,7 @@ impl Policy {
                 let expire_after_secs = pc
                     .expire_after
                     .as_ref()
-                    .map(|e| duration_at("policy_changes.expire_after", e))
+                    .map(|e| expiry_at("policy_changes.expire_after", e))
                     .transpose()?;
                 ApprovalRule {
                     approvals: pc.approvals,
@@ -608,7 +626,7 @@ impl Policy {
         let identity_change_expiry_secs = raw
             .identity_changes
             .and_then(|i| i.into_inner().expire_after)
-            .map(|e| duration_at("identity_changes.expire_after", &e))
+            .map(|e| expiry_at("identity_changes.expire_after", &e))
             .transpose()?;
 
         let mut unmatched_allows = false;

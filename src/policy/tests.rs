@@ -1274,6 +1274,17 @@ fn bad_policies_are_refused_with_line_and_reason() {
             2,
             "permissions.propose_policy is empty: no one could propose a policy change, so this policy could never be changed",
         ),
+        // A waiting change must have time to gather its approvals.
+        (
+            "version = 1\n[policy_changes]\napprovals = 2\nroles = [\"admin\"]\nexpire_after = \"1s\"\n",
+            5,
+            "policy_changes.expire_after: \"1s\" is shorter than 1h",
+        ),
+        (
+            "version = 1\n[identity_changes]\nexpire_after = \"59m\"\n",
+            3,
+            "identity_changes.expire_after: \"59m\" is shorter than 1h",
+        ),
         // Permissions a rule or break-glass needs that no role holds.
         (
             "version = 1\n[permissions]\napprove = []\n",
@@ -1377,6 +1388,7 @@ fn bad_policies_are_refused_with_line_and_reason() {
         "could never be changed",
         "no role holds",
         "approver_roles is set but",
+        "is shorter than 1h",
         "contains whitespace",
         "compared with the environment",
         "promoted_from is empty",

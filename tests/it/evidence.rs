@@ -1252,7 +1252,11 @@ async fn a_period_bundle_shows_its_changes_as_of_the_period_end() {
     let bundle = export_online(s, period_pb(f.day(5), f.day(7))).await;
     let files = evidence::unpack(&bundle).unwrap();
     let amend = f.at["amend-1"];
-    assert_eq!(sel_range_end(&files), amend + 1, "the amendment is the boundary");
+    assert_eq!(
+        sel_range_end(&files),
+        amend + 1,
+        "the amendment is the boundary"
+    );
     let chg1 = row(&files, "CHG-1");
     assert_eq!(chg1["revision"], 1, "{chg1}");
     assert_eq!(chg1["revisions"].as_array().unwrap().len(), 1, "{chg1}");
@@ -1272,7 +1276,11 @@ async fn a_period_bundle_shows_its_changes_as_of_the_period_end() {
     let bundle = export_online(s, period_pb(f.day(1), f.day(3))).await;
     let files = evidence::unpack(&bundle).unwrap();
     let glass = f.at["glass"];
-    assert_eq!(sel_range_end(&files), glass + 1, "the deployment is the boundary");
+    assert_eq!(
+        sel_range_end(&files),
+        glass + 1,
+        "the deployment is the boundary"
+    );
     let chg2 = row(&files, "CHG-2");
     let deployed: Vec<u64> = chg2["deployments"]
         .as_array()
