@@ -152,8 +152,7 @@ pub(super) fn fold_then<B: AsRef<[u8]>, R>(
             }
             let (i, bytes) = (*i, bytes.as_ref());
             let e = Entry::decode(bytes).map_err(|e| at(i, format!("entry bytes: {e}")))?;
-            if rendered.is_none()
-                && view_before.is_some_and(|t| e.integrated_time_nanos >= t)
+            if view_before.is_some_and(|t| e.integrated_time_nanos >= t)
                 && let Some(then) = then.take()
             {
                 // The rest is rendered from its bytes alone; an entry that
