@@ -321,13 +321,34 @@ work_range() {
     return 0
 }
 
+# The default branch's ref in the clone: DOCKET_GIT_DEFAULT_BRANCH (the
+# action sets it from github.event.repository.default_branch), else GitLab's
+# CI_DEFAULT_BRANCH; as origin's, or a local branch. Fails, saying why.
+default_ref() {
+    local repo="${DOCKET_REPO:-.}" b="${DOCKET_GIT_DEFAULT_BRANCH:-${CI_DEFAULT_BRANCH:-}}" r
+    if [[ -z "$b" ]]; then
+        echo "$PROG: the repository's default branch is not known (set DOCKET_GIT_DEFAULT_BRANCH)" >&2
+        return 1
+    fi
+    for r in "refs/remotes/origin/$b" "refs/heads/$b"; do
+        if git -C "$repo" rev-parse -q --verify "$r^{commit}" >/dev/null; then
+            printf '%s' "$r"
+            return 0
+        fi
+    done
+    echo "$PROG: the default branch $b is not in the clone (fetch it first: git fetch origin $b)" >&2
+    return 1
+}
+
 # With no push or request range (a new branch's first push, a manual run,
-# a force push): the commits of $1 that no other branch or tag of the clone
-# holds, one per line, which is the branch's own work. Fails, saying why,
-# when the clone cannot tell (no git, a shallow clone, the commit missing).
+# a force push): the commits of $1 that the default branch does not hold,
+# one per line, which is the branch's own work; the whole history of $1
+# when $1 is on the default branch (its first push). Only the default
+# branch counts: any other ref (a branch or tag anyone may push) could hide
+# commits. Fails, saying why, when the clone cannot tell (no git, a shallow
+# clone, the commit or the default branch missing).
 branch_commits() {
-    local repo="${DOCKET_REPO:-.}" tip ref
-    local others=()
+    local repo="${DOCKET_REPO:-.}" tip base
     if ! command -v git >/dev/null 2>&1; then
         echo "$PROG: git is not installed in this job's image, so the branch's commits cannot be listed" >&2
         return 1
@@ -340,12 +361,14 @@ branch_commits() {
         echo "$PROG: commit $1 is not in the clone" >&2
         return 1
     fi
-    # Refs that hold the tip (the pushed branch itself) would hide it all.
-    while read -r ref; do
-        git -C "$repo" merge-base --is-ancestor "$tip" "$ref" 2>/dev/null || others+=("$ref")
-    done < <(git -C "$repo" for-each-ref --format='%(refname)' refs/heads refs/remotes refs/tags)
-    echo "$PROG: binding the commits of $tip that no other branch or tag of the clone holds (${#others[@]} other refs)" >&2
-    git -C "$repo" rev-list "$tip" --not "${others[@]+"${others[@]}"}" --
+    base="$(default_ref)" || return 1
+    if git -C "$repo" merge-base --is-ancestor "$tip" "$base"; then
+        echo "$PROG: $tip is on the default branch ($base), so no commits of its own can be told from older ones: binding its whole history" >&2
+        git -C "$repo" rev-list "$tip" --
+    else
+        echo "$PROG: binding the commits of $tip that the default branch ($base) does not hold" >&2
+        git -C "$repo" rev-list "$tip" --not "$base" --
+    fi
 }
 
 do_ingest() {
@@ -400,7 +423,7 @@ do_open() {
     # knowingly.
     local commits=("$commit") range listed line
     local tip_only="the change would bind $commit only, not the commits before it, so their authors could approve it"
-    local how="give the range (the action's range input, or run it in a pull or merge request pipeline; a full clone: fetch-depth 0, GIT_DEPTH 0), or set DOCKET_DANGEROUS_TIP_ONLY=true to bind the tip alone"
+    local how="run it in a pull or merge request pipeline, or give the clone the history and the default branch (fetch-depth 0; on GitLab GIT_DEPTH 0, and git fetch origin \$CI_DEFAULT_BRANCH), or set DOCKET_DANGEROUS_TIP_ONLY=true to bind the tip alone"
     range="$(work_range)"
     if [[ -n "$range" ]]; then
         if listed="$(git -C "${DOCKET_REPO:-.}" rev-list "$range" 2>"$tmp/rev-err")"; then
@@ -415,13 +438,13 @@ do_open() {
             echo "$PROG: open: git rev-list $range failed ($(tail -n 1 "$tmp/rev-err")): $tip_only; not opening it. Fix the clone, or set DOCKET_DANGEROUS_TIP_ONLY=true to bind the tip alone" >&2
             return 64
         fi
+    elif [[ "${DOCKET_DANGEROUS_TIP_ONLY:-}" == true ]]; then
+        echo "$PROG: warning: DOCKET_DANGEROUS_TIP_ONLY is set: $tip_only" >&2
     elif listed="$(branch_commits "$commit")" && [[ -n "$listed" ]]; then
         commits=()
         while read -r line; do
             [[ -n "$line" ]] && commits+=("$line")
         done <<<"$listed"
-    elif [[ "${DOCKET_DANGEROUS_TIP_ONLY:-}" == true ]]; then
-        echo "$PROG: warning: DOCKET_DANGEROUS_TIP_ONLY is set: $tip_only" >&2
     else
         echo "$PROG: open: $tip_only; not opening it. To open it, $how" >&2
         return 64
@@ -434,7 +457,7 @@ do_open() {
         [[ -z "$line" || " ${commits[*]} " == *" $line "* ]] || commits+=("$line")
     done <<<"$bound"
     if [[ ${#commits[@]} -gt 256 ]]; then
-        echo "$PROG: open: the change would bind ${#commits[@]} commits; a change binds at most 256 (open it with docket change open and a narrower set)" >&2
+        echo "$PROG: open: the change would bind ${#commits[@]} commits; a change binds at most 256 (run it where the push's range is known, or open it with docket change open and a narrower set)" >&2
         return 64
     fi
     local bind=(--id "$id")

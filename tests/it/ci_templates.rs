@@ -125,6 +125,8 @@ async fn example_pipelines_run_against_a_real_server() {
             ("GITHUB_SHA", commit),
             ("GITHUB_WORKFLOW", "build"),
             ("GITHUB_REF", "refs/heads/main"),
+            // The action sets it from github.event.repository.default_branch.
+            ("DOCKET_GIT_DEFAULT_BRANCH", "main"),
         ]
         .map(|(k, v)| (k.to_owned(), v.to_owned())),
     );
@@ -317,6 +319,7 @@ async fn example_pipelines_run_against_a_real_server() {
             ("CI_COMMIT_SHA", "89abcdef0123456789abcdef0123456789abcdef"),
             ("CI_JOB_NAME", "build-image"),
             ("CI_COMMIT_REF_NAME", "main"),
+            ("CI_DEFAULT_BRANCH", "main"),
         ]
         .map(|(k, v)| (k.to_owned(), v.to_owned())),
     );

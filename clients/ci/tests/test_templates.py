@@ -306,21 +306,43 @@ def test_open_binds_every_commit_of_the_push_and_keeps_those_already_bound(fake)
     bound = [amend[i + 1] for i, a in enumerate(amend) if a == "--commit"]
     assert bound == [third, second, C1]
     # No range (a new branch, a force push): the branch's own commits, those
-    # no other branch or tag of the clone holds.
+    # the default branch does not hold. Any other ref (here a branch at
+    # second, which anyone could push to hide it) does not count.
     del env["FAKE_CHANGE_EXISTS"], env["FAKE_BOUND"]
-    subprocess.run([*git, "branch", "-f", "base", first], check=True)
+    subprocess.run([*git, "branch", "-f", "main-line", first], check=True)
+    subprocess.run([*git, "branch", "-f", "other", second], check=True)
+    subprocess.run([*git, "tag", "-f", "v9", second], check=True)
+    env["CI_DEFAULT_BRANCH"] = "main-line"
     for before in ["0" * 40, C0]:
         r = run(["open", "gh-7", "prod", D1], {**env, "CI_COMMIT_BEFORE_SHA": before})
         assert r.returncode == 0, r.stderr
         assert [a for a in called(tmp) if len(a) == 40] == [third, second], r.stderr
-        assert "no other branch or tag of the clone holds" in r.stderr
+        assert "that the default branch (refs/heads/main-line) does not hold" in r.stderr
+    # On the default branch itself (its first push), its whole history.
+    subprocess.run([*git, "branch", "-f", "tip-line", third], check=True)
+    r = run(["open", "gh-7", "prod", D1],
+            {**env, "CI_COMMIT_BEFORE_SHA": "0" * 40, "CI_DEFAULT_BRANCH": "tip-line"})
+    assert r.returncode == 0, r.stderr
+    assert [a for a in called(tmp) if len(a) == 40] == [third, second, first], r.stderr
+    assert "is on the default branch (refs/heads/tip-line)" in r.stderr
+    # No default branch known, or not in the clone: nothing is opened.
+    (tmp / "calls").unlink(missing_ok=True)
+    for default in [None, "nowhere"]:
+        e = {k: v for k, v in env.items() if k != "CI_DEFAULT_BRANCH"}
+        if default:
+            e["CI_DEFAULT_BRANCH"] = default
+        r = run(["open", "gh-7", "prod", D1], {**e, "CI_COMMIT_BEFORE_SHA": "0" * 40})
+        assert r.returncode == 64, r.stderr
+        assert ("set DOCKET_GIT_DEFAULT_BRANCH" in r.stderr if default is None
+                else "the default branch nowhere is not in the clone" in r.stderr), r.stderr
+        assert not (tmp / "calls").exists(), "nothing sent"
     # A shallow clone cannot tell: binding the pipeline's commit alone would
     # let earlier commits' authors approve, so nothing is opened, unless the
     # job opts in by a dangerous name.
     shallow = tmp / "shallow"
     subprocess.run(["git", "clone", "-q", "--depth", "1", f"file://{repo}", str(shallow)],
                    check=True)
-    (tmp / "calls").unlink()
+    (tmp / "calls").unlink(missing_ok=True)
     env_s = {**env, "DOCKET_REPO": str(shallow), "CI_COMMIT_BEFORE_SHA": "0" * 40}
     r = run(["open", "gh-7", "prod", D1], env_s)
     assert r.returncode == 64, r.stderr
@@ -587,6 +609,8 @@ def _eval(expr, inputs, env, action_path):
             v = env.get("TEST_EVENT_BEFORE", "")
         elif operand == "github.event.pull_request.base.sha":
             v = env.get("TEST_EVENT_BASE", "")
+        elif operand == "github.event.repository.default_branch":
+            v = env.get("TEST_DEFAULT_BRANCH", "")
         else:
             raise AssertionError(f"unexpected expression in action.yml: {expr!r}")
         if v:
