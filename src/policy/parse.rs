@@ -297,11 +297,12 @@ fn matches_all(p: &str) -> bool {
 /// `later` counts as covered only when `earlier` lists it as written, or
 /// lists a glob that matches it and it has no `*` of its own.
 fn covers(earlier: &Rule, later: &Rule) -> bool {
-    // `known`: every request has a value for the field (environment and
-    // action do), so a pattern of stars matches what an empty list does.
-    let field = |e: &[String], l: &[String], known: bool| {
+    // A pattern of stars covers an empty list too: a request with a value
+    // for the field matches it, and one without stops the search at the
+    // earlier rule (the field is unknown), so the later one is never asked.
+    let field = |e: &[String], l: &[String]| {
         e.is_empty()
-            || (l.is_empty() && known && e.iter().any(|q| matches_all(q)))
+            || (l.is_empty() && e.iter().any(|q| matches_all(q)))
             || (!l.is_empty()
                 && l.iter().all(|p| {
                     e.iter().any(|q| {
@@ -309,11 +310,11 @@ fn covers(earlier: &Rule, later: &Rule) -> bool {
                     })
                 }))
     };
-    field(&earlier.environments, &later.environments, true)
-        && field(&earlier.repositories, &later.repositories, false)
-        && field(&earlier.kinds, &later.kinds, false)
-        && field(&earlier.namespaces, &later.namespaces, false)
-        && field(&earlier.actions, &later.actions, true)
+    field(&earlier.environments, &later.environments)
+        && field(&earlier.repositories, &later.repositories)
+        && field(&earlier.kinds, &later.kinds)
+        && field(&earlier.namespaces, &later.namespaces)
+        && field(&earlier.actions, &later.actions)
 }
 
 /// Parses "90s", "30m", "12h", "7d" into seconds.
@@ -530,6 +531,7 @@ impl Policy {
         let mut permissions: BTreeMap<Permission, BTreeSet<String>> = BTreeMap::new();
         let permissions_at = raw.permissions.as_ref().map_or(0, |p| p.span().start);
         let p = raw.permissions.map(|p| p.into_inner()).unwrap_or_default();
+        let p_break_glass_given = p.break_glass.is_some();
         let given = [
             (Permission::RegisterPrincipals, p.register_principals),
             (Permission::ChangeRoles, p.change_roles),
@@ -811,11 +813,20 @@ impl Policy {
                     ),
                 ));
             }
-            if strict && approvals > 0 && permissions[&Permission::OpenChange].is_empty() {
+            // A rule that asks for approvals or CI decides on a change.
+            if strict
+                && (approvals > 0 || r.ci_passed)
+                && permissions[&Permission::OpenChange].is_empty()
+            {
+                let needs = if approvals > 0 {
+                    format!("approvals = {approvals}")
+                } else {
+                    "ci_passed = true".to_owned()
+                };
                 return Err(at(
                     approvals_at,
                     format!(
-                        "approvals = {approvals} but no role holds the open_change permission ([permissions] open_change = []), so no change could be opened to approve"
+                        "{needs} but no role holds the open_change permission ([permissions] open_change = []), so no change could be opened and the rule would deny every request"
                     ),
                 ));
             }
@@ -965,8 +976,38 @@ impl Policy {
         {
             return Err(err(
                 permissions_at,
-                "permissions.break_glass is granted but no role holds approve ([permissions] approve = []), so no break-glass deployment could ever be reviewed and each would become a violation".into(),
+                format!(
+                    "permissions.break_glass is granted to {:?}{} but no role holds approve ([permissions] approve = []), so no break-glass deployment could ever be reviewed and each would become a violation; set break_glass = [] if no one may break glass",
+                    permissions[&Permission::BreakGlass],
+                    if p_break_glass_given {
+                        ""
+                    } else {
+                        " (the default when it is not set)"
+                    }
+                ),
             ));
+        }
+        // A promotion from an environment no rule decides could never be
+        // satisfied: deploys there are denied by default (a typo such as
+        // "Staging" beside a rule for "staging").
+        if strict && !unmatched_allows {
+            for (r, line) in rules.iter().zip(&rule_lines) {
+                let Some(from) = &r.promoted_from else {
+                    continue;
+                };
+                let decided = rules.iter().any(|o| {
+                    o.environments.is_empty() || o.environments.iter().any(|q| glob_match(q, from))
+                });
+                if !decided {
+                    return Err(PolicyError {
+                        line: *line,
+                        message: clip(format!(
+                            "rule {:?}: promoted_from {from:?} names an environment no rule matches, so deploys there are denied by default and the promotion could never happen; environment names are compared exactly, case included",
+                            r.name
+                        )),
+                    });
+                }
+            }
         }
 
         let mut freezes = Vec::new();

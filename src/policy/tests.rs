@@ -1289,12 +1289,27 @@ fn bad_policies_are_refused_with_line_and_reason() {
         (
             "version = 1\n[permissions]\napprove = []\n",
             2,
-            "permissions.break_glass is granted but no role holds approve ([permissions] approve = []), so no break-glass deployment could ever be reviewed",
+            "permissions.break_glass is granted to {\"admin\"} (the default when it is not set) but no role holds approve ([permissions] approve = []), so no break-glass deployment could ever be reviewed and each would become a violation; set break_glass = [] if no one may break glass",
+        ),
+        (
+            "version = 1\n[permissions]\nopen_change = []\n[[rule]]\nname = \"a\"\nci_passed = true\n",
+            4,
+            "ci_passed = true but no role holds the open_change permission ([permissions] open_change = []), so no change could be opened and the rule would deny every request",
+        ),
+        (
+            "version = 1\n[[rule]]\nname = \"k\"\nmatch.kinds = [\"*\"]\n[[rule]]\nname = \"p\"\n",
+            5,
+            "rule \"p\" can never apply: rule \"k\" (line 2)",
+        ),
+        (
+            "version = 1\n[[rule]]\nname = \"staging\"\nmatch.environments = [\"staging\"]\n[[rule]]\nname = \"prod\"\nmatch.environments = [\"prod\"]\npromoted_from = \"Staging\"\n",
+            5,
+            "rule \"prod\": promoted_from \"Staging\" names an environment no rule matches",
         ),
         (
             "version = 1\n[permissions]\nopen_change = []\n[[rule]]\nname = \"a\"\napprovals = 1\n",
             6,
-            "approvals = 1 but no role holds the open_change permission ([permissions] open_change = []), so no change could be opened to approve",
+            "approvals = 1 but no role holds the open_change permission ([permissions] open_change = []), so no change could be opened and the rule would deny every request",
         ),
         (
             "version = 1\n[permissions]\nreport = []\n[[rule]]\nname = \"a\"\nci_passed = true\n",
@@ -1389,6 +1404,7 @@ fn bad_policies_are_refused_with_line_and_reason() {
         "no role holds",
         "approver_roles is set but",
         "is shorter than 1h",
+        "names an environment no rule matches",
         "contains whitespace",
         "compared with the environment",
         "promoted_from is empty",
