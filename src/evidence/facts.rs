@@ -115,15 +115,15 @@ fn history_gap(recorded: u64, carried: u64, proven_to: Option<u64>) -> String {
 /// signatures (so rendering overlaps verification). Counts folded entries
 /// into `progress`.
 ///
-/// With `view_before` (a period's end), `then` sees the state folded from
-/// the entries integrated before that time, with the [`Info`] of every
-/// entry: the entry at or after it that a period bundle carries as its
-/// boundary proves where the period ends, and is checked like any other,
-/// but its facts come after the period and do not speak for it.
+/// With `boundary` (a period bundle's last range entry and the period's
+/// end), when that entry is integrated at or after the end, `then` sees the
+/// state folded from the entries before it, with the [`Info`] of every
+/// entry: the boundary proves where the period ends, and is checked like
+/// any other, but its facts come after the period and do not speak for it.
 pub(super) fn fold_then<B: AsRef<[u8]>, R>(
     entries: &[(u64, B)],
     sigs: Signatures,
-    view_before: Option<i64>,
+    boundary: Option<(u64, i64)>,
     progress: &super::Progress,
     then: impl FnOnce(&Folded) -> R,
 ) -> Result<(Folded, R), Failure> {
@@ -152,7 +152,7 @@ pub(super) fn fold_then<B: AsRef<[u8]>, R>(
             }
             let (i, bytes) = (*i, bytes.as_ref());
             let e = Entry::decode(bytes).map_err(|e| at(i, format!("entry bytes: {e}")))?;
-            if view_before.is_some_and(|t| e.integrated_time_nanos >= t)
+            if boundary.is_some_and(|(b, to)| i == b && e.integrated_time_nanos >= to)
                 && let Some(then) = then.take()
             {
                 // The rest is rendered from its bytes alone; an entry that

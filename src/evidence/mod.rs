@@ -779,11 +779,14 @@ pub fn export<S: Store + ?Sized>(
         as_of: selection.as_of,
     };
     progress.start(Stage::Folding, entries.len() as u64);
-    let view_before = scope.period().map(|(_, to)| to);
+    let boundary = scope
+        .period()
+        .zip(selection.range)
+        .map(|((_, to), (_, end))| (end - 1, to));
     let (folded, rendered) = facts::fold_then(
         &entries,
         facts::Signatures::Trust,
-        view_before,
+        boundary,
         progress,
         |f| facts::render(f, &meta),
     )

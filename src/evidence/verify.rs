@@ -559,7 +559,10 @@ fn verify_files<'a>(
     let (folded, mut rendered) = fold_then(
         &entries,
         Signatures::Check,
-        scope.period().map(|(_, to)| to),
+        scope
+            .period()
+            .zip(range.as_ref())
+            .map(|((_, to), r)| (r.end - 1, to)),
         progress,
         |f| render(f, &meta),
     )

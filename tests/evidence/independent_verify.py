@@ -221,7 +221,7 @@ def verify_note(note, what, name, keyid, public_key):
         require(line.startswith("\u2014 "), what, f"malformed signature line {line!r}")
         rest = line[2:]
         sp = rest.rfind(" ")
-        require(sp > 0, what, f"malformed signature line {line!r}")
+        require(sp >= 0, what, f"malformed signature line {line!r}")   # the name may be empty
         lname, lb64 = rest[:sp], rest[sp + 1:]
         try:
             blob = b64decode_strict(lb64)
@@ -1804,15 +1804,16 @@ class Fold:
             raise Failed(what, f"unknown body {kind}")
 
 
-def check_fold(records, key_name, log_key, load_decisions, view_before=None):
+def check_fold(records, key_name, log_key, load_decisions, boundary=None):
     """EF §11 step 6. Returns the fold, and the view the derived files are computed from (EF
-    §10.2): with `view_before` (a period's end), the state folded from the entries integrated
-    before it, with every carried entry's record."""
+    §10.2): with `boundary` (a period's last range index and its end), when that entry is
+    integrated at or after the end, the state folded from the entries before it, with every
+    carried entry's record."""
     fold = Fold(load_decisions)
     view = None
     for index, entry_bytes in records:
-        if (view is None and view_before is not None and len(entry_bytes) >= 17
-                and struct.unpack(">q", entry_bytes[9:17])[0] >= view_before):
+        if (boundary is not None and index == boundary[0] and len(entry_bytes) >= 17
+                and struct.unpack(">q", entry_bytes[9:17])[0] >= boundary[1]):
             view = copy.deepcopy(fold)
         fold.fold_entry(index, entry_bytes)
     require(fold.records, "entries.bin", "no entries (entry 0 is missing)")
@@ -2476,8 +2477,8 @@ def verify(bundle, key_name, keyid, log_key):
         return claimed_cache["v"]
 
     scope, as_of = parse_scope(manifest)                                    # step 6.1
-    fold, view = check_fold(records, key_name, log_key, claimed,
-                            None if scope["kind"] == "change" else scope["to"])   # step 6
+    boundary = None if scope["kind"] == "change" or rng is None else (rng[1] - 1, scope["to"])
+    fold, view = check_fold(records, key_name, log_key, claimed, boundary)  # step 6
     check_scope(fold, scope, as_of, rng, n)                                 # step 7
     n_dec, n_viol, n_regen = check_derived(files, manifest, view, scope, as_of, origin, n, root,
                                            rng, fold)                       # step 8

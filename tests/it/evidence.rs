@@ -1386,6 +1386,24 @@ async fn a_bundle_proves_its_checkpoint_consistent_with_an_earlier_one() {
         "{said}"
     );
 
+    // The note is carried verbatim, other signature lines too (here one with
+    // an empty key name, which ledger-format §6.4 skips); both verifiers agree.
+    let cosigned = path("cosigned.txt");
+    std::fs::write(
+        &cosigned,
+        format!("{note}\u{2014}  {}\n", "QUJD".repeat(23)),
+    )
+    .unwrap();
+    let r = export(path("cosigned.tar"), Some(cosigned.clone())).await;
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    let r = verify(path("cosigned.tar"), pin(&cosigned)).await;
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    let (code, said) = independent_verify(
+        &std::fs::read(path("cosigned.tar")).unwrap(),
+        Path::new(&vkey),
+    );
+    assert_eq!(code, Some(0), "{said}");
+
     // Without the proof, a later bundle does not verify against the pin.
     let r = export(path("plain.tar"), None).await;
     assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
