@@ -824,7 +824,7 @@ impl Policy {
                     "ci_passed = true".to_owned()
                 };
                 return Err(at(
-                    approvals_at,
+                    if approvals > 0 { approvals_at } else { start },
                     format!(
                         "{needs} but no role holds the open_change permission ([permissions] open_change = []), so no change could be opened and the rule would deny every request"
                     ),

@@ -1292,7 +1292,7 @@ fn bad_policies_are_refused_with_line_and_reason() {
             "permissions.break_glass is granted to {\"admin\"} (the default when it is not set) but no role holds approve ([permissions] approve = []), so no break-glass deployment could ever be reviewed and each would become a violation; set break_glass = [] if no one may break glass",
         ),
         (
-            "version = 1\n[permissions]\nopen_change = []\n[[rule]]\nname = \"a\"\nci_passed = true\n",
+            "version = 1\n[permissions]\nopen_change = []\n[[rule]]\nname = \"a\"\napprovals = 0\nci_passed = true\n",
             4,
             "ci_passed = true but no role holds the open_change permission ([permissions] open_change = []), so no change could be opened and the rule would deny every request",
         ),
