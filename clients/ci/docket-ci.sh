@@ -46,8 +46,10 @@ usage: $PROG ingest [A..B]
   open    docket change open --id CHANGE --commit C... --digest DIGEST... --env ENV...
           (ENVIRONMENTS comma-separated, e.g. staging,prod), the repository from the CI
           variables, title DOCKET_CHANGE_TITLE and ticket DOCKET_TICKET if set. C: every
-          commit of the request or push (the range ingest reads), or the pipeline's commit
-          alone when no range is known; the authors of every bound commit may not approve. If CHANGE
+          commit of the request or push (the range ingest reads); when no range is known,
+          those the default branch does not hold (its whole history for a commit on it), and
+          exit 64 when the clone cannot tell; the authors of every bound commit may not
+          approve. If CHANGE
           exists, amends it to these subjects plus the commits it already binds (earlier
           approvals become stale); if it already binds exactly them, does nothing.
   approve docket approve CHANGE, signed with DOCKET_KEY as DOCKET_SIGNER (a person's key,
@@ -72,7 +74,14 @@ Environment:
   DOCKET_DATA       data directory for defaults of the above (default: docket-data)
   DOCKET_BIN        the docket binary (default: docket)
   DOCKET_JSON_OUT   gate/deploy: also write the decision as JSON to this file
-  DOCKET_REPO       ingest: the git repository (default: .)
+  DOCKET_REPO       ingest, open: the git repository (default: .)
+  DOCKET_GIT_BASE   the pull request's base commit (the action sets it)
+  DOCKET_GIT_DEFAULT_BRANCH  open: the default branch (the action sets it; GitLab:
+                    CI_DEFAULT_BRANCH), found as origin/<branch> or a local branch
+  DOCKET_GIT_DEFAULT_REF     open: the default branch's ref, used alone (the GitLab
+                    template fetches the branch into refs/docket/default-branch)
+  DOCKET_DANGEROUS_TIP_ONLY  open: true binds the pipeline's commit alone when no range is
+                    known, so the authors of earlier commits could approve (it warns)
   DOCKET_GIT_BEFORE ingest: the commit before the push (GitHub's github.event.before)
   DOCKET_ALLOWED_SIGNERS  ingest: allowed-signers file of trusted SSH signing keys
   DOCKET_OPENPGP_KEYRING  ingest: keyring of trusted OpenPGP certificates (gpg --export --armor)
@@ -321,11 +330,23 @@ work_range() {
     return 0
 }
 
-# The default branch's ref in the clone: DOCKET_GIT_DEFAULT_BRANCH (the
-# action sets it from github.event.repository.default_branch), else GitLab's
-# CI_DEFAULT_BRANCH; as origin's, or a local branch. Fails, saying why.
+# The default branch's ref in the clone: DOCKET_GIT_DEFAULT_REF when set,
+# else DOCKET_GIT_DEFAULT_BRANCH (the action sets it from
+# github.event.repository.default_branch) or GitLab's CI_DEFAULT_BRANCH, as
+# origin's or a local branch. Fails, saying why.
 default_ref() {
     local repo="${DOCKET_REPO:-.}" b="${DOCKET_GIT_DEFAULT_BRANCH:-${CI_DEFAULT_BRANCH:-}}" r
+    # A ref fetched for this job alone (the GitLab template's): nothing else
+    # stands in for it, since a reused build directory can hold stale or
+    # planted branches.
+    if [[ -n "${DOCKET_GIT_DEFAULT_REF:-}" ]]; then
+        if git -C "$repo" rev-parse -q --verify "$DOCKET_GIT_DEFAULT_REF^{commit}" >/dev/null; then
+            printf '%s' "$DOCKET_GIT_DEFAULT_REF"
+            return 0
+        fi
+        echo "$PROG: the default branch's ref $DOCKET_GIT_DEFAULT_REF is not in the clone (its fetch failed?)" >&2
+        return 1
+    fi
     if [[ -z "$b" ]]; then
         echo "$PROG: the repository's default branch is not known (set DOCKET_GIT_DEFAULT_BRANCH)" >&2
         return 1
