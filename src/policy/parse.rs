@@ -287,6 +287,13 @@ fn check_name(field: &str, p: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Whether some rule matches requests for the environment `env`.
+fn some_rule_matches(rules: &[Rule], env: &str) -> bool {
+    rules
+        .iter()
+        .any(|r| r.environments.is_empty() || r.environments.iter().any(|q| glob_match(q, env)))
+}
+
 /// A pattern of stars only: it matches every name.
 fn matches_all(p: &str) -> bool {
     p.bytes().all(|b| b == b'*')
@@ -995,10 +1002,7 @@ impl Policy {
                 let Some(from) = &r.promoted_from else {
                     continue;
                 };
-                let decided = rules.iter().any(|o| {
-                    o.environments.is_empty() || o.environments.iter().any(|q| glob_match(q, from))
-                });
-                if !decided {
+                if !some_rule_matches(&rules, from) {
                     return Err(PolicyError {
                         line: *line,
                         message: clip(format!(
@@ -1036,13 +1040,10 @@ impl Policy {
                 // freeze then still stops): a name that no rule's pattern
                 // matches is a freeze that could never deny anything.
                 if !unmatched_allows
-                    && let Some(p) = f.environments.iter().find(|p| {
-                        !p.contains('*')
-                            && !rules.iter().any(|r| {
-                                r.environments.is_empty()
-                                    || r.environments.iter().any(|q| glob_match(q, p))
-                            })
-                    })
+                    && let Some(p) = f
+                        .environments
+                        .iter()
+                        .find(|p| !p.contains('*') && !some_rule_matches(&rules, p))
                 {
                     let named: BTreeSet<&str> = rules
                         .iter()
