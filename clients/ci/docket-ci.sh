@@ -78,8 +78,9 @@ Environment:
   DOCKET_GIT_BASE   the pull request's base commit (the action sets it)
   DOCKET_GIT_DEFAULT_BRANCH  open: the default branch (the action sets it; GitLab:
                     CI_DEFAULT_BRANCH), found as origin/<branch> or a local branch
-  DOCKET_GIT_DEFAULT_REF     open: the default branch's ref, used alone (the GitLab
-                    template fetches the branch into refs/docket/default-branch)
+  DOCKET_GIT_DEFAULT_COMMIT  open: the default branch's commit id, used alone (the GitLab
+                    template fetches the branch and sets it; anything but a commit id of
+                    the clone stops open)
   DOCKET_DANGEROUS_TIP_ONLY  open: true binds the pipeline's commit alone when no range is
                     known, so the authors of earlier commits could approve (it warns)
   DOCKET_GIT_BEFORE ingest: the commit before the push (GitHub's github.event.before)
@@ -330,21 +331,22 @@ work_range() {
     return 0
 }
 
-# The default branch's ref in the clone: DOCKET_GIT_DEFAULT_REF when set,
-# else DOCKET_GIT_DEFAULT_BRANCH (the action sets it from
+# The default branch in the clone: DOCKET_GIT_DEFAULT_COMMIT when set, else DOCKET_GIT_DEFAULT_BRANCH (the action sets it from
 # github.event.repository.default_branch) or GitLab's CI_DEFAULT_BRANCH, as
 # origin's or a local branch. Fails, saying why.
 default_ref() {
     local repo="${DOCKET_REPO:-.}" b="${DOCKET_GIT_DEFAULT_BRANCH:-${CI_DEFAULT_BRANCH:-}}" r
-    # A ref fetched for this job alone (the GitLab template's): nothing else
-    # stands in for it, since a reused build directory can hold stale or
-    # planted branches.
-    if [[ -n "${DOCKET_GIT_DEFAULT_REF:-}" ]]; then
-        if git -C "$repo" rev-parse -q --verify "$DOCKET_GIT_DEFAULT_REF^{commit}" >/dev/null; then
-            printf '%s' "$DOCKET_GIT_DEFAULT_REF"
+    # The commit this job fetched (the GitLab template's), used alone and
+    # only as a full commit id: a reused build directory can hold stale or
+    # planted refs, and a ref name can resolve to more than one of them.
+    local c="${DOCKET_GIT_DEFAULT_COMMIT:-}"
+    if [[ -n "$c" ]]; then
+        if [[ "$c" =~ ^[0-9a-f]{40}([0-9a-f]{24})?$ ]] &&
+            git -C "$repo" cat-file -e "$c^{commit}" 2>/dev/null; then
+            printf '%s' "$c"
             return 0
         fi
-        echo "$PROG: the default branch's ref $DOCKET_GIT_DEFAULT_REF is not in the clone (its fetch failed?)" >&2
+        echo "$PROG: DOCKET_GIT_DEFAULT_COMMIT ${c:0:80} is not a commit id of the clone (the default branch's fetch failed?)" >&2
         return 1
     fi
     if [[ -z "$b" ]]; then

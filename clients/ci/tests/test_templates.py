@@ -336,17 +336,19 @@ def test_open_binds_every_commit_of_the_push_and_keeps_those_already_bound(fake)
         assert ("set DOCKET_GIT_DEFAULT_BRANCH" in r.stderr if default is None
                 else "the default branch nowhere is not in the clone" in r.stderr), r.stderr
         assert not (tmp / "calls").exists(), "nothing sent"
-    # A ref fetched for the job (the GitLab template's) is used alone: when
-    # its fetch failed, a branch of the default's name left in a reused build
+    # The commit fetched for the job (the GitLab template's) is used alone,
+    # and only as a commit id: after a failed fetch ("unfetched"), or given a
+    # ref name, a branch of the default's name left in a reused build
     # directory does not stand in for it.
-    own = {**env, "CI_COMMIT_BEFORE_SHA": "0" * 40,
-           "DOCKET_GIT_DEFAULT_REF": "refs/docket/default-branch"}
+    for given in ["unfetched", "main-line", "refs/heads/main-line", C0]:
+        own = {**env, "CI_COMMIT_BEFORE_SHA": "0" * 40, "DOCKET_GIT_DEFAULT_COMMIT": given}
+        r = run(["open", "gh-7", "prod", D1], own)
+        assert r.returncode == 64, r.stderr
+        assert "is not a commit id of the clone (the default branch's fetch failed?)" in r.stderr
+        assert not (tmp / "calls").exists(), "nothing sent"
+    own = {**env, "CI_COMMIT_BEFORE_SHA": "0" * 40, "DOCKET_GIT_DEFAULT_COMMIT": first,
+           "CI_DEFAULT_BRANCH": "tip-line"}
     r = run(["open", "gh-7", "prod", D1], own)
-    assert r.returncode == 64, r.stderr
-    assert "refs/docket/default-branch is not in the clone (its fetch failed?)" in r.stderr
-    assert not (tmp / "calls").exists(), "nothing sent"
-    subprocess.run([*git, "update-ref", "refs/docket/default-branch", first], check=True)
-    r = run(["open", "gh-7", "prod", D1], {**own, "CI_DEFAULT_BRANCH": "tip-line"})
     assert r.returncode == 0, r.stderr
     assert [a for a in called(tmp) if len(a) == 40] == [third, second], r.stderr
     # A shallow clone cannot tell: binding the pipeline's commit alone would
