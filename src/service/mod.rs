@@ -636,6 +636,9 @@ impl Service {
                     })?;
             }
         }
+        self.try_state(|st| st.check_new_identity(&event.body))
+            .map_err(|_| AppendError::Stopped)?
+            .map_err(|(field, reason)| InvalidEvent { field, reason })?;
         if let Body::PolicyProposed(p) = &event.body {
             crate::policy::Policy::parse_new(&p.text).map_err(|e| InvalidEvent {
                 field: "policy_proposed.text".into(),

@@ -1596,21 +1596,26 @@ impl State {
         let signer = rec.signer_identity.as_str();
         if rec.signature == SignatureVerdict::Verified.name() && !signer.is_empty() {
             // A principal id, or an e-mail (kept lowercase; an
-            // allowed-signers identity or OpenPGP user id may not be).
-            let principal = self
-                .facts
-                .get_key_value(signer)
-                .map(|(id, _)| id.as_str())
-                .or_else(|| {
-                    self.emails
-                        .get(&signer.to_ascii_lowercase())
-                        .map(|id| id.as_str())
-                });
-            people.push(CommitPerson {
+            // allowed-signers identity or OpenPGP user id may not be). The
+            // verdict does not say which: when the identity is one
+            // principal's id and another's e-mail, it speaks for both, so
+            // that neither can approve what the key signed.
+            let by_id = self.facts.get_key_value(signer).map(|(id, _)| id.as_str());
+            let by_email = self
+                .emails
+                .get(&signer.to_ascii_lowercase())
+                .map(|id| id.as_str());
+            let mut principals = vec![by_id.or(by_email)];
+            if let (Some(a), Some(b)) = (by_id, by_email)
+                && a != b
+            {
+                principals.push(Some(b));
+            }
+            people.extend(principals.into_iter().map(|principal| CommitPerson {
                 role: "signer",
                 identity: signer,
                 principal,
-            });
+            }));
         }
         people
     }

@@ -54,7 +54,9 @@ pub use identity::PendingIdentity;
 /// the binary, not the machine's zoneinfo.
 /// 13: a repository only the request names, with nothing recorded
 /// confirming it, counts as unknown in rule selection.
-pub const STATE_FORMAT: u32 = 13;
+/// 14: a verified signer identity that is one principal's id and another's
+/// e-mail excludes both.
+pub const STATE_FORMAT: u32 = 14;
 
 /// The most keys (every one ever added, revoked ones included), roles and
 /// e-mails one principal's record holds; a change past it is refused
@@ -756,6 +758,45 @@ impl State {
                     roles: p.roles.clone(),
                 },
             );
+        }
+    }
+
+    /// For a new entry only (replay accepts what older logs hold): refuses
+    /// a principal id that is already someone's e-mail, and an e-mail that
+    /// is another principal's id. A commit's verified signer identity may
+    /// be either, so such a pair would make one identity name two people
+    /// (both are then excluded, see [`State::commit_people`]). The field
+    /// and the reason, when refused.
+    pub fn check_new_identity(&self, body: &Body) -> Result<(), (String, String)> {
+        let (target, emails, emails_field) = match body {
+            Body::PrincipalRegistered(p) => {
+                if let Some(owner) = self.emails.get(p.id.as_str()) {
+                    return Err((
+                        "principal_registered.principal.id".into(),
+                        format!(
+                            "{:?} is an e-mail of principal {owner}; a principal id may not be another principal's e-mail",
+                            p.id.as_str()
+                        ),
+                    ));
+                }
+                (&p.id, &p.emails, "principal_registered.principal.emails")
+            }
+            Body::PrincipalUpdated(u) => {
+                (&u.principal, &u.add_emails, "principal_updated.add_emails")
+            }
+            _ => return Ok(()),
+        };
+        match emails
+            .iter()
+            .find(|e| e.as_str() != target.as_str() && self.principal(e).is_some())
+        {
+            Some(e) => Err((
+                emails_field.into(),
+                format!(
+                    "{e:?} is the id of another principal; an e-mail may not be another principal's id"
+                ),
+            )),
+            None => Ok(()),
         }
     }
 

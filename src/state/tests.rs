@@ -1585,6 +1585,53 @@ third\n";
     );
 }
 
+/// A signer identity that is one principal's id and another's e-mail (a
+/// log may hold such a pair from before new entries were refused it) is
+/// both of them: the verdict does not say which, so neither may approve.
+#[test]
+fn a_signer_identity_naming_two_principals_excludes_both() {
+    use crate::event::{CommitSignature, SignatureFormat, SignatureVerdict};
+    let mut f = Fold::new(POLICY);
+    f.person("erin@example.com", 2, None);
+    f.person("bob", 3, Some("erin@example.com"));
+    for (who, k) in [("carol", 4), ("dave", 5)] {
+        f.person(who, k, Some(&format!("{who}@example.com")));
+    }
+    f.register("ci", PrincipalKind::Ci, &["ci"], &[30]);
+    let raw = b"tree 4b825dc642cb6eb9a060e54bf8d69288fbee4904\n\
+author Carol <carol@example.com> 1700000200 +0000\n\
+committer Carol <carol@example.com> 1700000200 +0000\n\
+\n\
+whose?\n";
+    let sha = f.observe_signed(
+        raw,
+        CommitSignature {
+            format: SignatureFormat::Ssh,
+            verdict: SignatureVerdict::Verified,
+            signer_identity: "erin@example.com".into(),
+            key_fingerprint: "SHA256:x".into(),
+            detail: String::new(),
+            signer_key: Vec::new(),
+        },
+    );
+    f.open_code("CHG-1", &[&sha], &[]);
+    for who in ["erin@example.com", "bob", "dave"] {
+        f.review(who, "CHG-1", &sha, true).unwrap();
+    }
+    // Dave's is the only approval counted; two are needed.
+    let d = f.deploy("ci", &sha);
+    assert!(!d.allow, "{:?}", d.reasons);
+    for who in ["erin@example.com", "bob"] {
+        assert!(
+            d.not_counted.iter().any(|n| n.approver == who
+                && n.reason
+                    == format!("{who} is a commit author, committer or signer of the change")),
+            "{who}: {:?}",
+            d.not_counted
+        );
+    }
+}
+
 /// When a change binds commits, a digest it binds must have been built
 /// from one of them: a CI run saying the image was built from another
 /// commit denies, even when that commit's author is known and excluded.

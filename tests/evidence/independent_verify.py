@@ -2122,9 +2122,13 @@ class Derived:
                 people = [(k["author"], f.email_owner.get(k["author"])),
                           (k["committer"], f.email_owner.get(k["committer"]))]
                 if k["signature"] == "verified" and k["signer"]:
-                    owner = (k["signer"] if k["signer"] in f.principals
-                             else f.email_owner.get(ascii_lower(k["signer"])))
-                    people.append((k["signer"], owner))
+                    # The principal with that id and the one with that e-mail: both, when
+                    # they differ.
+                    by_id = k["signer"] if k["signer"] in f.principals else None
+                    by_email = f.email_owner.get(ascii_lower(k["signer"]))
+                    people.append((k["signer"], by_id if by_id is not None else by_email))
+                    if by_id is not None and by_email is not None and by_id != by_email:
+                        people.append((k["signer"], by_email))
                 for identity, owner in people:
                     if owner is None:
                         unmapped.add(identity)

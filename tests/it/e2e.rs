@@ -595,6 +595,73 @@ async fn identity_events_register_rotate_and_revoke() {
     );
 }
 
+/// A commit's verified signer identity may be a principal id or an
+/// e-mail, so new entries may not make one string both: an id that is
+/// someone's e-mail, or an e-mail that is someone else's id.
+#[tokio::test]
+async fn an_id_and_an_email_of_two_principals_may_not_be_equal() {
+    let s = server().run().await;
+    let admin = s.admin_key();
+    let mut c = s.client().await;
+    let with_emails = |id: &str, k: u8, emails: &[&str]| {
+        let mut ev = register(id, &SigningKey::from_bytes(&[k; 32]), &["dev"]);
+        if let Body::PrincipalRegistered(p) = &mut ev.body {
+            p.emails = emails.iter().map(|e| e.to_string()).collect();
+        }
+        ev
+    };
+    c.append(signed(&with_emails("erin@example.com", 1, &[]), &admin))
+        .await
+        .unwrap();
+    c.append(signed(&with_emails("bob", 2, &["bob@example.com"]), &admin))
+        .await
+        .unwrap();
+    expect_refused(
+        &s,
+        signed(&with_emails("carol", 3, &["erin@example.com"]), &admin),
+        Code::InvalidArgument,
+        "principal_registered.principal.emails: \"erin@example.com\" is the id of another principal",
+    )
+    .await;
+    expect_refused(
+        &s,
+        signed(&with_emails("bob@example.com", 4, &[]), &admin),
+        Code::InvalidArgument,
+        "principal_registered.principal.id: \"bob@example.com\" is an e-mail of principal bob",
+    )
+    .await;
+    let add = |email: &str| Event {
+        event_id: format!("add-{email}"),
+        claimed_time_nanos: now_nanos(),
+        signer: PrincipalId::parse("admin").unwrap(),
+        body: Body::PrincipalUpdated(docket::event::PrincipalUpdate {
+            principal: PrincipalId::parse("bob").unwrap(),
+            grant_roles: Default::default(),
+            revoke_roles: Default::default(),
+            add_emails: [email.to_string()].into(),
+            remove_emails: Default::default(),
+            reason: String::new(),
+        }),
+    };
+    expect_refused(
+        &s,
+        signed(&add("erin@example.com"), &admin),
+        Code::InvalidArgument,
+        "principal_updated.add_emails: \"erin@example.com\" is the id of another principal",
+    )
+    .await;
+    // A principal's own id as its e-mail names no one else.
+    c.append(signed(
+        &with_emails("dave@example.com", 5, &["dave@example.com"]),
+        &admin,
+    ))
+    .await
+    .unwrap();
+    c.append(signed(&add("bob@corp.example"), &admin))
+        .await
+        .unwrap();
+}
+
 #[tokio::test]
 async fn clients_without_a_valid_certificate_are_refused() {
     let s = server().run().await;
