@@ -636,6 +636,20 @@ impl Service {
                     })?;
             }
         }
+        // A change's repository is free text in the format (older entries
+        // may hold any); new ones are names, as rules and commits have them.
+        if let Body::ChangeOpened(c) = &event.body
+            && c.repository.chars().any(char::is_whitespace)
+        {
+            return Err(InvalidEvent {
+                field: "change_opened.repository".into(),
+                reason: format!(
+                    "{:?} contains whitespace; a repository is a name such as github.com/acme/payments",
+                    c.repository
+                ),
+            }
+            .into());
+        }
         self.try_state(|st| st.check_new_identity(&event.body))
             .map_err(|_| AppendError::Stopped)?
             .map_err(|(field, reason)| InvalidEvent { field, reason })?;

@@ -895,6 +895,22 @@ async fn governance_input_is_checked_field_by_field() {
         "change_opened.change_id",
     )
     .await;
+    // A repository with whitespace could never agree with the names that
+    // commits, CI runs and rules carry.
+    bad.body = Some(pb::event::Body::ChangeOpened(pb::ChangeOpened {
+        change_id: "CHG-1".into(),
+        repository: "github.com/acme/payments ".into(),
+        commits: vec!["0123456789abcdef0123456789abcdef01234567".into()],
+        environments: vec!["prod".into()],
+        ..Default::default()
+    }));
+    expect_refused(
+        &s,
+        wire(&bad),
+        Code::InvalidArgument,
+        "change_opened.repository: \"github.com/acme/payments \" contains whitespace",
+    )
+    .await;
 
     // Authorize: every refusal names the field.
     let mut g = s.conn().governance().await.unwrap();
