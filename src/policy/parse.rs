@@ -409,9 +409,6 @@ fn civil(
     field: &str,
     strict: bool,
 ) -> Result<Timestamp, String> {
-    let dt: jiff::civil::DateTime = text
-        .parse()
-        .map_err(|e| format!("{field} {text:?} is not a date-time like 2026-12-20T00:00: {e}"))?;
     // jiff reads a civil date-time with a UTC offset or a [zone] annotation
     // and drops them, which would move the window's edge without a word.
     // A new document must name the zone's local time only.
@@ -450,6 +447,11 @@ fn civil(
             "{field} {text:?} names a leap second (:60), which this zone's clock does not show; write :59 or the next minute"
         ));
     }
+    // Parsed after the checks above, so that a new document's `Z` or
+    // offset gets their message rather than jiff's.
+    let dt: jiff::civil::DateTime = text
+        .parse()
+        .map_err(|e| format!("{field} {text:?} is not a date-time like 2026-12-20T00:00: {e}"))?;
     let ambiguous = zone.to_ambiguous_zoned(dt);
     if strict && ambiguous.is_ambiguous() {
         let what = match ambiguous.offset() {

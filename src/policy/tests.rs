@@ -1160,7 +1160,12 @@ fn bad_policies_are_refused_with_line_and_reason() {
         (
             "version = 1\n[[freeze]]\nname = \"f\"\nstart = \"20 Dec\"\nend = \"2026-12-21T00:00\"\nzone = \"UTC\"\n",
             4,
-            "start \"20 Dec\" is not a date-time",
+            "start \"20 Dec\" is not written like 2026-12-20 or 2026-12-20T00:00",
+        ),
+        (
+            "version = 1\n[[freeze]]\nname = \"f\"\nstart = \"2026-13-40\"\nend = \"2026-12-21T00:00\"\nzone = \"UTC\"\n",
+            4,
+            "start \"2026-13-40\" is not a date-time like 2026-12-20T00:00: ",
         ),
         (
             "version = 1\n[[freeze]]\nname = \"f\"\nstart = \"2026-12-20T00:00\"\nend = \"2026-12-21T00:00\"\nzone = \"UTC\"\n[[freeze]]\nname = \"f\"\nstart = \"2026-12-22T00:00\"\nend = \"2026-12-23T00:00\"\nzone = \"UTC\"\n",
@@ -1915,17 +1920,14 @@ fn a_freeze_time_is_written_in_the_documented_form() {
         "2026-12-20T00:00Z",
         "2026-12-20T00:00[Europe/Paris]",
         "2026-12-20[Asia/Tokyo]",
+        "2026-12-20+09:00",
     ] {
         let e = Policy::parse_new(&freeze(offset)).unwrap_err();
-        // jiff itself refuses a Zulu time for a civil one.
-        assert!(
-            e.message.contains("carries a UTC offset") || e.message.contains("Zulu"),
-            "{offset}: {e}"
-        );
+        // A Zulu time too, which jiff would refuse in words of its own.
+        assert!(e.message.contains("carries a UTC offset"), "{offset}: {e}");
         assert_eq!(e.line, 4, "{e}");
     }
     for other in [
-        "2026-12-20+09:00",
         "-009999-01-03T00:00",
         "+002026-12-20T00:00",
         "20261220T235960",
