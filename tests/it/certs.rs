@@ -334,6 +334,48 @@ async fn open_streams_end_when_their_certificate_is_revoked() {
     s.stop().await;
 }
 
+/// An idle following Tail is ended when its client certificate expires,
+/// with nothing appended and no reload to wake it. The certificate's end
+/// is the wall clock's, so this test waits for it (about three seconds):
+/// what it waits on is the stream's next message, not a sleep.
+#[tokio::test]
+async fn an_idle_tail_ends_when_its_certificate_expires() {
+    use futures::StreamExt as _;
+    let s = server()
+        .with_access(r#"{"identities": {"CN=docket-admin": ["*"], "CN=brief": ["Tail"]}}"#)
+        .run()
+        .await;
+    let tls = s.data.tls();
+    let clients = s.dir.path().join("clients");
+    let now = jiff::Timestamp::now().as_second();
+    pki::issue_with_validity(&tls, "brief", &clients, (now - 60, now + 2), false).unwrap();
+    let mut brief = s.client_as("brief").await;
+    let mut tail = brief
+        .tail(pb::TailRequest {
+            from_index: 0,
+            follow: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(tail.next().await.unwrap().unwrap().index, 0);
+    let size = s.size().await;
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(60), tail.next())
+        .await
+        .expect("the stream must end once the certificate has expired");
+    let e = ended.unwrap().unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e}");
+    assert!(e.message().contains("expired"), "{e}");
+    assert!(
+        jiff::Timestamp::now().as_second() > now + 2,
+        "ended before the certificate's end"
+    );
+    assert!(tail.next().await.is_none());
+    assert_eq!(s.size().await, size);
+    drop((tail, brief));
+    s.stop().await;
+}
+
 fn crl_number(path: &Path) -> u64 {
     use rustls::pki_types::pem::PemObject as _;
     use x509_parser::prelude::FromDer as _;
