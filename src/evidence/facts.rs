@@ -459,9 +459,11 @@ impl<'a> View<'a> {
             .obligations()
             .filter(|o| {
                 decided.contains(&o.deployment_index)
-                    || o.review
+                    || (o
+                        .review
                         .as_ref()
                         .is_some_and(|r| in_scope.contains(&r.index))
+                        && gov.deployment(o.deployment_index).is_some_and(filtered))
                     || came_due(o)
             })
             .collect();

@@ -2188,7 +2188,8 @@ class Derived:
         opened = [i for i in sorted(f.deployments)
                   if f.deployments[i]["break_glass"] and self.allowed(i)]
         in_scope = [i for i in opened if i in self.decisions_in_scope
-                    or (i in f.bg_reviews and f.bg_reviews[i]["index"] in self.in_scope)
+                    or (i in f.bg_reviews and f.bg_reviews[i]["index"] in self.in_scope
+                        and self.filtered(i))
                     or self.came_due(i)]
         obligations, violations = [], []
         for i in in_scope:

@@ -2546,6 +2546,37 @@ async fn period_filters_narrow_decisions_and_changes_not_entries() {
     let other = summary(&export(&["prod"], &["github.com/other/*"]).await);
     assert!(other.0.is_empty() && other.1.is_empty(), "{other:?}");
     assert_eq!(other.2, all.2);
+
+    // The prod break-glass of day 3 was reviewed (late) on day 5: a period
+    // from day 4 holds that review, and reports the obligation only when
+    // its filters keep prod.
+    let obligations = |envs: &[&str]| {
+        let scope = S::Period(pb::PeriodScope {
+            from_unix_nanos: f.day(4) + 1,
+            to_unix_nanos: f.day(9),
+            environments: strs(envs),
+            repositories: vec![],
+        });
+        async move {
+            let b = export_online(s, scope).await;
+            evidence::verify(&b, &trust(s)).unwrap();
+            // The verifier written from the docs regenerates the same file.
+            let (code, out) = independent_verify(&b, &s.data.log_vkey());
+            assert_eq!(code, Some(0), "{out}");
+            let files = evidence::unpack(&b).unwrap();
+            let o = json(&files, "facts/obligations.json");
+            let listed: Vec<u64> = o["obligations"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|o| o["deployment_index"].as_u64().unwrap())
+                .collect();
+            (listed, o["violations"].as_array().unwrap().len())
+        }
+    };
+    assert_eq!(obligations(&["prod"]).await, (vec![f.at["glass"]], 1));
+    assert_eq!(obligations(&[]).await, (vec![f.at["glass"]], 1));
+    assert_eq!(obligations(&["staging"]).await, (vec![], 0));
 }
 
 /// An insider who holds the log key can re-sign checkpoints and manifests,
