@@ -84,7 +84,10 @@ fn person(field: &str, v: &str) -> Result<GitPerson, GitObjectError> {
         .ok_or_else(|| bad(format!("{field}: unterminated <e-mail>")))?;
     let name = v[..lt].trim_end().to_owned();
     let email = v[lt + 1..gt].trim().to_ascii_lowercase();
-    let mut rest = v[gt + 1..].split_ascii_whitespace();
+    // The time follows the *last* '>', as git reads it (ident.c), so a
+    // crafted line cannot show git one time and Docket another.
+    let last = v.rfind('>').unwrap_or(gt);
+    let mut rest = v[last + 1..].split_ascii_whitespace();
     let time = rest
         .next()
         .and_then(|t| t.parse::<i64>().ok())
@@ -111,20 +114,20 @@ pub fn parse_commit(raw: &[u8]) -> Result<GitCommit, GitObjectError> {
     let mut author = None;
     let mut committer = None;
     let mut signature: Option<String> = None;
-    // The header a continuation line belongs to.
-    let mut current: Option<&str> = None;
+    // Whether continuation lines belong to the signature: only those of
+    // the header that set it, not those of a later signature header (which
+    // would otherwise corrupt the first, hiding a good signature).
+    let mut in_signature = false;
     for line in headers.split('\n') {
         if let Some(cont) = line.strip_prefix(' ') {
-            if matches!(current, Some("gpgsig" | "gpgsig-sha256"))
-                && let Some(sig) = signature.as_mut()
-            {
+            if in_signature && let Some(sig) = signature.as_mut() {
                 sig.push('\n');
                 sig.push_str(cont);
             }
             continue;
         }
         let (key, value) = line.split_once(' ').unwrap_or((line, ""));
-        current = Some(key);
+        in_signature = matches!(key, "gpgsig" | "gpgsig-sha256") && signature.is_none();
         match key {
             "tree" if tree.is_none() => {
                 if !is_object_id(value) {
@@ -226,6 +229,40 @@ Fix the thing\n\nLonger text.\n";
         assert!(payload.ends_with(
             "committer Bob <bob@example.com> 1700000100 -0500\n\nFix the thing\n\nLonger text.\n"
         ));
+    }
+
+    /// Git concatenates every signature header and ssh-keygen reads the
+    /// first armored block; Docket keeps the first header alone. A second
+    /// header's continuation lines must not be appended to it.
+    #[test]
+    fn a_second_signature_header_leaves_the_first_intact() {
+        let two = SIGNED.replace(
+            "-----END SSH SIGNATURE-----\n\n",
+            "-----END SSH SIGNATURE-----\ngpgsig -----BEGIN SSH SIGNATURE-----\n \
+             Sk9VTks=\n -----END SSH SIGNATURE-----\nmergetag object 1\n more\n\n",
+        );
+        let c = parse_commit(two.as_bytes()).unwrap();
+        assert_eq!(
+            c.signature.as_deref(),
+            Some("-----BEGIN SSH SIGNATURE-----\nU1NIU0lH\n-----END SSH SIGNATURE-----")
+        );
+        // Both are left out of what the signature signs, as git does.
+        let payload = String::from_utf8(signed_payload(two.as_bytes())).unwrap();
+        assert!(!payload.contains("gpgsig") && !payload.contains("Sk9VTks"));
+        assert!(payload.contains("mergetag object 1\n more\n"));
+    }
+
+    /// Git reads an ident's time after its last '>'.
+    #[test]
+    fn the_time_follows_the_last_angle_bracket() {
+        let raw = "tree 4b825dc642cb6eb9a060e54bf8d69288fbee4904\n\
+author A <a@x> 100 +0000 <x> 1795570000 +0100\n\
+committer A <a@x> 5 +0000\n\nm\n";
+        let c = parse_commit(raw.as_bytes()).unwrap();
+        assert_eq!(c.author.email, "a@x");
+        assert_eq!(c.author.time, 1_795_570_000);
+        assert_eq!(c.author.offset, "+0100");
+        assert_eq!(c.committer.time, 5);
     }
 
     #[test]

@@ -1458,6 +1458,33 @@ impl State {
             .map(|v| (v.version, v.digest.clone()))
             .unwrap_or_else(|| (1, digest_hex(policy::DEFAULT_POLICY)));
         let at_nanos = i64::try_from(req.at.as_nanosecond()).unwrap_or(i64::MAX);
+        // The built-in default says "nothing is authorized until a policy
+        // says how", and it names no reviewer but the admin role: a
+        // break-glass under it would open a review that a lone admin could
+        // never close. So it allows no break-glass either.
+        if req.break_glass
+            && self
+                .gov
+                .active_version()
+                .is_none_or(|v| v.text == policy::DEFAULT_POLICY)
+        {
+            return DecisionRecord {
+                allow: false,
+                rule: None,
+                reasons: vec![
+                    "the built-in default policy (the genesis named none and none has been adopted) authorizes nothing, break-glass included; adopt a policy that says who may break glass (`break_glass`) and who reviews it"
+                        .to_owned(),
+                ],
+                counted: Vec::new(),
+                not_counted: Vec::new(),
+                obligations: Vec::new(),
+                policy_version: version,
+                policy_digest: digest,
+                change: None,
+                log_size: self.next,
+                at_nanos,
+            };
+        }
         let change = match change_id {
             Some(id) => match self.gov.changes.get(id) {
                 Some(c) => Some(c),

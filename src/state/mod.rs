@@ -56,7 +56,10 @@ pub use identity::PendingIdentity;
 /// confirming it, counts as unknown in rule selection.
 /// 14: a verified signer identity that is one principal's id and another's
 /// e-mail excludes both.
-pub const STATE_FORMAT: u32 = 14;
+/// 15: a commit's author and committer times are read after the last '>'
+/// of their lines, as git reads them; the built-in default policy denies
+/// break-glass.
+pub const STATE_FORMAT: u32 = 15;
 
 /// The most keys (every one ever added, revoked ones included), roles and
 /// e-mails one principal's record holds; a change past it is refused

@@ -1585,6 +1585,40 @@ third\n";
     );
 }
 
+/// The built-in default policy authorizes nothing, break-glass included,
+/// although it gives every permission to the admin role: the review it
+/// would open needs a second admin the default never names.
+#[test]
+fn the_built_in_default_policy_allows_no_break_glass() {
+    let mut f = Fold::new(crate::policy::DEFAULT_POLICY);
+    let i = f
+        .apply(
+            "admin",
+            Body::DeployRequested(DeployRequest {
+                action: "deploy".into(),
+                environment: "prod".into(),
+                repository: None,
+                kind: None,
+                namespace: None,
+                subjects: set(&[D]),
+                change_id: None,
+                break_glass: true,
+                justification: "outage".into(),
+            }),
+        )
+        .unwrap();
+    let d = f.st.gov().deployment(i).unwrap().decision.clone();
+    assert!(!d.allow, "{:?}", d.reasons);
+    assert!(
+        d.reasons[0].starts_with("the built-in default policy"),
+        "{:?}",
+        d.reasons
+    );
+    assert!(d.obligations.is_empty());
+    assert_eq!(f.st.gov().obligations().count(), 0);
+    assert_eq!(d.policy_version, 1);
+}
+
 /// A signer identity that is one principal's id and another's e-mail (a
 /// log may hold such a pair from before new entries were refused it) is
 /// both of them: the verdict does not say which, so neither may approve.

@@ -1119,7 +1119,8 @@ def parse_commit(raw, sha, what):
         elif key in ("author", "committer"):
             lt, gt = value.find("<"), value.find(">", value.find("<") + 1)
             require(lt >= 0 and gt > lt, what, f"bad {key} header")
-            rest = value[gt + 1:].split()
+            # The time follows the last '>' (as git reads it).
+            rest = value[value.rfind(">") + 1:].split()
             require(len(rest) in (1, 2) and rest[0].isdigit(), what, f"bad {key} time")
             info[key] = ascii_lower(value[lt + 1:gt].strip(RUST_WHITESPACE))
         elif key in ("gpgsig", "gpgsig-sha256"):
