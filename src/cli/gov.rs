@@ -1107,10 +1107,11 @@ async fn principal_keys(conn: &ConnArgs) -> Result<Vec<TrustedKey>, CliError> {
 
 pub(crate) async fn git(c: GitCmd) -> CliResult {
     let GitCmd::Ingest(a) = c;
+    // The principals' keys come first: a key that is a principal's is
+    // recorded under the principal's id (the first holder names the
+    // signer), which is what the server requires, whatever identity an
+    // allowed-signers line gives the same key.
     let mut trusted: Vec<TrustedKey> = Vec::new();
-    if let Some(p) = &a.allowed_signers {
-        trusted.extend(read_allowed_signers(p).map_err(CliError::usage)?);
-    }
     if !a.no_principal_keys {
         // A dry run asks too, so that it shows the verdicts the real run
         // records; without a server it says what it cannot show.
@@ -1123,6 +1124,9 @@ pub(crate) async fn git(c: GitCmd) -> CliResult {
             ),
             Err(e) => return Err(e),
         }
+    }
+    if let Some(p) = &a.allowed_signers {
+        trusted.extend(read_allowed_signers(p).map_err(CliError::usage)?);
     }
     let src = GitSource {
         repo: a.repo.clone(),

@@ -167,10 +167,36 @@ fn signers_time(v: &str) -> Result<i64, String> {
     }
 }
 
+/// Whether an OpenSSH pattern list (comma-separated patterns with `*` and
+/// `?`, a leading `!` negating one) admits `s`, as `match_pattern_list`
+/// decides it for `namespaces=`: some pattern matches and no negated one
+/// does. Patterns are taken as written, spaces included.
+fn ssh_pattern_list_allows(list: &str, s: &str) -> bool {
+    fn matches(p: &[u8], t: &[u8]) -> bool {
+        match p.split_first() {
+            None => t.is_empty(),
+            Some((b'*', rest)) => (0..=t.len()).any(|i| matches(rest, &t[i..])),
+            Some((b'?', rest)) => !t.is_empty() && matches(rest, &t[1..]),
+            Some((c, rest)) => t.first() == Some(c) && matches(rest, &t[1..]),
+        }
+    }
+    let mut admitted = false;
+    for pattern in list.split(',') {
+        match pattern.strip_prefix('!') {
+            Some(negated) if matches(negated.as_bytes(), s.as_bytes()) => return false,
+            Some(_) => {}
+            None => admitted |= matches(pattern.as_bytes(), s.as_bytes()),
+        }
+    }
+    admitted
+}
+
 /// Reads an allowed-signers file (`ssh-keygen -Y verify` format, see
 /// ssh-keygen(1) "ALLOWED SIGNERS"): `identities [options] keytype base64
-/// [comment]`, `#` comments. Options are comma-separated outside quotes:
-/// `namespaces="..."` (lines whose list excludes `git` are skipped),
+/// [comment]`, `#` comments. Options are comma-separated outside quotes,
+/// each value in double quotes (ssh-keygen refuses a line without them):
+/// `namespaces="..."` (an ssh pattern list; lines whose list does not
+/// admit `git` are skipped),
 /// `valid-after=` and `valid-before=` (kept: the key vouches only for
 /// commits made inside), `cert-authority` (skipped: such a line trusts
 /// certificates the key signed, and Docket does not check SSH
@@ -214,13 +240,22 @@ pub fn read_allowed_signers(path: &Path) -> Result<Vec<TrustedKey>, IngestError>
         let (mut skip, mut valid_after, mut valid_before) = (false, None, None);
         for o in split_unquoted(options, |c| c == ',') {
             let (name, value) = match o.split_once('=') {
-                Some((n, v)) => (n, Some(v.trim_matches('"'))),
+                // ssh-keygen refuses the whole line when a value is not
+                // in double quotes ("missing start quote").
+                Some((n, v)) => match v.strip_prefix('"').and_then(|v| v.strip_suffix('"')) {
+                    Some(inner) if !inner.contains('"') => (n, Some(inner)),
+                    _ => {
+                        return Err(bad(format!(
+                            "option {n}: the value {v} must be in double quotes, as ssh-keygen requires ({n}=\"...\")"
+                        )));
+                    }
+                },
                 None => (o, None),
             };
             match (name.to_ascii_lowercase().as_str(), value) {
                 ("cert-authority", None) => skip = true,
                 ("namespaces", Some(v)) => {
-                    if !v.split(',').any(|ns| ns.trim() == "git") {
+                    if !ssh_pattern_list_allows(v, "git") {
                         skip = true;
                     }
                 }
@@ -313,7 +348,8 @@ pub fn observe(
     trusted: &[TrustedKey],
     openpgp: &[OpenPgpCert],
 ) -> Result<Vec<CommitObservation>, IngestError> {
-    let repo = git2::Repository::open(&src.repo).map_err(|source| IngestError::Open {
+    // As git does, a directory inside the work tree finds its repository.
+    let repo = git2::Repository::discover(&src.repo).map_err(|source| IngestError::Open {
         path: src.repo.display().to_string(),
         source,
     })?;
@@ -393,19 +429,41 @@ fn default_name(repo: &git2::Repository, path: &Path) -> String {
         .find_remote("origin")
         .ok()
         .and_then(|r| r.url().ok().map(str::to_owned));
-    if let Some(url) = url {
-        let s = url.trim_end_matches('/').trim_end_matches(".git");
-        let s = s.split_once("://").map(|(_, r)| r).unwrap_or(s);
-        let s = s.rsplit_once('@').map(|(_, r)| r).unwrap_or(s);
-        let s = s.replacen(':', "/", 1);
-        if !s.is_empty() && !s.contains(char::is_whitespace) {
-            return s;
-        }
+    if let Some(url) = url.as_deref().and_then(name_of_url) {
+        return url;
     }
     std::fs::canonicalize(path)
         .ok()
         .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
         .unwrap_or_else(|| "repository".into())
+}
+
+/// The repository name a remote URL gives: host and path, without the
+/// scheme, user, port and `.git`, so that the scp form
+/// (`git@host:acme/pay.git`), `https://host/acme/pay.git` and
+/// `ssh://git@host:2222/acme/pay.git` all name `host/acme/pay`.
+fn name_of_url(url: &str) -> Option<String> {
+    let s = url.trim_end_matches('/').trim_end_matches(".git");
+    let name = match s.split_once("://") {
+        Some((_, rest)) => {
+            let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+            let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+            let host = match host.rsplit_once(':') {
+                Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
+                _ => host,
+            };
+            match (host.is_empty(), path.is_empty()) {
+                (_, true) => host.to_owned(),
+                (true, false) => format!("/{path}"),
+                (false, false) => format!("{host}/{path}"),
+            }
+        }
+        None => {
+            let s = s.rsplit_once('@').map_or(s, |(_, r)| r);
+            s.replacen(':', "/", 1)
+        }
+    };
+    Some(name).filter(|n| !n.is_empty() && !n.contains(char::is_whitespace))
 }
 
 /// The longest path `changed_paths` lists (the log refuses longer ones).
@@ -421,9 +479,9 @@ fn shallow_boundary(repo: &git2::Repository) -> std::collections::HashSet<String
 /// What a commit changed against its first parent. At a shallow clone's
 /// boundary, where the parent is not in the repository, it cannot be known:
 /// no path is listed and `truncated` is set (a diff against nothing would
-/// claim that every file was added). Paths the log could not hold (control
-/// characters, over 4096 bytes) are counted but not listed, and also set
-/// `truncated`.
+/// claim that every file was added). Paths the log could not hold (not
+/// UTF-8, control characters, over 4096 bytes) are counted but not listed,
+/// and also set `truncated`.
 fn changed_paths(
     repo: &git2::Repository,
     oid: git2::Oid,
@@ -451,17 +509,16 @@ fn changed_paths(
             git2::Delta::Deleted => out.deleted += 1,
             _ => out.modified += 1,
         }
-        let path = d
-            .new_file()
-            .path()
-            .or_else(|| d.old_file().path())
-            .map(|p| p.to_string_lossy().into_owned());
+        let path = d.new_file().path().or_else(|| d.old_file().path());
         if let Some(p) = path {
-            let recordable = p.len() <= MAX_PATH_BYTES && !p.chars().any(char::is_control);
-            if out.paths.len() < 100 && recordable {
-                out.paths.push(p);
-            } else {
-                out.truncated = true;
+            // A path that is not UTF-8 is not listed in some lossy
+            // spelling that names no file of the tree.
+            let recordable = p
+                .to_str()
+                .filter(|p| p.len() <= MAX_PATH_BYTES && !p.chars().any(char::is_control));
+            match recordable {
+                Some(p) if out.paths.len() < 100 => out.paths.push(p.to_owned()),
+                _ => out.truncated = true,
             }
         }
     }
@@ -829,6 +886,39 @@ pub fn recheck_signer(obs: &CommitObservation) -> Result<Option<[u8; 32]>, Strin
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn remote_urls_name_host_and_path() {
+        for (url, name) in [
+            (
+                "git@github.com:acme/payments.git",
+                Some("github.com/acme/payments"),
+            ),
+            (
+                "https://github.com/acme/payments.git",
+                Some("github.com/acme/payments"),
+            ),
+            (
+                "https://github.com/acme/payments/",
+                Some("github.com/acme/payments"),
+            ),
+            (
+                "ssh://git@git.example.com:2222/acme/pay.git",
+                Some("git.example.com/acme/pay"),
+            ),
+            (
+                "https://user@git.example.com:8443/acme/pay",
+                Some("git.example.com/acme/pay"),
+            ),
+            ("ssh://git@[::1]:22/acme/pay.git", Some("[::1]/acme/pay")),
+            ("file:///srv/git/pay.git", Some("/srv/git/pay")),
+            ("/srv/git/pay.git", Some("/srv/git/pay")),
+            ("https://host/a b", None),
+            ("", None),
+        ] {
+            assert_eq!(super::name_of_url(url).as_deref(), name, "{url}");
+        }
+    }
+
     use ssh_key::Mpint;
     use ssh_key::public::{KeyData, RsaPublicKey};
 

@@ -860,7 +860,9 @@ async fn an_unreachable_server_is_not_a_denial() {
 /// A dry run of `git ingest` reads the principals' keys from the server
 /// too, so it shows the verdict the real run records: a commit signed with
 /// alice's Docket key is verified, signer alice (it used to show
-/// untrusted-key, which the log then refused).
+/// untrusted-key, which the log then refused), and a principal's key is
+/// recorded under the principal's id even when an allowed-signers file
+/// names it otherwise.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn git_ingest_dry_run_shows_the_verdicts_the_run_records() {
     let s = server().with_policy(POLICY).run().await;
@@ -898,10 +900,36 @@ async fn git_ingest_dry_run_shows_the_verdicts_the_run_records() {
         .unwrap_or_else(|| panic!("{dry:?}"));
     assert!(line.contains(" verified "), "{line}");
     assert!(!dry.stderr.contains("could not be read"), "{}", dry.stderr);
-    t.ok_as(
-        &s,
-        "ci",
-        &["git", "ingest", "--repo", &repo_s, "--ref", "HEAD"],
-    )
-    .await;
+    // An allowed-signers file that gives alice's key another identity: the
+    // key is a principal's, so the verdict names the principal (which the
+    // server requires), not the file's identity.
+    let allowed = s.path().join("allowed_signers");
+    let public = std::fs::read_to_string(format!("{}.pub", ssh.display())).unwrap();
+    std::fs::write(&allowed, format!("alice@corp.example {public}")).unwrap();
+    let allowed_s = allowed.display().to_string();
+    let out = t
+        .ok_as(
+            &s,
+            "ci",
+            &[
+                "git",
+                "ingest",
+                "--repo",
+                &repo_s,
+                "--ref",
+                "HEAD",
+                "--allowed-signers",
+                &allowed_s,
+            ],
+        )
+        .await;
+    let line = out
+        .lines()
+        .find(|l| l.starts_with(&c[..12]))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(
+        line.contains(" verified ") && line.contains("alice"),
+        "{line}"
+    );
+    assert!(!line.contains("alice@corp.example"), "{line}");
 }

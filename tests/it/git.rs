@@ -466,7 +466,8 @@ impl Drop for Gpg {
 
 /// ECDSA P-384 and P-521 keys verify; `valid-after`/`valid-before` hold
 /// against the committer time; a `cert-authority` line trusts no plain
-/// signature; `namespaces` lists are read whole, quotes and all. Each
+/// signature; `namespaces` lists are ssh pattern lists (`?`, `*`, `!`),
+/// and option values need their quotes. Each
 /// verdict agrees with `git verify-commit` reading the same file.
 #[test]
 fn allowed_signers_are_read_as_git_reads_them() {
@@ -478,6 +479,8 @@ fn allowed_signers_are_read_as_git_reads_them() {
     let future = ssh_key(dir.path(), "future");
     let ca = ssh_key(dir.path(), "ca");
     let multi = ssh_key(dir.path(), "multi");
+    let glob = ssh_key(dir.path(), "glob");
+    let negated = ssh_key(dir.path(), "negated");
     let pubkey = |k: &Path| std::fs::read_to_string(format!("{}.pub", k.display())).unwrap();
     let allowed = dir.path().join("allowed_signers");
     std::fs::write(
@@ -488,13 +491,17 @@ fn allowed_signers_are_read_as_git_reads_them() {
              old@example.com valid-before=\"20200101Z\" {}\
              new@example.com valid-after=\"20990101\" {}\
              ca@example.com cert-authority {}\
-             multi@example.com,alias@example.com namespaces=\"file,git\" {}",
+             multi@example.com,alias@example.com namespaces=\"file,git\" {}\
+             glob@example.com namespaces=\"file,g?t\" {}\
+             negated@example.com namespaces=\"*,!git\" {}",
             pubkey(&p384),
             pubkey(&p521),
             pubkey(&expired),
             pubkey(&future),
             pubkey(&ca),
             pubkey(&multi),
+            pubkey(&glob),
+            pubkey(&negated),
         ),
     )
     .unwrap();
@@ -508,13 +515,16 @@ fn allowed_signers_are_read_as_git_reads_them() {
             "old@example.com",
             "new@example.com",
             "multi@example.com",
-            "alias@example.com"
+            "alias@example.com",
+            "glob@example.com"
         ]
     );
     let mut shas = Vec::new();
-    for (n, key) in [&p384, &p521, &expired, &future, &ca, &multi]
-        .into_iter()
-        .enumerate()
+    for (n, key) in [
+        &p384, &p521, &expired, &future, &ca, &multi, &glob, &negated,
+    ]
+    .into_iter()
+    .enumerate()
     {
         let f = format!("f{n}.txt");
         shas.push(commit(&repo, "Dev", "dev@example.com", Some(key), &f, &f));
@@ -535,6 +545,10 @@ fn allowed_signers_are_read_as_git_reads_them() {
         UntrustedKey,
         UntrustedKey,
         Verified,
+        // Pattern lists as ssh-keygen matches them: `g?t` admits git, and
+        // a negated pattern that matches excludes it whatever else does.
+        Verified,
+        UntrustedKey,
     ];
     for (sha, want) in shas.iter().zip(want) {
         let o = find(sha);
@@ -590,6 +604,20 @@ fn allowed_signers_are_read_as_git_reads_them() {
         e.contains("line 2") && e.contains("unknown option \"no-touch-required\""),
         "{e}"
     );
+    // A value without its double quotes is refused, as ssh-keygen refuses
+    // the line ("missing start quote"), rather than read as if quoted.
+    for option in ["namespaces=git", "valid-after=20200101"] {
+        std::fs::write(
+            &allowed,
+            format!("x@example.com {option} {}", pubkey(&multi)),
+        )
+        .unwrap();
+        let e = read_allowed_signers(&allowed).unwrap_err().to_string();
+        assert!(
+            e.contains("line 1") && e.contains("must be in double quotes"),
+            "{option}: {e}"
+        );
+    }
 }
 
 #[test]
@@ -1298,6 +1326,20 @@ fn hostile_repositories_are_recorded_honestly_or_refused_plainly() {
         "bel\u{7}",
         "a name with a control character",
     );
+    // A file name that is not UTF-8 (Latin-1 "latén"), committed with b.txt.
+    {
+        use std::os::unix::ffi::OsStrExt as _;
+        std::fs::write(repo.join(std::ffi::OsStr::from_bytes(b"lat\xe9n")), "x\n").unwrap();
+    }
+    git(&repo, &["add", "-A"]);
+    let latin = commit(
+        &repo,
+        "Alice",
+        "alice@example.com",
+        None,
+        "b.txt",
+        "a name that is not UTF-8",
+    );
     // Alice's key signed the commit for the "file" namespace, not "git".
     let plain = git(&repo, &["cat-file", "commit", &first]) + "\n";
     let payload = dir.path().join("payload");
@@ -1361,6 +1403,17 @@ fn hostile_repositories_are_recorded_honestly_or_refused_plainly() {
     );
     let c = &find(&bell).changed;
     assert_eq!((c.added, c.paths.len(), c.truncated), (1, 0, true), "{c:?}");
+    // Counted, not listed under a lossy spelling that names no file.
+    let c = &find(&latin).changed;
+    assert_eq!(
+        (c.added, c.paths.as_slice(), c.truncated),
+        (2, ["b.txt".to_owned()].as_slice(), true),
+        "{c:?}"
+    );
+    // From a directory inside the work tree, as git finds its repository.
+    std::fs::create_dir(repo.join("sub")).unwrap();
+    let inside = observe(&src(&repo.join("sub"), vec![latin.clone()]), &trusted, &[]).unwrap();
+    assert_eq!(inside.last().map(|o| o.sha.as_str()), Some(latin.as_str()));
     for o in &all {
         decode_event(&as_event(o)).unwrap();
     }
@@ -1380,7 +1433,7 @@ fn hostile_repositories_are_recorded_honestly_or_refused_plainly() {
     );
     let got = observe(&src(&shallow, vec!["HEAD".into()]), &trusted, &[]).unwrap();
     assert_eq!(got.len(), 1);
-    assert_eq!(got[0].sha, bell);
+    assert_eq!(got[0].sha, latin);
     let c = &got[0].changed;
     assert_eq!(
         (c.added, c.modified, c.deleted, c.paths.len(), c.truncated),
