@@ -926,8 +926,13 @@ pub(crate) async fn obligations(a: ObligationsArgs) -> CliResult {
                 "environment": o.environment, "subjects": o.subjects,
                 "justification": o.justification, "opened": fmt(o.opened_unix_nanos),
                 "due": fmt(o.due_unix_nanos), "status": o.status,
-                "reviewer": o.reviewer, "review_index": o.review_index,
-                "justified": o.justified, "comment": o.comment,
+                // As in an evidence bundle: null until reviewed, so that no
+                // reader takes entry 0 or "not justified" for a review.
+                "review": (!o.reviewer.is_empty()).then(|| serde_json::json!({
+                    "reviewer": o.reviewer, "index": o.review_index,
+                    "justified": o.justified, "comment": o.comment,
+                    "time": fmt(o.reviewed_unix_nanos),
+                })),
             })).collect::<Vec<_>>(),
         }));
         return Ok(());

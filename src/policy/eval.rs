@@ -385,12 +385,16 @@ pub fn evaluate(policy: &Policy, req: &Request, facts: &Facts<'_>) -> Verdict {
                 ),
             );
         }
+        // Saturating where the recorded due time (i64 nanoseconds) does,
+        // so that the reason and the obligation name the same instant.
+        let latest = Timestamp::from_nanosecond(i128::from(i64::MAX)).unwrap_or(Timestamp::MAX);
         let due = req
             .at
             .checked_add(jiff::SignedDuration::from_secs(
                 policy.break_glass_review_secs,
             ))
-            .unwrap_or(Timestamp::MAX);
+            .unwrap_or(latest)
+            .min(latest);
         return Verdict {
             decision: Decision::Allow,
             rule: Some("break-glass".into()),

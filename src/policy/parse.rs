@@ -229,6 +229,10 @@ pub(crate) const MAX_PATTERN_BYTES: usize = 256;
 pub(crate) const MAX_APPROVALS: u32 = 100;
 /// Shortest `expire_after` of a new document.
 const MIN_EXPIRY_SECS: i64 = 3600;
+/// Longest `defaults.break_glass_review` of a new document: a review due
+/// later than a year after the break-glass is no deadline an auditor
+/// would accept.
+const MAX_BREAK_GLASS_REVIEW_SECS: i64 = 366 * 86_400;
 
 /// Why a role named in a policy is refused: no principal could hold it.
 fn unholdable(role: &str) -> String {
@@ -660,6 +664,15 @@ impl Policy {
             }
             if let Some(r) = d.break_glass_review {
                 break_glass_review_secs = duration_at("defaults.break_glass_review", &r)?;
+                if strict && break_glass_review_secs > MAX_BREAK_GLASS_REVIEW_SECS {
+                    return Err(err(
+                        r.span().start,
+                        format!(
+                            "defaults.break_glass_review {:?} is longer than 366d, the longest review deadline a break-glass may have",
+                            r.get_ref()
+                        ),
+                    ));
+                }
             }
         }
 

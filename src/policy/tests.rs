@@ -909,6 +909,49 @@ fn break_glass_allows_with_an_obligation_only_for_its_role() {
     );
 }
 
+/// A deadline past what the recorded due time can hold (i64 nanoseconds,
+/// in 2262) saturates there, in the reason as in the obligation; a new
+/// document may not ask for more than 366 days.
+#[test]
+fn a_break_glass_deadline_too_far_saturates_alike_in_reason_and_obligation() {
+    let recorded = POLICY.replacen(
+        "[[rule]]",
+        "[defaults]\nbreak_glass_review = \"1000000d\"\n\n[[rule]]",
+        1,
+    );
+    assert!(recorded.contains("1000000d") && !POLICY.contains("[defaults]"));
+    let policy = Policy::parse(&recorded).unwrap();
+    let mut req = request("prod");
+    req.break_glass = true;
+    req.actor = "dave".into();
+    let principals = people();
+    let v = evaluate(
+        &policy,
+        &req,
+        &Facts {
+            principals: &principals,
+            change: None,
+            subject_repositories: &BTreeSet::new(),
+            deployments: &[],
+        },
+    );
+    let latest = jiff::Timestamp::from_nanosecond(i128::from(i64::MAX)).unwrap();
+    assert_eq!(v.obligations[0].due, latest);
+    assert!(
+        v.reasons[0].ends_with("is due by 2262-04-11T23:47:16.854775807Z"),
+        "{:?}",
+        v.reasons
+    );
+    let e = Policy::parse_new(&recorded).unwrap_err();
+    assert!(
+        e.message
+            .contains("defaults.break_glass_review \"1000000d\" is longer than 366d"),
+        "{e}"
+    );
+    let year = recorded.replace("1000000d", "366d");
+    Policy::parse_new(&year).unwrap();
+}
+
 /// "One from security and one from dba" asks for two people: a person
 /// holding both roles fills one of the requirements, and the approvals are
 /// placed so that as many requirements as possible are filled.

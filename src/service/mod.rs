@@ -636,6 +636,29 @@ impl Service {
                     })?;
             }
         }
+        // Words a reader must find in the record: new entries only (the
+        // decoder, which replay uses, keeps its older, weaker checks).
+        let blank = |t: &str| t.chars().all(invisible);
+        if let Body::DeployRequested(d) = &event.body
+            && d.break_glass
+            && blank(&d.justification)
+        {
+            return Err(InvalidEvent {
+                field: "deploy_requested.justification".into(),
+                reason: "shows nothing but whitespace or invisible characters; a break-glass needs a justification its reviewer can read".into(),
+            }
+            .into());
+        }
+        if let Body::BreakGlassReviewed(r) = &event.body
+            && !r.justified
+            && blank(&r.comment)
+        {
+            return Err(InvalidEvent {
+                field: "break_glass_reviewed.comment".into(),
+                reason: "a review that finds a break-glass unjustified must say why".into(),
+            }
+            .into());
+        }
         // A change's repository is free text in the format (older entries
         // may hold any); new ones are names, as rules and commits have them.
         if let Body::ChangeOpened(c) = &event.body
@@ -839,4 +862,15 @@ impl Service {
     pub fn decision_at(&self, index: u64) -> Result<Option<DecisionRecord>, Stopped> {
         self.try_state(|s| s.gov().deployment(index).map(|d| d.decision.clone()))
     }
+}
+
+/// Whitespace, or a character that shows nothing: zero-width spaces and
+/// joiners, the word joiner and invisible operators, the byte-order mark,
+/// the soft hyphen and the Mongolian vowel separator.
+fn invisible(c: char) -> bool {
+    c.is_whitespace()
+        || matches!(
+            c,
+            '\u{00AD}' | '\u{180E}' | '\u{200B}'..='\u{200F}' | '\u{2060}'..='\u{2064}' | '\u{FEFF}'
+        )
 }

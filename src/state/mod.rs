@@ -58,7 +58,7 @@ pub use identity::PendingIdentity;
 /// e-mail excludes both.
 /// 15: a commit's author and committer times are read after the last '>'
 /// of their lines, as git reads them; the built-in default policy denies
-/// break-glass.
+/// break-glass; a break-glass reason names the saturated due time.
 pub const STATE_FORMAT: u32 = 15;
 
 /// The most keys (every one ever added, revoked ones included), roles and

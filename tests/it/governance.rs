@@ -596,6 +596,7 @@ async fn change_approval_promotion_freeze_and_break_glass() {
     let open = s.cli_ok(&["obligations", "--json"]).await;
     let open: Value = serde_json::from_str(&open).unwrap();
     assert_eq!(open["obligations"][0]["status"], "open");
+    assert!(open["obligations"][0]["review"].is_null(), "{open}");
 
     // A day and an hour later (clock moved, nothing slept) it is overdue.
     clock.advance(Duration::from_secs(25 * 3600));
@@ -639,7 +640,11 @@ async fn change_approval_promotion_freeze_and_break_glass() {
     assert_eq!(out.code, 0, "{}", out.stderr);
     let list: Value = serde_json::from_str(&s.cli_ok(&["obligations", "--json"]).await).unwrap();
     assert_eq!(list["obligations"][0]["status"], "closed-late");
-    assert_eq!(list["obligations"][0]["reviewer"], "carol");
+    let review = &list["obligations"][0]["review"];
+    assert_eq!(review["reviewer"], "carol");
+    assert_eq!(review["justified"], true);
+    assert_eq!(review["comment"], "outage fix was right");
+    assert!(review["index"].as_u64().unwrap() > bg_index, "{review}");
     let v: Value = serde_json::from_str(&s.cli_ok(&["violations", "--json"]).await).unwrap();
     let kinds: Vec<&str> = v["violations"]
         .as_array()
@@ -837,6 +842,49 @@ async fn governance_input_is_checked_field_by_field() {
         ),
         Code::InvalidArgument,
         "deploy_requested.justification: break-glass needs a justification",
+    )
+    .await;
+    // One that only looks like text: zero-width spaces and a byte-order mark.
+    expect_refused(
+        &s,
+        signed(
+            &ev(
+                "d1-invisible",
+                Body::DeployRequested(DeployRequest {
+                    action: "deploy".into(),
+                    environment: "prod".into(),
+                    repository: None,
+                    kind: None,
+                    namespace: None,
+                    subjects: [format!("sha256:{}", "a".repeat(64))].into(),
+                    change_id: None,
+                    break_glass: true,
+                    justification: "\u{200b}\u{feff} \u{200b}".into(),
+                }),
+            ),
+            &admin,
+        ),
+        Code::InvalidArgument,
+        "deploy_requested.justification: shows nothing but whitespace or invisible characters",
+    )
+    .await;
+    // A review that finds a break-glass unjustified must say why (checked
+    // before the state's rules, so no deployment is needed here).
+    expect_refused(
+        &s,
+        signed(
+            &ev(
+                "bgr-silent",
+                Body::BreakGlassReviewed(docket::event::BreakGlassReview {
+                    deployment_index: 1,
+                    justified: false,
+                    comment: " ".into(),
+                }),
+            ),
+            &admin,
+        ),
+        Code::InvalidArgument,
+        "break_glass_reviewed.comment: a review that finds a break-glass unjustified must say why",
     )
     .await;
     // A review of a change that does not exist: a state rule.
