@@ -1246,11 +1246,14 @@ impl State {
         signer: &PrincipalId,
         r: &BreakGlassReview,
     ) -> Result<(), ApplyError> {
-        let o = self
-            .gov
-            .obligations
-            .get(&r.deployment_index)
-            .ok_or(ApplyError::NotBreakGlass(r.deployment_index))?;
+        let Some(o) = self.gov.obligations.get(&r.deployment_index) else {
+            let what = match self.gov.deploys.get(&r.deployment_index) {
+                None => "is not a deployment",
+                Some(d) if !d.break_glass => "is a deployment without break-glass",
+                Some(_) => "is a break-glass deployment that was denied",
+            };
+            return Err(ApplyError::NotBreakGlass(r.deployment_index, what));
+        };
         if let Some(prev) = &o.review {
             return Err(ApplyError::AlreadyReviewed {
                 deployment: r.deployment_index,

@@ -197,8 +197,8 @@ pub enum ApplyError {
     },
     #[error("commit {sha} was already observed at entry {index}")]
     CommitKnown { sha: String, index: u64 },
-    #[error("entry {0} is not a break-glass deployment with a review obligation")]
-    NotBreakGlass(u64),
+    #[error("entry {0} {1}, so it has no review obligation")]
+    NotBreakGlass(u64, &'static str),
     #[error(
         "the break-glass deployment at entry {deployment} was already reviewed at entry {review}"
     )]

@@ -588,9 +588,27 @@ async fn change_approval_promotion_freeze_and_break_glass() {
     )
     .await;
     assert_eq!(out.code, 1);
+    let denied = out.json();
     assert!(
-        reasons(&out.json())
+        reasons(&denied)
             .contains("bob invoked break-glass but holds none of the roles allowed to: sre")
+    );
+    // Denied, it opened nothing to review; the refusal says so.
+    let denied_s = denied["index"].as_u64().unwrap().to_string();
+    let out = run_as(
+        &s,
+        &p,
+        "carol",
+        &["review-break-glass", &denied_s, "--comment", "n/a"],
+    )
+    .await;
+    assert_eq!(out.code, 1);
+    assert!(
+        out.stderr.contains(&format!(
+            "entry {denied_s} is a break-glass deployment that was denied, so it has no review obligation"
+        )),
+        "{}",
+        out.stderr
     );
 
     let open = s.cli_ok(&["obligations", "--json"]).await;
