@@ -486,30 +486,87 @@ pub fn valid_role(role: &str) -> bool {
 
 /// Characters that text from others must not show raw, wherever Docket
 /// displays it (the CLI, the evidence report): control characters (C0, DEL,
-/// C1) and the Unicode format characters that reorder or hide text (soft
-/// hyphen, the Arabic letter mark, zero-width characters, bidirectional
-/// embeddings, overrides and isolates, line and paragraph separators,
-/// invisible operators, the byte-order mark, interlinear annotations and
-/// tags). Events may carry them; displays escape them.
+/// C1), line and paragraph separators, interlinear annotations, and every
+/// Unicode Default_Ignorable_Code_Point (Unicode 16: soft hyphen, the
+/// combining grapheme joiner, the Arabic letter mark, Hangul fillers,
+/// Khmer inherent vowels, Mongolian free variation selectors and vowel
+/// separator, zero-width characters, bidirectional embeddings, overrides
+/// and isolates, invisible operators, variation selectors, the byte-order
+/// mark, shorthand format controls, musical formatting and tags), which a
+/// page renders as nothing, so that "pr\u{34F}od" would pass for "prod".
+/// Events may carry them; displays escape them.
 pub fn hidden(c: char) -> bool {
     c.is_control()
         || matches!(
             c,
             '\u{AD}'
+                | '\u{34F}'
                 | '\u{61C}'
-                | '\u{180E}'
+                | '\u{115F}'..='\u{1160}'
+                | '\u{17B4}'..='\u{17B5}'
+                | '\u{180B}'..='\u{180F}'
                 | '\u{200B}'..='\u{200F}'
                 | '\u{2028}'..='\u{202E}'
                 | '\u{2060}'..='\u{206F}'
+                | '\u{3164}'
+                | '\u{FE00}'..='\u{FE0F}'
                 | '\u{FEFF}'
-                | '\u{FFF9}'..='\u{FFFB}'
-                | '\u{E0000}'..='\u{E007F}'
+                | '\u{FFA0}'
+                | '\u{FFF0}'..='\u{FFFB}'
+                | '\u{1BCA0}'..='\u{1BCA3}'
+                | '\u{1D173}'..='\u{1D17A}'
+                | '\u{E0000}'..='\u{E0FFF}'
         )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every default-ignorable code point is hidden (a sample from each
+    /// range), and ordinary text, combining accents included, is not.
+    #[test]
+    fn default_ignorable_characters_are_hidden() {
+        for c in [
+            '\u{AD}',
+            '\u{34F}',
+            '\u{61C}',
+            '\u{115F}',
+            '\u{1160}',
+            '\u{17B4}',
+            '\u{180B}',
+            '\u{180F}',
+            '\u{200B}',
+            '\u{202E}',
+            '\u{2064}',
+            '\u{3164}',
+            '\u{FE00}',
+            '\u{FE0F}',
+            '\u{FEFF}',
+            '\u{FFA0}',
+            '\u{FFF0}',
+            '\u{1BCA0}',
+            '\u{1D173}',
+            '\u{E0001}',
+            '\u{E01EF}',
+            '\u{E0FFF}',
+            '\u{7}',
+            '\u{85}',
+        ] {
+            assert!(hidden(c), "U+{:04X}", c as u32);
+        }
+        for c in [
+            'a',
+            'é',
+            '\u{301}',
+            '\u{3000}',
+            'ß',
+            '\u{1F600}',
+            '\u{FFFD}',
+        ] {
+            assert!(!hidden(c), "U+{:04X}", c as u32);
+        }
+    }
 
     #[test]
     fn principal_ids() {

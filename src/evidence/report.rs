@@ -116,8 +116,13 @@ pub(super) fn html(view: &View<'_>) -> String {
     );
     let _ = writeln!(
         h,
-        "<header><h1>Change evidence: {}</h1><p>Log <code>{}</code> · checkpoint of {} entries, root <code>{}</code></p>\
+        "<header><h1>{}: {}</h1><p>Log <code>{}</code> · checkpoint of {} entries, root <code>{}</code></p>\
          <p>Statuses as of {} · {} entries in this bundle, {} of them in scope</p></header><main>",
+        match meta.scope {
+            Scope::Change { .. } => "Change evidence",
+            Scope::Period { .. } => "Period evidence",
+            Scope::Control { .. } => "Control evidence",
+        },
         esc(&scope),
         esc(&meta.origin),
         meta.checkpoint_size,
@@ -135,7 +140,7 @@ pub(super) fn html(view: &View<'_>) -> String {
          <p id=\"verification-status\" class=\"status\"><span class=\"ok\">Verified when exported.</span> \
          The manifest's signature by the log key, the digest of every file, the signed checkpoint, \
          {} inclusion proof(s){}, the hash-chain links between consecutive entries, {} event signature(s) against the \
-         key history this bundle carries (folded from genesis), and {} decision(s) re-evaluated from the facts in this bundle.{}</p>\
+         key history this bundle carries (folded from genesis), and {} decision(s) re-evaluated from the facts in this bundle.{}{}</p>\
          <p>To check it again, offline, with nothing but the log's public key:</p>\
          <pre><code>docket evidence verify BUNDLE.tar --log-key log.vkey</code></pre>\
          <p class=\"muted\">The command exits non-zero and names the first failure if any byte of the bundle \
@@ -145,22 +150,24 @@ pub(super) fn html(view: &View<'_>) -> String {
         match (&meta.scope, meta.range) {
             (_, None) => String::new(),
             (Scope::Change { id, .. }, Some((start, _))) => format!(
-                " and one range proof for the {ranged} consecutive entries from the one that opened change {} (entry {start}) to the checkpoint, which proves that none concerning it was left out",
+                " and one range proof for the {ranged} consecutive entries from the one that opened change {} (entry {start}) to the checkpoint, which proves that none concerning it from its opening on was left out (facts recorded before its opening, such as CI runs and commit observations of its subjects, only as far as its recorded decisions read them)",
                 esc(id)
             ),
-            _ => match meta.unfinished_period() {
-                Some(to) => format!(
-                    " and one range proof for the {ranged} consecutive entries from the one just before the period to the checkpoint. \
-                     <b class=\"warn\">The log had not reached the end of the period ({}) at the checkpoint: \
-                     this bundle proves the period complete only up to its last entry, {}. \
-                     Export it again after the period ends for all of it.</b>",
-                    esc(&fmt_nanos(to)),
-                    esc(&fmt_nanos(meta.as_of))
-                ),
-                None => format!(
-                    " and one range proof for the {ranged} consecutive entries of the period (with the entries just before and after it, which prove that none was left out)"
-                ),
-            },
+            (_, Some((start, _))) => {
+                let from = if start == 0 {
+                    "the log's first entry".to_owned()
+                } else {
+                    format!("entry {start}, just before the period,")
+                };
+                match meta.unfinished_period() {
+                    Some(_) => format!(
+                        " and one range proof for the {ranged} consecutive entries from {from} to the checkpoint"
+                    ),
+                    None => format!(
+                        " and one range proof for the {ranged} consecutive entries from {from} to the first entry after the period, which proves that none of the period was left out"
+                    ),
+                }
+            }
         },
         view.folded.info.len(),
         gov.deployments().count(),
@@ -169,6 +176,16 @@ pub(super) fn html(view: &View<'_>) -> String {
                 " It does not prove that it carries the change's entries after its last \
                  carried deployment; a bundle exported with <code>--complete</code> does.",
             _ => "",
+        },
+        match (&meta.scope, meta.unfinished_period()) {
+            (Scope::Period { .. } | Scope::Control { .. }, Some(to)) => format!(
+                " <b class=\"warn\">The log had not reached the end of the period ({}) at the checkpoint: \
+                 this bundle proves the period complete only up to its last entry, {}. \
+                 Export it again after the period ends for all of it.</b>",
+                esc(&fmt_nanos(to)),
+                esc(&fmt_nanos(meta.as_of))
+            ),
+            _ => String::new(),
         }
     );
 

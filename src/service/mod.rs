@@ -864,13 +864,9 @@ impl Service {
     }
 }
 
-/// Whitespace, or a character that shows nothing: zero-width spaces and
-/// joiners, the word joiner and invisible operators, the byte-order mark,
-/// the soft hyphen and the Mongolian vowel separator.
+/// Whitespace, or a character that shows nothing or is escaped on display
+/// (`event::hidden`: control characters, zero-width and other
+/// default-ignorable characters).
 fn invisible(c: char) -> bool {
-    c.is_whitespace()
-        || matches!(
-            c,
-            '\u{00AD}' | '\u{180E}' | '\u{200B}'..='\u{200F}' | '\u{2060}'..='\u{2064}' | '\u{FEFF}'
-        )
+    c.is_whitespace() || crate::event::hidden(c)
 }

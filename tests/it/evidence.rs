@@ -2182,8 +2182,22 @@ async fn the_cli_exports_and_verifies_with_clear_exit_codes() {
     let report = String::from_utf8_lossy(&files["report.html"]).into_owned();
     assert!(
         report.contains("The log had not reached the end of the period (")
-            && !report.contains("which prove that none was left out"),
+            && !report.contains("which proves that none of the period was left out"),
         "{report}"
+    );
+    // A period bundle is headed as one, and its warning closes the list of
+    // checks rather than interrupting it.
+    assert!(report.contains("<h1>Period evidence: "), "{report}");
+    let status = report
+        .split("id=\"verification-status\"")
+        .nth(1)
+        .and_then(|s| s.split("</p>").next())
+        .unwrap();
+    assert!(
+        status
+            .trim_end()
+            .ends_with("Export it again after the period ends for all of it.</b>"),
+        "{status}"
     );
     let oscal = String::from_utf8_lossy(&files["oscal/assessment-results.json"]).into_owned();
     assert!(
