@@ -177,13 +177,13 @@ pub(crate) async fn policy(c: PolicyCmd) -> CliResult {
             let state = p.proposals.iter().find(|q| q.proposal_id == id);
             match (state, p.active) {
                 (Some(q), Some(a)) if q.status == "active" && a.proposal_id == id => outln!(
-                    "approved {id} at entry {}: it is now policy version {} (approved by {})",
+                    "approved {id} at entry {}: it is now policy version {} (approvals on record: {})",
                     r.index,
                     a.version,
                     a.approvers.join(", ")
                 ),
                 (Some(q), _) => outln!(
-                    "approved {id} at entry {}: {} (approvals so far: {})",
+                    "approved {id} at entry {}: {} (approvals on record so far: {})",
                     r.index,
                     q.status,
                     q.approvers.join(", ")

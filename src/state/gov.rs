@@ -864,10 +864,17 @@ impl State {
             signer: who.to_string(),
             action,
             why: format!(
-                "policy version {} gives `{}` to role(s) {}",
+                "policy version {} gives `{}` to {}",
                 self.gov.active_version().map(|v| v.version).unwrap_or(1),
                 perm.key(),
-                roles.into_iter().collect::<Vec<_>>().join(", ")
+                if roles.is_empty() {
+                    "no role".to_owned()
+                } else {
+                    format!(
+                        "role(s) {}",
+                        roles.into_iter().collect::<Vec<_>>().join(", ")
+                    )
+                }
             ),
         })
     }

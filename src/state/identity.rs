@@ -155,7 +155,7 @@ impl State {
     /// keys were all revoked still counts, so that revoking the other's keys
     /// (or their revoking their own) never leaves one administrator free to
     /// act alone; re-keying them then takes a policy change.
-    fn is_identity_admin(&self, who: &PrincipalId) -> bool {
+    pub(super) fn is_identity_admin(&self, who: &PrincipalId) -> bool {
         let policy = self.gov.policy();
         self.principals.get(who).is_some_and(|p| {
             p.kind == PrincipalKind::Human

@@ -771,6 +771,7 @@ impl State {
     /// (both are then excluded, see [`State::commit_people`]). The field
     /// and the reason, when refused.
     pub fn check_new_identity(&self, body: &Body) -> Result<(), (String, String)> {
+        self.check_no_keyless_identity_admin(body)?;
         let (target, emails, emails_field) = match body {
             Body::PrincipalRegistered(p) => {
                 if let Some(owner) = self.emails.get(p.id.as_str()) {
@@ -800,6 +801,69 @@ impl State {
                 ),
             )),
             None => Ok(()),
+        }
+    }
+
+    /// For a new entry only: refuses to leave an identity administrator
+    /// without an active key while another has one (by revoking its last
+    /// key, or by granting the roles of one to a principal whose keys were
+    /// all revoked). Such an administrator still counts for the two-person
+    /// rule (ledger-format §8.2.1) but can sign nothing, so the other's
+    /// identity changes would wait for it for ever; under a policy that
+    /// needs it to approve policy changes too, the log could never be
+    /// repaired.
+    fn check_no_keyless_identity_admin(&self, body: &Body) -> Result<(), (String, String)> {
+        let others_can_act = |who: &PrincipalId| {
+            self.principals.values().any(|q| {
+                q.id != *who && self.is_identity_admin(&q.id) && q.active_keys().next().is_some()
+            })
+        };
+        match body {
+            Body::KeyRevoked { principal, key, .. } => {
+                let Some(p) = self.principals.get(principal) else {
+                    return Ok(());
+                };
+                let last = p.active_keys().all(|k| k == key);
+                if last && self.is_identity_admin(principal) && others_can_act(principal) {
+                    return Err((
+                        "key_revoked.public_key".into(),
+                        format!(
+                            "this is the last active key of {principal}, an identity administrator: without a key it could never approve the other identity administrators' changes, which would wait for it for ever (ledger-format §8.2.1); rotate to a new key instead (docket principal rotate-key), or first take away the roles that make {principal} an identity administrator"
+                        ),
+                    ));
+                }
+                Ok(())
+            }
+            Body::PrincipalUpdated(u) if !u.grant_roles.is_empty() => {
+                let Some(p) = self.principals.get(&u.principal) else {
+                    return Ok(());
+                };
+                let roles: BTreeSet<String> = p
+                    .roles
+                    .union(&u.grant_roles)
+                    .filter(|r| !u.revoke_roles.contains(*r))
+                    .cloned()
+                    .collect();
+                let policy = self.gov.policy();
+                let admin_after = p.kind == PrincipalKind::Human
+                    && (policy.permits(&roles, Permission::RegisterPrincipals)
+                        || policy.permits(&roles, Permission::ChangeRoles));
+                if admin_after
+                    && p.active_keys().next().is_none()
+                    && !self.is_identity_admin(&u.principal)
+                    && others_can_act(&u.principal)
+                {
+                    return Err((
+                        "principal_updated.grant_roles".into(),
+                        format!(
+                            "{} has no active key: granted these roles it would become an identity administrator that could never approve the others' identity changes, which would wait for it for ever (ledger-format §8.2.1); give it a key first",
+                            u.principal
+                        ),
+                    ));
+                }
+                Ok(())
+            }
+            _ => Ok(()),
         }
     }
 

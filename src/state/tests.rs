@@ -1585,6 +1585,32 @@ third\n";
     );
 }
 
+/// A refusal for a permission no role holds says so, not "to role(s) ".
+#[test]
+fn a_permission_no_role_holds_is_named_as_such() {
+    let mut f = Fold::new("version = 1\n[permissions]\nopen_change = []\n");
+    let e = f
+        .apply(
+            "admin",
+            Body::ChangeOpened(ChangeOpening {
+                change_id: RecordId::parse("CHG-1").unwrap(),
+                title: String::new(),
+                repository: String::new(),
+                commits: BTreeSet::new(),
+                artifact_digests: set(&[D]),
+                environments: set(&["prod"]),
+                ticket: String::new(),
+                description: String::new(),
+            }),
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.ends_with("policy version 1 gives `open_change` to no role"),
+        "{e}"
+    );
+}
+
 /// The built-in default policy authorizes nothing, break-glass included,
 /// although it gives every permission to the admin role: the review it
 /// would open needs a second admin the default never names.

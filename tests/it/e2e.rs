@@ -662,6 +662,91 @@ async fn an_id_and_an_email_of_two_principals_may_not_be_equal() {
         .unwrap();
 }
 
+/// An identity administrator with no active key still counts for the
+/// two-person rule but can sign nothing, so the other's identity changes
+/// would wait for ever: new entries may not make one, by revoking an
+/// administrator's last key or by making a keyless principal one.
+#[tokio::test]
+async fn no_entry_leaves_an_identity_admin_without_a_key() {
+    let s = server().run().await;
+    let admin = s.admin_key();
+    let mut c = s.client().await;
+    let carol = SigningKey::from_bytes(&[3; 32]);
+    let root2 = SigningKey::from_bytes(&[4; 32]);
+    c.append(signed(&register("carol", &carol, &["dev"]), &admin))
+        .await
+        .unwrap();
+    let revoke = |signer: &str, who: &str, key: &SigningKey| Event {
+        event_id: format!("revoke-{who}-by-{signer}"),
+        claimed_time_nanos: now_nanos(),
+        signer: PrincipalId::parse(signer).unwrap(),
+        body: Body::KeyRevoked {
+            principal: PrincipalId::parse(who).unwrap(),
+            key: key.verifying_key(),
+            reason: String::new(),
+        },
+    };
+    // Carol, not an administrator, may give up her only key.
+    c.append(signed(&revoke("carol", "carol", &carol), &carol))
+        .await
+        .unwrap();
+    // While the admin is the only identity administrator this applies at once.
+    c.append(signed(&register("root2", &root2, &["admin"]), &admin))
+        .await
+        .unwrap();
+    expect_refused(
+        &s,
+        signed(&revoke("admin", "admin", &admin), &admin),
+        Code::InvalidArgument,
+        "key_revoked.public_key: this is the last active key of admin, an identity administrator",
+    )
+    .await;
+    expect_refused(
+        &s,
+        signed(&revoke("admin", "root2", &root2), &admin),
+        Code::InvalidArgument,
+        "this is the last active key of root2",
+    )
+    .await;
+    let grant = Event {
+        event_id: "grant-carol".into(),
+        claimed_time_nanos: now_nanos(),
+        signer: PrincipalId::parse("admin").unwrap(),
+        body: Body::PrincipalUpdated(docket::event::PrincipalUpdate {
+            principal: PrincipalId::parse("carol").unwrap(),
+            grant_roles: ["admin".to_string()].into(),
+            revoke_roles: Default::default(),
+            add_emails: Default::default(),
+            remove_emails: Default::default(),
+            reason: String::new(),
+        }),
+    };
+    expect_refused(
+        &s,
+        signed(&grant, &admin),
+        Code::InvalidArgument,
+        "principal_updated.grant_roles: carol has no active key",
+    )
+    .await;
+    // Rotating to a new key stays possible, and then revoking the old one.
+    let admin2 = SigningKey::from_bytes(&[5; 32]);
+    c.append(signed(
+        &Event {
+            event_id: "admin-rotate".into(),
+            claimed_time_nanos: now_nanos(),
+            signer: PrincipalId::parse("admin").unwrap(),
+            body: Body::KeyRotated {
+                principal: PrincipalId::parse("admin").unwrap(),
+                new_key: admin2.verifying_key(),
+                old_key: Some(admin.verifying_key()),
+            },
+        },
+        &admin,
+    ))
+    .await
+    .unwrap();
+}
+
 #[tokio::test]
 async fn clients_without_a_valid_certificate_are_refused() {
     let s = server().run().await;

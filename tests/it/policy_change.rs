@@ -175,7 +175,8 @@ async fn policy_change_is_governed_and_later_decisions_name_the_new_version() {
     let out = as_(&s, "pa2", &pa2, &approve).await;
     assert_eq!(out.code, 0, "{out:?}");
     assert!(
-        out.stdout.contains(": pending (approvals so far: pa2)"),
+        out.stdout
+            .contains(": pending (approvals on record so far: pa2)"),
         "{out:?}"
     );
     let out = as_(&s, "pa2", &pa2, &approve).await;
@@ -199,7 +200,7 @@ async fn policy_change_is_governed_and_later_decisions_name_the_new_version() {
     assert_eq!(out.code, 0, "{out:?}");
     assert!(
         out.stdout
-            .contains(": it is now policy version 2 (approved by pa2, pa3)"),
+            .contains(": it is now policy version 2 (approvals on record: pa2, pa3)"),
         "{out:?}"
     );
     let p = show(&s).await;
