@@ -659,20 +659,7 @@ impl Service {
             }
             .into());
         }
-        // A change's repository is free text in the format (older entries
-        // may hold any); new ones are names, as rules and commits have them.
-        if let Body::ChangeOpened(c) = &event.body
-            && c.repository.chars().any(char::is_whitespace)
-        {
-            return Err(InvalidEvent {
-                field: "change_opened.repository".into(),
-                reason: format!(
-                    "{:?} contains whitespace; a repository is a name such as github.com/acme/payments",
-                    c.repository
-                ),
-            }
-            .into());
-        }
+        check_new_names(&event.body)?;
         self.try_state(|st| st.check_new_identity(&event.body))
             .map_err(|_| AppendError::Stopped)?
             .map_err(|(field, reason)| InvalidEvent { field, reason })?;
@@ -869,4 +856,77 @@ impl Service {
 /// default-ignorable characters).
 fn invisible(c: char) -> bool {
     c.is_whitespace() || crate::event::hidden(c)
+}
+
+/// For a new entry only (the decoder, which replay shares, reads what older
+/// logs hold): the names rules and facts are compared by (environments,
+/// actions, repositories, kinds, namespaces) hold no character that shows
+/// as nothing, since "pr\u{34F}od" looks like "prod" but never matches it;
+/// and a change's repository, free text in the format, is a name too (no
+/// whitespace), as commits, CI runs and rules carry it.
+fn check_new_names(body: &Body) -> Result<(), InvalidEvent> {
+    fn listed<'a>(
+        names: &mut Vec<(String, &'a str)>,
+        field: &str,
+        set: &'a std::collections::BTreeSet<String>,
+    ) {
+        // Without an index: the set is sorted, not in the wire's order.
+        for n in set {
+            names.push((field.to_owned(), n));
+        }
+    }
+    let mut names: Vec<(String, &str)> = Vec::new();
+    match body {
+        Body::CommitObserved(c) => names.push(("commit_observed.repository".into(), &c.repository)),
+        Body::CiRunReported(r) => names.push(("ci_run_reported.repository".into(), &r.repository)),
+        Body::ChangeOpened(c) => {
+            if c.repository.chars().any(char::is_whitespace) {
+                return Err(InvalidEvent {
+                    field: "change_opened.repository".into(),
+                    reason: format!(
+                        "{:?} contains whitespace; a repository is a name such as github.com/acme/payments",
+                        c.repository
+                    ),
+                });
+            }
+            names.push(("change_opened.repository".into(), &c.repository));
+            listed(&mut names, "change_opened.environments", &c.environments);
+        }
+        Body::ChangeAmended(c) => {
+            listed(&mut names, "change_amended.environments", &c.environments)
+        }
+        Body::DeployRequested(d) => {
+            names.push(("deploy_requested.action".into(), &d.action));
+            names.push(("deploy_requested.environment".into(), &d.environment));
+            for (field, v) in [
+                ("deploy_requested.repository", &d.repository),
+                ("deploy_requested.kind", &d.kind),
+                ("deploy_requested.namespace", &d.namespace),
+            ] {
+                if let Some(v) = v {
+                    names.push((field.into(), v));
+                }
+            }
+        }
+        _ => {}
+    }
+    for (field, name) in names {
+        if let Some(c) = name.chars().find(|c| crate::event::hidden(*c)) {
+            let shown: String = name
+                .chars()
+                .map(|c| match crate::event::hidden(c) {
+                    true => format!("[U+{:04X}]", c as u32),
+                    false => c.to_string(),
+                })
+                .collect();
+            return Err(InvalidEvent {
+                field,
+                reason: format!(
+                    "\"{shown}\" contains U+{:04X}, a character that shows as nothing: the name would look like another and never match it",
+                    c as u32
+                ),
+            });
+        }
+    }
+    Ok(())
 }

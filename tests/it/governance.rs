@@ -886,6 +886,30 @@ async fn governance_input_is_checked_field_by_field() {
         "deploy_requested.justification: shows nothing but whitespace or invisible characters",
     )
     .await;
+    // A break-glass to an environment that only looks like prod.
+    expect_refused(
+        &s,
+        signed(
+            &ev(
+                "d1-lookalike",
+                Body::DeployRequested(DeployRequest {
+                    action: "deploy".into(),
+                    environment: "prod\u{fe00}".into(),
+                    repository: None,
+                    kind: None,
+                    namespace: None,
+                    subjects: [format!("sha256:{}", "a".repeat(64))].into(),
+                    change_id: None,
+                    break_glass: true,
+                    justification: "outage".into(),
+                }),
+            ),
+            &admin,
+        ),
+        Code::InvalidArgument,
+        "deploy_requested.environment: \"prod[U+FE00]\" contains U+FE00",
+    )
+    .await;
     // A review that finds a break-glass unjustified must say why (checked
     // before the state's rules, so no deployment is needed here).
     expect_refused(
@@ -959,6 +983,21 @@ async fn governance_input_is_checked_field_by_field() {
         wire(&bad),
         Code::InvalidArgument,
         "change_opened.change_id",
+    )
+    .await;
+    // A name that shows as another: U+034F (combining grapheme joiner)
+    // inside "prod" looks like prod on every page and never matches it.
+    bad.body = Some(pb::event::Body::ChangeOpened(pb::ChangeOpened {
+        change_id: "CHG-1".into(),
+        commits: vec!["0123456789abcdef0123456789abcdef01234567".into()],
+        environments: vec!["staging".into(), "pr\u{34f}od".into()],
+        ..Default::default()
+    }));
+    expect_refused(
+        &s,
+        wire(&bad),
+        Code::InvalidArgument,
+        "change_opened.environments: \"pr[U+034F]od\" contains U+034F, a character that shows as nothing",
     )
     .await;
     // A repository with whitespace could never agree with the names that
