@@ -148,6 +148,10 @@ pub struct Facts<'a> {
     /// The repositories the request's own subjects were observed in (their
     /// ingested commits, their CI runs), whether or not a change binds them.
     pub subject_repositories: &'a BTreeSet<&'a str>,
+    /// The request's subjects that no ingested commit or CI run with a
+    /// repository names: where they come from is unknown, whatever is
+    /// recorded for the others.
+    pub unrecorded_subjects: &'a [&'a str],
     pub deployments: &'a [Deployment<'a>],
 }
 
@@ -258,13 +262,13 @@ impl Pick<'_> {
 /// `repository`. A rule that filters on a repository, resource kind or
 /// namespace the request leaves unknown might apply, and a later rule
 /// might be laxer, so such a rule stops the search as [`Pick::Unknown`].
-/// `unconfirmed`: the repository only the request names, when nothing
-/// recorded confirms it (`repository` is then `None`).
+/// `repository_fix`: why the repository is unknown and how to make it
+/// known, when `repository` is `None`.
 fn pick<'p>(
     policy: &'p Policy,
     r: &Request,
     repository: Option<&str>,
-    unconfirmed: Option<&str>,
+    repository_fix: &'p str,
 ) -> Pick<'p> {
     'rules: for rule in &policy.rules {
         if !matches(&rule.environments, Some(&r.environment))
@@ -278,18 +282,7 @@ fn pick<'p>(
                 &rule.repositories,
                 repository,
                 "repository",
-                match unconfirmed {
-                    None => Cow::Borrowed(
-                        "neither the request nor its change names one and no ingested commit or CI \
-                         run of it says; name it (--repository) or ingest the change's commits",
-                    ),
-                    Some(claimed) => Cow::Owned(format!(
-                        "only the request names one ({claimed}), and nothing recorded confirms it: \
-                         no change names a repository and no ingested commit or CI run of what is \
-                         deployed says; open a change naming it (--repository), or ingest its \
-                         commits or report its CI run"
-                    )),
-                },
+                Cow::Borrowed(repository_fix),
             ),
             (
                 &rule.kinds,
@@ -448,12 +441,16 @@ pub fn evaluate(policy: &Policy, req: &Request, facts: &Facts<'_>) -> Verdict {
     }
     // Rules match on the repository of the code being deployed. A request
     // that names another repository than its change's is refused. Every
-    // repository the code is known to come from (named by the change,
-    // observed for its commits and CI runs, or named by the request next to
-    // those) must fall under the same rule, and a rule that filters on
-    // something unknown stops the search. A repository only the request
-    // names is the requester's word alone: it counts as unknown. So leaving
-    // the repository out, or naming another, cannot select a laxer rule.
+    // repository the log records for the code (its commits' observations
+    // and its CI runs, for the change's code and the request's own
+    // subjects) must fall under the same rule, and so must the ones the
+    // change and the request name next to a record. A repository only
+    // people name (the change's opener, the requester) is their word
+    // alone: without a record it counts as unknown. So does the repository
+    // of a subject nothing records, whatever is recorded for the others.
+    // A rule that filters on something unknown stops the search. So
+    // leaving the repository out, naming another, or pairing an unrecorded
+    // artifact with a recorded one cannot select a laxer rule.
     let change_repo = facts.change.and_then(|c| c.repository.map(|r| (c.id, r)));
     if let (Some(asked), Some((id, theirs))) = (req.repository.as_deref(), change_repo)
         && asked != theirs
@@ -463,27 +460,47 @@ pub fn evaluate(policy: &Policy, req: &Request, facts: &Facts<'_>) -> Verdict {
             format!("the request names repository {asked} but change {id} is for {theirs}"),
         );
     }
-    let mut repositories: BTreeSet<&str> = BTreeSet::new();
-    repositories.extend(change_repo.map(|(_, r)| r));
+    let mut recorded: BTreeSet<&str> = BTreeSet::new();
     if let Some(c) = facts.change {
-        repositories.extend(c.code_repositories.iter().copied());
+        recorded.extend(c.code_repositories.iter().copied());
     }
-    repositories.extend(facts.subject_repositories.iter().copied());
-    let unconfirmed = req
-        .repository
-        .as_deref()
-        .filter(|_| repositories.is_empty());
-    if unconfirmed.is_none() {
+    recorded.extend(facts.subject_repositories.iter().copied());
+    let mut claims: Vec<String> = Vec::new();
+    if let Some((id, r)) = change_repo {
+        claims.push(format!("change {id} names {r}"));
+    }
+    if let (Some(r), None) = (req.repository.as_deref(), change_repo) {
+        claims.push(format!("the request names {r}"));
+    }
+    let mut repositories = recorded.clone();
+    if !recorded.is_empty() {
+        repositories.extend(change_repo.map(|(_, r)| r));
         repositories.extend(req.repository.as_deref());
     }
-    let picks: Vec<(Option<&str>, Pick<'_>)> = if repositories.is_empty() {
-        vec![(None, pick(policy, req, None, unconfirmed))]
+    let unknown_too = repositories.is_empty() || !facts.unrecorded_subjects.is_empty();
+    let unknown_fix = if !unknown_too {
+        String::new()
+    } else if !recorded.is_empty() {
+        format!(
+            "no ingested commit or CI run says where {} come(s) from, while the rest comes from {}; ingest its commits or report its CI run",
+            facts.unrecorded_subjects.join(", "),
+            list(&recorded)
+        )
+    } else if claims.is_empty() {
+        "neither the request nor its change names one and no ingested commit or CI run of it says; ingest its commits or report its CI run".to_owned()
     } else {
-        repositories
-            .iter()
-            .map(|r| (Some(*r), pick(policy, req, Some(r), None)))
-            .collect()
+        format!(
+            "{}, and nothing recorded confirms it: no ingested commit or CI run of what is deployed says; ingest its commits or report its CI run",
+            claims.join("; ")
+        )
     };
+    let mut picks: Vec<(Option<&str>, Pick<'_>)> = repositories
+        .iter()
+        .map(|r| (Some(*r), pick(policy, req, Some(r), "")))
+        .collect();
+    if unknown_too {
+        picks.push((None, pick(policy, req, None, &unknown_fix)));
+    }
     if let Some((_, Pick::Unknown(rule, u))) =
         picks.iter().find(|(_, p)| matches!(p, Pick::Unknown(..)))
     {

@@ -183,6 +183,7 @@ fn check(
         principals: &principals,
         change: change.as_ref(),
         subject_repositories: &BTreeSet::new(),
+        unrecorded_subjects: &[],
         deployments: &deployments,
     };
     let v = evaluate(&policy, &req, &facts);
@@ -212,6 +213,7 @@ fn decide_prod_with_runs(
         principals,
         change: Some(&c),
         subject_repositories: &BTreeSet::new(),
+        unrecorded_subjects: &[],
         deployments: &deployments,
     };
     let v = evaluate(policy, &request("prod"), &facts);
@@ -422,6 +424,7 @@ fn every_rule_kind() {
             principals: &principals,
             change: Some(&c),
             subject_repositories: &BTreeSet::new(),
+            unrecorded_subjects: &[],
             deployments: &d,
         };
         let v = evaluate(&restart_rule, &restart, &facts);
@@ -735,6 +738,7 @@ fn every_rule_kind() {
             principals: &principals,
             change: Some(&staging_change),
             subject_repositories: &BTreeSet::new(),
+            unrecorded_subjects: &[],
             deployments: &[],
         },
     );
@@ -752,7 +756,7 @@ fn every_rule_kind() {
         (
             Deny,
             None,
-            "this request's repository is unknown: only the request names one (github.com/acme/payments)",
+            "this request's repository is unknown: the request names github.com/acme/payments, and nothing recorded confirms it",
         ),
     );
     // No change, but a CI run of the digest confirms the repository.
@@ -763,6 +767,7 @@ fn every_rule_kind() {
             principals: &people(),
             change: None,
             subject_repositories: &strs(&["github.com/acme/payments"]),
+            unrecorded_subjects: &[],
             deployments: &staged(),
         },
     );
@@ -836,6 +841,7 @@ fn every_rule_kind() {
             principals: &people(),
             change: None,
             subject_repositories: &strs(&["github.com/other/x"]),
+            unrecorded_subjects: &[],
             deployments: &[],
         },
     );
@@ -863,6 +869,7 @@ fn overlapping_freeze_windows_name_the_end_of_the_whole_freeze() {
             principals: &principals,
             change: Some(&c),
             subject_repositories: &BTreeSet::new(),
+            unrecorded_subjects: &[],
             deployments: &[],
         };
         let v = evaluate(&policy, &req, &facts);
@@ -932,6 +939,7 @@ fn a_break_glass_deadline_too_far_saturates_alike_in_reason_and_obligation() {
             principals: &principals,
             change: None,
             subject_repositories: &BTreeSet::new(),
+            unrecorded_subjects: &[],
             deployments: &[],
         },
     );
@@ -975,6 +983,7 @@ fn a_person_fills_one_role_requirement() {
             principals: &principals,
             change: Some(&c),
             subject_repositories: &BTreeSet::new(),
+            unrecorded_subjects: &[],
             deployments: &[],
         };
         let v = evaluate(&policy, &request("prod"), &facts);
@@ -1568,7 +1577,7 @@ proptest! {
         principals.insert("mallory".into(), PrincipalFacts { human, roles: roles.clone() });
         let c = change((0..count).map(|_| approval("mallory", NOW)).collect());
         let deployments = staged();
-        let facts = Facts { principals: &principals, change: Some(&c), subject_repositories: &BTreeSet::new(), deployments: &deployments };
+        let facts = Facts { principals: &principals, change: Some(&c), subject_repositories: &BTreeSet::new(), unrecorded_subjects: &[], deployments: &deployments };
         let v = evaluate(&policy, &request("prod"), &facts);
         prop_assert_eq!(v.decision, Decision::Deny);
         prop_assert!(v.counted.len() <= 1);
@@ -1631,6 +1640,7 @@ match.environments = ["prod"]
                 principals: &principals,
                 change: Some(&change),
                 subject_repositories: &BTreeSet::new(),
+                unrecorded_subjects: &[],
                 deployments: &[],
             };
             let req = Request {
@@ -1643,7 +1653,7 @@ match.environments = ["prod"]
         |repo: Option<&str>, change_repo: Option<&'static str>| decide_seen(repo, change_repo, &[]);
     let payments = Some("github.com/acme/payments");
     for asked in [None, payments] {
-        let v = decide(asked, payments);
+        let v = decide_seen(asked, payments, &["github.com/acme/payments"]);
         assert_eq!(
             (v.decision, v.rule.as_deref()),
             (Decision::Deny, Some("payments")),
@@ -1663,24 +1673,34 @@ match.environments = ["prod"]
             "the request names repository github.com/acme/other but change CHG-1 is for github.com/acme/payments"
         ]
     );
-    // A change that names no repository, and nothing observed: the
-    // repository the request names is its word alone, and counts as
-    // unknown whichever it names (naming another would otherwise reach the
-    // laxer rule; naming the first rule's could pass a stricter later one).
+    // Nothing observed: the repository the request or the change names is
+    // its opener's word alone, and counts as unknown whichever it names
+    // (naming another would otherwise reach the laxer rule; naming the
+    // first rule's could pass a stricter later one).
     let other = "github.com/acme/other";
-    for asked in ["github.com/acme/payments", other] {
-        let v = decide(Some(asked), None);
-        assert_eq!(
-            (v.decision, v.rule.as_deref()),
-            (Decision::Deny, None),
-            "{v:#?}"
-        );
-        assert_eq!(
-            v.reasons,
-            [format!(
-                "rule \"payments\" applies to the repository github.com/acme/payments, and this request's repository is unknown: only the request names one ({asked}), and nothing recorded confirms it: no change names a repository and no ingested commit or CI run of what is deployed says; open a change naming it (--repository), or ingest its commits or report its CI run"
-            )]
-        );
+    for named in ["github.com/acme/payments", other] {
+        for (asked, claimed, who) in [
+            (Some(named), None, format!("the request names {named}")),
+            (None, Some(named), format!("change CHG-1 names {named}")),
+            (
+                Some(named),
+                Some(named),
+                format!("change CHG-1 names {named}"),
+            ),
+        ] {
+            let v = decide(asked, claimed);
+            assert_eq!(
+                (v.decision, v.rule.as_deref()),
+                (Decision::Deny, None),
+                "{v:#?}"
+            );
+            assert_eq!(
+                v.reasons,
+                [format!(
+                    "rule \"payments\" applies to the repository github.com/acme/payments, and this request's repository is unknown: {who}, and nothing recorded confirms it: no ingested commit or CI run of what is deployed says; ingest its commits or report its CI run"
+                )]
+            );
+        }
     }
     // Nobody names one and nothing was observed: the first rule that
     // filters on repositories might be the one, so the answer is deny.
@@ -1689,7 +1709,33 @@ match.environments = ["prod"]
     assert_eq!(
         v.reasons,
         [
-            "rule \"payments\" applies to the repository github.com/acme/payments, and this request's repository is unknown: neither the request nor its change names one and no ingested commit or CI run of it says; name it (--repository) or ingest the change's commits"
+            "rule \"payments\" applies to the repository github.com/acme/payments, and this request's repository is unknown: neither the request nor its change names one and no ingested commit or CI run of it says; ingest its commits or report its CI run"
+        ]
+    );
+    // A subject nothing records, deployed next to one recorded in another
+    // repository: its own repository is unknown, so the laxer rule the
+    // recorded one leads to is not enough.
+    let docs = strs(&["github.com/acme/docs"]);
+    let v = evaluate(
+        &policy,
+        &request("prod"),
+        &Facts {
+            principals: &principals,
+            change: None,
+            subject_repositories: &docs,
+            unrecorded_subjects: &["sha256:dx"],
+            deployments: &[],
+        },
+    );
+    assert_eq!(
+        (v.decision, v.rule.as_deref()),
+        (Decision::Deny, None),
+        "{v:#?}"
+    );
+    assert_eq!(
+        v.reasons,
+        [
+            "rule \"payments\" applies to the repository github.com/acme/payments, and this request's repository is unknown: no ingested commit or CI run says where sha256:dx come(s) from, while the rest comes from github.com/acme/docs; ingest its commits or report its CI run"
         ]
     );
     // The repository the commits were ingested from (or CI reported)
@@ -1729,6 +1775,7 @@ match.environments = ["prod"]
             principals: &principals,
             change: None,
             subject_repositories: &seen,
+            unrecorded_subjects: &[],
             deployments: &[],
         },
     );
@@ -1775,6 +1822,7 @@ match.actions = ["deploy"]
         principals: &principals,
         change: None,
         subject_repositories: &BTreeSet::new(),
+        unrecorded_subjects: &[],
         deployments: &[],
     };
     let rule = |kind: Option<&str>, namespace: Option<&str>, action: &str| {

@@ -1538,16 +1538,29 @@ impl State {
                 .as_ref()
                 .is_some_and(|c| c.subjects.contains(s))
         };
-        for s in req.subjects.iter().filter(|s| !bound(s)) {
+        // And which subjects nothing records a repository for: a change's
+        // repository, or the request's, is their opener's word alone.
+        let mut unrecorded_subjects: Vec<&str> = Vec::new();
+        for s in &req.subjects {
+            let mut recorded = false;
             if let Some(c) = self.gov.commits.get(s.as_str())
                 && !c.repository.is_empty()
             {
-                subject_repositories.insert(c.repository.as_str());
+                recorded = true;
+                if !bound(s) {
+                    subject_repositories.insert(c.repository.as_str());
+                }
             }
             for r in self.gov.ci_runs_for(s) {
                 if !r.repository.is_empty() {
-                    subject_repositories.insert(r.repository.as_str());
+                    recorded = true;
+                    if !bound(s) {
+                        subject_repositories.insert(r.repository.as_str());
+                    }
                 }
+            }
+            if !recorded {
+                unrecorded_subjects.push(s);
             }
         }
         let v = policy::evaluate(
@@ -1557,6 +1570,7 @@ impl State {
                 principals: &self.facts,
                 change: facts_change.as_ref(),
                 subject_repositories: &subject_repositories,
+                unrecorded_subjects: &unrecorded_subjects,
                 deployments: &deployments,
             },
         );

@@ -59,7 +59,9 @@ pub use identity::PendingIdentity;
 /// 15: a commit's author and committer times are read after the last '>'
 /// of their lines, as git reads them; the built-in default policy denies
 /// break-glass; a break-glass reason names the saturated due time.
-pub const STATE_FORMAT: u32 = 15;
+/// 16: a repository only the change names counts as unknown in rule
+/// selection, and so does that of a request subject nothing records.
+pub const STATE_FORMAT: u32 = 16;
 
 /// The most keys (every one ever added, revoked ones included), roles and
 /// e-mails one principal's record holds; a change past it is refused

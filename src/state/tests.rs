@@ -1585,6 +1585,97 @@ third\n";
     );
 }
 
+/// Under a policy whose unmatched requests are allowed, a digest nothing
+/// records cannot ride on one CI reported from another repository: each
+/// subject's repository must be recorded, and a change's own repository is
+/// its opener's word alone.
+#[test]
+fn an_unrecorded_subject_or_a_claimed_repository_does_not_pick_a_laxer_rule() {
+    use crate::event::CiStatus;
+    let policy = r#"
+version = 1
+[permissions]
+register_principals = ["admin"]
+change_roles = ["admin"]
+open_change = ["dev", "ci"]
+approve = ["dev"]
+report = ["ci"]
+[defaults]
+unmatched = "allow"
+[[rule]]
+name = "payments"
+match.environments = ["prod"]
+match.repositories = ["github.com/acme/payments"]
+approvals = 2
+"#;
+    let mut f = Fold::new(policy);
+    f.person("mallory", 2, Some("mallory@example.com"));
+    f.register("ci", PrincipalKind::Ci, &["ci"], &[30]);
+    let docs = "sha256:dddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddd";
+    let unknown = "sha256:eeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeee";
+    f.ci_run(
+        "ci",
+        "github.com/acme/docs",
+        "0123456789abcdef0123456789abcdef01234567",
+        docs,
+        CiStatus::Passed,
+    );
+    let deploy = |f: &mut Fold, subjects: &[&str]| {
+        let i = f
+            .apply(
+                "mallory",
+                Body::DeployRequested(DeployRequest {
+                    action: "deploy".into(),
+                    environment: "prod".into(),
+                    repository: None,
+                    kind: None,
+                    namespace: None,
+                    subjects: set(subjects),
+                    change_id: None,
+                    break_glass: false,
+                    justification: String::new(),
+                }),
+            )
+            .unwrap();
+        f.st.gov().deployment(i).unwrap().decision.clone()
+    };
+    // The recorded digest alone: from docs, no rule, unmatched allows.
+    assert!(deploy(&mut f, &[docs]).allow);
+    // Next to a digest nothing records: its repository is unknown.
+    let d = deploy(&mut f, &[docs, unknown]);
+    assert!(!d.allow, "{:?}", d.reasons);
+    assert!(
+        d.reasons[0].contains(&format!(
+            "no ingested commit or CI run says where {unknown} come(s) from"
+        )),
+        "{:?}",
+        d.reasons
+    );
+    // A change that names a repository is its opener's word alone.
+    f.apply(
+        "mallory",
+        Body::ChangeOpened(ChangeOpening {
+            change_id: RecordId::parse("M-1").unwrap(),
+            title: String::new(),
+            repository: "github.com/acme/docs".into(),
+            commits: BTreeSet::new(),
+            artifact_digests: set(&[unknown]),
+            environments: set(&["prod"]),
+            ticket: String::new(),
+            description: String::new(),
+        }),
+    )
+    .unwrap();
+    let d = deploy(&mut f, &[unknown]);
+    assert!(!d.allow, "{:?}", d.reasons);
+    assert!(
+        d.reasons[0]
+            .contains("change M-1 names github.com/acme/docs, and nothing recorded confirms it"),
+        "{:?}",
+        d.reasons
+    );
+}
+
 /// A refusal for a permission no role holds says so, not "to role(s) ".
 #[test]
 fn a_permission_no_role_holds_is_named_as_such() {
