@@ -310,6 +310,35 @@ fn scan<S: Store + ?Sized>(
                 ),
             ));
         }
+        // The event-id index the server answers retries and duplicates
+        // from must point at this entry, with this envelope's digest.
+        match store.event(&event.event_id).map_err(store_err)? {
+            Some((i, digest)) if i == index && digest == env.digest() => {}
+            Some((i, _)) if i != index => {
+                return Err(at(
+                    index,
+                    format!(
+                        "event-id index: {:?} is indexed to entry {i}",
+                        event.event_id
+                    ),
+                ));
+            }
+            Some(_) => {
+                return Err(at(
+                    index,
+                    format!(
+                        "event-id index: the envelope digest stored for {:?} is not this entry's",
+                        event.event_id
+                    ),
+                ));
+            }
+            None => {
+                return Err(at(
+                    index,
+                    format!("event-id index: {:?} is missing", event.event_id),
+                ));
+            }
+        }
         let folded = state.history_count() + u64::from(event.body.is_identity_or_policy());
         check_history_count(index, entry.history_count, folded, &mut last_counted, |n| {
             format!(
@@ -419,6 +448,17 @@ fn scan<S: Store + ?Sized>(
             reason: format!(
                 "the newest checkpoint covers {} entries but the log holds {size}",
                 cp_sizes.last().copied().unwrap_or(0)
+            ),
+        });
+    }
+    // Every entry's id is indexed to it (checked above); an id more would
+    // make the server refuse a future event as a duplicate of nothing.
+    let indexed = store.event_index_len().map_err(store_err)?;
+    if indexed != size {
+        return Err(Failure {
+            index: None,
+            reason: format!(
+                "the event-id index holds {indexed} ids but the log holds {size} entries"
             ),
         });
     }

@@ -1296,6 +1296,17 @@ pub(crate) async fn proof(c: ProofCmd) -> CliResult {
             tree_size,
         } => {
             let mut client = Conn::resolve(&conn)?.ledger().await?;
+            // The checkpoint first, and the proof for its size: asked for
+            // "the latest" separately, the two could name different sizes
+            // while the log grows.
+            let cp = client
+                .get_checkpoint(pb::GetCheckpointRequest {})
+                .await
+                .map_err(|s| status_err("checkpoint", s))?
+                .into_inner();
+            let v = log_verifier(&conn)?;
+            let cp = Checkpoint::verify(&cp.note, &v, v.name()).map_err(CliError::failed)?;
+            let tree_size = if tree_size == 0 { cp.size } else { tree_size };
             let p = client
                 .get_inclusion_proof(pb::InclusionProofRequest { index, tree_size })
                 .await
@@ -1306,13 +1317,6 @@ pub(crate) async fn proof(c: ProofCmd) -> CliResult {
                 .await
                 .map_err(|s| status_err("get", s))?
                 .into_inner();
-            let cp = client
-                .get_checkpoint(pb::GetCheckpointRequest {})
-                .await
-                .map_err(|s| status_err("checkpoint", s))?
-                .into_inner();
-            let v = log_verifier(&conn)?;
-            let cp = Checkpoint::verify(&cp.note, &v, v.name()).map_err(CliError::failed)?;
             let root = if p.tree_size == cp.size {
                 cp.root
             } else {
@@ -1463,11 +1467,16 @@ pub(crate) async fn verify(a: VerifyArgs) -> CliResult {
         );
         return Ok(());
     }
-    let store = super::open_offline_store(&DataDir::new(&a.conn.data.data))?;
-    let started = std::time::Instant::now();
-    match crate::verify::verify_store(&store, Some(&verifier)) {
+    // A scratch copy: opening a damaged store in place would cut it.
+    let dd = DataDir::new(&a.conn.data.data);
+    let (checked, secs) = super::surviving_store_panics(|| {
+        let scratch = super::open_offline_copy(&dd)?;
+        let started = std::time::Instant::now();
+        let checked = crate::verify::verify_store(&scratch.store, Some(&verifier));
+        Ok((checked, started.elapsed().as_secs_f64()))
+    })?;
+    match checked {
         Ok(r) => {
-            let secs = started.elapsed().as_secs_f64();
             outln!(
                 "OK: {} entries, {} checkpoints, root {} ({:.0} entries/s)",
                 r.entries,

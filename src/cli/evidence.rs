@@ -287,11 +287,14 @@ async fn offline(
     let dd = DataDir::new(&data.data);
     let cfg = dd.config().map_err(CliError::usage)?;
     let signer = dd.note_signer(&cfg).map_err(CliError::usage)?;
-    let store = std::sync::Arc::new(super::open_offline_store(&dd)?);
+    // A scratch copy, as for `docket verify`: the original is never opened.
+    let (store, scratch) = super::open_offline_copy(&dd)?.split();
     let progress = std::sync::Arc::new(crate::evidence::Progress::default());
     let (p, scope) = (progress.clone(), scope.clone());
     let work = tokio::task::spawn_blocking(move || {
-        let reader = crate::ledger::LedgerReader::new(store);
+        // Dropped last, after the reader and its store.
+        let _scratch = scratch;
+        let reader = crate::ledger::LedgerReader::new(std::sync::Arc::new(store));
         let state = crate::service::current_state(&reader).map_err(CliError::failed)?;
         crate::evidence::export_offline(&state, &reader, &signer, &scope, since.as_deref(), &p)
             .map_err(CliError::failed)

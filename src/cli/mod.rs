@@ -333,6 +333,128 @@ pub(crate) fn open_offline_store(
     })
 }
 
+/// A store opened from a scratch copy of a data directory's `db`, for the
+/// commands that only read it (`verify`, `evidence export --offline`).
+/// Opening a sled store recovers it, and recovery cuts the log at the first
+/// damaged message as if it were a torn tail: opened in place, a damaged
+/// store would lose the entries after the damage, and the check meant to
+/// find that would report the shortened log as sound. The copy takes that
+/// instead, the original is never written (so read-only media can be
+/// checked too), and the copy is removed when this is dropped.
+pub(crate) struct ScratchStore {
+    pub store: crate::ledger::SledStore,
+    // Dropped after the store (fields drop in order).
+    _dir: tempfile::TempDir,
+}
+
+impl ScratchStore {
+    /// The store, and the directory that must outlive it.
+    pub(crate) fn split(self) -> (crate::ledger::SledStore, tempfile::TempDir) {
+        (self.store, self._dir)
+    }
+}
+
+pub(crate) fn open_offline_copy(dd: &crate::datadir::DataDir) -> Result<ScratchStore, CliError> {
+    require_data_dir(dd)?;
+    let db = dd.db();
+    let root = db.parent().map(PathBuf::from).unwrap_or_default();
+    // sled holds an exclusive lock on this file while it has the store
+    // open; taking it for the copy refuses a store a server is writing.
+    let lock_path = db.join("db");
+    let lock = std::fs::File::open(&lock_path)
+        .map_err(|e| CliError::failed(format!("{}: {e}", lock_path.display())))?;
+    match lock.try_lock_shared() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            return Err(CliError::usage(format!(
+                "{}: in use by another process (a running docket serve?); stop it first, offline commands need the store to themselves",
+                db.display()
+            )));
+        }
+        Err(std::fs::TryLockError::Error(e)) => {
+            return Err(CliError::failed(format!("{}: {e}", lock_path.display())));
+        }
+    }
+    let scratch = tempfile::Builder::new()
+        .prefix(".docket-scratch-")
+        .tempdir_in(&root)
+        .or_else(|_| tempfile::Builder::new().prefix("docket-scratch-").tempdir())
+        .map_err(|e| {
+            CliError::failed(format!("a scratch directory for a copy of the store: {e}"))
+        })?;
+    let copy = scratch.path().join("db");
+    copy_tree(&db, &copy).map_err(|e| {
+        CliError::failed(format!(
+            "copying {} to {}: {e}",
+            db.display(),
+            copy.display()
+        ))
+    })?;
+    drop(lock);
+    let store = crate::ledger::SledStore::open(&copy)
+        .map_err(|e| CliError::failed(format!("{}: {e}", db.display())))?;
+    Ok(ScratchStore {
+        store,
+        _dir: scratch,
+    })
+}
+
+/// Runs `f`, which reads a store, turning a panic inside it (sled panics
+/// on some damaged pages rather than returning an error) into a failure
+/// that names the first panic's message, without the default hook's
+/// backtrace on stderr.
+pub(crate) fn surviving_store_panics<T>(
+    f: impl FnOnce() -> Result<T, CliError>,
+) -> Result<T, CliError> {
+    static FIRST: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+    let first = || FIRST.lock().unwrap_or_else(|p| p.into_inner());
+    *first() = None;
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let p = info.payload();
+        let msg = p
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| p.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        let at = info
+            .location()
+            .map(|l| format!(" (at {}:{})", l.file(), l.line()))
+            .unwrap_or_default();
+        first().get_or_insert(format!("{msg}{at}"));
+    }));
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    std::panic::set_hook(previous);
+    r.unwrap_or_else(|_| {
+        Err(CliError::failed(format!(
+            "the store is damaged: reading it failed inside the storage engine: {}; restore the data directory from a copy",
+            first().take().unwrap_or_default()
+        )))
+    })
+}
+
+/// Copies the directory tree `from` to `to` (regular files and
+/// directories; anything else is refused).
+fn copy_tree(from: &std::path::Path, to: &std::path::Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for e in std::fs::read_dir(from)? {
+        let e = e?;
+        let t = e.file_type()?;
+        let dest = to.join(e.file_name());
+        if t.is_dir() {
+            copy_tree(&e.path(), &dest)?;
+        } else if t.is_file() {
+            std::fs::copy(e.path(), &dest)?;
+        } else {
+            return Err(std::io::Error::other(format!(
+                "{}: not a regular file or directory",
+                e.path().display()
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Refuses a directory `init` never completed, or one without its `db`.
 pub(crate) fn require_data_dir(dd: &crate::datadir::DataDir) -> Result<(), CliError> {
     let root = dd.db().parent().map(PathBuf::from).unwrap_or_default();

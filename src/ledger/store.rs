@@ -52,6 +52,8 @@ pub trait Store: Send + Sync + 'static {
     fn checkpoint_sizes(&self) -> Result<Vec<u64>, StoreError>;
     /// Number of entries.
     fn size(&self) -> Result<u64, StoreError>;
+    /// Number of event ids in the event-id index (one per entry).
+    fn event_index_len(&self) -> Result<u64, StoreError>;
     /// Applies `batch` atomically (not yet durable).
     fn write(&self, batch: WriteBatch) -> Result<(), StoreError>;
     /// Makes every earlier write durable.
@@ -249,6 +251,14 @@ impl Store for SledStore {
             .keys()
             .map(|k| key_u64(&k?, "checkpoint"))
             .collect()
+    }
+
+    fn event_index_len(&self) -> Result<u64, StoreError> {
+        self.log
+            .scan_prefix([b'x'])
+            .keys()
+            .try_fold(0u64, |n, k| k.map(|_| n + 1))
+            .map_err(StoreError::from)
     }
 
     fn size(&self) -> Result<u64, StoreError> {

@@ -54,6 +54,43 @@ fn ledger_v1_fixture_still_verifies() {
         "revoked by the admin at entry 5"
     );
 
+    // The event-id index the server answers retries from is checked too:
+    // an id pointed at another entry, or an id indexed for no entry.
+    use docket::ledger::{Store as _, WriteBatch};
+    let key_of = |id: &str| [b"x".as_slice(), id.as_bytes()].concat();
+    let moved = SledStore::temporary().unwrap();
+    docket::ledger::import(&moved, entries.clone(), &note).unwrap();
+    let (i, digest) = moved.event(&entries[1].1).unwrap().unwrap();
+    assert_eq!(i, 1);
+    let value = [2u64.to_be_bytes().as_slice(), digest.as_slice()].concat();
+    moved
+        .write(WriteBatch {
+            log: vec![(key_of(&entries[1].1), value)],
+            state: Vec::new(),
+        })
+        .unwrap();
+    let f = docket::verify::verify_store(&moved, Some(&verifier)).unwrap_err();
+    assert_eq!(f.index, Some(1), "{f}");
+    assert!(
+        f.reason.contains("event-id index") && f.reason.contains("indexed to entry 2"),
+        "{f}"
+    );
+    let ghost = SledStore::temporary().unwrap();
+    docket::ledger::import(&ghost, entries.clone(), &note).unwrap();
+    let value = [5u64.to_be_bytes().as_slice(), digest.as_slice()].concat();
+    ghost
+        .write(WriteBatch {
+            log: vec![(key_of("never-appended"), value)],
+            state: Vec::new(),
+        })
+        .unwrap();
+    let f = docket::verify::verify_store(&ghost, Some(&verifier)).unwrap_err();
+    assert_eq!(f.index, None, "{f}");
+    assert_eq!(
+        f.reason,
+        "the event-id index holds 12 ids but the log holds 11 entries"
+    );
+
     // One flipped bit in an entry's signature is caught at that entry.
     let mut bad = entries;
     let last = bad[4].0.len() - 1;

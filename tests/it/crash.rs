@@ -116,9 +116,32 @@ async fn sigkill_during_appends_loses_nothing_acknowledged() {
     child.kill().unwrap();
     child.wait().unwrap();
 
+    // Killed again, the store was not closed: opening it would recover it
+    // and rewrite its files. `docket verify` checks a scratch copy, and
+    // leaves the evidence byte for byte as it found it.
+    let files = |dir: &Path| {
+        let mut out = std::collections::BTreeMap::new();
+        let mut todo = vec![dir.to_path_buf()];
+        while let Some(d) = todo.pop() {
+            for e in std::fs::read_dir(&d).unwrap() {
+                let p = e.unwrap().path();
+                if p.is_dir() {
+                    todo.push(p);
+                } else {
+                    out.insert(p.clone(), std::fs::read(&p).unwrap());
+                }
+            }
+        }
+        out
+    };
+    let before = files(&data);
     let (ok, out) = run_cli(&["verify"], &data);
     assert!(ok, "{out}");
     assert!(out.starts_with("OK: "), "{out}");
+    assert!(
+        before == files(&data),
+        "docket verify changed the data directory"
+    );
     let (ok, out) = run_cli(&["rebuild"], &data);
     assert!(ok && out.contains("identical"), "{out}");
 }

@@ -2639,8 +2639,14 @@ async fn an_insider_with_the_log_key_cannot_forge_what_lies_below_it() {
         let store = Arc::new(SledStore::temporary().unwrap());
         let list = entries
             .into_iter()
-            .enumerate()
-            .map(|(i, b)| (b, format!("e{i}")))
+            .map(|b| {
+                let id = docket::api::convert::decode_event(
+                    &Entry::decode(&b).unwrap().envelope.payload,
+                )
+                .unwrap()
+                .event_id;
+                (b, id)
+            })
             .collect();
         docket::ledger::import(&*store, list, &cp.note).unwrap();
         let forged = LedgerReader::new(store);
@@ -3595,8 +3601,13 @@ async fn a_bundle_that_leaves_out_a_fact_a_decision_rests_on_fails() {
     let store = SledStore::temporary().unwrap();
     let list = entries
         .into_iter()
-        .enumerate()
-        .map(|(i, b)| (b, format!("e{i}")))
+        .map(|b| {
+            let id =
+                docket::api::convert::decode_event(&Entry::decode(&b).unwrap().envelope.payload)
+                    .unwrap()
+                    .event_id;
+            (b, id)
+        })
         .collect();
     docket::ledger::import(&store, list, &cp.note).unwrap();
     let failure = docket::verify::verify_store(&store, None).unwrap_err();

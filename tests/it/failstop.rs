@@ -55,6 +55,9 @@ impl Store for FailingStore {
     fn size(&self) -> Result<u64, StoreError> {
         self.inner.size()
     }
+    fn event_index_len(&self) -> Result<u64, StoreError> {
+        self.inner.event_index_len()
+    }
     fn write(&self, batch: WriteBatch) -> Result<(), StoreError> {
         if self.panic_write.load(Ordering::SeqCst) {
             panic!("injected panic in the writer");
