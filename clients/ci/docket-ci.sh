@@ -74,6 +74,8 @@ Environment:
   DOCKET_DATA       data directory for defaults of the above (default: docket-data)
   DOCKET_BIN        the docket binary (default: docket)
   DOCKET_JSON_OUT   gate/deploy: also write the decision as JSON to this file
+  DOCKET_CHANGE     gate/deploy: the change the deployment is for (--change), so that no
+                    other change binding the same digests is considered in its place
   DOCKET_REPO       ingest, open: the git repository (default: .)
   DOCKET_GIT_BASE   the pull request's base commit (the action sets it)
   DOCKET_GIT_DEFAULT_BRANCH  open: the default branch (the action sets it; GitLab:
@@ -591,6 +593,7 @@ do_decide() {
     local d
     for d in "$@"; do args+=(--digest "$d"); done
     [[ "$sub" == authorize ]] && args+=(--actor "$DOCKET_SIGNER")
+    [[ -n "${DOCKET_CHANGE:-}" ]] && args+=(--change "$DOCKET_CHANGE")
 
     local rc=0
     "$BIN" "${args[@]}" >"$tmp/out" 2>"$tmp/err" || rc=$?

@@ -1563,7 +1563,7 @@ impl State {
                 unrecorded_subjects.push(s);
             }
         }
-        let v = policy::evaluate(
+        let mut v = policy::evaluate(
             policy,
             req,
             &policy::Facts {
@@ -1574,6 +1574,25 @@ impl State {
                 deployments: &deployments,
             },
         );
+        // The change was found, not named: when others bind the same
+        // subjects for this environment (a later one, opened by anyone with
+        // open_change, is the one found), say so, since naming the change
+        // the deployment is for is the way past a denial from another.
+        if let (policy::Decision::Deny, None, Some(found)) = (v.decision, change_id, change) {
+            let others: Vec<&str> = self
+                .candidate_changes(&req.subjects, &req.environment)
+                .filter(|c| c.id != found.id)
+                .map(|c| c.id.as_str())
+                .collect();
+            if !others.is_empty() {
+                v.reasons.push(format!(
+                    "change {} was considered as the most recently revised of those binding these subjects for {}; {} bind(s) them too: if the deployment is for one of those, name it (--change)",
+                    found.id,
+                    req.environment,
+                    others.join(", ")
+                ));
+            }
+        }
         DecisionRecord {
             allow: v.decision == policy::Decision::Allow,
             rule: v.rule,
@@ -1616,17 +1635,26 @@ impl State {
     /// The most recently revised change whose current revision binds every
     /// subject and targets `environment`.
     fn resolve_change(&self, subjects: &BTreeSet<String>, environment: &str) -> Option<&ChangeRec> {
-        let first = subjects.iter().next()?;
-        self.gov
-            .changes_binding(first)
-            .filter(|c| {
+        self.candidate_changes(subjects, environment)
+            .max_by_key(|c| c.current().index)
+    }
+
+    /// The changes whose current revision binds every subject and targets
+    /// `environment`.
+    fn candidate_changes<'a, 'b>(
+        &'a self,
+        subjects: &'b BTreeSet<String>,
+        environment: &'b str,
+    ) -> impl Iterator<Item = &'a ChangeRec> + use<'a, 'b> {
+        subjects.iter().next().into_iter().flat_map(move |first| {
+            self.gov.changes_binding(first).filter(move |c| {
                 let cur = c.current();
                 cur.environments.contains(environment)
                     && subjects
                         .iter()
                         .all(|s| cur.commits.contains(s) || cur.digests.contains(s))
             })
-            .max_by_key(|c| c.current().index)
+        })
     }
 
     /// Who a commit speaks for: its author and committer e-mails and, when

@@ -60,7 +60,8 @@ pub use identity::PendingIdentity;
 /// of their lines, as git reads them; the built-in default policy denies
 /// break-glass; a break-glass reason names the saturated due time.
 /// 16: a repository only the change names counts as unknown in rule
-/// selection, and so does that of a request subject nothing records.
+/// selection, and so does that of a request subject nothing records; a
+/// deny decided on a found change names the other changes binding them.
 pub const STATE_FORMAT: u32 = 16;
 
 /// The most keys (every one ever added, revoked ones included), roles and

@@ -1676,6 +1676,44 @@ approvals = 2
     );
 }
 
+/// Without a named change, the most recently revised change binding the
+/// subjects is considered, and anyone with open_change can open one; a
+/// denial then names the others, so the pipeline can name its own.
+#[test]
+fn a_denial_from_a_found_change_names_the_others_binding_the_subjects() {
+    let mut f = Fold::new(POLICY);
+    for (who, k) in [("alice", 2), ("bob", 3), ("carol", 4), ("mallory", 5)] {
+        f.person(who, k, Some(&format!("{who}@example.com")));
+    }
+    f.register("ci", PrincipalKind::Ci, &["ci"], &[30]);
+    f.open_code("CHG-1", &[], &[D]);
+    for who in ["alice", "bob"] {
+        f.review(who, "CHG-1", D, true).unwrap();
+    }
+    assert!(f.deploy("ci", D).allow);
+    f.apply(
+        "mallory",
+        Body::ChangeOpened(ChangeOpening {
+            change_id: RecordId::parse("GRIEF").unwrap(),
+            title: String::new(),
+            repository: String::new(),
+            commits: BTreeSet::new(),
+            artifact_digests: set(&[D]),
+            environments: set(&["prod"]),
+            ticket: String::new(),
+            description: String::new(),
+        }),
+    )
+    .unwrap();
+    let d = f.deploy("ci", D);
+    assert!(!d.allow);
+    assert_eq!(d.change.as_ref().map(|(id, _)| id.as_str()), Some("GRIEF"));
+    assert_eq!(
+        d.reasons.last().unwrap(),
+        "change GRIEF was considered as the most recently revised of those binding these subjects for prod; CHG-1 bind(s) them too: if the deployment is for one of those, name it (--change)"
+    );
+}
+
 /// A refusal for a permission no role holds says so, not "to role(s) ".
 #[test]
 fn a_permission_no_role_holds_is_named_as_such() {

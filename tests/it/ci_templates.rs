@@ -231,6 +231,25 @@ async fn example_pipelines_run_against_a_real_server() {
     assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
     let out = p.step(&["gate", "prod", &d]).await;
     assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    // Someone else's change binding the same image, opened later, is the
+    // one a gate that names no change considers; naming it keeps ours.
+    let erin = erin_key.display().to_string();
+    s.cli_ok(&[
+        "change", "open", "--id", "OTHER", "--digest", &d, "--env", "prod", "--key", &erin,
+        "--signer", "erin",
+    ])
+    .await;
+    let out = p.step(&["gate", "prod", &d]).await;
+    assert_eq!(out.code, 1, "{}{}", out.stdout, out.stderr);
+    assert!(
+        out.stdout.contains("CHG-CI bind(s) them too"),
+        "{}{}",
+        out.stdout,
+        out.stderr
+    );
+    let p = p.with(&[("DOCKET_CHANGE", "CHG-CI")]);
+    let out = p.step(&["gate", "prod", &d]).await;
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
     let out = p.step(&["deploy", "prod", &d]).await;
     assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
     let summary_text = std::fs::read_to_string(&summary).unwrap();
