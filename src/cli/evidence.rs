@@ -288,7 +288,7 @@ async fn offline(
     let cfg = dd.config().map_err(CliError::usage)?;
     let signer = dd.note_signer(&cfg).map_err(CliError::usage)?;
     // A scratch copy, as for `docket verify`: the original is never opened.
-    let (store, scratch) = super::open_offline_copy(&dd)?.split();
+    let (store, scratch) = super::surviving_store_panics(|| super::open_offline_copy(&dd))?.split();
     let progress = std::sync::Arc::new(crate::evidence::Progress::default());
     let (p, scope) = (progress.clone(), scope.clone());
     let work = tokio::task::spawn_blocking(move || {

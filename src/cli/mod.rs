@@ -375,22 +375,42 @@ pub(crate) fn open_offline_copy(dd: &crate::datadir::DataDir) -> Result<ScratchS
             return Err(CliError::failed(format!("{}: {e}", lock_path.display())));
         }
     }
-    let scratch = tempfile::Builder::new()
-        .prefix(".docket-scratch-")
-        .tempdir_in(&root)
-        .or_else(|_| tempfile::Builder::new().prefix("docket-scratch-").tempdir())
-        .map_err(|e| {
-            CliError::failed(format!("a scratch directory for a copy of the store: {e}"))
-        })?;
-    let copy = scratch.path().join("db");
-    copy_tree(&db, &copy).map_err(|e| {
-        CliError::failed(format!(
-            "copying {} to {}: {e}",
-            db.display(),
-            copy.display()
-        ))
-    })?;
+    // Next to the data directory first (same disk, usually room), else in
+    // the system's temporary directory (read-only media, a full disk).
+    let mut tried = Vec::new();
+    let mut made = None;
+    for place in [Some(root.as_path()), None] {
+        let dir = match place {
+            Some(r) => tempfile::Builder::new()
+                .prefix(".docket-scratch-")
+                .tempdir_in(r),
+            None => tempfile::Builder::new().prefix("docket-scratch-").tempdir(),
+        };
+        let dir = match dir {
+            Ok(d) => d,
+            Err(e) => {
+                tried.push(format!("a scratch directory: {e}"));
+                continue;
+            }
+        };
+        let copy = dir.path().join("db");
+        match copy_tree(&db, &copy) {
+            Ok(()) => {
+                made = Some(dir);
+                break;
+            }
+            Err(e) => tried.push(format!("copying to {}: {e}", copy.display())),
+        }
+    }
     drop(lock);
+    let Some(scratch) = made else {
+        return Err(CliError::failed(format!(
+            "{}: offline commands read a copy of the store, and none could be made ({})",
+            db.display(),
+            tried.join("; ")
+        )));
+    };
+    let copy = scratch.path().join("db");
     let store = crate::ledger::SledStore::open(&copy)
         .map_err(|e| CliError::failed(format!("{}: {e}", db.display())))?;
     Ok(ScratchStore {
@@ -427,7 +447,7 @@ pub(crate) fn surviving_store_panics<T>(
     std::panic::set_hook(previous);
     r.unwrap_or_else(|_| {
         Err(CliError::failed(format!(
-            "the store is damaged: reading it failed inside the storage engine: {}; restore the data directory from a copy",
+            "reading the store panicked (a damaged store, or a bug in Docket): {}; if the store is damaged, restore the data directory from a copy",
             first().take().unwrap_or_default()
         )))
     })
@@ -439,7 +459,9 @@ fn copy_tree(from: &std::path::Path, to: &std::path::Path) -> std::io::Result<()
     std::fs::create_dir_all(to)?;
     for e in std::fs::read_dir(from)? {
         let e = e?;
-        let t = e.file_type()?;
+        // Followed, as sled follows them: a store may keep a directory
+        // elsewhere behind a symbolic link.
+        let t = std::fs::metadata(e.path())?;
         let dest = to.join(e.file_name());
         if t.is_dir() {
             copy_tree(&e.path(), &dest)?;

@@ -85,14 +85,18 @@ fn person(field: &str, v: &str) -> Result<GitPerson, GitObjectError> {
     let name = v[..lt].trim_end().to_owned();
     let email = v[lt + 1..gt].trim().to_ascii_lowercase();
     // The time follows the *last* '>', as git reads it (ident.c), so a
-    // crafted line cannot show git one time and Docket another.
+    // crafted line cannot show git one time and Docket another. When
+    // nothing readable follows it, the words after the e-mail's own '>'
+    // are read, as before: a line older logs hold must still decode.
+    let read = |from: usize| {
+        let mut rest = v[from + 1..].split_ascii_whitespace();
+        let time = rest.next().and_then(|t| t.parse::<i64>().ok())?;
+        Some((time, rest.next().unwrap_or("+0000").to_owned()))
+    };
     let last = v.rfind('>').unwrap_or(gt);
-    let mut rest = v[last + 1..].split_ascii_whitespace();
-    let time = rest
-        .next()
-        .and_then(|t| t.parse::<i64>().ok())
+    let (time, offset) = read(last)
+        .or_else(|| read(gt))
         .ok_or_else(|| bad(format!("{field}: no timestamp")))?;
-    let offset = rest.next().unwrap_or("+0000").to_owned();
     Ok(GitPerson {
         name,
         email,
@@ -263,6 +267,16 @@ committer A <a@x> 5 +0000\n\nm\n";
         assert_eq!(c.author.time, 1_795_570_000);
         assert_eq!(c.author.offset, "+0100");
         assert_eq!(c.committer.time, 5);
+        // Nothing readable after the last '>': the words after the
+        // e-mail's, as older builds read them (older logs hold such lines).
+        let raw = "tree 4b825dc642cb6eb9a060e54bf8d69288fbee4904\n\
+author A <a@x> 1700000000 +0000 x>\n\
+committer A <a@x> 5 +0000\n\nm\n";
+        let c = parse_commit(raw.as_bytes()).unwrap();
+        assert_eq!(
+            (c.author.time, c.author.offset.as_str()),
+            (1_700_000_000, "+0000")
+        );
     }
 
     #[test]

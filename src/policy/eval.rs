@@ -460,39 +460,47 @@ pub fn evaluate(policy: &Policy, req: &Request, facts: &Facts<'_>) -> Verdict {
             format!("the request names repository {asked} but change {id} is for {theirs}"),
         );
     }
-    let mut recorded: BTreeSet<&str> = BTreeSet::new();
-    if let Some(c) = facts.change {
-        recorded.extend(c.code_repositories.iter().copied());
-    }
-    recorded.extend(facts.subject_repositories.iter().copied());
-    let mut claims: Vec<String> = Vec::new();
-    if let Some((id, r)) = change_repo {
-        claims.push(format!("change {id} names {r}"));
-    }
-    if let (Some(r), None) = (req.repository.as_deref(), change_repo) {
-        claims.push(format!("the request names {r}"));
-    }
-    let mut repositories = recorded.clone();
-    if !recorded.is_empty() {
+    // What the log records (built on every decision, so without the
+    // texts, which only a denial for an unknown repository needs).
+    let recorded = || {
+        let mut r: BTreeSet<&str> = BTreeSet::new();
+        if let Some(c) = facts.change {
+            r.extend(c.code_repositories.iter().copied());
+        }
+        r.extend(facts.subject_repositories.iter().copied());
+        r
+    };
+    let mut repositories = recorded();
+    let recorded_any = !repositories.is_empty();
+    if recorded_any {
         repositories.extend(change_repo.map(|(_, r)| r));
         repositories.extend(req.repository.as_deref());
     }
-    let unknown_too = repositories.is_empty() || !facts.unrecorded_subjects.is_empty();
+    let unknown_too = !recorded_any || !facts.unrecorded_subjects.is_empty();
     let unknown_fix = if !unknown_too {
         String::new()
-    } else if !recorded.is_empty() {
+    } else if recorded_any {
         format!(
             "no ingested commit or CI run says where {} come(s) from, while the rest comes from {}; ingest its commits or report its CI run",
             facts.unrecorded_subjects.join(", "),
-            list(&recorded)
+            list(&recorded())
         )
-    } else if claims.is_empty() {
-        "neither the request nor its change names one and no ingested commit or CI run of it says; ingest its commits or report its CI run".to_owned()
     } else {
-        format!(
-            "{}, and nothing recorded confirms it: no ingested commit or CI run of what is deployed says; ingest its commits or report its CI run",
-            claims.join("; ")
-        )
+        let mut claims: Vec<String> = Vec::new();
+        if let Some((id, r)) = change_repo {
+            claims.push(format!("change {id} names {r}"));
+        }
+        if let (Some(r), None) = (req.repository.as_deref(), change_repo) {
+            claims.push(format!("the request names {r}"));
+        }
+        if claims.is_empty() {
+            "neither the request nor its change names one and no ingested commit or CI run of it says; ingest its commits or report its CI run".to_owned()
+        } else {
+            format!(
+                "{}, and nothing recorded confirms it: no ingested commit or CI run of what is deployed says; ingest its commits or report its CI run",
+                claims.join("; ")
+            )
+        }
     };
     let mut picks: Vec<(Option<&str>, Pick<'_>)> = repositories
         .iter()

@@ -660,6 +660,18 @@ impl Service {
             .into());
         }
         check_new_names(&event.body)?;
+        // Under the built-in default nothing is authorized, break-glass
+        // included: its review would need a second admin the default never
+        // names. Refused here, for new entries only, so that a log which
+        // recorded one before keeps it as it was (allowed, reviewed).
+        if let Body::DeployRequested(d) = &event.body
+            && d.break_glass
+            && self
+                .try_state(|st| st.builtin_policy_in_force())
+                .map_err(|_| AppendError::Stopped)?
+        {
+            return Err(ApplyError::BuiltinBreakGlass.into());
+        }
         self.try_state(|st| st.check_new_identity(&event.body))
             .map_err(|_| AppendError::Stopped)?
             .map_err(|(field, reason)| InvalidEvent { field, reason })?;

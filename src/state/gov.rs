@@ -1443,6 +1443,13 @@ impl State {
     /// allowed.
     pub fn authorize(&self, req: &policy::Request, change_id: Option<&str>) -> DecisionRecord {
         let mut d = self.decide(req, change_id);
+        if req.break_glass && d.allow && self.builtin_policy_in_force() {
+            // Recording it would be refused (Service::append).
+            d.allow = false;
+            d.rule = None;
+            d.reasons = vec![ApplyError::BuiltinBreakGlass.to_string()];
+            d.obligations.clear();
+        }
         if req.break_glass && d.allow {
             d.allow = false;
             let would = d.reasons.join("; ");
@@ -1458,6 +1465,14 @@ impl State {
         d
     }
 
+    /// Whether the built-in default policy is in force: the genesis named
+    /// none and none was adopted since (or one equal to it byte for byte).
+    pub fn builtin_policy_in_force(&self) -> bool {
+        self.gov
+            .active_version()
+            .is_none_or(|v| v.text == policy::DEFAULT_POLICY)
+    }
+
     /// Decides `req` (about the change `change_id`, or else the change
     /// that binds its subjects) against the current state.
     pub fn decide(&self, req: &policy::Request, change_id: Option<&str>) -> DecisionRecord {
@@ -1468,33 +1483,6 @@ impl State {
             .map(|v| (v.version, v.digest.clone()))
             .unwrap_or_else(|| (1, digest_hex(policy::DEFAULT_POLICY)));
         let at_nanos = i64::try_from(req.at.as_nanosecond()).unwrap_or(i64::MAX);
-        // The built-in default says "nothing is authorized until a policy
-        // says how", and it names no reviewer but the admin role: a
-        // break-glass under it would open a review that a lone admin could
-        // never close. So it allows no break-glass either.
-        if req.break_glass
-            && self
-                .gov
-                .active_version()
-                .is_none_or(|v| v.text == policy::DEFAULT_POLICY)
-        {
-            return DecisionRecord {
-                allow: false,
-                rule: None,
-                reasons: vec![
-                    "the built-in default policy (the genesis named none and none has been adopted) authorizes nothing, break-glass included; adopt a policy that says who may break glass (`break_glass`) and who reviews it"
-                        .to_owned(),
-                ],
-                counted: Vec::new(),
-                not_counted: Vec::new(),
-                obligations: Vec::new(),
-                policy_version: version,
-                policy_digest: digest,
-                change: None,
-                log_size: self.next,
-                at_nanos,
-            };
-        }
         let change = match change_id {
             Some(id) => match self.gov.changes.get(id) {
                 Some(c) => Some(c),
@@ -1579,14 +1567,23 @@ impl State {
         // open_change, is the one found), say so, since naming the change
         // the deployment is for is the way past a denial from another.
         if let (policy::Decision::Deny, None, Some(found)) = (v.decision, change_id, change) {
-            let others: Vec<&str> = self
+            // Bounded: anyone may open many; the reason names ten.
+            const NAMED: usize = 10;
+            let mut others: Vec<&str> = self
                 .candidate_changes(&req.subjects, &req.environment)
                 .filter(|c| c.id != found.id)
                 .map(|c| c.id.as_str())
                 .collect();
             if !others.is_empty() {
+                let more = others.len().saturating_sub(NAMED);
+                others.truncate(NAMED);
+                let and_more = if more > 0 {
+                    format!(" and {more} more")
+                } else {
+                    String::new()
+                };
                 v.reasons.push(format!(
-                    "change {} was considered as the most recently revised of those binding these subjects for {}; {} bind(s) them too: if the deployment is for one of those, name it (--change)",
+                    "change {} was considered as the most recently revised of those binding these subjects for {}; {}{and_more} bind(s) them too: if the deployment is for one of those, name it (--change)",
                     found.id,
                     req.environment,
                     others.join(", ")

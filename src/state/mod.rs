@@ -57,8 +57,8 @@ pub use identity::PendingIdentity;
 /// 14: a verified signer identity that is one principal's id and another's
 /// e-mail excludes both.
 /// 15: a commit's author and committer times are read after the last '>'
-/// of their lines, as git reads them; the built-in default policy denies
-/// break-glass; a break-glass reason names the saturated due time.
+/// of their lines, as git reads them; a break-glass reason names the
+/// saturated due time.
 /// 16: a repository only the change names counts as unknown in rule
 /// selection, and so does that of a request subject nothing records; a
 /// deny decided on a found change names the other changes binding them.
@@ -202,6 +202,13 @@ pub enum ApplyError {
     CommitKnown { sha: String, index: u64 },
     #[error("entry {0} {1}, so it has no review obligation")]
     NotBreakGlass(u64, &'static str),
+    /// Raised for new entries only (`Service::append`): a log that recorded
+    /// such a break-glass before this check keeps it, allowed, with its
+    /// obligation and review.
+    #[error(
+        "the built-in default policy (the genesis named none and none has been adopted) authorizes nothing, break-glass included; adopt a policy that says who may break glass (`break_glass`) and who reviews it"
+    )]
+    BuiltinBreakGlass,
     #[error(
         "the break-glass deployment at entry {deployment} was already reviewed at entry {review}"
     )]
@@ -774,6 +781,24 @@ impl State {
     /// (both are then excluded, see [`State::commit_people`]). The field
     /// and the reason, when refused.
     pub fn check_new_identity(&self, body: &Body) -> Result<(), (String, String)> {
+        // An approval applies a waiting change now: checked as if the
+        // change were appended now, against the state it would apply to.
+        if let Body::IdentityChangeApproved { entry } = body {
+            return match self.pending.get(entry) {
+                Some(p) if p.applied.is_none() => self
+                    .check_new_identity(&p.body)
+                    .map_err(|(field, why)| {
+                        (
+                            "identity_change_approved.entry_index".to_owned(),
+                            format!(
+                                "the identity change at entry {entry} can no longer take effect: {field}: {why}"
+                            ),
+                        )
+                    }),
+                // Unknown or applied: the fold's own refusal names it.
+                _ => Ok(()),
+            };
+        }
         self.check_no_keyless_identity_admin(body)?;
         let (target, emails, emails_field) = match body {
             Body::PrincipalRegistered(p) => {

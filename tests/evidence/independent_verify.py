@@ -1119,8 +1119,11 @@ def parse_commit(raw, sha, what):
         elif key in ("author", "committer"):
             lt, gt = value.find("<"), value.find(">", value.find("<") + 1)
             require(lt >= 0 and gt > lt, what, f"bad {key} header")
-            # The time follows the last '>' (as git reads it).
+            # The time follows the last '>' (as git reads it); when nothing readable follows
+            # it, the words after the e-mail's own '>' (as older logs were read).
             rest = value[value.rfind(">") + 1:].split()
+            if not (rest and rest[0].isdigit()):
+                rest = value[gt + 1:].split()
             require(len(rest) in (1, 2) and rest[0].isdigit(), what, f"bad {key} time")
             info[key] = ascii_lower(value[lt + 1:gt].strip(RUST_WHITESPACE))
         elif key in ("gpgsig", "gpgsig-sha256"):

@@ -728,6 +728,45 @@ async fn no_entry_leaves_an_identity_admin_without_a_key() {
         "principal_updated.grant_roles: carol has no active key",
     )
     .await;
+    // Nor by way of a waiting change: dave, who has a key when the grant
+    // is proposed, gives it up before the second administrator approves.
+    let approve = |entry: u64| Event {
+        event_id: format!("approve-{entry}"),
+        claimed_time_nanos: now_nanos(),
+        signer: PrincipalId::parse("root2").unwrap(),
+        body: Body::IdentityChangeApproved { entry },
+    };
+    let dave = SigningKey::from_bytes(&[6; 32]);
+    let waiting = c
+        .append(signed(&register("dave", &dave, &["dev"]), &admin))
+        .await
+        .unwrap()
+        .into_inner()
+        .index;
+    c.append(signed(&approve(waiting), &root2)).await.unwrap();
+    let mut grant_dave = grant.clone();
+    grant_dave.event_id = "grant-dave".into();
+    if let Body::PrincipalUpdated(u) = &mut grant_dave.body {
+        u.principal = PrincipalId::parse("dave").unwrap();
+    }
+    let waiting = c
+        .append(signed(&grant_dave, &admin))
+        .await
+        .unwrap()
+        .into_inner()
+        .index;
+    c.append(signed(&revoke("dave", "dave", &dave), &dave))
+        .await
+        .unwrap();
+    expect_refused(
+        &s,
+        signed(&approve(waiting), &root2),
+        Code::InvalidArgument,
+        &format!(
+            "identity_change_approved.entry_index: the identity change at entry {waiting} can no longer take effect: principal_updated.grant_roles: dave has no active key"
+        ),
+    )
+    .await;
     // Rotating to a new key stays possible, and then revoking the old one.
     let admin2 = SigningKey::from_bytes(&[5; 32]);
     c.append(signed(

@@ -910,6 +910,31 @@ async fn governance_input_is_checked_field_by_field() {
         "deploy_requested.environment: \"prod[U+FE00]\" contains U+FE00",
     )
     .await;
+    // Under the built-in default policy (this server's), a break-glass is
+    // refused outright, unrecorded: nothing is authorized there.
+    expect_refused(
+        &s,
+        signed(
+            &ev(
+                "d1-builtin",
+                Body::DeployRequested(DeployRequest {
+                    action: "deploy".into(),
+                    environment: "prod".into(),
+                    repository: None,
+                    kind: None,
+                    namespace: None,
+                    subjects: [format!("sha256:{}", "a".repeat(64))].into(),
+                    change_id: None,
+                    break_glass: true,
+                    justification: "outage".into(),
+                }),
+            ),
+            &admin,
+        ),
+        Code::FailedPrecondition,
+        "the built-in default policy (the genesis named none and none has been adopted) authorizes nothing, break-glass included",
+    )
+    .await;
     // A review that finds a break-glass unjustified must say why (checked
     // before the state's rules, so no deployment is needed here).
     expect_refused(
