@@ -133,6 +133,36 @@ pub enum AppendError {
     Stopped,
 }
 
+/// The checks of a new entry that depend on the state, stricter than the
+/// fold (replay never runs them, so older logs keep what they recorded).
+/// `Service::append` runs them before queuing, so that most refusals never
+/// reach the writer, and the writer again under the state's write lock just
+/// before the entry folds in, so that an entry folded in between (a commit
+/// naming the reviewer, a key revoked) cannot slip past them.
+pub(crate) fn check_against_state(st: &State, event: &Event) -> Result<(), AppendError> {
+    match &event.body {
+        // Under the built-in default nothing is authorized, break-glass
+        // included: its review would need a second admin the default never
+        // names. A log that recorded one before keeps it (allowed, reviewed).
+        Body::DeployRequested(d) if d.break_glass && st.builtin_policy_in_force() => {
+            Err(ApplyError::BuiltinBreakGlass.into())
+        }
+        Body::BreakGlassReviewed(r) => {
+            match st.break_glass_reviewer_conflict(event.signer.as_str(), r.deployment_index) {
+                Some(why) => Err(ApplyError::InvolvedReviewer {
+                    deployment: r.deployment_index,
+                    why,
+                }
+                .into()),
+                None => Ok(()),
+            }
+        }
+        body => st
+            .check_new_identity(body)
+            .map_err(|(field, reason)| InvalidEvent { field, reason }.into()),
+    }
+}
+
 /// A complete offline proof that an entry is in the log.
 #[derive(Clone, Debug)]
 pub struct Receipt {
@@ -660,21 +690,8 @@ impl Service {
             .into());
         }
         check_new_names(&event.body)?;
-        // Under the built-in default nothing is authorized, break-glass
-        // included: its review would need a second admin the default never
-        // names. Refused here, for new entries only, so that a log which
-        // recorded one before keeps it as it was (allowed, reviewed).
-        if let Body::DeployRequested(d) = &event.body
-            && d.break_glass
-            && self
-                .try_state(|st| st.builtin_policy_in_force())
-                .map_err(|_| AppendError::Stopped)?
-        {
-            return Err(ApplyError::BuiltinBreakGlass.into());
-        }
-        self.try_state(|st| st.check_new_identity(&event.body))
-            .map_err(|_| AppendError::Stopped)?
-            .map_err(|(field, reason)| InvalidEvent { field, reason })?;
+        self.try_state(|st| check_against_state(st, &event))
+            .map_err(|_| AppendError::Stopped)??;
         if let Body::PolicyProposed(p) = &event.body {
             crate::policy::Policy::parse_new(&p.text).map_err(|e| InvalidEvent {
                 field: "policy_proposed.text".into(),

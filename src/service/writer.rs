@@ -161,6 +161,10 @@ impl Writer {
                 })));
                 continue;
             }
+            if let Err(e) = super::check_against_state(&st, &event) {
+                let _ = reply.send(Err(e));
+                continue;
+            }
             let index = self.appender.next_index();
             // Read before the entry folds in: it counts the entries before it.
             let basis = st.basis_for(&event);

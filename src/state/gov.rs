@@ -1654,6 +1654,77 @@ impl State {
         })
     }
 
+    /// For a new entry only (replay keeps what older logs recorded): why
+    /// `reviewer` may not review the break-glass deployment at entry
+    /// `deployment`, when they took part in what it deployed. The review
+    /// stands in for the approvals the break-glass skipped, so it excludes
+    /// whom an approval would: the requesters of the change the decision
+    /// named, whoever authored, committed or signed the commits of that
+    /// revision or of the deployment's own subjects (and the commits their
+    /// artifacts were built from), and the CI identities that built them.
+    /// `None` when nothing known ties them to it, or it is no break-glass
+    /// (the fold's own refusal names that).
+    pub fn break_glass_reviewer_conflict(&self, reviewer: &str, deployment: u64) -> Option<String> {
+        let d = self.gov.deploys.get(&deployment)?;
+        if !d.break_glass {
+            return None;
+        }
+        let mut subjects: BTreeSet<&str> = d.subjects.iter().map(String::as_str).collect();
+        if let Some((id, revision)) = &d.decision.change
+            && let Some(c) = self.gov.changes.get(id)
+        {
+            if c.requesters.iter().any(|r| r == reviewer) {
+                return Some(format!(
+                    "{reviewer} opened or amended change {id}, which it deployed"
+                ));
+            }
+            if let Some(rev) = (*revision as usize)
+                .checked_sub(1)
+                .and_then(|i| c.revisions.get(i))
+            {
+                subjects.extend(rev.commits.iter().chain(&rev.digests).map(String::as_str));
+            }
+        }
+        // The commits themselves, then those CI built the subjects from.
+        let mut commits: Vec<(&str, Option<&str>)> = subjects.iter().map(|s| (*s, None)).collect();
+        for s in &subjects {
+            for r in self.gov.ci_runs_for(s) {
+                if r.builder == reviewer {
+                    return Some(format!(
+                        "{reviewer} reported the CI run at entry {} that built {s}",
+                        r.index
+                    ));
+                }
+                if !r.commit.is_empty() && !subjects.contains(r.commit.as_str()) {
+                    commits.push((r.commit.as_str(), Some(*s)));
+                }
+            }
+        }
+        for (sha, built_into) in commits {
+            let Some(rec) = self.gov.commits.get(sha) else {
+                continue;
+            };
+            if let Some(p) = self
+                .commit_people(rec)
+                .into_iter()
+                .find(|p| p.principal == Some(reviewer))
+            {
+                let short = &sha[..12.min(sha.len())];
+                return Some(match built_into {
+                    None => format!(
+                        "{reviewer} is the {} of commit {short}, which it deployed",
+                        p.role
+                    ),
+                    Some(into) => format!(
+                        "{reviewer} is the {} of commit {short}, which {into} was built from",
+                        p.role
+                    ),
+                });
+            }
+        }
+        None
+    }
+
     /// Who a commit speaks for: its author and committer e-mails and, when
     /// its signature verified, the signer identity, each with the principal
     /// it maps to (`None` when no principal claims it). Whoever signed a

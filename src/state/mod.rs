@@ -215,6 +215,11 @@ pub enum ApplyError {
     AlreadyReviewed { deployment: u64, review: u64 },
     #[error("the review must come from someone other than {0:?}, who broke the glass")]
     OwnBreakGlass(String),
+    /// Raised for new entries only (`Service::append`).
+    #[error(
+        "the break-glass deployment at entry {deployment} must be reviewed by someone who took no part in it, as an approval would be: {why}"
+    )]
+    InvolvedReviewer { deployment: u64, why: String },
     #[error("policy proposal {0:?} already exists")]
     ProposalExists(String),
     #[error("policy proposal {0:?} does not exist")]

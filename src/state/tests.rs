@@ -2075,3 +2075,99 @@ committer A <a@example.com> 1700000000 +0000\n\nhuge\n";
     );
     assert_eq!(f.st.gov().commit(&sha).unwrap().changed_files, u32::MAX);
 }
+
+/// A break-glass review stands in for the skipped approvals, so whoever an
+/// approval would exclude may not give it: the change's requester, the
+/// authors of the commits it deployed or its image was built from, and the
+/// CI identity that built the image. The fold still closes the obligation
+/// with such a review (older logs may hold one); `Service::append` and the
+/// writer refuse new ones.
+#[test]
+fn a_break_glass_reviewer_must_have_taken_no_part_in_it() {
+    use crate::event::CiStatus;
+    use crate::event::git::object_id;
+    let mut f = Fold::new(POLICY);
+    for (who, email) in [
+        ("alice", Some("alice@example.com")),
+        ("bob", None),
+        ("carol", None),
+        ("erin", None),
+    ] {
+        f.person(who, who.as_bytes()[0], email);
+    }
+    f.register("dave", PrincipalKind::Human, &["sre"], &[4]);
+    // A human who reports CI runs by hand, and may approve.
+    f.register("hank", PrincipalKind::Human, &["ci", "dev"], &[8]);
+    f.register("ci", PrincipalKind::Ci, &["ci"], &[9]);
+    let raw = b"tree 4b825dc642cb6eb9a060e54bf8d69288fbee4904\n\
+author Alice <alice@example.com> 1700000000 +0000\n\
+committer Alice <alice@example.com> 1700000000 +0000\n\
+\n\
+hotfix\n"
+        .to_vec();
+    let sha = object_id(&raw, 40).unwrap();
+    assert_eq!(f.observe(&raw), sha);
+    f.ci_run(
+        "hank",
+        "github.com/acme/payments",
+        &sha,
+        D,
+        CiStatus::Passed,
+    );
+    f.open("bob", "CHG-1", D).unwrap();
+    let bg = f
+        .apply(
+            "dave",
+            Body::DeployRequested(DeployRequest {
+                action: "deploy".into(),
+                environment: "prod".into(),
+                repository: None,
+                kind: None,
+                namespace: None,
+                subjects: set(&[D]),
+                change_id: None,
+                break_glass: true,
+                justification: "outage".into(),
+            }),
+        )
+        .unwrap();
+    let rec = f.st.gov().deployment(bg).unwrap();
+    assert!(rec.decision.allow, "{:?}", rec.decision.reasons);
+    assert_eq!(rec.decision.change, Some(("CHG-1".to_owned(), 1)));
+    let conflict = |f: &Fold, who: &str| f.st.break_glass_reviewer_conflict(who, bg);
+    assert_eq!(
+        conflict(&f, "bob").as_deref(),
+        Some("bob opened or amended change CHG-1, which it deployed")
+    );
+    assert_eq!(
+        conflict(&f, "hank").unwrap(),
+        format!(
+            "hank reported the CI run at entry {} that built {D}",
+            bg - 2
+        )
+    );
+    assert_eq!(
+        conflict(&f, "alice").unwrap(),
+        format!(
+            "alice is the author of commit {}, which {D} was built from",
+            &sha[..12]
+        )
+    );
+    assert_eq!(conflict(&f, "carol"), None);
+    // Not a break-glass: nothing to say (the fold names why).
+    let plain = f.deploy("dave", D2);
+    assert!(!plain.allow);
+    assert_eq!(f.st.break_glass_reviewer_conflict("alice", bg + 1), None);
+    // The fold itself still takes the author's review: replay of a log
+    // recorded before the check keeps it.
+    f.apply(
+        "alice",
+        Body::BreakGlassReviewed(crate::event::BreakGlassReview {
+            deployment_index: bg,
+            justified: true,
+            comment: String::new(),
+        }),
+    )
+    .unwrap();
+    assert!(f.st.gov().obligation(bg).unwrap().review.is_some());
+}

@@ -643,6 +643,24 @@ async fn change_approval_promotion_freeze_and_break_glass() {
         "{}",
         out.stderr
     );
+    // Nor may alice, who wrote the commit the glass deployed: the review
+    // stands in for the approvals it skipped, and hers would not count.
+    let out = run_as(
+        &s,
+        &p,
+        "alice",
+        &["review-break-glass", &bg_s, "--comment", "my fix, fine"],
+    )
+    .await;
+    assert_eq!(out.code, 1);
+    assert!(
+        out.stderr.contains(&format!(
+            "must be reviewed by someone who took no part in it, as an approval would be: alice is the author of commit {}, which it deployed",
+            &c2[..12]
+        )),
+        "{}",
+        out.stderr
+    );
     let out = run_as(
         &s,
         &p,
