@@ -206,7 +206,7 @@ impl Server {
             None => Guard::dangerous_plaintext(),
         };
         let api = LedgerApi::new(self.svc.clone(), guard.clone(), stop_rx);
-        let governance = GovernanceApi::new(self.svc.clone(), guard);
+        let governance = GovernanceApi::new(self.svc.clone(), guard.clone());
         let (health_reporter, health) = tonic_health::server::health_reporter();
         health_reporter
             .set_serving::<pb::ledger_server::LedgerServer<LedgerApi>>()
@@ -233,6 +233,9 @@ impl Server {
             // streams (a following Tail holds a task and a buffer).
             .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
             .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)))
+            // Transport identities are checked on a call's headers, before
+            // its message is read (the handlers check again).
+            .layer(crate::api::access::GuardLayer(guard))
             .add_service(health)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)

@@ -1,7 +1,8 @@
 //! Which transport identities (client certificate subjects) may call which
 //! RPC of `docket.v1.Ledger` and `docket.v1.Governance`. Loaded from
-//! `<data>/access.json`; checked in [`Guard::check`], which every handler of
-//! both services calls first.
+//! `<data>/access.json`; checked by [`GuardLayer`] on each call's headers,
+//! before its message is read, and again by [`Guard::check`], which every
+//! handler of both services calls first.
 //!
 //! ```json
 //! { "identities": { "CN=docket-admin": ["*"], "CN=siem": ["Tail", "GetCheckpoint"] } }
@@ -206,6 +207,73 @@ impl Guard {
     }
 }
 
+/// The method of `docket.v1.Ledger` or `docket.v1.Governance` an HTTP/2
+/// request path (`/docket.v1.Ledger/Append`) names; `None` for other
+/// services (health, reflection) and for names no service defines, which
+/// tonic answers itself (`UNIMPLEMENTED`) without reading the message.
+pub fn method_of_path(path: &str) -> Option<&'static str> {
+    let name = path
+        .strip_prefix("/docket.v1.Ledger/")
+        .or_else(|| path.strip_prefix("/docket.v1.Governance/"))?;
+    METHODS.iter().copied().find(|m| *m == name)
+}
+
+/// [`Guard`] as a tower layer around the server's routes: a call to a
+/// method of ours is checked when its headers arrive, before anything reads
+/// its body, so a client whose certificate may not call a method cannot
+/// make the server buffer the message (up to 8 MiB for `Append`) it would
+/// refuse. The handlers still call [`Guard::check`], which also gives them
+/// the identity to record, and long-lived streams [`Guard::recheck`].
+#[derive(Clone, Debug)]
+pub struct GuardLayer(pub Guard);
+
+impl<S> tower::Layer<S> for GuardLayer {
+    type Service = Guarded<S>;
+    fn layer(&self, inner: S) -> Guarded<S> {
+        Guarded {
+            inner,
+            guard: self.0.clone(),
+        }
+    }
+}
+
+/// The service [`GuardLayer`] makes.
+#[derive(Clone, Debug)]
+pub struct Guarded<S> {
+    inner: S,
+    guard: Guard,
+}
+
+impl<S, B> tower::Service<http::Request<B>> for Guarded<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = S::Error;
+    type Future = futures::future::Either<
+        S::Future,
+        futures::future::Ready<Result<Self::Response, Self::Error>>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        if let Some(method) = method_of_path(req.uri().path())
+            && let Err(status) = self
+                .guard
+                .check_now(req.extensions().get::<crate::tls::Peer>(), method)
+        {
+            return futures::future::Either::Right(futures::future::ready(Ok(status.into_http())));
+        }
+        futures::future::Either::Left(self.inner.call(req))
+    }
+}
+
 /// The access rules.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct AccessPolicy {
@@ -331,6 +399,31 @@ impl AccessPolicy {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every RPC of both services, as the compiled descriptors list them,
+    /// is one the layer checks, under its own name; nothing else is.
+    #[test]
+    fn the_layer_checks_every_method_of_both_services() {
+        use prost::Message;
+        let set =
+            prost_types::FileDescriptorSet::decode(crate::api::pb::FILE_DESCRIPTOR_SET).unwrap();
+        let mut seen = BTreeSet::new();
+        for file in &set.file {
+            for svc in &file.service {
+                let full = format!("{}.{}", file.package(), svc.name());
+                for m in &svc.method {
+                    let path = format!("/{full}/{}", m.name());
+                    assert_eq!(method_of_path(&path), Some(m.name()), "{path}");
+                    seen.insert(m.name().to_owned());
+                }
+            }
+        }
+        let listed: BTreeSet<String> = METHODS.iter().map(|m| m.to_string()).collect();
+        assert_eq!(seen, listed);
+        assert_eq!(method_of_path("/grpc.health.v1.Health/Check"), None);
+        assert_eq!(method_of_path("/docket.v1.Ledger/NoSuchMethod"), None);
+        assert_eq!(method_of_path("/docket.v1.LedgerX/Append"), None);
+    }
 
     #[test]
     fn parse_permits_and_refusals() {

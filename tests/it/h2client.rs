@@ -88,3 +88,69 @@ async fn the_lean_client_reports_grpc_errors_with_code_and_message() {
         .await;
     assert!(ok.is_ok(), "{ok:?}");
 }
+
+/// A caller whose certificate may not call `Append` is refused on the call's
+/// headers: the server answers before the message has arrived, so it never
+/// buffers the 4 MiB this client announces and holds back. (Were the check
+/// made after tonic read the message, no answer would come until the client
+/// sent the rest, and the timeout below would fail the test.) A caller who
+/// may call it gets no answer until the message is complete.
+#[tokio::test]
+async fn a_caller_without_access_is_refused_before_its_message_is_read() {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    let s = server().run().await;
+    // A raw HTTP/2 stream: headers, then only the first KiB of a message
+    // whose gRPC prefix announces 4 MiB, and the stream left open.
+    async fn start(conn: docket::cli::client::Conn) -> h2::client::ResponseFuture {
+        let authority = conn.url.strip_prefix("https://").unwrap().to_owned();
+        let cfg = docket::tls::client_config(&conn.ca, &conn.cert, &conn.key).unwrap();
+        let tcp = tokio::net::TcpStream::connect(&authority).await.unwrap();
+        let host = authority.rsplit_once(':').unwrap().0.to_owned();
+        let name = rustls::pki_types::ServerName::try_from(host).unwrap();
+        let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+            .connect(name, tcp)
+            .await
+            .unwrap();
+        let (send, connection) = h2::client::handshake(tls).await.unwrap();
+        tokio::spawn(connection);
+        let request = http::Request::builder()
+            .method(http::Method::POST)
+            .uri(format!("https://{authority}/docket.v1.Ledger/Append"))
+            .header(http::header::CONTENT_TYPE, "application/grpc")
+            .header(http::header::TE, "trailers")
+            .body(())
+            .unwrap();
+        let mut send = send.ready().await.unwrap();
+        let (response, mut stream) = send.send_request(request, false).unwrap();
+        let mut part = vec![0u8];
+        part.extend_from_slice(&(4u32 << 20).to_be_bytes());
+        part.extend_from_slice(&[0x0a; 1024]);
+        stream.send_data(part.into(), false).unwrap();
+        // Kept open (never ended) for as long as the response is awaited.
+        std::mem::forget(stream);
+        response
+    }
+
+    let refused = tokio::time::timeout(Duration::from_secs(30), start(s.conn_as("nobody")).await)
+        .await
+        .expect("no answer before the message was complete: the body was waited for")
+        .unwrap();
+    assert_eq!(refused.status(), http::StatusCode::OK);
+    let h = refused.headers();
+    assert_eq!(h["grpc-status"], "7", "PERMISSION_DENIED: {h:?}");
+    let message = h["grpc-message"].to_str().unwrap();
+    assert!(message.contains("Append"), "{message}");
+
+    // The admin may call Append: the server waits for the rest of its
+    // message, and has not answered it by the time a refusal sent after it
+    // came back.
+    let mut waiting = start(s.conn()).await;
+    let later = start(s.conn_as("nobody")).await.await.unwrap();
+    assert_eq!(later.headers()["grpc-status"], "7");
+    assert!(
+        futures::FutureExt::now_or_never(&mut waiting).is_none(),
+        "the admin's incomplete call was answered"
+    );
+}
