@@ -361,12 +361,9 @@ fn scan<S: Store + ?Sized>(
         let keys = state
             .signer_keys(&event)
             .map_err(|e| at(index, format!("signature: {e}")))?;
-        let key = keys.preferred(&env).ok_or_else(|| {
-            at(
-                index,
-                format!("signer {:?} has no active key", event.signer.as_str()),
-            )
-        })?;
+        let key = keys
+            .key_for_fold(&env, &event.body)
+            .map_err(|e| at(index, format!("signature: {e}")))?;
         state
             .apply(index, entry.integrated_time_nanos, &event, &key)
             .map_err(|e| at(index, format!("state rules: {e}")))?;

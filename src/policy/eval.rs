@@ -78,6 +78,9 @@ pub struct Approval<'a> {
     pub comment: Cow<'a, str>,
     /// The entry that recorded it.
     pub index: u64,
+    /// The entry that revoked the key which signed it, or rotated it
+    /// away: from then on the review no longer speaks for its reviewer.
+    pub key_revoked_at: Option<u64>,
 }
 
 /// A CI run recorded for a subject.
@@ -753,6 +756,20 @@ fn evaluate_rule(policy: &Policy, rule: &Rule, req: &Request, facts: &Facts<'_>)
         // approval: whatever the reviewer meant, the later word was "no".
         let mut withdrawn: BTreeMap<&str, u64> = BTreeMap::new();
         for a in &c.approvals {
+            // Withdrawn with its key, as if never made: a stolen key's
+            // approval stops counting, and its rejection stops blocking,
+            // once the key is revoked; the reviewer's earlier word stands.
+            if let Some(at) = a.key_revoked_at {
+                not_counted.push(NotCounted {
+                    approver: a.approver.to_string(),
+                    reason: format!(
+                        "signed with a key of {} that was revoked or rotated away at entry {at}; review again with a current key",
+                        a.approver
+                    ),
+                    index: a.index,
+                });
+                continue;
+            }
             let Some(prev) = speaks.get(a.approver.as_ref()).copied() else {
                 speaks.insert(a.approver.as_ref(), a);
                 continue;

@@ -100,6 +100,7 @@ fn approval(who: &str, at: &str) -> Approval<'static> {
         approve: true,
         comment: Cow::Borrowed(""),
         index: NEXT_INDEX.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+        key_revoked_at: None,
     }
 }
 

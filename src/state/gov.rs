@@ -21,6 +21,7 @@ use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, LazyLock};
 
+use ed25519_dalek::VerifyingKey;
 use foldhash::HashMap;
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
@@ -60,8 +61,10 @@ pub struct ProposalRec {
     pub index: u64,
     /// The proposal entry's integrated time: an expiry runs from it.
     pub at_nanos: i64,
-    /// Approvers and the entries that recorded their approvals.
-    pub approvals: Vec<(String, u64)>,
+    /// Approvers, the entries that recorded their approvals, and the keys
+    /// that signed them: an approval whose key was revoked or rotated away
+    /// before the proposal became active no longer counts.
+    pub approvals: Vec<(String, u64, [u8; 32])>,
     /// The version it became, once active.
     pub activated_as: Option<u64>,
 }
@@ -96,6 +99,9 @@ pub struct ReviewRec {
     pub seen_key: policy::SubjectsKey,
     pub approve: bool,
     pub comment: String,
+    /// The key that signed it: once that key is revoked or rotated away,
+    /// the review no longer speaks for its reviewer.
+    pub key: [u8; 32],
 }
 
 /// A change with its revisions, reviews and deployments.
@@ -1038,6 +1044,7 @@ impl State {
         index: u64,
         at: i64,
         signer: &PrincipalId,
+        key: &VerifyingKey,
         r: &ChangeReview,
     ) -> Result<(), ApplyError> {
         self.require(signer, Permission::Approve, "review changes")?;
@@ -1096,6 +1103,7 @@ impl State {
             seen_key: policy::SubjectsKey::of(&r.seen_subjects),
             approve: r.approve,
             comment: r.comment.clone(),
+            key: key.to_bytes(),
         });
         self.gov.dirty.changes.insert(id.to_owned());
         Ok(())
@@ -1339,6 +1347,7 @@ impl State {
         index: u64,
         at: i64,
         signer: &PrincipalId,
+        key: &VerifyingKey,
         id: &str,
     ) -> Result<(), ApplyError> {
         self.require(signer, Permission::ApprovePolicy, "approve policy")?;
@@ -1381,13 +1390,22 @@ impl State {
         if p.proposer == signer.as_str() {
             return Err(ApplyError::OwnProposal(id.to_owned()));
         }
-        if p.approvals.iter().any(|(a, _)| a == signer.as_str()) {
+        // An approval signed with a key revoked or rotated away since no
+        // longer counts (a stolen key's word is withdrawn with the key);
+        // its approver may approve again with a current key.
+        let standing: Vec<&str> = p
+            .approvals
+            .iter()
+            .filter(|(_, _, k)| self.key_revoked_at(k).is_none())
+            .map(|(a, _, _)| a.as_str())
+            .collect();
+        if standing.contains(&signer.as_str()) {
             return Err(ApplyError::AlreadyApproved {
                 id: id.to_owned(),
                 signer: signer.to_string(),
             });
         }
-        let mut approvers: Vec<String> = p.approvals.iter().map(|(a, _)| a.clone()).collect();
+        let mut approvers: Vec<String> = standing.iter().map(|a| (*a).to_owned()).collect();
         approvers.push(signer.to_string());
         let activates = policy::policy_change_activates(
             self.gov.policy(),
@@ -1414,7 +1432,8 @@ impl State {
             .proposals
             .get_mut(id)
             .expect("looked up just above");
-        p.approvals.push((signer.to_string(), index));
+        p.approvals
+            .push((signer.to_string(), index, key.to_bytes()));
         if let Some(policy) = new_policy {
             let version = active + 1;
             p.activated_as = Some(version);
@@ -1951,6 +1970,7 @@ impl State {
                 .reviews
                 .iter()
                 .map(|r| policy::Approval {
+                    key_revoked_at: self.key_revoked_at(&r.key),
                     approver: Cow::Borrowed(&r.reviewer),
                     seen: r.seen_key,
                     at_nanos: r.at_nanos,

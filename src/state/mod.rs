@@ -62,7 +62,7 @@ pub use identity::PendingIdentity;
 /// 16: a repository only the change names counts as unknown in rule
 /// selection, and so does that of a request subject nothing records; a
 /// deny decided on a found change names the other changes binding them.
-pub const STATE_FORMAT: u32 = 16;
+pub const STATE_FORMAT: u32 = 17;
 
 /// The most keys (every one ever added, revoked ones included), roles and
 /// e-mails one principal's record holds; a change past it is refused
@@ -288,6 +288,21 @@ impl SignerKeys {
             .copied()
     }
 
+    /// The key a fold that checks signatures apart (on other threads:
+    /// `docket verify`, evidence bundles) hands [`State::apply`] with
+    /// `body`. For a change review or a policy approval, which keep the key
+    /// that signed them (ledger-format §8.3), it is that key, found here by
+    /// [`SignerKeys::authenticate`] as the live fold found it, whatever the
+    /// keyid hint says. The other bodies do not read it: the preferred key.
+    pub fn key_for_fold(&self, env: &Envelope, body: &Body) -> Result<VerifyingKey, AuthError> {
+        match body {
+            Body::ChangeReviewed(_) | Body::PolicyApproved { .. } => self.authenticate(env),
+            _ => self
+                .preferred(env)
+                .ok_or_else(|| AuthError::NoActiveKey(self.signer.clone())),
+        }
+    }
+
     /// Finds the active key that signed the envelope (strict Ed25519 over
     /// the DSSE PAE). The keyid hint only orders the attempts.
     pub fn authenticate(&self, env: &Envelope) -> Result<VerifyingKey, AuthError> {
@@ -329,6 +344,9 @@ pub struct State {
     principals: BTreeMap<PrincipalId, PrincipalRecord>,
     /// Every key ever registered (revoked or not) → its owner; keys are never reused.
     key_owner: HashMap<[u8; 32], PrincipalId>,
+    /// Every key revoked or rotated away → the entry that did it (derived
+    /// from `principals`): what a key signed stops counting from there on.
+    revoked_keys: HashMap<[u8; 32], u64>,
     /// E-mail → the principal it identifies (derived from `principals`).
     emails: HashMap<String, PrincipalId>,
     /// What policy evaluation knows of each principal (derived from `principals`).
@@ -391,6 +409,14 @@ impl State {
     }
 
     /// A principal by id.
+    /// The entry that revoked `key` or rotated it away, if one did.
+    pub fn key_revoked_at(&self, key: &[u8; 32]) -> Option<u64> {
+        if self.revoked_keys.is_empty() {
+            return None;
+        }
+        self.revoked_keys.get(key).copied()
+    }
+
     pub fn principal(&self, id: &str) -> Option<&PrincipalRecord> {
         PrincipalId::parse(id)
             .ok()
@@ -519,12 +545,12 @@ impl State {
             Body::CiRunReported(r) => self.apply_ci_run(index, at, signer, r)?,
             Body::ChangeOpened(c) => self.apply_change_opened(index, at, signer, c)?,
             Body::ChangeAmended(a) => self.apply_change_amended(index, at, signer, a)?,
-            Body::ChangeReviewed(r) => self.apply_change_reviewed(index, at, signer, r)?,
+            Body::ChangeReviewed(r) => self.apply_change_reviewed(index, at, signer, key, r)?,
             Body::DeployRequested(d) => self.apply_deploy(index, at, signer, d)?,
             Body::BreakGlassReviewed(r) => self.apply_break_glass_review(index, at, signer, r)?,
             Body::PolicyProposed(p) => self.apply_policy_proposed(index, at, signer, p)?,
             Body::PolicyApproved { proposal_id } => {
-                self.apply_policy_approved(index, at, signer, proposal_id.as_str())?
+                self.apply_policy_approved(index, at, signer, key, proposal_id.as_str())?
             }
         }
         if history {
@@ -613,6 +639,7 @@ impl State {
                     for k in p.keys.iter_mut().filter(|k| &k.key == old) {
                         k.revoked_at = Some(index);
                     }
+                    self.revoked_keys.insert(old.to_bytes(), index);
                 }
                 p.keys.push(KeyRecord {
                     key: *new_key,
@@ -656,6 +683,7 @@ impl State {
                 for k in p.keys.iter_mut().filter(|k| &k.key == key) {
                     k.revoked_at = Some(index);
                 }
+                self.revoked_keys.insert(key.to_bytes(), index);
                 self.dirty.insert(principal.clone());
             }
             Body::PrincipalUpdated(u) => self.update_principal(signer, u, commit)?,
@@ -1017,6 +1045,9 @@ impl State {
                 let rec = decode_principal(&v)?;
                 for kr in &rec.keys {
                     s.key_owner.insert(kr.key.to_bytes(), rec.id.clone());
+                    if let Some(at) = kr.revoked_at {
+                        s.revoked_keys.insert(kr.key.to_bytes(), at);
+                    }
                 }
                 for e in &rec.emails {
                     s.emails.insert(e.clone(), rec.id.clone());

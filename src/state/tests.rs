@@ -91,8 +91,30 @@ impl Fold {
             signer: id(signer),
             body,
         };
-        // The fold uses the key only for genesis; signatures are checked before it.
-        self.st.apply(index, self.t, &ev, &key(1)).map(|()| index)
+        // Signatures are checked before the fold; it is handed the key that
+        // verified, here the signer's first active key (key 1 for a signer
+        // with none, which the fold refuses anyway).
+        let signed_with = self
+            .st
+            .principal(signer)
+            .and_then(|p| p.active_keys().next().copied())
+            .unwrap_or_else(|| key(1));
+        self.st
+            .apply(index, self.t, &ev, &signed_with)
+            .map(|()| index)
+    }
+
+    /// Applies `body` as signed by `signer` with key `k`.
+    fn apply_signed(&mut self, signer: &str, k: u8, body: Body) -> Result<u64, ApplyError> {
+        let index = self.st.next_index();
+        self.t += 1_000_000_000;
+        let ev = Event {
+            event_id: format!("e{index}"),
+            claimed_time_nanos: self.t,
+            signer: id(signer),
+            body,
+        };
+        self.st.apply(index, self.t, &ev, &key(k)).map(|()| index)
     }
 
     fn register(&mut self, who: &str, kind: PrincipalKind, roles: &[&str], keys: &[u8]) {
@@ -1174,6 +1196,18 @@ fn persisted_state_loads_back_equal() {
     f.review("bob", "CHG-1", D, true).unwrap();
     f.review("carol", "CHG-1", D, true).unwrap();
     assert!(f.deploy("alice", D).allow);
+    // Bob rotates his key: his approval no longer counts, and the loaded
+    // state must know which keys were revoked as the live one does.
+    f.apply(
+        "bob",
+        Body::KeyRotated {
+            principal: id("bob"),
+            new_key: key(13),
+            old_key: Some(key(3)),
+        },
+    )
+    .unwrap();
+    assert!(!f.deploy("alice", D).allow);
     let mut st = f.st.clone();
     let pairs = st.take_changes();
     let mut sorted = pairs.clone();
@@ -2170,4 +2204,133 @@ hotfix\n"
     )
     .unwrap();
     assert!(f.st.gov().obligation(bg).unwrap().review.is_some());
+}
+
+/// What a key signed stops speaking for its holder once the key is revoked
+/// or rotated away (a stolen key's word goes with it): an approval stops
+/// counting, a rejection stops blocking (the reviewer's earlier review
+/// stands again), and a policy approval not yet acted on stops counting
+/// towards activation. Decisions already recorded keep what they decided.
+#[test]
+fn what_a_revoked_key_signed_no_longer_counts() {
+    let mut f = Fold::new(POLICY);
+    f.register("alice", PrincipalKind::Human, &["dev"], &[2]);
+    f.register("bob", PrincipalKind::Human, &["dev"], &[3]);
+    f.register("carol", PrincipalKind::Human, &["security"], &[4, 14]);
+    f.open("alice", "CHG-1", D).unwrap();
+    let bob_review = f.review("bob", "CHG-1", D, true).unwrap();
+    let review = |approve| {
+        Body::ChangeReviewed(ChangeReview {
+            change_id: RecordId::parse("CHG-1").unwrap(),
+            seen_subjects: set(&[D]),
+            approve,
+            comment: String::new(),
+            revision: None,
+        })
+    };
+    f.apply_signed("carol", 4, review(true)).unwrap();
+    let allowed = f.deploy("alice", D);
+    assert!(allowed.allow, "{:?}", allowed.reasons);
+    let allowed_at = f.st.next_index() - 1;
+
+    // Bob rotates his key: his approval goes with it.
+    let rotated = f
+        .apply(
+            "bob",
+            Body::KeyRotated {
+                principal: id("bob"),
+                new_key: key(13),
+                old_key: Some(key(3)),
+            },
+        )
+        .unwrap();
+    let d = f.deploy("alice", D);
+    assert!(!d.allow);
+    assert!(
+        d.not_counted.iter().any(|n| n.approver == "bob"
+            && n.index == bob_review
+            && n.reason
+                == format!(
+                    "signed with a key of bob that was revoked or rotated away at entry {rotated}; review again with a current key"
+                )),
+        "{:?}",
+        d.not_counted
+    );
+    assert!(
+        d.reasons.iter().any(|r| r.contains("1 counted")),
+        "{:?}",
+        d.reasons
+    );
+    // The recorded decision stands as it was made.
+    assert!(f.st.gov().deployment(allowed_at).unwrap().decision.allow);
+    // With his new key bob approves again.
+    f.review("bob", "CHG-1", D, true).unwrap();
+    assert!(f.deploy("alice", D).allow);
+
+    // A rejection signed with carol's second key, which is then revoked as
+    // stolen: her approval (first key) stands again.
+    f.apply_signed("carol", 14, review(false)).unwrap();
+    assert!(!f.deploy("alice", D).allow);
+    f.apply(
+        "admin",
+        Body::KeyRevoked {
+            principal: id("carol"),
+            key: key(14),
+            reason: "stolen".into(),
+        },
+    )
+    .unwrap();
+    let d = f.deploy("alice", D);
+    assert!(d.allow, "{:?}", d.reasons);
+    assert_eq!(
+        d.counted
+            .iter()
+            .map(|c| c.approver.as_str())
+            .collect::<Vec<_>>(),
+        ["carol", "bob"]
+    );
+
+    // Policy approvals: two policy admins must approve; pb's approval is
+    // withdrawn with pb's key before pc's arrives, so pc's alone does not
+    // activate the proposal; pb approves again with the new key, and it does.
+    f.register("pa", PrincipalKind::Human, &["policy-admin"], &[5]);
+    f.register("pb", PrincipalKind::Human, &["policy-admin"], &[6]);
+    f.register("pc", PrincipalKind::Human, &["policy-admin"], &[7]);
+    f.apply(
+        "pa",
+        Body::PolicyProposed(PolicyProposal {
+            proposal_id: RecordId::parse("P1").unwrap(),
+            text: POLICY.to_owned(),
+            base_version: 1,
+            description: String::new(),
+        }),
+    )
+    .unwrap();
+    let approve = || Body::PolicyApproved {
+        proposal_id: RecordId::parse("P1").unwrap(),
+    };
+    f.apply("pb", approve()).unwrap();
+    f.apply(
+        "pb",
+        Body::KeyRotated {
+            principal: id("pb"),
+            new_key: key(16),
+            old_key: Some(key(6)),
+        },
+    )
+    .unwrap();
+    f.apply("pc", approve()).unwrap();
+    assert_eq!(f.st.gov().active_version().map(|v| v.version), Some(1));
+    // pc's approval stands: approving twice is still refused.
+    assert_eq!(
+        f.apply("pc", approve()),
+        Err(ApplyError::AlreadyApproved {
+            id: "P1".into(),
+            signer: "pc".into()
+        })
+    );
+    f.apply("pb", approve()).unwrap();
+    let v = f.st.gov().active_version().unwrap();
+    assert_eq!(v.version, 2);
+    assert_eq!(v.approvers, ["pc", "pb"]);
 }

@@ -1514,20 +1514,22 @@ class Fold:
             keys = self.active_keys(signer)
             require(keys, what, f"signer {signer!r} has no active key (all revoked)")
 
-        # Step 6: apply the event under the rules.
-        self.apply(index, entry, event, what)
-
-        # Step 7: at least one signature verifies with one of those keys, over the DSSE PAE.
+        # Step 6: at least one signature verifies with one of those keys, over the DSSE PAE. The
+        # key that verified first (signatures in order, the keyid hint's key first) is the one
+        # the entry was signed with: a review or policy approval keeps it (LF §8.5).
         message = pae(entry["payload_type"], entry["payload"])
         hint = {blake3.blake3(k).digest()[:8].hex(): k for k in keys}
-        ok = False
+        signed_with = None
         for keyid, sig in entry["signatures"]:
             order = ([hint[keyid]] if keyid in hint else []) + keys
-            if any(verify_strict(k, message, sig) for k in order):
-                ok = True
+            signed_with = next((k for k in order if verify_strict(k, message, sig)), None)
+            if signed_with is not None:
                 break
-        require(ok, what, f"no signature verifies with an active key of {signer!r}")
+        require(signed_with is not None, what, f"no signature verifies with an active key of {signer!r}")
         self.signatures += 1
+
+        # Step 7: apply the event under the rules.
+        self.apply(index, entry, event, what, signed_with)
 
         self.event_ids.add(event["event_id"])
         self.next_index = index + 1
@@ -1535,7 +1537,14 @@ class Fold:
                              "leaf": leaf_hash(entry_bytes), "prev": entry["prev"],
                              "transport": entry["transport"], "kind": event["kind"]})
 
-    def apply(self, index, entry, event, what):
+    def key_revoked(self, pid, key):
+        """Whether `key` of `pid` was revoked or rotated away (LF §8.5: what it signed no longer
+        counts from then on)."""
+        p = self.principals.get(pid)
+        return p is not None and any(k["key"] == key and k["revoked_at"] is not None
+                                     for k in p["keys"])
+
+    def apply(self, index, entry, event, what, signed_with):
         """LF §8.2-§8.5, without the policy evaluator."""
         b, signer, t = event["body"], event["signer"], entry["time"]
         kind = event["body_type"]
@@ -1787,9 +1796,12 @@ class Fold:
             require(limit is None or t - prop["time"] <= limit, what,
                     f"proposal {pid} expired before this approval ([policy_changes] expire_after)")
             require(signer != prop["proposer"], what, "the proposer may not approve")
-            require(signer not in [a for a, _ in prop["approvals"]], what, "approved twice")
-            prop["approvals"].append((signer, index))
-            counting = {a for a, _ in prop["approvals"]
+            # An approval whose key was revoked or rotated away since no longer counts; its
+            # approver may approve again.
+            standing = [a for a, _, k in prop["approvals"] if not self.key_revoked(a, k)]
+            require(signer not in standing, what, "approved twice")
+            prop["approvals"].append((signer, index, signed_with))
+            counting = {a for a in standing + [signer]
                         if a != prop["proposer"] and self.principals[a]["kind"] == 1
                         and self.principals[a]["roles"] & self.policy.pc_roles}
             if len(counting) >= self.policy.pc_approvals:
@@ -2236,7 +2248,7 @@ class Derived:
                 "activated_at": v["activated_at"], "digest": v["policy"].digest,
                 "file": f"policies/v{v['version']}.toml",
                 "proposal": None if prop is None else {
-                    "approvals": [{"approver": a, "index": i} for a, i in prop["approvals"]],
+                    "approvals": [{"approver": a, "index": i} for a, i, _ in prop["approvals"]],
                     "id": prop["id"], "proposed_at": prop["proposed_at"],
                     "proposer": prop["proposer"]},
                 "version": v["version"]})
