@@ -48,7 +48,8 @@ pub struct ExportArgs {
     #[arg(long = "env", conflicts_with_all = ["change", "control"])]
     environments: Vec<String>,
     /// Only changes and decisions for these repositories (globs; repeatable;
-    /// period bundles).
+    /// period bundles): named on them or recorded for their code by ingested
+    /// commits and CI runs; those with no repository at all are kept.
     #[arg(long = "repository", conflicts_with_all = ["change", "control"])]
     repositories: Vec<String>,
     /// Where to write the bundle.

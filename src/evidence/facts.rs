@@ -419,27 +419,62 @@ impl<'a> View<'a> {
                 .map(|(k, _)| *k)
                 .collect(),
         };
+        // The repository patterns keep what one of its repositories matches:
+        // those people named (on the request, on the change) and those the
+        // log records for its code (the ingested commits' and the CI runs'),
+        // as rule selection reads them (docs/policy.md). What names or
+        // records none is kept: nothing shows it lies outside the patterns.
+        let repos_keep = |named: &[&str], subjects: &mut dyn Iterator<Item = &String>| {
+            if repos.is_empty() {
+                return true;
+            }
+            let mut known = false;
+            for r in named.iter().copied().filter(|r| !r.is_empty()) {
+                if repo_ok(r) {
+                    return true;
+                }
+                known = true;
+            }
+            for s in subjects {
+                let commit = gov.commit(s).map(|c| c.repository.as_str());
+                let runs = gov.ci_runs_for(s).map(|r| r.repository.as_str());
+                for r in commit.into_iter().chain(runs).filter(|r| !r.is_empty()) {
+                    if repo_ok(r) {
+                        return true;
+                    }
+                    known = true;
+                }
+            }
+            !known
+        };
         let changes: Vec<&ChangeRec> = gov
             .changes()
             .filter(|c| {
                 let touched = c.revisions.iter().any(|r| in_scope.contains(&r.index))
                     || c.reviews.iter().any(|r| in_scope.contains(&r.index))
                     || c.deployments.iter().any(|d| in_scope.contains(d));
+                let cur = c.current();
                 touched
-                    && repo_ok(&c.repository)
-                    && (envs.is_empty() || c.current().environments.iter().any(|e| env_ok(e)))
+                    && repos_keep(
+                        &[c.repository.as_str()],
+                        &mut cur.commits.iter().chain(&cur.digests),
+                    )
+                    && (envs.is_empty() || cur.environments.iter().any(|e| env_ok(e)))
             })
             .collect();
         // A deployment the scope's filters keep.
         let filtered = |d: &DeployRec| {
-            let repo = d.repository.clone().or_else(|| {
-                d.decision
-                    .change
-                    .as_ref()
-                    .and_then(|(c, _)| gov.change(c))
-                    .map(|c| c.repository.clone())
-            });
-            env_ok(&d.environment) && (repos.is_empty() || repo.is_some_and(|r| repo_ok(&r)))
+            let change = d
+                .decision
+                .change
+                .as_ref()
+                .and_then(|(c, _)| gov.change(c))
+                .map_or("", |c| c.repository.as_str());
+            env_ok(&d.environment)
+                && repos_keep(
+                    &[d.repository.as_deref().unwrap_or(""), change],
+                    &mut d.subjects.iter(),
+                )
         };
         let decisions: Vec<&DeployRec> = gov
             .deployments()

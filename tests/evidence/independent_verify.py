@@ -1220,6 +1220,7 @@ class Fold:
         self.changes = {}
         self.commits = {}
         self.ci_runs = []
+        self.recorded_repos = {}    # subject -> repositories its commit observation and CI runs name
         self.deployments = {}
         self.bg_reviews = {}        # deployment index -> review
         self.pending = {}           # entry index -> an identity change that waited for approval
@@ -1653,6 +1654,8 @@ class Fold:
             else:
                 require(sig["verdict"] == 1 and sig["format"] == 1, what,
                         "the commit carries no signature but the verdict says otherwise")
+            if b["repository"]:
+                self.recorded_repos.setdefault(b["sha"], set()).add(b["repository"])
             self.commits[b["sha"]] = {"index": index, "author": info["author"],
                                       "committer": info["committer"], "summary": info["summary"],
                                       "signature": SIG_VERDICT[sig["verdict"]],
@@ -1661,6 +1664,9 @@ class Fold:
             self.need_perm(what, signer, "report", "report CI runs")
             require(b["status"] in CI_STATUS, what, "invalid CI status")
             require(RE_SHA.fullmatch(b["commit"]) is not None, what, "invalid commit")
+            if b["repository"]:
+                for subject in {b["commit"]} | set(b["artifact_digests"]):
+                    self.recorded_repos.setdefault(subject, set()).add(b["repository"])
             self.ci_runs.append({"index": index, "builder": signer, "commit": b["commit"],
                                  "digests": sorted(set(b["artifact_digests"])),
                                  "pipeline": b["pipeline"], "provider": b["provider"],
@@ -1981,8 +1987,8 @@ class Derived:
                        | set(ch["deployments"])) & ins
             if not touched:
                 continue
-            if s.get("repositories") and not any(glob_match(p, ch["repository"])
-                                                 for p in s["repositories"]):
+            cur = ch["revisions"][-1]
+            if not self.repos_keep([ch["repository"]], set(cur["commits"]) | set(cur["digests"])):
                 continue
             if s.get("environments") and not any(glob_match(p, e)
                                                  for e in ch["revisions"][-1]["environments"]
@@ -1999,13 +2005,22 @@ class Derived:
         if s.get("environments") and not any(glob_match(p, dep["environment"])
                                              for p in s["environments"]):
             return False
-        if s.get("repositories"):
-            repo = dep["repository"]
-            if repo is None and dep["change"] is not None:
-                repo = f.changes[dep["change"]]["repository"]
-            if repo is None or not any(glob_match(p, repo) for p in s["repositories"]):
-                return False
-        return True
+        named = [dep["repository"] or ""]
+        if dep["change"] is not None:
+            named.append(f.changes[dep["change"]]["repository"])
+        return self.repos_keep(named, dep["subjects"])
+
+    def repos_keep(self, named, subjects):
+        """EF §10.2: the repository patterns keep what one of its repositories matches, named
+        (request, change) or recorded for its code (commit observations, CI runs); what names
+        and records none is kept."""
+        pats = self.scope.get("repositories")
+        if not pats:
+            return True
+        known = [r for r in named if r]
+        for s in subjects:
+            known += sorted(self.fold.recorded_repos.get(s, ()))
+        return not known or any(glob_match(p, r) for p in pats for r in known)
 
     def came_due(self, i):
         """EF §10.6: a break-glass deployment made before the period, unreviewed when it began,

@@ -3902,3 +3902,89 @@ async fn concurrent_exports_are_capped() {
     }
     evidence::verify(&bundle, &trust(s)).unwrap();
 }
+
+/// Repository patterns read the repositories the log records for the code
+/// (commit observations, CI runs), as rule selection does, not only the
+/// one a person typed: a deployment that names no repository and belongs to
+/// no change, of an artifact CI recorded in github.com/acme/app, is in a
+/// bundle filtered to that repository and out of one filtered to another.
+/// A deployment whose repository nothing names or records is kept by every
+/// filter: nothing shows it lies outside, and a filter must not hide it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repository_patterns_read_the_repositories_the_log_records() {
+    use pb::export_evidence_request::Scope as S;
+    let mut f = fixture().await;
+    f.clock.set(f.day(10));
+    let app = crate::common::digest("image-app");
+    f.append(
+        "ci-app",
+        "ci",
+        Body::CiRunReported(CiRun {
+            repository: "github.com/acme/app".into(),
+            commit: "ab".repeat(20),
+            artifact_digests: [app.clone()].into(),
+            status: CiStatus::Passed,
+            provider: "github-actions".into(),
+            pipeline: "build".into(),
+            run_id: "77".into(),
+            url: String::new(),
+            git_ref: String::new(),
+        }),
+    )
+    .await;
+    let unknown = crate::common::digest("image-nobody-recorded");
+    let mut deployed = BTreeMap::new();
+    for (name, subject) in [("deploy-app", &app), ("deploy-unknown", &unknown)] {
+        let i = f
+            .append(
+                name,
+                "ci",
+                Body::DeployRequested(DeployRequest {
+                    action: "deploy".into(),
+                    environment: "prod".into(),
+                    repository: None,
+                    kind: None,
+                    namespace: None,
+                    subjects: [subject.clone()].into(),
+                    change_id: None,
+                    break_glass: false,
+                    justification: String::new(),
+                }),
+            )
+            .await;
+        deployed.insert(name, i);
+    }
+    let s = &f.server;
+    let (from, to) = (f.day(10), f.day(11));
+    let in_scope = |repos: &'static [&'static str]| async move {
+        let b = export_online(
+            s,
+            S::Period(pb::PeriodScope {
+                from_unix_nanos: from,
+                to_unix_nanos: to,
+                environments: vec![],
+                repositories: repos.iter().map(|r| r.to_string()).collect(),
+            }),
+        )
+        .await;
+        evidence::verify(&b, &trust(s)).unwrap();
+        let (code, out) = independent_verify(&b, &s.data.log_vkey());
+        assert_eq!(code, Some(0), "{out}");
+        let files = evidence::unpack(&b).unwrap();
+        json(&files, "facts/decisions.json")
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|d| d["in_scope"] == true)
+            .map(|d| d["index"].as_u64().unwrap())
+            .collect::<BTreeSet<u64>>()
+    };
+    let both = BTreeSet::from([deployed["deploy-app"], deployed["deploy-unknown"]]);
+    assert_eq!(in_scope(&[]).await, both);
+    assert_eq!(in_scope(&["github.com/acme/app"]).await, both);
+    assert_eq!(in_scope(&["github.com/acme/*"]).await, both);
+    assert_eq!(
+        in_scope(&["github.com/other/*"]).await,
+        BTreeSet::from([deployed["deploy-unknown"]])
+    );
+}
