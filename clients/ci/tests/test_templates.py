@@ -604,7 +604,7 @@ def test_action_declares_the_inputs_and_every_used_input_is_declared():
     for name, spec in action["inputs"].items():
         assert spec.get("description", "").strip(), f"input {name} is not documented"
     assert action["inputs"]["command"].get("required") is True
-    assert action["inputs"]["docket-bin"].get("default") == "docket"
+    assert action["inputs"]["docket-bin"].get("default") == ""
     used = {m for e in EXPR.findall(ACTION.read_text()) for m in INPUT_REF.findall(e)}
     assert used, "action.yml uses no inputs"
     assert used <= declared, f"undeclared inputs used: {used - declared}"
@@ -679,10 +679,10 @@ def test_action_runs_docket_ci_sh_with_the_command_input(fake):
               "DOCKET_LOG_VKEY"):
         assert f"{k}={conn[k]}\n" in seen, k
 
-    # Connection settings left out fall back to the job's DOCKET_* variables
-    # (docket-bin is not one: it has its own default, docket).
+    # Connection settings left out fall back to the job's DOCKET_* variables,
+    # docket-bin to DOCKET_BIN too (and docket-ci.sh to docket on PATH).
     bin_ = {"docket-bin": conn["DOCKET_BIN"]}
-    r = _run_action({"command": "report", "status": "success", "digests": D1, **bin_}, conn, base)
+    r = _run_action({"command": "report", "status": "success", "digests": D1}, conn, base)
     assert r.returncode == 0, r.stderr
     assert called(tmp) == ["ci", "report", "--status", "success", "--digest", D1]
 
@@ -894,7 +894,7 @@ def test_gitlab_before_script_writes_base64_secrets_to_files(tmp_path):
           "--actor", "ci"]),
         (".docket-deploy", {"CI_ENVIRONMENT_NAME": "staging"},
          ["deploy", "--env", "staging", "--json", "--digest", D1, "--digest", D2]),
-        (".docket-report", {},
+        (".docket-report", {"DOCKET_STATUS": "passed"},
          ["ci", "report", "--status", "passed", "--digest", D1, "--digest", D2]),
         (".docket-report", {"DOCKET_STATUS": "failed"},
          ["ci", "report", "--status", "failed", "--digest", D1, "--digest", D2]),
@@ -972,3 +972,20 @@ def test_gitlab_approve_signs_as_the_reviewer_not_the_pipeline(fake):
     assert r.returncode == 64, (r.stdout, r.stderr)
     assert "DOCKET_APPROVER_KEY" in r.stderr
     assert called(tmp) is None
+
+
+def test_gitlab_report_needs_an_explicit_status(fake):
+    """A report job that does not say how the build went records nothing: a
+    `when: on_failure` job that forgot DOCKET_STATUS must not record a pass."""
+    tmp, env = fake
+    script, variables = _gitlab_job_script(".docket-report")
+    variables["DOCKET_CI_SCRIPT"] = str(SCRIPT)
+    key = Path(env.pop("DOCKET_KEY")).read_bytes()
+    full = {**variables, **env, "DOCKET_KEY_B64": base64.b64encode(key).decode(),
+            "DOCKET_DIGESTS": D1}
+    full.pop("DOCKET_STATUS", None)
+    r = subprocess.run(["sh", "-c", script], env=full, cwd=tmp, capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode != 0
+    assert "DOCKET_STATUS" in r.stderr, r.stderr
+    assert called(tmp) is None or called(tmp) == [], called(tmp)
