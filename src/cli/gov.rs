@@ -682,8 +682,10 @@ pub struct Target {
     namespace: Option<String>,
     #[arg(long, default_value = "deploy")]
     action: String,
-    /// Deploy without approvals under the break-glass permission; opens a
-    /// review obligation.
+    /// Break glass: with `deploy`, deploy without approvals under the
+    /// break-glass permission, recorded with a review obligation; with
+    /// `authorize`, which records nothing, always a deny that says whether
+    /// the recorded deployment would be allowed.
     #[arg(long)]
     break_glass: bool,
     /// Print the decision as JSON.

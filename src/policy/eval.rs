@@ -790,6 +790,11 @@ fn evaluate_rule(policy: &Policy, rule: &Rule, req: &Request, facts: &Facts<'_>)
                     "superseded by {}'s later review (entry {})",
                     kept.approver, kept.index
                 )
+            } else if kept.approve && !dropped.approve {
+                format!(
+                    "stale: rejected an earlier revision of the change, after {}'s approval of this revision (entry {}), which it withdraws",
+                    kept.approver, kept.index
+                )
             } else {
                 format!(
                     "stale: reviewed an earlier revision of the change; {}'s review of this revision (entry {}) stands",

@@ -680,6 +680,7 @@ impl Policy {
         let approvers = &permissions[&Permission::Approve];
         let mut rules: Vec<Rule> = Vec::new();
         let mut rule_lines = Vec::new();
+        let mut promoted_at: Vec<Option<usize>> = Vec::new();
         let mut names = BTreeSet::new();
         if strict && let Some(extra) = raw.rule.get(MAX_RULES) {
             return Err(err(
@@ -990,6 +991,60 @@ impl Policy {
             }
             rules.push(rule);
             rule_lines.push(line_of(text, start));
+            promoted_at.push(from_at);
+        }
+        // Promotions that wait on each other in a ring: a first deploy to
+        // any of them would need an earlier deploy to the next. Refused when
+        // the ring is certain: each environment is decided by the first rule
+        // whose environments match it, and that rule filters on nothing else
+        // (a rule that also filters on repository, kind, namespace or action
+        // may let some requests fall through to later rules).
+        if strict {
+            let env_only = |r: &Rule| {
+                r.repositories.is_empty()
+                    && r.kinds.is_empty()
+                    && r.namespaces.is_empty()
+                    && r.actions.is_empty()
+            };
+            let decider = |env: &str| {
+                rules.iter().position(|r| {
+                    r.environments.is_empty() || r.environments.iter().any(|p| glob_match(p, env))
+                })
+            };
+            for (first, r) in rules.iter().enumerate() {
+                if !env_only(r) {
+                    continue;
+                }
+                let mut ring = vec![first];
+                while let Some(from) = &rules[ring[ring.len() - 1]].promoted_from {
+                    let Some(next) = decider(from).filter(|n| env_only(&rules[*n])) else {
+                        break;
+                    };
+                    if next == first && ring.len() > 1 {
+                        let waits: Vec<String> = ring
+                            .iter()
+                            .map(|i| {
+                                format!(
+                                    "rule {:?} waits for a deploy to {:?}",
+                                    rules[*i].name,
+                                    rules[*i].promoted_from.as_deref().unwrap_or_default()
+                                )
+                            })
+                            .collect();
+                        return Err(err(
+                            promoted_at[first].unwrap_or(0),
+                            format!(
+                                "promoted_from makes a ring ({}): a first deploy to any of them could never be allowed; let one environment be deployed to without promotion",
+                                waits.join(", ")
+                            ),
+                        ));
+                    }
+                    if ring.contains(&next) {
+                        break;
+                    }
+                    ring.push(next);
+                }
+            }
         }
 
         if strict

@@ -710,6 +710,13 @@ fn every_rule_kind() {
             .any(|r| r.starts_with("withdrawn by bob's later rejection (entry ")),
         "{bob:?}"
     );
+    // The rejection says what it did, not that the approval stands.
+    assert!(
+        bob.iter().any(|r| r.starts_with(
+            "stale: rejected an earlier revision of the change, after bob's approval of this revision (entry "
+        ) && r.ends_with("), which it withdraws")),
+        "{bob:?}"
+    );
     // ...until an approval of this revision after it.
     let v = check(
         request("prod"),
@@ -1106,6 +1113,11 @@ fn bad_policies_are_refused_with_line_and_reason() {
             "rule \"a\": promoted_from \"prod-canary\", but the rule matches it by the pattern \"prod*\" and no earlier rule decides those requests, so a first deploy to \"prod-canary\" could never be allowed; put a rule for \"prod-canary\" before it",
         ),
         (
+            "version = 1\n[[rule]]\nname = \"prod\"\nmatch.environments = [\"prod\"]\npromoted_from = \"staging\"\n[[rule]]\nname = \"staging\"\nmatch.environments = [\"staging\"]\npromoted_from = \"prod\"\n",
+            5,
+            "promoted_from makes a ring (rule \"prod\" waits for a deploy to \"staging\", rule \"staging\" waits for a deploy to \"prod\"): a first deploy to any of them could never be allowed",
+        ),
+        (
             "version = 1\n[[rule]]\nname = \"a\"\npromoted_from = \"staging\"\n",
             4,
             "promoted_from \"staging\", but the rule matches every environment and no earlier rule",
@@ -1468,6 +1480,7 @@ fn bad_policies_are_refused_with_line_and_reason() {
         "promoted_from is empty",
         "which no rule matches",
         "freeze name",
+        "promoted_from makes a ring",
     ];
     for (text, _, needle) in cases {
         let recorded = Policy::parse(text);
@@ -2040,4 +2053,30 @@ fn a_freeze_time_is_written_in_the_documented_form() {
     }
     // A recorded document keeps the reading it was recorded under.
     Policy::parse(&freeze("20261220T2359")).unwrap();
+}
+
+/// A ring of three is refused like one of two; a ring that passes through
+/// a rule filtering on more than the environment is not certain (requests
+/// that rule does not match fall through to later rules), so it is kept.
+#[test]
+fn a_promotion_ring_is_refused_only_when_certain() {
+    let ring = |extra: &str| {
+        format!(
+            "version = 1\n[[rule]]\nname = \"a\"\nmatch.environments = [\"a\"]\npromoted_from = \"c\"\n\
+             [[rule]]\nname = \"b\"\nmatch.environments = [\"b\"]\n{extra}promoted_from = \"a\"\n\
+             [[rule]]\nname = \"c\"\nmatch.environments = [\"c\"]\npromoted_from = \"b\"\n\
+             [[rule]]\nname = \"rest\"\n"
+        )
+    };
+    let e = Policy::parse_new(&ring("")).unwrap_err();
+    assert_eq!(e.line, 5, "{e}");
+    assert!(
+        e.to_string().contains(
+            "ring (rule \"a\" waits for a deploy to \"c\", rule \"c\" waits for a deploy to \"b\", rule \"b\" waits for a deploy to \"a\")"
+        ),
+        "{e}"
+    );
+    Policy::parse_new(&ring("match.repositories = [\"github.com/acme/*\"]\n")).unwrap();
+    // Replay reads a recorded document as it was.
+    Policy::parse(&ring("")).unwrap();
 }

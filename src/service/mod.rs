@@ -693,10 +693,26 @@ impl Service {
         self.try_state(|st| check_against_state(st, &event))
             .map_err(|_| AppendError::Stopped)??;
         if let Body::PolicyProposed(p) = &event.body {
-            crate::policy::Policy::parse_new(&p.text).map_err(|e| InvalidEvent {
-                field: "policy_proposed.text".into(),
-                reason: e.to_string(),
-            })?;
+            // The strict parse's contradiction checks grow with the square of
+            // rules and patterns (seconds for a document at every limit):
+            // asked only by a principal who may propose policy, and run off
+            // the async workers so other calls go on meanwhile.
+            self.try_state(|st| {
+                st.check_permission(
+                    &event.signer,
+                    crate::policy::Permission::ProposePolicy,
+                    "propose policy",
+                )
+            })
+            .map_err(|_| AppendError::Stopped)??;
+            let text = p.text.clone();
+            tokio::task::spawn_blocking(move || crate::policy::Policy::parse_new(&text))
+                .await
+                .map_err(|_| AppendError::Stopped)?
+                .map_err(|e| InvalidEvent {
+                    field: "policy_proposed.text".into(),
+                    reason: e.to_string(),
+                })?;
         }
         // Only a deployment has a decision to return with its receipt.
         let decided = matches!(event.body, Body::DeployRequested(_));

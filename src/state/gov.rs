@@ -855,6 +855,17 @@ impl State {
             .is_some_and(|p| self.gov.policy().permits(&p.roles, perm))
     }
 
+    /// [`State::require`] for a check before the fold: `Service::append`
+    /// asks it before a policy proposal's costly parse.
+    pub fn check_permission(
+        &self,
+        who: &PrincipalId,
+        perm: Permission,
+        action: &'static str,
+    ) -> Result<(), ApplyError> {
+        self.require(who, perm, action)
+    }
+
     pub(super) fn require(
         &self,
         who: &PrincipalId,
@@ -1681,13 +1692,17 @@ impl State {
     /// named, whoever authored, committed or signed the commits of that
     /// revision or of the deployment's own subjects (and the commits their
     /// artifacts were built from), and the CI identities that built them.
-    /// `None` when nothing known ties them to it, or it is no break-glass
-    /// (the fold's own refusal names that).
+    /// `None` when nothing the log records ties them to it (an author no
+    /// principal's e-mail names, a commit never ingested, is not known to
+    /// be them), and when the fold refuses the review anyway and says why:
+    /// no open obligation there, already reviewed, or the reviewer broke
+    /// the glass themselves.
     pub fn break_glass_reviewer_conflict(&self, reviewer: &str, deployment: u64) -> Option<String> {
-        let d = self.gov.deploys.get(&deployment)?;
-        if !d.break_glass {
+        let o = self.gov.obligations.get(&deployment)?;
+        if o.review.is_some() || o.actor == reviewer {
             return None;
         }
+        let d = self.gov.deploys.get(&deployment)?;
         let mut subjects: BTreeSet<&str> = d.subjects.iter().map(String::as_str).collect();
         if let Some((id, revision)) = &d.decision.change
             && let Some(c) = self.gov.changes.get(id)

@@ -2188,6 +2188,8 @@ hotfix\n"
         )
     );
     assert_eq!(conflict(&f, "carol"), None);
+    // The one who broke the glass gets the fold's own refusal, not this one.
+    assert_eq!(conflict(&f, "dave"), None);
     // Not a break-glass: nothing to say (the fold names why).
     let plain = f.deploy("dave", D2);
     assert!(!plain.allow);

@@ -836,6 +836,33 @@ async fn governance_input_is_checked_field_by_field() {
         "nobody",
     )
     .await;
+    // From a registered principal who may not propose policy: refused on
+    // the permission, before the contradictions are looked for.
+    let dev_key = s.path().join("dev.key");
+    s.add_principal(&dev_key, "dev1", "human", "dev", None)
+        .await;
+    let dev = docket::crypto::read_signing_key(&dev_key).unwrap();
+    expect_refused(
+        &s,
+        signed(
+            &Event {
+                signer: PrincipalId::parse("dev1").unwrap(),
+                ..ev(
+                    "p2-dev",
+                    Body::PolicyProposed(PolicyProposal {
+                        proposal_id: RecordId::parse("P2").unwrap(),
+                        text: "version = 1\n[[rule]]\nname = \"all\"\n\n[[rule]]\nname = \"prod\"\nmatch.environments = [\"prod\"]\n".into(),
+                        base_version: 1,
+                        description: String::new(),
+                    }),
+                )
+            },
+            &dev,
+        ),
+        Code::FailedPrecondition,
+        "\"dev1\" may not propose policy",
+    )
+    .await;
     // A contradiction only a new document is checked for: a rule that the
     // catch-all before it always matches first.
     expect_refused(
