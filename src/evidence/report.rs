@@ -157,7 +157,7 @@ pub(super) fn html(view: &View<'_>) -> String {
                 let from = if start == 0 {
                     "the log's first entry".to_owned()
                 } else {
-                    format!("entry {start}, just before the period,")
+                    format!("entry {start}, the last before the period and its lead-in,")
                 };
                 match meta.unfinished_period() {
                     Some(_) => format!(
@@ -245,14 +245,25 @@ pub(super) fn html(view: &View<'_>) -> String {
             );
         }
         let subjects = cur.subjects();
+        let latest = view.latest_decision(c);
         // The reviews that speak for the current revision: after it, and of
-        // exactly its subjects (an earlier review is stale, whatever it saw).
+        // exactly its subjects (an earlier review is stale, whatever it saw),
+        // each marked when the latest decision did not count it.
         let approvals: Vec<String> = c
             .reviews
             .iter()
             .filter(|r| r.index > cur.index && r.seen == subjects)
             .map(|r| {
-                if r.approve {
+                let uncounted =
+                    latest.and_then(|d| d.decision.not_counted.iter().find(|n| n.index == r.index));
+                if let (true, Some(n)) = (r.approve, uncounted) {
+                    format!(
+                        "{} (entry {}) <span class=\"warn\">not counted: {}</span>",
+                        esc(&r.reviewer),
+                        r.index,
+                        esc(&n.reason)
+                    )
+                } else if r.approve {
                     format!("{} (entry {})", esc(&r.reviewer), r.index)
                 } else {
                     format!(
@@ -265,7 +276,16 @@ pub(super) fn html(view: &View<'_>) -> String {
             .collect();
         let mut ci = Vec::new();
         for s in &subjects {
-            if let Some(r) = gov.ci_runs_for(s).last() {
+            // A run of one of its commits speaks for the change when it
+            // built one of the change's artifacts, or none at all (a test
+            // run); a run that built some other artifact from it does not.
+            let relevant = |r: &&crate::state::gov::CiRec| {
+                r.digests.contains(s)
+                    || cur.digests.is_empty()
+                    || r.digests.is_empty()
+                    || r.digests.iter().any(|d| cur.digests.contains(d))
+            };
+            if let Some(r) = gov.ci_runs_for(s).filter(relevant).last() {
                 ci.push(format!(
                     "<span class=\"{}\">{}</span> {} by {}",
                     if r.passed { "ok" } else { "bad" },
@@ -303,7 +323,7 @@ pub(super) fn html(view: &View<'_>) -> String {
             .map(|d| d.decision.at_nanos)
             .max()
             .map_or_else(String::new, sort_key);
-        let sod = match view.latest_decision(c) {
+        let sod = match latest {
             Some(d) if d.decision.allow && !d.break_glass => format!(
                 "<span class=\"ok\">satisfied</span>: counted {}",
                 esc(&d
@@ -318,7 +338,22 @@ pub(super) fn html(view: &View<'_>) -> String {
                 "<span class=\"warn\">bypassed (break-glass)</span>".to_owned()
             }
             Some(d) => {
-                let mut s = "<span class=\"bad\">not satisfied</span>".to_owned();
+                // Denied, perhaps for something else than its approvals
+                // (promotion order, CI, a freeze): say why first.
+                let mut s = format!(
+                    "<span class=\"bad\">not satisfied</span>: its latest deployment, entry {}, was denied: {}",
+                    d.index,
+                    esc(&d.decision.reasons.join("; "))
+                );
+                if !d.decision.counted.is_empty() {
+                    let counted: Vec<&str> = d
+                        .decision
+                        .counted
+                        .iter()
+                        .map(|c| c.approver.as_str())
+                        .collect();
+                    let _ = write!(s, "<br>counted: {}", esc(&counted.join(", ")));
+                }
                 for n in &d.decision.not_counted {
                     let _ = write!(s, "<br>{}: {}", esc(&n.approver), esc(&n.reason));
                 }

@@ -3633,6 +3633,61 @@ async fn report_rows_follow_the_decisions() {
         "sha256:{}",
         hex::encode(docket::crypto::blake3_256(b"image-1"))
     );
+    // A prod deployment that reads the reviews: alice, who wrote commit-1,
+    // approved, and her approval is marked as not counted, with why.
+    f.deploy("prod-again", "ci", "prod", &d1, false).await;
+    {
+        let bundle = export_online(&f.server, S::ChangeId("CHG-1".into())).await;
+        let files = evidence::unpack(&bundle).unwrap();
+        let html = String::from_utf8(files["report.html"].clone()).unwrap();
+        let start = html.find("<tr><td data-sort=\"CHG-1\">").unwrap();
+        let r = &html[start..start + html[start..].find("</tr>").unwrap()];
+        assert!(
+            r.contains(&format!(
+                "alice (entry {}) <span class=\"warn\">not counted: alice is a commit author, committer or signer of the change</span>",
+                f.at["alice-1"]
+            )),
+            "{r}"
+        );
+        assert!(
+            r.contains(&format!("bob (entry {})<br>", f.at["bob-1"])),
+            "bob's counted approval is not marked: {r}"
+        );
+    }
+    // A failed run that built another image from commit-1 does not speak
+    // for CHG-1's CI: the column still shows the run that built its image.
+    let c1 = f
+        .server
+        .svc
+        .with_state(|st| st.gov().change("CHG-1").unwrap().current().commits.clone());
+    let c1 = c1.into_iter().next().unwrap();
+    f.append(
+        "ci-other-image",
+        "ci",
+        Body::CiRunReported(CiRun {
+            repository: "github.com/acme/payments".into(),
+            commit: c1.clone(),
+            artifact_digests: [crate::common::digest("another-image")].into(),
+            status: CiStatus::Failed,
+            provider: "gitlab-ci".into(),
+            pipeline: "other".into(),
+            run_id: "88".into(),
+            url: String::new(),
+            git_ref: String::new(),
+        }),
+    )
+    .await;
+    {
+        let bundle = export_online(&f.server, S::ChangeId("CHG-1".into())).await;
+        let files = evidence::unpack(&bundle).unwrap();
+        let html = String::from_utf8(files["report.html"].clone()).unwrap();
+        let start = html.find("<tr><td data-sort=\"CHG-1\">").unwrap();
+        let r = &html[start..start + html[start..].find("</tr>").unwrap()];
+        assert!(
+            r.contains(&format!("passed</span> {} by ci", &c1[..12])) && !r.contains("failed"),
+            "{r}"
+        );
+    }
     // bob holds no break-glass role: refused, and the latest decision of CHG-1.
     f.deploy("bob-glass", "bob", "prod", &d1, true).await;
     let row = |bundle: &[u8]| {
@@ -3650,10 +3705,21 @@ async fn report_rows_follow_the_decisions() {
         r.contains("not satisfied") && !r.contains("bypassed"),
         "{r}"
     );
+    // Why it was denied comes first: here, not the approvals.
+    assert!(
+        r.contains(&format!(
+            "its latest deployment, entry {}, was denied: bob invoked break-glass but holds none of the roles allowed to",
+            f.at["bob-glass"]
+        )),
+        "{r}"
+    );
     assert!(
         r.contains("bob (entry ") && r.contains("carol (entry "),
         "{r}"
     );
+    // The latest decision (bob's refused break-glass) read no reviews, so
+    // no approval is marked as not counted.
+    assert!(!r.contains("not counted:"), "{r}");
     assert!(
         html.contains("<b>0</b>break-glass"),
         "a refused break-glass is not counted as one"
