@@ -421,8 +421,8 @@ impl<'a> View<'a> {
         };
         // The repository patterns keep what one of its repositories matches:
         // those people named (on the request, on the change) and those the
-        // log records for its code (the ingested commits' and the CI runs'),
-        // as rule selection reads them (docs/policy.md). What names or
+        // log records for its subjects (the ingested commits' and the CI
+        // runs'), much as rule selection reads them (docs/policy.md). What names or
         // records none is kept: nothing shows it lies outside the patterns.
         let repos_keep = |named: &[&str], subjects: &mut dyn Iterator<Item = &String>| {
             if repos.is_empty() {
@@ -464,16 +464,19 @@ impl<'a> View<'a> {
             .collect();
         // A deployment the scope's filters keep.
         let filtered = |d: &DeployRec| {
-            let change = d
-                .decision
-                .change
-                .as_ref()
-                .and_then(|(c, _)| gov.change(c))
-                .map_or("", |c| c.repository.as_str());
+            // The change its decision considered, at the revision it did.
+            let considered = d.decision.change.as_ref().and_then(|(id, rev)| {
+                let c = gov.change(id)?;
+                Some((c, c.revisions.get((*rev as usize).checked_sub(1)?)?))
+            });
+            let named = considered.map_or("", |(c, _)| c.repository.as_str());
+            let revision = considered
+                .into_iter()
+                .flat_map(|(_, r)| r.commits.iter().chain(&r.digests));
             env_ok(&d.environment)
                 && repos_keep(
-                    &[d.repository.as_deref().unwrap_or(""), change],
-                    &mut d.subjects.iter(),
+                    &[d.repository.as_deref().unwrap_or(""), named],
+                    &mut d.subjects.iter().chain(revision),
                 )
         };
         let decisions: Vec<&DeployRec> = gov

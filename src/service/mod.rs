@@ -147,6 +147,9 @@ pub(crate) fn check_against_state(st: &State, event: &Event) -> Result<(), Appen
         Body::DeployRequested(d) if d.break_glass && st.builtin_policy_in_force() => {
             Err(ApplyError::BuiltinBreakGlass.into())
         }
+        Body::PolicyApproved { proposal_id } => st
+            .check_policy_approval(&event.signer, proposal_id.as_str())
+            .map_err(Into::into),
         Body::BreakGlassReviewed(r) => {
             match st.break_glass_reviewer_conflict(event.signer.as_str(), r.deployment_index) {
                 Some(why) => Err(ApplyError::InvolvedReviewer {
@@ -211,6 +214,10 @@ pub(crate) struct WriteRequest {
     envelope: Envelope,
     event: Event,
     key: ed25519_dalek::VerifyingKey,
+    /// How many keys the signer had (active and revoked) when `key` was
+    /// found: keys are only ever added, so another count at the write
+    /// means a key came in between and the writer authenticates again.
+    keys_seen: usize,
     identity: String,
     reply: oneshot::Sender<Result<Committed, AppendError>>,
 }
@@ -629,10 +636,11 @@ impl Service {
                 max_secs: self.config.max_event_age.as_secs(),
             });
         }
-        let key = self
+        let signer_keys = self
             .try_state(|s| s.signer_keys(&event))
-            .map_err(|_| AppendError::Stopped)??
-            .authenticate(&envelope)?;
+            .map_err(|_| AppendError::Stopped)??;
+        let keys_seen = signer_keys.count();
+        let key = signer_keys.authenticate(&envelope)?;
         // Keys declared from now on are canonical encodings (ledger-format
         // §2.4); the decoder still reads others, which older logs may hold.
         let declared: Vec<(&str, &ed25519_dalek::VerifyingKey)> = match &event.body {
@@ -722,6 +730,7 @@ impl Service {
                 envelope,
                 event,
                 key,
+                keys_seen,
                 identity,
                 reply,
             }))

@@ -126,7 +126,8 @@ impl Writer {
             let WriteRequest {
                 envelope,
                 event,
-                key,
+                mut key,
+                keys_seen,
                 identity,
                 reply,
             } = req;
@@ -149,8 +150,26 @@ impl Writer {
                 }
                 Ok(None) => {}
             }
-            // The key was checked before queuing; an earlier entry may have
-            // revoked it since.
+            // The key was found before queuing. A key added since (an
+            // earlier entry of this batch, or one written meanwhile) may be
+            // one that replay will find first: authenticate again, as
+            // replay will, since a review keeps the key that signed it.
+            let now_held = st
+                .principal(event.signer.as_str())
+                .map_or(keys_seen, |p| p.keys.len());
+            if now_held != keys_seen {
+                match st
+                    .signer_keys(&event)
+                    .and_then(|k| k.authenticate(&envelope))
+                {
+                    Ok(k) => key = k,
+                    Err(e) => {
+                        let _ = reply.send(Err(AppendError::Auth(e)));
+                        continue;
+                    }
+                }
+            }
+            // An earlier entry may also have revoked it since.
             let record = st
                 .principal(event.signer.as_str())
                 .and_then(|p| p.keys.iter().find(|k| k.key == key));

@@ -1311,6 +1311,54 @@ impl State {
         Ok(())
     }
 
+    /// For a new entry only: refuses a policy approval that would activate
+    /// its proposal only by counting an approval signed with a key revoked
+    /// or rotated away since (a stolen key's word). The fold counts every
+    /// approval on record, as older logs were folded; this keeps such an
+    /// approval from being what activates a policy from now on. Its
+    /// approver may approve again with a current key first.
+    pub fn check_policy_approval(&self, signer: &PrincipalId, id: &str) -> Result<(), ApplyError> {
+        // What the fold refuses anyway, it names itself.
+        let Some(p) = self
+            .gov
+            .proposals
+            .get(id)
+            .filter(|p| p.activated_as.is_none())
+        else {
+            return Ok(());
+        };
+        let mut all: Vec<String> = p.approvals.iter().map(|(a, _, _)| a.clone()).collect();
+        let mut standing: Vec<String> = p
+            .approvals
+            .iter()
+            .filter(|(_, _, k)| self.key_revoked_at(k).is_none())
+            .map(|(a, _, _)| a.clone())
+            .collect();
+        all.push(signer.to_string());
+        standing.push(signer.to_string());
+        let policy = self.gov.policy();
+        if !policy::policy_change_activates(policy, &p.proposer, &all, &self.facts)
+            || policy::policy_change_activates(policy, &p.proposer, &standing, &self.facts)
+        {
+            return Ok(());
+        }
+        let withdrawn: Vec<String> = p
+            .approvals
+            .iter()
+            .filter(|(a, _, k)| !standing.contains(a) && self.key_revoked_at(k).is_some())
+            .map(|(a, i, k)| {
+                format!(
+                    "{a}'s (entry {i}) was signed with a key revoked or rotated away at entry {}",
+                    self.key_revoked_at(k).unwrap_or_default()
+                )
+            })
+            .collect();
+        Err(ApplyError::WithdrawnPolicyApproval {
+            id: id.to_owned(),
+            why: withdrawn.join("; "),
+        })
+    }
+
     /// Records a policy proposal.
     pub(super) fn apply_policy_proposed(
         &mut self,
@@ -1401,23 +1449,32 @@ impl State {
         if p.proposer == signer.as_str() {
             return Err(ApplyError::OwnProposal(id.to_owned()));
         }
-        // An approval signed with a key revoked or rotated away since no
-        // longer counts (a stolen key's word is withdrawn with the key);
-        // its approver may approve again with a current key.
-        let standing: Vec<&str> = p
-            .approvals
+        // An approval signed with a key revoked or rotated away since does
+        // not stop its approver from approving again with a current key.
+        // (Logs written before keys were kept never hold a second approval:
+        // it was refused, so this changes nothing they replay.)
+        if p.approvals
             .iter()
-            .filter(|(_, _, k)| self.key_revoked_at(k).is_none())
-            .map(|(a, _, _)| a.as_str())
-            .collect();
-        if standing.contains(&signer.as_str()) {
+            .any(|(a, _, k)| a == signer.as_str() && self.key_revoked_at(k).is_none())
+        {
             return Err(ApplyError::AlreadyApproved {
                 id: id.to_owned(),
                 signer: signer.to_string(),
             });
         }
-        let mut approvers: Vec<String> = standing.iter().map(|a| (*a).to_owned()).collect();
-        approvers.push(signer.to_string());
+        // Every approval on record counts here, as it always has, so that
+        // older logs activate what they activated; that a withdrawn one is
+        // not what activates a proposal is checked for new entries
+        // (`State::check_policy_approval`).
+        let mut approvers: Vec<String> = Vec::new();
+        for (a, _, _) in &p.approvals {
+            if !approvers.contains(a) {
+                approvers.push(a.clone());
+            }
+        }
+        if !approvers.iter().any(|a| a == signer.as_str()) {
+            approvers.push(signer.to_string());
+        }
         let activates = policy::policy_change_activates(
             self.gov.policy(),
             &p.proposer,

@@ -220,6 +220,11 @@ pub enum ApplyError {
         "the break-glass deployment at entry {deployment} must be reviewed by someone who took no part in it, as an approval would be: {why}"
     )]
     InvolvedReviewer { deployment: u64, why: String },
+    /// Raised for new entries only (`Service::append`).
+    #[error(
+        "this approval would activate policy proposal {id:?} only by counting approvals that no longer stand: {why}; they must approve again with a current key first"
+    )]
+    WithdrawnPolicyApproval { id: String, why: String },
     #[error("policy proposal {0:?} already exists")]
     ProposalExists(String),
     #[error("policy proposal {0:?} does not exist")]
@@ -301,6 +306,11 @@ impl SignerKeys {
                 .preferred(env)
                 .ok_or_else(|| AuthError::NoActiveKey(self.signer.clone())),
         }
+    }
+
+    /// How many keys these are, active and revoked.
+    pub fn count(&self) -> usize {
+        self.active.len() + self.revoked.len()
     }
 
     /// Finds the active key that signed the envelope (strict Ed25519 over

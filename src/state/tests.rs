@@ -49,6 +49,7 @@ approvals = 2
 "#;
 
 /// A state folded from events applied one after another.
+#[derive(Clone)]
 struct Fold {
     st: State,
     t: i64,
@@ -2292,9 +2293,10 @@ fn what_a_revoked_key_signed_no_longer_counts() {
         ["carol", "bob"]
     );
 
-    // Policy approvals: two policy admins must approve; pb's approval is
-    // withdrawn with pb's key before pc's arrives, so pc's alone does not
-    // activate the proposal; pb approves again with the new key, and it does.
+    // Policy approvals: two policy admins must approve. pb approves, then
+    // rotates that key away; pc's approval would now activate the proposal
+    // only by counting pb's withdrawn one, so a new entry is refused, while
+    // the fold (replaying a log recorded before keys were kept) counts it.
     f.register("pa", PrincipalKind::Human, &["policy-admin"], &[5]);
     f.register("pb", PrincipalKind::Human, &["policy-admin"], &[6]);
     f.register("pc", PrincipalKind::Human, &["policy-admin"], &[7]);
@@ -2311,28 +2313,45 @@ fn what_a_revoked_key_signed_no_longer_counts() {
     let approve = || Body::PolicyApproved {
         proposal_id: RecordId::parse("P1").unwrap(),
     };
-    f.apply("pb", approve()).unwrap();
-    f.apply(
-        "pb",
-        Body::KeyRotated {
-            principal: id("pb"),
-            new_key: key(16),
-            old_key: Some(key(6)),
-        },
-    )
-    .unwrap();
-    f.apply("pc", approve()).unwrap();
-    assert_eq!(f.st.gov().active_version().map(|v| v.version), Some(1));
-    // pc's approval stands: approving twice is still refused.
+    let pb_first = f.apply("pb", approve()).unwrap();
+    let rotated = f
+        .apply(
+            "pb",
+            Body::KeyRotated {
+                principal: id("pb"),
+                new_key: key(16),
+                old_key: Some(key(6)),
+            },
+        )
+        .unwrap();
+    let e = f.st.check_policy_approval(&id("pc"), "P1").unwrap_err();
     assert_eq!(
-        f.apply("pc", approve()),
+        e,
+        ApplyError::WithdrawnPolicyApproval {
+            id: "P1".into(),
+            why: format!(
+                "pb's (entry {pb_first}) was signed with a key revoked or rotated away at entry {rotated}"
+            ),
+        }
+    );
+    let mut replay = f.clone();
+    replay.apply("pc", approve()).unwrap();
+    assert_eq!(replay.st.gov().active_version().map(|v| v.version), Some(2));
+    // pb approves again with the new key (the old approval no longer stops
+    // it), which alone activates nothing; then pc's approval may.
+    f.st.check_policy_approval(&id("pb"), "P1").unwrap();
+    f.apply("pb", approve()).unwrap();
+    assert_eq!(f.st.gov().active_version().map(|v| v.version), Some(1));
+    assert_eq!(
+        f.apply("pb", approve()),
         Err(ApplyError::AlreadyApproved {
             id: "P1".into(),
-            signer: "pc".into()
+            signer: "pb".into()
         })
     );
-    f.apply("pb", approve()).unwrap();
+    f.st.check_policy_approval(&id("pc"), "P1").unwrap();
+    f.apply("pc", approve()).unwrap();
     let v = f.st.gov().active_version().unwrap();
     assert_eq!(v.version, 2);
-    assert_eq!(v.approvers, ["pc", "pb"]);
+    assert_eq!(v.approvers, ["pb", "pc"]);
 }

@@ -1802,12 +1802,12 @@ class Fold:
             require(limit is None or t - prop["time"] <= limit, what,
                     f"proposal {pid} expired before this approval ([policy_changes] expire_after)")
             require(signer != prop["proposer"], what, "the proposer may not approve")
-            # An approval whose key was revoked or rotated away since no longer counts; its
-            # approver may approve again.
+            # An approval whose key was revoked or rotated away since does not stop its approver
+            # from approving again; every approval on record counts toward activation (LF §8.4).
             standing = [a for a, _, k in prop["approvals"] if not self.key_revoked(a, k)]
             require(signer not in standing, what, "approved twice")
             prop["approvals"].append((signer, index, signed_with))
-            counting = {a for a in standing + [signer]
+            counting = {a for a, _, _ in prop["approvals"]
                         if a != prop["proposer"] and self.principals[a]["kind"] == 1
                         and self.principals[a]["roles"] & self.policy.pc_roles}
             if len(counting) >= self.policy.pc_approvals:
@@ -2006,9 +2006,13 @@ class Derived:
                                              for p in s["environments"]):
             return False
         named = [dep["repository"] or ""]
+        subjects = set(dep["subjects"])
         if dep["change"] is not None:
-            named.append(f.changes[dep["change"]]["repository"])
-        return self.repos_keep(named, dep["subjects"])
+            ch = f.changes[dep["change"]]
+            named.append(ch["repository"])
+            # The revision its decision considered.
+            subjects |= self.fold.subjects_of(ch["revisions"][dep["change_revision"] - 1])
+        return self.repos_keep(named, subjects)
 
     def repos_keep(self, named, subjects):
         """EF §10.2: the repository patterns keep what one of its repositories matches, named

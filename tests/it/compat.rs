@@ -336,3 +336,36 @@ async fn entries_with_unknown_fields_verify_and_are_counted() {
     let clean = docket::verify::verify_store(&*log, None).unwrap();
     assert_eq!((clean.unknown_fields, clean.first_unknown), (0, None));
 }
+
+/// A log written before reviews and policy approvals kept their signing
+/// key (state format 16): a policy activated by an approval whose key was
+/// rotated away afterwards must still be active on replay, or every later
+/// entry resting on it is refused and the server cannot start.
+#[test]
+fn a_policy_activated_before_keys_were_kept_replays_as_it_was() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/ledger-s17-policy");
+    let read = |name: &str| std::fs::read_to_string(dir.join(name)).unwrap();
+    let verifier = NoteVerifier::from_vkey(read("log.vkey").trim()).unwrap();
+    let note = read("checkpoint.txt");
+    let cp = Checkpoint::verify(&note, &verifier, "docket.local/log").unwrap();
+    assert_eq!(cp.size, 9);
+    let entries: Vec<(Vec<u8>, String)> = read("entries.hex")
+        .lines()
+        .map(|l| {
+            let bytes = hex::decode(l).unwrap();
+            let e = Entry::decode(&bytes).unwrap();
+            (bytes, decode_event(&e.envelope.payload).unwrap().event_id)
+        })
+        .collect();
+    let store = std::sync::Arc::new(SledStore::temporary().unwrap());
+    docket::ledger::import(&*store, entries, &note).unwrap();
+    let report = docket::verify::verify_store(&*store, Some(&verifier)).unwrap();
+    assert_eq!((report.entries, report.root), (9, cp.root));
+    let mut state = State::new();
+    docket::service::fold_entries(&LedgerReader::new(store), &mut state, 9).unwrap();
+    let v = state.gov().active_version().unwrap();
+    assert_eq!((v.version, v.activated_at), (2, 7));
+    assert_eq!(v.approvers, ["pa2", "pa3"]);
+    let p3 = state.gov().proposals().find(|p| p.id == "P3").unwrap();
+    assert_eq!(p3.base_version, 2);
+}
