@@ -62,8 +62,10 @@ pub struct ProposalRec {
     /// The proposal entry's integrated time: an expiry runs from it.
     pub at_nanos: i64,
     /// Approvers, the entries that recorded their approvals, and the keys
-    /// that signed them: an approval whose key was revoked or rotated away
-    /// before the proposal became active no longer counts.
+    /// that signed them. An approval whose key was revoked or rotated away
+    /// since no longer stops its approver from approving again, and a new
+    /// approval may not activate the proposal by counting it
+    /// ([`State::check_policy_approval`]); the fold counts every one.
     pub approvals: Vec<(String, u64, [u8; 32])>,
     /// The version it became, once active.
     pub activated_as: Option<u64>,
