@@ -3633,15 +3633,21 @@ async fn report_rows_follow_the_decisions() {
         "sha256:{}",
         hex::encode(docket::crypto::blake3_256(b"image-1"))
     );
+    let row = |bundle: &[u8]| {
+        let files = evidence::unpack(bundle).unwrap();
+        let html = String::from_utf8(files["report.html"].clone()).unwrap();
+        let start = html
+            .find("<tr><td data-sort=\"CHG-1\">")
+            .expect("CHG-1 row");
+        let end = start + html[start..].find("</tr>").unwrap();
+        (html[start..end].to_owned(), html)
+    };
     // A prod deployment that reads the reviews: alice, who wrote commit-1,
     // approved, and her approval is marked as not counted, with why.
     f.deploy("prod-again", "ci", "prod", &d1, false).await;
     {
         let bundle = export_online(&f.server, S::ChangeId("CHG-1".into())).await;
-        let files = evidence::unpack(&bundle).unwrap();
-        let html = String::from_utf8(files["report.html"].clone()).unwrap();
-        let start = html.find("<tr><td data-sort=\"CHG-1\">").unwrap();
-        let r = &html[start..start + html[start..].find("</tr>").unwrap()];
+        let (r, _) = row(&bundle);
         assert!(
             r.contains(&format!(
                 "alice (entry {}) <span class=\"warn\">not counted: alice is a commit author, committer or signer of the change</span>",
@@ -3679,10 +3685,7 @@ async fn report_rows_follow_the_decisions() {
     .await;
     {
         let bundle = export_online(&f.server, S::ChangeId("CHG-1".into())).await;
-        let files = evidence::unpack(&bundle).unwrap();
-        let html = String::from_utf8(files["report.html"].clone()).unwrap();
-        let start = html.find("<tr><td data-sort=\"CHG-1\">").unwrap();
-        let r = &html[start..start + html[start..].find("</tr>").unwrap()];
+        let (r, _) = row(&bundle);
         assert!(
             r.contains(&format!("passed</span> {} by ci", &c1[..12])) && !r.contains("failed"),
             "{r}"
@@ -3690,15 +3693,6 @@ async fn report_rows_follow_the_decisions() {
     }
     // bob holds no break-glass role: refused, and the latest decision of CHG-1.
     f.deploy("bob-glass", "bob", "prod", &d1, true).await;
-    let row = |bundle: &[u8]| {
-        let files = evidence::unpack(bundle).unwrap();
-        let html = String::from_utf8(files["report.html"].clone()).unwrap();
-        let start = html
-            .find("<tr><td data-sort=\"CHG-1\">")
-            .expect("CHG-1 row");
-        let end = start + html[start..].find("</tr>").unwrap();
-        (html[start..end].to_owned(), html)
-    };
     let bundle = export_online(&f.server, S::ChangeId("CHG-1".into())).await;
     let (r, html) = row(&bundle);
     assert!(
