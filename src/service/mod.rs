@@ -166,6 +166,25 @@ pub(crate) fn check_against_state(st: &State, event: &Event) -> Result<(), Appen
     }
 }
 
+/// An envelope that passed [`Service::check_append`], for
+/// [`Service::commit_append`] to queue.
+pub struct CheckedAppend(Checked);
+
+// Nearly every append is the large variant; boxing it would add an
+// allocation to each.
+#[allow(clippy::large_enum_variant)]
+enum Checked {
+    /// A retry of an entry already durable: its original receipt.
+    Durable(Receipt),
+    Queue {
+        envelope: Envelope,
+        event: Event,
+        key: ed25519_dalek::VerifyingKey,
+        keys_seen: usize,
+        identity: String,
+    },
+}
+
 /// A complete offline proof that an entry is in the log.
 #[derive(Clone, Debug)]
 pub struct Receipt {
@@ -569,6 +588,21 @@ impl Service {
         envelope: Envelope,
         identity: String,
     ) -> Result<Receipt, AppendError> {
+        let checked = self.check_append(envelope, identity).await?;
+        self.commit_append(checked).await
+    }
+
+    /// The checks [`Service::append`] makes before it queues an envelope for
+    /// the writer: shape, signature against the signer's keys, the state's
+    /// rules as they stand now. Other appends may land before
+    /// [`Service::commit_append`] queues it; the writer checks it again
+    /// against the state it is written into (keys added or revoked meanwhile
+    /// included), so what is written is what replay derives.
+    pub async fn check_append(
+        &self,
+        envelope: Envelope,
+        identity: String,
+    ) -> Result<CheckedAppend, AppendError> {
         if envelope.payload_type != crypto::PAYLOAD_TYPE {
             return Err(AppendError::PayloadType {
                 got: envelope.payload_type,
@@ -612,7 +646,9 @@ impl Service {
             }
             // Written but not yet durable: the writer answers after the flush.
             if index < self.latest_checkpoint().size {
-                return self.receipt_for(index, true);
+                return Ok(CheckedAppend(Checked::Durable(
+                    self.receipt_for(index, true)?,
+                )));
             }
         }
         if matches!(event.body, Body::Genesis(_)) {
@@ -722,6 +758,29 @@ impl Service {
                     reason: e.to_string(),
                 })?;
         }
+        Ok(CheckedAppend(Checked::Queue {
+            envelope,
+            event,
+            key,
+            keys_seen,
+            identity,
+        }))
+    }
+
+    /// Queues an envelope [`Service::check_append`] passed for the writer,
+    /// which checks it again against the state it writes it into; returns
+    /// once it is durable.
+    pub async fn commit_append(&self, checked: CheckedAppend) -> Result<Receipt, AppendError> {
+        let (envelope, event, key, keys_seen, identity) = match checked.0 {
+            Checked::Durable(receipt) => return Ok(receipt),
+            Checked::Queue {
+                envelope,
+                event,
+                key,
+                keys_seen,
+                identity,
+            } => (envelope, event, key, keys_seen, identity),
+        };
         // Only a deployment has a decision to return with its receipt.
         let decided = matches!(event.body, Body::DeployRequested(_));
         let (reply, rx) = oneshot::channel();

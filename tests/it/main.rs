@@ -18,4 +18,5 @@ mod h2client;
 mod policy_change;
 mod props;
 mod python_client;
+mod races;
 mod vectors;
