@@ -249,6 +249,10 @@ fn scan<S: Store + ?Sized>(
             ),
         });
     }
+    // The newest checkpoint handed out, kept apart from the store's files:
+    // a store that recovered a shorter log must hold at least that tree.
+    let mark = store.published_mark().map_err(store_err)?;
+    let mut mark_root = None;
     let mut cps = cp_sizes.iter().copied().peekable();
     let mut state = State::new();
     let mut range = CompactRange::default();
@@ -415,6 +419,9 @@ fn scan<S: Store + ?Sized>(
             }
         }
         prev = leaf;
+        if mark.as_ref().is_some_and(|(m, _)| *m == range.size()) {
+            mark_root = Some(range.root());
+        }
         while let Some(&s) = cps.peek() {
             if s > range.size() {
                 break;
@@ -437,6 +444,32 @@ fn scan<S: Store + ?Sized>(
                 ));
             }
             checkpoints += 1;
+        }
+    }
+    if let Some((marked, note)) = &mark {
+        let v = verifier.as_ref().expect("set at index 0");
+        let failed = |reason: String| Failure {
+            index: None,
+            reason: format!(
+                "the published mark ({} in the store's directory) records a checkpoint of tree size {marked} that was handed out, but {reason}",
+                crate::ledger::PUBLISHED_MARK_FILE
+            ),
+        };
+        let cp = Checkpoint::verify(note, v, v.name())
+            .map_err(|e| failed(format!("it does not verify with the log's key: {e}")))?;
+        if cp.size != *marked {
+            return Err(failed(format!("its note is for tree size {}", cp.size)));
+        }
+        if *marked > size {
+            return Err(failed(format!(
+                "the log holds only {size} entries: entries {size}..{} were lost",
+                marked - 1
+            )));
+        }
+        if mark_root != Some(cp.root) {
+            return Err(failed(format!(
+                "the log's first {marked} entries have another Merkle root: the log was rewritten"
+            )));
         }
     }
     if cp_sizes.last() != Some(&size) {

@@ -17,7 +17,7 @@ pub use entry::{
     DecodeError, EncodeError, Entry, Envelope, EnvelopeSignature, FORMAT_VERSION, MAX_SIGNATURES,
 };
 pub use merkle::{CompactRange, Hash, ProofError};
-pub use store::{KeyValue, Scan, SledStore, Store, StoreError, WriteBatch};
+pub use store::{KeyValue, PUBLISHED_MARK_FILE, Scan, SledStore, Store, StoreError, WriteBatch};
 
 use crate::crypto::NoteSigner;
 use merkle::NodeSource;
@@ -315,6 +315,9 @@ impl<S: Store + ?Sized> Appender<S> {
     ) -> Result<Option<Checkpoint>, CommitError> {
         let cp = self.write(batch, state)?;
         self.store.flush()?;
+        if let Some(cp) = &cp {
+            self.store.mark_published(cp.size, &cp.note)?;
+        }
         Ok(cp)
     }
 

@@ -26,6 +26,8 @@ pub enum StoreError {
     Sled(#[from] sled::Error),
     #[error("storage holds a corrupt {what} at {key}")]
     Corrupt { what: &'static str, key: String },
+    #[error("storage: the published mark {0}")]
+    Mark(String),
 }
 
 /// A key and its value.
@@ -69,6 +71,123 @@ pub trait Store: Send + Sync + 'static {
     /// rebuild and `rebuild --replace`). Not atomic: a crash part-way leaves
     /// a state tree that start-up detects and rebuilds again.
     fn replace_state(&self, pairs: Vec<KeyValue>) -> Result<(), StoreError>;
+    /// Records `note`, the signed checkpoint of tree size `size`, as
+    /// published: called only after the flush that made that tree durable.
+    /// Kept apart from the store's own files, so that a store that recovers
+    /// a shorter log (a damaged or truncated file) cannot take it along.
+    /// Stores without such a mark do nothing.
+    fn mark_published(&self, _size: u64, _note: &str) -> Result<(), StoreError> {
+        Ok(())
+    }
+    /// The newest checkpoint [`Store::mark_published`] recorded and that
+    /// reads back whole, as (size, note): the log must hold at least that
+    /// tree, with that root.
+    fn published_mark(&self) -> Result<Option<(u64, String)>, StoreError> {
+        Ok(None)
+    }
+}
+
+/// The file, in the store's directory, that keeps the published mark.
+pub const PUBLISHED_MARK_FILE: &str = "docket-published";
+
+/// The published mark: two slots written in turn, so that a write torn by a
+/// crash leaves the other one whole. A slot: the magic, the tree size (u64
+/// big-endian), the note's length (u32 big-endian), the note, then the
+/// BLAKE3 digest of everything before it; zeros after. Not synced on its
+/// own: written after the flush of the tree it names, it can lag the
+/// durable log after a power loss but never lead it.
+struct PublishedMark {
+    file: std::fs::File,
+    path: std::path::PathBuf,
+    next_slot: std::sync::atomic::AtomicU64,
+}
+
+const MARK_MAGIC: &[u8; 11] = b"DOCKET-PM1\n";
+const MARK_SLOT: usize = 4096;
+const MARK_HEAD: usize = MARK_MAGIC.len() + 8 + 4;
+
+impl PublishedMark {
+    fn open(dir: &std::path::Path) -> std::io::Result<Self> {
+        let path = dir.join(PUBLISHED_MARK_FILE);
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)?;
+        let mark = PublishedMark {
+            file,
+            path,
+            next_slot: std::sync::atomic::AtomicU64::new(0),
+        };
+        // Write over the older (or an unreadable) slot first.
+        let older = match mark.slots()? {
+            [Some((a, _)), Some((b, _))] if b < a => 1,
+            [Some(_), None] => 1,
+            _ => 0,
+        };
+        mark.next_slot
+            .store(older, std::sync::atomic::Ordering::Relaxed);
+        Ok(mark)
+    }
+
+    /// Each slot that reads back whole, as (size, note).
+    fn slots(&self) -> std::io::Result<[Option<(u64, String)>; 2]> {
+        use std::os::unix::fs::FileExt;
+        let mut buf = vec![0u8; 2 * MARK_SLOT];
+        let mut got = 0;
+        while got < buf.len() {
+            match self.file.read_at(&mut buf[got..], got as u64)? {
+                0 => break,
+                n => got += n,
+            }
+        }
+        let read = |slot: &[u8]| -> Option<(u64, String)> {
+            if !slot.starts_with(MARK_MAGIC) {
+                return None;
+            }
+            let size = u64::from_be_bytes(slot[11..19].try_into().ok()?);
+            let len = u32::from_be_bytes(slot[19..23].try_into().ok()?) as usize;
+            let end = MARK_HEAD.checked_add(len)?;
+            let digest = slot.get(end..end.checked_add(32)?)?;
+            if blake3::hash(&slot[..end]).as_bytes() != digest {
+                return None;
+            }
+            let note = String::from_utf8(slot[MARK_HEAD..end].to_vec()).ok()?;
+            Some((size, note))
+        };
+        Ok([read(&buf[..MARK_SLOT]), read(&buf[MARK_SLOT..])])
+    }
+
+    fn write(&self, size: u64, note: &str) -> std::io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        let mut slot = Vec::with_capacity(MARK_SLOT);
+        slot.extend_from_slice(MARK_MAGIC);
+        slot.extend_from_slice(&size.to_be_bytes());
+        let len = u32::try_from(note.len())
+            .ok()
+            .filter(|&l| MARK_HEAD + l as usize + 32 <= MARK_SLOT)
+            .ok_or_else(|| {
+                std::io::Error::other(format!(
+                    "a checkpoint note of {} bytes does not fit the published mark",
+                    note.len()
+                ))
+            })?;
+        slot.extend_from_slice(&len.to_be_bytes());
+        slot.extend_from_slice(note.as_bytes());
+        let digest = blake3::hash(&slot);
+        slot.extend_from_slice(digest.as_bytes());
+        slot.resize(MARK_SLOT, 0);
+        let n = self
+            .next_slot
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            % 2;
+        self.file.write_all_at(&slot, n * MARK_SLOT as u64)
+    }
+}
+
+fn mark_err(path: &std::path::Path, e: std::io::Error) -> StoreError {
+    StoreError::Mark(format!("{}: {e}", path.display()))
 }
 
 /// Key of entry `index`.
@@ -113,6 +232,8 @@ const LOCK_RETRY: std::time::Duration = std::time::Duration::from_millis(10);
 #[derive(Clone)]
 pub struct SledStore {
     db: sled::Db,
+    /// `None` for a temporary store.
+    mark: Option<std::sync::Arc<PublishedMark>>,
     log: sled::Tree,
     state: sled::Tree,
 }
@@ -136,7 +257,11 @@ impl SledStore {
                 .flush_every_ms(None)
                 .open();
             match opened {
-                Ok(db) => return Self::from_db(db),
+                Ok(db) => {
+                    let mark = PublishedMark::open(dir)
+                        .map_err(|e| mark_err(&dir.join(PUBLISHED_MARK_FILE), e))?;
+                    return Self::from_db(db, Some(std::sync::Arc::new(mark)));
+                }
                 Err(sled::Error::Io(e))
                     if e.to_string().contains("could not acquire lock") && waited < LOCK_WAIT =>
                 {
@@ -150,13 +275,21 @@ impl SledStore {
 
     /// A store that lives only in memory (tests).
     pub fn temporary() -> Result<Self, StoreError> {
-        Self::from_db(sled::Config::new().temporary(true).open()?)
+        Self::from_db(sled::Config::new().temporary(true).open()?, None)
     }
 
-    fn from_db(db: sled::Db) -> Result<Self, StoreError> {
+    fn from_db(
+        db: sled::Db,
+        mark: Option<std::sync::Arc<PublishedMark>>,
+    ) -> Result<Self, StoreError> {
         let log = db.open_tree("log")?;
         let state = db.open_tree("state")?;
-        Ok(SledStore { db, log, state })
+        Ok(SledStore {
+            db,
+            mark,
+            log,
+            state,
+        })
     }
 
     /// Overwrites one stored entry's bytes. Only for tamper tests and tools
@@ -324,6 +457,24 @@ impl Store for SledStore {
         )
     }
 
+    fn mark_published(&self, size: u64, note: &str) -> Result<(), StoreError> {
+        match &self.mark {
+            Some(m) => m.write(size, note).map_err(|e| mark_err(&m.path, e)),
+            None => Ok(()),
+        }
+    }
+
+    fn published_mark(&self) -> Result<Option<(u64, String)>, StoreError> {
+        let Some(m) = &self.mark else {
+            return Ok(None);
+        };
+        let [a, b] = m.slots().map_err(|e| mark_err(&m.path, e))?;
+        Ok(match (a, b) {
+            (Some(a), Some(b)) => Some(if b.0 > a.0 { b } else { a }),
+            (a, b) => a.or(b),
+        })
+    }
+
     fn replace_state(&self, pairs: Vec<KeyValue>) -> Result<(), StoreError> {
         // Clearing first, so a crash before the batch leaves an empty state
         // tree (no `m/format`), which start-up rebuilds from the log.
@@ -356,4 +507,52 @@ fn key_u64(k: &[u8], what: &'static str) -> Result<u64, StoreError> {
             what,
             key: hex::encode(k),
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::FileExt;
+
+    use super::*;
+
+    fn damage(dir: &std::path::Path, slot: u64) {
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(dir.join(PUBLISHED_MARK_FILE))
+            .unwrap();
+        // Inside the note: the slot's digest no longer matches.
+        f.write_all_at(b"torn", slot * MARK_SLOT as u64 + 40)
+            .unwrap();
+    }
+
+    /// The mark alternates between two slots, so a write torn by a crash
+    /// leaves the previous mark readable; a slot that does not read back
+    /// whole is never taken for a mark.
+    #[test]
+    fn a_torn_published_mark_falls_back_to_the_other_slot() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        assert_eq!(store.published_mark().unwrap(), None);
+        store.mark_published(5, "note of 5\n").unwrap();
+        store.mark_published(7, "note of 7\n").unwrap();
+        assert_eq!(
+            store.published_mark().unwrap(),
+            Some((7, "note of 7\n".to_owned()))
+        );
+        drop(store);
+
+        // Reopened, it writes over the older slot (slot 0, size 5) first.
+        // Slots are used in turn from slot 0.
+        let store = SledStore::open(dir.path()).unwrap();
+        store.mark_published(9, "note of 9\n").unwrap();
+        damage(dir.path(), 0);
+        assert_eq!(
+            store.published_mark().unwrap(),
+            Some((7, "note of 7\n".to_owned()))
+        );
+        damage(dir.path(), 1);
+        assert_eq!(store.published_mark().unwrap(), None);
+        let long = "n".repeat(MARK_SLOT);
+        assert!(store.mark_published(11, &long).is_err());
+    }
 }

@@ -219,6 +219,11 @@ pub enum OpenError {
     StateAhead { state: u64, log: u64 },
     #[error("the log key on disk does not match the key named by genesis")]
     WrongLogKey,
+    #[error(
+        "the store's published mark (file {file} in the store's directory) records a checkpoint of tree size {size} that was handed out, but {reason}; the store recovered less than it had made durable (a damaged or truncated file?). Start from a backup taken after that checkpoint; `docket verify` names the same failure",
+        file = crate::ledger::PUBLISHED_MARK_FILE
+    )]
+    PublishedMark { size: u64, reason: String },
 }
 
 /// The service stopped answering: shutting down, or stopped after a storage
@@ -457,6 +462,31 @@ impl Service {
             return Err(OpenError::WrongLogKey);
         }
         let verifier = signer.verifier();
+        // A store that recovered a shorter log than was published (a
+        // damaged or truncated file) must not go on: it would hand out the
+        // lost indices again, and receipts already given would not verify.
+        if let Some((marked, note)) = store.published_mark()? {
+            let mark = |reason: String| OpenError::PublishedMark {
+                size: marked,
+                reason,
+            };
+            let cp = Checkpoint::verify(&note, &verifier, &genesis.origin)
+                .map_err(|e| mark(format!("does not verify with this log's key: {e}")))?;
+            if cp.size != marked {
+                return Err(mark(format!("its note is for tree size {}", cp.size)));
+            }
+            if marked > size {
+                return Err(mark(format!(
+                    "the log holds only {size} entries: entries {size}..{} were lost since they were published",
+                    marked - 1
+                )));
+            }
+            if reader.root(marked)? != cp.root {
+                return Err(mark(format!(
+                    "the log's first {marked} entries have another Merkle root: the log was rewritten"
+                )));
+            }
+        }
         let appender = Appender::open(store.clone(), signer, &genesis.origin)?;
         let latest = match reader.latest_checkpoint_note()? {
             Some((s, note)) if s == size => Checkpoint::verify(&note, &verifier, &genesis.origin)

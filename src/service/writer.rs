@@ -247,8 +247,16 @@ impl Flusher {
             fail(job.replies);
             return false;
         }
-        // The batch is durable now; publish its checkpoint.
+        // The batch is durable now; publish its checkpoint, first where a
+        // store that later recovers a shorter log cannot take it along. A
+        // failure to record it fails the batch like a failed flush: a
+        // checkpoint handed out must never be one start-up cannot check.
         if let Some(cp) = &job.checkpoint {
+            if let Err(e) = self.store.mark_published(cp.size, &cp.note) {
+                tracing::error!(cause = %e, "recording the published checkpoint failed; nothing in the batch was acknowledged; stopping");
+                fail(job.replies);
+                return false;
+            }
             *self.latest.write().expect("checkpoint lock poisoned") = cp.clone();
             self.size.send_replace(cp.size);
         }

@@ -187,3 +187,89 @@ async fn verify_names_the_index_of_a_tampered_entry() {
 fn run_verify(data: &Path) -> (bool, String) {
     run_cli(&["verify"], data)
 }
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let dest = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &dest);
+        } else {
+            std::fs::copy(e.path(), &dest).unwrap();
+        }
+    }
+}
+
+/// A store whose files come back holding less than was published (sled
+/// recovers the longest intact prefix of a damaged or truncated file, and
+/// says nothing) is refused by `serve` and by `verify`, which name the
+/// published size, instead of handing the lost indices out again; a log
+/// rewritten under the published size is refused the same way. Simulated
+/// here by putting back an earlier copy of the store's files under the
+/// published mark of the later log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_that_lost_published_entries_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (ok, out) = run_cli(&["init", "--listen", "127.0.0.1:0"], &data);
+    assert!(ok, "{out}");
+    let dd = docket::datadir::DataDir::new(&data);
+    let admin = docket::crypto::read_signing_key(&dd.admin_key()).unwrap();
+    let mark = dd.db().join(docket::ledger::PUBLISHED_MARK_FILE);
+    let append = |ids: &[&str]| {
+        let svc = dd.open_service(docket::service::Config::default()).unwrap();
+        let rt = tokio::runtime::Handle::current();
+        for id in ids {
+            let env = docket::api::convert::sign_event(&note(id, "admin"), &admin);
+            tokio::task::block_in_place(|| rt.block_on(svc.append(env, "CN=test".into()))).unwrap();
+        }
+        svc.latest_checkpoint().size
+    };
+    assert_eq!(append(&["a", "b"]), 3);
+    let early = dir.path().join("early");
+    copy_dir(&dd.db(), &early);
+    assert_eq!(append(&["c", "d", "e"]), 6);
+    let published = std::fs::read(&mark).unwrap();
+
+    // The store's files as they were at 3 entries, the mark of 6.
+    std::fs::remove_dir_all(dd.db()).unwrap();
+    copy_dir(&early, &dd.db());
+    std::fs::write(&mark, &published).unwrap();
+    let refused = dd
+        .open_service(docket::service::Config::default())
+        .err()
+        .expect("a store shorter than its published checkpoint is refused")
+        .to_string();
+    assert!(
+        refused.contains("checkpoint of tree size 6")
+            && refused.contains("the log holds only 3 entries: entries 3..5 were lost"),
+        "{refused}"
+    );
+    let (ok, out) = run_verify(&data);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("tree size 6") && out.contains("the log holds only 3 entries"),
+        "{out}"
+    );
+
+    // The same copy with its own mark is a sound backup: it opens, and it
+    // takes new entries, which make another log of 6 than the one published.
+    std::fs::remove_dir_all(dd.db()).unwrap();
+    copy_dir(&early, &dd.db());
+    assert_eq!(append(&["x", "y", "z"]), 6);
+    let (ok, out) = run_verify(&data);
+    assert!(ok, "{out}");
+    std::fs::write(&mark, &published).unwrap();
+    let refused = dd
+        .open_service(docket::service::Config::default())
+        .err()
+        .expect("a log rewritten under its published checkpoint is refused")
+        .to_string();
+    assert!(
+        refused.contains("the log's first 6 entries have another Merkle root"),
+        "{refused}"
+    );
+    let (ok, out) = run_verify(&data);
+    assert!(!ok && out.contains("another Merkle root"), "{out}");
+}
