@@ -154,6 +154,29 @@ impl DataDir {
         self.config_path().exists()
     }
 
+    /// What to say of a directory with keys or a log but no `config.json`:
+    /// an interrupted init, or a log whose configuration was lost. Never
+    /// "remove it" alone: `db/` may hold a log that was served.
+    pub fn missing_config(&self) -> String {
+        // `log.vkey` names the origin (C2SP verifier key: `origin+hash+key`).
+        let origin = std::fs::read_to_string(self.log_vkey())
+            .ok()
+            .and_then(|v| v.trim().split('+').next().map(str::to_owned))
+            .filter(|o| !o.is_empty())
+            .unwrap_or_else(|| "ORIGIN".into());
+        format!(
+            "config.json is missing, but keys or a log store (db/) are here. If a Docket server ran \
+             here, db/ holds its log: do not remove the directory; write {} again, e.g. \
+             {{\"origin\": {:?}, \"listen\": \"127.0.0.1:7443\", \"admin\": \"admin\"}} \
+             (the origin is the one log.vkey names; the admin is the first administrator genesis \
+             named), then check the log with `docket verify --data {}`. Only if `docket init` was \
+             interrupted here, before anything was served, remove the directory and run init again",
+            self.config_path().display(),
+            origin,
+            self.root.display()
+        )
+    }
+
     /// Reads `config.json`.
     pub fn config(&self) -> Result<DataConfig, DataDirError> {
         let p = self.config_path();
@@ -190,10 +213,7 @@ impl DataDir {
         if self.db().exists() || self.log_key().exists() {
             return Err(DataDirError::Config {
                 path: self.root.display().to_string(),
-                reason:
-                    "an earlier init was interrupted (keys or database exist but no config.json); \
-                         remove the directory and run init again"
-                        .into(),
+                reason: self.missing_config(),
             });
         }
         let io = |path: &Path| {

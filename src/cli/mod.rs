@@ -481,6 +481,13 @@ fn copy_tree(from: &std::path::Path, to: &std::path::Path) -> std::io::Result<()
 pub(crate) fn require_data_dir(dd: &crate::datadir::DataDir) -> Result<(), CliError> {
     let root = dd.db().parent().map(PathBuf::from).unwrap_or_default();
     if !dd.is_initialised() {
+        if dd.db().exists() || dd.log_key().exists() {
+            return Err(CliError::usage(format!(
+                "{}: {}",
+                root.display(),
+                dd.missing_config()
+            )));
+        }
         return Err(CliError::usage(format!(
             "{}: not a Docket data directory (no config.json); create one with docket init, or name yours with --data",
             root.display()

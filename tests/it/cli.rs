@@ -141,6 +141,28 @@ fn cli_walkthrough_and_forked_history_detection() {
     assert_eq!(std::fs::read_dir(&plain_dir).unwrap().count(), 0);
     assert!(!dir.path().join("absent").exists());
 
+    // A log whose config.json was lost: serve (which would init) and the
+    // offline commands say how to write it again, with the origin log.vkey
+    // names, and never to remove a directory whose db/ may hold a log.
+    let config = data.join("config.json");
+    let saved = std::fs::read(&config).unwrap();
+    std::fs::remove_file(&config).unwrap();
+    for args in [&["serve", "--listen", "127.0.0.1:0"][..], &["verify"][..]] {
+        let r = Command::new(BIN)
+            .args(args)
+            .env("DOCKET_DATA", &data)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&r.stderr);
+        assert!(!r.status.success(), "{args:?}: {err}");
+        assert!(
+            err.contains("do not remove the directory")
+                && err.contains("\"origin\": \"cli.test/log\""),
+            "{args:?}: {err}"
+        );
+    }
+    std::fs::write(&config, saved).unwrap();
+
     // serve refuses limits that would refuse every event or overflow, and
     // certificate files it cannot use, before it says it is serving.
     for (flag, v) in [
