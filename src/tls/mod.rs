@@ -160,11 +160,35 @@ pub fn generate_dev_pki(
     Ok(paths)
 }
 
+/// Largest certificate, key or CRL file read: a wrong path could name a
+/// device or a huge file. A CRL of 100,000 revoked certificates is a few MiB.
+const MAX_PEM_BYTES: u64 = 16 << 20;
+
 fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
-    std::fs::read(path).map_err(|source| TlsError::Io {
+    use std::io::Read as _;
+    let io = |source| TlsError::Io {
         path: path.display().to_string(),
         source,
-    })
+    };
+    let file = std::fs::File::open(path).map_err(io)?;
+    let meta = file.metadata().map_err(io)?;
+    if !meta.is_file() {
+        return Err(TlsError::Pem {
+            path: path.display().to_string(),
+            reason: "not a regular file".into(),
+        });
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_PEM_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(io)?;
+    if bytes.len() as u64 > MAX_PEM_BYTES {
+        return Err(TlsError::Pem {
+            path: path.display().to_string(),
+            reason: format!("larger than {} MiB", MAX_PEM_BYTES >> 20),
+        });
+    }
+    Ok(bytes)
 }
 
 fn certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
@@ -221,6 +245,14 @@ fn client_verifier(
         let crls = rustls::pki_types::CertificateRevocationListDer::pem_slice_iter(&read(crl)?)
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| bad(e.to_string()))?;
+        // A file that holds none (empty, garbled, a wrong file copied in)
+        // would silently revoke nothing.
+        if crls.is_empty() {
+            return Err(bad(
+                "no revocation list (PEM `X509 CRL` block) found; remove the file to use none"
+                    .into(),
+            ));
+        }
         // A CRL the CA did not sign would make the verifier refuse every
         // client certificate (its revocation status unknown, or the CRL's
         // signature bad): refuse the file instead, by name.

@@ -261,6 +261,19 @@ async fn revocation_and_renewal_refuse_what_they_cannot_do() {
     .unwrap_err()
     .to_string();
     assert!(e.contains("not a revocation list of the client CA"), "{e}");
+    // One that holds no CRL at all would revoke nothing: refused too.
+    for junk in [&b""[..], b"garbage\n", &[0u8; 64]] {
+        std::fs::write(&mine.crl, junk).unwrap();
+        let e = docket::tls::server_config(
+            &mine.ca_cert,
+            &mine.server_cert,
+            &mine.server_key,
+            Some(&mine.crl),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("no revocation list"), "{junk:?}: {e}");
+    }
     let listed = pki::list(&mine, &out).unwrap();
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0].info.subject, "CN=ci");
