@@ -570,7 +570,28 @@ pub struct CiReportArgs {
 
 pub(crate) async fn ci(c: CiCmd) -> CliResult {
     let CiCmd::Report(a) = c;
-    let env = ci_env(|k| std::env::var(k).ok());
+    // A variable that is set but not UTF-8 is refused by name, not taken
+    // for absent (which recorded the run without its id, URL or ref).
+    let garbled = std::cell::RefCell::new(Vec::new());
+    let env = ci_env(|k| match std::env::var(k) {
+        Ok(v) => Some(v),
+        Err(std::env::VarError::NotPresent) => None,
+        Err(std::env::VarError::NotUnicode(_)) => {
+            garbled.borrow_mut().push(k.to_owned());
+            None
+        }
+    });
+    if let Some(k) = garbled.into_inner().first() {
+        return Err(CliError::usage(format!(
+            "{k} is set but not UTF-8; Docket records CI facts as text: fix the variable, or unset it and pass the value with its flag"
+        )));
+    }
+    // Which variables the CI's commit and repository come from, for messages.
+    let (commit_var, repository_var) = match env.provider.as_str() {
+        "github-actions" => (Some("GITHUB_SHA"), Some("GITHUB_REPOSITORY")),
+        "gitlab-ci" => (Some("CI_COMMIT_SHA"), Some("CI_PROJECT_PATH")),
+        _ => (None, None),
+    };
     let status = match a.status.as_str() {
         "passed" | "success" => CiStatus::Passed,
         "failed" | "failure" => CiStatus::Failed,
@@ -584,9 +605,13 @@ pub(crate) async fn ci(c: CiCmd) -> CliResult {
     let given = a.commit.is_some();
     let commit = a.commit.unwrap_or(env.commit);
     if commit.is_empty() {
-        return Err(CliError::usage(
-            "--commit is required outside GitHub Actions and GitLab CI",
-        ));
+        return Err(CliError::usage(match commit_var {
+            Some(var) => format!(
+                "{var} is not set or empty, so the commit this {} run built is unknown: pass --commit",
+                env.provider
+            ),
+            None => "--commit is required outside GitHub Actions and GitLab CI".into(),
+        }));
     }
     let from = if given {
         "--commit"
@@ -597,9 +622,13 @@ pub(crate) async fn ci(c: CiCmd) -> CliResult {
     check_digests("--digest", &a.digests)?;
     let repository = a.repository.unwrap_or(env.repository);
     if repository.is_empty() {
-        return Err(CliError::usage(
-            "--repository is required outside GitHub Actions and GitLab CI",
-        ));
+        return Err(CliError::usage(match repository_var {
+            Some(var) => format!(
+                "{var} is not set or empty, so the repository this {} run built is unknown: pass --repository",
+                env.provider
+            ),
+            None => "--repository is required outside GitHub Actions and GitLab CI".into(),
+        }));
     }
     let run = CiRun {
         repository,

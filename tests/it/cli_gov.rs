@@ -809,6 +809,39 @@ async fn malformed_subjects_are_usage_errors_before_any_call() {
         .await;
     assert_eq!(out.code, 64, "{}", out.stderr);
     assert!(out.stderr.contains("GITHUB_SHA"), "{}", out.stderr);
+    // Inside Actions, a missing commit or repository names its variable;
+    // one that is set but not UTF-8 is refused by name, not taken for
+    // absent (which recorded the run without its id), and nothing is sent.
+    use std::os::unix::ffi::OsStrExt as _;
+    let os = |v: &'static str| std::ffi::OsStr::new(v);
+    let sha = "0123456789abcdef0123456789abcdef01234567";
+    for (env, needle) in [
+        (
+            vec![("GITHUB_REPOSITORY", os("acme/app"))],
+            "GITHUB_SHA is not set or empty, so the commit this github-actions run built is unknown: pass --commit",
+        ),
+        (
+            vec![("GITHUB_SHA", os(sha))],
+            "GITHUB_REPOSITORY is not set or empty",
+        ),
+        (
+            vec![
+                ("GITHUB_SHA", os(sha)),
+                ("GITHUB_REPOSITORY", os("acme/app")),
+                ("GITHUB_RUN_ID", std::ffi::OsStr::from_bytes(b"77\xff")),
+            ],
+            "GITHUB_RUN_ID is set but not UTF-8",
+        ),
+    ] {
+        let mut env = env;
+        env.push(("DOCKET_SERVER", os("https://127.0.0.1:1")));
+        env.push(("GITHUB_ACTIONS", os("true")));
+        let out = s
+            .cli_env_os(&["ci", "report", "--status", "passed"], &env)
+            .await;
+        assert_eq!(out.code, 64, "{env:?}: {}", out.stderr);
+        assert!(out.stderr.contains(needle), "{env:?}: {}", out.stderr);
+    }
 }
 
 /// A gate that cannot reach the server exits 69 (EX_UNAVAILABLE), not 1:

@@ -203,6 +203,15 @@ impl TestServer {
 
     /// [`TestServer::cli`] with extra environment variables.
     pub async fn cli_env(&self, args: &[&str], env: &[(&str, &str)]) -> CliOut {
+        let env: Vec<(&str, &std::ffi::OsStr)> = env
+            .iter()
+            .map(|(k, v)| (*k, std::ffi::OsStr::new(*v)))
+            .collect();
+        self.cli_env_os(args, &env).await
+    }
+
+    /// [`Self::cli_env`] with variables that need not be UTF-8.
+    pub async fn cli_env_os(&self, args: &[&str], env: &[(&str, &std::ffi::OsStr)]) -> CliOut {
         let mut cmd = tokio::process::Command::new(BIN);
         cmd.args(args)
             .env("DOCKET_DATA", &self.data.root)

@@ -300,7 +300,18 @@ def ci_env(environ: Mapping[str, str] = os.environ) -> CiEnv:
     (``ci_env`` in src/cli/gov.rs); outside both, nothing is guessed."""
 
     def v(k: str) -> str:
-        return environ.get(k) or ""
+        value = environ.get(k) or ""
+        # os.environ carries bytes that are not UTF-8 as lone surrogates
+        # (surrogateescape): refuse them by name, as the CLI does, instead of
+        # failing later in the encoder without saying which variable.
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError(
+                f"{k} is set but not UTF-8; Docket records CI facts as text: fix the variable, "
+                "or unset it and pass the value as a keyword"
+            ) from None
+        return value
 
     if v("GITHUB_ACTIONS") == "true":
         server = v("GITHUB_SERVER_URL") or "https://github.com"
@@ -353,12 +364,23 @@ def ci_run_from_env(
     taken from GitHub Actions / GitLab CI variables; a keyword given here overrides its
     variable. Outside CI, ``commit`` and ``repository`` must be given (ValueError otherwise)."""
     env = ci_env(environ)
+    commit_var, repository_var = {
+        "github-actions": ("GITHUB_SHA", "GITHUB_REPOSITORY"),
+        "gitlab-ci": ("CI_COMMIT_SHA", "CI_PROJECT_PATH"),
+    }.get(env.provider, (None, None))
     commit = env.commit if commit is None else commit
     if not commit:
-        raise ValueError("commit is required outside GitHub Actions and GitLab CI")
+        raise ValueError(
+            f"{commit_var} is not set or empty, so the commit this {env.provider} run built is unknown: "
+            "pass commit=" if commit_var else "commit is required outside GitHub Actions and GitLab CI"
+        )
     repository = env.repository if repository is None else repository
     if not repository:
-        raise ValueError("repository is required outside GitHub Actions and GitLab CI")
+        raise ValueError(
+            f"{repository_var} is not set or empty, so the repository this {env.provider} run built is "
+            "unknown: pass repository=" if repository_var
+            else "repository is required outside GitHub Actions and GitLab CI"
+        )
     return ci_run_reported(
         event_id,
         signer,

@@ -113,6 +113,18 @@ def test_ci_run_from_env_fills_the_run_from_the_variables():
         ci_run_from_env("ci-3", "ci", "passed", [D], environ={}, commit=C)
     ev = ci_run_from_env("ci-3", "ci", "canceled", [D], environ={}, commit=C, repository="r")
     assert ev.ci_run_reported.status == event_pb2.CI_STATUS_CANCELED and ev.ci_run_reported.provider == ""
+    # Inside CI, a missing commit or repository names its variable.
+    with pytest.raises(ValueError, match="^GITHUB_SHA is not set or empty"):
+        ci_run_from_env("ci-4", "ci", "passed", [D], environ={**GITHUB, "GITHUB_SHA": ""})
+    with pytest.raises(ValueError, match="^CI_PROJECT_PATH is not set or empty"):
+        ci_run_from_env("ci-4", "ci", "passed", [D], environ={k: v for k, v in GITLAB.items() if k != "CI_PROJECT_PATH"})
+
+
+def test_a_ci_variable_that_is_not_utf8_is_refused_by_name():
+    # What os.environ holds for the bytes b"77\xff" (surrogateescape).
+    garbled = b"77\xff".decode("utf-8", "surrogateescape")
+    with pytest.raises(ValueError, match="^GITHUB_RUN_ID is set but not UTF-8"):
+        ci_run_from_env("ci-5", "ci", "passed", [D], environ={**GITHUB, "GITHUB_RUN_ID": garbled})
 
 
 def test_ci_status_words():
