@@ -25,6 +25,7 @@ pub mod crypto;
 pub mod datadir;
 pub mod event;
 pub mod evidence;
+pub mod files;
 pub mod ingest;
 pub mod ledger;
 pub mod policy;

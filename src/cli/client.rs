@@ -93,7 +93,8 @@ impl Conn {
         // One bound for the certificate probe and the connection together.
         let deadline = tokio::time::Instant::now() + CONNECT_TIMEOUT;
         let read = |p: &PathBuf| {
-            std::fs::read(p).map_err(|e| CliError::usage(format!("{}: {e}", p.display())))
+            crate::files::read_bounded(p, 16 << 20)
+                .map_err(|e| CliError::usage(format!("{}: {e}", p.display())))
         };
         let mut ep = Channel::from_shared(self.url.clone())
             .map_err(|e| CliError::usage(format!("--server {}: {e}", self.url)))?;

@@ -781,7 +781,7 @@ pub(crate) fn log_verifier(conn: &ConnArgs) -> Result<NoteVerifier, CliError> {
         .log_vkey
         .clone()
         .unwrap_or_else(|| DataDir::new(&conn.data.data).log_vkey());
-    let text = std::fs::read_to_string(&p).map_err(|e| {
+    let text = crate::files::read_bounded_text(&p, 64 << 10).map_err(|e| {
         CliError::usage(format!(
             "{}: {e} (pass --log-vkey FILE, or --data pointing at the log's data dir)",
             p.display()
@@ -1144,7 +1144,10 @@ pub(crate) async fn append(a: AppendArgs) -> CliResult {
             std::io::read_to_string(std::io::stdin())
                 .map_err(|e| CliError::usage(format!("stdin: {e}")))?
         } else {
-            std::fs::read_to_string(src).map_err(|e| CliError::usage(format!("{src}: {e}")))?
+            // Bounded: an event's payload is at most 1 MiB; its JSON, with
+            // escapes, a few times that.
+            crate::files::read_bounded_text(std::path::Path::new(src), 16 << 20)
+                .map_err(|e| CliError::usage(format!("{src}: {e}")))?
         };
         let j: JsonEvent = serde_json::from_str(&text)
             .map_err(|e| CliError::usage(format!("--json {src}: {e}")))?;
@@ -1415,7 +1418,7 @@ pub(crate) async fn verify(a: VerifyArgs) -> CliResult {
     }
     let verifier = match &a.log_key {
         Some(p) => {
-            let t = std::fs::read_to_string(p)
+            let t = crate::files::read_bounded_text(p, 64 << 10)
                 .map_err(|e| CliError::usage(format!("{}: {e}", p.display())))?;
             NoteVerifier::from_vkey(t.trim())
                 .map_err(|e| CliError::usage(format!("{}: {e}", p.display())))?
@@ -1423,7 +1426,7 @@ pub(crate) async fn verify(a: VerifyArgs) -> CliResult {
         None => log_verifier(&a.conn)?,
     };
     if let Some(since) = &a.since {
-        let old_note = std::fs::read_to_string(since)
+        let old_note = crate::files::read_bounded_text(since, 64 << 10)
             .map_err(|e| CliError::usage(format!("{}: {e}", since.display())))?;
         let old = Checkpoint::verify(&old_note, &verifier, verifier.name())
             .map_err(|e| CliError::failed(format!("{}: {e}", since.display())))?;

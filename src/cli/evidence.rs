@@ -411,17 +411,17 @@ fn whole(out: Vec<u8>, total: Option<u64>) -> Result<Vec<u8>, CliError> {
     }
 }
 
-fn read_vkey(p: &PathBuf) -> Result<NoteVerifier, CliError> {
-    let t =
-        std::fs::read_to_string(p).map_err(|e| CliError::usage(format!("{}: {e}", p.display())))?;
+fn read_vkey(p: &std::path::Path) -> Result<NoteVerifier, CliError> {
+    let t = crate::files::read_bounded_text(p, 64 << 10)
+        .map_err(|e| CliError::usage(format!("{}: {e}", p.display())))?;
     NoteVerifier::from_vkey(t.trim()).map_err(|e| CliError::usage(format!("{}: {e}", p.display())))
 }
 
 fn verify(a: VerifyArgs) -> CliResult {
-    let key = a.log_key.as_ref().map(read_vkey).transpose()?;
+    let key = a.log_key.as_deref().map(read_vkey).transpose()?;
     let trust = match (&a.checkpoint, key) {
         (Some(p), key) => Trust::Pinned {
-            note: std::fs::read_to_string(p)
+            note: crate::files::read_bounded_text(p, 64 << 10)
                 .map_err(|e| CliError::usage(format!("{}: {e}", p.display())))?,
             key,
         },

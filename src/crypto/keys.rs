@@ -120,12 +120,16 @@ pub fn write_public_key(path: &Path, key: &VerifyingKey) -> Result<(), KeyError>
     })
 }
 
+/// Largest key file read: an Ed25519 key in PEM is under 200 bytes.
+const MAX_KEY_FILE: u64 = 64 << 10;
+
 /// Reads a PKCS#8 PEM Ed25519 private key.
 pub fn read_signing_key(path: &Path) -> Result<SigningKey, KeyError> {
-    let text = std::fs::read_to_string(path).map_err(|source| KeyError::Io {
-        path: path.display().to_string(),
-        source,
-    })?;
+    let text =
+        crate::files::read_bounded_text(path, MAX_KEY_FILE).map_err(|source| KeyError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
     SigningKey::from_pkcs8_pem(&text).map_err(|e| KeyError::BadPrivateKey {
         path: path.display().to_string(),
         reason: e.to_string(),
@@ -134,10 +138,11 @@ pub fn read_signing_key(path: &Path) -> Result<SigningKey, KeyError> {
 
 /// Reads an Ed25519 public key: SPKI PEM, or the raw key as 64 hex digits.
 pub fn read_public_key(path: &Path) -> Result<VerifyingKey, KeyError> {
-    let text = std::fs::read_to_string(path).map_err(|source| KeyError::Io {
-        path: path.display().to_string(),
-        source,
-    })?;
+    let text =
+        crate::files::read_bounded_text(path, MAX_KEY_FILE).map_err(|source| KeyError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
     let bad = |reason: String| KeyError::BadPublicKey {
         path: path.display().to_string(),
         reason,

@@ -203,10 +203,12 @@ fn ssh_pattern_list_allows(list: &str, s: &str) -> bool {
 /// certificates). Any other option is refused, as `ssh-keygen` refuses it.
 pub fn read_allowed_signers(path: &Path) -> Result<Vec<TrustedKey>, IngestError> {
     let shown = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|e| IngestError::AllowedSigners {
-        path: shown.clone(),
-        line: 0,
-        reason: e.to_string(),
+    let text = crate::files::read_bounded_text(path, 16 << 20).map_err(|e| {
+        IngestError::AllowedSigners {
+            path: shown.clone(),
+            line: 0,
+            reason: e.to_string(),
+        }
     })?;
     let mut out = Vec::new();
     for (n, line) in text.lines().enumerate() {

@@ -388,7 +388,7 @@ pub struct Keyring {
 /// broken key does not stop ingestion; its signatures then come out
 /// `untrusted-key`. Data that does not parse as certificates is an error.
 pub fn read_keyring(path: &Path) -> Result<Keyring, String> {
-    let data = std::fs::read(path).map_err(|e| e.to_string())?;
+    let data = crate::files::read_bounded(path, 64 << 20).map_err(|e| e.to_string())?;
     guarded(|| keyring(&data))?
 }
 

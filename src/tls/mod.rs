@@ -165,30 +165,10 @@ pub fn generate_dev_pki(
 const MAX_PEM_BYTES: u64 = 16 << 20;
 
 fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
-    use std::io::Read as _;
-    let io = |source| TlsError::Io {
+    crate::files::read_bounded(path, MAX_PEM_BYTES).map_err(|source| TlsError::Io {
         path: path.display().to_string(),
         source,
-    };
-    let file = std::fs::File::open(path).map_err(io)?;
-    let meta = file.metadata().map_err(io)?;
-    if !meta.is_file() {
-        return Err(TlsError::Pem {
-            path: path.display().to_string(),
-            reason: "not a regular file".into(),
-        });
-    }
-    let mut bytes = Vec::new();
-    file.take(MAX_PEM_BYTES + 1)
-        .read_to_end(&mut bytes)
-        .map_err(io)?;
-    if bytes.len() as u64 > MAX_PEM_BYTES {
-        return Err(TlsError::Pem {
-            path: path.display().to_string(),
-            reason: format!("larger than {} MiB", MAX_PEM_BYTES >> 20),
-        });
-    }
-    Ok(bytes)
+    })
 }
 
 fn certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
