@@ -596,6 +596,7 @@ def decode_entries_bin(data):
 def decode_proofs_bin(data):
     """EF §6.3. Returns {index: [hash, ...]}."""
     proofs = {}
+    last = None
     pos = 0
     while pos < len(data):
         require(pos + 9 <= len(data), "proofs.bin", f"truncated record at byte {pos}")
@@ -605,8 +606,9 @@ def decode_proofs_bin(data):
         end = pos + 9 + 32 * k
         require(end <= len(data), "proofs.bin", f"the proof of entry {index} is truncated")
         require(index not in proofs, "proofs.bin", f"two proofs for entry {index}")
-        require(not proofs or index > max(proofs), "proofs.bin",
+        require(last is None or index > last, "proofs.bin",
                 f"the proof of entry {index} is out of increasing index order")
+        last = index
         proofs[index] = [data[p:p + 32] for p in range(pos + 9, end, 32)]
         pos = end
     return proofs
