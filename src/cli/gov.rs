@@ -401,6 +401,11 @@ pub struct ReviewArgs {
     /// change's current revision, as the server reports it now.
     #[arg(long = "seen")]
     seen: Vec<String>,
+    /// The revision reviewed, as `docket change show` printed it: the review
+    /// is refused, not recorded, if the change was amended since (without
+    /// it, the revision current when this command runs is the one reviewed).
+    #[arg(long)]
+    revision: Option<u32>,
 }
 
 pub(crate) async fn review(a: ReviewArgs, approve: bool) -> CliResult {
@@ -409,6 +414,15 @@ pub(crate) async fn review(a: ReviewArgs, approve: bool) -> CliResult {
     // than counted for what the reviewer never saw.
     let (seen, revision): (BTreeSet<String>, _) = if a.seen.is_empty() {
         let c = get_change(&a.conn, &a.change).await?;
+        if let Some(read) = a.revision
+            && read != c.revision
+        {
+            return Err(CliError::failed(format!(
+                "change {} is at revision {}, not the revision {read} you reviewed: it was amended \
+                 since; read it again (docket change show {}) and review that revision",
+                a.change, c.revision, a.change
+            )));
+        }
         (
             c.commits.into_iter().chain(c.artifact_digests).collect(),
             Some(c.revision),
@@ -417,7 +431,7 @@ pub(crate) async fn review(a: ReviewArgs, approve: bool) -> CliResult {
         for v in &a.seen {
             crate::event::check_subject(v).map_err(|e| CliError::usage(format!("--seen: {e}")))?;
         }
-        (a.seen.into_iter().collect(), None)
+        (a.seen.into_iter().collect(), a.revision)
     };
     let (signer, key) = signer_of(&a.conn, &a.sign)?;
     let ev = event(

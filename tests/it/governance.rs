@@ -498,8 +498,25 @@ async fn change_approval_promotion_freeze_and_break_glass() {
         reasons(&dec).contains("needs 1 approvals from distinct people; 0 counted"),
         "{dec:#}"
     );
-    // Carol (security) approves revision 2; prod is allowed again.
-    assert_eq!(run_as(&s, &p, "carol", &["approve", "CHG-1"]).await.code, 0);
+    // Carol read revision 1 before the amend: approving what she read is
+    // refused and records nothing. She approves revision 2, which she has
+    // now read; prod is allowed again.
+    let late = run_as(&s, &p, "carol", &["approve", "CHG-1", "--revision", "1"]).await;
+    assert_eq!(late.code, 1, "{}", late.stderr);
+    assert!(
+        late.stderr
+            .contains("change CHG-1 is at revision 2, not the revision 1 you reviewed"),
+        "{}",
+        late.stderr
+    );
+    let (code, _) = authorize(&s, "prod", &d2, "ci").await;
+    assert_eq!(code, 1);
+    assert_eq!(
+        run_as(&s, &p, "carol", &["approve", "CHG-1", "--revision", "2"])
+            .await
+            .code,
+        0
+    );
     let (code, dec) = authorize(&s, "prod", &d2, "ci").await;
     assert_eq!(code, 0, "{dec:#}");
 
