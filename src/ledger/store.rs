@@ -93,9 +93,10 @@ pub const PUBLISHED_MARK_FILE: &str = "docket-published";
 /// The published mark: two slots written in turn, so that a write torn by a
 /// crash leaves the other one whole. A slot: the magic, the tree size (u64
 /// big-endian), the note's length (u32 big-endian), the note, then the
-/// BLAKE3 digest of everything before it; zeros after. Not synced on its
-/// own: written after the flush of the tree it names, it can lag the
-/// durable log after a power loss but never lead it.
+/// BLAKE3 digest of everything before it; what follows is never read. Not
+/// synced on its own: written after the flush of the tree it names (and
+/// after the replies), it can lag what was handed out but never lead what
+/// is durable.
 struct PublishedMark {
     file: std::fs::File,
     path: std::path::PathBuf,
@@ -177,7 +178,7 @@ impl PublishedMark {
         slot.extend_from_slice(note.as_bytes());
         let digest = blake3::hash(&slot);
         slot.extend_from_slice(digest.as_bytes());
-        slot.resize(MARK_SLOT, 0);
+        // What follows the digest in the slot is never read.
         let n = self
             .next_slot
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed)

@@ -239,24 +239,17 @@ fn fail(replies: Vec<(Reply, Outcome)>) {
 }
 
 impl Flusher {
-    /// Flushes, then publishes the batch's checkpoint and replies. Returns
-    /// false after a failed flush: the caller must stop.
+    /// Flushes, then publishes the batch's checkpoint, replies, and records
+    /// the checkpoint in the store's published mark. Returns false after a
+    /// failed flush or mark: the caller must stop.
     pub(super) fn flush_and_reply(&self, job: Written) -> bool {
         if let Err(e) = self.store.flush() {
             tracing::error!(cause = %e, "flush failed; nothing in the batch was acknowledged; stopping");
             fail(job.replies);
             return false;
         }
-        // The batch is durable now; publish its checkpoint, first where a
-        // store that later recovers a shorter log cannot take it along. A
-        // failure to record it fails the batch like a failed flush: a
-        // checkpoint handed out must never be one start-up cannot check.
+        // The batch is durable now; publish its checkpoint.
         if let Some(cp) = &job.checkpoint {
-            if let Err(e) = self.store.mark_published(cp.size, &cp.note) {
-                tracing::error!(cause = %e, "recording the published checkpoint failed; nothing in the batch was acknowledged; stopping");
-                fail(job.replies);
-                return false;
-            }
             *self.latest.write().expect("checkpoint lock poisoned") = cp.clone();
             self.size.send_replace(cp.size);
         }
@@ -274,6 +267,17 @@ impl Flusher {
                 Outcome::Duplicate(index) => Committed::Duplicate(index),
             };
             let _ = reply.send(Ok(committed));
+        }
+        // Then where a store that later recovers a shorter log cannot take
+        // it along. After the replies, so callers do not wait for it; the
+        // mark may lag what was handed out (as after a power loss), never
+        // lead what is durable. A failure stops the writer: from then on
+        // the mark could no longer say what was handed out.
+        if let Some(cp) = &job.checkpoint
+            && let Err(e) = self.store.mark_published(cp.size, &cp.note)
+        {
+            tracing::error!(cause = %e, "recording the published checkpoint failed; stopping");
+            return false;
         }
         true
     }
