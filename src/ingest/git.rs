@@ -40,7 +40,7 @@ pub enum IngestError {
     Git { what: String, source: git2::Error },
     #[error("commit {sha}: {reason}")]
     Commit { sha: String, reason: String },
-    #[error("allowed-signers file {path} line {line}: {reason}")]
+    #[error("allowed-signers file {path}{}: {reason}", at_line(*.line))]
     AllowedSigners {
         path: String,
         line: usize,
@@ -189,6 +189,15 @@ fn ssh_pattern_list_allows(list: &str, s: &str) -> bool {
         }
     }
     admitted
+}
+
+/// " line N", or nothing for a failure of the whole file (line 0).
+fn at_line(line: usize) -> String {
+    if line == 0 {
+        String::new()
+    } else {
+        format!(" line {line}")
+    }
 }
 
 /// Reads an allowed-signers file (`ssh-keygen -Y verify` format, see

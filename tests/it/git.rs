@@ -618,6 +618,12 @@ fn allowed_signers_are_read_as_git_reads_them() {
             "{option}: {e}"
         );
     }
+    // A file from someone else's repository is read only if it is a
+    // regular file within bounds: a device is refused by name, no line.
+    let e = read_allowed_signers(std::path::Path::new("/dev/zero"))
+        .unwrap_err()
+        .to_string();
+    assert_eq!(e, "allowed-signers file /dev/zero: not a regular file");
 }
 
 #[test]
