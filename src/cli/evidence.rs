@@ -296,6 +296,16 @@ async fn offline(
         // Dropped last, after the reader and its store.
         let _scratch = scratch;
         let reader = crate::ledger::LedgerReader::new(std::sync::Arc::new(store));
+        // A store that recovered less than it handed out is refused, as by
+        // `serve`: a bundle of it would prove a shortened log.
+        if let Some((size, reason)) = reader
+            .published_mark_problem(&signer.verifier())
+            .map_err(CliError::failed)?
+        {
+            return Err(CliError::failed(
+                crate::service::OpenError::PublishedMark { size, reason }.to_string(),
+            ));
+        }
         let state = crate::service::current_state(&reader).map_err(CliError::failed)?;
         crate::evidence::export_offline(&state, &reader, &signer, &scope, since.as_deref(), &p)
             .map_err(CliError::failed)

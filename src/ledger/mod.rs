@@ -127,6 +127,45 @@ impl<S: Store + ?Sized> LedgerReader<S> {
     pub fn event(&self, event_id: &str) -> Result<Option<(u64, Hash)>, ReadError> {
         Ok(self.store.event(event_id)?)
     }
+
+    /// What is wrong with the log against the store's published mark
+    /// (ledger-format §9.3), as (the mark's size, why): the mark does not
+    /// verify under `verifier`, or the log holds fewer entries than it
+    /// names, or another root at its size. `None` when the log holds the
+    /// marked tree, or when no mark reads back whole.
+    pub fn published_mark_problem(
+        &self,
+        verifier: &crate::crypto::NoteVerifier,
+    ) -> Result<Option<(u64, String)>, ReadError> {
+        let Some((marked, note)) = self.store.published_mark()? else {
+            return Ok(None);
+        };
+        let cp = match Checkpoint::verify(&note, verifier, verifier.name()) {
+            Ok(cp) => cp,
+            Err(e) => {
+                return Ok(Some((
+                    marked,
+                    format!("it does not verify with this log's key: {e}"),
+                )));
+            }
+        };
+        let size = self.size()?;
+        let problem = if cp.size != marked {
+            Some(format!("its note is for tree size {}", cp.size))
+        } else if marked > size {
+            Some(format!(
+                "the log holds only {size} entries: entries {size}..{} were lost",
+                marked - 1
+            ))
+        } else if self.root(marked)? != cp.root {
+            Some(format!(
+                "the log's first {marked} entries have another Merkle root: the log was rewritten"
+            ))
+        } else {
+            None
+        };
+        Ok(problem.map(|p| (marked, p)))
+    }
 }
 
 /// What the fold records in an entry it stages (format version 3).

@@ -431,31 +431,8 @@ impl Service {
         // damaged or truncated file) must not go on: it would hand out the
         // lost indices again, and receipts already given would not verify.
         // Checked before anything is written to it.
-        if let Some((marked, note)) = store.published_mark()? {
-            let mark = |reason: String| OpenError::PublishedMark {
-                size: marked,
-                reason,
-            };
-            // The origin, from entry 0 (the state may be of another format).
-            let mut first = State::new();
-            fold_entries(&reader, &mut first, 1)?;
-            let origin = &first.genesis().ok_or(OpenError::Empty)?.origin;
-            let cp = Checkpoint::verify(&note, &signer.verifier(), origin)
-                .map_err(|e| mark(format!("does not verify with this log's key: {e}")))?;
-            if cp.size != marked {
-                return Err(mark(format!("its note is for tree size {}", cp.size)));
-            }
-            if marked > size {
-                return Err(mark(format!(
-                    "the log holds only {size} entries: entries {size}..{} were lost since they were published",
-                    marked - 1
-                )));
-            }
-            if reader.root(marked)? != cp.root {
-                return Err(mark(format!(
-                    "the log's first {marked} entries have another Merkle root: the log was rewritten"
-                )));
-            }
+        if let Some((size, reason)) = reader.published_mark_problem(&signer.verifier())? {
+            return Err(OpenError::PublishedMark { size, reason });
         }
         let mut state = match load_state(&reader)? {
             Some(s) => s,

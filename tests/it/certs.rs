@@ -252,26 +252,22 @@ async fn revocation_and_renewal_refuse_what_they_cannot_do() {
     // the server refuses the file instead, naming it.
     pki::revoke(&other, &other.client_cert, "unspecified").unwrap();
     std::fs::copy(&other.crl, &mine.crl).unwrap();
-    let e = docket::tls::server_config(
-        &mine.ca_cert,
-        &mine.server_cert,
-        &mine.server_key,
-        Some(&mine.crl),
-    )
-    .unwrap_err()
-    .to_string();
-    assert!(e.contains("not a revocation list of the client CA"), "{e}");
-    // One that holds no CRL at all would revoke nothing: refused too.
-    for junk in [&b""[..], b"garbage\n", &[0u8; 64]] {
-        std::fs::write(&mine.crl, junk).unwrap();
-        let e = docket::tls::server_config(
+    let refusal = || {
+        docket::tls::server_config(
             &mine.ca_cert,
             &mine.server_cert,
             &mine.server_key,
             Some(&mine.crl),
         )
         .unwrap_err()
-        .to_string();
+        .to_string()
+    };
+    let e = refusal();
+    assert!(e.contains("not a revocation list of the client CA"), "{e}");
+    // One that holds no CRL at all would revoke nothing: refused too.
+    for junk in [&b""[..], b"garbage\n", &[0u8; 64]] {
+        std::fs::write(&mine.crl, junk).unwrap();
+        let e = refusal();
         assert!(e.contains("no revocation list"), "{junk:?}: {e}");
     }
     let listed = pki::list(&mine, &out).unwrap();

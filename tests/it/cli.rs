@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::process::{Child, Command};
 
-use crate::common::BIN;
+use crate::common::{BIN, copy_dir};
 
 struct Served {
     child: Child,
@@ -483,19 +483,6 @@ fn cli_walkthrough_and_forked_history_detection() {
     assert!(v.starts_with("OK: 5 entries"), "{v}");
     let rb = ok(docket(&data, None, &["rebuild"]));
     assert!(rb.contains("identical"), "{rb}");
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let dest = to.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &dest);
-        } else {
-            std::fs::copy(e.path(), &dest).unwrap();
-        }
-    }
 }
 
 /// `init --co-admin` names a second administrator at genesis, so from the

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use docket::api::pb;
 use docket::cli::client::Conn;
 
-use crate::common::{note, signed};
+use crate::common::{copy_dir, note, signed};
 
 use crate::common::BIN;
 
@@ -188,19 +188,6 @@ fn run_verify(data: &Path) -> (bool, String) {
     run_cli(&["verify"], data)
 }
 
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let dest = to.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &dest);
-        } else {
-            std::fs::copy(e.path(), &dest).unwrap();
-        }
-    }
-}
-
 /// A store whose files come back holding less than was published (sled
 /// recovers the longest intact prefix of a damaged or truncated file, and
 /// says nothing) is refused by `serve` and by `verify`, which name the
@@ -252,6 +239,23 @@ async fn a_store_that_lost_published_entries_is_refused() {
         out.contains("tree size 6") && out.contains("the log holds only 3 entries"),
         "{out}"
     );
+    // Nor is a bundle exported from it: it would prove a shortened log.
+    let bundle = dir.path().join("b.tar");
+    let b = bundle.to_str().unwrap();
+    let (ok, out) = run_cli(
+        &[
+            "evidence",
+            "export",
+            "--offline",
+            "--change",
+            "CHG-1",
+            "--out",
+            b,
+        ],
+        &data,
+    );
+    assert!(!ok && out.contains("the log holds only 3 entries"), "{out}");
+    assert!(!bundle.exists());
 
     // The same copy with its own mark is a sound backup: it opens, and it
     // takes new entries, which make another log of 6 than the one published.
