@@ -455,21 +455,12 @@ fn scan<S: Store + ?Sized>(
                 crate::ledger::PUBLISHED_MARK_FILE
             ),
         };
-        let cp = Checkpoint::verify(note, v, v.name())
-            .map_err(|e| failed(format!("it does not verify with the log's key: {e}")))?;
-        if cp.size != *marked {
-            return Err(failed(format!("its note is for tree size {}", cp.size)));
-        }
-        if *marked > size {
-            return Err(failed(format!(
-                "the log holds only {size} entries: entries {size}..{} were lost",
-                marked - 1
-            )));
-        }
-        if mark_root != Some(cp.root) {
-            return Err(failed(format!(
-                "the log's first {marked} entries have another Merkle root: the log was rewritten"
-            )));
+        // The root was recorded when the scan reached the marked size (a
+        // mark of size 0 names no tree the scan reaches).
+        let problem = crate::ledger::mark_problem(*marked, note, v, size, || mark_root.ok_or(()))
+            .unwrap_or_else(|()| Some("it names a tree of no entries".into()));
+        if let Some(reason) = problem {
+            return Err(failed(reason));
         }
     }
     if cp_sizes.last() != Some(&size) {

@@ -140,32 +140,41 @@ impl<S: Store + ?Sized> LedgerReader<S> {
         let Some((marked, note)) = self.store.published_mark()? else {
             return Ok(None);
         };
-        let cp = match Checkpoint::verify(&note, verifier, verifier.name()) {
-            Ok(cp) => cp,
-            Err(e) => {
-                return Ok(Some((
-                    marked,
-                    format!("it does not verify with this log's key: {e}"),
-                )));
-            }
-        };
         let size = self.size()?;
-        let problem = if cp.size != marked {
-            Some(format!("its note is for tree size {}", cp.size))
-        } else if marked > size {
-            Some(format!(
-                "the log holds only {size} entries: entries {size}..{} were lost",
-                marked - 1
-            ))
-        } else if self.root(marked)? != cp.root {
-            Some(format!(
-                "the log's first {marked} entries have another Merkle root: the log was rewritten"
-            ))
-        } else {
-            None
-        };
+        let problem = mark_problem(marked, &note, verifier, size, || self.root(marked))?;
         Ok(problem.map(|p| (marked, p)))
     }
+}
+
+/// Why a log of `size` entries does not hold the tree the published mark
+/// names (`marked`, `note`; ledger-format §9.3), or `None` when it does.
+/// `root_at_mark` gives the log's root at `marked`, asked only when the log
+/// holds that many entries.
+pub fn mark_problem<E>(
+    marked: u64,
+    note: &str,
+    verifier: &crate::crypto::NoteVerifier,
+    size: u64,
+    root_at_mark: impl FnOnce() -> Result<Hash, E>,
+) -> Result<Option<String>, E> {
+    let cp = match Checkpoint::verify(note, verifier, verifier.name()) {
+        Ok(cp) => cp,
+        Err(e) => return Ok(Some(format!("it does not verify with the log's key: {e}"))),
+    };
+    Ok(if cp.size != marked {
+        Some(format!("its note is for tree size {}", cp.size))
+    } else if marked > size {
+        Some(format!(
+            "the log holds only {size} entries: entries {size}..{} were lost",
+            marked - 1
+        ))
+    } else if root_at_mark()? != cp.root {
+        Some(format!(
+            "the log's first {marked} entries have another Merkle root: the log was rewritten"
+        ))
+    } else {
+        None
+    })
 }
 
 /// What the fold records in an entry it stages (format version 3).
