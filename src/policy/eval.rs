@@ -129,6 +129,24 @@ pub struct ChangeFacts<'a> {
     pub ci: BTreeMap<&'a str, Vec<CiFact<'a>>>,
     /// Reviews in log order.
     pub approvals: Vec<Approval<'a>>,
+    /// Its code as the log records it: the commits its current revision
+    /// binds, then those its artifacts were built from, each once.
+    pub commits: Vec<CommitFact<'a>>,
+}
+
+/// What the log records about one commit of a change's code.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CommitFact<'a> {
+    pub sha: &'a str,
+    /// The digest a CI run built from it, when the change does not bind it.
+    pub built_into: Option<&'a str>,
+    /// The recorded signature verdict (`SignatureVerdict::name`); `None`
+    /// when the commit was never observed.
+    pub verdict: Option<&'a str>,
+    /// The signer identity recorded with a verified verdict.
+    pub signer_identity: &'a str,
+    /// The principal that identity names, by id or e-mail.
+    pub signer: Option<&'a str>,
 }
 
 /// A past deployment of a subject to an environment.
@@ -650,8 +668,59 @@ fn provenance_reasons(
     out
 }
 
+/// Why the change's code is not known to be signed by principals, for a
+/// rule with `signed_commits`: each commit not observed, not verified, or
+/// verified for a signer no principal is; or no commit known at all.
+fn signature_reasons(rule: &Rule, c: &ChangeFacts<'_>) -> Vec<String> {
+    let needs = format!(
+        "rule {:?} requires every commit of the change's code to be signed by a principal (signed_commits)",
+        rule.name
+    );
+    if c.commits.is_empty() {
+        return vec![format!(
+            "change {} binds no commit and no CI run names one its artifacts were built from, so whether its code is signed is unknown; {needs}",
+            c.id
+        )];
+    }
+    c.commits
+        .iter()
+        .filter_map(|f| {
+            let short = &f.sha[..12.min(f.sha.len())];
+            let label = match f.built_into {
+                None => short.to_owned(),
+                Some(d) => format!("{short} (built into {})", &d[..19.min(d.len())]),
+            };
+            let what = match (f.verdict, f.signer) {
+                (Some("verified"), Some(_)) => return None,
+                (None, _) => format!(
+                    "commit {label} has not been observed (run `docket git ingest`), so whether it is signed is unknown"
+                ),
+                (Some("verified"), None) if f.signer_identity.is_empty() => {
+                    format!("commit {label} is recorded as verified but names no signer")
+                }
+                (Some("verified"), None) => format!(
+                    "commit {label} is signed by {}, who is neither a principal nor the e-mail of one",
+                    f.signer_identity
+                ),
+                (Some("unsigned"), _) => format!("commit {label} is unsigned"),
+                (Some("bad"), _) => format!(
+                    "commit {label} is signed, but the signature does not verify (verdict bad)"
+                ),
+                (Some("untrusted-key"), _) => format!(
+                    "commit {label} is signed with a key the ingester does not trust (verdict untrusted-key)"
+                ),
+                (Some("unverifiable"), _) => format!(
+                    "commit {label} is signed, but the signature could not be checked (verdict unverifiable)"
+                ),
+                (Some(v), _) => format!("commit {label} has the signature verdict {v}"),
+            };
+            Some(format!("{what}; {needs}"))
+        })
+        .collect()
+}
+
 fn evaluate_rule(policy: &Policy, rule: &Rule, req: &Request, facts: &Facts<'_>) -> Verdict {
-    let needs_change = rule.approvals > 0 || rule.ci_passed;
+    let needs_change = rule.approvals > 0 || rule.ci_passed || rule.signed_commits;
     let mut reasons = Vec::new();
     if let Some(from) = &rule.promoted_from {
         for s in &req.subjects {
@@ -736,6 +805,9 @@ fn evaluate_rule(policy: &Policy, rule: &Rule, req: &Request, facts: &Facts<'_>)
                     c.ci.get(s.as_str()),
                 ));
             }
+        }
+        if rule.signed_commits {
+            reasons.extend(signature_reasons(rule, c));
         }
         if rule.approvals > 0 {
             reasons.extend(c.sod_gaps.iter().cloned());

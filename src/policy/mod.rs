@@ -7,8 +7,9 @@ mod eval;
 mod parse;
 
 pub use eval::{
-    Approval, ChangeFacts, CiFact, Counted, Decision, Deployment, Facts, NotCounted, Obligation,
-    PrincipalFacts, Request, SubjectsKey, Verdict, evaluate, human_secs, policy_change_activates,
+    Approval, ChangeFacts, CiFact, CommitFact, Counted, Decision, Deployment, Facts, NotCounted,
+    Obligation, PrincipalFacts, Request, SubjectsKey, Verdict, evaluate, human_secs,
+    policy_change_activates,
 };
 
 /// The policy in force when genesis names none. Never edit it: logs whose

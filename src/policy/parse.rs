@@ -57,6 +57,10 @@ pub struct Rule {
     pub ci_reporters: BTreeSet<String>,
     pub promoted_from: Option<String>,
     pub max_approval_age_secs: Option<i64>,
+    /// Every commit of the change's code must be recorded as signed, with a
+    /// verified signature, by a principal: its author is then a key, not
+    /// a line of free text.
+    pub signed_commits: bool,
 }
 
 /// A time range in which matching deploys are denied.
@@ -169,6 +173,8 @@ struct RawRule {
     ci_reporters: Option<Spanned<Vec<String>>>,
     promoted_from: Option<Spanned<String>>,
     max_approval_age: Option<Spanned<String>>,
+    #[serde(default)]
+    signed_commits: bool,
 }
 
 #[derive(Deserialize)]
@@ -836,15 +842,18 @@ impl Policy {
                     ),
                 ));
             }
-            // A rule that asks for approvals or CI decides on a change.
+            // A rule that asks for approvals, CI or signed commits decides
+            // on a change.
             if strict
-                && (approvals > 0 || r.ci_passed)
+                && (approvals > 0 || r.ci_passed || r.signed_commits)
                 && permissions[&Permission::OpenChange].is_empty()
             {
                 let needs = if approvals > 0 {
                     format!("approvals = {approvals}")
-                } else {
+                } else if r.ci_passed {
                     "ci_passed = true".to_owned()
+                } else {
+                    "signed_commits = true".to_owned()
                 };
                 return Err(at(
                     if approvals > 0 { approvals_at } else { start },
@@ -857,6 +866,12 @@ impl Policy {
                 return Err(at(
                     start,
                     "ci_passed = true but no role holds the report permission ([permissions] report = []), so no CI run could ever count".into(),
+                ));
+            }
+            if strict && r.signed_commits && permissions[&Permission::Report].is_empty() {
+                return Err(at(
+                    start,
+                    "signed_commits = true but no role holds the report permission ([permissions] report = []), so no commit could ever be recorded, signed or not".into(),
                 ));
             }
             if strict && approvals > 0 && approvers.is_empty() {
@@ -944,6 +959,7 @@ impl Policy {
                 ci_reporters,
                 promoted_from: promoted_from.map(|(_, p)| p),
                 max_approval_age_secs,
+                signed_commits: r.signed_commits,
             };
             // The first matching rule decides, so a rule that an earlier
             // one matches whenever it matches could never decide anything.

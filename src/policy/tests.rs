@@ -138,6 +138,18 @@ fn change(approvals: Vec<Approval<'static>>) -> ChangeFacts<'static> {
         builders: strs(&["ci"]),
         ci: BTreeMap::from([("c1", vec![passed()]), (D, vec![passed()])]),
         approvals,
+        commits: vec![signed_by("c1", "alice")],
+    }
+}
+
+/// A commit recorded as verified, signed by the principal `who`.
+fn signed_by(sha: &'static str, who: &'static str) -> CommitFact<'static> {
+    CommitFact {
+        sha,
+        built_into: None,
+        verdict: Some("verified"),
+        signer_identity: who,
+        signer: Some(who),
     }
 }
 
@@ -1444,6 +1456,21 @@ fn bad_policies_are_refused_with_line_and_reason() {
             6,
             "duplicate key name",
         ),
+        (
+            "version = 1\n[[rule]]\nname = \"a\"\nsigned_commits = \"yes\"\n",
+            4,
+            "invalid type: string \"yes\", expected a boolean",
+        ),
+        (
+            "version = 1\n[permissions]\nopen_change = []\n[[rule]]\nname = \"a\"\nsigned_commits = true\n",
+            4,
+            "signed_commits = true but no role holds the open_change permission ([permissions] open_change = []), so no change could be opened",
+        ),
+        (
+            "version = 1\n[permissions]\nreport = []\n[[rule]]\nname = \"a\"\nsigned_commits = true\n",
+            4,
+            "signed_commits = true but no role holds the report permission ([permissions] report = []), so no commit could ever be recorded, signed or not",
+        ),
     ];
     for (text, line, needle) in cases {
         let e = Policy::parse_new(text).expect_err(text);
@@ -2079,4 +2106,140 @@ fn a_promotion_ring_is_refused_only_when_certain() {
     Policy::parse_new(&ring("match.repositories = [\"github.com/acme/*\"]\n")).unwrap();
     // Replay reads a recorded document as it was.
     Policy::parse(&ring("")).unwrap();
+}
+
+#[test]
+fn signed_commits_needs_every_commit_signed_by_a_principal() {
+    let text = r#"
+version = 1
+
+[permissions]
+open_change = ["dev", "ci"]
+approve = ["dev", "security"]
+report = ["ci"]
+
+[[rule]]
+name = "prod"
+match.environments = ["prod"]
+signed_commits = true
+"#;
+    let signed = Policy::parse_new(text).unwrap();
+    assert!(signed.rules[0].signed_commits);
+    let lax = Policy::parse_new(&text.replace("signed_commits = true\n", "")).unwrap();
+    assert!(!lax.rules[0].signed_commits);
+    let principals = people();
+    let decide = |policy: &Policy, commits: Option<Vec<CommitFact<'static>>>| {
+        let change = commits.map(|commits| ChangeFacts {
+            commits,
+            ..change(Vec::new())
+        });
+        let facts = Facts {
+            principals: &principals,
+            change: change.as_ref(),
+            subject_repositories: &BTreeSet::new(),
+            unrecorded_subjects: &[],
+            deployments: &[],
+        };
+        evaluate(policy, &request("prod"), &facts)
+    };
+    let needs = "; rule \"prod\" requires every commit of the change's code to be signed by a principal (signed_commits)";
+    let recorded = |verdict: &'static str, identity: &'static str, signer| CommitFact {
+        verdict: Some(verdict),
+        signer_identity: identity,
+        signer,
+        ..signed_by("c1", "alice")
+    };
+    let unobserved = CommitFact {
+        verdict: None,
+        signer_identity: "",
+        signer: None,
+        ..signed_by("c1", "alice")
+    };
+    let built_from = CommitFact {
+        built_into: Some(D),
+        ..recorded("unsigned", "", None)
+    };
+    let built_from = CommitFact {
+        sha: "0123456789abcdef0123456789abcdef01234567",
+        ..built_from
+    };
+    let cases: Vec<(Vec<CommitFact<'static>>, Vec<String>)> = vec![
+        (vec![signed_by("c1", "alice")], vec![]),
+        (
+            vec![],
+            vec![format!(
+                "change CHG-1 binds no commit and no CI run names one its artifacts were built from, so whether its code is signed is unknown{needs}"
+            )],
+        ),
+        (
+            vec![unobserved],
+            vec![format!(
+                "commit c1 has not been observed (run `docket git ingest`), so whether it is signed is unknown{needs}"
+            )],
+        ),
+        (
+            vec![recorded("unsigned", "", None)],
+            vec![format!("commit c1 is unsigned{needs}")],
+        ),
+        (
+            vec![recorded("bad", "", None)],
+            vec![format!(
+                "commit c1 is signed, but the signature does not verify (verdict bad){needs}"
+            )],
+        ),
+        (
+            vec![recorded("untrusted-key", "", None)],
+            vec![format!(
+                "commit c1 is signed with a key the ingester does not trust (verdict untrusted-key){needs}"
+            )],
+        ),
+        (
+            vec![recorded("unverifiable", "", None)],
+            vec![format!(
+                "commit c1 is signed, but the signature could not be checked (verdict unverifiable){needs}"
+            )],
+        ),
+        (
+            vec![recorded("verified", "mallory@elsewhere.example", None)],
+            vec![format!(
+                "commit c1 is signed by mallory@elsewhere.example, who is neither a principal nor the e-mail of one{needs}"
+            )],
+        ),
+        (
+            vec![recorded("verified", "", None)],
+            vec![format!(
+                "commit c1 is recorded as verified but names no signer{needs}"
+            )],
+        ),
+        // The code an artifact was built from counts as the change's code.
+        (
+            vec![signed_by("c1", "alice"), built_from],
+            vec![format!(
+                "commit 0123456789ab (built into sha256:aaaa) is unsigned{needs}"
+            )],
+        ),
+    ];
+    for (commits, expected) in cases {
+        let v = decide(&signed, Some(commits.clone()));
+        if expected.is_empty() {
+            assert_eq!(v.decision, Decision::Allow, "{commits:?}: {v:#?}");
+            assert_eq!(v.reasons, ["rule \"prod\" is satisfied"]);
+        } else {
+            assert_eq!(v.decision, Decision::Deny, "{commits:?}: {v:#?}");
+            assert_eq!(v.rule.as_deref(), Some("prod"));
+            assert_eq!(v.reasons, expected, "{commits:?}");
+        }
+        // Without signed_commits the same facts are allowed: the rule is
+        // what asks for signatures.
+        let v = decide(&lax, Some(commits.clone()));
+        assert_eq!(v.decision, Decision::Allow, "{commits:?}: {v:#?}");
+    }
+    // signed_commits decides on a change: without one, the request is denied.
+    let v = decide(&signed, None);
+    assert_eq!(v.decision, Decision::Deny);
+    assert_eq!(
+        v.reasons,
+        ["no change binds sha256:aaaa for prod; open a change for these subjects"]
+    );
+    assert_eq!(decide(&lax, None).decision, Decision::Allow);
 }

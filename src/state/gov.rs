@@ -1920,12 +1920,15 @@ impl State {
     /// Adds the principals who authored, committed or signed `sha` to
     /// `authors`, or says in `gaps` why they are unknown. `built_into`: the
     /// digest a CI run built from it, when the change does not bind it itself.
+    ///
+    /// Also adds to `commits` what the log records of its signature.
     fn authors_of<'a>(
         &'a self,
-        sha: &str,
-        built_into: Option<&str>,
+        sha: &'a str,
+        built_into: Option<&'a str>,
         authors: &mut BTreeSet<&'a str>,
         gaps: &mut Vec<String>,
+        commits: &mut Vec<policy::CommitFact<'a>>,
     ) {
         let label = || {
             let short = &sha[..12.min(sha.len())];
@@ -1934,14 +1937,27 @@ impl State {
                 Some(d) => format!("{short} (built into {})", &d[..19.min(d.len())]),
             }
         };
+        let mut fact = policy::CommitFact {
+            sha,
+            built_into,
+            verdict: None,
+            signer_identity: "",
+            signer: None,
+        };
         let Some(rec) = self.gov.commits.get(sha) else {
             gaps.push(format!(
                 "commit {} has not been observed (run `docket git ingest`), so its author is unknown",
                 label()
             ));
+            commits.push(fact);
             return;
         };
+        fact.verdict = Some(rec.signature.as_str());
+        fact.signer_identity = rec.signer_identity.as_str();
         for p in self.commit_people(rec) {
+            if p.role == "signer" {
+                fact.signer = fact.signer.or(p.principal);
+            }
             match p.principal {
                 Some(id) => {
                     authors.insert(id);
@@ -1959,6 +1975,7 @@ impl State {
                 )),
             }
         }
+        commits.push(fact);
     }
 
     /// Everything evaluation needs about a change, borrowed from the state.
@@ -1972,8 +1989,9 @@ impl State {
             .collect();
         let mut authors = BTreeSet::new();
         let mut sod_gaps = Vec::new();
+        let mut commits = Vec::new();
         for sha in &cur.commits {
-            self.authors_of(sha, None, &mut authors, &mut sod_gaps);
+            self.authors_of(sha, None, &mut authors, &mut sod_gaps, &mut commits);
         }
         // The change's code is also what its artifacts were built from: the
         // commit each CI run reporting one of its digests names. A change
@@ -1981,7 +1999,13 @@ impl State {
         // wrote what is in the image.
         let built_from = self.built_from(cur);
         for (from, digest) in &built_from {
-            self.authors_of(from, Some(digest), &mut authors, &mut sod_gaps);
+            self.authors_of(
+                from,
+                Some(digest),
+                &mut authors,
+                &mut sod_gaps,
+                &mut commits,
+            );
         }
         let mut builders = BTreeSet::new();
         let mut code_repositories = BTreeSet::new();
@@ -2053,6 +2077,7 @@ impl State {
                     index: r.index,
                 })
                 .collect(),
+            commits,
         }
     }
 }

@@ -4048,3 +4048,100 @@ async fn repository_patterns_read_the_repositories_the_log_records() {
         BTreeSet::from([deployed["deploy-unknown"]])
     );
 }
+
+/// A decision under `signed_commits` rests on the commit entries a change's
+/// code has: a change bundle carries the commit its image was built from,
+/// re-evaluates the denial for its being unsigned, and one without that
+/// commit's entry does not verify.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bundle_re_evaluates_signed_commits_from_the_commits_it_carries() {
+    use pb::export_evidence_request::Scope as S;
+    let policy = r#"version = 1
+[permissions]
+open_change = ["ci", "dev"]
+approve = ["dev"]
+report = ["ci"]
+
+[[rule]]
+name = "prod"
+match.environments = ["prod"]
+approvals = 1
+signed_commits = true
+"#;
+    let t0 = now_nanos();
+    let clock = Arc::new(ManualClock::new(t0));
+    let server = server()
+        .with_clock(clock.clone())
+        .with_policy(policy)
+        .run()
+        .await;
+    let mut f = Fixture {
+        server,
+        clock,
+        t0,
+        at: BTreeMap::new(),
+        n: 0,
+    };
+    f.register(
+        "alice",
+        PrincipalKind::Human,
+        "dev",
+        Some("alice@example.com"),
+    )
+    .await;
+    f.register("bob", PrincipalKind::Human, "dev", Some("bob@example.com"))
+        .await;
+    f.register("ci", PrincipalKind::Ci, "ci", None).await;
+    let (sha, digest) = f.build("commit-s", "alice@example.com", "image-s").await;
+    // The change binds the image only: its code is the commit CI built it from.
+    f.append(
+        "open-s",
+        "ci",
+        Body::ChangeOpened(ChangeOpening {
+            change_id: RecordId::parse("CHG-S").unwrap(),
+            title: "image only".into(),
+            repository: "github.com/acme/payments".into(),
+            commits: BTreeSet::new(),
+            artifact_digests: [digest.clone()].into(),
+            environments: ["prod".to_owned()].into(),
+            ticket: "OPS-S".into(),
+            description: String::new(),
+        }),
+    )
+    .await;
+    f.approve("bob-s", "bob", "CHG-S", &[&digest]).await;
+    let prod = f.deploy("prod-s", "ci", "prod", &digest, false).await;
+    let expected = format!(
+        "commit {} (built into {}) is unsigned; rule \"prod\" requires every commit of the change's code to be signed by a principal (signed_commits)",
+        &sha[..12],
+        &digest[..19]
+    );
+
+    let bundle = export_online(&f.server, S::ChangeId("CHG-S".into())).await;
+    let t = trust(&f.server);
+    evidence::verify(&bundle, &t).unwrap();
+    let files = evidence::unpack(&bundle).unwrap();
+    let decisions = json(&files, "facts/decisions.json");
+    let d = decisions
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["index"] == prod)
+        .unwrap();
+    assert_eq!(d["verdict"], "deny", "{d}");
+    // Bob's approval counted: the signature is all that is missing.
+    assert_eq!(d["reasons"], serde_json::json!([expected]), "{d}");
+    let (code, out) = independent_verify(&bundle, &f.server.data.log_vkey());
+    assert_eq!(code, Some(0), "{out}");
+
+    let commit = f.at["commit-s"];
+    let without = without_entry(&f.server.data, &bundle, commit);
+    let e = evidence::verify(&without, &t).expect_err("a bundle without the commit");
+    let e = e.to_string();
+    assert!(
+        e.starts_with(&format!("entry {prod}: decision basis:"))
+            && e.contains(&format!("concerning subject:{sha} before it"))
+            && e.ends_with("it leaves out 1 entry the decision rests on"),
+        "{e}"
+    );
+}

@@ -1180,3 +1180,148 @@ async fn governance_input_is_checked_field_by_field() {
         .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
 }
+
+/// The author line of a commit is free text: alice can commit as "Bob" and
+/// approve her own change, since only bob is then excluded. A rule with
+/// `signed_commits = true` holds every commit to a key: her unsigned commit
+/// is denied, and once she signs with her own key she is excluded as its
+/// signer, whatever the author line says. Real git commits, a real server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signed_commits_hold_the_author_to_a_key() {
+    let policy = r#"version = 1
+
+[permissions]
+register_principals = ["admin"]
+change_roles = ["admin"]
+propose_policy = ["admin"]
+approve_policy = ["policy-admin"]
+open_change = ["dev", "ci"]
+approve = ["dev", "security"]
+report = ["ci", "admin"]
+
+[[rule]]
+name = "prod"
+match.environments = ["prod"]
+approvals = 1
+signed_commits = true
+"#;
+    let s = server().with_policy(policy).run().await;
+    let p = People {
+        dir: s.path().join("people"),
+    };
+    std::fs::create_dir_all(&p.dir).unwrap();
+    add_principal(&s, &p, "alice", "human", "dev", Some("alice@example.com")).await;
+    add_principal(&s, &p, "bob", "human", "dev", Some("bob@example.com")).await;
+    add_principal(
+        &s,
+        &p,
+        "carol",
+        "human",
+        "security",
+        Some("carol@example.com"),
+    )
+    .await;
+    add_principal(&s, &p, "ci", "ci", "ci", None).await;
+    let repo = repo(&s.path());
+    let repo_s = repo.display().to_string();
+    let ingest = async || {
+        let out = run_as(
+            &s,
+            &p,
+            "ci",
+            &[
+                "git",
+                "ingest",
+                "--repo",
+                &repo_s,
+                "--ref",
+                "main",
+                "--repository",
+                "github.com/acme/app",
+            ],
+        )
+        .await;
+        assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+        out.stdout
+    };
+    let build_and_open = async |id: &str, sha: &str, d: &str| {
+        for args in [
+            &[
+                "ci",
+                "report",
+                "--status",
+                "passed",
+                "--commit",
+                sha,
+                "--digest",
+                d,
+                "--repository",
+                "github.com/acme/app",
+            ][..],
+            &[
+                "change", "open", "--id", id, "--commit", sha, "--digest", d, "--env", "prod",
+                "--title", "feature", "--ticket", "OPS-7",
+            ][..],
+        ] {
+            let out = run_as(&s, &p, "ci", args).await;
+            assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+        }
+    };
+
+    // Alice commits unsigned, as "Bob", and approves her own change.
+    let c1 = commit(&repo, "Bob", "bob@example.com", None, "a.txt", "one");
+    assert!(ingest().await.contains(" unsigned "));
+    let d1 = digest("signed-commits-1");
+    build_and_open("CHG-1", &c1, &d1).await;
+    assert_eq!(run_as(&s, &p, "alice", &["approve", "CHG-1"]).await.code, 0);
+    let (code, dec) = authorize(&s, "prod", &d1, "ci").await;
+    assert_eq!(code, 1, "{dec:#}");
+    // Her approval counts (the author line names bob, not her): the
+    // signature requirement alone stands in the way.
+    assert_eq!(dec["counted"][0]["approver"], "alice", "{dec:#}");
+    assert_eq!(
+        reasons(&dec),
+        format!(
+            "commit {} is unsigned; rule \"prod\" requires every commit of the change's code to be signed by a principal (signed_commits)",
+            &c1[..12]
+        )
+    );
+
+    // She signs the next one with her own key, still as "Bob": the
+    // signature names her, so her approval does not count, and bob, named
+    // by the author line, is excluded too. Carol's does.
+    let key = docket::crypto::read_signing_key(Path::new(&p.key("alice"))).unwrap();
+    let ssh = s.path().join("alice_ssh");
+    write_openssh_key(&ssh, &key);
+    let c2 = commit(&repo, "Bob", "bob@example.com", Some(&ssh), "a.txt", "two");
+    let seen = ingest().await;
+    let line = seen.lines().find(|l| l.starts_with(&c2[..12])).unwrap();
+    assert!(line.contains(" verified "), "{line}");
+    let signer = s.svc.with_state(|st| {
+        let c = st.gov().commit(&c2).unwrap();
+        (c.signature.clone(), c.signer_identity.clone())
+    });
+    assert_eq!(signer, ("verified".to_owned(), "alice".to_owned()));
+    let d2 = digest("signed-commits-2");
+    build_and_open("CHG-2", &c2, &d2).await;
+    for who in ["alice", "bob"] {
+        assert_eq!(run_as(&s, &p, who, &["approve", "CHG-2"]).await.code, 0);
+    }
+    let (code, dec) = authorize(&s, "prod", &d2, "ci").await;
+    assert_eq!(code, 1, "{dec:#}");
+    assert_eq!(
+        reasons(&dec),
+        "needs 1 approvals from distinct people; 0 counted"
+    );
+    for who in ["alice", "bob"] {
+        assert_eq!(
+            not_counted(&dec, who),
+            format!("{who} is a commit author, committer or signer of the change")
+        );
+    }
+    assert_eq!(run_as(&s, &p, "carol", &["approve", "CHG-2"]).await.code, 0);
+    let (code, dec) = authorize(&s, "prod", &d2, "ci").await;
+    assert_eq!(code, 0, "{dec:#}");
+    assert_eq!(dec["counted"][0]["approver"], "carol", "{dec:#}");
+    assert_eq!(dec["change_id"], "CHG-2");
+}
