@@ -344,14 +344,74 @@ pub(crate) fn open_offline_store(
 pub(crate) struct ScratchStore {
     pub store: crate::ledger::SledStore,
     // Dropped after the store (fields drop in order).
-    _dir: tempfile::TempDir,
+    _dir: ScratchDir,
 }
 
 impl ScratchStore {
     /// The store, and the directory that must outlive it.
-    pub(crate) fn split(self) -> (crate::ledger::SledStore, tempfile::TempDir) {
+    pub(crate) fn split(self) -> (crate::ledger::SledStore, ScratchDir) {
         (self.store, self._dir)
     }
+}
+
+/// A scratch directory in use. Its file `in-use` is locked exclusively for
+/// as long as this lives, so a later offline command can tell a copy left
+/// behind by a killed one (no process holds the lock: removed) from one a
+/// command still reads (locked: left alone).
+pub(crate) struct ScratchDir {
+    // Removed while the lock is still held (fields drop in order).
+    dir: tempfile::TempDir,
+    _lock: std::fs::File,
+}
+
+impl ScratchDir {
+    fn claim(dir: tempfile::TempDir) -> std::io::Result<Self> {
+        // Locked under another name, then renamed: `in-use` is never seen
+        // unlocked while its directory is new.
+        let fresh = dir.path().join("in-use.new");
+        let lock = std::fs::File::create(&fresh)?;
+        lock.try_lock().map_err(std::io::Error::other)?;
+        std::fs::rename(&fresh, dir.path().join(SCRATCH_LOCK))?;
+        Ok(ScratchDir { dir, _lock: lock })
+    }
+
+    pub(crate) fn path(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+}
+
+const SCRATCH_LOCK: &str = "in-use";
+
+/// Removes the scratch directories named `prefix*` in `place` that no
+/// process holds (left by an offline command that was killed); returns
+/// those removed. A directory without an `in-use` file is left alone: one
+/// being made, or not Docket's.
+pub(crate) fn remove_abandoned_scratch(
+    place: &std::path::Path,
+    prefix: &str,
+) -> Vec<std::path::PathBuf> {
+    let mut removed = Vec::new();
+    let Ok(entries) = std::fs::read_dir(place) else {
+        return removed;
+    };
+    for e in entries.flatten() {
+        let path = e.path();
+        let ours = e
+            .file_name()
+            .to_str()
+            .is_some_and(|n| n.starts_with(prefix))
+            && e.file_type().is_ok_and(|t| t.is_dir());
+        if !ours {
+            continue;
+        }
+        let Ok(lock) = std::fs::File::open(path.join(SCRATCH_LOCK)) else {
+            continue;
+        };
+        if lock.try_lock().is_ok() && std::fs::remove_dir_all(&path).is_ok() {
+            removed.push(path);
+        }
+    }
+    removed
 }
 
 pub(crate) fn open_offline_copy(dd: &crate::datadir::DataDir) -> Result<ScratchStore, CliError> {
@@ -377,15 +437,27 @@ pub(crate) fn open_offline_copy(dd: &crate::datadir::DataDir) -> Result<ScratchS
     }
     // Next to the data directory first (same disk, usually room), else in
     // the system's temporary directory (read-only media, a full disk).
+    // Copies left there by a killed command go first: each is a whole store.
+    let temp = std::env::temp_dir();
+    let places = [
+        (root.as_path(), ".docket-scratch-"),
+        (temp.as_path(), "docket-scratch-"),
+    ];
+    for (place, prefix) in places {
+        for gone in remove_abandoned_scratch(place, prefix) {
+            tracing::warn!(
+                path = %gone.display(),
+                "removed a scratch copy of a store left behind by an offline command that was stopped"
+            );
+        }
+    }
     let mut tried = Vec::new();
     let mut made = None;
-    for place in [Some(root.as_path()), None] {
-        let dir = match place {
-            Some(r) => tempfile::Builder::new()
-                .prefix(".docket-scratch-")
-                .tempdir_in(r),
-            None => tempfile::Builder::new().prefix("docket-scratch-").tempdir(),
-        };
+    for (place, prefix) in places {
+        let dir = tempfile::Builder::new()
+            .prefix(prefix)
+            .tempdir_in(place)
+            .and_then(ScratchDir::claim);
         let dir = match dir {
             Ok(d) => d,
             Err(e) => {

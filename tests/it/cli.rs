@@ -737,3 +737,76 @@ fn cert_lifecycle(data: &Path, s: &Served) {
     let (c, err) = code(&call);
     assert_eq!(c, Some(0), "{err}");
 }
+
+/// An offline command killed part-way leaves its scratch copy of the store
+/// behind (a whole store). The next offline command removes such copies,
+/// next to the data and in the temporary directory, but not one another
+/// command still holds, nor a directory that is not a scratch copy.
+#[test]
+fn scratch_copies_left_by_a_killed_command_are_removed_by_the_next() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let tmp = dir.path().join("tmp");
+    std::fs::create_dir(&tmp).unwrap();
+    ok(docket(&data, None, &["init", "--origin", "cli.test/log"]));
+    let scratch = |place: &Path, name: &str, lock: bool| {
+        let d = place.join(name);
+        std::fs::create_dir_all(d.join("db")).unwrap();
+        std::fs::write(d.join("db/conf"), b"copied").unwrap();
+        if lock {
+            std::fs::write(d.join("in-use"), b"").unwrap();
+        }
+        d
+    };
+    // Left by killed commands: their lock files are held by no one.
+    let left_here = scratch(&data, ".docket-scratch-killed", true);
+    let left_tmp = scratch(&tmp, "docket-scratch-killed", true);
+    // Held by a command still running (this process stands in for it).
+    let held = scratch(&data, ".docket-scratch-running", true);
+    let holder = std::fs::File::open(held.join("in-use")).unwrap();
+    holder.lock().unwrap();
+    // Not a scratch copy (no lock file), or not Docket's name.
+    let bare = scratch(&data, ".docket-scratch-bare", false);
+    let other = scratch(&tmp, "other-killed", true);
+    let out = Command::new(BIN)
+        .arg("verify")
+        .env("DOCKET_DATA", &data)
+        .env("DOCKET_LOG", "warn")
+        .env("TMPDIR", &tmp)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    for gone in [&left_here, &left_tmp] {
+        assert!(!gone.exists(), "{} was left: {err}", gone.display());
+        assert!(
+            err.contains(&gone.display().to_string())
+                && err.contains("removed a scratch copy of a store left behind"),
+            "{err}"
+        );
+    }
+    for kept in [&held, &bare, &other] {
+        assert!(
+            kept.join("db/conf").exists(),
+            "{} was removed",
+            kept.display()
+        );
+    }
+    // The command's own copy is gone when it ends; only the three remain.
+    let mut names: Vec<String> = std::fs::read_dir(&data)
+        .unwrap()
+        .chain(std::fs::read_dir(&tmp).unwrap())
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("scratch") || n.starts_with("other"))
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            ".docket-scratch-bare",
+            ".docket-scratch-running",
+            "other-killed"
+        ]
+    );
+    drop(holder);
+}
