@@ -383,35 +383,74 @@ impl ScratchDir {
 const SCRATCH_LOCK: &str = "in-use";
 
 /// Removes the scratch directories named `prefix*` in `place` that no
-/// process holds (left by an offline command that was killed); returns
-/// those removed. A directory without an `in-use` file is left alone: one
-/// being made, or not Docket's.
+/// process holds (left by an offline command that was killed). Only
+/// directories of this user are looked at (a shared temporary directory
+/// holds other people's), and only those whose `in-use` is a regular file:
+/// one being made, or not Docket's, is left alone. Returns those removed
+/// and those that could not be, with why.
 pub(crate) fn remove_abandoned_scratch(
     place: &std::path::Path,
     prefix: &str,
-) -> Vec<std::path::PathBuf> {
-    let mut removed = Vec::new();
-    let Ok(entries) = std::fs::read_dir(place) else {
-        return removed;
-    };
-    for e in entries.flatten() {
-        let path = e.path();
-        let ours = e
-            .file_name()
-            .to_str()
-            .is_some_and(|n| n.starts_with(prefix))
-            && e.file_type().is_ok_and(|t| t.is_dir());
-        if !ours {
-            continue;
-        }
-        let Ok(lock) = std::fs::File::open(path.join(SCRATCH_LOCK)) else {
-            continue;
+) -> (
+    Vec<std::path::PathBuf>,
+    Vec<(std::path::PathBuf, std::io::Error)>,
+) {
+    let (mut removed, mut failed) = (Vec::new(), Vec::new());
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::fs::MetadataExt as _;
+        let me = rustix::process::geteuid().as_raw();
+        let Ok(entries) = std::fs::read_dir(place) else {
+            return (removed, failed);
         };
-        if lock.try_lock().is_ok() && std::fs::remove_dir_all(&path).is_ok() {
-            removed.push(path);
+        for e in entries.flatten() {
+            let path = e.path();
+            let ours = e
+                .file_name()
+                .to_str()
+                .is_some_and(|n| n.starts_with(prefix))
+                && path
+                    .symlink_metadata()
+                    .is_ok_and(|m| m.is_dir() && m.uid() == me);
+            let lock_path = path.join(SCRATCH_LOCK);
+            if !ours || !lock_path.symlink_metadata().is_ok_and(|m| m.is_file()) {
+                continue;
+            }
+            let Ok(lock) = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&lock_path)
+            else {
+                continue;
+            };
+            if lock.try_lock().is_err() {
+                continue;
+            }
+            // The copy first and the lock file last, so a removal cut short
+            // leaves a directory the next command still recognises.
+            let emptied = std::fs::read_dir(&path).and_then(|inside| {
+                for e in inside {
+                    let e = e?;
+                    if e.file_name() == SCRATCH_LOCK {
+                        continue;
+                    }
+                    if e.file_type()?.is_dir() {
+                        std::fs::remove_dir_all(e.path())?;
+                    } else {
+                        std::fs::remove_file(e.path())?;
+                    }
+                }
+                Ok(())
+            });
+            match emptied.and_then(|()| std::fs::remove_dir_all(&path)) {
+                Ok(()) => removed.push(path),
+                Err(e) => failed.push((path, e)),
+            }
         }
     }
-    removed
+    #[cfg(not(target_os = "linux"))]
+    let _ = (place, prefix);
+    (removed, failed)
 }
 
 pub(crate) fn open_offline_copy(dd: &crate::datadir::DataDir) -> Result<ScratchStore, CliError> {
@@ -435,8 +474,8 @@ pub(crate) fn open_offline_copy(dd: &crate::datadir::DataDir) -> Result<ScratchS
             return Err(CliError::failed(format!("{}: {e}", lock_path.display())));
         }
     }
-    // Next to the data directory first (same disk, usually room), else in
-    // the system's temporary directory (read-only media, a full disk).
+    // In the data directory first (same disk, usually room), else in the
+    // system's temporary directory (read-only media, a full disk).
     // Copies left there by a killed command go first: each is a whole store.
     let temp = std::env::temp_dir();
     let places = [
@@ -444,10 +483,18 @@ pub(crate) fn open_offline_copy(dd: &crate::datadir::DataDir) -> Result<ScratchS
         (temp.as_path(), "docket-scratch-"),
     ];
     for (place, prefix) in places {
-        for gone in remove_abandoned_scratch(place, prefix) {
+        let (removed, failed) = remove_abandoned_scratch(place, prefix);
+        for gone in removed {
             tracing::warn!(
                 path = %gone.display(),
                 "removed a scratch copy of a store left behind by an offline command that was stopped"
+            );
+        }
+        for (left, e) in failed {
+            tracing::warn!(
+                path = %left.display(),
+                error = %e,
+                "could not remove a scratch copy of a store left behind by an offline command that was stopped; remove it by hand"
             );
         }
     }

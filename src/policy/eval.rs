@@ -132,6 +132,9 @@ pub struct ChangeFacts<'a> {
     /// Its code as the log records it: the commits its current revision
     /// binds, then those its artifacts were built from, each once.
     pub commits: Vec<CommitFact<'a>>,
+    /// Its digests for which no CI run names the commit they were built
+    /// from: code Docket knows nothing of.
+    pub unsourced_digests: Vec<&'a str>,
 }
 
 /// What the log records about one commit of a change's code.
@@ -676,13 +679,20 @@ fn signature_reasons(rule: &Rule, c: &ChangeFacts<'_>) -> Vec<String> {
         "rule {:?} requires every commit of the change's code to be signed by a principal (signed_commits)",
         rule.name
     );
-    if c.commits.is_empty() {
+    if c.commits.is_empty() && c.unsourced_digests.is_empty() {
         return vec![format!(
             "change {} binds no commit and no CI run names one its artifacts were built from, so whether its code is signed is unknown; {needs}",
             c.id
         )];
     }
-    c.commits
+    let unsourced = c.unsourced_digests.iter().map(|d| {
+        format!(
+            "no CI run names the commit {} was built from, so whether its code is signed is unknown; {needs}",
+            &d[..19.min(d.len())]
+        )
+    });
+    let commits = c
+        .commits
         .iter()
         .filter_map(|f| {
             let short = &f.sha[..12.min(f.sha.len())];
@@ -715,8 +725,8 @@ fn signature_reasons(rule: &Rule, c: &ChangeFacts<'_>) -> Vec<String> {
                 (Some(v), _) => format!("commit {label} has the signature verdict {v}"),
             };
             Some(format!("{what}; {needs}"))
-        })
-        .collect()
+        });
+    commits.chain(unsourced).collect()
 }
 
 fn evaluate_rule(policy: &Policy, rule: &Rule, req: &Request, facts: &Facts<'_>) -> Verdict {

@@ -139,6 +139,7 @@ fn change(approvals: Vec<Approval<'static>>) -> ChangeFacts<'static> {
         ci: BTreeMap::from([("c1", vec![passed()]), (D, vec![passed()])]),
         approvals,
         commits: vec![signed_by("c1", "alice")],
+        unsourced_digests: Vec::new(),
     }
 }
 
@@ -2128,9 +2129,11 @@ signed_commits = true
     let lax = Policy::parse_new(&text.replace("signed_commits = true\n", "")).unwrap();
     assert!(!lax.rules[0].signed_commits);
     let principals = people();
-    let decide = |policy: &Policy, commits: Option<Vec<CommitFact<'static>>>| {
-        let change = commits.map(|commits| ChangeFacts {
+    let decide = |policy: &Policy,
+                  commits: Option<(Vec<CommitFact<'static>>, Vec<&'static str>)>| {
+        let change = commits.map(|(commits, unsourced_digests)| ChangeFacts {
             commits,
+            unsourced_digests,
             ..change(Vec::new())
         });
         let facts = Facts {
@@ -2219,7 +2222,30 @@ signed_commits = true
             )],
         ),
     ];
-    for (commits, expected) in cases {
+    // A digest no CI run names a commit for is code Docket knows nothing
+    // of, whatever commits the change binds besides.
+    let unsourced = format!(
+        "no CI run names the commit sha256:aaaa was built from, so whether its code is signed is unknown{needs}"
+    );
+    let cases: Vec<_> = cases
+        .into_iter()
+        .map(|(c, e)| (c, Vec::new(), e))
+        .chain([
+            (vec![], vec![D], vec![unsourced.clone()]),
+            (
+                vec![signed_by("c1", "alice")],
+                vec![D],
+                vec![unsourced.clone()],
+            ),
+            (
+                vec![recorded("unsigned", "", None)],
+                vec![D],
+                vec![format!("commit c1 is unsigned{needs}"), unsourced],
+            ),
+        ])
+        .collect();
+    for (commits, unsourced, expected) in cases {
+        let commits = (commits, unsourced);
         let v = decide(&signed, Some(commits.clone()));
         if expected.is_empty() {
             assert_eq!(v.decision, Decision::Allow, "{commits:?}: {v:#?}");

@@ -2078,6 +2078,12 @@ impl State {
                 })
                 .collect(),
             commits,
+            unsourced_digests: cur
+                .digests
+                .iter()
+                .filter(|d| self.gov.ci_runs_for(d).all(|r| r.commit.is_empty()))
+                .map(String::as_str)
+                .collect(),
         }
     }
 }

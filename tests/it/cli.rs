@@ -742,6 +742,8 @@ fn cert_lifecycle(data: &Path, s: &Served) {
 /// behind (a whole store). The next offline command removes such copies,
 /// next to the data and in the temporary directory, but not one another
 /// command still holds, nor a directory that is not a scratch copy.
+/// (Directories of other users, in a shared temporary directory, are not
+/// looked at; a test cannot make one without root.)
 #[test]
 fn scratch_copies_left_by_a_killed_command_are_removed_by_the_next() {
     let dir = tempfile::tempdir().unwrap();
@@ -768,6 +770,14 @@ fn scratch_copies_left_by_a_killed_command_are_removed_by_the_next() {
     // Not a scratch copy (no lock file), or not Docket's name.
     let bare = scratch(&data, ".docket-scratch-bare", false);
     let other = scratch(&tmp, "other-killed", true);
+    // An `in-use` that is not a regular file (opening a FIFO would block
+    // the command for ever) is not a scratch copy either.
+    let fifo = scratch(&tmp, "docket-scratch-fifo", false);
+    let made = Command::new("mkfifo")
+        .arg(fifo.join("in-use"))
+        .status()
+        .unwrap();
+    assert!(made.success());
     let out = Command::new(BIN)
         .arg("verify")
         .env("DOCKET_DATA", &data)
@@ -785,7 +795,7 @@ fn scratch_copies_left_by_a_killed_command_are_removed_by_the_next() {
             "{err}"
         );
     }
-    for kept in [&held, &bare, &other] {
+    for kept in [&held, &bare, &other, &fifo] {
         assert!(
             kept.join("db/conf").exists(),
             "{} was removed",
@@ -805,6 +815,7 @@ fn scratch_copies_left_by_a_killed_command_are_removed_by_the_next() {
         [
             ".docket-scratch-bare",
             ".docket-scratch-running",
+            "docket-scratch-fifo",
             "other-killed"
         ]
     );
