@@ -227,21 +227,28 @@ impl Fixture {
     }
 }
 
+impl Fixture {
+    /// A server under `policy` on a manual clock, with no entries of ours.
+    async fn start(policy: &str) -> Fixture {
+        let t0 = now_nanos();
+        let clock = Arc::new(ManualClock::new(t0));
+        let server = server()
+            .with_clock(clock.clone())
+            .with_policy(policy)
+            .run()
+            .await;
+        Fixture {
+            server,
+            clock,
+            t0,
+            at: BTreeMap::new(),
+            n: 0,
+        }
+    }
+}
+
 pub async fn fixture() -> Fixture {
-    let t0 = now_nanos();
-    let clock = Arc::new(ManualClock::new(t0));
-    let server = server()
-        .with_clock(clock.clone())
-        .with_policy(POLICY)
-        .run()
-        .await;
-    let mut f = Fixture {
-        server,
-        clock,
-        t0,
-        at: BTreeMap::new(),
-        n: 0,
-    };
+    let mut f = Fixture::start(POLICY).await;
     f.register(
         "alice",
         PrincipalKind::Human,
@@ -4068,20 +4075,7 @@ match.environments = ["prod"]
 approvals = 1
 signed_commits = true
 "#;
-    let t0 = now_nanos();
-    let clock = Arc::new(ManualClock::new(t0));
-    let server = server()
-        .with_clock(clock.clone())
-        .with_policy(policy)
-        .run()
-        .await;
-    let mut f = Fixture {
-        server,
-        clock,
-        t0,
-        at: BTreeMap::new(),
-        n: 0,
-    };
+    let mut f = Fixture::start(policy).await;
     f.register(
         "alice",
         PrincipalKind::Human,
