@@ -225,6 +225,27 @@ async fn add_principal(
         .await;
 }
 
+/// alice and bob (dev) and carol (security), each with an e-mail and a
+/// fresh key under `people/`.
+async fn developers(s: &TestServer) -> People {
+    let p = People {
+        dir: s.path().join("people"),
+    };
+    std::fs::create_dir_all(&p.dir).unwrap();
+    add_principal(s, &p, "alice", "human", "dev", Some("alice@example.com")).await;
+    add_principal(s, &p, "bob", "human", "dev", Some("bob@example.com")).await;
+    add_principal(
+        s,
+        &p,
+        "carol",
+        "human",
+        "security",
+        Some("carol@example.com"),
+    )
+    .await;
+    p
+}
+
 fn as_(p: &People, who: &str) -> [String; 4] {
     ["--key".into(), p.key(who), "--signer".into(), who.into()]
 }
@@ -246,21 +267,7 @@ async fn change_approval_promotion_freeze_and_break_glass() {
         .with_policy(&scenario_policy(t0 + 2 * hour, t0 + 3 * hour))
         .run()
         .await;
-    let p = People {
-        dir: s.path().join("people"),
-    };
-    std::fs::create_dir_all(&p.dir).unwrap();
-    add_principal(&s, &p, "alice", "human", "dev", Some("alice@example.com")).await;
-    add_principal(&s, &p, "bob", "human", "dev", Some("bob@example.com")).await;
-    add_principal(
-        &s,
-        &p,
-        "carol",
-        "human",
-        "security",
-        Some("carol@example.com"),
-    )
-    .await;
+    let p = developers(&s).await;
     add_principal(&s, &p, "dave", "human", "sre", None).await;
     add_principal(&s, &p, "ci", "ci", "ci", None).await;
 
@@ -1206,21 +1213,7 @@ approvals = 1
 signed_commits = true
 "#;
     let s = server().with_policy(policy).run().await;
-    let p = People {
-        dir: s.path().join("people"),
-    };
-    std::fs::create_dir_all(&p.dir).unwrap();
-    add_principal(&s, &p, "alice", "human", "dev", Some("alice@example.com")).await;
-    add_principal(&s, &p, "bob", "human", "dev", Some("bob@example.com")).await;
-    add_principal(
-        &s,
-        &p,
-        "carol",
-        "human",
-        "security",
-        Some("carol@example.com"),
-    )
-    .await;
+    let p = developers(&s).await;
     add_principal(&s, &p, "ci", "ci", "ci", None).await;
     let repo = repo(&s.path());
     let repo_s = repo.display().to_string();
