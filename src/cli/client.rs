@@ -120,15 +120,9 @@ impl Conn {
                     });
                 }
             }
-            let host = self
-                .url
-                .split("://")
-                .nth(1)
-                .and_then(|r| {
-                    r.rsplit_once(':')
-                        .map(|(h, _)| h.trim_matches(['[', ']']).to_owned())
-                })
-                .unwrap_or_else(|| "localhost".into());
+            // The name the server's certificate must carry: the URL's host,
+            // with or without a port (an IPv6 literal without its brackets).
+            let host = server_host(&self.url)?;
             self.probe_certificate(cfg, &host, deadline).await?;
             let tls = ClientTlsConfig::new()
                 .ca_certificate(Certificate::from_pem(read(&self.ca)?))
@@ -290,6 +284,21 @@ pub const EXIT_BAD_REQUEST: u8 = 65;
 /// or its client certificate at the handshake); BSD's EX_NOPERM.
 pub const EXIT_NO_PERMISSION: u8 = 77;
 
+/// The host of `--server URL`, the name the server's certificate must carry
+/// (an IPv6 literal without its brackets), whether or not the URL names a
+/// port.
+pub fn server_host(url: &str) -> Result<String, CliError> {
+    let uri = url
+        .parse::<http::Uri>()
+        .map_err(|e| CliError::usage(format!("--server {url}: {e}")))?;
+    match uri.host() {
+        Some(h) if !h.is_empty() => Ok(h.trim_matches(['[', ']']).to_owned()),
+        _ => Err(CliError::usage(format!(
+            "--server {url}: no host (expected https://HOST[:PORT])"
+        ))),
+    }
+}
+
 /// The TLS alert with which the server refused our client certificate, if
 /// that is what `e` (or an error under it) reports.
 pub fn certificate_refused(e: &(dyn std::error::Error + 'static)) -> Option<String> {
@@ -390,6 +399,21 @@ pub fn status_err(what: &str, s: tonic::Status) -> CliError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The name checked against the server's certificate is the URL's host
+    /// with or without a port (it was "localhost" for a URL without one).
+    #[test]
+    fn the_server_name_checked_is_the_urls_host() {
+        let host = |u: &str| server_host(u).map_err(|e| e.message);
+        assert_eq!(host("https://docket.corp").unwrap(), "docket.corp");
+        assert_eq!(host("https://docket.corp:7443").unwrap(), "docket.corp");
+        assert_eq!(host("https://docket.corp:7443/").unwrap(), "docket.corp");
+        assert_eq!(host("https://[::1]:7443").unwrap(), "::1");
+        assert_eq!(host("https://[::1]").unwrap(), "::1");
+        assert_eq!(host("https://127.0.0.1").unwrap(), "127.0.0.1");
+        let err = host("/just/a/path").unwrap_err();
+        assert!(err.contains("--server /just/a/path: no host"), "{err}");
+    }
 
     #[test]
     fn calls_without_an_answer_exit_69_and_refusals_exit_by_kind() {

@@ -58,11 +58,7 @@ impl H2Client {
             })?
             .trim_end_matches('/')
             .to_owned();
-        let host = authority
-            .rsplit_once(':')
-            .map_or(authority.as_str(), |(h, _)| h)
-            .trim_matches(['[', ']'])
-            .to_owned();
+        let host = super::client::server_host(&conn.url)?;
         let name = rustls::pki_types::ServerName::try_from(host)
             .map_err(|e| CliError::usage(format!("--server {}: {e}", conn.url)))?;
         let cfg = crate::tls::client_config(&conn.ca, &conn.cert, &conn.key)
