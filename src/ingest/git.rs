@@ -172,14 +172,7 @@ fn signers_time(v: &str) -> Result<i64, String> {
 /// decides it for `namespaces=`: some pattern matches and no negated one
 /// does. Patterns are taken as written, spaces included.
 fn ssh_pattern_list_allows(list: &str, s: &str) -> bool {
-    fn matches(p: &[u8], t: &[u8]) -> bool {
-        match p.split_first() {
-            None => t.is_empty(),
-            Some((b'*', rest)) => (0..=t.len()).any(|i| matches(rest, &t[i..])),
-            Some((b'?', rest)) => !t.is_empty() && matches(rest, &t[1..]),
-            Some((c, rest)) => t.first() == Some(c) && matches(rest, &t[1..]),
-        }
-    }
+    let matches = ssh_pattern_matches;
     let mut admitted = false;
     for pattern in list.split(',') {
         match pattern.strip_prefix('!') {
@@ -189,6 +182,38 @@ fn ssh_pattern_list_allows(list: &str, s: &str) -> bool {
         }
     }
     admitted
+}
+
+/// Whether one OpenSSH pattern (`*` any run of bytes, `?` any one byte)
+/// matches all of `t`. Iterative, backtracking only to the last `*`: the
+/// file is untrusted input, and a pattern of many stars must cost time
+/// proportional to pattern × text, not stack depth or exponential time.
+fn ssh_pattern_matches(p: &[u8], t: &[u8]) -> bool {
+    let (mut pi, mut ti) = (0, 0);
+    // Where the last star's run would resume: the pattern after it, and
+    // the text position it has swallowed up to.
+    let mut star: Option<(usize, usize)> = None;
+    while ti < t.len() {
+        match p.get(pi) {
+            Some(b'*') => {
+                star = Some((pi + 1, ti));
+                pi += 1;
+            }
+            Some(&c) if c == b'?' || c == t[ti] => {
+                pi += 1;
+                ti += 1;
+            }
+            _ => match star {
+                Some((after, swallowed)) => {
+                    star = Some((after, swallowed + 1));
+                    pi = after;
+                    ti = swallowed + 1;
+                }
+                None => return false,
+            },
+        }
+    }
+    p[pi..].iter().all(|&c| c == b'*')
 }
 
 /// " line N", or nothing for a failure of the whole file (line 0).
@@ -397,23 +422,26 @@ pub fn observe(
     for oid in walk {
         let oid = oid.map_err(git("revwalk"))?;
         let sha = oid.to_string();
+        // Said here, by commit, rather than by the server at the append
+        // (and so also in a dry run); from the object's header, before its
+        // body is read and copied.
+        let (size, _) = odb
+            .read_header(oid)
+            .map_err(git(&format!("reading commit {sha}")))?;
+        if size > crate::api::convert::MAX_COMMIT_BYTES {
+            return Err(IngestError::Commit {
+                sha,
+                reason: format!(
+                    "its object is {size} bytes; the log records commit objects of at most {} bytes",
+                    crate::api::convert::MAX_COMMIT_BYTES
+                ),
+            });
+        }
         let raw = odb
             .read(oid)
             .map_err(git(&format!("reading commit {sha}")))?
             .data()
             .to_vec();
-        // Said here, by commit, rather than by the server at the append
-        // (and so also in a dry run).
-        if raw.len() > crate::api::convert::MAX_COMMIT_BYTES {
-            return Err(IngestError::Commit {
-                sha,
-                reason: format!(
-                    "its object is {} bytes; the log records commit objects of at most {} bytes",
-                    raw.len(),
-                    crate::api::convert::MAX_COMMIT_BYTES
-                ),
-            });
-        }
         let commit = parse_commit(&raw).map_err(|e| IngestError::Commit {
             sha: sha.clone(),
             reason: e.to_string(),
@@ -897,6 +925,45 @@ pub fn recheck_signer(obs: &CommitObservation) -> Result<Option<[u8; 32]>, Strin
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
+    /// The obvious recursive matcher, exponential on many stars: the
+    /// reference the iterative one is checked against.
+    fn reference(p: &[u8], t: &[u8]) -> bool {
+        match p.split_first() {
+            None => t.is_empty(),
+            Some((b'*', rest)) => (0..=t.len()).any(|i| reference(rest, &t[i..])),
+            Some((b'?', rest)) => !t.is_empty() && reference(rest, &t[1..]),
+            Some((c, rest)) => t.first() == Some(c) && reference(rest, &t[1..]),
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn ssh_patterns_match_as_the_recursive_definition(
+            p in "[ab*?]{0,8}",
+            t in "[ab*?]{0,8}",
+        ) {
+            prop_assert_eq!(
+                super::ssh_pattern_matches(p.as_bytes(), t.as_bytes()),
+                reference(p.as_bytes(), t.as_bytes())
+            );
+        }
+    }
+
+    #[test]
+    fn ssh_patterns_of_many_stars_are_decided_without_deep_recursion() {
+        // 200,000 stars: one stack frame each would overflow the stack.
+        let stars = "*".repeat(200_000);
+        assert!(super::ssh_pattern_list_allows(&stars, "git"));
+        // Stars then a byte the text lacks: exponential when backtracking
+        // to every star, pattern × text when only to the last.
+        let never = format!("{}x", "*".repeat(5_000));
+        assert!(!super::ssh_pattern_list_allows(&never, "gitgitgitgitgit"));
+        assert!(super::ssh_pattern_list_allows("g*t,!file", "git"));
+        assert!(!super::ssh_pattern_list_allows("*,!g?t", "git"));
+    }
+
     #[test]
     fn remote_urls_name_host_and_path() {
         for (url, name) in [
