@@ -7,9 +7,11 @@
 //! ```json
 //! { "identities": { "CN=docket-admin": ["*"], "CN=siem": ["Tail", "GetCheckpoint"] } }
 //! ```
-//! An identity not listed may call nothing; `"*"` means every method. A
-//! certificate whose serial is revoked (`<data>/tls/revoked.json`) or
-//! whose validity has ended may call nothing either, even on a connection
+//! An identity not listed may call none of these; `"*"` means every method.
+//! The standard gRPC health and reflection services answer any identity
+//! whose certificate the client CA signed. A certificate whose serial is
+//! revoked (`<data>/tls/revoked.json`) or whose validity has ended may call
+//! nothing at all, health and reflection included, even on a connection
 //! opened before. The server re-reads both on SIGHUP (`Reloader`).
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -172,13 +174,49 @@ impl Guard {
         method: &'static str,
         now: i64,
     ) -> Result<String, Status> {
+        let identity = Self::check_certificate(access, peer, method, now)?;
+        if !access.policy.permits(identity, method) {
+            tracing::warn!(%identity, method, "call refused by access.json");
+            return Err(Status::permission_denied(format!(
+                "transport identity {identity:?} may not call {method} \
+                 (see access.json in the server's data directory)"
+            )));
+        }
+        Ok(identity.to_owned())
+    }
+
+    /// For the services that are not ours (gRPC health, reflection), which
+    /// any identity may call: that the caller's certificate, checked at the
+    /// handshake, is still neither expired nor revoked. `path`: the call's.
+    pub fn check_certificate_now(
+        &self,
+        peer: Option<&crate::tls::Peer>,
+        path: &str,
+    ) -> Result<(), Status> {
+        let Some(slot) = &self.access else {
+            return Ok(());
+        };
+        let peer = peer
+            .ok_or_else(|| Status::unauthenticated("no client certificate on this connection"))?;
+        Self::check_certificate(&slot.get(), peer, path, jiff::Timestamp::now().as_second())
+            .map(drop)
+    }
+
+    /// The identity `peer`'s certificate names, if the certificate is still
+    /// valid at `now` and not revoked; `what` names the call in the log.
+    fn check_certificate<'p>(
+        access: &AccessState,
+        peer: &'p crate::tls::Peer,
+        what: &str,
+        now: i64,
+    ) -> Result<&'p str, Status> {
         let identity: &str = peer.identity.as_deref().ok_or_else(|| {
             Status::unauthenticated("client certificate subject could not be read")
         })?;
         // The handshake checked both, but a connection can outlive its
         // certificate, and a revocation can come after it was made.
         if let Some(not_after) = peer.not_after.filter(|t| now > *t) {
-            tracing::warn!(%identity, method, "call refused: client certificate expired");
+            tracing::warn!(%identity, call = what, "call refused: client certificate expired");
             return Err(Status::unauthenticated(format!(
                 "the client certificate of {identity:?} expired at {}; issue a new one \
                  (docket cert issue --replace)",
@@ -188,7 +226,7 @@ impl Guard {
         match peer.serial.as_deref() {
             Some(serial) if !access.revoked.contains(serial) => {}
             serial => {
-                tracing::warn!(%identity, method, ?serial, "call refused: client certificate revoked or without serial");
+                tracing::warn!(%identity, call = what, ?serial, "call refused: client certificate revoked or without serial");
                 return Err(Status::unauthenticated(format!(
                     "the client certificate of {identity:?} (serial {}) is revoked \
                      (tls/revoked.json in the server's data directory)",
@@ -196,14 +234,7 @@ impl Guard {
                 )));
             }
         }
-        if !access.policy.permits(identity, method) {
-            tracing::warn!(%identity, method, "call refused by access.json");
-            return Err(Status::permission_denied(format!(
-                "transport identity {identity:?} may not call {method} \
-                 (see access.json in the server's data directory)"
-            )));
-        }
-        Ok(identity.to_owned())
+        Ok(identity)
     }
 }
 
@@ -263,11 +294,13 @@ where
     }
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        if let Some(method) = method_of_path(req.uri().path())
-            && let Err(status) = self
-                .guard
-                .check_now(req.extensions().get::<crate::tls::Peer>(), method)
-        {
+        let peer = req.extensions().get::<crate::tls::Peer>();
+        let path = req.uri().path();
+        let checked = match method_of_path(path) {
+            Some(method) => self.guard.check_now(peer, method).map(drop),
+            None => self.guard.check_certificate_now(peer, path),
+        };
+        if let Err(status) = checked {
             return futures::future::Either::Right(futures::future::ready(Ok(status.into_http())));
         }
         futures::future::Either::Left(self.inner.call(req))

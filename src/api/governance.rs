@@ -66,7 +66,7 @@ fn export_status(e: &crate::evidence::ExportError) -> Status {
     use crate::evidence::ExportError as E;
     let msg = super::clip(e.to_string());
     match e {
-        E::UnknownChange(_) => Status::not_found(msg),
+        E::UnknownChange(_) => Status::not_found(format!("change_id: {msg}")),
         E::EmptyPeriod { .. } => Status::invalid_argument(msg),
         E::Sign(_) => Status::unavailable(msg),
         E::Cancelled => Status::cancelled(msg),

@@ -52,8 +52,16 @@ async fn revoked_and_expired_client_certificates_are_refused() {
         .await;
     let tls = s.data.tls();
     let clients = s.dir.path().join("clients");
-    let mut ci = s.client_as("ci").await;
+    let ci_channel = s.conn_as("ci").channel().await.unwrap();
+    let mut ci = pb::ledger_client::LedgerClient::new(ci_channel.clone());
     ping(&mut ci).await.unwrap();
+    // The standard health service answers any valid certificate, listed
+    // for it or not.
+    let mut health = tonic_health::pb::health_client::HealthClient::new(ci_channel);
+    let check = tonic_health::pb::HealthCheckRequest {
+        service: String::new(),
+    };
+    health.check(check.clone()).await.unwrap();
     let ci_pem = clients.join("ci.pem");
     let (issued, _) = pki::read_cert_info(&ci_pem).unwrap();
     // Issued for the 30 days the helper asked for, not for ever.
@@ -107,6 +115,10 @@ async fn revoked_and_expired_client_certificates_are_refused() {
             .contains(&format!("(serial {}) is revoked", issued.serial)),
         "{e}"
     );
+    // Health checks included...
+    let e = health.check(check).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e}");
+    assert!(e.message().contains("is revoked"), "{e}");
     // ...and a new one is refused at the handshake by the CRL.
     let e = handshake(s.addr, &tls.ca_cert, &ci_pem).await.unwrap_err();
     assert!(e.contains("CertificateRevoked"), "{e}");

@@ -1508,5 +1508,14 @@ async fn hostile_request_values_get_short_refusals_naming_the_field() {
             .await,
     );
     short(&e, Code::InvalidArgument, "change_id: ");
+    let e = refused(
+        g.export_evidence(export(S::ChangeId("CHG-404".into())))
+            .await,
+    );
+    short(
+        &e,
+        Code::NotFound,
+        "change_id: change \"CHG-404\" does not exist",
+    );
     s.stop().await;
 }
