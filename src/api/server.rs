@@ -30,8 +30,8 @@ pub struct LedgerApi {
 }
 
 /// How many `Tail` streams may be open at once, all clients together. Each
-/// holds a task and up to [`TAIL_BACKLOG`] entries its client has not read
-/// (an entry may be about a megabyte), and a following one stays open.
+/// holds a task and up to [`TAIL_BACKLOG`] entries its client has not read,
+/// within [`TAIL_UNREAD_BYTES`], and a following one stays open.
 pub const MAX_TAIL_STREAMS: usize = 64;
 
 /// The status message that ends an `AppendStream` when the server starts
@@ -40,6 +40,11 @@ const SHUTTING_DOWN: &str = "the server is shutting down";
 
 /// Entries a `Tail` stream reads ahead of its client.
 const TAIL_BACKLOG: usize = 256;
+
+/// Bytes of entries a `Tail` stream reads ahead of its client, besides the
+/// one it has just read: with [`MAX_TAIL_STREAMS`] streams, at most 256 MiB
+/// held for clients that do not read, whatever the entries' size.
+const TAIL_UNREAD_BYTES: usize = 4 << 20;
 
 /// How many bytes of received, not yet appended envelopes all
 /// `AppendStream`s together may hold, besides the one message each stream
@@ -134,18 +139,29 @@ impl Drop for Share {
 /// already admitted still run to completion and give their budget back.
 const RESPONSE_BACKLOG: usize = 1024;
 
+/// How many bytes of answered, unread responses one `AppendStream` may
+/// queue, counted as the envelopes they answer (a receipt carries the
+/// entry): a client that stops reading pins this much of its own, not a
+/// thousand receipts of megabyte entries. Past it the stream reads no
+/// further message, as for [`RESPONSE_BACKLOG`].
+pub(crate) const UNREAD_REPLY_BUDGET: usize = 16 << 20;
+
 /// Runs `work(sequence number, item)` on each item of `input`, up to
 /// `depth` at once and each within the byte budget ([`gate`]), and yields
 /// the results in input order. One task drives it apart from whoever reads
 /// the results, and an item is admitted only with a place for its result
-/// reserved among [`RESPONSE_BACKLOG`] ones, so the driver never waits for
-/// the reader: admitted work always finishes and returns its share, even
-/// when the client stops reading its responses (and HTTP/2 stops polling
-/// the response stream). Dropping the stream ends the input; work already
-/// admitted still finishes.
+/// reserved among [`RESPONSE_BACKLOG`] ones and `weight(item)` bytes of
+/// this stream's own `unread` bytes, which come back as the reader takes
+/// the result. So the driver never waits for the reader: admitted work
+/// always finishes and returns its share of the shared budget, even when
+/// the client stops reading its responses (and HTTP/2 stops polling the
+/// response stream), and what such a client pins is its own backlog.
+/// Dropping the stream ends the input; work already admitted still
+/// finishes.
 pub(crate) fn pipeline<S, T, F, Fut, R>(
     input: S,
     budget: Arc<ByteBudget>,
+    unread: usize,
     weight: impl Fn(&T) -> usize + Send + 'static,
     depth: usize,
     work: F,
@@ -158,34 +174,42 @@ where
     R: Send + 'static,
 {
     let (tx, rx) = tokio::sync::mpsc::channel(RESPONSE_BACKLOG);
-    // A place for the result first, then the share: the next message is
-    // read only when both are there.
+    let unread = ByteBudget::new(unread);
+    // A place for the result and its unread bytes first, then the shared
+    // share: the next message is read only when all are there.
     let admitted = input
         .then(move |item| {
             let slots = tx.clone();
-            async move { slots.reserve_owned().await.ok().map(|slot| (slot, item)) }
+            let unread = unread.clone();
+            let w = weight(&item);
+            async move {
+                let slot = slots.reserve_owned().await.ok()?;
+                let held = unread.take(w).await;
+                Some((slot, held, w, item))
+            }
         })
         .take_while(|x| std::future::ready(x.is_some()))
         .filter_map(std::future::ready);
-    let results = gate(admitted, budget, move |(_, item): &(_, T)| weight(item))
+    let results = gate(admitted, budget, |(_, _, w, _): &(_, _, usize, T)| *w)
         .enumerate()
-        .map(move |(seq, ((slot, item), share))| {
+        .map(move |(seq, ((slot, held, _, item), share))| {
             let done = work(seq as u64, item);
             async move {
                 let r = done.await;
                 drop(share);
-                (slot, r)
+                (slot, held, r)
             }
         })
         .buffered(depth);
     tokio::spawn(async move {
         futures::pin_mut!(results);
-        while let Some((slot, r)) = results.next().await {
+        while let Some((slot, held, r)) = results.next().await {
             // Reserved: never waits. A reader that went away just drops it.
-            slot.send(r);
+            slot.send((r, held));
         }
     });
-    tokio_stream::wrappers::ReceiverStream::new(rx)
+    // The unread bytes come back as the reader takes each result.
+    tokio_stream::wrappers::ReceiverStream::new(rx).map(|(r, _held)| r)
 }
 
 /// Passes the items of `input` on one at a time, each once its
@@ -447,7 +471,14 @@ impl pb::ledger_server::Ledger for LedgerApi {
                 })
             }
         };
-        let out = pipeline(input, self.append_budget.clone(), weight, 256, work);
+        let out = pipeline(
+            input,
+            self.append_budget.clone(),
+            UNREAD_REPLY_BUDGET,
+            weight,
+            256,
+            work,
+        );
         Ok(Response::new(Box::pin(out)))
     }
 
@@ -572,6 +603,7 @@ impl pb::ledger_server::Ledger for LedgerApi {
         }
         let mut stopping = self.stopping.clone();
         let (tx, rx) = tokio::sync::mpsc::channel(TAIL_BACKLOG);
+        let unread = ByteBudget::new(TAIL_UNREAD_BYTES);
         let mut reloads = guard.reloads();
         // Wakes an idle following stream when its certificate expires (one
         // second late, so that the wall clock has passed its end too).
@@ -596,13 +628,13 @@ impl pb::ledger_server::Ledger for LedgerApi {
                 // refused Tail since the stream began; checked when the
                 // stream wakes for new entries, a reload or the expiry.
                 if let Err(refused) = guard.recheck(peer.as_ref(), "Tail") {
-                    let _ = tx.send(Err(refused)).await;
+                    let _ = tx.send((Err(refused), None)).await;
                     return;
                 }
                 let size = *size_rx.borrow_and_update();
                 while next < size {
                     if let Err(refused) = guard.recheck(peer.as_ref(), "Tail") {
-                        let _ = tx.send(Err(refused)).await;
+                        let _ = tx.send((Err(refused), None)).await;
                         return;
                     }
                     let item = match reader.entry(next) {
@@ -615,7 +647,13 @@ impl pb::ledger_server::Ledger for LedgerApi {
                         Err(e) => Err(read_status(&e)),
                     };
                     let failed = item.is_err();
-                    if tx.send(item).await.is_err() || failed {
+                    // Counted against the stream's unread bytes until its
+                    // client takes it.
+                    let held = match &item {
+                        Ok(e) => Some(unread.take(e.entry.len()).await),
+                        Err(_) => None,
+                    };
+                    if tx.send((item, held)).await.is_err() || failed {
                         return;
                     }
                     next += 1;
@@ -642,7 +680,7 @@ impl pb::ledger_server::Ledger for LedgerApi {
             }
         });
         Ok(Response::new(Box::pin(
-            tokio_stream::wrappers::ReceiverStream::new(rx),
+            tokio_stream::wrappers::ReceiverStream::new(rx).map(|(item, _held)| item),
         )))
     }
 
@@ -743,7 +781,7 @@ mod tests {
             }
         };
         let input = futures::stream::iter([4usize, 4, 4]);
-        let mut out = Box::pin(pipeline(input, budget.clone(), |w| *w, 256, work));
+        let mut out = Box::pin(pipeline(input, budget.clone(), 1 << 20, |w| *w, 256, work));
         // Without a read, two items are taken in; the third waits for its
         // share, holding none of the 2 bytes left. (The driver runs while
         // the test sleeps on the paused clock.)
@@ -762,6 +800,34 @@ mod tests {
         let got: Vec<(u64, usize)> = out.collect().await;
         assert_eq!(got, [(0, 4), (1, 4), (2, 4)]);
         assert_eq!(budget.available(), 10);
+    }
+
+    /// A stream whose results go unread holds at most its own unread
+    /// budget of them: the input is read no further until the reader takes
+    /// one, while the shared budget is all given back.
+    #[tokio::test(start_paused = true)]
+    async fn unread_results_stop_the_input_at_the_streams_own_budget() {
+        let budget = ByteBudget::new(100);
+        let read = Arc::new(AtomicUsize::new(0));
+        let counted = read.clone();
+        let input = futures::stream::iter([4usize, 4, 4, 4]).inspect(move |_| {
+            counted.fetch_add(1, Ordering::SeqCst);
+        });
+        let work = |seq: u64, w: usize| async move { (seq, w) };
+        let mut out = Box::pin(pipeline(input, budget.clone(), 10, |w| *w, 256, work));
+        // Two results (8 of 10 unread bytes) are answered and queued; the
+        // third item was read and waits for 4 unread bytes; the fourth is
+        // not read. The shared budget is all back.
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        assert_eq!(read.load(Ordering::SeqCst), 3);
+        assert_eq!(budget.available(), 100);
+        // Reading one lets the third in, and then the fourth is read.
+        assert_eq!(out.next().await, Some((0, 4)));
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        assert_eq!(read.load(Ordering::SeqCst), 4);
+        let rest: Vec<(u64, usize)> = out.collect().await;
+        assert_eq!(rest, [(1, 4), (2, 4), (3, 4)]);
+        assert_eq!(budget.available(), 100);
     }
 
     /// Items wait for their share of the budget, the input is not read

@@ -15,7 +15,10 @@ use crate::ledger::{
     Appender, Checkpoint, CommitError, EncodeError, Entry, Envelope, FoldCounts, Hash,
     LedgerReader, MAX_SIGNATURES, ReadError, Staged, Store, StoreError,
 };
-use crate::state::{ApplyError, AuthError, DecisionRecord, STATE_FORMAT, State, StateCodecError};
+use crate::state::{
+    ApplyError, AuthError, DecisionRecord, NEW_ENTRY_VERIFY_BUDGET, STATE_FORMAT, State,
+    StateCodecError,
+};
 
 /// Where the service reads the time: integrated times, claimed-time checks,
 /// and the "now" of decisions and obligation deadlines.
@@ -688,7 +691,7 @@ impl Service {
             .try_state(|s| s.signer_keys(&event))
             .map_err(|_| AppendError::Stopped)??;
         let keys_seen = signer_keys.count();
-        let key = signer_keys.authenticate(&envelope)?;
+        let key = signer_keys.authenticate_within(&envelope, NEW_ENTRY_VERIFY_BUDGET)?;
         // Keys declared from now on are canonical encodings (ledger-format
         // §2.4); the decoder still reads others, which older logs may hold.
         let declared: Vec<(&str, &ed25519_dalek::VerifyingKey)> = match &event.body {

@@ -70,6 +70,16 @@ pub const STATE_FORMAT: u32 = 17;
 /// stored encoding, whatever a principal does to itself.
 pub const MAX_PER_PRINCIPAL: usize = 1024;
 
+/// What one signature attempt costs beyond hashing the payload, in bytes
+/// of hashing of about the same time (the curve arithmetic of a strict
+/// Ed25519 verification, ~40 µs): [`SignerKeys::authenticate_within`].
+pub const VERIFY_FIXED_COST: u64 = 32 << 10;
+
+/// The verification work a new entry may cost before its signatures are
+/// refused ([`SignerKeys::authenticate_within`]): 16 MiB, 16 attempts at
+/// the largest payload, 512 at small ones.
+pub const NEW_ENTRY_VERIFY_BUDGET: u64 = 16 << 20;
+
 /// One key of a principal and when it was valid.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KeyRecord {
@@ -120,6 +130,18 @@ pub enum AuthError {
     RevokedKey { keyid: String, revoked_at: u64 },
     #[error("no signature verifies (strict Ed25519 over DSSE PAE) with an active key of {0:?}")]
     BadSignature(String),
+    #[error(
+        "signatures: none verified within the {tries} attempts a new entry may cost \
+         ({signatures} signature(s) × {keys} key(s) of {signer:?} over a {payload}-byte payload); \
+         set each signature's keyid to its key's id (ledger-format §2.2), so that key is tried first"
+    )]
+    TooCostly {
+        signer: String,
+        signatures: usize,
+        keys: usize,
+        payload: usize,
+        tries: u64,
+    },
 }
 
 /// Why an authenticated event may not be applied.
@@ -316,20 +338,56 @@ impl SignerKeys {
     /// Finds the active key that signed the envelope (strict Ed25519 over
     /// the DSSE PAE). The keyid hint only orders the attempts.
     pub fn authenticate(&self, env: &Envelope) -> Result<VerifyingKey, AuthError> {
+        self.authenticate_within(env, u64::MAX)
+    }
+
+    /// [`SignerKeys::authenticate`] for a new entry, giving up with
+    /// [`AuthError::TooCostly`] before attempting more than `budget` bytes
+    /// of verification work: each attempt hashes the whole payload, and up
+    /// to 16 signatures meet up to [`MAX_PER_PRINCIPAL`] keys. The attempts
+    /// come in the same order, so a key found within the budget is the one
+    /// replay (unbounded) finds. A signature whose keyid names its key
+    /// costs one attempt.
+    pub fn authenticate_within(
+        &self,
+        env: &Envelope,
+        budget: u64,
+    ) -> Result<VerifyingKey, AuthError> {
         let pae = crypto::pae(&env.payload_type, &env.payload);
+        let per_try = pae.len() as u64 + VERIFY_FIXED_COST;
+        let max_tries = budget / per_try;
+        let mut tries = 0u64;
+        let mut attempt = |key: &VerifyingKey, sig: &[u8]| {
+            if tries >= max_tries {
+                return None;
+            }
+            tries += 1;
+            Some(crypto::verify_strict(key, &pae, sig).is_ok())
+        };
         for sig in &env.signatures {
             let mut ordered: Vec<&VerifyingKey> = self.active.iter().collect();
             ordered.sort_by_key(|k| KeyId::of(k).to_string() != sig.keyid);
             for key in ordered {
-                if crypto::verify_strict(key, &pae, &sig.sig).is_ok() {
-                    return Ok(*key);
+                match attempt(key, &sig.sig) {
+                    Some(true) => return Ok(*key),
+                    Some(false) => {}
+                    None => {
+                        return Err(AuthError::TooCostly {
+                            signer: self.signer.clone(),
+                            signatures: env.signatures.len(),
+                            keys: self.active.len(),
+                            payload: env.payload.len(),
+                            tries,
+                        });
+                    }
                 }
             }
         }
-        // Only to say why: a signature by a revoked key gets its own error.
+        // Only to say why: a signature by a revoked key gets its own error
+        // (within what is left of the budget).
         for sig in &env.signatures {
             for (key, at) in &self.revoked {
-                if crypto::verify_strict(key, &pae, &sig.sig).is_ok() {
+                if attempt(key, &sig.sig) == Some(true) {
                     return Err(AuthError::RevokedKey {
                         keyid: KeyId::of(key).to_string(),
                         revoked_at: *at,

@@ -2355,3 +2355,71 @@ fn what_a_revoked_key_signed_no_longer_counts() {
     assert_eq!(v.version, 2);
     assert_eq!(v.approvers, ["pb", "pc"]);
 }
+
+/// A new entry's signature search is bounded: with a wrong keyid hint
+/// and more keys than the budget allows attempts, it is refused naming
+/// the keyid; with the right hint it costs one attempt. What it finds
+/// within the budget is what the unbounded search (replay) finds.
+#[test]
+fn a_new_entrys_signature_search_is_bounded_and_agrees_with_replay() {
+    let seeds: Vec<SigningKey> = (0..520u32)
+        .map(|i| {
+            let mut seed = [0u8; 32];
+            seed[..4].copy_from_slice(&i.to_le_bytes());
+            seed[31] = 9;
+            SigningKey::from_bytes(&seed)
+        })
+        .collect();
+    let keys = SignerKeys {
+        signer: "ci".into(),
+        active: seeds.iter().map(SigningKey::verifying_key).collect(),
+        revoked: Vec::new(),
+    };
+    let ev = Event {
+        event_id: "e1".into(),
+        claimed_time_nanos: 1,
+        signer: id("ci"),
+        body: Body::PolicyApproved {
+            proposal_id: RecordId::parse("P-1").unwrap(),
+        },
+    };
+    let signed_by = |i: usize, hinted: bool| {
+        let mut env = crate::api::convert::sign_event(&ev, &seeds[i]);
+        if !hinted {
+            env.signatures[0].keyid = String::new();
+        }
+        env
+    };
+    let last = seeds.len() - 1;
+    let budget = NEW_ENTRY_VERIFY_BUDGET;
+    // Hinted: found at once.
+    assert_eq!(
+        keys.authenticate_within(&signed_by(last, true), budget),
+        Ok(seeds[last].verifying_key())
+    );
+    // Not hinted, early in the list: within the budget, the same key.
+    let early = signed_by(3, false);
+    assert_eq!(
+        keys.authenticate_within(&early, budget),
+        keys.authenticate(&early)
+    );
+    assert_eq!(keys.authenticate(&early), Ok(seeds[3].verifying_key()));
+    // Not hinted, last of 520: more attempts than the budget allows.
+    let costly = signed_by(last, false);
+    let per_try =
+        crate::crypto::pae(&costly.payload_type, &costly.payload).len() as u64 + VERIFY_FIXED_COST;
+    assert!((budget / per_try) < seeds.len() as u64, "{per_try}");
+    let e = keys.authenticate_within(&costly, budget).unwrap_err();
+    assert!(
+        matches!(e, AuthError::TooCostly { signatures: 1, keys: 520, tries, .. } if tries == budget / per_try),
+        "{e:?}"
+    );
+    assert!(
+        e.to_string()
+            .starts_with("signatures: none verified within"),
+        "{e}"
+    );
+    assert!(e.to_string().contains("keyid"), "{e}");
+    // Replay, unbounded, still finds it.
+    assert_eq!(keys.authenticate(&costly), Ok(seeds[last].verifying_key()));
+}
