@@ -88,6 +88,9 @@ pub struct Approval<'a> {
 pub struct CiFact<'a> {
     /// The principal that reported it.
     pub reporter: &'a str,
+    /// The entry that revoked or rotated away the key that signed the run,
+    /// if one did: the run then no longer counts.
+    pub key_revoked_at: Option<u64>,
     pub passed: bool,
     /// Words for reasons when it did not pass: "run 42 of build (github-actions), failed".
     pub description: String,
@@ -588,6 +591,17 @@ fn may_report(
         .is_some_and(|p| policy.permits(&p.roles, Permission::Report))
 }
 
+/// Whether a CI run counts: its reporter may report ([`may_report`]) and
+/// the key that signed it has not been revoked or rotated away since, so
+/// a run signed with a stolen key goes with the key, as an approval does.
+fn run_counts(
+    policy: &Policy,
+    principals: &BTreeMap<String, PrincipalFacts>,
+    f: &CiFact<'_>,
+) -> bool {
+    f.key_revoked_at.is_none() && may_report(policy, principals, f)
+}
+
 fn ci_reason(
     policy: &Policy,
     principals: &BTreeMap<String, PrincipalFacts>,
@@ -595,20 +609,38 @@ fn ci_reason(
     subject: &str,
     runs: Option<&Vec<CiFact<'_>>>,
 ) -> Option<String> {
-    let (runs, revoked): (Vec<&CiFact<'_>>, Vec<&CiFact<'_>>) = runs
+    let (runs, dropped): (Vec<&CiFact<'_>>, Vec<&CiFact<'_>>) = runs
         .map_or(&[][..], Vec::as_slice)
         .iter()
-        .partition(|f| may_report(policy, principals, f));
-    let revoked: BTreeSet<&str> = revoked.iter().map(|f| f.reporter).collect();
-    let note = if revoked.is_empty() {
-        String::new()
-    } else {
-        format!(
+        .partition(|f| run_counts(policy, principals, f));
+    let (unkeyed, demoted): (Vec<&CiFact<'_>>, Vec<&CiFact<'_>>) = dropped
+        .into_iter()
+        .partition(|f| f.key_revoked_at.is_some());
+    let demoted: BTreeSet<&str> = demoted.iter().map(|f| f.reporter).collect();
+    let mut note = String::new();
+    if !demoted.is_empty() {
+        note.push_str(&format!(
             "; runs reported by {} do not count: they do not hold a role that may report under the policy in force ({})",
-            list(&revoked),
+            list(&demoted),
             list(&policy.permissions[&Permission::Report])
-        )
-    };
+        ));
+    }
+    let unkeyed: BTreeSet<String> = unkeyed
+        .iter()
+        .map(|f| {
+            format!(
+                "{} (its key was revoked or rotated away at entry {})",
+                f.reporter,
+                f.key_revoked_at.unwrap_or_default()
+            )
+        })
+        .collect();
+    if !unkeyed.is_empty() {
+        note.push_str(&format!(
+            "; runs signed with a key revoked or rotated away since do not count: by {}",
+            unkeyed.into_iter().collect::<Vec<_>>().join(", ")
+        ));
+    }
     if rule.ci_reporters.is_empty() {
         return match runs.last() {
             None => Some(format!("no passing CI run is recorded for {subject}{note}")),
@@ -655,7 +687,7 @@ fn provenance_reasons(
     let mut seen = BTreeSet::new();
     let mut out = Vec::new();
     for (subject, runs) in &c.ci {
-        for f in runs.iter().filter(|f| may_report(policy, principals, f)) {
+        for f in runs.iter().filter(|f| run_counts(policy, principals, f)) {
             if let Some(from) = f.built_from_unbound
                 && seen.insert((*subject, from))
             {

@@ -117,6 +117,7 @@ fn passed() -> CiFact<'static> {
         reporter: "ci",
         passed: true,
         description: "run 7 of github-actions build passed at entry 3".into(),
+        key_revoked_at: None,
         built_from_unbound: None,
     }
 }
@@ -253,6 +254,7 @@ fn ci_reporters_decide_whose_runs_count() {
         reporter,
         passed,
         description: format!("run {n} by {reporter}"),
+        key_revoked_at: None,
         built_from_unbound: None,
     };
     let ok = vec![approval("bob", NOW), approval("carol", NOW)];
@@ -323,6 +325,7 @@ fn runs_of_a_reporter_without_the_report_role_do_not_count() {
         reporter,
         passed,
         description: format!("run by {reporter}"),
+        key_revoked_at: None,
         built_from_unbound: None,
     };
     let mut decide = |sandbox_roles: &[&str], runs: Vec<CiFact<'static>>| {
@@ -350,6 +353,39 @@ fn runs_of_a_reporter_without_the_report_role_do_not_count() {
     assert_eq!(decide(&[], runs).0, Allow);
 }
 
+/// A run signed with a key revoked or rotated away since no longer
+/// counts, pass or fail, whoever reported it: a stolen runner key's word
+/// goes with the key, as an approval's does.
+#[test]
+fn runs_signed_with_a_key_revoked_since_do_not_count() {
+    use Decision::*;
+    let policy = Policy::parse(POLICY).unwrap();
+    let principals = people();
+    let run = |passed: bool, key_revoked_at: Option<u64>| CiFact {
+        reporter: "ci",
+        key_revoked_at,
+        passed,
+        description: "run by ci".into(),
+        built_from_unbound: None,
+    };
+    let decide = |runs: Vec<CiFact<'static>>| {
+        let ok = vec![approval("bob", NOW), approval("carol", NOW)];
+        decide_prod_with_runs(&policy, &principals, ok, runs)
+    };
+    assert_eq!(decide(vec![run(true, None)]).0, Allow);
+    assert_eq!(
+        decide(vec![run(true, Some(40))]),
+        (
+            Deny,
+            "no passing CI run is recorded for sha256:aaaa; runs signed with a key revoked or rotated away since do not count: by ci (its key was revoked or rotated away at entry 40)".into()
+        )
+    );
+    // A failure signed with the stolen key holds nothing back: the run
+    // before it, with the current key, decides.
+    assert_eq!(decide(vec![run(true, None), run(false, Some(40))]).0, Allow);
+    assert_eq!(decide(vec![run(true, None), run(false, None)]).0, Deny);
+}
+
 /// A digest of a change that binds commits must have been built from one
 /// of them: approvers reviewed those commits, not the one CI says the
 /// artifact holds.
@@ -362,6 +398,7 @@ fn a_digest_built_from_a_commit_the_change_does_not_bind_is_denied() {
         reporter: "ci",
         passed: true,
         description: String::new(),
+        key_revoked_at: None,
         built_from_unbound: Some("0123456789abcdef0123456789abcdef01234567"),
     });
     check(
@@ -374,7 +411,16 @@ fn a_digest_built_from_a_commit_the_change_does_not_bind_is_denied() {
             "sha256:aaaa was built from commit 0123456789ab (a CI run reported by ci), which change CHG-1 does not bind: its approvers did not review that code; amend the change to bind it",
         ),
     );
-    // A run by someone who may not report says nothing.
+    // A run signed with a key revoked since says nothing...
+    c.ci.get_mut(D).unwrap().last_mut().unwrap().key_revoked_at = Some(40);
+    check(
+        request("prod"),
+        Some(c.clone()),
+        staged(),
+        (Allow, Some("prod"), "satisfied"),
+    );
+    c.ci.get_mut(D).unwrap().last_mut().unwrap().key_revoked_at = None;
+    // ...and neither does a run by someone who may not report.
     c.ci.get_mut(D).unwrap().last_mut().unwrap().reporter = "bot";
     check(
         request("prod"),
@@ -467,6 +513,7 @@ fn every_rule_kind() {
         reporter: "ci",
         passed: false,
         description: "run 8 failed at entry 9".into(),
+        key_revoked_at: None,
         built_from_unbound: None,
     });
     check(

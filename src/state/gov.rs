@@ -181,6 +181,9 @@ pub struct CiRec {
     pub pipeline: String,
     pub run_id: String,
     pub url: String,
+    /// The key that signed it: once that key is revoked or rotated away,
+    /// the run no longer speaks for its reporter (as a review does not).
+    pub key: [u8; 32],
 }
 
 impl CiRec {
@@ -1168,6 +1171,7 @@ impl State {
     /// Records a CI run.
     pub(super) fn apply_ci_run(
         &mut self,
+        key: &VerifyingKey,
         index: u64,
         at: i64,
         signer: &PrincipalId,
@@ -1187,6 +1191,7 @@ impl State {
             pipeline: r.pipeline.clone(),
             run_id: r.run_id.clone(),
             url: r.url.clone(),
+            key: key.to_bytes(),
         };
         self.gov.index_ci(&rec);
         self.gov.ci.insert(index, rec);
@@ -1628,7 +1633,7 @@ impl State {
                     subject_repositories.insert(c.repository.as_str());
                 }
             }
-            for r in self.gov.ci_runs_for(s) {
+            for r in self.gov.ci_runs_for(s).filter(|r| self.run_counts(r)) {
                 if !r.repository.is_empty() {
                     recorded = true;
                     if !bound(s) {
@@ -1902,9 +1907,33 @@ impl State {
     /// digest built from it. A change that binds only an image digest is
     /// still the code in that image.
     pub fn built_from<'a>(&'a self, rev: &'a RevisionRec) -> Vec<(&'a str, &'a str)> {
+        self.built_from_runs(rev, |_| true)
+    }
+
+    /// Whether a CI run still speaks for its reporter: the reporter may
+    /// report under the policy in force, and the key that signed the run
+    /// has not been revoked or rotated away since. The evaluator applies
+    /// the same test to the runs it reads for `ci_passed` and provenance
+    /// (`policy::CiFact`); here it keeps a run that no longer counts from
+    /// choosing the rule, or adding a commit whose code must be accounted
+    /// for, as it would a stolen key's or a demoted runner's word.
+    fn run_counts(&self, r: &CiRec) -> bool {
+        self.key_revoked_at(&r.key).is_none()
+            && self
+                .facts
+                .get(r.builder.as_str())
+                .is_some_and(|p| self.gov.policy().permits(&p.roles, Permission::Report))
+    }
+
+    /// [`State::built_from`] over the runs `keep` admits.
+    fn built_from_runs<'a>(
+        &'a self,
+        rev: &'a RevisionRec,
+        keep: impl Fn(&CiRec) -> bool,
+    ) -> Vec<(&'a str, &'a str)> {
         let mut out: Vec<(&str, &str)> = Vec::new();
         for d in &rev.digests {
-            for r in self.gov.ci_runs_for(d) {
+            for r in self.gov.ci_runs_for(d).filter(|r| keep(r)) {
                 let from = r.commit.as_str();
                 if !from.is_empty()
                     && !rev.commits.contains(from)
@@ -1997,7 +2026,10 @@ impl State {
         // commit each CI run reporting one of its digests names. A change
         // that binds only an image digest still excludes the people who
         // wrote what is in the image.
-        let built_from = self.built_from(cur);
+        // Only from runs that still count: a stolen key's or a demoted
+        // runner's claim adds no commit to account for (and no author gap
+        // that no ingestion could close).
+        let built_from = self.built_from_runs(cur, |r| self.run_counts(r));
         for (from, digest) in &built_from {
             self.authors_of(
                 from,
@@ -2014,13 +2046,15 @@ impl State {
         for (s, is_digest) in tagged.chain(cur.digests.iter().map(|d| (d, true))) {
             let mut runs = Vec::new();
             for r in self.gov.ci_runs_for(s) {
+                // Whoever built it is excluded, counted run or not.
                 builders.insert(r.builder.as_str());
-                if !r.repository.is_empty() {
+                if !r.repository.is_empty() && self.run_counts(r) {
                     code_repositories.insert(r.repository.as_str());
                 }
                 let from = r.commit.as_str();
                 runs.push(policy::CiFact {
                     reporter: r.builder.as_str(),
+                    key_revoked_at: self.key_revoked_at(&r.key),
                     passed: r.passed,
                     description: if r.passed {
                         String::new()
@@ -2081,7 +2115,12 @@ impl State {
             unsourced_digests: cur
                 .digests
                 .iter()
-                .filter(|d| self.gov.ci_runs_for(d).all(|r| r.commit.is_empty()))
+                .filter(|d| {
+                    self.gov
+                        .ci_runs_for(d)
+                        .filter(|r| self.run_counts(r))
+                        .all(|r| r.commit.is_empty())
+                })
                 .map(String::as_str)
                 .collect(),
         }

@@ -62,7 +62,12 @@ pub use identity::PendingIdentity;
 /// 16: a repository only the change names counts as unknown in rule
 /// selection, and so does that of a request subject nothing records; a
 /// deny decided on a found change names the other changes binding them.
-pub const STATE_FORMAT: u32 = 17;
+/// 17: reviews and policy approvals keep the key that signed them, and
+/// stop counting once it is revoked or rotated away.
+/// 18: CI runs keep theirs too; a run whose key has gone, or whose
+/// reporter may no longer report, neither passes CI nor names a
+/// repository or a source commit for a decision.
+pub const STATE_FORMAT: u32 = 18;
 
 /// The most keys (every one ever added, revoked ones included), roles and
 /// e-mails one principal's record holds; a change past it is refused
@@ -317,13 +322,15 @@ impl SignerKeys {
 
     /// The key a fold that checks signatures apart (on other threads:
     /// `docket verify`, evidence bundles) hands [`State::apply`] with
-    /// `body`. For a change review or a policy approval, which keep the key
-    /// that signed them (ledger-format §8.3), it is that key, found here by
+    /// `body`. For a change review, a policy approval or a CI run, which
+    /// keep the key that signed them (ledger-format §8.3), it is that key, found here by
     /// [`SignerKeys::authenticate`] as the live fold found it, whatever the
     /// keyid hint says. The other bodies do not read it: the preferred key.
     pub fn key_for_fold(&self, env: &Envelope, body: &Body) -> Result<VerifyingKey, AuthError> {
         match body {
-            Body::ChangeReviewed(_) | Body::PolicyApproved { .. } => self.authenticate(env),
+            Body::ChangeReviewed(_) | Body::PolicyApproved { .. } | Body::CiRunReported(_) => {
+                self.authenticate(env)
+            }
             _ => self
                 .preferred(env)
                 .ok_or_else(|| AuthError::NoActiveKey(self.signer.clone())),
@@ -610,7 +617,7 @@ impl State {
             }
             Body::Annotation { .. } => {}
             Body::CommitObserved(c) => self.apply_commit_observed(index, signer, c)?,
-            Body::CiRunReported(r) => self.apply_ci_run(index, at, signer, r)?,
+            Body::CiRunReported(r) => self.apply_ci_run(key, index, at, signer, r)?,
             Body::ChangeOpened(c) => self.apply_change_opened(index, at, signer, c)?,
             Body::ChangeAmended(a) => self.apply_change_amended(index, at, signer, a)?,
             Body::ChangeReviewed(r) => self.apply_change_reviewed(index, at, signer, key, r)?,

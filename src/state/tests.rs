@@ -2423,3 +2423,117 @@ fn a_new_entrys_signature_search_is_bounded_and_agrees_with_replay() {
     // Replay, unbounded, still finds it.
     assert_eq!(keys.authenticate(&costly), Ok(seeds[last].verifying_key()));
 }
+
+/// A CI run speaks for its reporter only while the key that signed it
+/// stands and the reporter may report: a run signed with a key rotated
+/// away since neither passes CI nor, from a reporter since demoted, adds a
+/// commit to account for or a repository to pick the rule by.
+#[test]
+fn a_ci_run_no_longer_counting_passes_nothing_adds_no_commit_and_picks_no_rule() {
+    use crate::event::CiStatus;
+    let ci_policy = format!(
+        "{}ci_passed = true\n",
+        POLICY.strip_suffix("approvals = 2\n").unwrap()
+    );
+    let mut f = Fold::new(&ci_policy);
+    f.register("bob", PrincipalKind::Human, &["dev"], &[2]);
+    f.register("carol", PrincipalKind::Human, &["dev"], &[3]);
+    f.register("ci", PrincipalKind::Ci, &["ci"], &[9]);
+    f.ci_run("ci", "github.com/acme/payments", "", D, CiStatus::Passed);
+    f.open("ci", "CHG-1", D).unwrap();
+    f.review("bob", "CHG-1", D, true).unwrap();
+    f.review("carol", "CHG-1", D, true).unwrap();
+    assert!(f.deploy("ci", D).allow);
+    // The runner's key is stolen; it rotates away from it.
+    let rotated = f
+        .apply(
+            "ci",
+            Body::KeyRotated {
+                principal: id("ci"),
+                new_key: key(19),
+                old_key: Some(key(9)),
+            },
+        )
+        .unwrap();
+    let d = f.deploy("ci", D);
+    assert!(!d.allow);
+    assert!(
+        d.reasons.contains(&format!(
+            "no passing CI run is recorded for {D}; runs signed with a key revoked or rotated away since do not count: by ci (its key was revoked or rotated away at entry {rotated})"
+        )),
+        "{:?}",
+        d.reasons
+    );
+    // A run signed with the new key counts.
+    f.ci_run("ci", "github.com/acme/payments", "", D, CiStatus::Passed);
+    assert!(f.deploy("ci", D).allow);
+
+    // A runner that names a commit no one can ingest as the source of D
+    // blocks approvals (the commit's authors are unknown) while it may
+    // report, and no longer once it may not.
+    let mut f = Fold::new(POLICY);
+    f.register("bob", PrincipalKind::Human, &["dev"], &[2]);
+    f.register("carol", PrincipalKind::Human, &["dev"], &[3]);
+    f.register("ci", PrincipalKind::Ci, &["ci"], &[9]);
+    f.register("ci-x", PrincipalKind::Ci, &["ci"], &[10]);
+    let made_up = "0123456789abcdef0123456789abcdef01234567";
+    f.ci_run("ci-x", "github.com/acme/docs", made_up, D, CiStatus::Passed);
+    f.open("ci", "CHG-1", D).unwrap();
+    f.review("bob", "CHG-1", D, true).unwrap();
+    f.review("carol", "CHG-1", D, true).unwrap();
+    let d = f.deploy("ci", D);
+    assert!(!d.allow);
+    assert!(
+        d.reasons.iter().any(|r| r.starts_with(
+            "commit 0123456789ab (built into sha256:aaaaaaaaaaaa) has not been observed"
+        )),
+        "{:?}",
+        d.reasons
+    );
+    f.apply(
+        "admin",
+        Body::PrincipalUpdated(PrincipalUpdate {
+            principal: id("ci-x"),
+            grant_roles: BTreeSet::new(),
+            revoke_roles: set(&["ci"]),
+            add_emails: BTreeSet::new(),
+            remove_emails: BTreeSet::new(),
+            reason: "compromised runner".into(),
+        }),
+    )
+    .unwrap();
+    let d = f.deploy("ci", D);
+    assert!(d.allow, "{:?}", d.reasons);
+
+    // Its repository no longer picks the rule either: a request for D
+    // without a change, under a rule pinned to payments and a lax one
+    // after it, stops at the pinned one ("repository is unknown").
+    let pinned = "version = 1\n[permissions]\nregister_principals = [\"admin\"]\nchange_roles = [\"admin\"]\nreport = [\"ci\"]\nopen_change = [\"ci\"]\n\n[[rule]]\nname = \"payments\"\nmatch.environments = [\"prod\"]\nmatch.repositories = [\"github.com/acme/payments\"]\napprovals = 2\n\n[[rule]]\nname = \"other\"\nmatch.environments = [\"prod\"]\n";
+    let mut f = Fold::new(pinned);
+    f.register("ci", PrincipalKind::Ci, &["ci"], &[9]);
+    f.register("ci-x", PrincipalKind::Ci, &["ci"], &[10]);
+    f.ci_run("ci-x", "github.com/acme/docs", "", D, CiStatus::Failed);
+    let d = f.deploy("ci", D);
+    assert_eq!((d.allow, d.rule.as_deref()), (true, Some("other")));
+    f.apply(
+        "admin",
+        Body::PrincipalUpdated(PrincipalUpdate {
+            principal: id("ci-x"),
+            grant_roles: BTreeSet::new(),
+            revoke_roles: set(&["ci"]),
+            add_emails: BTreeSet::new(),
+            remove_emails: BTreeSet::new(),
+            reason: String::new(),
+        }),
+    )
+    .unwrap();
+    let d = f.deploy("ci", D);
+    assert!(!d.allow);
+    assert!(
+        d.reasons[0].starts_with(
+            "rule \"payments\" applies to the repository github.com/acme/payments, and this request's repository is unknown"
+        ),
+        "{:?}",
+        d.reasons
+    );
+}
