@@ -521,9 +521,11 @@ fn verify(a: VerifyArgs) -> CliResult {
                              of its subjects) are proven complete only as far as its recorded decisions read them"
                         ),
                         None => eprintln!(
-                            "warning: this change bundle does not show that it carries the change's entries \
-                             after its last carried deployment (evidence-format §2.3); export it with \
-                             --complete for one that does"
+                            "warning: this change bundle does not show that it carries every entry concerning \
+                             the change: no carried decision read its reviews, amendments and CI runs after \
+                             its last carried deployment, nor its deployments of subjects it no longer binds \
+                             (an earlier break-glass, say), so those could be left out (evidence-format \
+                             §2.3); export it with --complete for one that does"
                         ),
                     }
                 }

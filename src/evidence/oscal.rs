@@ -70,8 +70,15 @@ pub(super) fn assessment_results(view: &View<'_>) -> Value {
     .min(meta.as_of);
     let scope_words = match &meta.scope {
         Scope::Change { .. } => meta.scope.describe(),
-        Scope::Period { .. } => "a period".to_owned(),
-        Scope::Control { control, .. } => format!("{} over a period", control.key()),
+        // The bounds and the filters: a finding read on its own (GRC tools
+        // read this file, not the report) must not pass for a wider scope.
+        Scope::Period { .. } => format!("the period {}", meta.scope.period_words()),
+        Scope::Control { control, from, to } => format!(
+            "{} over the period {} to {}",
+            control.key(),
+            crate::state::gov::fmt_nanos(*from),
+            crate::state::gov::fmt_nanos(*to)
+        ),
     };
     let mut observations = Vec::new();
     let mut findings = Vec::new();

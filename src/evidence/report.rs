@@ -173,8 +173,10 @@ pub(super) fn html(view: &View<'_>) -> String {
         gov.deployments().count(),
         match (&meta.scope, meta.range) {
             (Scope::Change { .. }, None) =>
-                " It does not prove that it carries the change's entries after its last \
-                 carried deployment; a bundle exported with <code>--complete</code> does.",
+                " It does not prove that it carries every entry concerning the change: its \
+                 reviews, amendments and CI runs after its last carried deployment, and its \
+                 deployments of subjects it no longer binds (an earlier break-glass, say), \
+                 could be left out; a bundle exported with <code>--complete</code> proves it.",
             _ => "",
         },
         match (&meta.scope, meta.unfinished_period()) {

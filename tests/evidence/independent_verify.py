@@ -627,6 +627,7 @@ def decode_range_bin(data):
     require(stop <= len(data), "range.bin", "truncated in the right hashes")
     require(stop == len(data), "range.bin", "trailing bytes")
     right = [data[p:p + 32] for p in range(pos + 1, stop, 32)]
+    require(a <= 64 and b <= 64, "range.bin", f"{a} left and {b} right hashes; at most 64 each")
     require(start < end, "range.bin", f"start {start} is not below end {end}")
     return start, end, left, right
 
@@ -2315,9 +2316,15 @@ class Derived:
             times = [r["time"] for r in self.fold.records if r["index"] in self.in_scope]
             start = times[0] if times else self.as_of
         elif s["kind"] == "period":
-            words, start = "a period", s["from"]
+            words = f"the period {fmt_time(s['from'])} to {fmt_time(s['to'])}"
+            if s["environments"]:
+                words += ", environments " + ", ".join(s["environments"])
+            if s["repositories"]:
+                words += ", repositories " + ", ".join(s["repositories"])
+            start = s["from"]
         else:
-            words, start = f"{s['control']} over a period", s["from"]
+            words = f"{s['control']} over the period {fmt_time(s['from'])} to {fmt_time(s['to'])}"
+            start = s["from"]
         start = min(start, self.as_of)
         controls = [s["control"]] if s["kind"] == "control" else list(CONTROLS)
 

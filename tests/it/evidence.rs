@@ -2089,7 +2089,7 @@ async fn the_cli_exports_and_verifies_with_clear_exit_codes() {
     // what it does.
     assert!(
         r.stderr.contains(
-            "warning: this change bundle does not show that it carries the change's entries after its last carried deployment"
+            "warning: this change bundle does not show that it carries every entry concerning the change"
         ),
         "{}",
         r.stderr
@@ -2210,6 +2210,13 @@ async fn the_cli_exports_and_verifies_with_clear_exit_codes() {
     assert!(
         oscal.contains("the period is proven complete only up to ")
             && !oscal.contains("proven complete by its boundary entries"),
+        "{oscal}"
+    );
+    // Its findings name the period and the filter, read without the report.
+    assert!(
+        oscal.contains(&format!(
+            "\"description\": \"Satisfied for the period {from} to {to}, environments prod: "
+        )),
         "{oscal}"
     );
     let (code, said) = independent_verify(&bytes, std::path::Path::new(&vkey));
