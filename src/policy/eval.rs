@@ -586,8 +586,18 @@ fn may_report(
     principals: &BTreeMap<String, PrincipalFacts>,
     f: &CiFact<'_>,
 ) -> bool {
+    reporter_may_report(policy, principals, f.reporter)
+}
+
+/// Whether `reporter` holds a role that may report under `policy`: the
+/// test [`may_report`] applies to a run, for whoever reads runs apart.
+pub fn reporter_may_report(
+    policy: &Policy,
+    principals: &BTreeMap<String, PrincipalFacts>,
+    reporter: &str,
+) -> bool {
     principals
-        .get(f.reporter)
+        .get(reporter)
         .is_some_and(|p| policy.permits(&p.roles, Permission::Report))
 }
 

@@ -9,7 +9,7 @@ mod parse;
 pub use eval::{
     Approval, ChangeFacts, CiFact, CommitFact, Counted, Decision, Deployment, Facts, NotCounted,
     Obligation, PrincipalFacts, Request, SubjectsKey, Verdict, evaluate, human_secs,
-    policy_change_activates,
+    policy_change_activates, reporter_may_report,
 };
 
 /// The policy in force when genesis names none. Never edit it: logs whose

@@ -1919,10 +1919,7 @@ impl State {
     /// for, as it would a stolen key's or a demoted runner's word.
     fn run_counts(&self, r: &CiRec) -> bool {
         self.key_revoked_at(&r.key).is_none()
-            && self
-                .facts
-                .get(r.builder.as_str())
-                .is_some_and(|p| self.gov.policy().permits(&p.roles, Permission::Report))
+            && policy::reporter_may_report(self.gov.policy(), &self.facts, &r.builder)
     }
 
     /// [`State::built_from`] over the runs `keep` admits.

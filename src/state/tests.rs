@@ -48,6 +48,15 @@ match.environments = ["prod"]
 approvals = 2
 "#;
 
+/// `POLICY` with its prod rule requiring `requirements` instead of two
+/// approvals.
+fn prod_rule_requiring(requirements: &str) -> String {
+    format!(
+        "{}{requirements}",
+        POLICY.strip_suffix("approvals = 2\n").unwrap()
+    )
+}
+
 /// A state folded from events applied one after another.
 #[derive(Clone)]
 struct Fold {
@@ -116,6 +125,22 @@ impl Fold {
             body,
         };
         self.st.apply(index, self.t, &ev, &key(k)).map(|()| index)
+    }
+
+    /// The administrator takes `role` from `who`.
+    fn take_role(&mut self, who: &str, role: &str) {
+        self.apply(
+            "admin",
+            Body::PrincipalUpdated(PrincipalUpdate {
+                principal: id(who),
+                grant_roles: BTreeSet::new(),
+                revoke_roles: set(&[role]),
+                add_emails: BTreeSet::new(),
+                remove_emails: BTreeSet::new(),
+                reason: String::new(),
+            }),
+        )
+        .unwrap();
     }
 
     fn register(&mut self, who: &str, kind: PrincipalKind, roles: &[&str], keys: &[u8]) {
@@ -1303,10 +1328,7 @@ retry declined cards once\n"
 #[test]
 fn only_the_ci_reporters_a_rule_names_speak_for_its_ci() {
     use crate::event::CiStatus;
-    let policy = format!(
-        "{}ci_passed = true\nci_reporters = [\"ci-payments\"]\n",
-        POLICY.strip_suffix("approvals = 2\n").unwrap()
-    );
+    let policy = prod_rule_requiring("ci_passed = true\nci_reporters = [\"ci-payments\"]\n");
     let mut f = Fold::new(&policy);
     f.register("ci-payments", PrincipalKind::Ci, &["ci"], &[9]);
     f.register("ci-sandbox", PrincipalKind::Ci, &["ci"], &[10]);
@@ -2431,10 +2453,7 @@ fn a_new_entrys_signature_search_is_bounded_and_agrees_with_replay() {
 #[test]
 fn a_ci_run_no_longer_counting_passes_nothing_adds_no_commit_and_picks_no_rule() {
     use crate::event::CiStatus;
-    let ci_policy = format!(
-        "{}ci_passed = true\n",
-        POLICY.strip_suffix("approvals = 2\n").unwrap()
-    );
+    let ci_policy = prod_rule_requiring("ci_passed = true\n");
     let mut f = Fold::new(&ci_policy);
     f.register("bob", PrincipalKind::Human, &["dev"], &[2]);
     f.register("carol", PrincipalKind::Human, &["dev"], &[3]);
@@ -2490,18 +2509,7 @@ fn a_ci_run_no_longer_counting_passes_nothing_adds_no_commit_and_picks_no_rule()
         "{:?}",
         d.reasons
     );
-    f.apply(
-        "admin",
-        Body::PrincipalUpdated(PrincipalUpdate {
-            principal: id("ci-x"),
-            grant_roles: BTreeSet::new(),
-            revoke_roles: set(&["ci"]),
-            add_emails: BTreeSet::new(),
-            remove_emails: BTreeSet::new(),
-            reason: "compromised runner".into(),
-        }),
-    )
-    .unwrap();
+    f.take_role("ci-x", "ci");
     let d = f.deploy("ci", D);
     assert!(d.allow, "{:?}", d.reasons);
 
@@ -2515,18 +2523,7 @@ fn a_ci_run_no_longer_counting_passes_nothing_adds_no_commit_and_picks_no_rule()
     f.ci_run("ci-x", "github.com/acme/docs", "", D, CiStatus::Failed);
     let d = f.deploy("ci", D);
     assert_eq!((d.allow, d.rule.as_deref()), (true, Some("other")));
-    f.apply(
-        "admin",
-        Body::PrincipalUpdated(PrincipalUpdate {
-            principal: id("ci-x"),
-            grant_roles: BTreeSet::new(),
-            revoke_roles: set(&["ci"]),
-            add_emails: BTreeSet::new(),
-            remove_emails: BTreeSet::new(),
-            reason: String::new(),
-        }),
-    )
-    .unwrap();
+    f.take_role("ci-x", "ci");
     let d = f.deploy("ci", D);
     assert!(!d.allow);
     assert!(
