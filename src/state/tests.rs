@@ -127,6 +127,19 @@ impl Fold {
         self.st.apply(index, self.t, &ev, &key(k)).map(|()| index)
     }
 
+    /// `who` rotates its own key `old` away to `new`; the entry's index.
+    fn rotate_own(&mut self, who: &str, old: u8, new: u8) -> u64 {
+        self.apply(
+            who,
+            Body::KeyRotated {
+                principal: id(who),
+                new_key: key(new),
+                old_key: Some(key(old)),
+            },
+        )
+        .unwrap()
+    }
+
     /// The administrator takes `role` from `who`.
     fn take_role(&mut self, who: &str, role: &str) {
         self.apply(
@@ -2259,16 +2272,7 @@ fn what_a_revoked_key_signed_no_longer_counts() {
     let allowed_at = f.st.next_index() - 1;
 
     // Bob rotates his key: his approval goes with it.
-    let rotated = f
-        .apply(
-            "bob",
-            Body::KeyRotated {
-                principal: id("bob"),
-                new_key: key(13),
-                old_key: Some(key(3)),
-            },
-        )
-        .unwrap();
+    let rotated = f.rotate_own("bob", 3, 13);
     let d = f.deploy("alice", D);
     assert!(!d.allow);
     assert!(
@@ -2464,16 +2468,7 @@ fn a_ci_run_no_longer_counting_passes_nothing_adds_no_commit_and_picks_no_rule()
     f.review("carol", "CHG-1", D, true).unwrap();
     assert!(f.deploy("ci", D).allow);
     // The runner's key is stolen; it rotates away from it.
-    let rotated = f
-        .apply(
-            "ci",
-            Body::KeyRotated {
-                principal: id("ci"),
-                new_key: key(19),
-                old_key: Some(key(9)),
-            },
-        )
-        .unwrap();
+    let rotated = f.rotate_own("ci", 9, 19);
     let d = f.deploy("ci", D);
     assert!(!d.allow);
     assert!(
