@@ -120,6 +120,9 @@ pub struct ChangeFacts<'a> {
     pub requesters: BTreeSet<&'a str>,
     /// Current subjects: commit SHAs and artifact digests.
     pub subjects: BTreeSet<&'a str>,
+    /// `SubjectsKey::of(&subjects)` when whoever built the facts kept it
+    /// (the state does, per revision); computed from `subjects` otherwise.
+    pub subjects_key: Option<SubjectsKey>,
     pub environments: BTreeSet<&'a str>,
     /// Principals who authored or committed any commit of the change.
     pub authors: BTreeSet<&'a str>,
@@ -169,7 +172,7 @@ pub struct Deployment<'a> {
 /// Everything evaluation may look at.
 #[derive(Clone, Copy, Debug)]
 pub struct Facts<'a> {
-    pub principals: &'a BTreeMap<String, PrincipalFacts>,
+    pub principals: &'a super::Principals,
     /// The change binding the request's subjects, if any.
     pub change: Option<&'a ChangeFacts<'a>>,
     /// The repositories the request's own subjects were observed in (their
@@ -361,11 +364,17 @@ fn unknown_reason(rule: &Rule, u: Unknown<'_>) -> String {
     )
 }
 
+/// The members, comma-separated.
 fn list<S: AsRef<str>>(s: &BTreeSet<S>) -> String {
-    s.iter()
-        .map(AsRef::as_ref)
-        .collect::<Vec<&str>>()
-        .join(", ")
+    let len = s.iter().map(|m| m.as_ref().len() + 2).sum::<usize>();
+    let mut out = String::with_capacity(len.saturating_sub(2));
+    for (i, m) in s.iter().enumerate() {
+        if i > 0 {
+            out.push_str(", ");
+        }
+        out.push_str(m.as_ref());
+    }
+    out
 }
 
 /// Whether more than `max_secs` passed from `then` (nanoseconds since the
@@ -581,11 +590,7 @@ pub fn evaluate(policy: &Policy, req: &Request, facts: &Facts<'_>) -> Verdict {
 /// Checked when the run was recorded, and again at each decision: a
 /// reporter whose role was taken away (a compromised runner, say) takes its
 /// runs with it, as an approver's does.
-fn may_report(
-    policy: &Policy,
-    principals: &BTreeMap<String, PrincipalFacts>,
-    f: &CiFact<'_>,
-) -> bool {
+fn may_report(policy: &Policy, principals: &super::Principals, f: &CiFact<'_>) -> bool {
     reporter_may_report(policy, principals, f.reporter)
 }
 
@@ -593,7 +598,7 @@ fn may_report(
 /// test [`may_report`] applies to a run, for whoever reads runs apart.
 pub fn reporter_may_report(
     policy: &Policy,
-    principals: &BTreeMap<String, PrincipalFacts>,
+    principals: &super::Principals,
     reporter: &str,
 ) -> bool {
     principals
@@ -604,17 +609,13 @@ pub fn reporter_may_report(
 /// Whether a CI run counts: its reporter may report ([`may_report`]) and
 /// the key that signed it has not been revoked or rotated away since, so
 /// a run signed with a stolen key goes with the key, as an approval does.
-fn run_counts(
-    policy: &Policy,
-    principals: &BTreeMap<String, PrincipalFacts>,
-    f: &CiFact<'_>,
-) -> bool {
+fn run_counts(policy: &Policy, principals: &super::Principals, f: &CiFact<'_>) -> bool {
     f.key_revoked_at.is_none() && may_report(policy, principals, f)
 }
 
 fn ci_reason(
     policy: &Policy,
-    principals: &BTreeMap<String, PrincipalFacts>,
+    principals: &super::Principals,
     rule: &Rule,
     subject: &str,
     runs: Option<&Vec<CiFact<'_>>>,
@@ -691,7 +692,7 @@ fn ci_reason(
 /// reviewed other code than the artifact holds.
 fn provenance_reasons(
     policy: &Policy,
-    principals: &BTreeMap<String, PrincipalFacts>,
+    principals: &super::Principals,
     c: &ChangeFacts<'_>,
 ) -> Vec<String> {
     let mut seen = BTreeSet::new();
@@ -829,8 +830,10 @@ fn evaluate_rule(policy: &Policy, rule: &Rule, req: &Request, facts: &Facts<'_>)
         }
         None => None,
     };
-    let mut counted: Vec<Counted> = Vec::new();
-    let mut not_counted: Vec<NotCounted> = Vec::new();
+    // Every review lands in one of the two lists at most once.
+    let reviews = change.map_or(0, |c| c.approvals.len());
+    let mut counted: Vec<Counted> = Vec::with_capacity(reviews);
+    let mut not_counted: Vec<NotCounted> = Vec::with_capacity(reviews);
     if let Some(c) = change {
         let unbound: BTreeSet<String> = req
             .subjects
@@ -865,7 +868,10 @@ fn evaluate_rule(policy: &Policy, rule: &Rule, req: &Request, facts: &Facts<'_>)
             reasons.extend(c.sod_gaps.iter().cloned());
             reasons.extend(provenance_reasons(policy, facts.principals, c));
         }
-        let current_subjects = SubjectsKey::of(&c.subjects);
+        let current_subjects = c
+            .subjects_key
+            .unwrap_or_else(|| SubjectsKey::of(&c.subjects));
+        debug_assert_eq!(current_subjects, SubjectsKey::of(&c.subjects));
         // A review speaks for this revision only if it came after it and
         // saw exactly its subjects.
         let is_fresh = |a: &Approval<'_>| a.index > c.revised_at && a.seen == current_subjects;
@@ -874,11 +880,14 @@ fn evaluate_rule(policy: &Policy, rule: &Rule, req: &Request, facts: &Facts<'_>)
         // review sent after a fresh one does not displace it, so a
         // rejection of this revision stands until its author approves
         // this revision or the change is amended.
-        let mut speaks: BTreeMap<&str, &Approval<'_>> = BTreeMap::new();
+        // Hash maps: each review looks its reviewer up, and the reviews
+        // that speak are put back in log order below.
+        let mut speaks: foldhash::HashMap<&str, &Approval<'_>> =
+            foldhash::HashMap::with_capacity_and_hasher(reviews, Default::default());
         // A rejection that saw an earlier revision, sent after the person's
         // approval of this one, does not block, but it does withdraw that
         // approval: whatever the reviewer meant, the later word was "no".
-        let mut withdrawn: BTreeMap<&str, u64> = BTreeMap::new();
+        let mut withdrawn: foldhash::HashMap<&str, u64> = Default::default();
         for a in &c.approvals {
             // Withdrawn with its key, as if never made: a stolen key's
             // approval stops counting, and its rejection stops blocking,
@@ -894,16 +903,20 @@ fn evaluate_rule(policy: &Policy, rule: &Rule, req: &Request, facts: &Facts<'_>)
                 });
                 continue;
             }
-            let Some(prev) = speaks.get(a.approver.as_ref()).copied() else {
-                speaks.insert(a.approver.as_ref(), a);
-                continue;
+            let slot = match speaks.entry(a.approver.as_ref()) {
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    v.insert(a);
+                    continue;
+                }
+                std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
             };
+            let prev = *slot;
             let (kept, dropped) = if is_fresh(a) || !is_fresh(prev) {
                 (a, prev)
             } else {
                 (prev, a)
             };
-            speaks.insert(a.approver.as_ref(), kept);
+            *slot = kept;
             if kept.index < dropped.index && kept.approve && !dropped.approve {
                 withdrawn.insert(a.approver.as_ref(), dropped.index);
             } else if kept.index > dropped.index {
@@ -932,7 +945,9 @@ fn evaluate_rule(policy: &Policy, rule: &Rule, req: &Request, facts: &Facts<'_>)
             });
         }
         let mut current: Vec<&Approval<'_>> = speaks.into_values().collect();
-        current.sort_by_key(|a| a.index);
+        current.sort_unstable_by_key(|a| a.index);
+        // The principal of each counted approver, in `counted`'s order.
+        let mut counted_facts: Vec<&PrincipalFacts> = Vec::with_capacity(current.len());
         for a in current {
             let who = a.approver.to_string();
             let fresh = is_fresh(a);
@@ -1013,6 +1028,7 @@ fn evaluate_rule(policy: &Policy, rule: &Rule, req: &Request, facts: &Facts<'_>)
                 }),
                 None => {
                     let roles = p.map(|p| list(&p.roles)).unwrap_or_default();
+                    counted_facts.extend(p);
                     counted.push(Counted {
                         approver: who,
                         roles,
@@ -1023,12 +1039,12 @@ fn evaluate_rule(policy: &Policy, rule: &Rule, req: &Request, facts: &Facts<'_>)
         }
         // One person fills one role requirement: "one from security and
         // one from dba" asks for two people, even when one holds both roles.
-        let holds: Vec<Vec<usize>> = counted
+        debug_assert_eq!(counted_facts.len(), counted.len());
+        let holds: Vec<Vec<usize>> = counted_facts
             .iter()
-            .map(|c| {
-                let roles = facts.principals.get(&c.approver).map(|p| &p.roles);
+            .map(|p| {
                 (0..rule.require_roles.len())
-                    .filter(|&r| roles.is_some_and(|rs| rs.contains(&rule.require_roles[r].0)))
+                    .filter(|&r| p.roles.contains(&rule.require_roles[r].0))
                     .collect()
             })
             .collect();
@@ -1154,7 +1170,7 @@ pub fn policy_change_activates(
     current: &Policy,
     proposer: &str,
     approvers: &[String],
-    principals: &BTreeMap<String, PrincipalFacts>,
+    principals: &super::Principals,
 ) -> bool {
     let rule = &current.policy_changes;
     let distinct: BTreeSet<&String> = approvers

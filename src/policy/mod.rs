@@ -108,5 +108,10 @@ pub fn glob_match(pattern: &str, text: &str) -> bool {
 /// Roles as a set, for lookups.
 pub type Roles = BTreeSet<String>;
 
+/// What evaluation knows of each principal, by principal id. A hash map:
+/// a decision looks up every reviewer and CI reporter of a change, and
+/// nothing iterates it, so no order is lost.
+pub type Principals = foldhash::HashMap<String, PrincipalFacts>;
+
 #[cfg(test)]
 mod tests;

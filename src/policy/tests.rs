@@ -70,12 +70,12 @@ fn nanos(s: &str) -> i64 {
     i64::try_from(ts(s).as_nanosecond()).unwrap()
 }
 
-fn people() -> BTreeMap<String, PrincipalFacts> {
+fn people() -> Principals {
     let p = |human, roles: &[&str]| PrincipalFacts {
         human,
         roles: set(roles),
     };
-    BTreeMap::from([
+    Principals::from_iter([
         ("alice".into(), p(true, &["dev"])),
         ("bob".into(), p(true, &["dev"])),
         ("carol".into(), p(true, &["security"])),
@@ -133,6 +133,7 @@ fn change(approvals: Vec<Approval<'static>>) -> ChangeFacts<'static> {
         code_repositories: strs(&["github.com/acme/payments"]),
         requesters: strs(&["alice"]),
         subjects: strs(&["c1", D]),
+        subjects_key: None,
         environments: strs(&["staging", "prod"]),
         authors: strs(&["alice"]),
         sod_gaps: Vec::new(),
@@ -217,7 +218,7 @@ fn check(
 /// its CI: the verdict and the reasons joined.
 fn decide_prod_with_runs(
     policy: &Policy,
-    principals: &BTreeMap<String, PrincipalFacts>,
+    principals: &Principals,
     approvals: Vec<Approval<'static>>,
     runs: Vec<CiFact<'static>>,
 ) -> (Decision, String) {
@@ -1680,7 +1681,7 @@ proptest! {
         proposer in 0usize..5,
     ) {
         let p = Policy::parse(POLICY).unwrap();
-        let mut principals = BTreeMap::new();
+        let mut principals = Principals::default();
         for i in 0..5 {
             principals.insert(format!("p{i}"), PrincipalFacts { human: true, roles: set(&["policy-admin"]) });
         }

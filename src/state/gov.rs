@@ -32,7 +32,7 @@ use crate::event::{
     CommitObservation, DeployRequest, Event, PolicyProposal, PrincipalId, PrincipalKind,
     SignatureVerdict,
 };
-use crate::policy::{self, Permission, Policy, PrincipalFacts};
+use crate::policy::{self, Permission, Policy};
 
 // === persisted records ===
 
@@ -81,6 +81,9 @@ pub struct RevisionRec {
     pub digests: BTreeSet<String>,
     pub environments: BTreeSet<String>,
     pub reason: String,
+    /// `SubjectsKey::of(&self.subjects())`, kept so that a decision does
+    /// not hash the subjects again to tell which reviews saw them.
+    pub subjects_key: policy::SubjectsKey,
 }
 
 impl RevisionRec {
@@ -88,6 +91,11 @@ impl RevisionRec {
     pub fn subjects(&self) -> BTreeSet<String> {
         self.commits.union(&self.digests).cloned().collect()
     }
+}
+
+/// The key of a revision binding `commits` and `digests`.
+fn revision_key(commits: &BTreeSet<String>, digests: &BTreeSet<String>) -> policy::SubjectsKey {
+    policy::SubjectsKey::of(&commits.union(digests).collect::<BTreeSet<&String>>())
 }
 
 /// An approval or rejection.
@@ -850,7 +858,7 @@ impl State {
     }
 
     /// What evaluation knows of each principal.
-    pub fn principal_facts(&self) -> &BTreeMap<String, PrincipalFacts> {
+    pub fn principal_facts(&self) -> &policy::Principals {
         &self.facts
     }
 
@@ -996,6 +1004,7 @@ impl State {
                     digests: c.artifact_digests.clone(),
                     environments: c.environments.clone(),
                     reason: String::new(),
+                    subjects_key: revision_key(&c.commits, &c.artifact_digests),
                 }],
                 reviews: Vec::new(),
                 deployments: Vec::new(),
@@ -1048,6 +1057,7 @@ impl State {
             digests: a.artifact_digests.clone(),
             environments,
             reason: a.reason.clone(),
+            subjects_key: revision_key(&a.commits, &a.artifact_digests),
         });
         self.gov.index_change(id, Some(old));
         self.gov.dirty.changes.insert(id.to_owned());
@@ -2090,6 +2100,7 @@ impl State {
             code_repositories,
             requesters: c.requesters.iter().map(String::as_str).collect(),
             subjects,
+            subjects_key: Some(cur.subjects_key),
             environments: cur.environments.iter().map(String::as_str).collect(),
             authors,
             sod_gaps,

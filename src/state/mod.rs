@@ -67,7 +67,9 @@ pub use identity::PendingIdentity;
 /// 18: CI runs keep theirs too; a run whose key has gone, or whose
 /// reporter may no longer report, neither passes CI nor names a
 /// repository or a source commit for a decision.
-pub const STATE_FORMAT: u32 = 18;
+/// 19: each change revision keeps the key of its subjects (`c/` records),
+/// as reviews keep that of what they saw; no decision changes.
+pub const STATE_FORMAT: u32 = 19;
 
 /// The most keys (every one ever added, revoked ones included), roles and
 /// e-mails one principal's record holds; a change past it is refused
@@ -425,7 +427,7 @@ pub struct State {
     /// E-mail → the principal it identifies (derived from `principals`).
     emails: HashMap<String, PrincipalId>,
     /// What policy evaluation knows of each principal (derived from `principals`).
-    facts: BTreeMap<String, PrincipalFacts>,
+    facts: crate::policy::Principals,
     gov: Gov,
     /// Identity changes that waited for a second identity administrator,
     /// by the index of the entry that recorded them.

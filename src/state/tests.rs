@@ -1457,6 +1457,29 @@ fn an_amend_that_keeps_the_subjects_still_makes_earlier_reviews_stale() {
     assert_eq!((d.counted.len(), stale(&d)), (0, 2), "{d:?}");
 }
 
+/// Each revision keeps the key of its own subjects, which decisions compare
+/// with the key of what a review saw: after an amend to other subjects and
+/// back, every revision's key is that of its subjects, and a review of the
+/// current revision saw exactly that key.
+#[test]
+fn each_revision_keeps_the_key_of_its_subjects() {
+    let mut f = Fold::new(POLICY);
+    f.register("bob", PrincipalKind::Human, &["dev"], &[2]);
+    f.register("ci", PrincipalKind::Ci, &["ci"], &[30]);
+    f.open_for("ci", "CHG-1", D, &["staging"]).unwrap();
+    f.amend("ci", "CHG-1", D2, &[]).unwrap();
+    f.amend("ci", "CHG-1", D, &[]).unwrap();
+    f.review("bob", "CHG-1", D, true).unwrap();
+    let c = f.st.gov().change("CHG-1").expect("opened");
+    let keys: Vec<_> = c.revisions.iter().map(|r| r.subjects_key).collect();
+    for r in &c.revisions {
+        assert_eq!(r.subjects_key, crate::policy::SubjectsKey::of(r.subjects()));
+    }
+    assert_ne!(keys[0], keys[1], "D and D2 share a key");
+    assert_eq!(keys[0], keys[2]);
+    assert_eq!(c.reviews[0].seen_key, keys[2]);
+}
+
 /// A review that names its revision is for that revision only. A review
 /// signed for revision 1 (staging only) and handed in after an amendment
 /// that adds prod would otherwise be recorded after revision 2 with the
