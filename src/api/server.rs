@@ -632,31 +632,18 @@ impl pb::ledger_server::Ledger for LedgerApi {
                     return;
                 }
                 let size = *size_rx.borrow_and_update();
-                while next < size {
-                    if let Err(refused) = guard.recheck(peer.as_ref(), "Tail") {
-                        let _ = tx.send((Err(refused), None)).await;
-                        return;
-                    }
-                    let item = match reader.entry(next) {
-                        Ok(Some((entry, leaf))) => Ok(pb::EntryResponse {
-                            index: next,
-                            entry,
-                            leaf_hash: leaf.to_vec(),
-                        }),
-                        Ok(None) => Err(Status::internal(format!("entry {next} is missing"))),
-                        Err(e) => Err(read_status(&e)),
-                    };
-                    let failed = item.is_err();
-                    // Counted against the stream's unread bytes until its
-                    // client takes it.
-                    let held = match &item {
-                        Ok(e) => Some(unread.take(e.entry.len()).await),
-                        Err(_) => None,
-                    };
-                    if tx.send((item, held)).await.is_err() || failed {
-                        return;
-                    }
-                    next += 1;
+                let read = |i: u64| match reader.entry(i) {
+                    Ok(Some((entry, leaf))) => Ok(pb::EntryResponse {
+                        index: i,
+                        entry,
+                        leaf_hash: leaf.to_vec(),
+                    }),
+                    Ok(None) => Err(Status::internal(format!("entry {i} is missing"))),
+                    Err(e) => Err(read_status(&e)),
+                };
+                let recheck = || guard.recheck(peer.as_ref(), "Tail");
+                if !send_entries(&mut next, size, read, recheck, &unread, &tx).await {
+                    return;
                 }
                 if !follow {
                     return;
@@ -756,6 +743,45 @@ impl pb::ledger_server::Ledger for LedgerApi {
         self.authorize(&req, "Ping")?;
         Ok(Response::new(pb::PingResponse {}))
     }
+}
+
+/// What a `Tail` stream's task hands its client: an entry (or the error
+/// that ends the stream) and the share of the stream's unread bytes it
+/// holds until the client takes it.
+type TailItem = (Result<pb::EntryResponse, Status>, Option<Share>);
+
+/// Sends entries `*next..size` of a `Tail` stream, each read by `read`,
+/// into `tx`, advancing `*next`. An entry first waits for its size in
+/// `unread`, which it holds until its client takes it, so a client that
+/// does not read holds at most that many bytes (and at most the channel's
+/// capacity of entries). `recheck` runs before each entry; a refusal is
+/// sent and ends the stream. False when the stream ends: a refusal, a
+/// read error (sent), or a client gone.
+async fn send_entries(
+    next: &mut u64,
+    size: u64,
+    read: impl Fn(u64) -> Result<pb::EntryResponse, Status>,
+    recheck: impl Fn() -> Result<(), Status>,
+    unread: &Arc<ByteBudget>,
+    tx: &tokio::sync::mpsc::Sender<TailItem>,
+) -> bool {
+    while *next < size {
+        if let Err(refused) = recheck() {
+            let _ = tx.send((Err(refused), None)).await;
+            return false;
+        }
+        let item = read(*next);
+        let failed = item.is_err();
+        let held = match &item {
+            Ok(e) => Some(unread.take(e.entry.len()).await),
+            Err(_) => None,
+        };
+        if tx.send((item, held)).await.is_err() || failed {
+            return false;
+        }
+        *next += 1;
+    }
+    true
 }
 
 #[cfg(test)]
@@ -862,5 +888,84 @@ mod tests {
         drop(s4);
         assert!(gated.next().await.is_none());
         assert_eq!(budget.available(), 10);
+    }
+
+    /// A `Tail` client that does not read holds at most the stream's
+    /// unread bytes of entries: the task reads one entry past them and
+    /// waits, and reads on once the client takes one (paused clock).
+    #[tokio::test(start_paused = true)]
+    async fn a_tail_nobody_reads_stops_at_its_unread_bytes() {
+        let unread = ByteBudget::new(4_500);
+        let reads = Arc::new(AtomicUsize::new(0));
+        let counted = reads.clone();
+        let read = move |i: u64| {
+            counted.fetch_add(1, Ordering::SeqCst);
+            Ok(pb::EntryResponse {
+                index: i,
+                entry: vec![7; 1_000],
+                leaf_hash: Vec::new(),
+            })
+        };
+        let (tx, mut rx) = tokio::sync::mpsc::channel(TAIL_BACKLOG);
+        let task = {
+            let unread = unread.clone();
+            tokio::spawn(async move {
+                let mut next = 0;
+                let more = send_entries(&mut next, 100, read, || Ok(()), &unread, &tx).await;
+                (more, next)
+            })
+        };
+        // Four entries (4,000 of 4,500 bytes) wait for the client; the
+        // fifth was read and waits for its 1,000 bytes.
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        assert_eq!(reads.load(Ordering::SeqCst), 5);
+        assert_eq!(unread.available(), 500);
+        // Taking one lets the fifth in and the sixth be read.
+        let (first, share) = rx.recv().await.expect("an entry");
+        assert_eq!(first.expect("read").index, 0);
+        drop(share);
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        assert_eq!(reads.load(Ordering::SeqCst), 6);
+        assert_eq!(unread.available(), 500);
+        // A client that goes away ends the stream.
+        drop(rx);
+        let (more, next) = task.await.expect("the task ran");
+        assert!(!more);
+        assert_eq!(
+            next, 5,
+            "entries after the client left were counted as sent"
+        );
+    }
+
+    /// A refusal on recheck (a certificate revoked mid-stream) is sent to
+    /// the client and ends the stream before the next entry is read.
+    #[tokio::test]
+    async fn a_tail_refused_on_recheck_sends_the_refusal_and_reads_no_further() {
+        let unread = ByteBudget::new(1 << 20);
+        let (tx, mut rx) = tokio::sync::mpsc::channel(TAIL_BACKLOG);
+        let checks = AtomicUsize::new(0);
+        let recheck = || {
+            if checks.fetch_add(1, Ordering::SeqCst) < 2 {
+                Ok(())
+            } else {
+                Err(Status::permission_denied("certificate revoked"))
+            }
+        };
+        let read = |i: u64| {
+            Ok(pb::EntryResponse {
+                index: i,
+                entry: vec![1; 10],
+                leaf_hash: Vec::new(),
+            })
+        };
+        let mut next = 0;
+        assert!(!send_entries(&mut next, 10, read, recheck, &unread, &tx).await);
+        assert_eq!(next, 2);
+        drop(tx);
+        let mut got = Vec::new();
+        while let Some((item, _)) = rx.recv().await {
+            got.push(item.map(|e| e.index).map_err(|s| s.code()));
+        }
+        assert_eq!(got, [Ok(0), Ok(1), Err(tonic::Code::PermissionDenied)]);
     }
 }
