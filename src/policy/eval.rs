@@ -945,7 +945,9 @@ fn evaluate_rule(policy: &Policy, rule: &Rule, req: &Request, facts: &Facts<'_>)
             });
         }
         let mut current: Vec<&Approval<'_>> = speaks.into_values().collect();
-        current.sort_unstable_by_key(|a| a.index);
+        // Log order; by name too, so that facts built by hand with equal
+        // indices cannot make the order depend on hashing.
+        current.sort_unstable_by(|a, b| (a.index, &a.approver).cmp(&(b.index, &b.approver)));
         // The principal of each counted approver, in `counted`'s order.
         let mut counted_facts: Vec<&PrincipalFacts> = Vec::with_capacity(current.len());
         for a in current {
