@@ -890,6 +890,15 @@ mod tests {
         assert_eq!(budget.available(), 10);
     }
 
+    /// A `Tail` reply carrying entry `index` of `len` bytes.
+    fn entry_of(index: u64, len: usize) -> pb::EntryResponse {
+        pb::EntryResponse {
+            index,
+            entry: vec![7; len],
+            leaf_hash: Vec::new(),
+        }
+    }
+
     /// A `Tail` client that does not read holds at most the stream's
     /// unread bytes of entries: the task reads one entry past them and
     /// waits, and reads on once the client takes one (paused clock).
@@ -900,11 +909,7 @@ mod tests {
         let counted = reads.clone();
         let read = move |i: u64| {
             counted.fetch_add(1, Ordering::SeqCst);
-            Ok(pb::EntryResponse {
-                index: i,
-                entry: vec![7; 1_000],
-                leaf_hash: Vec::new(),
-            })
+            Ok(entry_of(i, 1_000))
         };
         let (tx, mut rx) = tokio::sync::mpsc::channel(TAIL_BACKLOG);
         let task = {
@@ -951,13 +956,7 @@ mod tests {
                 Err(Status::permission_denied("certificate revoked"))
             }
         };
-        let read = |i: u64| {
-            Ok(pb::EntryResponse {
-                index: i,
-                entry: vec![1; 10],
-                leaf_hash: Vec::new(),
-            })
-        };
+        let read = |i: u64| Ok(entry_of(i, 10));
         let mut next = 0;
         assert!(!send_entries(&mut next, 10, read, recheck, &unread, &tx).await);
         assert_eq!(next, 2);
