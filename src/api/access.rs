@@ -12,7 +12,9 @@
 //! whose certificate the client CA signed. A certificate whose serial is
 //! revoked (`<data>/tls/revoked.json`) or whose validity has ended may call
 //! nothing at all, health and reflection included, even on a connection
-//! opened before. The server re-reads both on SIGHUP (`Reloader`).
+//! opened before, and a stream it opened before ends (`Guard::recheck` for
+//! ours, [`GuardLayer`]'s rechecked bodies for health and reflection). The
+//! server re-reads both on SIGHUP (`Reloader`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -283,7 +285,10 @@ where
     type Error = S::Error;
     type Future = futures::future::Either<
         S::Future,
-        futures::future::Ready<Result<Self::Response, Self::Error>>,
+        futures::future::Either<
+            futures::future::Ready<Result<Self::Response, Self::Error>>,
+            RecheckedResponse<S::Future>,
+        >,
     >;
 
     fn poll_ready(
@@ -294,16 +299,191 @@ where
     }
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        use futures::future::Either;
         let peer = req.extensions().get::<crate::tls::Peer>();
         let path = req.uri().path();
-        let checked = match method_of_path(path) {
-            Some(method) => self.guard.check_now(peer, method).map(drop),
-            None => self.guard.check_certificate_now(peer, path),
+        let Some(method) = method_of_path(path) else {
+            // Health and reflection: any valid certificate, checked again
+            // before each message they send (their streams can last).
+            if let Err(status) = self.guard.check_certificate_now(peer, path) {
+                return Either::Right(Either::Left(futures::future::ready(Ok(status.into_http()))));
+            }
+            let recheck = self
+                .guard
+                .access
+                .is_some()
+                .then(|| Recheck::new(self.guard.clone(), peer.cloned(), path));
+            return Either::Right(Either::Right(RecheckedResponse {
+                inner: Box::pin(self.inner.call(req)),
+                recheck,
+            }));
         };
-        if let Err(status) = checked {
-            return futures::future::Either::Right(futures::future::ready(Ok(status.into_http())));
+        if let Err(status) = self.guard.check_now(peer, method) {
+            return Either::Right(Either::Left(futures::future::ready(Ok(status.into_http()))));
         }
-        futures::future::Either::Left(self.inner.call(req))
+        Either::Left(self.inner.call(req))
+    }
+}
+
+/// The response of a service that is not ours (gRPC health, reflection),
+/// whose body will check the caller's certificate again ([`Recheck`]).
+pub struct RecheckedResponse<F> {
+    inner: std::pin::Pin<Box<F>>,
+    /// `None` without TLS, where there is nothing to check.
+    recheck: Option<Recheck>,
+}
+
+impl<F, E> std::future::Future for RecheckedResponse<F>
+where
+    F: std::future::Future<Output = Result<http::Response<tonic::body::Body>, E>>,
+{
+    type Output = F::Output;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<F::Output> {
+        let this = self.get_mut();
+        let response = std::task::ready!(this.inner.as_mut().poll(cx))?;
+        std::task::Poll::Ready(Ok(match this.recheck.take() {
+            Some(recheck) => response.map(|inner| {
+                tonic::body::Body::new(RecheckedBody {
+                    inner: Some(inner),
+                    recheck,
+                })
+            }),
+            None => response,
+        }))
+    }
+}
+
+/// What a health or reflection stream needs to check its caller again:
+/// Health/Watch and ServerReflectionInfo last for as long as the client
+/// keeps them, and like `Tail` they end once the caller's certificate is
+/// revoked or expires. The check runs before each message, at each reload
+/// of the access rules and revocations, and when the certificate expires.
+struct Recheck {
+    guard: Guard,
+    peer: Option<crate::tls::Peer>,
+    path: String,
+    /// Wakes the stream at a reload; `None` once the server's side is gone.
+    reloads: Option<tokio_stream::wrappers::WatchStream<u64>>,
+    /// Wakes an idle stream one second after its certificate's end (so the
+    /// wall clock has passed it too); `None` once fired.
+    expiry: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl Recheck {
+    fn new(guard: Guard, peer: Option<crate::tls::Peer>, path: &str) -> Self {
+        let reloads = guard
+            .reloads()
+            .map(tokio_stream::wrappers::WatchStream::from_changes);
+        let expiry = peer.as_ref().and_then(|p| p.not_after).map(|t| {
+            let left = t.saturating_sub(jiff::Timestamp::now().as_second());
+            let left = u64::try_from(left).unwrap_or(0).saturating_add(1);
+            Box::pin(tokio::time::sleep(std::time::Duration::from_secs(left)))
+        });
+        Recheck {
+            guard,
+            peer,
+            path: path.to_owned(),
+            reloads,
+            expiry,
+        }
+    }
+
+    /// Whether a reload or the certificate's end happened since last asked
+    /// (and registers `cx` for the next).
+    fn woken(&mut self, cx: &mut std::task::Context<'_>) -> bool {
+        use futures::Stream as _;
+        use std::future::Future as _;
+        let mut woken = false;
+        while let Some(reloads) = self.reloads.as_mut() {
+            match std::pin::Pin::new(reloads).poll_next(cx) {
+                std::task::Poll::Ready(Some(_)) => woken = true,
+                std::task::Poll::Ready(None) => self.reloads = None,
+                std::task::Poll::Pending => break,
+            }
+        }
+        if let Some(expiry) = self.expiry.as_mut()
+            && expiry.as_mut().poll(cx).is_ready()
+        {
+            self.expiry = None;
+            woken = true;
+        }
+        woken
+    }
+
+    fn check(&self) -> Result<(), Status> {
+        self.guard
+            .check_certificate_now(self.peer.as_ref(), &self.path)
+    }
+}
+
+/// A response body that ends with the refusal, in place of its next
+/// message, once [`Recheck`] refuses the caller.
+struct RecheckedBody {
+    /// `None` once ended.
+    inner: Option<tonic::body::Body>,
+    recheck: Recheck,
+}
+
+impl RecheckedBody {
+    /// Ends the stream with `status` in its trailers, as gRPC ends a call.
+    fn refuse(
+        &mut self,
+        status: Status,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Status>>> {
+        self.inner = None;
+        let mut trailers = http::HeaderMap::new();
+        std::task::Poll::Ready(Some(match status.add_header(&mut trailers) {
+            Ok(()) => Ok(http_body::Frame::trailers(trailers)),
+            Err(status) => Err(status),
+        }))
+    }
+}
+
+impl http_body::Body for RecheckedBody {
+    type Data = bytes::Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Status>>> {
+        let this = self.get_mut();
+        let Some(inner) = this.inner.as_mut() else {
+            return std::task::Poll::Ready(None);
+        };
+        if this.recheck.woken(cx)
+            && let Err(status) = this.recheck.check()
+        {
+            return this.refuse(status);
+        }
+        let frame = std::task::ready!(std::pin::Pin::new(inner).poll_frame(cx));
+        if let Some(Ok(f)) = &frame
+            && f.is_data()
+            && let Err(status) = this.recheck.check()
+        {
+            return this.refuse(status);
+        }
+        if frame.is_none() {
+            this.inner = None;
+        }
+        std::task::Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner
+            .as_ref()
+            .is_none_or(http_body::Body::is_end_stream)
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.as_ref().map_or_else(
+            || http_body::SizeHint::with_exact(0),
+            http_body::Body::size_hint,
+        )
     }
 }
 

@@ -291,12 +291,39 @@ async fn revocation_and_renewal_refuse_what_they_cannot_do() {
     );
 }
 
+/// The refusal that ends `stream`, which must come within 30 s (a bound
+/// on a regression, not a wait: the stream ends as soon as it is told).
+async fn refusal<T>(
+    what: &str,
+    stream: &mut (impl futures::Stream<Item = Result<T, tonic::Status>> + Unpin),
+) -> tonic::Status {
+    use futures::StreamExt as _;
+    match tokio::time::timeout(std::time::Duration::from_secs(30), stream.next()).await {
+        Ok(Some(Err(e))) => e,
+        Ok(Some(Ok(_))) => panic!("{what}: a message instead of the refusal"),
+        Ok(None) => panic!("{what}: ended without a status"),
+        Err(_) => panic!("{what}: the stream did not end"),
+    }
+}
+
+/// A reflection (v1) request that lists the services.
+fn list_services() -> tonic_reflection::pb::v1::ServerReflectionRequest {
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    tonic_reflection::pb::v1::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    }
+}
+
 /// Streams opened before a revocation end once the server has reloaded:
 /// an idle following Tail gets UNAUTHENTICATED at the reload, and an
-/// AppendStream appends nothing more.
+/// AppendStream appends nothing more. So do the streams of the standard
+/// services any certificate may call (Health/Watch, reflection), while
+/// those of a certificate still valid go on.
 #[tokio::test]
 async fn open_streams_end_when_their_certificate_is_revoked() {
     use futures::StreamExt as _;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
     let s = server()
         .with_access(
             r#"{"identities": {"CN=docket-admin": ["*"], "CN=siem": ["Tail"], "CN=ci": ["AppendStream"]}}"#,
@@ -306,6 +333,35 @@ async fn open_streams_end_when_their_certificate_is_revoked() {
     let admin = s.admin_key();
     let tls = s.data.tls();
     let clients = s.dir.path().join("clients");
+    // "mon" is in no list of access.json: health and reflection only.
+    let mon = s.conn_as("mon").channel().await.unwrap();
+    let mut watch = tonic_health::pb::health_client::HealthClient::new(mon.clone())
+        .watch(tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        watch.next().await.unwrap().unwrap().status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
+    let (mon_tx, mon_rx) = tokio::sync::mpsc::channel(4);
+    let mut mon_reflection = ServerReflectionClient::new(mon)
+        .server_reflection_info(tokio_stream::wrappers::ReceiverStream::new(mon_rx))
+        .await
+        .unwrap()
+        .into_inner();
+    mon_tx.send(list_services()).await.unwrap();
+    assert!(mon_reflection.next().await.unwrap().is_ok());
+    let (admin_tx, admin_rx) = tokio::sync::mpsc::channel(4);
+    let mut admin_reflection = ServerReflectionClient::new(s.conn().channel().await.unwrap())
+        .server_reflection_info(tokio_stream::wrappers::ReceiverStream::new(admin_rx))
+        .await
+        .unwrap()
+        .into_inner();
+    admin_tx.send(list_services()).await.unwrap();
+    assert!(admin_reflection.next().await.unwrap().is_ok());
     let mut siem = s.client_as("siem").await;
     let mut ci = s.client_as("ci").await;
     let mut tail = siem
@@ -333,10 +389,27 @@ async fn open_streams_end_when_their_certificate_is_revoked() {
     let size = s.size().await;
     assert_eq!(tail.next().await.unwrap().unwrap().index, size - 1);
 
-    for cn in ["siem", "ci"] {
+    for cn in ["siem", "ci", "mon"] {
         pki::revoke(&tls, &clients.join(format!("{cn}.pem")), "key-compromise").unwrap();
     }
     s.reloader.reload().unwrap();
+
+    // The idle Health/Watch and reflection streams are woken by the reload
+    // and ended with the refusal; the admin's goes on answering.
+    for (what, e) in [
+        ("watch", refusal("watch", &mut watch).await),
+        (
+            "reflection",
+            refusal("reflection", &mut mon_reflection).await,
+        ),
+    ] {
+        assert_eq!(e.code(), tonic::Code::Unauthenticated, "{what}: {e}");
+        assert!(e.message().contains("is revoked"), "{what}: {e}");
+    }
+    assert!(watch.next().await.is_none());
+    assert!(mon_reflection.next().await.is_none());
+    admin_tx.send(list_services()).await.unwrap();
+    assert!(admin_reflection.next().await.unwrap().is_ok());
 
     // The AppendStream's next message is refused, and the stream ends.
     tx.send(ev("after")).await.unwrap();
@@ -352,13 +425,15 @@ async fn open_streams_end_when_their_certificate_is_revoked() {
     // The client still holds its side of the AppendStream open; close it
     // so the server's drain can finish.
     drop((tx, appends, ci, siem, tail));
+    drop((mon_tx, admin_tx, admin_reflection));
     s.stop().await;
 }
 
-/// An idle following Tail is ended when its client certificate expires,
-/// with nothing appended and no reload to wake it. The certificate's end
-/// is the wall clock's, so this test waits for it (about three seconds):
-/// what it waits on is the stream's next message, not a sleep.
+/// An idle following Tail, and an idle Health/Watch, are ended when their
+/// client certificate expires, with nothing appended and no reload to wake
+/// them. The certificate's end is the wall clock's, so this test waits for
+/// it (about three seconds): what it waits on is the stream's next message,
+/// not a sleep.
 #[tokio::test]
 async fn an_idle_tail_ends_when_its_certificate_expires() {
     use futures::StreamExt as _;
@@ -370,7 +445,17 @@ async fn an_idle_tail_ends_when_its_certificate_expires() {
     let clients = s.dir.path().join("clients");
     let now = jiff::Timestamp::now().as_second();
     pki::issue_with_validity(&tls, "brief", &clients, (now - 60, now + 2), false).unwrap();
-    let mut brief = s.client_as("brief").await;
+    let brief_conn = s.conn_as("brief");
+    let mut watch =
+        tonic_health::pb::health_client::HealthClient::new(brief_conn.channel().await.unwrap())
+            .watch(tonic_health::pb::HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+    assert!(watch.next().await.unwrap().is_ok());
+    let mut brief = brief_conn.ledger().await.unwrap();
     let mut tail = brief
         .tail(pb::TailRequest {
             from_index: 0,
@@ -392,6 +477,11 @@ async fn an_idle_tail_ends_when_its_certificate_expires() {
         "ended before the certificate's end"
     );
     assert!(tail.next().await.is_none());
+    // So does an idle Health/Watch on the same certificate.
+    let e = refusal("watch", &mut watch).await;
+    assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e}");
+    assert!(e.message().contains("expired"), "{e}");
+    assert!(watch.next().await.is_none());
     assert_eq!(s.size().await, size);
     drop((tail, brief));
     s.stop().await;
