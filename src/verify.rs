@@ -216,7 +216,8 @@ pub fn verify_store<S: Store + ?Sized>(
         (Ok(report), None) => Ok(report),
         (Ok(_), Some(f)) => Err(f),
         (Err(f), None) => Err(f),
-        (Err(f), Some(g)) => Err(if g.index < f.index || f.index.is_none() {
+        // At the same index the signature is the cause.
+        (Err(f), Some(g)) => Err(if g.index <= f.index || f.index.is_none() {
             g
         } else {
             f
@@ -368,6 +369,13 @@ fn scan<S: Store + ?Sized>(
         let key = keys
             .key_for_fold(&env, &event.body)
             .map_err(|e| at(index, format!("signature: {e}")))?;
+        // Queued before the fold's rules run, so that a bad signature is
+        // what this entry's failure names, not what the rules made of it.
+        sigs(SigJob {
+            index,
+            keys,
+            envelope: env,
+        });
         state
             .apply(index, entry.integrated_time_nanos, &event, &key)
             .map_err(|e| at(index, format!("state rules: {e}")))?;
@@ -384,11 +392,6 @@ fn scan<S: Store + ?Sized>(
             }
             verifier = Some(declared);
         }
-        sigs(SigJob {
-            index,
-            keys,
-            envelope: env,
-        });
         for (level, idx, hash) in range.push(leaf) {
             let level_us = level as usize;
             while levels.len() <= level_us {

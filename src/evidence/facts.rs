@@ -224,9 +224,8 @@ pub(super) fn fold_then<B: AsRef<[u8]>, R>(
                     _ => return Err(at(i, format!("signature: {err}"))),
                 },
             };
-            state
-                .apply(i, e.integrated_time_nanos, &event, &key)
-                .map_err(|err| at(i, format!("state rules: {err}")))?;
+            // Queued before the fold's rules run, so that a bad signature
+            // is what this entry's failure names.
             if sigs == Signatures::Check {
                 sink(SigJob {
                     index: i,
@@ -234,6 +233,9 @@ pub(super) fn fold_then<B: AsRef<[u8]>, R>(
                     envelope: e.envelope,
                 });
             }
+            state
+                .apply(i, e.integrated_time_nanos, &event, &key)
+                .map_err(|err| at(i, format!("state rules: {err}")))?;
             info.insert(
                 i,
                 Info {
@@ -260,7 +262,8 @@ pub(super) fn fold_then<B: AsRef<[u8]>, R>(
     };
     let (folded, bad) = with_signature_threads(scan);
     match (folded, bad) {
-        (Err(f), Some((i, why))) if f.index.is_none_or(|fi| i < fi) => {
+        // At the same index the signature is the cause.
+        (Err(f), Some((i, why))) if f.index.is_none_or(|fi| i <= fi) => {
             Err(at(i, format!("signature: {why}")))
         }
         (Err(f), _) => Err(f),

@@ -325,12 +325,17 @@ impl SignerKeys {
     /// The key a fold that checks signatures apart (on other threads:
     /// `docket verify`, evidence bundles) hands [`State::apply`] with
     /// `body`. For a change review, a policy approval or a CI run, which
-    /// keep the key that signed them (ledger-format §8.3), it is that key, found here by
-    /// [`SignerKeys::authenticate`] as the live fold found it, whatever the
-    /// keyid hint says. The other bodies do not read it: the preferred key.
+    /// keep the key that signed them (ledger-format §8.3), it is that key, as
+    /// [`SignerKeys::authenticate`] found it in the live fold, whatever the
+    /// keyid hint says. With one active key that is the key, without a
+    /// signature check here: a signature by any other key (a revoked one)
+    /// is refused, and the other threads check it with these same keys.
+    /// With several, this finds it by checking the signature, as the live
+    /// fold did. The other bodies do not read it: the preferred key.
     pub fn key_for_fold(&self, env: &Envelope, body: &Body) -> Result<VerifyingKey, AuthError> {
-        match body {
-            Body::ChangeReviewed(_) | Body::PolicyApproved { .. } | Body::CiRunReported(_) => {
+        match (body, self.active.as_slice()) {
+            (_, [only]) => Ok(*only),
+            (Body::ChangeReviewed(_) | Body::PolicyApproved { .. } | Body::CiRunReported(_), _) => {
                 self.authenticate(env)
             }
             _ => self

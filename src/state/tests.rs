@@ -2473,6 +2473,59 @@ fn a_new_entrys_signature_search_is_bounded_and_agrees_with_replay() {
     assert_eq!(keys.authenticate(&costly), Ok(seeds[last].verifying_key()));
 }
 
+/// The key a fold that checks signatures on other threads hands `apply`
+/// for a review: with several active keys the one whose signature
+/// verifies, whatever the keyid hint names; with one active key that key,
+/// without checking here (a forged signature is left to the signature
+/// threads, which `authenticate` with the same keys and refuse it).
+#[test]
+fn a_fold_attributes_a_review_to_the_key_that_signed_it() {
+    let signing = [3u8, 13].map(|n| SigningKey::from_bytes(&[n; 32]));
+    let ev = Event {
+        event_id: "e1".into(),
+        claimed_time_nanos: 1,
+        signer: id("bob"),
+        body: Body::ChangeReviewed(ChangeReview {
+            change_id: RecordId::parse("CHG-1").unwrap(),
+            seen_subjects: set(&[D]),
+            approve: true,
+            comment: String::new(),
+            revision: None,
+        }),
+    };
+    // Signed with the second key, the hint naming the first.
+    let mut env = crate::api::convert::sign_event(&ev, &signing[1]);
+    env.signatures[0].keyid = crate::crypto::KeyId::of(&key(3)).to_string();
+    let two = SignerKeys {
+        signer: "bob".into(),
+        active: vec![key(3), key(13)],
+        revoked: Vec::new(),
+    };
+    assert_eq!(two.preferred(&env), Some(key(3)));
+    assert_eq!(two.key_for_fold(&env, &ev.body), Ok(key(13)));
+    assert_eq!(two.authenticate(&env), Ok(key(13)));
+
+    let one = SignerKeys {
+        signer: "bob".into(),
+        active: vec![key(3)],
+        revoked: vec![(key(13), 7)],
+    };
+    let mut forged = crate::api::convert::sign_event(&ev, &signing[0]);
+    forged.signatures[0].sig[0] ^= 1;
+    assert_eq!(one.key_for_fold(&forged, &ev.body), Ok(key(3)));
+    assert_eq!(
+        one.authenticate(&forged),
+        Err(AuthError::BadSignature("bob".into()))
+    );
+    // Signed with the revoked key: the fold takes the active one, and the
+    // signature check refuses the entry.
+    assert_eq!(one.key_for_fold(&env, &ev.body), Ok(key(3)));
+    assert!(matches!(
+        one.authenticate(&env),
+        Err(AuthError::RevokedKey { revoked_at: 7, .. })
+    ));
+}
+
 /// A CI run speaks for its reporter only while the key that signed it
 /// stands and the reporter may report: a run signed with a key rotated
 /// away since neither passes CI nor, from a reporter since demoted, adds a
