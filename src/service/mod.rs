@@ -313,28 +313,63 @@ fn now_nanos() -> i64 {
 }
 
 /// Folds entries `[state.next_index(), size)` into `state`: start-up catch-up
-/// after a crash between the log write and the state write, and `rebuild`.
+/// after a crash between the log write and the state write, a rebuild of
+/// state written by another format, and `rebuild`. Every signature is
+/// checked again, on the other cores while this thread folds (as `docket
+/// verify` does); the first failure by index is returned, a bad signature
+/// before a rule at the same index. After a failure `state` holds entries
+/// past it and must be dropped.
 pub fn fold_entries<S: Store + ?Sized>(
     reader: &LedgerReader<S>,
     state: &mut State,
     size: u64,
 ) -> Result<(), OpenError> {
-    for index in state.next_index()..size {
-        let (bytes, _) = reader.entry(index)?.ok_or(OpenError::Replay {
-            index,
-            reason: "missing".into(),
-        })?;
-        let replay = |reason: String| OpenError::Replay { index, reason };
-        let entry = Entry::decode(&bytes).map_err(|e| replay(e.to_string()))?;
-        let event = decode_event(&entry.envelope.payload).map_err(|e| replay(e.to_string()))?;
-        let key = state
-            .authenticate(&entry.envelope, &event)
-            .map_err(|e| replay(e.to_string()))?;
-        state
-            .apply(index, entry.integrated_time_nanos, &event, &key)
-            .map_err(|e| replay(e.to_string()))?;
+    let from = state.next_index();
+    if from >= size {
+        return Ok(());
     }
-    Ok(())
+    let (folded, bad) = crate::verify::with_signature_threads(|sink| {
+        for index in from..size {
+            let (bytes, _) = reader.entry(index)?.ok_or(OpenError::Replay {
+                index,
+                reason: "missing".into(),
+            })?;
+            let replay = |reason: String| OpenError::Replay { index, reason };
+            let entry = Entry::decode(&bytes).map_err(|e| replay(e.to_string()))?;
+            let event = decode_event(&entry.envelope.payload).map_err(|e| replay(e.to_string()))?;
+            // The key the live fold found by checking the signature; the
+            // check itself is the signature threads'.
+            let keys = state
+                .signer_keys(&event)
+                .map_err(|e| replay(e.to_string()))?;
+            let key = keys
+                .key_for_fold(&entry.envelope, &event.body)
+                .map_err(|e| replay(e.to_string()))?;
+            sink(crate::verify::SigJob {
+                index,
+                keys,
+                envelope: entry.envelope,
+            });
+            state
+                .apply(index, entry.integrated_time_nanos, &event, &key)
+                .map_err(|e| replay(e.to_string()))?;
+        }
+        Ok(())
+    });
+    let bad = bad.map(|(index, reason)| OpenError::Replay { index, reason });
+    match (folded, bad) {
+        (Ok(()), None) => Ok(()),
+        (Ok(()), Some(b)) => Err(b),
+        (Err(e), None) => Err(e),
+        (Err(e), Some(b)) => match (&e, &b) {
+            (OpenError::Replay { index: at, .. }, OpenError::Replay { index: bad_at, .. })
+                if at < bad_at =>
+            {
+                Err(e)
+            }
+            _ => Err(b),
+        },
+    }
 }
 
 /// The persisted state, or `None` when it must be rebuilt from the log: it

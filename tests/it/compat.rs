@@ -100,6 +100,15 @@ fn ledger_v1_fixture_still_verifies() {
     let f = docket::verify::verify_store(&tampered, Some(&verifier)).unwrap_err();
     assert_eq!(f.index, Some(4), "{f}");
     assert!(f.reason.contains("signature"), "{f}");
+    // So does the replay behind start-up and `docket rebuild`, which checks
+    // signatures on other threads while it folds.
+    let e = docket::service::current_state(&LedgerReader::new(std::sync::Arc::new(tampered)))
+        .unwrap_err();
+    assert!(
+        matches!(&e, docket::service::OpenError::Replay { index: 4, reason }
+            if reason.starts_with("no signature verifies")),
+        "{e}"
+    );
 }
 
 /// Rewrites `entries` from `from` on (each re-linked to the one before it),
