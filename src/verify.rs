@@ -144,8 +144,11 @@ pub(crate) struct SigJob {
     pub(crate) envelope: Envelope,
 }
 
-/// Jobs per message to the signature threads.
+/// Jobs per message to the signature threads, and the payload bytes at
+/// which a message goes out with fewer: the queue holds a few messages per
+/// thread, so large payloads do not let the scan run gigabytes ahead.
 const CHUNK: usize = 1024;
+const CHUNK_BYTES: usize = 4 << 20;
 
 /// Runs `scan` on this thread while the other cores check the signatures it
 /// hands to its sink (chunked). Returns the scan's result and the failed
@@ -183,9 +186,12 @@ pub(crate) fn with_signature_threads<R>(
             });
         }
         let mut pending = Vec::with_capacity(CHUNK);
+        let mut pending_bytes = 0usize;
         let mut sink = |job: SigJob| {
+            pending_bytes += job.envelope.payload.len();
             pending.push(job);
-            if pending.len() >= CHUNK {
+            if pending.len() >= CHUNK || pending_bytes >= CHUNK_BYTES {
+                pending_bytes = 0;
                 // The receivers only stop when this sender is dropped.
                 let _ = tx.send(std::mem::replace(&mut pending, Vec::with_capacity(CHUNK)));
             }

@@ -304,15 +304,17 @@ where
         let path = req.uri().path();
         let Some(method) = method_of_path(path) else {
             // Health and reflection: any valid certificate, checked again
-            // before each message they send (their streams can last).
-            if let Err(status) = self.guard.check_certificate_now(peer, path) {
-                return Either::Right(Either::Left(futures::future::ready(Ok(status.into_http()))));
-            }
+            // before each message they send (their streams can last). The
+            // recheck subscribes to reloads before this first check, so a
+            // reload between the two still wakes the stream.
             let recheck = self
                 .guard
                 .access
                 .is_some()
                 .then(|| Recheck::new(self.guard.clone(), peer.cloned(), path));
+            if let Err(status) = self.guard.check_certificate_now(peer, path) {
+                return Either::Right(Either::Left(futures::future::ready(Ok(status.into_http()))));
+            }
             return Either::Right(Either::Right(RecheckedResponse {
                 inner: Box::pin(self.inner.call(req)),
                 recheck,
@@ -467,7 +469,11 @@ impl http_body::Body for RecheckedBody {
         {
             return this.refuse(status);
         }
-        if frame.is_none() {
+        // Nothing follows the end or the trailers, a refusal included.
+        if frame
+            .as_ref()
+            .is_none_or(|f| f.as_ref().is_ok_and(|f| f.is_trailers()))
+        {
             this.inner = None;
         }
         std::task::Poll::Ready(frame)
