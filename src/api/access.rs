@@ -380,11 +380,10 @@ impl Recheck {
         let reloads = guard
             .reloads()
             .map(tokio_stream::wrappers::WatchStream::from_changes);
-        let expiry = peer.as_ref().and_then(|p| p.not_after).map(|t| {
-            let left = t.saturating_sub(jiff::Timestamp::now().as_second());
-            let left = u64::try_from(left).unwrap_or(0).saturating_add(1);
-            Box::pin(tokio::time::sleep(std::time::Duration::from_secs(left)))
-        });
+        let expiry = peer
+            .as_ref()
+            .and_then(crate::tls::Peer::expires_in)
+            .map(|d| Box::pin(tokio::time::sleep(d)));
         Recheck {
             guard,
             peer,

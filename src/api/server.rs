@@ -605,12 +605,8 @@ impl pb::ledger_server::Ledger for LedgerApi {
         let (tx, rx) = tokio::sync::mpsc::channel(TAIL_BACKLOG);
         let unread = ByteBudget::new(TAIL_UNREAD_BYTES);
         let mut reloads = guard.reloads();
-        // Wakes an idle following stream when its certificate expires (one
-        // second late, so that the wall clock has passed its end too).
-        let expires_in = peer.as_ref().and_then(|p| p.not_after).map(|t| {
-            let left = t.saturating_sub(jiff::Timestamp::now().as_second());
-            std::time::Duration::from_secs(u64::try_from(left).unwrap_or(0).saturating_add(1))
-        });
+        // Wakes an idle following stream when its certificate expires.
+        let expires_in = peer.as_ref().and_then(crate::tls::Peer::expires_in);
         tokio::spawn(async move {
             // Held until the stream's task ends.
             let _permit = permit;

@@ -529,6 +529,15 @@ pub struct Peer {
 }
 
 impl Peer {
+    /// How long until a stream should wake to find the certificate expired:
+    /// one second past its end, so that the wall clock has passed it too.
+    pub fn expires_in(&self) -> Option<std::time::Duration> {
+        self.not_after.map(|t| {
+            let left = t.saturating_sub(jiff::Timestamp::now().as_second());
+            std::time::Duration::from_secs(u64::try_from(left).unwrap_or(0).saturating_add(1))
+        })
+    }
+
     /// What a verified client certificate (DER) tells about its holder.
     pub fn of_cert(der: &[u8]) -> Peer {
         match pki::cert_info(der) {

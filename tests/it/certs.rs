@@ -346,22 +346,20 @@ async fn open_streams_end_when_their_certificate_is_revoked() {
         watch.next().await.unwrap().unwrap().status,
         tonic_health::pb::health_check_response::ServingStatus::Serving as i32
     );
-    let (mon_tx, mon_rx) = tokio::sync::mpsc::channel(4);
-    let mut mon_reflection = ServerReflectionClient::new(mon)
-        .server_reflection_info(tokio_stream::wrappers::ReceiverStream::new(mon_rx))
-        .await
-        .unwrap()
-        .into_inner();
-    mon_tx.send(list_services()).await.unwrap();
-    assert!(mon_reflection.next().await.unwrap().is_ok());
-    let (admin_tx, admin_rx) = tokio::sync::mpsc::channel(4);
-    let mut admin_reflection = ServerReflectionClient::new(s.conn().channel().await.unwrap())
-        .server_reflection_info(tokio_stream::wrappers::ReceiverStream::new(admin_rx))
-        .await
-        .unwrap()
-        .into_inner();
-    admin_tx.send(list_services()).await.unwrap();
-    assert!(admin_reflection.next().await.unwrap().is_ok());
+    // A reflection stream that has answered once, and its request side.
+    let reflection = async |channel| {
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let mut out = ServerReflectionClient::new(channel)
+            .server_reflection_info(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .unwrap()
+            .into_inner();
+        tx.send(list_services()).await.unwrap();
+        assert!(out.next().await.unwrap().is_ok());
+        (tx, out)
+    };
+    let (mon_tx, mut mon_reflection) = reflection(mon).await;
+    let (admin_tx, mut admin_reflection) = reflection(s.conn().channel().await.unwrap()).await;
     let mut siem = s.client_as("siem").await;
     let mut ci = s.client_as("ci").await;
     let mut tail = siem
