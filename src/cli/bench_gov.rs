@@ -388,7 +388,8 @@ pub(crate) async fn run(a: BenchAuthorizeArgs) -> CliResult {
     let ledger = conn.ledger_with(None).await?;
     let one = std::slice::from_ref(&client);
     // One connection (a TLS handshake) per client, made before timing: with
-    // tonic's client, and with the lean one that writes a request in one go.
+    // tonic's client (the CLI's), and with the lean one, which has no task
+    // of its own per call.
     let most = levels.iter().copied().max().unwrap_or(1);
     let (mut own, mut lean) = (Vec::new(), Vec::new());
     if a.per_client_connections && most > 1 {
@@ -516,8 +517,8 @@ async fn in_process(
 }
 
 /// A load client: tonic's (the CLI's), or the lean one of
-/// [`super::h2client`], which writes each request's HEADERS and DATA frames
-/// together as grpcio does.
+/// [`super::h2client`], which sends each call without tasks of its own, as
+/// grpcio does.
 #[derive(Clone, Debug)]
 enum Caller {
     Tonic(pb::governance_client::GovernanceClient<tonic::transport::Channel>),

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+use tonic::transport::Channel;
 
 use super::{CliError, ConnArgs};
 use crate::api::pb::governance_client::GovernanceClient;
@@ -40,7 +40,7 @@ impl Conn {
                 format!("{scheme}://{}", cfg.listen)
             }
         };
-        // tonic speaks TLS only to https:// URLs: an http:// one would send
+        // The client speaks TLS only to https:// URLs: an http:// one would send
         // every call in the clear, without the client certificate and
         // without checking who answers.
         match (url.split_once("://").map(|(s, _)| s), a.dangerous_plaintext) {
@@ -92,15 +92,16 @@ impl Conn {
     pub async fn channel_with(&self, call_timeout: Option<Duration>) -> Result<Channel, CliError> {
         // One bound for the certificate probe and the connection together.
         let deadline = tokio::time::Instant::now() + CONNECT_TIMEOUT;
-        let read = |p: &PathBuf| {
-            crate::files::read_bounded(p, 16 << 20)
-                .map_err(|e| CliError::usage(format!("{}: {e}", p.display())))
-        };
-        let mut ep = Channel::from_shared(self.url.clone())
-            .map_err(|e| CliError::usage(format!("--server {}: {e}", self.url)))?;
-        if !self.plaintext {
-            // tonic parses these only when it connects, and reports a bad
-            // file as a transport error (exit 69, "retry"): check them first.
+        let bad_url =
+            |e: &dyn std::fmt::Display| CliError::usage(format!("--server {}: {e}", self.url));
+        let (mut ep, connector) = if self.plaintext {
+            (
+                Channel::from_shared(self.url.clone()).map_err(|e| bad_url(&e))?,
+                None,
+            )
+        } else {
+            // A bad certificate or key file is the caller's to fix (exit 64),
+            // not a transport error to retry (exit 69): read them first.
             let cfg = crate::tls::client_config(&self.ca, &self.cert, &self.key)
                 .map_err(|e| CliError::usage(format!("TLS files: {e}")))?;
             // An expired certificate is refused at the handshake, which a
@@ -123,15 +124,20 @@ impl Conn {
             // The name the server's certificate must carry: the URL's host,
             // with or without a port (an IPv6 literal without its brackets).
             let host = server_host(&self.url)?;
-            self.probe_certificate(cfg, &host, deadline).await?;
-            let tls = ClientTlsConfig::new()
-                .ca_certificate(Certificate::from_pem(read(&self.ca)?))
-                .identity(Identity::from_pem(read(&self.cert)?, read(&self.key)?))
-                .domain_name(host);
-            ep = ep
-                .tls_config(tls)
-                .map_err(|e| CliError::usage(format!("TLS settings: {e}")))?;
-        }
+            self.probe_certificate(cfg.clone(), &host, deadline).await?;
+            let name = rustls::pki_types::ServerName::try_from(host).map_err(|e| bad_url(&e))?;
+            // Our own TLS transport (see `tls::client`), under an `http`
+            // endpoint so that tonic does not wrap it in TLS of its own; the
+            // origin keeps the requests' scheme and authority those of the URL.
+            let (origin, addr) = origin_and_addr(&self.url)?;
+            let ep = Channel::from_shared(format!("http://{addr}"))
+                .map_err(|e| bad_url(&e))?
+                .origin(origin);
+            (
+                ep,
+                Some(crate::tls::client::Connector::new(cfg, name, addr)),
+            )
+        };
         ep = ep
             .connect_timeout(CONNECT_TIMEOUT)
             .http2_keep_alive_interval(KEEPALIVE_EVERY)
@@ -141,7 +147,13 @@ impl Conn {
         }
         // tonic's connect_timeout bounds the TCP connect only; this bounds
         // the TLS and HTTP/2 handshakes too.
-        let connected = tokio::time::timeout_at(deadline, ep.connect())
+        let connect = async {
+            match connector {
+                Some(c) => ep.connect_with_connector(c).await,
+                None => ep.connect().await,
+            }
+        };
+        let connected = tokio::time::timeout_at(deadline, connect)
             .await
             .map_err(|_| self.handshake_timeout_err())?;
         connected.map_err(|e| {
@@ -297,6 +309,22 @@ pub fn server_host(url: &str) -> Result<String, CliError> {
             "--server {url}: no host (expected https://HOST[:PORT])"
         ))),
     }
+}
+
+/// The origin of an `https` URL (with its port, 443 if none) and the
+/// `host:port` to connect to.
+fn origin_and_addr(url: &str) -> Result<(http::Uri, String), CliError> {
+    let bad = |why: &dyn std::fmt::Display| CliError::usage(format!("--server {url}: {why}"));
+    let uri = url.parse::<http::Uri>().map_err(|e| bad(&e))?;
+    if uri.scheme_str() != Some("https") {
+        return Err(bad(
+            &"expected https://HOST[:PORT] (or --dangerous-plaintext with http://)",
+        ));
+    }
+    let host = uri.host().ok_or_else(|| bad(&"no host"))?;
+    let addr = format!("{host}:{}", uri.port_u16().unwrap_or(443));
+    let origin = format!("https://{addr}").parse().map_err(|e| bad(&e))?;
+    Ok((origin, addr))
 }
 
 /// The TLS alert with which the server refused our client certificate, if

@@ -1,15 +1,14 @@
 //! A lean gRPC client for unary calls, written on the `h2` crate, for the
 //! load generator.
 //!
-//! tonic's client (hyper) sends a request's HEADERS frame, waits until the
-//! connection task has opened the stream and granted it send capacity, and
-//! only then sends the DATA frame: two TLS records, two `writev` calls and
-//! two wake-ups of the server for every call. grpcio, the library under the
-//! Python client, sends both frames in one write (one `sendmsg` per
-//! `Authorize`, counted with strace), as does this client: it queues the
-//! DATA frame right behind the HEADERS, so h2 writes them together. The
-//! load generator uses it to load the server the way pipelines' clients do
-//! without charging the server's two cores for hyper's extra round.
+//! tonic's channel hands each call to a buffer worker task, and hyper sends
+//! the request's DATA frame from a task of its own once the connection task
+//! has opened the stream. The CLI's transport (`tls::client`) gets both frames
+//! into one write, but the extra tasks stay, and in the load generator they
+//! run on the same two cores as the server. This client queues the DATA frame
+//! right behind the HEADERS before the connection task runs, as grpcio (under
+//! the Python client) does, with no task of its own per call: it loads the
+//! server the way pipelines' clients do without charging it for hyper's.
 //!
 //! It speaks only what the load generator needs: mutual TLS, unary calls,
 //! uncompressed messages, and the gRPC status in the trailers (or in the

@@ -16,6 +16,7 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 
+pub mod client;
 pub mod pki;
 pub use pki::issue_client_cert;
 
@@ -904,6 +905,135 @@ mod tests {
         let mut got = [0u8; 21];
         client.read_exact(&mut got).await.unwrap();
         assert_eq!(&got, b"headers,data,trailers");
+    }
+
+    /// The client transport over a mutual-TLS connection to `server`'s
+    /// listener, and the server's side of it.
+    async fn coalescing_pair() -> (
+        client::CoalescingStream,
+        TlsStream<tokio::net::TcpStream>,
+        tempfile::TempDir,
+    ) {
+        let (dir, server_cfg, client_cfg, listener, addr) = loopback_pki().await;
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let mut connector = client::Connector::new(client_cfg, name, addr.to_string());
+        let connect = tower::Service::call(&mut connector, http::Uri::from_static("/"));
+        let accept = async {
+            let (tcp, _) = listener.accept().await.unwrap();
+            TlsAcceptor::from(Arc::new(server_cfg))
+                .accept(tcp)
+                .await
+                .unwrap()
+        };
+        let (client, server) = tokio::join!(connect, accept);
+        (client.unwrap().into_inner(), server, dir)
+    }
+
+    /// Whether bytes wait on `tcp` (a non-blocking peek at the socket itself;
+    /// tokio's try_read answers from its cached readiness).
+    fn bytes_waiting(tcp: &tokio::net::TcpStream) -> bool {
+        let mut probe = [std::mem::MaybeUninit::uninit(); 1];
+        match socket2::SockRef::from(tcp).peek(&mut probe) {
+            Ok(n) => n > 0,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => false,
+            Err(e) => panic!("peek: {e}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_client_flush_lets_the_frames_queued_behind_it_share_its_write() {
+        use std::task::{Context, Poll};
+        use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
+        let (mut client, mut server, _dir) = coalescing_pair().await;
+        assert!(!tokio::io::AsyncWrite::is_write_vectored(&client));
+        // A first exchange also takes the session tickets off the sockets.
+        client.write_all(b"hello").await.unwrap();
+        client.flush().await.unwrap();
+        let mut got = [0u8; 5];
+        server.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"hello");
+
+        let woken = Arc::new(Woken::default());
+        let waker = std::task::Waker::from(woken.clone());
+        let mut cx = Context::from_waker(&waker);
+        let mut pinned = std::pin::Pin::new(&mut client);
+        // With nothing unsent a flush does not wait.
+        assert!(matches!(
+            pinned.as_mut().poll_flush(&mut cx),
+            Poll::Ready(Ok(()))
+        ));
+        assert_eq!(woken.count(), 0);
+
+        assert!(matches!(
+            pinned.as_mut().poll_write(&mut cx, b"headers,"),
+            Poll::Ready(Ok(8))
+        ));
+        // The first flush yields once, asking to be polled again at once.
+        assert!(pinned.as_mut().poll_flush(&mut cx).is_pending());
+        assert_eq!(woken.count(), 1, "a deferred flush must wake its task");
+        assert!(
+            !bytes_waiting(server.get_ref().0),
+            "bytes reached the socket before the deferred flush"
+        );
+        // What the other tasks queue meanwhile goes out with it.
+        assert!(matches!(
+            pinned.as_mut().poll_write(&mut cx, b"data,"),
+            Poll::Ready(Ok(5))
+        ));
+        assert!(matches!(
+            pinned.as_mut().poll_flush(&mut cx),
+            Poll::Ready(Ok(()))
+        ));
+        assert_eq!(woken.count(), 1);
+        let mut got = [0u8; 13];
+        server.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"headers,data,");
+
+        // The next flush of new bytes yields again.
+        assert!(matches!(
+            pinned.as_mut().poll_write(&mut cx, b"x"),
+            Poll::Ready(Ok(1))
+        ));
+        assert!(pinned.as_mut().poll_flush(&mut cx).is_pending());
+        assert_eq!(woken.count(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_client_write_larger_than_the_tls_buffer_arrives_whole() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut client, mut server, _dir) = coalescing_pair().await;
+        let big: Vec<u8> = (0..256 * 1024u32).map(|i| (i % 251) as u8).collect();
+        let mut got = vec![0u8; big.len()];
+        let (wrote, read) = tokio::join!(
+            async {
+                client.write_all(&big).await?;
+                client.flush().await
+            },
+            server.read_exact(&mut got)
+        );
+        wrote.unwrap();
+        read.unwrap();
+        assert!(got == big, "the bytes read differ from the bytes written");
+    }
+
+    /// A waker that counts its wake-ups.
+    #[derive(Default)]
+    struct Woken(std::sync::atomic::AtomicUsize);
+
+    impl Woken {
+        fn count(&self) -> usize {
+            self.0.load(std::sync::atomic::Ordering::SeqCst)
+        }
+    }
+
+    impl std::task::Wake for Woken {
+        fn wake(self: Arc<Self>) {
+            self.wake_by_ref();
+        }
+
+        fn wake_by_ref(self: &Arc<Self>) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
     }
 
     #[tokio::test]

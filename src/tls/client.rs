@@ -1,0 +1,137 @@
+//! The client side of a mutual-TLS connection, for tonic's client.
+//!
+//! hyper's HTTP/2 client sends a call's HEADERS frame from the connection
+//! task, and its DATA frame only after a second task has seen the opened
+//! stream's send capacity: with a transport that writes at every flush, that
+//! is two TLS records in two `writev` calls and two wake-ups of the server for
+//! every unary call. [`CoalescingStream`] holds a flush back for one turn of
+//! the scheduler, which lets the body task queue its DATA frame first, so the
+//! whole call leaves in one write, as grpcio's does.
+
+use std::future::Future;
+use std::io::{self, Write as _};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+
+/// A client's TLS stream whose writes are encrypted into rustls's outgoing
+/// buffer and reach the socket at a flush, and whose flush first lets every
+/// other ready task of the runtime run once.
+pub struct CoalescingStream {
+    tls: TlsStream<TcpStream>,
+    /// Bytes taken since the last flush reached the socket.
+    unsent: bool,
+    /// This flush has already given the other tasks their turn.
+    deferred: bool,
+}
+
+impl AsyncRead for CoalescingStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().tls).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for CoalescingStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let taken = this.tls.get_mut().1.writer().write(buf)?;
+        if taken > 0 || buf.is_empty() {
+            this.unsent |= taken > 0;
+            return Poll::Ready(Ok(taken));
+        }
+        // rustls's outgoing buffer is full: send it, then take more.
+        ready!(Pin::new(&mut this.tls).poll_flush(cx))?;
+        match this.tls.get_mut().1.writer().write(buf)? {
+            0 => Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+            n => {
+                this.unsent = true;
+                Poll::Ready(Ok(n))
+            }
+        }
+    }
+
+    /// h2 copies payloads into its own frame buffer only when the transport
+    /// takes no vectored writes.
+    fn is_write_vectored(&self) -> bool {
+        false
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.unsent && !this.deferred {
+            // Rescheduled behind the tasks already ready to run; when polled
+            // again h2 writes what they queued and flushes once more.
+            this.deferred = true;
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        ready!(Pin::new(&mut this.tls).poll_flush(cx))?;
+        this.unsent = false;
+        this.deferred = false;
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().tls).poll_shutdown(cx)
+    }
+}
+
+/// Connects tonic's client over [`CoalescingStream`]: TCP to `addr`, then a
+/// TLS handshake verifying the server's certificate for `name`.
+#[derive(Clone)]
+pub struct Connector {
+    cfg: Arc<rustls::ClientConfig>,
+    name: ServerName<'static>,
+    addr: String,
+}
+
+impl Connector {
+    /// `addr` is `host:port`; `name` the name the server's certificate must carry.
+    pub fn new(cfg: rustls::ClientConfig, name: ServerName<'static>, addr: String) -> Self {
+        Connector {
+            cfg: Arc::new(cfg),
+            name,
+            addr,
+        }
+    }
+}
+
+impl tower::Service<http::Uri> for Connector {
+    type Response = TokioIo<CoalescingStream>;
+    type Error = io::Error;
+    type Future = Pin<Box<dyn Future<Output = io::Result<Self::Response>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: http::Uri) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move {
+            let tcp = TcpStream::connect(&this.addr).await?;
+            tcp.set_nodelay(true)?;
+            let tls = tokio_rustls::TlsConnector::from(this.cfg)
+                .connect(this.name, tcp)
+                .await?;
+            Ok(TokioIo::new(CoalescingStream {
+                tls,
+                unsent: false,
+                deferred: false,
+            }))
+        })
+    }
+}
