@@ -156,28 +156,50 @@ const CHUNK_BYTES: usize = 4 << 20;
 pub(crate) fn with_signature_threads<R>(
     scan: impl FnOnce(&mut dyn FnMut(SigJob)) -> R,
 ) -> (R, Option<(u64, String)>) {
+    checking_with(
+        |j: &SigJob| {
+            j.keys
+                .authenticate(&j.envelope)
+                .map(drop)
+                .map_err(|e| e.to_string())
+        },
+        scan,
+    )
+}
+
+/// [`with_signature_threads`] with the check given. A check that panics
+/// fails its job ("the signature check panicked") and the thread goes on:
+/// were the threads to die, the scan would wait forever for room in their
+/// queue.
+fn checking_with<R>(
+    check: impl Fn(&SigJob) -> Result<(), String> + Sync,
+    scan: impl FnOnce(&mut dyn FnMut(SigJob)) -> R,
+) -> (R, Option<(u64, String)>) {
+    use std::sync::{Mutex, PoisonError};
     let threads = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1)
         .clamp(1, 8);
-    let first_bad: std::sync::Mutex<Option<(u64, String)>> = std::sync::Mutex::new(None);
+    let first_bad: Mutex<Option<(u64, String)>> = Mutex::new(None);
     let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<SigJob>>(threads * 4);
-    let rx = std::sync::Mutex::new(rx);
+    let rx = Mutex::new(rx);
+    let check = &check;
     let result = std::thread::scope(|s| {
         for _ in 0..threads {
             s.spawn(|| {
                 loop {
                     // The lock is only held to take the next chunk.
-                    let next = rx.lock().expect("job queue lock").recv();
+                    let next = rx.lock().unwrap_or_else(PoisonError::into_inner).recv();
                     let Ok(jobs) = next else { break };
                     let bad = jobs.iter().find_map(|j| {
-                        j.keys
-                            .authenticate(&j.envelope)
-                            .err()
-                            .map(|e| (j.index, e.to_string()))
+                        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| check(j))) {
+                            Ok(Ok(())) => None,
+                            Ok(Err(why)) => Some((j.index, why)),
+                            Err(_) => Some((j.index, "the signature check panicked".to_owned())),
+                        }
                     });
                     if let Some((index, why)) = bad {
-                        let mut first = first_bad.lock().expect("result lock");
+                        let mut first = first_bad.lock().unwrap_or_else(PoisonError::into_inner);
                         if first.as_ref().is_none_or(|(i, _)| index < *i) {
                             *first = Some((index, why));
                         }
@@ -203,7 +225,10 @@ pub(crate) fn with_signature_threads<R>(
         drop(tx);
         r
     });
-    (result, first_bad.into_inner().expect("result lock"))
+    let first = first_bad
+        .into_inner()
+        .unwrap_or_else(PoisonError::into_inner);
+    (result, first)
 }
 
 /// Verifies the whole log in `store`. With `trusted`, the genesis log key must
@@ -528,4 +553,66 @@ pub fn verify_receipt(
     merkle::verify_inclusion(leaf, index, cp.size, proof, &cp.root)
         .map_err(|e| format!("inclusion proof: {e}"))?;
     Ok(cp)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(index: u64) -> SigJob {
+        SigJob {
+            index,
+            keys: SignerKeys::none("tester"),
+            envelope: Envelope {
+                payload_type: String::new(),
+                payload: Vec::new(),
+                signatures: Vec::new(),
+            },
+        }
+    }
+
+    /// Hands 64 chunks of jobs to `check`'s threads, on a thread of its own
+    /// so that a stalled scan fails the test instead of hanging it.
+    fn sixty_four_chunks(
+        check: impl Fn(&SigJob) -> Result<(), String> + Send + Sync + 'static,
+    ) -> (u64, Option<(u64, String)>) {
+        let (done, result) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = done.send(checking_with(check, |sink| {
+                let n = CHUNK as u64 * 64;
+                (0..n).for_each(|i| sink(job(i)));
+                n
+            }));
+        });
+        result
+            .recv_timeout(std::time::Duration::from_secs(120))
+            .expect("the scan stalled: its signature threads stopped taking jobs")
+    }
+
+    /// Every chunk has a job whose check panics: more panics than threads.
+    fn panics_in_every_chunk(j: &SigJob) -> bool {
+        j.index % CHUNK as u64 == 7
+    }
+
+    #[test]
+    fn a_check_that_panics_fails_its_entry_and_the_threads_go_on() {
+        let (scanned, bad) = sixty_four_chunks(|j| {
+            assert!(!panics_in_every_chunk(j), "injected panic at {}", j.index);
+            Ok(())
+        });
+        assert_eq!(scanned, CHUNK as u64 * 64);
+        assert_eq!(bad, Some((7, "the signature check panicked".to_owned())));
+    }
+
+    #[test]
+    fn a_failed_check_before_the_panics_is_the_one_reported() {
+        let (_, bad) = sixty_four_chunks(|j| {
+            assert!(!panics_in_every_chunk(j), "injected panic at {}", j.index);
+            if j.index == 3 {
+                return Err("no signature verifies".to_owned());
+            }
+            Ok(())
+        });
+        assert_eq!(bad, Some((3, "no signature verifies".to_owned())));
+    }
 }

@@ -308,6 +308,16 @@ pub struct SignerKeys {
 }
 
 impl SignerKeys {
+    /// A signer without keys, for tests of what carries these around.
+    #[cfg(test)]
+    pub(crate) fn none(signer: &str) -> SignerKeys {
+        SignerKeys {
+            signer: signer.to_owned(),
+            active: Vec::new(),
+            revoked: Vec::new(),
+        }
+    }
+
     /// The active key the keyid hint names, else the first active key: the
     /// key to try first. `None` when the signer has no active key.
     pub fn preferred(&self, env: &Envelope) -> Option<VerifyingKey> {
