@@ -168,7 +168,7 @@ pub(crate) fn with_signature_threads<R>(
 }
 
 /// [`with_signature_threads`] with the check given. A check that panics
-/// fails its job ("the signature check panicked") and the thread goes on:
+/// fails its job ("the signature check panicked: ...") and the thread goes on:
 /// were the threads to die, the scan would wait forever for room in their
 /// queue.
 fn checking_with<R>(
@@ -195,7 +195,7 @@ fn checking_with<R>(
                         match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| check(j))) {
                             Ok(Ok(())) => None,
                             Ok(Err(why)) => Some((j.index, why)),
-                            Err(_) => Some((j.index, "the signature check panicked".to_owned())),
+                            Err(panic) => Some((j.index, panicked(panic.as_ref()))),
                         }
                     });
                     if let Some((index, why)) = bad {
@@ -229,6 +229,18 @@ fn checking_with<R>(
         .into_inner()
         .unwrap_or_else(PoisonError::into_inner);
     (result, first)
+}
+
+/// The failure of a check that panicked, with the panic's message.
+fn panicked(payload: &(dyn std::any::Any + Send)) -> String {
+    let msg = payload
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str));
+    match msg {
+        Some(m) => format!("the signature check panicked: {m}"),
+        None => "the signature check panicked".to_owned(),
+    }
 }
 
 /// Verifies the whole log in `store`. With `trusted`, the genesis log key must
@@ -594,6 +606,11 @@ mod tests {
         j.index % CHUNK as u64 == 7
     }
 
+    /// The same from the second chunk on.
+    fn panics_after_the_first_chunk(j: &SigJob) -> bool {
+        j.index >= CHUNK as u64 && panics_in_every_chunk(j)
+    }
+
     #[test]
     fn a_check_that_panics_fails_its_entry_and_the_threads_go_on() {
         let (scanned, bad) = sixty_four_chunks(|j| {
@@ -601,13 +618,24 @@ mod tests {
             Ok(())
         });
         assert_eq!(scanned, CHUNK as u64 * 64);
-        assert_eq!(bad, Some((7, "the signature check panicked".to_owned())));
+        assert_eq!(
+            bad,
+            Some((
+                7,
+                "the signature check panicked: injected panic at 7".to_owned()
+            ))
+        );
     }
 
     #[test]
     fn a_failed_check_before_the_panics_is_the_one_reported() {
+        // The failure is in the first chunk, the panics in every later one.
         let (_, bad) = sixty_four_chunks(|j| {
-            assert!(!panics_in_every_chunk(j), "injected panic at {}", j.index);
+            assert!(
+                !panics_after_the_first_chunk(j),
+                "injected panic at {}",
+                j.index
+            );
             if j.index == 3 {
                 return Err("no signature verifies".to_owned());
             }

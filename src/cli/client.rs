@@ -135,7 +135,12 @@ impl Conn {
                 .origin(origin);
             (
                 ep,
-                Some(crate::tls::client::Connector::new(cfg, name, addr)),
+                Some(crate::tls::client::Connector::new(
+                    cfg,
+                    name,
+                    addr,
+                    CONNECT_TIMEOUT,
+                )),
             )
         };
         ep = ep
@@ -145,8 +150,9 @@ impl Conn {
         if let Some(t) = call_timeout {
             ep = ep.timeout(t);
         }
-        // tonic's connect_timeout bounds the TCP connect only; this bounds
-        // the TLS and HTTP/2 handshakes too.
+        // tonic's connect_timeout bounds the connector (with TLS, its TLS
+        // handshake too) but not the HTTP/2 handshake; this bounds them all,
+        // and the certificate probe before them.
         let connect = async {
             match connector {
                 Some(c) => ep.connect_with_connector(c).await,

@@ -540,7 +540,7 @@ pub(crate) fn open_offline_copy(dd: &crate::datadir::DataDir) -> Result<ScratchS
 
 /// Runs `f`, which reads a store, turning a panic inside it (sled panics
 /// on some damaged pages rather than returning an error) into a failure
-/// that names the first panic's message, without the default hook's
+/// that names the message of this thread's first panic, without the default hook's
 /// backtrace on stderr.
 pub(crate) fn surviving_store_panics<T>(
     f: impl FnOnce() -> Result<T, CliError>,
@@ -549,7 +549,14 @@ pub(crate) fn surviving_store_panics<T>(
     let first = || FIRST.lock().unwrap_or_else(|p| p.into_inner());
     *first() = None;
     let previous = std::panic::take_hook();
+    // Only a panic of this thread can end `f`; a panic that another thread
+    // catches (a signature check, which fails its entry with the message)
+    // must not take the place of the one reported here.
+    let caller = std::thread::current().id();
     std::panic::set_hook(Box::new(move |info| {
+        if std::thread::current().id() != caller {
+            return;
+        }
         let p = info.payload();
         let msg = p
             .downcast_ref::<&str>()

@@ -13,6 +13,7 @@ use std::io::{self, Write as _};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::ServerName;
@@ -64,8 +65,9 @@ impl AsyncWrite for CoalescingStream {
         }
     }
 
-    /// h2 copies payloads into its own frame buffer only when the transport
-    /// takes no vectored writes.
+    /// Without vectored writes h2 copies DATA payloads under 1 KiB into its
+    /// own frame buffer (with them, only those of 256 bytes or less), so a
+    /// call's frames reach rustls in one piece.
     fn is_write_vectored(&self) -> bool {
         false
     }
@@ -91,23 +93,54 @@ impl AsyncWrite for CoalescingStream {
 }
 
 /// Connects tonic's client over [`CoalescingStream`]: TCP to `addr`, then a
-/// TLS handshake verifying the server's certificate for `name`.
+/// TLS handshake verifying the server's certificate for `name`, which must
+/// agree on HTTP/2 (ALPN `h2`).
 #[derive(Clone)]
 pub struct Connector {
     cfg: Arc<rustls::ClientConfig>,
     name: ServerName<'static>,
     addr: String,
+    timeout: Duration,
 }
 
 impl Connector {
-    /// `addr` is `host:port`; `name` the name the server's certificate must carry.
-    pub fn new(cfg: rustls::ClientConfig, name: ServerName<'static>, addr: String) -> Self {
+    /// `addr` is `host:port`; `name` the name the server's certificate must
+    /// carry. When `host` resolves to several addresses they are tried in
+    /// turn, each for its share of `timeout`, so one that drops packets does
+    /// not use up the time of those after it.
+    pub fn new(
+        cfg: rustls::ClientConfig,
+        name: ServerName<'static>,
+        addr: String,
+        timeout: Duration,
+    ) -> Self {
         Connector {
             cfg: Arc::new(cfg),
             name,
             addr,
+            timeout,
         }
     }
+}
+
+/// A TCP connection to one of `addr`'s addresses.
+async fn tcp_connect(addr: &str, timeout: Duration) -> io::Result<TcpStream> {
+    let addrs: Vec<_> = tokio::net::lookup_host(addr).await?.collect();
+    let share = timeout / u32::try_from(addrs.len().max(1)).unwrap_or(u32::MAX);
+    let mut last = io::Error::new(io::ErrorKind::NotFound, format!("{addr}: no address"));
+    for a in addrs {
+        match tokio::time::timeout(share, TcpStream::connect(a)).await {
+            Ok(Ok(tcp)) => return Ok(tcp),
+            Ok(Err(e)) => last = io::Error::new(e.kind(), format!("{a}: {e}")),
+            Err(_) => {
+                last = io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("{a}: no answer within {share:?}"),
+                )
+            }
+        }
+    }
+    Err(last)
 }
 
 impl tower::Service<http::Uri> for Connector {
@@ -122,11 +155,20 @@ impl tower::Service<http::Uri> for Connector {
     fn call(&mut self, _: http::Uri) -> Self::Future {
         let this = self.clone();
         Box::pin(async move {
-            let tcp = TcpStream::connect(&this.addr).await?;
+            let tcp = tcp_connect(&this.addr, this.timeout).await?;
             tcp.set_nodelay(true)?;
             let tls = tokio_rustls::TlsConnector::from(this.cfg)
                 .connect(this.name, tcp)
                 .await?;
+            if tls.get_ref().1.alpn_protocol() != Some(b"h2") {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "{}: the server did not agree to HTTP/2 (ALPN h2); is it a gRPC server?",
+                        this.addr
+                    ),
+                ));
+            }
             Ok(TokioIo::new(CoalescingStream {
                 tls,
                 unsent: false,

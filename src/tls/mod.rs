@@ -916,7 +916,12 @@ mod tests {
     ) {
         let (dir, server_cfg, client_cfg, listener, addr) = loopback_pki().await;
         let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-        let mut connector = client::Connector::new(client_cfg, name, addr.to_string());
+        let mut connector = client::Connector::new(
+            client_cfg,
+            name,
+            addr.to_string(),
+            std::time::Duration::from_secs(10),
+        );
         let connect = tower::Service::call(&mut connector, http::Uri::from_static("/"));
         let accept = async {
             let (tcp, _) = listener.accept().await.unwrap();
@@ -996,6 +1001,33 @@ mod tests {
         ));
         assert!(pinned.as_mut().poll_flush(&mut cx).is_pending());
         assert_eq!(woken.count(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_server_that_does_not_speak_http2_is_refused_at_connect() {
+        let (_dir, mut server_cfg, client_cfg, listener, addr) = loopback_pki().await;
+        server_cfg.alpn_protocols.clear();
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let mut connector = client::Connector::new(
+            client_cfg,
+            name,
+            addr.to_string(),
+            std::time::Duration::from_secs(10),
+        );
+        let connect = tower::Service::call(&mut connector, http::Uri::from_static("/"));
+        let accept = async {
+            let (tcp, _) = listener.accept().await.unwrap();
+            TlsAcceptor::from(Arc::new(server_cfg)).accept(tcp).await
+        };
+        let (client, server) = tokio::join!(connect, accept);
+        assert!(server.is_ok(), "the handshake itself succeeds");
+        let err = client.err().expect("connected without HTTP/2");
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        assert!(
+            err.to_string()
+                .contains("did not agree to HTTP/2 (ALPN h2)"),
+            "{err}"
+        );
     }
 
     #[tokio::test]
