@@ -907,14 +907,17 @@ mod tests {
         assert_eq!(&got, b"headers,data,trailers");
     }
 
-    /// The client transport over a mutual-TLS connection to `server`'s
-    /// listener, and the server's side of it.
-    async fn coalescing_pair() -> (
-        client::CoalescingStream,
-        TlsStream<tokio::net::TcpStream>,
-        tempfile::TempDir,
+    /// Our client connector against one TLS accept on `listener`: what each
+    /// side got.
+    async fn connect_coalescing(
+        server_cfg: rustls::ServerConfig,
+        client_cfg: rustls::ClientConfig,
+        listener: TcpListener,
+        addr: SocketAddr,
+    ) -> (
+        io::Result<client::CoalescingStream>,
+        io::Result<TlsStream<tokio::net::TcpStream>>,
     ) {
-        let (dir, server_cfg, client_cfg, listener, addr) = loopback_pki().await;
         let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
         let mut connector = client::Connector::new(
             client_cfg,
@@ -924,14 +927,23 @@ mod tests {
         );
         let connect = tower::Service::call(&mut connector, http::Uri::from_static("/"));
         let accept = async {
-            let (tcp, _) = listener.accept().await.unwrap();
-            TlsAcceptor::from(Arc::new(server_cfg))
-                .accept(tcp)
-                .await
-                .unwrap()
+            let (tcp, _) = listener.accept().await?;
+            TlsAcceptor::from(Arc::new(server_cfg)).accept(tcp).await
         };
         let (client, server) = tokio::join!(connect, accept);
-        (client.unwrap().into_inner(), server, dir)
+        (client.map(hyper_util::rt::TokioIo::into_inner), server)
+    }
+
+    /// The client transport over a mutual-TLS connection, and the server's
+    /// side of it.
+    async fn coalescing_pair() -> (
+        client::CoalescingStream,
+        TlsStream<tokio::net::TcpStream>,
+        tempfile::TempDir,
+    ) {
+        let (dir, server_cfg, client_cfg, listener, addr) = loopback_pki().await;
+        let (client, server) = connect_coalescing(server_cfg, client_cfg, listener, addr).await;
+        (client.unwrap(), server.unwrap(), dir)
     }
 
     /// Whether bytes wait on `tcp` (a non-blocking peek at the socket itself;
@@ -1007,19 +1019,7 @@ mod tests {
     async fn a_server_that_does_not_speak_http2_is_refused_at_connect() {
         let (_dir, mut server_cfg, client_cfg, listener, addr) = loopback_pki().await;
         server_cfg.alpn_protocols.clear();
-        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-        let mut connector = client::Connector::new(
-            client_cfg,
-            name,
-            addr.to_string(),
-            std::time::Duration::from_secs(10),
-        );
-        let connect = tower::Service::call(&mut connector, http::Uri::from_static("/"));
-        let accept = async {
-            let (tcp, _) = listener.accept().await.unwrap();
-            TlsAcceptor::from(Arc::new(server_cfg)).accept(tcp).await
-        };
-        let (client, server) = tokio::join!(connect, accept);
+        let (client, server) = connect_coalescing(server_cfg, client_cfg, listener, addr).await;
         assert!(server.is_ok(), "the handshake itself succeeds");
         let err = client.err().expect("connected without HTTP/2");
         assert_eq!(err.kind(), io::ErrorKind::InvalidData);
@@ -1032,16 +1032,26 @@ mod tests {
 
     #[tokio::test]
     async fn a_client_write_larger_than_the_tls_buffer_arrives_whole() {
+        let (client, server, _dir) = coalescing_pair().await;
+        a_big_write_arrives_whole(client, server).await;
+    }
+
+    /// Writes four times rustls's 64 KiB limit on buffered outgoing data
+    /// through `w`, with a pattern that shows any lost, repeated or reordered
+    /// chunk, and reads it back whole from `r`.
+    async fn a_big_write_arrives_whole(
+        mut w: impl tokio::io::AsyncWrite + Unpin,
+        mut r: impl tokio::io::AsyncRead + Unpin,
+    ) {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let (mut client, mut server, _dir) = coalescing_pair().await;
         let big: Vec<u8> = (0..256 * 1024u32).map(|i| (i % 251) as u8).collect();
         let mut got = vec![0u8; big.len()];
         let (wrote, read) = tokio::join!(
             async {
-                client.write_all(&big).await?;
-                client.flush().await
+                w.write_all(&big).await?;
+                w.flush().await
             },
-            server.read_exact(&mut got)
+            r.read_exact(&mut got)
         );
         wrote.unwrap();
         read.unwrap();
@@ -1070,21 +1080,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_write_larger_than_the_tls_buffer_goes_out_without_a_flush() {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let (mut server, mut client, _dir) = tls_pair().await;
-        // Four times rustls's 64 KiB limit on buffered outgoing data, with a
-        // pattern that shows any lost, repeated or reordered chunk.
-        let big: Vec<u8> = (0..256 * 1024u32).map(|i| (i % 251) as u8).collect();
-        let mut got = vec![0u8; big.len()];
-        let (wrote, read) = tokio::join!(
-            async {
-                server.write_all(&big).await?;
-                server.flush().await
-            },
-            client.read_exact(&mut got)
-        );
-        wrote.unwrap();
-        read.unwrap();
-        assert!(got == big, "the bytes read differ from the bytes written");
+        let (server, client, _dir) = tls_pair().await;
+        a_big_write_arrives_whole(server, client).await;
     }
 }
