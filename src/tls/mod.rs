@@ -875,6 +875,19 @@ mod tests {
         client.await.unwrap().unwrap();
     }
 
+    /// Sends "hello" through `w` and reads it from `r`.
+    async fn hello(
+        w: &mut (impl tokio::io::AsyncWrite + Unpin),
+        r: &mut (impl tokio::io::AsyncRead + Unpin),
+    ) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        w.write_all(b"hello").await.unwrap();
+        w.flush().await.unwrap();
+        let mut got = [0u8; 5];
+        r.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"hello");
+    }
+
     #[tokio::test]
     async fn replies_reach_the_socket_only_at_the_flush() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -884,11 +897,7 @@ mod tests {
         // 256 bytes apart from the frames queued behind them.
         assert!(!tokio::io::AsyncWrite::is_write_vectored(&server));
         // A first exchange also takes the session tickets off the socket.
-        server.write_all(b"hello").await.unwrap();
-        server.flush().await.unwrap();
-        let mut got = [0u8; 5];
-        client.read_exact(&mut got).await.unwrap();
-        assert_eq!(&got, b"hello");
+        hello(&mut server, &mut client).await;
 
         server.write_all(b"headers,").await.unwrap();
         server.write_all(b"data,trailers").await.unwrap();
@@ -960,15 +969,11 @@ mod tests {
     #[tokio::test]
     async fn a_client_flush_lets_the_frames_queued_behind_it_share_its_write() {
         use std::task::{Context, Poll};
-        use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
+        use tokio::io::{AsyncReadExt, AsyncWrite};
         let (mut client, mut server, _dir) = coalescing_pair().await;
         assert!(!tokio::io::AsyncWrite::is_write_vectored(&client));
         // A first exchange also takes the session tickets off the sockets.
-        client.write_all(b"hello").await.unwrap();
-        client.flush().await.unwrap();
-        let mut got = [0u8; 5];
-        server.read_exact(&mut got).await.unwrap();
-        assert_eq!(&got, b"hello");
+        hello(&mut client, &mut server).await;
 
         let woken = Arc::new(Woken::default());
         let waker = std::task::Waker::from(woken.clone());
