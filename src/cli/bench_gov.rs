@@ -545,11 +545,11 @@ impl Caller {
 /// (one shared HTTP/2 connection, or one each). Closed loop (`rate` `None`):
 /// each client sends its next request when the previous reply arrives.
 /// Open loop (`rate` per second summed): client `w` sends its `k`-th request
-/// at `(k * conc + w) / rate` seconds. When a client is behind that schedule
-/// (its previous reply came late), latency runs from the scheduled send time,
-/// so a stall is charged to every request it delayed (no coordinated
-/// omission); a schedule the server cannot keep shows as an achieved rate
-/// below the offered one.
+/// at `(k * conc + w) / rate` seconds ([`pace`]), and latency runs from that
+/// scheduled time, also when the client is behind it (its previous reply
+/// came late), so a stall is charged to every request it delayed (no
+/// coordinated omission); a schedule the server cannot keep shows as an
+/// achieved rate below the offered one.
 async fn over_grpc(
     clients: &[Caller],
     conc: usize,
@@ -559,33 +559,34 @@ async fn over_grpc(
 ) -> Result<Stats, CliError> {
     let per = n / conc;
     let reqs: Arc<Vec<pb::AuthorizeRequest>> = Arc::new((0..changes).map(request).collect());
-    let gap = rate.map(|r| std::time::Duration::from_secs_f64(1.0 / f64::from(r.max(1))));
-    let start = tokio::time::Instant::now()
-        + std::time::Duration::from_millis(20 * u64::from(rate.is_some()));
+    let start = Instant::now() + std::time::Duration::from_millis(20 * u64::from(rate.is_some()));
+    // Open loop: the pacer thread hands each client its due times.
+    let (mut dues, mut pacer) = (Vec::new(), None);
+    if let Some(r) = rate {
+        let mut txs = Vec::new();
+        for _ in 0..conc {
+            let (tx, rx) = mpsc::unbounded_channel();
+            txs.push(tx);
+            dues.push(Some(rx));
+        }
+        let gap = std::time::Duration::from_secs_f64(1.0 / f64::from(r.max(1)));
+        pacer = Some(std::thread::spawn(move || pace(start, gap, per, &txs)));
+    }
     let mut tasks = Vec::new();
     for w in 0..conc {
         let mut c = clients[w % clients.len()].clone();
         let reqs = reqs.clone();
+        let mut due = dues.get_mut(w).and_then(Option::take);
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::with_capacity(per);
             for k in 0..per {
                 let req = reqs[(w * 7919 + k * 31) % reqs.len()].clone();
-                let now = tokio::time::Instant::now();
-                let sent = match gap {
-                    None => now,
-                    Some(gap) => {
-                        let due = start + gap * u32::try_from(k * conc + w).unwrap_or(u32::MAX);
-                        // Late because the previous reply came late: timed
-                        // from the due time. Early: the timer wakes on a 1 ms
-                        // tick, a delay of the generator's own, so the clock
-                        // starts at the real send.
-                        if now >= due {
-                            due
-                        } else {
-                            tokio::time::sleep_until(due).await;
-                            tokio::time::Instant::now()
-                        }
-                    }
+                // Timed from the due time, also when the client is behind
+                // it (its previous reply came late): a stall is charged to
+                // every request it delayed.
+                let sent = match &mut due {
+                    None => Instant::now(),
+                    Some(rx) => rx.recv().await.ok_or("the pacer stopped early")?,
                 };
                 c.authorize(req).await?;
                 lat.push(sent.elapsed().as_micros() as u64);
@@ -594,6 +595,17 @@ async fn over_grpc(
         }));
     }
     let lat_us = join(tasks).await?;
+    let late = match pacer {
+        Some(p) => {
+            let mut late = p
+                .join()
+                .map_err(|_| CliError::failed("the pacer thread panicked"))?;
+            late.sort_unstable();
+            let p99 = late.get(late.len() * 99 / 100).copied().unwrap_or(0);
+            format!(" (pacer's p99 lateness {:.2} ms)", p99 as f64 / 1000.0)
+        }
+        None => String::new(),
+    };
     Ok(Stats {
         name: {
             let mut over = match clients.len() {
@@ -606,7 +618,7 @@ async fn over_grpc(
             match rate {
                 None => format!("Authorize over mTLS gRPC, {conc} client(s), {over}"),
                 Some(r) => format!(
-                    "Authorize over mTLS gRPC, {conc} clients, {over}, open loop at {r}/s offered"
+                    "Authorize over mTLS gRPC, {conc} clients, {over}, open loop at {r}/s offered{late}"
                 ),
             }
         },
@@ -614,6 +626,35 @@ async fn over_grpc(
         secs: start.elapsed().as_secs_f64(),
         lat_us,
     })
+}
+
+/// The open loop's clock: sends client `w` the due time of its `k`-th
+/// request, `start + (k * clients + w) * gap`, when that time comes. A
+/// thread of its own sleeping to each due time, since tokio's timer wakes on
+/// 1 ms ticks and would release all the requests due within one (20 at
+/// 20,000/s) at once, a burst that independent callers do not make. Its own
+/// lateness (the kernel's timer slack, 50 µs by default, and waiting for a
+/// core) counts as latency; it returns that lateness of each send, in µs.
+fn pace(
+    start: Instant,
+    gap: std::time::Duration,
+    per: usize,
+    txs: &[mpsc::UnboundedSender<Instant>],
+) -> Vec<u64> {
+    let mut late = Vec::with_capacity(per * txs.len());
+    for i in 0..per * txs.len() {
+        let due = start + gap * u32::try_from(i).unwrap_or(u32::MAX);
+        let now = Instant::now();
+        if due > now {
+            std::thread::sleep(due - now);
+        }
+        late.push(due.elapsed().as_micros() as u64);
+        if txs[i % txs.len()].send(due).is_err() {
+            // That client failed; its error is reported by the join.
+            break;
+        }
+    }
+    late
 }
 
 #[derive(Args, Debug)]

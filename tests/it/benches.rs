@@ -22,11 +22,15 @@ fn run(args: &[&str]) -> String {
     stdout
 }
 
-/// The table row whose first cell is `name`, as its cells.
+/// The table row whose first cell is `name` (an open-loop row's followed by
+/// its pacer's lateness), as its cells.
 fn row<'a>(out: &'a str, name: &str) -> Vec<&'a str> {
     let line = out
         .lines()
-        .find(|l| l.starts_with(&format!("| {name} |")))
+        .find(|l| {
+            l.starts_with(&format!("| {name} |"))
+                || l.starts_with(&format!("| {name} (pacer's p99 lateness "))
+        })
         .unwrap_or_else(|| panic!("no row {name:?} in:\n{out}"));
     line.trim_matches('|').split('|').map(str::trim).collect()
 }
@@ -98,6 +102,14 @@ fn bench_authorize_runs_every_phase_on_the_stated_workload() {
         ),
     ] {
         let cells = row(&out, name);
+        if name.contains("open loop") {
+            let late = cells[0]
+                .strip_prefix(name)
+                .and_then(|l| l.strip_prefix(" (pacer's p99 lateness "))
+                .and_then(|l| l.strip_suffix(" ms)"))
+                .unwrap_or_else(|| panic!("{name}: no pacer lateness in {:?}", cells[0]));
+            assert!(number(late) >= 0.0, "{name}");
+        }
         assert_eq!(number(cells[1]), ops, "{name}");
         assert!(number(cells[2]) > 0.0, "{name}: no rate");
         assert!(number(cells[3]) <= number(cells[4]), "{name}: p50 > p99");
