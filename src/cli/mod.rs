@@ -649,3 +649,42 @@ pub(crate) fn read_small_file(
     }
     std::fs::read_to_string(p).map_err(|e| named(&e))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(r: Result<(), CliError>) -> String {
+        r.expect_err("the panic should be a failure").message
+    }
+
+    /// One test, as the panic hook is the process's: cases run in parallel
+    /// would swap it under each other.
+    #[test]
+    fn a_store_panic_is_reported_by_its_own_message_not_another_threads() {
+        let r = surviving_store_panics(|| -> Result<(), CliError> { panic!("page 7 is torn") });
+        let m = message(r);
+        assert!(m.contains("reading the store panicked"), "{m}");
+        assert!(m.contains("page 7 is torn (at src/cli/mod.rs:"), "{m}");
+
+        let r = surviving_store_panics(|| -> Result<(), CliError> {
+            // A signature thread's panic, caught there.
+            let other = std::thread::spawn(|| {
+                std::panic::catch_unwind(|| panic!("a signature check")).is_err()
+            });
+            assert!(other.join().unwrap());
+            panic!("the store's own");
+        });
+        let m = message(r);
+        assert!(m.contains("the store's own"), "{m}");
+        assert!(!m.contains("a signature check"), "{m}");
+
+        // When only another thread panicked, the work's result stands.
+        let ok = surviving_store_panics(|| {
+            let other = std::thread::spawn(|| std::panic::catch_unwind(|| panic!("caught")));
+            assert!(other.join().unwrap().is_err());
+            Ok(5)
+        });
+        assert_eq!(ok.unwrap(), 5);
+    }
+}
