@@ -584,12 +584,12 @@ async fn over_grpc(
                 // Timed from the due time, also when the client is behind
                 // it (its previous reply came late): a stall is charged to
                 // every request it delayed.
-                let sent = match &mut due {
+                let timed_from = match &mut due {
                     None => Instant::now(),
                     Some(rx) => rx.recv().await.ok_or("the pacer stopped early")?,
                 };
                 c.authorize(req).await?;
-                lat.push(sent.elapsed().as_micros() as u64);
+                lat.push(timed_from.elapsed().as_micros() as u64);
             }
             Ok::<_, String>(lat)
         }));
