@@ -127,20 +127,19 @@ impl Connector {
 /// A TCP connection to one of `addr`'s addresses.
 async fn tcp_connect(addr: &str, timeout: Duration) -> io::Result<TcpStream> {
     let addrs: Vec<_> = tokio::net::lookup_host(addr).await?.collect();
-    if addrs.is_empty() {
-        return Err(io::Error::new(
-            io::ErrorKind::NotFound,
-            format!("{addr}: no address"),
-        ));
-    }
-    connect_first(&addrs, timeout).await
+    connect_first(addr, &addrs, timeout).await
 }
 
-/// A TCP connection to the first of `addrs` that answers, each tried in
-/// turn for its share of `timeout`; else the last one's error, naming it.
-async fn connect_first(addrs: &[SocketAddr], timeout: Duration) -> io::Result<TcpStream> {
+/// A TCP connection to the first of `addrs` (what `name` resolved to) that
+/// answers, each tried in turn for its share of `timeout`; else the last
+/// one's error, naming it.
+async fn connect_first(
+    name: &str,
+    addrs: &[SocketAddr],
+    timeout: Duration,
+) -> io::Result<TcpStream> {
     let share = timeout / u32::try_from(addrs.len().max(1)).unwrap_or(u32::MAX);
-    let mut last = io::Error::new(io::ErrorKind::NotFound, "no address to connect to");
+    let mut last = io::Error::new(io::ErrorKind::NotFound, format!("{name}: no address"));
     for &a in addrs {
         match tokio::time::timeout(share, TcpStream::connect(a)).await {
             Ok(Ok(tcp)) => return Ok(tcp),
@@ -206,7 +205,7 @@ mod tests {
         let live = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let live_addr = live.local_addr().unwrap();
         let dead = closed().await;
-        let tcp = connect_first(&[dead, live_addr], Duration::from_secs(10))
+        let tcp = connect_first("test", &[dead, live_addr], Duration::from_secs(10))
             .await
             .unwrap();
         assert_eq!(tcp.peer_addr().unwrap(), live_addr);
@@ -217,12 +216,12 @@ mod tests {
     #[tokio::test]
     async fn when_none_answers_the_error_names_the_last_address() {
         let (a, b) = (closed().await, closed().await);
-        let e = connect_first(&[a, b], Duration::from_secs(10))
+        let e = connect_first("test", &[a, b], Duration::from_secs(10))
             .await
             .unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::ConnectionRefused, "{e}");
         assert!(e.to_string().starts_with(&format!("{b}: ")), "{e}");
-        let e = connect_first(&[], Duration::from_secs(10))
+        let e = connect_first("test", &[], Duration::from_secs(10))
             .await
             .unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::NotFound, "{e}");
