@@ -87,7 +87,7 @@ pub struct Approval<'a> {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CiFact<'a> {
     /// The principal that reported it.
-    pub reporter: &'a str,
+    pub reporter: Cow<'a, str>,
     /// The entry that revoked or rotated away the key that signed the run,
     /// if one did: the run then no longer counts.
     pub key_revoked_at: Option<u64>,
@@ -96,43 +96,44 @@ pub struct CiFact<'a> {
     pub description: String,
     /// The commit the run built the subject (a digest) from, when the
     /// change binds commits and not this one.
-    pub built_from_unbound: Option<&'a str>,
+    pub built_from_unbound: Option<Cow<'a, str>>,
 }
 
-/// A change and everything known about its subjects. Everything borrows
-/// from whoever built the facts (the state), so a decision copies no string
-/// it does not return.
+/// A change and everything known about its subjects. The strings borrow
+/// from whoever built the facts (the state), so building them copies none;
+/// [`ChangeFacts::into_owned`] makes a copy that outlives the builder (the
+/// state keeps one per change until its next fold step).
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct ChangeFacts<'a> {
-    pub id: &'a str,
+    pub id: Cow<'a, str>,
     pub revision: u32,
     /// Log index of the entry that made the current revision (the opening
     /// or the latest amend): a review recorded before it is stale, whatever
     /// it saw, since every amend is material.
     pub revised_at: u64,
     /// The repository the change is for (`None` when it names none).
-    pub repository: Option<&'a str>,
+    pub repository: Option<Cow<'a, str>>,
     /// The repositories its code was observed in: those of its commits
     /// (and of the commits its artifacts were built from) as ingested, and
     /// those its CI runs reported.
-    pub code_repositories: BTreeSet<&'a str>,
+    pub code_repositories: BTreeSet<Cow<'a, str>>,
     /// Who opened or amended it: none of them may approve it.
-    pub requesters: BTreeSet<&'a str>,
+    pub requesters: BTreeSet<Cow<'a, str>>,
     /// Current subjects: commit SHAs and artifact digests.
-    pub subjects: BTreeSet<&'a str>,
+    pub subjects: BTreeSet<Cow<'a, str>>,
     /// `SubjectsKey::of(&subjects)` when whoever built the facts kept it
     /// (the state does, per revision); computed from `subjects` otherwise.
     pub subjects_key: Option<SubjectsKey>,
-    pub environments: BTreeSet<&'a str>,
+    pub environments: BTreeSet<Cow<'a, str>>,
     /// Principals who authored or committed any commit of the change.
-    pub authors: BTreeSet<&'a str>,
+    pub authors: BTreeSet<Cow<'a, str>>,
     /// Why the authors are not fully known (an unobserved commit, an e-mail
     /// no principal claims): segregation of duties cannot be checked then.
     pub sod_gaps: Vec<String>,
     /// Principals of the CI runs that built its subjects.
-    pub builders: BTreeSet<&'a str>,
+    pub builders: BTreeSet<Cow<'a, str>>,
     /// The CI runs recorded per subject, oldest first.
-    pub ci: BTreeMap<&'a str, Vec<CiFact<'a>>>,
+    pub ci: BTreeMap<Cow<'a, str>, Vec<CiFact<'a>>>,
     /// Reviews in log order.
     pub approvals: Vec<Approval<'a>>,
     /// Its code as the log records it: the commits its current revision
@@ -140,22 +141,101 @@ pub struct ChangeFacts<'a> {
     pub commits: Vec<CommitFact<'a>>,
     /// Its digests for which no CI run names the commit they were built
     /// from: code Docket knows nothing of.
-    pub unsourced_digests: Vec<&'a str>,
+    pub unsourced_digests: Vec<Cow<'a, str>>,
 }
 
 /// What the log records about one commit of a change's code.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CommitFact<'a> {
-    pub sha: &'a str,
+    pub sha: Cow<'a, str>,
     /// The digest a CI run built from it, when the change does not bind it.
-    pub built_into: Option<&'a str>,
+    pub built_into: Option<Cow<'a, str>>,
     /// The recorded signature verdict (`SignatureVerdict::name`); `None`
     /// when the commit was never observed.
-    pub verdict: Option<&'a str>,
+    pub verdict: Option<Cow<'a, str>>,
     /// The signer identity recorded with a verified verdict.
-    pub signer_identity: &'a str,
+    pub signer_identity: Cow<'a, str>,
     /// The principal that identity names, by id or e-mail.
-    pub signer: Option<&'a str>,
+    pub signer: Option<Cow<'a, str>>,
+}
+
+fn owned(s: Cow<'_, str>) -> Cow<'static, str> {
+    Cow::Owned(s.into_owned())
+}
+
+impl CiFact<'_> {
+    pub fn into_owned(self) -> CiFact<'static> {
+        CiFact {
+            reporter: owned(self.reporter),
+            key_revoked_at: self.key_revoked_at,
+            passed: self.passed,
+            description: self.description,
+            built_from_unbound: self.built_from_unbound.map(owned),
+        }
+    }
+}
+
+impl CommitFact<'_> {
+    pub fn into_owned(self) -> CommitFact<'static> {
+        CommitFact {
+            sha: owned(self.sha),
+            built_into: self.built_into.map(owned),
+            verdict: self.verdict.map(owned),
+            signer_identity: owned(self.signer_identity),
+            signer: self.signer.map(owned),
+        }
+    }
+}
+
+impl Approval<'_> {
+    pub fn into_owned(self) -> Approval<'static> {
+        Approval {
+            approver: owned(self.approver),
+            seen: self.seen,
+            at_nanos: self.at_nanos,
+            approve: self.approve,
+            comment: owned(self.comment),
+            index: self.index,
+            key_revoked_at: self.key_revoked_at,
+        }
+    }
+}
+
+impl ChangeFacts<'_> {
+    /// The same facts, owning every string.
+    pub fn into_owned(self) -> ChangeFacts<'static> {
+        let set = |s: BTreeSet<Cow<'_, str>>| s.into_iter().map(owned).collect();
+        ChangeFacts {
+            id: owned(self.id),
+            revision: self.revision,
+            revised_at: self.revised_at,
+            repository: self.repository.map(owned),
+            code_repositories: set(self.code_repositories),
+            requesters: set(self.requesters),
+            subjects: set(self.subjects),
+            subjects_key: self.subjects_key,
+            environments: set(self.environments),
+            authors: set(self.authors),
+            sod_gaps: self.sod_gaps,
+            builders: set(self.builders),
+            ci: self
+                .ci
+                .into_iter()
+                .map(|(s, runs)| (owned(s), runs.into_iter().map(CiFact::into_owned).collect()))
+                .collect(),
+            approvals: self
+                .approvals
+                .into_iter()
+                .map(Approval::into_owned)
+                .collect(),
+            commits: self
+                .commits
+                .into_iter()
+                .map(CommitFact::into_owned)
+                .collect(),
+            unsourced_digests: self.unsourced_digests.into_iter().map(owned).collect(),
+        }
+    }
 }
 
 /// A past deployment of a subject to an environment.
@@ -487,7 +567,9 @@ pub fn evaluate(policy: &Policy, req: &Request, facts: &Facts<'_>) -> Verdict {
     // A rule that filters on something unknown stops the search. So
     // leaving the repository out, naming another, or pairing an unrecorded
     // artifact with a recorded one cannot select a laxer rule.
-    let change_repo = facts.change.and_then(|c| c.repository.map(|r| (c.id, r)));
+    let change_repo = facts
+        .change
+        .and_then(|c| c.repository.as_deref().map(|r| (c.id.as_ref(), r)));
     if let (Some(asked), Some((id, theirs))) = (req.repository.as_deref(), change_repo)
         && asked != theirs
     {
@@ -501,7 +583,7 @@ pub fn evaluate(policy: &Policy, req: &Request, facts: &Facts<'_>) -> Verdict {
     let recorded = || {
         let mut r: BTreeSet<&str> = BTreeSet::new();
         if let Some(c) = facts.change {
-            r.extend(c.code_repositories.iter().copied());
+            r.extend(c.code_repositories.iter().map(|s| s.as_ref()));
         }
         r.extend(facts.subject_repositories.iter().copied());
         r
@@ -591,7 +673,7 @@ pub fn evaluate(policy: &Policy, req: &Request, facts: &Facts<'_>) -> Verdict {
 /// reporter whose role was taken away (a compromised runner, say) takes its
 /// runs with it, as an approver's does.
 fn may_report(policy: &Policy, principals: &super::Principals, f: &CiFact<'_>) -> bool {
-    reporter_may_report(policy, principals, f.reporter)
+    reporter_may_report(policy, principals, &f.reporter)
 }
 
 /// Whether `reporter` holds a role that may report under `policy`: the
@@ -627,7 +709,7 @@ fn ci_reason(
     let (unkeyed, demoted): (Vec<&CiFact<'_>>, Vec<&CiFact<'_>>) = dropped
         .into_iter()
         .partition(|f| f.key_revoked_at.is_some());
-    let demoted: BTreeSet<&str> = demoted.iter().map(|f| f.reporter).collect();
+    let demoted: BTreeSet<&str> = demoted.iter().map(|f| f.reporter.as_ref()).collect();
     let mut note = String::new();
     if !demoted.is_empty() {
         note.push_str(&format!(
@@ -666,10 +748,10 @@ fn ci_reason(
     match runs
         .iter()
         .rev()
-        .find(|f| rule.ci_reporters.contains(f.reporter))
+        .find(|f| rule.ci_reporters.contains(f.reporter.as_ref()))
     {
         None => {
-            let others: BTreeSet<&str> = runs.iter().map(|f| f.reporter).collect();
+            let others: BTreeSet<&str> = runs.iter().map(|f| f.reporter.as_ref()).collect();
             Some(if others.is_empty() {
                 format!("no passing CI run by {trusted} is recorded for {subject}{note}")
             } else {
@@ -699,8 +781,8 @@ fn provenance_reasons(
     let mut out = Vec::new();
     for (subject, runs) in &c.ci {
         for f in runs.iter().filter(|f| run_counts(policy, principals, f)) {
-            if let Some(from) = f.built_from_unbound
-                && seen.insert((*subject, from))
+            if let Some(from) = f.built_from_unbound.as_deref()
+                && seen.insert((subject.as_ref(), from))
             {
                 out.push(format!(
                     "{subject} was built from commit {} (a CI run reported by {}), which change {} does not bind: its approvers did not review that code; amend the change to bind it",
@@ -739,11 +821,11 @@ fn signature_reasons(rule: &Rule, c: &ChangeFacts<'_>) -> Vec<String> {
         .iter()
         .filter_map(|f| {
             let short = &f.sha[..12.min(f.sha.len())];
-            let label = match f.built_into {
+            let label = match f.built_into.as_deref() {
                 None => short.to_owned(),
                 Some(d) => format!("{short} (built into {})", &d[..19.min(d.len())]),
             };
-            let what = match (f.verdict, f.signer) {
+            let what = match (f.verdict.as_deref(), f.signer.as_deref()) {
                 (Some("verified"), Some(_)) => return None,
                 (None, _) => format!(
                     "commit {label} has not been observed (run `docket git ingest`), so whether it is signed is unknown"

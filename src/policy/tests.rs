@@ -66,6 +66,11 @@ fn strs(v: &[&'static str]) -> BTreeSet<&'static str> {
     v.iter().copied().collect()
 }
 
+/// The same, as facts hold them.
+fn cows(v: &[&'static str]) -> BTreeSet<Cow<'static, str>> {
+    v.iter().map(|s| Cow::Borrowed(*s)).collect()
+}
+
 fn nanos(s: &str) -> i64 {
     i64::try_from(ts(s).as_nanosecond()).unwrap()
 }
@@ -114,7 +119,7 @@ fn rejection(who: &str, comment: &str) -> Approval<'static> {
 
 fn passed() -> CiFact<'static> {
     CiFact {
-        reporter: "ci",
+        reporter: "ci".into(),
         passed: true,
         description: "run 7 of github-actions build passed at entry 3".into(),
         key_revoked_at: None,
@@ -124,21 +129,21 @@ fn passed() -> CiFact<'static> {
 
 fn change(approvals: Vec<Approval<'static>>) -> ChangeFacts<'static> {
     ChangeFacts {
-        id: "CHG-1",
+        id: "CHG-1".into(),
         revision: 1,
         revised_at: 0,
         repository: None,
         // Its commits were ingested from there: the repository the request
         // names is confirmed by a recorded fact.
-        code_repositories: strs(&["github.com/acme/payments"]),
-        requesters: strs(&["alice"]),
-        subjects: strs(&["c1", D]),
+        code_repositories: cows(&["github.com/acme/payments"]),
+        requesters: cows(&["alice"]),
+        subjects: cows(&["c1", D]),
         subjects_key: None,
-        environments: strs(&["staging", "prod"]),
-        authors: strs(&["alice"]),
+        environments: cows(&["staging", "prod"]),
+        authors: cows(&["alice"]),
         sod_gaps: Vec::new(),
-        builders: strs(&["ci"]),
-        ci: BTreeMap::from([("c1", vec![passed()]), (D, vec![passed()])]),
+        builders: cows(&["ci"]),
+        ci: BTreeMap::from([("c1".into(), vec![passed()]), (D.into(), vec![passed()])]),
         approvals,
         commits: vec![signed_by("c1", "alice")],
         unsourced_digests: Vec::new(),
@@ -148,11 +153,11 @@ fn change(approvals: Vec<Approval<'static>>) -> ChangeFacts<'static> {
 /// A commit recorded as verified, signed by the principal `who`.
 fn signed_by(sha: &'static str, who: &'static str) -> CommitFact<'static> {
     CommitFact {
-        sha,
+        sha: sha.into(),
         built_into: None,
-        verdict: Some("verified"),
-        signer_identity: who,
-        signer: Some(who),
+        verdict: Some("verified".into()),
+        signer_identity: who.into(),
+        signer: Some(who.into()),
     }
 }
 
@@ -223,7 +228,7 @@ fn decide_prod_with_runs(
     runs: Vec<CiFact<'static>>,
 ) -> (Decision, String) {
     let mut c = change(approvals);
-    c.ci.insert(D, runs);
+    c.ci.insert(D.into(), runs);
     let deployments = staged();
     let facts = Facts {
         principals,
@@ -252,7 +257,7 @@ fn ci_reporters_decide_whose_runs_count() {
     assert_eq!(pinned.rules[0].ci_reporters, set(&["ci"]));
     let open = Policy::parse(POLICY).unwrap();
     let run = |reporter: &'static str, passed: bool, n: u32| CiFact {
-        reporter,
+        reporter: reporter.into(),
         passed,
         description: format!("run {n} by {reporter}"),
         key_revoked_at: None,
@@ -323,7 +328,7 @@ fn runs_of_a_reporter_without_the_report_role_do_not_count() {
     let policy = Policy::parse(POLICY).unwrap();
     let mut principals = people();
     let run = |reporter: &'static str, passed: bool| CiFact {
-        reporter,
+        reporter: reporter.into(),
         passed,
         description: format!("run by {reporter}"),
         key_revoked_at: None,
@@ -363,7 +368,7 @@ fn runs_signed_with_a_key_revoked_since_do_not_count() {
     let policy = Policy::parse(POLICY).unwrap();
     let principals = people();
     let run = |passed: bool, key_revoked_at: Option<u64>| CiFact {
-        reporter: "ci",
+        reporter: "ci".into(),
         key_revoked_at,
         passed,
         description: "run by ci".into(),
@@ -396,11 +401,11 @@ fn a_digest_built_from_a_commit_the_change_does_not_bind_is_denied() {
     let ok = vec![approval("bob", NOW), approval("carol", NOW)];
     let mut c = change(ok.clone());
     c.ci.get_mut(D).unwrap().push(CiFact {
-        reporter: "ci",
+        reporter: "ci".into(),
         passed: true,
         description: String::new(),
         key_revoked_at: None,
-        built_from_unbound: Some("0123456789abcdef0123456789abcdef01234567"),
+        built_from_unbound: Some("0123456789abcdef0123456789abcdef01234567".into()),
     });
     check(
         request("prod"),
@@ -422,7 +427,7 @@ fn a_digest_built_from_a_commit_the_change_does_not_bind_is_denied() {
     );
     c.ci.get_mut(D).unwrap().last_mut().unwrap().key_revoked_at = None;
     // ...and neither does a run by someone who may not report.
-    c.ci.get_mut(D).unwrap().last_mut().unwrap().reporter = "bot";
+    c.ci.get_mut(D).unwrap().last_mut().unwrap().reporter = "bot".into();
     check(
         request("prod"),
         Some(c),
@@ -511,7 +516,7 @@ fn every_rule_kind() {
     // ...and its latest run decides.
     let mut failed = change(ok.clone());
     failed.ci.get_mut(D).unwrap().push(CiFact {
-        reporter: "ci",
+        reporter: "ci".into(),
         passed: false,
         description: "run 8 failed at entry 9".into(),
         key_revoked_at: None,
@@ -571,7 +576,7 @@ fn every_rule_kind() {
     assert_eq!(v.counted.len(), 1);
     // A commit author who is not the requester is excluded too.
     let mut authored = change(ok.clone());
-    authored.authors.insert("bob");
+    authored.authors.insert("bob".into());
     let v = check(
         request("prod"),
         Some(authored),
@@ -584,7 +589,7 @@ fn every_rule_kind() {
     );
     // Whoever amended the change is a requester too.
     let mut amended_by_bob = change(ok.clone());
-    amended_by_bob.requesters.insert("bob");
+    amended_by_bob.requesters.insert("bob".into());
     let v = check(
         request("prod"),
         Some(amended_by_bob),
@@ -637,7 +642,7 @@ fn every_rule_kind() {
     );
     // Stale approvals after an amend.
     let mut amended = change(ok.clone());
-    amended.subjects.insert("c2");
+    amended.subjects.insert("c2".into());
     let v = check(
         request("prod"),
         Some(amended),
@@ -647,7 +652,7 @@ fn every_rule_kind() {
     assert!(v.not_counted.iter().all(|n| n.reason.starts_with("stale")));
     // A rejection of an earlier revision is stale too.
     let mut amended = change(vec![rejection("erin", "no")]);
-    amended.subjects.insert("c2");
+    amended.subjects.insert("c2".into());
     let v = check(
         request("prod"),
         Some(amended),
@@ -850,7 +855,7 @@ fn every_rule_kind() {
     );
     // A change for other subjects or environments.
     let mut other = change(ok.clone());
-    other.environments = strs(&["staging"]);
+    other.environments = cows(&["staging"]);
     check(
         request("prod"),
         Some(other),
@@ -1722,8 +1727,8 @@ match.environments = ["prod"]
     let decide_seen =
         |repo: Option<&str>, change_repo: Option<&'static str>, seen: &[&'static str]| {
             let change = ChangeFacts {
-                repository: change_repo,
-                code_repositories: strs(seen),
+                repository: change_repo.map(Cow::Borrowed),
+                code_repositories: cows(seen),
                 ..change(vec![approval("bob", NOW)])
             };
             let facts = Facts {
@@ -2181,7 +2186,7 @@ signed_commits = true
                   commits: Option<(Vec<CommitFact<'static>>, Vec<&'static str>)>| {
         let change = commits.map(|(commits, unsourced_digests)| ChangeFacts {
             commits,
-            unsourced_digests,
+            unsourced_digests: unsourced_digests.into_iter().map(Cow::Borrowed).collect(),
             ..change(Vec::new())
         });
         let facts = Facts {
@@ -2194,24 +2199,25 @@ signed_commits = true
         evaluate(policy, &request("prod"), &facts)
     };
     let needs = "; rule \"prod\" requires every commit of the change's code to be signed by a principal (signed_commits)";
-    let recorded = |verdict: &'static str, identity: &'static str, signer| CommitFact {
-        verdict: Some(verdict),
-        signer_identity: identity,
-        signer,
-        ..signed_by("c1", "alice")
-    };
+    let recorded =
+        |verdict: &'static str, identity: &'static str, signer: Option<&'static str>| CommitFact {
+            verdict: Some(verdict.into()),
+            signer_identity: identity.into(),
+            signer: signer.map(Cow::Borrowed),
+            ..signed_by("c1", "alice")
+        };
     let unobserved = CommitFact {
         verdict: None,
-        signer_identity: "",
+        signer_identity: "".into(),
         signer: None,
         ..signed_by("c1", "alice")
     };
     let built_from = CommitFact {
-        built_into: Some(D),
+        built_into: Some(D.into()),
         ..recorded("unsigned", "", None)
     };
     let built_from = CommitFact {
-        sha: "0123456789abcdef0123456789abcdef01234567",
+        sha: "0123456789abcdef0123456789abcdef01234567".into(),
         ..built_from
     };
     let cases: Vec<(Vec<CommitFact<'static>>, Vec<String>)> = vec![

@@ -19,7 +19,7 @@
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, LazyLock};
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard, PoisonError};
 
 use ed25519_dalek::VerifyingKey;
 use foldhash::HashMap;
@@ -443,6 +443,81 @@ struct Dirty {
     deploys: BTreeSet<u64>,
     obligations: BTreeSet<u64>,
     history: BTreeSet<u64>,
+}
+
+/// The facts of each change as decisions read them ([`State::decide`]),
+/// kept from one decision to the next. They depend on the state alone, and
+/// building them (the commits behind a change's artifacts, their authors,
+/// each subject's CI runs) is much of a decision's work. [`State::apply`],
+/// the only way the state changes, empties it before and after each step,
+/// so what it holds is always of the state as it is. It is not part of the
+/// state's value: a clone starts empty, and equality ignores it.
+#[derive(Default)]
+pub struct FactsCache(Mutex<HashMap<String, Arc<policy::ChangeFacts<'static>>>>);
+
+type FactsMap = HashMap<String, Arc<policy::ChangeFacts<'static>>>;
+
+impl FactsCache {
+    /// At most this many changes are kept; a cache that is full starts over.
+    const CAPACITY: usize = 16_384;
+
+    fn map(&self) -> MutexGuard<'_, FactsMap> {
+        // Nothing is left half-done under the lock: a panic while holding it
+        // (there is none to expect) leaves a map that is still whole.
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(super) fn clear(&mut self) {
+        let map = self.0.get_mut().unwrap_or_else(PoisonError::into_inner);
+        if !map.is_empty() {
+            map.clear();
+        }
+    }
+
+    /// The facts kept for change `id`, or `build`'s, then kept. Built
+    /// outside the lock: two decisions about the same change may both
+    /// build them, and the second's are kept, equal to the first's.
+    fn get_or_build(
+        &self,
+        id: &str,
+        build: impl FnOnce() -> policy::ChangeFacts<'static>,
+    ) -> Arc<policy::ChangeFacts<'static>> {
+        if let Some(f) = self.map().get(id) {
+            return Arc::clone(f);
+        }
+        let f = Arc::new(build());
+        let mut map = self.map();
+        if map.len() >= Self::CAPACITY {
+            map.clear();
+        }
+        map.insert(id.to_owned(), Arc::clone(&f));
+        f
+    }
+
+    #[cfg(test)]
+    pub(super) fn len(&self) -> usize {
+        self.map().len()
+    }
+}
+
+impl Clone for FactsCache {
+    fn clone(&self) -> Self {
+        FactsCache::default()
+    }
+}
+
+impl PartialEq for FactsCache {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for FactsCache {}
+
+impl std::fmt::Debug for FactsCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "FactsCache({} changes)", self.map().len())
+    }
 }
 
 /// The governance part of [`State`].
@@ -1217,7 +1292,7 @@ impl State {
         signer: &PrincipalId,
         d: &DeployRequest,
     ) -> Result<(), ApplyError> {
-        let decision = self.decide(
+        let decision = self.decide_fresh(
             &policy::Request {
                 action: d.action.clone(),
                 environment: d.environment.clone(),
@@ -1579,7 +1654,26 @@ impl State {
 
     /// Decides `req` (about the change `change_id`, or else the change
     /// that binds its subjects) against the current state.
+    ///
+    /// Keeps the change's facts for the decisions after it, until the next
+    /// fold step ([`FactsCache`]); the fold itself decides with
+    /// [`State::decide_fresh`], since it changes the state at every step.
     pub fn decide(&self, req: &policy::Request, change_id: Option<&str>) -> DecisionRecord {
+        self.decide_with(req, change_id, true)
+    }
+
+    /// [`State::decide`] with the change's facts built for this decision
+    /// alone, neither read from nor left in the cache.
+    pub fn decide_fresh(&self, req: &policy::Request, change_id: Option<&str>) -> DecisionRecord {
+        self.decide_with(req, change_id, false)
+    }
+
+    fn decide_with(
+        &self,
+        req: &policy::Request,
+        change_id: Option<&str>,
+        keep: bool,
+    ) -> DecisionRecord {
         let policy = self.gov.policy();
         let (version, digest) = self
             .gov
@@ -1608,7 +1702,21 @@ impl State {
             },
             None => self.resolve_change(&req.subjects, &req.environment),
         };
-        let facts_change = change.map(|c| self.change_facts(c));
+        let kept;
+        let built;
+        let facts_change: Option<&policy::ChangeFacts<'_>> = match change {
+            None => None,
+            Some(c) if keep => {
+                kept = self
+                    .facts_cache
+                    .get_or_build(&c.id, || self.change_facts(c).into_owned());
+                Some(&*kept)
+            }
+            Some(c) => {
+                built = self.change_facts(c);
+                Some(&built)
+            }
+        };
         let mut deployments = Vec::new();
         for s in &req.subjects {
             for d in self.gov.deployments_of(s) {
@@ -1625,11 +1733,7 @@ impl State {
         // repository than its code's. The change's own subjects are in its
         // facts already.
         let mut subject_repositories = BTreeSet::new();
-        let bound = |s: &str| {
-            facts_change
-                .as_ref()
-                .is_some_and(|c| c.subjects.contains(s))
-        };
+        let bound = |s: &str| facts_change.is_some_and(|c| c.subjects.contains(s));
         // And which subjects nothing records a repository for: a change's
         // repository, or the request's, is their opener's word alone.
         let mut unrecorded_subjects: Vec<&str> = Vec::new();
@@ -1660,7 +1764,7 @@ impl State {
             req,
             &policy::Facts {
                 principals: &self.facts,
-                change: facts_change.as_ref(),
+                change: facts_change,
                 subject_repositories: &subject_repositories,
                 unrecorded_subjects: &unrecorded_subjects,
                 deployments: &deployments,
@@ -1962,7 +2066,7 @@ impl State {
         &'a self,
         sha: &'a str,
         built_into: Option<&'a str>,
-        authors: &mut BTreeSet<&'a str>,
+        authors: &mut BTreeSet<Cow<'a, str>>,
         gaps: &mut Vec<String>,
         commits: &mut Vec<policy::CommitFact<'a>>,
     ) {
@@ -1974,10 +2078,10 @@ impl State {
             }
         };
         let mut fact = policy::CommitFact {
-            sha,
-            built_into,
+            sha: Cow::Borrowed(sha),
+            built_into: built_into.map(Cow::Borrowed),
             verdict: None,
-            signer_identity: "",
+            signer_identity: Cow::Borrowed(""),
             signer: None,
         };
         let Some(rec) = self.gov.commits.get(sha) else {
@@ -1988,15 +2092,15 @@ impl State {
             commits.push(fact);
             return;
         };
-        fact.verdict = Some(rec.signature.as_str());
-        fact.signer_identity = rec.signer_identity.as_str();
+        fact.verdict = Some(Cow::Borrowed(rec.signature.as_str()));
+        fact.signer_identity = Cow::Borrowed(rec.signer_identity.as_str());
         for p in self.commit_people(rec) {
-            if p.role == "signer" {
-                fact.signer = fact.signer.or(p.principal);
+            if p.role == "signer" && fact.signer.is_none() {
+                fact.signer = p.principal.map(Cow::Borrowed);
             }
             match p.principal {
                 Some(id) => {
-                    authors.insert(id);
+                    authors.insert(Cow::Borrowed(id));
                 }
                 None if p.role == "signer" => gaps.push(format!(
                     "commit {}: signer {} is neither a principal nor the e-mail of one, so segregation of duties cannot be checked",
@@ -2017,11 +2121,11 @@ impl State {
     /// Everything evaluation needs about a change, borrowed from the state.
     fn change_facts<'a>(&'a self, c: &'a ChangeRec) -> policy::ChangeFacts<'a> {
         let cur = c.current();
-        let subjects: BTreeSet<&str> = cur
+        let subjects: BTreeSet<Cow<'_, str>> = cur
             .commits
             .iter()
             .chain(&cur.digests)
-            .map(String::as_str)
+            .map(|s| Cow::Borrowed(s.as_str()))
             .collect();
         let mut authors = BTreeSet::new();
         let mut sod_gaps = Vec::new();
@@ -2054,13 +2158,13 @@ impl State {
             let mut runs = Vec::new();
             for r in self.gov.ci_runs_for(s) {
                 // Whoever built it is excluded, counted run or not.
-                builders.insert(r.builder.as_str());
+                builders.insert(Cow::Borrowed(r.builder.as_str()));
                 if !r.repository.is_empty() && self.run_counts(r) {
-                    code_repositories.insert(r.repository.as_str());
+                    code_repositories.insert(Cow::Borrowed(r.repository.as_str()));
                 }
                 let from = r.commit.as_str();
                 runs.push(policy::CiFact {
-                    reporter: r.builder.as_str(),
+                    reporter: Cow::Borrowed(r.builder.as_str()),
                     key_revoked_at: self.key_revoked_at(&r.key),
                     passed: r.passed,
                     description: if r.passed {
@@ -2068,16 +2172,18 @@ impl State {
                     } else {
                         r.describe()
                     },
-                    built_from_unbound: Some(from).filter(|f| {
-                        is_digest
-                            && !f.is_empty()
-                            && !cur.commits.is_empty()
-                            && !cur.commits.contains(*f)
-                    }),
+                    built_from_unbound: Some(from)
+                        .filter(|f| {
+                            is_digest
+                                && !f.is_empty()
+                                && !cur.commits.is_empty()
+                                && !cur.commits.contains(*f)
+                        })
+                        .map(Cow::Borrowed),
                 });
             }
             if !runs.is_empty() {
-                ci.insert(s.as_str(), runs);
+                ci.insert(Cow::Borrowed(s.as_str()), runs);
             }
         }
         for sha in cur
@@ -2089,19 +2195,29 @@ impl State {
             if let Some(rec) = self.gov.commits.get(sha)
                 && !rec.repository.is_empty()
             {
-                code_repositories.insert(rec.repository.as_str());
+                code_repositories.insert(Cow::Borrowed(rec.repository.as_str()));
             }
         }
         policy::ChangeFacts {
-            id: &c.id,
+            id: Cow::Borrowed(&c.id),
             revision: c.revisions.len() as u32,
             revised_at: cur.index,
-            repository: Some(c.repository.as_str()).filter(|r| !r.is_empty()),
+            repository: Some(c.repository.as_str())
+                .filter(|r| !r.is_empty())
+                .map(Cow::Borrowed),
             code_repositories,
-            requesters: c.requesters.iter().map(String::as_str).collect(),
+            requesters: c
+                .requesters
+                .iter()
+                .map(|s| Cow::Borrowed(s.as_str()))
+                .collect(),
             subjects,
             subjects_key: Some(cur.subjects_key),
-            environments: cur.environments.iter().map(String::as_str).collect(),
+            environments: cur
+                .environments
+                .iter()
+                .map(|s| Cow::Borrowed(s.as_str()))
+                .collect(),
             authors,
             sod_gaps,
             builders,
@@ -2129,7 +2245,7 @@ impl State {
                         .filter(|r| self.run_counts(r))
                         .all(|r| r.commit.is_empty())
                 })
-                .map(String::as_str)
+                .map(|s| Cow::Borrowed(s.as_str()))
                 .collect(),
         }
     }

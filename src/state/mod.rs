@@ -454,6 +454,8 @@ pub struct State {
     /// Principals changed since the last [`State::take_changes`].
     dirty: BTreeSet<PrincipalId>,
     genesis_dirty: bool,
+    /// The facts of the changes decided on since the last fold step.
+    facts_cache: gov::FactsCache,
 }
 
 impl State {
@@ -563,6 +565,23 @@ impl State {
     /// Folds entry `index`, integrated at `at` (Unix nanoseconds), into the
     /// state. On error the state is unchanged.
     pub fn apply(
+        &mut self,
+        index: u64,
+        at: i64,
+        event: &Event,
+        key: &VerifyingKey,
+    ) -> Result<(), ApplyError> {
+        // Every change to the state goes through here: the facts kept for
+        // decisions are of the state before it, so they go, before (a
+        // decision while folding reads the state as it is then) and after
+        // (one made while folding is of a state this step goes on to change).
+        self.facts_cache.clear();
+        let r = self.apply_entry(index, at, event, key);
+        self.facts_cache.clear();
+        r
+    }
+
+    fn apply_entry(
         &mut self,
         index: u64,
         at: i64,

@@ -2605,3 +2605,188 @@ fn a_ci_run_no_longer_counting_passes_nothing_adds_no_commit_and_picks_no_rule()
         d.reasons
     );
 }
+
+/// What `Authorize` would ask about deploying `digest` to prod, as `actor`.
+fn prod_question(f: &Fold, actor: &str, digest: &str) -> crate::policy::Request {
+    crate::policy::Request {
+        action: "deploy".into(),
+        environment: "prod".into(),
+        repository: None,
+        kind: None,
+        namespace: None,
+        subjects: set(&[digest]),
+        actor: actor.into(),
+        break_glass: false,
+        at: jiff::Timestamp::from_nanosecond(i128::from(f.t + 1)).unwrap(),
+    }
+}
+
+/// A commit by `who` (`who@example.com`) with `message`, as git writes it.
+fn commit_by(who: &str, message: &str) -> Vec<u8> {
+    format!(
+        "tree 4b825dc642cb6eb9a060e54bf8d69288fbee4904\n\
+author {who} <{who}@example.com> 1700000000 +0000\n\
+committer {who} <{who}@example.com> 1700000000 +0000\n\
+\n\
+{message}\n"
+    )
+    .into_bytes()
+}
+
+/// The facts a read keeps are dropped by the next fold step: alice's
+/// approval counts until the commit her change's image was built from is
+/// ingested with her as its author, and from that step on it does not,
+/// though the decision before it kept the change's facts.
+#[test]
+fn kept_facts_go_with_the_next_fold_step() {
+    use crate::event::CiStatus;
+    let mut f = Fold::new(POLICY);
+    for who in ["alice", "bob", "carol"] {
+        let email = format!("{who}@example.com");
+        f.person(who, who.as_bytes()[0], Some(&email));
+    }
+    f.register("ci", PrincipalKind::Ci, &["ci"], &[9]);
+    let raw = commit_by("alice", "round half to even");
+    let sha = crate::event::git::object_id(&raw, 40).unwrap();
+    f.ci_run("ci", "github.com/acme/payments", &sha, D, CiStatus::Passed);
+    f.open("ci", "CHG-1", D).unwrap();
+    f.review("alice", "CHG-1", D, true).unwrap();
+    f.review("bob", "CHG-1", D, true).unwrap();
+    let q = prod_question(&f, "ci", D);
+
+    assert_eq!(f.st.facts_cache.len(), 0);
+    let before = f.st.decide(&q, None);
+    assert_eq!(f.st.facts_cache.len(), 1, "the change's facts are kept");
+    assert_eq!(f.st.decide(&q, Some("CHG-1")), before);
+    let counted = |d: &DecisionRecord| {
+        d.counted
+            .iter()
+            .map(|c| c.approver.clone())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(counted(&before), ["alice", "bob"]);
+    // The author is unknown, so the decision denies, whoever approved.
+    assert!(!before.allow);
+
+    f.observe(&raw);
+    assert_eq!(f.st.facts_cache.len(), 0, "a fold step drops them");
+    let after = f.st.decide(&q, None);
+    assert_eq!(counted(&after), ["bob"], "{after:#?}");
+    assert!(
+        after.not_counted.iter().any(|n| n.approver == "alice"
+            && n.reason == "alice is a commit author, committer or signer of the change"),
+        "{:?}",
+        after.not_counted
+    );
+    assert_eq!(after, f.st.decide_fresh(&q, None));
+
+    f.review("carol", "CHG-1", D, true).unwrap();
+    let d = f.st.decide(&q, None);
+    assert!(d.allow, "{:?}", d.reasons);
+    assert_eq!(counted(&d), ["bob", "carol"]);
+}
+
+/// A step a [`kept_facts_agree_with_fresh_ones_after_every_step`] history
+/// may take: each changes what a decision about CHG-1 reads.
+#[derive(Debug, Clone)]
+enum FactOp {
+    Review(usize, bool),
+    /// An ingested commit by one of the people, built into the digest by ci.
+    Authored(usize),
+    CiRun(bool),
+    Amend,
+    TakeDev(usize),
+    RotateKey(usize),
+    OpenOther,
+}
+
+const PEOPLE: [&str; 3] = ["alice", "bob", "carol"];
+
+fn fact_op() -> impl Strategy<Value = FactOp> {
+    prop_oneof![
+        4 => (0..PEOPLE.len(), any::<bool>()).prop_map(|(p, a)| FactOp::Review(p, a)),
+        2 => (0..PEOPLE.len()).prop_map(FactOp::Authored),
+        2 => any::<bool>().prop_map(FactOp::CiRun),
+        1 => Just(FactOp::Amend),
+        1 => (0..PEOPLE.len()).prop_map(FactOp::TakeDev),
+        1 => (0..PEOPLE.len()).prop_map(FactOp::RotateKey),
+        1 => Just(FactOp::OpenOther),
+    ]
+}
+
+proptest! {
+    /// Whatever happens between two reads, the read after it decides as a
+    /// decision built from scratch does: facts kept by one read never
+    /// answer for a later state.
+    #[test]
+    fn kept_facts_agree_with_fresh_ones_after_every_step(
+        ops in proptest::collection::vec(fact_op(), 1..25),
+    ) {
+        use crate::event::CiStatus;
+        let mut f = Fold::new(POLICY);
+        for (n, who) in PEOPLE.iter().enumerate() {
+            let email = format!("{who}@example.com");
+            f.person(who, 20 + n as u8, Some(&email));
+        }
+        f.register("ci", PrincipalKind::Ci, &["ci"], &[9]);
+        f.open("ci", "CHG-1", D).unwrap();
+        let mut current = D;
+        let mut rotations = 0u8;
+        let mut others = 0;
+        for (step, op) in ops.into_iter().enumerate() {
+            // A read before the step keeps the facts the step may outdate.
+            for change in [None, Some("CHG-1")] {
+                f.st.decide(&prod_question(&f, "ci", current), change);
+            }
+            let what = format!("step {step}: {op:?}");
+            match op {
+                FactOp::Review(p, approve) => {
+                    let _ = f.review(PEOPLE[p], "CHG-1", current, approve);
+                }
+                FactOp::Authored(p) => {
+                    let raw = commit_by(PEOPLE[p], &format!("step {step}"));
+                    let sha = f.observe(&raw);
+                    f.ci_run("ci", "github.com/acme/payments", &sha, current, CiStatus::Passed);
+                }
+                FactOp::CiRun(passed) => {
+                    let status = if passed { CiStatus::Passed } else { CiStatus::Failed };
+                    f.ci_run("ci", "github.com/acme/payments", "", current, status);
+                }
+                FactOp::Amend => {
+                    let to = if current == D { D2 } else { D };
+                    if f.amend("ci", "CHG-1", to, &[]).is_ok() {
+                        current = to;
+                    }
+                }
+                FactOp::TakeDev(p) => {
+                    let _ = f.apply("admin", Body::PrincipalUpdated(PrincipalUpdate {
+                        principal: id(PEOPLE[p]),
+                        grant_roles: BTreeSet::new(),
+                        revoke_roles: set(&["dev"]),
+                        add_emails: BTreeSet::new(),
+                        remove_emails: BTreeSet::new(),
+                        reason: String::new(),
+                    }));
+                }
+                FactOp::RotateKey(p) => {
+                    rotations = rotations.wrapping_add(1);
+                    let _ = f.apply(PEOPLE[p], Body::KeyRotated {
+                        principal: id(PEOPLE[p]),
+                        new_key: key(100u8.wrapping_add(rotations)),
+                        old_key: None,
+                    });
+                }
+                FactOp::OpenOther => {
+                    others += 1;
+                    let _ = f.open("ci", &format!("CHG-{}", others + 1), current);
+                }
+            }
+            for change in [None, Some("CHG-1")] {
+                let q = prod_question(&f, "ci", current);
+                let fresh = f.st.decide_fresh(&q, change);
+                prop_assert_eq!(&f.st.decide(&q, change), &fresh, "after {}", what);
+                prop_assert_eq!(&f.st.decide(&q, change), &fresh, "kept, after {}", what);
+            }
+        }
+    }
+}
