@@ -148,6 +148,34 @@ const CHUNK: usize = 1 << 20;
 /// are reported as they happen).
 const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_millis(200);
 
+/// An `ExportEvidence` stream whose every chunk is let through only if
+/// `recheck` still admits the caller when the chunk is about to leave: an
+/// export whose caller's certificate is revoked (and the server reloaded) or
+/// expires, or whose identity loses `ExportEvidence`, ends with that
+/// refusal instead of handing over the rest of the bundle. A chunk that
+/// transport flow control already holds has been checked and may still
+/// arrive; nothing is checked twice and nothing follows the refusal.
+fn rechecked<S>(
+    chunks: S,
+    mut recheck: impl FnMut() -> Result<(), Status> + Send + 'static,
+) -> impl futures::Stream<Item = Result<pb::EvidenceChunk, Status>> + Send + 'static
+where
+    S: futures::Stream<Item = Result<pb::EvidenceChunk, Status>> + Send + 'static,
+{
+    use futures::StreamExt as _;
+    chunks.scan(false, move |refused, item| {
+        let out = if *refused {
+            None
+        } else if let Err(status) = recheck() {
+            *refused = true;
+            Some(Err(status))
+        } else {
+            Some(item)
+        };
+        std::future::ready(out)
+    })
+}
+
 /// A bundle cut into the chunks of an `ExportEvidence` stream.
 fn bundle_chunks(bytes: Vec<u8>) -> impl Iterator<Item = pb::EvidenceChunk> {
     let total = bytes.len() as u64;
@@ -176,6 +204,9 @@ impl pb::governance_server::Governance for GovernanceApi {
         req: Request<pb::ExportEvidenceRequest>,
     ) -> Result<Response<Self::ExportEvidenceStream>, Status> {
         self.guard.check(&req, "ExportEvidence")?;
+        let peer = Guard::peer_of(&req);
+        let guard = self.guard.clone();
+        let recheck = move || guard.recheck(peer.as_ref(), "ExportEvidence");
         let mut req = req.into_inner();
         let with_progress = req.progress;
         let since = Some(std::mem::take(&mut req.since_checkpoint)).filter(|n| !n.is_empty());
@@ -209,12 +240,11 @@ impl pb::governance_server::Governance for GovernanceApi {
                 .export_evidence_since(scope, since, Default::default())
                 .await
                 .map_err(failed)?;
-            return Ok(Response::new(Box::pin(futures::stream::iter(
-                bundle_chunks(bytes).map(move |c| {
-                    let _held = &permit;
-                    Ok(c)
-                }),
-            ))));
+            let chunks = futures::stream::iter(bundle_chunks(bytes).map(move |c| {
+                let _held = &permit;
+                Ok(c)
+            }));
+            return Ok(Response::new(Box::pin(rechecked(chunks, recheck))));
         }
         // Progress reports go out while the bundle is built, then its bytes;
         // a failure arrives as the stream's status. A client that reads
@@ -267,9 +297,10 @@ impl pb::governance_server::Governance for GovernanceApi {
                 }
             }
         });
-        Ok(Response::new(Box::pin(
+        Ok(Response::new(Box::pin(rechecked(
             tokio_stream::wrappers::ReceiverStream::new(rx),
-        )))
+            recheck,
+        ))))
     }
 
     #[tracing::instrument(skip_all)]
@@ -479,5 +510,73 @@ impl pb::governance_server::Governance for GovernanceApi {
                 .collect(),
             as_of_unix_nanos: now,
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use futures::StreamExt as _;
+
+    use super::*;
+
+    /// The chunks of a bundle of `n` bytes, as the stream carries them.
+    fn chunks(n: usize) -> impl futures::Stream<Item = Result<pb::EvidenceChunk, Status>> {
+        futures::stream::iter(bundle_chunks(vec![7; n]).map(Ok))
+    }
+
+    /// Each chunk is checked as it leaves; the first refusal is the last
+    /// item, however many chunks were left.
+    #[tokio::test]
+    async fn an_export_refused_on_recheck_ends_with_the_refusal() {
+        let checks = Arc::new(AtomicUsize::new(0));
+        let counted = checks.clone();
+        let recheck = move || {
+            if counted.fetch_add(1, Ordering::SeqCst) < 2 {
+                Ok(())
+            } else {
+                Err(Status::unauthenticated("certificate revoked"))
+            }
+        };
+        let got: Vec<_> = rechecked(chunks(5 * CHUNK), recheck)
+            .map(|item| item.map(|c| c.offset).map_err(|s| s.code()))
+            .collect()
+            .await;
+        assert_eq!(
+            got,
+            [Ok(0), Ok(CHUNK as u64), Err(tonic::Code::Unauthenticated)]
+        );
+        assert_eq!(
+            checks.load(Ordering::SeqCst),
+            3,
+            "no check after the refusal"
+        );
+    }
+
+    /// A caller admitted throughout gets every chunk, each checked once.
+    #[tokio::test]
+    async fn an_export_admitted_throughout_gets_every_chunk() {
+        let checks = Arc::new(AtomicUsize::new(0));
+        let counted = checks.clone();
+        let recheck = move || {
+            counted.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        };
+        let got: Vec<_> = rechecked(chunks(3 * CHUNK + 1), recheck)
+            .map(|item| item.map(|c| (c.offset, c.data.len())).map_err(|s| s.code()))
+            .collect()
+            .await;
+        assert_eq!(
+            got,
+            [
+                Ok((0, CHUNK)),
+                Ok((CHUNK as u64, CHUNK)),
+                Ok((2 * CHUNK as u64, CHUNK)),
+                Ok((3 * CHUNK as u64, 1))
+            ]
+        );
+        assert_eq!(checks.load(Ordering::SeqCst), 4);
     }
 }

@@ -617,3 +617,124 @@ async fn the_server_certificate_expires_and_renews() {
     );
     s.stop().await;
 }
+
+/// An evidence export under way when its caller's certificate is revoked
+/// stops handing over the bundle once the server has reloaded: the client
+/// reads what was already in flight (checked before the revocation: at most
+/// its 2 MiB receive window, one chunk h2 holds and one tonic has encoded),
+/// then the refusal, and the rest of the bundle never leaves. With and
+/// without progress reports (which send the bundle from a task of their
+/// own).
+#[tokio::test]
+async fn an_export_under_way_ends_when_its_certificate_is_revoked() {
+    use docket::event::{Body, Event, PrincipalId};
+    use futures::StreamExt as _;
+    let s = server()
+        .with_access(
+            r#"{"identities": {"CN=docket-admin": ["*"], "CN=auditor": ["ExportEvidence"], "CN=auditor2": ["ExportEvidence"]}}"#,
+        )
+        .run()
+        .await;
+    let admin = s.admin_key();
+    // 600 notes of 16 KiB, the most a note may say: a bundle of more than
+    // eight 1 MiB chunks.
+    let notes: Vec<_> = (0..600)
+        .map(|n| {
+            let ev = Event {
+                event_id: format!("big-{n}"),
+                claimed_time_nanos: crate::common::now_nanos(),
+                signer: PrincipalId::parse("admin").unwrap(),
+                body: Body::Annotation {
+                    subject: "repo/app".into(),
+                    kind: "note".into(),
+                    text: "x".repeat(16 << 10),
+                    attributes: Default::default(),
+                },
+            };
+            crate::common::signed(&ev, &admin)
+        })
+        .collect();
+    let receipts: Vec<_> = s
+        .client()
+        .await
+        .append_stream(futures::stream::iter(notes))
+        .await
+        .unwrap()
+        .into_inner()
+        .map(|r| r.unwrap().result)
+        .collect()
+        .await;
+    assert_eq!(receipts.len(), 600);
+    assert!(
+        receipts
+            .iter()
+            .all(|r| matches!(r, Some(pb::append_stream_response::Result::Receipt(_))))
+    );
+    let to = crate::common::now_nanos() + 3_600_000_000_000;
+    let export = |progress| pb::ExportEvidenceRequest {
+        scope: Some(pb::export_evidence_request::Scope::Period(
+            pb::PeriodScope {
+                from_unix_nanos: 1,
+                to_unix_nanos: to,
+                ..Default::default()
+            },
+        )),
+        progress,
+        complete: false,
+        since_checkpoint: String::new(),
+    };
+    let tls = s.data.tls();
+    let clients = s.dir.path().join("clients");
+    let mut streams = Vec::new();
+    for (cn, progress) in [("auditor", false), ("auditor2", true)] {
+        let mut g = s.conn_as(cn).governance().await.unwrap();
+        let mut stream = g
+            .export_evidence(export(progress))
+            .await
+            .unwrap()
+            .into_inner();
+        // Read up to the bundle's first bytes.
+        let first = loop {
+            let c = stream.message().await.unwrap().expect("a chunk");
+            if !c.data.is_empty() {
+                break c;
+            }
+        };
+        assert_eq!(first.offset, 0);
+        assert!(
+            first.total_bytes > 8 << 20,
+            "a bundle of {} bytes",
+            first.total_bytes
+        );
+        streams.push((cn, g, stream, first));
+    }
+    for (cn, ..) in &streams {
+        pki::revoke(&tls, &clients.join(format!("{cn}.pem")), "key-compromise").unwrap();
+    }
+    s.reloader.reload().unwrap();
+    for (cn, _g, mut stream, first) in streams {
+        let mut received = first.data.len() as u64;
+        let mut after = 0;
+        let refusal = loop {
+            match stream.message().await {
+                Ok(Some(c)) => {
+                    assert_eq!(c.offset, received, "{cn}");
+                    received += c.data.len() as u64;
+                    after += 1;
+                }
+                Ok(None) => panic!("{cn}: the whole bundle ({received} bytes) was sent"),
+                Err(e) => break e,
+            }
+        };
+        assert!(after <= 4, "{cn}: {after} chunks after the revocation");
+        assert!(received < first.total_bytes, "{cn}");
+        assert_eq!(
+            refusal.code(),
+            tonic::Code::Unauthenticated,
+            "{cn}: {refusal}"
+        );
+        assert!(refusal.message().contains("is revoked"), "{cn}: {refusal}");
+        assert!(stream.message().await.is_err() || stream.message().await.unwrap().is_none());
+    }
+    s.stop().await;
+}
