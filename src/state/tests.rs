@@ -142,6 +142,12 @@ impl Fold {
 
     /// The administrator takes `role` from `who`.
     fn take_role(&mut self, who: &str, role: &str) {
+        self.try_take_role(who, role).unwrap();
+    }
+
+    /// The same, refused if `who` does not hold `role` (or is not
+    /// registered).
+    fn try_take_role(&mut self, who: &str, role: &str) -> Result<u64, ApplyError> {
         self.apply(
             "admin",
             Body::PrincipalUpdated(PrincipalUpdate {
@@ -153,7 +159,6 @@ impl Fold {
                 reason: String::new(),
             }),
         )
-        .unwrap();
     }
 
     fn register(&mut self, who: &str, kind: PrincipalKind, roles: &[&str], keys: &[u8]) {
@@ -2759,14 +2764,7 @@ proptest! {
                     }
                 }
                 FactOp::TakeDev(p) => {
-                    let _ = f.apply("admin", Body::PrincipalUpdated(PrincipalUpdate {
-                        principal: id(PEOPLE[p]),
-                        grant_roles: BTreeSet::new(),
-                        revoke_roles: set(&["dev"]),
-                        add_emails: BTreeSet::new(),
-                        remove_emails: BTreeSet::new(),
-                        reason: String::new(),
-                    }));
+                    let _ = f.try_take_role(PEOPLE[p], "dev");
                 }
                 FactOp::RotateKey(p) => {
                     rotations = rotations.wrapping_add(1);
