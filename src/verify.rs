@@ -303,6 +303,8 @@ fn scan<S: Store + ?Sized>(
     let mut prev = [0u8; 32];
     let mut verifier: Option<NoteVerifier> = None;
     let mut checkpoints = 0usize;
+    // The first checkpoint that signed change heads.
+    let mut heads_since: Option<u64> = None;
     let mut entries = store.scan_entries(0);
     // One cursor per tree level, so every stored node (not only the leaves)
     // is compared with the node recomputed from the entries.
@@ -488,6 +490,39 @@ fn scan<S: Store + ?Sized>(
                         "checkpoint for size {s} does not match the Merkle root of the entries"
                     ),
                 ));
+            }
+            // The change heads it signs must be those of the fold
+            // (ledger-format §6.5), and once checkpoints carry them, they
+            // all do.
+            match cp.changes {
+                Some(c) => {
+                    let folded = state.gov().change_heads();
+                    if c != folded {
+                        return Err(at(
+                            index,
+                            format!(
+                                "checkpoint for size {s} signs change heads ({} changes, root {}) \
+                                 that differ from those folded from the entries ({} changes, root {})",
+                                c.size,
+                                hex::encode(c.root),
+                                folded.size,
+                                hex::encode(folded.root)
+                            ),
+                        ));
+                    }
+                    heads_since.get_or_insert(s);
+                }
+                None => {
+                    if let Some(first) = heads_since {
+                        return Err(at(
+                            index,
+                            format!(
+                                "checkpoint for size {s} has no change heads, but the one for size \
+                                 {first} already had them"
+                            ),
+                        ));
+                    }
+                }
             }
             checkpoints += 1;
         }

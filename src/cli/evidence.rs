@@ -469,6 +469,7 @@ fn verify(a: VerifyArgs) -> CliResult {
                         "period_unfinished": r.period_unfinished,
                         "history_proven_to": r.history_proven_to,
                         "decisions_based": r.decisions_based,
+                        "change_entries_proven": r.change_entries_proven,
                         "since": r.since.map(|(size, root)| serde_json::json!({"size": size, "root": hex::encode(root)})),
                     }))
                 );
@@ -513,16 +514,24 @@ fn verify(a: VerifyArgs) -> CliResult {
                 }
                 let scope: serde_json::Value = serde_json::from_str(&r.scope).unwrap_or_default();
                 if let Some(id) = scope["change"].as_str().map(printable) {
-                    match r.range {
-                        Some((start, _)) => outln!(
+                    match (r.range, r.change_entries_proven) {
+                        (_, Some(k)) => outln!(
+                            "completeness: the {k} entries concerning change {id} (its opening, amendments, \
+                             reviews, the deployments decided on it and their break-glass reviews) are all carried, \
+                             as the change head the checkpoint signs proves; facts of its subjects (CI runs, \
+                             commit observations, other deployment requests) are proven complete only as far as \
+                             its recorded decisions read them"
+                        ),
+                        (Some((start, _)), None) => outln!(
                             "completeness: every entry from the one that opened change {id} \
                              (entry {start}) to the checkpoint is carried, so none concerning it from its opening \
                              on was left out; facts recorded before its opening (CI runs and commit observations \
                              of its subjects) are proven complete only as far as its recorded decisions read them"
                         ),
-                        None => eprintln!(
+                        (None, None) => eprintln!(
                             "warning: this change bundle does not show that it carries every entry concerning \
-                             the change: no carried decision read its reviews, amendments and CI runs after \
+                             the change, since its checkpoint signs no change heads (a log written before them): \
+                             no carried decision read its reviews, amendments and CI runs after \
                              its last carried deployment, nor its deployments of subjects it no longer binds \
                              (an earlier break-glass, say), so those could be left out (evidence-format \
                              §2.3); export it with --complete for one that does"

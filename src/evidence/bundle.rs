@@ -7,6 +7,7 @@
 //! proofs.bin    repeated: u64 index | u8 count | count × 32-byte hashes
 //! range.bin     u64 start | u64 end | u8 left count | left hashes | u8 right count | right hashes
 //! since/consistency.bin   u8 count | count × 32-byte hashes
+//! heads.bin     u64 leaf index | u8 count | count × 32-byte hashes
 //! ```
 
 use std::collections::BTreeMap;
@@ -302,6 +303,26 @@ pub(super) fn decode_range(b: &[u8]) -> Result<RangeProof, String> {
     Ok(r)
 }
 
+/// `heads.bin`: the change's leaf index and its inclusion path in the
+/// change-heads tree (evidence-format §6.6).
+pub(super) fn encode_head(p: &crate::state::heads::HeadProof) -> Vec<u8> {
+    let mut o = p.index.to_be_bytes().to_vec();
+    put_hashes(&mut o, &p.path);
+    o
+}
+
+pub(super) fn decode_head(b: &[u8]) -> Result<crate::state::heads::HeadProof, String> {
+    let mut c = Cur { b, pos: 0 };
+    let p = crate::state::heads::HeadProof {
+        index: c.u64()?,
+        path: c.hashes()?,
+    };
+    if !c.done() {
+        return Err("trailing bytes".into());
+    }
+    Ok(p)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -343,6 +364,17 @@ mod tests {
         long.push(0);
         assert_eq!(decode_consistency(&long).unwrap_err(), "trailing bytes");
         assert!(decode_consistency(&[]).is_err());
+        let h = crate::state::heads::HeadProof {
+            index: 5,
+            path: vec![[4; 32], [6; 32]],
+        };
+        let hb = encode_head(&h);
+        assert_eq!(hb.len(), 8 + 1 + 64);
+        assert_eq!(decode_head(&hb).unwrap(), h);
+        assert!(decode_head(&hb[..hb.len() - 1]).is_err());
+        let mut long = hb.clone();
+        long.push(0);
+        assert_eq!(decode_head(&long).unwrap_err(), "trailing bytes");
         let files = BTreeMap::from([
             ("b.txt".to_owned(), b"b".to_vec()),
             ("manifest.json".to_owned(), b"{}".to_vec()),

@@ -299,6 +299,10 @@ pub(super) struct Meta {
     pub(super) checkpoint_root: Hash,
     pub(super) range: Option<(u64, u64)>,
     pub(super) as_of: i64,
+    /// The change heads the checkpoint signs, for a change bundle without
+    /// `--complete` (whose `heads.bin` proves its change's entries
+    /// complete); `None` otherwise.
+    pub(super) heads: Option<crate::ledger::ChangeHeads>,
 }
 
 impl Meta {
@@ -609,6 +613,9 @@ impl<'a> View<'a> {
                     self.folded.info.len(),
                     self.meta.checkpoint_size,
                     match (&self.meta.scope, self.meta.range) {
+                        (Scope::Change { .. }, None) if self.meta.heads.is_some() => {
+                            "; every entry concerning the change is proven carried by the change head the checkpoint signs".to_owned()
+                        }
                         (_, None) => String::new(),
                         (Scope::Change { .. }, Some(_)) => {
                             "; every entry from the change's opening to the checkpoint is proven carried by one range proof".to_owned()

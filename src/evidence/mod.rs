@@ -26,6 +26,7 @@ use crate::api::convert::decode_event;
 use crate::event::Body;
 use crate::ledger::{Checkpoint, Entry, Hash, LedgerReader, ReadError, Store, merkle};
 use crate::state::State;
+use crate::state::heads::{self, HeadProof};
 
 pub use progress::{CancelOnDrop, Progress, Stage, Step};
 pub use verify::{BundleFailure, Trust, VerifyReport, verify, verify_with};
@@ -160,6 +161,18 @@ impl Scope {
         s
     }
 
+    /// A change scope without `--complete`: the bundle whose change head
+    /// proves its change's entries complete.
+    pub fn is_sparse_change(&self) -> bool {
+        matches!(
+            self,
+            Scope::Change {
+                complete: false,
+                ..
+            }
+        )
+    }
+
     pub(crate) fn period(&self) -> Option<(i64, i64)> {
         match self {
             Scope::Change { .. } => None,
@@ -222,6 +235,9 @@ pub struct Selection {
     /// The decisions the log recorded for the deployments carried, which
     /// the bundle's own fold must reproduce.
     pub decisions: BTreeMap<u64, crate::state::DecisionRecord>,
+    /// For a change bundle without `--complete`: the change's leaf in the
+    /// change-heads tree of the state at `size` (`heads.bin`).
+    pub head: Option<HeadProof>,
 }
 
 /// What carried entries refer to: the seeds of the closure.
@@ -274,6 +290,7 @@ pub struct Seeds {
     range: Option<(u64, u64)>,
     refs: Refs,
     as_of: i64,
+    head: Option<HeadProof>,
 }
 
 /// Follows references from seeds to every entry a decision among them
@@ -459,23 +476,30 @@ pub struct Plan {
     size: u64,
     deadlines: Deadlines,
     change_from: Option<u64>,
+    head: Option<HeadProof>,
 }
 
 impl Plan {
     /// For exporting `scope` from the log of `state.next_index()` entries.
     pub fn of(state: &State, scope: &Scope) -> Result<Self, ExportError> {
         let size = state.next_index();
-        let change_from = match scope {
+        let (change_from, head) = match scope {
             Scope::Change { id, complete } => {
                 let opened = change_opening(state, id, size)?;
-                complete.then_some(opened)
+                // Read now, with the state at exactly `size`: the tree
+                // moves with every entry concerning any change.
+                let head = (!complete)
+                    .then(|| state.gov().change_head_proof(id))
+                    .flatten();
+                (complete.then_some(opened), head)
             }
-            _ => None,
+            _ => (None, None),
         };
         Ok(Plan {
             size,
             deadlines: Deadlines::of(state)?,
             change_from,
+            head,
         })
     }
 
@@ -569,6 +593,7 @@ pub fn seeds<S: Store + ?Sized>(
         range,
         refs,
         as_of,
+        head: plan.head.clone(),
     })
 }
 
@@ -582,6 +607,7 @@ pub fn select_with(state: &State, seeds: Seeds, scope: &Scope) -> Result<Selecti
         range,
         refs,
         as_of,
+        head,
     } = seeds;
     let mut c = Closure {
         state,
@@ -608,6 +634,7 @@ pub fn select_with(state: &State, seeds: Seeds, scope: &Scope) -> Result<Selecti
         range,
         as_of,
         decisions,
+        head,
     })
 }
 
@@ -628,6 +655,35 @@ pub fn select<S: Store + ?Sized>(
         )?,
         scope,
     )
+}
+
+/// The bundle member holding the change's change-head proof
+/// (evidence-format §6.6).
+pub const HEADS: &str = "heads.bin";
+
+/// Checks that the change `id` of a bundle's fold is leaf `proof.index` of
+/// the change heads a checkpoint signs (ledger-format §6.5): that the fold
+/// holds every entry concerning it. Returns how many there are.
+pub(crate) fn check_head(
+    state: &State,
+    id: &str,
+    proof: &HeadProof,
+    signed: &crate::ledger::ChangeHeads,
+) -> Result<u64, String> {
+    let Some(c) = state.gov().change(id) else {
+        return Err(format!("no carried entry opens change {id}"));
+    };
+    let leaf = heads::leaf_hash(id, c.head.count, &c.head.chain);
+    merkle::verify_inclusion(&leaf, proof.index, signed.size, &proof.path, &signed.root).map_err(
+        |e| {
+            format!(
+                "the bundle carries {} entries concerning change {id}, which do not make the change \
+                 head the checkpoint signs (leaf {} of {}: {e}); an entry concerning the change was left out",
+                c.head.count, proof.index, signed.size
+            )
+        },
+    )?;
+    Ok(c.head.count)
 }
 
 /// The bundle member holding the earlier checkpoint a bundle proves its
@@ -777,6 +833,7 @@ pub fn export<S: Store + ?Sized>(
         checkpoint_root: checkpoint.root,
         range: selection.range,
         as_of: selection.as_of,
+        heads: checkpoint.changes.filter(|_| scope.is_sparse_change()),
     };
     progress.start(Stage::Folding, entries.len() as u64);
     let boundary = scope
@@ -808,6 +865,20 @@ pub fn export<S: Store + ?Sized>(
             )));
         }
     }
+    // The change head must be what the bundle's own fold gives, or the
+    // bundle would not verify.
+    let head = match (meta.heads, &selection.head, scope) {
+        (Some(heads), Some(proof), Scope::Change { id, .. }) => {
+            check_head(&folded.state, id, proof, &heads).map_err(ExportError::SelfCheck)?;
+            Some(proof)
+        }
+        (Some(_), None, _) => {
+            return Err(ExportError::SelfCheck(
+                "the checkpoint signs change heads, but the state gave no change head for the change".into(),
+            ));
+        }
+        _ => None,
+    };
     let origin = meta.origin.clone();
     let mut files = rendered.files;
     files.insert(
@@ -818,6 +889,9 @@ pub fn export<S: Store + ?Sized>(
     files.insert("proofs.bin".into(), bundle::encode_proofs(&proofs));
     if let Some(r) = &range {
         files.insert("range.bin".into(), bundle::encode_range(r));
+    }
+    if let Some(p) = head {
+        files.insert(HEADS.into(), bundle::encode_head(p));
     }
     files.insert(
         "checkpoint.txt".into(),

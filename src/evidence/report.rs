@@ -171,9 +171,17 @@ pub(super) fn html(view: &View<'_>) -> String {
         },
         view.folded.info.len(),
         gov.deployments().count(),
-        match (&meta.scope, meta.range) {
-            (Scope::Change { .. }, None) =>
-                " It does not prove that it carries every entry concerning the change: its \
+        match (&meta.scope, meta.range, meta.heads) {
+            (Scope::Change { .. }, None, Some(_)) =>
+                " The change head the checkpoint signs proves that every entry concerning the \
+                 change (its opening, amendments, reviews, the deployments decided on it and their \
+                 break-glass reviews) is in this bundle. Facts of its subjects (CI runs, commit \
+                 observations, other deployment requests) are proven complete only as far as its \
+                 recorded decisions read them; a bundle exported with <code>--complete</code> \
+                 proves all of them from the change's opening on.",
+            (Scope::Change { .. }, None, None) =>
+                " It does not prove that it carries every entry concerning the change (its \
+                 checkpoint signs no change heads): its \
                  reviews, amendments and CI runs after its last carried deployment, and its \
                  deployments of subjects it no longer binds (an earlier break-glass, say), \
                  could be left out; a bundle exported with <code>--complete</code> proves it.",

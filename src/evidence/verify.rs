@@ -23,7 +23,8 @@ use std::collections::BTreeMap;
 use serde_json::Value;
 
 use super::bundle::{
-    decode_consistency, decode_entries, decode_proofs, decode_range, is_canonical_tar, read_tar,
+    decode_consistency, decode_entries, decode_head, decode_proofs, decode_range, is_canonical_tar,
+    read_tar,
 };
 use super::facts::{Meta, Signatures, decisions_file, fold_then, render};
 use super::{Control, FORMAT, SINCE_CHECKPOINT, SINCE_CONSISTENCY, Scope};
@@ -96,6 +97,9 @@ pub struct VerifyReport {
     /// The earlier checkpoint (tree size, root) the bundle's checkpoint was
     /// proven consistent with, if it carries one.
     pub since: Option<(u64, crate::ledger::Hash)>,
+    /// For a change bundle whose `heads.bin` proved it: how many entries
+    /// concern the change, every one of them carried (ledger-format §6.5).
+    pub change_entries_proven: Option<u64>,
 }
 
 fn parse_time(v: &Value, key: &str) -> Result<i64, BundleFailure> {
@@ -544,6 +548,43 @@ fn verify_files<'a>(
         }
         _ => {}
     }
+    // `heads.bin` exactly when a change bundle without `--complete` has a
+    // checkpoint that signs change heads (evidence-format §6.6).
+    let heads = cp.changes.filter(|_| scope.is_sparse_change());
+    let head = match (heads, files.get(super::HEADS)) {
+        (Some(h), Some(b)) => {
+            let p = decode_head(b).map_err(|e| fail(super::HEADS, e))?;
+            if p.index >= h.size {
+                return Err(fail(
+                    super::HEADS,
+                    format!(
+                        "leaf {} is not below the checkpoint's {} changes",
+                        p.index, h.size
+                    ),
+                ));
+            }
+            Some(p)
+        }
+        (Some(_), None) => {
+            return Err(fail(
+                super::HEADS,
+                "missing, but the checkpoint commits to change heads",
+            ));
+        }
+        (None, Some(_)) if cp.changes.is_none() => {
+            return Err(fail(
+                super::HEADS,
+                "present, but the checkpoint has no change heads",
+            ));
+        }
+        (None, Some(_)) => {
+            return Err(fail(
+                super::HEADS,
+                "present, but only a change bundle without --complete carries it",
+            ));
+        }
+        (None, None) => None,
+    };
     let as_of = manifest
         .get("as_of_unix_nanos")
         .and_then(Value::as_i64)
@@ -555,6 +596,7 @@ fn verify_files<'a>(
         checkpoint_root: cp.root,
         range: range.as_ref().map(|r| (r.start, r.end)),
         as_of,
+        heads,
     };
     let (folded, mut rendered) = fold_then(
         &entries,
@@ -605,6 +647,7 @@ fn verify_files<'a>(
     // 7. Scope, completeness and the time statuses are computed for.
     let time = |i: u64| folded.info.get(&i).map(|x| x.time);
     let last = cp.size - 1;
+    let mut change_entries_proven = None;
     match &scope {
         Scope::Change { id, .. } => {
             let Some(change) = folded.state.gov().change(id) else {
@@ -615,6 +658,14 @@ fn verify_files<'a>(
                     "manifest.json",
                     "as_of must be the time of the checkpoint's last entry, which the bundle must carry",
                 ));
+            }
+            // Every entry concerning the change is carried: their chain is
+            // the change's leaf in the heads the checkpoint signs.
+            if let (Some(h), Some(p)) = (&heads, &head) {
+                change_entries_proven = Some(
+                    super::check_head(&folded.state, id, p, h)
+                        .map_err(|e| fail("completeness", e))?,
+                );
             }
             // A complete change bundle holds every entry from the one that
             // opened the change to the checkpoint: everything that concerns
@@ -753,6 +804,7 @@ fn verify_files<'a>(
         "manifest.sig",
         SINCE_CHECKPOINT,
         SINCE_CONSISTENCY,
+        super::HEADS,
     ];
     if let Some(extra) = files
         .keys()
@@ -786,6 +838,7 @@ fn verify_files<'a>(
         history_proven_to: folded.history_proven_to,
         decisions_based: folded.decisions_based,
         since: since.map(|s| (s.size, s.root)),
+        change_entries_proven,
     };
     // Freeing the fold (a state and an index of every entry: ~0.25 s for
     // 100,000 entries) is left to another thread; the verdict does not wait.

@@ -4,7 +4,7 @@
 //! <origin>\n
 //! <tree size, ASCII decimal, no leading zeros>\n
 //! <base64 (standard, padded) of the 32-byte root hash>\n
-//! [extension lines]\n
+//! [changes <number of changes> <base64 change-heads root>\n]
 //! \n
 //! — <key name> <base64(keyid[4] || sig[64])>\n
 //! ```
@@ -22,8 +22,31 @@ pub struct Checkpoint {
     pub origin: String,
     pub size: u64,
     pub root: Hash,
+    /// The change heads it signs (ledger-format §6.5); `None` in a
+    /// checkpoint signed before they existed.
+    pub changes: Option<ChangeHeads>,
     /// The signed note, verbatim.
     pub note: String,
+}
+
+/// The `changes` extension line: how many changes the log had opened, and
+/// the root of their change-heads tree (ledger-format §6.5).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChangeHeads {
+    pub size: u64,
+    pub root: Hash,
+}
+
+/// The first word of the change-heads extension line.
+const CHANGES: &str = "changes ";
+
+/// A canonical decimal u64 (no sign, no leading zeros).
+fn canonical_u64(s: &str) -> Option<u64> {
+    if s.is_empty() || (s.len() > 1 && s.starts_with('0')) || !s.bytes().all(|b| b.is_ascii_digit())
+    {
+        return None;
+    }
+    s.parse().ok()
 }
 
 /// Why a checkpoint was refused.
@@ -39,13 +62,30 @@ pub enum CheckpointError {
 }
 
 impl Checkpoint {
-    /// Signs a checkpoint for (origin, size, root).
+    /// Signs a checkpoint for (origin, size, root), without change heads (as
+    /// logs written before them have).
     pub fn sign(signer: &NoteSigner, origin: &str, size: u64, root: &Hash) -> Checkpoint {
-        let body = format!("{origin}\n{size}\n{}\n", B64.encode(root));
+        Checkpoint::sign_with(signer, origin, size, root, None)
+    }
+
+    /// Signs a checkpoint for (origin, size, root) and, if given, the change
+    /// heads of the state folded from the same entries.
+    pub fn sign_with(
+        signer: &NoteSigner,
+        origin: &str,
+        size: u64,
+        root: &Hash,
+        changes: Option<ChangeHeads>,
+    ) -> Checkpoint {
+        let mut body = format!("{origin}\n{size}\n{}\n", B64.encode(root));
+        if let Some(c) = &changes {
+            body.push_str(&format!("{CHANGES}{} {}\n", c.size, B64.encode(c.root)));
+        }
         Checkpoint {
             origin: origin.to_owned(),
             size,
             root: *root,
+            changes,
             note: signer.sign(&body),
         }
     }
@@ -111,10 +151,32 @@ impl Checkpoint {
             .ok_or(CheckpointError::Malformed(
                 "root hash is not 32 bytes of base64",
             ))?;
+        // Extension lines: the change heads are read, others ignored.
+        let mut changes = None;
+        for line in lines.filter(|l| l.starts_with(CHANGES)) {
+            if changes.is_some() {
+                return Err(CheckpointError::Malformed("two change-heads lines"));
+            }
+            let mut words = line[CHANGES.len()..].split(' ');
+            let size = words.next().and_then(canonical_u64);
+            let root = words
+                .next()
+                .and_then(|r| B64.decode(r).ok())
+                .and_then(|r| <Hash>::try_from(r).ok());
+            match (size, root, words.next()) {
+                (Some(size), Some(root), None) => changes = Some(ChangeHeads { size, root }),
+                _ => {
+                    return Err(CheckpointError::Malformed(
+                        "the change-heads line is not `changes <decimal> <32 bytes of base64>`",
+                    ));
+                }
+            }
+        }
         Ok(Checkpoint {
             origin: origin.to_owned(),
             size,
             root,
+            changes,
             note: note.to_owned(),
         })
     }
@@ -207,6 +269,66 @@ mod tests {
             Checkpoint::verify(&cp.note, &s.verifier(), "other"),
             Err(CheckpointError::WrongOrigin { .. })
         ));
+    }
+
+    #[test]
+    fn change_heads_ride_in_the_signed_body() {
+        let s = NoteSigner::new("docket.test/log", SigningKey::from_bytes(&[4; 32]));
+        let heads = ChangeHeads {
+            size: 3,
+            root: [9; 32],
+        };
+        let cp = Checkpoint::sign_with(&s, "docket.test/log", 12, &[7; 32], Some(heads));
+        assert!(
+            cp.note
+                .contains(&format!("\nchanges 3 {}\n\n", B64.encode([9u8; 32])))
+        );
+        let back = Checkpoint::verify(&cp.note, &s.verifier(), "docket.test/log").unwrap();
+        assert_eq!(back.changes, Some(heads));
+        assert_eq!(back, cp);
+        // Altering the line breaks the signature.
+        let forged = cp.note.replacen("changes 3 ", "changes 4 ", 1);
+        assert!(matches!(
+            Checkpoint::verify(&forged, &s.verifier(), "docket.test/log"),
+            Err(CheckpointError::Note(NoteError::InvalidSignature(_)))
+        ));
+        // Without the line, no heads.
+        let bare = Checkpoint::sign(&s, "docket.test/log", 12, &[7; 32]);
+        assert_eq!(
+            Checkpoint::verify(&bare.note, &s.verifier(), "docket.test/log")
+                .unwrap()
+                .changes,
+            None
+        );
+    }
+
+    #[test]
+    fn malformed_change_heads_are_refused_and_other_extensions_ignored() {
+        let s = NoteSigner::new("docket.test/log", SigningKey::from_bytes(&[4; 32]));
+        let root = format!("{}\n", B64.encode([7u8; 32]));
+        let good = B64.encode([9u8; 32]);
+        let body = |ext: &str| format!("docket.test/log\n12\n{root}{ext}");
+        let parse =
+            |ext: &str| Checkpoint::verify(&s.sign(&body(ext)), &s.verifier(), "docket.test/log");
+        let other = parse("witness-note v1\n").unwrap();
+        assert_eq!(other.changes, None);
+        let both = parse(&format!("other\nchanges 0 {good}\n")).unwrap();
+        assert_eq!(both.changes.map(|c| c.size), Some(0));
+        for bad in [
+            format!("changes 03 {good}\n"),
+            format!("changes -3 {good}\n"),
+            format!("changes 3  {good}\n"),
+            format!("changes 3 {good} x\n"),
+            "changes 3 AAAA\n".to_owned(),
+            "changes 3\n".to_owned(),
+            format!("changes 18446744073709551616 {good}\n"),
+            format!("changes 3 {good}\nchanges 3 {good}\n"),
+        ] {
+            assert!(
+                matches!(parse(&bad), Err(CheckpointError::Malformed(_))),
+                "{bad:?} was accepted"
+            );
+        }
     }
 
     #[test]

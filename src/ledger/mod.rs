@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 pub use checkpoint::{
-    Checkpoint, CheckpointError, MANIFEST_HEADER, sign_manifest, verify_manifest,
+    ChangeHeads, Checkpoint, CheckpointError, MANIFEST_HEADER, sign_manifest, verify_manifest,
 };
 pub use entry::{
     DecodeError, EncodeError, Entry, Envelope, EnvelopeSignature, FORMAT_VERSION, MAX_SIGNATURES,
@@ -335,8 +335,9 @@ impl<S: Store + ?Sized> Appender<S> {
         })
     }
 
-    /// Signs a checkpoint over everything staged and writes the batch and the
-    /// state changes to the store. Nothing is durable until the store is
+    /// Signs a checkpoint over everything staged, with `changes` (the change
+    /// heads of the state folded from the same entries), and writes the
+    /// batch and the state changes to the store. Nothing is durable until the store is
     /// flushed; the caller acknowledges only after a flush that began after
     /// this returned. An error leaves the store in an unknown state relative to
     /// this appender, so the caller must stop appending (fail-stop).
@@ -344,12 +345,13 @@ impl<S: Store + ?Sized> Appender<S> {
         &mut self,
         batch: PendingBatch,
         state: Vec<KeyValue>,
+        changes: ChangeHeads,
     ) -> Result<Option<Checkpoint>, CommitError> {
         if batch.is_empty() && state.is_empty() {
             return Ok(None);
         }
         let PendingBatch { mut log, .. } = batch;
-        let cp = self.sign_current();
+        let cp = self.sign_current(changes);
         log.push((store::checkpoint_key(cp.size), cp.note.clone().into_bytes()));
         self.store.write(WriteBatch { log, state })?;
         Ok(Some(cp))
@@ -360,8 +362,9 @@ impl<S: Store + ?Sized> Appender<S> {
         &mut self,
         batch: PendingBatch,
         state: Vec<KeyValue>,
+        changes: ChangeHeads,
     ) -> Result<Option<Checkpoint>, CommitError> {
-        let cp = self.write(batch, state)?;
+        let cp = self.write(batch, state, changes)?;
         self.store.flush()?;
         if let Some(cp) = &cp {
             self.store.mark_published(cp.size, &cp.note)?;
@@ -369,19 +372,21 @@ impl<S: Store + ?Sized> Appender<S> {
         Ok(cp)
     }
 
-    /// Signs a checkpoint for the current (committed) size without writing it.
     /// Signs an evidence manifest statement ([`sign_manifest`]): the only
     /// other thing the log key signs besides checkpoints.
     pub fn sign_manifest(&self, digest: &Hash) -> String {
         sign_manifest(&self.signer, &self.origin, digest)
     }
 
-    pub fn sign_current(&self) -> Checkpoint {
-        Checkpoint::sign(
+    /// Signs a checkpoint for the current size without writing it; `changes`
+    /// must be the change heads of the state folded to that size.
+    pub fn sign_current(&self, changes: ChangeHeads) -> Checkpoint {
+        Checkpoint::sign_with(
             &self.signer,
             &self.origin,
             self.range.size(),
             &self.range.root(),
+            Some(changes),
         )
     }
 }

@@ -449,7 +449,8 @@ impl Service {
             now,
             counts,
         )?;
-        appender.commit(batch, state.take_changes())?;
+        let heads = state.gov().change_heads();
+        appender.commit(batch, state.take_changes(), heads)?;
         Ok(())
     }
 
@@ -514,7 +515,7 @@ impl Service {
                 index: size,
                 reason: format!("latest checkpoint: {e}"),
             })?,
-            _ => appender.sign_current(),
+            _ => appender.sign_current(state.gov().change_heads()),
         };
         let latest = Arc::new(RwLock::new(Arc::new(latest)));
         let state = Arc::new(RwLock::new(state));

@@ -215,11 +215,12 @@ impl Writer {
             }
         }
         let changes = st.take_changes();
+        let heads = st.gov().change_heads();
         drop(st);
         if batch.is_empty() && done.is_empty() {
             return Ok(None);
         }
-        match self.appender.write(batch, changes) {
+        match self.appender.write(batch, changes, heads) {
             Ok(cp) => Ok(Some(Written {
                 checkpoint: cp.map(Arc::new),
                 replies: done,

@@ -26,7 +26,7 @@ use foldhash::HashMap;
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
-use super::{ApplyError, State, StateCodecError};
+use super::{ApplyError, State, StateCodecError, heads};
 use crate::event::{
     Body, BreakGlassReview, ChangeAmendment, ChangeOpening, ChangeReview, CiRun, CiStatus,
     CommitObservation, DeployRequest, Event, PolicyProposal, PrincipalId, PrincipalKind,
@@ -129,6 +129,17 @@ pub struct ChangeRec {
     pub reviews: Vec<ReviewRec>,
     /// DeployRequested entries that named or resolved to it.
     pub deployments: Vec<u64>,
+    /// Its change head (ledger-format §6.5).
+    pub head: ChangeHead,
+}
+
+/// A change's number in the order of opening, and how many entries concern
+/// it with the chain over their indices (ledger-format §6.5).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChangeHead {
+    pub number: u64,
+    pub count: u64,
+    pub chain: [u8; 32],
 }
 
 impl ChangeRec {
@@ -541,6 +552,8 @@ pub struct Gov {
     ci_by_subject: HashMap<String, Vec<u64>>,
     /// Subject → every deployment request naming it, allowed or denied.
     requested: HashMap<String, Vec<u64>>,
+    /// The change-heads tree over `changes` (ledger-format §6.5).
+    heads: super::heads::HeadTree,
     dirty: Dirty,
 }
 
@@ -746,6 +759,31 @@ impl Gov {
         }
     }
 
+    /// Entry `index` concerns change `id`: the next link of its head's
+    /// chain, and its leaf in the tree (ledger-format §6.5).
+    fn touch(&mut self, id: &str, index: u64) {
+        if let Some(c) = self.changes.get_mut(id) {
+            c.head.count += 1;
+            c.head.chain = heads::chain_step(&c.head.chain, index);
+            let leaf = heads::leaf_hash(id, c.head.count, &c.head.chain);
+            self.heads.set(c.head.number, leaf);
+            self.dirty.changes.insert(id.to_owned());
+        }
+    }
+
+    /// The number of changes and the change-heads root (ledger-format §6.5).
+    pub fn change_heads(&self) -> crate::ledger::ChangeHeads {
+        crate::ledger::ChangeHeads {
+            size: self.heads.len(),
+            root: self.heads.root(),
+        }
+    }
+
+    /// The change head proof of change `id`, if it exists.
+    pub fn change_head_proof(&self, id: &str) -> Option<heads::HeadProof> {
+        self.heads.proof(self.changes.get(id)?.head.number)
+    }
+
     fn index_ci(&mut self, r: &CiRec) {
         for s in std::iter::once(&r.commit).chain(&r.digests) {
             self.ci_by_subject
@@ -849,6 +887,21 @@ impl Gov {
     /// Rebuilds the derived indexes after loading.
     pub(super) fn finish_load(&mut self) -> Result<(), StateCodecError> {
         self.set_active()?;
+        let mut leaves: Vec<(u64, [u8; 32])> = self
+            .changes
+            .values()
+            .map(|c| {
+                let h = &c.head;
+                (h.number, heads::leaf_hash(&c.id, h.count, &h.chain))
+            })
+            .collect();
+        leaves.sort_unstable_by_key(|(n, _)| *n);
+        for (expected, (n, leaf)) in leaves.into_iter().enumerate() {
+            if n != expected as u64 {
+                return Err(StateCodecError::Invalid("change numbers"));
+            }
+            self.heads.push(leaf);
+        }
         let ids: Vec<String> = self.changes.keys().cloned().collect();
         for id in ids {
             self.index_change(&id, None);
@@ -1062,6 +1115,8 @@ impl State {
         if self.gov.changes.contains_key(id) {
             return Err(ApplyError::ChangeExists(id.to_owned()));
         }
+        let chain = heads::chain_step(&heads::EMPTY_CHAIN, index);
+        let number = self.gov.heads.push(heads::leaf_hash(id, 1, &chain));
         self.gov.changes.insert(
             id.to_owned(),
             ChangeRec {
@@ -1083,6 +1138,11 @@ impl State {
                 }],
                 reviews: Vec::new(),
                 deployments: Vec::new(),
+                head: ChangeHead {
+                    number,
+                    count: 1,
+                    chain,
+                },
             },
         );
         self.gov.index_change(id, None);
@@ -1135,7 +1195,7 @@ impl State {
             subjects_key: revision_key(&a.commits, &a.artifact_digests),
         });
         self.gov.index_change(id, Some(old));
-        self.gov.dirty.changes.insert(id.to_owned());
+        self.gov.touch(id, index);
         Ok(())
     }
 
@@ -1206,7 +1266,7 @@ impl State {
             comment: r.comment.clone(),
             key: key.to_bytes(),
         });
-        self.gov.dirty.changes.insert(id.to_owned());
+        self.gov.touch(id, index);
         Ok(())
     }
 
@@ -1335,7 +1395,7 @@ impl State {
             && let Some(c) = self.gov.changes.get_mut(id)
         {
             c.deployments.push(index);
-            self.gov.dirty.changes.insert(id.clone());
+            self.gov.touch(id, index);
         }
         let rec = DeployRec {
             index,
@@ -1400,6 +1460,15 @@ impl State {
             comment: r.comment.clone(),
         });
         self.gov.dirty.obligations.insert(r.deployment_index);
+        // The review concerns the change the deployment was decided on.
+        if let Some((id, _)) = self
+            .gov
+            .deploys
+            .get(&r.deployment_index)
+            .and_then(|d| d.decision.change.clone())
+        {
+            self.gov.touch(&id, index);
+        }
         Ok(())
     }
 

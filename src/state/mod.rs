@@ -15,6 +15,7 @@
 
 mod codec;
 pub mod gov;
+pub mod heads;
 mod identity;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -69,7 +70,9 @@ pub use identity::PendingIdentity;
 /// repository or a source commit for a decision.
 /// 19: each change revision keeps the key of its subjects (`c/` records),
 /// as reviews keep that of what they saw; no decision changes.
-pub const STATE_FORMAT: u32 = 19;
+/// 20: each change keeps its number and its change head (ledger-format
+/// §6.5), which checkpoints sign; no decision changes.
+pub const STATE_FORMAT: u32 = 20;
 
 /// The most keys (every one ever added, revoked ones included), roles and
 /// e-mails one principal's record holds; a change past it is refused

@@ -19,7 +19,8 @@ What is checked, in the order of EF §11:
   1. the ustar container is exactly in canonical form (EF §3);
   2. manifest.json basics, manifest.sig (a signed note by the log key over H(manifest.json));
   3. every member's size and BLAKE3 against the manifest, no missing or extra member;
-  4. checkpoint.txt (signed note, origin, size, root) and its agreement with the manifest;
+  4. checkpoint.txt (signed note, origin, size, root, and the optional `changes <m> <root>`
+     extension line of LF §6.1) and its agreement with the manifest;
   5. entries.bin, proofs.bin (RFC 9162 inclusion proofs), range.bin (compact range proof);
   6. the sparse fold: entry decoding, protobuf payload, key history from genesis, every DSSE
      signature (strict Ed25519) with a key active at that index, the identity and governance rules
@@ -28,6 +29,10 @@ What is checked, in the order of EF §11:
      (LF §4.3) and each deployment's decision basis (LF §4.4) against the carried entries;
   7. scope, completeness of a period (boundary entries, contiguity, monotonic times) or of a
      complete change bundle (its range runs from the change's opening to the checkpoint), and `as_of`;
+     for a change bundle without `complete` whose checkpoint carries change heads, heads.bin: the
+     change-head leaf recomputed from the carried entries concerning the change (LF §6.5) must be
+     proven in the change-heads tree the checkpoint signs (EF §2.2 point 10, §6.6, §11 step 7.2);
+     heads.bin must be absent from every other bundle;
   8. derived files: everything regenerable without the policy evaluator is regenerated and compared
      byte for byte (facts/entries.json, facts/principals.json, facts/policies.json,
      policies/vN.toml, facts/changes.json, facts/obligations.json,
@@ -483,7 +488,9 @@ def check_listed_files(files, manifest):
 # ---------------------------------------------------------------------------------------------
 
 def read_checkpoint(files, path, origin, keyid, public_key):
-    """LF §6.4: a checkpoint note signed by the log key; returns (size, root)."""
+    """LF §6.4: a checkpoint note signed by the log key; returns (size, root, heads), where heads
+    is None when the body has no `changes` line (a checkpoint signed before change heads existed,
+    LF §6.1) and (m, change-heads root) otherwise."""
     require(path in files, path, "missing from the bundle")
     try:
         note = files[path].decode("utf-8")
@@ -502,16 +509,38 @@ def read_checkpoint(files, path, origin, keyid, public_key):
     except Exception:
         raise Failed(path, "the root is not base64")
     require(len(root) == 32, path, "the root is not 32 bytes")
-    return size, root
+    # LF §6.1: of the lines after the root, the one that starts with `changes ` is read: exactly
+    # the word, a canonical decimal and 32 bytes of base64, separated by single spaces; more than
+    # one such line is refused. Any other extension line is ignored. The body ends with a
+    # newline (LF §6.2), so the last item of `lines` is the empty string after it.
+    heads = None
+    for line in lines[3:-1]:
+        if not line.startswith("changes "):
+            continue
+        require(heads is None, path, "more than one `changes` line")
+        parts = line.split(" ")
+        require(len(parts) == 3 and parts[0] == "changes", path,
+                f"malformed `changes` line {line!r}: not the word, a number and a root separated"
+                " by single spaces")
+        require(re.fullmatch(r"0|[1-9][0-9]*", parts[1]) is not None and int(parts[1]) < 2 ** 64,
+                path, f"bad number of changes {parts[1]!r} in the `changes` line")
+        try:
+            heads_root = b64decode_strict(parts[2])
+        except Exception:
+            raise Failed(path, "the change-heads root is not base64")
+        require(len(heads_root) == 32, path, "the change-heads root is not 32 bytes")
+        heads = (int(parts[1]), heads_root)
+    return size, root, heads
 
 
 def check_checkpoint(files, manifest, origin, keyid, public_key):
-    size, root = read_checkpoint(files, "checkpoint.txt", origin, keyid, public_key)
+    """EF §11 step 4.1-4.2. Returns (n, R, heads) with heads as read_checkpoint gives it."""
+    size, root, heads = read_checkpoint(files, "checkpoint.txt", origin, keyid, public_key)
     cp = manifest.get("checkpoint")
     require(isinstance(cp, dict) and cp.get("size") == size and cp.get("root") == root.hex(),
             "manifest.json", f"checkpoint {cp!r} differs from checkpoint.txt (size {size}, "
             f"root {root.hex()})")
-    return size, root
+    return size, root, heads
 
 
 def verify_consistency(m, n, proof, old_root, new_root):
@@ -556,7 +585,9 @@ def check_since(files, origin, keyid, public_key, n, root):
         return None
     require(SINCE_PROOF in files, SINCE_PROOF, f"missing, but the bundle carries {SINCE_NOTE}")
     require(SINCE_NOTE in files, SINCE_NOTE, f"missing, but the bundle carries {SINCE_PROOF}")
-    m, old_root = read_checkpoint(files, SINCE_NOTE, origin, keyid, public_key)
+    # Its `changes` line, if any, is parsed (a malformed one refused) but not used: change heads
+    # are not append-only, so nothing relates them across checkpoints (LF §6.5).
+    m, old_root, _ = read_checkpoint(files, SINCE_NOTE, origin, keyid, public_key)
     require(1 <= m <= n, SINCE_NOTE, f"is for tree size {m}; an earlier checkpoint is for a size "
             f"from 1 to the bundle's {n}")
     data = files[SINCE_PROOF]
@@ -1220,7 +1251,7 @@ class Fold:
         self.all_keys = set()
         self.versions = []          # policy versions, oldest first
         self.proposals = {}
-        self.changes = {}
+        self.changes = {}           # each with "concerning": the entries concerning it (LF §6.5)
         self.commits = {}
         self.ci_runs = []
         self.recorded_repos = {}    # subject -> repositories its commit observation and CI runs name
@@ -1684,9 +1715,13 @@ class Fold:
             require(b["environments"], what, "no environment")
             require(all(is_subject(s) for s in b["commits"] + b["artifact_digests"]), what,
                     "invalid subject")
+            # "concerning": the indices of the entries concerning the change (LF §6.5), in log
+            # order (the fold applies entries in increasing index order): its opening, each
+            # amendment and review, each deployment whose decision considered it, and each
+            # break-glass review of such a deployment. Its change head is computed from them.
             self.changes[cid] = {
                 "id": cid, "title": b["title"], "repository": b["repository"], "ticket": b["ticket"],
-                "requesters": [signer], "reviews": [], "deployments": [],
+                "requesters": [signer], "reviews": [], "deployments": [], "concerning": [index],
                 "revisions": [{"by": signer, "commits": set(b["commits"]),
                                "digests": set(b["artifact_digests"]),
                                "environments": set(b["environments"]), "index": index,
@@ -1706,6 +1741,7 @@ class Fold:
                     != (cur["commits"], cur["digests"], cur["environments"]), what,
                     "the amendment changes nothing")
             ch["revisions"].append(rev)
+            ch["concerning"].append(index)                # LF §6.5
             if signer not in ch["requesters"]:
                 ch["requesters"].append(signer)
         elif kind == "ChangeReviewed":
@@ -1727,6 +1763,7 @@ class Fold:
             ch["reviews"].append({"index": index, "reviewer": signer, "seen": seen,
                                   "verdict": REVIEW_VERDICT[b["verdict"]], "comment": b["comment"],
                                   "time": t})
+            ch["concerning"].append(index)                # LF §6.5: approval or rejection
         elif kind == "DeployRequested":
             subjects = set(b["subjects"])
             require(subjects and all(is_subject(s) for s in subjects), what, "invalid subjects")
@@ -1763,6 +1800,17 @@ class Fold:
             self.deployments[index] = dep
             if change:
                 self.changes[change]["deployments"].append(index)
+                # LF §6.5: a deployment whose decision considered the change concerns it, allowed
+                # or denied. The considered change is the fold's own reading of LF §8.5 above (the
+                # change `change_id` names, or the most recently revised carried change binding
+                # every subject and targeting the environment); it needs no policy evaluation,
+                # and step 8.2 holds the `change` of facts/decisions.json to it. In a sparse
+                # bundle the search sees only carried changes: for a version-3 entry the decision
+                # basis (checked above) proves every change binding its subjects is carried; for
+                # an older one this is the same trust the verifier already places in the
+                # bundle's choice of changes (a wrong attribution makes the recomputed change
+                # head differ, so it fails step 7.2 rather than pass unnoticed).
+                self.changes[change]["concerning"].append(index)
         elif kind == "BreakGlassReviewed":
             di = b["deployment_index"]
             p = self.principals.get(signer)
@@ -1780,6 +1828,11 @@ class Fold:
                     f"{self.bg_reviews.get(di, {}).get('index')}")
             self.bg_reviews[di] = {"index": index, "reviewer": signer, "justified": b["justified"],
                                    "comment": b["comment"], "time": t}
+            # LF §6.5: the break-glass review of a deployment that considered a change concerns
+            # that change. (That the deployment opened an obligation at all rests on the verdict
+            # claimed in facts/decisions.json, as above: the verifier does not re-evaluate it.)
+            if dep["change"]:
+                self.changes[dep["change"]]["concerning"].append(index)
         elif kind == "PolicyProposed":
             self.need_perm(what, signer, "propose_policy", "propose a policy")
             pid = b["proposal_id"]
@@ -1901,7 +1954,63 @@ def parse_scope(manifest):
     return out, as_of
 
 
-def check_scope(fold, scope, as_of, rng, n):
+HEADS = "heads.bin"
+
+
+def change_head_leaf(cid, indices):
+    """LF §6.5: the leaf of change `cid` whose concerning entries are at `indices` (increasing):
+    u16 BE byte length of the id || id (UTF-8) || u64 BE k || chain_k, where chain_0 is 32 zero
+    bytes and chain_j = BLAKE3(0x02 || chain_(j-1) || u64 BE i_j). Returns the leaf bytes; the
+    tree hashes it as leaf_hash (LF §5.1: BLAKE3(0x00 || leaf))."""
+    chain = bytes(32)
+    for i in indices:
+        chain = H(b"\x02" + chain + struct.pack(">Q", i))
+    cid_bytes = cid.encode("utf-8")
+    return struct.pack(">H", len(cid_bytes)) + cid_bytes + struct.pack(">Q", len(indices)) + chain
+
+
+def decode_heads_bin(data, m):
+    """EF §6.6: u64 BE j, u8 k (at most 64), k hashes of 32 bytes, no trailing bytes; j < m.
+    Returns (j, proof)."""
+    require(len(data) >= 9, HEADS, f"truncated: {len(data)} bytes, at least 9 needed")
+    j = struct.unpack(">Q", data[:8])[0]
+    k = data[8]
+    require(k <= 64, HEADS, f"a proof of {k} hashes; at most 64 are possible")
+    require(len(data) >= 9 + 32 * k, HEADS, f"the proof of {k} hashes is truncated")
+    require(len(data) == 9 + 32 * k, HEADS, "trailing bytes after the proof")
+    require(j < m, HEADS, f"leaf {j} is not below the checkpoint's {m} changes")
+    return j, [data[p:p + 32] for p in range(9, len(data), 32)]
+
+
+def check_change_heads(fold, scope, files, heads):
+    """EF §11 step 7.2, the change heads (EF §2.2 point 10, §6.6, LF §6.5). Returns (k, j, m)
+    when heads.bin was checked, None when the bundle has none (as it must then)."""
+    wants = scope["kind"] == "change" and not scope["complete"]
+    if heads is None or not wants:
+        # EF §11 step 7.2 says this for a change scope ("Otherwise `heads.bin` must be absent");
+        # EF §3.1 and §6.6 say heads.bin is present exactly in a change bundle without
+        # `--complete` whose checkpoint has the line, so it is applied to every scope here.
+        require(HEADS not in files, HEADS,
+                "present, but the checkpoint has no change heads" if heads is None
+                else "present, but only a change bundle without --complete carries it")
+        return None
+    m, heads_root = heads
+    require(HEADS in files, HEADS, "missing, but the checkpoint commits to change heads")
+    j, proof = decode_heads_bin(files[HEADS], m)
+    cid = scope["change"]
+    # The entries concerning the change among the carried ones, as the fold applied them; the
+    # leaf is computed here, never taken from the exporter (EF §6.6).
+    concerning = fold.changes[cid]["concerning"]
+    leaf = change_head_leaf(cid, concerning)
+    require(verify_inclusion(leaf_hash(leaf), j, m, proof, heads_root), "completeness",
+            f"the bundle carries {len(concerning)} entries concerning change {cid}, which do not"
+            f" make the change head the checkpoint signs (leaf {j} of {m}); an entry concerning it"
+            " was left out")
+    return len(concerning), j, m
+
+
+def check_scope(fold, scope, as_of, rng, n, files, heads):
+    """EF §11 step 7.2-7.3. Returns what check_change_heads returns."""
     by_index = {r["index"]: r for r in fold.records}
     if scope["kind"] == "change":
         require(scope["change"] in fold.changes, "entries.bin",
@@ -1911,7 +2020,7 @@ def check_scope(fold, scope, as_of, rng, n):
         require(last["time"] == as_of, "manifest.json",
                 f"as_of {fmt_time(as_of)} is not the time of entry {n - 1} ({fmt_time(last['time'])})")
         if not scope["complete"]:
-            return
+            return check_change_heads(fold, scope, files, heads)
         # EF §8.2: the range runs from the entry that opened the change to the checkpoint, and
         # nothing concerning a change comes before its opening. (verify() has already required
         # the range exactly when the scope is complete.)
@@ -1920,7 +2029,8 @@ def check_scope(fold, scope, as_of, rng, n):
                 f"the range starts at entry {rng[0]}, not at entry {opened} that opened the change")
         require(rng[1] == n, "completeness",
                 f"the range ends before entry {rng[1]}, not at the checkpoint's size {n}")
-        return
+        return check_change_heads(fold, scope, files, heads)   # heads.bin must be absent
+    check_change_heads(fold, scope, files, heads)              # heads.bin must be absent
     require(rng is not None, "range.bin", "a period or control bundle must carry a range")
     start, end = rng[0], rng[1]
     for i in range(start + 1, end):
@@ -2354,6 +2464,9 @@ class Derived:
                 if self.rng is not None and s["kind"] == "change":
                     W += ("; every entry from the change's opening to the checkpoint is proven"
                           " carried by one range proof")
+                elif s["kind"] == "change" and getattr(self, "heads_proven", False):
+                    W += ("; every entry concerning the change is proven carried by the change"
+                          " head the checkpoint signs")
                 elif self.rng is not None and self.as_of < s["to"]:
                     W += (f"; the period is proven complete only up to {fmt_time(self.as_of)}, the"
                           f" log's last entry at the checkpoint (the period runs to"
@@ -2438,10 +2551,12 @@ def manifest_scope_object(scope, manifest):
     return obj
 
 
-def check_derived(files, manifest, fold, scope, as_of, origin, n, root, rng, whole=None):
+def check_derived(files, manifest, fold, scope, as_of, origin, n, root, rng, whole=None,
+                  heads_proven=False):
     """EF §11 step 8, without re-evaluating decisions or rendering report.html."""
     claimed = load_claimed_decisions(files)
     d = Derived(fold, scope, as_of, origin, n, root, rng, claimed, whole)
+    d.heads_proven = heads_proven   # heads.bin proved the change's entries (EF §10.9)
 
     # 8.2 (as far as possible without the evaluator): decision by decision.
     regenerated_decisions = d.decisions()
@@ -2476,9 +2591,10 @@ def check_derived(files, manifest, fold, scope, as_of, origin, n, root, rng, who
                                f"{a[max(0, off - 30):off + 30]!r}, expected "
                                f"{b[max(0, off - 30):off + 30]!r})")
 
-    # 8.4: no other member.
+    # 8.4: no other member: the regenerated files, report.html and the nine primary names of
+    # EF §3.1 (heads.bin's presence was already decided by step 7.2, check_change_heads).
     allowed = set(regenerated) | {"manifest.json", "manifest.sig", "checkpoint.txt", "entries.bin",
-                                  "proofs.bin", "report.html", SINCE_NOTE, SINCE_PROOF}
+                                  "proofs.bin", "report.html", HEADS, SINCE_NOTE, SINCE_PROOF}
     if rng is not None:
         allowed.add("range.bin")
     for path in canonical_order(list(files)):
@@ -2510,7 +2626,7 @@ def verify(bundle, key_name, keyid, log_key):
     origin = manifest["origin"]
     check_manifest_sig(files, origin, keyid, log_key)                       # step 2.3-2.4
     check_listed_files(files, manifest)                                     # step 3
-    n, root = check_checkpoint(files, manifest, origin, keyid, log_key)     # step 4
+    n, root, heads = check_checkpoint(files, manifest, origin, keyid, log_key)   # step 4
     since = check_since(files, origin, keyid, log_key, n, root)            # step 4.4
     records, rng, n_proofs = check_entries_and_proofs(files, manifest, n, root)   # step 5
     if isinstance(manifest.get("scope"), dict) and manifest["scope"].get("kind") == "change":
@@ -2528,18 +2644,22 @@ def verify(bundle, key_name, keyid, log_key):
     scope, as_of = parse_scope(manifest)                                    # step 6.1
     boundary = None if scope["kind"] == "change" or rng is None else (rng[1] - 1, scope["to"])
     fold, view = check_fold(records, key_name, log_key, claimed, boundary)  # step 6
-    check_scope(fold, scope, as_of, rng, n)                                 # step 7
+    heads_checked = check_scope(fold, scope, as_of, rng, n, files, heads)   # step 7
     n_dec, n_viol, n_regen = check_derived(files, manifest, view, scope, as_of, origin, n, root,
-                                           rng, fold)                       # step 8
+                                           rng, fold, heads_checked is not None)  # step 8
     range_text = f", range {rng[0]}..{rng[1]} proven complete" if rng else ""
     since_text = (f"consistent with the earlier checkpoint of size {since[0]} "
                   f"(root {since[1].hex()})\n" if since else "")
+    heads_text = (f"change heads: the {heads_checked[0]} carried entries concerning change "
+                  f"{scope['change']} make its leaf {heads_checked[1]} of the "
+                  f"{heads_checked[2]} the checkpoint signs\n" if heads_checked else "")
     return (since_text + f"OK: {len(records)} entries of log {origin} at checkpoint {n} ({n_proofs} inclusion "
             f"proofs{range_text}), {fold.signatures} signatures checked, {n_dec} decisions "
             f"cross-checked (verdicts not re-evaluated), {n_regen} derived files regenerated, "
             f"{len(files)} files digest-checked; {n_viol} violation(s) in scope\n"
             f"decision bases: {fold.decisions_based} of {len(fold.deployments)} carried deployments"
             f" record one, and the bundle carries every entry it counts\n"
+            + heads_text +
             f"skipped: re-evaluating decisions (verdict, rule, reasons, which reviews counted) and "
             f"regenerating report.html, which the docs define by Docket's code "
             f"(report.html was only checked against the signed manifest digest)")

@@ -930,6 +930,15 @@ fn decode_entries(b: &[u8]) -> Vec<(u64, Vec<u8>)> {
     out
 }
 
+/// How many entries concern a plain change bundle's change, as its
+/// verification reports.
+fn plain_result_entries(bundle: &[u8], t: &evidence::Trust) -> u64 {
+    evidence::verify(bundle, t)
+        .unwrap()
+        .change_entries_proven
+        .expect("the checkpoint signs change heads")
+}
+
 fn encode_entries(e: &[(u64, Vec<u8>)]) -> Vec<u8> {
     let mut o = Vec::new();
     for (i, b) in e {
@@ -1790,8 +1799,8 @@ fn forge_selection(
 /// change's opening to the checkpoint under one range proof, so an insider
 /// holding the log key can no longer leave out what came after the
 /// change's last deployment: here, the break-glass review that closed its
-/// obligation. A plain change bundle cannot show that (evidence-format
-/// §2.3), which is why `complete` exists.
+/// obligation. A plain change bundle shows it with the change head its
+/// checkpoint signs (ledger-format §6.5), for the change's own entries.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_complete_change_bundle_shows_nothing_concerning_the_change_was_left_out() {
     use pb::export_evidence_request::Scope as S;
@@ -1844,15 +1853,76 @@ async fn a_complete_change_bundle_shows_nothing_concerning_the_change_was_left_o
         "{report}"
     );
 
-    // The late review left out of a plain bundle: it still verifies, and
-    // the obligation it closed now reads as overdue.
-    let lying = forge_selection(s, &Scope::change("CHG-2"), |sel| {
-        assert!(sel.indices.remove(&late));
-    });
-    evidence::verify(&lying, &t).expect("a plain change bundle cannot show the omission");
-    assert_ne!(
-        evidence::unpack(&lying).unwrap()["facts/obligations.json"],
-        plain_files["facts/obligations.json"]
+    // The plain bundle's change head proves the change's own entries, and
+    // its OSCAL finding and report say so.
+    assert!(plain_files.contains_key("heads.bin"));
+    let oscal = String::from_utf8_lossy(&plain_files["oscal/assessment-results.json"]).into_owned();
+    assert!(
+        oscal.contains(
+            "every entry concerning the change is proven carried by the change head the checkpoint signs"
+        ),
+        "{oscal}"
+    );
+    let report = String::from_utf8_lossy(&plain_files["report.html"]).into_owned();
+    assert!(
+        report.contains(
+            "The change head the checkpoint signs proves that every entry concerning the change"
+        ),
+        "{report}"
+    );
+
+    // The late review left out of a plain bundle: the exporter refuses to
+    // make it, and a bundle edited to leave it out (entry and proof gone,
+    // manifest signed again with the log key) fails on the change head
+    // before anything else.
+    let reader = s.svc.reader().clone();
+    let mut sel = s
+        .svc
+        .with_state(|st| evidence::select(st, &reader, &Scope::change("CHG-2")))
+        .unwrap();
+    let cp = docket::ledger::Checkpoint::verify(
+        &reader.checkpoint_note(sel.size).unwrap().unwrap(),
+        &s.verifier(),
+        "docket.test/log",
+    )
+    .unwrap();
+    assert!(sel.head.is_some() && cp.changes.is_some());
+    assert!(sel.indices.remove(&late));
+    let Err(evidence::ExportError::SelfCheck(why)) = evidence::export(
+        &reader,
+        &cp,
+        &sel,
+        &Scope::change("CHG-2"),
+        None,
+        &Default::default(),
+    ) else {
+        panic!("the exporter made a bundle without the late review");
+    };
+    assert!(why.contains("entries concerning change CHG-2"), "{why}");
+    let lying = without_entry(&s.data, &plain, late);
+    let e = evidence::verify(&lying, &t).unwrap_err();
+    assert_eq!(e.what, "completeness", "{e}");
+    let concerning = plain_result_entries(&plain, &t);
+    assert!(
+        e.reason.starts_with(&format!(
+            "the bundle carries {} entries concerning change CHG-2, which do not make the change head the checkpoint signs",
+            concerning - 1
+        )),
+        "{e}"
+    );
+    let (code, out) = independent_verify(&lying, &s.data.log_vkey());
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("completeness"), "{out}");
+    // So does a bundle whose heads.bin names another leaf.
+    let mut other_leaf = plain_files.clone();
+    let mut hb = other_leaf["heads.bin"].clone();
+    hb[7] ^= 1;
+    other_leaf.insert("heads.bin".into(), hb);
+    let e = evidence::verify(&reseal(&s.data, other_leaf), &t).unwrap_err();
+    assert!(
+        (e.what == "completeness" && e.reason.contains("leaf"))
+            || (e.what == "heads.bin" && e.reason.contains("is not below")),
+        "{e}"
     );
     // Left out of a complete bundle, it is missed from the range.
     let e = evidence::verify(
@@ -2085,12 +2155,19 @@ async fn the_cli_exports_and_verifies_with_clear_exit_codes() {
         "{}",
         r.stdout
     );
-    // A plain change bundle says what it cannot show; a complete one says
-    // what it does.
+    // A plain change bundle says what its change head shows; a complete
+    // one says what its range does.
     assert!(
-        r.stderr.contains(
-            "warning: this change bundle does not show that it carries every entry concerning the change"
+        r.stdout.contains(
+            "\ncompleteness: the 5 entries concerning change CHG-2 (its opening, amendments, reviews, \
+             the deployments decided on it and their break-glass reviews) are all carried, as the \
+             change head the checkpoint signs proves;"
         ),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        !r.stderr.contains("warning: this change bundle"),
         "{}",
         r.stderr
     );
@@ -4145,4 +4222,214 @@ signed_commits = true
             && e.ends_with("it leaves out 1 entry the decision rests on"),
         "{e}"
     );
+}
+
+/// `docket verify` recomputes the change heads each checkpoint signs
+/// (ledger-format §6.5). The server's log passes, and so does the same log
+/// with a checkpoint that signs none (as logs written before them have).
+/// A checkpoint the log key signed over the right entries but with other
+/// heads is refused, and so is one without heads after one with them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docket_verify_recomputes_the_change_heads_of_every_checkpoint() {
+    use docket::ledger::{ChangeHeads, Checkpoint, SledStore, Store as _, WriteBatch};
+    let f = fixture().await;
+    let s = &f.server;
+    let reader = s.svc.reader().clone();
+    let size = s.size().await;
+    let cp = Checkpoint::verify(
+        &reader.checkpoint_note(size).unwrap().unwrap(),
+        &s.verifier(),
+        "docket.test/log",
+    )
+    .unwrap();
+    let heads = cp
+        .changes
+        .expect("the server's checkpoints sign change heads");
+    let opened = s.svc.with_state(|st| st.gov().changes().count()) as u64;
+    assert!(opened >= 2);
+    assert_eq!(heads.size, opened);
+    docket::verify::verify_store(&**reader.store(), Some(&s.verifier())).unwrap();
+
+    let entries: Vec<(Vec<u8>, String)> = (0..size)
+        .map(|i| {
+            let b = reader.entry(i).unwrap().unwrap().0;
+            let id = docket::api::convert::decode_event(
+                &docket::ledger::Entry::decode(&b).unwrap().envelope.payload,
+            )
+            .unwrap()
+            .event_id;
+            (b, id)
+        })
+        .collect();
+    let signer = s.data.note_signer(&s.data.config().unwrap()).unwrap();
+    let import = |n: u64, changes: Option<ChangeHeads>| {
+        let store = SledStore::temporary().unwrap();
+        let root = reader.root(n).unwrap();
+        let cp = Checkpoint::sign_with(&signer, "docket.test/log", n, &root, changes);
+        docket::ledger::import(&store, entries[..n as usize].to_vec(), &cp.note).unwrap();
+        store
+    };
+    let verify = |store: &SledStore| docket::verify::verify_store(store, Some(&s.verifier()));
+    verify(&import(size, Some(heads))).unwrap();
+    verify(&import(size, None)).unwrap();
+    for other in [
+        ChangeHeads {
+            size: heads.size,
+            root: [0; 32],
+        },
+        ChangeHeads {
+            size: heads.size - 1,
+            root: heads.root,
+        },
+    ] {
+        let e = verify(&import(size, Some(other))).unwrap_err();
+        assert_eq!(e.index, Some(size - 1), "{e}");
+        assert!(
+            e.reason.starts_with(&format!(
+                "checkpoint for size {size} signs change heads ({} changes, root {})",
+                other.size,
+                hex::encode(other.root)
+            )),
+            "{e}"
+        );
+    }
+
+    // Heads at size - 1 (the fold's), then none at size.
+    let mut before = docket::state::State::new();
+    docket::service::fold_entries(
+        &docket::ledger::LedgerReader::new(Arc::new(import(size - 1, None))),
+        &mut before,
+        size - 1,
+    )
+    .unwrap();
+    let earlier = Checkpoint::sign_with(
+        &signer,
+        "docket.test/log",
+        size - 1,
+        &reader.root(size - 1).unwrap(),
+        Some(before.gov().change_heads()),
+    );
+    let store = import(size, None);
+    let mut key = vec![b'c'];
+    key.extend_from_slice(&(size - 1).to_be_bytes());
+    store
+        .write(WriteBatch {
+            log: vec![(key, earlier.note.into_bytes())],
+            state: Vec::new(),
+        })
+        .unwrap();
+    let e = verify(&store).unwrap_err();
+    assert_eq!(e.index, Some(size - 1), "{e}");
+    assert_eq!(
+        e.reason,
+        format!(
+            "checkpoint for size {size} has no change heads, but the one for size {} already had them",
+            size - 1
+        )
+    );
+}
+
+/// A log whose checkpoint signs no change heads (written before them): a
+/// change bundle from it carries no `heads.bin`, verifies, and says what it
+/// cannot show; the report says so too. The server's next checkpoint on
+/// that log signs heads, and bundles from then on prove the change's
+/// entries complete.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_bundle_from_a_log_without_change_heads_says_what_it_cannot_show() {
+    use docket::ledger::{Checkpoint, LedgerReader, SledStore};
+    use docket::service::{Config, Service};
+    let f = fixture().await;
+    let s = &f.server;
+    let t = trust(s);
+    let reader = s.svc.reader().clone();
+    let size = s.size().await;
+    let entries: Vec<(Vec<u8>, String)> = (0..size)
+        .map(|i| {
+            let b = reader.entry(i).unwrap().unwrap().0;
+            let id = docket::api::convert::decode_event(
+                &docket::ledger::Entry::decode(&b).unwrap().envelope.payload,
+            )
+            .unwrap()
+            .event_id;
+            (b, id)
+        })
+        .collect();
+    let signer = s.data.note_signer(&s.data.config().unwrap()).unwrap();
+    let old = Checkpoint::sign(
+        &signer,
+        "docket.test/log",
+        size,
+        &reader.root(size).unwrap(),
+    );
+    let store = Arc::new(SledStore::temporary().unwrap());
+    docket::ledger::import(&*store, entries, &old.note).unwrap();
+    let old_reader = LedgerReader::new(store.clone());
+    let state = docket::service::current_state(&old_reader).unwrap();
+    let bundle = evidence::export_offline(
+        &state,
+        &old_reader,
+        &signer,
+        &Scope::change("CHG-2"),
+        None,
+        &Default::default(),
+    )
+    .unwrap();
+    let files = evidence::unpack(&bundle).unwrap();
+    assert!(!files.contains_key("heads.bin"));
+    let r = evidence::verify(&bundle, &t).unwrap();
+    assert_eq!(r.change_entries_proven, None);
+    let report = String::from_utf8_lossy(&files["report.html"]).into_owned();
+    assert!(
+        report.contains("It does not prove that it carries every entry concerning the change (its checkpoint signs no change heads)"),
+        "{report}"
+    );
+    let (code, out) = independent_verify(&bundle, &s.data.log_vkey());
+    assert_eq!(code, Some(0), "{out}");
+    // heads.bin put into it is refused.
+    let mut with = files.clone();
+    with.insert("heads.bin".into(), vec![0; 9]);
+    let mut m = json(&with, "manifest.json");
+    m["files"].as_array_mut().unwrap().push(serde_json::json!({
+        "path": "heads.bin", "size": 9, "blake3": ""
+    }));
+    with.insert(
+        "manifest.json".into(),
+        serde_json::to_vec_pretty(&m).unwrap(),
+    );
+    let e = evidence::verify(&reseal(&s.data, with), &t).unwrap_err();
+    assert_eq!(
+        (e.what.as_str(), e.reason.as_str()),
+        (
+            "heads.bin",
+            "present, but the checkpoint has no change heads"
+        )
+    );
+
+    // The server goes on on that log: its next checkpoint signs heads.
+    let again = s.data.note_signer(&s.data.config().unwrap()).unwrap();
+    let svc = Service::open(store.clone(), again, Config::default()).unwrap();
+    svc.append(
+        sign_event(
+            &crate::common::note("after-upgrade", "admin"),
+            &s.admin_key(),
+        ),
+        "CN=t".into(),
+    )
+    .await
+    .unwrap();
+    let state = svc.with_state(|st| st.clone());
+    drop(svc);
+    docket::verify::verify_store(&*store, Some(&s.verifier())).unwrap();
+    let bundle = evidence::export_offline(
+        &state,
+        &old_reader,
+        &signer,
+        &Scope::change("CHG-2"),
+        None,
+        &Default::default(),
+    )
+    .unwrap();
+    assert!(evidence::unpack(&bundle).unwrap().contains_key("heads.bin"));
+    let r = evidence::verify(&bundle, &t).unwrap();
+    assert_eq!(r.change_entries_proven, Some(5));
 }
