@@ -554,6 +554,10 @@ pub struct Gov {
     requested: HashMap<String, Vec<u64>>,
     /// The change-heads tree over `changes` (ledger-format §6.5).
     heads: super::heads::HeadTree,
+    /// The fold of an evidence bundle: it keeps each change's chain, which
+    /// the verifier checks, but no tree (its changes are not all the
+    /// log's, so their numbers and root mean nothing).
+    sparse: bool,
     dirty: Dirty,
 }
 
@@ -586,6 +590,14 @@ fn key_u64(k: &[u8], what: &'static str) -> Result<u64, StateCodecError> {
 }
 
 impl Gov {
+    /// The governance part of a sparse fold (`State::sparse`).
+    pub(super) fn sparse() -> Self {
+        Gov {
+            sparse: true,
+            ..Gov::default()
+        }
+    }
+
     /// When proposal `p` stops waiting under the policy in force
     /// (`[policy_changes] expire_after`), if it ever does.
     pub fn proposal_expires_at(&self, p: &ProposalRec) -> Option<i64> {
@@ -765,8 +777,10 @@ impl Gov {
         if let Some(c) = self.changes.get_mut(id) {
             c.head.count += 1;
             c.head.chain = heads::chain_step(&c.head.chain, index);
-            let leaf = heads::leaf_hash(id, c.head.count, &c.head.chain);
-            self.heads.set(c.head.number, leaf);
+            if !self.sparse {
+                let leaf = heads::leaf_hash(id, c.head.count, &c.head.chain);
+                self.heads.set(c.head.number, leaf);
+            }
             self.dirty.changes.insert(id.to_owned());
         }
     }
@@ -779,7 +793,8 @@ impl Gov {
         }
     }
 
-    /// The change head proof of change `id`, if it exists.
+    /// The change head proof of change `id`, if it exists (never in a
+    /// sparse fold, which keeps no tree).
     pub fn change_head_proof(&self, id: &str) -> Option<heads::HeadProof> {
         self.heads.proof(self.changes.get(id)?.head.number)
     }
@@ -1116,7 +1131,11 @@ impl State {
             return Err(ApplyError::ChangeExists(id.to_owned()));
         }
         let chain = heads::chain_step(&heads::EMPTY_CHAIN, index);
-        let number = self.gov.heads.push(heads::leaf_hash(id, 1, &chain));
+        let number = if self.gov.sparse {
+            self.gov.changes.len() as u64
+        } else {
+            self.gov.heads.push(heads::leaf_hash(id, 1, &chain))
+        };
         self.gov.changes.insert(
             id.to_owned(),
             ChangeRec {

@@ -473,6 +473,7 @@ impl State {
     pub fn sparse() -> Self {
         State {
             sparse: true,
+            gov: Gov::sparse(),
             ..State::default()
         }
     }
