@@ -4224,6 +4224,25 @@ signed_commits = true
     );
 }
 
+/// The first `size` entries of a log with their event ids, as
+/// `docket::ledger::import` takes them.
+fn stored_entries(
+    reader: &docket::ledger::LedgerReader<dyn docket::ledger::Store>,
+    size: u64,
+) -> Vec<(Vec<u8>, String)> {
+    (0..size)
+        .map(|i| {
+            let b = reader.entry(i).unwrap().unwrap().0;
+            let id = docket::api::convert::decode_event(
+                &docket::ledger::Entry::decode(&b).unwrap().envelope.payload,
+            )
+            .unwrap()
+            .event_id;
+            (b, id)
+        })
+        .collect()
+}
+
 /// `docket verify` recomputes the change heads each checkpoint signs
 /// (ledger-format §6.5). The server's log passes, and so does the same log
 /// with a checkpoint that signs none (as logs written before them have).
@@ -4250,17 +4269,7 @@ async fn docket_verify_recomputes_the_change_heads_of_every_checkpoint() {
     assert_eq!(heads.size, opened);
     docket::verify::verify_store(&**reader.store(), Some(&s.verifier())).unwrap();
 
-    let entries: Vec<(Vec<u8>, String)> = (0..size)
-        .map(|i| {
-            let b = reader.entry(i).unwrap().unwrap().0;
-            let id = docket::api::convert::decode_event(
-                &docket::ledger::Entry::decode(&b).unwrap().envelope.payload,
-            )
-            .unwrap()
-            .event_id;
-            (b, id)
-        })
-        .collect();
+    let entries = stored_entries(&reader, size);
     let signer = s.data.note_signer(&s.data.config().unwrap()).unwrap();
     let import = |n: u64, changes: Option<ChangeHeads>| {
         let store = SledStore::temporary().unwrap();
@@ -4343,17 +4352,7 @@ async fn a_change_bundle_from_a_log_without_change_heads_says_what_it_cannot_sho
     let t = trust(s);
     let reader = s.svc.reader().clone();
     let size = s.size().await;
-    let entries: Vec<(Vec<u8>, String)> = (0..size)
-        .map(|i| {
-            let b = reader.entry(i).unwrap().unwrap().0;
-            let id = docket::api::convert::decode_event(
-                &docket::ledger::Entry::decode(&b).unwrap().envelope.payload,
-            )
-            .unwrap()
-            .event_id;
-            (b, id)
-        })
-        .collect();
+    let entries = stored_entries(&reader, size);
     let signer = s.data.note_signer(&s.data.config().unwrap()).unwrap();
     let old = Checkpoint::sign(
         &signer,
