@@ -114,15 +114,10 @@ impl HeadTree {
         if index >= self.len() {
             return None;
         }
-        let path = if self.len() == 1 {
-            Vec::new()
-        } else {
-            match merkle::inclusion_proof(self, index, self.len()) {
-                Ok(p) => p,
-                Err(never) => match never {},
-            }
-        };
-        Some(HeadProof { index, path })
+        match merkle::inclusion_proof(self, index, self.len()) {
+            Ok(path) => Some(HeadProof { index, path }),
+            Err(never) => match never {},
+        }
     }
 }
 

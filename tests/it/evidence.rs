@@ -4363,16 +4363,18 @@ async fn a_change_bundle_from_a_log_without_change_heads_says_what_it_cannot_sho
     let store = Arc::new(SledStore::temporary().unwrap());
     docket::ledger::import(&*store, entries, &old.note).unwrap();
     let old_reader = LedgerReader::new(store.clone());
-    let state = docket::service::current_state(&old_reader).unwrap();
-    let bundle = evidence::export_offline(
-        &state,
-        &old_reader,
-        &signer,
-        &Scope::change("CHG-2"),
-        None,
-        &Default::default(),
-    )
-    .unwrap();
+    let export = |state: &docket::state::State| {
+        evidence::export_offline(
+            state,
+            &old_reader,
+            &signer,
+            &Scope::change("CHG-2"),
+            None,
+            &Default::default(),
+        )
+        .unwrap()
+    };
+    let bundle = export(&docket::service::current_state(&old_reader).unwrap());
     let files = evidence::unpack(&bundle).unwrap();
     assert!(!files.contains_key("heads.bin"));
     let r = evidence::verify(&bundle, &t).unwrap();
@@ -4419,15 +4421,7 @@ async fn a_change_bundle_from_a_log_without_change_heads_says_what_it_cannot_sho
     let state = svc.with_state(|st| st.clone());
     drop(svc);
     docket::verify::verify_store(&*store, Some(&s.verifier())).unwrap();
-    let bundle = evidence::export_offline(
-        &state,
-        &old_reader,
-        &signer,
-        &Scope::change("CHG-2"),
-        None,
-        &Default::default(),
-    )
-    .unwrap();
+    let bundle = export(&state);
     assert!(evidence::unpack(&bundle).unwrap().contains_key("heads.bin"));
     let r = evidence::verify(&bundle, &t).unwrap();
     assert_eq!(r.change_entries_proven, Some(5));
