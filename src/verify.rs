@@ -303,8 +303,8 @@ fn scan<S: Store + ?Sized>(
     let mut prev = [0u8; 32];
     let mut verifier: Option<NoteVerifier> = None;
     let mut checkpoints = 0usize;
-    // The first checkpoint that signed change heads.
-    let mut heads_since: Option<u64> = None;
+    // The first checkpoint with change heads, and with subject heads.
+    let mut heads_since: [Option<u64>; 2] = [None, None];
     let mut entries = store.scan_entries(0);
     // One cursor per tree level, so every stored node (not only the leaves)
     // is compared with the node recomputed from the entries.
@@ -491,36 +491,43 @@ fn scan<S: Store + ?Sized>(
                     ),
                 ));
             }
-            // The change heads it signs must be those of the fold
-            // (ledger-format §6.5), and once checkpoints carry them, they
-            // all do.
-            match cp.changes {
-                Some(c) => {
-                    let folded = state.gov().change_heads();
-                    if c != folded {
-                        return Err(at(
-                            index,
-                            format!(
-                                "checkpoint for size {s} signs change heads ({} changes, root {}) \
-                                 that differ from those folded from the entries ({} changes, root {})",
-                                c.size,
-                                hex::encode(c.root),
-                                folded.size,
-                                hex::encode(folded.root)
-                            ),
-                        ));
+            // The change and subject heads it signs must be those of the
+            // fold (ledger-format §6.5, §6.6), and once checkpoints carry
+            // either line, they all do.
+            let folded = state.gov().heads();
+            let lines = [
+                ("change", "changes", cp.changes, folded.changes),
+                ("subject", "subjects", cp.subjects, folded.subjects),
+            ];
+            for ((what, counted, signed, folded), since) in lines.into_iter().zip(&mut heads_since)
+            {
+                match signed {
+                    Some(c) => {
+                        if c != folded {
+                            return Err(at(
+                                index,
+                                format!(
+                                    "checkpoint for size {s} signs {what} heads ({} {counted}, root {}) \
+                                     that differ from those folded from the entries ({} {counted}, root {})",
+                                    c.size,
+                                    hex::encode(c.root),
+                                    folded.size,
+                                    hex::encode(folded.root)
+                                ),
+                            ));
+                        }
+                        since.get_or_insert(s);
                     }
-                    heads_since.get_or_insert(s);
-                }
-                None => {
-                    if let Some(first) = heads_since {
-                        return Err(at(
-                            index,
-                            format!(
-                                "checkpoint for size {s} has no change heads, but the one for size \
-                                 {first} already had them"
-                            ),
-                        ));
+                    None => {
+                        if let Some(first) = since {
+                            return Err(at(
+                                index,
+                                format!(
+                                    "checkpoint for size {s} has no {what} heads, but the one for size \
+                                     {first} already had them"
+                                ),
+                            ));
+                        }
                     }
                 }
             }

@@ -470,6 +470,7 @@ fn verify(a: VerifyArgs) -> CliResult {
                         "history_proven_to": r.history_proven_to,
                         "decisions_based": r.decisions_based,
                         "change_entries_proven": r.change_entries_proven,
+                        "subjects_proven": r.subjects_proven,
                         "since": r.since.map(|(size, root)| serde_json::json!({"size": size, "root": hex::encode(root)})),
                     }))
                 );
@@ -515,6 +516,13 @@ fn verify(a: VerifyArgs) -> CliResult {
                 let scope: serde_json::Value = serde_json::from_str(&r.scope).unwrap_or_default();
                 if let Some(id) = scope["change"].as_str().map(printable) {
                     match (r.range, r.change_entries_proven) {
+                        (_, Some(k)) if let Some(s) = r.subjects_proven => outln!(
+                            "completeness: the {k} entries concerning change {id} (its opening, amendments, \
+                             reviews, the deployments decided on it and their break-glass reviews) are all carried, \
+                             as the change head the checkpoint signs proves, and so is every entry concerning \
+                             its {s} subjects (their commit observations, CI runs, bindings and deployment requests), \
+                             as the subject heads prove"
+                        ),
                         (_, Some(k)) => outln!(
                             "completeness: the {k} entries concerning change {id} (its opening, amendments, \
                              reviews, the deployments decided on it and their break-glass reviews) are all carried, \

@@ -8,6 +8,7 @@
 //! range.bin     u64 start | u64 end | u8 left count | left hashes | u8 right count | right hashes
 //! since/consistency.bin   u8 count | count × 32-byte hashes
 //! heads.bin     u64 leaf index | u8 count | count × 32-byte hashes
+//! subjects.bin  repeated, ascending: u16 length | subject | u64 leaf index | u8 count | hashes
 //! ```
 
 use std::collections::BTreeMap;
@@ -323,6 +324,48 @@ pub(super) fn decode_head(b: &[u8]) -> Result<crate::state::heads::HeadProof, St
     Ok(p)
 }
 
+/// `subjects.bin`: per proven subject, in ascending order, its text, leaf
+/// index and inclusion path in the subject-heads tree (evidence-format §6.7).
+pub(super) fn encode_subject_heads(
+    subjects: &[(String, crate::state::heads::HeadProof)],
+) -> Vec<u8> {
+    let mut o = Vec::new();
+    for (s, p) in subjects {
+        // Subjects are digests and commit SHAs, far below 64 KiB.
+        o.extend_from_slice(&(s.len() as u16).to_be_bytes());
+        o.extend_from_slice(s.as_bytes());
+        o.extend_from_slice(&encode_head(p));
+    }
+    o
+}
+
+pub(super) fn decode_subject_heads(
+    b: &[u8],
+) -> Result<Vec<(String, crate::state::heads::HeadProof)>, String> {
+    let mut c = Cur { b, pos: 0 };
+    let mut out: Vec<(String, crate::state::heads::HeadProof)> = Vec::new();
+    while !c.done() {
+        let at = c.pos;
+        let len = u16::from_be_bytes(c.take(2)?.try_into().expect("2 bytes"));
+        let s = std::str::from_utf8(c.take(len.into())?)
+            .map_err(|_| format!("the subject at byte {at} is not UTF-8"))?;
+        if s.is_empty() {
+            return Err(format!("an empty subject at byte {at}"));
+        }
+        if out.last().is_some_and(|(prev, _)| prev.as_str() >= s) {
+            return Err(format!(
+                "subject {s:?} at byte {at} does not come after the one before it"
+            ));
+        }
+        let p = crate::state::heads::HeadProof {
+            index: c.u64()?,
+            path: c.hashes()?,
+        };
+        out.push((s.to_owned(), p));
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -375,6 +418,24 @@ mod tests {
         let mut long = hb.clone();
         long.push(0);
         assert_eq!(decode_head(&long).unwrap_err(), "trailing bytes");
+        let subjects = vec![("a".to_owned(), h.clone()), ("b".to_owned(), h.clone())];
+        let sb = encode_subject_heads(&subjects);
+        assert_eq!(decode_subject_heads(&sb).unwrap(), subjects);
+        assert!(decode_subject_heads(&sb[..sb.len() - 1]).is_err());
+        let twice = encode_subject_heads(&[subjects[0].clone(), subjects[0].clone()]);
+        assert!(
+            decode_subject_heads(&twice)
+                .unwrap_err()
+                .contains("does not come after")
+        );
+        let backwards = encode_subject_heads(&[subjects[1].clone(), subjects[0].clone()]);
+        assert!(decode_subject_heads(&backwards).is_err());
+        let empty = encode_subject_heads(&[(String::new(), h.clone())]);
+        assert!(
+            decode_subject_heads(&empty)
+                .unwrap_err()
+                .contains("empty subject")
+        );
         let files = BTreeMap::from([
             ("b.txt".to_owned(), b"b".to_vec()),
             ("manifest.json".to_owned(), b"{}".to_vec()),

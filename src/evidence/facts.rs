@@ -302,7 +302,11 @@ pub(super) struct Meta {
     /// The change heads the checkpoint signs, for a change bundle without
     /// `--complete` (whose `heads.bin` proves its change's entries
     /// complete); `None` otherwise.
-    pub(super) heads: Option<crate::ledger::ChangeHeads>,
+    pub(super) heads: Option<crate::ledger::HeadsRoot>,
+    /// The subject heads the checkpoint signs, for such a bundle (whose
+    /// `subjects.bin` proves its change's subjects' entries complete);
+    /// `None` otherwise.
+    pub(super) subjects: Option<crate::ledger::HeadsRoot>,
 }
 
 impl Meta {
@@ -613,9 +617,13 @@ impl<'a> View<'a> {
                     self.folded.info.len(),
                     self.meta.checkpoint_size,
                     match (&self.meta.scope, self.meta.range) {
-                        (Scope::Change { .. }, None) if self.meta.heads.is_some() => {
-                            "; every entry concerning the change is proven carried by the change head the checkpoint signs".to_owned()
-                        }
+                        (Scope::Change { .. }, None) if self.meta.heads.is_some() => format!(
+                            "; every entry concerning the change is proven carried by the change head the checkpoint signs{}",
+                            match self.meta.subjects {
+                                Some(_) => ", and every entry concerning its subjects by the subject heads",
+                                None => "",
+                            }
+                        ),
                         (_, None) => String::new(),
                         (Scope::Change { .. }, Some(_)) => {
                             "; every entry from the change's opening to the checkpoint is proven carried by one range proof".to_owned()

@@ -235,9 +235,18 @@ pub struct Selection {
     /// The decisions the log recorded for the deployments carried, which
     /// the bundle's own fold must reproduce.
     pub decisions: BTreeMap<u64, crate::state::DecisionRecord>,
-    /// For a change bundle without `--complete`: the change's leaf in the
-    /// change-heads tree of the state at `size` (`heads.bin`).
-    pub head: Option<HeadProof>,
+    /// For a change bundle without `--complete`: its change's and proven
+    /// subjects' leaves in the heads trees of the state at `size`.
+    pub heads: Option<HeadProofs>,
+}
+
+/// A change's leaf in the change-heads tree (`heads.bin`) and its proven
+/// subjects' leaves in the subject-heads tree (`subjects.bin`), of one state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HeadProofs {
+    pub change: HeadProof,
+    /// In ascending order of the subjects.
+    pub subjects: Vec<(String, HeadProof)>,
 }
 
 /// What carried entries refer to: the seeds of the closure.
@@ -290,7 +299,7 @@ pub struct Seeds {
     range: Option<(u64, u64)>,
     refs: Refs,
     as_of: i64,
-    head: Option<HeadProof>,
+    heads: Option<HeadProofs>,
 }
 
 /// Follows references from seeds to every entry a decision among them
@@ -476,22 +485,20 @@ pub struct Plan {
     size: u64,
     deadlines: Deadlines,
     change_from: Option<u64>,
-    head: Option<HeadProof>,
+    heads: Option<HeadProofs>,
 }
 
 impl Plan {
     /// For exporting `scope` from the log of `state.next_index()` entries.
     pub fn of(state: &State, scope: &Scope) -> Result<Self, ExportError> {
         let size = state.next_index();
-        let (change_from, head) = match scope {
+        let (change_from, heads) = match scope {
             Scope::Change { id, complete } => {
                 let opened = change_opening(state, id, size)?;
-                // Read now, with the state at exactly `size`: the tree
-                // moves with every entry concerning any change.
-                let head = (!complete)
-                    .then(|| state.gov().change_head_proof(id))
-                    .flatten();
-                (complete.then_some(opened), head)
+                // Read now, with the state at exactly `size`: the trees
+                // move with every entry concerning any change or subject.
+                let heads = (!complete).then(|| head_proofs(state, id)).flatten();
+                (complete.then_some(opened), heads)
             }
             _ => (None, None),
         };
@@ -499,7 +506,7 @@ impl Plan {
             size,
             deadlines: Deadlines::of(state)?,
             change_from,
-            head,
+            heads,
         })
     }
 
@@ -507,6 +514,20 @@ impl Plan {
     pub fn size(&self) -> u64 {
         self.size
     }
+}
+
+/// The head proofs of change `id` and of its proven subjects in `state`
+/// (none in a sparse fold, which keeps no trees).
+fn head_proofs(state: &State, id: &str) -> Option<HeadProofs> {
+    let gov = state.gov();
+    let subjects = proven_subjects(state, id)
+        .into_iter()
+        .map(|s| gov.subject_head_proof(&s).map(|p| (s, p)))
+        .collect::<Option<_>>()?;
+    Some(HeadProofs {
+        change: gov.change_head_proof(id)?,
+        subjects,
+    })
 }
 
 /// The index of the entry that opened change `id`, if that is below `size`.
@@ -593,7 +614,7 @@ pub fn seeds<S: Store + ?Sized>(
         range,
         refs,
         as_of,
-        head: plan.head.clone(),
+        heads: plan.heads.clone(),
     })
 }
 
@@ -607,7 +628,7 @@ pub fn select_with(state: &State, seeds: Seeds, scope: &Scope) -> Result<Selecti
         range,
         refs,
         as_of,
-        head,
+        heads,
     } = seeds;
     let mut c = Closure {
         state,
@@ -634,7 +655,7 @@ pub fn select_with(state: &State, seeds: Seeds, scope: &Scope) -> Result<Selecti
         range,
         as_of,
         decisions,
-        head,
+        heads,
     })
 }
 
@@ -661,6 +682,30 @@ pub fn select<S: Store + ?Sized>(
 /// (evidence-format §6.6).
 pub const HEADS: &str = "heads.bin";
 
+/// The bundle member holding the change's proven subjects' subject-head
+/// proofs (evidence-format §6.7).
+pub const SUBJECTS: &str = "subjects.bin";
+
+/// The proven subjects of change `id` in `state` (evidence-format §6.7):
+/// every commit and digest any revision of it bound, and the commit of every
+/// CI run naming one of those digests.
+pub(crate) fn proven_subjects(state: &State, id: &str) -> BTreeSet<String> {
+    let gov = state.gov();
+    let mut out = BTreeSet::new();
+    for r in gov
+        .change(id)
+        .map(|c| c.revisions.as_slice())
+        .unwrap_or_default()
+    {
+        out.extend(r.commits.iter().cloned());
+        for d in &r.digests {
+            out.insert(d.clone());
+            out.extend(gov.ci_runs_for(d).map(|run| run.commit.clone()));
+        }
+    }
+    out
+}
+
 /// Checks that the change `id` of a bundle's fold is leaf `proof.index` of
 /// the change heads a checkpoint signs (ledger-format §6.5): that the fold
 /// holds every entry concerning it. Returns how many there are.
@@ -668,7 +713,7 @@ pub(crate) fn check_head(
     state: &State,
     id: &str,
     proof: &HeadProof,
-    signed: &crate::ledger::ChangeHeads,
+    signed: &crate::ledger::HeadsRoot,
 ) -> Result<u64, String> {
     let Some(c) = state.gov().change(id) else {
         return Err(format!("no carried entry opens change {id}"));
@@ -684,6 +729,53 @@ pub(crate) fn check_head(
         },
     )?;
     Ok(c.head.count)
+}
+
+/// Checks that `proofs` name exactly the proven subjects of change `id` in a
+/// bundle's fold, and that each one's carried entries make its leaf in the
+/// subject heads a checkpoint signs (ledger-format §6.6). Returns how many
+/// subjects that proves; on failure, the member to blame and why.
+pub(crate) fn check_subject_heads(
+    state: &State,
+    id: &str,
+    proofs: &[(String, HeadProof)],
+    signed: &crate::ledger::HeadsRoot,
+) -> Result<u64, (&'static str, String)> {
+    let proven = proven_subjects(state, id);
+    if !proofs.iter().map(|(s, _)| s).eq(proven.iter()) {
+        let list = |it: &mut dyn Iterator<Item = &String>| {
+            it.map(String::as_str).collect::<Vec<_>>().join(", ")
+        };
+        return Err((
+            SUBJECTS,
+            format!(
+                "it proves subjects [{}] but the proven subjects of change {id} are [{}]",
+                list(&mut proofs.iter().map(|(s, _)| s)),
+                list(&mut proven.iter())
+            ),
+        ));
+    }
+    for (s, proof) in proofs {
+        // A proven subject is named by a carried entry, so the fold has met it.
+        let (count, chain) = state
+            .gov()
+            .subject_head(s)
+            .map_or((0, heads::EMPTY_CHAIN), |h| (h.count, h.chain));
+        let leaf = heads::leaf_hash(s, count, &chain);
+        merkle::verify_inclusion(&leaf, proof.index, signed.size, &proof.path, &signed.root)
+            .map_err(|e| {
+                (
+                    "completeness",
+                    format!(
+                        "the bundle carries {count} entries concerning subject {s}, which do not make \
+                         the subject head the checkpoint signs (leaf {} of {}: {e}); an entry \
+                         concerning it was left out",
+                        proof.index, signed.size
+                    ),
+                )
+            })?;
+    }
+    Ok(proofs.len() as u64)
 }
 
 /// The bundle member holding the earlier checkpoint a bundle proves its
@@ -834,6 +926,7 @@ pub fn export<S: Store + ?Sized>(
         range: selection.range,
         as_of: selection.as_of,
         heads: checkpoint.changes.filter(|_| scope.is_sparse_change()),
+        subjects: checkpoint.subjects.filter(|_| scope.is_sparse_change()),
     };
     progress.start(Stage::Folding, entries.len() as u64);
     let boundary = scope
@@ -865,19 +958,35 @@ pub fn export<S: Store + ?Sized>(
             )));
         }
     }
-    // The change head must be what the bundle's own fold gives, or the
-    // bundle would not verify.
-    let head = match (meta.heads, &selection.head, scope) {
-        (Some(heads), Some(proof), Scope::Change { id, .. }) => {
-            check_head(&folded.state, id, proof, &heads).map_err(ExportError::SelfCheck)?;
-            Some(proof)
+    // The change and subject heads must be what the bundle's own fold
+    // gives, or the bundle would not verify.
+    let (head, subject_heads) = match (&selection.heads, scope) {
+        (Some(proofs), Scope::Change { id, .. }) => {
+            let head = match meta.heads {
+                Some(signed) => {
+                    check_head(&folded.state, id, &proofs.change, &signed)
+                        .map_err(ExportError::SelfCheck)?;
+                    Some(&proofs.change)
+                }
+                None => None,
+            };
+            let subjects = match meta.subjects {
+                Some(signed) => {
+                    check_subject_heads(&folded.state, id, &proofs.subjects, &signed)
+                        .map_err(|(_, e)| ExportError::SelfCheck(e))?;
+                    Some(proofs.subjects.as_slice())
+                }
+                None => None,
+            };
+            (head, subjects)
         }
-        (Some(_), None, _) => {
+        _ if meta.heads.is_some() || meta.subjects.is_some() => {
             return Err(ExportError::SelfCheck(
-                "the checkpoint signs change heads, but the state gave no change head for the change".into(),
+                "the checkpoint signs heads, but the state gave no head proofs for the change"
+                    .into(),
             ));
         }
-        _ => None,
+        _ => (None, None),
     };
     let origin = meta.origin.clone();
     let mut files = rendered.files;
@@ -892,6 +1001,9 @@ pub fn export<S: Store + ?Sized>(
     }
     if let Some(p) = head {
         files.insert(HEADS.into(), bundle::encode_head(p));
+    }
+    if let Some(s) = subject_heads {
+        files.insert(SUBJECTS.into(), bundle::encode_subject_heads(s));
     }
     files.insert(
         "checkpoint.txt".into(),

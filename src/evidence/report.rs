@@ -171,15 +171,22 @@ pub(super) fn html(view: &View<'_>) -> String {
         },
         view.folded.info.len(),
         gov.deployments().count(),
-        match (&meta.scope, meta.range, meta.heads) {
-            (Scope::Change { .. }, None, Some(_)) =>
+        match (&meta.scope, meta.range, meta.heads, meta.subjects) {
+            (Scope::Change { .. }, None, Some(_), Some(_)) =>
+                " The change head the checkpoint signs proves that every entry concerning the \
+                 change (its opening, amendments, reviews, the deployments decided on it and their \
+                 break-glass reviews) is in this bundle, and its subject heads prove the same of \
+                 every entry concerning the change's commits and artifacts (their commit \
+                 observations, CI runs, the changes binding them and the deployment requests \
+                 naming them), before and after the change was opened.",
+            (Scope::Change { .. }, None, Some(_), None) =>
                 " The change head the checkpoint signs proves that every entry concerning the \
                  change (its opening, amendments, reviews, the deployments decided on it and their \
                  break-glass reviews) is in this bundle. Facts of its subjects (CI runs, commit \
                  observations, other deployment requests) are proven complete only as far as its \
                  recorded decisions read them; a bundle exported with <code>--complete</code> \
                  proves all of them from the change's opening on.",
-            (Scope::Change { .. }, None, None) =>
+            (Scope::Change { .. }, None, None, _) =>
                 " It does not prove that it carries every entry concerning the change (its \
                  checkpoint signs no change heads): its \
                  reviews, amendments and CI runs after its last carried deployment, and its \

@@ -23,8 +23,8 @@ use std::collections::BTreeMap;
 use serde_json::Value;
 
 use super::bundle::{
-    decode_consistency, decode_entries, decode_head, decode_proofs, decode_range, is_canonical_tar,
-    read_tar,
+    decode_consistency, decode_entries, decode_head, decode_proofs, decode_range,
+    decode_subject_heads, is_canonical_tar, read_tar,
 };
 use super::facts::{Meta, Signatures, decisions_file, fold_then, render};
 use super::{Control, FORMAT, SINCE_CHECKPOINT, SINCE_CONSISTENCY, Scope};
@@ -100,6 +100,9 @@ pub struct VerifyReport {
     /// For a change bundle whose `heads.bin` proved it: how many entries
     /// concern the change, every one of them carried (ledger-format §6.5).
     pub change_entries_proven: Option<u64>,
+    /// For a change bundle whose `subjects.bin` proved every entry
+    /// concerning its proven subjects carried: how many subjects.
+    pub subjects_proven: Option<u64>,
 }
 
 fn parse_time(v: &Value, key: &str) -> Result<i64, BundleFailure> {
@@ -585,6 +588,42 @@ fn verify_files<'a>(
         }
         (None, None) => None,
     };
+    // `subjects.bin` likewise, with the checkpoint's subject heads (§6.7).
+    let subjects = cp.subjects.filter(|_| scope.is_sparse_change());
+    let subject_proofs = match (subjects, files.get(super::SUBJECTS)) {
+        (Some(h), Some(b)) => {
+            let proofs = decode_subject_heads(b).map_err(|e| fail(super::SUBJECTS, e))?;
+            if let Some((s, p)) = proofs.iter().find(|(_, p)| p.index >= h.size) {
+                return Err(fail(
+                    super::SUBJECTS,
+                    format!(
+                        "the leaf {} of subject {s} is not below the checkpoint's {} subjects",
+                        p.index, h.size
+                    ),
+                ));
+            }
+            Some(proofs)
+        }
+        (Some(_), None) => {
+            return Err(fail(
+                super::SUBJECTS,
+                "missing, but the checkpoint commits to subject heads",
+            ));
+        }
+        (None, Some(_)) if cp.subjects.is_none() => {
+            return Err(fail(
+                super::SUBJECTS,
+                "present, but the checkpoint has no subject heads",
+            ));
+        }
+        (None, Some(_)) => {
+            return Err(fail(
+                super::SUBJECTS,
+                "present, but only a change bundle without --complete carries it",
+            ));
+        }
+        (None, None) => None,
+    };
     let as_of = manifest
         .get("as_of_unix_nanos")
         .and_then(Value::as_i64)
@@ -597,6 +636,7 @@ fn verify_files<'a>(
         range: range.as_ref().map(|r| (r.start, r.end)),
         as_of,
         heads,
+        subjects,
     };
     let (folded, mut rendered) = fold_then(
         &entries,
@@ -648,6 +688,7 @@ fn verify_files<'a>(
     let time = |i: u64| folded.info.get(&i).map(|x| x.time);
     let last = cp.size - 1;
     let mut change_entries_proven = None;
+    let mut subjects_proven = None;
     match &scope {
         Scope::Change { id, .. } => {
             let Some(change) = folded.state.gov().change(id) else {
@@ -665,6 +706,13 @@ fn verify_files<'a>(
                 change_entries_proven = Some(
                     super::check_head(&folded.state, id, p, h)
                         .map_err(|e| fail("completeness", e))?,
+                );
+            }
+            // And every entry concerning each of its proven subjects.
+            if let (Some(h), Some(p)) = (&subjects, &subject_proofs) {
+                subjects_proven = Some(
+                    super::check_subject_heads(&folded.state, id, p, h)
+                        .map_err(|(what, e)| fail(what, e))?,
                 );
             }
             // A complete change bundle holds every entry from the one that
@@ -805,6 +853,7 @@ fn verify_files<'a>(
         SINCE_CHECKPOINT,
         SINCE_CONSISTENCY,
         super::HEADS,
+        super::SUBJECTS,
     ];
     if let Some(extra) = files
         .keys()
@@ -839,6 +888,7 @@ fn verify_files<'a>(
         decisions_based: folded.decisions_based,
         since: since.map(|s| (s.size, s.root)),
         change_entries_proven,
+        subjects_proven,
     };
     // Freeing the fold (a state and an index of every entry: ~0.25 s for
     // 100,000 entries) is left to another thread; the verdict does not wait.

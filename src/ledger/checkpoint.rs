@@ -5,6 +5,7 @@
 //! <tree size, ASCII decimal, no leading zeros>\n
 //! <base64 (standard, padded) of the 32-byte root hash>\n
 //! [changes <number of changes> <base64 change-heads root>\n]
+//! [subjects <number of subjects> <base64 subject-heads root>\n]
 //! \n
 //! — <key name> <base64(keyid[4] || sig[64])>\n
 //! ```
@@ -24,21 +25,33 @@ pub struct Checkpoint {
     pub root: Hash,
     /// The change heads it signs (ledger-format §6.5); `None` in a
     /// checkpoint signed before they existed.
-    pub changes: Option<ChangeHeads>,
+    pub changes: Option<HeadsRoot>,
+    /// The subject heads it signs (ledger-format §6.6); `None` in a
+    /// checkpoint signed before they existed.
+    pub subjects: Option<HeadsRoot>,
     /// The signed note, verbatim.
     pub note: String,
 }
 
-/// The `changes` extension line: how many changes the log had opened, and
-/// the root of their change-heads tree (ledger-format §6.5).
+/// One heads extension line: how many leaves a heads tree has (changes
+/// opened, subjects met) and its root (ledger-format §6.5, §6.6).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ChangeHeads {
+pub struct HeadsRoot {
     pub size: u64,
     pub root: Hash,
 }
 
+/// The heads a checkpoint signs with the state folded from its entries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Heads {
+    pub changes: HeadsRoot,
+    pub subjects: HeadsRoot,
+}
+
 /// The first word of the change-heads extension line.
 const CHANGES: &str = "changes ";
+/// The first word of the subject-heads extension line.
+const SUBJECTS: &str = "subjects ";
 
 /// A canonical decimal u64 (no sign, no leading zeros).
 fn canonical_u64(s: &str) -> Option<u64> {
@@ -69,23 +82,26 @@ impl Checkpoint {
     }
 
     /// Signs a checkpoint for (origin, size, root) and, if given, the change
-    /// heads of the state folded from the same entries.
+    /// and subject heads of the state folded from the same entries.
     pub fn sign_with(
         signer: &NoteSigner,
         origin: &str,
         size: u64,
         root: &Hash,
-        changes: Option<ChangeHeads>,
+        heads: Option<Heads>,
     ) -> Checkpoint {
         let mut body = format!("{origin}\n{size}\n{}\n", B64.encode(root));
-        if let Some(c) = &changes {
-            body.push_str(&format!("{CHANGES}{} {}\n", c.size, B64.encode(c.root)));
+        if let Some(h) = &heads {
+            for (word, line) in [(CHANGES, h.changes), (SUBJECTS, h.subjects)] {
+                body.push_str(&format!("{word}{} {}\n", line.size, B64.encode(line.root)));
+            }
         }
         Checkpoint {
             origin: origin.to_owned(),
             size,
             root: *root,
-            changes,
+            changes: heads.map(|h| h.changes),
+            subjects: heads.map(|h| h.subjects),
             note: signer.sign(&body),
         }
     }
@@ -151,35 +167,52 @@ impl Checkpoint {
             .ok_or(CheckpointError::Malformed(
                 "root hash is not 32 bytes of base64",
             ))?;
-        // Extension lines: the change heads are read, others ignored.
-        let mut changes = None;
-        for line in lines.filter(|l| l.starts_with(CHANGES)) {
-            if changes.is_some() {
-                return Err(CheckpointError::Malformed("two change-heads lines"));
+        // Extension lines: the change and subject heads are read, others
+        // ignored.
+        let (mut changes, mut subjects) = (None, None);
+        for line in lines {
+            let (slot, rest, twice, malformed) = if let Some(rest) = line.strip_prefix(CHANGES) {
+                (
+                    &mut changes,
+                    rest,
+                    "two change-heads lines",
+                    "the change-heads line is not `changes <decimal> <32 bytes of base64>`",
+                )
+            } else if let Some(rest) = line.strip_prefix(SUBJECTS) {
+                (
+                    &mut subjects,
+                    rest,
+                    "two subject-heads lines",
+                    "the subject-heads line is not `subjects <decimal> <32 bytes of base64>`",
+                )
+            } else {
+                continue;
+            };
+            if slot.is_some() {
+                return Err(CheckpointError::Malformed(twice));
             }
-            let mut words = line[CHANGES.len()..].split(' ');
-            let size = words.next().and_then(canonical_u64);
-            let root = words
-                .next()
-                .and_then(|r| B64.decode(r).ok())
-                .and_then(|r| <Hash>::try_from(r).ok());
-            match (size, root, words.next()) {
-                (Some(size), Some(root), None) => changes = Some(ChangeHeads { size, root }),
-                _ => {
-                    return Err(CheckpointError::Malformed(
-                        "the change-heads line is not `changes <decimal> <32 bytes of base64>`",
-                    ));
-                }
-            }
+            *slot = Some(parse_heads(rest).ok_or(CheckpointError::Malformed(malformed))?);
         }
         Ok(Checkpoint {
             origin: origin.to_owned(),
             size,
             root,
             changes,
+            subjects,
             note: note.to_owned(),
         })
     }
+}
+
+/// `<decimal> <32 bytes of base64>`, the rest of a heads line.
+fn parse_heads(rest: &str) -> Option<HeadsRoot> {
+    let mut words = rest.split(' ');
+    let size = words.next().and_then(canonical_u64)?;
+    let root = words
+        .next()
+        .and_then(|r| B64.decode(r).ok())
+        .and_then(|r| <Hash>::try_from(r).ok())?;
+    words.next().is_none().then_some(HeadsRoot { size, root })
 }
 
 /// The first line of an evidence manifest note. A checkpoint's first line
@@ -274,24 +307,34 @@ mod tests {
     #[test]
     fn change_heads_ride_in_the_signed_body() {
         let s = NoteSigner::new("docket.test/log", SigningKey::from_bytes(&[4; 32]));
-        let heads = ChangeHeads {
-            size: 3,
-            root: [9; 32],
+        let heads = Heads {
+            changes: HeadsRoot {
+                size: 3,
+                root: [9; 32],
+            },
+            subjects: HeadsRoot {
+                size: 5,
+                root: [8; 32],
+            },
         };
         let cp = Checkpoint::sign_with(&s, "docket.test/log", 12, &[7; 32], Some(heads));
-        assert!(
-            cp.note
-                .contains(&format!("\nchanges 3 {}\n\n", B64.encode([9u8; 32])))
-        );
+        assert!(cp.note.contains(&format!(
+            "\nchanges 3 {}\nsubjects 5 {}\n\n",
+            B64.encode([9u8; 32]),
+            B64.encode([8u8; 32])
+        )));
         let back = Checkpoint::verify(&cp.note, &s.verifier(), "docket.test/log").unwrap();
-        assert_eq!(back.changes, Some(heads));
+        assert_eq!(back.changes, Some(heads.changes));
+        assert_eq!(back.subjects, Some(heads.subjects));
         assert_eq!(back, cp);
-        // Altering the line breaks the signature.
-        let forged = cp.note.replacen("changes 3 ", "changes 4 ", 1);
-        assert!(matches!(
-            Checkpoint::verify(&forged, &s.verifier(), "docket.test/log"),
-            Err(CheckpointError::Note(NoteError::InvalidSignature(_)))
-        ));
+        // Altering either line breaks the signature.
+        for (from, to) in [("changes 3 ", "changes 4 "), ("subjects 5 ", "subjects 6 ")] {
+            let forged = cp.note.replacen(from, to, 1);
+            assert!(matches!(
+                Checkpoint::verify(&forged, &s.verifier(), "docket.test/log"),
+                Err(CheckpointError::Note(NoteError::InvalidSignature(_)))
+            ));
+        }
         // Without the line, no heads.
         let bare = Checkpoint::sign(&s, "docket.test/log", 12, &[7; 32]);
         assert_eq!(
@@ -314,7 +357,21 @@ mod tests {
         assert_eq!(other.changes, None);
         let both = parse(&format!("other\nchanges 0 {good}\n")).unwrap();
         assert_eq!(both.changes.map(|c| c.size), Some(0));
+        assert_eq!(both.subjects, None);
+        // Either order; each line read on its own.
+        let swapped = parse(&format!("subjects 7 {good}\nx\nchanges 2 {good}\n")).unwrap();
+        assert_eq!(
+            (
+                swapped.changes.map(|c| c.size),
+                swapped.subjects.map(|c| c.size)
+            ),
+            (Some(2), Some(7))
+        );
         for bad in [
+            format!("subjects 07 {good}\n"),
+            format!("subjects 7 {good} x\n"),
+            "subjects 7 AAAA\n".to_owned(),
+            format!("changes 3 {good}\nsubjects 3 {good}\nsubjects 3 {good}\n"),
             format!("changes 03 {good}\n"),
             format!("changes -3 {good}\n"),
             format!("changes 3  {good}\n"),

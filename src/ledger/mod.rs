@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 pub use checkpoint::{
-    ChangeHeads, Checkpoint, CheckpointError, MANIFEST_HEADER, sign_manifest, verify_manifest,
+    Checkpoint, CheckpointError, Heads, HeadsRoot, MANIFEST_HEADER, sign_manifest, verify_manifest,
 };
 pub use entry::{
     DecodeError, EncodeError, Entry, Envelope, EnvelopeSignature, FORMAT_VERSION, MAX_SIGNATURES,
@@ -335,8 +335,8 @@ impl<S: Store + ?Sized> Appender<S> {
         })
     }
 
-    /// Signs a checkpoint over everything staged, with `changes` (the change
-    /// heads of the state folded from the same entries), and writes the
+    /// Signs a checkpoint over everything staged, with `heads` (the change
+    /// and subject heads of the state folded from the same entries), and writes the
     /// batch and the state changes to the store. Nothing is durable until the store is
     /// flushed; the caller acknowledges only after a flush that began after
     /// this returned. An error leaves the store in an unknown state relative to
@@ -345,13 +345,13 @@ impl<S: Store + ?Sized> Appender<S> {
         &mut self,
         batch: PendingBatch,
         state: Vec<KeyValue>,
-        changes: ChangeHeads,
+        heads: Heads,
     ) -> Result<Option<Checkpoint>, CommitError> {
         if batch.is_empty() && state.is_empty() {
             return Ok(None);
         }
         let PendingBatch { mut log, .. } = batch;
-        let cp = self.sign_current(changes);
+        let cp = self.sign_current(heads);
         log.push((store::checkpoint_key(cp.size), cp.note.clone().into_bytes()));
         self.store.write(WriteBatch { log, state })?;
         Ok(Some(cp))
@@ -362,9 +362,9 @@ impl<S: Store + ?Sized> Appender<S> {
         &mut self,
         batch: PendingBatch,
         state: Vec<KeyValue>,
-        changes: ChangeHeads,
+        heads: Heads,
     ) -> Result<Option<Checkpoint>, CommitError> {
-        let cp = self.write(batch, state, changes)?;
+        let cp = self.write(batch, state, heads)?;
         self.store.flush()?;
         if let Some(cp) = &cp {
             self.store.mark_published(cp.size, &cp.note)?;
@@ -378,15 +378,15 @@ impl<S: Store + ?Sized> Appender<S> {
         sign_manifest(&self.signer, &self.origin, digest)
     }
 
-    /// Signs a checkpoint for the current size without writing it; `changes`
-    /// must be the change heads of the state folded to that size.
-    pub fn sign_current(&self, changes: ChangeHeads) -> Checkpoint {
+    /// Signs a checkpoint for the current size without writing it; `heads`
+    /// must be those of the state folded to that size.
+    pub fn sign_current(&self, heads: Heads) -> Checkpoint {
         Checkpoint::sign_with(
             &self.signer,
             &self.origin,
             self.range.size(),
             &self.range.root(),
-            Some(changes),
+            Some(heads),
         )
     }
 }

@@ -449,7 +449,7 @@ impl Service {
             now,
             counts,
         )?;
-        let heads = state.gov().change_heads();
+        let heads = state.gov().heads();
         appender.commit(batch, state.take_changes(), heads)?;
         Ok(())
     }
@@ -515,7 +515,7 @@ impl Service {
                 index: size,
                 reason: format!("latest checkpoint: {e}"),
             })?,
-            _ => appender.sign_current(state.gov().change_heads()),
+            _ => appender.sign_current(state.gov().heads()),
         };
         let latest = Arc::new(RwLock::new(Arc::new(latest)));
         let state = Arc::new(RwLock::new(state));

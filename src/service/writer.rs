@@ -215,7 +215,7 @@ impl Writer {
             }
         }
         let changes = st.take_changes();
-        let heads = st.gov().change_heads();
+        let heads = st.gov().heads();
         drop(st);
         if batch.is_empty() && done.is_empty() {
             return Ok(None);

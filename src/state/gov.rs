@@ -130,13 +130,14 @@ pub struct ChangeRec {
     /// DeployRequested entries that named or resolved to it.
     pub deployments: Vec<u64>,
     /// Its change head (ledger-format §6.5).
-    pub head: ChangeHead,
+    pub head: Head,
 }
 
-/// A change's number in the order of opening, and how many entries concern
-/// it with the chain over their indices (ledger-format §6.5).
+/// A change's number in the order of opening (ledger-format §6.5), or a
+/// subject's in the order the fold met it (§6.6), and how many entries
+/// concern it with the chain over their indices.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ChangeHead {
+pub struct Head {
     pub number: u64,
     pub count: u64,
     pub chain: [u8; 32],
@@ -450,6 +451,7 @@ struct Dirty {
     proposals: BTreeSet<String>,
     changes: BTreeSet<String>,
     commits: BTreeSet<String>,
+    subjects: BTreeSet<String>,
     ci: BTreeSet<u64>,
     deploys: BTreeSet<u64>,
     obligations: BTreeSet<u64>,
@@ -554,6 +556,10 @@ pub struct Gov {
     requested: HashMap<String, Vec<u64>>,
     /// The change-heads tree over `changes` (ledger-format §6.5).
     heads: super::heads::HeadTree,
+    /// Every subject some entry concerns, with its head (ledger-format §6.6).
+    subject_heads: HashMap<String, Head>,
+    /// The subject-heads tree over `subject_heads`.
+    subject_tree: super::heads::HeadTree,
     /// The fold of an evidence bundle: it keeps each change's chain, which
     /// the verifier checks, but no tree (its changes are not all the
     /// log's, so their numbers and root mean nothing).
@@ -785,12 +791,96 @@ impl Gov {
         }
     }
 
-    /// The number of changes and the change-heads root (ledger-format §6.5).
-    pub fn change_heads(&self) -> crate::ledger::ChangeHeads {
-        crate::ledger::ChangeHeads {
-            size: self.heads.len(),
-            root: self.heads.root(),
+    /// Entry `index` concerns subject `s` (ledger-format §6.6): the next
+    /// link of its head's chain, and its leaf in the tree, which a subject
+    /// no entry concerned before joins at the end.
+    fn touch_subject(&mut self, s: &str, index: u64) {
+        if !self.subject_heads.contains_key(s) {
+            let number = self.subject_heads.len() as u64;
+            let head = Head {
+                number,
+                count: 0,
+                chain: heads::EMPTY_CHAIN,
+            };
+            self.subject_heads.insert(s.to_owned(), head);
         }
+        let Some(head) = self.subject_heads.get_mut(s) else {
+            return;
+        };
+        head.count += 1;
+        head.chain = heads::chain_step(&head.chain, index);
+        if !self.sparse {
+            let leaf = heads::leaf_hash(s, head.count, &head.chain);
+            if head.number == self.subject_tree.len() {
+                self.subject_tree.push(leaf);
+            } else {
+                self.subject_tree.set(head.number, leaf);
+            }
+        }
+        self.dirty.subjects.insert(s.to_owned());
+    }
+
+    /// Entry `index`, just applied, concerns the subjects its payload names
+    /// (ledger-format §4.4): each once, in ascending order, so that subjects
+    /// it is the first to concern are numbered in that order (§6.6).
+    pub(super) fn touch_subjects(&mut self, body: &Body, index: u64) {
+        let mut named: BTreeSet<&str> = BTreeSet::new();
+        match body {
+            Body::CommitObserved(c) => {
+                named.insert(&c.sha);
+            }
+            Body::CiRunReported(r) => {
+                named.insert(&r.commit);
+                named.extend(r.artifact_digests.iter().map(String::as_str));
+            }
+            Body::ChangeOpened(c) => {
+                named.extend(
+                    c.commits
+                        .iter()
+                        .chain(&c.artifact_digests)
+                        .map(String::as_str),
+                );
+            }
+            Body::ChangeAmended(a) => {
+                named.extend(
+                    a.commits
+                        .iter()
+                        .chain(&a.artifact_digests)
+                        .map(String::as_str),
+                );
+            }
+            Body::DeployRequested(d) => named.extend(d.subjects.iter().map(String::as_str)),
+            _ => {}
+        }
+        for s in named {
+            self.touch_subject(s, index);
+        }
+    }
+
+    /// The change and subject heads a checkpoint of this state signs
+    /// (ledger-format §6.5, §6.6).
+    pub fn heads(&self) -> crate::ledger::Heads {
+        crate::ledger::Heads {
+            changes: crate::ledger::HeadsRoot {
+                size: self.heads.len(),
+                root: self.heads.root(),
+            },
+            subjects: crate::ledger::HeadsRoot {
+                size: self.subject_tree.len(),
+                root: self.subject_tree.root(),
+            },
+        }
+    }
+
+    /// The head of subject `s`, if an entry concerns it.
+    pub fn subject_head(&self, s: &str) -> Option<&Head> {
+        self.subject_heads.get(s)
+    }
+
+    /// The subject head proof of `s`, if an entry concerns it (never in a
+    /// sparse fold, which keeps no tree).
+    pub fn subject_head_proof(&self, s: &str) -> Option<heads::HeadProof> {
+        self.subject_tree.proof(self.subject_heads.get(s)?.number)
     }
 
     /// The change head proof of change `id`, if it exists (never in a
@@ -840,6 +930,12 @@ impl Gov {
         for sha in d.commits {
             out.push((rec_key(b"g/", sha.as_bytes()), encode(&self.commits[&sha])));
         }
+        for s in d.subjects {
+            out.push((
+                rec_key(b"s/", s.as_bytes()),
+                encode(&self.subject_heads[&s]),
+            ));
+        }
         for i in d.ci {
             out.push((rec_key(b"r/", &be(i)), encode(&self.ci[&i])));
         }
@@ -879,6 +975,12 @@ impl Gov {
                 let rec: CommitRec = decode(v, "commit")?;
                 self.commits.insert(rec.sha.clone(), rec);
             }
+            Some(b"s/") => {
+                let head: Head = decode(v, "subject head")?;
+                let s = std::str::from_utf8(&k[2..])
+                    .map_err(|_| StateCodecError::Invalid("subject head key"))?;
+                self.subject_heads.insert(s.to_owned(), head);
+            }
             Some(b"r/") => {
                 let rec: CiRec = decode(v, "ci run")?;
                 self.ci.insert(key_u64(k, "ci run key")?, rec);
@@ -902,21 +1004,14 @@ impl Gov {
     /// Rebuilds the derived indexes after loading.
     pub(super) fn finish_load(&mut self) -> Result<(), StateCodecError> {
         self.set_active()?;
-        let mut leaves: Vec<(u64, [u8; 32])> = self
-            .changes
-            .values()
-            .map(|c| {
-                let h = &c.head;
-                (h.number, heads::leaf_hash(&c.id, h.count, &h.chain))
-            })
-            .collect();
-        leaves.sort_unstable_by_key(|(n, _)| *n);
-        for (expected, (n, leaf)) in leaves.into_iter().enumerate() {
-            if n != expected as u64 {
-                return Err(StateCodecError::Invalid("change numbers"));
-            }
-            self.heads.push(leaf);
-        }
+        self.heads = head_tree(
+            self.changes.iter().map(|(id, c)| (id.as_str(), &c.head)),
+            "change numbers",
+        )?;
+        self.subject_tree = head_tree(
+            self.subject_heads.iter().map(|(s, h)| (s.as_str(), h)),
+            "subject numbers",
+        )?;
         let ids: Vec<String> = self.changes.keys().cloned().collect();
         for id in ids {
             self.index_change(&id, None);
@@ -936,6 +1031,25 @@ impl Gov {
         }
         Ok(())
     }
+}
+
+/// The heads tree over `heads`, whose numbers must be 0, 1, 2, … once each.
+fn head_tree<'a>(
+    heads: impl Iterator<Item = (&'a str, &'a Head)>,
+    what: &'static str,
+) -> Result<heads::HeadTree, StateCodecError> {
+    let mut leaves: Vec<(u64, [u8; 32])> = heads
+        .map(|(key, h)| (h.number, heads::leaf_hash(key, h.count, &h.chain)))
+        .collect();
+    leaves.sort_unstable_by_key(|(n, _)| *n);
+    let mut tree = heads::HeadTree::default();
+    for (expected, (n, leaf)) in leaves.into_iter().enumerate() {
+        if n != expected as u64 {
+            return Err(StateCodecError::Invalid(what));
+        }
+        tree.push(leaf);
+    }
+    Ok(tree)
 }
 
 // === rules and decisions ===
@@ -1157,7 +1271,7 @@ impl State {
                 }],
                 reviews: Vec::new(),
                 deployments: Vec::new(),
-                head: ChangeHead {
+                head: Head {
                     number,
                     count: 1,
                     chain,

@@ -72,7 +72,9 @@ pub use identity::PendingIdentity;
 /// as reviews keep that of what they saw; no decision changes.
 /// 20: each change keeps its number and its change head (ledger-format
 /// §6.5), which checkpoints sign; no decision changes.
-pub const STATE_FORMAT: u32 = 20;
+/// 21: each subject keeps its number and its subject head (`s/` records,
+/// ledger-format §6.6), which checkpoints sign; no decision changes.
+pub const STATE_FORMAT: u32 = 21;
 
 /// The most keys (every one ever added, revoked ones included), roles and
 /// e-mails one principal's record holds; a change past it is refused
@@ -671,6 +673,7 @@ impl State {
         if history {
             self.note_history(index);
         }
+        self.gov.touch_subjects(&event.body, index);
         self.next = index + 1;
         self.last_time = at;
         Ok(())

@@ -2788,3 +2788,152 @@ proptest! {
         }
     }
 }
+
+#[derive(Debug, Clone)]
+enum SubjectOp {
+    Observe(usize),
+    Ci(usize, usize),
+    Open(usize, Vec<usize>, Vec<usize>),
+    Amend(usize, Vec<usize>, Vec<usize>),
+    Deploy(Vec<usize>),
+}
+
+fn subject_op() -> impl Strategy<Value = SubjectOp> {
+    let few = || proptest::collection::vec(0usize..3, 0..3);
+    prop_oneof![
+        (0usize..3).prop_map(SubjectOp::Observe),
+        (0usize..3, 0usize..3).prop_map(|(c, d)| SubjectOp::Ci(c, d)),
+        (0usize..3, few(), few()).prop_map(|(k, c, d)| SubjectOp::Open(k, c, d)),
+        (0usize..3, few(), few()).prop_map(|(k, c, d)| SubjectOp::Amend(k, c, d)),
+        proptest::collection::vec(0usize..6, 1..3).prop_map(SubjectOp::Deploy),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    /// Each subject's head (ledger-format §6.6) counts the entries the
+    /// decision basis counts for it (§4.4) and chains their indices, the
+    /// tree's root is that of the leaves hashed from scratch in the order
+    /// subjects were met, and a state loaded from its records has the same
+    /// heads.
+    #[test]
+    fn subject_heads_chain_every_entry_concerning_each_subject(
+        ops in proptest::collection::vec(subject_op(), 1..30),
+    ) {
+        let mut f = Fold::new(POLICY);
+        f.register("ci", PrincipalKind::Ci, &["ci"], &[30]);
+        let raws: Vec<Vec<u8>> = (0..3)
+            .map(|n| format!(
+                "tree 4b825dc642cb6eb9a060e54bf8d69288fbee4904\n\
+                 author A <a@example.com> 1700000000 +0000\n\
+                 committer A <a@example.com> 1700000000 +0000\n\nc{n}\n"
+            ).into_bytes())
+            .collect();
+        let commits: Vec<String> = raws
+            .iter()
+            .map(|r| crate::event::git::object_id(r, 40).unwrap())
+            .collect();
+        let digests: Vec<String> = (0..3).map(|n| format!("sha256:{}", format!("{n}").repeat(64))).collect();
+        let subject = |n: usize| if n < 3 { commits[n].clone() } else { digests[n - 3].clone() };
+        let pick = |v: &[usize], from: &[String]| v.iter().map(|n| from[*n].clone()).collect::<BTreeSet<_>>();
+        for op in ops {
+            let body = match op {
+                SubjectOp::Observe(n) => Body::CommitObserved(Box::new(crate::event::CommitObservation {
+                    repository: String::new(),
+                    sha: commits[n].clone(),
+                    commit: crate::event::git::parse_commit(&raws[n]).unwrap(),
+                    raw: raws[n].clone(),
+                    changed: crate::event::ChangedPaths::default(),
+                    signature: crate::event::CommitSignature::unsigned(),
+                })),
+                SubjectOp::Ci(c, d) => Body::CiRunReported(crate::event::CiRun {
+                    repository: String::new(),
+                    commit: commits[c].clone(),
+                    artifact_digests: [digests[d].clone()].into(),
+                    status: crate::event::CiStatus::Passed,
+                    provider: String::new(),
+                    pipeline: String::new(),
+                    run_id: String::new(),
+                    url: String::new(),
+                    git_ref: String::new(),
+                }),
+                SubjectOp::Open(k, c, d) => Body::ChangeOpened(ChangeOpening {
+                    change_id: RecordId::parse(&format!("CHG-{k}")).unwrap(),
+                    title: String::new(),
+                    repository: String::new(),
+                    commits: pick(&c, &commits),
+                    artifact_digests: pick(&d, &digests),
+                    environments: set(&["prod"]),
+                    ticket: String::new(),
+                    description: String::new(),
+                }),
+                SubjectOp::Amend(k, c, d) => Body::ChangeAmended(ChangeAmendment {
+                    change_id: RecordId::parse(&format!("CHG-{k}")).unwrap(),
+                    commits: pick(&c, &commits),
+                    artifact_digests: pick(&d, &digests),
+                    environments: BTreeSet::new(),
+                    reason: String::new(),
+                }),
+                SubjectOp::Deploy(s) => Body::DeployRequested(DeployRequest {
+                    action: "deploy".into(),
+                    environment: "prod".into(),
+                    repository: None,
+                    kind: None,
+                    namespace: None,
+                    subjects: s.iter().map(|n| subject(*n)).collect(),
+                    change_id: None,
+                    break_glass: false,
+                    justification: String::new(),
+                }),
+            };
+            // Refused entries (an amendment of no change, an empty opening,
+            // a commit observed twice) are not in the log and concern
+            // nothing.
+            let _ = f.apply("ci", body);
+        }
+        let gov = f.st.gov();
+        let mut leaves: Vec<(u64, crate::ledger::Hash)> = Vec::new();
+        for s in commits.iter().chain(&digests) {
+            // The indices concerning `s`, from the records.
+            let mut at: BTreeSet<u64> = BTreeSet::new();
+            at.extend(gov.commit(s).map(|c| c.index));
+            at.extend(gov.ci_runs_for(s).map(|r| r.index));
+            at.extend(gov.requests_of(s).map(|d| d.index));
+            for c in gov.changes_ever_binding(s) {
+                at.extend(c.revisions.iter().filter(|r| r.subjects().contains(s)).map(|r| r.index));
+            }
+            prop_assert_eq!(at.len() as u64, gov.subject_entry_count(s));
+            match gov.subject_head(s) {
+                None => prop_assert!(at.is_empty()),
+                Some(h) => {
+                    let chain = at.iter().fold(heads::EMPTY_CHAIN, |c, i| heads::chain_step(&c, *i));
+                    prop_assert_eq!(h.count, at.len() as u64);
+                    prop_assert_eq!(h.chain, chain);
+                    leaves.push((h.number, heads::leaf_hash(s, h.count, &h.chain)));
+                }
+            }
+        }
+        // Numbered in the order first met: by the first index concerning
+        // each, and so a permutation of 0..m.
+        leaves.sort_unstable_by_key(|(n, _)| *n);
+        let mut scratch = heads::HeadTree::default();
+        for (n, (number, leaf)) in leaves.iter().enumerate() {
+            prop_assert_eq!(*number, n as u64);
+            scratch.push(*leaf);
+        }
+        let signed = gov.heads().subjects;
+        prop_assert_eq!(signed.size, scratch.len());
+        prop_assert_eq!(signed.root, scratch.root());
+        for s in commits.iter().chain(&digests) {
+            if let (Some(h), Some(p)) = (gov.subject_head(s), gov.subject_head_proof(s)) {
+                let leaf = heads::leaf_hash(s, h.count, &h.chain);
+                prop_assert!(crate::ledger::merkle::verify_inclusion(&leaf, p.index, signed.size, &p.path, &signed.root).is_ok());
+            }
+        }
+        let mut pairs = f.st.clone().take_changes();
+        pairs.sort();
+        let loaded = State::load(pairs).unwrap();
+        prop_assert_eq!(loaded.gov().heads(), gov.heads());
+    }
+}

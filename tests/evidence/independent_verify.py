@@ -19,8 +19,8 @@ What is checked, in the order of EF §11:
   1. the ustar container is exactly in canonical form (EF §3);
   2. manifest.json basics, manifest.sig (a signed note by the log key over H(manifest.json));
   3. every member's size and BLAKE3 against the manifest, no missing or extra member;
-  4. checkpoint.txt (signed note, origin, size, root, and the optional `changes <m> <root>`
-     extension line of LF §6.1) and its agreement with the manifest;
+  4. checkpoint.txt (signed note, origin, size, root, and the optional `changes <m> <root>` and
+     `subjects <m> <root>` extension lines of LF §6.1) and its agreement with the manifest;
   5. entries.bin, proofs.bin (RFC 9162 inclusion proofs), range.bin (compact range proof);
   6. the sparse fold: entry decoding, protobuf payload, key history from genesis, every DSSE
      signature (strict Ed25519) with a key active at that index, the identity and governance rules
@@ -32,7 +32,11 @@ What is checked, in the order of EF §11:
      for a change bundle without `complete` whose checkpoint carries change heads, heads.bin: the
      change-head leaf recomputed from the carried entries concerning the change (LF §6.5) must be
      proven in the change-heads tree the checkpoint signs (EF §2.2 point 10, §6.6, §11 step 7.2);
-     heads.bin must be absent from every other bundle;
+     heads.bin must be absent from every other bundle; likewise, when the checkpoint carries
+     subject heads, subjects.bin: it must name exactly the change's proven subjects, and each
+     one's subject-head leaf recomputed from the carried entries concerning it (LF §6.6) must be
+     proven in the subject-heads tree (EF §2.2 point 11, §6.7, §11 step 7.2); subjects.bin must
+     be absent from every other bundle;
   8. derived files: everything regenerable without the policy evaluator is regenerated and compared
      byte for byte (facts/entries.json, facts/principals.json, facts/policies.json,
      policies/vN.toml, facts/changes.json, facts/obligations.json,
@@ -488,9 +492,11 @@ def check_listed_files(files, manifest):
 # ---------------------------------------------------------------------------------------------
 
 def read_checkpoint(files, path, origin, keyid, public_key):
-    """LF §6.4: a checkpoint note signed by the log key; returns (size, root, heads), where heads
-    is None when the body has no `changes` line (a checkpoint signed before change heads existed,
-    LF §6.1) and (m, change-heads root) otherwise."""
+    """LF §6.4: a checkpoint note signed by the log key; returns (size, root, heads, subjects),
+    where heads is None when the body has no `changes` line (a checkpoint signed before change
+    heads existed, LF §6.1) and (m, change-heads root) otherwise, and subjects likewise None
+    without a `subjects` line (signed before subject heads existed) and (m, subject-heads root)
+    otherwise."""
     require(path in files, path, "missing from the bundle")
     try:
         note = files[path].decode("utf-8")
@@ -509,38 +515,42 @@ def read_checkpoint(files, path, origin, keyid, public_key):
     except Exception:
         raise Failed(path, "the root is not base64")
     require(len(root) == 32, path, "the root is not 32 bytes")
-    # LF §6.1: of the lines after the root, the one that starts with `changes ` is read: exactly
-    # the word, a canonical decimal and 32 bytes of base64, separated by single spaces; more than
-    # one such line is refused. Any other extension line is ignored. The body ends with a
-    # newline (LF §6.2), so the last item of `lines` is the empty string after it.
-    heads = None
+    # LF §6.1: of the lines after the root, the one that starts with `changes ` and the one that
+    # starts with `subjects ` are read, in either order: each exactly the word, a canonical
+    # decimal and 32 bytes of base64, separated by single spaces; two lines of either word are
+    # refused. Any other extension line is ignored. The body ends with a newline (LF §6.2), so
+    # the last item of `lines` is the empty string after it.
+    read = {}   # word -> (m, root)
     for line in lines[3:-1]:
-        if not line.startswith("changes "):
+        word = next((w for w in ("changes", "subjects") if line.startswith(w + " ")), None)
+        if word is None:
             continue
-        require(heads is None, path, "more than one `changes` line")
+        tree = "change-heads" if word == "changes" else "subject-heads"
+        require(word not in read, path, f"more than one `{word}` line")
         parts = line.split(" ")
-        require(len(parts) == 3 and parts[0] == "changes", path,
-                f"malformed `changes` line {line!r}: not the word, a number and a root separated"
+        require(len(parts) == 3 and parts[0] == word, path,
+                f"malformed `{word}` line {line!r}: not the word, a number and a root separated"
                 " by single spaces")
         require(re.fullmatch(r"0|[1-9][0-9]*", parts[1]) is not None and int(parts[1]) < 2 ** 64,
-                path, f"bad number of changes {parts[1]!r} in the `changes` line")
+                path, f"bad number of {word} {parts[1]!r} in the `{word}` line")
         try:
             heads_root = b64decode_strict(parts[2])
         except Exception:
-            raise Failed(path, "the change-heads root is not base64")
-        require(len(heads_root) == 32, path, "the change-heads root is not 32 bytes")
-        heads = (int(parts[1]), heads_root)
-    return size, root, heads
+            raise Failed(path, f"the {tree} root is not base64")
+        require(len(heads_root) == 32, path, f"the {tree} root is not 32 bytes")
+        read[word] = (int(parts[1]), heads_root)
+    return size, root, read.get("changes"), read.get("subjects")
 
 
 def check_checkpoint(files, manifest, origin, keyid, public_key):
-    """EF §11 step 4.1-4.2. Returns (n, R, heads) with heads as read_checkpoint gives it."""
-    size, root, heads = read_checkpoint(files, "checkpoint.txt", origin, keyid, public_key)
+    """EF §11 step 4.1-4.2. Returns (n, R, heads, subjects) as read_checkpoint gives them."""
+    size, root, heads, subjects = read_checkpoint(files, "checkpoint.txt", origin, keyid,
+                                                  public_key)
     cp = manifest.get("checkpoint")
     require(isinstance(cp, dict) and cp.get("size") == size and cp.get("root") == root.hex(),
             "manifest.json", f"checkpoint {cp!r} differs from checkpoint.txt (size {size}, "
             f"root {root.hex()})")
-    return size, root, heads
+    return size, root, heads, subjects
 
 
 def verify_consistency(m, n, proof, old_root, new_root):
@@ -585,9 +595,10 @@ def check_since(files, origin, keyid, public_key, n, root):
         return None
     require(SINCE_PROOF in files, SINCE_PROOF, f"missing, but the bundle carries {SINCE_NOTE}")
     require(SINCE_NOTE in files, SINCE_NOTE, f"missing, but the bundle carries {SINCE_PROOF}")
-    # Its `changes` line, if any, is parsed (a malformed one refused) but not used: change heads
-    # are not append-only, so nothing relates them across checkpoints (LF §6.5).
-    m, old_root, _ = read_checkpoint(files, SINCE_NOTE, origin, keyid, public_key)
+    # Its `changes` and `subjects` lines, if any, are parsed (a malformed one refused) but not
+    # used: change and subject heads are not append-only, so nothing relates them across
+    # checkpoints (LF §6.5, §6.6).
+    m, old_root, _, _ = read_checkpoint(files, SINCE_NOTE, origin, keyid, public_key)
     require(1 <= m <= n, SINCE_NOTE, f"is for tree size {m}; an earlier checkpoint is for a size "
             f"from 1 to the bundle's {n}")
     data = files[SINCE_PROOF]
@@ -1252,6 +1263,7 @@ class Fold:
         self.versions = []          # policy versions, oldest first
         self.proposals = {}
         self.changes = {}           # each with "concerning": the entries concerning it (LF §6.5)
+        self.subject_entries = {}   # subject -> the carried entries concerning it (LF §6.6)
         self.commits = {}
         self.ci_runs = []
         self.recorded_repos = {}    # subject -> repositories its commit observation and CI runs name
@@ -1371,6 +1383,22 @@ class Fold:
 
     def subjects_of(self, rev):
         return rev["commits"] | rev["digests"]
+
+    def concern_subjects(self, index, subjects):
+        """LF §6.6 (the `subject:` keys of LF §4.4): the entry at `index` concerns each of
+        `subjects`, at most once each. Called in index order, so every list stays increasing."""
+        for s in set(subjects):
+            self.subject_entries.setdefault(s, []).append(index)
+
+    def proven_subjects(self, cid):
+        """EF §6.7, §11 step 7.2: every commit and artifact digest any revision of change `cid`
+        bound, and the commit of every carried CI run that reports one of those artifact
+        digests."""
+        revs = self.changes[cid]["revisions"]
+        digests = set().union(*(r["digests"] for r in revs))
+        out = set().union(*(self.subjects_of(r) for r in revs))
+        out |= {r["commit"] for r in self.ci_runs if digests & set(r["digests"])}
+        return out
 
     def is_identity_admin(self, pid):
         """A human principal whose roles give `register_principals` or `change_roles`, whatever
@@ -1694,6 +1722,7 @@ class Fold:
                                       "committer": info["committer"], "summary": info["summary"],
                                       "signature": SIG_VERDICT[sig["verdict"]],
                                       "signer": sig["signer_identity"]}
+            self.concern_subjects(index, [b["sha"]])                        # LF §4.4, §6.6
         elif kind == "CiRunReported":
             self.need_perm(what, signer, "report", "report CI runs")
             require(b["status"] in CI_STATUS, what, "invalid CI status")
@@ -1706,6 +1735,8 @@ class Fold:
                                  "pipeline": b["pipeline"], "provider": b["provider"],
                                  "run_id": b["run_id"], "status": CI_STATUS[b["status"]],
                                  "url": b["url"]})
+            # LF §4.4, §6.6: its commit and each artifact digest, once each.
+            self.concern_subjects(index, [b["commit"]] + list(b["artifact_digests"]))
         elif kind == "ChangeOpened":
             self.need_perm(what, signer, "open_change", "open changes")
             cid = b["change_id"]
@@ -1726,6 +1757,8 @@ class Fold:
                                "digests": set(b["artifact_digests"]),
                                "environments": set(b["environments"]), "index": index,
                                "reason": "", "time": t}]}
+            # LF §4.4, §6.6: each commit and digest of the revision it records.
+            self.concern_subjects(index, self.subjects_of(self.changes[cid]["revisions"][0]))
         elif kind == "ChangeAmended":
             cid = b["change_id"]
             require(cid in self.changes, what, f"change {cid} does not exist")
@@ -1742,6 +1775,7 @@ class Fold:
                     "the amendment changes nothing")
             ch["revisions"].append(rev)
             ch["concerning"].append(index)                # LF §6.5
+            self.concern_subjects(index, self.subjects_of(rev))            # LF §4.4, §6.6
             if signer not in ch["requesters"]:
                 ch["requesters"].append(signer)
         elif kind == "ChangeReviewed":
@@ -1798,6 +1832,9 @@ class Fold:
                 require(b["justification"].strip() != "", what,
                         "a break-glass request needs a justification")
             self.deployments[index] = dep
+            # LF §4.4, §6.6: each requested subject, whatever the decision (so after the basis
+            # check above, which counts the entries before this one).
+            self.concern_subjects(index, subjects)
             if change:
                 self.changes[change]["deployments"].append(index)
                 # LF §6.5: a deployment whose decision considered the change concerns it, allowed
@@ -2009,8 +2046,88 @@ def check_change_heads(fold, scope, files, heads):
     return len(concerning), j, m
 
 
-def check_scope(fold, scope, as_of, rng, n, files, heads):
-    """EF §11 step 7.2-7.3. Returns what check_change_heads returns."""
+SUBJECTS = "subjects.bin"
+
+
+def subject_head_leaf(subject, indices):
+    """LF §6.6: the leaf of a subject is that of LF §6.5 with the subject's UTF-8 text in place of
+    the change id, over the indices of the entries concerning it."""
+    return change_head_leaf(subject, indices)
+
+
+def decode_subjects_bin(data, m):
+    """EF §6.7: records of u16 BE L (at least 1), L bytes of subject (UTF-8), u64 BE j, u8 k (at
+    most 64), k hashes of 32 bytes; subjects strictly ascending by their bytes (so none twice),
+    j < m in each, no trailing bytes. Returns [(subject, j, proof)]."""
+    out, pos, prev = [], 0, None
+    while pos < len(data):
+        what = f"record {len(out)} at byte {pos}"
+        require(len(data) - pos >= 2, SUBJECTS, f"{what}: truncated")
+        length = struct.unpack(">H", data[pos:pos + 2])[0]
+        require(length >= 1, SUBJECTS, f"{what}: an empty subject")
+        require(len(data) - pos >= 2 + length + 9, SUBJECTS, f"{what}: truncated")
+        raw = data[pos + 2:pos + 2 + length]
+        try:
+            subject = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise Failed(SUBJECTS, f"{what}: the subject is not UTF-8")
+        if prev is not None and raw <= prev:
+            raise Failed(SUBJECTS, f"{what}: subject {subject} does not come after"
+                                   f" {prev.decode('utf-8')} in byte order (records are strictly"
+                                   " ascending by subject, with no subject twice)")
+        pos += 2 + length
+        j = struct.unpack(">Q", data[pos:pos + 8])[0]
+        k = data[pos + 8]
+        require(k <= 64, SUBJECTS, f"{what}: a proof of {k} hashes; at most 64 are possible")
+        require(len(data) - pos >= 9 + 32 * k, SUBJECTS,
+                f"{what}: the proof of {k} hashes is truncated")
+        require(j < m, SUBJECTS, f"{what}: leaf {j} of subject {subject} is not below the"
+                                 f" checkpoint's {m} subjects")
+        proof = [data[p:p + 32] for p in range(pos + 9, pos + 9 + 32 * k, 32)]
+        pos += 9 + 32 * k
+        out.append((subject, j, proof))
+        prev = raw
+    return out
+
+
+def check_subject_heads(fold, scope, files, subject_heads):
+    """EF §11 step 7.2-7.3, the subject heads (EF §2.2 point 11, §6.7, LF §6.6). Returns (s, e, m),
+    s proven subjects whose e carried entries (each counted once, however many of the subjects it
+    concerns) make their leaves in the tree of m subjects, when subjects.bin was checked; None when
+    the bundle has none (as it must then)."""
+    wants = scope["kind"] == "change" and not scope["complete"]
+    if subject_heads is None or not wants:
+        # EF §3.1 and §6.7: present exactly in a change bundle without `--complete` whose
+        # checkpoint has the `subjects` line (EF §11 step 7.3: absent in every other case).
+        require(SUBJECTS not in files, SUBJECTS,
+                "present, but the checkpoint has no subject heads" if subject_heads is None
+                else "present, but only a change bundle without --complete carries it")
+        return None
+    m, subjects_root = subject_heads
+    require(SUBJECTS in files, SUBJECTS, "missing, but the checkpoint commits to subject heads")
+    records = decode_subjects_bin(files[SUBJECTS], m)
+    cid = scope["change"]
+    # The proven subjects are computed from the fold, never taken from the exporter (EF §6.7).
+    named = [subject for subject, _, _ in records]
+    proven = sorted(fold.proven_subjects(cid), key=str.encode)
+    require(named == proven, SUBJECTS,
+            f"it proves subjects {', '.join(named) or '(none)'} but the change's proven subjects"
+            f" are {', '.join(proven) or '(none)'}")
+    entries = set()
+    for subject, j, proof in records:
+        concerning = fold.subject_entries.get(subject, [])
+        leaf = subject_head_leaf(subject, concerning)
+        require(verify_inclusion(leaf_hash(leaf), j, m, proof, subjects_root), "completeness",
+                f"the bundle carries {len(concerning)} entries concerning subject {subject}, which"
+                f" do not make the subject head the checkpoint signs (leaf {j} of {m}); an entry"
+                " concerning it was left out")
+        entries.update(concerning)
+    return len(records), len(entries), m
+
+
+def check_scope(fold, scope, as_of, rng, n, files, heads, subject_heads):
+    """EF §11 step 7.2-7.3. Returns (what check_change_heads returns, what check_subject_heads
+    returns)."""
     by_index = {r["index"]: r for r in fold.records}
     if scope["kind"] == "change":
         require(scope["change"] in fold.changes, "entries.bin",
@@ -2020,7 +2137,8 @@ def check_scope(fold, scope, as_of, rng, n, files, heads):
         require(last["time"] == as_of, "manifest.json",
                 f"as_of {fmt_time(as_of)} is not the time of entry {n - 1} ({fmt_time(last['time'])})")
         if not scope["complete"]:
-            return check_change_heads(fold, scope, files, heads)
+            return (check_change_heads(fold, scope, files, heads),
+                    check_subject_heads(fold, scope, files, subject_heads))
         # EF §8.2: the range runs from the entry that opened the change to the checkpoint, and
         # nothing concerning a change comes before its opening. (verify() has already required
         # the range exactly when the scope is complete.)
@@ -2029,8 +2147,11 @@ def check_scope(fold, scope, as_of, rng, n, files, heads):
                 f"the range starts at entry {rng[0]}, not at entry {opened} that opened the change")
         require(rng[1] == n, "completeness",
                 f"the range ends before entry {rng[1]}, not at the checkpoint's size {n}")
-        return check_change_heads(fold, scope, files, heads)   # heads.bin must be absent
+        # heads.bin and subjects.bin must be absent:
+        return (check_change_heads(fold, scope, files, heads),
+                check_subject_heads(fold, scope, files, subject_heads))
     check_change_heads(fold, scope, files, heads)              # heads.bin must be absent
+    check_subject_heads(fold, scope, files, subject_heads)     # subjects.bin must be absent
     require(rng is not None, "range.bin", "a period or control bundle must carry a range")
     start, end = rng[0], rng[1]
     for i in range(start + 1, end):
@@ -2063,6 +2184,7 @@ def check_scope(fold, scope, as_of, rng, n, files, heads):
                 " continues; later entries of the period may have been left out")
         require(as_of == by_index[n - 1]["time"], "manifest.json",
                 f"as_of is not the time of entry {n - 1}")
+    return None, None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -2467,6 +2589,8 @@ class Derived:
                 elif s["kind"] == "change" and getattr(self, "heads_proven", False):
                     W += ("; every entry concerning the change is proven carried by the change"
                           " head the checkpoint signs")
+                    if getattr(self, "subjects_proven", False):
+                        W += ", and every entry concerning its subjects by the subject heads"
                 elif self.rng is not None and self.as_of < s["to"]:
                     W += (f"; the period is proven complete only up to {fmt_time(self.as_of)}, the"
                           f" log's last entry at the checkpoint (the period runs to"
@@ -2552,11 +2676,12 @@ def manifest_scope_object(scope, manifest):
 
 
 def check_derived(files, manifest, fold, scope, as_of, origin, n, root, rng, whole=None,
-                  heads_proven=False):
+                  heads_proven=False, subjects_proven=False):
     """EF §11 step 8, without re-evaluating decisions or rendering report.html."""
     claimed = load_claimed_decisions(files)
     d = Derived(fold, scope, as_of, origin, n, root, rng, claimed, whole)
     d.heads_proven = heads_proven   # heads.bin proved the change's entries (EF §10.9)
+    d.subjects_proven = subjects_proven   # subjects.bin proved its subjects' entries (EF §10.9)
 
     # 8.2 (as far as possible without the evaluator): decision by decision.
     regenerated_decisions = d.decisions()
@@ -2591,10 +2716,12 @@ def check_derived(files, manifest, fold, scope, as_of, origin, n, root, rng, who
                                f"{a[max(0, off - 30):off + 30]!r}, expected "
                                f"{b[max(0, off - 30):off + 30]!r})")
 
-    # 8.4: no other member: the regenerated files, report.html and the nine primary names of
-    # EF §3.1 (heads.bin's presence was already decided by step 7.2, check_change_heads).
+    # 8.4: no other member: the regenerated files, report.html and the ten primary names of
+    # EF §3.1 (heads.bin's and subjects.bin's presence was already decided by step 7.2-7.3,
+    # check_change_heads and check_subject_heads).
     allowed = set(regenerated) | {"manifest.json", "manifest.sig", "checkpoint.txt", "entries.bin",
-                                  "proofs.bin", "report.html", HEADS, SINCE_NOTE, SINCE_PROOF}
+                                  "proofs.bin", "report.html", HEADS, SUBJECTS, SINCE_NOTE,
+                                  SINCE_PROOF}
     if rng is not None:
         allowed.add("range.bin")
     for path in canonical_order(list(files)):
@@ -2626,7 +2753,8 @@ def verify(bundle, key_name, keyid, log_key):
     origin = manifest["origin"]
     check_manifest_sig(files, origin, keyid, log_key)                       # step 2.3-2.4
     check_listed_files(files, manifest)                                     # step 3
-    n, root, heads = check_checkpoint(files, manifest, origin, keyid, log_key)   # step 4
+    n, root, heads, subject_heads = check_checkpoint(files, manifest, origin, keyid,
+                                                     log_key)               # step 4
     since = check_since(files, origin, keyid, log_key, n, root)            # step 4.4
     records, rng, n_proofs = check_entries_and_proofs(files, manifest, n, root)   # step 5
     if isinstance(manifest.get("scope"), dict) and manifest["scope"].get("kind") == "change":
@@ -2644,22 +2772,28 @@ def verify(bundle, key_name, keyid, log_key):
     scope, as_of = parse_scope(manifest)                                    # step 6.1
     boundary = None if scope["kind"] == "change" or rng is None else (rng[1] - 1, scope["to"])
     fold, view = check_fold(records, key_name, log_key, claimed, boundary)  # step 6
-    heads_checked = check_scope(fold, scope, as_of, rng, n, files, heads)   # step 7
+    heads_checked, subjects_checked = check_scope(fold, scope, as_of, rng, n, files, heads,
+                                                  subject_heads)            # step 7
     n_dec, n_viol, n_regen = check_derived(files, manifest, view, scope, as_of, origin, n, root,
-                                           rng, fold, heads_checked is not None)  # step 8
+                                           rng, fold, heads_checked is not None,
+                                           subjects_checked is not None)    # step 8
     range_text = f", range {rng[0]}..{rng[1]} proven complete" if rng else ""
     since_text = (f"consistent with the earlier checkpoint of size {since[0]} "
                   f"(root {since[1].hex()})\n" if since else "")
     heads_text = (f"change heads: the {heads_checked[0]} carried entries concerning change "
                   f"{scope['change']} make its leaf {heads_checked[1]} of the "
                   f"{heads_checked[2]} the checkpoint signs\n" if heads_checked else "")
+    subjects_text = (f"subject heads: the {subjects_checked[1]} carried entries concerning the "
+                     f"{subjects_checked[0]} proven subjects of change {scope['change']} make "
+                     f"their leaves among the {subjects_checked[2]} the checkpoint signs\n"
+                     if subjects_checked else "")
     return (since_text + f"OK: {len(records)} entries of log {origin} at checkpoint {n} ({n_proofs} inclusion "
             f"proofs{range_text}), {fold.signatures} signatures checked, {n_dec} decisions "
             f"cross-checked (verdicts not re-evaluated), {n_regen} derived files regenerated, "
             f"{len(files)} files digest-checked; {n_viol} violation(s) in scope\n"
             f"decision bases: {fold.decisions_based} of {len(fold.deployments)} carried deployments"
             f" record one, and the bundle carries every entry it counts\n"
-            + heads_text +
+            + heads_text + subjects_text +
             f"skipped: re-evaluating decisions (verdict, rule, reasons, which reviews counted) and "
             f"regenerating report.html, which the docs define by Docket's code "
             f"(report.html was only checked against the signed manifest digest)")

@@ -1886,7 +1886,7 @@ async fn a_complete_change_bundle_shows_nothing_concerning_the_change_was_left_o
         "docket.test/log",
     )
     .unwrap();
-    assert!(sel.head.is_some() && cp.changes.is_some());
+    assert!(sel.heads.is_some() && cp.changes.is_some() && cp.subjects.is_some());
     assert!(sel.indices.remove(&late));
     let Err(evidence::ExportError::SelfCheck(why)) = evidence::export(
         &reader,
@@ -2022,6 +2022,136 @@ async fn a_complete_change_bundle_shows_nothing_concerning_the_change_was_left_o
     assert!(e.message().starts_with("complete: "), "{e:?}");
 }
 
+/// A plain change bundle also proves every entry concerning the change's
+/// subjects carried, with the subject heads its checkpoint signs
+/// (ledger-format §6.6): a failed CI rerun of CHG-2's artifact, reported
+/// after every decision about it, so that no decision basis counts it, can
+/// no longer be left out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_bundle_proves_every_entry_concerning_its_subjects() {
+    use pb::export_evidence_request::Scope as S;
+    let mut f = fixture().await;
+    let (commit, digest) = f.server.svc.with_state(|st| {
+        let r = st.gov().change("CHG-2").unwrap().current().clone();
+        (
+            r.commits.first().unwrap().clone(),
+            r.digests.first().unwrap().clone(),
+        )
+    });
+    let rerun = f
+        .append(
+            "rerun",
+            "ci",
+            Body::CiRunReported(CiRun {
+                repository: "github.com/acme/payments".into(),
+                commit: commit.clone(),
+                artifact_digests: [digest.clone()].into(),
+                status: CiStatus::Failed,
+                provider: "github-actions".into(),
+                pipeline: "build".into(),
+                run_id: "rerun".into(),
+                url: "https://github.com/acme/payments/actions/runs/2".into(),
+                git_ref: "refs/heads/main".into(),
+            }),
+        )
+        .await;
+    // Not the last entry, which every change bundle carries for its time.
+    f.append(
+        "after-rerun",
+        "admin",
+        Body::Annotation {
+            subject: "repo/other".into(),
+            kind: "note".into(),
+            text: "later".into(),
+            attributes: Default::default(),
+        },
+    )
+    .await;
+    let s = &f.server;
+    let t = trust(s);
+    let plain = export_online(s, S::ChangeId("CHG-2".into())).await;
+    let files = evidence::unpack(&plain).unwrap();
+    assert!(files.contains_key("subjects.bin"));
+    let r = evidence::verify(&plain, &t).unwrap();
+    // The commit and the image: the runs naming the image built it from the
+    // same commit.
+    assert_eq!(r.subjects_proven, Some(2));
+    let oscal = String::from_utf8_lossy(&files["oscal/assessment-results.json"]).into_owned();
+    assert!(
+        oscal.contains(
+            "by the change head the checkpoint signs, and every entry concerning its subjects by the subject heads"
+        ),
+        "{oscal}"
+    );
+    let report = String::from_utf8_lossy(&files["report.html"]).into_owned();
+    assert!(
+        report.contains("its subject heads prove the same of every entry concerning the change's commits and artifacts"),
+        "{report}"
+    );
+
+    // The exporter refuses a selection without the rerun ...
+    let reader = s.svc.reader().clone();
+    let mut sel = s
+        .svc
+        .with_state(|st| evidence::select(st, &reader, &Scope::change("CHG-2")))
+        .unwrap();
+    let cp = docket::ledger::Checkpoint::verify(
+        &reader.checkpoint_note(sel.size).unwrap().unwrap(),
+        &s.verifier(),
+        "docket.test/log",
+    )
+    .unwrap();
+    assert!(sel.indices.remove(&rerun));
+    let Err(evidence::ExportError::SelfCheck(why)) = evidence::export(
+        &reader,
+        &cp,
+        &sel,
+        &Scope::change("CHG-2"),
+        None,
+        &Default::default(),
+    ) else {
+        panic!("the exporter made a bundle without the rerun");
+    };
+    assert!(
+        why.contains(&format!("concerning subject {commit}")),
+        "{why}"
+    );
+    // ... and a bundle edited to leave it out fails on the commit's subject
+    // head (the first proven subject), in both verifiers, though the change
+    // head still holds: the rerun does not concern the change itself.
+    let lying = without_entry(&s.data, &plain, rerun);
+    let e = evidence::verify(&lying, &t).unwrap_err();
+    assert_eq!(e.what, "completeness", "{e}");
+    assert!(
+        e.reason.contains(&format!(
+            "entries concerning subject {commit}, which do not make the subject head the checkpoint signs"
+        )),
+        "{e}"
+    );
+    let (code, out) = independent_verify(&lying, &s.data.log_vkey());
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("completeness") && out.contains(&commit),
+        "{out}"
+    );
+
+    // A subjects.bin that proves one subject fewer is refused for what it
+    // names, before any leaf is checked.
+    let mut fewer = files.clone();
+    let sb = &files["subjects.bin"];
+    let first = 2 + u16::from_be_bytes([sb[0], sb[1]]) as usize + 8;
+    let first = first + 1 + 32 * sb[first] as usize;
+    fewer.insert("subjects.bin".into(), sb[first..].to_vec());
+    let e = evidence::verify(&reseal(&s.data, fewer), &t).unwrap_err();
+    assert_eq!(e.what, "subjects.bin", "{e}");
+    assert!(
+        e.reason.starts_with(&format!(
+            "it proves subjects [{digest}] but the proven subjects of change CHG-2 are [{commit}, {digest}]"
+        )),
+        "{e}"
+    );
+}
+
 /// The fixture's whole period (days 0–9) exported and unpacked into a
 /// temporary directory.
 async fn whole_period_unpacked() -> tempfile::TempDir {
@@ -2155,13 +2285,15 @@ async fn the_cli_exports_and_verifies_with_clear_exit_codes() {
         "{}",
         r.stdout
     );
-    // A plain change bundle says what its change head shows; a complete
-    // one says what its range does.
+    // A plain change bundle says what its change and subject heads show; a
+    // complete one says what its range does.
     assert!(
         r.stdout.contains(
             "\ncompleteness: the 5 entries concerning change CHG-2 (its opening, amendments, reviews, \
              the deployments decided on it and their break-glass reviews) are all carried, as the \
-             change head the checkpoint signs proves;"
+             change head the checkpoint signs proves, and so is every entry concerning its 2 subjects \
+             (their commit observations, CI runs, bindings and deployment requests), as the subject \
+             heads prove\n"
         ),
         "{}",
         r.stdout
@@ -4243,14 +4375,16 @@ fn stored_entries(
         .collect()
 }
 
-/// `docket verify` recomputes the change heads each checkpoint signs
-/// (ledger-format §6.5). The server's log passes, and so does the same log
-/// with a checkpoint that signs none (as logs written before them have).
-/// A checkpoint the log key signed over the right entries but with other
-/// heads is refused, and so is one without heads after one with them.
+/// `docket verify` recomputes the change and subject heads each checkpoint
+/// signs (ledger-format §6.5, §6.6). The server's log passes, and so does
+/// the same log with a checkpoint that signs none, or only change heads (as
+/// logs written before them have). A checkpoint the log key signed over the
+/// right entries but with other heads is refused, and so is one without
+/// heads after one with them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn docket_verify_recomputes_the_change_heads_of_every_checkpoint() {
-    use docket::ledger::{ChangeHeads, Checkpoint, SledStore, Store as _, WriteBatch};
+async fn docket_verify_recomputes_the_change_and_subject_heads_of_every_checkpoint() {
+    use base64::Engine as _;
+    use docket::ledger::{Checkpoint, Heads, HeadsRoot, SledStore, Store as _, WriteBatch};
     let f = fixture().await;
     let s = &f.server;
     let reader = s.svc.reader().clone();
@@ -4261,49 +4395,95 @@ async fn docket_verify_recomputes_the_change_heads_of_every_checkpoint() {
         "docket.test/log",
     )
     .unwrap();
-    let heads = cp
-        .changes
-        .expect("the server's checkpoints sign change heads");
+    let heads = Heads {
+        changes: cp
+            .changes
+            .expect("the server's checkpoints sign change heads"),
+        subjects: cp.subjects.expect("and subject heads"),
+    };
     let opened = s.svc.with_state(|st| st.gov().changes().count()) as u64;
     assert!(opened >= 2);
-    assert_eq!(heads.size, opened);
+    assert_eq!(heads.changes.size, opened);
+    // commit-1, image-1, commit-2 and image-2: built, bound and deployed.
+    assert_eq!(heads.subjects.size, 4);
     docket::verify::verify_store(&**reader.store(), Some(&s.verifier())).unwrap();
 
     let entries = stored_entries(&reader, size);
     let signer = s.data.note_signer(&s.data.config().unwrap()).unwrap();
-    let import = |n: u64, changes: Option<ChangeHeads>| {
+    let import_note = |n: u64, note: &str| {
         let store = SledStore::temporary().unwrap();
-        let root = reader.root(n).unwrap();
-        let cp = Checkpoint::sign_with(&signer, "docket.test/log", n, &root, changes);
-        docket::ledger::import(&store, entries[..n as usize].to_vec(), &cp.note).unwrap();
+        docket::ledger::import(&store, entries[..n as usize].to_vec(), note).unwrap();
         store
+    };
+    let import = |n: u64, heads: Option<Heads>| {
+        let root = reader.root(n).unwrap();
+        let cp = Checkpoint::sign_with(&signer, "docket.test/log", n, &root, heads);
+        import_note(n, &cp.note)
+    };
+    // A checkpoint with the change heads only.
+    let b64 = |h: &[u8; 32]| base64::engine::general_purpose::STANDARD.encode(h);
+    let changes_only = |n: u64, c: HeadsRoot| {
+        signer.sign(&format!(
+            "docket.test/log\n{n}\n{}\nchanges {} {}\n",
+            b64(&reader.root(n).unwrap()),
+            c.size,
+            b64(&c.root)
+        ))
     };
     let verify = |store: &SledStore| docket::verify::verify_store(store, Some(&s.verifier()));
     verify(&import(size, Some(heads))).unwrap();
     verify(&import(size, None)).unwrap();
-    for other in [
-        ChangeHeads {
-            size: heads.size,
-            root: [0; 32],
-        },
-        ChangeHeads {
-            size: heads.size - 1,
-            root: heads.root,
-        },
-    ] {
+    verify(&import_note(size, &changes_only(size, heads.changes))).unwrap();
+    let wrong = |h: HeadsRoot| {
+        [
+            HeadsRoot {
+                size: h.size,
+                root: [0; 32],
+            },
+            HeadsRoot {
+                size: h.size - 1,
+                root: h.root,
+            },
+        ]
+    };
+    let others = wrong(heads.changes)
+        .map(|c| {
+            (
+                Heads {
+                    changes: c,
+                    ..heads
+                },
+                "change",
+                "changes",
+                c,
+            )
+        })
+        .into_iter()
+        .chain(wrong(heads.subjects).map(|c| {
+            (
+                Heads {
+                    subjects: c,
+                    ..heads
+                },
+                "subject",
+                "subjects",
+                c,
+            )
+        }));
+    for (other, what, counted, line) in others {
         let e = verify(&import(size, Some(other))).unwrap_err();
         assert_eq!(e.index, Some(size - 1), "{e}");
         assert!(
             e.reason.starts_with(&format!(
-                "checkpoint for size {size} signs change heads ({} changes, root {})",
-                other.size,
-                hex::encode(other.root)
+                "checkpoint for size {size} signs {what} heads ({} {counted}, root {})",
+                line.size,
+                hex::encode(line.root)
             )),
             "{e}"
         );
     }
 
-    // Heads at size - 1 (the fold's), then none at size.
+    // Heads at size - 1 (the fold's), then fewer at size.
     let mut before = docket::state::State::new();
     docket::service::fold_entries(
         &docket::ledger::LedgerReader::new(Arc::new(import(size - 1, None))),
@@ -4316,33 +4496,41 @@ async fn docket_verify_recomputes_the_change_heads_of_every_checkpoint() {
         "docket.test/log",
         size - 1,
         &reader.root(size - 1).unwrap(),
-        Some(before.gov().change_heads()),
+        Some(before.gov().heads()),
     );
-    let store = import(size, None);
-    let mut key = vec![b'c'];
-    key.extend_from_slice(&(size - 1).to_be_bytes());
-    store
-        .write(WriteBatch {
-            log: vec![(key, earlier.note.into_bytes())],
-            state: Vec::new(),
-        })
-        .unwrap();
-    let e = verify(&store).unwrap_err();
-    assert_eq!(e.index, Some(size - 1), "{e}");
-    assert_eq!(
-        e.reason,
-        format!(
-            "checkpoint for size {size} has no change heads, but the one for size {} already had them",
-            size - 1
-        )
-    );
+    for (store, what) in [
+        (import(size, None), "change"),
+        (
+            import_note(size, &changes_only(size, heads.changes)),
+            "subject",
+        ),
+    ] {
+        let mut key = vec![b'c'];
+        key.extend_from_slice(&(size - 1).to_be_bytes());
+        store
+            .write(WriteBatch {
+                log: vec![(key, earlier.note.clone().into_bytes())],
+                state: Vec::new(),
+            })
+            .unwrap();
+        let e = verify(&store).unwrap_err();
+        assert_eq!(e.index, Some(size - 1), "{e}");
+        assert_eq!(
+            e.reason,
+            format!(
+                "checkpoint for size {size} has no {what} heads, but the one for size {} already had them",
+                size - 1
+            )
+        );
+    }
 }
 
 /// A log whose checkpoint signs no change heads (written before them): a
 /// change bundle from it carries no `heads.bin`, verifies, and says what it
-/// cannot show; the report says so too. The server's next checkpoint on
-/// that log signs heads, and bundles from then on prove the change's
-/// entries complete.
+/// cannot show; the report says so too. One whose checkpoint signs change
+/// heads but no subject heads proves the change's entries only. The
+/// server's next checkpoint on that log signs both, and bundles from then
+/// on prove the change's and its subjects' entries complete.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_change_bundle_from_a_log_without_change_heads_says_what_it_cannot_show() {
     use docket::ledger::{Checkpoint, LedgerReader, SledStore};
@@ -4376,9 +4564,9 @@ async fn a_change_bundle_from_a_log_without_change_heads_says_what_it_cannot_sho
     };
     let bundle = export(&docket::service::current_state(&old_reader).unwrap());
     let files = evidence::unpack(&bundle).unwrap();
-    assert!(!files.contains_key("heads.bin"));
+    assert!(!files.contains_key("heads.bin") && !files.contains_key("subjects.bin"));
     let r = evidence::verify(&bundle, &t).unwrap();
-    assert_eq!(r.change_entries_proven, None);
+    assert_eq!((r.change_entries_proven, r.subjects_proven), (None, None));
     let report = String::from_utf8_lossy(&files["report.html"]).into_owned();
     assert!(
         report.contains("It does not prove that it carries every entry concerning the change (its checkpoint signs no change heads)"),
@@ -4406,6 +4594,67 @@ async fn a_change_bundle_from_a_log_without_change_heads_says_what_it_cannot_sho
         )
     );
 
+    // A log written between change heads and subject heads: its checkpoint
+    // has the `changes` line only. Its change bundle proves the change's
+    // entries, and says the subjects' facts are proven only as far as
+    // decisions read them.
+    {
+        use base64::Engine as _;
+        let state = docket::service::current_state(&old_reader).unwrap();
+        let c = state.gov().heads().changes;
+        let b64 = |h: &[u8; 32]| base64::engine::general_purpose::STANDARD.encode(h);
+        let note = signer.sign(&format!(
+            "docket.test/log\n{size}\n{}\nchanges {} {}\n",
+            b64(&reader.root(size).unwrap()),
+            c.size,
+            b64(&c.root)
+        ));
+        let between = SledStore::temporary().unwrap();
+        docket::ledger::import(&between, stored_entries(&reader, size), &note).unwrap();
+        let bundle = evidence::export_offline(
+            &state,
+            &LedgerReader::new(Arc::new(between)),
+            &signer,
+            &Scope::change("CHG-2"),
+            None,
+            &Default::default(),
+        )
+        .unwrap();
+        let files = evidence::unpack(&bundle).unwrap();
+        assert!(files.contains_key("heads.bin") && !files.contains_key("subjects.bin"));
+        let r = evidence::verify(&bundle, &t).unwrap();
+        assert_eq!(
+            (r.change_entries_proven, r.subjects_proven),
+            (Some(5), None)
+        );
+        let report = String::from_utf8_lossy(&files["report.html"]).into_owned();
+        assert!(
+            report.contains("Facts of its subjects (CI runs, commit observations, other deployment requests) are proven complete only as far as"),
+            "{report}"
+        );
+        let (code, out) = independent_verify(&bundle, &s.data.log_vkey());
+        assert_eq!(code, Some(0), "{out}");
+        // subjects.bin put into it is refused.
+        let mut with = files.clone();
+        with.insert("subjects.bin".into(), Vec::new());
+        let mut m = json(&with, "manifest.json");
+        m["files"].as_array_mut().unwrap().push(serde_json::json!({
+            "path": "subjects.bin", "size": 0, "blake3": ""
+        }));
+        with.insert(
+            "manifest.json".into(),
+            serde_json::to_vec_pretty(&m).unwrap(),
+        );
+        let e = evidence::verify(&reseal(&s.data, with), &t).unwrap_err();
+        assert_eq!(
+            (e.what.as_str(), e.reason.as_str()),
+            (
+                "subjects.bin",
+                "present, but the checkpoint has no subject heads"
+            )
+        );
+    }
+
     // The server goes on on that log: its next checkpoint signs heads.
     let again = s.data.note_signer(&s.data.config().unwrap()).unwrap();
     let svc = Service::open(store.clone(), again, Config::default()).unwrap();
@@ -4424,5 +4673,8 @@ async fn a_change_bundle_from_a_log_without_change_heads_says_what_it_cannot_sho
     let bundle = export(&state);
     assert!(evidence::unpack(&bundle).unwrap().contains_key("heads.bin"));
     let r = evidence::verify(&bundle, &t).unwrap();
-    assert_eq!(r.change_entries_proven, Some(5));
+    assert_eq!(
+        (r.change_entries_proven, r.subjects_proven),
+        (Some(5), Some(2))
+    );
 }
