@@ -627,6 +627,11 @@ impl State {
                 }),
                 genesis_dirty: true,
                 sparse: self.sparse,
+                gov: if self.sparse {
+                    Gov::sparse()
+                } else {
+                    Gov::default()
+                },
                 ..State::default()
             };
             for a in &g.administrators {
