@@ -362,13 +362,30 @@ pub(super) fn manifest<D: AsRef<[u8]>>(
     entries: u64,
     files: &BTreeMap<String, D>,
 ) -> Vec<u8> {
-    let list: Vec<Value> = files
-        .iter()
-        .filter(|(p, _)| p.as_str() != "manifest.json" && p.as_str() != "manifest.sig")
-        .map(|(p, b)| {
+    manifest_of(
+        meta,
+        entries,
+        files.iter().map(|(p, b)| {
             let b = b.as_ref();
-            json!({"path": p, "size": b.len(), "blake3": hex::encode(crate::crypto::blake3_256(b))})
-        })
+            (
+                p.as_str(),
+                b.len() as u64,
+                hex::encode(crate::crypto::blake3_256(b)),
+            )
+        }),
+    )
+}
+
+/// [`manifest`] of files already hashed: (path, size, lowercase hex
+/// BLAKE3), in path order.
+pub(super) fn manifest_of<'a>(
+    meta: &Meta,
+    entries: u64,
+    files: impl Iterator<Item = (&'a str, u64, String)>,
+) -> Vec<u8> {
+    let list: Vec<Value> = files
+        .filter(|(p, _, _)| *p != "manifest.json" && *p != "manifest.sig")
+        .map(|(p, size, digest)| json!({"path": p, "size": size, "blake3": digest}))
         .collect();
     pretty(&json!({
         "format": FORMAT,
@@ -1019,8 +1036,6 @@ pub(super) fn decisions_file(state: &State, decided: &BTreeSet<u64>) -> Vec<u8> 
 /// Renders every derived file of a bundle.
 pub(super) fn render(folded: &Folded, meta: &Meta) -> Rendered {
     let view = View::new(folded, meta);
-    let st = &folded.state;
-    let gov = st.gov();
     let mut files = BTreeMap::new();
 
     /// One row of `facts/entries.json`; fields in sorted order, so the
@@ -1036,29 +1051,51 @@ pub(super) fn render(folded: &Folded, meta: &Meta) -> Rendered {
         time: String,
         transport_identity: &'a str,
     }
-    let rows: Vec<EntryRow<'_>> = folded
-        .info
-        .iter()
-        .map(|(i, inf)| EntryRow {
-            event_id: &inf.event.event_id,
-            in_scope: view.in_scope.contains(i),
-            index: *i,
-            kind: inf.event.body.kind_name(),
-            leaf_hash: hex::encode(inf.leaf),
-            signer: inf.event.signer.as_str(),
-            time: fmt_nanos(inf.time),
-            transport_identity: &inf.identity,
-        })
-        .collect();
-    let mut entries_json = serde_json::to_vec_pretty(&rows).expect("rows serialise");
-    entries_json.push(b'\n');
-    files.insert("facts/entries.json".into(), entries_json);
+    let entries_json = || {
+        let rows: Vec<EntryRow<'_>> = folded
+            .info
+            .iter()
+            .map(|(i, inf)| EntryRow {
+                event_id: &inf.event.event_id,
+                in_scope: view.in_scope.contains(i),
+                index: *i,
+                kind: inf.event.body.kind_name(),
+                leaf_hash: hex::encode(inf.leaf),
+                signer: inf.event.signer.as_str(),
+                time: fmt_nanos(inf.time),
+                transport_identity: &inf.identity,
+            })
+            .collect();
+        let mut out = serde_json::to_vec_pretty(&rows).expect("rows serialise");
+        out.push(b'\n');
+        out
+    };
+    // One row per carried entry: as much work as the other files together
+    // in a large bundle, done on another core (the signature checks that
+    // kept it busy are over by now).
+    std::thread::scope(|scope| {
+        let entries = scope.spawn(entries_json);
+        render_rest(&view, meta, &mut files);
+        let entries = entries
+            .join()
+            .unwrap_or_else(|e| std::panic::resume_unwind(e));
+        files.insert("facts/entries.json".into(), entries);
+    });
+    Rendered {
+        files,
+        violations: view.violations.len(),
+        decided: view.decisions.iter().map(|d| d.index).collect(),
+    }
+}
 
+/// Every derived file but `facts/entries.json` and `facts/decisions.json`.
+fn render_rest(view: &View<'_>, meta: &Meta, files: &mut BTreeMap<String, Vec<u8>>) {
+    let folded = view.folded;
+    let st = &folded.state;
+    let gov = st.gov();
     // `facts/decisions.json` lists every carried deployment, a period's
     // boundary too, so it is written from the whole fold ([`decisions_file`]).
-    let decided: BTreeSet<u64> = view.decisions.iter().map(|d| d.index).collect();
-
-    let changes: Vec<ChangeRow<'_>> = view.changes.iter().map(|c| change_row(&view, c)).collect();
+    let changes: Vec<ChangeRow<'_>> = view.changes.iter().map(|c| change_row(view, c)).collect();
     files.insert("facts/changes.json".into(), pretty(&changes));
 
     files.insert(
@@ -1114,15 +1151,7 @@ pub(super) fn render(folded: &Folded, meta: &Meta) -> Rendered {
 
     files.insert(
         "oscal/assessment-results.json".into(),
-        pretty(&super::oscal::assessment_results(&view)),
+        pretty(&super::oscal::assessment_results(view)),
     );
-    files.insert(
-        "report.html".into(),
-        super::report::html(&view).into_bytes(),
-    );
-    Rendered {
-        files,
-        violations: view.violations.len(),
-        decided,
-    }
+    files.insert("report.html".into(), super::report::html(view).into_bytes());
 }

@@ -862,7 +862,12 @@ fn verify_files<'a>(
         return Err(fail(extra, "is not a file of this bundle format"));
     }
     // `manifest()` lists every file but the manifest and its signature.
-    if super::facts::manifest(&meta, entries.len() as u64, files) != *manifest_bytes {
+    // Step 3 found each one's size and BLAKE3 as `expected` lists them, so
+    // they are not hashed again.
+    let hashed = expected
+        .iter()
+        .map(|(p, (size, digest))| (p.as_str(), *size, digest.clone()));
+    if super::facts::manifest_of(&meta, entries.len() as u64, hashed) != *manifest_bytes {
         return Err(fail(
             "manifest.json",
             "is not the manifest of these files (extra, missing or inconsistent fields)",
