@@ -57,6 +57,36 @@ pub struct BundleFailure {
     pub reason: String,
 }
 
+/// A heads member, `name` (`heads.bin`, `subjects.bin`): decoded and
+/// checked against the heads the checkpoint signs (`signed`) when `wanted`
+/// (the signed heads, for a change bundle without `--complete`), refused
+/// when present otherwise, and required when wanted.
+fn heads_member<T>(
+    name: &str,
+    what: &str,
+    signed: Option<crate::ledger::HeadsRoot>,
+    wanted: Option<crate::ledger::HeadsRoot>,
+    files: &BTreeMap<String, &[u8]>,
+    decode: impl FnOnce(&[u8], crate::ledger::HeadsRoot) -> Result<T, String>,
+) -> Result<Option<T>, BundleFailure> {
+    match (wanted, files.get(name)) {
+        (Some(h), Some(b)) => decode(b, h).map(Some).map_err(|e| fail(name, e)),
+        (Some(_), None) => Err(fail(
+            name,
+            format!("missing, but the checkpoint commits to {what} heads"),
+        )),
+        (None, Some(_)) if signed.is_none() => Err(fail(
+            name,
+            format!("present, but the checkpoint has no {what} heads"),
+        )),
+        (None, Some(_)) => Err(fail(
+            name,
+            "present, but only a change bundle without --complete carries it",
+        )),
+        (None, None) => Ok(None),
+    }
+}
+
 fn fail(what: impl Into<String>, reason: impl Into<String>) -> BundleFailure {
     BundleFailure {
         what: what.into(),
@@ -551,79 +581,38 @@ fn verify_files<'a>(
         }
         _ => {}
     }
-    // `heads.bin` exactly when a change bundle without `--complete` has a
-    // checkpoint that signs change heads (evidence-format §6.6).
+    // `heads.bin` and `subjects.bin` exactly when a change bundle without
+    // `--complete` has a checkpoint that signs change and subject heads
+    // (evidence-format §6.6, §6.7).
     let heads = cp.changes.filter(|_| scope.is_sparse_change());
-    let head = match (heads, files.get(super::HEADS)) {
-        (Some(h), Some(b)) => {
-            let p = decode_head(b).map_err(|e| fail(super::HEADS, e))?;
-            if p.index >= h.size {
-                return Err(fail(
-                    super::HEADS,
-                    format!(
-                        "leaf {} is not below the checkpoint's {} changes",
-                        p.index, h.size
-                    ),
-                ));
-            }
-            Some(p)
-        }
-        (Some(_), None) => {
-            return Err(fail(
-                super::HEADS,
-                "missing, but the checkpoint commits to change heads",
+    let head = heads_member(super::HEADS, "change", cp.changes, heads, files, |b, h| {
+        let p = decode_head(b)?;
+        if p.index >= h.size {
+            return Err(format!(
+                "leaf {} is not below the checkpoint's {} changes",
+                p.index, h.size
             ));
         }
-        (None, Some(_)) if cp.changes.is_none() => {
-            return Err(fail(
-                super::HEADS,
-                "present, but the checkpoint has no change heads",
-            ));
-        }
-        (None, Some(_)) => {
-            return Err(fail(
-                super::HEADS,
-                "present, but only a change bundle without --complete carries it",
-            ));
-        }
-        (None, None) => None,
-    };
-    // `subjects.bin` likewise, with the checkpoint's subject heads (§6.7).
+        Ok(p)
+    })?;
     let subjects = cp.subjects.filter(|_| scope.is_sparse_change());
-    let subject_proofs = match (subjects, files.get(super::SUBJECTS)) {
-        (Some(h), Some(b)) => {
-            let proofs = decode_subject_heads(b).map_err(|e| fail(super::SUBJECTS, e))?;
+    let subject_proofs = heads_member(
+        super::SUBJECTS,
+        "subject",
+        cp.subjects,
+        subjects,
+        files,
+        |b, h| {
+            let proofs = decode_subject_heads(b)?;
             if let Some((s, p)) = proofs.iter().find(|(_, p)| p.index >= h.size) {
-                return Err(fail(
-                    super::SUBJECTS,
-                    format!(
-                        "the leaf {} of subject {s} is not below the checkpoint's {} subjects",
-                        p.index, h.size
-                    ),
+                return Err(format!(
+                    "the leaf {} of subject {s} is not below the checkpoint's {} subjects",
+                    p.index, h.size
                 ));
             }
-            Some(proofs)
-        }
-        (Some(_), None) => {
-            return Err(fail(
-                super::SUBJECTS,
-                "missing, but the checkpoint commits to subject heads",
-            ));
-        }
-        (None, Some(_)) if cp.subjects.is_none() => {
-            return Err(fail(
-                super::SUBJECTS,
-                "present, but the checkpoint has no subject heads",
-            ));
-        }
-        (None, Some(_)) => {
-            return Err(fail(
-                super::SUBJECTS,
-                "present, but only a change bundle without --complete carries it",
-            ));
-        }
-        (None, None) => None,
-    };
+            Ok(proofs)
+        },
+    )?;
     let as_of = manifest
         .get("as_of_unix_nanos")
         .and_then(Value::as_i64)

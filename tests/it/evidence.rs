@@ -1875,29 +1875,7 @@ async fn a_complete_change_bundle_shows_nothing_concerning_the_change_was_left_o
     // make it, and a bundle edited to leave it out (entry and proof gone,
     // manifest signed again with the log key) fails on the change head
     // before anything else.
-    let reader = s.svc.reader().clone();
-    let mut sel = s
-        .svc
-        .with_state(|st| evidence::select(st, &reader, &Scope::change("CHG-2")))
-        .unwrap();
-    let cp = docket::ledger::Checkpoint::verify(
-        &reader.checkpoint_note(sel.size).unwrap().unwrap(),
-        &s.verifier(),
-        "docket.test/log",
-    )
-    .unwrap();
-    assert!(sel.heads.is_some() && cp.changes.is_some() && cp.subjects.is_some());
-    assert!(sel.indices.remove(&late));
-    let Err(evidence::ExportError::SelfCheck(why)) = evidence::export(
-        &reader,
-        &cp,
-        &sel,
-        &Scope::change("CHG-2"),
-        None,
-        &Default::default(),
-    ) else {
-        panic!("the exporter made a bundle without the late review");
-    };
+    let why = self_check_without(s, "CHG-2", late);
     assert!(why.contains("entries concerning change CHG-2"), "{why}");
     let lying = without_entry(&s.data, &plain, late);
     let e = evidence::verify(&lying, &t).unwrap_err();
@@ -2090,28 +2068,7 @@ async fn a_change_bundle_proves_every_entry_concerning_its_subjects() {
     );
 
     // The exporter refuses a selection without the rerun ...
-    let reader = s.svc.reader().clone();
-    let mut sel = s
-        .svc
-        .with_state(|st| evidence::select(st, &reader, &Scope::change("CHG-2")))
-        .unwrap();
-    let cp = docket::ledger::Checkpoint::verify(
-        &reader.checkpoint_note(sel.size).unwrap().unwrap(),
-        &s.verifier(),
-        "docket.test/log",
-    )
-    .unwrap();
-    assert!(sel.indices.remove(&rerun));
-    let Err(evidence::ExportError::SelfCheck(why)) = evidence::export(
-        &reader,
-        &cp,
-        &sel,
-        &Scope::change("CHG-2"),
-        None,
-        &Default::default(),
-    ) else {
-        panic!("the exporter made a bundle without the rerun");
-    };
+    let why = self_check_without(s, "CHG-2", rerun);
     assert!(
         why.contains(&format!("concerning subject {commit}")),
         "{why}"
@@ -3576,6 +3533,37 @@ async fn report_filters_and_sorts_in_chromium() {
         ]),
         "{seen}"
     );
+}
+
+/// Exports change `id`'s plain bundle from a selection without entry
+/// `index`, which the exporter must refuse in its self-check against the
+/// change and subject heads; the reason it gives.
+fn self_check_without(s: &TestServer, id: &str, index: u64) -> String {
+    let reader = s.svc.reader().clone();
+    let mut sel = s
+        .svc
+        .with_state(|st| evidence::select(st, &reader, &Scope::change(id)))
+        .unwrap();
+    let cp = docket::ledger::Checkpoint::verify(
+        &reader.checkpoint_note(sel.size).unwrap().unwrap(),
+        &s.verifier(),
+        "docket.test/log",
+    )
+    .unwrap();
+    assert!(sel.heads.is_some() && cp.changes.is_some() && cp.subjects.is_some());
+    assert!(sel.indices.remove(&index), "entry {index} was selected");
+    match evidence::export(
+        &reader,
+        &cp,
+        &sel,
+        &Scope::change(id),
+        None,
+        &Default::default(),
+    ) {
+        Err(evidence::ExportError::SelfCheck(why)) => why,
+        Err(e) => panic!("the export failed otherwise: {e}"),
+        Ok(_) => panic!("the exporter made a bundle without entry {index}"),
+    }
 }
 
 /// Removes entry `index` and its inclusion proof from a bundle, and re-seals
