@@ -560,9 +560,10 @@ pub struct Gov {
     subject_heads: HashMap<String, Head>,
     /// The subject-heads tree over `subject_heads`.
     subject_tree: super::heads::HeadTree,
-    /// The fold of an evidence bundle: it keeps each change's chain, which
-    /// the verifier checks, but no tree (its changes are not all the
-    /// log's, so their numbers and root mean nothing).
+    /// The fold of an evidence bundle: it keeps each change's and
+    /// subject's chain, which the verifier checks, but no trees (its
+    /// changes and subjects are not all the log's, so their numbers and
+    /// roots mean nothing).
     sparse: bool,
     dirty: Dirty,
 }
