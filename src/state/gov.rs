@@ -822,11 +822,22 @@ impl Gov {
     }
 
     /// Entry `index`, just applied, concerns the subjects its payload names
-    /// (ledger-format §4.4): each once, in ascending order, so that subjects
-    /// it is the first to concern are numbered in that order (§6.6).
+    /// (ledger-format §4.4), and a break-glass review those of the
+    /// deployment it reviews (§6.6): each once, in ascending order, so that
+    /// subjects it is the first to concern are numbered in that order.
     pub(super) fn touch_subjects(&mut self, body: &Body, index: u64) {
         let mut named: BTreeSet<&str> = BTreeSet::new();
+        let reviewed: Vec<String>;
         match body {
+            Body::BreakGlassReviewed(r) => {
+                // The fold applied it, so the deployment exists.
+                reviewed = self
+                    .deploys
+                    .get(&r.deployment_index)
+                    .map(|d| d.subjects.iter().cloned().collect())
+                    .unwrap_or_default();
+                named.extend(reviewed.iter().map(String::as_str));
+            }
             Body::CommitObserved(c) => {
                 named.insert(&c.sha);
             }

@@ -74,7 +74,9 @@ pub use identity::PendingIdentity;
 /// §6.5), which checkpoints sign; no decision changes.
 /// 21: each subject keeps its number and its subject head (`s/` records,
 /// ledger-format §6.6), which checkpoints sign; no decision changes.
-pub const STATE_FORMAT: u32 = 21;
+/// 22: a break-glass review extends the subject heads of the deployment it
+/// reviews; no decision changes.
+pub const STATE_FORMAT: u32 = 22;
 
 /// The most keys (every one ever added, revoked ones included), roles and
 /// e-mails one principal's record holds; a change past it is refused

@@ -2265,16 +2265,24 @@ hotfix\n"
     assert_eq!(f.st.break_glass_reviewer_conflict("alice", bg + 1), None);
     // The fold itself still takes the author's review: replay of a log
     // recorded before the check keeps it.
-    f.apply(
-        "alice",
-        Body::BreakGlassReviewed(crate::event::BreakGlassReview {
-            deployment_index: bg,
-            justified: true,
-            comment: String::new(),
-        }),
-    )
-    .unwrap();
+    let before = f.st.gov().subject_head(D).unwrap().clone();
+    let review = f
+        .apply(
+            "alice",
+            Body::BreakGlassReviewed(crate::event::BreakGlassReview {
+                deployment_index: bg,
+                justified: true,
+                comment: String::new(),
+            }),
+        )
+        .unwrap();
     assert!(f.st.gov().obligation(bg).unwrap().review.is_some());
+    // It concerns the deployment's subject too (ledger-format §6.6), beyond
+    // what a decision basis counts for it (§4.4).
+    let after = f.st.gov().subject_head(D).unwrap();
+    assert_eq!(after.count, before.count + 1);
+    assert_eq!(after.chain, heads::chain_step(&before.chain, review));
+    assert_eq!(f.st.gov().subject_entry_count(D), before.count);
 }
 
 /// What a key signed stops speaking for its holder once the key is revoked
@@ -2818,7 +2826,8 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
 
     /// Each subject's head (ledger-format §6.6) counts the entries the
-    /// decision basis counts for it (§4.4) and chains their indices, the
+    /// decision basis counts for it (§4.4; break-glass reviews, which heads
+    /// count too, are tested on their own) and chains their indices, the
     /// tree's root is that of the leaves hashed from scratch in the order
     /// subjects were met, and a state loaded from its records has the same
     /// heads.
@@ -2908,6 +2917,8 @@ proptest! {
             for c in gov.changes_ever_binding(s) {
                 at.extend(c.revisions.iter().filter(|r| r.subjects().contains(s)).map(|r| r.index));
             }
+            // No op here breaks the glass, so no break-glass review adds
+            // to what the decision basis counts.
             prop_assert_eq!(at.len() as u64, gov.subject_entry_count(s));
             match gov.subject_head(s) {
                 None => prop_assert!(at.is_empty()),

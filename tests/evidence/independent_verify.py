@@ -1870,6 +1870,9 @@ class Fold:
             # claimed in facts/decisions.json, as above: the verifier does not re-evaluate it.)
             if dep["change"]:
                 self.changes[dep["change"]]["concerning"].append(index)
+            # LF §6.6: it also concerns the subjects of the deployment it reviews (beyond the
+            # `subject:` keys of LF §4.4, so after every basis check).
+            self.concern_subjects(index, dep["subjects"])
         elif kind == "PolicyProposed":
             self.need_perm(what, signer, "propose_policy", "propose a policy")
             pid = b["proposal_id"]

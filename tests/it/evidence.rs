@@ -2004,7 +2004,8 @@ async fn a_complete_change_bundle_shows_nothing_concerning_the_change_was_left_o
 /// subjects carried, with the subject heads its checkpoint signs
 /// (ledger-format §6.6): a failed CI rerun of CHG-2's artifact, reported
 /// after every decision about it, so that no decision basis counts it, can
-/// no longer be left out.
+/// no longer be left out, nor the review of a break-glass deployment of the
+/// artifact decided on no change.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_change_bundle_proves_every_entry_concerning_its_subjects() {
     use pb::export_evidence_request::Scope as S;
@@ -2016,6 +2017,44 @@ async fn a_change_bundle_proves_every_entry_concerning_its_subjects() {
             r.digests.first().unwrap().clone(),
         )
     });
+    // A break-glass deployment of CHG-2's image together with another one
+    // that no change binds, so that it is decided on no change, and its
+    // review: the review concerns the image's subject head only.
+    let other = format!("sha256:{}", "ef".repeat(32));
+    let glass = f
+        .append(
+            "glass-2",
+            "dave",
+            Body::DeployRequested(DeployRequest {
+                action: "deploy".into(),
+                environment: "prod".into(),
+                repository: Some("github.com/acme/payments".into()),
+                kind: None,
+                namespace: None,
+                subjects: [digest.clone(), other].into(),
+                change_id: None,
+                break_glass: true,
+                justification: "payments outage INC-8".into(),
+            }),
+        )
+        .await;
+    let glass_review = f
+        .append(
+            "glass-2-review",
+            "carol",
+            Body::BreakGlassReviewed(docket::event::BreakGlassReview {
+                deployment_index: glass,
+                justified: false,
+                comment: "should have waited".into(),
+            }),
+        )
+        .await;
+    let decided_on = f.server.svc.with_state(|st| {
+        let d = st.gov().deployment(glass).unwrap();
+        (d.decision.allow, d.decision.change.clone())
+    });
+    assert_eq!(decided_on, (true, None));
+    // The rerun comes after every decision, so that no basis counts it.
     let rerun = f
         .append(
             "rerun",
@@ -2089,6 +2128,28 @@ async fn a_change_bundle_proves_every_entry_concerning_its_subjects() {
     assert_eq!(code, Some(1), "{out}");
     assert!(
         out.contains("completeness") && out.contains(&commit),
+        "{out}"
+    );
+    // So is the review of the break-glass deployment decided on no change,
+    // which no change head covers: it is the image's.
+    let why = self_check_without(s, "CHG-2", glass_review);
+    assert!(
+        why.contains(&format!("concerning subject {digest}")),
+        "{why}"
+    );
+    let lying = without_entry(&s.data, &plain, glass_review);
+    let e = evidence::verify(&lying, &t).unwrap_err();
+    assert_eq!(e.what, "completeness", "{e}");
+    assert!(
+        e.reason.contains(&format!(
+            "entries concerning subject {digest}, which do not make the subject head the checkpoint signs"
+        )),
+        "{e}"
+    );
+    let (code, out) = independent_verify(&lying, &s.data.log_vkey());
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("completeness") && out.contains(&digest),
         "{out}"
     );
 
