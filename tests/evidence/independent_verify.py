@@ -2022,20 +2022,25 @@ def decode_heads_bin(data, m):
     return j, [data[p:p + 32] for p in range(9, len(data), 32)]
 
 
+def heads_member_wanted(scope, files, name, what, signed):
+    """EF §3.1, §6.6, §6.7, §11 steps 7.2-7.3: a heads member (heads.bin, subjects.bin) is present
+    exactly in a change bundle without `--complete` whose checkpoint signs those heads (`signed`
+    not None). Returns True when it must be checked, after refusing it where it may not be."""
+    if signed is not None and scope["kind"] == "change" and not scope["complete"]:
+        require(name in files, name, f"missing, but the checkpoint commits to {what} heads")
+        return True
+    require(name not in files, name,
+            f"present, but the checkpoint has no {what} heads" if signed is None
+            else "present, but only a change bundle without --complete carries it")
+    return False
+
+
 def check_change_heads(fold, scope, files, heads):
     """EF §11 step 7.2, the change heads (EF §2.2 point 10, §6.6, LF §6.5). Returns (k, j, m)
     when heads.bin was checked, None when the bundle has none (as it must then)."""
-    wants = scope["kind"] == "change" and not scope["complete"]
-    if heads is None or not wants:
-        # EF §11 step 7.2 says this for a change scope ("Otherwise `heads.bin` must be absent");
-        # EF §3.1 and §6.6 say heads.bin is present exactly in a change bundle without
-        # `--complete` whose checkpoint has the line, so it is applied to every scope here.
-        require(HEADS not in files, HEADS,
-                "present, but the checkpoint has no change heads" if heads is None
-                else "present, but only a change bundle without --complete carries it")
+    if not heads_member_wanted(scope, files, HEADS, "change", heads):
         return None
     m, heads_root = heads
-    require(HEADS in files, HEADS, "missing, but the checkpoint commits to change heads")
     j, proof = decode_heads_bin(files[HEADS], m)
     cid = scope["change"]
     # The entries concerning the change among the carried ones, as the fold applied them; the
@@ -2098,16 +2103,9 @@ def check_subject_heads(fold, scope, files, subject_heads):
     s proven subjects whose e carried entries (each counted once, however many of the subjects it
     concerns) make their leaves in the tree of m subjects, when subjects.bin was checked; None when
     the bundle has none (as it must then)."""
-    wants = scope["kind"] == "change" and not scope["complete"]
-    if subject_heads is None or not wants:
-        # EF §3.1 and §6.7: present exactly in a change bundle without `--complete` whose
-        # checkpoint has the `subjects` line (EF §11 step 7.3: absent in every other case).
-        require(SUBJECTS not in files, SUBJECTS,
-                "present, but the checkpoint has no subject heads" if subject_heads is None
-                else "present, but only a change bundle without --complete carries it")
+    if not heads_member_wanted(scope, files, SUBJECTS, "subject", subject_heads):
         return None
     m, subjects_root = subject_heads
-    require(SUBJECTS in files, SUBJECTS, "missing, but the checkpoint commits to subject heads")
     records = decode_subjects_bin(files[SUBJECTS], m)
     cid = scope["change"]
     # The proven subjects are computed from the fold, never taken from the exporter (EF §6.7).

@@ -4408,6 +4408,48 @@ fn stored_entries(
         .collect()
 }
 
+/// A checkpoint note for the first `n` entries of `reader`'s log that signs
+/// the change heads `c` and no subject heads, as logs written between the
+/// two have.
+fn changes_only_note(
+    signer: &docket::crypto::NoteSigner,
+    reader: &docket::ledger::LedgerReader<dyn docket::ledger::Store>,
+    n: u64,
+    c: docket::ledger::HeadsRoot,
+) -> String {
+    use base64::Engine as _;
+    let b64 = |h: &[u8; 32]| base64::engine::general_purpose::STANDARD.encode(h);
+    signer.sign(&format!(
+        "docket.test/log\n{n}\n{}\nchanges {} {}\n",
+        b64(&reader.root(n).unwrap()),
+        c.size,
+        b64(&c.root)
+    ))
+}
+
+/// Verifies a bundle's `files` with member `path` added (listed in the
+/// manifest and re-sealed with the log key); the failure it must give.
+fn verify_with_member(
+    data: &docket::datadir::DataDir,
+    files: &BTreeMap<String, Vec<u8>>,
+    path: &str,
+    bytes: Vec<u8>,
+    t: &evidence::Trust,
+) -> BundleFailure {
+    let mut with = files.clone();
+    with.insert(path.into(), bytes);
+    let mut m = json(&with, "manifest.json");
+    m["files"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({"path": path, "size": 0, "blake3": ""}));
+    with.insert(
+        "manifest.json".into(),
+        serde_json::to_vec_pretty(&m).unwrap(),
+    );
+    evidence::verify(&reseal(data, with), t).unwrap_err()
+}
+
 /// `docket verify` recomputes the change and subject heads each checkpoint
 /// signs (ledger-format §6.5, §6.6). The server's log passes, and so does
 /// the same log with a checkpoint that signs none, or only change heads (as
@@ -4416,7 +4458,6 @@ fn stored_entries(
 /// heads after one with them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn docket_verify_recomputes_the_change_and_subject_heads_of_every_checkpoint() {
-    use base64::Engine as _;
     use docket::ledger::{Checkpoint, Heads, HeadsRoot, SledStore, Store as _, WriteBatch};
     let f = fixture().await;
     let s = &f.server;
@@ -4453,16 +4494,7 @@ async fn docket_verify_recomputes_the_change_and_subject_heads_of_every_checkpoi
         let cp = Checkpoint::sign_with(&signer, "docket.test/log", n, &root, heads);
         import_note(n, &cp.note)
     };
-    // A checkpoint with the change heads only.
-    let b64 = |h: &[u8; 32]| base64::engine::general_purpose::STANDARD.encode(h);
-    let changes_only = |n: u64, c: HeadsRoot| {
-        signer.sign(&format!(
-            "docket.test/log\n{n}\n{}\nchanges {} {}\n",
-            b64(&reader.root(n).unwrap()),
-            c.size,
-            b64(&c.root)
-        ))
-    };
+    let changes_only = |n: u64, c: HeadsRoot| changes_only_note(&signer, &reader, n, c);
     let verify = |store: &SledStore| docket::verify::verify_store(store, Some(&s.verifier()));
     verify(&import(size, Some(heads))).unwrap();
     verify(&import(size, None)).unwrap();
@@ -4608,17 +4640,7 @@ async fn a_change_bundle_from_a_log_without_change_heads_says_what_it_cannot_sho
     let (code, out) = independent_verify(&bundle, &s.data.log_vkey());
     assert_eq!(code, Some(0), "{out}");
     // heads.bin put into it is refused.
-    let mut with = files.clone();
-    with.insert("heads.bin".into(), vec![0; 9]);
-    let mut m = json(&with, "manifest.json");
-    m["files"].as_array_mut().unwrap().push(serde_json::json!({
-        "path": "heads.bin", "size": 9, "blake3": ""
-    }));
-    with.insert(
-        "manifest.json".into(),
-        serde_json::to_vec_pretty(&m).unwrap(),
-    );
-    let e = evidence::verify(&reseal(&s.data, with), &t).unwrap_err();
+    let e = verify_with_member(&s.data, &files, "heads.bin", vec![0; 9], &t);
     assert_eq!(
         (e.what.as_str(), e.reason.as_str()),
         (
@@ -4632,16 +4654,8 @@ async fn a_change_bundle_from_a_log_without_change_heads_says_what_it_cannot_sho
     // entries, and says the subjects' facts are proven only as far as
     // decisions read them.
     {
-        use base64::Engine as _;
         let state = docket::service::current_state(&old_reader).unwrap();
-        let c = state.gov().heads().changes;
-        let b64 = |h: &[u8; 32]| base64::engine::general_purpose::STANDARD.encode(h);
-        let note = signer.sign(&format!(
-            "docket.test/log\n{size}\n{}\nchanges {} {}\n",
-            b64(&reader.root(size).unwrap()),
-            c.size,
-            b64(&c.root)
-        ));
+        let note = changes_only_note(&signer, &reader, size, state.gov().heads().changes);
         let between = SledStore::temporary().unwrap();
         docket::ledger::import(&between, stored_entries(&reader, size), &note).unwrap();
         let bundle = evidence::export_offline(
@@ -4668,17 +4682,7 @@ async fn a_change_bundle_from_a_log_without_change_heads_says_what_it_cannot_sho
         let (code, out) = independent_verify(&bundle, &s.data.log_vkey());
         assert_eq!(code, Some(0), "{out}");
         // subjects.bin put into it is refused.
-        let mut with = files.clone();
-        with.insert("subjects.bin".into(), Vec::new());
-        let mut m = json(&with, "manifest.json");
-        m["files"].as_array_mut().unwrap().push(serde_json::json!({
-            "path": "subjects.bin", "size": 0, "blake3": ""
-        }));
-        with.insert(
-            "manifest.json".into(),
-            serde_json::to_vec_pretty(&m).unwrap(),
-        );
-        let e = evidence::verify(&reseal(&s.data, with), &t).unwrap_err();
+        let e = verify_with_member(&s.data, &files, "subjects.bin", Vec::new(), &t);
         assert_eq!(
             (e.what.as_str(), e.reason.as_str()),
             (
