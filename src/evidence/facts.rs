@@ -475,21 +475,6 @@ impl<'a> View<'a> {
             }
             !known
         };
-        let changes: Vec<&ChangeRec> = gov
-            .changes()
-            .filter(|c| {
-                let touched = c.revisions.iter().any(|r| in_scope.contains(&r.index))
-                    || c.reviews.iter().any(|r| in_scope.contains(&r.index))
-                    || c.deployments.iter().any(|d| in_scope.contains(d));
-                let cur = c.current();
-                touched
-                    && repos_keep(
-                        &[c.repository.as_str()],
-                        &mut cur.commits.iter().chain(&cur.digests),
-                    )
-                    && (envs.is_empty() || cur.environments.iter().any(|e| env_ok(e)))
-            })
-            .collect();
         // A deployment the scope's filters keep.
         let filtered = |d: &DeployRec| {
             // The change its decision considered, at the revision it did.
@@ -511,6 +496,30 @@ impl<'a> View<'a> {
             .deployments()
             .filter(|d| in_scope.contains(&d.index))
             .filter(|d| filtered(d))
+            .collect();
+        // The changes the decisions in scope considered are in scope too,
+        // whatever their current revision targets: a change amended after a
+        // deployment in scope, so that it no longer targets a filtered
+        // environment, still explains that deployment.
+        let considered: BTreeSet<&str> = decisions
+            .iter()
+            .filter_map(|d| d.decision.change.as_ref().map(|(id, _)| id.as_str()))
+            .collect();
+        let changes: Vec<&ChangeRec> = gov
+            .changes()
+            .filter(|c| {
+                let touched = c.revisions.iter().any(|r| in_scope.contains(&r.index))
+                    || c.reviews.iter().any(|r| in_scope.contains(&r.index))
+                    || c.deployments.iter().any(|d| in_scope.contains(d));
+                let cur = c.current();
+                considered.contains(c.id.as_str())
+                    || (touched
+                        && repos_keep(
+                            &[c.repository.as_str()],
+                            &mut cur.commits.iter().chain(&cur.digests),
+                        )
+                        && (envs.is_empty() || cur.environments.iter().any(|e| env_ok(e))))
+            })
             .collect();
         let decided: BTreeSet<u64> = decisions.iter().map(|d| d.index).collect();
         // A period also answers for the break-glass deployments made before

@@ -2216,8 +2216,12 @@ class Derived:
         else:
             ins = {r["index"] for r in f.records if s["from"] <= r["time"] < s["to"]}
         self.in_scope = ins
+        self.decisions_in_scope = {i for i in f.deployments if i in ins and self.filtered(i)}
 
-        changes = set()
+        # EF §10.2: the changes the decisions in scope considered, whatever their current
+        # revision targets, and those the filters keep.
+        changes = {f.deployments[i]["change"] for i in self.decisions_in_scope
+                   if f.deployments[i]["change"]}
         for cid, ch in f.changes.items():
             touched = ({r["index"] for r in ch["revisions"]} | {r["index"] for r in ch["reviews"]}
                        | set(ch["deployments"])) & ins
@@ -2232,8 +2236,6 @@ class Derived:
                 continue
             changes.add(cid)
         self.changes_in_scope = sorted(changes, key=lambda c: c.encode())
-
-        self.decisions_in_scope = {i for i in f.deployments if i in ins and self.filtered(i)}
 
     def filtered(self, i):
         """Whether the scope's environment and repository filters keep deployment i."""

@@ -2818,6 +2818,79 @@ async fn period_filters_narrow_decisions_and_changes_not_entries() {
     assert_eq!(obligations(&["staging"]).await, (vec![], 0));
 }
 
+/// A change amended, after a deployment in a filtered period, so that it no
+/// longer targets the filtered environment is still among the period's
+/// changes: the decision in scope names it, and a report that lists the
+/// decision must be able to show the change behind it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_filtered_period_lists_every_change_its_decisions_considered() {
+    use pb::export_evidence_request::Scope as S;
+    let mut f = fixture().await;
+    let (commits, digests) = f.server.svc.with_state(|st| {
+        let cur = st.gov().change("CHG-2").unwrap().current();
+        (cur.commits.clone(), cur.digests.clone())
+    });
+    f.clock.set(f.day(6));
+    f.append(
+        "retarget-2",
+        "ci",
+        Body::ChangeAmended(docket::event::ChangeAmendment {
+            change_id: RecordId::parse("CHG-2").unwrap(),
+            commits,
+            artifact_digests: digests,
+            environments: ["staging".to_owned()].into(),
+            reason: "staging only until the outage review".into(),
+        }),
+    )
+    .await;
+    let s = &f.server;
+    let b = export_online(
+        s,
+        S::Period(pb::PeriodScope {
+            from_unix_nanos: f.day(0),
+            to_unix_nanos: f.day(9),
+            environments: vec!["prod".into()],
+            repositories: vec![],
+        }),
+    )
+    .await;
+    evidence::verify(&b, &trust(s)).unwrap();
+    let (code, out) = independent_verify(&b, &s.data.log_vkey());
+    assert_eq!(code, Some(0), "{out}");
+    let files = evidence::unpack(&b).unwrap();
+    let considered: BTreeSet<String> = json(&files, "facts/decisions.json")
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| d["in_scope"] == true)
+        .filter_map(|d| d["change"].as_str().map(str::to_owned))
+        .collect();
+    assert!(considered.contains("CHG-2"), "{considered:?}");
+    let changes = json(&files, "facts/changes.json");
+    let listed: BTreeMap<&str, &serde_json::Value> = changes
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| (c["change"].as_str().unwrap(), c))
+        .collect();
+    assert!(
+        considered.iter().all(|c| listed.contains_key(c.as_str())),
+        "every change a decision in scope names is listed: {considered:?} against {:?}",
+        listed.keys()
+    );
+    // Listed as it stands at the period's end: staging only.
+    let chg2 = serde_json::to_string(listed["CHG-2"]).unwrap();
+    assert!(
+        chg2.contains("staging only until the outage review"),
+        "{chg2}"
+    );
+    let report = String::from_utf8(files["report.html"].clone()).unwrap();
+    assert!(
+        report.contains("<tr><td data-sort=\"CHG-2\"><b>CHG-2</b>"),
+        "the report's change table has a row for it"
+    );
+}
+
 /// An insider who holds the log key can re-sign checkpoints and manifests,
 /// so a forged bundle can be consistent all the way up to its signatures.
 /// What such an insider cannot forge is caught by the checks below the
