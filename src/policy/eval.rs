@@ -125,8 +125,10 @@ pub struct ChangeFacts<'a> {
     /// (the state does, per revision); computed from `subjects` otherwise.
     pub subjects_key: Option<SubjectsKey>,
     pub environments: BTreeSet<Cow<'a, str>>,
-    /// Principals who authored or committed any commit of the change.
-    pub authors: BTreeSet<Cow<'a, str>>,
+    /// Principals who authored, committed or signed any commit of the
+    /// change's code, each with how (the first such commit, in the order of
+    /// `commits`).
+    pub authors: BTreeMap<Cow<'a, str>, Authorship<'a>>,
     /// Why the authors are not fully known (an unobserved commit, an e-mail
     /// no principal claims): segregation of duties cannot be checked then.
     pub sod_gaps: Vec<String>,
@@ -142,6 +144,47 @@ pub struct ChangeFacts<'a> {
     /// Its digests for which no CI run names the commit they were built
     /// from: code Docket knows nothing of.
     pub unsourced_digests: Vec<Cow<'a, str>>,
+}
+
+/// How a principal took part in a change's code: what they were of one
+/// commit (the first of the change's commits they authored, committed or
+/// signed).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Authorship<'a> {
+    /// `author`, `committer`, `signer`: each once, in that order.
+    pub roles: Vec<&'static str>,
+    pub commit: Cow<'a, str>,
+    /// The digest a CI run built from the commit, when the change does not
+    /// bind the commit itself.
+    pub built_into: Option<Cow<'a, str>>,
+}
+
+impl Authorship<'_> {
+    pub fn into_owned(self) -> Authorship<'static> {
+        Authorship {
+            roles: self.roles,
+            commit: owned(self.commit),
+            built_into: self.built_into.map(owned),
+        }
+    }
+
+    /// "the author and committer of commit 0123456789ab (built into
+    /// sha256:0123456789ab)".
+    pub fn describe(&self) -> String {
+        let roles = match self.roles.as_slice() {
+            [] => "author".to_owned(),
+            [one] => (*one).to_owned(),
+            [init @ .., last] => format!("{} and {last}", init.join(", ")),
+        };
+        let short = &self.commit[..12.min(self.commit.len())];
+        match &self.built_into {
+            None => format!("the {roles} of commit {short}"),
+            Some(d) => format!(
+                "the {roles} of commit {short} (built into {})",
+                &d[..19.min(d.len())]
+            ),
+        }
+    }
 }
 
 /// What the log records about one commit of a change's code.
@@ -215,7 +258,11 @@ impl ChangeFacts<'_> {
             subjects: set(self.subjects),
             subjects_key: self.subjects_key,
             environments: set(self.environments),
-            authors: set(self.authors),
+            authors: self
+                .authors
+                .into_iter()
+                .map(|(p, a)| (owned(p), a.into_owned()))
+                .collect(),
             sod_gaps: self.sod_gaps,
             builders: set(self.builders),
             ci: self
@@ -1077,10 +1124,8 @@ fn evaluate_rule(policy: &Policy, rule: &Rule, req: &Request, facts: &Facts<'_>)
                 ))
             } else if c.requesters.contains(who.as_str()) {
                 Some(format!("{who} requested the change"))
-            } else if c.authors.contains(who.as_str()) {
-                Some(format!(
-                    "{who} is a commit author, committer or signer of the change"
-                ))
+            } else if let Some(how) = c.authors.get(who.as_str()) {
+                Some(format!("{who} is {}", how.describe()))
             } else if c.builders.contains(who.as_str()) {
                 Some(format!("{who} is the CI identity that built it"))
             } else if p.is_none() {

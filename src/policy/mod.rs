@@ -7,8 +7,8 @@ mod eval;
 mod parse;
 
 pub use eval::{
-    Approval, ChangeFacts, CiFact, CommitFact, Counted, Decision, Deployment, Facts, NotCounted,
-    Obligation, PrincipalFacts, Request, SubjectsKey, Verdict, evaluate, human_secs,
+    Approval, Authorship, ChangeFacts, CiFact, CommitFact, Counted, Decision, Deployment, Facts,
+    NotCounted, Obligation, PrincipalFacts, Request, SubjectsKey, Verdict, evaluate, human_secs,
     policy_change_activates, reporter_may_report,
 };
 

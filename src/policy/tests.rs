@@ -67,6 +67,18 @@ fn strs(v: &[&'static str]) -> BTreeSet<&'static str> {
 }
 
 /// The same, as facts hold them.
+/// `who` as the author of `commit`, for [`ChangeFacts::authors`].
+fn wrote(who: &'static str, commit: &'static str) -> (Cow<'static, str>, Authorship<'static>) {
+    (
+        who.into(),
+        Authorship {
+            roles: vec!["author"],
+            commit: commit.into(),
+            built_into: None,
+        },
+    )
+}
+
 fn cows(v: &[&'static str]) -> BTreeSet<Cow<'static, str>> {
     v.iter().map(|s| Cow::Borrowed(*s)).collect()
 }
@@ -140,7 +152,7 @@ fn change(approvals: Vec<Approval<'static>>) -> ChangeFacts<'static> {
         subjects: cows(&["c1", D]),
         subjects_key: None,
         environments: cows(&["staging", "prod"]),
-        authors: cows(&["alice"]),
+        authors: BTreeMap::from([wrote("alice", "c1")]),
         sod_gaps: Vec::new(),
         builders: cows(&["ci"]),
         ci: BTreeMap::from([("c1".into(), vec![passed()]), (D.into(), vec![passed()])]),
@@ -576,7 +588,24 @@ fn every_rule_kind() {
     assert_eq!(v.counted.len(), 1);
     // A commit author who is not the requester is excluded too.
     let mut authored = change(ok.clone());
-    authored.authors.insert("bob".into());
+    authored.authors.extend([wrote("bob", "c1")]);
+    let v = check(
+        request("prod"),
+        Some(authored.clone()),
+        staged(),
+        (Deny, Some("prod"), "1 counted"),
+    );
+    assert_eq!(why_not(&v)["bob"], "bob is the author of commit c1");
+    // The reason says what they were of which commit, and what it was
+    // built into when the change binds only the artifact.
+    authored.authors.insert(
+        "bob".into(),
+        Authorship {
+            roles: vec!["author", "committer", "signer"],
+            commit: "0123456789abcdef0123".into(),
+            built_into: Some(D.into()),
+        },
+    );
     let v = check(
         request("prod"),
         Some(authored),
@@ -585,7 +614,7 @@ fn every_rule_kind() {
     );
     assert_eq!(
         why_not(&v)["bob"],
-        "bob is a commit author, committer or signer of the change"
+        format!("bob is the author, committer and signer of commit 0123456789ab (built into {D})")
     );
     // Whoever amended the change is a requester too.
     let mut amended_by_bob = change(ok.clone());

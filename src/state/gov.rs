@@ -2272,7 +2272,8 @@ impl State {
     }
 
     /// Adds the principals who authored, committed or signed `sha` to
-    /// `authors`, or says in `gaps` why they are unknown. `built_into`: the
+    /// `authors` (with how, unless an earlier commit already put them
+    /// there), or says in `gaps` why they are unknown. `built_into`: the
     /// digest a CI run built from it, when the change does not bind it itself.
     ///
     /// Also adds to `commits` what the log records of its signature.
@@ -2280,7 +2281,7 @@ impl State {
         &'a self,
         sha: &'a str,
         built_into: Option<&'a str>,
-        authors: &mut BTreeSet<Cow<'a, str>>,
+        authors: &mut BTreeMap<Cow<'a, str>, policy::Authorship<'a>>,
         gaps: &mut Vec<String>,
         commits: &mut Vec<policy::CommitFact<'a>>,
     ) {
@@ -2314,7 +2315,18 @@ impl State {
             }
             match p.principal {
                 Some(id) => {
-                    authors.insert(Cow::Borrowed(id));
+                    // How they took part in the first of the change's
+                    // commits they did: every role they had in it.
+                    let how = authors
+                        .entry(Cow::Borrowed(id))
+                        .or_insert_with(|| policy::Authorship {
+                            roles: Vec::new(),
+                            commit: Cow::Borrowed(sha),
+                            built_into: built_into.map(Cow::Borrowed),
+                        });
+                    if how.commit == sha && !how.roles.contains(&p.role) {
+                        how.roles.push(p.role);
+                    }
                 }
                 None if p.role == "signer" => gaps.push(format!(
                     "commit {}: signer {} is neither a principal nor the e-mail of one, so segregation of duties cannot be checked",
@@ -2341,7 +2353,7 @@ impl State {
             .chain(&cur.digests)
             .map(|s| Cow::Borrowed(s.as_str()))
             .collect();
-        let mut authors = BTreeSet::new();
+        let mut authors = BTreeMap::new();
         let mut sod_gaps = Vec::new();
         let mut commits = Vec::new();
         for sha in &cur.commits {

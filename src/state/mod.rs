@@ -76,7 +76,9 @@ pub use identity::PendingIdentity;
 /// ledger-format §6.6), which checkpoints sign; no decision changes.
 /// 22: a break-glass review extends the subject heads of the deployment it
 /// reviews; no decision changes.
-pub const STATE_FORMAT: u32 = 22;
+/// 23: re-decides deployments now that the reason an author, committer or
+/// signer's approval is not counted names their part and the commit.
+pub const STATE_FORMAT: u32 = 23;
 
 /// The most keys (every one ever added, revoked ones included), roles and
 /// e-mails one principal's record holds; a change past it is refused

@@ -1334,7 +1334,11 @@ retry declined cards once\n"
     );
     assert!(
         d.not_counted.iter().any(|n| n.approver == "alice"
-            && n.reason == "alice is a commit author, committer or signer of the change"),
+            && n.reason
+                == format!(
+                    "alice is the author and committer of commit {} (built into sha256:aaaaaaaaaaaa)",
+                    &sha[..12]
+                )),
         "{:?}",
         d.not_counted
     );
@@ -1602,11 +1606,11 @@ apply alice's patch\n",
         .collect();
     assert_eq!(
         why["alice"],
-        "alice is a commit author, committer or signer of the change"
+        format!("alice is the author of commit {}", &sha[..12])
     );
     assert_eq!(
         why["bob"],
-        "bob is a commit author, committer or signer of the change"
+        format!("bob is the committer of commit {}", &sha[..12])
     );
     f.review("dave", "CHG-1", &sha, true).unwrap();
     let d = f.deploy("ci", &sha);
@@ -1647,7 +1651,7 @@ looks like alice's\n";
     assert!(!d.allow, "{:?}", d.reasons);
     assert!(
         d.not_counted.iter().any(|n| n.approver == "bob"
-            && n.reason == "bob is a commit author, committer or signer of the change"),
+            && n.reason == format!("bob is the signer of commit {}", &sha[..12])),
         "{:?}",
         d.not_counted
     );
@@ -1681,8 +1685,7 @@ third\n";
     );
     assert!(
         d.not_counted.iter().any(|n| n.approver == "carol"
-            && n.reason
-                .contains("carol is a commit author, committer or signer")),
+            && n.reason == format!("carol is the signer of commit {}", &by_mail[..12])),
         "{:?}",
         d.not_counted
     );
@@ -1926,8 +1929,7 @@ whose?\n";
     for who in ["erin@example.com", "bob"] {
         assert!(
             d.not_counted.iter().any(|n| n.approver == who
-                && n.reason
-                    == format!("{who} is a commit author, committer or signer of the change")),
+                && n.reason == format!("{who} is the signer of commit {}", &sha[..12])),
             "{who}: {:?}",
             d.not_counted
         );
@@ -2692,7 +2694,8 @@ fn kept_facts_go_with_the_next_fold_step() {
     assert_eq!(counted(&after), ["bob"], "{after:#?}");
     assert!(
         after.not_counted.iter().any(|n| n.approver == "alice"
-            && n.reason == "alice is a commit author, committer or signer of the change"),
+            && n.reason
+                .starts_with("alice is the author and committer of commit ")),
         "{:?}",
         after.not_counted
     );

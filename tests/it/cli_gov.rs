@@ -199,7 +199,8 @@ async fn authorize_prints_the_decision_in_words() {
     has_line(
         &out,
         &format!(
-            "  not counted: alice — alice is a commit author, committer or signer of the change [entry {a}]"
+            "  not counted: alice — alice is the author and committer of commit {} [entry {a}]",
+            &c1[..12]
         ),
     );
     assert_eq!(out.stdout.lines().count(), 5, "{out:?}");
@@ -227,7 +228,8 @@ async fn authorize_prints_the_decision_in_words() {
     has_line(
         &out,
         &format!(
-            "  not counted: alice — alice is a commit author, committer or signer of the change [entry {a}]"
+            "  not counted: alice — alice is the author and committer of commit {} [entry {a}]",
+            &c1[..12]
         ),
     );
     // Authorize only asks: nothing is recorded.
@@ -303,7 +305,7 @@ async fn authorize_by_commit_follows_the_same_rules() {
         dec["not_counted"],
         json!([{
             "approver": "alice",
-            "reason": "alice is a commit author, committer or signer of the change",
+            "reason": format!("alice is the author and committer of commit {}", &c[..12]),
             "index": a,
         }]),
         "{dec:#}"

@@ -222,6 +222,15 @@ impl Fixture {
         .await
     }
 
+    /// The one commit the current revision of change `id` binds.
+    fn commit_of(&self, id: &str) -> String {
+        self.server.svc.with_state(|st| {
+            let cur = st.gov().change(id).unwrap().current();
+            assert_eq!(cur.commits.len(), 1, "{id}");
+            cur.commits.first().unwrap().clone()
+        })
+    }
+
     fn day(&self, d: i64) -> i64 {
         self.t0 + d * DAY
     }
@@ -462,7 +471,10 @@ async fn export_and_verify_each_scope_online_and_offline() {
         .collect();
     assert_eq!(
         not_counted,
-        ["alice is a commit author, committer or signer of the change"]
+        [format!(
+            "alice is the author and committer of commit {}",
+            &f.commit_of("CHG-1")[..12]
+        )]
     );
     assert!(files.contains_key("policies/v1.toml"));
     // Identity history back to genesis travels with it; CHG-2's facts do not.
@@ -3979,8 +3991,9 @@ async fn report_rows_follow_the_decisions() {
         let (r, _) = row(&bundle);
         assert!(
             r.contains(&format!(
-                "alice (entry {}) <span class=\"warn\">not counted: alice is a commit author, committer or signer of the change</span>",
-                f.at["alice-1"]
+                "alice (entry {}) <span class=\"warn\">not counted: alice is the author and committer of commit {}</span>",
+                f.at["alice-1"],
+                &f.commit_of("CHG-1")[..12]
             )),
             "{r}"
         );
@@ -4200,8 +4213,13 @@ async fn a_digest_only_change_names_the_authors_of_the_code_it_ships() {
         .iter()
         .find(|n| n["approver"] == "bob")
         .expect("bob not counted");
-    assert!(
-        bob["reason"].as_str().unwrap().contains("commit author"),
+    assert_eq!(
+        bob["reason"],
+        format!(
+            "bob is the author of commit {} (built into {})",
+            &sha[..12],
+            &digest[..19]
+        ),
         "{bob}"
     );
     assert!(

@@ -378,7 +378,10 @@ async fn change_approval_promotion_freeze_and_break_glass() {
     );
     assert_eq!(
         not_counted(&dec, "alice"),
-        "alice is a commit author, committer or signer of the change"
+        format!(
+            "alice is the author, committer and signer of commit {}",
+            &c1[..12]
+        )
     );
     assert_eq!(dec["counted"][0]["approver"], "bob");
 
@@ -1306,10 +1309,11 @@ signed_commits = true
         reasons(&dec),
         "needs 1 approvals from distinct people; 0 counted"
     );
-    for who in ["alice", "bob"] {
+    // The reason says what each was of the commit.
+    for (who, what) in [("alice", "signer"), ("bob", "author and committer")] {
         assert_eq!(
             not_counted(&dec, who),
-            format!("{who} is a commit author, committer or signer of the change")
+            format!("{who} is the {what} of commit {}", &c2[..12])
         );
     }
     assert_eq!(run_as(&s, &p, "carol", &["approve", "CHG-2"]).await.code, 0);

@@ -271,7 +271,7 @@ def test_the_authors_of_the_commit_an_image_was_built_from_do_not_count(client, 
     assert list(dec.reasons) == ["needs 2 approvals from distinct people; 1 counted"]
     assert [(x.approver, x.index) for x in dec.counted] == [(bob, b.index)]
     assert [(n.approver, n.index, n.reason) for n in dec.not_counted] == [
-        (alice, a.index, f"{alice} is a commit author, committer or signer of the change")
+        (alice, a.index, f"{alice} is the author and committer of commit {sha[:12]} (built into {d[:19]})")
     ]
 
     # Someone who did not write it makes two.
