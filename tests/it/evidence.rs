@@ -586,8 +586,18 @@ async fn any_flipped_byte_is_caught_and_named() {
     // the registrations, which then travel with inclusion proofs.
     let period = export_online(s, period_pb(f.day(2), f.day(4))).await;
     let change = export_online(s, S::ChangeId("CHG-2".into())).await;
+    let complete = export_complete(s, "CHG-2").await;
+    let control = export_online(
+        s,
+        S::Control(pb::ControlScope {
+            control: "soc2-cc8.1".into(),
+            from_unix_nanos: f.day(2),
+            to_unix_nanos: f.day(4),
+        }),
+    )
+    .await;
     let t = trust(s);
-    for bundle in [&change, &period] {
+    for bundle in [&change, &complete, &period, &control] {
         flip_every_member(bundle, &t);
     }
     // A bundle verified against another log's key fails at the manifest.
@@ -2178,7 +2188,10 @@ async fn whole_period_unpacked() -> tempfile::TempDir {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn report_renders_in_headless_chromium() {
-    let dir = whole_period_unpacked().await;
+    let f = fixture().await;
+    let b = export_online(&f.server, period_pb(f.day(0), f.day(9))).await;
+    let dir = tempfile::tempdir().unwrap();
+    unpack_to(&b, dir.path());
     let html = dir.path().join("report.html");
     let profile = dir.path().join("chromium-profile");
     let out = tokio::time::timeout(
@@ -2230,9 +2243,67 @@ async fn report_renders_in_headless_chromium() {
     );
     assert!(dom.contains("late-review"));
     assert!(dom.contains("Denied deployment"));
-    // Self-contained: nothing to fetch.
+    // Deployed where and when, per change, each with its verdict.
+    let row = |id: &str| {
+        let start = dom
+            .find(&format!("<tr><td data-sort=\"{id}\">"))
+            .unwrap_or_else(|| panic!("no row for {id}:\n{dom}"));
+        dom[start..start + dom[start..].find("</tr>").unwrap()].to_owned()
+    };
+    let when = |d: i64| docket::state::gov::fmt_nanos(d);
+    let chg1 = row("CHG-1");
+    for cell in [
+        format!(
+            "<span class=\"ok\">allowed</span> staging {}",
+            when(f.day(1))
+        ),
+        format!("<span class=\"ok\">allowed</span> prod {}", when(f.day(1))),
+        format!(
+            "<span class=\"ok\">allowed</span> staging {}",
+            when(f.day(5))
+        ),
+    ] {
+        assert!(chg1.contains(&cell), "{cell} not in {chg1}");
+    }
+    let chg2 = row("CHG-2");
+    for cell in [
+        format!("<span class=\"bad\">denied</span> prod {}", when(f.day(2))),
+        format!(
+            "<span class=\"ok\">allowed</span> prod {} (break-glass)",
+            when(f.day(3))
+        ),
+    ] {
+        assert!(chg2.contains(&cell), "{cell} not in {chg2}");
+    }
+    // The control mapping: the late break-glass review is a violation, so
+    // the change-management controls are not met; audit controls are.
+    let controls = &dom[dom
+        .find("<section id=\"controls\">")
+        .expect("controls section")..];
+    let controls = &controls[..controls.find("</section>").unwrap()];
+    let change_mgmt = "<td class=\"bad\">not satisfied</td><td>2 change(s) in scope; 4 deployment(s) allowed under the policy in force, 1 denied; 1 violation(s); 0 break-glass review(s) still open and not yet due</td>";
+    for title in [
+        "SOC 2 CC8.1 — change management",
+        "ISO/IEC 27001:2022 A.8.32 — change management",
+    ] {
+        assert!(
+            controls.contains(&format!("<td>{title}</td>{change_mgmt}")),
+            "{title}: {controls}"
+        );
+    }
+    assert!(
+        controls
+            .contains("<td>HIPAA §164.312(b) — audit controls</td><td class=\"ok\">satisfied</td>"),
+        "{controls}"
+    );
+    // Self-contained: no attribute, style or element that fetches anything.
     let raw = std::fs::read_to_string(&html).unwrap();
-    assert!(!raw.contains("src=\"http") && !raw.contains("href=\"http") && !raw.contains("<link"));
+    for fetches in [
+        "src=", "href=", "srcset=", "url(", "@import", "<link", "<iframe", "<object", "<embed",
+        "<img", "<base",
+    ] {
+        assert!(!raw.contains(fetches), "report.html holds {fetches:?}");
+    }
 }
 
 /// The commands an auditor and an operator run: export over gRPC, verify
@@ -2605,6 +2676,65 @@ async fn the_cli_exports_and_verifies_with_clear_exit_codes() {
             "{progress}: {}",
             r.stderr
         );
+    }
+    // A control over a period, and a period filtered by repository, from
+    // the CLI: each verifies and says its scope; the control's report maps
+    // that control only, and the filter leaves no decision of the fixture's
+    // repository in scope.
+    let (from, to) = (
+        docket::state::gov::fmt_nanos(f.day(0)),
+        docket::state::gov::fmt_nanos(f.day(9)),
+    );
+    let scoped = dir.join("scoped.tar");
+    let scoped_s = scoped.to_str().unwrap();
+    for (args, words) in [
+        (
+            ["--control", "soc2-cc8.1", "--from", &from, "--to", &to],
+            format!("control soc2-cc8.1 over {from} to {to}"),
+        ),
+        (
+            [
+                "--from",
+                &from,
+                "--to",
+                &to,
+                "--repository",
+                "github.com/other/*",
+            ],
+            format!("period {from} to {to}, repositories github.com/other/*"),
+        ),
+    ] {
+        let mut export = vec!["evidence", "export", "--out", scoped_s];
+        export.extend(args);
+        let r = s.cli(&export).await;
+        assert_eq!(r.code, 0, "{args:?}: {}{}", r.stdout, r.stderr);
+        let r = s
+            .cli(&["evidence", "verify", scoped_s, "--log-key", &vkey])
+            .await;
+        assert_eq!(r.code, 0, "{args:?}: {}{}", r.stdout, r.stderr);
+        assert!(
+            r.stdout.contains(&format!("\nscope: {words}; as of ")),
+            "{args:?}: {}",
+            r.stdout
+        );
+        let files = evidence::unpack(&std::fs::read(&scoped).unwrap()).unwrap();
+        let in_scope = json(&files, "facts/decisions.json")
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|d| d["in_scope"] == true)
+            .count();
+        let report = String::from_utf8_lossy(&files["report.html"]).into_owned();
+        if args[0] == "--control" {
+            assert_eq!(in_scope, 5, "every deployment of the period");
+            assert!(
+                report.contains("<td>SOC 2 CC8.1 — change management</td>")
+                    && !report.contains("<td>HIPAA §164.312(b) — audit controls</td>"),
+                "{report}"
+            );
+        } else {
+            assert_eq!(in_scope, 0, "no deployment of github.com/acme/payments");
+        }
     }
 }
 
