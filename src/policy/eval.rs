@@ -176,12 +176,15 @@ impl Authorship<'_> {
             [one] => (*one).to_owned(),
             [init @ .., last] => format!("{} and {last}", init.join(", ")),
         };
-        let short = &self.commit[..12.min(self.commit.len())];
+        // Recorded SHAs and digests are ASCII; `get` keeps any other
+        // string whole rather than cut it inside a character.
+        let prefix = |s: &str, n: usize| s.get(..n).unwrap_or(s).to_owned();
+        let short = prefix(&self.commit, 12);
         match &self.built_into {
             None => format!("the {roles} of commit {short}"),
             Some(d) => format!(
                 "the {roles} of commit {short} (built into {})",
-                &d[..19.min(d.len())]
+                prefix(d, 19)
             ),
         }
     }

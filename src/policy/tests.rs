@@ -67,6 +67,10 @@ fn strs(v: &[&'static str]) -> BTreeSet<&'static str> {
 }
 
 /// The same, as facts hold them.
+fn cows(v: &[&'static str]) -> BTreeSet<Cow<'static, str>> {
+    v.iter().map(|s| Cow::Borrowed(*s)).collect()
+}
+
 /// `who` as the author of `commit`, for [`ChangeFacts::authors`].
 fn wrote(who: &'static str, commit: &'static str) -> (Cow<'static, str>, Authorship<'static>) {
     (
@@ -77,10 +81,6 @@ fn wrote(who: &'static str, commit: &'static str) -> (Cow<'static, str>, Authors
             built_into: None,
         },
     )
-}
-
-fn cows(v: &[&'static str]) -> BTreeSet<Cow<'static, str>> {
-    v.iter().map(|s| Cow::Borrowed(*s)).collect()
 }
 
 fn nanos(s: &str) -> i64 {
