@@ -128,7 +128,7 @@ pub struct ChangeFacts<'a> {
     /// Principals who authored, committed or signed any commit of the
     /// change's code, each with how (the first such commit, in the order of
     /// `commits`).
-    pub authors: BTreeMap<Cow<'a, str>, Authorship<'a>>,
+    pub authors: BTreeMap<Cow<'a, str>, Authorship>,
     /// Why the authors are not fully known (an unobserved commit, an e-mail
     /// no principal claims): segregation of duties cannot be checked then.
     pub sod_gaps: Vec<String>,
@@ -147,45 +147,60 @@ pub struct ChangeFacts<'a> {
 }
 
 /// How a principal took part in a change's code: what they were of one
-/// commit (the first of the change's commits they authored, committed or
-/// signed).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Authorship<'a> {
-    /// `author`, `committer`, `signer`: each once, in that order.
-    pub roles: Vec<&'static str>,
-    pub commit: Cow<'a, str>,
-    /// The digest a CI run built from the commit, when the change does not
-    /// bind the commit itself.
-    pub built_into: Option<Cow<'a, str>>,
+/// commit, the first of [`ChangeFacts::commits`] they authored, committed
+/// or signed. Plain numbers, so that keeping a change's facts copies no
+/// string for it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Authorship {
+    /// [`Authorship::AUTHOR`], [`Authorship::COMMITTER`] and
+    /// [`Authorship::SIGNER`], or'ed together.
+    pub roles: u8,
+    /// The commit's index in [`ChangeFacts::commits`].
+    pub commit: usize,
 }
 
-impl Authorship<'_> {
-    pub fn into_owned(self) -> Authorship<'static> {
-        Authorship {
-            roles: self.roles,
-            commit: owned(self.commit),
-            built_into: self.built_into.map(owned),
+impl Authorship {
+    pub const AUTHOR: u8 = 1;
+    pub const COMMITTER: u8 = 2;
+    pub const SIGNER: u8 = 4;
+
+    /// The bit of a role as the state names it (`author`, `committer`,
+    /// `signer`); 0 for any other word.
+    pub fn role_bit(role: &str) -> u8 {
+        match role {
+            "author" => Self::AUTHOR,
+            "committer" => Self::COMMITTER,
+            "signer" => Self::SIGNER,
+            _ => 0,
         }
     }
 
-    /// "the author and committer of commit 0123456789ab (built into
-    /// sha256:0123456789ab)".
-    pub fn describe(&self) -> String {
-        let roles = match self.roles.as_slice() {
-            [] => "author".to_owned(),
-            [one] => (*one).to_owned(),
-            [init @ .., last] => format!("{} and {last}", init.join(", ")),
+    /// "the author and committer of commit 0123456789ab", with " (built
+    /// into sha256:0123456789ab)" when the change binds only the artifact
+    /// built from it.
+    pub fn describe(&self, commits: &[CommitFact<'_>]) -> String {
+        let roles = match self.roles & 7 {
+            Self::COMMITTER => "committer",
+            3 => "author and committer",
+            Self::SIGNER => "signer",
+            5 => "author and signer",
+            6 => "committer and signer",
+            7 => "author, committer and signer",
+            _ => "author",
         };
         // Recorded SHAs and digests are ASCII; `get` keeps any other
         // string whole rather than cut it inside a character.
-        let prefix = |s: &str, n: usize| s.get(..n).unwrap_or(s).to_owned();
-        let short = prefix(&self.commit, 12);
-        match &self.built_into {
-            None => format!("the {roles} of commit {short}"),
-            Some(d) => format!(
-                "the {roles} of commit {short} (built into {})",
-                prefix(d, 19)
-            ),
+        let prefix = |s: &'_ str, n: usize| -> String { s.get(..n).unwrap_or(s).to_owned() };
+        match commits.get(self.commit) {
+            None => format!("the {roles} of a commit of the change"),
+            Some(c) => match &c.built_into {
+                None => format!("the {roles} of commit {}", prefix(&c.sha, 12)),
+                Some(d) => format!(
+                    "the {roles} of commit {} (built into {})",
+                    prefix(&c.sha, 12),
+                    prefix(d, 19)
+                ),
+            },
         }
     }
 }
@@ -264,7 +279,7 @@ impl ChangeFacts<'_> {
             authors: self
                 .authors
                 .into_iter()
-                .map(|(p, a)| (owned(p), a.into_owned()))
+                .map(|(p, a)| (owned(p), a))
                 .collect(),
             sod_gaps: self.sod_gaps,
             builders: set(self.builders),
@@ -1128,7 +1143,7 @@ fn evaluate_rule(policy: &Policy, rule: &Rule, req: &Request, facts: &Facts<'_>)
             } else if c.requesters.contains(who.as_str()) {
                 Some(format!("{who} requested the change"))
             } else if let Some(how) = c.authors.get(who.as_str()) {
-                Some(format!("{who} is {}", how.describe()))
+                Some(format!("{who} is {}", how.describe(&c.commits)))
             } else if c.builders.contains(who.as_str()) {
                 Some(format!("{who} is the CI identity that built it"))
             } else if p.is_none() {

@@ -71,14 +71,14 @@ fn cows(v: &[&'static str]) -> BTreeSet<Cow<'static, str>> {
     v.iter().map(|s| Cow::Borrowed(*s)).collect()
 }
 
-/// `who` as the author of `commit`, for [`ChangeFacts::authors`].
-fn wrote(who: &'static str, commit: &'static str) -> (Cow<'static, str>, Authorship<'static>) {
+/// `who` as the author of the first of the change's `commits`, for
+/// [`ChangeFacts::authors`].
+fn wrote(who: &'static str) -> (Cow<'static, str>, Authorship) {
     (
         who.into(),
         Authorship {
-            roles: vec!["author"],
-            commit: commit.into(),
-            built_into: None,
+            roles: Authorship::AUTHOR,
+            commit: 0,
         },
     )
 }
@@ -152,7 +152,7 @@ fn change(approvals: Vec<Approval<'static>>) -> ChangeFacts<'static> {
         subjects: cows(&["c1", D]),
         subjects_key: None,
         environments: cows(&["staging", "prod"]),
-        authors: BTreeMap::from([wrote("alice", "c1")]),
+        authors: BTreeMap::from([wrote("alice")]),
         sod_gaps: Vec::new(),
         builders: cows(&["ci"]),
         ci: BTreeMap::from([("c1".into(), vec![passed()]), (D.into(), vec![passed()])]),
@@ -588,7 +588,7 @@ fn every_rule_kind() {
     assert_eq!(v.counted.len(), 1);
     // A commit author who is not the requester is excluded too.
     let mut authored = change(ok.clone());
-    authored.authors.extend([wrote("bob", "c1")]);
+    authored.authors.extend([wrote("bob")]);
     let v = check(
         request("prod"),
         Some(authored.clone()),
@@ -598,12 +598,15 @@ fn every_rule_kind() {
     assert_eq!(why_not(&v)["bob"], "bob is the author of commit c1");
     // The reason says what they were of which commit, and what it was
     // built into when the change binds only the artifact.
+    authored.commits.push(CommitFact {
+        built_into: Some(D.into()),
+        ..signed_by("0123456789abcdef0123", "bob")
+    });
     authored.authors.insert(
         "bob".into(),
         Authorship {
-            roles: vec!["author", "committer", "signer"],
-            commit: "0123456789abcdef0123".into(),
-            built_into: Some(D.into()),
+            roles: Authorship::AUTHOR | Authorship::COMMITTER | Authorship::SIGNER,
+            commit: 1,
         },
     );
     let v = check(

@@ -2281,7 +2281,7 @@ impl State {
         &'a self,
         sha: &'a str,
         built_into: Option<&'a str>,
-        authors: &mut BTreeMap<Cow<'a, str>, policy::Authorship<'a>>,
+        authors: &mut BTreeMap<Cow<'a, str>, policy::Authorship>,
         gaps: &mut Vec<String>,
         commits: &mut Vec<policy::CommitFact<'a>>,
     ) {
@@ -2317,15 +2317,16 @@ impl State {
                 Some(id) => {
                     // How they took part in the first of the change's
                     // commits they did: every role they had in it.
+                    // `fact` goes into `commits` at this index below.
+                    let here = commits.len();
                     let how = authors
                         .entry(Cow::Borrowed(id))
-                        .or_insert_with(|| policy::Authorship {
-                            roles: Vec::new(),
-                            commit: Cow::Borrowed(sha),
-                            built_into: built_into.map(Cow::Borrowed),
+                        .or_insert(policy::Authorship {
+                            roles: 0,
+                            commit: here,
                         });
-                    if how.commit == sha && !how.roles.contains(&p.role) {
-                        how.roles.push(p.role);
+                    if how.commit == here {
+                        how.roles |= policy::Authorship::role_bit(p.role);
                     }
                 }
                 None if p.role == "signer" => gaps.push(format!(
