@@ -190,7 +190,9 @@ impl Authorship {
         };
         // Recorded SHAs and digests are ASCII; `get` keeps any other
         // string whole rather than cut it inside a character.
-        let prefix = |s: &'_ str, n: usize| -> String { s.get(..n).unwrap_or(s).to_owned() };
+        fn prefix(s: &str, n: usize) -> &str {
+            s.get(..n).unwrap_or(s)
+        }
         match commits.get(self.commit) {
             None => format!("the {roles} of a commit of the change"),
             Some(c) => match &c.built_into {
